@@ -1,0 +1,72 @@
+"""``rgbx eval CHECKPOINT --data DIR``: mIoU, per-class IoU and the anymodal table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rgbx.cli.common import add_command
+
+EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split test
+  rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --by condition --json eval.json
+  rgbx eval runs/cmx/model.safetensors --data data/synth --modalities rgb     # a rig with only the camera
+"""
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "eval", "evaluate a checkpoint on a dataset split",
+                    "Evaluate at the original label resolution. mIoU convention 'present' (default) averages over "
+                    "classes present in the ground truth or prediction; 'all' counts absent classes as 0.",
+                    EXAMPLES, run)
+    p.add_argument("checkpoint", help="rgbx weights file (.safetensors)")
+    p.add_argument("--data", required=True, help="dataset folder in the rgbx format")
+    p.add_argument("--split", default="val")
+    p.add_argument("--anymodal", action="store_true", help="score every non-empty subset of the model's modalities")
+    p.add_argument("--modalities", nargs="+", help="evaluate with only these modalities")
+    p.add_argument("--by", default="condition", help="sample attribute to break results down by ('' = none)")
+    p.add_argument("--miou", choices=("present", "all"), default="present", help="mIoU averaging convention")
+    p.add_argument("--per-class", action="store_true", help="print the per-class IoU table")
+    p.add_argument("--json", type=Path, help="write all results as JSON here")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+
+
+def run(args) -> int:
+    import torch
+
+    from rgbx.data import FolderDataset, collate
+    from rgbx.data.transforms import EvalTransform
+    from rgbx.engine.checkpoint import load_model
+    from rgbx.engine.evaluate import all_subsets, evaluate
+    from rgbx.engine.tables import print_eval_tables
+    from rgbx.engine.trainer import resolve_device
+    from rgbx.errors import ConfigError
+
+    device = resolve_device(args.device)
+    model, info = load_model(args.checkpoint, device)
+    dataset = FolderDataset(args.data, args.split, list(model.modalities), transform=EvalTransform())
+    desc = dataset.description
+    if desc.num_classes != model.config.num_classes:
+        raise ConfigError(f"{args.checkpoint} predicts {model.config.num_classes} classes but {args.data} has "
+                          f"{desc.num_classes}")
+    if args.modalities:
+        bad = [m for m in args.modalities if m not in model.modalities]
+        if bad:
+            raise ConfigError(f"--modalities {bad}: the model only takes {', '.join(model.modalities)}")
+        subsets = [tuple(m for m in model.modalities if m in args.modalities)]
+    else:
+        subsets = all_subsets(model.modalities) if args.anymodal else None
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate,
+                                         num_workers=args.workers)
+    result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
+                      subsets=subsets, group_by=args.by or None, device=device)
+    print_eval_tables(result, list(desc.classes), convention=args.miou, per_class=args.per_class,
+                      title=f"{args.checkpoint} on {args.data} [{args.split}]")
+    if args.json:
+        data = result.to_dict(list(desc.classes), convention=args.miou)
+        data.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
+                     "model": model.config.to_dict()})
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=2))
+    return 0

@@ -1,0 +1,61 @@
+"""The ``rgbx`` command: one subcommand per module in this package.
+
+User errors (:class:`~rgbx.errors.RgbxError`) are printed as one clear message and exit with status 2; a traceback
+means a bug in rgbx (``RGBX_DEBUG=1`` shows tracebacks for user errors too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rgbx import __version__
+from rgbx.errors import RgbxError
+
+COMMANDS = ("synth", "train", "eval", "predict", "demo", "info", "data")
+
+DESCRIPTION = """rgbx: multi-modal semantic segmentation (RGB + depth, thermal, LiDAR, events, ...) with any subset
+of sensors.
+
+examples:
+  rgbx demo                                   # synthesise data, train, print the anymodal table (CPU, minutes)
+  rgbx synth data/synth --train 800 --val 100 --test 100
+  rgbx train synth_cmx_b0 data.root=data/synth train.iters=2000 output_dir=runs/cmx
+  rgbx eval runs/cmx/model.safetensors --data data/synth --split test --anymodal --json eval.json
+  rgbx predict runs/cmx/model.safetensors data/synth --split test --out predictions/
+  rgbx data check data/synth
+  rgbx info
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rgbx.cli import data, demo, evaluate, info, predict, synth, train
+
+    parser = argparse.ArgumentParser(prog="rgbx", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rgbx {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (synth, train, evaluate, predict, demo, info, data):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.run(args)
+    except RgbxError as e:
+        if os.environ.get("RGBX_DEBUG"):
+            raise
+        print(f"rgbx {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rgbx {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""``rgbx predict CHECKPOINT INPUT...``: predictions, colourised masks and panels for files or folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rgbx.cli.common import add_command
+
+EXAMPLES = """  rgbx predict runs/cmx/model.safetensors data/synth --split test --limit 8 --out preds/
+  rgbx predict model.safetensors rgb=frames/ depth=depth/ --out preds/       # folders matched by file name
+  rgbx predict model.safetensors rgb=img.png depth=img_depth.png --out preds/ # one sample; any subset of sensors
+Writes OUT/labels/<id>.png (class indices), OUT/color/<id>.png (palette) and OUT/panels/<id>.png (inputs,
+prediction and, for labelled datasets, ground truth and error map).
+"""
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "predict", "predict on files, folders or a dataset split",
+                    "Predict with a trained model on any subset of its modalities.", EXAMPLES, run)
+    p.add_argument("checkpoint", help="rgbx weights file (.safetensors)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="a dataset folder (with dataset.yaml), or modality=PATH items (file or folder)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--split", default="test", help="split of a dataset folder (default: test)")
+    p.add_argument("--limit", type=int, default=0, help="at most N samples (0 = all)")
+    p.add_argument("--no-panels", action="store_true", help="write only label and colour PNGs")
+    p.add_argument("--device", default="auto")
+
+
+def _samples(args, modalities):
+    from rgbx.data.description import DESCRIPTION_FILE
+    from rgbx.data.files import discover_samples, read_modality_file
+    from rgbx.data.folder import FolderDataset
+    from rgbx.errors import ConfigError
+
+    if len(args.inputs) == 1 and "=" not in args.inputs[0]:
+        root = Path(args.inputs[0])
+        if not (root / DESCRIPTION_FILE).is_file():
+            raise ConfigError(f"{root}: not a dataset folder (no {DESCRIPTION_FILE}); give modality=PATH items, "
+                              f"e.g. rgb={root}")
+        ds = FolderDataset(root, args.split, [m for m in modalities if m in _dataset_modalities(root)])
+        n = len(ds) if args.limit <= 0 else min(args.limit, len(ds))
+        for i in range(n):
+            yield ds.load(i)
+        return
+    sources = {}
+    for item in args.inputs:
+        if "=" not in item:
+            raise ConfigError(f"input {item!r}: expected modality=PATH (e.g. rgb=img.png)")
+        name, path = item.split("=", 1)
+        if name not in modalities:
+            raise ConfigError(f"input {item!r}: the model takes {', '.join(modalities)}, not {name!r}")
+        sources[name] = Path(path)
+    found = discover_samples(sources)
+    if args.limit > 0:
+        found = found[: args.limit]
+    for sid, paths in found:
+        inputs = {m: read_modality_file(p, m) for m, p in paths.items()}
+        sizes = {tuple(x.shape[-2:]) for x in inputs.values()}
+        if len(sizes) > 1:
+            from rgbx.errors import DataError
+
+            raise DataError(f"sample {sid!r}: modalities differ in size: "
+                            + ", ".join(f"{paths[m]} {tuple(x.shape[-2:])}" for m, x in inputs.items()))
+        yield {"inputs": inputs, "label": None, "meta": {"id": sid}}
+
+
+def _dataset_modalities(root):
+    from rgbx.data.description import load_description
+
+    return list(load_description(root).modalities)
+
+
+def run(args) -> int:
+    from rgbx.engine.checkpoint import load_model
+    from rgbx.engine.predict import Predictor
+    from rgbx.engine.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    model, info = load_model(args.checkpoint, device)
+    predictor = Predictor(model, info, device)
+    count = 0
+    for sample in _samples(args, list(model.modalities)):
+        pred = predictor.predict(sample)
+        predictor.write(sample, pred, args.out, panel=not args.no_panels)
+        count += 1
+    print(f"wrote predictions for {count} sample(s) to {args.out}")
+    return 0

@@ -1,0 +1,167 @@
+"""``dataset.yaml``: what a dataset folder holds (see ``docs/dataset-format.md``).
+
+:class:`DatasetDescription` is the parsed, checked form: classes, palette, ignore index and, per modality, where
+its files are, how they are encoded and how file values become physical units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from rgbx.errors import DataError
+from rgbx.modalities import ENCODINGS, MODALITIES, get_modality
+
+DESCRIPTION_FILE = "dataset.yaml"
+
+
+def default_palette(n: int) -> list[tuple[int, int, int]]:
+    """A deterministic, well-spread palette (the PASCAL VOC bit-interleaving scheme)."""
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i + 1
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+@dataclass(frozen=True)
+class ModalitySource:
+    """Where and how one modality is stored in a dataset folder."""
+
+    name: str
+    folder: str
+    encoding: str
+    dtype: str
+    scale: float
+    optional: bool = False
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        return ENCODINGS.get(self.encoding).suffixes
+
+
+@dataclass(frozen=True)
+class DatasetDescription:
+    root: Path
+    name: str
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int
+    modalities: dict[str, ModalitySource]
+    label: ModalitySource
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        """The parts a model checkpoint needs to interpret its outputs."""
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "palette": [list(c) for c in self.palette],
+            "ignore_index": self.ignore_index,
+        }
+
+
+_TOP_KEYS = {"name", "classes", "palette", "ignore_index", "modalities", "label", "synth", "description", "source"}
+_SOURCE_KEYS = {"folder", "encoding", "dtype", "scale", "optional"}
+
+
+def load_description(root: str | Path) -> DatasetDescription:
+    """Parse and check ``root/dataset.yaml``; every problem is reported in one :class:`DataError`."""
+    root = Path(root)
+    path = root / DESCRIPTION_FILE
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not found; a dataset folder needs a {DESCRIPTION_FILE} (see docs/dataset-format.md)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise DataError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a mapping with keys classes, modalities, ...")
+    problems = []
+    for key in sorted(set(raw) - _TOP_KEYS):
+        problems.append(f"{path}: unknown key {key!r} (expected one of {', '.join(sorted(_TOP_KEYS))})")
+    classes = raw.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        problems.append(f"{path}: 'classes' must be a non-empty list of class names")
+        classes = []
+    palette = raw.get("palette") or default_palette(len(classes))
+    if len(palette) != len(classes) or not all(
+        isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        for c in palette
+    ):
+        problems.append(f"{path}: 'palette' must list one [r, g, b] (0-255) per class ({len(classes)} classes)")
+        palette = default_palette(len(classes))
+    ignore_index = raw.get("ignore_index", 255)
+    if not isinstance(ignore_index, int) or 0 <= ignore_index < len(classes):
+        problems.append(f"{path}: 'ignore_index' must be an integer outside 0..{len(classes) - 1}, got {ignore_index!r}")
+        ignore_index = 255
+
+    def source(name: str, entry, default_folder: str, spec_defaults: dict) -> ModalitySource | None:
+        entry = entry or {}
+        if not isinstance(entry, dict):
+            problems.append(f"{path}: modalities.{name} must be a mapping (e.g. {{encoding: png}})")
+            return None
+        for key in sorted(set(entry) - _SOURCE_KEYS):
+            problems.append(f"{path}: modalities.{name}: unknown key {key!r} (expected {', '.join(sorted(_SOURCE_KEYS))})")
+        values = {**spec_defaults, "folder": default_folder, **{k: v for k, v in entry.items() if k in _SOURCE_KEYS}}
+        if values["encoding"] not in ENCODINGS:
+            problems.append(f"{path}: modalities.{name}: unknown encoding {values['encoding']!r} "
+                            f"(registered: {', '.join(ENCODINGS.names())})")
+            return None
+        return ModalitySource(name=name, folder=str(values["folder"]), encoding=values["encoding"],
+                              dtype=str(values["dtype"]), scale=float(values["scale"]),
+                              optional=bool(values.get("optional", False)))
+
+    modalities = {}
+    entries = raw.get("modalities")
+    if not isinstance(entries, dict) or not entries:
+        problems.append(f"{path}: 'modalities' must map modality names to their storage, e.g. {{rgb: {{}}}}")
+        entries = {}
+    for name, entry in entries.items():
+        if name not in MODALITIES:
+            problems.append(f"{path}: unknown modality {name!r} (registered: {', '.join(MODALITIES.names())})")
+            continue
+        spec = get_modality(name)
+        src = source(name, entry, name, {"encoding": spec.encoding, "dtype": spec.dtype, "scale": spec.scale})
+        if src is not None:
+            modalities[name] = src
+    label = source("label", raw.get("label"), "label", {"encoding": "png", "dtype": "uint8", "scale": 1.0})
+    if problems:
+        raise DataError(f"{path}: invalid dataset description", problems)
+    return DatasetDescription(
+        root=root,
+        name=str(raw.get("name", root.name)),
+        classes=tuple(classes),
+        palette=tuple(tuple(c) for c in palette),
+        ignore_index=ignore_index,
+        modalities=modalities,
+        label=label,
+        extra={k: raw[k] for k in ("synth", "description", "source") if k in raw},
+    )
+
+
+def write_description(root: str | Path, *, name: str, classes, palette, ignore_index: int,
+                      modalities: dict[str, dict], label: dict | None = None, **extra) -> Path:
+    """Write a ``dataset.yaml`` (the inverse of :func:`load_description`)."""
+    data = {"name": name, "classes": list(classes), "palette": [list(map(int, c)) for c in palette],
+            "ignore_index": int(ignore_index), "modalities": modalities}
+    if label:
+        data["label"] = label
+    data.update(extra)
+    path = Path(root) / DESCRIPTION_FILE
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

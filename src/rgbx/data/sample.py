@@ -1,0 +1,121 @@
+"""The sample and batch contract.
+
+A **sample** is a plain dict (so it crosses DataLoader worker processes untouched)::
+
+    {"inputs": {"rgb": (3,H,W) float32, "depth": (1,H,W) float32, ...},   # only the modalities this sample has
+     "label": (H,W) int64 or None,
+     "meta": {"id": str, "attributes": {...}, ...}}
+
+Before :func:`normalize_sample` the inputs are in physical units (``ModalitySpec.scale`` applied); after it they are
+network inputs. A modality missing from ``inputs`` is a missing sensor: a normal case, never an error.
+
+A **batch** (:class:`Batch`) stacks samples. Every modality any sample has appears in ``inputs`` as (B,C,H,W);
+samples without it hold the spec's ``fill`` value there and ``present[name][i]`` is False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from rgbx.modalities import get_modality
+
+Sample = dict
+
+
+def normalize_sample(sample: Sample) -> Sample:
+    """Physical units → network inputs, per modality spec."""
+    inputs = {name: get_modality(name).normalize(x) for name, x in sample["inputs"].items()}
+    return {**sample, "inputs": inputs}
+
+
+@dataclass
+class Batch:
+    """A collated batch.
+
+    Attributes:
+        inputs: modality → (B, C, H, W) normalised tensor; absent entries hold the spec's fill value.
+        present: modality → (B,) bool, which samples really have the modality.
+        label: (B, H, W) int64, or None for unlabelled data.
+        meta: one dict per sample.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    label: torch.Tensor | None = None
+    meta: list[dict] = field(default_factory=list)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.inputs)
+
+    def __len__(self) -> int:
+        return next(iter(self.inputs.values())).shape[0]
+
+    def to(self, device, non_blocking: bool = False) -> Batch:
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(
+            {k: move(v) for k, v in self.inputs.items()},
+            {k: move(v) for k, v in self.present.items()},
+            None if self.label is None else move(self.label),
+            self.meta,
+        )
+
+    def pin_memory(self) -> Batch:
+        return Batch(
+            {k: v.pin_memory() for k, v in self.inputs.items()},
+            {k: v.pin_memory() for k, v in self.present.items()},
+            None if self.label is None else self.label.pin_memory(),
+            self.meta,
+        )
+
+    def with_modalities(self, names: Iterable[str]) -> Batch:
+        """The same batch seen by a rig that only has ``names`` (others removed, i.e. absent)."""
+        keep = [n for n in self.inputs if n in set(names)]
+        return Batch({n: self.inputs[n] for n in keep}, {n: self.present[n] for n in keep}, self.label, self.meta)
+
+    def drop(self, mask: dict[str, torch.Tensor]) -> Batch:
+        """Mark modality ``m`` absent for the samples where ``mask[m]`` is True (fill value written in)."""
+        inputs, present = dict(self.inputs), dict(self.present)
+        for name, drop in mask.items():
+            if name not in inputs:
+                continue
+            keep = present[name] & ~drop
+            fill = get_modality(name).fill
+            x = inputs[name]
+            inputs[name] = torch.where(keep.view(-1, 1, 1, 1), x, torch.full_like(x, fill))
+            present[name] = keep
+        return Batch(inputs, present, self.label, self.meta)
+
+
+def collate(samples: Sequence[Sample]) -> Batch:
+    """Stack samples whose modalities may differ; absent modalities become fill + ``present=False``."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    names: list[str] = []
+    for s in samples:
+        for n in s["inputs"]:
+            if n not in names:
+                names.append(n)
+    inputs, present = {}, {}
+    for n in names:
+        ref = next(s["inputs"][n] for s in samples if n in s["inputs"])
+        fill = get_modality(n).fill
+        stacked = []
+        for s in samples:
+            x = s["inputs"].get(n)
+            if x is None:
+                x = torch.full_like(ref, fill)
+            elif x.shape != ref.shape:
+                raise ValueError(
+                    f"cannot batch modality {n!r}: sample {s['meta'].get('id')} has shape {tuple(x.shape)}, "
+                    f"another has {tuple(ref.shape)}; crop or resize to a common size first"
+                )
+            stacked.append(x)
+        inputs[n] = torch.stack(stacked)
+        present[n] = torch.tensor([n in s["inputs"] for s in samples], dtype=torch.bool)
+    labels = [s.get("label") for s in samples]
+    label = torch.stack(labels) if all(lb is not None for lb in labels) else None
+    return Batch(inputs, present, label, [s.get("meta", {}) for s in samples])

@@ -1,0 +1,1 @@
+"""Engine: configuration, training loop, evaluation, checkpoints."""

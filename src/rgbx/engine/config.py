@@ -1,0 +1,148 @@
+"""The experiment configuration: typed dataclasses, loaded from YAML with ``key=value`` overrides (OmegaConf).
+
+An unknown key or a value of the wrong type is a :class:`~rgbx.errors.ConfigError` naming the key. The resolved
+configuration is saved in every run folder (``config.yaml``) and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rgbx.errors import ConfigError
+from rgbx.models import ModelConfig
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/synth"  # a dataset folder in the rgbx format
+    train_split: str = "train"
+    val_split: str = "val"
+    modalities: list[str] | None = None  # default: the model's modalities
+    crop_size: list[int] = field(default_factory=lambda: [240, 320])  # [H, W]
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip_prob: float = 0.5
+    photometric: bool = True
+    num_workers: int = 2
+    check: str = "headers"  # dataset validation when opened: none | headers | full
+
+
+@dataclass
+class MethodConfig:
+    name: str = "supervised"
+    modality_dropout: float = 0.0  # per sample and modality drop probability; at least one modality is kept
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 6e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_iters: int = 50
+    warmup_ratio: float = 1e-3  # lr at step 0 = lr × warmup_ratio
+    poly_power: float = 1.0
+    grad_clip: float | None = None  # max gradient norm, None = off
+    head_lr_mult: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 2000
+    batch_size: int = 8
+    eval_batch_size: int = 8
+    eval_every: int = 500  # 0 = only at the end
+    checkpoint_every: int = 200
+    log_every: int = 20
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    threads: int | None = None  # torch CPU threads (None = torch default)
+    eval_group_by: str | None = "condition"  # report eval metrics per value of this sample attribute
+    tensorboard: bool = False
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    output_dir: str = "runs/experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _config_error(e: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(e, "full_key", None)
+    msg = getattr(e, "msg", None) or str(e).splitlines()[0]
+    if key:
+        return ConfigError(f"{where}: config key {key!r}: {msg}")
+    return ConfigError(f"{where}: {msg}")
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Build the experiment config from defaults, a YAML file (or preset name) and ``key=value`` overrides."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    layers = [schema]
+    if source is not None:
+        path = Path(source)
+        if not path.is_file() and (PRESETS_DIR / f"{source}.yaml").is_file():
+            path = PRESETS_DIR / f"{source}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{source}: config file not found (built-in presets: {', '.join(list_presets())})")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as e:  # noqa: BLE001 — YAML errors come in several types
+            raise ConfigError(f"{path}: not a valid YAML config ({e})") from None
+        where = str(path)
+    else:
+        where = "config"
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.iters=100")
+    try:
+        merged = OmegaConf.merge(*layers)
+    except OmegaConfBaseException as e:
+        raise _config_error(e, where) from None
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise _config_error(e, "command-line override") from None
+    cfg: ExperimentConfig = OmegaConf.to_object(merged)
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: ExperimentConfig) -> None:
+    checks = [
+        (cfg.train.precision in ("fp32", "bf16", "fp16"), "train.precision must be fp32, bf16 or fp16"),
+        (cfg.train.iters > 0, "train.iters must be > 0"),
+        (cfg.train.batch_size > 0, "train.batch_size must be > 0"),
+        (len(cfg.data.crop_size) == 2 and min(cfg.data.crop_size) > 0, "data.crop_size must be [H, W] > 0"),
+        (len(cfg.data.scale_range) == 2 and 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1],
+         "data.scale_range must be [min, max] with 0 < min <= max"),
+        (0.0 <= cfg.method.modality_dropout < 1.0, "method.modality_dropout must be in [0, 1)"),
+        (cfg.data.check in ("none", "headers", "full"), "data.check must be none, headers or full"),
+        (len(cfg.model.modalities) > 0, "model.modalities must list at least one modality"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))

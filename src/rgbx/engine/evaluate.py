@@ -1,0 +1,127 @@
+"""Evaluation: one pass over a loader, confusion matrices per modality subset and per sample attribute.
+
+The **anymodal** evaluation scores every non-empty subset of the model's modalities (a rig where only those
+sensors work) in the same pass; subsets are named by joining modality names with ``+`` in the model's order.
+Predictions are made at the label's resolution (the evaluation transform does not resize).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from rgbx.engine.metrics import ConfusionMatrix, SegMetrics
+
+
+def subset_name(modalities: Sequence[str]) -> str:
+    return "+".join(modalities)
+
+
+def all_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset, the full set first, then by decreasing size."""
+    subsets = []
+    for k in range(len(modalities), 0, -1):
+        subsets.extend(itertools.combinations(modalities, k))
+    return subsets
+
+
+@dataclass
+class EvalResult:
+    """Confusion matrices keyed by subset name, then by group (``"all"`` or ``"<attr>=<value>"``)."""
+
+    num_classes: int
+    ignore_index: int
+    matrices: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)
+
+    def matrix(self, subset: str, group: str = "all") -> ConfusionMatrix:
+        groups = self.matrices.setdefault(subset, {})
+        if group not in groups:
+            groups[group] = ConfusionMatrix(self.num_classes, self.ignore_index)
+        return groups[group]
+
+    def metrics(self, convention: str = "present") -> dict[str, dict[str, SegMetrics]]:
+        return {s: {g: cm.compute(convention) for g, cm in groups.items()} for s, groups in self.matrices.items()}
+
+    @property
+    def groups(self) -> list[str]:
+        seen = []
+        for groups in self.matrices.values():
+            for g in groups:
+                if g not in seen:
+                    seen.append(g)
+        return ["all"] + sorted(g for g in seen if g != "all")
+
+    def all_reduce(self) -> None:
+        for groups in self.matrices.values():
+            for cm in groups.values():
+                cm.all_reduce()
+
+    def to_dict(self, class_names: list[str] | None = None, convention: str = "present") -> dict:
+        return {
+            "miou_convention": convention,
+            "subsets": {
+                s: {g: m.to_dict(class_names) for g, m in groups.items()}
+                for s, groups in self.metrics(convention).items()
+            },
+        }
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    loader,
+    *,
+    num_classes: int,
+    ignore_index: int = 255,
+    subsets: Sequence[Sequence[str]] | None = None,
+    group_by: str | None = None,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    progress=None,
+) -> EvalResult:
+    """Evaluate ``model`` on ``loader`` (batches of :class:`~rgbx.data.Batch`).
+
+    Args:
+        subsets: modality subsets to score (default: only all of the model's modalities). Use
+            :func:`all_subsets` for the anymodal table.
+        group_by: a sample attribute (e.g. ``"condition"``) to report separately per value, besides ``"all"``.
+        progress: optional callable(batches_done) called after each batch.
+    """
+    model.eval()
+    device = torch.device(device)
+    model_modalities = tuple(model.modalities)
+    subsets = [tuple(model_modalities)] if subsets is None else [tuple(s) for s in subsets]
+    result = EvalResult(num_classes, ignore_index)
+    amp = (
+        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    )
+    for i, batch in enumerate(loader):
+        if batch.label is None:
+            raise ValueError("evaluation needs labelled data")
+        batch = batch.to(device, non_blocking=True)
+        groups = [("all", None)]
+        if group_by is not None:
+            values = [str(m.get("attributes", {}).get(group_by, "")) for m in batch.meta]
+            groups += [(f"{group_by}={v}", torch.tensor([x == v for x in values], device=device))
+                       for v in sorted(set(values)) if v]
+        for subset in subsets:
+            view = batch.with_modalities(subset)
+            if not view.inputs:
+                continue
+            with amp:
+                logits = model(view.inputs, view.present).logits
+            pred = logits.argmax(1)
+            name = subset_name(subset)
+            for group, mask in groups:
+                if mask is None:
+                    result.matrix(name, group).update(pred, batch.label)
+                elif mask.any():
+                    result.matrix(name, group).update(pred[mask], batch.label[mask])
+        if progress is not None:
+            progress(i + 1)
+    result.all_reduce()
+    return result

@@ -1,0 +1,87 @@
+"""Segmentation metrics from one confusion matrix.
+
+mIoU convention (default ``"present"``): the mean IoU over classes that occur in the ground truth or the prediction
+of the evaluated set (a class with union 0 has no IoU and is left out — mmsegmentation's and DELIVER's nanmean).
+``"all"`` counts such classes as IoU 0 and averages over every class (DFormer's ``NaN → 0`` mean), for comparing
+with tables made that way. Pixels labelled ``ignore_index`` are never counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MIOU_CONVENTIONS = ("present", "all")
+
+
+class ConfusionMatrix:
+    """Accumulates a (K, K) confusion matrix: rows = ground truth, columns = prediction."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """pred, target: integer tensors of the same shape."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}")
+        k = self.num_classes
+        valid = (target != self.ignore_index) & (target >= 0) & (target < k)
+        idx = target[valid].to(torch.int64) * k + pred[valid].to(torch.int64)
+        self.matrix += torch.bincount(idx.cpu(), minlength=k * k).view(k, k)
+
+    def merge(self, other: ConfusionMatrix) -> None:
+        self.matrix += other.matrix
+
+    def all_reduce(self) -> None:
+        """Sum over ranks (one collective per evaluation)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+            m = self.matrix.to(device)
+            torch.distributed.all_reduce(m)
+            self.matrix = m.cpu()
+
+    def compute(self, convention: str = "present") -> SegMetrics:
+        if convention not in MIOU_CONVENTIONS:
+            raise ValueError(f"unknown mIoU convention {convention!r}; expected one of {MIOU_CONVENTIONS}")
+        m = self.matrix.double()
+        tp = m.diag()
+        gt, pr = m.sum(1), m.sum(0)
+        union = gt + pr - tp
+        iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+        acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, float("nan")))
+        if convention == "present":
+            miou = float(torch.nanmean(iou)) if (union > 0).any() else float("nan")
+        else:
+            miou = float(torch.nan_to_num(iou, nan=0.0).mean())
+        total = float(m.sum())
+        return SegMetrics(
+            miou=miou,
+            per_class_iou=[float(v) for v in iou],
+            pixel_accuracy=float(tp.sum() / total) if total else float("nan"),
+            mean_accuracy=float(torch.nanmean(acc)) if (gt > 0).any() else float("nan"),
+            pixels=int(total),
+            convention=convention,
+        )
+
+
+@dataclass
+class SegMetrics:
+    miou: float
+    per_class_iou: list[float]
+    pixel_accuracy: float
+    mean_accuracy: float
+    pixels: int
+    convention: str
+
+    def to_dict(self, class_names: list[str] | None = None) -> dict:
+        names = class_names or [str(i) for i in range(len(self.per_class_iou))]
+        return {
+            "miou": self.miou,
+            "pixel_accuracy": self.pixel_accuracy,
+            "mean_accuracy": self.mean_accuracy,
+            "per_class_iou": {n: (None if v != v else v) for n, v in zip(names, self.per_class_iou)},
+            "pixels": self.pixels,
+            "miou_convention": self.convention,
+        }

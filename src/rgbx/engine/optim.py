@@ -1,0 +1,74 @@
+"""Optimizer parameter groups and the learning-rate schedule.
+
+Groups are built from ``named_parameters()`` (so bare ``nn.Parameter``s such as norm weights are never dropped, a
+bug of the reference repos), and :func:`param_groups` checks that every trainable parameter is in exactly one group.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NO_DECAY_NAME_PARTS = ("pos_embed", "pos_block", "relative_position", "cls_token", "gamma")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, head_lr_mult: float = 1.0,
+                 head_prefix: str = "head.") -> list[dict]:
+    """decay / no-decay (norms, biases, 1-d params, position terms) × backbone / head (lr × ``head_lr_mult``)."""
+    groups: dict[tuple[bool, bool], list] = {}
+    names: dict[tuple[bool, bool], list[str]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or name.endswith(".bias") or any(part in name for part in NO_DECAY_NAME_PARTS)
+        is_head = name.startswith(head_prefix)
+        groups.setdefault((no_decay, is_head), []).append(p)
+        names.setdefault((no_decay, is_head), []).append(name)
+    result = []
+    for (no_decay, is_head), params in sorted(groups.items()):
+        result.append({
+            "params": params,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr": lr * (head_lr_mult if is_head else 1.0),
+            "names": names[(no_decay, is_head)],
+        })
+    check_param_groups(model, result)
+    return result
+
+
+def check_param_groups(model: torch.nn.Module, groups: list[dict]) -> None:
+    seen: dict[int, int] = {}
+    for g in groups:
+        for p in g["params"]:
+            seen[id(p)] = seen.get(id(p), 0) + 1
+    trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    missing = [n for i, n in trainable.items() if i not in seen]
+    doubled = [trainable.get(i, "?") for i, c in seen.items() if c > 1]
+    if missing or doubled:
+        raise RuntimeError(f"optimizer groups are wrong: missing {missing[:5]}, in several groups {doubled[:5]}")
+
+
+def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.head_lr_mult)
+    for g in groups:
+        g.pop("names")
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                             fused=fused or None)
+
+
+def warmup_poly(total_iters: int, warmup_iters: int, warmup_ratio: float, power: float):
+    """lr factor: linear warm-up from ``warmup_ratio`` to 1, then ``(1 - t)^power`` decay to 0 at ``total_iters``."""
+
+    def factor(it: int) -> float:
+        if it < warmup_iters:
+            return warmup_ratio + (1 - warmup_ratio) * it / max(1, warmup_iters)
+        t = (it - warmup_iters) / max(1, total_iters - warmup_iters)
+        return max(0.0, 1 - t) ** power
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_iters: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_poly(total_iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
+    )

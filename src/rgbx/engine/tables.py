@@ -1,0 +1,58 @@
+"""Printing evaluation results: the anymodal table (rows = modality subsets, columns = all + per group) and the
+per-class IoU table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from rgbx.engine.evaluate import EvalResult
+
+
+def _pct(v: float) -> str:
+    return "—" if v != v else f"{100 * v:.2f}"
+
+
+def anymodal_table(result: EvalResult, convention: str = "present", title: str | None = None) -> Table:
+    metrics = result.metrics(convention)
+    groups = result.groups
+    table = Table(title=title, caption=f"mIoU % ({convention} classes averaged; see rgbx eval --help)")
+    table.add_column("modalities")
+    for g in groups:
+        table.add_column("mIoU" if g == "all" else g.split("=", 1)[-1], justify="right")
+    table.add_column("pixel acc", justify="right")
+    for subset, by_group in metrics.items():
+        row = [subset] + [_pct(by_group[g].miou) if g in by_group else "—" for g in groups]
+        row.append(_pct(by_group["all"].pixel_accuracy))
+        table.add_row(*row)
+    return table
+
+
+def per_class_table(result: EvalResult, class_names: list[str], convention: str = "present") -> Table:
+    metrics = result.metrics(convention)
+    table = Table(title="per-class IoU %")
+    table.add_column("class")
+    for subset in metrics:
+        table.add_column(subset, justify="right")
+    for i, name in enumerate(class_names):
+        table.add_row(name, *[_pct(metrics[s]["all"].per_class_iou[i]) for s in metrics])
+    return table
+
+
+def markdown_table(result: EvalResult, convention: str = "present") -> str:
+    metrics = result.metrics(convention)
+    groups = result.groups
+    head = ["modalities"] + ["mIoU" if g == "all" else g.split("=", 1)[-1] for g in groups]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for subset, by_group in metrics.items():
+        lines.append("| " + " | ".join([subset] + [_pct(by_group[g].miou) if g in by_group else "—"
+                                                   for g in groups]) + " |")
+    return "\n".join(lines)
+
+
+def print_eval_tables(result: EvalResult, class_names: list[str], convention: str = "present",
+                      per_class: bool = False, title: str | None = None, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(anymodal_table(result, convention, title))
+    if per_class:
+        console.print(per_class_table(result, class_names, convention))

@@ -1,0 +1,311 @@
+"""The training loop: plain PyTorch, iteration based, resumable bit for bit after a kill.
+
+Reproducibility: the sample order comes from :class:`~rgbx.data.sampler.ResumableSampler` (seeded per epoch), each
+sample's augmentation from a generator seeded by (seed, epoch, index), and each step's randomness (drop path,
+modality dropout) from a seed derived from (seed, iteration). A run resumed from its last checkpoint therefore sees
+the same data and random draws as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rgbx.data import FolderDataset, collate
+from rgbx.data.sampler import ResumableSampler
+from rgbx.data.transforms import EvalTransform, TrainTransform
+from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
+from rgbx.engine.config import ExperimentConfig, to_dict, to_yaml
+from rgbx.engine.evaluate import EvalResult, evaluate
+from rgbx.engine.optim import build_optimizer, build_scheduler
+from rgbx.engine.report import Reporter
+from rgbx.errors import CheckpointError, ConfigError, RgbxError
+from rgbx.methods import METHODS
+from rgbx.models import ModelConfig, create_model
+
+STATE_FILE = "checkpoints/last.state.pt"
+LAST_WEIGHTS = "checkpoints/last.safetensors"
+FINAL_WEIGHTS = "model.safetensors"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def step_seed(seed: int, iteration: int) -> int:
+    return (seed * 1_000_003 + iteration * 7_919 + 17) % (2**63)
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_FILE
+
+    @property
+    def last_weights(self) -> Path:
+        return self.root / LAST_WEIGHTS
+
+    @property
+    def final_weights(self) -> Path:
+        return self.root / FINAL_WEIGHTS
+
+    @property
+    def best_weights(self) -> Path:
+        return self.root / "best.safetensors"
+
+
+def build_model_config(cfg: ExperimentConfig, num_classes: int) -> ModelConfig:
+    model_cfg = cfg.model
+    if model_cfg.num_classes in (0, None):
+        model_cfg = dataclasses.replace(model_cfg, num_classes=num_classes)
+    elif model_cfg.num_classes != num_classes:
+        raise ConfigError(f"model.num_classes={model_cfg.num_classes} but the dataset {cfg.data.root} has "
+                          f"{num_classes} classes")
+    return model_cfg
+
+
+class Trainer:
+    """Trains ``cfg.model`` with ``cfg.method`` on ``cfg.data``; writes everything under ``cfg.output_dir``."""
+
+    def __init__(self, cfg: ExperimentConfig, resume: bool = False, reporter: Reporter | None = None):
+        self.cfg = cfg
+        self.paths = RunPaths(Path(cfg.output_dir))
+        self.reporter = reporter or Reporter()
+        if not resume and self.paths.state.exists():
+            raise RgbxError(f"{self.paths.root} already holds a training run ({self.paths.state}); pass --resume "
+                            f"to continue it, or choose another output_dir")
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
+        torch.manual_seed(cfg.train.seed)
+
+        modalities = list(cfg.data.modalities or cfg.model.modalities)
+        unknown = [m for m in cfg.model.modalities if m not in modalities]
+        if unknown:
+            raise ConfigError(f"model.modalities has {unknown} which data.modalities does not load")
+        self.train_set = FolderDataset(
+            cfg.data.root, cfg.data.train_split, modalities,
+            transform=TrainTransform(crop_size=tuple(cfg.data.crop_size), scale_range=tuple(cfg.data.scale_range),
+                                     hflip_prob=cfg.data.hflip_prob, photometric=cfg.data.photometric),
+            seed=cfg.train.seed, check=cfg.data.check,
+        )
+        self.description = self.train_set.description
+        self.val_set = FolderDataset(cfg.data.root, cfg.data.val_split, modalities, transform=EvalTransform(),
+                                     check=cfg.data.check)
+        if len(self.train_set) < cfg.train.batch_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the training split "
+                              f"({len(self.train_set)} samples)")
+        self.model_cfg = cfg.model = build_model_config(cfg, self.description.num_classes)
+        self.model = create_model(self.model_cfg).to(self.device)
+        self.method = METHODS.get(cfg.method.name)(cfg.method, ignore_index=self.description.ignore_index)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.iteration = 0
+        self.best_miou = -1.0
+        if resume and self.paths.state.exists():
+            self._load_state()
+        elif resume:
+            self.reporter.print(f"no checkpoint in {self.paths.root} yet; starting from scratch")
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        (self.paths.root / "config.yaml").write_text(to_yaml(cfg))
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "best_miou": self.best_miou,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": json.dumps(to_dict(self.cfg)),
+        }
+
+    def _load_state(self) -> None:
+        state = load_state(self.paths.state)
+        saved = json.loads(state["config"])
+        current = to_dict(self.cfg)
+        current["model"] = self.model_cfg.to_dict()
+        for section in ("model", "data", "method"):
+            ours, theirs = dict(current[section]), dict(saved.get(section, {}))
+            if section == "data":  # how the data is read may change; what is read may not
+                for key in ("num_workers", "check", "root"):
+                    ours.pop(key, None), theirs.pop(key, None)
+            if theirs != ours:
+                raise CheckpointError(f"{self.paths.state}: the run was made with a different {section!r} config "
+                                      f"({saved.get(section)}); resume with the same config")
+        for key in ("seed", "batch_size"):
+            if saved["train"][key] != getattr(self.cfg.train, key):
+                raise CheckpointError(f"{self.paths.state}: the run used train.{key}={saved['train'][key]}; "
+                                      f"resume needs the same value")
+        load_state_into(self.model, state["model"], str(self.paths.state))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if saved["train"]["iters"] != self.cfg.train.iters:  # a longer (or shorter) schedule than first planned
+            self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, self.cfg.train.iters)
+            self.scheduler.last_epoch = state["iteration"]
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.best_miou = float(state["best_miou"])
+        self.reporter.print(f"resumed {self.paths.root} at iteration {self.iteration}")
+
+    def save_checkpoint(self) -> None:
+        info = {"iteration": self.iteration}
+        save_model(self.paths.last_weights, self.model, self.description.to_dict(), **info)
+        save_state(self.paths.state, self._state())
+
+    # -- loops ----------------------------------------------------------------------------------------------------
+    def _train_loader(self):
+        cfg = self.cfg.train
+        steps = len(self.train_set) // cfg.batch_size
+        sampler = ResumableSampler(len(self.train_set), cfg.batch_size, seed=cfg.seed,
+                                   start_epoch=self.iteration // steps, start_step=self.iteration % steps)
+        return torch.utils.data.DataLoader(
+            self.train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
+            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed),
+        )
+
+    def val_loader(self):
+        return torch.utils.data.DataLoader(
+            self.val_set, batch_size=self.cfg.train.eval_batch_size, shuffle=False, collate_fn=collate,
+            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+        )
+
+    def evaluate(self, subsets=None) -> EvalResult:
+        result = evaluate(self.model, self.val_loader(), num_classes=self.description.num_classes,
+                          ignore_index=self.description.ignore_index, subsets=subsets,
+                          group_by=self.cfg.train.eval_group_by, device=self.device, autocast_dtype=self.amp_dtype)
+        self.model.train()
+        return result
+
+    def train_step(self, batch) -> dict[str, torch.Tensor]:
+        seed = step_seed(self.cfg.train.seed, self.iteration)
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with amp:
+            losses = self.method.step(self.model, batch, generator)
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+
+    def fit(self) -> dict:
+        cfg = self.cfg.train
+        self.model.train()
+        log_path = self.paths.root / "metrics.csv"
+        new_log = not log_path.exists() or self.iteration == 0
+        log_file = log_path.open("w" if new_log else "a", newline="")
+        writer = None
+        sums: dict[str, float] = {}
+        count, t0, images = 0, time.perf_counter(), 0
+        tb = self._tensorboard()
+        loader = self._train_loader()
+        try:
+            with self.reporter.progress(cfg.iters, self.iteration, "train") as bar:
+                for batch in loader:
+                    if self.iteration >= cfg.iters:
+                        break
+                    batch = batch.to(self.device, non_blocking=True)
+                    values = self.train_step(batch)
+                    self.iteration += 1
+                    images += len(batch)
+                    for k, v in values.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iters:
+                        row = {k: float(v) / count for k, v in sums.items()}  # one host sync per log interval
+                        if not math.isfinite(row["loss"]):
+                            raise RgbxError(f"loss became {row['loss']} at iteration {self.iteration}; lower "
+                                            f"optim.lr or set optim.grad_clip (last good checkpoint: "
+                                            f"{self.paths.state})")
+                        dt = time.perf_counter() - t0
+                        row = {"iteration": self.iteration, "lr": self.scheduler.get_last_lr()[0], **row,
+                               "images_per_s": images / dt if dt > 0 else 0.0}
+                        if writer is None:
+                            writer = csv.DictWriter(log_file, fieldnames=list(row))
+                            if new_log:
+                                writer.writeheader()
+                        writer.writerow(row)
+                        log_file.flush()
+                        if tb:
+                            for k, v in row.items():
+                                if k != "iteration":
+                                    tb.add_scalar(f"train/{k}", v, self.iteration)
+                        bar.update(self.iteration, loss=row["loss"], lr=row["lr"], ips=row["images_per_s"])
+                        sums, count, t0, images = {}, 0, time.perf_counter(), 0
+                    else:
+                        bar.update(self.iteration)
+                    if self.iteration % cfg.checkpoint_every == 0 and self.iteration < cfg.iters:
+                        self.save_checkpoint()
+                    if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iters:
+                        self._eval_and_log(tb)
+        finally:
+            log_file.close()
+        self.save_checkpoint()
+        result = self._eval_and_log(tb)
+        save_model(self.paths.final_weights, self.model, self.description.to_dict(), iteration=self.iteration)
+        if tb:
+            tb.close()
+        return result
+
+    def _eval_and_log(self, tb=None) -> dict:
+        result = self.evaluate()
+        metrics = result.to_dict(list(self.description.classes))
+        full = "+".join(self.model.modalities)
+        miou = metrics["subsets"][full]["all"]["miou"]
+        entry = {"iteration": self.iteration, "miou": miou,
+                 "groups": {g: m["miou"] for g, m in metrics["subsets"][full].items()}}
+        with (self.paths.root / "eval.jsonl").open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.reporter.print(f"iteration {self.iteration}: val mIoU {100 * miou:.2f} "
+                            + " ".join(f"{g}:{100 * v:.1f}" for g, v in entry["groups"].items() if g != "all"))
+        if tb:
+            tb.add_scalar("val/miou", miou, self.iteration)
+        if miou > self.best_miou:
+            self.best_miou = miou
+            save_model(self.paths.best_weights, self.model, self.description.to_dict(), iteration=self.iteration,
+                       val_miou=miou)
+        return metrics
+
+    def _tensorboard(self):
+        if not self.cfg.train.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install 'rgbx[tensorboard]'") from None
+        return SummaryWriter(str(self.paths.root / "tensorboard"))

@@ -1,0 +1,37 @@
+"""User-facing errors.
+
+Every problem a user can cause (a bad file, a wrong config key, a checkpoint for another model) is raised as a
+:class:`RgbxError` whose message names the file / key / shape and what was expected. The CLI prints these as one
+clear message without a traceback; anything else is a bug in rgbx and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class RgbxError(Exception):
+    """An error caused by user input, with a message meant to be read by that user."""
+
+
+class ConfigError(RgbxError):
+    """A configuration key or value is wrong."""
+
+
+class DataError(RgbxError):
+    """A dataset on disk does not match what its description promises.
+
+    ``problems`` lists every problem found (validation collects them all instead of stopping at the first).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        self.problems = list(problems or [])
+        if self.problems:
+            shown = self.problems[:50]
+            more = len(self.problems) - len(shown)
+            message = message + "\n" + "\n".join(f"  - {p}" for p in shown)
+            if more:
+                message += f"\n  ... and {more} more"
+        super().__init__(message)
+
+
+class CheckpointError(RgbxError):
+    """A checkpoint cannot be read or does not fit the model it is loaded into."""

@@ -1,0 +1,100 @@
+"""The typed model configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from rgbx.errors import ConfigError
+from rgbx.modalities import get_modality
+from rgbx.models.layers import ATTN_IMPLS
+from rgbx.models.registries import BACKBONES, FUSIONS, HEADS
+
+__all__ = ["ModelConfig"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build a :class:`rgbx.models.Segmentor`.
+
+    Attributes:
+        backbone: registered backbone name (``rgbx.models.list_models()["backbones"]``).
+        fusion: registered fusion name (``"cmx"``, ``"mean"``, ...).
+        head: registered head name (``"mlp"``).
+        modalities: the modalities the model is built for; at run time any non-empty subset may be passed.
+        num_classes: number of classes; must be set (> 0).
+        head_channels: the head's embedding width.
+        drop_path_rate: stochastic depth rate of the encoder(s).
+        attn_impl: ``"sdpa"`` (fused attention) or ``"eager"`` (explicit softmax, for FLOP counting).
+    """
+
+    backbone: str = "mit_b0"
+    fusion: str = "cmx"
+    head: str = "mlp"
+    modalities: list[str] = field(default_factory=lambda: ["rgb", "depth"])
+    num_classes: int = 0
+    head_channels: int = 256
+    drop_path_rate: float = 0.1
+    attn_impl: str = "sdpa"
+
+    def __post_init__(self):
+        if isinstance(self.modalities, str):
+            raise ConfigError(
+                f"modalities must be a list of modality names, got the string {self.modalities!r}"
+            )
+        object.__setattr__(self, "modalities", list(self.modalities))
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        """Build from a plain dict (e.g. parsed YAML). Unknown keys raise :class:`ConfigError`; values are checked by
+        :meth:`validate` (called when a model is built)."""
+        valid = cls.field_names()
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            raise ConfigError(
+                f"unknown model config key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                f"valid keys: {', '.join(valid)}"
+            )
+        return cls(**dict(data))
+
+    def validate(self) -> ModelConfig:
+        """Check every value; raise :class:`ConfigError` naming the key and what is allowed. Returns ``self``."""
+        BACKBONES.get(self.backbone)
+        FUSIONS.get(self.fusion)
+        HEADS.get(self.head)
+        if not self.modalities or not all(isinstance(m, str) for m in self.modalities):
+            raise ConfigError(
+                f"modalities must be a non-empty list of modality names, got {self.modalities!r}"
+            )
+        duplicates = sorted({m for m in self.modalities if self.modalities.count(m) > 1})
+        if duplicates:
+            raise ConfigError(f"modalities: listed more than once: {', '.join(duplicates)}")
+        for m in self.modalities:
+            get_modality(m)
+        if (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes <= 0
+        ):
+            raise ConfigError(
+                f"num_classes must be a positive integer (the number of classes), got {self.num_classes!r}"
+            )
+        if (
+            isinstance(self.head_channels, bool)
+            or not isinstance(self.head_channels, int)
+            or self.head_channels <= 0
+        ):
+            raise ConfigError(f"head_channels must be a positive integer, got {self.head_channels!r}")
+        if not isinstance(self.drop_path_rate, int | float) or not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"drop_path_rate must be a number in [0, 1), got {self.drop_path_rate!r}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ConfigError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
+        return self

@@ -1,0 +1,157 @@
+"""The fusion-encoder contract shared by every fusion: input checks, presence masks and the output record.
+
+A fusion encoder takes ``inputs`` (modality → (B, C, H, W) normalised tensor; any non-empty subset of its
+modalities) and optional ``present`` masks (modality → (B,) bool; see :class:`rgbx.data.Batch`), runs its
+encoder(s) and returns an :class:`EncoderOutput`.
+
+Rules every fusion follows:
+
+* A modality that is passed but absent for every sample is not computed, and a modality that is not passed is
+  absent. (If no passed modality is present for any sample, the first passed one is computed anyway so that the
+  outputs have shapes; everything it produces is masked out.)
+* What an absent sample holds in ``inputs`` never reaches the outputs: features are masked with ``torch.where``
+  before they are mixed with anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from rgbx.errors import ConfigError
+from rgbx.modalities import get_modality
+from rgbx.models.layers import FeatureInfo
+
+__all__ = ["EncoderOutput", "FusionEncoder", "others_weights"]
+
+
+@dataclass
+class EncoderOutput:
+    """What a fusion encoder returns.
+
+    Attributes:
+        fused: one (B, C_i, H_i, W_i) map per stage, the input of the head.
+        features: modality → its per-stage maps, for the modalities that were computed; samples for which the
+            modality is absent hold zeros.
+        present: modality → (B,) bool, the presence masks used (for every passed modality).
+    """
+
+    fused: list[torch.Tensor]
+    features: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def others_weights(present: torch.Tensor) -> torch.Tensor:
+    """Weights for "the mean of the *other* present modalities".
+
+    Args:
+        present: (B, N) bool, one column per modality slot.
+
+    Returns:
+        (B, N, N) float ``w`` with ``w[b, m, j] = present[b, j] / #{j' ≠ m present in b}`` for ``j ≠ m`` and 0 on
+        the diagonal; a row is all zero when no other modality is present (then "the others" contribute nothing).
+    """
+    p = present.float()
+    n = p.shape[1]
+    w = p.unsqueeze(1) * (1.0 - torch.eye(n, dtype=p.dtype, device=p.device))
+    return w / w.sum(dim=-1, keepdim=True).clamp(min=1.0)
+
+
+class FusionEncoder(nn.Module):
+    """Base class: holds the modality list and checks inputs.
+
+    Attributes:
+        modalities: the modalities the encoder was built for, in a fixed order (the order of ``features``).
+        in_channels: modality → expected input channels (from the modality registry).
+        feature_info: channels / reduction of the fused stage maps.
+    """
+
+    feature_info: FeatureInfo
+
+    def __init__(self, modalities: Sequence[str]):
+        super().__init__()
+        if isinstance(modalities, str):
+            raise ConfigError(f"modalities must be a list of names, got the string {modalities!r}")
+        modalities = tuple(modalities)
+        if not modalities:
+            raise ConfigError("a fusion needs at least one modality")
+        duplicates = sorted({m for m in modalities if modalities.count(m) > 1})
+        if duplicates:
+            raise ConfigError(f"modalities listed more than once: {', '.join(duplicates)}")
+        self.modalities = modalities
+        self.in_channels = {m: get_modality(m).channels for m in modalities}
+
+    def prepare(
+        self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Check inputs and resolve presence masks.
+
+        Returns:
+            ``inputs`` and ``present`` (bool (B,) per passed modality), both ordered as :attr:`modalities`.
+
+        Raises:
+            ConfigError: no inputs, a modality this model was not built for, a tensor that is not (B, C, H, W) with
+                the modality's channel count, sizes that differ between modalities, or a malformed mask.
+        """
+        if not isinstance(inputs, Mapping) or not inputs:
+            raise ConfigError(
+                f"the model needs a dict of modality → (B, C, H, W) tensors with at least one of: "
+                f"{', '.join(self.modalities)}"
+            )
+        for name in inputs:
+            if name not in self.in_channels:
+                raise ConfigError(
+                    f"modality {name!r} is not one this model was built for; its modalities: "
+                    f"{', '.join(self.modalities)}"
+                )
+        ordered = {m: inputs[m] for m in self.modalities if m in inputs}
+        ref_name, ref = next(iter(ordered.items()))
+        for name, x in ordered.items():
+            expected = self.in_channels[name]
+            if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != expected:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ConfigError(
+                    f"modality {name!r}: input has shape {shape}, expected (B, {expected}, H, W) "
+                    f"({expected} channel{'s' if expected > 1 else ''})"
+                )
+            if x.shape[0] != ref.shape[0] or x.shape[2:] != ref.shape[2:]:
+                raise ConfigError(
+                    f"modality {name!r}: input has shape {tuple(x.shape)} but {ref_name!r} has "
+                    f"{tuple(ref.shape)}; all modalities need the same batch size and H×W"
+                )
+        batch = ref.shape[0]
+        present = dict(present or {})
+        for name in present:
+            if name not in self.in_channels:
+                raise ConfigError(
+                    f"present mask for modality {name!r}, which is not one this model was built for; its "
+                    f"modalities: {', '.join(self.modalities)}"
+                )
+        masks = {}
+        for name, x in ordered.items():
+            mask = present.get(name)
+            if mask is None:
+                mask = torch.ones(batch, dtype=torch.bool, device=x.device)
+            else:
+                mask = torch.as_tensor(mask, device=x.device)
+                if mask.shape != (batch,):
+                    raise ConfigError(
+                        f"present mask for modality {name!r} has shape {tuple(mask.shape)}, expected ({batch},)"
+                    )
+                mask = mask.bool()
+            masks[name] = mask
+        return ordered, masks
+
+    @staticmethod
+    def computed(present: Mapping[str, torch.Tensor]) -> list[str]:
+        """The passed modalities present for at least one sample (the first passed one if there are none)."""
+        names = [m for m, mask in present.items() if bool(mask.any())]
+        return names or list(present)[:1]
+
+    def forward(
+        self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
+    ) -> EncoderOutput:
+        raise NotImplementedError

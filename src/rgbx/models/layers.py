@@ -1,0 +1,133 @@
+"""Small building blocks shared by backbones, fusions and heads.
+
+Generic pieces come from ``timm.layers`` (re-exported here so model files import from one place); what is defined
+here is what timm does not have in the form rgbx needs: token ↔ map reshaping, the Mix-FFN depth-wise conv, a
+conv-BN-ReLU unit, the SegFormer weight init, a :class:`FeatureInfo` list and per-sample presence masking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+from torch import nn
+
+from rgbx.errors import ConfigError
+
+__all__ = [
+    "ATTN_IMPLS",
+    "ConvBNReLU",
+    "DWConv",
+    "DropPath",
+    "FeatureInfo",
+    "LayerNorm2d",
+    "check_attn_impl",
+    "init_weights",
+    "map_to_tokens",
+    "mask_absent",
+    "resize",
+    "tokens_to_map",
+    "trunc_normal_",
+]
+
+
+ATTN_IMPLS = ("sdpa", "eager")
+
+
+def check_attn_impl(attn_impl: str) -> str:
+    """``"sdpa"`` (fused ``scaled_dot_product_attention``) or ``"eager"`` (explicit softmax, for FLOP counting)."""
+    if attn_impl not in ATTN_IMPLS:
+        raise ConfigError(f"unknown attn_impl {attn_impl!r}; choose one of: {', '.join(ATTN_IMPLS)}")
+    return attn_impl
+
+
+class FeatureInfo(list):
+    """Per-stage feature description, timm style: a list of ``{"num_chs", "reduction", "module", ...}`` dicts."""
+
+    def channels(self) -> list[int]:
+        return [int(f["num_chs"]) for f in self]
+
+    def reductions(self) -> list[int]:
+        return [int(f["reduction"]) for f in self]
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, H·W, C)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def tokens_to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, H·W, C) → (B, C, H, W)."""
+    b, _, c = x.shape
+    return x.transpose(1, 2).reshape(b, c, hw[0], hw[1])
+
+
+def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of a (B, C, H, W) map (``align_corners=False``); a no-op when the size already matches."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def mask_absent(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Zero the samples of ``x`` (B, ...) whose ``present`` (B,) flag is False.
+
+    ``torch.where`` rather than a product, so that whatever an absent sample holds (even inf/NaN) cannot leak.
+    """
+    return torch.where(
+        present.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros((), dtype=x.dtype, device=x.device)
+    )
+
+
+class DWConv(nn.Module):
+    """Depth-wise 3×3 conv applied to a token sequence (the positional part of SegFormer's Mix-FFN)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, groups=dim, bias=True)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """(B, N, C) tokens of an H×W grid → (B, N, C)."""
+        return map_to_tokens(self.dwconv(tokens_to_map(x, hw)))
+
+
+class ConvBNReLU(nn.Sequential):
+    """Conv (no bias) → BatchNorm → ReLU."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1
+    ):
+        super().__init__(
+            nn.Conv2d(
+                in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
+            ),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+def init_weights(module: nn.Module) -> None:
+    """SegFormer / CMX initialisation, for ``model.apply``.
+
+    Linear: truncated normal (std 0.02), zero bias. LayerNorm: weight 1, bias 0. Conv2d: normal with std
+    ``sqrt(2 / fan_out)`` where ``fan_out = k_h·k_w·out_channels / groups``, zero bias. BatchNorm keeps PyTorch's
+    defaults (weight 1, bias 0).
+    """
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

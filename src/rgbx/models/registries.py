@@ -1,0 +1,24 @@
+"""The model component registries: backbones, fusions and heads.
+
+Each family file registers its entries; ``rgbx.models.__init__`` imports every family explicitly, so a name that is
+not found is a wrong name and the error lists the registered ones.
+
+Contracts (what a registered factory is called with):
+
+* ``BACKBONES[name](in_channels=..., drop_path_rate=..., attn_impl=...)`` → a staged encoder (see
+  :class:`rgbx.models.backbones.base.StagedBackbone`).
+* ``FUSIONS[name](backbone=..., modalities=..., drop_path_rate=..., attn_impl=...)`` → a
+  :class:`rgbx.models.fusions.base.FusionEncoder`.
+* ``HEADS[name](in_channels=[...], num_classes=..., channels=...)`` → a module mapping the list of fused stage maps to
+  logits at the resolution of the first map.
+"""
+
+from __future__ import annotations
+
+from rgbx.registry import Registry
+
+BACKBONES: Registry = Registry("backbone")
+FUSIONS: Registry = Registry("fusion")
+HEADS: Registry = Registry("head")
+
+__all__ = ["BACKBONES", "FUSIONS", "HEADS"]

@@ -1,0 +1,114 @@
+"""The segmentation model: fusion encoder → head → logits at input resolution; plus the factory functions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from rgbx.models.config import ModelConfig
+from rgbx.models.fusions.base import FusionEncoder
+from rgbx.models.layers import check_attn_impl, resize
+from rgbx.models.registries import BACKBONES, FUSIONS, HEADS
+
+__all__ = ["SegOutput", "Segmentor", "create_model", "list_models"]
+
+
+@dataclass
+class SegOutput:
+    """What :class:`Segmentor` returns.
+
+    Attributes:
+        logits: (B, K, H, W), bilinearly upsampled to the input size.
+        fused: the fused encoder maps, one (B, C_i, H_i, W_i) per stage.
+        features: modality → per-stage maps, for the modalities the encoder computed (zeros for absent samples).
+        present: modality → (B,) bool, the presence masks used.
+    """
+
+    logits: torch.Tensor
+    fused: list[torch.Tensor]
+    features: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    present: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Segmentor(nn.Module):
+    """Multi-modal segmentation model built from a :class:`ModelConfig`.
+
+    Example:
+        >>> model = create_model(fusion="mean", modalities=["rgb", "depth"], num_classes=10)
+        >>> out = model({"rgb": torch.randn(2, 3, 64, 64)})  # any non-empty subset of the modalities
+        >>> out.logits.shape
+        torch.Size([2, 10, 64, 64])
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.encoder: FusionEncoder = FUSIONS.get(config.fusion)(
+            backbone=config.backbone,
+            modalities=config.modalities,
+            drop_path_rate=config.drop_path_rate,
+            attn_impl=config.attn_impl,
+        )
+        self.head = HEADS.get(config.head)(
+            in_channels=self.encoder.feature_info.channels(),
+            num_classes=config.num_classes,
+            channels=config.head_channels,
+        )
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.encoder.modalities
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def set_attn_impl(self, attn_impl: str) -> None:
+        """Switch every backbone attention layer to ``"sdpa"`` or ``"eager"`` (weights unchanged)."""
+        check_attn_impl(attn_impl)
+        for module in self.modules():
+            if module is not self and hasattr(module, "set_attn_impl"):
+                module.set_attn_impl(attn_impl)
+        self.config = replace(self.config, attn_impl=attn_impl)
+
+    def forward(
+        self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
+    ) -> SegOutput:
+        """Segment.
+
+        Args:
+            inputs: modality → (B, C_m, H, W) normalised tensors; any non-empty subset of :attr:`modalities`.
+            present: modality → (B,) bool (as in :class:`rgbx.data.Batch`); ``None`` or a missing entry means the
+                modality is present for every sample.
+
+        Raises:
+            ConfigError: an input of a modality the model was not built for, or with the wrong shape.
+        """
+        encoded = self.encoder(inputs, present)
+        size = next(iter(inputs.values())).shape[-2:]
+        logits = resize(self.head(encoded.fused), size)
+        return SegOutput(
+            logits=logits, fused=encoded.fused, features=encoded.features, present=encoded.present
+        )
+
+
+def create_model(config: ModelConfig | None = None, **overrides) -> Segmentor:
+    """Build a :class:`Segmentor`.
+
+    Args:
+        config: a full configuration (defaults: :class:`ModelConfig`'s).
+        **overrides: fields to override, e.g. ``create_model(fusion="mean", modalities=["rgb"], num_classes=10)``.
+
+    Raises:
+        ConfigError: an unknown field, an unregistered name (the message lists the registered ones) or a bad value.
+    """
+    base = config.to_dict() if config is not None else {}
+    return Segmentor(ModelConfig.from_dict({**base, **overrides}))
+
+
+def list_models() -> dict[str, list[str]]:
+    """The registered component names: ``{"backbones": [...], "fusions": [...], "heads": [...]}``."""
+    return {"backbones": BACKBONES.names(), "fusions": FUSIONS.names(), "heads": HEADS.names()}

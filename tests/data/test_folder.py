@@ -1,0 +1,134 @@
+"""The user-dataset format: loading, and one clear error per kind of bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from rgbx.data import collate
+from rgbx.data.folder import FolderDataset, check_dataset
+from rgbx.errors import DataError
+from rgbx.modalities import write_array
+from tests.conftest import make_dataset
+
+
+def test_loads_samples_in_physical_units_then_normalised(toy_dataset):
+    ds = FolderDataset(toy_dataset, "train")
+    assert len(ds) == 4
+    raw = ds.load(0)
+    assert set(raw["inputs"]) == {"rgb", "depth", "thermal"}
+    assert raw["inputs"]["depth"].shape == (1, 16, 20)
+    assert sorted(round(v, 4) for v in torch.unique(raw["inputs"]["depth"]).tolist()) == [3.0, 8.0]  # mm → m
+    assert raw["label"].dtype == torch.int64 and raw["label"][0, 0] == 255
+    assert raw["meta"]["attributes"]["condition"] in ("day", "night")
+    item = ds[0]
+    assert torch.allclose(item["inputs"]["depth"], raw["inputs"]["depth"] / 10.0)  # spec: mean 0, std 10 m
+
+
+def test_check_dataset_accepts_a_good_folder(toy_dataset):
+    assert check_dataset(toy_dataset) == {"train": 4, "val": 2}
+
+
+def test_batch_records_missing_modalities(toy_dataset):
+    ds = FolderDataset(toy_dataset, "train")
+    a, b = ds[0], ds[1]
+    del b["inputs"]["thermal"]
+    batch = collate([a, b])
+    assert batch.present["thermal"].tolist() == [True, False]
+    assert torch.all(batch.inputs["thermal"][1] == 0.0)  # the spec's fill value
+    only_depth = batch.with_modalities(["depth"])
+    assert only_depth.modalities == ("depth",)
+
+
+def _problems(root, **kw):
+    with pytest.raises(DataError) as e:
+        check_dataset(root, **kw)
+    return str(e.value)
+
+
+def test_missing_modality_folder_is_named(toy_dataset):
+    import shutil
+
+    shutil.rmtree(toy_dataset / "thermal")
+    msg = _problems(toy_dataset)
+    assert "thermal" in msg and "not found" in msg
+
+
+def test_missing_file_is_named(toy_dataset):
+    (toy_dataset / "depth" / "s001.png").unlink()
+    msg = _problems(toy_dataset)
+    assert "depth/s001" in msg and "missing file" in msg
+
+
+def test_size_mismatch_is_named(toy_dataset):
+    write_array(toy_dataset / "thermal" / "s002.png", np.zeros((1, 10, 10), np.uint8))
+    msg = _problems(toy_dataset)
+    assert "thermal/s002.png" in msg and "10x10" in msg and "16x20" in msg
+
+
+def test_corrupt_png_is_named(toy_dataset):
+    (toy_dataset / "rgb" / "s000.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    msg = _problems(toy_dataset)
+    assert "rgb/s000.png" in msg and "unreadable" in msg
+
+
+def test_truncated_png_is_caught_by_full_check(toy_dataset):
+    p = toy_dataset / "rgb" / "s000.png"
+    p.write_bytes(p.read_bytes()[:60])
+    msg = _problems(toy_dataset)
+    assert "rgb/s000.png" in msg
+
+
+def test_label_out_of_range_is_named(toy_dataset):
+    label = np.zeros((1, 16, 20), np.uint8)
+    label[0, 3, 3] = 7
+    write_array(toy_dataset / "label" / "s003.png", label)
+    msg = _problems(toy_dataset)
+    assert "label/s003.png" in msg and "[7]" in msg and "0..2" in msg
+
+
+def test_wrong_channel_count_is_named(toy_dataset):
+    write_array(toy_dataset / "depth" / "s000.png", np.zeros((3, 16, 20), np.uint8))
+    msg = _problems(toy_dataset)
+    assert "depth/s000.png" in msg and "3 channel(s), expected 1" in msg
+
+
+def test_wrong_dtype_is_named(toy_dataset):
+    write_array(toy_dataset / "depth" / "s000.png", np.full((1, 16, 20), 7, np.uint8))
+    msg = _problems(toy_dataset)
+    assert "depth/s000.png" in msg and "uint8" in msg and "uint16" in msg
+
+
+def test_all_problems_reported_at_once(toy_dataset):
+    (toy_dataset / "depth" / "s001.png").unlink()
+    write_array(toy_dataset / "thermal" / "s002.png", np.zeros((1, 10, 10), np.uint8))
+    msg = _problems(toy_dataset)
+    assert "depth/s001" in msg and "thermal/s002" in msg
+
+
+def test_bad_description_keys_and_unknown_modality(toy_dataset):
+    desc = yaml.safe_load((toy_dataset / "dataset.yaml").read_text())
+    desc["modalities"]["sonar"] = {}
+    desc["colour_map"] = 1
+    (toy_dataset / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    msg = _problems(toy_dataset)
+    assert "sonar" in msg and "colour_map" in msg
+
+
+def test_header_check_runs_when_opening(toy_dataset):
+    (toy_dataset / "depth" / "s001.png").unlink()
+    with pytest.raises(DataError, match="s001"):
+        FolderDataset(toy_dataset, "train")
+    FolderDataset(toy_dataset, "val")  # the other split is fine
+
+
+def test_optional_modality_may_be_missing(tmp_path):
+    root = make_dataset(tmp_path / "d")
+    desc = yaml.safe_load((root / "dataset.yaml").read_text())
+    desc["modalities"]["thermal"]["optional"] = True
+    (root / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    (root / "thermal" / "s000.png").unlink()
+    ds = FolderDataset(root, "train")
+    assert "thermal" not in ds.load(0)["inputs"] and "thermal" in ds.load(1)["inputs"]

@@ -1,0 +1,329 @@
+"""Tests for rgbx.data.transforms: joint geometry keeps every modality aligned, photometric ops stay in their lane."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rgbx.data.transforms import (
+    PHOTOMETRIC,
+    ColorJitter,
+    DepthHoles,
+    DepthNoise,
+    EvalTransform,
+    EventDropout,
+    GaussianBlur,
+    GaussianNoise,
+    PointDropout,
+    ThermalGain,
+    TrainTransform,
+    resize_label,
+    resize_modality,
+)
+from rgbx.errors import ConfigError, DataError
+from rgbx.modalities import get_modality
+
+H, W = 40, 64
+ALL_OPS = (
+    "color_jitter",
+    "gaussian_blur",
+    "depth_noise",
+    "depth_holes",
+    "thermal_gain",
+    "gaussian_noise",
+    "point_dropout",
+    "event_dropout",
+)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def coordinate_sample(label_axis: str = "x") -> dict:
+    """Every modality encodes its own pixel coordinates; the label holds x (or y)."""
+    g = gen(1234)
+    ys, xs = torch.meshgrid(
+        torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij"
+    )
+    holes = torch.rand(H, W, generator=g) < 0.2
+    lidar_pts = torch.rand(H, W, generator=g) < 0.15
+    event_pts = torch.rand(H, W, generator=g) < 0.3
+    index = ys * W + xs + 1  # 1 .. H*W, 0 = no point
+    inputs = {
+        "rgb": torch.stack([xs, ys, xs + 1000.0]),  # channel 2 > 500 marks real (non-padded) content
+        "depth": torch.where(holes, 0.0, index)[None],
+        "thermal": xs[None].clone(),
+        "lidar": torch.where(lidar_pts, index, 0.0)[None],
+        "event": torch.stack([torch.where(event_pts, xs + 1, 0.0), torch.where(event_pts, ys + 1, 0.0)]),
+    }
+    label = (xs if label_axis == "x" else ys).long()
+    return {"inputs": inputs, "label": label, "meta": {"id": "coords"}}
+
+
+def max_abs(t: torch.Tensor) -> float:
+    return float(t.abs().max()) if t.numel() else 0.0
+
+
+def decode(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    i = index.long() - 1
+    return i // W, i % W
+
+
+@pytest.mark.parametrize("crop", [(48, 48), (24, 80)])
+def test_alignment_every_modality_and_label(crop):
+    transform = TrainTransform(crop_size=crop, scale_range=(0.5, 2.0), photometric=False)
+    sx, sy = coordinate_sample("x"), coordinate_sample("y")
+    src = sx["inputs"]
+    src_values = {n: set(src[n].unique().tolist()) for n in ("depth", "lidar", "event")}
+    seen = {"flip": 0, "noflip": 0, "pad": 0, "up": 0, "down": 0}
+    for seed in range(40):
+        ox = transform(sx, gen(seed))
+        oy = transform(sy, gen(seed))  # same seed → same geometry; its label gives each pixel's source y
+        lab_x, lab_y = ox["label"], oy["label"]
+        out = ox["inputs"]
+        for x in [*out.values(), lab_x]:
+            assert tuple(x.shape[-2:]) == crop
+
+        content = out["rgb"][2] > 500
+        pad = ~content
+        # padded label pixels are ignore, and only those
+        assert torch.equal(lab_x == 255, pad)
+        assert torch.equal(lab_y == 255, pad)
+        seen["pad"] += bool(pad.any())
+        row = lab_x[content.any(1)][0]
+        row = row[row != 255]
+        if len(row) > 1:
+            seen["flip" if row[0] > row[-1] else "noflip"] += 1
+            step = (row[1:] - row[:-1]).abs().float().mean()
+            seen["up" if step < 1 else "down"] += bool(step != 1)
+
+        ys, xs = lab_y[content], lab_x[content]  # exact source pixel of each output pixel (nearest)
+        # dense bilinear: within interpolation tolerance of the nearest source coordinate
+        for name, ch, ref in (("rgb", 0, xs), ("rgb", 1, ys), ("thermal", 0, xs)):
+            diff = (out[name][ch][content] - ref.float()).abs()
+            assert diff.max() <= 1.0, (name, ch, seed, diff.max())
+            assert diff.mean() <= 0.6, (name, ch, seed, diff.mean())
+        # depth (has an invalid value): nearest, exact, holes where the source had them
+        assert torch.equal(out["depth"][0][content], src["depth"][0][ys, xs])
+        assert (out["depth"][0][pad] == 0).all()
+        # sparse: exact where the nearest source pixel holds a point; elsewhere a point from the same cell or nothing
+        for name in ("lidar", "event"):
+            o = out[name][:, content]
+            s = src[name][:, ys, xs]
+            has_src = (s != 0).any(0)
+            assert torch.equal(o[:, has_src], s[:, has_src]), (name, seed)
+            assert (out[name][:, pad] == 0).all()
+            assert set(out[name].unique().tolist()) <= src_values[name]
+        lidar = out["lidar"][0][content]
+        py, px = decode(lidar[lidar != 0])
+        assert max_abs(py - ys[lidar != 0]) <= 2 and max_abs(px - xs[lidar != 0]) <= 2
+        ev = out["event"][:, content]
+        assert torch.equal(ev[0] == 0, ev[1] == 0)  # channels of one event pixel travel together
+        hit = ev[0] != 0
+        assert max_abs(ev[0][hit] - 1 - xs[hit]) <= 2 and max_abs(ev[1][hit] - 1 - ys[hit]) <= 2
+        assert src["event"][:, (ev[1][hit] - 1).long(), (ev[0][hit] - 1).long()].ne(0).all()
+        assert set(lab_x.unique().tolist()) <= set(range(W)) | {255}
+    # the seeds exercised every geometric case
+    assert all(v > 0 for v in seen.values()), seen
+
+
+def test_sparse_downsample_keeps_points_and_values():
+    spec = get_modality("lidar")
+    x = torch.zeros(1, 4, 4)
+    x[0, 0, 0] = 7.5  # nearest neighbour (which samples pixel (1, 1) for cell (0, 0)) would lose this point
+    x[0, 3, 2] = 3.0
+    x[0, 2, 2] = 9.0  # same cell as (3, 2), further from... equally far, both valid: one is copied whole
+    out = resize_modality(x, (2, 2), spec)
+    assert out[0, 0, 0] == 7.5
+    assert out[0, 1, 1] in (3.0, 9.0)
+    assert out[0, 0, 1] == 0 and out[0, 1, 0] == 0
+    # a point at the cell's nearest pixel wins over other points in the cell
+    x = torch.zeros(1, 4, 4)
+    x[0, 1, 1], x[0, 0, 0] = 2.0, 5.0
+    assert resize_modality(x, (2, 2), spec)[0, 0, 0] == 2.0
+    # denser sparse map: no averaging, more points kept than nearest subsampling would
+    g = gen(0)
+    x = torch.where(
+        torch.rand(1, 64, 64, generator=g) < 0.1, torch.rand(1, 64, 64, generator=g) * 50 + 1, 0.0
+    )
+    out = resize_modality(x, (32, 32), spec)
+    assert set(out.unique().tolist()) <= set(x.unique().tolist())
+    nearest = x[:, 1::2, 1::2]
+    assert (out != 0).sum() > 2 * (nearest != 0).sum()
+    # event counts: integer, copied as whole pixel vectors
+    ev = torch.randint(0, 4, (2, 30, 30), generator=g).float() * (torch.rand(1, 30, 30, generator=g) < 0.2)
+    out = resize_modality(ev, (13, 13), get_modality("event"))
+    pixels = {tuple(v) for v in ev.flatten(1).T.tolist()}
+    assert {tuple(v) for v in out.flatten(1).T.tolist()} <= pixels
+
+
+def test_depth_resize_never_blends_with_invalid():
+    spec = get_modality("depth")
+    g = gen(3)
+    d = torch.rand(1, 30, 50, generator=g) * 10 + 1
+    d[torch.rand(1, 30, 50, generator=g) < 0.3] = 0.0
+    values = set(d.unique().tolist())
+    for size in [(15, 25), (61, 99), (22, 37)]:
+        assert set(resize_modality(d, size, spec).unique().tolist()) <= values
+
+
+def test_dense_bilinear_resize():
+    spec = get_modality("rgb")
+    x = torch.full((3, 20, 30), 0.25)
+    for size in [(10, 15), (41, 60)]:
+        out = resize_modality(x, size, spec)
+        assert out.shape == (3, *size)
+        assert torch.allclose(out, torch.full_like(out, 0.25))
+    ramp = torch.arange(30.0).expand(3, 20, 30)
+    up = resize_modality(ramp, (40, 60), spec)
+    assert len(up.unique()) > 30  # bilinear really interpolates dense maps
+    lab = torch.randint(0, 5, (20, 30))
+    assert set(resize_label(lab, (47, 13)).unique().tolist()) <= set(lab.unique().tolist())
+
+
+def photometric_only(active: dict) -> TrainTransform:
+    ops = {name: None for name in ALL_OPS}
+    ops.update(active)
+    return TrainTransform(crop_size=(H, W), scale_range=(1.0, 1.0), hflip_prob=0.0, photometric=ops)
+
+
+def realistic_sample() -> dict:
+    g = gen(99)
+    depth = torch.rand(1, H, W, generator=g) * 20 + 0.5
+    depth[torch.rand(1, H, W, generator=g) < 0.2] = 0.0
+    lidar = torch.where(
+        torch.rand(1, H, W, generator=g) < 0.1, torch.rand(1, H, W, generator=g) * 50 + 1, 0.0
+    )
+    return {
+        "inputs": {
+            "rgb": torch.rand(3, H, W, generator=g),
+            "depth": depth,
+            "thermal": torch.rand(1, H, W, generator=g),
+            "lidar": lidar,
+            "event": torch.randint(0, 5, (2, H, W), generator=g).float(),
+        },
+        "label": torch.randint(0, 10, (H, W), generator=g),
+        "meta": {"id": "real", "attributes": {"night": True}},
+    }
+
+
+@pytest.mark.parametrize(
+    "active, changed",
+    [
+        ({"color_jitter": ColorJitter(p=1.0)}, {"rgb"}),
+        ({"gaussian_blur": GaussianBlur(p=1.0, sigma=(1.0, 1.0))}, {"rgb"}),
+        ({"depth_noise": DepthNoise(p=1.0)}, {"depth"}),
+        ({"depth_holes": DepthHoles(p=1.0)}, {"depth"}),
+        ({"thermal_gain": ThermalGain(p=1.0)}, {"thermal"}),
+        ({"gaussian_noise": GaussianNoise(p=1.0, std=(0.01, 0.02))}, {"thermal"}),
+        ({"point_dropout": PointDropout(p=1.0, fraction=(0.5, 0.5))}, {"lidar"}),
+        ({"event_dropout": EventDropout(p=1.0, fraction=(0.5, 0.5))}, {"event"}),
+    ],
+)
+def test_photometric_op_changes_only_its_modality(active, changed):
+    sample = realistic_sample()
+    out = photometric_only(active)(sample, gen(5))
+    for name, x in sample["inputs"].items():
+        same = torch.equal(out["inputs"][name], x)
+        assert same != (name in changed), name
+    assert torch.equal(out["label"], sample["label"])
+
+
+def test_photometric_ops_respect_validity_and_ranges():
+    sample = realistic_sample()
+    src = sample["inputs"]
+    depth_invalid = src["depth"] == 0
+    transform = TrainTransform(crop_size=(H, W), scale_range=(1.0, 1.0), hflip_prob=0.0)  # the specs' own ops
+    changed = set()
+    for seed in range(30):
+        out = transform(sample, gen(seed))["inputs"]
+        changed |= {n for n in src if not torch.equal(out[n], src[n])}
+        assert out["rgb"].min() >= 0 and out["rgb"].max() <= 1
+        assert (out["depth"][depth_invalid] == 0).all()  # invalid stays invalid (holes may add more)
+        assert (out["depth"] >= 0).all()
+        kept = out["lidar"] != 0
+        assert torch.equal(out["lidar"][kept], src["lidar"][kept])  # dropout only removes points
+        ev = out["event"]
+        assert torch.equal(ev, ev.round()) and (ev >= 0).all() and (ev <= src["event"]).all()
+    assert changed == set(src)
+
+
+def test_depth_noise_keeps_valid_and_invalid():
+    spec = get_modality("depth")
+    d = realistic_sample()["inputs"]["depth"]
+    out = DepthNoise(p=1.0, relative_std=0.5)(d, gen(0), spec)
+    assert torch.equal(out == 0, d == 0)
+    assert not torch.equal(out, d)
+    holes = DepthHoles(p=1.0)(d, gen(0), spec)
+    assert ((holes == d) | (holes == 0)).all() and (holes == 0).sum() > (d == 0).sum()
+    with pytest.raises(ConfigError):
+        DepthHoles(p=1.0)(torch.rand(1, 8, 8), gen(0), get_modality("thermal"))
+
+
+def test_registry_names():
+    assert set(PHOTOMETRIC.names()) == set(ALL_OPS)
+    for name in ("rgb", "depth", "thermal", "lidar", "event"):
+        assert all(op in PHOTOMETRIC for op in get_modality(name).photometric)
+
+
+def test_same_seed_same_output_and_seed_matters():
+    sample = realistic_sample()
+    transform = TrainTransform(crop_size=(32, 32))
+    a, b, c = (transform(sample, gen(s)) for s in (7, 7, 8))
+    for name in sample["inputs"]:
+        assert torch.equal(a["inputs"][name], b["inputs"][name])
+    assert torch.equal(a["label"], b["label"])
+    assert any(not torch.equal(a["inputs"][n], c["inputs"][n]) for n in sample["inputs"])
+
+
+def test_geometry_does_not_depend_on_which_modalities_are_present():
+    sample = coordinate_sample()
+    transform = TrainTransform(crop_size=(32, 32))
+    full = transform(sample, gen(11))
+    only_depth = transform({**sample, "inputs": {"depth": sample["inputs"]["depth"]}}, gen(11))
+    assert torch.equal(full["inputs"]["depth"], only_depth["inputs"]["depth"])
+    assert torch.equal(full["label"], only_depth["label"])
+
+
+def test_missing_modalities_and_no_label_pass_through():
+    sample = realistic_sample()
+    meta = sample["meta"]
+    partial = {"inputs": {"thermal": sample["inputs"]["thermal"]}, "label": None, "meta": meta, "extra": 1}
+    out = TrainTransform(crop_size=(16, 24))(partial, gen(0))
+    assert set(out["inputs"]) == {"thermal"}
+    assert out["inputs"]["thermal"].shape == (1, 16, 24)
+    assert out["label"] is None and out["meta"] is meta and out["extra"] == 1
+
+    label_only = TrainTransform(crop_size=(16, 24))(
+        {"inputs": {}, "label": sample["label"], "meta": meta}, gen(0)
+    )
+    assert label_only["inputs"] == {} and label_only["label"].shape == (16, 24)
+    empty = TrainTransform(crop_size=(16, 24))({"inputs": {}, "label": None, "meta": meta}, gen(0))
+    assert empty["inputs"] == {} and empty["label"] is None
+
+    ev = EvalTransform()(partial, gen(0))
+    assert torch.equal(ev["inputs"]["thermal"], partial["inputs"]["thermal"])
+    assert ev["label"] is None and ev["meta"] is meta
+
+
+def test_eval_transform_is_identity_at_label_resolution():
+    sample = realistic_sample()
+    out = EvalTransform()(sample, gen(0))
+    for name, x in sample["inputs"].items():
+        assert torch.equal(out["inputs"][name], x)
+    assert torch.equal(out["label"], sample["label"])
+    assert out["meta"] is sample["meta"]
+
+
+def test_mismatched_sizes_and_bad_config_raise():
+    sample = realistic_sample()
+    bad = {**sample, "inputs": {**sample["inputs"], "depth": torch.ones(1, H // 2, W // 2)}}
+    with pytest.raises(DataError, match="differ in size"):
+        TrainTransform(crop_size=(16, 16))(bad, gen(0))
+    with pytest.raises(DataError, match="differ in size"):
+        EvalTransform()(bad)
+    with pytest.raises(ConfigError):
+        TrainTransform(scale_range=(2.0, 0.5))
+    with pytest.raises(ConfigError):
+        TrainTransform(crop_size=(0, 10))

@@ -1,0 +1,134 @@
+"""Training end to end on the toy dataset: loss goes down, checkpoints, resume after a kill is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from rgbx.engine.checkpoint import load_model, load_state, load_weights, read_model_info
+from rgbx.engine.config import load_config
+from rgbx.engine.report import Reporter
+from rgbx.engine.trainer import Trainer
+from rgbx.errors import CheckpointError, RgbxError
+from rgbx.models import create_model
+from tests.conftest import make_dataset
+
+TINY = ["model.backbone=mit_nano", "model.head_channels=16", "data.crop_size=[16,16]", "data.num_workers=0",
+        "train.batch_size=2", "train.eval_batch_size=2", "train.log_every=2", "optim.warmup_iters=2",
+        "model.modalities=[rgb,depth,thermal]"]
+
+
+def tiny_config(root, out, *extra):
+    return load_config(None, [f"data.root={root}", f"output_dir={out}", *TINY, *extra])
+
+
+def test_train_writes_weights_logs_and_evaluates(tmp_path):
+    root = make_dataset(tmp_path / "d", n=8)
+    cfg = tiny_config(root, tmp_path / "run", "train.iters=6", "train.checkpoint_every=3", "train.eval_every=3",
+                      "method.modality_dropout=0.5")
+    metrics = Trainer(cfg, reporter=Reporter(quiet=True)).fit()
+    run = tmp_path / "run"
+    for name in ("model.safetensors", "best.safetensors", "checkpoints/last.safetensors",
+                 "checkpoints/last.state.pt", "metrics.csv", "eval.jsonl", "config.yaml"):
+        assert (run / name).is_file(), name
+    full = metrics["subsets"]["rgb+depth+thermal"]["all"]
+    assert 0.0 <= full["miou"] <= 1.0 and set(full["per_class_iou"]) == {"ground", "box", "person"}
+    assert "condition=night" in metrics["subsets"]["rgb+depth+thermal"]
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("iteration,lr,loss,ce,images_per_s") and len(lines) == 4
+    assert len((run / "eval.jsonl").read_text().splitlines()) == 2  # at iteration 3 and at the end
+    model, info = load_model(run / "model.safetensors")
+    assert info["dataset"]["classes"] == ["ground", "box", "person"] and info["iteration"] == 6
+    assert load_state(run / "checkpoints/last.state.pt")["iteration"] == 6
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    root = make_dataset(tmp_path / "d")
+    cfg = tiny_config(root, tmp_path / "run", "train.iters=2")
+    Trainer(cfg, reporter=Reporter(quiet=True)).fit()
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    with pytest.raises(RgbxError, match="--resume"):
+        Trainer(cfg, reporter=Reporter(quiet=True))
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_in_process_is_bit_exact(tmp_path, monkeypatch):
+    root = make_dataset(tmp_path / "d", n=8)
+    extra = ["train.iters=8", "train.checkpoint_every=3", "train.eval_every=0", "method.modality_dropout=0.3"]
+    full = Trainer(tiny_config(root, tmp_path / "a", *extra), reporter=Reporter(quiet=True))
+    full_metrics = full.fit()
+
+    killed = Trainer(tiny_config(root, tmp_path / "b", *extra), reporter=Reporter(quiet=True))
+    real_step = Trainer.train_step
+
+    def dies_at_5(self, batch):
+        if self.iteration == 5:
+            raise _Killed
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_at_5)
+    with pytest.raises(_Killed):
+        killed.fit()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+
+    resumed = Trainer(tiny_config(root, tmp_path / "b", *extra), resume=True, reporter=Reporter(quiet=True))
+    assert resumed.iteration == 3  # the last checkpoint before the "kill"
+    resumed_metrics = resumed.fit()
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert full_metrics["subsets"] == resumed_metrics["subsets"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_from_the_cli_reaches_the_same_metrics(tmp_path):
+    root = make_dataset(tmp_path / "d", n=8)
+    args = [f"data.root={root}", *TINY, "train.iters=40", "train.checkpoint_every=4", "train.eval_every=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "rgbx.cli.main", "train", "synth_cmx_b0"]
+    subprocess.run([*cmd, *args, f"output_dir={tmp_path / 'a'}", "--quiet"], check=True, env=env, timeout=300)
+    proc = subprocess.Popen([*cmd, *args, f"output_dir={tmp_path / 'b'}", "--quiet"], env=env)
+    state = tmp_path / "b" / "checkpoints" / "last.state.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and load_state(state)["iteration"] >= 8:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_state(state)["iteration"]
+    assert 8 <= killed_at < 40
+    subprocess.run([*cmd, *args, f"output_dir={tmp_path / 'b'}", "--quiet", "--resume"], check=True, env=env,
+                   timeout=300)
+    a = [json.loads(x) for x in (tmp_path / "a" / "eval.jsonl").read_text().splitlines()][-1]
+    b = [json.loads(x) for x in (tmp_path / "b" / "eval.jsonl").read_text().splitlines()][-1]
+    assert a["miou"] == b["miou"] and a["groups"] == b["groups"]
+
+
+def test_checkpoint_for_a_different_model_is_refused(tmp_path):
+    root = make_dataset(tmp_path / "d")
+    cfg = tiny_config(root, tmp_path / "run", "train.iters=1")
+    Trainer(cfg, reporter=Reporter(quiet=True)).fit()
+    other = create_model(backbone="mit_nano", fusion="mean", modalities=["rgb"], num_classes=5, head_channels=16)
+    with pytest.raises(CheckpointError, match="different model") as e:
+        load_weights(tmp_path / "run" / "model.safetensors", other)
+    assert "cmx/mit_nano over rgb+depth+thermal with 3 classes" in str(e.value)
+    assert read_model_info(tmp_path / "run" / "model.safetensors")["model"]["fusion"] == "cmx"
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    p = tmp_path / "bad.safetensors"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        load_model(p)

@@ -1,0 +1,39 @@
+import pytest
+
+from rgbx.engine.config import load_config, to_yaml
+from rgbx.errors import ConfigError
+
+
+def test_preset_and_overrides():
+    cfg = load_config("synth_cmx_b0", ["train.iters=7", "model.fusion=mean", "data.crop_size=[32,48]"])
+    assert cfg.train.iters == 7 and cfg.model.fusion == "mean" and cfg.data.crop_size == [32, 48]
+    assert "iters: 7" in to_yaml(cfg)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="trian"):
+        load_config("synth_cmx_b0", ["trian.iters=3"])
+    with pytest.raises(ConfigError, match="itres"):
+        load_config("synth_cmx_b0", ["train.itres=3"])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match="train.iters"):
+        load_config(None, ["train.iters=many"])
+
+
+def test_unknown_key_in_yaml_file_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  backbone: mit_b0\n  fusoin: cmx\n")
+    with pytest.raises(ConfigError, match="fusoin"):
+        load_config(p)
+
+
+def test_missing_file_lists_presets():
+    with pytest.raises(ConfigError, match="synth_cmx_b0"):
+        load_config("no_such_config")
+
+
+def test_invalid_values():
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(None, ["train.precision=fp8"])
