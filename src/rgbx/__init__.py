@@ -1,3 +1,42 @@
-"""rgbx: multi-modal semantic segmentation with any subset of sensors."""
+"""rgbx: multi-modal semantic segmentation with any subset of sensors.
+
+The public API (imported lazily so that ``rgbx --help`` stays fast)::
+
+    import rgbx
+    model = rgbx.create_model(backbone="mit_b0", fusion="cmx", modalities=["rgb", "depth"], num_classes=40)
+    model, info = rgbx.load_model("runs/x/model.safetensors")
+    rgbx.list_models(); rgbx.list_modalities()
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+_API = {
+    "create_model": "rgbx.models",
+    "list_models": "rgbx.models",
+    "ModelConfig": "rgbx.models",
+    "load_model": "rgbx.engine.checkpoint",
+    "save_model": "rgbx.engine.checkpoint",
+    "register_modality": "rgbx.modalities",
+    "ModalitySpec": "rgbx.modalities",
+    "FolderDataset": "rgbx.data",
+    "collate": "rgbx.data",
+    "Batch": "rgbx.data",
+}
+
+__all__ = [*_API, "list_modalities", "__version__"]
+
+
+def list_modalities() -> list[str]:
+    from rgbx.modalities import MODALITIES
+
+    return MODALITIES.names()
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'rgbx' has no attribute {name!r}")

@@ -1,0 +1,123 @@
+"""The command line, end to end: synth → train → eval → predict, and one clear error per kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rgbx.cli.main import main
+from rgbx.modalities import write_array
+from tests.conftest import make_dataset
+
+TINY = ["model.backbone=mit_nano", "model.head_channels=16", "data.num_workers=0", "train.batch_size=2",
+        "train.eval_batch_size=2", "train.log_every=1", "optim.warmup_iters=1"]
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_help_everywhere(capsys):
+    for cmd in ("synth", "train", "eval", "predict", "demo", "info", "data"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "examples:" in capsys.readouterr().out
+
+
+def test_info_lists_registries(capsys):
+    assert run_cli("info") == 0
+    out = capsys.readouterr().out
+    for word in ("rgb", "thermal", "lidar", "event", "mit_b0", "cmx", "mean", "mlp", "supervised"):
+        assert word in out
+
+
+@pytest.mark.slow
+def test_synth_train_eval_predict(tmp_path, capsys):
+    data, run = tmp_path / "synth", tmp_path / "run"
+    assert run_cli("synth", data, "--train", 6, "--val", 4, "--test", 2, "--size", "48x64", "--workers", 1) == 0
+    assert run_cli("data", "check", data) == 0
+    assert "OK" in capsys.readouterr().out
+    assert run_cli("train", "synth_cmx_b0", f"data.root={data}", f"output_dir={run}", *TINY,
+                   "data.crop_size=[48,64]", "train.iters=3", "train.eval_every=0") == 0
+    weights = run / "model.safetensors"
+    assert weights.is_file()
+    report = tmp_path / "eval.json"
+    assert run_cli("eval", weights, "--data", data, "--split", "test", "--anymodal", "--json", report) == 0
+    out = capsys.readouterr().out
+    results = json.loads(report.read_text())
+    assert set(results["subsets"]) == {"rgb+depth+thermal", "rgb+depth", "rgb+thermal", "depth+thermal", "rgb",
+                                       "depth", "thermal"}
+    assert "rgb+depth+thermal" in out and results["miou_convention"] == "present"
+    preds = tmp_path / "preds"
+    assert run_cli("predict", weights, data, "--split", "test", "--out", preds) == 0
+    panels = sorted((preds / "panels").glob("*.png"))
+    assert len(panels) == 2 and len(list((preds / "labels").glob("*.png"))) == 2
+    label = np.asarray(Image.open(next((preds / "labels").glob("*.png"))))
+    assert label.shape == (48, 64) and label.max() < 12
+    # loose files, a subset of the sensors (no thermal)
+    sid = (data / "splits" / "test.txt").read_text().split()[0]
+    assert run_cli("predict", weights, f"rgb={data / 'rgb' / (sid + '.png')}",
+                   f"depth={data / 'depth' / (sid + '.png')}", "--out", tmp_path / "p2") == 0
+    assert (tmp_path / "p2" / "panels" / f"{sid}.png").is_file()
+
+
+def _error(capsys, *args) -> str:
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("rgbx ") and "error:" in err
+    return err
+
+
+def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d")
+    run = tmp_path / "run"
+    common = [f"data.root={root}", f"output_dir={run}", *TINY, "data.crop_size=[16,16]",
+              "model.modalities=[rgb,depth,thermal]"]
+    assert "trian" in _error(capsys, "train", "synth_cmx_b0", *common, "trian.iters=3")
+    assert run_cli("train", "synth_cmx_b0", *common, "train.iters=2", "--quiet") == 0
+    weights = run / "model.safetensors"
+    before = weights.read_bytes()
+
+    # a checkpoint for a different model (3 classes) evaluated on a dataset with other classes
+    other = make_dataset(tmp_path / "other", modalities=("rgb", "depth", "thermal"))
+    (other / "dataset.yaml").write_text((other / "dataset.yaml").read_text().replace("- person", "- person\n- car")
+                                        .replace("- - 220\n  - 20\n  - 60", "- - 220\n  - 20\n  - 60\n- - 0\n  - 0\n  - 142"))
+    assert "3 classes" in _error(capsys, "eval", weights, "--data", other)
+
+    # training over an existing run is refused, nothing is overwritten
+    assert "--resume" in _error(capsys, "train", "synth_cmx_b0", *common, "train.iters=2")
+    assert weights.read_bytes() == before
+
+    # bad data: each problem named
+    import shutil
+
+    shutil.rmtree(root / "thermal")
+    assert "thermal" in _error(capsys, "data", "check", root)
+    root = make_dataset(tmp_path / "d2")
+    write_array(root / "depth" / "s000.png", np.zeros((1, 8, 8), np.uint16))
+    assert "depth/s000.png" in _error(capsys, "data", "check", root)
+    (root / "rgb" / "s001.png").write_bytes(b"corrupt")
+    assert "rgb/s001.png" in _error(capsys, "data", "check", root)
+
+    # a loose input with the wrong channel count
+    rgb_as_depth = tmp_path / "d.png"
+    write_array(rgb_as_depth, np.zeros((3, 16, 20), np.uint8))
+    err = _error(capsys, "predict", weights, f"depth={rgb_as_depth}", "--out", tmp_path / "p")
+    assert "d.png" in err and "expected 1" in err
+    # a corrupt checkpoint
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"xx")
+    assert "bad.safetensors" in _error(capsys, "eval", bad, "--data", root)
+    assert weights.read_bytes() == before
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "rgbx.cli.main", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("rgbx ")
