@@ -121,3 +121,15 @@ def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "rgbx.cli.main", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("rgbx ")
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run_cli("demo", "--out", out, "--train", 8, "--val", 6, "--size", "48x64", "--iters", 3, "--panels", 2,
+                   "train.batch_size=2", "model.backbone=mit_nano", "data.num_workers=0") == 0
+    text = capsys.readouterr().out
+    assert "anymodal" in text and "rgb+depth+thermal" in text
+    assert (out / "run" / "model.safetensors").is_file()
+    assert len(list((out / "predictions" / "panels").glob("*.png"))) == 2
+    assert "| rgb |" in (out / "results.md").read_text()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from rgbx.data.description import default_palette
 from rgbx.modalities import ModalitySpec, get_modality
 
 Color = tuple[int, int, int]
@@ -37,24 +38,6 @@ _ANCHORS = {
 
 ERROR_COLOR: Color = (255, 0, 0)
 IGNORE_GREY: Color = (128, 128, 128)
-
-
-def default_palette(n: int) -> list[Color]:
-    """``n`` distinct colours, the PASCAL VOC bit-interleaving scheme (class 0 black, 1 dark red, 2 dark green, …).
-
-    Deterministic, and the first ``k`` colours do not change when ``n`` grows.
-    """
-    palette = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette.append((r, g, b))
-    return palette
 
 
 def _numpy(x) -> np.ndarray:

@@ -18,11 +18,14 @@ DESCRIPTION_FILE = "dataset.yaml"
 
 
 def default_palette(n: int) -> list[tuple[int, int, int]]:
-    """A deterministic, well-spread palette (the PASCAL VOC bit-interleaving scheme)."""
+    """``n`` distinct colours, the PASCAL VOC bit-interleaving scheme (class 0 black, 1 dark red, 2 dark green, …).
+
+    Deterministic, and the first ``k`` colours do not change when ``n`` grows.
+    """
     palette = []
     for i in range(n):
         r = g = b = 0
-        c = i + 1
+        c = i
         for j in range(8):
             r |= ((c >> 0) & 1) << (7 - j)
             g |= ((c >> 1) & 1) << (7 - j)

@@ -42,7 +42,11 @@ class Reporter:
     """Prints messages and drives progress bars; ``quiet`` silences everything but errors."""
 
     def __init__(self, console: Console | None = None, quiet: bool = False, progress: bool | None = None):
-        self.console = console or Console(file=sys.stdout)
+        if console is None:
+            console = Console(file=sys.stdout)
+            if not console.is_terminal:  # log files and CI: wide enough for the anymodal table, no wrapping
+                console = Console(file=sys.stdout, width=160)
+        self.console = console
         self.quiet = quiet
         self.show_bars = self.console.is_terminal if progress is None else progress
 

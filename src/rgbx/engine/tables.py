@@ -52,7 +52,10 @@ def markdown_table(result: EvalResult, convention: str = "present") -> str:
 
 def print_eval_tables(result: EvalResult, class_names: list[str], convention: str = "present",
                       per_class: bool = False, title: str | None = None, console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)
     console.print(anymodal_table(result, convention, title))
     if per_class:
         console.print(per_class_table(result, class_names, convention))

@@ -26,7 +26,7 @@ class ModelConfig:
         num_classes: number of classes; must be set (> 0).
         head_channels: the head's embedding width.
         drop_path_rate: stochastic depth rate of the encoder(s).
-        attn_impl: ``"auto"`` (sdpa on CUDA, eager on CPU), ``"sdpa"`` or ``"eager"``.
+        attn_impl: ``"sdpa"`` (fused attention) or ``"eager"`` (explicit softmax, for FLOP counting).
     """
 
     backbone: str = "mit_b0"
@@ -36,7 +36,7 @@ class ModelConfig:
     num_classes: int = 0
     head_channels: int = 256
     drop_path_rate: float = 0.1
-    attn_impl: str = "auto"
+    attn_impl: str = "sdpa"
 
     def __post_init__(self):
         if isinstance(self.modalities, str):

@@ -34,13 +34,13 @@ __all__ = [
 ]
 
 
-ATTN_IMPLS = ("auto", "sdpa", "eager")
+ATTN_IMPLS = ("sdpa", "eager")
 
 
 def check_attn_impl(attn_impl: str) -> str:
-    """``"sdpa"`` (fused ``scaled_dot_product_attention``), ``"eager"`` (explicit softmax, for FLOP counting) or
-    ``"auto"`` (sdpa on CUDA, eager on the CPU, where torch's fused CPU kernel was measured several times slower in
-    training at batch sizes above ~8; see benchmarks/)."""
+    """``"sdpa"`` (fused ``scaled_dot_product_attention``) or ``"eager"`` (explicit softmax, for FLOP counting).
+
+    On the CPU the two train at the same speed (``benchmarks/attention_cpu.md``)."""
     if attn_impl not in ATTN_IMPLS:
         raise ConfigError(f"unknown attn_impl {attn_impl!r}; choose one of: {', '.join(ATTN_IMPLS)}")
     return attn_impl

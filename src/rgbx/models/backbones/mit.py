@@ -91,12 +91,11 @@ class EfficientSelfAttention(nn.Module):
     """Multi-head self-attention whose keys/values come from a map reduced by a conv of stride ``sr_ratio``.
 
     ``attn_impl="sdpa"`` uses :func:`torch.nn.functional.scaled_dot_product_attention`; ``"eager"`` writes out
-    ``softmax(q kᵀ / sqrt(d)) v`` (same result, visible to FLOP counters); ``"auto"`` picks sdpa on CUDA, eager on
-    the CPU.
+    ``softmax(q kᵀ / sqrt(d)) v`` (same result, visible to FLOP counters).
     """
 
     def __init__(
-        self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True, attn_impl: str = "auto"
+        self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True, attn_impl: str = "sdpa"
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -138,7 +137,7 @@ class EfficientSelfAttention(nn.Module):
             .permute(2, 0, 3, 1, 4)
         )
         k, v = kv.unbind(0)
-        if self.attn_impl == "sdpa" or (self.attn_impl == "auto" and q.is_cuda):
+        if self.attn_impl == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             attn = (q @ k.transpose(-2, -1)) * self.scale
@@ -171,7 +170,7 @@ class MiTBlock(nn.Module):
         sr_ratio: int = 1,
         qkv_bias: bool = True,
         drop_path: float = 0.0,
-        attn_impl: str = "auto",
+        attn_impl: str = "sdpa",
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -249,7 +248,7 @@ class MixTransformer(nn.Module):
         arch: MiTArch,
         in_channels: int | None = 3,
         drop_path_rate: float = 0.1,
-        attn_impl: str = "auto",
+        attn_impl: str = "sdpa",
     ):
         super().__init__()
         check_attn_impl(attn_impl)
@@ -364,7 +363,7 @@ def _create(arch: MiTArch, in_channels: int | None, drop_path_rate: float, attn_
 
 @BACKBONES.register("mit_nano")
 def mit_nano(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "auto"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
 ) -> MixTransformer:
     """Tiny MiT for tests and CPU demos (dims 16-128, one block per stage, heads 1/2/4/8).
 
@@ -376,7 +375,7 @@ def mit_nano(
 
 @BACKBONES.register("mit_b0")
 def mit_b0(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "auto"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
 ) -> MixTransformer:
     """MiT-B0 (≈3.3M parameters)."""
     arch = MiTArch(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2))
@@ -385,7 +384,7 @@ def mit_b0(
 
 @BACKBONES.register("mit_b1")
 def mit_b1(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "auto"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
 ) -> MixTransformer:
     """MiT-B1 (≈13.1M parameters)."""
     arch = MiTArch(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2))
@@ -394,7 +393,7 @@ def mit_b1(
 
 @BACKBONES.register("mit_b2")
 def mit_b2(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "auto"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
 ) -> MixTransformer:
     """MiT-B2 (≈24.2M parameters)."""
     arch = MiTArch(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3))
@@ -403,7 +402,7 @@ def mit_b2(
 
 @BACKBONES.register("mit_b3")
 def mit_b3(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "auto"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
 ) -> MixTransformer:
     """MiT-B3 (≈44.0M parameters)."""
     arch = MiTArch(embed_dims=(64, 128, 320, 512), depths=(3, 4, 18, 3))
@@ -412,7 +411,7 @@ def mit_b3(
 
 @BACKBONES.register("mit_b4")
 def mit_b4(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "auto"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
 ) -> MixTransformer:
     """MiT-B4 (≈60.8M parameters)."""
     arch = MiTArch(embed_dims=(64, 128, 320, 512), depths=(3, 8, 27, 3))
@@ -421,7 +420,7 @@ def mit_b4(
 
 @BACKBONES.register("mit_b5")
 def mit_b5(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "auto"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
 ) -> MixTransformer:
     """MiT-B5 (≈81.4M parameters)."""
     arch = MiTArch(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3))

@@ -256,7 +256,7 @@ class CMXFusion(FusionEncoder):
         backbone: str = "mit_b0",
         modalities: Sequence[str] = ("rgb", "depth"),
         drop_path_rate: float = 0.1,
-        attn_impl: str = "auto",
+        attn_impl: str = "sdpa",
         lambda_c: float = 0.5,
         lambda_s: float = 0.5,
     ):

@@ -42,7 +42,7 @@ class MeanFusion(FusionEncoder):
         backbone: str = "mit_b0",
         modalities: Sequence[str] = ("rgb", "depth"),
         drop_path_rate: float = 0.1,
-        attn_impl: str = "auto",
+        attn_impl: str = "sdpa",
     ):
         super().__init__(modalities)
         self.backbone = BACKBONES.get(backbone)(
