@@ -7,8 +7,7 @@ import pytest
 import torch
 import yaml
 
-from rgbx.data import collate
-from rgbx.data.folder import FolderDataset, check_dataset
+from rgbx.data import FolderDataset, check_dataset, collate
 from rgbx.errors import DataError
 from rgbx.modalities import write_array
 from tests.conftest import make_dataset
@@ -59,7 +58,7 @@ def test_missing_modality_folder_is_named(toy_dataset):
 def test_missing_file_is_named(toy_dataset):
     (toy_dataset / "depth" / "s001.png").unlink()
     msg = _problems(toy_dataset)
-    assert "depth/s001" in msg and "missing file" in msg
+    assert "depth/s001" in msg and "missing depth file" in msg
 
 
 def test_size_mismatch_is_named(toy_dataset):

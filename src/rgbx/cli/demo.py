@@ -41,7 +41,7 @@ def _fresh(path: Path) -> Path:
 def run(args) -> int:
     import torch
 
-    from rgbx.data import FolderDataset
+    from rgbx.data import FolderDataset, collate
     from rgbx.data.synth import generate
     from rgbx.data.transforms import EvalTransform
     from rgbx.engine.config import load_config
@@ -74,7 +74,6 @@ def run(args) -> int:
 
     reporter.print("[bold]3/4[/bold] anymodal evaluation on the validation split (every subset of sensors)")
     val = FolderDataset(data_dir, "val", list(cfg.model.modalities), transform=EvalTransform())
-    from rgbx.data import collate
 
     loader = torch.utils.data.DataLoader(val, batch_size=8, collate_fn=collate, num_workers=cfg.data.num_workers)
     result = evaluate(trainer.model, loader, num_classes=val.description.num_classes,

@@ -19,7 +19,9 @@ def add_parser(sub) -> None:
                     "classes present in the ground truth or prediction; 'all' counts absent classes as 0.",
                     EXAMPLES, run)
     p.add_argument("checkpoint", help="rgbx weights file (.safetensors)")
-    p.add_argument("--data", required=True, help="dataset folder in the rgbx format")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--dataset", default="folder", help="dataset format (rgbx info lists them; default: the rgbx "
+                   "folder format)")
     p.add_argument("--split", default="val")
     p.add_argument("--anymodal", action="store_true", help="score every non-empty subset of the model's modalities")
     p.add_argument("--modalities", nargs="+", help="evaluate with only these modalities")
@@ -35,7 +37,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from rgbx.data import FolderDataset, collate
+    from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform
     from rgbx.engine.checkpoint import load_model
     from rgbx.engine.evaluate import all_subsets, evaluate
@@ -45,7 +47,8 @@ def run(args) -> int:
 
     device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, device)
-    dataset = FolderDataset(args.data, args.split, list(model.modalities), transform=EvalTransform())
+    dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
+                            transform=EvalTransform())
     desc = dataset.description
     if desc.num_classes != model.config.num_classes:
         raise ConfigError(f"{args.checkpoint} predicts {model.config.num_classes} classes but {args.data} has "

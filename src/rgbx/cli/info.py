@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from rgbx.data import DATASETS
     from rgbx.engine.config import list_presets
     from rgbx.methods import METHODS
     from rgbx.modalities import ENCODINGS, MODALITIES, get_modality
@@ -32,6 +33,7 @@ def run(args) -> int:
     for kind, names in models.items():
         console.print(f"[bold]{kind}[/bold]: {', '.join(names)}")
     console.print(f"[bold]methods[/bold]: {', '.join(METHODS.names())}")
+    console.print(f"[bold]datasets[/bold]: {', '.join(DATASETS.names())}")
     console.print(f"[bold]encodings[/bold]: {', '.join(ENCODINGS.names())}")
     console.print(f"[bold]config presets[/bold]: {', '.join(list_presets())}")
     return 0

@@ -22,23 +22,25 @@ def add_parser(sub) -> None:
                    help="a dataset folder (with dataset.yaml), or modality=PATH items (file or folder)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--split", default="test", help="split of a dataset folder (default: test)")
+    p.add_argument("--dataset", default="folder", help="format of a dataset folder (default: the rgbx format)")
     p.add_argument("--limit", type=int, default=0, help="at most N samples (0 = all)")
     p.add_argument("--no-panels", action="store_true", help="write only label and colour PNGs")
     p.add_argument("--device", default="auto")
 
 
 def _samples(args, modalities):
+    from rgbx.data import build_dataset
     from rgbx.data.description import DESCRIPTION_FILE
     from rgbx.data.files import discover_samples, read_modality_file
-    from rgbx.data.folder import FolderDataset
     from rgbx.errors import ConfigError
 
     if len(args.inputs) == 1 and "=" not in args.inputs[0]:
         root = Path(args.inputs[0])
-        if not (root / DESCRIPTION_FILE).is_file():
+        if args.dataset == "folder" and not (root / DESCRIPTION_FILE).is_file():
             raise ConfigError(f"{root}: not a dataset folder (no {DESCRIPTION_FILE}); give modality=PATH items, "
                               f"e.g. rgb={root}")
-        ds = FolderDataset(root, args.split, [m for m in modalities if m in _dataset_modalities(root)])
+        offered = build_dataset(args.dataset, root, args.split, check="none").description.modalities
+        ds = build_dataset(args.dataset, root, args.split, modalities=[m for m in modalities if m in offered])
         n = len(ds) if args.limit <= 0 else min(args.limit, len(ds))
         for i in range(n):
             yield ds.load(i)
@@ -63,12 +65,6 @@ def _samples(args, modalities):
             raise DataError(f"sample {sid!r}: modalities differ in size: "
                             + ", ".join(f"{paths[m]} {tuple(x.shape[-2:])}" for m, x in inputs.items()))
         yield {"inputs": inputs, "label": None, "meta": {"id": sid}}
-
-
-def _dataset_modalities(root):
-    from rgbx.data.description import load_description
-
-    return list(load_description(root).modalities)
 
 
 def run(args) -> int:

@@ -1,8 +1,8 @@
-"""Data: the sample/batch contract, transforms, the user-dataset format and the built-in synthetic dataset."""
+"""Data: the sample/batch contract, transforms, the dataset format and datasets, the built-in synthetic dataset."""
 
+from rgbx.data.datasets import DATASETS, FolderDataset, SegmentationDataset, build_dataset, check_dataset
 from rgbx.data.description import DatasetDescription, load_description
-from rgbx.data.folder import FolderDataset, check_dataset
 from rgbx.data.sample import Batch, Sample, collate, normalize_sample
 
-__all__ = ["Batch", "DatasetDescription", "FolderDataset", "Sample", "check_dataset", "collate", "load_description",
-           "normalize_sample"]
+__all__ = ["DATASETS", "Batch", "DatasetDescription", "FolderDataset", "Sample", "SegmentationDataset",
+           "build_dataset", "check_dataset", "collate", "load_description", "normalize_sample"]

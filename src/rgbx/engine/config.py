@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -20,7 +21,9 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 @dataclass
 class DataConfig:
-    root: str = "data/synth"  # a dataset folder in the rgbx format
+    dataset: str = "folder"  # a registered dataset (rgbx info): "folder" = the rgbx format
+    root: str = "data/synth"
+    options: dict[str, Any] = field(default_factory=dict)  # dataset-specific arguments (see its docstring)
     train_split: str = "train"
     val_split: str = "val"
     modalities: list[str] | None = None  # default: the model's modalities

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rgbx.data import FolderDataset, collate, load_description
+from rgbx.data import build_dataset, collate
 from rgbx.data.sampler import ResumableSampler
 from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
@@ -108,16 +108,15 @@ class Trainer:
         unknown = [m for m in cfg.model.modalities if m not in modalities]
         if unknown:
             raise ConfigError(f"model.modalities has {unknown} which data.modalities does not load")
-        self.description = load_description(cfg.data.root)
-        self.train_set = FolderDataset(
-            cfg.data.root, cfg.data.train_split, modalities,
-            transform=TrainTransform(crop_size=tuple(cfg.data.crop_size), scale_range=tuple(cfg.data.scale_range),
-                                     hflip_prob=cfg.data.hflip_prob, ignore_index=self.description.ignore_index,
-                                     photometric=cfg.data.photometric),
-            seed=cfg.train.seed, check=cfg.data.check,
-        )
-        self.val_set = FolderDataset(cfg.data.root, cfg.data.val_split, modalities, transform=EvalTransform(),
-                                     check=cfg.data.check)
+        data = cfg.data
+        self.train_set = build_dataset(data.dataset, data.root, data.train_split, modalities=modalities,
+                                       seed=cfg.train.seed, check=data.check, **data.options)
+        self.description = self.train_set.description
+        self.train_set.transform = TrainTransform(
+            crop_size=tuple(data.crop_size), scale_range=tuple(data.scale_range), hflip_prob=data.hflip_prob,
+            ignore_index=self.description.ignore_index, photometric=data.photometric)
+        self.val_set = build_dataset(data.dataset, data.root, data.val_split, modalities=modalities,
+                                     transform=EvalTransform(), check=data.check, **data.options)
         if len(self.train_set) < cfg.train.batch_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the training split "
                               f"({len(self.train_set)} samples)")

@@ -1,14 +1,14 @@
-"""The user-dataset loader: a folder in the rgbx format (``docs/dataset-format.md``) as a torch ``Dataset``.
+"""The base of every on-disk dataset: one split as samples in the rgbx contract, validated up front.
 
-The folder is checked when the dataset is opened (every file present, readable headers, channel counts, dtypes and
-sizes consistent; :func:`check_dataset` also decodes every file and checks label values), and every problem is
-reported at once in one :class:`~rgbx.errors.DataError`, so a layout problem shows up before a long run.
+A dataset class says *where* things are (:meth:`~SegmentationDataset.describe`, :meth:`list_ids`, :meth:`files`)
+and how raw file values become labels (:meth:`decode_label`) or physical units (:meth:`decode_modality`); this base
+does the rest the same way for all: checking every file before training (existence, readable header, channel count,
+dtype, size agreement, and with ``check="full"`` decoded label values), reading, per-sample seeded augmentation and
+normalisation. Each dataset registers by name in :data:`DATASETS` (``data.dataset`` in a config).
 """
 
 from __future__ import annotations
 
-import csv
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,10 +18,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from rgbx.data.description import DatasetDescription, ModalitySource, load_description
+from rgbx.data.description import DatasetDescription, ModalitySource
 from rgbx.data.sample import Sample, normalize_sample
 from rgbx.errors import DataError
 from rgbx.modalities import get_modality, read_array
+from rgbx.registry import Registry
+
+DATASETS: Registry[type] = Registry("dataset")
+
+CHECK_LEVELS = ("none", "headers", "full")
 
 # PIL mode → (channels, dtype) of the decoded array.
 _PIL_MODES = {
@@ -60,55 +65,14 @@ def probe_file(path: Path, encoding: str) -> FileInfo:
     return FileInfo(channels, dtype, (h, w))
 
 
-def _read_ids(path: Path) -> list[str]:
-    ids = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            ids.append(line.split()[0])
-    return ids
-
-
-def list_splits(root: str | Path) -> list[str]:
-    return sorted(p.stem for p in (Path(root) / "splits").glob("*.txt"))
-
-
-def read_attributes(root: Path) -> dict[str, dict[str, str]]:
-    path = root / "attributes.csv"
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "id" not in reader.fieldnames:
-            raise DataError(f"{path}: expected a header row starting with 'id'")
-        return {row["id"]: {k: v for k, v in row.items() if k != "id"} for row in reader}
-
-
-class _FolderIndex:
-    """stem → file path for one folder, listed once."""
-
-    def __init__(self, folder: Path, suffixes: tuple[str, ...]):
-        self.folder = folder
-        self.files: dict[str, str] = {}
-        if folder.is_dir():
-            for name in os.listdir(folder):
-                stem, suffix = os.path.splitext(name)
-                if suffix.lower() in suffixes and stem not in self.files:
-                    self.files[stem] = name
-
-    def path(self, sample_id: str) -> Path | None:
-        name = self.files.get(sample_id)
-        return None if name is None else self.folder / name
-
-
-class FolderDataset(torch.utils.data.Dataset):
-    """A split of a dataset folder in the rgbx format.
+class SegmentationDataset(torch.utils.data.Dataset):
+    """One split of a dataset on disk.
 
     Args:
-        root: dataset folder (holds ``dataset.yaml``).
-        split: split name (``splits/<split>.txt``).
-        modalities: modalities to load (default: all the description lists). A modality the dataset lacks is an
-            error; a sample lacking an optional modality simply comes without it.
+        root: the dataset's folder.
+        split: split name (what splits exist depends on the dataset).
+        modalities: modalities to load (default: all the dataset offers). Asking for one it lacks is an error; a
+            sample lacking an optional modality simply comes without it (a missing sensor).
         transform: ``transform(sample, generator) -> sample`` in physical units (e.g. ``TrainTransform``).
         seed: base seed of the per-sample random generator: sample ``i`` in epoch ``e`` is augmented with a
             generator seeded from ``(seed, e, i)``, so training is reproducible and resumable. Index the dataset
@@ -116,56 +80,74 @@ class FolderDataset(torch.utils.data.Dataset):
         check: "headers" (default: existence, channel counts, dtypes, sizes from file headers), "full" (also decode
             every file and check label values) or "none".
 
-    Items are samples (see :mod:`rgbx.data.sample`) with normalised inputs.
+    Items are samples (see :mod:`rgbx.data.sample`) with normalised inputs; :meth:`load` gives them in physical units
+    before any transform.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        modalities: Sequence[str] | None = None,
-        transform: Callable | None = None,
-        seed: int = 0,
-        check: str = "headers",
-    ):
+    def __init__(self, root: str | Path, split: str, modalities: Sequence[str] | None = None,
+                 transform: Callable | None = None, seed: int = 0, check: str = "headers"):
+        if check not in CHECK_LEVELS:
+            raise DataError(f"check={check!r}: expected one of {', '.join(CHECK_LEVELS)}")
         self.root = Path(root)
-        self.description: DatasetDescription = load_description(self.root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset folder not found")
         self.split = split
-        split_file = self.root / "splits" / f"{split}.txt"
-        if not split_file.is_file():
-            raise DataError(f"{split_file}: split file not found (splits here: {', '.join(list_splits(self.root)) or 'none'})")
-        self.ids = _read_ids(split_file)
+        self.description: DatasetDescription = self.describe()
+        self.ids: list[str] = self.list_ids()
         if not self.ids:
-            raise DataError(f"{split_file}: lists no sample ids")
+            raise DataError(f"{self.root}: split {split!r} has no samples")
         names = list(self.description.modalities) if modalities is None else list(modalities)
         missing = [m for m in names if m not in self.description.modalities]
         if missing:
-            raise DataError(
-                f"{self.root / 'dataset.yaml'}: the dataset has no modality {', '.join(map(repr, missing))} "
-                f"(it has: {', '.join(self.description.modalities)})"
-            )
+            raise DataError(f"{self.root}: the dataset has no modality {', '.join(map(repr, missing))} "
+                            f"(it has: {', '.join(self.description.modalities)})")
         self.sources: dict[str, ModalitySource] = {m: self.description.modalities[m] for m in names}
-        self.attributes = read_attributes(self.root)
         self.transform = transform
         self.seed = seed
-        self._index = {
-            src.name: _FolderIndex(self.root / src.folder, src.suffixes)
-            for src in [*self.sources.values(), self.description.label]
-        }
         if check != "none":
             problems = self.find_problems(full=(check == "full"))
             if problems:
                 raise DataError(f"{self.root}: split {split!r} has {len(problems)} problem(s)", problems)
 
-    # -- validation ---------------------------------------------------------------------------------------------
-    def find_problems(self, full: bool = False, workers: int = 4) -> list[str]:
-        """Every problem with this split's files, as readable lines (empty list = fine)."""
-        problems: list[str] = []
+    # -- what a dataset class provides -----------------------------------------------------------------------------
+    def describe(self) -> DatasetDescription:
+        """Classes, palette, ignore index and the storage of each modality and of the label."""
+        raise NotImplementedError
+
+    def list_ids(self) -> list[str]:
+        """The sample ids of ``self.split``; raise :class:`DataError` naming the split file if it is missing."""
+        raise NotImplementedError
+
+    def files(self, sample_id: str) -> dict[str, Path | None]:
+        """Path of each loaded modality (``self.sources``) and of ``"label"`` for one sample; None = no such file."""
+        raise NotImplementedError
+
+    def attributes(self, sample_id: str) -> dict[str, str]:
+        """Per-sample attributes (e.g. ``{"condition": "night"}``), reported separately by evaluation."""
+        return {}
+
+    def layout_problems(self) -> list[str]:
+        """Problems with the folder layout as a whole (default: each source's folder must exist)."""
+        problems = []
         for src in [*self.sources.values(), self.description.label]:
             folder = self.root / src.folder
             if not folder.is_dir():
                 what = "label" if src is self.description.label else "modality"
-                problems.append(f"{folder}: {what} folder {src.folder!r} not found")
+                problems.append(f"{folder}: {what} folder for {src.name!r} not found")
+        return problems
+
+    def decode_label(self, raw: np.ndarray) -> np.ndarray:
+        """Raw (H, W) label file values → class indices with ``ignore_index`` (default: unchanged)."""
+        return raw
+
+    def decode_modality(self, name: str, raw: np.ndarray) -> np.ndarray:
+        """Raw (C, H, W) file values → physical units (default: × the source's scale)."""
+        return raw.astype(np.float32) * np.float32(self.sources[name].scale)
+
+    # -- validation ---------------------------------------------------------------------------------------------
+    def find_problems(self, full: bool = False, workers: int = 4) -> list[str]:
+        """Every problem with this split's files, as readable lines (empty list = fine)."""
+        problems = self.layout_problems()
         if problems:
             return problems
         with ThreadPoolExecutor(workers) as pool:
@@ -173,30 +155,36 @@ class FolderDataset(torch.utils.data.Dataset):
                 problems.extend(found)
         return problems
 
+    def expected_channels(self, name: str) -> int:
+        return get_modality(name).channels
+
     def _sample_problems(self, sample_id: str, full: bool) -> list[str]:
         problems, sizes = [], {}
         label_src = self.description.label
+        paths = self.files(sample_id)
         for src in [*self.sources.values(), label_src]:
-            path = self._index[src.name].path(sample_id)
-            if path is None:
+            path = paths.get(src.name)
+            if path is None or not Path(path).is_file():
                 if not src.optional:
-                    exp = "|".join(src.suffixes[:2])
-                    problems.append(f"{self.root / src.folder / sample_id}{{{exp}}}: missing file for sample {sample_id!r}")
+                    where = path if path is not None else self.root / src.folder / sample_id
+                    problems.append(f"{where}: missing {src.name} file for sample {sample_id!r}")
                 continue
             try:
                 info = probe_file(path, src.encoding)
             except DataError as e:
                 problems.append(str(e))
                 continue
-            want_ch = 1 if src is label_src else get_modality(src.name).channels
-            if info.channels != want_ch:
-                problems.append(f"{path}: {info.channels} channel(s), expected {want_ch} for {src.name!r}")
             if src is label_src:
+                if info.channels != 1:
+                    problems.append(f"{path}: {info.channels} channel(s), expected a 1-channel label image")
                 if info.dtype not in ("uint8", "uint16", "int32", "int64", "bool"):
                     problems.append(f"{path}: label dtype {info.dtype}, expected an integer type (uint8/uint16)")
-            elif info.dtype != src.dtype:
-                problems.append(f"{path}: dtype {info.dtype}, expected {src.dtype} for {src.name!r} "
-                                f"(set 'dtype' in dataset.yaml if this is intended)")
+            else:
+                want = self.expected_channels(src.name)
+                if info.channels != want:
+                    problems.append(f"{path}: {info.channels} channel(s), expected {want} for {src.name!r}")
+                if info.dtype != src.dtype:
+                    problems.append(f"{path}: dtype {info.dtype}, expected {src.dtype} for {src.name!r}")
             sizes[src.name] = (path, info.size)
             if full:
                 try:
@@ -205,19 +193,19 @@ class FolderDataset(torch.utils.data.Dataset):
                     problems.append(str(e))
                     continue
                 if src is label_src:
-                    problems.extend(self._label_problems(path, arr))
+                    problems.extend(self._label_problems(path, self.decode_label(arr[0])))
         if sizes:
             ref_name = label_src.name if label_src.name in sizes else next(iter(sizes))
             ref_path, ref_size = sizes[ref_name]
-            for _name, (path, size) in sizes.items():
+            for path, size in sizes.values():
                 if size != ref_size:
                     problems.append(f"{path}: size {size[0]}x{size[1]} (HxW) differs from {ref_path} "
                                     f"{ref_size[0]}x{ref_size[1]}")
         return problems
 
-    def _label_problems(self, path: Path, arr: np.ndarray) -> list[str]:
+    def _label_problems(self, path: Path, label: np.ndarray) -> list[str]:
         k, ignore = self.description.num_classes, self.description.ignore_index
-        values = np.unique(arr)
+        values = np.unique(label)
         bad = [int(v) for v in values if not (0 <= v < k or v == ignore)]
         if bad:
             return [f"{path}: label values {bad[:10]} out of range: expected 0..{k - 1} or ignore {ignore}"]
@@ -235,29 +223,31 @@ class FolderDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> Sample:
         """Sample ``index`` in physical units, before any transform."""
         sample_id = self.ids[index]
+        paths = self.files(sample_id)
         inputs = {}
         for name, src in self.sources.items():
-            path = self._index[name].path(sample_id)
-            if path is None:
+            path = paths.get(name)
+            if path is None or not Path(path).is_file():
                 if src.optional:
                     continue
-                raise DataError(f"{self.root / src.folder / sample_id}: missing file for sample {sample_id!r}")
+                raise DataError(f"{path or self.root / src.folder / sample_id}: missing {name} file for sample "
+                                f"{sample_id!r}")
             arr = read_array(path, src.encoding)
-            spec = get_modality(name)
-            if arr.shape[0] != spec.channels:
-                raise DataError(f"{path}: {arr.shape[0]} channel(s), expected {spec.channels} for {name!r}")
-            inputs[name] = torch.from_numpy(arr.astype(np.float32) * np.float32(src.scale))
+            if arr.shape[0] != self.expected_channels(name):
+                raise DataError(f"{path}: {arr.shape[0]} channel(s), expected {self.expected_channels(name)} "
+                                f"for {name!r}")
+            inputs[name] = torch.from_numpy(np.ascontiguousarray(self.decode_modality(name, arr), np.float32))
         label = None
-        label_path = self._index["label"].path(sample_id)
-        if label_path is not None:
-            arr = read_array(label_path, self.description.label.encoding)
+        label_path = paths.get("label")
+        if label_path is not None and Path(label_path).is_file():
+            arr = self.decode_label(read_array(label_path, self.description.label.encoding)[0])
             problems = self._label_problems(label_path, arr)
             if problems:
                 raise DataError(problems[0])
-            label = torch.from_numpy(arr[0].astype(np.int64))
+            label = torch.from_numpy(arr.astype(np.int64))
         size = next(iter(inputs.values())).shape[-2:] if inputs else label.shape
         meta = {"id": sample_id, "split": self.split, "size": tuple(size),
-                "attributes": dict(self.attributes.get(sample_id, {}))}
+                "attributes": dict(self.attributes(sample_id))}
         return {"inputs": inputs, "label": label, "meta": meta}
 
     def __getitem__(self, key) -> Sample:
@@ -266,23 +256,3 @@ class FolderDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             sample = self.transform(sample, self.generator_for(epoch, index))
         return normalize_sample(sample)
-
-
-def check_dataset(root: str | Path, splits: Sequence[str] | None = None) -> dict[str, int]:
-    """Fully validate a dataset folder (all splits by default). Returns samples per split; raises DataError."""
-    description = load_description(root)
-    splits = list(splits) if splits else list_splits(root)
-    if not splits:
-        raise DataError(f"{Path(root) / 'splits'}: no split files (*.txt) found")
-    counts, problems = {}, []
-    for split in splits:
-        try:
-            ds = FolderDataset(root, split, check="none")
-        except DataError as e:
-            problems.append(str(e))
-            continue
-        counts[split] = len(ds)
-        problems.extend(ds.find_problems(full=True))
-    if problems:
-        raise DataError(f"{root}: {len(problems)} problem(s) in dataset {description.name!r}", problems)
-    return counts

@@ -1,0 +1,116 @@
+"""The rgbx user-dataset format (``docs/dataset-format.md``): a folder per modality, labels, split files and a
+``dataset.yaml``; registered as ``"folder"``."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from rgbx.data.datasets.base import DATASETS, SegmentationDataset
+from rgbx.data.description import DatasetDescription, load_description
+from rgbx.errors import DataError
+
+
+def read_ids(path: Path) -> list[str]:
+    """Sample ids of a split file: the first word of each non-empty, non-comment line."""
+    ids = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            ids.append(line.split()[0])
+    return ids
+
+
+def list_splits(root: str | Path) -> list[str]:
+    return sorted(p.stem for p in (Path(root) / "splits").glob("*.txt"))
+
+
+def read_attributes(root: Path) -> dict[str, dict[str, str]]:
+    path = root / "attributes.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "id" not in reader.fieldnames:
+            raise DataError(f"{path}: expected a header row starting with 'id'")
+        return {row["id"]: {k: v for k, v in row.items() if k != "id"} for row in reader}
+
+
+class _FolderIndex:
+    """stem → file path for one folder, listed once."""
+
+    def __init__(self, folder: Path, suffixes: tuple[str, ...]):
+        self.folder = folder
+        self.files: dict[str, str] = {}
+        if folder.is_dir():
+            for name in os.listdir(folder):
+                stem, suffix = os.path.splitext(name)
+                if suffix.lower() in suffixes and stem not in self.files:
+                    self.files[stem] = name
+
+    def path(self, sample_id: str) -> Path | None:
+        name = self.files.get(sample_id)
+        return None if name is None else self.folder / name
+
+
+@DATASETS.register("folder")
+class FolderDataset(SegmentationDataset):
+    """A split of a dataset folder in the rgbx format (splits are ``splits/<split>.txt``). See
+    :class:`~rgbx.data.datasets.base.SegmentationDataset` for the arguments."""
+
+    def describe(self) -> DatasetDescription:
+        return load_description(self.root)
+
+    def list_ids(self) -> list[str]:
+        split_file = self.root / "splits" / f"{self.split}.txt"
+        if not split_file.is_file():
+            raise DataError(f"{split_file}: split file not found (splits here: "
+                            f"{', '.join(list_splits(self.root)) or 'none'})")
+        ids = read_ids(split_file)
+        if not ids:
+            raise DataError(f"{split_file}: lists no sample ids")
+        self._attributes = read_attributes(self.root)
+        return ids
+
+    def _index(self, name: str) -> _FolderIndex:
+        if not hasattr(self, "_indices"):
+            self._indices = {}
+        if name not in self._indices:
+            src = self.description.label if name == "label" else self.description.modalities[name]
+            self._indices[name] = _FolderIndex(self.root / src.folder, src.suffixes)
+        return self._indices[name]
+
+    def files(self, sample_id: str) -> dict[str, Path | None]:
+        return {name: self._index(name).path(sample_id) for name in [*self.sources, "label"]}
+
+    def attributes(self, sample_id: str) -> dict[str, str]:
+        return self._attributes.get(sample_id, {})
+
+
+def check_dataset(root: str | Path, splits=None, dataset: str = "folder") -> dict[str, int]:
+    """Fully validate a dataset (all splits of a folder-format dataset by default). Returns samples per split."""
+    cls = DATASETS.get(dataset)
+    if splits:
+        splits = list(splits)
+    elif dataset == "folder":
+        load_description(root)
+        splits = list_splits(root)
+        if not splits:
+            raise DataError(f"{Path(root) / 'splits'}: no split files (*.txt) found")
+    else:
+        splits = list(getattr(cls, "SPLITS", ("train", "test")))
+    counts, problems = {}, []
+    name = None
+    for split in splits:
+        try:
+            ds = cls(root, split, check="none")
+        except DataError as e:
+            problems.append(str(e))
+            continue
+        name = ds.description.name
+        counts[split] = len(ds)
+        problems.extend(ds.find_problems(full=True))
+    if problems:
+        raise DataError(f"{root}: {len(problems)} problem(s) in dataset {name or dataset!r}", problems)
+    return counts
