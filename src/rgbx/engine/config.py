@@ -87,7 +87,7 @@ def list_presets() -> list[str]:
 
 def _config_error(e: OmegaConfBaseException, where: str) -> ConfigError:
     key = getattr(e, "full_key", None)
-    msg = getattr(e, "msg", None) or str(e).splitlines()[0]
+    msg = (getattr(e, "msg", None) or str(e)).strip().splitlines()[0]
     if key:
         return ConfigError(f"{where}: config key {key!r}: {msg}")
     return ConfigError(f"{where}: {msg}")

@@ -90,3 +90,71 @@ EVENT = register_modality(
         display_range=(0.0, 4.0),
     )
 )
+
+HHA = register_modality(
+    ModalitySpec(
+        name="hha",
+        channels=3,
+        description="HHA encoding of depth (horizontal disparity, height above ground, angle with gravity), "
+        "8-bit 3-channel PNG; computed from depth + intrinsics by rgbx.data.hha or read from disk",
+        encoding="png",
+        scale=1 / 255,
+        unit="encoded 0-1",
+        mean=(0.485, 0.456, 0.406),  # CMX / DFormer normalise HHA like RGB
+        std=(0.229, 0.224, 0.225),
+        photometric=("gaussian_noise",),
+        colormap="rgb",
+        display_range=(0.0, 1.0),
+    )
+)
+
+AOLP = register_modality(
+    ModalitySpec(
+        name="aolp",
+        channels=2,
+        description="polarisation: angle of linear polarisation as (sin 2θ, cos 2θ), float .npy or decoded from "
+        "the dataset's own encoding",
+        encoding="npy",
+        dtype="float32",
+        scale=1.0,
+        unit="sin/cos",
+        mean=(0.0, 0.0),
+        std=(0.5, 0.5),
+        photometric=("gaussian_noise",),
+        colormap="gray",
+        display_range=(-1.0, 1.0),
+    )
+)
+
+DOLP = register_modality(
+    ModalitySpec(
+        name="dolp",
+        channels=1,
+        description="polarisation: degree of linear polarisation, 0-1",
+        encoding="npy",
+        dtype="float32",
+        scale=1.0,
+        unit="0-1",
+        mean=(0.2,),
+        std=(0.2,),
+        photometric=("gaussian_noise",),
+        colormap="inferno",
+        display_range=(0.0, 1.0),
+    )
+)
+
+NIR = register_modality(
+    ModalitySpec(
+        name="nir",
+        channels=1,
+        description="near-infrared camera, 8-bit PNG",
+        encoding="png",
+        scale=1 / 255,
+        unit="intensity 0-1",
+        mean=(0.5,),
+        std=(0.25,),
+        photometric=("thermal_gain", "gaussian_noise"),
+        colormap="gray",
+        display_range=(0.0, 1.0),
+    )
+)

@@ -156,6 +156,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return problems
 
     def expected_channels(self, name: str) -> int:
+        """Channels of ``name``'s files on disk (default: the spec's); :meth:`decode_modality` must turn them into
+        the spec's channel count."""
         return get_modality(name).channels
 
     def _sample_problems(self, sample_id: str, full: bool) -> list[str]:
@@ -236,7 +238,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if arr.shape[0] != self.expected_channels(name):
                 raise DataError(f"{path}: {arr.shape[0]} channel(s), expected {self.expected_channels(name)} "
                                 f"for {name!r}")
-            inputs[name] = torch.from_numpy(np.ascontiguousarray(self.decode_modality(name, arr), np.float32))
+            x = np.ascontiguousarray(self.decode_modality(name, arr), np.float32)
+            if x.shape[0] != get_modality(name).channels:
+                raise DataError(f"{path}: decoded to {x.shape[0]} channel(s), the {name!r} spec has "
+                                f"{get_modality(name).channels}")
+            inputs[name] = torch.from_numpy(x)
         label = None
         label_path = paths.get("label")
         if label_path is not None and Path(label_path).is_file():

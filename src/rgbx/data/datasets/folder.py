@@ -111,6 +111,7 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder") -> dic
         name = ds.description.name
         counts[split] = len(ds)
         problems.extend(ds.find_problems(full=True))
+    problems = list(dict.fromkeys(problems))  # a layout problem is found once per split; report it once
     if problems:
         raise DataError(f"{root}: {len(problems)} problem(s) in dataset {name or dataset!r}", problems)
     return counts
