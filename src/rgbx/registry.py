@@ -27,6 +27,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._prefixes: dict[str, Callable[[str], T]] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""
@@ -39,22 +40,28 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def register_prefix(self, prefix: str, make: Callable[[str], T]) -> None:
+        """Resolve every name ``prefix + rest`` to ``make(rest)`` (e.g. ``"timm:"`` + any timm model name)."""
+        self._prefixes[prefix] = make
+
     def get(self, name: str) -> T:
-        try:
+        if name in self._items:
             return self._items[name]
-        except KeyError:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(sorted(self._items)) or '(none)'}"
-            ) from None
+        for prefix, make in self._prefixes.items():
+            if isinstance(name, str) and name.startswith(prefix) and len(name) > len(prefix):
+                return make(name[len(prefix):])
+        raise ConfigError(f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(self.names()) or '(none)'}")
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._items) + [f"{p}<name>" for p in sorted(self._prefixes)]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        if name in self._items:
+            return True
+        return isinstance(name, str) and any(name.startswith(p) and len(name) > len(p) for p in self._prefixes)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
+        return iter(sorted(self._items))
 
     def __len__(self) -> int:
         return len(self._items)

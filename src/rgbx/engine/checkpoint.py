@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -122,7 +123,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     path = Path(path)
     info = read_model_info(path)
     try:
-        cfg = ModelConfig.from_dict(info["model"])
+        cfg = replace(ModelConfig.from_dict(info["model"]), pretrained="")  # the file holds all the weights
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"{path}: invalid model config in metadata ({e})") from None
     model = create_model(cfg)

@@ -40,6 +40,7 @@ class MethodConfig:
     name: str = "supervised"
     modality_dropout: float = 0.0  # per sample and modality drop probability; at least one modality is kept
     label_smoothing: float = 0.0
+    class_weighting: str = "none"  # none | enet: w_c = 1 / ln(1.02 + p_c), p_c from the training labels
 
 
 @dataclass
@@ -136,6 +137,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
          "data.scale_range must be [min, max] with 0 < min <= max"),
         (0.0 <= cfg.method.modality_dropout < 1.0, "method.modality_dropout must be in [0, 1)"),
         (cfg.data.check in ("none", "headers", "full"), "data.check must be none, headers or full"),
+        (cfg.method.class_weighting in ("none", "enet"), "method.class_weighting must be none or enet"),
         (len(cfg.model.modalities) > 0, "model.modalities must list at least one modality"),
     ]
     for ok, msg in checks:

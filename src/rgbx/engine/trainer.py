@@ -53,6 +53,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
+def enet_class_weights(dataset, max_samples: int = 500) -> torch.Tensor:
+    """ENet's class weights w_c = 1 / ln(1.02 + p_c), p_c = pixel frequency of class c in (up to ``max_samples``
+    evenly spaced) training labels."""
+    k, ignore = dataset.description.num_classes, dataset.description.ignore_index
+    counts = torch.zeros(k, dtype=torch.float64)
+    step = max(1, len(dataset) // max_samples)
+    for i in range(0, len(dataset), step):
+        label = dataset.load(i)["label"]
+        if label is not None:
+            label = label[label != ignore]
+            counts += torch.bincount(label.flatten(), minlength=k)[:k].double()
+    p = counts / counts.sum().clamp(min=1)
+    return (1.0 / torch.log(1.02 + p)).float()
+
+
 def step_seed(seed: int, iteration: int) -> int:
     return (seed * 1_000_003 + iteration * 7_919 + 17) % (2**63)
 
@@ -122,7 +137,13 @@ class Trainer:
                               f"({len(self.train_set)} samples)")
         self.model_cfg = cfg.model = build_model_config(cfg, self.description.num_classes)
         self.model = create_model(self.model_cfg).to(self.device)
-        self.method = METHODS.get(cfg.method.name)(cfg.method, ignore_index=self.description.ignore_index)
+        weights = None
+        if cfg.method.class_weighting == "enet":
+            weights = enet_class_weights(self.train_set)
+            self.reporter.print("class weights (ENet): " + ", ".join(
+                f"{c} {w:.2f}" for c, w in zip(self.description.classes, weights.tolist())))
+        self.method = METHODS.get(cfg.method.name)(cfg.method, ignore_index=self.description.ignore_index,
+                                                   class_weights=weights)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)

@@ -17,9 +17,10 @@ METHODS: Registry[type] = Registry("method")
 class Method:
     """Base class: subclasses implement :meth:`step`."""
 
-    def __init__(self, config, *, ignore_index: int = 255):
+    def __init__(self, config, *, ignore_index: int = 255, class_weights: torch.Tensor | None = None):
         self.config = config
         self.ignore_index = ignore_index
+        self.class_weights = class_weights
 
     def step(self, model: torch.nn.Module, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -27,6 +27,9 @@ class ModelConfig:
         head_channels: the head's embedding width.
         drop_path_rate: stochastic depth rate of the encoder(s).
         attn_impl: ``"sdpa"`` (fused attention) or ``"eager"`` (explicit softmax, for FLOP counting).
+        pretrained: backbone weights to start from: a local file, or a name the backbone knows (e.g.
+            ``"imagenet"`` for ``efficientnet_lite0``); empty = random initialisation. Used only when a model is
+            created for training; a trained checkpoint carries its own weights.
     """
 
     backbone: str = "mit_b0"
@@ -37,6 +40,7 @@ class ModelConfig:
     head_channels: int = 256
     drop_path_rate: float = 0.1
     attn_impl: str = "sdpa"
+    pretrained: str = ""
 
     def __post_init__(self):
         if isinstance(self.modalities, str):

@@ -15,10 +15,26 @@ Contracts (what a registered factory is called with):
 
 from __future__ import annotations
 
+from rgbx.errors import ConfigError
 from rgbx.registry import Registry
 
 BACKBONES: Registry = Registry("backbone")
 FUSIONS: Registry = Registry("fusion")
 HEADS: Registry = Registry("head")
 
-__all__ = ["BACKBONES", "FUSIONS", "HEADS"]
+__all__ = ["BACKBONES", "FUSIONS", "HEADS", "build_backbone"]
+
+
+def build_backbone(name: str, *, in_channels, drop_path_rate: float, attn_impl: str, pretrained: str = ""):
+    """Build a registered backbone; ``pretrained`` is passed only when set, and a backbone that cannot load
+    weights says so."""
+    factory = BACKBONES.get(name)
+    if not pretrained:
+        return factory(in_channels=in_channels, drop_path_rate=drop_path_rate, attn_impl=attn_impl)
+    try:
+        return factory(in_channels=in_channels, drop_path_rate=drop_path_rate, attn_impl=attn_impl,
+                       pretrained=pretrained)
+    except TypeError as e:
+        if "pretrained" not in str(e):
+            raise
+        raise ConfigError(f"backbone {name!r} cannot load pretrained weights (model.pretrained={pretrained!r})") from None

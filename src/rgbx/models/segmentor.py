@@ -51,6 +51,7 @@ class Segmentor(nn.Module):
             modalities=config.modalities,
             drop_path_rate=config.drop_path_rate,
             attn_impl=config.attn_impl,
+            **({"pretrained": config.pretrained} if config.pretrained else {}),
         )
         self.head = HEADS.get(config.head)(
             in_channels=self.encoder.feature_info.channels(),

@@ -91,6 +91,7 @@ class FolderDataset(SegmentationDataset):
 def check_dataset(root: str | Path, splits=None, dataset: str = "folder") -> dict[str, int]:
     """Fully validate a dataset (all splits of a folder-format dataset by default). Returns samples per split."""
     cls = DATASETS.get(dataset)
+    explicit = bool(splits)
     if splits:
         splits = list(splits)
     elif dataset == "folder":
@@ -106,11 +107,15 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder") -> dic
         try:
             ds = cls(root, split, check="none")
         except DataError as e:
+            if not explicit and dataset != "folder" and "split file not found" in str(e):
+                continue  # a benchmark split the user has not downloaded (e.g. a test split)
             problems.append(str(e))
             continue
         name = ds.description.name
         counts[split] = len(ds)
         problems.extend(ds.find_problems(full=True))
+    if not counts and not problems:
+        problems.append(f"{root}: none of the {dataset} splits ({', '.join(splits)}) found")
     problems = list(dict.fromkeys(problems))  # a layout problem is found once per split; report it once
     if problems:
         raise DataError(f"{root}: {len(problems)} problem(s) in dataset {name or dataset!r}", problems)

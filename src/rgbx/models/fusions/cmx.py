@@ -49,7 +49,7 @@ from torch import nn
 from rgbx.errors import ConfigError
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder, others_weights
 from rgbx.models.layers import init_weights, map_to_tokens, mask_absent, tokens_to_map
-from rgbx.models.registries import BACKBONES, FUSIONS
+from rgbx.models.registries import FUSIONS, build_backbone
 
 __all__ = [
     "ChannelEmbed",
@@ -259,6 +259,7 @@ class CMXFusion(FusionEncoder):
         attn_impl: str = "sdpa",
         lambda_c: float = 0.5,
         lambda_s: float = 0.5,
+        pretrained: str = "",
     ):
         super().__init__(modalities)
         if len(self.modalities) < 2:
@@ -266,10 +267,10 @@ class CMXFusion(FusionEncoder):
                 f"the cmx fusion needs at least two modalities, got {list(self.modalities)}; "
                 "for a single modality use fusion 'mean' (a plain encoder)"
             )
-        factory = BACKBONES.get(backbone)
         self.branches = nn.ModuleDict(
             {
-                m: factory(in_channels=c, drop_path_rate=drop_path_rate, attn_impl=attn_impl)
+                m: build_backbone(backbone, in_channels=c, drop_path_rate=drop_path_rate, attn_impl=attn_impl,
+                                  pretrained=pretrained)
                 for m, c in self.in_channels.items()
             }
         )

@@ -21,7 +21,7 @@ from torch import nn
 
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder
 from rgbx.models.layers import mask_absent
-from rgbx.models.registries import BACKBONES, FUSIONS
+from rgbx.models.registries import FUSIONS, build_backbone
 
 __all__ = ["MeanFusion"]
 
@@ -43,11 +43,11 @@ class MeanFusion(FusionEncoder):
         modalities: Sequence[str] = ("rgb", "depth"),
         drop_path_rate: float = 0.1,
         attn_impl: str = "sdpa",
+        pretrained: str = "",
     ):
         super().__init__(modalities)
-        self.backbone = BACKBONES.get(backbone)(
-            in_channels=None, drop_path_rate=drop_path_rate, attn_impl=attn_impl
-        )
+        self.backbone = build_backbone(backbone, in_channels=None, drop_path_rate=drop_path_rate,
+                                       attn_impl=attn_impl, pretrained=pretrained)
         self.stems = nn.ModuleDict({m: self.backbone.make_stem(c) for m, c in self.in_channels.items()})
         self.feature_info = self.backbone.feature_info
 
