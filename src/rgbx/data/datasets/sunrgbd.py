@@ -1,0 +1,80 @@
+"""SUN RGB-D (Song et al. 2015), 37-class labels, in the DFormer release layout; registered as ``"sunrgbd"``.
+
+Layout (DFormer ``local_configs/_base_/datasets/SUNRGBD.py``)::
+
+    SUNRGBD/
+      RGB/<n>.jpg
+      Depth/<n>.png        DFormer release: 8-bit relative depth (plt.imsave of the depth, per-image min-max)
+      labels/<n>.png       note the lowercase folder; uint8, 0 = void, 1..37
+      train.txt test.txt   5285 / 5050 samples; lines "RGB/<n>.jpg" (bare "<n>" and "<n>.jpg" accepted too)
+      [HHA/<n>.png|jpg]    not in the DFormer release; used when present
+
+Image sizes vary (the four sensors of SUN RGB-D); DFormer trains on 480×480 crops, DFormerv2 pads test images to
+531×730 (``--pad_SUNRGBD``) — rgbx loads images at their own size.
+
+Everything else follows :mod:`rgbx.data.datasets.nyu` (same options, same depth-format detection, ``val`` → test.txt
+when there is no val.txt), with three SUN-specific points:
+
+- **labels**: 0 = void → ignore 255, k → k − 1 (DFormer ``gt_transform=True``), 37 classes with DFormer's names.
+- **16-bit depth**: the original SUN RGB-D toolbox stores depth in millimetres with a 3-bit circular shift
+  (``read3dPoints.m``: ``bitor(bitshift(d, -3), bitshift(d, 16 - 3))``). ``depth_bitshift="auto"`` (default)
+  undoes that shift for files whose non-zero values are all multiples of 8 (what shifted millimetres below 8.192 m
+  look like) and reads other 16-bit files as plain millimetres; ``True`` / ``False`` force it.
+- **intrinsics**: SUN RGB-D has one camera matrix per image (``intrinsics.txt`` in the original release, not in the
+  DFormer one). For computed HHA rgbx uses ``intrinsics`` when given, else a guess per image of size H×W:
+  ``fx = fy = 518.86 · W / 640`` (the Kinect v1 focal length scaled to the width), principal point at the centre.
+  HHA computed with guessed intrinsics is approximate (heights and angles shift with the focal length error).
+
+Palette: the VOC bit-interleaved colours by class (DFormer uses ``utils/nyucmap.npy`` for SUNRGBD too).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rgbx.data.datasets.base import DATASETS
+from rgbx.data.datasets.nyu import NYU_INTRINSICS, RGBDRelease
+from rgbx.data.description import ModalitySource
+from rgbx.errors import ConfigError
+
+SUNRGBD_CLASSES = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture", "counter",
+    "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor_mat", "clothes", "ceiling", "books",
+    "fridge", "tv", "paper", "towel", "shower_curtain", "box", "whiteboard", "person", "night_stand", "toilet", "sink",
+    "lamp", "bathtub", "bag",
+)
+
+
+@DATASETS.register("sunrgbd")
+class SUNRGBD(RGBDRelease):
+    """SUN RGB-D, 37 classes, DFormer layout (see the module docstring)."""
+
+    NAME = "sunrgbd"
+    CLASSES = SUNRGBD_CLASSES
+    SPLITS = ("train", "test")
+    LABEL_FOLDERS = ("labels", "Label", "label", "Labels")
+    OPTIONS = {**RGBDRelease.OPTIONS, "intrinsics": None, "depth_bitshift": "auto"}
+
+    def describe(self):
+        shift = self.options["depth_bitshift"]
+        if shift not in ("auto", True, False):
+            raise ConfigError(f"data.options.depth_bitshift={shift!r}: expected 'auto', true or false")
+        return super().describe()
+
+    def camera_intrinsics(self, height: int, width: int) -> tuple[float, float, float, float]:
+        if self.options["intrinsics"] is not None:
+            return super().camera_intrinsics(height, width)
+        f = NYU_INTRINSICS[0] * width / 640.0
+        return f, f, (width - 1) / 2.0, (height - 1) / 2.0
+
+    def decode_depth(self, raw: np.ndarray, src: ModalitySource) -> np.ndarray:
+        if self._depth_kind == "metric-16bit":
+            shift = self.options["depth_bitshift"]
+            v = raw[:1].astype(np.uint32)
+            if shift is True or (shift == "auto" and v.any() and not np.any(v & 7)):
+                v = ((v >> 3) | (v << 13)) & 0xFFFF
+            return v.astype(np.float32) * np.float32(src.scale)
+        return super().decode_depth(raw, src)
+
+
+__all__ = ["SUNRGBD", "SUNRGBD_CLASSES"]

@@ -1,0 +1,308 @@
+"""NYU Depth V2, SUN RGB-D, MFNet and PST900 read from tiny fake trees in their releases' own layouts.
+
+Layout facts these trees encode (sources named in each adapter's docstring):
+
+- NYU (DFormer release): RGB/<n>.jpg, Depth/<n>.png (plt.imsave Greys_r → 8-bit RGBA, per-image relative depth),
+  Label/<n>.png (0 = void, 1..40), train.txt / test.txt with lines "RGB/<n>.jpg".
+- NYU (SA-Gate / CMX): HHA/<n>.jpg (3-channel), Depth/<n>.npy (float32 metres) in SA-Gate, split lines
+  "RGB/<n>.jpg<TAB>Label/<n>.png" (SA-Gate) or bare "<n>" (CMX, DELIVER).
+- SUN RGB-D (DFormer): same as NYU but lowercase labels/, 37 classes; original 16-bit depth is mm with a 3-bit
+  circular shift.
+- MFNet original: images/<name>.png 4-channel (R, G, B, thermal), labels/<name>.png 0..8 with 0 = unlabeled counted,
+  train.txt / val.txt / test.txt with bare names ending in D (day) or N (night).
+- MFNet as DELIVER converts it: rgb/<name>.jpg, ther/<name>.jpg, labels/<name>.png, train.txt / test.txt.
+- PST900: {train,test}/{rgb,thermal,depth,labels}/<name>.png, no split files; depth uint16 / 2560 = metres;
+  labels 0..4 with background counted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import rgbx.data.datasets.mfnet  # noqa: F401  (registers "mfnet")
+import rgbx.data.datasets.nyu  # noqa: F401  (registers "nyudepthv2")
+import rgbx.data.datasets.pst900  # noqa: F401  (registers "pst900")
+import rgbx.data.datasets.sunrgbd  # noqa: F401  (registers "sunrgbd")
+from rgbx.data import build_dataset, check_dataset
+from rgbx.data.datasets.mfnet import MFNet
+from rgbx.data.datasets.nyu import NYUDepthV2, split_line_id
+from rgbx.data.datasets.pst900 import PST900
+from rgbx.data.datasets.sunrgbd import SUNRGBD
+from rgbx.errors import ConfigError, DataError
+
+H, W = 12, 16
+RNG = np.random.default_rng(0)
+
+
+def save(path: Path, arr: np.ndarray, quality: int | None = None) -> Path:
+    """Write an image the way the releases do: (H, W) uint8 → L, uint16 → I;16, (H, W, 3|4) → RGB|RGBA."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        np.save(path, arr)
+        return path
+    img = Image.fromarray(arr)
+    if path.suffix == ".jpg":
+        img.save(path, quality=quality or 95)
+    else:
+        img.save(path)
+    return path
+
+
+def rgb_image() -> np.ndarray:
+    return RNG.integers(0, 255, (H, W, 3)).astype(np.uint8)
+
+
+def label_image(values) -> np.ndarray:
+    lab = np.zeros((H, W), np.uint8)
+    for i, v in enumerate(values):
+        lab[i] = v
+    return lab
+
+
+# -- NYU Depth V2 -------------------------------------------------------------------------------------------------
+
+def make_nyu_dformer(root: Path) -> Path:
+    """DFormer's NYUDepthv2: jpg colour, 8-bit RGBA relative depth, labels with 0 = void, 'RGB/<n>.jpg' lines."""
+    for n in ("0", "1", "2"):
+        save(root / "RGB" / f"{n}.jpg", rgb_image())
+        gray = np.tile(np.linspace(0, 255, W).astype(np.uint8), (H, 1))  # near (0) → far (255)
+        save(root / "Depth" / f"{n}.png", np.dstack([gray, gray, gray, np.full_like(gray, 255)]))  # plt.imsave: RGBA
+        save(root / "Label" / f"{n}.png", label_image([0, 1, 40, 5]))
+    (root / "train.txt").write_text("RGB/0.jpg\nRGB/1.jpg\n")
+    (root / "test.txt").write_text("RGB/2.jpg\n")
+    return root
+
+
+def make_nyu_sagate(root: Path, depth="npy", hha=True, lines="sagate") -> Path:
+    """SA-Gate / CMX NYUDepthv2: HHA/<n>.jpg, Depth as float .npy metres (SA-Gate) or 16-bit mm PNG (converted)."""
+    for n in ("10", "11", "12"):
+        save(root / "RGB" / f"{n}.jpg", rgb_image())
+        if hha:
+            save(root / "HHA" / f"{n}.jpg", rgb_image())
+        z = np.full((H, W), 2.5, np.float32)
+        z[:, W // 2:] = 4.0
+        if depth == "npy":
+            save(root / "Depth" / f"{n}.npy", z)
+        else:
+            save(root / "Depth" / f"{n}.png", (z * 1000).astype(np.uint16))
+        save(root / "Label" / f"{n}.png", label_image([0, 1, 40, 255]))
+    fmt = {"sagate": "RGB/{0}.jpg\tLabel/{0}.png", "cmx": "{0}"}[lines]
+    (root / "train.txt").write_text("\n".join(fmt.format(n) for n in ("10", "11")) + "\n")
+    (root / "test.txt").write_text(fmt.format("12") + "\n")
+    return root
+
+
+def test_split_lines_of_every_release_give_the_same_id():
+    assert split_line_id("RGB/12.jpg") == "12"  # DFormer
+    assert split_line_id("RGB/12.jpg\tLabel/12.png") == "12"  # SA-Gate
+    assert split_line_id("12") == "12"  # CMX, DELIVER, MFNet
+    assert split_line_id("01606D") == "01606D"
+    assert split_line_id("  # comment") is None and split_line_id("") is None
+
+
+def test_nyu_dformer_release(tmp_path):
+    root = make_nyu_dformer(tmp_path / "NYUDepthv2")
+    ds = NYUDepthV2(root, "train")
+    assert ds.ids == ["0", "1"]
+    d = ds.description
+    assert d.num_classes == 40 and d.classes[0] == "wall" and d.classes[-1] == "otherprop"
+    assert d.ignore_index == 255 and d.palette[1] == (128, 0, 0)
+    # 8-bit relative depth is offered as approximate metres; no HHA can be computed from it.
+    assert list(d.modalities) == ["rgb", "depth"] and d.extra["depth_encoding"] == "relative-8bit"
+    s = ds.load(0)
+    assert s["inputs"]["rgb"].shape == (3, H, W) and 0 <= float(s["inputs"]["rgb"].min()) <= 1
+    depth = s["inputs"]["depth"]
+    assert depth.shape == (1, H, W)  # RGBA file → 1 channel
+    assert depth[0, 0, 0].item() == pytest.approx(0.5) and depth[0, 0, -1].item() == pytest.approx(10.0)
+    lab = s["label"]
+    assert lab[0].unique().tolist() == [255]  # raw 0 = void → ignore
+    assert lab[1].unique().tolist() == [0]  # raw 1 (wall) → 0
+    assert lab[2].unique().tolist() == [39]  # raw 40 (otherprop) → 39
+    assert NYUDepthV2(root, "val").ids == ["2"]  # no val.txt: val reads test.txt
+    assert check_dataset(root, dataset="nyudepthv2") == {"train": 2, "test": 1}
+
+
+def test_nyu_relative_depth_refusals(tmp_path):
+    root = make_nyu_dformer(tmp_path / "NYUDepthv2")
+    with pytest.raises(DataError, match="relative"):
+        NYUDepthV2(root, "train", modalities=["rgb", "hha"])
+    with pytest.raises(DataError, match="not metres"):
+        NYUDepthV2(root, "train", depth_format="metric")
+    with pytest.raises(ConfigError, match="unknown option"):
+        NYUDepthV2(root, "train", depth_fmt="metric")
+
+
+def test_nyu_colour_mapped_depth_is_refused_with_its_path(tmp_path):
+    root = make_nyu_dformer(tmp_path / "NYUDepthv2")
+    save(root / "Depth" / "1.png", np.dstack([rgb_image(), np.full((H, W), 255, np.uint8)]))
+    ds = NYUDepthV2(root, "train")
+    with pytest.raises(DataError, match=r"1\.png.*colour"):
+        ds.load(1)
+
+
+def test_nyu_sagate_release_hha_folder_and_metric_depth(tmp_path):
+    root = make_nyu_sagate(tmp_path / "NYUDepthv2")
+    ds = NYUDepthV2(root, "train")
+    assert ds.ids == ["10", "11"]
+    assert list(ds.description.modalities) == ["rgb", "depth", "hha"]
+    assert ds.description.modalities["hha"].folder == "HHA"
+    s = ds.load(1)
+    assert sorted(torch.unique(s["inputs"]["depth"]).tolist()) == [2.5, 4.0]  # metres from float32 .npy
+    assert s["inputs"]["hha"].shape == (3, H, W) and float(s["inputs"]["hha"].max()) <= 1.0
+    assert s["label"][3].unique().tolist() == [255]  # a raw 255 is void too (DELIVER maps 255 → 0 → ignore)
+    assert check_dataset(root, dataset="nyudepthv2") == {"train": 2, "test": 1}
+
+
+def test_nyu_16bit_depth_and_computed_hha(tmp_path):
+    root = make_nyu_sagate(tmp_path / "NYUDepthv2", depth="png", hha=False, lines="cmx")
+    ds = NYUDepthV2(root, "train")
+    assert ds.description.extra["depth_encoding"] == "metric-16bit"
+    s = ds.load(0)
+    assert sorted(round(v, 4) for v in torch.unique(s["inputs"]["depth"]).tolist()) == [2.5, 4.0]  # mm → m
+    hha = s["inputs"]["hha"]  # computed from depth with NYU's intrinsics
+    assert hha.shape == (3, H, W)
+    assert hha[0, 0, 0].item() == pytest.approx(round(310 / 2.5) / 255)  # disparity channel = 310 / z
+    assert hha[0, 0, -1].item() == pytest.approx(round(310 / 4.0) / 255)
+    cache = tmp_path / "hha_cache"
+    cached = NYUDepthV2(root, "train", hha_cache=str(cache), modalities=["rgb", "hha"])
+    assert sorted(p.name for p in cache.iterdir()) == ["10.png", "11.png"]  # written while checking the split
+    assert torch.allclose(cached.load(0)["inputs"]["hha"], hha)
+
+
+def test_nyu_broken_files_are_named(tmp_path):
+    root = make_nyu_dformer(tmp_path / "NYUDepthv2")
+    (root / "Depth" / "1.png").unlink()
+    save(root / "Label" / "0.png", np.zeros((H + 1, W), np.uint8))
+    with pytest.raises(DataError) as e:
+        check_dataset(root, dataset="nyudepthv2")
+    msg = str(e.value)
+    assert str(root / "Depth" / "1") in msg and "missing depth" in msg
+    assert str(root / "Label" / "0.png") in msg and "differs" in msg
+    (root / "train.txt").unlink()
+    with pytest.raises(DataError, match=r"train\.txt: split file not found"):
+        build_dataset("nyudepthv2", root, "train")
+
+
+# -- SUN RGB-D ----------------------------------------------------------------------------------------------------
+
+def test_sunrgbd_lowercase_labels_37_classes_and_shifted_depth(tmp_path):
+    root = tmp_path / "SUNRGBD"
+    mm = np.full((H, W), 1234, np.uint16)
+    for n in ("img_a", "img_b"):
+        save(root / "RGB" / f"{n}.jpg", rgb_image())
+        save(root / "Depth" / f"{n}.png", ((mm.astype(np.uint32) << 3) & 0xFFFF).astype(np.uint16))  # toolbox shift
+        save(root / "labels" / f"{n}.png", label_image([0, 1, 37]))
+    (root / "train.txt").write_text("RGB/img_a.jpg\n")
+    (root / "test.txt").write_text("RGB/img_b.jpg\n")
+    ds = SUNRGBD(root, "train")
+    d = ds.description
+    assert d.num_classes == 37 and d.classes[23] == "fridge" and d.classes[-1] == "bag"
+    assert d.label.folder == "labels"
+    s = ds.load(0)
+    assert s["label"][0].unique().tolist() == [255] and s["label"][2].unique().tolist() == [36]
+    assert s["inputs"]["depth"].unique().tolist() == [pytest.approx(1.234)]  # shift undone, mm → m
+    assert SUNRGBD(root, "train", depth_bitshift=False).load(0)["inputs"]["depth"].max() > 9.0
+    assert s["inputs"]["hha"].shape == (3, H, W)  # computed with guessed intrinsics
+    assert check_dataset(root, dataset="sunrgbd") == {"train": 1, "test": 1}
+
+
+# -- MFNet --------------------------------------------------------------------------------------------------------
+
+def make_mfnet_original(root: Path) -> Path:
+    names = {"train": ["00001D", "00002N"], "val": ["00003D"], "test": ["00004N"]}
+    for split, members in names.items():
+        for n in members:
+            rgbt = np.dstack([rgb_image(), np.full((H, W), 200, np.uint8)])  # channel 3 = thermal
+            save(root / "images" / f"{n}.png", rgbt)
+            save(root / "labels" / f"{n}.png", label_image([0, 1, 8]))
+        (root / f"{split}.txt").write_text("\n".join(members) + "\n")
+    return root
+
+
+def test_mfnet_original_4_channel_layout(tmp_path):
+    root = make_mfnet_original(tmp_path / "MFNet")
+    ds = MFNet(root, "train")
+    assert ds.layout == "rgbt" and ds.ids == ["00001D", "00002N"]
+    d = ds.description
+    assert d.classes[0] == "unlabeled" and d.num_classes == 9 and d.palette[1] == (64, 0, 128)
+    s = ds.load(1)
+    assert s["inputs"]["rgb"].shape == (3, H, W)
+    assert s["inputs"]["thermal"].shape == (1, H, W)
+    assert s["inputs"]["thermal"].unique().tolist() == [pytest.approx(200 / 255)]
+    assert s["label"][0].unique().tolist() == [0]  # unlabeled stays class 0 (counted in mIoU)
+    assert s["label"][2].unique().tolist() == [8]
+    assert s["meta"]["attributes"] == {"condition": "night"}
+    assert ds.attributes("00001D") == {"condition": "day"}
+    assert MFNet(root, "val").ids == ["00003D"]  # the original has a real val split
+    assert check_dataset(root, dataset="mfnet") == {"train": 2, "test": 1}
+
+
+def test_mfnet_deliver_layout_and_broken_label(tmp_path):
+    root = tmp_path / "MFNet"
+    for n in ("00010D", "00011N", "00012D"):
+        save(root / "rgb" / f"{n}.jpg", rgb_image())
+        save(root / "ther" / f"{n}.jpg", np.full((H, W), 100, np.uint8))  # gray JPEG
+        save(root / "labels" / f"{n}.png", label_image([0, 3]))
+    (root / "train.txt").write_text("00010D\n00011N\n")
+    (root / "test.txt").write_text("00012D\n")
+    ds = build_dataset("mfnet", root, "train")
+    assert ds.layout == "separate" and list(ds.description.modalities) == ["rgb", "thermal"]
+    s = ds.load(0)
+    assert s["inputs"]["thermal"].shape == (1, H, W)
+    assert abs(float(s["inputs"]["thermal"].mean()) - 100 / 255) < 0.02  # JPEG
+    assert MFNet(root, "val").ids == ["00012D"]  # no val.txt: val reads test.txt
+    assert check_dataset(root, dataset="mfnet") == {"train": 2, "test": 1}
+    save(root / "labels" / "00011N.png", np.zeros((H, W + 2), np.uint8))
+    with pytest.raises(DataError, match=r"00011N\.jpg: size 12x16 \(HxW\) differs from \S+/labels/00011N\.png"):
+        MFNet(root, "train")
+    save(root / "labels" / "00011N.png", np.full((H, W), 9, np.uint8))
+    with pytest.raises(DataError, match=r"00011N\.png.*out of range"):
+        check_dataset(root, dataset="mfnet")
+
+
+# -- PST900 -------------------------------------------------------------------------------------------------------
+
+def make_pst900(root: Path) -> Path:
+    names = {"train": ["31_bag1a_rect_rgb_frame0000000007", "31_bag1a_rect_rgb_frame0000000009"],
+             "test": ["32_bag2_rect_rgb_frame0000000001"]}
+    for split, members in names.items():
+        for n in members:
+            save(root / split / "rgb" / f"{n}.png", rgb_image())
+            save(root / split / "thermal" / f"{n}.png", np.full((H, W), 128, np.uint8))
+            save(root / split / "thermal_raw" / f"{n}.png", np.full((H, W), 30000, np.uint16))
+            save(root / split / "depth" / f"{n}.png", np.full((H, W), 2560, np.uint16))
+            save(root / split / "labels" / f"{n}.png", label_image([0, 1, 4]))
+    return root
+
+
+def test_pst900_layout_units_and_labels(tmp_path):
+    root = make_pst900(tmp_path / "PST900_RGBT_Dataset")
+    ds = PST900(root, "train")
+    assert ds.ids == ["31_bag1a_rect_rgb_frame0000000007", "31_bag1a_rect_rgb_frame0000000009"]
+    d = ds.description
+    assert d.classes == ("background", "fire_extinguisher", "backpack", "hand_drill", "survivor")
+    assert list(d.modalities) == ["rgb", "thermal", "depth"]
+    s = ds.load(0)
+    assert s["inputs"]["depth"].unique().tolist() == [pytest.approx(1.0)]  # 2560 / 2560 → 1 m
+    assert s["inputs"]["thermal"].unique().tolist() == [pytest.approx(128 / 255)]
+    assert s["label"][0].unique().tolist() == [0]  # background counts (no ignore mapping)
+    assert s["label"][2].unique().tolist() == [4]
+    assert PST900(root, "val").ids == ["32_bag2_rect_rgb_frame0000000001"]  # no val/: val reads test/
+    assert check_dataset(root, dataset="pst900") == {"train": 2, "test": 1}
+
+
+def test_pst900_missing_and_wrong_files_are_named(tmp_path):
+    root = make_pst900(tmp_path / "PST900_RGBT_Dataset")
+    missing = root / "train" / "thermal" / "31_bag1a_rect_rgb_frame0000000009.png"
+    missing.unlink()
+    save(root / "test" / "depth" / "32_bag2_rect_rgb_frame0000000001.png", np.zeros((H, W), np.uint8))  # 8-bit
+    with pytest.raises(DataError) as e:
+        check_dataset(root, dataset="pst900")
+    msg = str(e.value)
+    assert "31_bag1a_rect_rgb_frame0000000009" in msg and "missing thermal" in msg
+    assert "32_bag2_rect_rgb_frame0000000001.png: dtype uint8, expected uint16" in msg
