@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rgbx.cli.common import add_command
+from rgbx.cli.common import add_command, add_dataset_arguments, parse_options
 
 EXAMPLES = """  rgbx data check data/synth
   rgbx data check my_rig --split train
@@ -18,12 +18,12 @@ def add_parser(sub) -> None:
     c = dsub.add_parser("check", help="validate every file (existence, size, channels, dtype, label values)")
     c.add_argument("root")
     c.add_argument("--split", nargs="+", help="only these splits (default: all)")
-    c.add_argument("--dataset", default="folder", help="dataset format (default: the rgbx folder format)")
+    add_dataset_arguments(c)
     c.set_defaults(data_run=run_check)
     s = dsub.add_parser("stats", help="class pixel frequencies and per-modality value ranges")
     s.add_argument("root")
     s.add_argument("--split", default="train")
-    s.add_argument("--dataset", default="folder", help="dataset format (default: the rgbx folder format)")
+    add_dataset_arguments(s)
     s.add_argument("--limit", type=int, default=0, help="look at the first N samples only (0 = all)")
     s.set_defaults(data_run=run_stats)
 
@@ -31,8 +31,9 @@ def add_parser(sub) -> None:
 def run_check(args) -> int:
     from rgbx.data import build_dataset, check_dataset
 
-    counts = check_dataset(args.root, args.split, dataset=args.dataset)
-    desc = build_dataset(args.dataset, args.root, next(iter(counts)), check="none").description
+    options = parse_options(args.option)
+    counts = check_dataset(args.root, args.split, dataset=args.dataset, **options)
+    desc = build_dataset(args.dataset, args.root, next(iter(counts)), check="none", **options).description
     print(f"{args.root}: OK — dataset {desc.name!r}, {desc.num_classes} classes, modalities "
           f"{', '.join(desc.modalities)}; " + ", ".join(f"{s}: {n} samples" for s, n in counts.items()))
     return 0
@@ -45,7 +46,7 @@ def run_stats(args) -> int:
 
     from rgbx.data import build_dataset
 
-    ds = build_dataset(args.dataset, args.root, args.split)
+    ds = build_dataset(args.dataset, args.root, args.split, **parse_options(args.option))
     n = len(ds) if args.limit <= 0 else min(args.limit, len(ds))
     k = ds.description.num_classes
     counts = torch.zeros(k + 1, dtype=torch.int64)

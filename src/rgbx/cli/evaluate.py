@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rgbx.cli.common import add_command
+from rgbx.cli.common import add_command, add_dataset_arguments, parse_options
 
 EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split test
   rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --by condition --json eval.json
@@ -20,8 +20,7 @@ def add_parser(sub) -> None:
                     EXAMPLES, run)
     p.add_argument("checkpoint", help="rgbx weights file (.safetensors)")
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--dataset", default="folder", help="dataset format (rgbx info lists them; default: the rgbx "
-                   "folder format)")
+    add_dataset_arguments(p)
     p.add_argument("--split", default="val")
     p.add_argument("--anymodal", action="store_true", help="score every non-empty subset of the model's modalities")
     p.add_argument("--modalities", nargs="+", help="evaluate with only these modalities")
@@ -48,7 +47,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, device)
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
-                            transform=EvalTransform())
+                            transform=EvalTransform(), **parse_options(args.option))
     desc = dataset.description
     if desc.num_classes != model.config.num_classes:
         raise ConfigError(f"{args.checkpoint} predicts {model.config.num_classes} classes but {args.data} has "

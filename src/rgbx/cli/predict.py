@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgbx.cli.common import add_command
+from rgbx.cli.common import add_command, add_dataset_arguments, parse_options
 
 EXAMPLES = """  rgbx predict runs/cmx/model.safetensors data/synth --split test --limit 8 --out preds/
   rgbx predict model.safetensors rgb=frames/ depth=depth/ --out preds/       # folders matched by file name
@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
                    help="a dataset folder (with dataset.yaml), or modality=PATH items (file or folder)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--split", default="test", help="split of a dataset folder (default: test)")
-    p.add_argument("--dataset", default="folder", help="format of a dataset folder (default: the rgbx format)")
+    add_dataset_arguments(p)
     p.add_argument("--limit", type=int, default=0, help="at most N samples (0 = all)")
     p.add_argument("--no-panels", action="store_true", help="write only label and colour PNGs")
     p.add_argument("--device", default="auto")
@@ -39,8 +39,10 @@ def _samples(args, modalities):
         if args.dataset == "folder" and not (root / DESCRIPTION_FILE).is_file():
             raise ConfigError(f"{root}: not a dataset folder (no {DESCRIPTION_FILE}); give modality=PATH items, "
                               f"e.g. rgb={root}")
-        offered = build_dataset(args.dataset, root, args.split, check="none").description.modalities
-        ds = build_dataset(args.dataset, root, args.split, modalities=[m for m in modalities if m in offered])
+        options = parse_options(args.option)
+        offered = build_dataset(args.dataset, root, args.split, check="none", **options).description.modalities
+        ds = build_dataset(args.dataset, root, args.split, modalities=[m for m in modalities if m in offered],
+                           **options)
         n = len(ds) if args.limit <= 0 else min(args.limit, len(ds))
         for i in range(n):
             yield ds.load(i)

@@ -18,7 +18,19 @@ class Supervised(Method):
     def step(self, model, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         batch = drop_modalities(batch, self.config.modality_dropout, generator)
         out = model(batch.inputs, batch.present)
-        weight = None if self.class_weights is None else self.class_weights.to(out.logits.device)
-        ce = F.cross_entropy(out.logits.float(), batch.label, weight=weight, ignore_index=self.ignore_index,
-                             label_smoothing=self.config.label_smoothing)
-        return {"ce": ce}
+        return {"ce": cross_entropy(out.logits, batch.label, self.ignore_index, self.class_weights,
+                                   self.config.label_smoothing)}
+
+
+def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int,
+                  class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Pixel-wise (weighted) cross-entropy averaged over labelled pixels; 0 (not NaN) when a batch has none."""
+    weight = None if class_weights is None else class_weights.to(logits.device)
+    total = F.cross_entropy(logits.float(), label, weight=weight, ignore_index=ignore_index,
+                            label_smoothing=label_smoothing, reduction="sum")
+    valid = label != ignore_index
+    if weight is None:
+        norm = valid.sum()
+    else:
+        norm = weight[label.clamp(0, len(weight) - 1)].masked_fill(~valid, 0).sum()
+    return total / norm.clamp(min=1e-6)

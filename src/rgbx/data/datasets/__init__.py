@@ -1,6 +1,18 @@
 """Datasets on disk, registered by name: the rgbx folder format and the public benchmarks in their own layouts."""
 
-from rgbx.data.datasets import camvid, folder, mfnet, nyu, pst900, sunrgbd  # noqa: F401  (registers them)
+from rgbx.data.datasets import (  # noqa: F401  (importing registers them)
+    camvid,
+    deliver,
+    eventscape,
+    folder,
+    kitti360,
+    mcubes,
+    mfnet,
+    muses,
+    nyu,
+    pst900,
+    sunrgbd,
+)
 from rgbx.data.datasets.base import DATASETS, SegmentationDataset, probe_file
 from rgbx.data.datasets.folder import FolderDataset, check_dataset, list_splits
 

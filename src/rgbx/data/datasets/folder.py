@@ -88,7 +88,7 @@ class FolderDataset(SegmentationDataset):
         return self._attributes.get(sample_id, {})
 
 
-def check_dataset(root: str | Path, splits=None, dataset: str = "folder") -> dict[str, int]:
+def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **options) -> dict[str, int]:
     """Fully validate a dataset (all splits of a folder-format dataset by default). Returns samples per split."""
     cls = DATASETS.get(dataset)
     explicit = bool(splits)
@@ -105,7 +105,7 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder") -> dic
     name = None
     for split in splits:
         try:
-            ds = cls(root, split, check="none")
+            ds = cls(root, split, check="none", **options)
         except DataError as e:
             if not explicit and dataset != "folder" and "split file not found" in str(e):
                 continue  # a benchmark split the user has not downloaded (e.g. a test split)
