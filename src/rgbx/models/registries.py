@@ -10,7 +10,7 @@ Contracts (what a registered factory is called with):
 * ``FUSIONS[name](backbone=..., modalities=..., drop_path_rate=..., attn_impl=...)`` → a
   :class:`rgbx.models.fusions.base.FusionEncoder`.
 * ``HEADS[name](in_channels=[...], num_classes=..., channels=...)`` → a module mapping the list of fused stage maps to
-  logits at the resolution of the first map.
+  logits at the resolution of the first stage map it uses (the Segmentor upsamples them to the input size).
 """
 
 from __future__ import annotations
