@@ -2,9 +2,12 @@
 
 A dataset class says *where* things are (:meth:`~SegmentationDataset.describe`, :meth:`list_ids`, :meth:`files`)
 and how raw file values become labels (:meth:`decode_label`) or physical units (:meth:`decode_modality`); this base
-does the rest the same way for all: checking every file before training (existence, readable header, channel count,
-dtype, size agreement, and with ``check="full"`` decoded label values), reading, per-sample seeded augmentation and
-normalisation. Each dataset registers by name in :data:`DATASETS` (``data.dataset`` in a config).
+does the rest the same way for all: dataset-specific keyword options (``OPTIONS``), checking every file before
+training (existence, readable header, channel count, dtype, size agreement, and with ``check="full"`` decoded label
+values), reading, per-sample seeded augmentation and normalisation. Datasets whose files are not one image per
+modality and sample (point clouds, event lists, a modality split over two files, lower-resolution sensors,
+multi-channel labels) override the reading hooks listed in :class:`SegmentationDataset`; validation and loading stay
+here. Each dataset registers by name in :data:`DATASETS` (``data.dataset`` in a config).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from rgbx.data.description import DatasetDescription, ModalitySource
 from rgbx.data.sample import Sample, normalize_sample
-from rgbx.errors import DataError
+from rgbx.errors import ConfigError, DataError
 from rgbx.modalities import get_modality, read_array
 from rgbx.registry import Registry
 
@@ -39,7 +43,16 @@ _PIL_MODES = {
 class FileInfo:
     channels: int
     dtype: str
-    size: tuple[int, int]  # (H, W)
+    size: tuple[int, int] | None  # (H, W); None for files without an image size (e.g. event lists)
+
+
+class DecodeProblem(DataError):
+    """A file's values cannot be decoded (raised by decoding helpers that do not know the path);
+    :meth:`SegmentationDataset.load` adds the file's path to the message."""
+
+    def __init__(self, name: str, message: str):
+        self.name = name
+        super().__init__(message)
 
 
 def probe_file(path: Path, encoding: str) -> FileInfo:
@@ -65,6 +78,17 @@ def probe_file(path: Path, encoding: str) -> FileInfo:
     return FileInfo(channels, dtype, (h, w))
 
 
+def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) → (C, h, w) by nearest neighbour (pixel centres), for sensors stored at a lower resolution."""
+    h, w = size
+    H, W = arr.shape[-2:]
+    if (H, W) == (h, w):
+        return arr
+    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
+    return arr[:, rows][:, :, cols]
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """One split of a dataset on disk.
 
@@ -79,13 +103,39 @@ class SegmentationDataset(torch.utils.data.Dataset):
             with ``(epoch, i)`` tuples (``ResumableSampler`` does) or plain ``i`` (epoch 0).
         check: "headers" (default: existence, channel counts, dtypes, sizes from file headers), "full" (also decode
             every file and check label values) or "none".
+        **options: dataset-specific options (``data.options``), declared with their defaults in ``OPTIONS``; an
+            unknown one is a :class:`ConfigError`. All of them end up in ``self.options``.
 
     Items are samples (see :mod:`rgbx.data.sample`) with normalised inputs; :meth:`load` gives them in physical units
     before any transform.
+
+    A dataset class implements :meth:`describe`, :meth:`list_ids` and :meth:`files`, and may override:
+
+    - :meth:`configure`: validate ``self.options`` (called before :meth:`describe`);
+    - :meth:`attributes`, :meth:`layout_problems`, :meth:`extra_problems` (checks of companion files);
+    - :meth:`expected_channels` / :meth:`accepted_channels` / :meth:`accepted_dtypes`: the on-disk forms of a
+      modality (e.g. RGB or RGBA);
+    - :meth:`probe_source` / :meth:`read_source`: files that are not PNG/.npy images (point clouds, event lists,
+      modalities split over two files, .npz), given the sample id;
+    - :meth:`decode_modality`, :meth:`decode_label`, and ``LABEL_CHANNELS`` / :meth:`label_plane` for
+      multi-channel label images;
+    - ``RESIZED``: modalities stored at a lower resolution, resampled (nearest) to the label size on loading;
+    - ``DECODE_ON_CHECK``: with ``check="full"``, also decode every modality file (default: read it only).
     """
 
+    OPTIONS: dict[str, Any] = {}
+    RESIZED: frozenset[str] = frozenset()
+    LABEL_CHANNELS: tuple[int, ...] = (1,)
+    DECODE_ON_CHECK: bool = False
+
     def __init__(self, root: str | Path, split: str, modalities: Sequence[str] | None = None,
-                 transform: Callable | None = None, seed: int = 0, check: str = "headers"):
+                 transform: Callable | None = None, seed: int = 0, check: str = "headers", **options):
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise ConfigError(f"data.options: unknown option(s) {', '.join(unknown)} for dataset "
+                              f"{self.registered_name()!r} (options: {', '.join(self.OPTIONS) or 'none'})")
+        self.options: dict[str, Any] = {**self.OPTIONS, **options}
+        self.configure(self.options)
         if check not in CHECK_LEVELS:
             raise DataError(f"check={check!r}: expected one of {', '.join(CHECK_LEVELS)}")
         self.root = Path(root)
@@ -109,7 +159,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if problems:
                 raise DataError(f"{self.root}: split {split!r} has {len(problems)} problem(s)", problems)
 
+    @classmethod
+    def registered_name(cls) -> str:
+        """The name the dataset is registered under (``data.dataset``); ``NAME`` or the class name if none."""
+        registered = next((n for n in DATASETS if DATASETS.get(n) is cls), None)
+        return getattr(cls, "NAME", None) or registered or cls.__name__
+
     # -- what a dataset class provides -----------------------------------------------------------------------------
+    def configure(self, options: dict) -> None:
+        """Validate ``options`` and store what the dataset needs (called before :meth:`describe`)."""
+
     def describe(self) -> DatasetDescription:
         """Classes, palette, ignore index and the storage of each modality and of the label."""
         raise NotImplementedError
@@ -136,6 +195,35 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 problems.append(f"{folder}: {what} folder for {src.name!r} not found")
         return problems
 
+    def extra_problems(self, sample_id: str, paths: dict) -> list[str]:
+        """Problems with one sample's companion files (calibration, a second file of a modality); default none."""
+        return []
+
+    def expected_channels(self, name: str) -> int:
+        """Channels of ``name``'s files on disk (default: the spec's); :meth:`decode_modality` must turn them into
+        the spec's channel count."""
+        return get_modality(name).channels
+
+    def accepted_channels(self, name: str) -> tuple[int, ...]:
+        """Channel counts accepted for ``name``'s files (default: :meth:`expected_channels` only)."""
+        return (self.expected_channels(name),)
+
+    def accepted_dtypes(self, name: str) -> tuple[str, ...]:
+        """Dtypes accepted for ``name``'s files (default: the source's)."""
+        return (self.sources[name].dtype,)
+
+    def probe_source(self, name: str, path: Path, sample_id: str) -> FileInfo:
+        """Channels, dtype and (H, W) of ``name``'s file; ``size`` may be None when the file has no image size."""
+        return probe_file(path, self.sources[name].encoding)
+
+    def read_source(self, name: str, path: Path, sample_id: str) -> np.ndarray:
+        """The raw (C, H, W) file values handed to :meth:`decode_modality`."""
+        return read_array(path, self.sources[name].encoding)
+
+    def label_plane(self, raw: np.ndarray) -> np.ndarray:
+        """The (H, W) plane of a (C, H, W) label file that holds the class values (default: channel 0)."""
+        return raw[0]
+
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
         """Raw (H, W) label file values → class indices with ``ignore_index`` (default: unchanged)."""
         return raw
@@ -155,47 +243,51 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 problems.extend(found)
         return problems
 
-    def expected_channels(self, name: str) -> int:
-        """Channels of ``name``'s files on disk (default: the spec's); :meth:`decode_modality` must turn them into
-        the spec's channel count."""
-        return get_modality(name).channels
-
     def _sample_problems(self, sample_id: str, full: bool) -> list[str]:
         problems, sizes = [], {}
         label_src = self.description.label
         paths = self.files(sample_id)
         for src in [*self.sources.values(), label_src]:
+            is_label = src is label_src
             path = paths.get(src.name)
             if path is None or not Path(path).is_file():
                 if not src.optional:
                     where = path if path is not None else self.root / src.folder / sample_id
                     problems.append(f"{where}: missing {src.name} file for sample {sample_id!r}")
                 continue
+            path = Path(path)
             try:
-                info = probe_file(path, src.encoding)
+                info = probe_file(path, src.encoding) if is_label else self.probe_source(src.name, path, sample_id)
             except DataError as e:
                 problems.append(str(e))
                 continue
-            if src is label_src:
-                if info.channels != 1:
-                    problems.append(f"{path}: {info.channels} channel(s), expected a 1-channel label image")
+            if is_label:
+                if info.channels not in self.LABEL_CHANNELS:
+                    problems.append(self._label_channels_problem(path, info.channels))
                 if info.dtype not in ("uint8", "uint16", "int32", "int64", "bool"):
                     problems.append(f"{path}: label dtype {info.dtype}, expected an integer type (uint8/uint16)")
             else:
-                want = self.expected_channels(src.name)
-                if info.channels != want:
-                    problems.append(f"{path}: {info.channels} channel(s), expected {want} for {src.name!r}")
-                if info.dtype != src.dtype:
-                    problems.append(f"{path}: dtype {info.dtype}, expected {src.dtype} for {src.name!r}")
-            sizes[src.name] = (path, info.size)
+                want = self.accepted_channels(src.name)
+                if info.channels not in want:
+                    problems.append(f"{path}: {info.channels} channel(s), expected "
+                                    f"{' or '.join(map(str, want))} for {src.name!r}")
+                dtypes = self.accepted_dtypes(src.name)
+                if info.dtype not in dtypes:
+                    problems.append(f"{path}: dtype {info.dtype}, expected {' or '.join(dtypes)} for {src.name!r}")
+            if info.size is not None and src.name not in self.RESIZED:
+                sizes[src.name] = (path, info.size)
             if full:
                 try:
-                    arr = read_array(path, src.encoding)
+                    if is_label:
+                        arr = read_array(path, src.encoding)
+                        problems.extend(self._label_problems(path, self.decode_label(self.label_plane(arr))))
+                    else:
+                        arr = self.read_source(src.name, path, sample_id)
+                        if self.DECODE_ON_CHECK:
+                            self._decode(src.name, path, arr)
                 except DataError as e:
                     problems.append(str(e))
-                    continue
-                if src is label_src:
-                    problems.extend(self._label_problems(path, self.decode_label(arr[0])))
+        problems.extend(self.extra_problems(sample_id, paths))
         if sizes:
             ref_name = label_src.name if label_src.name in sizes else next(iter(sizes))
             ref_path, ref_size = sizes[ref_name]
@@ -204,6 +296,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
                     problems.append(f"{path}: size {size[0]}x{size[1]} (HxW) differs from {ref_path} "
                                     f"{ref_size[0]}x{ref_size[1]}")
         return problems
+
+    def _label_channels_problem(self, path: Path, channels: int) -> str:
+        if self.LABEL_CHANNELS == (1,):
+            return f"{path}: {channels} channel(s), expected a 1-channel label image"
+        return (f"{path}: {channels} channel(s), expected a label image with "
+                f"{' or '.join(map(str, self.LABEL_CHANNELS))} channel(s)")
 
     def _label_problems(self, path: Path, label: np.ndarray) -> list[str]:
         k, ignore = self.description.num_classes, self.description.ignore_index
@@ -222,10 +320,28 @@ class SegmentationDataset(torch.utils.data.Dataset):
         g.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
         return g
 
+    def _decode(self, name: str, path: Path, raw: np.ndarray) -> np.ndarray:
+        """:meth:`decode_modality`, with the file's path added to a :class:`DecodeProblem`."""
+        try:
+            return self.decode_modality(name, raw)
+        except DecodeProblem as e:
+            raise DataError(f"{path}: {e}") from None
+
     def load(self, index: int) -> Sample:
         """Sample ``index`` in physical units, before any transform."""
         sample_id = self.ids[index]
         paths = self.files(sample_id)
+        label = None
+        label_path = paths.get("label")
+        if label_path is not None and Path(label_path).is_file():
+            arr = read_array(label_path, self.description.label.encoding)
+            if arr.shape[0] not in self.LABEL_CHANNELS:
+                raise DataError(self._label_channels_problem(label_path, arr.shape[0]))
+            lab = self.decode_label(self.label_plane(arr))
+            problems = self._label_problems(label_path, lab)
+            if problems:
+                raise DataError(problems[0])
+            label = torch.from_numpy(lab.astype(np.int64))
         inputs = {}
         for name, src in self.sources.items():
             path = paths.get(name)
@@ -234,23 +350,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
                     continue
                 raise DataError(f"{path or self.root / src.folder / sample_id}: missing {name} file for sample "
                                 f"{sample_id!r}")
-            arr = read_array(path, src.encoding)
-            if arr.shape[0] != self.expected_channels(name):
-                raise DataError(f"{path}: {arr.shape[0]} channel(s), expected {self.expected_channels(name)} "
+            arr = self.read_source(name, Path(path), sample_id)
+            want = self.accepted_channels(name)
+            if arr.shape[0] not in want:
+                raise DataError(f"{path}: {arr.shape[0]} channel(s), expected {' or '.join(map(str, want))} "
                                 f"for {name!r}")
-            x = np.ascontiguousarray(self.decode_modality(name, arr), np.float32)
+            x = np.ascontiguousarray(self._decode(name, path, arr), np.float32)
             if x.shape[0] != get_modality(name).channels:
                 raise DataError(f"{path}: decoded to {x.shape[0]} channel(s), the {name!r} spec has "
                                 f"{get_modality(name).channels}")
+            if name in self.RESIZED:
+                ref = label.shape if label is not None else next((t.shape[-2:] for t in inputs.values()), None)
+                if ref is not None:
+                    x = np.ascontiguousarray(resize_nearest(x, tuple(ref)))
             inputs[name] = torch.from_numpy(x)
-        label = None
-        label_path = paths.get("label")
-        if label_path is not None and Path(label_path).is_file():
-            arr = self.decode_label(read_array(label_path, self.description.label.encoding)[0])
-            problems = self._label_problems(label_path, arr)
-            if problems:
-                raise DataError(problems[0])
-            label = torch.from_numpy(arr.astype(np.int64))
         size = next(iter(inputs.values())).shape[-2:] if inputs else label.shape
         meta = {"id": sample_id, "split": self.split, "size": tuple(size),
                 "attributes": dict(self.attributes(sample_id))}

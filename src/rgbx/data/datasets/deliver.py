@@ -62,13 +62,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from rgbx.data.datasets.base import DATASETS, FileInfo, SegmentationDataset, probe_file
 from rgbx.data.description import DatasetDescription, ModalitySource
 from rgbx.errors import ConfigError, DataError
-from rgbx.modalities import get_modality, read_array
+from rgbx.modalities import get_modality
 
 # The 19 Cityscapes train-id classes and their palette (KITTI-360 and MUSES use them).
 CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -77,17 +76,6 @@ CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "
 CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
                       (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
                       (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32))
-
-
-def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(C, H, W) → (C, h, w) by nearest neighbour (pixel centres), for sensors stored at a lower resolution."""
-    h, w = size
-    H, W = arr.shape[-2:]
-    if (H, W) == (h, w):
-        return arr
-    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
-    return arr[:, rows][:, :, cols]
 
 
 def png_header(path: Path) -> tuple[int, int] | None:
@@ -118,172 +106,30 @@ def as_list(name: str, value, allowed: Sequence[str] | None = None) -> list[str]
 
 
 class DrivingDataset(SegmentationDataset):
-    """Base of the adapters that read a public benchmark in its own layout.
+    """Base of the adapters that read a driving benchmark in its own layout (DeLiVER, MCubeS, KITTI-360, MUSES,
+    EventScape).
 
-    On top of :class:`SegmentationDataset` it takes dataset-specific keyword ``options`` (declared with their defaults
-    in ``OPTIONS``; an unknown one is a :class:`ConfigError`), checks the split against ``SPLITS``, and adds hooks for
-    sensors that are not a single image per sample:
-
-    - :meth:`accepted_channels` / :meth:`accepted_dtypes`: several on-disk forms of one modality (e.g. RGB or RGBA);
-    - :meth:`probe_source` / :meth:`read_source`: files that are not PNG/.npy images (point clouds, event lists,
-      modalities split over two files, .npz), given the sample id;
-    - ``RESIZED``: modalities stored at a lower resolution, resampled (nearest) to the label size on loading;
-    - ``LABEL_CHANNELS`` / :meth:`label_plane`: multi-channel label images and the channel holding the class values;
-    - :meth:`extra_problems`: checks of companion files (calibration, a second file of the same modality).
-
-    ``_sample_problems`` and ``load`` mirror the base-class versions with these hooks; keep them in step with
-    ``base.py``.
+    The options, validation and loading with the hooks for sensors that are not a single image per sample
+    (:meth:`accepted_channels`, :meth:`probe_source`, :meth:`read_source`, ``RESIZED``, ``LABEL_CHANNELS``,
+    :meth:`extra_problems`, ...) are :class:`SegmentationDataset`'s; this class adds what the driving adapters
+    share: the split must be one of ``SPLITS``, with ``check="full"`` every modality file is decoded
+    (``DECODE_ON_CHECK``), and :meth:`source` describes a modality with its spec's dtype and scale.
     """
 
     SPLITS: tuple[str, ...] = ()
-    OPTIONS: dict = {}
-    RESIZED: frozenset[str] = frozenset()
-    LABEL_CHANNELS: tuple[int, ...] = (1,)
-    LABEL_CHANNEL: int = 0
+    DECODE_ON_CHECK = True
 
-    def __init__(self, root: str | Path, split: str, modalities: Sequence[str] | None = None, transform=None,
-                 seed: int = 0, check: str = "headers", **options):
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            raise ConfigError(f"data.options: unknown option(s) {', '.join(unknown)} for dataset "
-                              f"{self.registered_name()!r} (options: {', '.join(self.OPTIONS) or 'none'})")
-        self.options = {**self.OPTIONS, **options}
-        self.configure(self.options)
+    def __init__(self, root: str | Path, split: str, *args, **kwargs):
         if self.SPLITS and split not in self.SPLITS:
             raise DataError(f"{root}: dataset {self.registered_name()!r} has no split {split!r} "
                             f"(splits: {', '.join(self.SPLITS)})")
-        super().__init__(root, split, modalities, transform, seed, check)
+        super().__init__(root, split, *args, **kwargs)
 
-    @classmethod
-    def registered_name(cls) -> str:
-        return getattr(cls, "NAME", cls.__name__)
-
-    # -- hooks ------------------------------------------------------------------------------------------------------
-    def configure(self, options: dict) -> None:
-        """Validate ``options`` and store what the adapter needs (called before ``describe``)."""
-
-    def accepted_channels(self, name: str) -> tuple[int, ...]:
-        return (self.expected_channels(name),)
-
-    def accepted_dtypes(self, name: str) -> tuple[str, ...]:
-        return (self.sources[name].dtype,)
-
-    def probe_source(self, name: str, path: Path, sample_id: str) -> FileInfo:
-        """Channels, dtype and (H, W) of ``name``'s file; ``size`` may be None when the file has no image size."""
-        return probe_file(path, self.sources[name].encoding)
-
-    def read_source(self, name: str, path: Path, sample_id: str) -> np.ndarray:
-        """The raw (C, H, W) file values handed to :meth:`decode_modality`."""
-        return read_array(path, self.sources[name].encoding)
-
-    def extra_problems(self, sample_id: str, paths: dict) -> list[str]:
-        return []
-
-    def label_plane(self, raw: np.ndarray) -> np.ndarray:
-        """The (H, W) plane of a (C, H, W) label file that holds the class values."""
-        return raw[self.LABEL_CHANNEL]
-
-    # -- helpers ----------------------------------------------------------------------------------------------------
     def source(self, name: str, folder: str, encoding: str = "png", dtype: str | None = None,
                optional: bool = False) -> ModalitySource:
         spec = get_modality(name)
         return ModalitySource(name=name, folder=folder, encoding=encoding, dtype=dtype or spec.dtype,
                               scale=spec.scale, optional=optional)
-
-    # -- validation and loading with the hooks ----------------------------------------------------------------------
-    def _sample_problems(self, sample_id: str, full: bool) -> list[str]:
-        problems, sizes = [], {}
-        label_src = self.description.label
-        paths = self.files(sample_id)
-        for src in [*self.sources.values(), label_src]:
-            is_label = src is label_src
-            path = paths.get(src.name)
-            if path is None or not Path(path).is_file():
-                if not src.optional:
-                    where = path if path is not None else self.root / src.folder / sample_id
-                    problems.append(f"{where}: missing {src.name} file for sample {sample_id!r}")
-                continue
-            path = Path(path)
-            try:
-                info = probe_file(path, src.encoding) if is_label else self.probe_source(src.name, path, sample_id)
-            except DataError as e:
-                problems.append(str(e))
-                continue
-            if is_label:
-                if info.channels not in self.LABEL_CHANNELS:
-                    problems.append(f"{path}: {info.channels} channel(s), expected a label image with "
-                                    f"{' or '.join(map(str, self.LABEL_CHANNELS))} channel(s)")
-                if info.dtype not in ("uint8", "uint16", "int32", "int64", "bool"):
-                    problems.append(f"{path}: label dtype {info.dtype}, expected an integer type (uint8/uint16)")
-            else:
-                want = self.accepted_channels(src.name)
-                if info.channels not in want:
-                    problems.append(f"{path}: {info.channels} channel(s), expected "
-                                    f"{' or '.join(map(str, want))} for {src.name!r}")
-                dtypes = self.accepted_dtypes(src.name)
-                if info.dtype not in dtypes:
-                    problems.append(f"{path}: dtype {info.dtype}, expected {' or '.join(dtypes)} for {src.name!r}")
-            if info.size is not None and src.name not in self.RESIZED:
-                sizes[src.name] = (path, info.size)
-            if full:
-                try:
-                    if is_label:
-                        arr = read_array(path, src.encoding)
-                        problems.extend(self._label_problems(path, self.decode_label(self.label_plane(arr))))
-                    else:
-                        self.decode_modality(src.name, self.read_source(src.name, path, sample_id))
-                except DataError as e:
-                    problems.append(str(e))
-        problems.extend(self.extra_problems(sample_id, paths))
-        if sizes:
-            ref_name = label_src.name if label_src.name in sizes else next(iter(sizes))
-            ref_path, ref_size = sizes[ref_name]
-            for path, size in sizes.values():
-                if size != ref_size:
-                    problems.append(f"{path}: size {size[0]}x{size[1]} (HxW) differs from {ref_path} "
-                                    f"{ref_size[0]}x{ref_size[1]}")
-        return problems
-
-    def load(self, index: int):
-        sample_id = self.ids[index]
-        paths = self.files(sample_id)
-        label = None
-        label_path = paths.get("label")
-        if label_path is not None and Path(label_path).is_file():
-            arr = read_array(label_path, self.description.label.encoding)
-            if arr.shape[0] not in self.LABEL_CHANNELS:
-                raise DataError(f"{label_path}: {arr.shape[0]} channel(s), expected a label image with "
-                                f"{' or '.join(map(str, self.LABEL_CHANNELS))} channel(s)")
-            lab = self.decode_label(self.label_plane(arr))
-            problems = self._label_problems(label_path, lab)
-            if problems:
-                raise DataError(problems[0])
-            label = torch.from_numpy(lab.astype(np.int64))
-        inputs = {}
-        for name, src in self.sources.items():
-            path = paths.get(name)
-            if path is None or not Path(path).is_file():
-                if src.optional:
-                    continue
-                raise DataError(f"{path or self.root / src.folder / sample_id}: missing {name} file for sample "
-                                f"{sample_id!r}")
-            arr = self.read_source(name, Path(path), sample_id)
-            if arr.shape[0] not in self.accepted_channels(name):
-                raise DataError(f"{path}: {arr.shape[0]} channel(s), expected "
-                                f"{' or '.join(map(str, self.accepted_channels(name)))} for {name!r}")
-            x = np.ascontiguousarray(self.decode_modality(name, arr), np.float32)
-            if x.shape[0] != get_modality(name).channels:
-                raise DataError(f"{path}: decoded to {x.shape[0]} channel(s), the {name!r} spec has "
-                                f"{get_modality(name).channels}")
-            if name in self.RESIZED:
-                ref = label.shape if label is not None else next((t.shape[-2:] for t in inputs.values()), None)
-                if ref is not None:
-                    x = np.ascontiguousarray(resize_nearest(x, tuple(ref)))
-            inputs[name] = torch.from_numpy(x)
-        size = next(iter(inputs.values())).shape[-2:] if inputs else label.shape
-        meta = {"id": sample_id, "split": self.split, "size": tuple(size),
-                "attributes": dict(self.attributes(sample_id))}
-        return {"inputs": inputs, "label": label, "meta": meta}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -320,7 +166,6 @@ class DeliverDataset(DrivingDataset):
     OPTIONS = {"conditions": None, "cases": None, "view": "front", "depth_encoding": "auto", "lidar_scale": 1.0}
     RESIZED = frozenset({"event"})
     LABEL_CHANNELS = (1, 3, 4)
-    LABEL_CHANNEL = 0
 
     def configure(self, options: dict) -> None:
         self.conditions = as_list("conditions", options["conditions"], DELIVER_CONDITIONS)

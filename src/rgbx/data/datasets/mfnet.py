@@ -44,9 +44,8 @@ import re
 import numpy as np
 
 from rgbx.data.datasets.base import DATASETS
-from rgbx.data.datasets.nyu import ReleaseDataset, _choice, find_folder, read_split_file, to_gray, to_rgb
+from rgbx.data.datasets.nyu import ReleaseDataset, _choice, find_folder, to_gray, to_rgb
 from rgbx.data.description import DatasetDescription, ModalitySource
-from rgbx.errors import DataError
 
 MFNET_CLASSES = ("unlabeled", "car", "person", "bike", "curve", "car_stop", "guardrail", "color_cone", "bump")
 MFNET_PALETTE = ((0, 0, 0), (64, 0, 128), (64, 64, 0), (0, 128, 192), (0, 0, 192), (128, 128, 0), (64, 64, 128),
@@ -112,13 +111,6 @@ class MFNet(ReleaseDataset):
                                 f"stores R, G, B and thermal in one 4-channel PNG")
         return problems
 
-    def list_ids(self) -> list[str]:
-        split_file = self.split_path(lambda s: self.root / f"{s}.txt")
-        if not split_file.is_file():
-            have = sorted(p.stem for p in self.root.glob("*.txt"))
-            raise DataError(f"{split_file}: split file not found (split files here: {', '.join(have) or 'none'})")
-        return read_split_file(split_file)
-
     def attributes(self, sample_id: str) -> dict[str, str]:
         condition = mfnet_condition(sample_id)
         return {} if condition is None else {"condition": condition}
@@ -136,8 +128,8 @@ class MFNet(ReleaseDataset):
             return to_gray(raw, "thermal") * scale
         return super().decode_modality(name, raw)
 
-    # files(): the base looks every sample up by stem in each source folder (in the rgbt layout rgb and thermal
-    # share the images/ folder, so both resolve to the same 4-channel file).
+    # list_ids() / files(): the base reads <split>.txt and looks every sample up by stem in each source folder (in
+    # the rgbt layout rgb and thermal share the images/ folder, so both resolve to the same 4-channel file).
 
 
 __all__ = ["MFNET_CLASSES", "MFNET_PALETTE", "MFNet", "mfnet_condition"]

@@ -63,11 +63,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from rgbx.data.datasets.base import DATASETS, FileInfo, SegmentationDataset, probe_file
+from rgbx.data.datasets.base import DATASETS, DecodeProblem, FileInfo, SegmentationDataset, probe_file
 from rgbx.data.description import DatasetDescription, ModalitySource, default_palette
 from rgbx.errors import ConfigError, DataError
 from rgbx.modalities import ENCODINGS, get_modality, read_array
@@ -135,14 +134,6 @@ class StemIndex:
         return self.folder / self.files[min(self.files)] if self.files else None
 
 
-class DecodeProblem(DataError):
-    """A file's values cannot be decoded; :meth:`ReleaseDataset.load` adds the file's path to the message."""
-
-    def __init__(self, name: str, message: str):
-        self.name = name
-        super().__init__(message)
-
-
 def to_rgb(raw: np.ndarray, scale: float) -> np.ndarray:
     """1-, 3- or 4-channel file values → 3-channel intensities (gray repeated, alpha dropped)."""
     x = raw[:3] if raw.shape[0] >= 3 else np.repeat(raw[:1], 3, axis=0)
@@ -163,32 +154,25 @@ def to_gray(raw: np.ndarray, name: str, tolerance: float = 8.0) -> np.ndarray:
 
 
 class ReleaseDataset(SegmentationDataset):
-    """Base of the adapters for public releases: options with defaults, folder indexes, split files, per-dataset
-    file channel counts.
+    """Base of the adapters for public releases: folder indexes, split files, per-dataset file channel counts.
 
-    Subclasses set :attr:`OPTIONS` (defaults of ``**options``), :attr:`SPLITS`, :attr:`FILE_CHANNELS` (channel
-    counts accepted on disk per modality; the first file of the folder decides for the whole dataset) and
-    implement ``describe`` / ``list_ids``; :meth:`files` looks each sample id up by stem in the source folders.
+    Subclasses set :attr:`OPTIONS` (defaults of ``**options``, see :class:`SegmentationDataset`), :attr:`SPLITS`,
+    :attr:`FILE_CHANNELS` (channel counts accepted on disk per modality; the first file of the folder decides for the
+    whole dataset) and implement ``describe``; :meth:`list_ids` reads ``<split>.txt`` at the root and :meth:`files`
+    looks each sample id up by stem in the source folders. Asking for a modality this copy of the dataset lacks
+    names the reason (e.g. no HHA folder and nothing to compute HHA from).
     """
 
-    OPTIONS: dict[str, Any] = {}
     SPLITS: tuple[str, ...] = ("train", "test")
     SPLIT_ALIASES: dict[str, str] = {"val": "test"}  # used only when the split's own file / folder is missing
     FILE_CHANNELS: dict[str, tuple[int, ...]] = {"rgb": (3, 4, 1)}
 
-    def __init__(self, root: str | Path, split: str, modalities: Sequence[str] | None = None, transform=None,
-                 seed: int = 0, check: str = "headers", **options):
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            known = ", ".join(self.OPTIONS) or "none"
-            raise ConfigError(f"data.options: unknown option(s) {', '.join(unknown)} for dataset "
-                              f"{type(self).__name__} (its options: {known})")
-        self.options = {**self.OPTIONS, **options}
+    def __init__(self, root: str | Path, split: str, modalities: Sequence[str] | None = None, *args, **kwargs):
         self._indices: dict[tuple[str, tuple[str, ...]], StemIndex] = {}
         self._file_channels: dict[str, int] = {}
         self._unavailable: dict[str, str] = {}  # modality → why this copy of the dataset does not offer it
         try:
-            super().__init__(root, split, modalities, transform, seed, check)
+            super().__init__(root, split, modalities, *args, **kwargs)
         except DataError as e:
             missing = [m for m in (modalities or []) if m in self._unavailable]
             if missing and not e.problems:
@@ -249,17 +233,17 @@ class ReleaseDataset(SegmentationDataset):
                                 f"{' or '.join(map(str, allowed))} channel(s)")
         return problems
 
+    def list_ids(self) -> list[str]:
+        split_file = self.split_path(lambda s: self.root / f"{s}.txt")
+        if not split_file.is_file():
+            have = sorted(p.stem for p in self.root.glob("*.txt"))
+            raise DataError(f"{split_file}: split file not found (split files here: {', '.join(have) or 'none'})")
+        return read_split_file(split_file)
+
     def files(self, sample_id: str) -> dict[str, Path | None]:
         out = {name: self.source_index(src).path(sample_id) for name, src in self.sources.items()}
         out["label"] = self.source_index(self.description.label).path(sample_id)
         return out
-
-    def load(self, index: int):
-        try:
-            return super().load(index)
-        except DecodeProblem as e:
-            path = self.files(self.ids[index]).get(e.name)
-            raise DataError(f"{path}: {e}") from None
 
 
 def _as_pair(value, what: str) -> tuple[float, float]:
@@ -391,14 +375,7 @@ class RGBDRelease(ReleaseDataset):
             return self.FILE_CHANNELS["depth"]  # the "hha" files are the depth files
         return super().allowed_channels(name)
 
-    # -- ids and files --------------------------------------------------------------------------------------------
-    def list_ids(self) -> list[str]:
-        split_file = self.split_path(lambda s: self.root / f"{s}.txt")
-        if not split_file.is_file():
-            have = sorted(p.stem for p in self.root.glob("*.txt"))
-            raise DataError(f"{split_file}: split file not found (split files here: {', '.join(have) or 'none'})")
-        return read_split_file(split_file)
-
+    # -- files ----------------------------------------------------------------------------------------------------
     def files(self, sample_id: str) -> dict[str, Path | None]:
         out = super().files(sample_id)
         if "hha" in self.sources and self._hha_mode == "cache":
@@ -466,5 +443,5 @@ class NYUDepthV2(RGBDRelease):
     SPLITS = ("train", "test")
 
 
-__all__ = ["NYUDepthV2", "NYU_CLASSES", "NYU_INTRINSICS", "RGBDRelease", "ReleaseDataset", "StemIndex",
-           "find_folder", "read_split_file", "split_line_id", "to_gray", "to_rgb"]
+__all__ = ["DecodeProblem", "NYUDepthV2", "NYU_CLASSES", "NYU_INTRINSICS", "RGBDRelease", "ReleaseDataset",
+           "StemIndex", "find_folder", "read_split_file", "split_line_id", "to_gray", "to_rgb"]
