@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from rgbx.errors import CheckpointError, ConfigError
 from rgbx.models import ModelConfig, create_model
+from rgbx.models.weights import load_strict
 
 FORMAT = "rgbx-model/1"
 
@@ -82,19 +83,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Strict load with a readable report of every missing / unexpected / mis-shaped tensor."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
-    if missing or unexpected or mismatched:
-        lines = []
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if items:
-                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-                lines.append(f"{title}: {shown}")
-        raise CheckpointError(f"{source}: weights do not fit this model\n  " + "\n  ".join(lines))
-    model.load_state_dict(state)
+    load_strict(model, state, source)
 
 
 def describe_model(cfg: dict) -> str:
