@@ -1,0 +1,44 @@
+"""Optimizer groups built from named_parameters (nothing dropped) and the warm-up + poly schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import rgbx
+from rgbx.engine.optim import check_param_groups, param_groups, warmup_poly
+
+
+@pytest.mark.parametrize("fusion,backbone,head", [("cmx", "mit_nano", "mlp"), ("mean", "mit_nano", "ham")])
+def test_every_trainable_parameter_in_exactly_one_group(fusion, backbone, head):
+    model = rgbx.create_model(backbone=backbone, fusion=fusion, head=head, modalities=["rgb", "depth"],
+                              num_classes=3, head_channels=16)
+    groups = param_groups(model, weight_decay=0.05, lr=1e-3, head_lr_mult=10.0)
+    names = [n for g in groups for n in g["names"]]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(names) == sorted(trainable) and len(names) == len(set(names))
+    by_name = {n: g for g in groups for n in g["names"]}
+    for name, p in model.named_parameters():
+        g = by_name[name]
+        if p.ndim <= 1 or name.endswith(".bias"):  # norms, biases, bare 1-d parameters
+            assert g["weight_decay"] == 0.0, name
+        else:
+            assert g["weight_decay"] == 0.05, name
+        assert g["lr"] == pytest.approx(1e-2 if name.startswith("head.") else 1e-3), name
+
+
+def test_a_missing_parameter_is_caught():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+    groups = [{"params": [model[0].weight, model[0].bias]}]
+    with pytest.raises(RuntimeError, match="missing"):
+        check_param_groups(model, groups)
+
+
+def test_warmup_then_poly():
+    f = warmup_poly(total_iters=100, warmup_iters=10, warmup_ratio=0.1, power=1.0)
+    assert f(0) == pytest.approx(0.1) and f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(100) == 0.0
+    assert all(f(i) >= f(i + 1) for i in range(10, 100))
+    assert math.isclose(warmup_poly(100, 0, 0.1, 2.0)(50), 0.25)
