@@ -41,6 +41,7 @@ class MethodConfig:
     modality_dropout: float = 0.0  # per sample and modality drop probability; at least one modality is kept
     label_smoothing: float = 0.0
     class_weighting: str = "none"  # none | enet: w_c = 1 / ln(1.02 + p_c), p_c from the training labels
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (see its Options dataclass)
 
 
 @dataclass

@@ -144,7 +144,8 @@ class Trainer:
                 f"{c} {w:.2f}" for c, w in zip(self.description.classes, weights.tolist())))
         self.method = METHODS.get(cfg.method.name)(cfg.method, ignore_index=self.description.ignore_index,
                                                    class_weights=weights)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.method.prepare(self.model, self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim, extra=self.method.trainable_modules())
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
@@ -162,6 +163,7 @@ class Trainer:
             "iteration": self.iteration,
             "best_miou": self.best_miou,
             "model": self.model.state_dict(),
+            "method_modules": [m.state_dict() for m in self.method.trainable_modules()],
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -186,6 +188,13 @@ class Trainer:
                 raise CheckpointError(f"{self.paths.state}: the run used train.{key}={saved['train'][key]}; "
                                       f"resume needs the same value")
         load_state_into(self.model, state["model"], str(self.paths.state))
+        modules = self.method.trainable_modules()
+        saved_modules = state.get("method_modules", [])
+        if len(saved_modules) != len(modules):
+            raise CheckpointError(f"{self.paths.state}: holds {len(saved_modules)} trainable module(s) of the method, "
+                                  f"{self.cfg.method.name!r} has {len(modules)}")
+        for module, module_state in zip(modules, saved_modules):
+            load_state_into(module, module_state, f"{self.paths.state} (method module)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if saved["train"]["iters"] != self.cfg.train.iters:  # a longer (or shorter) schedule than first planned

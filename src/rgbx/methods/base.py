@@ -15,15 +15,51 @@ METHODS: Registry[type] = Registry("method")
 
 
 class Method:
-    """Base class: subclasses implement :meth:`step`."""
+    """Base class: subclasses implement :meth:`step`.
+
+    A method with settings of its own declares them as a dataclass ``Options``; ``config.options`` (the experiment's
+    ``method.options``) is checked against it (unknown keys are a ConfigError naming the valid ones) and stored as
+    ``self.options``. A method that needs more than the model (a frozen teacher, extra heads) builds it in
+    :meth:`prepare`, which the engine calls once with the model being trained and the device.
+    """
+
+    Options = None
 
     def __init__(self, config, *, ignore_index: int = 255, class_weights: torch.Tensor | None = None):
         self.config = config
         self.ignore_index = ignore_index
         self.class_weights = class_weights
+        self.options = parse_options(type(self), dict(getattr(config, "options", None) or {}))
+
+    def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
+        """Build what the method needs besides ``model`` (default: nothing)."""
+
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        """Modules of the method itself whose parameters the optimizer must also train (default: none)."""
+        return []
 
     def step(self, model: torch.nn.Module, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def parse_options(method: type, options: dict):
+    """``method.options`` → an instance of ``method.Options`` (or {} for a method without options)."""
+    import dataclasses
+
+    from rgbx.errors import ConfigError
+
+    if method.Options is None:
+        if options:
+            raise ConfigError(f"method {method.__name__} takes no options, got {sorted(options)}")
+        return {}
+    valid = [f.name for f in dataclasses.fields(method.Options)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"method.options: unknown key(s) {unknown} for {method.__name__}; valid: {valid}")
+    try:
+        return method.Options(**options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"method.options for {method.__name__}: {e}") from None
 
 
 def drop_modalities(batch, p: float, generator: torch.Generator, min_keep: int = 1):
