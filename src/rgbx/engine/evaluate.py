@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rgbx.engine.inference import predict_logits
 from rgbx.engine.metrics import ConfusionMatrix, SegMetrics
 
 
@@ -82,6 +83,8 @@ def evaluate(
     device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None,
     progress=None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
 ) -> EvalResult:
     """Evaluate ``model`` on ``loader`` (batches of :class:`~rgbx.data.Batch`).
 
@@ -90,6 +93,7 @@ def evaluate(
             :func:`all_subsets` for the anymodal table.
         group_by: a sample attribute (e.g. ``"condition"``) to report separately per value, besides ``"all"``.
         progress: optional callable(batches_done) called after each batch.
+        scales, flip: multi-scale + flip test-time averaging (:func:`rgbx.engine.inference.predict_logits`).
     """
     model.eval()
     device = torch.device(device)
@@ -113,7 +117,7 @@ def evaluate(
             if not view.inputs:
                 continue
             with amp:
-                logits = model(view.inputs, view.present).logits
+                logits = predict_logits(model, view.inputs, view.present, scales, flip)
             pred = logits.argmax(1)
             name = subset_name(subset)
             for group, mask in groups:
