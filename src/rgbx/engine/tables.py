@@ -16,7 +16,10 @@ def _pct(v: float) -> str:
 def anymodal_table(result: EvalResult, convention: str = "present", title: str | None = None) -> Table:
     metrics = result.metrics(convention)
     groups = result.groups
-    table = Table(title=title, caption=f"mIoU % ({convention} classes averaged; see rgbx eval --help)")
+    from rich.text import Text
+
+    table = Table(title=Text(title) if title else None,
+                  caption=f"mIoU % ({convention} classes averaged; see rgbx eval --help)")
     table.add_column("modalities")
     for g in groups:
         table.add_column("mIoU" if g == "all" else g.split("=", 1)[-1], justify="right")

@@ -1,0 +1,401 @@
+"""Robustness report: sensor failure, pixel dropout and sensor noise, scored in one pass over a loader.
+
+Three sections, after the MISS benchmark's Entire-Missing / Random-Missing / Noisy-modality protocol (Liao et al.
+2025) and the anymodal protocol of AnySeg (mean mIoU over every modality combination):
+
+1. **Entire missing** (a sensor fails for the whole image): the mIoU of every non-empty subset of the model's
+   modalities (the anymodal table of :func:`rgbx.engine.evaluate.evaluate`, same subset names), their plain
+   **average** (mIoU^Avg: every subset weighted equally), and the **expected mIoU** when each sensor fails
+   independently with probability ``p``::
+
+       E_p[mIoU] = Σ_{S ≠ ∅} P(S) · mIoU(S) / Σ_{S ≠ ∅} P(S),   P(S) = Π_{m∈S} (1 − p) · Π_{m∉S} p
+
+   The sum runs over non-empty subsets only (with every sensor down there is nothing to segment), so the weights are
+   **renormalised** by ``Σ_{S≠∅} P(S) = 1 − p^M`` (M = number of modalities). ``p = 0`` gives the full-set mIoU,
+   ``p = 0.5`` the plain average. The expectation is taken over the per-subset mIoUs (each computed from that
+   subset's confusion matrix over the whole split), not over a mixture of confusion matrices.
+
+2. **Random pixel dropout** (``dropout``): a fraction ``r`` of a modality's pixels (exactly ``round(r·H·W)``
+   positions per image, all channels) is set to the modality's "no measurement" value in physical units — the spec's
+   ``invalid_value`` (depth, LiDAR: 0 m), or 0 for a modality without one (sparse event counts: no event; dense
+   camera images: black). Pixels are drawn over the whole image, so for a sparse map about ``r`` of its returns are
+   removed. Applied to each modality in turn (the others clean) and to all modalities at once (target ``"all"``).
+
+3. **Noise**, to each modality in turn:
+
+   - ``gaussian``: additive zero-mean Gaussian noise, standard deviation ``k × spec.std`` per channel (a fraction of
+     the modality's normalisation std, so ``k`` is the noise std in network-input units). For modalities with an
+     invalid value or sparse modalities only measured pixels get noise (a missing return stays missing). No
+     clipping.
+   - ``salt_pepper``: a fraction ``f`` of the pixels (exact count, all channels of a pixel alike) is set, with
+     equal chance, to the low ("pepper") or high ("salt") end of the modality's ``display_range`` in physical units
+     (rgb: 0 / 1, depth: 0 m / 40 m); for a modality without a display range, to ``mean ∓ 3·std`` per channel.
+
+All corruptions are applied in physical units (``spec.denormalize`` → corrupt → ``spec.normalize``), only to samples
+that really have the modality (absent samples keep the fill value), and only with the model's full modality set as
+input. Randomness is seeded per sample from ``(seed, corruption, target, strength, sample id, modality)`` with a
+stable hash, so results do not depend on batch size, worker count or loader order. Every corrupted batch is
+scored right after the clean subsets of the same batch (one pass over the loader).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from rgbx.data.sample import Batch
+from rgbx.data.transforms import empty_value
+from rgbx.engine.evaluate import EvalResult, all_subsets, subset_name
+from rgbx.engine.metrics import ConfusionMatrix
+from rgbx.modalities import get_modality
+from rgbx.modalities.spec import ModalitySpec
+
+EXPECTED_DEFINITION = (
+    "E_p[mIoU] = sum over non-empty subsets S of P(S)*mIoU(S), P(S) = prod_{m in S}(1-p) prod_{m not in S} p, "
+    "renormalised over non-empty subsets (divided by 1 - p^M); computed from the per-subset mIoUs"
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# corruptions: (x (C,H,W) physical units, strength, spec, generator) -> x (C,H,W) physical units
+
+CorruptionFn = Callable[[torch.Tensor, float, ModalitySpec, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    name: str
+    fn: CorruptionFn
+    strengths: tuple[float, ...]
+    strength_name: str
+    definition: str
+    all_at_once: bool = False  # also score the corruption applied to every modality together (target "all")
+
+
+def _pick_pixels(h: int, w: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """(H*W,) bool with exactly round(fraction·H·W) True positions, drawn uniformly."""
+    n = h * w
+    k = min(n, max(0, round(fraction * n)))
+    pick = torch.zeros(n, dtype=torch.bool)
+    pick[torch.randperm(n, generator=generator)[:k]] = True
+    return pick
+
+
+def measured_mask(x: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
+    """(H, W) bool: pixels holding a measurement (all True for a dense modality without an invalid value)."""
+    if spec.invalid_value is None and not spec.sparse:
+        return torch.ones(x.shape[-2:], dtype=torch.bool, device=x.device)
+    return (x != empty_value(spec)).any(dim=0)
+
+
+def pixel_dropout(x: torch.Tensor, rate: float, spec: ModalitySpec, generator: torch.Generator) -> torch.Tensor:
+    """Set ``round(rate·H·W)`` random pixels (all channels) to the spec's "no measurement" value (physical
+    ``invalid_value``, else 0)."""
+    h, w = x.shape[-2:]
+    drop = _pick_pixels(h, w, rate, generator).view(h, w).to(x.device)
+    return torch.where(drop[None], torch.full_like(x, empty_value(spec)), x)
+
+
+def gaussian_noise(x: torch.Tensor, k: float, spec: ModalitySpec, generator: torch.Generator) -> torch.Tensor:
+    """Add N(0, (k·std_c)²) per channel c (``std`` = the spec's normalisation std) to the measured pixels."""
+    std = torch.tensor(spec.std, dtype=x.dtype).view(-1, 1, 1)
+    noise = (torch.randn(x.shape, generator=generator, dtype=x.dtype) * (k * std)).to(x.device)
+    return torch.where(measured_mask(x, spec)[None], x + noise, x)
+
+
+def salt_pepper_range(spec: ModalitySpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) per channel, physical units: the display range, or mean ∓ 3·std without one."""
+    if spec.display_range is not None:
+        lo, hi = spec.display_range
+        return torch.full((spec.channels,), float(lo)), torch.full((spec.channels,), float(hi))
+    mean, std = torch.tensor(spec.mean, dtype=torch.float32), torch.tensor(spec.std, dtype=torch.float32)
+    return mean - 3 * std, mean + 3 * std
+
+
+def salt_pepper(x: torch.Tensor, fraction: float, spec: ModalitySpec, generator: torch.Generator) -> torch.Tensor:
+    """Set ``round(fraction·H·W)`` random pixels to the low or high end (equal chance) of :func:`salt_pepper_range`."""
+    h, w = x.shape[-2:]
+    pick = _pick_pixels(h, w, fraction, generator).view(h, w)
+    salt = torch.rand((h, w), generator=generator) < 0.5
+    lo, hi = (v.to(dtype=x.dtype).view(-1, 1, 1) for v in salt_pepper_range(spec))
+    value = torch.where(salt[None], hi, lo).to(x.device)
+    return torch.where(pick.to(x.device)[None], value, x)
+
+
+CORRUPTIONS: dict[str, Corruption] = {}
+
+
+def register_corruption(corruption: Corruption) -> Corruption:
+    if corruption.name in CORRUPTIONS:
+        raise ValueError(f"corruption {corruption.name!r} is already registered")
+    CORRUPTIONS[corruption.name] = corruption
+    return corruption
+
+
+register_corruption(Corruption(
+    "dropout", pixel_dropout, (0.25, 0.5, 0.75), "rate",
+    "fraction r of pixels set to the modality's 'no measurement' value (invalid_value, else 0) in physical units",
+    all_at_once=True))
+register_corruption(Corruption(
+    "gaussian", gaussian_noise, (0.1, 0.25, 0.5), "std / normalisation std",
+    "additive Gaussian noise, std = k * spec.std per channel, on measured pixels only, no clipping"))
+register_corruption(Corruption(
+    "salt_pepper", salt_pepper, (0.01, 0.05, 0.1), "fraction",
+    "fraction f of pixels set to display_range min or max (equal chance), or mean -/+ 3 std without a display range"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# expected mIoU
+
+
+def subset_probability(subset: Sequence[str], modalities: Sequence[str], p: float) -> float:
+    """P(exactly the sensors in ``subset`` work) when each fails independently with probability ``p``."""
+    inside = set(subset)
+    return math.prod((1 - p) if m in inside else p for m in modalities)
+
+
+def expected_miou(mious: dict[str, float], modalities: Sequence[str], p: float) -> float:
+    """E_p[mIoU] over non-empty subsets, renormalised by ``1 - p^M`` (see the module docstring).
+
+    Args:
+        mious: subset name (``"rgb+depth"``, as :func:`~rgbx.engine.evaluate.subset_name`) → mIoU; every non-empty
+            subset of ``modalities`` must be there.
+        p: independent failure probability of each sensor, ``0 <= p < 1``.
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"failure probability p={p} must be in [0, 1)")
+    total, norm = 0.0, 0.0
+    for subset in all_subsets(modalities):
+        w = subset_probability(subset, modalities, p)
+        if w == 0:
+            continue
+        total += w * mious[subset_name(subset)]
+        norm += w
+    return total / norm
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the report
+
+
+def _seed_for(seed: int, *parts) -> int:
+    return zlib.crc32("/".join(str(p) for p in (seed, *parts)).encode()) & 0x7FFFFFFF
+
+
+def corrupt_batch(batch: Batch, name: str, targets: Sequence[str], strength: float, *, seed: int = 0,
+                  batch_index: int = 0) -> Batch:
+    """A copy of ``batch`` with corruption ``name`` at ``strength`` applied to modalities ``targets``.
+
+    Works on normalised inputs (denormalise → corrupt → normalise); samples that lack a modality are left as they
+    are. Each sample's generator is seeded from ``seed``, the corruption, target list, strength, the sample's
+    ``meta["id"]`` (or its position in the loader) and the modality, so the result is deterministic.
+    """
+    corruption = CORRUPTIONS[name]
+    inputs = dict(batch.inputs)
+    target_key = "+".join(targets)
+    for m in targets:
+        if m not in inputs:
+            continue
+        spec = get_modality(m)
+        x = inputs[m]
+        out = x.clone()
+        for i in range(x.shape[0]):
+            if not bool(batch.present[m][i]):
+                continue
+            meta = batch.meta[i] if i < len(batch.meta) else {}
+            sid = meta.get("id", f"#{batch_index}:{i}")
+            g = torch.Generator().manual_seed(_seed_for(seed, name, target_key, strength, sid, m))
+            phys = spec.denormalize(x[i])
+            out[i] = spec.normalize(corruption.fn(phys, float(strength), spec, g))
+        inputs[m] = out
+    return Batch(inputs, batch.present, batch.label, batch.meta)
+
+
+def _miou(cm: ConfusionMatrix, convention: str) -> float:
+    return cm.compute(convention).miou
+
+
+def _num(v: float) -> float | None:
+    return None if v != v else v
+
+
+@torch.no_grad()
+def robustness_report(
+    model: torch.nn.Module,
+    loader,
+    *,
+    num_classes: int,
+    ignore_index: int = 255,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    probabilities: Sequence[float] = (0.2, 0.1, 0.05),
+    rates: Sequence[float] = (0.25, 0.5, 0.75),
+    noise_stds: Sequence[float] = (0.1, 0.25, 0.5),
+    salt_pepper_fractions: Sequence[float] = (0.01, 0.05, 0.1),
+    corruptions: Sequence[str] | None = None,
+    convention: str = "present",
+    class_names: list[str] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress=None,
+) -> dict:
+    """Entire-missing, random-dropout and noise robustness of ``model`` on ``loader``, in one pass.
+
+    Args:
+        probabilities: sensor failure probabilities ``p`` for the expected mIoU.
+        rates, noise_stds, salt_pepper_fractions: strengths of ``dropout``, ``gaussian`` and ``salt_pepper``.
+        corruptions: names in :data:`CORRUPTIONS` to run (default: all).
+        convention: mIoU convention (see :mod:`rgbx.engine.metrics`).
+        progress: optional callable(batches_done).
+
+    Returns:
+        A JSON-ready dict: ``seed``, ``miou_convention``, ``modalities``, ``clean_miou`` (all sensors, no
+        corruption), ``entire_missing`` (``subsets`` with full metrics, ``average``, ``expected`` keyed by ``p``,
+        ``expected_definition``) and ``corruptions`` (per name: ``definition``, ``strength``, ``strengths``,
+        ``miou`` as target → strength (str) → mIoU, ``mean`` per target).
+    """
+    model.eval()
+    device = torch.device(device)
+    modalities = tuple(model.modalities)
+    subsets = all_subsets(modalities)
+    strengths = {"dropout": tuple(rates), "gaussian": tuple(noise_stds), "salt_pepper": tuple(salt_pepper_fractions)}
+    names = list(CORRUPTIONS) if corruptions is None else list(corruptions)
+    for n in names:
+        if n not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption {n!r}; registered: {', '.join(CORRUPTIONS)}")
+    runs: list[tuple[str, str, tuple[str, ...], float]] = []  # (corruption, target name, modalities, strength)
+    for n in names:
+        c = CORRUPTIONS[n]
+        targets = [(m, (m,)) for m in modalities]
+        if c.all_at_once and len(modalities) > 1:
+            targets.append(("all", modalities))
+        for target, mods in targets:
+            for s in strengths.get(n, c.strengths):
+                runs.append((n, target, mods, float(s)))
+
+    clean = EvalResult(num_classes, ignore_index)
+    corrupted = {run[:2] + (run[3],): ConfusionMatrix(num_classes, ignore_index) for run in runs}
+    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+
+    def predict(view: Batch) -> torch.Tensor:
+        with amp:
+            return model(view.inputs, view.present).logits.argmax(1)
+
+    for bi, batch in enumerate(loader):
+        if batch.label is None:
+            raise ValueError("robustness evaluation needs labelled data")
+        batch = batch.to(device, non_blocking=True)
+        for subset in subsets:
+            view = batch.with_modalities(subset)
+            if view.inputs:
+                clean.matrix(subset_name(subset)).update(predict(view), batch.label)
+        full = batch.with_modalities(modalities)
+        for n, target, mods, s in runs:
+            view = corrupt_batch(full, n, mods, s, seed=seed, batch_index=bi)
+            corrupted[(n, target, s)].update(predict(view), batch.label)
+        if progress is not None:
+            progress(bi + 1)
+    clean.all_reduce()
+    for cm in corrupted.values():
+        cm.all_reduce()
+
+    metrics = {s: groups["all"] for s, groups in clean.metrics(convention).items()}
+    mious = {s: m.miou for s, m in metrics.items()}
+    full_name = subset_name(modalities)
+    entire = {
+        "subsets": {s: m.to_dict(class_names) for s, m in metrics.items()},
+        "average": _num(sum(mious.values()) / len(mious)) if mious else None,
+        "expected": {str(p): _num(expected_miou(mious, modalities, p)) for p in probabilities} if mious else {},
+        "expected_definition": EXPECTED_DEFINITION,
+        "average_definition": "unweighted mean of the mIoUs of every non-empty modality subset (mIoU^Avg)",
+    }
+    section: dict[str, dict] = {}
+    for n, target, _, s in runs:
+        c = CORRUPTIONS[n]
+        entry = section.setdefault(n, {"definition": c.definition, "strength": c.strength_name,
+                                       "strengths": list(strengths.get(n, c.strengths)), "miou": {}, "mean": {}})
+        entry["miou"].setdefault(target, {})[str(s)] = _num(_miou(corrupted[(n, target, s)], convention))
+    for entry in section.values():
+        for target, by_strength in entry["miou"].items():
+            vals = [v for v in by_strength.values() if v is not None]
+            entry["mean"][target] = sum(vals) / len(vals) if vals else None
+    return {
+        "seed": seed,
+        "miou_convention": convention,
+        "modalities": list(modalities),
+        "clean_miou": _num(mious.get(full_name, float("nan"))),
+        "entire_missing": entire,
+        "corruptions": section,
+        "corruption_protocol": "each corruption applied to the named modality (or 'all') with every sensor given; "
+                               "applied in physical units; seeded per sample from (seed, corruption, target, "
+                               "strength, sample id, modality)",
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# printing
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None or v != v else f"{100 * v:.2f}"
+
+
+def entire_missing_table(report: dict, title: str | None = None):
+    from rich.table import Table
+
+    em = report["entire_missing"]
+    table = Table(title=title or "entire-missing (sensor failure)", min_width=72,
+                  caption=f"mIoU % ({report['miou_convention']} classes averaged); expected: each sensor fails "
+                          "independently with probability p, renormalised over non-empty subsets")
+    table.add_column("modalities")
+    table.add_column("mIoU", justify="right")
+    table.add_column("pixel acc", justify="right")
+    for subset, m in em["subsets"].items():
+        table.add_row(subset, _pct(m["miou"]), _pct(m["pixel_accuracy"]))
+    table.add_section()
+    table.add_row("average", _pct(em["average"]), "")
+    for p, v in em["expected"].items():
+        table.add_row(f"expected, p={p}", _pct(v), "")
+    return table
+
+
+def corruption_table(report: dict, title: str | None = None):
+    from rich.table import Table
+
+    section = report["corruptions"]
+    table = Table(title=title or "corruptions (every sensor given, the named one corrupted)",
+                  caption=f"mIoU %; clean = {_pct(report['clean_miou'])}; seed {report['seed']}; "
+                          "strength levels 1-3 as in the rows' parentheses")
+    table.add_column("corruption")
+    table.add_column("modality")
+    levels = max((len(e["strengths"]) for e in section.values()), default=0)
+    for i in range(levels):
+        table.add_column(f"level {i + 1}", justify="right")
+    table.add_column("mean", justify="right")
+    for k, (name, entry) in enumerate(section.items()):
+        if k:
+            table.add_section()
+        label = f"{name} ({entry['strength']}: {', '.join(f'{s:g}' for s in entry['strengths'])})"
+        for target, by_strength in entry["miou"].items():
+            vals = [_pct(v) for v in by_strength.values()]
+            vals += [""] * (levels - len(vals))
+            table.add_row(label, target, *vals, _pct(entry["mean"][target]))
+            label = ""
+    return table
+
+
+def print_robustness_tables(report: dict, title: str | None = None, console=None) -> None:
+    from rich.console import Console
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)
+    if title:
+        console.print(title, markup=False, highlight=False)
+    console.print(entire_missing_table(report))
+    if report["corruptions"]:
+        console.print(corruption_table(report))

@@ -1,0 +1,192 @@
+"""Robustness report: expected mIoU formula, corruptions (fraction, isolation, determinism) and the CLI JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from rich.console import Console
+
+import rgbx
+from rgbx.cli.main import main
+from rgbx.data import FolderDataset, collate
+from rgbx.data.transforms import EvalTransform
+from rgbx.engine.checkpoint import save_model
+from rgbx.engine.robustness import (
+    CORRUPTIONS,
+    corrupt_batch,
+    expected_miou,
+    print_robustness_tables,
+    robustness_report,
+    subset_probability,
+)
+from rgbx.modalities import get_modality
+from tests.conftest import CLASSES, make_dataset
+
+MODS = ("rgb", "depth")
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_dataset(tmp_path / "toy", n=4, size=(16, 20), modalities=MODS)
+
+
+@pytest.fixture
+def batch(data):
+    ds = FolderDataset(data, "train", transform=EvalTransform())
+    return collate([ds[i] for i in range(len(ds))])
+
+
+def _model():
+    torch.manual_seed(0)
+    return rgbx.create_model(backbone="mit_nano", fusion="mean", modalities=list(MODS), num_classes=3,
+                             head_channels=16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# expected mIoU
+
+
+def test_expected_miou_by_hand():
+    mods = ("a", "b")
+    mious = {"a+b": 0.6, "a": 0.5, "b": 0.2}
+    p = 0.2
+    # P(ab) = .64, P(a) = .8*.2 = .16, P(b) = .16, P(none) = .04 -> renormalise by .96
+    hand = (0.64 * 0.6 + 0.16 * 0.5 + 0.16 * 0.2) / 0.96
+    assert expected_miou(mious, mods, p) == pytest.approx(hand)
+    assert subset_probability(("a",), mods, p) == pytest.approx(0.16)
+    assert expected_miou(mious, mods, 0.0) == pytest.approx(0.6)  # no failure: the full set
+    assert expected_miou(mious, mods, 0.5) == pytest.approx((0.6 + 0.5 + 0.2) / 3)  # all subsets equally likely
+    with pytest.raises(ValueError):
+        expected_miou(mious, mods, 1.0)
+
+
+def test_expected_miou_three_modalities():
+    mods = ("a", "b", "c")
+    mious = {"a+b+c": 0.9, "a+b": 0.8, "a+c": 0.7, "b+c": 0.6, "a": 0.5, "b": 0.4, "c": 0.3}
+    p = 0.1
+    q = 1 - p
+    hand = (q**3 * 0.9 + q * q * p * (0.8 + 0.7 + 0.6) + q * p * p * (0.5 + 0.4 + 0.3)) / (1 - p**3)
+    assert expected_miou(mious, mods, p) == pytest.approx(hand)
+    assert expected_miou(mious, mods, 0.5) == pytest.approx(sum(mious.values()) / 7)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# corruptions
+
+
+def _physical(batch, m):
+    return get_modality(m).denormalize(batch.inputs[m])
+
+
+@pytest.mark.parametrize("rate", [0.25, 0.5, 0.75])
+def test_dropout_sets_that_fraction_of_one_modality(batch, rate):
+    out = corrupt_batch(batch, "dropout", ["depth"], rate, seed=0)
+    depth = _physical(out, "depth")
+    assert (_physical(batch, "depth") > 0).all()  # the toy depth has no holes
+    frac = (depth.abs() < 1e-6).float().mean().item()  # invalid_value = 0 m
+    assert frac == pytest.approx(rate, abs=0.01)
+    assert torch.equal(out.inputs["rgb"], batch.inputs["rgb"])
+    assert torch.equal(out.label, batch.label)
+    # rgb (no invalid value): black pixels, all channels of a pixel at once
+    out = corrupt_batch(batch, "dropout", ["rgb"], rate, seed=0)
+    black = (_physical(out, "rgb").abs() < 1e-5).all(dim=1)
+    assert black.float().mean().item() == pytest.approx(rate, abs=0.02)
+    assert torch.equal(out.inputs["depth"], batch.inputs["depth"])
+
+
+def test_dropout_all_modalities_at_once(batch):
+    out = corrupt_batch(batch, "dropout", ["rgb", "depth"], 0.5, seed=0)
+    assert not torch.equal(out.inputs["rgb"], batch.inputs["rgb"])
+    assert not torch.equal(out.inputs["depth"], batch.inputs["depth"])
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corruptions_deterministic_and_isolated(batch, name):
+    s = CORRUPTIONS[name].strengths[-1]
+    a = corrupt_batch(batch, name, ["rgb"], s, seed=3)
+    b = corrupt_batch(batch, name, ["rgb"], s, seed=3)
+    c = corrupt_batch(batch, name, ["rgb"], s, seed=4)
+    assert torch.equal(a.inputs["rgb"], b.inputs["rgb"])
+    assert not torch.equal(a.inputs["rgb"], c.inputs["rgb"])
+    assert not torch.equal(a.inputs["rgb"], batch.inputs["rgb"])
+    assert torch.equal(a.inputs["depth"], batch.inputs["depth"])
+    # per-sample seeding: the same sample gets the same corruption in a batch of its own
+    single = collate([{"inputs": {m: batch.inputs[m][1] for m in MODS}, "label": batch.label[1],
+                       "meta": batch.meta[1]}])
+    one = corrupt_batch(single, name, ["rgb"], s, seed=3)
+    assert torch.allclose(one.inputs["rgb"][0], a.inputs["rgb"][1])
+
+
+def test_gaussian_noise_strength_and_salt_pepper_values(batch):
+    out = corrupt_batch(batch, "gaussian", ["depth"], 0.25, seed=0)
+    # std as a fraction of the normalisation std = noise std in normalised units
+    diff = out.inputs["depth"] - batch.inputs["depth"]
+    assert diff.std().item() == pytest.approx(0.25, rel=0.15)
+    out = corrupt_batch(batch, "salt_pepper", ["depth"], 0.1, seed=0)
+    depth = _physical(out, "depth")
+    changed = ~torch.isclose(depth, _physical(batch, "depth"))
+    assert changed.float().mean().item() == pytest.approx(0.1, abs=0.02)
+    lo, hi = get_modality("depth").display_range
+    vals = depth[changed]
+    assert torch.all(torch.isclose(vals, torch.tensor(lo)) | torch.isclose(vals, torch.tensor(hi)))
+
+
+def test_absent_samples_untouched(batch):
+    dropped = batch.drop({"depth": torch.tensor([True, False])})
+    out = corrupt_batch(dropped, "gaussian", ["depth"], 0.5, seed=0)
+    assert torch.equal(out.inputs["depth"][0], dropped.inputs["depth"][0])
+    assert not torch.equal(out.inputs["depth"][1], dropped.inputs["depth"][1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the report
+
+
+def test_report_sections(data):
+    ds = FolderDataset(data, "train", transform=EvalTransform())
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate)
+    model = _model()
+    report = robustness_report(model, loader, num_classes=3, ignore_index=255, device="cpu", seed=0,
+                               class_names=CLASSES)
+    em = report["entire_missing"]
+    assert list(em["subsets"]) == ["rgb+depth", "rgb", "depth"]
+    mious = {s: m["miou"] for s, m in em["subsets"].items()}
+    assert em["average"] == pytest.approx(sum(mious.values()) / 3)
+    assert set(em["expected"]) == {"0.2", "0.1", "0.05"}
+    assert em["expected"]["0.1"] == pytest.approx(expected_miou(mious, MODS, 0.1))
+    assert report["clean_miou"] == pytest.approx(mious["rgb+depth"])
+    cor = report["corruptions"]
+    assert set(cor) == {"dropout", "gaussian", "salt_pepper"}
+    assert set(cor["dropout"]["miou"]) == {"rgb", "depth", "all"}
+    assert set(cor["gaussian"]["miou"]) == {"rgb", "depth"}
+    assert list(cor["dropout"]["miou"]["depth"]) == ["0.25", "0.5", "0.75"]
+    json.dumps(report)
+    # same seed, different batch size: identical numbers
+    again = robustness_report(model, torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate),
+                              num_classes=3, ignore_index=255, device="cpu", seed=0, class_names=CLASSES)
+    assert again["corruptions"] == cor
+    console = Console(width=160, record=True)
+    print_robustness_tables(report, console=console)
+    text = console.export_text()
+    assert "expected, p=0.2" in text and "average" in text and "salt_pepper" in text
+
+
+def test_cli_robustness_json(data, tmp_path, capsys):
+    weights = save_model(tmp_path / "model.safetensors", _model(),
+                         dataset={"classes": CLASSES, "ignore_index": 255})
+    out = tmp_path / "robust.json"
+    assert main([
+        "eval", str(weights), "--data", str(data), "--split", "val", "--robustness", "--seed", "1",
+        "--workers", "0", "--batch-size", "2", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "entire-missing" in printed and "corruptions" in printed
+    result = json.loads(out.read_text())
+    rob = result["robustness"]
+    assert set(rob["entire_missing"]) >= {"subsets", "average", "expected", "expected_definition"}
+    assert "renormalised" in rob["entire_missing"]["expected_definition"]
+    assert set(rob["corruptions"]) == {"dropout", "gaussian", "salt_pepper"}
+    assert result["seed"] == 1 and rob["seed"] == 1
+    assert result["split"] == "val" and result["miou_convention"] == "present"
+    assert result["model"]["modalities"] == list(MODS) and result["data"] == str(data)
