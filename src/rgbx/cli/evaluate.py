@@ -10,6 +10,7 @@ from rgbx.cli.common import add_command, add_dataset_arguments, parse_options
 EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split test
   rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --by condition --json eval.json
   rgbx eval runs/cmx/model.safetensors --data data/synth --modalities rgb     # a rig with only the camera
+  rgbx eval runs/cmx/model.safetensors --data data/synth --scales 0.5 0.75 1 1.25 1.5 --flip
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --json robust.json   # missing / noisy sensors
 """
 
@@ -28,6 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("--by", default="condition", help="sample attribute to break results down by ('' = none)")
     p.add_argument("--miou", choices=("present", "all"), default="present", help="mIoU averaging convention")
     p.add_argument("--per-class", action="store_true", help="print the per-class IoU table")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                   help="multi-scale testing: average class probabilities over these input scales, e.g. "
+                        "0.5 0.75 1 1.25 1.5")
+    p.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
     p.add_argument("--robustness", action="store_true",
                    help="robustness report instead: every sensor subset with average and expected mIoU under "
                         "independent sensor failure, random pixel dropout, Gaussian and salt-and-pepper noise "
@@ -72,7 +77,7 @@ def run(args) -> int:
             raise ConfigError("--robustness scores every subset of the model's modalities; drop --modalities")
         return _run_robustness(args, model, loader, desc, device)
     result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
-                      subsets=subsets, group_by=args.by or None, device=device)
+                      subsets=subsets, group_by=args.by or None, device=device, scales=args.scales, flip=args.flip)
     print_eval_tables(result, list(desc.classes), convention=args.miou, per_class=args.per_class,
                       title=f"{args.checkpoint} on {args.data} [{args.split}]")
     if args.json:
