@@ -1,6 +1,6 @@
 """Training recipes. Each registers in :data:`METHODS` by name (``method.name`` in the config)."""
 
-from rgbx.methods import supervised  # noqa: F401  (registers "supervised")
+from rgbx.methods import anyseg, supervised  # noqa: F401  (register "anyseg", "supervised")
 from rgbx.methods.base import METHODS, Method, drop_modalities
 
 __all__ = ["METHODS", "Method", "drop_modalities"]

@@ -1,0 +1,208 @@
+"""AnySeg (Zheng et al., "Learning Robust Anymodal Segmentor with Unimodal and Cross-modal Distillation"), stage 2.
+
+Stage 1 trains the teacher: plain ``supervised`` training of a ``mean``-fusion model (parallel multimodal learning,
+:mod:`rgbx.models.fusions.mean`) on all modalities. Stage 2 (this method) trains an *anymodal* student of the same
+architecture from the frozen teacher:
+
+* the teacher sees the full batch (under ``torch.no_grad``), the student the batch after anymodal dropout (each
+  modality of each sample dropped with probability ``dropout``, at least one kept);
+* losses, each a KL(student ‖ teacher) as written in the paper (``g`` / ``P_am`` = student, ``f`` / ``P_mm`` =
+  teacher)::
+
+    L_sup   = CE(P_am, y)                                                     (Eq. 7)
+    L_mad   = 1/N Σ_pixels Σ_k P_am log(P_am / P_mm)                          (Eq. 6)
+    L_umd   = Σ_stages mean_(sample, m retained) mean_pos Σ_c g log(g / f)     (Eq. 4, softmax over channels)
+    L_cmd   = Σ_stages mean_(sample, m<n retained) Σ_c s_g log(s_g / s_f)     (Eq. 5, s = softmax_c of the
+              per-channel cosine similarity between the two modalities' maps)
+    L_total = L_sup + λ L_mad + α L_umd + β L_cmd                              (Eq. 8)
+
+``step`` returns ``{"sup", "mad", "umd", "cmd"}`` already weighted; the engine sums and logs them. See
+``docs/methods/anyseg.md`` for how each term maps to the paper and where it had to be made precise.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from rgbx.errors import CheckpointError, ConfigError
+from rgbx.methods.base import METHODS, Method, drop_modalities
+from rgbx.methods.supervised import cross_entropy
+
+__all__ = ["AnysegDistiller", "cross_modal_distillation", "prediction_distillation", "unimodal_distillation"]
+
+Features = dict[str, list[torch.Tensor]]  # modality → per-stage (B, C_i, H_i, W_i)
+Masks = dict[str, torch.Tensor]  # modality → (B,) bool
+
+
+@METHODS.register("anyseg")
+class AnysegDistiller(Method):
+    """Anymodal student distilled from a frozen parallel-multimodal teacher (AnySeg stage 2)."""
+
+    @dataclass
+    class Options:
+        teacher: str = ""  # the stage-1 teacher's rgbx weights (required)
+        lambda_mad: float = 50.0  # λ, prediction distillation (Eq. 6)
+        alpha_umd: float = 3.0  # α, unimodal feature distillation (Eq. 4); the paper sweeps 1-10, best 2-5
+        beta_cmd: float = 10.0  # β, cross-modal correspondence distillation (Eq. 5)
+        temperature: float = 1.0  # softens every distribution (logits, features, similarities); 1 = the paper
+        dropout: float = 0.5  # anymodal dropout: per modality and sample; at least one modality is kept
+        stages: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # encoder stages for Eq. 4 / Eq. 5
+
+        def __post_init__(self):
+            if not self.teacher:
+                raise ValueError("method.options.teacher is required: the path of the stage-1 teacher's weights "
+                                 "(e.g. runs/synth_anyseg_teacher/model.safetensors)")
+            for name in ("lambda_mad", "alpha_umd", "beta_cmd"):
+                if getattr(self, name) < 0:
+                    raise ValueError(f"method.options.{name} must be >= 0, got {getattr(self, name)}")
+            if self.temperature <= 0:
+                raise ValueError(f"method.options.temperature must be > 0, got {self.temperature}")
+            if not 0.0 <= self.dropout < 1.0:
+                raise ValueError(f"method.options.dropout must be in [0, 1), got {self.dropout}")
+            self.stages = list(self.stages)
+            if not self.stages or any(not isinstance(s, int) or s < 0 for s in self.stages) \
+                    or len(set(self.stages)) != len(self.stages):
+                raise ValueError(f"method.options.stages must be distinct stage indices >= 0, got {self.stages}")
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        if getattr(config, "modality_dropout", 0.0):
+            raise ConfigError("method anyseg does its own anymodal dropout: set method.options.dropout instead of "
+                              f"method.modality_dropout (got {config.modality_dropout})")
+        self.teacher: torch.nn.Module | None = None
+
+    def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
+        """Load the teacher, check it fits the student, freeze it."""
+        from rgbx.engine.checkpoint import describe_model, load_model
+
+        path = Path(self.options.teacher)
+        if not path.is_file():
+            raise ConfigError(f"method.options.teacher={str(path)!r}: teacher weights not found (train the teacher "
+                              f"first, e.g. `rgbx train synth_anyseg_teacher`)")
+        try:
+            teacher, info = load_model(path, device)
+        except CheckpointError as e:
+            raise ConfigError(f"method.options.teacher={str(path)!r}: cannot load the teacher ({e})") from None
+        theirs, ours = teacher.config.to_dict(), model.config.to_dict()
+        problems = []
+        if set(teacher.modalities) != set(model.modalities):
+            problems.append(f"modalities {list(teacher.modalities)} vs the student's {list(model.modalities)}")
+        if teacher.num_classes != model.num_classes:
+            problems.append(f"num_classes {teacher.num_classes} vs the student's {model.num_classes}")
+        t_channels = teacher.encoder.feature_info.channels()
+        s_channels = model.encoder.feature_info.channels()
+        if t_channels != s_channels:
+            problems.append(f"encoder channels {t_channels} vs the student's {s_channels} (feature distillation "
+                            f"needs the same backbone)")
+        if problems:
+            raise ConfigError(f"method.options.teacher={str(path)!r} does not fit the student: the teacher is "
+                              f"{describe_model(theirs)}, the student {describe_model(ours)}; "
+                              + "; ".join(problems))
+        bad = [s for s in self.options.stages if s >= len(s_channels)]
+        if bad:
+            raise ConfigError(f"method.options.stages {bad}: the encoder has stages 0-{len(s_channels) - 1}")
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher = teacher
+
+    def step(self, model, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.teacher is None:
+            raise RuntimeError("AnysegDistiller.prepare(model, device) must be called before step()")
+        o = self.options
+        with torch.no_grad():
+            self.teacher.eval()  # frozen: never in training mode (drop path off)
+            teach = self.teacher(batch.inputs, batch.present)  # the full multimodal batch
+        anymodal = drop_modalities(batch, o.dropout, generator)
+        out = model(anymodal.inputs, anymodal.present)
+
+        if batch.label is not None:
+            sup = cross_entropy(out.logits, batch.label, self.ignore_index, self.class_weights,
+                                self.config.label_smoothing)  # Eq. 7
+        else:
+            sup = out.logits.sum() * 0.0
+        # the student's presence ∧ the teacher's (the teacher saw the undropped batch, so this is the student's)
+        present = {m: out.present[m] & teach.present[m] for m in out.present if m in teach.present}
+        mad = prediction_distillation(out.logits, teach.logits, batch.label, self.ignore_index, o.temperature)
+        umd = unimodal_distillation(out.features, teach.features, present, o.stages, o.temperature)
+        cmd = cross_modal_distillation(out.features, teach.features, present, o.stages, o.temperature)
+        return {"sup": sup, "mad": o.lambda_mad * mad, "umd": o.alpha_umd * umd, "cmd": o.beta_cmd * cmd}  # Eq. 8
+
+
+def _kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, dim: int) -> torch.Tensor:
+    """KL(student ‖ teacher) = Σ p_s (log p_s − log p_t) along ``dim`` (exactly 0 for identical inputs)."""
+    return (student_logp.exp() * (student_logp - teacher_logp)).sum(dim)
+
+
+def prediction_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                            label: torch.Tensor | None, ignore_index: int, temperature: float = 1.0) -> torch.Tensor:
+    """Eq. 6, modality-agnostic semantic distillation: per-pixel KL(P_am ‖ P_mm) over the K classes, averaged over
+    the labelled pixels (all pixels when ``label`` is None); × T² so the gradient scale does not depend on T."""
+    t = temperature
+    s = F.log_softmax(student_logits.float() / t, dim=1)
+    p = F.log_softmax(teacher_logits.float() / t, dim=1)
+    kl = _kl(s, p, dim=1)  # (B, H, W)
+    if label is None:
+        return kl.mean() * t * t
+    valid = label != ignore_index
+    kl = torch.where(valid, kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
+    return kl.sum() / valid.sum().clamp(min=1) * t * t
+
+
+def unimodal_distillation(student: Features, teacher: Features, present: Masks, stages, temperature: float = 1.0,
+                          ) -> torch.Tensor:
+    """Eq. 4, unimodal distillation: for every stage i and every (sample, modality m) with m present in ``present``,
+    KL(softmax_c g_m ‖ softmax_c f_m) over the C_i channels at each position, averaged over positions; the mean over
+    the (sample, modality) pairs, summed over the stages. Absent pairs are selected out before any arithmetic, so
+    whatever their features hold cannot reach the loss or its gradient."""
+    t = temperature
+    total = None
+    for i in stages:
+        values = []
+        for m, mask in present.items():
+            if m not in student or m not in teacher or not bool(mask.any()):
+                continue
+            g = student[m][i][mask].float().flatten(2)  # (n, C, HW)
+            f = teacher[m][i][mask].float().flatten(2)
+            kl = _kl(F.log_softmax(g / t, dim=1), F.log_softmax(f / t, dim=1), dim=1)  # (n, HW)
+            values.append(kl.mean(1))
+        if values:
+            stage = torch.cat(values).mean() * t * t
+            total = stage if total is None else total + stage
+    return total if total is not None else _zero(student)
+
+
+def cross_modal_distillation(student: Features, teacher: Features, present: Masks, stages,
+                             temperature: float = 1.0) -> torch.Tensor:
+    """Eq. 5, cross-modal correspondence distillation: for every stage i, every pair of modalities (m, n) and every
+    sample where both are present, S_j = cos(x_m^j, x_n^j), the cosine similarity of channel j's spatial maps, for
+    the student (g) and the teacher (f); KL(softmax_j S(g) ‖ softmax_j S(f)) over the C_i channels; the mean over
+    the (sample, pair) entries, summed over the stages. 0 when no sample has two modalities."""
+    t = temperature
+    total = None
+    names = [m for m in present if m in student and m in teacher]
+    for i in stages:
+        values = []
+        for m, n in itertools.combinations(names, 2):
+            both = present[m] & present[n]
+            if not bool(both.any()):
+                continue
+            sg = F.cosine_similarity(student[m][i][both].float().flatten(2),
+                                     student[n][i][both].float().flatten(2), dim=2)  # (k, C)
+            sf = F.cosine_similarity(teacher[m][i][both].float().flatten(2),
+                                     teacher[n][i][both].float().flatten(2), dim=2)
+            values.append(_kl(F.log_softmax(sg / t, dim=1), F.log_softmax(sf / t, dim=1), dim=1))  # (k,)
+        if values:
+            stage = torch.cat(values).mean() * t * t
+            total = stage if total is None else total + stage
+    return total if total is not None else _zero(student)
+
+
+def _zero(features: Features) -> torch.Tensor:
+    ref = next((stages[0] for stages in features.values() if stages), None)
+    return torch.zeros(()) if ref is None else ref.new_zeros((), dtype=torch.float32)
