@@ -1,8 +1,18 @@
 """Fusion encoders. Importing this package registers every fusion family in ``FUSIONS``."""
 
-from rgbx.models.fusions import cmx, mean
+from rgbx.models.fusions import cmx, dformer, mean
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder
 from rgbx.models.fusions.cmx import CMXFusion
+from rgbx.models.fusions.dformer import DFormerFusion
 from rgbx.models.fusions.mean import MeanFusion
 
-__all__ = ["CMXFusion", "EncoderOutput", "FusionEncoder", "MeanFusion", "cmx", "mean"]
+__all__ = [
+    "CMXFusion",
+    "DFormerFusion",
+    "EncoderOutput",
+    "FusionEncoder",
+    "MeanFusion",
+    "cmx",
+    "dformer",
+    "mean",
+]

@@ -1,0 +1,412 @@
+"""DFormer: a joint RGB-D encoder with an RGB branch and a half-width depth branch that interact in every block.
+
+Paper: Yin et al., "DFormer: Rethinking RGBD Representation Learning for Semantic Segmentation", ICLR 2024
+(arXiv:2309.09668). Original code: https://github.com/VCIP-RGBD/DFormer (MIT licence), ``models/encoders/DFormer.py``;
+this file is an independent implementation whose parameter names follow that file, so a released checkpoint's
+``backbone.*`` tensors load with :func:`rgbx.models.weights.load_strict` once the prefix is stripped.
+
+Structure (``d_i`` = stage width of the RGB branch; the depth branch runs at ``d_i / 2`` everywhere)::
+
+    RGB stem    downsample_layers.0   = Conv3×3(3 → d0/2, s2) → BN → GELU → Conv3×3(→ d0, s2) → BN     (1/4)
+    depth stem  downsample_layers_e.0 = Conv3×3(1 → d0/4, s2) → BN → GELU → Conv3×3(→ d0/2, s2) → BN   (1/4)
+    downsample  downsample_layers{,_e}.i (i = 1..3) = BN → Conv3×3(s2)  (d_{i-1} → d_i, halved for depth)
+    stage i     ``depths[i]`` joint blocks on channels-last maps (x: B×H×W×d_i, e: B×H×W×d_i/2)
+
+Joint block (``stages.i.j``), with ``C = d_i``, LayerNorms eps 1e-6, layer scale initialised to 1e-6::
+
+    x̂ = norm(x), ê = norm_e(e)
+    u = GELU(l(x̂))                                     (C)
+    a = a(DWConv7×7(u))  ;  s = q(x̂) ⊙ a               (C)            "large-kernel conv attention"
+    g = q_cut(x̂) ⊙ e_back(DWConv7×7(e_fore(ê)))        (C/2)          depth-gated RGB features
+    window stages only (``window`` = 7, all stages but the first):
+        queries = short_cut_linear(AvgPool→7×7(x̂ ‖ ê))  (C/2, 49 tokens), k, v = split(kv(u)) (C/2 each),
+        t = bilinear-resize(MHA(queries, k, v)) to H×W  (C/2)          "global window attention"
+    z = s ‖ t ‖ g   (2C; without t in the first stage: 3C/2)
+    x ← x + γ1 · proj(z);      x ← x + γ2 · mlp(x)
+    e ← e + γ1e · proj_e(z);   e ← e + γ2e · mlp_e2(e)
+    mlp(y) = fc2(GELU(p + DWConv3×3(p))), p = fc1(norm(y))      (ratio 8, 8, 4, 4 per stage)
+
+Drop path (rate linear in the block index from 0 to ``drop_path_rate``) wraps each of the four residual terms.
+The very last block of the last stage has no depth output (``proj_e``, ``mlp_e2``, ``γ1e``, ``γ2e`` are absent:
+its depth result would not be used), as in the original. Only the RGB branch's stage outputs go to a decoder.
+
+Variants (dims / depths / heads; window stages 2-4; MLP ratios 8, 8, 4, 4):
+
+=========  ==================  ============  =========
+DFormer-T  32, 64, 128, 256    3, 3, 5, 2    1, 2, 4, 8
+DFormer-S  64, 128, 256, 512   2, 2, 4, 2    1, 2, 4, 8
+DFormer-B  64, 128, 256, 512   3, 3, 12, 2   1, 2, 4, 8
+DFormer-L  96, 192, 288, 576   3, 3, 12, 2   1, 2, 4, 8
+=========  ==================  ============  =========
+
+Normalisation is BatchNorm (the original's ``norm_cfg`` BN / SyncBN, same tensor names). The original's
+``forward`` takes a 3-channel depth and uses channel 0; here the encoder takes the 1-channel map directly (the
+``dformer`` fusion passes channel 0 of a 3-channel depth-like input such as HHA).
+
+These encoders take two inputs, so they are not :class:`~rgbx.models.backbones.base.StagedBackbone` s; they are
+registered in ``BACKBONES`` (``dformer_t/s/b/l``) so that configs name them, but only the ``dformer`` fusion
+(:mod:`rgbx.models.fusions.dformer`) can use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rgbx.errors import CheckpointError, ConfigError
+from rgbx.models.layers import DropPath, FeatureInfo, check_attn_impl
+from rgbx.models.registries import BACKBONES
+from rgbx.models.weights import load_strict, read_state_dict
+
+__all__ = [
+    "DFormer",
+    "DFormerArch",
+    "DFormerAttention",
+    "DFormerBlock",
+    "DFormerMLP",
+    "DFORMER_VARIANTS",
+    "load_dformer_weights",
+    "read_dformer_state_dict",
+]
+
+
+@dataclass(frozen=True)
+class DFormerArch:
+    """Architecture of a DFormer variant (see the module docstring)."""
+
+    dims: tuple[int, ...] = (32, 64, 128, 256)
+    depths: tuple[int, ...] = (3, 3, 5, 2)
+    num_heads: tuple[int, ...] = (1, 2, 4, 8)
+    windows: tuple[int, ...] = (0, 7, 7, 7)
+    mlp_ratios: tuple[int, ...] = (8, 8, 4, 4)
+
+
+DFORMER_VARIANTS: dict[str, DFormerArch] = {
+    "dformer_t": DFormerArch((32, 64, 128, 256), (3, 3, 5, 2)),
+    "dformer_s": DFormerArch((64, 128, 256, 512), (2, 2, 4, 2)),
+    "dformer_b": DFormerArch((64, 128, 256, 512), (3, 3, 12, 2)),
+    "dformer_l": DFormerArch((96, 192, 288, 576), (3, 3, 12, 2)),
+    # Not published: one block per stage, for tests and CPU demos.
+    "dformer_nano": DFormerArch((16, 32, 64, 128), (1, 1, 1, 1)),
+}
+
+
+class DFormerMLP(nn.Module):
+    """``fc2(GELU(p + DWConv3×3(p)))`` with ``p = fc1(LayerNorm(x))``, on channels-last (B, H, W, C) maps."""
+
+    def __init__(self, dim: int, mlp_ratio: int):
+        super().__init__()
+        hidden = dim * mlp_ratio
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.pos = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.fc1(self.norm(x)).permute(0, 3, 1, 2)
+        p = (p + self.pos(p)).permute(0, 2, 3, 1)
+        return self.fc2(self.act(p))
+
+
+class DFormerAttention(nn.Module):
+    """The joint RGB/depth token mixer of a DFormer block (module docstring); channels-last maps in and out.
+
+    Args:
+        dim: RGB width C (depth width C/2).
+        num_heads: heads of the window attention (head width C / 2 / heads).
+        window: 0 (no window attention) or the pooled query grid side (7).
+        depth_out: compute the depth output (``proj_e``); False for the encoder's last block.
+        attn_impl: ``"sdpa"`` or ``"eager"``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: int = 7, depth_out: bool = True, attn_impl: str = "sdpa"):
+        super().__init__()
+        half = dim // 2
+        if window and half % num_heads:
+            raise ValueError(f"DFormer attention: {half} channels are not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.window = window
+        self.depth_out = depth_out
+        self.attn_impl = check_attn_impl(attn_impl)
+        self.q = nn.Linear(dim, dim)
+        self.q_cut = nn.Linear(dim, half)
+        self.a = nn.Linear(dim, dim)
+        self.l = nn.Linear(dim, dim)  # noqa: E741 — the original's name, kept so checkpoints load
+        self.conv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.e_conv = nn.Conv2d(half, half, kernel_size=7, padding=3, groups=half)
+        self.e_fore = nn.Linear(half, half)
+        self.e_back = nn.Linear(half, half)
+        mixed = 2 * dim if window else 3 * half
+        self.proj = nn.Linear(mixed, dim)
+        if depth_out:
+            self.proj_e = nn.Linear(mixed, half)
+        if window:
+            self.short_cut_linear = nn.Linear(3 * half, half)
+            self.kv = nn.Linear(dim, dim)
+            self.pool = nn.AdaptiveAvgPool2d((window, window))
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_e = nn.LayerNorm(half, eps=1e-6)
+
+    def set_attn_impl(self, attn_impl: str) -> None:
+        self.attn_impl = check_attn_impl(attn_impl)
+
+    def _window_attention(self, x: torch.Tensor, e: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Pooled (x ‖ e) queries attend to every position of ``u``; the w×w result is resized back to H×W."""
+        b, h, w, c = x.shape
+        heads, d, win = self.num_heads, c // 2 // self.num_heads, self.window
+        pooled = self.pool(torch.cat((x, e), dim=3).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        query = self.short_cut_linear(pooled).reshape(b, win * win, heads, d).transpose(1, 2)
+        k, v = self.kv(u).reshape(b, h * w, 2, heads, d).permute(2, 0, 3, 1, 4)
+        if self.attn_impl == "sdpa":
+            out = F.scaled_dot_product_attention(query, k, v)
+        else:
+            out = ((query * d**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        out = out.transpose(2, 3).reshape(b, heads * d, win, win)  # channel = head · d + i
+        out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return out.permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, H, W, C), e: (B, H, W, C/2) → RGB update (B, H, W, C), depth update (B, H, W, C/2) or None."""
+        x = self.norm(x)
+        e = self.norm_e(e)
+        u = self.act(self.l(x))
+        a = self.a(self.conv(u.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        gate = self.e_back(self.e_conv(self.e_fore(e).permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        parts = [self.q(x) * a]
+        if self.window:
+            parts.append(self._window_attention(x, e, u))
+        parts.append(self.q_cut(x) * gate)
+        z = torch.cat(parts, dim=3)
+        return self.proj(z), (self.proj_e(z) if self.depth_out else None)
+
+
+class DFormerBlock(nn.Module):
+    """Joint block: residual token mixing and MLP for both branches, layer-scaled, with drop path."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: int,
+        window: int,
+        drop_path: float = 0.0,
+        depth_out: bool = True,
+        attn_impl: str = "sdpa",
+        layer_scale_init: float = 1e-6,
+    ):
+        super().__init__()
+        self.depth_out = depth_out
+        self.attn = DFormerAttention(dim, num_heads, window, depth_out, attn_impl)
+        self.mlp = DFormerMLP(dim, mlp_ratio)
+        self.dropout_layer = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init))
+        self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init))
+        if depth_out:
+            self.layer_scale_1_e = nn.Parameter(torch.full((dim // 2,), layer_scale_init))
+            self.layer_scale_2_e = nn.Parameter(torch.full((dim // 2,), layer_scale_init))
+            self.mlp_e2 = DFormerMLP(dim // 2, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Channels-last (x, e) → (x, e); without a depth output ``e`` is returned unchanged."""
+        dx, de = self.attn(x, e)
+        x = x + self.dropout_layer(self.layer_scale_1 * dx)
+        x = x + self.dropout_layer(self.layer_scale_2 * self.mlp(x))
+        if self.depth_out:
+            e = e + self.dropout_layer(self.layer_scale_1_e * de)
+            e = e + self.dropout_layer(self.layer_scale_2_e * self.mlp_e2(e))
+        return x, e
+
+
+def _stem(in_channels: int, out_channels: int) -> nn.Sequential:
+    mid = out_channels // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, mid, kernel_size=3, stride=2, padding=1),
+        nn.BatchNorm2d(mid),
+        nn.GELU(),
+        nn.Conv2d(mid, out_channels, kernel_size=3, stride=2, padding=1),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+def _downsample(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.BatchNorm2d(in_channels), nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1)
+    )
+
+
+class DFormer(nn.Module):
+    """The DFormer RGB-D encoder.
+
+    Args:
+        arch: the variant (see :data:`DFORMER_VARIANTS`).
+        drop_path_rate: stochastic depth, linear over all blocks from 0.
+        attn_impl: the window attention's implementation, ``"sdpa"`` or ``"eager"``.
+
+    Attributes:
+        feature_info: the RGB branch's stage maps (channels ``dims``, reductions 4, 8, 16, 32).
+        depth_feature_info: the depth branch's stage maps (channels ``dims / 2``).
+    """
+
+    def __init__(self, arch: DFormerArch, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"):
+        super().__init__()
+        check_attn_impl(attn_impl)
+        dims = arch.dims
+        n = len(dims)
+        if not (len(arch.depths) == len(arch.num_heads) == len(arch.windows) == len(arch.mlp_ratios) == n):
+            raise ValueError("DFormerArch: dims, depths, num_heads, windows and mlp_ratios need one entry per stage")
+        self.arch = arch
+        self.downsample_layers = nn.ModuleList([_stem(3, dims[0])])
+        self.downsample_layers_e = nn.ModuleList([_stem(1, dims[0] // 2)])
+        for i in range(1, n):
+            self.downsample_layers.append(_downsample(dims[i - 1], dims[i]))
+            self.downsample_layers_e.append(_downsample(dims[i - 1] // 2, dims[i] // 2))
+        total = sum(arch.depths)
+        rates = [drop_path_rate * k / (total - 1) if total > 1 else 0.0 for k in range(total)]  # torch.linspace
+        self.stages = nn.ModuleList()
+        cur = 0
+        for i in range(n):
+            self.stages.append(
+                nn.Sequential(
+                    *[
+                        DFormerBlock(
+                            dims[i],
+                            arch.num_heads[i],
+                            arch.mlp_ratios[i],
+                            arch.windows[i],
+                            drop_path=rates[cur + j],
+                            depth_out=not (i == n - 1 and j == arch.depths[i] - 1),
+                            attn_impl=attn_impl,
+                        )
+                        for j in range(arch.depths[i])
+                    ]
+                )
+            )
+            cur += arch.depths[i]
+        self.feature_info = FeatureInfo(
+            {"num_chs": d, "reduction": 4 * 2**i, "module": f"stages.{i}", "num_heads": h}
+            for i, (d, h) in enumerate(zip(dims, arch.num_heads, strict=True))
+        )
+        self.depth_feature_info = FeatureInfo(
+            {"num_chs": d // 2, "reduction": 4 * 2**i, "module": f"stages.{i}"} for i, d in enumerate(dims)
+        )
+
+    def forward_features(self, rgb: torch.Tensor, depth: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(B, 3, H, W) RGB and (B, 1, H, W) depth → (RGB stage maps, depth stage maps), both NCHW.
+
+        The depth map of the last stage is the depth branch's state entering the last block (that block computes
+        no depth output).
+        """
+        if rgb.dim() != 4 or rgb.shape[1] != 3 or depth.dim() != 4 or depth.shape[1] != 1:
+            raise ConfigError(
+                f"DFormer takes rgb (B, 3, H, W) and depth (B, 1, H, W), got {tuple(rgb.shape)} and "
+                f"{tuple(depth.shape)}"
+            )
+        x, e = rgb, depth
+        outs, outs_e = [], []
+        for down, down_e, stage in zip(self.downsample_layers, self.downsample_layers_e, self.stages, strict=True):
+            x = down(x).permute(0, 2, 3, 1)
+            e = down_e(e).permute(0, 2, 3, 1)
+            for block in stage:
+                x, e = block(x, e)
+            x = x.permute(0, 3, 1, 2)
+            e = e.permute(0, 3, 1, 2)
+            outs.append(x)
+            outs_e.append(e)
+        return outs, outs_e
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) RGB and (B, 1, H, W) depth → the 4 RGB-branch stage maps (B, d_i, H/r_i, W/r_i)."""
+        return self.forward_features(rgb, depth)[0]
+
+    def forward_stage(self, index: int, x: torch.Tensor, stem: nn.Module | None = None) -> torch.Tensor:
+        raise ConfigError("DFormer encoders take RGB and depth jointly; only fusion 'dformer' can use them")
+
+    def make_stem(self, in_channels: int) -> nn.Module:
+        raise ConfigError("DFormer encoders take RGB and depth jointly; only fusion 'dformer' can use them")
+
+
+# Prefixes of released checkpoints that are not encoder tensors: the segmentation heads of NYU / SUN RGB-D
+# checkpoints (``decode_head.*``, ``aux_head.*``) and the classifier of ImageNet-pretrained encoders.
+NON_ENCODER_PREFIXES = ("decode_head.", "aux_head.", "head.")
+
+
+def read_dformer_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The encoder tensors of a released DFormer file: ``state_dict_ema`` / ``state_dict`` / ``model`` wrappers
+    unwrapped, ``module.`` and ``backbone.`` prefixes stripped, decoder / classifier tensors dropped."""
+    path = Path(path)
+    if path.suffix != ".safetensors" and path.is_file():
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 — torch raises several types for bad files
+            raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+        if isinstance(raw, dict) and isinstance(raw.get("state_dict_ema"), dict):
+            raw = raw["state_dict_ema"]
+        for key in ("state_dict", "model"):
+            if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+                raw = raw[key]
+        if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+            raise CheckpointError(f"{path}: expected a dict of tensors (a state dict)")
+        state = raw
+    else:
+        state = read_state_dict(path)
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith(NON_ENCODER_PREFIXES):
+            continue
+        out[key.removeprefix("backbone.")] = value
+    return out
+
+
+def load_dformer_weights(model: DFormer, path: str | Path) -> None:
+    """Load a released DFormer checkpoint (segmentation or ImageNet-pretrained) strictly into ``model``."""
+    load_strict(model, read_dformer_state_dict(path), str(path))
+
+
+def _factory(name: str):
+    arch = DFORMER_VARIANTS[name]
+
+    def create(
+        in_channels: int | None = None, drop_path_rate: float = 0.1, attn_impl: str = "sdpa", pretrained: str = ""
+    ) -> DFormer:
+        if in_channels not in (None, 3):
+            raise ConfigError(
+                f"backbone {name!r} is a joint RGB-D encoder (inputs RGB and depth); only fusion 'dformer' can use it"
+            )
+        model = DFormer(arch, drop_path_rate=drop_path_rate, attn_impl=attn_impl)
+        if pretrained:
+            load_dformer_weights(model, pretrained)
+        return model
+
+    create.__name__ = name
+    label = {"dformer_nano": "tiny test variant, not published, no pretrained weights"}.get(
+        name, f"DFormer-{name[-1].upper()}"
+    )
+    create.__doc__ = (
+        f"{label}: dims {arch.dims}, depths {arch.depths}, heads {arch.num_heads}. A joint RGB-D encoder "
+        "(``forward(rgb, depth)``); only the ``dformer`` fusion uses it. ``pretrained``: a local released "
+        "DFormer checkpoint."
+    )
+    return create
+
+
+for _name in DFORMER_VARIANTS:
+    BACKBONES.register(_name)(_factory(_name))
+
+
+def arch_of(name: str) -> DFormerArch:
+    """The :class:`DFormerArch` of a registered variant name (``dformer_t`` …), or a ConfigError."""
+    if name not in DFORMER_VARIANTS:
+        raise ConfigError(f"unknown DFormer variant {name!r}; choose one of: {', '.join(DFORMER_VARIANTS)}")
+    return DFORMER_VARIANTS[name]
+
+
+def variant_names() -> Sequence[str]:
+    return tuple(DFORMER_VARIANTS)
