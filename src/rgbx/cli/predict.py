@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     add_dataset_arguments(p)
     p.add_argument("--limit", type=int, default=0, help="at most N samples (0 = all)")
     p.add_argument("--no-panels", action="store_true", help="write only label and colour PNGs")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale averaging, e.g. 0.75 1 1.25")
+    p.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
     p.add_argument("--device", default="auto")
 
 
@@ -76,7 +78,7 @@ def run(args) -> int:
 
     device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, device)
-    predictor = Predictor(model, info, device)
+    predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip)
     count = 0
     for sample in _samples(args, list(model.modalities)):
         pred = predictor.predict(sample)

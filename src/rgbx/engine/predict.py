@@ -8,14 +8,17 @@ import numpy as np
 import torch
 
 from rgbx.data.sample import Sample, collate, normalize_sample
+from rgbx.engine.inference import predict_logits
 from rgbx.visualize import colorize, make_panel, save_image
 
 
 class Predictor:
     """Wraps a trained model with its dataset info (classes, palette) for prediction on any modality subset."""
 
-    def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu"):
+    def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu",
+                 scales: tuple[float, ...] = (1.0,), flip: bool = False):
         self.model = model.to(device).eval()
+        self.scales, self.flip = tuple(scales), flip
         self.device = torch.device(device)
         dataset = info.get("dataset", {})
         n = model.config.num_classes
@@ -33,7 +36,7 @@ class Predictor:
             raise ValueError(f"sample {sample['meta'].get('id')} has none of the model's modalities "
                              f"({', '.join(self.model.modalities)})")
         batch = collate([normalize_sample({**sample, "inputs": usable, "label": None})]).to(self.device)
-        logits = self.model(batch.inputs, batch.present).logits
+        logits = predict_logits(self.model, batch.inputs, batch.present, self.scales, self.flip)
         return logits.argmax(1)[0].cpu()
 
     def write(self, sample: Sample, pred: torch.Tensor, out_dir: Path, panel: bool = True) -> dict[str, Path]:
