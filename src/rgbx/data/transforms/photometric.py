@@ -1,0 +1,282 @@
+"""Photometric augmentation, per modality: each op is ``(x (C, H, W) physical units, generator, spec) -> x``.
+
+A modality gets exactly the ops its :class:`~rgbx.modalities.ModalitySpec` lists in ``photometric`` (looked up in
+:data:`PHOTOMETRIC`), and nothing else: colour jitter never touches depth, depth noise never touches RGB (the trap of
+the joint-transform libraries, ``docs/ecosystem.md`` §3.1). Every random number comes from the generator passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from rgbx.errors import ConfigError
+from rgbx.modalities import ModalitySpec
+from rgbx.registry import Registry
+
+PhotometricOp = Callable[[torch.Tensor, torch.Generator, ModalitySpec], torch.Tensor]
+
+PHOTOMETRIC: Registry[PhotometricOp] = Registry("photometric transform")
+
+__all__ = ["PHOTOMETRIC", "ColorJitter", "DepthHoles", "DepthNoise", "EventDropout", "GaussianBlur", "GaussianNoise",
+           "PhotometricOp", "PointDropout", "ThermalGain", "empty_value"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# random helpers (all draws from an explicit generator; ``None`` means torch's global generator)
+
+
+def _uniform(generator: torch.Generator | None, low: float, high: float) -> float:
+    u = float(torch.rand((), generator=generator))
+    return low + (high - low) * u
+
+
+def _chance(generator: torch.Generator | None, p: float) -> bool:
+    # always consume one draw so the stream does not depend on p
+    return float(torch.rand((), generator=generator)) < p
+
+
+def empty_value(spec: ModalitySpec) -> float:
+    """The physical value meaning "nothing here": ``spec.invalid_value``, or 0 when the spec has none."""
+    return 0.0 if spec.invalid_value is None else float(spec.invalid_value)
+
+
+def _valid_mask(x: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
+    """(H, W) bool: pixels holding a measurement (all True for a dense modality without an invalid value)."""
+    if spec.invalid_value is None and not spec.sparse:
+        return torch.ones(x.shape[-2:], dtype=torch.bool, device=x.device)
+    return (x != empty_value(spec)).any(dim=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# photometric transforms: (x (C,H,W) physical units, generator, spec) -> x
+
+
+class ColorJitter:
+    """Brightness, contrast, saturation and a small hue rotation on an image in [0, 1]; result clamped to [0, 1].
+
+    Args:
+        brightness, contrast, saturation: factors drawn from ``[1 - v, 1 + v]``.
+        hue: rotation of the chroma plane (YIQ) by up to ``hue`` of a full turn either way.
+        p: probability of applying the jitter at all.
+
+    Saturation and hue only apply to 3-channel images; other channel counts get brightness and contrast.
+    """
+
+    def __init__(self, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8):
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+        self.hue, self.p = hue, p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
+        apply = _chance(generator, self.p)
+        b = _uniform(generator, 1 - self.brightness, 1 + self.brightness)
+        c = _uniform(generator, 1 - self.contrast, 1 + self.contrast)
+        s = _uniform(generator, 1 - self.saturation, 1 + self.saturation)
+        h = _uniform(generator, -self.hue, self.hue)
+        if not apply:
+            return x
+        x = x * b
+        gray = _gray(x)
+        x = (x - gray.mean()) * c + gray.mean()
+        if x.shape[0] == 3:
+            gray = _gray(x)
+            x = gray + (x - gray) * s
+            x = _rotate_hue(x, 2 * math.pi * h)
+        return x.clamp(0.0, 1.0)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[0] != 3:
+        return x.mean(dim=0, keepdim=True)
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x * w).sum(dim=0, keepdim=True)
+
+
+_RGB2YIQ = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+)
+
+
+def _rotate_hue(x: torch.Tensor, angle: float) -> torch.Tensor:
+    cos, sin = math.cos(angle), math.sin(angle)
+    rot = torch.tensor([[1, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=torch.float64)
+    m = (torch.linalg.inv(_RGB2YIQ) @ rot @ _RGB2YIQ).to(x.dtype)
+    return torch.einsum("ij,jhw->ihw", m, x)
+
+
+class GaussianBlur:
+    """Gaussian blur with probability ``p`` and sigma (pixels) drawn from ``sigma``.
+
+    For a modality with an ``invalid_value`` the blur only averages valid pixels and invalid pixels stay invalid.
+    """
+
+    def __init__(self, sigma=(0.1, 1.5), p=0.2):
+        self.sigma, self.p = sigma, p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
+        apply = _chance(generator, self.p)
+        sigma = _uniform(generator, *self.sigma)
+        if not apply or sigma <= 0:
+            return x
+        radius = max(1, math.ceil(3 * sigma))
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-(t**2) / (2 * sigma**2))
+        k = k / k.sum()
+        if spec.invalid_value is None:
+            return _separable(x, k)
+        valid = _valid_mask(x, spec).to(x.dtype)[None]
+        num = _separable(x * valid, k)
+        den = _separable(valid, k)
+        out = num / den.clamp_min(1e-6)
+        return torch.where(valid.bool(), out, x)
+
+
+def _separable(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    c, r = x.shape[0], k.numel() // 2
+    y = x[:, None]  # (C, 1, H, W): each channel is its own image
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return y[:, 0].reshape(c, *x.shape[1:])
+
+
+class DepthNoise:
+    """Depth-proportional Gaussian noise: ``d + N(0, (relative_std * d)^2)`` on valid pixels, with probability ``p``.
+
+    Invalid pixels stay invalid and valid pixels stay valid (clamped to at least ``min_depth``).
+    """
+
+    def __init__(self, relative_std=0.01, p=0.5, min_depth=1e-3):
+        self.relative_std, self.p, self.min_depth = relative_std, p, min_depth
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
+        apply = _chance(generator, self.p)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        if not apply:
+            return x
+        valid = _valid_mask(x, spec)[None]
+        noisy = (x + noise.to(x.device) * self.relative_std * x.abs()).clamp_min(self.min_depth)
+        return torch.where(valid, noisy, x)
+
+
+class DepthHoles:
+    """Random rectangular holes set to the invalid value, with probability ``p``.
+
+    Args:
+        max_holes: up to this many holes (at least one when applied).
+        size: each side of a hole is this fraction range of the image side.
+
+    The spec must have an ``invalid_value`` (a hole must be recognisable as "no measurement").
+    """
+
+    def __init__(self, max_holes=3, size=(0.03, 0.15), p=0.5):
+        self.max_holes, self.size, self.p = max_holes, size, p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
+        if spec.invalid_value is None:
+            raise ConfigError(
+                f"photometric transform 'depth_holes' needs an invalid_value, modality {spec.name!r} has none"
+            )
+        apply = _chance(generator, self.p)
+        n = int(torch.randint(1, self.max_holes + 1, (), generator=generator))
+        boxes = torch.rand((self.max_holes, 4), generator=generator).tolist()
+        if not apply:
+            return x
+        h, w = x.shape[-2:]
+        out = x.clone()
+        lo, hi = self.size
+        for fy, fx, fh, fw in boxes[:n]:
+            bh = max(1, round((lo + (hi - lo) * fh) * h))
+            bw = max(1, round((lo + (hi - lo) * fw) * w))
+            y0 = int(fy * (h - bh + 1))
+            x0 = int(fx * (w - bw + 1))
+            out[:, y0 : y0 + bh, x0 : x0 + bw] = spec.invalid_value
+        return out
+
+
+class ThermalGain:
+    """Random gain and offset ``x * g + o`` (sensor AGC / calibration drift), with probability ``p``.
+
+    Invalid pixels (when the spec has an invalid value) are kept as they are.
+    """
+
+    def __init__(self, gain=(0.8, 1.2), offset=(-0.1, 0.1), p=0.8):
+        self.gain, self.offset, self.p = gain, offset, p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
+        apply = _chance(generator, self.p)
+        g = _uniform(generator, *self.gain)
+        o = _uniform(generator, *self.offset)
+        if not apply:
+            return x
+        return torch.where(_valid_mask(x, spec)[None], x * g + o, x)
+
+
+class GaussianNoise:
+    """Small additive Gaussian noise, standard deviation drawn from ``std`` (physical units), probability ``p``.
+
+    Invalid pixels (when the spec has an invalid value) are kept as they are.
+    """
+
+    def __init__(self, std=(0.0, 0.02), p=0.5):
+        self.std, self.p = std, p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
+        apply = _chance(generator, self.p)
+        std = _uniform(generator, *self.std)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        if not apply:
+            return x
+        return torch.where(_valid_mask(x, spec)[None], x + std * noise.to(x.device), x)
+
+
+class PointDropout:
+    """Drop a random fraction (drawn from ``fraction``) of the valid points of a sparse map, probability ``p``.
+
+    Dropped points become the empty value in every channel; no value is ever created or changed.
+    """
+
+    def __init__(self, fraction=(0.0, 0.3), p=0.5):
+        self.fraction, self.p = fraction, p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
+        apply = _chance(generator, self.p)
+        f = _uniform(generator, *self.fraction)
+        u = torch.rand(x.shape[-2:], generator=generator)
+        if not apply:
+            return x
+        drop = (u.to(x.device) < f) & _valid_mask(x, spec)
+        return torch.where(drop[None], torch.full_like(x, empty_value(spec)), x)
+
+
+class EventDropout:
+    """Binomial thinning of event counts: each event survives with probability ``1 - f``, ``f`` drawn from
+    ``fraction``; applied with probability ``p``.
+
+    Counts stay integer-valued and keep their sign (non-negative counts stay non-negative); a pixel never gains
+    events. Non-integer input is rounded first.
+    """
+
+    def __init__(self, fraction=(0.0, 0.5), p=0.5):
+        self.fraction, self.p = fraction, p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
+        apply = _chance(generator, self.p)
+        f = _uniform(generator, *self.fraction)
+        if not apply:
+            return x
+        counts = x.abs().round().to(torch.float32).cpu()
+        keep = torch.binomial(counts, torch.full_like(counts, 1.0 - f), generator=generator)
+        return torch.sign(x) * keep.to(device=x.device, dtype=x.dtype)
+
+
+PHOTOMETRIC.register("color_jitter", ColorJitter())
+PHOTOMETRIC.register("gaussian_blur", GaussianBlur())
+PHOTOMETRIC.register("depth_noise", DepthNoise())
+PHOTOMETRIC.register("depth_holes", DepthHoles())
+PHOTOMETRIC.register("thermal_gain", ThermalGain())
+PHOTOMETRIC.register("gaussian_noise", GaussianNoise())
+PHOTOMETRIC.register("point_dropout", PointDropout())
+PHOTOMETRIC.register("event_dropout", EventDropout())

@@ -1,0 +1,164 @@
+"""The training and evaluation pipelines: per-modality photometric ops, then one joint geometric step.
+
+:class:`TrainTransform` runs two steps:
+
+1. **Photometric, per modality** (:mod:`.photometric`). Each modality draws from its own generator, derived from the
+   sample's generator and the modality name, so its augmentation does not depend on which other sensors the sample
+   has.
+2. **Geometric, jointly**: random resize by a factor in ``scale_range``, random crop to ``crop_size`` (padding when
+   the image is smaller), random horizontal flip. The same parameters apply to every modality and to the label; no
+   modality can silently pass through, because the step walks ``sample["inputs"]`` itself. Each kind of map is
+   resampled by its own rule (:mod:`.geometric`).
+
+:class:`EvalTransform` changes nothing (evaluation happens at the label's own resolution); it only checks the sample.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+
+import torch
+
+from rgbx.data.transforms.geometric import crop_pad, resize_label, resize_modality
+from rgbx.data.transforms.photometric import PHOTOMETRIC, PhotometricOp, _chance, _uniform, empty_value
+from rgbx.errors import ConfigError, DataError
+from rgbx.modalities import get_modality
+
+Sample = dict
+
+__all__ = ["EvalTransform", "TrainTransform"]
+
+
+def _check_sample(sample: Sample) -> tuple[int, int] | None:
+    """The common (H, W) of the sample's maps, or None when it has none; :class:`DataError` on bad shapes."""
+    sizes = {name: tuple(x.shape[-2:]) for name, x in sample["inputs"].items()}
+    for name, x in sample["inputs"].items():
+        if x.dim() != 3:
+            raise DataError(f"modality {name!r} must be (C, H, W), got shape {tuple(x.shape)}")
+    label = sample.get("label")
+    if label is not None:
+        if label.dim() != 2:
+            raise DataError(f"label must be (H, W), got shape {tuple(label.shape)}")
+        sizes["label"] = tuple(label.shape)
+    if not sizes:
+        return None
+    if len(set(sizes.values())) > 1:
+        sid = sample.get("meta", {}).get("id", "?")
+        raise DataError(
+            f"sample {sid}: modalities and label differ in size {sizes}; they must share one pixel grid"
+        )
+    return next(iter(sizes.values()))
+
+
+def _pair(v, what: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        v = (v, v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 2 or min(v) < 1:
+        raise ConfigError(f"{what} must be one positive int or (H, W), got {v}")
+    return v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pipelines
+
+
+class TrainTransform:
+    """Training augmentation: per-modality photometric, then joint resize → crop (with padding) → horizontal flip.
+
+    Args:
+        crop_size: output (H, W) (or one int for a square).
+        scale_range: the resize factor is drawn uniformly from this range.
+        hflip_prob: probability of a horizontal flip.
+        ignore_index: label value of padded pixels.
+        photometric: True to apply each modality's ``spec.photometric`` ops, False for none, or a mapping
+            name → op (or None to disable) overriding entries of :data:`PHOTOMETRIC`.
+
+    Call as ``transform(sample, generator)``; the sample's ``meta`` and any extra keys are kept, missing modalities
+    stay missing and a ``None`` label stays ``None``. Output maps are all ``crop_size``.
+    """
+
+    def __init__(
+        self,
+        crop_size: int | tuple[int, int] = (512, 512),
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip_prob: float = 0.5,
+        ignore_index: int = 255,
+        photometric: bool | Mapping[str, PhotometricOp | None] = True,
+    ):
+        self.crop_size = _pair(crop_size, "crop_size")
+        lo, hi = (float(s) for s in scale_range)
+        if not 0 < lo <= hi:
+            raise ConfigError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+        if not 0.0 <= hflip_prob <= 1.0:
+            raise ConfigError(f"hflip_prob must be in [0, 1], got {hflip_prob}")
+        self.scale_range = (lo, hi)
+        self.hflip_prob = float(hflip_prob)
+        self.ignore_index = int(ignore_index)
+        self.photometric = photometric
+
+    def _photometric_op(self, name: str) -> PhotometricOp | None:
+        if isinstance(self.photometric, Mapping) and name in self.photometric:
+            return self.photometric[name]
+        return PHOTOMETRIC.get(name)
+
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        size = _check_sample(sample)
+        # a fixed number of draws, in a fixed order, whatever the sample holds
+        scale = _uniform(generator, *self.scale_range)
+        u_top = float(torch.rand((), generator=generator))
+        u_left = float(torch.rand((), generator=generator))
+        flip = _chance(generator, self.hflip_prob)
+        photo_seed = int(torch.randint(0, 2**62, (), generator=generator))
+
+        inputs = {}
+        for name, x in sample["inputs"].items():
+            spec = get_modality(name)
+            if self.photometric is not False:
+                g = torch.Generator().manual_seed(photo_seed ^ zlib.crc32(name.encode()))
+                for op_name in spec.photometric:
+                    op = self._photometric_op(op_name)
+                    if op is not None:
+                        x = op(x, g, spec)
+            inputs[name] = x
+        label = sample.get("label")
+        if size is None:
+            return {**sample, "inputs": inputs, "label": label}
+
+        h, w = size
+        new = (max(1, round(h * scale)), max(1, round(w * scale)))
+        ch, cw = self.crop_size
+        top = min(int(u_top * (max(new[0] - ch, 0) + 1)), max(new[0] - ch, 0))
+        left = min(int(u_left * (max(new[1] - cw, 0) + 1)), max(new[1] - cw, 0))
+
+        for name, x in inputs.items():
+            spec = get_modality(name)
+            x = resize_modality(x, new, spec)
+            x = crop_pad(x, top, left, self.crop_size, empty_value(spec))
+            inputs[name] = x.flip(-1) if flip else x
+        if label is not None:
+            label = crop_pad(resize_label(label, new), top, left, self.crop_size, self.ignore_index)
+            label = label.flip(-1) if flip else label
+        return {**sample, "inputs": inputs, "label": label}
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, "
+            f"hflip_prob={self.hflip_prob}, ignore_index={self.ignore_index}, photometric={self.photometric!r})"
+        )
+
+
+class EvalTransform:
+    """Evaluation transform: no resize, crop or augmentation (metrics are computed at the label's resolution).
+
+    It checks that every map shares one (H, W) and returns a new sample dict with the same tensors. The
+    ``generator`` argument exists so train and eval transforms are called the same way; it is not used.
+    """
+
+    def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        _check_sample(sample)
+        return {**sample, "inputs": dict(sample["inputs"]), "label": sample.get("label")}
+
+    def __repr__(self) -> str:
+        return "EvalTransform()"
