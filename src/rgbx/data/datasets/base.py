@@ -12,6 +12,7 @@ here. Each dataset registers by name in :data:`DATASETS` (``data.dataset`` in a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,6 +88,30 @@ def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
     return arr[:, rows][:, :, cols]
+
+
+class StemIndex:
+    """stem → file name for one folder, listed once; when a stem has several suffixes the earliest in
+    ``suffixes`` wins."""
+
+    def __init__(self, folder: Path, suffixes: Sequence[str]):
+        self.folder = folder
+        rank = {s: i for i, s in enumerate(suffixes)}
+        best: dict[str, tuple[int, str]] = {}
+        if folder.is_dir():
+            for name in os.listdir(folder):
+                stem, suffix = os.path.splitext(name)
+                r = rank.get(suffix.lower())
+                if r is not None and (stem not in best or r < best[stem][0]):
+                    best[stem] = (r, name)
+        self.files = {stem: name for stem, (_, name) in best.items()}
+
+    def path(self, stem: str) -> Path | None:
+        name = self.files.get(stem)
+        return None if name is None else self.folder / name
+
+    def first(self) -> Path | None:
+        return self.folder / self.files[min(self.files)] if self.files else None
 
 
 class SegmentationDataset(torch.utils.data.Dataset):

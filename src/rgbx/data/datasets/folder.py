@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
-from rgbx.data.datasets.base import DATASETS, SegmentationDataset
+from rgbx.data.datasets.base import DATASETS, SegmentationDataset, StemIndex
 from rgbx.data.description import DatasetDescription, load_description
 from rgbx.errors import DataError
 
@@ -37,23 +36,6 @@ def read_attributes(root: Path) -> dict[str, dict[str, str]]:
         return {row["id"]: {k: v for k, v in row.items() if k != "id"} for row in reader}
 
 
-class _FolderIndex:
-    """stem → file path for one folder, listed once."""
-
-    def __init__(self, folder: Path, suffixes: tuple[str, ...]):
-        self.folder = folder
-        self.files: dict[str, str] = {}
-        if folder.is_dir():
-            for name in os.listdir(folder):
-                stem, suffix = os.path.splitext(name)
-                if suffix.lower() in suffixes and stem not in self.files:
-                    self.files[stem] = name
-
-    def path(self, sample_id: str) -> Path | None:
-        name = self.files.get(sample_id)
-        return None if name is None else self.folder / name
-
-
 @DATASETS.register("folder")
 class FolderDataset(SegmentationDataset):
     """A split of a dataset folder in the rgbx format (splits are ``splits/<split>.txt``). See
@@ -73,12 +55,12 @@ class FolderDataset(SegmentationDataset):
         self._attributes = read_attributes(self.root)
         return ids
 
-    def _index(self, name: str) -> _FolderIndex:
+    def _index(self, name: str) -> StemIndex:
         if not hasattr(self, "_indices"):
             self._indices = {}
         if name not in self._indices:
             src = self.description.label if name == "label" else self.description.modalities[name]
-            self._indices[name] = _FolderIndex(self.root / src.folder, src.suffixes)
+            self._indices[name] = StemIndex(self.root / src.folder, src.suffixes)
         return self._indices[name]
 
     def files(self, sample_id: str) -> dict[str, Path | None]:

@@ -66,7 +66,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rgbx.data.datasets.base import DATASETS, DecodeProblem, FileInfo, SegmentationDataset, probe_file
+from rgbx.data.datasets.base import (
+    DATASETS,
+    DecodeProblem,
+    FileInfo,
+    SegmentationDataset,
+    StemIndex,
+    probe_file,
+)
 from rgbx.data.description import DatasetDescription, ModalitySource, default_palette
 from rgbx.errors import ConfigError, DataError
 from rgbx.modalities import ENCODINGS, get_modality, read_array
@@ -108,30 +115,6 @@ def find_folder(base: Path, candidates: Sequence[str]) -> str | None:
             if name.lower() in present:
                 return present[name.lower()]
     return None
-
-
-class StemIndex:
-    """stem → file name for one folder, listed once; when a stem has several suffixes the earliest in
-    ``suffixes`` wins."""
-
-    def __init__(self, folder: Path, suffixes: Sequence[str]):
-        self.folder = folder
-        rank = {s: i for i, s in enumerate(suffixes)}
-        best: dict[str, tuple[int, str]] = {}
-        if folder.is_dir():
-            for name in os.listdir(folder):
-                stem, suffix = os.path.splitext(name)
-                r = rank.get(suffix.lower())
-                if r is not None and (stem not in best or r < best[stem][0]):
-                    best[stem] = (r, name)
-        self.files = {stem: name for stem, (_, name) in best.items()}
-
-    def path(self, stem: str) -> Path | None:
-        name = self.files.get(stem)
-        return None if name is None else self.folder / name
-
-    def first(self) -> Path | None:
-        return self.folder / self.files[min(self.files)] if self.files else None
 
 
 def to_rgb(raw: np.ndarray, scale: float) -> np.ndarray:
