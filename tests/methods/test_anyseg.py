@@ -8,14 +8,12 @@ import csv
 import pytest
 import torch
 
-import rgbx
 from rgbx.data.sample import Batch
 from rgbx.engine.checkpoint import save_model
 from rgbx.engine.config import MethodConfig, load_config
 from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import Trainer
 from rgbx.errors import ConfigError
-from rgbx.methods import METHODS
 from rgbx.methods.anyseg import (
     AnysegDistiller,
     cross_modal_distillation,
@@ -23,35 +21,21 @@ from rgbx.methods.anyseg import (
     unimodal_distillation,
 )
 from tests.conftest import make_dataset
+from tests.methods import helpers
 
 MODS = ["rgb", "depth", "thermal"]
-CHANNELS = {"rgb": 3, "depth": 1, "thermal": 1}
 
 
-def tiny_model(seed: int = 0, modalities=MODS, num_classes: int = 3):
-    torch.manual_seed(seed)
-    return rgbx.create_model(backbone="mit_nano", fusion="mean", modalities=list(modalities),
-                             num_classes=num_classes, head_channels=16)
+def tiny_model(seed: int = 0, modalities=MODS, fusion: str = "mean", num_classes: int = 3):
+    return helpers.tiny_model(seed, modalities, fusion, num_classes)
 
 
-def tiny_batch(modalities=MODS, seed: int = 0, label_fill: int | None = None) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    inputs = {m: torch.randn(2, CHANNELS[m], 16, 16, generator=g) for m in modalities}
-    present = {m: torch.ones(2, dtype=torch.bool) for m in modalities}
-    label = torch.randint(0, 3, (2, 16, 16), generator=g)
-    label[:, :3, :] = 255  # ignored rows
-    if label_fill is not None:
-        label.fill_(label_fill)
-    return Batch(inputs, present, label)
+def tiny_batch(modalities=MODS, seed: int = 0, label_fill: int | None = None):
+    return helpers.tiny_batch(modalities, seed, label_fill)
 
 
-def distiller(tmp_path, teacher, student, **options) -> AnysegDistiller:
-    path = save_model(tmp_path / "teacher.safetensors", teacher)
-    method = METHODS.get("anyseg")(MethodConfig(name="anyseg", options={"teacher": str(path), **options}),
-                                   ignore_index=255)
-    method.prepare(student, torch.device("cpu"))
-    return method
-
+def distiller(tmp_path, teacher, student, **options):
+    return helpers.method_with_teacher("anyseg", tmp_path, teacher, student, **options)
 
 def copy_of(model):
     twin = tiny_model(seed=123, modalities=model.modalities, num_classes=model.num_classes)

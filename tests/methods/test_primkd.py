@@ -9,14 +9,11 @@ import math
 import pytest
 import torch
 
-import rgbx
-from rgbx.data.sample import Batch
 from rgbx.engine.checkpoint import load_state, save_model
 from rgbx.engine.config import MethodConfig, load_config
 from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import RunPaths, Trainer
 from rgbx.errors import ConfigError
-from rgbx.methods import METHODS
 from rgbx.methods.primkd import (
     PrimKD,
     feature_distillation,
@@ -25,38 +22,24 @@ from rgbx.methods.primkd import (
     stage_losses,
 )
 from tests.conftest import make_dataset
+from tests.methods import helpers
 
 MODS = ["rgb", "depth"]
-CHANNELS = {"rgb": 3, "depth": 1, "thermal": 1}
 
 
 def tiny_model(seed: int = 0, modalities=MODS, fusion: str = "cmx", num_classes: int = 3):
-    torch.manual_seed(seed)
-    return rgbx.create_model(backbone="mit_nano", fusion=fusion, modalities=list(modalities),
-                             num_classes=num_classes, head_channels=16)
+    return helpers.tiny_model(seed, modalities, fusion, num_classes)
 
+
+def tiny_batch(modalities=MODS, seed: int = 0, label_fill: int | None = None):
+    return helpers.tiny_batch(modalities, seed, label_fill)
+
+
+def distiller(tmp_path, teacher, student, **options):
+    return helpers.method_with_teacher("primkd", tmp_path, teacher, student, **options)
 
 def tiny_teacher(seed: int = 0, **kwargs):
     return tiny_model(seed, modalities=kwargs.pop("modalities", ["rgb"]), fusion="mean", **kwargs)
-
-
-def tiny_batch(modalities=MODS, seed: int = 0, label_fill: int | None = None) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    inputs = {m: torch.randn(2, CHANNELS[m], 16, 16, generator=g) for m in modalities}
-    present = {m: torch.ones(2, dtype=torch.bool) for m in modalities}
-    label = torch.randint(0, 3, (2, 16, 16), generator=g)
-    label[:, :3, :] = 255  # ignored rows
-    if label_fill is not None:
-        label.fill_(label_fill)
-    return Batch(inputs, present, label)
-
-
-def distiller(tmp_path, teacher, student, **options) -> PrimKD:
-    path = save_model(tmp_path / "teacher.safetensors", teacher)
-    method = METHODS.get("primkd")(MethodConfig(name="primkd", options={"teacher": str(path), **options}),
-                                   ignore_index=255)
-    method.prepare(student, torch.device("cpu"))
-    return method
 
 
 # -- prediction-level KD (Eq. 5) ---------------------------------------------------------------------------------
