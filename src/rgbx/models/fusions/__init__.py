@@ -1,9 +1,10 @@
 """Fusion encoders. Importing this package registers every fusion family in ``FUSIONS``."""
 
-from rgbx.models.fusions import cmx, dformer, mean
+from rgbx.models.fusions import cmx, dformer, ktb, mean
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder
 from rgbx.models.fusions.cmx import CMXFusion
 from rgbx.models.fusions.dformer import DFormerFusion
+from rgbx.models.fusions.ktb import KTBFusion
 from rgbx.models.fusions.mean import MeanFusion
 
 __all__ = [
@@ -11,8 +12,10 @@ __all__ = [
     "DFormerFusion",
     "EncoderOutput",
     "FusionEncoder",
+    "KTBFusion",
     "MeanFusion",
     "cmx",
     "dformer",
+    "ktb",
     "mean",
 ]

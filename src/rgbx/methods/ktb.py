@@ -1,0 +1,158 @@
+"""KTB's Masked Modality Self-Teaching (MMST), the training recipe of "Keep the Balance" (Cai et al., CVPR 2025).
+
+Meant for the ``ktb`` fusion (:mod:`rgbx.models.fusions.ktb`) but works with any two-modality fusion that returns
+per-modality features. The supplementary material says: MMST masks modalities during training only; auxiliary heads
+S2 and S3 segment from a single modality (RGB, X) and are discarded at inference, where clean, unmasked data is used;
+their losses ``L_S2`` and ``L_S3`` are weighted by the balance weight λ2 (best 0.01, Table 4). It gives no equation
+numbers for the loss (it calls it "the overall loss"), so the terms are written here without numbers::
+
+    x̃          = mask(x):  per sample, with probability p, ONE of its modalities is marked absent (chosen uniformly;
+                            only samples with both modalities present are masked, so both are never masked)
+    S1          = head(DSCF(x̃))                 the fused (dual-modality) prediction of the model
+    S2, S3      = aux_rgb(f_rgb), aux_x(f_x)     small conv heads on each modality's last-stage features
+    L_S1        = CE(S1, y)
+    L_S2        = CE(S2, t) over the samples where RGB is present      (t: see below)
+    L_S3        = CE(S3, t) over the samples where X is present
+    L           = L_S1 + λ2 (L_S2 + L_S3)
+
+Decision on the target ``t`` ("leverages accurately predicted dual-modality results to self-teach the single-modality
+outcomes", abstract): ``teacher: label`` (default) uses the ground truth ``y``; ``teacher: fused`` uses the soft
+prediction ``softmax(S1)`` (detached) of the samples where both modalities are present (self-teaching), as a soft-
+target cross-entropy over the labelled pixels.
+
+``step`` returns ``{"s1": L_S1, "s2": λ2 L_S2, "s3": λ2 L_S3}``; the engine sums and logs them. The auxiliary heads
+are built in :meth:`prepare` and trained through :meth:`trainable_modules`; they are not part of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rgbx.errors import ConfigError
+from rgbx.methods.base import METHODS, Method
+from rgbx.methods.supervised import cross_entropy
+from rgbx.models.layers import resize
+
+__all__ = ["MaskedModalitySelfTeaching", "auxiliary_head", "mask_one_modality"]
+
+
+def auxiliary_head(channels: int, num_classes: int, hidden: int = 64) -> nn.Module:
+    """A single-modality head: Conv3×3(C → hidden) → ReLU → Conv1×1(hidden → K) (no batch norm: masked samples are
+    selected out, so batch statistics would vary with the masking)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, hidden, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, num_classes, kernel_size=1),
+    )
+
+
+def mask_one_modality(batch, p: float, generator: torch.Generator):
+    """MMST masking: each sample that has every modality present gets, with probability ``p``, exactly one modality
+    (chosen uniformly) marked absent. Samples already missing a modality are left as they are, so no sample ever
+    loses its last modality. Returns the masked batch (fill values written in)."""
+    names = list(batch.modalities)
+    if p <= 0 or len(names) < 2:
+        return batch
+    present = torch.stack([batch.present[n].cpu() for n in names], 1)  # (B, M)
+    b = present.shape[0]
+    chosen = torch.rand(b, generator=generator) < p
+    which = torch.randint(len(names), (b,), generator=generator)
+    eligible = present.all(1) & chosen
+    drop = torch.zeros_like(present)
+    drop[torch.arange(b), which] = True
+    drop &= eligible.unsqueeze(1)
+    device = batch.present[names[0]].device
+    return batch.drop({n: drop[:, j].to(device) for j, n in enumerate(names)})
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label: torch.Tensor | None,
+                       ignore_index: int) -> torch.Tensor:
+    """−Σ_k t_k log softmax(logits)_k, averaged over labelled pixels (all pixels when ``label`` is None)."""
+    loss = -(target * F.log_softmax(logits.float(), dim=1)).sum(1)  # (n, H, W)
+    if label is None:
+        return loss.mean()
+    valid = label != ignore_index
+    return torch.where(valid, loss, torch.zeros((), dtype=loss.dtype, device=loss.device)).sum() / valid.sum().clamp(
+        min=1)
+
+
+@METHODS.register("ktb")
+class MaskedModalitySelfTeaching(Method):
+    """MMST: random single-modality masking, fused CE + λ2 × auxiliary single-modality losses (module docstring)."""
+
+    @dataclass
+    class Options:
+        lambda2: float = 0.01  # λ2, weight of L_S2 and L_S3 (the paper's best, Table 4 of the supplementary)
+        mask_prob: float = 0.5  # probability that a sample with both modalities gets one of them masked
+        teacher: str = "label"  # target of the auxiliary heads: "label" (ground truth) or "fused" (softmax S1)
+        hidden: int = 64  # auxiliary heads' hidden channels
+
+        def __post_init__(self):
+            if self.lambda2 < 0:
+                raise ValueError(f"method.options.lambda2 must be >= 0, got {self.lambda2}")
+            if not 0.0 <= self.mask_prob <= 1.0:
+                raise ValueError(f"method.options.mask_prob must be in [0, 1], got {self.mask_prob}")
+            if self.teacher not in ("label", "fused"):
+                raise ValueError(f"method.options.teacher must be 'label' or 'fused', got {self.teacher!r}")
+            if not isinstance(self.hidden, int) or self.hidden <= 0:
+                raise ValueError(f"method.options.hidden must be a positive integer, got {self.hidden}")
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        if getattr(config, "modality_dropout", 0.0):
+            raise ConfigError("method ktb masks modalities itself: set method.options.mask_prob instead of "
+                              f"method.modality_dropout (got {config.modality_dropout})")
+        self.heads: nn.ModuleDict | None = None
+
+    def prepare(self, model: nn.Module, device: torch.device) -> None:
+        """Build S2 (first / RGB modality) and S3 (X) on the last encoder stage's channels."""
+        modalities = list(model.modalities)
+        if len(modalities) != 2:
+            raise ConfigError(f"method ktb is for RGB + X models: it needs exactly two modalities, got {modalities}")
+        channels = model.encoder.feature_info.channels()[-1]
+        self.heads = nn.ModuleDict(
+            {m: auxiliary_head(channels, model.num_classes, self.options.hidden) for m in modalities}
+        ).to(device)
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [] if self.heads is None else [self.heads]
+
+    def step(self, model, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.heads is None:
+            raise RuntimeError("MaskedModalitySelfTeaching.prepare(model, device) must be called before step()")
+        o = self.options
+        masked = mask_one_modality(batch, o.mask_prob, generator)
+        out = model(masked.inputs, masked.present)
+        label = batch.label
+        if label is not None:
+            s1 = cross_entropy(out.logits, label, self.ignore_index, self.class_weights, self.config.label_smoothing)
+        else:
+            s1 = out.logits.sum() * 0.0
+        ref = next(iter(out.present.values()))
+        both = torch.ones_like(ref)
+        for m in self.heads:
+            both = both & out.present.get(m, torch.zeros_like(ref))
+        aux = []
+        for m in self.heads:  # S2 = RGB (first), S3 = X
+            aux.append(self._aux_loss(m, out, label, both))
+        return {"s1": s1, "s2": o.lambda2 * aux[0], "s3": o.lambda2 * aux[1]}
+
+    def _aux_loss(self, m: str, out, label: torch.Tensor | None, both: torch.Tensor) -> torch.Tensor:
+        zero = out.logits.new_zeros((), dtype=torch.float32)
+        head = self.heads[m]
+        if m not in out.features:
+            return zero + 0.0 * sum(p.sum() for p in head.parameters())
+        rows = out.present[m] if self.options.teacher == "label" else out.present[m] & both
+        if (label is None and self.options.teacher == "label") or not bool(rows.any()):
+            return zero + 0.0 * sum(p.sum() for p in head.parameters())
+        logits = resize(head(out.features[m][-1][rows]), out.logits.shape[-2:])
+        sub_label = None if label is None else label[rows]
+        if self.options.teacher == "label":
+            return cross_entropy(logits, sub_label, self.ignore_index, self.class_weights,
+                                 self.config.label_smoothing)
+        target = out.logits[rows].detach().float().softmax(dim=1)
+        return soft_cross_entropy(logits, target, sub_label, self.ignore_index)
