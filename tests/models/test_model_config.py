@@ -57,3 +57,18 @@ def test_validate(changes, match):
 def test_modalities_string_is_rejected():
     with pytest.raises(ConfigError, match="list of modality names"):
         ModelConfig(modalities="rgb", num_classes=2)
+
+
+def test_fusion_and_head_options_reach_the_components():
+    import rgbx
+
+    model = rgbx.create_model(backbone="mit_nano", fusion="mean", head="ham", modalities=["rgb"], num_classes=3,
+                              head_channels=16, head_options={"md_r": 4})
+    assert model.config.head_options == {"md_r": 4}
+    assert any(getattr(m, "R", None) == 4 or getattr(m, "md_r", None) == 4 for m in model.head.modules())
+    with pytest.raises(ConfigError, match="not_an_option"):
+        rgbx.create_model(backbone="mit_nano", fusion="mean", modalities=["rgb"], num_classes=3,
+                          fusion_options={"not_an_option": 1})
+    with pytest.raises(ConfigError, match="set by the model config"):
+        rgbx.create_model(backbone="mit_nano", fusion="mean", modalities=["rgb"], num_classes=3,
+                          fusion_options={"backbone": "mit_b0"})

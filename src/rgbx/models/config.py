@@ -30,6 +30,8 @@ class ModelConfig:
         pretrained: backbone weights to start from: a local file, or a name the backbone knows (e.g.
             ``"imagenet"`` for ``efficientnet_lite0``); empty = random initialisation. Used only when a model is
             created for training; a trained checkpoint carries its own weights.
+        fusion_options, head_options: extra keyword arguments of the fusion / head (e.g. the ``ktb`` fusion's
+            ranks, the ``ham`` head's ``md_r``); an unknown one is a ConfigError listing the valid ones.
     """
 
     backbone: str = "mit_b0"
@@ -41,6 +43,8 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     attn_impl: str = "sdpa"
     pretrained: str = ""
+    fusion_options: dict[str, Any] = field(default_factory=dict)
+    head_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.modalities, str):

@@ -33,6 +33,26 @@ class SegOutput:
     present: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def _build(factory, key: str, options: dict, **kwargs):
+    """``factory(**kwargs, **options)``; an option the component does not take is a ConfigError naming it."""
+    import inspect
+
+    from rgbx.errors import ConfigError
+
+    if options:
+        params = inspect.signature(factory).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(set(options) - set(params))
+            if unknown:
+                valid = sorted(set(params) - set(kwargs) - {"self"})
+                raise ConfigError(f"model.{key}: {getattr(factory, '__name__', factory)} takes no {unknown}; "
+                                  f"valid: {valid}")
+        clash = sorted(set(options) & set(kwargs))
+        if clash:
+            raise ConfigError(f"model.{key}: {clash} are set by the model config itself, not here")
+    return factory(**kwargs, **options)
+
+
 class Segmentor(nn.Module):
     """Multi-modal segmentation model built from a :class:`ModelConfig`.
 
@@ -46,14 +66,16 @@ class Segmentor(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config.validate()
-        self.encoder: FusionEncoder = FUSIONS.get(config.fusion)(
+        self.encoder: FusionEncoder = _build(
+            FUSIONS.get(config.fusion), "fusion_options", config.fusion_options,
             backbone=config.backbone,
             modalities=config.modalities,
             drop_path_rate=config.drop_path_rate,
             attn_impl=config.attn_impl,
             **({"pretrained": config.pretrained} if config.pretrained else {}),
         )
-        self.head = HEADS.get(config.head)(
+        self.head = _build(
+            HEADS.get(config.head), "head_options", config.head_options,
             in_channels=self.encoder.feature_info.channels(),
             num_classes=config.num_classes,
             channels=config.head_channels,
