@@ -1,0 +1,134 @@
+"""ONNX export: onnxruntime matches PyTorch at unseen batch sizes / H×W, with sensors absent; metadata; the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from rgbx.cli.main import main  # noqa: E402
+from rgbx.engine.checkpoint import save_model  # noqa: E402
+from rgbx.engine.export import export_onnx, read_onnx_metadata, verify_onnx  # noqa: E402
+from rgbx.models import create_model  # noqa: E402
+
+TOL = 1e-4
+DATASET = {"name": "tiny", "classes": ["floor", "wall", "chair"], "palette": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+           "ignore_index": 255}
+
+
+def tiny(fusion: str):
+    torch.manual_seed(0)
+    model = create_model(backbone="mit_nano", fusion=fusion, modalities=["rgb", "depth"], num_classes=3,
+                         head_channels=16, pretrained="")
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["cmx", pytest.param("mean", marks=pytest.mark.slow)])  # mean: dynamo, ~15 s
+def exported(request, tmp_path_factory):
+    model = tiny(request.param)
+    path = export_onnx(model, tmp_path_factory.mktemp(request.param) / "model.onnx", size=(64, 64),
+                       dataset=DATASET)
+    return model, path
+
+
+def random_inputs(batch: int, h: int, w: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return {"rgb": torch.randn(batch, 3, h, w, generator=g), "depth": torch.randn(batch, 1, h, w, generator=g)}
+
+
+@pytest.mark.parametrize("batch,h,w", [(2, 64, 64), (3, 48, 80)])
+def test_onnxruntime_matches_pytorch(exported, batch, h, w):
+    model, path = exported
+    inputs = random_inputs(batch, h, w)
+    assert verify_onnx(path, model, inputs) <= TOL
+    present = torch.ones(batch, 2, dtype=torch.bool)
+    present[1, 1] = False  # depth absent for one sample
+    assert verify_onnx(path, model, inputs, present) <= TOL
+    # depth absent for the whole batch: PyTorch skips the branch, the graph computes it and masks it out
+    assert verify_onnx(path, model, inputs, {"depth": torch.zeros(batch, dtype=torch.bool)}) <= TOL
+    present[0, 0] = False  # rgb also absent for sample 0 (that sample only has depth)
+    assert verify_onnx(path, model, inputs, present) <= TOL
+
+
+def test_absent_input_is_ignored(exported):
+    """What an absent modality holds does not change the logits (deployments may feed anything there)."""
+    model, path = exported
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = random_inputs(2, 64, 96)
+    present = torch.tensor([[True, False], [True, True]])
+    feed = {m: x.numpy() for m, x in inputs.items()} | {"present": present.numpy()}
+    a = session.run(["logits"], feed)[0]
+    feed["depth"] = feed["depth"].copy()
+    feed["depth"][0] = 1e4
+    b = session.run(["logits"], feed)[0]
+    assert (a[0] == b[0]).all()
+    assert not (a[1] == b[1] + 1).all()  # sanity: outputs are real numbers
+
+
+def test_inputs_outputs_and_metadata(exported):
+    model, path = exported
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in session.get_inputs()}
+    assert list(inputs) == ["rgb", "depth", "present"]
+    assert inputs["present"].type == "tensor(bool)"
+    assert inputs["rgb"].shape[1] == 3 and inputs["depth"].shape[1] == 1
+    assert all(isinstance(d, str) for d in (inputs["rgb"].shape[0], inputs["rgb"].shape[2], inputs["rgb"].shape[3]))
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+
+    meta = read_onnx_metadata(path)
+    assert meta["format"] == "rgbx-onnx/1"
+    assert meta["modalities"] == ["rgb", "depth"]
+    assert meta["classes"] == DATASET["classes"] and meta["palette"] == DATASET["palette"]
+    assert meta["model_config"]["fusion"] == model.config.fusion
+    assert meta["model_config"]["num_classes"] == 3
+    assert meta["normalization"]["rgb"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert meta["normalization"]["depth"]["scale"] == pytest.approx(0.001)
+    raw = session.get_modelmeta().custom_metadata_map
+    assert json.loads(raw["modalities"]) == ["rgb", "depth"]
+    assert not list(path.parent.glob("*.data"))  # a single file, no external weights
+
+
+def test_export_leaves_model_unchanged(tmp_path):
+    model = tiny("cmx")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_onnx(model, tmp_path / "m.onnx", size=(32, 32), exporter="torchscript")
+    assert "computed" not in vars(model.encoder)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    from rgbx.models import layers
+    from rgbx.models.heads import mlp
+
+    assert mlp.resize is layers.resize
+
+
+def test_cli_export_check(tmp_path, capsys):
+    ckpt = save_model(tmp_path / "model.safetensors", tiny("cmx"), DATASET)
+    out = tmp_path / "out" / "model.onnx"
+    assert main(["export", str(ckpt), "--out", str(out), "--size", "64x64", "--check"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "max abs difference" in text
+    diff = float(text.split("max abs difference")[1].split()[0])
+    assert diff <= TOL
+    assert read_onnx_metadata(out)["classes"] == DATASET["classes"]
+
+
+def test_cli_missing_checkpoint(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_missing_onnxruntime_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    import sys
+
+    from rgbx.engine.export import require
+    from rgbx.errors import RgbxError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
+    with pytest.raises(RgbxError, match=r"pip install 'rgbx\[export\]'"):
+        require("onnxruntime")
+    ckpt = save_model(tmp_path / "model.safetensors", tiny("mean"), DATASET)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--check"]) == 2
+    assert "rgbx[export]" in capsys.readouterr().err
