@@ -65,7 +65,6 @@ class MeanFusion(FusionEncoder):
         """
         inputs, present = self.prepare(inputs, present)
         names = self.computed(present)
-        batch = next(iter(inputs.values())).shape[0]
         # Stage 0 per modality (own stem), then all modalities as one batch through the shared stages.
         x = torch.cat([self.backbone.forward_stage(0, inputs[m], stem=self.stems[m]) for m in names])
         stage_outputs = [x]
@@ -78,7 +77,7 @@ class MeanFusion(FusionEncoder):
         features: dict[str, list[torch.Tensor]] = {m: [] for m in names}
         fused = []
         for out in stage_outputs:
-            per_modality = [mask_absent(f, present[m]) for m, f in zip(names, out.split(batch))]
+            per_modality = [mask_absent(f, present[m]) for m, f in zip(names, out.chunk(len(names)))]
             for m, f in zip(names, per_modality):
                 features[m].append(f)
             fused.append(torch.stack(per_modality).sum(dim=0) / count)
