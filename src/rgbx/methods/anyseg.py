@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from rgbx.errors import CheckpointError, ConfigError
-from rgbx.methods.base import METHODS, Method, drop_modalities
+from rgbx.errors import ConfigError
+from rgbx.methods.base import METHODS, Method, drop_modalities, load_frozen_teacher
 from rgbx.methods.supervised import cross_entropy
 
 __all__ = ["AnysegDistiller", "cross_modal_distillation", "prediction_distillation", "unimodal_distillation"]
@@ -78,16 +78,10 @@ class AnysegDistiller(Method):
 
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Load the teacher, check it fits the student, freeze it."""
-        from rgbx.engine.checkpoint import describe_model, load_model
+        from rgbx.engine.checkpoint import describe_model
 
         path = Path(self.options.teacher)
-        if not path.is_file():
-            raise ConfigError(f"method.options.teacher={str(path)!r}: teacher weights not found (train the teacher "
-                              f"first, e.g. `rgbx train synth_anyseg_teacher`)")
-        try:
-            teacher, info = load_model(path, device)
-        except CheckpointError as e:
-            raise ConfigError(f"method.options.teacher={str(path)!r}: cannot load the teacher ({e})") from None
+        teacher = load_frozen_teacher(self.options.teacher, device, "synth_anyseg_teacher")
         theirs, ours = teacher.config.to_dict(), model.config.to_dict()
         problems = []
         if set(teacher.modalities) != set(model.modalities):
@@ -106,9 +100,6 @@ class AnysegDistiller(Method):
         bad = [s for s in self.options.stages if s >= len(s_channels)]
         if bad:
             raise ConfigError(f"method.options.stages {bad}: the encoder has stages 0-{len(s_channels) - 1}")
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
         self.teacher = teacher
 
     def step(self, model, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -80,3 +80,24 @@ def drop_modalities(batch, p: float, generator: torch.Generator, min_keep: int =
             drop[i, order] = False
     device = batch.present[names[0]].device
     return batch.drop({n: drop[:, j].to(device) for j, n in enumerate(names)})
+
+
+def load_frozen_teacher(path: str, device: torch.device, preset_hint: str) -> torch.nn.Module:
+    """A teacher for distillation recipes: an rgbx weights file loaded in eval mode with every parameter frozen.
+    A missing or unreadable file is a ConfigError naming ``method.options.teacher``."""
+    from pathlib import Path
+
+    from rgbx.engine.checkpoint import load_model
+    from rgbx.errors import CheckpointError, ConfigError
+
+    if not Path(path).is_file():
+        raise ConfigError(f"method.options.teacher={str(path)!r}: teacher weights not found (train the teacher "
+                          f"first, e.g. `rgbx train {preset_hint}`)")
+    try:
+        teacher, _ = load_model(path, device)
+    except CheckpointError as e:
+        raise ConfigError(f"method.options.teacher={str(path)!r}: cannot load the teacher ({e})") from None
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgbx.errors import CheckpointError, ConfigError
-from rgbx.methods.base import METHODS, Method, drop_modalities
+from rgbx.errors import ConfigError
+from rgbx.methods.base import METHODS, Method, drop_modalities, load_frozen_teacher
 from rgbx.methods.supervised import cross_entropy
 
 __all__ = ["PrimKD", "build_aligner", "feature_distillation", "prediction_distillation", "select_stages",
@@ -86,17 +86,11 @@ class PrimKD(Method):
 
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Load the teacher, check it fits the student, freeze it; build one aligner per distilled stage."""
-        from rgbx.engine.checkpoint import describe_model, load_model
+        from rgbx.engine.checkpoint import describe_model
 
         o = self.options
         path = Path(o.teacher)
-        if not path.is_file():
-            raise ConfigError(f"method.options.teacher={str(path)!r}: teacher weights not found (train the teacher "
-                              f"first, e.g. `rgbx train synth_primkd_teacher`)")
-        try:
-            teacher, _ = load_model(path, device)
-        except CheckpointError as e:
-            raise ConfigError(f"method.options.teacher={str(path)!r}: cannot load the teacher ({e})") from None
+        teacher = load_frozen_teacher(o.teacher, device, "synth_primkd_teacher")
         problems = []
         if list(teacher.modalities) != [o.primary]:
             problems.append(f"the teacher must see only the primary modality {o.primary!r} "
@@ -116,9 +110,6 @@ class PrimKD(Method):
             raise ConfigError(f"method.options.teacher={str(path)!r} does not fit the student: the teacher is "
                               f"{describe_model(teacher.config.to_dict())}, the student "
                               f"{describe_model(model.config.to_dict())}; " + "; ".join(problems))
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
         self.teacher = teacher
         self.aligners = nn.ModuleList([build_aligner(s_channels[i], t_channels[i]) for i in o.stages]).to(device)
 
