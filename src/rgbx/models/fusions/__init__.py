@@ -1,6 +1,7 @@
 """Fusion encoders. Importing this package registers every fusion family in ``FUSIONS``."""
 
 from rgbx.models.fusions import cmx, dformer, ktb, mean
+from rgbx.models.fusions import omni as omni  # registers fusion 'omni'
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder
 from rgbx.models.fusions.cmx import CMXFusion
 from rgbx.models.fusions.dformer import DFormerFusion

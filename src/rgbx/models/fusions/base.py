@@ -25,7 +25,20 @@ from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
 from rgbx.models.layers import FeatureInfo
 
-__all__ = ["EncoderOutput", "FusionEncoder", "others_weights"]
+__all__ = ["EncoderOutput", "FusionEncoder", "PresenceMasks", "others_weights"]
+
+
+class PresenceMasks(dict):
+    """modality → (B,) bool presence masks, plus :attr:`certain`: the modalities whose mask was not given (present
+    for every sample by definition), for which :meth:`FusionEncoder.computed` needs no device → host check. That
+    keeps a forward pass with all modalities and no masks free of host synchronisation (CUDA graphs,
+    ``torch.compile(fullgraph=True)``)."""
+
+    __slots__ = ("certain",)
+
+    def __init__(self, masks=(), certain=()):
+        super().__init__(masks)
+        self.certain = frozenset(certain)
 
 
 @dataclass
@@ -131,10 +144,12 @@ class FusionEncoder(nn.Module):
                     f"modalities: {', '.join(self.modalities)}"
                 )
         masks = {}
+        certain = []
         for name, x in ordered.items():
             mask = present.get(name)
             if mask is None:
                 mask = torch.ones(batch, dtype=torch.bool, device=x.device)
+                certain.append(name)
             else:
                 mask = torch.as_tensor(mask, device=x.device)
                 if mask.shape != (batch,):
@@ -143,12 +158,16 @@ class FusionEncoder(nn.Module):
                     )
                 mask = mask.bool()
             masks[name] = mask
-        return ordered, masks
+        return ordered, PresenceMasks(masks, certain)
 
     @staticmethod
     def computed(present: Mapping[str, torch.Tensor]) -> list[str]:
-        """The passed modalities present for at least one sample (the first passed one if there are none)."""
-        names = [m for m, mask in present.items() if bool(mask.any())]
+        """The passed modalities present for at least one sample (the first passed one if there are none).
+
+        A mask is read back from the device (one synchronisation) only for modalities not in
+        ``present.certain`` (see :class:`PresenceMasks`)."""
+        certain = getattr(present, "certain", frozenset())
+        names = [m for m, mask in present.items() if m in certain or bool(mask.any())]
         return names or list(present)[:1]
 
     def forward(
