@@ -1,5 +1,6 @@
 """Fusion encoders. Importing this package registers every fusion family in ``FUSIONS``."""
 
+from rgbx.models.fusions import cmnext as cmnext  # registers fusion 'cmnext'
 from rgbx.models.fusions import cmx, dformer, ktb, mean
 from rgbx.models.fusions import omni as omni  # registers fusion 'omni'
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder
