@@ -50,6 +50,10 @@ Choices (where the references disagree, or where this implementation departs fro
   underflow in fp16/bf16); its result is cast back to the input dtype.
 * Normalisation is BatchNorm (DFormer: BN/SyncBN, ``channels = ham_channels = 512``, ``md_r = 64``). mmseg's
   SegNeXt configs use GroupNorm(32), ``md_r = 16`` and 256 channels instead; GroupNorm is not offered here.
+* BatchNorm ``eps`` (``bn_eps``, default 1e-5, PyTorch's). DFormer's training code overwrites the decode head's
+  BatchNorm eps with its config's ``bn_eps = 1e-3`` (``utils/init_func.init_weight``), and its released NYU / SUN
+  RGB-D checkpoints were trained and evaluated that way: build the head with ``bn_eps=1e-3``
+  (``ModelConfig.head_options={"bn_eps": 1e-3}``) when loading them (see :mod:`rgbx.models.convert`).
 """
 
 from __future__ import annotations
@@ -207,6 +211,8 @@ class LightHamHead(nn.Module):
         dropout: ``Dropout2d`` before the classifier.
         md_s, md_r, train_steps, eval_steps, inv_t, one_step_grad, eval_init, eval_seed: passed to
             :class:`NMF2D` (reference keys ``MD_S``, ``MD_R``, ``TRAIN_STEPS``, ``EVAL_STEPS``, ``INV_T``).
+        bn_eps: ``eps`` of the head's three BatchNorms (``squeeze``, ``hamburger.ham_out``, ``align``); 1e-3 for
+            released DFormer checkpoints (see the module docstring).
     """
 
     def __init__(
@@ -226,8 +232,11 @@ class LightHamHead(nn.Module):
         one_step_grad: bool = True,
         eval_init: str = "fixed",
         eval_seed: int = 0,
+        bn_eps: float = 1e-5,
     ):
         super().__init__()
+        if not isinstance(bn_eps, int | float) or isinstance(bn_eps, bool) or not bn_eps > 0:
+            raise ValueError(f"LightHamHead: bn_eps must be a positive number, got {bn_eps!r}")
         self.in_channels = list(in_channels)
         self.in_index = [int(i) for i in in_index]
         if not self.in_index:
@@ -256,6 +265,9 @@ class LightHamHead(nn.Module):
         self.align = ConvModule(self.ham_channels, channels, 1)
         self.dropout = nn.Dropout2d(dropout)
         self.conv_seg = nn.Conv2d(channels, num_classes, kernel_size=1)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eps = float(bn_eps)
         self.apply(init_weights)
         nn.init.normal_(self.conv_seg.weight, std=0.01)
         nn.init.zeros_(self.conv_seg.bias)

@@ -1,0 +1,123 @@
+"""``rgbx convert``: a released checkpoint of another code base (CMX, DFormer, SegFormer) → an rgbx weights file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rgbx.cli.common import add_command, parse_options
+
+EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth --out cmx_b2_nyu.safetensors
+  rgbx convert NYUDV2_CMX+Segformer-B2.pth --backbone mit_b2 --fusion cmx --head mlp --head-channels 512 \\
+      --modalities rgb depth --num-classes 40 --out cmx_b2_nyu.safetensors          # everything spelled out
+  rgbx convert NYUv2_DFormer_Base.pth --modalities rgb depth --out dformer_b_nyu.safetensors
+  rgbx convert mit_b2.pth --backbone mit_b2 --fusion cmx --modalities rgb thermal --num-classes 9 \\
+      --out cmx_b2_init.safetensors                        # ImageNet MiT into both CMX branches (fusion at init)
+  rgbx convert pytorch_model.bin --layout segformer-hf --fusion mean --modalities rgb depth --num-classes 40 \\
+      --branches rgb --out init.safetensors                 # Hugging Face SegFormer weights, RGB stem only
+  rgbx convert segformer_mit-b0_ade.pth --ignore decode_head. --fusion cmx --modalities rgb depth \\
+      --num-classes 40 --out init.safetensors               # mmsegmentation checkpoint, encoder only
+
+layouts (--layout, default auto = detected from the key names): cmx, dformer, segformer-hf, segformer-mmseg,
+segformer-nvlabs; rgbx.models.convert's docstring describes each. Model flags not given are read off the checkpoint
+where it tells them (MiT / DFormer variant, fusion and head of CMX / DFormer files, classes and head width of a
+decode head), else taken from --config, else rgbx's defaults. For the dformer layout the ham head is built with
+BatchNorm eps 1e-3, as DFormer trained and evaluated it (override with --head-option bn_eps=...).
+Every tensor must find its place: a missing, unused or mis-shaped tensor is an error that lists them all (leave
+checkpoint parts out on purpose with --ignore PREFIX). Files are read with torch.load(weights_only=True) or
+safetensors; no code is unpickled. The output is written atomically with the model config embedded, ready for
+rgbx eval / predict / export or for fine-tuning.
+"""
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "convert", "convert a CMX / DFormer / SegFormer checkpoint to rgbx",
+                    "Load a released checkpoint of another code base (CMX EncoderDecoder, DFormer, SegFormer / MiT in "
+                    "the NVlabs, mmsegmentation or Hugging Face layout) into an rgbx model built from the flags, "
+                    "strictly, and write it as an rgbx weights file.",
+                    EXAMPLES, run)
+    p.add_argument("checkpoint", type=Path, help="the checkpoint (.pth / .pt / .pth.tar / .bin / .safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="the rgbx weights file to write (.safetensors)")
+    p.add_argument("--layout", default="auto",
+                   choices=("auto", "cmx", "dformer", "segformer-hf", "segformer-mmseg", "segformer-nvlabs"),
+                   help="the checkpoint's layout (default: detected from its key names)")
+    p.add_argument("--config", help="YAML training config or preset name whose model section describes the model")
+    p.add_argument("--backbone", help="backbone, e.g. mit_b2, dformer_b (default: read off the checkpoint)")
+    p.add_argument("--fusion", help="fusion, e.g. cmx, mean, dformer (default: cmx / dformer for those layouts, "
+                   "else the config's or cmx)")
+    p.add_argument("--head", help="decode head, e.g. mlp, ham (default: the checkpoint's decode head, else mlp)")
+    p.add_argument("--head-channels", type=int, help="head width (default: the checkpoint's decode head, else 256)")
+    p.add_argument("--modalities", nargs="+", help="modalities of the model (default: the config's, else rgb depth); "
+                   "CMX's RGB path goes to the first, X to the second")
+    p.add_argument("--num-classes", type=int, help="number of classes (default: the checkpoint's decode head)")
+    p.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a head option (repeatable), e.g. bn_eps=1e-3")
+    p.add_argument("--fusion-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a fusion option (repeatable)")
+    p.add_argument("--branches", nargs="+", metavar="MODALITY",
+                   help="SegFormer layouts: the modalities whose encoder branch / stem receive the weights "
+                        "(default: all)")
+    p.add_argument("--ignore", nargs="+", default=[], metavar="PREFIX",
+                   help="checkpoint key prefixes to leave out on purpose, e.g. decode_head. aux_head.")
+
+
+def model_config(args, inferred: dict):
+    """The :class:`~rgbx.models.ModelConfig`: the flags, over the ``--config`` model section (or, without one,
+    over what the checkpoint tells, ``inferred``), over rgbx's defaults."""
+    from rgbx.engine.config import load_config
+    from rgbx.errors import ConfigError
+    from rgbx.models import ModelConfig
+
+    inferred = dict(inferred)
+    checkpoint_head_options = inferred.pop("head_options", {})
+    if args.config:
+        data = load_config(args.config).model.to_dict()
+        if not data.get("num_classes") and "num_classes" in inferred:
+            data["num_classes"] = inferred["num_classes"]
+    else:
+        data = ModelConfig().to_dict() | inferred
+    flags = {
+        "backbone": args.backbone,
+        "fusion": args.fusion,
+        "head": args.head,
+        "head_channels": args.head_channels,
+        "modalities": args.modalities,
+        "num_classes": args.num_classes,
+    }
+    data |= {k: v for k, v in flags.items() if v is not None}
+    head_options = dict(data.get("head_options") or {})
+    if data["head"] == inferred.get("head"):  # options read off the checkpoint are for its own head only
+        head_options = checkpoint_head_options | head_options
+    data["head_options"] = head_options | parse_options(args.head_option)
+    data["fusion_options"] = dict(data.get("fusion_options") or {}) | parse_options(args.fusion_option)
+    data["pretrained"] = ""  # the converted checkpoint provides the weights
+    if not data.get("num_classes"):
+        raise ConfigError("--num-classes is required: the checkpoint has no decode head to read it from "
+                          "(and --config does not set model.num_classes)")
+    return ModelConfig.from_dict(data).validate()
+
+
+def run(args) -> int:
+    from rgbx.engine.checkpoint import save_model
+    from rgbx.models import create_model
+    from rgbx.models.convert import convert_checkpoint, detect_layout, infer_model_options, read_checkpoint
+
+    state, notes = read_checkpoint(args.checkpoint)
+    layout = detect_layout(state) if args.layout == "auto" else args.layout
+    inferred = infer_model_options(state, layout)
+    config = model_config(args, inferred)
+    shown = {k: v for k, v in inferred.items() if k != "head_options"}
+    print(f"{args.checkpoint}: layout {layout}" + (" (detected)" if args.layout == "auto" else "")
+          + (f"; read off the checkpoint: {', '.join(f'{k} {v}' for k, v in shown.items())}" if shown else ""))
+    options = "".join(f", {k} {v}" for k, v in (("head_options", config.head_options),
+                                                   ("fusion_options", config.fusion_options)) if v)
+    print(f"model: {config.fusion}/{config.backbone} + {config.head} head ({config.head_channels} channels) over "
+          f"{'+'.join(config.modalities)}, {config.num_classes} classes{options}")
+    model = create_model(config)
+    report = convert_checkpoint(state, model, layout, branches=args.branches, ignore=args.ignore,
+                                name=str(args.checkpoint))
+    report.notes[:0] = notes
+    print(report.summary())
+    info = {"converted_from": {"file": args.checkpoint.name, "layout": layout}}
+    path = save_model(args.out, model.eval(), **info)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0

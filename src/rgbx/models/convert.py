@@ -1,0 +1,881 @@
+"""Load the field's released checkpoints into rgbx models: a registry of checkpoint *layouts*.
+
+Entry point: :func:`convert_checkpoint` (``rgbx convert`` on the command line)::
+
+    from rgbx.models import create_model
+    from rgbx.models.convert import convert_checkpoint
+
+    model = create_model(backbone="mit_b2", fusion="cmx", head="mlp", modalities=["rgb", "depth"],
+                         num_classes=40, head_channels=512)
+    report = convert_checkpoint("NYUDV2_CMX+Segformer-B2.pth", model)      # layout detected from the key names
+    print(report.summary())
+
+Layouts (:data:`LAYOUTS`; ``layout="auto"`` picks the first whose key names match, in this order):
+
+``cmx``
+    The CMX ``EncoderDecoder`` (https://github.com/huaaaliu/RGBX_Semantic_Segmentation): ``backbone.*`` =
+    ``RGBXTransformer`` (``patch_embed1-4``, ``block1-4``, ``norm1-4`` for RGB, ``extra_*`` for X, ``FRMs.0-3``,
+    ``FFMs.0-3``) and ``decode_head.*`` = its MLP ``DecoderHead``, into a ``cmx`` fusion model with two modalities
+    and the ``mlp`` head with ``head_channels`` = the checkpoint's ``decoder_embed_dim`` (512 in every CMX config).
+    The RGB path goes to the first modality (``rgb`` must be listed first when present), X to the second. X is
+    3-channel in the reference (a 1-channel image repeated 3 times): for a 1-channel modality the first conv's
+    weight is summed over its input channels (:func:`~rgbx.models.weights.adapt_conv_weight`), which is exact
+    for such an input. The decoder's fusion conv has a bias followed by BatchNorm, rgbx's has none: the bias is
+    folded into the BatchNorm running mean (``μ' = μ − b``; exact in eval mode, and irrelevant in training mode).
+    CMX trains the decode head with BatchNorm eps 1e-3 but evaluates (``eval.py``, ``criterion=None``) with
+    PyTorch's 1e-5, which is what rgbx's head uses.
+``dformer``
+    Released DFormer (v1) checkpoints (https://github.com/VCIP-RGBD/DFormer): ``backbone.*`` (names already equal
+    rgbx's ``dformer_*`` encoder's) into a ``dformer`` fusion, ``decode_head.*`` (``LightHamHead``) into the
+    ``ham`` head. DFormer's training code sets the decode head's BatchNorm eps to 1e-3 and its released checkpoints
+    were evaluated that way: build the model with ``head_options={"bn_eps": 1e-3}`` (``rgbx convert`` does so
+    for this layout unless ``--head-option bn_eps=...`` is given); the report notes it otherwise. An
+    ImageNet-pretrained DFormer encoder (keys without ``backbone.``; its classifier ``head.*`` is dropped) fills
+    the encoder only.
+``segformer-hf``, ``segformer-mmseg``, ``segformer-nvlabs``
+    SegFormer / MiT encoders (ImageNet-pretrained or segmentation checkpoints) in the layouts of Hugging Face
+    transformers (``SegformerModel`` / ``...ForSemanticSegmentation`` / ``...ForImageClassification``, both the
+    ``encoder.block.*`` names of the released checkpoints and the ``stages.*`` names of transformers ≥ 5),
+    mmsegmentation (``MixVisionTransformer``: ``layers.i.0`` patch embedding, ``layers.i.1.j`` blocks with packed
+    q/k/v ``attn.attn.in_proj_*`` split into ``attn.q`` + ``attn.kv`` and 1×1-conv FFN weights reshaped to
+    Linear, ``layers.i.2`` stage norm) and NVlabs SegFormer (``patch_embed1``, ``block1.0``, ``norm1``; the names
+    CMX copied). They go into every MiT encoder of the model: a ``mean`` / ``ktb`` model's shared encoder (and
+    its per-modality stems), or each branch of a ``cmx`` model — ``branches`` picks the modalities whose
+    branch / stem receive them (default all). The first conv is adapted to each modality's channels as above
+    (exact for 1 channel fed a repeated image; an approximation otherwise, noted in the report). A SegFormer
+    decode head in the file (NVlabs / Hugging Face ``decode_head.*``) goes into an ``mlp`` head; mmsegmentation's
+    ``SegformerHead`` (1×1 ConvModules with BatchNorm per stage) has no rgbx counterpart: ``ignore`` it.
+    ImageNet classifiers (``head.*``, ``classifier.*``) and mmseg's unused ``decode_head.conv_seg`` are dropped.
+
+Strictness: after mapping, every tensor of the parts the layout fills (the whole model for ``cmx`` / ``dformer``;
+the targeted encoders, stems and, when mapped, the head for the SegFormer layouts) must be filled, every
+checkpoint tensor must be used (or left out on purpose: the ``ignore`` prefixes and the drops named above, all
+listed in the report), and every shape must match; otherwise one :class:`~rgbx.errors.CheckpointError` lists every
+missing, unused, unexpected and mis-shaped tensor with its shapes. BatchNorm ``num_batches_tracked`` counters are
+the only tensors that may be missing on either side. Parts outside the layout's scope (e.g. CMX's fusion modules
+when only MiT weights are loaded) keep their initialisation and are listed in the report.
+
+Numerical caveats of the SegFormer layouts (the weights are the same, the arithmetic around them differs
+slightly): rgbx's MiT follows NVlabs (block / stage LayerNorm eps 1e-6, patch-embedding and reduction LayerNorm
+eps 1e-5); mmsegmentation uses eps 1e-6 for all of them and Hugging Face 1e-5 for all of them. Released weights
+also expect their own input normalisation (CMX: RGB and the 3-channel X both normalised with ImageNet mean / std);
+:func:`~rgbx.models.weights.fold_input_normalization` can fold a different one into the first conv.
+
+Reading files: ``.safetensors`` or ``torch.save`` files read with ``torch.load(weights_only=True)`` (no code is
+unpickled); ``state_dict_ema`` / ``state_dict`` / ``model`` / ``module`` wrappers are unwrapped and a ``module.``
+(DataParallel) key prefix is stripped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rgbx.errors import CheckpointError
+
+__all__ = [
+    "LAYOUTS",
+    "MIT_ARCHS",
+    "ConversionReport",
+    "Layout",
+    "convert_checkpoint",
+    "detect_layout",
+    "infer_model_options",
+    "read_checkpoint",
+    "unwrap_state_dict",
+]
+
+WRAPPER_KEYS = ("state_dict_ema", "state_dict", "model", "module")
+
+# MiT variants: (embed dims, depths) → the rgbx backbone name (used to read a checkpoint's variant).
+MIT_ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "mit_nano": ((16, 32, 64, 128), (1, 1, 1, 1)),
+    "mit_b0": ((32, 64, 160, 256), (2, 2, 2, 2)),
+    "mit_b1": ((64, 128, 320, 512), (2, 2, 2, 2)),
+    "mit_b2": ((64, 128, 320, 512), (3, 4, 6, 3)),
+    "mit_b3": ((64, 128, 320, 512), (3, 4, 18, 3)),
+    "mit_b4": ((64, 128, 320, 512), (3, 8, 27, 3)),
+    "mit_b5": ((64, 128, 320, 512), (3, 6, 40, 3)),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def unwrap_state_dict(obj, source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The state dict inside ``obj``: nested ``state_dict_ema`` / ``state_dict`` / ``model`` / ``module`` wrappers
+    are unwrapped (in that order of preference) and a ``module.`` key prefix is stripped. Returns (state, notes)."""
+    notes: list[str] = []
+    for _ in range(4):
+        if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(f"{source}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
+        key = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if key is None:
+            shown = ", ".join(map(repr, list(obj)[:8]))
+            raise CheckpointError(
+                f"{source}: not a state dict: its top-level entries ({shown}) are not all tensors and none of "
+                f"{', '.join(map(repr, WRAPPER_KEYS))} holds one"
+            )
+        obj = obj[key]
+        notes.append(f"unwrapped the checkpoint's {key!r} entry")
+    else:
+        raise CheckpointError(f"{source}: no state dict found within 4 levels of wrappers")
+    state = {str(k): v for k, v in obj.items()}
+    if any(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        notes.append("stripped the 'module.' key prefix")
+    return state, notes
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A checkpoint file's state dict (see :func:`unwrap_state_dict`): ``.safetensors``, or a ``torch.save`` file
+    read with ``torch.load(weights_only=True)`` (tensors, containers, numbers, strings and argparse namespaces
+    only; no code is unpickled). Returns (state, notes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path))
+        else:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — torch / safetensors raise several types for bad or unsafe files
+        raise CheckpointError(
+            f"{path}: cannot read it as weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "only .safetensors and torch.save files of tensors are read, never pickled code"
+        ) from None
+    return unwrap_state_dict(obj, str(path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mapping bookkeeping
+
+
+class _Mapper:
+    """Collects ``rgbx name → tensor`` with the checkpoint keys each came from, and what was used / dropped."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor], model: nn.Module):
+        self.state = dict(state)
+        self.model = model
+        self.model_state = model.state_dict()
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.sources: dict[str, tuple[str, ...]] = {}
+        self.used: set[str] = set()
+        self.dropped: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.scope: list[str] = []
+        self.conflicts: list[str] = []
+
+    def keys(self) -> list[str]:
+        """Checkpoint keys not dropped."""
+        return [k for k in self.state if k not in self.dropped]
+
+    def get(self, key: str) -> torch.Tensor:
+        self.used.add(key)
+        return self.state[key]
+
+    def drop(self, key: str, reason: str) -> None:
+        if key not in self.used:
+            self.dropped.setdefault(key, reason)
+
+    def put(self, target: str, tensor: torch.Tensor, sources: Sequence[str]) -> None:
+        if target in self.tensors:
+            self.conflicts.append(f"{target}: from {', '.join(self.sources[target])} and again from "
+                                  f"{', '.join(sources)}")
+        self.tensors[target] = tensor
+        self.sources[target] = tuple(sources)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+# A canonical MiT encoder: rgbx ``MixTransformer``-relative name → (tensor, checkpoint keys).
+_Canon = dict[str, tuple[torch.Tensor, tuple[str, ...]]]
+
+_NVLABS_ENCODER = re.compile(r"^(?:backbone\.)?(patch_embed|block|norm)([1-9])\.(.+)$")
+_NVLABS_PART = {"patch_embed": "patch_embed", "block": "blocks", "norm": "norm"}
+
+
+def _parse_nvlabs_encoder(m: _Mapper, pattern: re.Pattern = _NVLABS_ENCODER) -> _Canon:
+    """``patch_embed1.*``, ``block1.0.*``, ``norm1.*`` (optionally under ``backbone.``): block internals already
+    have rgbx's names."""
+    canon: _Canon = {}
+    for key in m.keys():
+        match = pattern.match(key)
+        if match:
+            part, stage, rest = match.groups()
+            canon[f"stages.{int(stage) - 1}.{_NVLABS_PART[part]}.{rest}"] = (m.get(key), (key,))
+    return canon
+
+
+_MMSEG_LAYER = re.compile(r"^(?:backbone\.)?layers\.(\d+)\.(\d+)\.(.+)$")
+_MMSEG_BLOCK = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attn.attn.out_proj": "attn.proj",
+    "attn.sr": "attn.sr",
+    "attn.norm": "attn.norm",
+    "ffn.layers.0": "mlp.fc1",  # 1×1 conv → Linear
+    "ffn.layers.1": "mlp.dwconv.dwconv",
+    "ffn.layers.4": "mlp.fc2",  # 1×1 conv → Linear
+}
+
+
+def _linear_from_conv1x1(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], t.shape[1]) if t.dim() == 4 and t.shape[2:] == (1, 1) else t
+
+
+def _parse_mmseg_encoder(m: _Mapper) -> _Canon:
+    """mmsegmentation ``MixVisionTransformer``: ``layers.i.0`` = ``PatchEmbed`` (``projection``, ``norm``),
+    ``layers.i.1.j`` = blocks, ``layers.i.2`` = stage norm."""
+    canon: _Canon = {}
+    for key in m.keys():
+        match = _MMSEG_LAYER.match(key)
+        if not match:
+            continue
+        stage, part, rest = int(match.group(1)), match.group(2), match.group(3)
+        prefix = f"stages.{stage}"
+        if part == "0":
+            sub, _, leaf = rest.rpartition(".")
+            name = {"projection": "proj", "norm": "norm"}.get(sub)
+            if name:
+                canon[f"{prefix}.patch_embed.{name}.{leaf}"] = (m.get(key), (key,))
+        elif part == "2":
+            canon[f"{prefix}.norm.{rest}"] = (m.get(key), (key,))
+        elif part == "1":
+            block, _, inner = rest.partition(".")
+            sub, _, leaf = inner.rpartition(".")
+            if sub == "attn.attn" and leaf in ("in_proj_weight", "in_proj_bias"):
+                packed = m.get(key)  # rows: q, k, v (nn.MultiheadAttention)
+                dim = packed.shape[0] // 3
+                kind = "weight" if leaf == "in_proj_weight" else "bias"
+                canon[f"{prefix}.blocks.{block}.attn.q.{kind}"] = (packed[:dim], (key,))
+                canon[f"{prefix}.blocks.{block}.attn.kv.{kind}"] = (packed[dim:], (key,))  # k then v, as rgbx's kv
+            elif sub in _MMSEG_BLOCK:
+                value = m.get(key)
+                if sub in ("ffn.layers.0", "ffn.layers.4"):
+                    value = _linear_from_conv1x1(value)
+                canon[f"{prefix}.blocks.{block}.{_MMSEG_BLOCK[sub]}.{leaf}"] = (value, (key,))
+    return canon
+
+
+_HF_LEGACY_EMBED = re.compile(r"^(?:segformer\.)?encoder\.patch_embeddings\.(\d+)\.(proj|layer_norm)\.(\w+)$")
+_HF_LEGACY_BLOCK = re.compile(r"^(?:segformer\.)?encoder\.block\.(\d+)\.(\d+)\.(.+)\.(\w+)$")
+_HF_LEGACY_NORM = re.compile(r"^(?:segformer\.)?encoder\.layer_norm\.(\d+)\.(\w+)$")
+_HF_V5_EMBED = re.compile(r"^(?:segformer\.)?stages\.(\d+)\.patch_embeddings\.(proj|layer_norm)\.(\w+)$")
+_HF_V5_BLOCK = re.compile(r"^(?:segformer\.)?stages\.(\d+)\.blocks\.(\d+)\.(.+)\.(\w+)$")
+_HF_V5_NORM = re.compile(r"^(?:segformer\.)?stages\.(\d+)\.layer_norm\.(\w+)$")
+_HF_BLOCK = {
+    # transformers < 5 (the released checkpoints)
+    "layer_norm_1": "norm1",
+    "layer_norm_2": "norm2",
+    "attention.self.query": "attn.q",
+    "attention.self.sr": "attn.sr",
+    "attention.self.layer_norm": "attn.norm",
+    "attention.output.dense": "attn.proj",
+    "mlp.dense1": "mlp.fc1",
+    "mlp.dense2": "mlp.fc2",
+    # transformers >= 5
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.q_proj": "attn.q",
+    "attention.sequence_reduction.sequence_reduction": "attn.sr",
+    "attention.sequence_reduction.layer_norm": "attn.norm",
+    "attention.o_proj": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    # both
+    "mlp.dwconv.dwconv": "mlp.dwconv.dwconv",
+}
+_HF_KEY_VALUE = {"attention.self.key": "k", "attention.self.value": "v", "attention.k_proj": "k",
+                 "attention.v_proj": "v"}
+
+
+def _parse_hf_encoder(m: _Mapper) -> _Canon:
+    """Hugging Face ``SegformerModel`` (optionally under ``segformer.``); separate key / value Linears are
+    concatenated into rgbx's ``attn.kv`` (rows: keys, then values)."""
+    canon: _Canon = {}
+    kv: dict[str, dict[str, str]] = {}
+    for key in m.keys():
+        if match := (_HF_LEGACY_EMBED.match(key) or _HF_V5_EMBED.match(key)):
+            stage, part, leaf = match.groups()
+            canon[f"stages.{stage}.patch_embed.{'proj' if part == 'proj' else 'norm'}.{leaf}"] = (m.get(key), (key,))
+        elif match := (_HF_LEGACY_NORM.match(key) or _HF_V5_NORM.match(key)):
+            stage, leaf = match.groups()
+            canon[f"stages.{stage}.norm.{leaf}"] = (m.get(key), (key,))
+        elif match := (_HF_LEGACY_BLOCK.match(key) or _HF_V5_BLOCK.match(key)):
+            stage, block, sub, leaf = match.groups()
+            if sub in _HF_BLOCK:
+                canon[f"stages.{stage}.blocks.{block}.{_HF_BLOCK[sub]}.{leaf}"] = (m.get(key), (key,))
+            elif sub in _HF_KEY_VALUE:
+                kv.setdefault(f"stages.{stage}.blocks.{block}.attn.kv.{leaf}", {})[_HF_KEY_VALUE[sub]] = key
+    for name, parts in kv.items():
+        if set(parts) == {"k", "v"}:  # a lone key or value Linear stays unused and is reported
+            canon[name] = (torch.cat([m.get(parts["k"]), m.get(parts["v"])], dim=0), (parts["k"], parts["v"]))
+    return canon
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Targets
+
+
+@dataclass(frozen=True)
+class _MiTTarget:
+    """A MiT encoder in the model (``prefix`` ends with a dot or is empty) or a stand-alone stem."""
+
+    prefix: str
+    modality: str | None  # the modality of a per-modality branch / stem; None for a shared encoder
+    stem_only: bool  # an OverlapPatchEmbed outside every MixTransformer (a per-modality first stage embedding)
+    has_stem: bool  # a MixTransformer with its own first patch embedding
+
+
+def _mit_targets(model: nn.Module, branches: Sequence[str] | None) -> list[_MiTTarget]:
+    from rgbx.models.backbones.mit import MixTransformer, OverlapPatchEmbed
+
+    modalities = list(getattr(getattr(model, "encoder", None), "modalities", ()) or ())
+    encoders: list[tuple[str, MixTransformer]] = []
+    stems: list[tuple[str, OverlapPatchEmbed]] = []
+    for name, module in model.named_modules():
+        inside = any(p == "" or name == p or name.startswith(p + ".") for p, _ in encoders)
+        if isinstance(module, MixTransformer) and not inside:
+            encoders.append((name, module))
+        elif isinstance(module, OverlapPatchEmbed) and not inside:
+            stems.append((name, module))
+    if not encoders:
+        raise CheckpointError(
+            "a SegFormer / MiT checkpoint needs a model with a MiT backbone (mit_b0 ... mit_b5); this model has "
+            "none"
+        )
+    targets = []
+    for name, module in encoders:
+        last = name.rpartition(".")[2]
+        modality = last if last in modalities else None
+        targets.append(_MiTTarget(f"{name}." if name else "", modality, False, module.stages[0].patch_embed
+                                  is not None))
+    first_dim = encoders[0][1].arch.embed_dims[0]
+    for name, module in stems:
+        if module.proj.out_channels != first_dim:
+            continue
+        last = name.rpartition(".")[2]
+        targets.append(_MiTTarget(f"{name}.", last if last in modalities else None, True, False))
+    if branches:
+        unknown = sorted(set(branches) - set(modalities))
+        if unknown:
+            raise CheckpointError(
+                f"branches {unknown} are not modalities of this model ({', '.join(modalities) or 'none'})"
+            )
+        targets = [t for t in targets if t.modality is None or t.modality in branches]
+    return targets
+
+
+def _put_first_conv(m: _Mapper, target: str, tensor: torch.Tensor, sources: tuple[str, ...], what: str) -> None:
+    """The first conv's weight, adapted to the target's input channels when they differ."""
+    from rgbx.models.weights import adapt_conv_weight
+
+    own = m.model_state.get(target)
+    if (own is not None and tensor.dim() == 4 and own.dim() == 4 and own.shape[1] != tensor.shape[1]
+            and own.shape[0] == tensor.shape[0] and own.shape[2:] == tensor.shape[2:]):
+        c_in, c_out = tensor.shape[1], own.shape[1]
+        tensor = adapt_conv_weight(tensor, c_out)
+        how = ("summed over its input channels (exact for a 1-channel image repeated to "
+               f"{c_in} channels)") if c_out == 1 else (
+            f"repeated cyclically and scaled by {c_in}/{c_out} (an approximation)")
+        m.note(f"{what}: first conv {sources[0]} ({c_in} input channels) → {target} ({c_out}): {how}")
+    m.put(target, tensor, sources)
+
+
+def _put_mit(m: _Mapper, canon: _Canon, target: _MiTTarget, what: str) -> None:
+    """Write a canonical MiT encoder into one target (a MixTransformer, or only its first patch embedding into a
+    stand-alone stem)."""
+    stem_prefix = "stages.0.patch_embed."
+    for name, (tensor, sources) in canon.items():
+        if name.startswith(stem_prefix):
+            if target.stem_only:
+                dest = target.prefix + name.removeprefix(stem_prefix)
+            elif target.has_stem:
+                dest = target.prefix + name
+            else:
+                continue  # a stem-less shared encoder: the stems get the first patch embedding
+            if dest.endswith("proj.weight"):
+                _put_first_conv(m, dest, tensor, sources, what)
+            else:
+                m.put(dest, tensor, sources)
+        elif not target.stem_only:
+            m.put(target.prefix + name, tensor, sources)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SegFormer-style MLP decode heads → rgbx ``mlp`` head
+
+
+def _put_mlp_head(m: _Mapper, rules: Sequence[tuple[re.Pattern, str]], fuse_bias: str | None,
+                  drop: Iterable[str] = ()) -> bool:
+    """Map ``decode_head.*`` keys by ``rules`` (pattern → rgbx ``mlp`` head name) into ``head.*``; fold the fusion
+    conv's bias (key ``fuse_bias``) into the BatchNorm running mean. Returns whether a head was mapped."""
+    from rgbx.models.heads.mlp import MLPHead
+
+    for key in m.keys():
+        if any(key.startswith(p) for p in drop):
+            m.drop(key, "unused by the reference's forward (mmseg BaseDecodeHead's conv_seg)")
+    keys = [k for k in m.keys() if k.startswith("decode_head.")]
+    if not keys:
+        return False
+    head = getattr(m.model, "head", None)
+    if not isinstance(head, MLPHead):
+        raise CheckpointError(
+            f"the checkpoint has a SegFormer-style MLP decode head ({len(keys)} decode_head.* tensors) but the model's "
+            f"head is {type(head).__name__}: build it with --head mlp (head_channels = the checkpoint's embedding "
+            "width), or leave the head out with --ignore decode_head."
+        )
+    for key in keys:
+        if key == fuse_bias:
+            continue
+        for pattern, repl in rules:
+            if pattern.match(key):
+                m.put("head." + pattern.sub(repl, key), m.get(key), (key,))
+                break
+    if fuse_bias and fuse_bias in m.state and fuse_bias not in m.dropped:
+        mean_key = "head.fuse.1.running_mean"
+        if mean_key in m.tensors:
+            bias = m.get(fuse_bias)
+            mean = m.tensors[mean_key]
+            if bias.shape == mean.shape:
+                m.tensors[mean_key] = mean - bias
+                m.sources[mean_key] = (*m.sources[mean_key], fuse_bias)
+                m.note(f"{fuse_bias} (conv bias before BatchNorm) folded into head.fuse.1.running_mean "
+                       "(running_mean − bias; exact in eval mode)")
+    m.scope.append("head.")
+    return True
+
+
+def _linear_rule(pattern: str, offset: int) -> tuple[re.Pattern, Callable]:
+    return re.compile(pattern), lambda match: f"linear.{int(match.group(1)) - offset}.{match.group(2)}"
+
+
+_NVLABS_HEAD = (
+    _linear_rule(r"^decode_head\.linear_c([1-4])\.proj\.(\w+)$", 1),
+    (re.compile(r"^decode_head\.linear_fuse\.conv\.weight$"), "fuse.0.weight"),
+    (re.compile(r"^decode_head\.linear_fuse\.bn\.(\w+)$"), r"fuse.1.\1"),
+    (re.compile(r"^decode_head\.linear_pred\.(\w+)$"), r"classifier.\1"),
+)
+_CMX_HEAD = (
+    _linear_rule(r"^decode_head\.linear_c([1-4])\.proj\.(\w+)$", 1),
+    (re.compile(r"^decode_head\.linear_fuse\.0\.weight$"), "fuse.0.weight"),
+    (re.compile(r"^decode_head\.linear_fuse\.1\.(\w+)$"), r"fuse.1.\1"),
+    (re.compile(r"^decode_head\.linear_pred\.(\w+)$"), r"classifier.\1"),
+)
+_HF_HEAD = (
+    _linear_rule(r"^decode_head\.(?:linear_c|linear_projections)\.(\d)\.proj\.(\w+)$", 0),
+    (re.compile(r"^decode_head\.linear_fuse\.weight$"), "fuse.0.weight"),
+    (re.compile(r"^decode_head\.batch_norm\.(\w+)$"), r"fuse.1.\1"),
+    (re.compile(r"^decode_head\.classifier\.(\w+)$"), r"classifier.\1"),
+)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layouts
+
+
+def _segformer(parse: Callable[[_Mapper], _Canon], head_rules, classifier: str, fuse_bias: str | None = None,
+               head_drop: Sequence[str] = ()):
+    def convert(m: _Mapper, branches: Sequence[str] | None = None) -> None:
+        for key in m.keys():
+            if key.startswith(classifier):
+                m.drop(key, "ImageNet classifier")
+        canon = parse(m)
+        if not canon:
+            raise CheckpointError("no MiT encoder tensors found in the checkpoint")
+        for target in _mit_targets(m.model, branches):
+            what = f"{target.prefix.rstrip('.') or 'encoder'}"
+            _put_mit(m, canon, target, what)
+            m.scope.append(target.prefix)
+        if head_rules is not None:
+            _put_mlp_head(m, head_rules, fuse_bias, head_drop)
+
+    return convert
+
+
+_CMX_ENCODER = re.compile(r"^backbone\.(extra_)?(patch_embed|block|norm)([1-9])\.(.+)$")
+_CMX_FUSION = (
+    (re.compile(r"^backbone\.FRMs\.(\d+)\.(.+)$"), r"encoder.rectify.\1.\2"),
+    (re.compile(r"^backbone\.FFMs\.(\d+)\.channel_emb\.(.+)$"), r"encoder.fuse.\1.channel_emb.\2"),
+)
+_CMX_CROSS = re.compile(r"^backbone\.FFMs\.(\d+)\.cross\.(channel_proj|end_proj|norm|cross_attn\.kv)([12])\.(\w+)$")
+
+
+def _convert_cmx(m: _Mapper, branches: Sequence[str] | None = None) -> None:
+    from rgbx.models.fusions.cmx import CMXFusion
+
+    encoder = getattr(m.model, "encoder", None)
+    if not isinstance(encoder, CMXFusion):
+        raise CheckpointError(
+            f"a CMX checkpoint needs a model with fusion 'cmx' (and head 'mlp'); this model's encoder is "
+            f"{type(encoder).__name__}"
+        )
+    mods = list(encoder.modalities)
+    if len(mods) != 2:
+        raise CheckpointError(f"a CMX checkpoint has two paths (RGB and X); the model has {len(mods)} modalities "
+                              f"({', '.join(mods)})")
+    if "rgb" in mods and mods[0] != "rgb":
+        raise CheckpointError(f"list 'rgb' first: the checkpoint's RGB path goes to the first modality (model "
+                              f"modalities: {', '.join(mods)})")
+    if branches and set(branches) != set(mods):
+        raise CheckpointError("the cmx layout fills both branches; 'branches' is for the SegFormer layouts")
+    from rgbx.models.backbones.mit import MixTransformer
+
+    if not all(isinstance(b, MixTransformer) for b in encoder.branches.values()):
+        raise CheckpointError("a CMX checkpoint with SegFormer branches needs a MiT backbone (mit_b0 ... mit_b5)")
+    rgb_canon: _Canon = {}
+    x_canon: _Canon = {}
+    for key in m.keys():
+        match = _CMX_ENCODER.match(key)
+        if match:
+            extra, part, stage, rest = match.groups()
+            canon = x_canon if extra else rgb_canon
+            canon[f"stages.{int(stage) - 1}.{_NVLABS_PART[part]}.{rest}"] = (m.get(key), (key,))
+            continue
+        for pattern, repl in _CMX_FUSION:
+            if pattern.match(key):
+                m.put(pattern.sub(repl, key), m.get(key), (key,))
+                break
+        else:
+            match = _CMX_CROSS.match(key)
+            if match:
+                stage, part, path, leaf = match.groups()
+                mod = mods[int(path) - 1]
+                m.put(f"encoder.fuse.{stage}.cross.{part}.{mod}.{leaf}", m.get(key), (key,))
+    for mod, canon in ((mods[0], rgb_canon), (mods[1], x_canon)):
+        _put_mit(m, canon, _MiTTarget(f"encoder.branches.{mod}.", mod, False, True),
+                 f"{'RGB' if canon is rgb_canon else 'X'} path → {mod}")
+    m.scope.append("encoder.")
+    _put_mlp_head(m, _CMX_HEAD, "decode_head.linear_fuse.0.bias")
+
+
+def _convert_dformer(m: _Mapper, branches: Sequence[str] | None = None) -> None:
+    from rgbx.models.fusions.dformer import DFormerFusion
+    from rgbx.models.heads.ham import LightHamHead
+
+    encoder = getattr(m.model, "encoder", None)
+    if not isinstance(encoder, DFormerFusion):
+        raise CheckpointError(
+            f"a DFormer checkpoint needs a model with fusion 'dformer' and a dformer_* backbone (and head 'ham'); "
+            f"this model's encoder is {type(encoder).__name__}"
+        )
+    if branches:
+        raise CheckpointError("the dformer layout fills the joint encoder; 'branches' is for the SegFormer layouts")
+    keys = m.keys()
+    segmentation = any(k.startswith("backbone.") for k in keys)
+    for key in keys:
+        if segmentation and key.startswith("backbone."):
+            m.put("encoder.encoder." + key.removeprefix("backbone."), m.get(key), (key,))
+        elif not segmentation and key.startswith("head."):
+            m.drop(key, "ImageNet classifier")
+        elif not segmentation and not key.startswith(("decode_head.", "aux_head.")):
+            m.put("encoder.encoder." + key, m.get(key), (key,))
+    m.scope.append("encoder.")
+    head_keys = [k for k in m.keys() if k.startswith("decode_head.")]
+    if head_keys:
+        head = getattr(m.model, "head", None)
+        if not isinstance(head, LightHamHead):
+            raise CheckpointError(
+                f"the checkpoint has DFormer's LightHamHead ({len(head_keys)} decode_head.* tensors) but the model's "
+                f"head is {type(head).__name__}: build it with --head ham --head-channels 512 (and head_options "
+                "bn_eps=1e-3), or leave the head out with --ignore decode_head."
+            )
+        for key in head_keys:
+            m.put("head." + key.removeprefix("decode_head."), m.get(key), (key,))
+        m.scope.append("head.")
+        eps = {float(b.eps) for b in head.modules() if isinstance(b, nn.BatchNorm2d)}
+        if eps != {1e-3}:
+            m.note(f"DFormer's released heads were trained and evaluated with BatchNorm eps 1e-3; this model's ham "
+                   f"head uses {', '.join(f'{e:g}' for e in sorted(eps))}: build it with head_options="
+                   "{'bn_eps': 1e-3} (rgbx convert: --head-option bn_eps=1e-3) to reproduce the reference")
+
+
+def _has(pattern: str) -> Callable[[Iterable[str]], bool]:
+    regex = re.compile(pattern)
+    return lambda keys: any(regex.search(k) for k in keys)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A checkpoint layout: ``detect(keys)`` says whether key names look like it; ``convert(mapper, branches)``
+    fills the mapping (see :func:`convert_checkpoint`)."""
+
+    name: str
+    description: str
+    detect: Callable[[Iterable[str]], bool]
+    convert: Callable[..., None]
+
+
+LAYOUTS: dict[str, Layout] = {
+    layout.name: layout
+    for layout in (
+        Layout("cmx", "CMX EncoderDecoder (RGBXTransformer backbone + MLP DecoderHead)",
+               _has(r"^backbone\.(extra_patch_embed1\.|FRMs\.0\.|FFMs\.0\.)"), _convert_cmx),
+        Layout("dformer", "DFormer (v1) encoder (+ LightHamHead)", _has(r"(^|\.)downsample_layers_e\.0\."),
+               _convert_dformer),
+        Layout("segformer-hf", "Hugging Face transformers SegformerModel / ...ForSemanticSegmentation",
+               _has(r"(^|\.)(encoder\.patch_embeddings|stages)\.0\.(patch_embeddings\.)?proj\.weight$"),
+               _segformer(_parse_hf_encoder, _HF_HEAD, "classifier.")),
+        Layout("segformer-mmseg", "mmsegmentation MixVisionTransformer", _has(r"(^|\.)layers\.0\.0\.projection\.weight$"),
+               _segformer(_parse_mmseg_encoder, None, "head.")),
+        Layout("segformer-nvlabs", "NVlabs SegFormer MiT (ImageNet or segmentation checkpoint)",
+               _has(r"^(backbone\.)?patch_embed1\.proj\.weight$"),
+               _segformer(_parse_nvlabs_encoder, _NVLABS_HEAD, "head.", head_drop=("decode_head.conv_seg.",))),
+    )
+}
+
+
+def detect_layout(keys: Iterable[str]) -> str:
+    """The first layout of :data:`LAYOUTS` whose key names match ``keys``; a CheckpointError if none does."""
+    keys = list(keys)
+    for name, layout in LAYOUTS.items():
+        if layout.detect(keys):
+            return name
+    shown = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
+    raise CheckpointError(
+        f"cannot tell the checkpoint's layout from its key names ({len(keys)} tensors: {shown}); known layouts: "
+        + "; ".join(f"{n} ({layout.description})" for n, layout in LAYOUTS.items())
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checking, loading, reporting
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_checkpoint` did.
+
+    Attributes:
+        layout: the layout used.
+        source: the file (or ``"<state dict>"``).
+        mapping: rgbx name → the checkpoint key(s) it was made from.
+        dropped: checkpoint key → why it was left out on purpose.
+        kept: rgbx tensors outside the layout's scope, left at their initialisation.
+        notes: conversions worth knowing (first-conv adaptation, folded biases, eps advice, unwrapping).
+        parameters_filled / parameters_total: parameter elements written / in the model (buffers not counted).
+    """
+
+    layout: str
+    source: str
+    mapping: dict[str, tuple[str, ...]]
+    dropped: dict[str, str]
+    kept: list[str]
+    notes: list[str]
+    parameters_filled: int
+    parameters_total: int
+    checkpoint_tensors: int = 0
+
+    @property
+    def tensors_mapped(self) -> int:
+        return len(self.mapping)
+
+    def summary(self) -> str:
+        used = len({k for keys in self.mapping.values() for k in keys})
+        lines = [
+            f"layout {self.layout}: {self.checkpoint_tensors} checkpoint tensors, {used} used, "
+            f"{len(self.dropped)} left out on purpose; {self.tensors_mapped} rgbx tensors written",
+            f"parameters filled: {self.parameters_filled:,} of {self.parameters_total:,} "
+            f"({self.parameters_filled / max(self.parameters_total, 1):.1%})",
+        ]
+        if self.dropped:
+            reasons: dict[str, int] = {}
+            for reason in self.dropped.values():
+                reasons[reason] = reasons.get(reason, 0) + 1
+            lines.append("left out: " + "; ".join(f"{n} × {r}" for r, n in reasons.items()))
+        if self.kept:
+            groups = sorted({".".join(k.split(".")[:3]) for k in self.kept})
+            shown = ", ".join(groups[:6]) + (f", ... ({len(groups)} groups)" if len(groups) > 6 else "")
+            lines.append(f"kept at initialisation: {len(self.kept)} tensors ({shown})")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(map(str, t.shape)) + ")"
+
+
+def _check(m: _Mapper) -> list[str]:
+    """Every problem, one line each (empty when the mapping fits the model)."""
+    own = m.model_state
+    for key in m.state:  # BatchNorm counters may be absent on either side
+        if key.endswith("num_batches_tracked") and key not in m.used:
+            m.drop(key, "BatchNorm counter")
+    for target in [t for t in m.tensors if t.endswith("num_batches_tracked") and t not in own]:
+        for key in m.sources.pop(target):
+            m.used.discard(key)
+            m.drop(key, "BatchNorm counter")
+        del m.tensors[target]
+    scope = tuple(m.scope)
+    missing = [f"{k} {_shape(v)}" for k, v in own.items()
+               if k.startswith(scope) and k not in m.tensors and not k.endswith("num_batches_tracked")]
+    unused = [f"{k} {_shape(v)}" for k, v in m.state.items() if k not in m.used and k not in m.dropped]
+    unexpected = [f"{t} ← {', '.join(m.sources[t])} {_shape(v)}" for t, v in m.tensors.items() if t not in own]
+    mismatched = [f"{t} ← {', '.join(m.sources[t])}: model expects {_shape(own[t])}, checkpoint gives {_shape(v)}"
+                  for t, v in m.tensors.items() if t in own and own[t].shape != v.shape]
+    problems = []
+    for title, items in (
+        ("missing (model tensors the checkpoint does not fill)", missing),
+        ("unused (checkpoint tensors that map to nothing)", unused),
+        ("unexpected (mapped names this model does not have)", unexpected),
+        ("shape mismatch", mismatched),
+        ("filled twice", m.conflicts),
+    ):
+        if items:
+            problems.append(f"{title}: {len(items)}")
+            problems.extend(f"  {item}" for item in items)
+    if unused:
+        problems.append("(checkpoint parts can be left out on purpose with ignore=[prefix, ...] / rgbx convert "
+                        "--ignore PREFIX, e.g. decode_head. to load only the encoder)")
+    return problems
+
+
+def convert_checkpoint(
+    source: str | Path | Mapping[str, torch.Tensor],
+    model: nn.Module,
+    layout: str = "auto",
+    *,
+    branches: Sequence[str] | None = None,
+    ignore: Sequence[str] = (),
+    name: str | None = None,
+) -> ConversionReport:
+    """Load a released checkpoint into ``model`` (in place), strictly.
+
+    Args:
+        source: a checkpoint file (``.pth`` / ``.pt`` / ``.pth.tar`` / ``.safetensors``) or a state dict (possibly
+            wrapped, see :func:`unwrap_state_dict`).
+        model: an rgbx :class:`~rgbx.models.Segmentor` of the matching architecture (or, for the SegFormer
+            layouts, any module holding MiT encoders, e.g. a bare ``mit_b0``).
+        layout: a name of :data:`LAYOUTS` or ``"auto"`` (detected from the key names).
+        branches: SegFormer layouts: the modalities whose branch / stem receive the encoder (default all).
+        ignore: checkpoint key prefixes to leave out on purpose (e.g. ``"decode_head."`` to load only the encoder,
+            ``"aux_head."``); listed in the report.
+        name: how to call the source in messages (default: the path, or ``"<state dict>"``).
+
+    Returns:
+        A :class:`ConversionReport`.
+
+    Raises:
+        CheckpointError: an unreadable file, an unknown layout, a model the layout does not fit, or any missing /
+            unused / unexpected / mis-shaped tensor (all of them listed in one message). The model is unchanged
+            when this is raised.
+    """
+    if isinstance(source, str | Path):
+        name = name or str(source)
+        state, notes = read_checkpoint(source)
+    else:
+        name = name or "<state dict>"
+        state, notes = unwrap_state_dict(source, name)
+    if layout == "auto":
+        layout = detect_layout(state)
+    elif layout not in LAYOUTS:
+        raise CheckpointError(f"unknown layout {layout!r}; known: auto, {', '.join(LAYOUTS)}")
+    m = _Mapper(state, model)
+    for note in notes:
+        m.note(note)
+    ignore = tuple(ignore)
+    for key in state:
+        if ignore and key.startswith(ignore):
+            m.drop(key, "ignored on request")
+    LAYOUTS[layout].convert(m, branches=list(branches) if branches else None)
+    problems = _check(m)
+    if problems:
+        raise CheckpointError(f"{name}: the {layout} checkpoint does not fit this model\n  " + "\n  ".join(problems))
+    with torch.no_grad():
+        own = m.model_state
+        for target, tensor in m.tensors.items():
+            own[target].copy_(tensor.to(dtype=own[target].dtype))
+    scope = tuple(m.scope)
+    params = dict(model.named_parameters())
+    filled = sum(p.numel() for n, p in params.items() if n in m.tensors)
+    kept = [k for k in m.model_state if not k.startswith(scope) and not k.endswith("num_batches_tracked")]
+    return ConversionReport(
+        layout=layout,
+        source=name,
+        mapping=dict(m.sources),
+        dropped=dict(m.dropped),
+        kept=kept,
+        notes=list(m.notes),
+        parameters_filled=filled,
+        parameters_total=sum(p.numel() for p in params.values()),
+        checkpoint_tensors=len(state),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading the architecture off a checkpoint (for ``rgbx convert`` defaults)
+
+
+def _mit_variant(canon: Mapping[str, tuple]) -> str | None:
+    dims, depths = [], []
+    for stage in range(4):
+        proj = canon.get(f"stages.{stage}.patch_embed.proj.weight")
+        if proj is None:
+            return None
+        dims.append(int(proj[0].shape[0]))
+        blocks = {int(k.split(".")[3]) for k in canon if k.startswith(f"stages.{stage}.blocks.")}
+        depths.append(max(blocks) + 1 if blocks else 0)
+    return next((n for n, (d, p) in MIT_ARCHS.items() if (tuple(dims), tuple(depths)) == (d, p)), None)
+
+
+def infer_model_options(state: Mapping[str, torch.Tensor], layout: str) -> dict:
+    """Model config fields that can be read off a checkpoint of ``layout``: ``backbone`` (when it is a known
+    variant), ``fusion`` / ``head`` (for ``cmx`` / ``dformer``), ``head_channels`` and ``num_classes`` (when the
+    file has a decode head), ``head_options`` (``bn_eps`` 1e-3 for ``dformer``)."""
+    from rgbx.models.backbones.dformer import DFORMER_VARIANTS
+
+    probe = _Mapper(state, nn.Module())
+    out: dict = {}
+    if layout == "cmx":
+        out.update(fusion="cmx", head="mlp")
+        canon = {}
+        for key in probe.keys():
+            match = _CMX_ENCODER.match(key)
+            if match and not match.group(1):
+                canon[f"stages.{int(match.group(3)) - 1}.{_NVLABS_PART[match.group(2)]}.{match.group(4)}"] = (
+                    state[key], (key,))
+        pred = state.get("decode_head.linear_pred.weight")
+    elif layout == "dformer":
+        out.update(fusion="dformer", head="ham", head_options={"bn_eps": 1e-3})
+        prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
+        dims, depths = [], []
+        for stage in range(4):
+            scale = state.get(f"{prefix}stages.{stage}.0.layer_scale_1")
+            blocks = {int(k.split(".")[2 + bool(prefix)]) for k in state if k.startswith(f"{prefix}stages.{stage}.")}
+            dims.append(int(scale.numel()) if scale is not None else -1)
+            depths.append(max(blocks) + 1 if blocks else 0)
+        variant = next((n for n, a in DFORMER_VARIANTS.items() if (a.dims, a.depths) == (tuple(dims), tuple(depths))),
+                       None)
+        if variant:
+            out["backbone"] = variant
+        pred = state.get("decode_head.conv_seg.weight")
+        canon = None
+    else:
+        parse = {"segformer-hf": _parse_hf_encoder, "segformer-mmseg": _parse_mmseg_encoder,
+                 "segformer-nvlabs": _parse_nvlabs_encoder}[layout]
+        canon = parse(probe)
+        pred = state.get("decode_head.linear_pred.weight", state.get("decode_head.classifier.weight"))
+        if pred is not None and layout != "segformer-mmseg":
+            out["head"] = "mlp"
+        else:
+            pred = None
+    if canon is not None and (variant := _mit_variant(canon)):
+        out["backbone"] = variant
+    if pred is not None and pred.dim() == 4:
+        out["num_classes"], out["head_channels"] = int(pred.shape[0]), int(pred.shape[1])
+    return out

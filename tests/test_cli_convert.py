@@ -1,0 +1,88 @@
+"""``rgbx convert`` end to end: a torch.save'd checkpoint in a released layout → an rgbx weights file."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from rgbx.cli import convert as convert_cli
+from rgbx.engine.checkpoint import load_model, read_model_info
+from rgbx.errors import CheckpointError, ConfigError
+from rgbx.models import create_model
+from rgbx.models.convert import convert_checkpoint
+from tests.models.test_convert import random_state
+
+
+def run_convert(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="rgbx")
+    sub = parser.add_subparsers(dest="command", required=True)
+    convert_cli.add_parser(sub)
+    args = parser.parse_args(["convert", *map(str, argv)])
+    return args.run(args)
+
+
+def test_cmx_checkpoint_round_trip(tmp_path, capsys):
+    state = random_state("cmx_mit_b0")
+    # as CMX's engine saves it: the model under "model", with optimizer state beside it
+    torch.save({"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}, "epoch": 500},
+               tmp_path / "cmx.pth")
+    out = tmp_path / "out" / "cmx_b0.safetensors"
+    assert run_convert(tmp_path / "cmx.pth", "--modalities", "rgb", "depth", "--out", out) == 0
+    text = capsys.readouterr().out
+    assert "layout cmx (detected)" in text and "backbone mit_b0" in text and "num_classes 40" in text
+    assert "parameters filled: 12,126,896 of 12,126,896 (100.0%)" in text
+    assert "unwrapped the checkpoint's 'model' entry" in text and f"wrote {out}" in text
+
+    model, info = load_model(out)
+    assert info["converted_from"] == {"file": "cmx.pth", "layout": "cmx"}
+    config = model.config
+    assert (config.backbone, config.fusion, config.head, config.modalities, config.num_classes,
+            config.head_channels) == ("mit_b0", "cmx", "mlp", ["rgb", "depth"], 40, 512)
+    expected = create_model(config)
+    convert_checkpoint(state, expected)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in expected.state_dict().items())
+    assert torch.equal(loaded["encoder.fuse.1.cross.cross_attn.kv.depth.weight"],
+                       state["backbone.FFMs.1.cross.cross_attn.kv2.weight"])
+
+
+def test_explicit_flags_and_wrong_model_is_one_error_listing_shapes(tmp_path):
+    state = random_state("cmx_mit_b0")
+    torch.save(state, tmp_path / "cmx.pth")
+    with pytest.raises(CheckpointError) as info:
+        run_convert(tmp_path / "cmx.pth", "--backbone", "mit_b0", "--modalities", "rgb", "depth", "--head-channels",
+                    "256", "--out", tmp_path / "x.safetensors")
+    message = str(info.value)
+    assert "head.linear.0.weight ← decode_head.linear_c1.proj.weight: model expects (256, 32), checkpoint gives " \
+           "(512, 32)" in message
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_segformer_encoder_into_cmx_needs_num_classes(tmp_path, capsys):
+    torch.save(random_state("segformer_b0_hf_imagenet"), tmp_path / "mit.bin")
+    with pytest.raises(ConfigError, match="--num-classes is required"):
+        run_convert(tmp_path / "mit.bin", "--out", tmp_path / "x.safetensors")
+    out = tmp_path / "mit_cmx.safetensors"
+    run_convert(tmp_path / "mit.bin", "--layout", "segformer-hf", "--fusion", "cmx", "--modalities", "rgb", "thermal",
+                "--num-classes", "9", "--branches", "rgb", "--out", out)
+    text = capsys.readouterr().out
+    assert "kept at initialisation" in text and "backbone mit_b0" in text
+    assert read_model_info(out)["model"]["modalities"] == ["rgb", "thermal"]
+
+
+def test_dformer_checkpoint_gets_the_reference_head_eps(tmp_path, capsys):
+    torch.save({"state_dict": random_state("dformer_t")}, tmp_path / "dformer.pth")
+    out = tmp_path / "dformer.safetensors"
+    run_convert(tmp_path / "dformer.pth", "--modalities", "rgb", "depth", "--out", out)
+    assert "head_options {'bn_eps': 0.001}" in capsys.readouterr().out
+    model, _ = load_model(out)
+    assert model.config.head_options == {"bn_eps": 1e-3} and model.config.backbone == "dformer_t"
+    assert {m.eps for m in model.head.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
+
+
+def test_unreadable_file_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read it as weights"):
+        run_convert(tmp_path / "bad.pth", "--num-classes", "3", "--out", tmp_path / "x.safetensors")
