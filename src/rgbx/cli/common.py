@@ -42,3 +42,56 @@ def parse_options(items: list[str]) -> dict:
             raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
         options[key] = yaml.safe_load(value)
     return options
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags that describe a model (for commands that build one with random weights: profile, bench)."""
+    p.add_argument("--config", help="YAML training config or preset name (rgbx info lists presets); its model "
+                   "section is used")
+    p.add_argument("--backbone", help="backbone (default: the config's, else mit_b0)")
+    p.add_argument("--fusion", help="fusion (default: the config's, else cmx)")
+    p.add_argument("--head", help="decode head, e.g. mlp, ham, fcn (default: the config's, else mlp)")
+    p.add_argument("--head-channels", type=int, help="head width (CMX uses 512, SegFormer-B0 256)")
+    p.add_argument("--modalities", nargs="+", help="modalities the model takes (default: the config's)")
+    p.add_argument("--num-classes", type=int, help="number of classes (required unless the config sets it)")
+
+
+def model_config_from_args(args):
+    """The :class:`~rgbx.models.ModelConfig` of ``--config`` (its model section) overridden by the model flags of
+    :func:`add_model_arguments`, with random weights (``pretrained`` cleared)."""
+    from rgbx.engine.config import load_config
+    from rgbx.errors import ConfigError
+    from rgbx.models import ModelConfig
+
+    base = load_config(args.config).model if args.config else ModelConfig()
+    overrides = {
+        "backbone": args.backbone,
+        "fusion": args.fusion,
+        "head": args.head,
+        "head_channels": args.head_channels,
+        "modalities": args.modalities,
+        "num_classes": args.num_classes,
+    }
+    data = base.to_dict() | {k: v for k, v in overrides.items() if v is not None}
+    data["pretrained"] = ""  # random weights: the architecture is all that is measured
+    if not data["num_classes"]:
+        raise ConfigError("--num-classes is required (the config does not set model.num_classes)")
+    return ModelConfig.from_dict(data).validate()
+
+
+def resolve_device(name: str):
+    """``auto`` → CUDA when available, else the CPU (as ``train.device``; kept here so that profiling does not
+    import the training and data stack)."""
+    import torch
+
+    from rgbx.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name!r} but CUDA is not available on this machine")
+    return device

@@ -13,7 +13,7 @@ import sys
 from rgbx import __version__
 from rgbx.errors import RgbxError
 
-COMMANDS = ("synth", "train", "eval", "predict", "demo", "info", "data", "profile", "export")
+COMMANDS = ("synth", "train", "eval", "predict", "demo", "info", "data", "profile", "bench", "export", "convert")
 
 DESCRIPTION = """rgbx: multi-modal semantic segmentation (RGB + depth, thermal, LiDAR, events, ...) with any subset
 of sensors.
@@ -27,18 +27,21 @@ examples:
   rgbx data check data/synth
   rgbx info
   rgbx profile --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 --head-channels 512
+  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 --sweep
   rgbx export runs/cmx/model.safetensors --out cmx.onnx --check
+  rgbx convert NYUDepthv2_CMX_B2.pth --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 \
+      --head-channels 512 --out cmx_b2_nyu.safetensors
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rgbx.cli import data, demo, evaluate, export, info, predict, profile, synth, train
+    from rgbx.cli import bench, convert, data, demo, evaluate, export, info, predict, profile, synth, train
 
     parser = argparse.ArgumentParser(prog="rgbx", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rgbx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (synth, train, evaluate, predict, demo, info, data, profile, export):
+    for module in (synth, train, evaluate, predict, demo, info, data, profile, bench, export, convert):
         module.add_parser(sub)
     return parser
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rgbx.cli.common import add_command, parse_size
+from rgbx.cli.common import (
+    add_command,
+    add_model_arguments,
+    model_config_from_args,
+    parse_size,
+    resolve_device,
+)
 
 EXAMPLES = """  rgbx profile --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 --head-channels 512
   rgbx profile --config synth_cmx_b0 --num-classes 3 --size 240x320      # the model of a preset / YAML config
@@ -35,14 +41,7 @@ def add_parser(sub) -> None:
                     "the config) with random weights and report parameters (per submodule), forward FLOPs and MACs "
                     "at batch 1, latency at batch 1 and throughput at the largest --batch.",
                     EXAMPLES, run)
-    p.add_argument("--config", help="YAML training config or preset name (rgbx info lists presets); its model "
-                   "section is used")
-    p.add_argument("--backbone", help="backbone (default: the config's, else mit_b0)")
-    p.add_argument("--fusion", help="fusion (default: the config's, else cmx)")
-    p.add_argument("--head", help="decode head, e.g. mlp, ham, fcn (default: the config's, else mlp)")
-    p.add_argument("--head-channels", type=int, help="head width (CMX uses 512, SegFormer-B0 256)")
-    p.add_argument("--modalities", nargs="+", help="modalities the model takes (default: the config's)")
-    p.add_argument("--num-classes", type=int, help="number of classes (required unless the config sets it)")
+    add_model_arguments(p)
     p.add_argument("--size", type=parse_size, default=(480, 640), metavar="HxW",
                    help="input size (default 480x640, NYU Depth V2)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], metavar="N",
@@ -52,45 +51,6 @@ def add_parser(sub) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed passes per batch size (default 3)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", type=Path, help="also write the full result as JSON here")
-
-
-def _model_config(args):
-    from rgbx.engine.config import load_config
-    from rgbx.errors import ConfigError
-    from rgbx.models import ModelConfig
-
-    base = load_config(args.config).model if args.config else ModelConfig()
-    overrides = {
-        "backbone": args.backbone,
-        "fusion": args.fusion,
-        "head": args.head,
-        "head_channels": args.head_channels,
-        "modalities": args.modalities,
-        "num_classes": args.num_classes,
-    }
-    data = base.to_dict() | {k: v for k, v in overrides.items() if v is not None}
-    data["pretrained"] = ""  # random weights: the architecture is all that is measured
-    if not data["num_classes"]:
-        raise ConfigError("--num-classes is required (the config does not set model.num_classes)")
-    return ModelConfig.from_dict(data).validate()
-
-
-def _resolve_device(name: str):
-    """``auto`` → CUDA when available, else the CPU (as ``train.device``; kept here so that profiling does not
-    import the training and data stack)."""
-    import torch
-
-    from rgbx.errors import ConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name!r} but CUDA is not available on this machine")
-    return device
 
 
 def _fmt_ms(t: dict) -> str:
@@ -153,8 +113,8 @@ def run(args) -> int:
         raise ConfigError("--repeats and --batch must be >= 1, --warmup >= 0, --size positive")
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = _model_config(args)
-    device = _resolve_device(args.device)
+    config = model_config_from_args(args)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     model = create_model(config)
     h, w = args.size

@@ -47,17 +47,20 @@ def check_param_groups(model: torch.nn.Module, groups: list[dict]) -> None:
         raise RuntimeError(f"optimizer groups are wrong: missing {missing[:5]}, in several groups {doubled[:5]}")
 
 
-def build_optimizer(model: torch.nn.Module, cfg, extra: list[torch.nn.Module] = ()) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg, extra: list[torch.nn.Module] = (),
+                    fused: bool | None = None) -> torch.optim.Optimizer:
     """AdamW over ``model``'s groups, plus the parameters of ``extra`` modules (a method's own trainable parts,
-    e.g. auxiliary heads or feature aligners) with the backbone lr."""
+    e.g. auxiliary heads or feature aligners) with the backbone lr. ``fused``: AdamW's fused kernel (one launch for
+    all parameters); None = on when the parameters are on CUDA, else torch's default."""
     groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.head_lr_mult)
     for module in extra:
         groups.extend(param_groups(module, cfg.weight_decay, cfg.lr, 1.0, head_prefix="\0"))
     for g in groups:
         g.pop("names")
-    fused = next(model.parameters()).is_cuda
+    if fused is None:
+        fused = next(model.parameters()).is_cuda or None
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-                             fused=fused or None)
+                             fused=fused or None, foreach=False if fused is False else None)
 
 
 def warmup_poly(total_iters: int, warmup_iters: int, warmup_ratio: float, power: float):

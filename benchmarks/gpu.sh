@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The GPU speed table in one command: the CMX and DFormer reference code and rgbx side by side (same weights, same
+# process), rgbx's OmniSegmentor encoder, which speed switch gives what, and torch.compile. Writes benchmarks/gpu.md.
+# Sized to finish in under 8 minutes on one H100 (BUDGET seconds for the side-by-side part).
+#
+#   git clone https://github.com/huaaaliu/RGBX_Semantic_Segmentation /tmp/cmx_ref
+#   git clone https://github.com/VCIP-RGBD/DFormer /tmp/dformer_ref
+#   REF_CMX=/tmp/cmx_ref REF_DFORMER=/tmp/dformer_ref benchmarks/gpu.sh
+#
+# On the CPU, for a smoke test of the whole suite at a tiny size: DEVICE=cpu SIZE=64x64 REPEATS=1 benchmarks/gpu.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REF_CMX=${REF_CMX:-.reference/cmx}
+REF_DFORMER=${REF_DFORMER:-.reference/dformer}
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-480x640}
+BATCH=${BATCH:-8}
+REPEATS=${REPEATS:-10}
+WARMUP=${WARMUP:-3}
+BUDGET=${BUDGET:-240}
+MODELS=${MODELS:-cmx_b2 dformer_l cmx_b0 dformer_t cmx_b4 dformer_s dformer_b omni_t}
+OUT_MD=${OUT_MD:-benchmarks/gpu.md}
+LOG_DIR=${LOG_DIR:-${OUT:-/tmp}/rgbx_gpu}
+mkdir -p "$LOG_DIR"
+export PYTHONUNBUFFERED=1
+RGBX=${RGBX:-python -m rgbx.cli.main}
+start=$(date +%s)
+
+device_line=$(python - "$DEVICE" <<'EOF'
+import sys, torch
+d = torch.device(sys.argv[1])
+name = torch.cuda.get_device_name(d) if d.type == "cuda" else "CPU"
+print(f"{name}; torch {torch.__version__}; CUDA {torch.version.cuda}")
+EOF
+)
+echo "device: $device_line"
+
+# 1. side by side (reference fp32 / bf16, rgbx exact / fast), agreement check first
+# shellcheck disable=SC2086
+python benchmarks/compare_reference.py --device "$DEVICE" --cmx "$REF_CMX" --dformer "$REF_DFORMER" \
+    --models $MODELS --size "$SIZE" --train-size "$SIZE" --train-batch "$BATCH" --warmup "$WARMUP" \
+    --repeats "$REPEATS" --budget-s "$BUDGET" --markdown "$LOG_DIR/compare.md" --json "$LOG_DIR/compare.json" \
+    2>&1 | tee "$LOG_DIR/compare.log"
+compare_rc=${PIPESTATUS[0]}
+
+# 2. which switch gives what (CMX-B2): exact, exact + each switch, fast
+timeout 100 $RGBX bench --device "$DEVICE" --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 \
+    --head-channels 512 --size "$SIZE" --train-size "$SIZE" --train-batch "$BATCH" --what train latency \
+    --options exact fast --sweep --warmup "$WARMUP" --repeats "$REPEATS" --json "$LOG_DIR/sweep.json" \
+    2>&1 | tee "$LOG_DIR/sweep.log"
+
+# 3. torch.compile on top of the fast set (first call compiles: tens of seconds)
+timeout 110 $RGBX bench --device "$DEVICE" --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 \
+    --head-channels 512 --size "$SIZE" --train-size "$SIZE" --train-batch "$BATCH" --what train latency \
+    --options fast compiled --warmup "$WARMUP" --repeats "$REPEATS" --json "$LOG_DIR/compile.json" \
+    2>&1 | tee "$LOG_DIR/compile.log"
+
+elapsed=$(( $(date +%s) - start ))
+{
+    echo "# GPU speed: reference code vs rgbx, side by side"
+    echo
+    echo "Produced by \`benchmarks/gpu.sh\` (one command; ${elapsed} s on this run). Device: ${device_line}."
+    echo "References: huaaaliu/RGBX_Semantic_Segmentation (CMX) and VCIP-RGBD/DFormer, imported from checkouts"
+    echo "outside rgbx (see \`benchmarks/compare_reference.py --help\`); their weights converted into rgbx, outputs"
+    echo "checked to agree before timing."
+    echo
+    echo "## Side by side"
+    echo
+    cat "$LOG_DIR/compare.md" 2>/dev/null || echo "(compare_reference.py wrote no table; exit $compare_rc)"
+    echo
+    echo "## Which switch gives what (CMX MiT-B2, RGB-D)"
+    echo
+    echo '```'
+    sed -n '/┏/,$p' "$LOG_DIR/sweep.log" 2>/dev/null || true
+    echo '```'
+    echo
+    echo "## torch.compile (CMX MiT-B2, RGB-D)"
+    echo
+    echo '```'
+    sed -n '/┏/,$p' "$LOG_DIR/compile.log" 2>/dev/null || true
+    echo '```'
+} > "$OUT_MD"
+echo "wrote $OUT_MD in ${elapsed} s"
+exit "$compare_rc"

@@ -1,0 +1,75 @@
+"""Where the time of one rgbx training step (or inference pass) goes: torch.profiler over a few steps, the top
+operators by their own device time, and how much of the wall time the device was busy (a step whose kernels add up
+to far less than its wall time is bound by the host: launches, synchronisation, Python).
+
+    python benchmarks/profile_step.py --backbone mit_b2 --fusion cmx --device cuda --options fast
+    python benchmarks/profile_step.py --backbone mit_nano --fusion cmx --device cpu --size 64x64 --batch 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from rgbx.engine.bench import make_inference, make_train_step
+from rgbx.engine.fastpath import SpeedOptions
+from rgbx.modalities import get_modality
+from rgbx.models import create_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="mit_b2")
+    p.add_argument("--fusion", default="cmx")
+    p.add_argument("--head", default="mlp")
+    p.add_argument("--head-channels", type=int, default=512)
+    p.add_argument("--modalities", nargs="+", default=["rgb", "depth"])
+    p.add_argument("--num-classes", type=int, default=40)
+    p.add_argument("--size", default="480x640")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--options", choices=("exact", "fast"), default="fast")
+    p.add_argument("--infer", action="store_true", help="profile inference instead of a training step")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--rows", type=int, default=30)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    h, w = (int(v) for v in args.size.split("x"))
+    torch.manual_seed(0)
+    model = create_model(backbone=args.backbone, fusion=args.fusion, head=args.head, modalities=args.modalities,
+                         num_classes=args.num_classes, head_channels=args.head_channels).to(device)
+    x = {m: torch.randn(args.batch, get_modality(m).channels, h, w, device=device) for m in args.modalities}
+    y = torch.randint(0, args.num_classes, (args.batch, h, w), device=device)
+    opts = SpeedOptions.exact() if args.options == "exact" else SpeedOptions.fast(device)
+    fn = make_inference(model, x, opts) if args.infer else make_train_step(model, x, y, opts)
+    for _ in range(3):
+        fn()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            fn()
+        sync()
+        wall = (time.perf_counter() - t0) / args.steps
+    events = prof.key_averages()
+    keys = ("self_device_time_total", "self_cuda_time_total") if device.type == "cuda" else ("self_cpu_time_total",)
+    for key in keys:
+        try:
+            print(events.table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
+            break
+        except (AttributeError, KeyError, ValueError):
+            continue
+    if device.type == "cuda":
+        busy = sum(getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
+                   for e in events) / 1e3 / args.steps
+        print(f"{args.options} ({opts.describe()}): wall {1e3 * wall:.1f} ms per "
+              f"{'pass' if args.infer else 'step'}, device busy {busy:.1f} ms ({busy / (1e3 * wall):.0%})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""Speed measurement: training images/s, inference latency and throughput, peak memory, FLOPs and model FLOPs
+utilisation, for any set of :class:`~rgbx.engine.fastpath.SpeedOptions`, plus the input pipeline's samples/s.
+
+How it is timed:
+
+* Every measured call is one *unit of work*: a training step (forward + loss + backward + AdamW step, gradients set
+  to None first), or one inference forward pass. ``warmup`` untimed calls come first (they also absorb
+  ``torch.compile`` and CUDA-graph capture), then ``repeats`` timed ones; the median, min and max are reported.
+* On CUDA each call is timed with a pair of CUDA events around it (no host clock, no synchronisation inside the
+  call); on the CPU with ``time.perf_counter``.
+* :func:`time_alternating` times several candidates (e.g. a reference implementation and rgbx) *alternately*, one
+  call of each per round, so that drifts of a shared machine hit all candidates alike and their ratio is stable.
+* Peak memory (CUDA) is ``torch.cuda.max_memory_allocated`` over the timed calls of one candidate (run alone), so
+  it includes parameters, gradients and optimizer state.
+* FLOPs: :func:`rgbx.engine.profile.count_flops` of one forward pass at batch 1 (explicit attention while
+  counting); a training step is counted as 3× the forward (backward ≈ 2× forward). Model FLOPs utilisation (MFU) =
+  achieved FLOP/s ÷ the device's peak for the precision used (:func:`peak_tflops`: datasheet dense figures for
+  known GPUs, or a given number).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from rgbx.engine.fastpath import (
+    CudaGraphForward,
+    SpeedOptions,
+    apply_speed_options,
+    autocast,
+    backend_flags,
+    compile_fn,
+    to_memory_format,
+)
+
+__all__ = [
+    "Timing",
+    "bench_data",
+    "bench_model",
+    "make_inference",
+    "make_train_step",
+    "peak_tflops",
+    "time_alternating",
+]
+
+# Dense (no sparsity) peak TFLOP/s from the vendors' datasheets, SXM parts.
+_PEAK_TFLOPS = {
+    "H200": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.1, "fp16": 362.1, "tf32": 183.2, "fp32": 91.6},
+}
+
+
+@dataclass
+class Timing:
+    """Per-call times of one candidate, in milliseconds."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+
+    @classmethod
+    def of(cls, times_ms: Sequence[float]) -> Timing:
+        return cls(statistics.median(times_ms), min(times_ms), max(times_ms), len(times_ms))
+
+    def per_second(self, items: int) -> float:
+        """Items (images) per second at the median time."""
+        return items / (self.median_ms / 1e3)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def peak_tflops(device: torch.device, precision: str, tf32: bool = False) -> float | None:
+    """Datasheet dense peak of ``device`` for ``precision`` (fp32 with ``tf32`` counts the TF32 rate), or None
+    when the device is not in the table (CPUs included)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, rates in _PEAK_TFLOPS.items():
+        if key in name:
+            return rates["tf32" if precision == "fp32" and tf32 else precision]
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_alternating(
+    candidates: Mapping[str, Callable[[], Any]], device: torch.device, warmup: int = 2, repeats: int = 5
+) -> dict[str, Timing]:
+    """Time each zero-argument callable ``repeats`` times, alternating between candidates round by round, after
+    ``warmup`` untimed calls of each. Returns name → :class:`Timing`."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError("time_alternating: repeats must be >= 1 and warmup >= 0")
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: Timing.of(t) for name, t in times.items()}
+
+
+def _peak_memory(fn: Callable[[], Any], device: torch.device, calls: int = 2) -> float | None:
+    """Peak allocated CUDA memory (MiB) over ``calls`` calls of ``fn`` (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(calls):
+        fn()
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def make_train_step(
+    model: nn.Module,
+    inputs: Mapping[str, torch.Tensor],
+    label: torch.Tensor,
+    options: SpeedOptions,
+    lr: float = 6e-5,
+    ignore_index: int = 255,
+) -> Callable[[], torch.Tensor]:
+    """One rgbx training step on fixed data, as a zero-argument callable returning the (device) loss.
+
+    The model is put in train mode and changed in place by :func:`apply_speed_options`; the optimizer is rgbx's
+    AdamW over the model's parameter groups (:func:`rgbx.engine.optim.build_optimizer`), fused or not per
+    ``options.fused_optimizer``; with ``options.compile`` the forward pass and the loss are compiled together.
+    No host synchronisation happens inside the step.
+    """
+    from rgbx.engine.config import OptimConfig
+    from rgbx.engine.optim import build_optimizer
+    from rgbx.methods.supervised import cross_entropy
+
+    device = label.device
+    apply_speed_options(model, options)
+    model.train()
+    x = to_memory_format(inputs, options.channels_last)
+    optimizer = build_optimizer(model, OptimConfig(lr=lr), fused=options.fused_optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
+
+    def forward_loss(batch: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(model(batch).logits, target, ignore_index)
+
+    forward_loss = compile_fn(forward_loss, options)
+
+    def step() -> torch.Tensor:
+        with backend_flags(options):
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, options.precision):
+                loss = forward_loss(x, label)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        return loss.detach()
+
+    return step
+
+
+def make_inference(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], options: SpeedOptions
+) -> Callable[[], torch.Tensor]:
+    """One rgbx inference forward pass (eval mode, ``torch.inference_mode``) on fixed inputs, as a zero-argument
+    callable returning the logits. ``options.cuda_graph`` captures it into a CUDA graph (CUDA only)."""
+    device = next(iter(inputs.values())).device
+    apply_speed_options(model, options)
+    model.eval()
+    x = to_memory_format(inputs, options.channels_last)
+
+    def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(batch).logits
+
+    forward = compile_fn(forward, options)
+    if options.cuda_graph and device.type == "cuda":
+        with backend_flags(options):
+            graphed = CudaGraphForward(forward, x, options.precision)
+
+        def run() -> torch.Tensor:
+            return graphed(x)
+
+        return run
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), backend_flags(options), autocast(device, options.precision):
+            return forward(x)
+
+    return run
+
+
+def _random_inputs(modalities: Sequence[str], batch: int, size: tuple[int, int], device: torch.device,
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+    from rgbx.modalities import get_modality
+
+    h, w = size
+    return {m: torch.randn(batch, get_modality(m).channels, h, w, generator=generator).to(device)
+            for m in modalities}
+
+
+def bench_model(
+    build: Callable[[], nn.Module],
+    modalities: Sequence[str],
+    num_classes: int,
+    options: Mapping[str, SpeedOptions],
+    *,
+    device: torch.device,
+    size: tuple[int, int] = (480, 640),
+    train_size: tuple[int, int] | None = None,
+    train_batch: int = 8,
+    throughput_batch: int = 8,
+    warmup: int = 2,
+    repeats: int = 5,
+    what: Sequence[str] = ("train", "latency", "throughput"),
+    peak: float | None = None,
+) -> dict[str, Any]:
+    """Measure rgbx models built by ``build()`` (a fresh model per option set, same seed) under each named option
+    set.
+
+    Args:
+        build: returns a new model with random weights (called once per option set and measurement kind, under
+            ``torch.manual_seed(0)``).
+        options: label → :class:`SpeedOptions`, e.g. ``{"exact": SpeedOptions.exact(), "fast": ...}``.
+        size: inference input size (H, W); ``train_size`` the training crop (default: ``size``).
+        what: any of ``train`` (images/s at ``train_batch``), ``latency`` (batch 1), ``throughput`` (images/s at
+            ``throughput_batch``).
+        peak: peak TFLOP/s for MFU (default: :func:`peak_tflops` of the device).
+
+    Returns:
+        ``{"flops": {...}, "params": N, "results": {label: {...}}}`` with, per label, ``train`` / ``latency`` /
+        ``throughput`` entries (timing, images/s, peak memory, MFU) and the options used.
+    """
+    from rgbx.engine.profile import count_flops
+
+    train_size = train_size or size
+    torch.manual_seed(0)
+    reference = build()
+    params = sum(p.numel() for p in reference.parameters())
+    gen = torch.Generator().manual_seed(0)
+    flops = {}
+    if "train" in what:
+        flops["train_fwd_per_image"] = count_flops(reference, _random_inputs(modalities, 1, train_size,
+                                                                              torch.device("cpu"), gen))["flops"]
+    if "latency" in what or "throughput" in what:
+        flops["fwd_per_image"] = count_flops(reference, _random_inputs(modalities, 1, size, torch.device("cpu"),
+                                                                        gen))["flops"]
+    del reference
+    results: dict[str, Any] = {}
+    for label, opts in options.items():
+        entry: dict[str, Any] = {"options": opts.to_dict(), "describe": opts.describe()}
+        rate = peak if peak is not None else peak_tflops(device, opts.precision, opts.tf32)
+        if "train" in what:
+            torch.manual_seed(0)
+            model = build().to(device)
+            x = _random_inputs(modalities, train_batch, train_size, device, gen)
+            y = torch.randint(0, num_classes, (train_batch, *train_size), generator=gen).to(device)
+            step = make_train_step(model, x, y, opts)
+            timing = time_alternating({"step": step}, device, warmup, repeats)["step"]
+            ips = timing.per_second(train_batch)
+            achieved = 3 * flops["train_fwd_per_image"] * ips / 1e12
+            entry["train"] = {"batch": train_batch, "size": list(train_size), **timing.to_dict(),
+                              "images_per_s": ips, "tflops": achieved,
+                              "mfu": achieved / rate if rate else None,
+                              "peak_memory_mb": _peak_memory(step, device)}
+            del model, step
+        for kind, batch in (("latency", 1), ("throughput", throughput_batch)):
+            if kind not in what:
+                continue
+            torch.manual_seed(0)
+            model = build().to(device)
+            run = make_inference(model, _random_inputs(modalities, batch, size, device, gen), opts)
+            timing = time_alternating({"infer": run}, device, warmup, repeats)["infer"]
+            ips = timing.per_second(batch)
+            achieved = flops["fwd_per_image"] * ips / 1e12
+            entry[kind] = {"batch": batch, "size": list(size), **timing.to_dict(), "images_per_s": ips,
+                           "tflops": achieved, "mfu": achieved / rate if rate else None,
+                           "peak_memory_mb": _peak_memory(run, device)}
+            del model, run
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        results[label] = entry
+    return {"params": params, "flops": flops, "results": results}
+
+
+def bench_data(dataset, batch_size: int, workers: int, batches: int = 20, warmup: int = 2) -> dict[str, Any]:
+    """Samples/s of the input pipeline (read + decode + augment + collate) of ``dataset`` with ``workers`` loader
+    processes, over ``batches`` batches after ``warmup`` batches (which absorb the workers' start-up)."""
+    from rgbx.data import collate
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         collate_fn=collate, drop_last=True, persistent_workers=False,
+                                         generator=torch.Generator().manual_seed(0))
+    need = warmup + batches
+    if len(loader) < need:
+        raise ValueError(f"bench_data: {len(dataset)} samples give {len(loader)} batches of {batch_size}; "
+                         f"need {need} (lower --batches or --batch)")
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    dt = time.perf_counter() - t0
+    del it
+    return {"workers": workers, "batch": batch_size, "batches": batches, "seconds": dt,
+            "samples_per_s": batches * batch_size / dt}

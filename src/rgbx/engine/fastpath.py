@@ -1,0 +1,221 @@
+"""The speed switches, one flag each, shared by training, inference and ``rgbx bench``.
+
+:class:`SpeedOptions` lists every switch; ``SpeedOptions.exact()`` turns them all off (fp32, explicit attention,
+no compilation: the reference arithmetic) and ``SpeedOptions.fast(device)`` turns on what helps on that device. What
+each switch does:
+
+* ``precision``: autocast dtype, ``fp32`` (off), ``bf16`` or ``fp16`` (CUDA only, with a gradient scaler in
+  training). On the CPU bf16 pays off only where the processor has bf16 matrix instructions (AMX / AVX-512 BF16):
+  :func:`cpu_has_bf16` says whether it does.
+* ``attn_impl``: ``sdpa`` (fused :func:`torch.nn.functional.scaled_dot_product_attention`: flash / memory-efficient
+  kernels on CUDA) or ``eager`` (explicit softmax(q kᵀ) v, as the reference code); ``None`` keeps the model's.
+* ``channels_last``: model weights and inputs in NHWC memory layout (cuDNN convolutions, especially in bf16, run
+  without layout transposes).
+* ``compile``: :func:`torch.compile` of the model's forward together with the loss (``compile_mode`` and
+  ``compile_backend`` passed on; the default backend is inductor, ``aot_eager`` traces forward and backward without
+  generating kernels, which the CPU tests use).
+* ``cuda_graph``: inference only: the fixed-shape forward pass is captured once into a CUDA graph and replayed, so
+  batch-1 latency is no longer bound by kernel-launch overhead. Needs a forward pass with no host synchronisation:
+  rgbx's models have none when every modality is passed without masks (:class:`~rgbx.models.fusions.base.
+  PresenceMasks`).
+* ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
+* ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
+  (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
+* ``fused_optimizer``: AdamW's fused CUDA kernel (one launch for all parameters) instead of the per-tensor loop;
+  ``None`` = on wherever the parameters are on CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from rgbx.errors import ConfigError
+
+__all__ = [
+    "CudaGraphForward",
+    "SpeedOptions",
+    "apply_speed_options",
+    "autocast",
+    "cpu_has_bf16",
+    "precision_dtype",
+    "to_memory_format",
+]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this processor has bf16 matrix instructions (Intel AMX-BF16 or AVX-512 BF16), read from
+    ``/proc/cpuinfo`` (False where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``precision`` on ``device`` (None = fp32, no autocast)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs CUDA; on the CPU use bf16 or fp32")
+    return PRECISIONS[precision]
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Every speed switch (see the module docstring)."""
+
+    precision: str = "fp32"
+    attn_impl: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_backend: str | None = None
+    cuda_graph: bool = False
+    tf32: bool = False
+    cudnn_benchmark: bool = False
+    fused_optimizer: bool | None = None
+
+    @classmethod
+    def exact(cls) -> SpeedOptions:
+        """Everything off: fp32, explicit attention, eager PyTorch, no TF32, per-tensor AdamW."""
+        return cls(precision="fp32", attn_impl="eager", fused_optimizer=False)
+
+    @classmethod
+    def fast(cls, device: torch.device | str) -> SpeedOptions:
+        """What helps on ``device``. CUDA: bf16 autocast, fused attention, channels-last, TF32 for what stays fp32,
+        fused AdamW, CUDA-graph inference. CPU: fused attention, and bf16 autocast where the processor has bf16
+        matrix instructions (:func:`cpu_has_bf16`). ``compile`` stays a separate choice (its first call costs
+        tens of seconds); turn it on with ``replace(opts, compile=True)``."""
+        device = torch.device(device)
+        if device.type == "cuda":
+            return cls(precision="bf16", attn_impl="sdpa", channels_last=True, tf32=True, cudnn_benchmark=True,
+                       fused_optimizer=True, cuda_graph=True)
+        return cls(precision="bf16" if cpu_has_bf16() else "fp32", attn_impl="sdpa")
+
+    def with_(self, **changes) -> SpeedOptions:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def describe(self) -> str:
+        """Short label, e.g. ``bf16 sdpa channels-last compile``."""
+        parts = [self.precision]
+        if self.attn_impl:
+            parts.append(self.attn_impl)
+        parts += [name for name, on in (("channels-last", self.channels_last), ("tf32", self.tf32),
+                                        ("cudnn-benchmark", self.cudnn_benchmark),
+                                        ("compile", self.compile), ("cuda-graph", self.cuda_graph)) if on]
+        if self.compile and self.compile_mode:
+            parts.append(f"mode={self.compile_mode}")
+        if self.fused_optimizer:
+            parts.append("fused-adamw")
+        return " ".join(parts)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    dtype = precision_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def to_memory_format(inputs: Mapping[str, torch.Tensor], channels_last: bool) -> dict[str, torch.Tensor]:
+    """``inputs`` converted to channels-last memory layout (when asked; 4-D tensors only)."""
+    if not channels_last:
+        return dict(inputs)
+    return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in inputs.items()}
+
+
+@contextlib.contextmanager
+def backend_flags(options: SpeedOptions) -> Iterator[None]:
+    """Set the TF32 switches of matmuls and cuDNN and cuDNN's autotuner per ``options`` for the duration (restored
+    afterwards)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = options.tf32
+    torch.backends.cudnn.allow_tf32 = options.tf32 or saved[1]  # cuDNN's default is already on
+    torch.backends.cudnn.benchmark = options.cudnn_benchmark
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+
+
+def apply_speed_options(model: nn.Module, options: SpeedOptions) -> nn.Module:
+    """Apply the switches that change the model itself, in place: attention implementation and memory layout.
+    Returns ``model``."""
+    if options.attn_impl is not None:
+        if not hasattr(model, "set_attn_impl"):
+            raise ConfigError(f"{type(model).__name__} has no attention switch (set_attn_impl)")
+        model.set_attn_impl(options.attn_impl)
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def compile_fn(fn: Callable, options: SpeedOptions) -> Callable:
+    """``torch.compile(fn)`` when ``options.compile`` is on, else ``fn``."""
+    if not options.compile:
+        return fn
+    kwargs = {"mode": options.compile_mode} if options.compile_mode else {}
+    if options.compile_backend:
+        kwargs["backend"] = options.compile_backend
+    return torch.compile(fn, **kwargs)
+
+
+class CudaGraphForward:
+    """A fixed-shape inference forward pass captured into one CUDA graph.
+
+    ``fn(inputs)`` is run a few times on a side stream (warm-up: cuDNN / cuBLAS handles, autotuning, compilation),
+    then captured once. Each call copies the new inputs into the captured input buffers and replays the graph; the
+    returned output is the graph's own output buffer, overwritten by the next call (copy it to keep it).
+
+    Args:
+        fn: ``fn(inputs) -> output`` (e.g. a model in eval mode, or a compiled one); called under
+            ``torch.inference_mode`` and the given autocast context.
+        example: modality → CUDA tensor, the shapes and dtypes every later call must have.
+        precision: autocast precision of the captured call (``fp32`` = none).
+    """
+
+    def __init__(self, fn: Callable, example: Mapping[str, torch.Tensor], precision: str = "fp32",
+                 warmup: int = 3):
+        if not all(t.is_cuda for t in example.values()):
+            raise ConfigError("cuda_graph needs CUDA inputs")
+        self.static = {k: v.clone() for k, v in example.items()}
+        device = next(iter(example.values())).device
+
+        def make_amp():
+            return autocast(device, precision)
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(warmup):
+                with make_amp():
+                    fn(self.static)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self.graph), make_amp():
+            self.output = fn(self.static)
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor]):
+        for k, v in inputs.items():
+            if k not in self.static or v.shape != self.static[k].shape:
+                raise ConfigError(f"cuda_graph: input {k!r} {tuple(v.shape)} differs from the captured "
+                                  f"{tuple(self.static[k].shape) if k in self.static else 'inputs'}")
+            self.static[k].copy_(v, non_blocking=True)
+        self.graph.replay()
+        return self.output

@@ -1,0 +1,172 @@
+"""rgbx bench and the speed switches: every switch runs the real training step / inference on the CPU and computes
+what the exact path computes (within the switch's rounding)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rgbx.cli.main import main
+from rgbx.engine.bench import Timing, make_inference, make_train_step, time_alternating
+from rgbx.engine.fastpath import SpeedOptions, apply_speed_options
+from rgbx.models import create_model
+from tests.conftest import make_dataset
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def tiny(fusion="cmx", modalities=("rgb", "depth")):
+    torch.manual_seed(0)
+    return create_model(backbone="mit_nano", fusion=fusion, head="mlp", modalities=list(modalities), num_classes=4,
+                        head_channels=16)
+
+
+def data(batch=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = {"rgb": torch.randn(batch, 3, size, size, generator=g), "depth": torch.randn(batch, 1, size, size, generator=g)}
+    y = torch.randint(0, 4, (batch, size, size), generator=g)
+    return x, y
+
+
+def test_time_alternating_interleaves_calls_and_reports_median():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    t = time_alternating(fns, torch.device("cpu"), warmup=1, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up of each, then one call of each per round
+    assert set(t) == {"a", "b"} and all(v.repeats == 3 and v.min_ms <= v.median_ms <= v.max_ms for v in t.values())
+    assert Timing.of([1.0, 3.0, 2.0]).median_ms == 2.0 and Timing.of([2.0]).per_second(4) == 2000.0
+
+
+SWITCHES = {
+    "exact": SpeedOptions.exact(),
+    "sdpa": SpeedOptions.exact().with_(attn_impl="sdpa"),
+    "bf16": SpeedOptions.exact().with_(precision="bf16"),
+    "channels_last": SpeedOptions.exact().with_(channels_last=True),
+    "fused_adamw": SpeedOptions.exact().with_(fused_optimizer=True),
+    "compile": SpeedOptions.exact().with_(compile=True, compile_backend="aot_eager"),
+}
+TOLERANCE = {"bf16": 2e-2, "compile": 1e-4}
+
+
+@pytest.mark.parametrize("name", list(SWITCHES))
+def test_each_switch_trains_like_the_exact_path(name):
+    x, y = data()
+    losses = {}
+    for label, opts in (("exact", SWITCHES["exact"]), (name, SWITCHES[name])):
+        model = tiny()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        step = make_train_step(model, x, y, opts, lr=1e-3)
+        losses[label] = [float(step()) for _ in range(3)]
+        changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+        assert changed, f"{label}: the optimizer changed no parameter"
+    # same initial weights and data: the first loss agrees to the switch's rounding, and training makes progress
+    assert losses[name][0] == pytest.approx(losses["exact"][0], rel=TOLERANCE.get(name, 1e-5))
+    assert losses[name][-1] < losses[name][0]
+
+
+@pytest.mark.parametrize("name", ["sdpa", "bf16", "channels_last", "compile"])
+def test_each_switch_infers_like_the_exact_path(name):
+    x, _ = data(batch=1)
+    model = tiny()
+    ref = make_inference(model, x, SWITCHES["exact"])().clone()
+    out = make_inference(tiny(), x, SWITCHES[name])()
+    assert out.shape == ref.shape
+    assert (out.float() - ref).abs().max().item() < (5e-2 if name == "bf16" else 1e-4)
+    agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+    assert agree > (0.97 if name == "bf16" else 0.999)
+
+
+def test_apply_speed_options_switches_attention_and_layout():
+    model = tiny()
+    apply_speed_options(model, SpeedOptions(attn_impl="eager", channels_last=True))
+    assert model.config.attn_impl == "eager"
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fast_options_follow_the_device(monkeypatch):
+    import rgbx.engine.fastpath as fp
+
+    cuda = SpeedOptions.fast("cuda")
+    assert (cuda.precision, cuda.attn_impl, cuda.cuda_graph, cuda.fused_optimizer) == ("bf16", "sdpa", True, True)
+    monkeypatch.setattr(fp, "cpu_has_bf16", lambda: False)
+    assert SpeedOptions.fast("cpu").precision == "fp32"
+    monkeypatch.setattr(fp, "cpu_has_bf16", lambda: True)
+    assert SpeedOptions.fast("cpu").precision == "bf16"
+    assert "channels-last" in SpeedOptions(channels_last=True).describe()
+
+
+def test_fp16_on_cpu_is_a_clear_error():
+    from rgbx.errors import ConfigError
+
+    x, y = data()
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        make_train_step(tiny(), x, y, SpeedOptions(precision="fp16"))()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_inference_matches_eager_and_follows_new_inputs():
+    x, _ = data(batch=1)
+    x = {k: v.cuda() for k, v in x.items()}
+    eager = make_inference(tiny().cuda(), x, SpeedOptions(attn_impl="sdpa"))().clone()
+    graphed = make_inference(tiny().cuda(), x, SpeedOptions(attn_impl="sdpa", cuda_graph=True))
+    assert (graphed() - eager).abs().max().item() < 1e-4
+
+
+def test_rgbx_bench_cli_writes_every_option_set(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--backbone", "mit_nano", "--fusion", "cmx", "--modalities", "rgb", "depth",
+               "--num-classes", "4", "--head-channels", "16", "--size", "32x32", "--train-size", "32x32",
+               "--train-batch", "2", "--throughput-batch", "2", "--warmup", "0", "--repeats", "1", "--sweep",
+               "--device", "cpu", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    labels = set(result["results"])
+    assert {"exact", "fast", "exact + attn_impl"} <= labels
+    for r in result["results"].values():
+        assert r["train"]["images_per_s"] > 0 and r["latency"]["median_ms"] > 0
+        assert r["throughput"]["batch"] == 2 and r["train"]["mfu"] is None  # no peak known for a CPU
+    assert result["flops"]["fwd_per_image"] > 0 and result["params"] > 0
+    assert "train img/s" in capsys.readouterr().out
+
+
+def test_rgbx_bench_data_times_the_input_pipeline(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", n=10)
+    out = tmp_path / "data.json"
+    rc = main(["bench", "--data", str(root), "--modalities", "rgb", "depth", "--workers", "0", "--batch", "2",
+               "--batches", "2", "--crop", "16x16", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["results"]
+    assert rows[0]["workers"] == 0 and rows[0]["samples_per_s"] > 0
+    assert "samples/s" in capsys.readouterr().out
+
+
+def test_compare_reference_agreement_check_detects_different_weights():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import compare_reference as cr
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    model = tiny().eval()
+
+    class Wrapped(torch.nn.Module):  # a "reference" with the references' (rgb, x3) signature, same weights
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, rgb, x3):
+            return self.m({"rgb": rgb, "depth": x3[:, :1]}).logits
+
+    import copy
+
+    ref = Wrapped(copy.deepcopy(model))
+    inputs = cr.Inputs.random(1, (32, 32), torch.device("cpu"), 0)
+    assert cr.agreement(ref, model, inputs, seed=0) < 1e-5
+    with torch.no_grad():
+        ref.m.head.classifier.bias.add_(0.1)
+    assert cr.agreement(ref, model, inputs, seed=0) > 1e-2
