@@ -65,6 +65,14 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
+    # speed switches (rgbx.engine.fastpath); all off = the exact fp32 path
+    channels_last: bool = False  # NHWC weights and inputs
+    compile: bool = False  # torch.compile the model
+    compile_mode: str | None = None  # torch.compile mode, e.g. max-autotune
+    compile_backend: str | None = None  # torch.compile backend (default inductor; aot_eager to debug)
+    tf32: bool = False  # TF32 matmuls on CUDA
+    cudnn_benchmark: bool = False  # cuDNN autotuning for fixed shapes
+    fused_optimizer: bool | None = None  # fused AdamW; None = on for CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None = torch default)

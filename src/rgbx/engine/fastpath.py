@@ -6,7 +6,9 @@ each switch does:
 
 * ``precision``: autocast dtype, ``fp32`` (off), ``bf16`` or ``fp16`` (CUDA only, with a gradient scaler in
   training). On the CPU bf16 pays off only where the processor has bf16 matrix instructions (AMX / AVX-512 BF16):
-  :func:`cpu_has_bf16` says whether it does.
+  :func:`cpu_has_bf16` says whether it does. Seen with torch 2.14.1 on an AMX Xeon: oneDNN's bf16 convolution
+  weight gradient on 1×1 output maps (a stride-32 stage of a tiny crop) sometimes returns non-finite values, depending
+  on earlier allocations; crops of 64×64 and more were unaffected.
 * ``attn_impl``: ``sdpa`` (fused :func:`torch.nn.functional.scaled_dot_product_attention`: flash / memory-efficient
   kernels on CUDA) or ``eager`` (explicit softmax(q kᵀ) v, as the reference code); ``None`` keeps the model's.
 * ``channels_last``: model weights and inputs in NHWC memory layout (cuDNN convolutions, especially in bf16, run

@@ -25,11 +25,13 @@ from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
 from rgbx.engine.config import ExperimentConfig, to_dict, to_yaml
 from rgbx.engine.evaluate import EvalResult, evaluate
+from rgbx.engine.fastpath import SpeedOptions, apply_speed_options, compile_fn, to_memory_format
 from rgbx.engine.optim import build_optimizer, build_scheduler
 from rgbx.engine.report import Reporter
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.methods import METHODS
 from rgbx.models import ModelConfig, create_model
+from rgbx.models.fusions.base import PresenceMasks
 
 STATE_FILE = "checkpoints/last.state.pt"
 LAST_WEIGHTS = "checkpoints/last.safetensors"
@@ -137,6 +139,17 @@ class Trainer:
                               f"({len(self.train_set)} samples)")
         self.model_cfg = cfg.model = build_model_config(cfg, self.description.num_classes)
         self.model = create_model(self.model_cfg).to(self.device)
+        t = cfg.train
+        self.speed = SpeedOptions(precision=t.precision, channels_last=t.channels_last, compile=t.compile,
+                                  compile_mode=t.compile_mode, compile_backend=t.compile_backend, tf32=t.tf32, cudnn_benchmark=t.cudnn_benchmark,
+                                  fused_optimizer=t.fused_optimizer)
+        if self.device.type == "cuda":  # process-wide for the run
+            torch.backends.cuda.matmul.allow_tf32 = t.tf32
+            torch.backends.cudnn.allow_tf32 = t.tf32 or torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.benchmark = t.cudnn_benchmark
+        apply_speed_options(self.model, self.speed)
+        # what the method's step calls: the model itself, or its compiled form (same parameters)
+        self.step_model = compile_fn(self.model, self.speed)
         weights = None
         if cfg.method.class_weighting == "enet":
             weights = enet_class_weights(self.train_set)
@@ -145,7 +158,8 @@ class Trainer:
         self.method = METHODS.get(cfg.method.name)(cfg.method, ignore_index=self.description.ignore_index,
                                                    class_weights=weights)
         self.method.prepare(self.model, self.device)
-        self.optimizer = build_optimizer(self.model, cfg.optim, extra=self.method.trainable_modules())
+        self.optimizer = build_optimizer(self.model, cfg.optim, extra=self.method.trainable_modules(),
+                                         fused=cfg.train.fused_optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
@@ -235,13 +249,24 @@ class Trainer:
         self.model.train()
         return result
 
+    def _to_device(self, batch):
+        """Move a collated batch to the device without waiting (pinned memory, non-blocking copies). Modalities
+        present in every sample are marked so on the host first, so the model needs no device → host check for
+        them (:class:`~rgbx.models.fusions.base.PresenceMasks`)."""
+        certain = [m for m, mask in batch.present.items() if bool(mask.all())]  # CPU tensors: no device sync
+        batch = batch.to(self.device, non_blocking=True)
+        batch.present = PresenceMasks(batch.present, certain)
+        if self.speed.channels_last:
+            batch.inputs = to_memory_format(batch.inputs, True)
+        return batch
+
     def train_step(self, batch) -> dict[str, torch.Tensor]:
         seed = step_seed(self.cfg.train.seed, self.iteration)
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with amp:
-            losses = self.method.step(self.model, batch, generator)
+            losses = self.method.step(self.step_model, batch, generator)
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -270,7 +295,7 @@ class Trainer:
                 for batch in loader:
                     if self.iteration >= cfg.iters:
                         break
-                    batch = batch.to(self.device, non_blocking=True)
+                    batch = self._to_device(batch)
                     values = self.train_step(batch)
                     self.iteration += 1
                     images += len(batch)
