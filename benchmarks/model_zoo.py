@@ -36,8 +36,9 @@ MODELS = [
     ("CMNeXt MiT-B2 RGB-D", dict(backbone="mit_b2", fusion="cmnext", head="mlp", head_channels=512,
                                  modalities=RGBD, num_classes=25), None, None, ""),
     *[(f"DFormer-{v.upper()} (Ham head)", dict(backbone=f"dformer_{v}", fusion="dformer", head="ham",
-                                               head_channels=512, modalities=RGBD), pub, None, "DFormer (ICLR 2024)")
-      for v, pub in (("t", 6.0), ("s", 18.7), ("b", 29.5), ("l", 39.0))],
+                                               head_channels=512, modalities=RGBD), pub, macs,
+       "DFormer (ICLR 2024), NYU")
+      for v, pub, macs in (("t", 6.0, 11.8), ("s", 18.7, 25.6), ("b", 29.5, 41.9), ("l", 39.0, 65.7))],
     *[(f"OmniSegmentor-{v.upper()} (Ham head)", dict(backbone=f"omni_{v}", fusion="omni", head="ham",
                                                      head_channels=512, modalities=RGBD), None, None, "")
       for v in ("t", "s", "b", "l")],
