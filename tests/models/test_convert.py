@@ -61,6 +61,7 @@ def clone_state(model) -> dict[str, torch.Tensor]:
     "fixture, layout",
     [
         ("cmx_mit_b0", "cmx"),
+        ("cmnext_b2_rgbdel", "cmnext"),
         ("dformer_t", "dformer"),
         ("segformer_b0_nvlabs_imagenet", "segformer-nvlabs"),
         ("segformer_b0_nvlabs_ade", "segformer-nvlabs"),
@@ -374,6 +375,128 @@ def test_segformer_into_a_bare_mit_backbone():
     assert torch.equal(encoder.stages[0].patch_embed.proj.weight, state["patch_embed1.proj.weight"])
 
 
+# CMNeXt (DELIVER): the B2 RGB-D-E-L model. Spot checks of the rename rules, written independently of
+# rgbx.models.fusions.cmnext.cmnext_key_map; the checkpoint's per-modality modules 0, 1, 2 = depth, event, lidar.
+_CMNEXT_MODALITIES = ["rgb", "depth", "event", "lidar"]
+_CMNEXT_SPOTS = {
+    "backbone.patch_embed1.proj.weight": "encoder.backbone.stages.0.patch_embed.proj.weight",
+    "backbone.block3.5.attn.kv.weight": "encoder.backbone.stages.2.blocks.5.attn.kv.weight",
+    "backbone.norm4.bias": "encoder.backbone.stages.3.norm.bias",
+    "backbone.extra_downsample_layers.0.proj.module.weight": "encoder.supplementary.0.embed.proj.weight",
+    "backbone.extra_downsample_layers.2.norm.ln_0.bias": "encoder.supplementary.2.embed.norms.depth.bias",
+    "backbone.extra_downsample_layers.1.norm.ln_1.weight": "encoder.supplementary.1.embed.norms.event.weight",
+    "backbone.extra_score_predictor.3.score_nets.2.1.weight": "encoder.supplementary.3.hub.score.lidar.1.weight",
+    "backbone.extra_block3.4.mlp.dwconv.dwconv.weight": "encoder.supplementary.2.blocks.4.mlp.dwconv.weight",
+    "backbone.extra_block1.2.layer_scale_2": "encoder.supplementary.0.blocks.2.layer_scale_2",
+    "backbone.extra_norm2.weight": "encoder.supplementary.1.norm.weight",
+    "backbone.FRMs.2.spatial_weights.mlp.0.weight": "encoder.rectify.2.spatial_weights.mlp.0.weight",
+    "backbone.FFMs.1.cross.end_proj2.weight": "encoder.fuse.1.cross.end_proj.x.weight",
+    "backbone.FFMs.1.cross.cross_attn.kv1.weight": "encoder.fuse.1.cross.cross_attn.kv.rgb.weight",
+    "backbone.FFMs.0.channel_emb.norm.running_var": "encoder.fuse.0.channel_emb.norm.running_var",
+    "decode_head.linear_c3.proj.weight": "head.linear.2.weight",
+    "decode_head.linear_fuse.conv.weight": "head.fuse.0.weight",
+    "decode_head.linear_fuse.bn.running_mean": "head.fuse.1.running_mean",
+    "decode_head.linear_pred.bias": "head.classifier.bias",
+}
+
+
+@pytest.fixture(scope="module")
+def cmnext_b2():
+    """The rgbx CMNeXt-B2 RGB-D-E-L model (built once: each test converts into it, which overwrites every tensor)."""
+    torch.manual_seed(0)
+    return create_model(backbone="mit_b2", fusion="cmnext", head="mlp", modalities=_CMNEXT_MODALITIES,
+                        num_classes=25, head_channels=512)
+
+
+@pytest.fixture(scope="module")
+def cmnext_state():
+    return random_state("cmnext_b2_rgbdel")
+
+
+def test_cmnext_every_tensor_lands_at_its_rgbx_name(cmnext_b2, cmnext_state):
+    report = convert_checkpoint(cmnext_state, cmnext_b2)
+    assert report.layout == "cmnext"
+    own = cmnext_b2.state_dict()
+    assert set(report.mapping) == set(own)  # nothing missing
+    assert len(report.mapping) == len(cmnext_state) and not report.dropped and not report.kept  # nothing unused
+    assert report.parameters_filled == report.parameters_total == sum(p.numel() for p in cmnext_b2.parameters())
+    for target, (source,) in report.mapping.items():  # every tensor copied unchanged (RGB is 3-channel)
+        assert torch.equal(own[target], cmnext_state[source].to(own[target].dtype)), (source, target)
+    for source, target in _CMNEXT_SPOTS.items():
+        assert report.mapping[target] == (source,)
+        assert torch.equal(own[target], cmnext_state[source]), source
+    # the shared 3-input-channel stem is kept as it is (rgbx folds it onto each modality's channels at run time)
+    assert cmnext_b2.encoder.supplementary[0].embed.proj.weight.shape == (64, 3, 7, 7)
+    assert any("'img' → rgb, 0 → depth, 1 → event, 2 → lidar" in n for n in report.notes)
+
+
+def test_cmnext_modality_order_option(cmnext_b2, cmnext_state):
+    report = convert_checkpoint(cmnext_state, cmnext_b2, modality_order=["rgb", "lidar", "depth", "event"])
+    enc = cmnext_b2.encoder
+    assert torch.equal(enc.supplementary[1].embed.norms["lidar"].weight,
+                       cmnext_state["backbone.extra_downsample_layers.1.norm.ln_0.weight"])
+    assert torch.equal(enc.supplementary[3].hub.score["event"][0].weight,
+                       cmnext_state["backbone.extra_score_predictor.3.score_nets.2.0.weight"])
+    assert any("'img' → rgb, 0 → lidar, 1 → depth, 2 → event" in n for n in report.notes)
+    with pytest.raises(CheckpointError, match="must start with the model's primary modality 'rgb'"):
+        convert_checkpoint(cmnext_state, cmnext_b2, modality_order=["depth", "rgb", "event", "lidar"])
+    with pytest.raises(CheckpointError, match="must list each of the model's modalities"):
+        convert_checkpoint(cmnext_state, cmnext_b2, modality_order=["rgb", "depth", "event"])
+    with pytest.raises(CheckpointError, match="modality_order is for the cmnext layout"):
+        convert_checkpoint(random_state("cmx_mit_b0"), cmx_b0(backbone="mit_nano", head_channels=16),
+                           modality_order=["rgb", "depth"])
+
+
+def test_cmnext_removed_key_is_reported(cmnext_b2, cmnext_state):
+    state = dict(cmnext_state)
+    del state["backbone.extra_score_predictor.1.score_nets.0.0.weight"]
+    state["aux_head.conv.weight"] = torch.zeros(2, 2)
+    before = cmnext_b2.encoder.supplementary[1].hub.score["depth"][0].weight.clone()
+    with pytest.raises(CheckpointError) as info:
+        convert_checkpoint(state, cmnext_b2, name="deliver.pth")
+    message = str(info.value)
+    assert message.startswith("deliver.pth: the cmnext checkpoint does not fit this model")
+    assert ("missing (model tensors the checkpoint does not fill): 1\n"
+            "    encoder.supplementary.1.hub.score.depth.0.weight (128, 1, 3, 3)") in message
+    assert "unused (checkpoint tensors that map to nothing): 1\n    aux_head.conv.weight (2, 2)" in message
+    assert torch.equal(cmnext_b2.encoder.supplementary[1].hub.score["depth"][0].weight, before)  # untouched
+
+
+def test_cmnext_backbone_state_dict_fills_the_encoder_only(cmnext_b2, cmnext_state):
+    backbone = {k.removeprefix("backbone."): v for k, v in cmnext_state.items() if k.startswith("backbone.")}
+    report = convert_checkpoint(backbone, cmnext_b2)
+    assert report.layout == "cmnext"
+    assert report.kept and all(k.startswith("head.") for k in report.kept)
+    assert torch.equal(cmnext_b2.encoder.supplementary[2].norm.bias, backbone["extra_norm3.bias"])
+
+
+def test_cmnext_model_mismatches_are_clear_errors(cmnext_state):
+    nano = dict(backbone="mit_nano", fusion="cmnext", head="mlp", num_classes=25, head_channels=16)
+    with pytest.raises(CheckpointError, match=r"3 supplementary modalities .* the model has 1 \(depth\)"):
+        convert_checkpoint(cmnext_state, create_model(modalities=["rgb", "depth"], **nano))
+    with pytest.raises(CheckpointError, match="fusion 'cmnext'"):
+        convert_checkpoint(cmnext_state, cmx_b0(backbone="mit_nano", head_channels=16))
+    with pytest.raises(CheckpointError, match="--head mlp"):
+        convert_checkpoint(cmnext_state, create_model(modalities=_CMNEXT_MODALITIES, **(nano | {"head": "fcn"})))
+    with pytest.raises(CheckpointError, match="shape mismatch"):  # the right modalities, the wrong MiT variant
+        convert_checkpoint(cmnext_state, create_model(modalities=_CMNEXT_MODALITIES, **nano))
+
+
+def test_cmnext_cli_defaults(cmnext_state):
+    import argparse
+
+    from rgbx.cli import convert as convert_cli
+
+    parser = argparse.ArgumentParser(prog="rgbx")
+    convert_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["convert", "deliver.pth", "--out", "x.safetensors", "--modalities", *_CMNEXT_MODALITIES,
+                              "--modality-order", "rgb", "depth", "event", "lidar"])
+    assert args.modality_order == _CMNEXT_MODALITIES
+    config = convert_cli.model_config(args, infer_model_options(cmnext_state, detect_layout(cmnext_state)))
+    assert (config.fusion, config.backbone, config.head, config.head_channels, config.num_classes,
+            config.modalities) == ("cmnext", "mit_b2", "mlp", 512, 25, _CMNEXT_MODALITIES)
+
+
 @pytest.fixture(scope="module")
 def dformer_state():
     return random_state("dformer_t")
@@ -420,6 +543,7 @@ def test_dformer_imagenet_encoder_without_prefix(dformer_state):
     "fixture, expected",
     [
         ("cmx_mit_b0", dict(fusion="cmx", head="mlp", backbone="mit_b0", num_classes=40, head_channels=512)),
+        ("cmnext_b2_rgbdel", dict(fusion="cmnext", head="mlp", backbone="mit_b2", num_classes=25, head_channels=512)),
         ("dformer_t", dict(fusion="dformer", head="ham", backbone="dformer_t", num_classes=40, head_channels=512,
                            head_options={"bn_eps": 1e-3})),
         ("segformer_b0_nvlabs_imagenet", dict(backbone="mit_b0")),

@@ -1,4 +1,5 @@
-"""``rgbx convert``: a released checkpoint of another code base (CMX, DFormer, SegFormer) → an rgbx weights file."""
+"""``rgbx convert``: a released checkpoint of another code base (CMX, CMNeXt, DFormer, SegFormer) → an rgbx weights
+file."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth 
   rgbx convert NYUDV2_CMX+Segformer-B2.pth --backbone mit_b2 --fusion cmx --head mlp --head-channels 512 \\
       --modalities rgb depth --num-classes 40 --out cmx_b2_nyu.safetensors          # everything spelled out
   rgbx convert NYUv2_DFormer_Base.pth --modalities rgb depth --out dformer_b_nyu.safetensors
+  rgbx convert CMNeXt_CMNeXt-B2_DELIVER_rgbdel.pth --modalities rgb depth event lidar \
+      --out cmnext_b2_deliver.safetensors                   # DELIVER's CMNeXt (MODALS img, depth, event, lidar)
   rgbx convert mit_b2.pth --backbone mit_b2 --fusion cmx --modalities rgb thermal --num-classes 9 \\
       --out cmx_b2_init.safetensors                        # ImageNet MiT into both CMX branches (fusion at init)
   rgbx convert pytorch_model.bin --layout segformer-hf --fusion mean --modalities rgb depth --num-classes 40 \\
@@ -17,11 +20,13 @@ EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth 
   rgbx convert segformer_mit-b0_ade.pth --ignore decode_head. --fusion cmx --modalities rgb depth \\
       --num-classes 40 --out init.safetensors               # mmsegmentation checkpoint, encoder only
 
-layouts (--layout, default auto = detected from the key names): cmx, dformer, segformer-hf, segformer-mmseg,
-segformer-nvlabs; rgbx.models.convert's docstring describes each. Model flags not given are read off the checkpoint
-where it tells them (MiT / DFormer variant, fusion and head of CMX / DFormer files, classes and head width of a
-decode head), else taken from --config, else rgbx's defaults. For the dformer layout the ham head is built with
-BatchNorm eps 1e-3, as DFormer trained and evaluated it (override with --head-option bn_eps=...).
+layouts (--layout, default auto = detected from the key names): cmnext, cmx, dformer, segformer-hf,
+segformer-mmseg, segformer-nvlabs; rgbx.models.convert's docstring describes each. Model flags not given are read off
+the checkpoint where it tells them (MiT / DFormer variant, fusion and head of CMNeXt / CMX / DFormer files, classes
+and head width of a decode head), else taken from --config, else rgbx's defaults; the modalities never are. For the
+dformer layout the ham head is built with BatchNorm eps 1e-3, as DFormer trained and evaluated it (override with
+--head-option bn_eps=...). A CMNeXt file's per-modality modules are taken in the order of --modalities (primary
+first); give the checkpoint's own order with --modality-order when it differs (DELIVER: img depth event lidar).
 Every tensor must find its place: a missing, unused or mis-shaped tensor is an error that lists them all (leave
 checkpoint parts out on purpose with --ignore PREFIX). Files are read with torch.load(weights_only=True) or
 safetensors; no code is unpickled. The output is written atomically with the model config embedded, ready for
@@ -30,24 +35,27 @@ rgbx eval / predict / export or for fine-tuning.
 
 
 def add_parser(sub) -> None:
-    p = add_command(sub, "convert", "convert a CMX / DFormer / SegFormer checkpoint to rgbx",
-                    "Load a released checkpoint of another code base (CMX EncoderDecoder, DFormer, SegFormer / MiT in "
+    p = add_command(sub, "convert", "convert a CMX / CMNeXt / DFormer / SegFormer checkpoint to rgbx",
+                    "Load a released checkpoint of another code base (CMX EncoderDecoder, DELIVER's CMNeXt, DFormer, "
+                    "SegFormer / MiT in "
                     "the NVlabs, mmsegmentation or Hugging Face layout) into an rgbx model built from the flags, "
                     "strictly, and write it as an rgbx weights file.",
                     EXAMPLES, run)
     p.add_argument("checkpoint", type=Path, help="the checkpoint (.pth / .pt / .pth.tar / .bin / .safetensors)")
     p.add_argument("--out", type=Path, required=True, help="the rgbx weights file to write (.safetensors)")
     p.add_argument("--layout", default="auto",
-                   choices=("auto", "cmx", "dformer", "segformer-hf", "segformer-mmseg", "segformer-nvlabs"),
+                   choices=("auto", "cmnext", "cmx", "dformer", "segformer-hf", "segformer-mmseg",
+                            "segformer-nvlabs"),
                    help="the checkpoint's layout (default: detected from its key names)")
     p.add_argument("--config", help="YAML training config or preset name whose model section describes the model")
     p.add_argument("--backbone", help="backbone, e.g. mit_b2, dformer_b (default: read off the checkpoint)")
-    p.add_argument("--fusion", help="fusion, e.g. cmx, mean, dformer (default: cmx / dformer for those layouts, "
-                   "else the config's or cmx)")
+    p.add_argument("--fusion", help="fusion, e.g. cmx, mean, dformer (default: cmnext / cmx / dformer for those "
+                   "layouts, else the config's or cmx)")
     p.add_argument("--head", help="decode head, e.g. mlp, ham (default: the checkpoint's decode head, else mlp)")
     p.add_argument("--head-channels", type=int, help="head width (default: the checkpoint's decode head, else 256)")
     p.add_argument("--modalities", nargs="+", help="modalities of the model (default: the config's, else rgb depth); "
-                   "CMX's RGB path goes to the first, X to the second")
+                   "CMX's RGB path goes to the first, X to the second; CMNeXt's per-modality modules follow their "
+                   "order (see --modality-order)")
     p.add_argument("--num-classes", type=int, help="number of classes (default: the checkpoint's decode head)")
     p.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a head option (repeatable), e.g. bn_eps=1e-3")
@@ -56,6 +64,9 @@ def add_parser(sub) -> None:
     p.add_argument("--branches", nargs="+", metavar="MODALITY",
                    help="SegFormer layouts: the modalities whose encoder branch / stem receive the weights "
                         "(default: all)")
+    p.add_argument("--modality-order", nargs="+", metavar="MODALITY",
+                   help="cmnext layout: the model's modalities in the checkpoint's order, primary first (the "
+                        "reference's MODALS with img = the primary; default: the order of --modalities)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="PREFIX",
                    help="checkpoint key prefixes to leave out on purpose, e.g. decode_head. aux_head.")
 
@@ -114,7 +125,7 @@ def run(args) -> int:
           f"{'+'.join(config.modalities)}, {config.num_classes} classes{options}")
     model = create_model(config)
     report = convert_checkpoint(state, model, layout, branches=args.branches, ignore=args.ignore,
-                                name=str(args.checkpoint))
+                                name=str(args.checkpoint), modality_order=args.modality_order)
     report.notes[:0] = notes
     print(report.summary())
     info = {"converted_from": {"file": args.checkpoint.name, "layout": layout}}

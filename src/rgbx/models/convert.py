@@ -12,6 +12,25 @@ Entry point: :func:`convert_checkpoint` (``rgbx convert`` on the command line)::
 
 Layouts (:data:`LAYOUTS`; ``layout="auto"`` picks the first whose key names match, in this order):
 
+``cmnext``
+    The CMNeXt model of DELIVER (https://github.com/jamycheung/DELIVER, ``semseg/models/cmnext.py``): ``backbone.*``
+    = its ``CMNeXt`` backbone (the RGB MiT ``patch_embed1-4`` / ``block1-4`` / ``norm1-4``, the supplementary
+    branch ``extra_downsample_layers.i`` / ``extra_score_predictor.i`` / ``extra_block1-4`` / ``extra_norm1-4``,
+    ``FRMs.0-3``, ``FFMs.0-3``) and ``decode_head.*`` = its ``SegFormerHead``, into a ``cmnext`` fusion model
+    (``mit_b2`` / ``mit_b4`` / ``mit_b5``) with the ``mlp`` head (``head_channels`` = 512 for B2-B5); the names are
+    mapped by :func:`rgbx.models.fusions.cmnext.cmnext_key_map` (a state dict of the backbone alone, without
+    ``backbone.``, fills the encoder only). Detected from ``extra_downsample_layers`` (or CMNeXt's
+    ``extra_score_predictor`` without CMX's ``extra_patch_embed``). The checkpoint's per-modality modules
+    (``norm.ln_k``, ``score_nets.k``) are indexed by position in the reference's ``MODALS`` list: the checkpoint's
+    modality order is taken to be the model's modalities with its primary one (``img`` → ``rgb``) first and the
+    supplementary ones in their configured order; when the checkpoint's order differs, give it as
+    ``modality_order`` (``rgbx convert --modality-order``; DELIVER's configs list ``img, depth, event, lidar``). The
+    number of supplementary modalities must match the checkpoint's. The shared supplementary stem is stored with 3
+    input channels in both code bases and is copied unchanged: rgbx folds it onto a modality's channels at run time
+    (exact for DELIVER's inputs, a 1-channel depth / LiDAR image repeated 3 times and 2-channel events repeated
+    cyclically; see :mod:`rgbx.models.fusions.cmnext`), so a model whose supplementary modalities have more than 3
+    channels does not fit (a shape mismatch). A primary modality with other than 3 channels gets the RGB stem
+    adapted as for ``cmx``. The head's fusion conv has no bias in DELIVER: nothing is folded.
 ``cmx``
     The CMX ``EncoderDecoder`` (https://github.com/huaaaliu/RGBX_Semantic_Segmentation): ``backbone.*`` =
     ``RGBXTransformer`` (``patch_embed1-4``, ``block1-4``, ``norm1-4`` for RGB, ``extra_*`` for X, ``FRMs.0-3``,
@@ -47,9 +66,9 @@ Layouts (:data:`LAYOUTS`; ``layout="auto"`` picks the first whose key names matc
     ``SegformerHead`` (1×1 ConvModules with BatchNorm per stage) has no rgbx counterpart: ``ignore`` it.
     ImageNet classifiers (``head.*``, ``classifier.*``) and mmseg's unused ``decode_head.conv_seg`` are dropped.
 
-Strictness: after mapping, every tensor of the parts the layout fills (the whole model for ``cmx`` / ``dformer``;
-the targeted encoders, stems and, when mapped, the head for the SegFormer layouts) must be filled, every
-checkpoint tensor must be used (or left out on purpose: the ``ignore`` prefixes and the drops named above, all
+Strictness: after mapping, every tensor of the parts the layout fills (the whole model for ``cmnext`` / ``cmx`` /
+``dformer``; the targeted encoders, stems and, when mapped, the head for the SegFormer layouts) must be filled,
+every checkpoint tensor must be used (or left out on purpose: the ``ignore`` prefixes and the drops named above, all
 listed in the report), and every shape must match; otherwise one :class:`~rgbx.errors.CheckpointError` lists every
 missing, unused, unexpected and mis-shaped tensor with its shapes. BatchNorm ``num_batches_tracked`` counters are
 the only tensors that may be missing on either side. Parts outside the layout's scope (e.g. CMX's fusion modules
@@ -605,15 +624,110 @@ def _convert_dformer(m: _Mapper, branches: Sequence[str] | None = None) -> None:
                    "{'bn_eps': 1e-3} (rgbx convert: --head-option bn_eps=1e-3) to reproduce the reference")
 
 
+_CMNEXT_SUPPLEMENTARY_INDEX = re.compile(
+    r"^(?:backbone\.)?extra_(?:downsample_layers\.\d+\.norm\.ln_|score_predictor\.\d+\.score_nets\.)(\d+)\.")
+# DELIVER's configs list the supplementary modalities in this order (rgbx uses the same names)
+_DELIVER_ORDER = ("depth", "event", "lidar")
+
+
+def _cmnext_order(encoder, modality_order: Sequence[str] | None) -> tuple[str, ...]:
+    """The checkpoint's modalities in its own order (primary first), checked against the model."""
+    if modality_order is None:
+        return (encoder.primary, *encoder.supplementary_modalities)
+    order = tuple(modality_order)
+    if sorted(order) != sorted(encoder.modalities) or len(set(order)) != len(order):
+        raise CheckpointError(
+            f"modality_order {list(order)} must list each of the model's modalities ({', '.join(encoder.modalities)}) "
+            "once, in the checkpoint's order"
+        )
+    if order[0] != encoder.primary:
+        raise CheckpointError(
+            f"modality_order must start with the model's primary modality {encoder.primary!r} (the checkpoint's "
+            f"'img' path), got {list(order)}"
+        )
+    return order
+
+
+def _convert_cmnext(m: _Mapper, branches: Sequence[str] | None = None,
+                    modality_order: Sequence[str] | None = None) -> None:
+    from rgbx.models.fusions.cmnext import CMNeXtFusion, cmnext_key_map
+    from rgbx.models.heads.mlp import MLPHead
+
+    encoder = getattr(m.model, "encoder", None)
+    if not isinstance(encoder, CMNeXtFusion):
+        raise CheckpointError(
+            f"a CMNeXt checkpoint needs a model with fusion 'cmnext' (a mit_* backbone, and head 'mlp'); this "
+            f"model's encoder is {type(encoder).__name__}"
+        )
+    if branches:
+        raise CheckpointError("the cmnext layout fills the whole encoder; 'branches' is for the SegFormer layouts")
+    order = _cmnext_order(encoder, modality_order)
+    keys = m.keys()
+    indices = {int(match.group(1)) for k in keys if (match := _CMNEXT_SUPPLEMENTARY_INDEX.match(k))}
+    if indices and max(indices) + 1 != len(order) - 1:
+        count = max(indices) + 1
+        raise CheckpointError(
+            f"the checkpoint has {count} supplementary modalit{'y' if count == 1 else 'ies'} (per-modality modules "
+            f"0 ... {count - 1}) besides its 'img' path; the model has {len(order) - 1} "
+            f"({', '.join(order[1:])}): build it with the checkpoint's modalities, primary first (DELIVER's "
+            "RGB-D-E-L model: --modalities rgb depth event lidar)"
+        )
+    segmentation = any(k.startswith(("backbone.", "decode_head.")) for k in keys)
+    head_keys = []
+    for key in keys:
+        if segmentation and not key.startswith(("backbone.", "decode_head.")):
+            continue  # left unused (and reported) unless ignored
+        ((target, _),) = cmnext_key_map({key: m.state[key]}, order).items()
+        if target == key:
+            continue  # not a CMNeXt name: left unused (and reported)
+        if not segmentation:
+            target = "encoder." + target  # a backbone state dict: CMNeXtFusion names
+        if key.startswith("decode_head."):
+            head_keys.append(key)
+            continue
+        if target == "encoder.backbone.stages.0.patch_embed.proj.weight":
+            _put_first_conv(m, target, m.get(key), (key,), f"'img' path → {order[0]}")
+        else:
+            m.put(target, m.get(key), (key,))
+    m.scope.append("encoder.")
+    m.note("checkpoint modalities (its per-modality modules 0, 1, ...): 'img' → "
+           + ", ".join([order[0], *(f"{k} → {mod}" for k, mod in enumerate(order[1:]))]))
+    known = [mod for mod in order[1:] if mod in _DELIVER_ORDER]
+    if modality_order is None and known != sorted(known, key=_DELIVER_ORDER.index):
+        m.note(f"DELIVER's configs list these modalities as {', '.join(sorted(known, key=_DELIVER_ORDER.index))}; "
+               "if the checkpoint comes from them, pass modality_order (rgbx convert --modality-order)")
+    if head_keys:
+        head = getattr(m.model, "head", None)
+        if not isinstance(head, MLPHead):
+            raise CheckpointError(
+                f"the checkpoint has CMNeXt's SegFormer decode head ({len(head_keys)} decode_head.* tensors) but the "
+                f"model's head is {type(head).__name__}: build it with --head mlp --head-channels 512 (the "
+                "checkpoint's embedding width), or leave the head out with --ignore decode_head."
+            )
+        for key in head_keys:
+            ((target, _),) = cmnext_key_map({key: m.state[key]}, order).items()
+            m.put(target, m.get(key), (key,))
+        m.scope.append("head.")
+
+
 def _has(pattern: str) -> Callable[[Iterable[str]], bool]:
     regex = re.compile(pattern)
     return lambda keys: any(regex.search(k) for k in keys)
 
 
+def _detect_cmnext(keys: Iterable[str]) -> bool:
+    """CMNeXt's supplementary embeddings, or its hub scores without the extra_patch_embed of DELIVER's own CMX."""
+    keys = list(keys)
+    return _has(r"(^|\.)extra_downsample_layers\.\d+\.")(keys) or (
+        _has(r"(^|\.)extra_score_predictor\.\d+\.score_nets\.")(keys)
+        and not _has(r"(^|\.)extra_patch_embed1\.")(keys)
+    )
+
+
 @dataclass(frozen=True)
 class Layout:
     """A checkpoint layout: ``detect(keys)`` says whether key names look like it; ``convert(mapper, branches)``
-    fills the mapping (see :func:`convert_checkpoint`)."""
+    fills the mapping (see :func:`convert_checkpoint`; ``cmnext`` also takes ``modality_order``)."""
 
     name: str
     description: str
@@ -624,6 +738,9 @@ class Layout:
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
+        # before cmx: CMNeXt checkpoints also hold FRMs / FFMs; DELIVER's own CMX backbone has extra_score_predictor
+        # too, but with extra_patch_embed
+        Layout("cmnext", "DELIVER CMNeXt (CMNeXt backbone + SegFormerHead)", _detect_cmnext, _convert_cmnext),
         Layout("cmx", "CMX EncoderDecoder (RGBXTransformer backbone + MLP DecoderHead)",
                _has(r"^backbone\.(extra_patch_embed1\.|FRMs\.0\.|FFMs\.0\.)"), _convert_cmx),
         Layout("dformer", "DFormer (v1) encoder (+ LightHamHead)", _has(r"(^|\.)downsample_layers_e\.0\."),
@@ -753,6 +870,7 @@ def convert_checkpoint(
     branches: Sequence[str] | None = None,
     ignore: Sequence[str] = (),
     name: str | None = None,
+    modality_order: Sequence[str] | None = None,
 ) -> ConversionReport:
     """Load a released checkpoint into ``model`` (in place), strictly.
 
@@ -766,6 +884,9 @@ def convert_checkpoint(
         ignore: checkpoint key prefixes to leave out on purpose (e.g. ``"decode_head."`` to load only the encoder,
             ``"aux_head."``); listed in the report.
         name: how to call the source in messages (default: the path, or ``"<state dict>"``).
+        modality_order: ``cmnext`` layout: the checkpoint's modalities as rgbx names in the checkpoint's order (its
+            ``MODALS``, ``img`` → the model's primary modality, first); default: the model's primary modality, then
+            its supplementary ones in their configured order.
 
     Returns:
         A :class:`ConversionReport`.
@@ -792,7 +913,12 @@ def convert_checkpoint(
     for key in state:
         if ignore and key.startswith(ignore):
             m.drop(key, "ignored on request")
-    LAYOUTS[layout].convert(m, branches=list(branches) if branches else None)
+    options = {}
+    if modality_order is not None:
+        if layout != "cmnext":
+            raise CheckpointError(f"modality_order is for the cmnext layout, not {layout}")
+        options["modality_order"] = list(modality_order)
+    LAYOUTS[layout].convert(m, branches=list(branches) if branches else None, **options)
     problems = _check(m)
     if problems:
         raise CheckpointError(f"{name}: the {layout} checkpoint does not fit this model\n  " + "\n  ".join(problems))
@@ -835,13 +961,20 @@ def _mit_variant(canon: Mapping[str, tuple]) -> str | None:
 
 def infer_model_options(state: Mapping[str, torch.Tensor], layout: str) -> dict:
     """Model config fields that can be read off a checkpoint of ``layout``: ``backbone`` (when it is a known
-    variant), ``fusion`` / ``head`` (for ``cmx`` / ``dformer``), ``head_channels`` and ``num_classes`` (when the
-    file has a decode head), ``head_options`` (``bn_eps`` 1e-3 for ``dformer``)."""
+    variant), ``fusion`` / ``head`` (for ``cmnext`` / ``cmx`` / ``dformer``; ``cmnext``: the head when the file has
+    one), ``head_channels`` and ``num_classes`` (when the file has a decode head), ``head_options`` (``bn_eps`` 1e-3
+    for ``dformer``). The modalities cannot be read off a file (only how many a ``cmnext`` file has)."""
     from rgbx.models.backbones.dformer import DFORMER_VARIANTS
 
     probe = _Mapper(state, nn.Module())
     out: dict = {}
-    if layout == "cmx":
+    if layout == "cmnext":
+        out["fusion"] = "cmnext"
+        canon = _parse_nvlabs_encoder(probe)  # the RGB MiT's names (the extra_* branch does not match)
+        pred = state.get("decode_head.linear_pred.weight")
+        if pred is not None:
+            out["head"] = "mlp"
+    elif layout == "cmx":
         out.update(fusion="cmx", head="mlp")
         canon = {}
         for key in probe.keys():

@@ -6,10 +6,11 @@ import torch
 from rgbx.errors import ConfigError
 from rgbx.models import FUSIONS as FUSION_REGISTRY
 from rgbx.models import EncoderOutput
+from tests.models.conftest import TINY_BACKBONES
 
 ALL = ("rgb", "depth", "thermal")
 SUBSETS = [("rgb",), ("depth",), ("rgb", "depth"), ALL]
-FUSIONS = ["mean", "cmx"]
+FUSIONS = ["mean", "cmx", "cmnext", "omni"]
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
@@ -22,8 +23,11 @@ def test_any_subset(fusion, mods, size, tiny_model, make_inputs):
     assert torch.isfinite(out.logits).all()
     assert len(out.fused) == 4
     assert set(out.features) == set(mods)
+    widths = model.encoder.feature_info.channels()
     for m in mods:
-        assert [f.shape[1] for f in out.features[m]] == model.encoder.feature_info.channels()
+        # omni carries a half-width state per supplementary modality (DFormer's geometry path): that is its features[m]
+        expected = [c // 2 for c in widths] if fusion == "omni" and m != "rgb" else widths
+        assert [f.shape[1] for f in out.features[m]] == expected
     out.logits.mean().backward()
 
 
@@ -39,7 +43,7 @@ def test_every_parameter_gets_a_gradient(fusion, tiny_model, make_inputs):
 
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_encoder_output_and_feature_info(fusion, make_inputs):
-    encoder = FUSION_REGISTRY.get(fusion)(backbone="mit_nano", modalities=["rgb", "depth"])
+    encoder = FUSION_REGISTRY.get(fusion)(backbone=TINY_BACKBONES.get(fusion, "mit_nano"), modalities=["rgb", "depth"])
     out = encoder(make_inputs(["rgb", "depth"], height=48, width=80))
     assert isinstance(out, EncoderOutput)
     assert encoder.feature_info.channels() == [16, 32, 64, 128]
@@ -131,8 +135,11 @@ def test_bad_inputs(fusion, tiny_model, make_inputs):
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_unknown_modality_at_build(fusion):
     with pytest.raises(ConfigError, match="'sonar'"):
-        FUSION_REGISTRY.get(fusion)(backbone="mit_nano", modalities=["rgb", "sonar"])
-    with pytest.raises(ConfigError, match="unknown backbone 'resnet'.*mit_b0"):
+        FUSION_REGISTRY.get(fusion)(backbone=TINY_BACKBONES.get(fusion, "mit_nano"), modalities=["rgb", "sonar"])
+    # omni takes only its own backbone family, and its error names that family instead of the whole registry
+    expected = (r"needs an omni backbone \(omni_t.*got 'resnet'" if fusion == "omni"
+                else "unknown backbone 'resnet'.*mit_b0")
+    with pytest.raises(ConfigError, match=expected):
         FUSION_REGISTRY.get(fusion)(backbone="resnet", modalities=["rgb", "depth"])
 
 
