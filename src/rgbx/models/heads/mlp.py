@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from rgbx.models.layers import ConvBNReLU, init_weights, map_to_tokens, resize, tokens_to_map
+from rgbx.models.layers import ConvBNReLU, init_weights, resize
 from rgbx.models.registries import HEADS
 
 __all__ = ["MLPHead"]
@@ -47,8 +48,12 @@ class MLPHead(nn.Module):
         if len(features) != len(self.linear):
             raise ValueError(f"MLPHead expects {len(self.linear)} stage maps, got {len(features)}")
         size = features[0].shape[-2:]
+        # Each Linear is applied as the equivalent 1×1 convolution on the (B, C, H, W) map: same weights and
+        # result, but the maps stay in the input's memory layout, so the upsampling and the concatenation below
+        # work on plain NCHW tensors instead of transposed token views (which cost layout copies, on the CPU
+        # several times the head's arithmetic).
         projected = [
-            resize(tokens_to_map(linear(map_to_tokens(f)), f.shape[-2:]), size)
+            resize(F.conv2d(f, linear.weight[:, :, None, None], linear.bias), size)
             for linear, f in zip(self.linear, features, strict=True)
         ]
         x = self.fuse(torch.cat(projected[::-1], dim=1))
