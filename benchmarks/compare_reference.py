@@ -51,6 +51,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import references  # noqa: E402  (benchmarks/references.py)
+
 from rgbx.engine.bench import make_inference, make_train_step, peak_tflops, time_alternating  # noqa: E402
 from rgbx.engine.fastpath import SpeedOptions, autocast  # noqa: E402
 from rgbx.engine.profile import count_flops  # noqa: E402
@@ -107,12 +109,12 @@ def build_dformer_pair(root: Path, variant: str, device: torch.device, seed: int
     gen = torch.Generator().manual_seed(seed)
     with pd._quiet():
         enc = getattr(encoders, pd.REF_FACTORIES[variant])(drop_path_rate=0.1, norm_cfg=dict(type="BN"))
-    pd._randomize(enc, gen)
+    references.randomize(enc, gen)
     dims = [int(enc.stages[i][0].layer_scale_1.numel()) for i in range(4)]
     with pd._quiet():
         head = ham.LightHamHead(in_channels=dims[1:], num_classes=NUM_CLASSES, in_index=[1, 2, 3],
                                 norm_cfg=dict(type="BN"), channels=512)
-    pd._randomize(head, gen)
+    references.randomize(head, gen)
     model = create_model(backbone=f"dformer_{variant}", fusion="dformer", head="ham", modalities=["rgb", "depth"],
                          num_classes=NUM_CLASSES, head_channels=512)
     load_strict(model.encoder.encoder, enc.state_dict(), "reference encoder")
@@ -121,10 +123,9 @@ def build_dformer_pair(root: Path, variant: str, device: torch.device, seed: int
 
 
 def build_cmx_pair(root: Path, backbone: str, device: torch.device, seed: int):
-    import references
-
     torch.manual_seed(seed)
     reference = references.build_cmx_reference(root, backbone=backbone, num_classes=NUM_CLASSES, embed_dim=512)
+    references.randomize(reference, torch.Generator().manual_seed(seed))
     model = references.cmx_to_rgbx(reference, modalities=("rgb", "depth"))
     return reference, model
 

@@ -37,6 +37,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from references import randomize  # benchmarks/references.py (this script's folder is on sys.path)
 from torch import nn
 
 from rgbx.engine.profile import count_parameters
@@ -91,25 +92,6 @@ def _load_reference(root: Path):
         return importlib.import_module("semseg.models.cmnext")
 
 
-@torch.no_grad()
-def _randomize(module: nn.Module, gen: torch.Generator) -> None:
-    for name, t in module.state_dict().items():
-        if not t.is_floating_point():
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf.startswith("layer_scale"):
-            t.copy_(torch.rand(t.shape, generator=gen) * 0.8 + 0.2)
-        elif leaf == "running_var":
-            t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-        elif leaf == "running_mean" or leaf == "bias":
-            t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
-        elif t.dim() == 1:  # norm weights
-            t.copy_(1 + torch.randn(t.shape, generator=gen) * 0.1)
-        else:
-            fan_in = t[0].numel()
-            t.copy_(torch.randn(t.shape, generator=gen) / fan_in**0.5)
-
-
 def _reference_input(x: torch.Tensor) -> torch.Tensor:
     """A C-channel rgbx input repeated cyclically to 3 channels (channel k = channel k mod C)."""
     return x[:, [k % x.shape[1] for k in range(3)]]
@@ -118,7 +100,7 @@ def _reference_input(x: torch.Tensor) -> torch.Tensor:
 def run_set(reference, modalities: list[str], size: tuple[int, int], seed: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(seed)
     ref = reference.CMNeXt("CMNeXt-B2", 25, ["img", *modalities[1:]])
-    _randomize(ref, gen)
+    randomize(ref, gen, layer_scale=(0.2, 1.0))
     ref.eval()
     model = create_model(backbone="mit_b2", fusion="cmnext", head="mlp", modalities=modalities, num_classes=25,
                          head_channels=512).eval()

@@ -28,32 +28,14 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from references import build_cmx_reference, cmx_to_rgbx  # noqa: E402
+from references import build_cmx_reference, cmx_to_rgbx, randomize  # noqa: E402
 
 from rgbx.models import create_model  # noqa: E402
 
 VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
-
-
-@torch.no_grad()
-def randomize(module: nn.Module, gen: torch.Generator) -> None:
-    """Random values for every floating tensor of ``module`` (parameters and BatchNorm statistics)."""
-    for name, t in module.state_dict().items():
-        if not t.is_floating_point():
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "running_var":
-            t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-        elif leaf in ("running_mean", "bias"):
-            t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
-        elif t.dim() == 1:  # norm weights
-            t.copy_(1 + torch.randn(t.shape, generator=gen) * 0.1)
-        else:
-            t.copy_(torch.randn(t.shape, generator=gen) / t[0].numel() ** 0.5)
 
 
 def run_variant(variant: str, reference: Path, size: tuple[int, int], seed: int) -> dict[str, float]:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from references import randomize  # benchmarks/references.py (this script's folder is on sys.path)
 from torch import nn
 
 from rgbx.models import create_model
@@ -111,35 +112,16 @@ def _load_reference(root: Path):
     return encoders, ham
 
 
-@torch.no_grad()
-def _randomize(module: nn.Module, gen: torch.Generator) -> None:
-    for name, t in module.state_dict().items():
-        if not t.is_floating_point():
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf.startswith("layer_scale"):
-            t.copy_(torch.rand(t.shape, generator=gen) * 0.25 + 0.05)
-        elif leaf == "running_var":
-            t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-        elif leaf == "running_mean" or leaf == "bias":
-            t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
-        elif t.dim() == 1:  # norm weights
-            t.copy_(1 + torch.randn(t.shape, generator=gen) * 0.1)
-        else:
-            fan_in = t[0].numel()
-            t.copy_(torch.randn(t.shape, generator=gen) / fan_in**0.5)
-
-
 def run_variant(variant: str, encoders, ham, size: tuple[int, int], seed: int) -> dict[str, float]:
     gen = torch.Generator().manual_seed(seed)
     with _quiet():
         ref_enc = getattr(encoders, REF_FACTORIES[variant])(drop_path_rate=0.1, norm_cfg=dict(type="BN"))
-    _randomize(ref_enc, gen)
+    randomize(ref_enc, gen)
     dims = [int(ref_enc.stages[i][0].layer_scale_1.numel()) for i in range(4)]
     with _quiet():
         ref_head = ham.LightHamHead(in_channels=dims[1:], num_classes=40, in_index=[1, 2, 3],
                                     norm_cfg=dict(type="BN"), channels=512)
-    _randomize(ref_head, gen)
+    randomize(ref_head, gen)
     ref_enc.eval()
     ref_head.eval()
 

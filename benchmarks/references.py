@@ -148,3 +148,25 @@ def cmx_to_rgbx(reference_model: nn.Module, modalities=("rgb", "depth")):
     )
     convert_checkpoint(state, model, layout="cmx")
     return model.eval()
+
+
+@torch.no_grad()
+def randomize(module: nn.Module, gen: torch.Generator, layer_scale: tuple[float, float] = (0.05, 0.3)) -> None:
+    """Random values for every floating tensor of ``module``, so that a parity check exercises every path: weights
+    ~ N(0, 1/fan_in), biases and BatchNorm running means ~ N(0, 0.1²), running variances U(0.5, 1.5), norm weights
+    1 + N(0, 0.1²), layer scales U(``layer_scale``) instead of their tiny initial values."""
+    lo, hi = layer_scale
+    for name, t in module.state_dict().items():
+        if not t.is_floating_point():
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.startswith("layer_scale"):
+            t.copy_(torch.rand(t.shape, generator=gen) * (hi - lo) + lo)
+        elif leaf == "running_var":
+            t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+        elif leaf in ("running_mean", "bias"):
+            t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+        elif t.dim() == 1:  # norm weights
+            t.copy_(1 + torch.randn(t.shape, generator=gen) * 0.1)
+        else:
+            t.copy_(torch.randn(t.shape, generator=gen) / t[0].numel() ** 0.5)
