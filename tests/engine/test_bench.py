@@ -48,6 +48,9 @@ SWITCHES = {
     "channels_last": SpeedOptions.exact().with_(channels_last=True),
     "fused_adamw": SpeedOptions.exact().with_(fused_optimizer=True),
     "compile": SpeedOptions.exact().with_(compile=True, compile_backend="aot_eager"),
+    # CUDA-only effects (TF32 matmuls, cuDNN autotuning): on the CPU they must change nothing
+    "tf32": SpeedOptions.exact().with_(tf32=True),
+    "cudnn_benchmark": SpeedOptions.exact().with_(cudnn_benchmark=True),
 }
 TOLERANCE = {"bf16": 2e-2, "compile": 1e-4}
 
@@ -68,7 +71,7 @@ def test_each_switch_trains_like_the_exact_path(name):
     assert losses[name][-1] < losses[name][0]
 
 
-@pytest.mark.parametrize("name", ["sdpa", "bf16", "channels_last", "compile"])
+@pytest.mark.parametrize("name", ["sdpa", "bf16", "channels_last", "compile", "tf32", "cudnn_benchmark"])
 def test_each_switch_infers_like_the_exact_path(name):
     x, _ = data(batch=1)
     model = tiny()
@@ -170,3 +173,12 @@ def test_compare_reference_agreement_check_detects_different_weights():
     with torch.no_grad():
         ref.m.head.classifier.bias.add_(0.1)
     assert cr.agreement(ref, model, inputs, seed=0) > 1e-2
+
+
+def test_backend_flags_are_restored():
+    from rgbx.engine.fastpath import backend_flags
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    with backend_flags(SpeedOptions(tf32=not saved[0], cudnn_benchmark=not saved[1])):
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark) == (not saved[0], not saved[1])
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark) == saved
