@@ -99,7 +99,7 @@ def test_fast_options_follow_the_device(monkeypatch):
     monkeypatch.setattr(fp, "cpu_has_bf16", lambda: False)
     assert SpeedOptions.fast("cpu").precision == "fp32"
     monkeypatch.setattr(fp, "cpu_has_bf16", lambda: True)
-    assert SpeedOptions.fast("cpu").precision == "bf16"
+    assert SpeedOptions.fast("cpu").precision == "bf16" and SpeedOptions.fast("cpu").channels_last
     assert "channels-last" in SpeedOptions(channels_last=True).describe()
 
 

@@ -25,7 +25,8 @@ EXAMPLES = """  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth
 
 option sets (--options): exact = fp32, explicit attention, no compilation, per-tensor AdamW (the reference
 arithmetic); fast = what helps on the device (CUDA: bf16 autocast, fused attention, channels-last, TF32, fused
-AdamW, CUDA-graph inference; CPU: fused attention, bf16 where the processor has AMX / AVX-512 BF16);
+AdamW, CUDA-graph inference; CPU: fused attention, channels-last, bf16 where the processor has AMX /
+AVX-512 BF16);
 compiled = fast + torch.compile; custom = exact changed by the switch flags below. --sweep adds one set per switch
 of the fast set: exact with only that switch turned on (torch.compile is measured by the compiled set).
 
