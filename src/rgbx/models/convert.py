@@ -97,6 +97,7 @@ import torch
 from torch import nn
 
 from rgbx.errors import CheckpointError
+from rgbx.models.backbones.mit import original_key_to_rgbx
 
 __all__ = [
     "LAYOUTS",
@@ -224,19 +225,14 @@ class _Mapper:
 # A canonical MiT encoder: rgbx ``MixTransformer``-relative name → (tensor, checkpoint keys).
 _Canon = dict[str, tuple[torch.Tensor, tuple[str, ...]]]
 
-_NVLABS_ENCODER = re.compile(r"^(?:backbone\.)?(patch_embed|block|norm)([1-9])\.(.+)$")
-_NVLABS_PART = {"patch_embed": "patch_embed", "block": "blocks", "norm": "norm"}
-
-
-def _parse_nvlabs_encoder(m: _Mapper, pattern: re.Pattern = _NVLABS_ENCODER) -> _Canon:
+def _parse_nvlabs_encoder(m: _Mapper) -> _Canon:
     """``patch_embed1.*``, ``block1.0.*``, ``norm1.*`` (optionally under ``backbone.``): block internals already
-    have rgbx's names."""
+    have rgbx's names (:func:`rgbx.models.backbones.mit.original_key_to_rgbx`)."""
     canon: _Canon = {}
     for key in m.keys():
-        match = pattern.match(key)
-        if match:
-            part, stage, rest = match.groups()
-            canon[f"stages.{int(stage) - 1}.{_NVLABS_PART[part]}.{rest}"] = (m.get(key), (key,))
+        name = original_key_to_rgbx(key.removeprefix("backbone."))
+        if name is not None:
+            canon[name] = (m.get(key), (key,))
     return canon
 
 
@@ -527,7 +523,16 @@ def _segformer(parse: Callable[[_Mapper], _Canon], head_rules, classifier: str, 
     return convert
 
 
-_CMX_ENCODER = re.compile(r"^backbone\.(extra_)?(patch_embed|block|norm)([1-9])\.(.+)$")
+def _cmx_encoder_key(key: str) -> tuple[str | None, bool]:
+    """A CMX ``backbone.[extra_]{patch_embed,block,norm}{n}.*`` key → (the MiT name, whether it is the X path's
+    ``extra_`` copy); (None, False) for any other key."""
+    if not key.startswith("backbone."):
+        return None, False
+    rest = key[len("backbone."):]
+    extra = rest.startswith("extra_")
+    return original_key_to_rgbx(rest.removeprefix("extra_")), extra
+
+
 _CMX_FUSION = (
     (re.compile(r"^backbone\.FRMs\.(\d+)\.(.+)$"), r"encoder.rectify.\1.\2"),
     (re.compile(r"^backbone\.FFMs\.(\d+)\.channel_emb\.(.+)$"), r"encoder.fuse.\1.channel_emb.\2"),
@@ -560,11 +565,9 @@ def _convert_cmx(m: _Mapper, branches: Sequence[str] | None = None) -> None:
     rgb_canon: _Canon = {}
     x_canon: _Canon = {}
     for key in m.keys():
-        match = _CMX_ENCODER.match(key)
-        if match:
-            extra, part, stage, rest = match.groups()
-            canon = x_canon if extra else rgb_canon
-            canon[f"stages.{int(stage) - 1}.{_NVLABS_PART[part]}.{rest}"] = (m.get(key), (key,))
+        name, extra = _cmx_encoder_key(key)
+        if name is not None:
+            (x_canon if extra else rgb_canon)[name] = (m.get(key), (key,))
             continue
         for pattern, repl in _CMX_FUSION:
             if pattern.match(key):
@@ -978,10 +981,9 @@ def infer_model_options(state: Mapping[str, torch.Tensor], layout: str) -> dict:
         out.update(fusion="cmx", head="mlp")
         canon = {}
         for key in probe.keys():
-            match = _CMX_ENCODER.match(key)
-            if match and not match.group(1):
-                canon[f"stages.{int(match.group(3)) - 1}.{_NVLABS_PART[match.group(2)]}.{match.group(4)}"] = (
-                    state[key], (key,))
+            name, extra = _cmx_encoder_key(key)
+            if name is not None and not extra:
+                canon[name] = (state[key], (key,))
         pred = state.get("decode_head.linear_pred.weight")
     elif layout == "dformer":
         out.update(fusion="dformer", head="ham", head_options={"bn_eps": 1e-3})

@@ -44,6 +44,7 @@ __all__ = [
     "MixTransformer",
     "OverlapPatchEmbed",
     "checkpoint_filter_fn",
+    "original_key_to_rgbx",
 ]
 
 
@@ -334,13 +335,27 @@ class MixTransformer(nn.Module):
         return features
 
 
-_ORIGINAL_KEY = re.compile(r"^(?:backbone\.)?(patch_embed|block|norm)([1-4])\.(.*)$")
+_ORIGINAL_KEY = re.compile(r"^(patch_embed|block|norm)([1-9])\.(.+)$")
 _ORIGINAL_PART = {"patch_embed": "patch_embed", "block": "blocks", "norm": "norm"}
 
 
+def original_key_to_rgbx(key: str) -> str | None:
+    """One key of the original SegFormer / MiT encoder, without prefix (``patch_embed1.proj.weight``,
+    ``block1.0.attn.q.weight``, ``norm1.weight``) → this module's name (``stages.0.patch_embed.proj.weight``,
+    ``stages.0.blocks.0.attn.q.weight``, ``stages.0.norm.weight``); None for any other key. Block internals already
+    have the original's names. Shared by :func:`checkpoint_filter_fn` and the CMX / CMNeXt / SegFormer conversions
+    (:mod:`rgbx.models.convert`, :func:`rgbx.models.fusions.cmnext.cmnext_key_map`)."""
+    match = _ORIGINAL_KEY.match(key)
+    if match is None:
+        return None
+    part, stage, rest = match.groups()
+    return f"stages.{int(stage) - 1}.{_ORIGINAL_PART[part]}.{rest}"
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an original SegFormer/MiT encoder state dict (``patch_embed1.*``, ``block1.0.*``, ``norm1.*``) to this
-    module's names (``stages.0.patch_embed.*``, ``stages.0.blocks.0.*``, ``stages.0.norm.*``).
+    """Rename an original SegFormer/MiT encoder state dict (``patch_embed1.*``, ``block1.0.*``, ``norm1.*``, optionally
+    under ``backbone.``) to this module's names (``stages.0.patch_embed.*``, ``stages.0.blocks.0.*``,
+    ``stages.0.norm.*``).
 
     The ImageNet classification ``head.*`` is dropped; keys already in rgbx form pass through; any other key is kept
     as is so that a strict load reports it.
@@ -349,11 +364,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     for key, value in state_dict.items():
         if key.startswith("head."):
             continue
-        match = _ORIGINAL_KEY.match(key)
-        if match:
-            part, stage, rest = match.groups()
-            key = f"stages.{int(stage) - 1}.{_ORIGINAL_PART[part]}.{rest}"
-        out[key] = value
+        out[original_key_to_rgbx(key.removeprefix("backbone.")) or key] = value
     return out
 
 

@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rgbx.errors import ConfigError
-from rgbx.models.backbones.mit import MixTransformer
+from rgbx.models.backbones.mit import MixTransformer, original_key_to_rgbx
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder, others_weights
 from rgbx.models.fusions.cmx import FeatureFusionModule, FeatureRectifyModule
 from rgbx.models.layers import DropPath, LayerNorm2d, init_weights, mask_absent
@@ -407,8 +407,6 @@ class CMNeXtFusion(FusionEncoder):
         return EncoderOutput(fused=fused, features=features, present=present)
 
 
-_MIT_KEY = re.compile(r"^(patch_embed|block|norm)([1-4])\.(.*)$")
-_MIT_PART = {"patch_embed": "patch_embed", "block": "blocks", "norm": "norm"}
 _EXTRA_STAGE_KEY = re.compile(r"^extra_(block|norm)([1-4])\.(.*)$")
 _EMBED_KEY = re.compile(r"^extra_downsample_layers\.(\d+)\.(proj\.module|norm\.ln_(\d+))\.(.*)$")
 _SCORE_KEY = re.compile(r"^extra_score_predictor\.(\d+)\.score_nets\.(\d+)\.(.*)$")
@@ -422,9 +420,8 @@ _HEAD_KEY = {
 
 def _backbone_key(key: str, primary: str, supplementary: Sequence[str]) -> str | None:
     """One original ``CMNeXt`` backbone key → this fusion's key (None if not a CMNeXt backbone key)."""
-    if match := _MIT_KEY.match(key):
-        part, stage, rest = match.groups()
-        return f"backbone.stages.{int(stage) - 1}.{_MIT_PART[part]}.{rest}"
+    if (name := original_key_to_rgbx(key)) is not None:
+        return f"backbone.{name}"
     if match := _EXTRA_STAGE_KEY.match(key):
         part, stage, rest = match.groups()
         rest = rest.replace("mlp.dwconv.dwconv.", "mlp.dwconv.")
