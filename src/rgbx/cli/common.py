@@ -56,6 +56,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, help="number of classes (required unless the config sets it)")
 
 
+MODEL_FLAGS = ("backbone", "fusion", "head", "head_channels", "modalities", "num_classes")
+
+
+def model_flag_overrides(args) -> dict:
+    """The model fields set on the command line (``--backbone``, ``--fusion``, ``--head``, ``--head-channels``,
+    ``--modalities``, ``--num-classes``), unset ones left out."""
+    return {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k, None) is not None}
+
+
 def model_config_from_args(args):
     """The :class:`~rgbx.models.ModelConfig` of ``--config`` (its model section) overridden by the model flags of
     :func:`add_model_arguments`, with random weights (``pretrained`` cleared)."""
@@ -64,15 +73,7 @@ def model_config_from_args(args):
     from rgbx.models import ModelConfig
 
     base = load_config(args.config).model if args.config else ModelConfig()
-    overrides = {
-        "backbone": args.backbone,
-        "fusion": args.fusion,
-        "head": args.head,
-        "head_channels": args.head_channels,
-        "modalities": args.modalities,
-        "num_classes": args.num_classes,
-    }
-    data = base.to_dict() | {k: v for k, v in overrides.items() if v is not None}
+    data = base.to_dict() | model_flag_overrides(args)
     data["pretrained"] = ""  # random weights: the architecture is all that is measured
     if not data["num_classes"]:
         raise ConfigError("--num-classes is required (the config does not set model.num_classes)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgbx.cli.common import add_command, parse_options
+from rgbx.cli.common import add_command, model_flag_overrides, parse_options
 
 EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth --out cmx_b2_nyu.safetensors
   rgbx convert NYUDV2_CMX+Segformer-B2.pth --backbone mit_b2 --fusion cmx --head mlp --head-channels 512 \\
@@ -86,15 +86,7 @@ def model_config(args, inferred: dict):
             data["num_classes"] = inferred["num_classes"]
     else:
         data = ModelConfig().to_dict() | inferred
-    flags = {
-        "backbone": args.backbone,
-        "fusion": args.fusion,
-        "head": args.head,
-        "head_channels": args.head_channels,
-        "modalities": args.modalities,
-        "num_classes": args.num_classes,
-    }
-    data |= {k: v for k, v in flags.items() if v is not None}
+    data |= model_flag_overrides(args)
     head_options = dict(data.get("head_options") or {})
     if data["head"] == inferred.get("head"):  # options read off the checkpoint are for its own head only
         head_options = checkpoint_head_options | head_options
