@@ -11,7 +11,7 @@ EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth 
   rgbx convert NYUDV2_CMX+Segformer-B2.pth --backbone mit_b2 --fusion cmx --head mlp --head-channels 512 \\
       --modalities rgb depth --num-classes 40 --out cmx_b2_nyu.safetensors          # everything spelled out
   rgbx convert NYUv2_DFormer_Base.pth --modalities rgb depth --out dformer_b_nyu.safetensors
-  rgbx convert CMNeXt_CMNeXt-B2_DELIVER_rgbdel.pth --modalities rgb depth event lidar \
+  rgbx convert CMNeXt_CMNeXt-B2_DELIVER_rgbdel.pth --modalities rgb depth event lidar \\
       --out cmnext_b2_deliver.safetensors                   # DELIVER's CMNeXt (MODALS img, depth, event, lidar)
   rgbx convert mit_b2.pth --backbone mit_b2 --fusion cmx --modalities rgb thermal --num-classes 9 \\
       --out cmx_b2_init.safetensors                        # ImageNet MiT into both CMX branches (fusion at init)
