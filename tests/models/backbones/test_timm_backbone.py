@@ -92,8 +92,21 @@ def test_bad_pretrained_file_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="w.pth"):
         rgbx.create_model(backbone="timm:resnet18", pretrained=str(bad), fusion="mean", modalities=["rgb"],
                           num_classes=3)
-    with pytest.raises(ConfigError, match="cannot load pretrained"):
+    with pytest.raises(CheckpointError, match="w.pth: no MiT encoder"):
         rgbx.create_model(backbone="mit_nano", pretrained=str(bad), fusion="mean", modalities=["rgb"],
+                          num_classes=3)
+
+
+def test_backbone_without_weight_loading_says_so(monkeypatch):
+    from rgbx.models.backbones.mit import mit_nano
+    from rgbx.models.registries import BACKBONES
+
+    def plain(in_channels=3, drop_path_rate=0.1, attn_impl="sdpa"):
+        return mit_nano(in_channels=in_channels, drop_path_rate=drop_path_rate, attn_impl=attn_impl)
+
+    monkeypatch.setitem(BACKBONES._items, "plain_test_backbone", plain)
+    with pytest.raises(ConfigError, match="'plain_test_backbone' cannot load pretrained"):
+        rgbx.create_model(backbone="plain_test_backbone", pretrained="w.pth", fusion="mean", modalities=["rgb"],
                           num_classes=3)
 
 

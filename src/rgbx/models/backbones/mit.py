@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgbx.errors import ConfigError
+from rgbx.errors import CheckpointError, ConfigError
 from rgbx.models.layers import (
     DropPath,
     DWConv,
@@ -34,6 +34,7 @@ from rgbx.models.layers import (
     tokens_to_map,
 )
 from rgbx.models.registries import BACKBONES
+from rgbx.models.weights import adapt_conv_weight, load_strict, read_state_dict
 
 __all__ = [
     "EfficientSelfAttention",
@@ -44,6 +45,7 @@ __all__ = [
     "MixTransformer",
     "OverlapPatchEmbed",
     "checkpoint_filter_fn",
+    "load_mit_weights",
     "original_key_to_rgbx",
 ]
 
@@ -294,6 +296,8 @@ class MixTransformer(nn.Module):
                 }
             )
         self.apply(init_weights)
+        # The first patch embedding of loaded weights, kept for make_stem (a stem-less encoder has none of its own).
+        self.pretrained_stem: dict[str, torch.Tensor] | None = None
 
     @property
     def num_stages(self) -> int:
@@ -303,11 +307,16 @@ class MixTransformer(nn.Module):
         return self.feature_info.channels()
 
     def make_stem(self, in_channels: int) -> OverlapPatchEmbed:
-        """A new, initialised first-stage patch embedding for ``in_channels`` input channels."""
+        """A new first-stage patch embedding for ``in_channels`` input channels: a copy of the pretrained stem when
+        weights were loaded (:func:`load_mit_weights`; the kernel adapted to the channel count), else initialised."""
         stem = OverlapPatchEmbed(
             in_channels, self.arch.embed_dims[0], self.arch.patch_sizes[0], self.arch.strides[0]
         )
         stem.apply(init_weights)
+        if self.pretrained_stem is not None:
+            state = dict(self.pretrained_stem)
+            state["proj.weight"] = adapt_conv_weight(state["proj.weight"], in_channels)
+            load_strict(stem, state, "pretrained MiT stem")
         return stem
 
     def set_attn_impl(self, attn_impl: str) -> None:
@@ -368,71 +377,135 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-def _create(arch: MiTArch, in_channels: int | None, drop_path_rate: float, attn_impl: str) -> MixTransformer:
-    return MixTransformer(arch, in_channels=in_channels, drop_path_rate=drop_path_rate, attn_impl=attn_impl)
+_STEM = "stages.0.patch_embed."
+_PROBE = "stages.1.blocks.0.attn.q.weight"  # a key every MiT encoder has, whatever its prefix
+
+
+def _mit_state_in(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The MiT encoder inside a weights file, in this module's names: an original SegFormer / CMX file
+    (``patch_embed1.*``, ``block1.0.*``, optionally under ``backbone.``), a bare rgbx MiT, or an rgbx model file, whose
+    encoder is found by its key prefix (``encoder.backbone.`` of a ``mean`` model, ``encoder.branches.rgb.`` of a
+    ``cmx`` model: the RGB branch when there are several). A stem kept outside the encoder (``encoder.stems.rgb.``) is
+    taken as the first patch embedding."""
+    renamed = checkpoint_filter_fn(state)
+    prefixes = sorted({k[: -len(_PROBE)] for k in renamed if k.endswith(_PROBE)})
+    if not prefixes:
+        hint = ""
+        if any(k.startswith(("layers.", "backbone.layers.", "segformer.", "encoder.block.")) for k in state):
+            hint = ("; it looks like an mmsegmentation or Hugging Face SegFormer file: convert it with `rgbx convert` "
+                    "and pass the converted model file")
+        raise CheckpointError(f"{source}: no MiT encoder found (expected keys like 'block1.0.attn.q.weight' or "
+                              f"'stages.0.blocks.0.attn.q.weight'){hint}")
+    if len(prefixes) > 1:
+        rgb = [p for p in prefixes if p.rstrip(".").endswith("rgb")]
+        if len(rgb) != 1:
+            raise CheckpointError(f"{source}: several MiT encoders ({', '.join(repr(p) for p in prefixes)}) and no "
+                                  f"single RGB one to choose")
+        prefixes = rgb
+    prefix = prefixes[0]
+    out = {k[len(prefix):]: v for k, v in renamed.items() if k.startswith(prefix)}
+    if not any(k.startswith(_STEM) for k in out):
+        parent = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else prefix
+        stems = sorted({k[len(parent) + len("stems."):].split(".")[0] for k in renamed
+                        if k.startswith(parent + "stems.")})
+        if stems:
+            name = "rgb" if "rgb" in stems else stems[0]
+            stem_prefix = f"{parent}stems.{name}."
+            out.update({_STEM + k[len(stem_prefix):]: v for k, v in renamed.items() if k.startswith(stem_prefix)})
+    return out
+
+
+def load_mit_weights(model: MixTransformer, path: str) -> None:
+    """Load pretrained MiT weights into ``model`` strictly (every missing, unexpected or mis-shaped tensor is listed).
+
+    ``path`` is a local ``.safetensors`` or torch file (read with ``weights_only=True``) in any layout
+    :func:`_mit_state_in` knows: the SegFormer ImageNet files (``mit_b2.pth``, as CMX and DFormer's MiT baselines use),
+    a bare rgbx MiT, or an rgbx model file (e.g. an RGB model trained with rgbx, to start another run from). The
+    first patch embedding is adapted to the model's input channels (summed RGB kernels for 1 channel); for a model
+    built without a stem it is kept for :meth:`MixTransformer.make_stem`, so every modality's stem starts from it.
+    """
+    source = f"pretrained MiT weights {path}"
+    state = _mit_state_in(read_state_dict(path), source)
+    stem = {k[len(_STEM):]: v for k, v in state.items() if k.startswith(_STEM)}
+    if "proj.weight" not in stem:
+        raise CheckpointError(f"{source}: no first patch embedding ({_STEM}proj.weight) in the file")
+    body = {k: v for k, v in state.items() if not k.startswith(_STEM)}
+    if model.in_channels is not None:
+        body.update({_STEM + k: v for k, v in stem.items()})
+        body[_STEM + "proj.weight"] = adapt_conv_weight(stem["proj.weight"], model.in_channels)
+    load_strict(model, body, source)
+    model.pretrained_stem = {k: v.clone() for k, v in stem.items()}
+
+
+def _create(arch: MiTArch, in_channels: int | None, drop_path_rate: float, attn_impl: str,
+            pretrained: str = "") -> MixTransformer:
+    model = MixTransformer(arch, in_channels=in_channels, drop_path_rate=drop_path_rate, attn_impl=attn_impl)
+    if pretrained:
+        load_mit_weights(model, pretrained)
+    return model
 
 
 @BACKBONES.register("mit_nano")
 def mit_nano(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa", pretrained: str = ""
 ) -> MixTransformer:
     """Tiny MiT for tests and CPU demos (dims 16-128, one block per stage, heads 1/2/4/8).
 
     Not a published SegFormer variant and has no pretrained weights.
     """
     arch = MiTArch(embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
-    return _create(arch, in_channels, drop_path_rate, attn_impl)
+    return _create(arch, in_channels, drop_path_rate, attn_impl, pretrained)
 
 
 @BACKBONES.register("mit_b0")
 def mit_b0(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa", pretrained: str = ""
 ) -> MixTransformer:
     """MiT-B0 (≈3.3M parameters)."""
     arch = MiTArch(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2))
-    return _create(arch, in_channels, drop_path_rate, attn_impl)
+    return _create(arch, in_channels, drop_path_rate, attn_impl, pretrained)
 
 
 @BACKBONES.register("mit_b1")
 def mit_b1(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa", pretrained: str = ""
 ) -> MixTransformer:
     """MiT-B1 (≈13.1M parameters)."""
     arch = MiTArch(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2))
-    return _create(arch, in_channels, drop_path_rate, attn_impl)
+    return _create(arch, in_channels, drop_path_rate, attn_impl, pretrained)
 
 
 @BACKBONES.register("mit_b2")
 def mit_b2(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa", pretrained: str = ""
 ) -> MixTransformer:
     """MiT-B2 (≈24.2M parameters)."""
     arch = MiTArch(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3))
-    return _create(arch, in_channels, drop_path_rate, attn_impl)
+    return _create(arch, in_channels, drop_path_rate, attn_impl, pretrained)
 
 
 @BACKBONES.register("mit_b3")
 def mit_b3(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa", pretrained: str = ""
 ) -> MixTransformer:
     """MiT-B3 (≈44.0M parameters)."""
     arch = MiTArch(embed_dims=(64, 128, 320, 512), depths=(3, 4, 18, 3))
-    return _create(arch, in_channels, drop_path_rate, attn_impl)
+    return _create(arch, in_channels, drop_path_rate, attn_impl, pretrained)
 
 
 @BACKBONES.register("mit_b4")
 def mit_b4(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa", pretrained: str = ""
 ) -> MixTransformer:
     """MiT-B4 (≈60.8M parameters)."""
     arch = MiTArch(embed_dims=(64, 128, 320, 512), depths=(3, 8, 27, 3))
-    return _create(arch, in_channels, drop_path_rate, attn_impl)
+    return _create(arch, in_channels, drop_path_rate, attn_impl, pretrained)
 
 
 @BACKBONES.register("mit_b5")
 def mit_b5(
-    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa"
+    in_channels: int | None = 3, drop_path_rate: float = 0.1, attn_impl: str = "sdpa", pretrained: str = ""
 ) -> MixTransformer:
     """MiT-B5 (≈81.4M parameters)."""
     arch = MiTArch(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3))
-    return _create(arch, in_channels, drop_path_rate, attn_impl)
+    return _create(arch, in_channels, drop_path_rate, attn_impl, pretrained)
