@@ -10,6 +10,14 @@ The public API (imported lazily so that ``rgbx --help`` stays fast)::
 
 from __future__ import annotations
 
+import os
+
+# MKL's conditional numerical reproducibility: without it, some CPU BLAS kernels pick code paths by memory alignment,
+# so two identical runs (or a run and its resume after a kill) can differ in the last bits. "AUTO" keeps the fastest
+# code path for the processor and makes results run-to-run identical for a fixed thread count. Read lazily by MKL,
+# so this works even when torch was imported first; set MKL_CBWR yourself to choose otherwise.
+os.environ.setdefault("MKL_CBWR", "AUTO")
+
 __version__ = "0.1.0"
 
 _API = {

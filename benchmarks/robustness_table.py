@@ -1,0 +1,60 @@
+"""The markdown tables of benchmarks/robustness.md from the runs of benchmarks/robustness.sh.
+
+    python benchmarks/robustness_table.py runs/robustness
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RUNS = [  # (run folder, what it is)
+    ("cmx", "plain cmx fusion (= PrimKD without a teacher)"),
+    ("mean", "plain mean fusion (= AnySeg teacher)"),
+    ("mean_dropout", "mean + modality dropout 0.5 (AnySeg's dropout, no distillation)"),
+    ("anyseg", "AnySeg student (teacher: mean)"),
+    ("ktb_plain", "KTB fusion, no self-teaching"),
+    ("ktb_mmst", "KTB fusion + masked modality self-teaching"),
+    ("primkd_rgb", "PrimKD, RGB teacher"),
+    ("primkd_depth", "PrimKD, depth teacher"),
+    ("teacher_rgb", "RGB only (PrimKD RGB teacher, KTB backbone)"),
+    ("teacher_depth", "depth only (PrimKD depth teacher)"),
+]
+
+
+def pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the OUT folder of benchmarks/robustness.sh")
+    args = parser.parse_args()
+    rows, noise = [], []
+    for run, what in RUNS:
+        path = args.out / run / "robust.json"
+        if not path.is_file():
+            print(f"(missing: {path})")
+            continue
+        r = json.loads(path.read_text())["robustness"]
+        em = r["entire_missing"]
+        sub = {name: s["miou"] for name, s in em["subsets"].items()}
+        rows.append(f"| {run} | {what} | {pct(sub.get('rgb+depth'))} | {pct(sub.get('rgb'))} | "
+                    f"{pct(sub.get('depth'))} | {pct(em['average'])} | {pct(em['expected'].get('0.1'))} |")
+        c = r["corruptions"]
+        noise.append(f"| {run} | {pct(c['dropout']['mean'].get('all'))} | {pct(c['gaussian']['mean'].get('rgb'))} | "
+                     f"{pct(c['gaussian']['mean'].get('depth'))} | {pct(c['salt_pepper']['mean'].get('rgb'))} | "
+                     f"{pct(c['salt_pepper']['mean'].get('depth'))} |")
+    print("| run | model / recipe | rgb+depth | rgb | depth | anymodal mean | E[mIoU], p = 0.1 |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print()
+    print("| run | pixel dropout, all sensors (mean of r) | Gaussian rgb | Gaussian depth | salt-pepper rgb | "
+          "salt-pepper depth |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(noise))
+
+
+if __name__ == "__main__":
+    main()
