@@ -117,8 +117,8 @@ class EventScapeDataset(DrivingDataset):
             return self._ids_from_file(self.root / self.split_file_option.format(split=self.split))
         base = self.split_folder()
         if base is None:
-            raise DataError(f"{self.root}: no folder for split {self.split!r} (tried "
-                            f"{', '.join(SPLIT_DIRS[self.split])}; set data.options.split_dir)")
+            raise DataError(f"{self.root}: no EventScape folder for split {self.split!r} (expected one of "
+                            f"{', '.join(SPLIT_DIRS[self.split])}; or set data.options.split_dir)")
         ids = []
         for dirpath, dirnames, _ in os.walk(base):
             dirnames.sort()
@@ -129,7 +129,7 @@ class EventScapeDataset(DrivingDataset):
                         ids.append(f"{seq}/{name[: -len(_FILES['rgb'][1])]}")
                 dirnames.clear()
         if not ids:
-            raise DataError(f"{base}: no <sequence>/rgb/data/*_image.png files found")
+            raise DataError(f"{base}: no EventScape frames found (expected <sequence>/rgb/data/<prefix>_<id>_image.png)")
         return ids
 
     def _ids_from_file(self, path: Path) -> list[str]:

@@ -138,7 +138,8 @@ class Kitti360Dataset(DrivingDataset):
             img = parts[0]
             bits = Path(img).parts
             if len(bits) < 5 or bits[0] != _RGB_DIR or bits[2:4] != ("image_00", "data_rect"):
-                raise DataError(f"{path}:{n}: {img!r} is not a {_RGB_DIR}/<seq>/image_00/data_rect/<frame>.png path")
+                raise DataError(f"{path}:{n}: {img!r} is not a KITTI-360 image path (expected "
+                                f"{_RGB_DIR}/<seq>/image_00/data_rect/<frame>.png)")
             lab = self._label_path(img, parts)
             sid = f"{bits[1]}/{Path(bits[-1]).stem}"
             ids.append(sid)

@@ -149,6 +149,7 @@ class ReleaseDataset(SegmentationDataset):
     SPLITS: tuple[str, ...] = ("train", "test")
     SPLIT_ALIASES: dict[str, str] = {"val": "test"}  # used only when the split's own file / folder is missing
     FILE_CHANNELS: dict[str, tuple[int, ...]] = {"rgb": (3, 4, 1)}
+    LAYOUT = ""  # the expected tree in one line, for errors that mean "this is not that dataset's folder"
 
     def __init__(self, root: str | Path, split: str, modalities: Sequence[str] | None = None, *args, **kwargs):
         self._indices: dict[tuple[str, tuple[str, ...]], StemIndex] = {}
@@ -220,7 +221,9 @@ class ReleaseDataset(SegmentationDataset):
         split_file = self.split_path(lambda s: self.root / f"{s}.txt")
         if not split_file.is_file():
             have = sorted(p.stem for p in self.root.glob("*.txt"))
-            raise DataError(f"{split_file}: split file not found (split files here: {', '.join(have) or 'none'})")
+            expected = f"; expected {self.LAYOUT}" if self.LAYOUT else ""
+            raise DataError(f"{split_file}: split file not found (split files here: {', '.join(have) or 'none'}"
+                            f"{expected})")
         return read_split_file(split_file)
 
     def files(self, sample_id: str) -> dict[str, Path | None]:
@@ -422,6 +425,8 @@ class NYUDepthV2(RGBDRelease):
     """NYU Depth V2, 40 classes, in the DFormer / CMX / SA-Gate layout (see the module docstring)."""
 
     NAME = "nyudepthv2"
+    LAYOUT = ("the NYU Depth V2 release of DFormer / CMX: RGB/, Depth/ and/or HHA/, Label/, train.txt and test.txt "
+              "at the root")
     CLASSES = NYU_CLASSES
     SPLITS = ("train", "test")
 

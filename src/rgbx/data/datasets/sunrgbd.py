@@ -50,6 +50,7 @@ class SUNRGBD(RGBDRelease):
     """SUN RGB-D, 37 classes, DFormer layout (see the module docstring)."""
 
     NAME = "sunrgbd"
+    LAYOUT = "the SUN RGB-D release of DFormer: RGB/, Depth/ and/or HHA/, labels/, train.txt and test.txt at the root"
     CLASSES = SUNRGBD_CLASSES
     SPLITS = ("train", "test")
     LABEL_FOLDERS = ("labels", "Label", "label", "Labels")

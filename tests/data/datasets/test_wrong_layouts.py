@@ -1,0 +1,56 @@
+"""Every adapter pointed at a missing root or at another dataset's tree (each built in its official layout by the
+adapters' own tests) fails with one DataError that names the path and what was expected, never a raw traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from rgbx.data import DATASETS, check_dataset
+from rgbx.errors import DataError
+from tests.conftest import make_dataset
+from tests.data.datasets import test_camvid as camvid
+from tests.data.datasets import test_driving as driving
+from tests.data.datasets import test_rgbd_rgbt as rgbd
+
+BUILDERS = {
+    "camvid": camvid.fake_camvid, "deliver": driving.make_deliver, "eventscape": driving.make_eventscape,
+    "folder": make_dataset, "kitti360": driving.make_kitti360, "mcubes": driving.make_mcubes,
+    "mfnet": rgbd.make_mfnet_original, "muses": driving.make_muses, "nyudepthv2": rgbd.make_nyu_dformer,
+    "pst900": rgbd.make_pst900,
+}
+# SUN RGB-D and NYU Depth V2 share the DFormer release layout (only the label folder's case and the class count
+# differ, and each adapter accepts the other's folder name): an NYU tree opens as SUN RGB-D and `rgbx data check`
+# reports its labels above 37 (test below).
+SAME_LAYOUT = {("sunrgbd", "nyudepthv2")}
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    base = tmp_path_factory.mktemp("trees")
+    out = {}
+    for name, build in BUILDERS.items():
+        out[name] = build(base / name) or base / name
+    out["missing"] = base / "does_not_exist"
+    return out
+
+
+def test_every_registered_adapter_has_a_tree():
+    assert set(DATASETS.names()) - {"sunrgbd"} == set(BUILDERS)
+
+
+@pytest.mark.parametrize("adapter", DATASETS.names())
+def test_wrong_root_or_other_layout_is_one_clear_error(adapter, trees):
+    for tree, root in trees.items():
+        if tree == adapter or (adapter, tree) in SAME_LAYOUT:
+            continue
+        with pytest.raises(DataError) as e:
+            DATASETS.get(adapter)(root, "train")
+        message = str(e.value)
+        assert str(root) in message, (adapter, tree, message)
+        assert "expected" in message or "not found" in message, (adapter, tree, message)
+        assert "Traceback" not in message
+
+
+def test_nyu_tree_read_as_sunrgbd_is_caught_by_the_check(trees):
+    with pytest.raises(DataError, match=r"Label/0\.png: label values \[39\] out of range: expected 0\.\.36"):
+        check_dataset(trees["nyudepthv2"], dataset="sunrgbd")
