@@ -8,6 +8,8 @@
     rgbx demo                                          # trains runs/demo/run/model.safetensors on runs/demo/data
     python benchmarks/fastpath_agreement.py --weights runs/demo/run/model.safetensors --data runs/demo/data \\
         --config demo --iters 100
+    python benchmarks/fastpath_agreement.py --weights runs/camvid_lite0/model.safetensors \\
+        --data ../shared/data/camvid --dataset camvid --split val --iters 0
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import Trainer
 
 
-def predictions(weights: Path, data: Path, split: str, options: SpeedOptions, device: torch.device):
+def predictions(weights: Path, data: Path, split: str, options: SpeedOptions, device: torch.device,
+                dataset_name: str = "folder"):
     model, info = load_model(weights, device)
     apply_speed_options(model, options)
     model.eval()
-    dataset = build_dataset("folder", data, split, modalities=list(model.modalities), transform=EvalTransform())
+    dataset = build_dataset(dataset_name, data, split, modalities=list(model.modalities), transform=EvalTransform())
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=collate)
     preds, labels = [], []
     with torch.inference_mode():
@@ -70,6 +73,7 @@ def main() -> None:
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--split", default="test")
+    p.add_argument("--dataset", default="folder", help="dataset format of --data (e.g. camvid)")
     p.add_argument("--config", default="demo", help="preset / YAML for the loss-curve runs")
     p.add_argument("--iters", type=int, default=100, help="iterations of each loss-curve run (0 = skip)")
     p.add_argument("--log-every", type=int, default=10)
@@ -80,8 +84,8 @@ def main() -> None:
     device = torch.device(args.device)
     exact, fast = SpeedOptions.exact(), SpeedOptions.fast(device)
     print(f"exact = {exact.describe()}; fast = {fast.describe()}")
-    pe, label, info = predictions(args.weights, args.data, args.split, exact, device)
-    pf, _, _ = predictions(args.weights, args.data, args.split, fast, device)
+    pe, label, info = predictions(args.weights, args.data, args.split, exact, device, args.dataset)
+    pf, _, _ = predictions(args.weights, args.data, args.split, fast, device, args.dataset)
     desc = info["dataset"]
     ignore = desc.get("ignore_index", 255)
     valid = label != ignore
