@@ -13,6 +13,7 @@ from rgbx.engine.trainer import Trainer
 from rgbx.errors import ConfigError
 from rgbx.methods import METHODS
 from rgbx.methods.ktb import MaskedModalitySelfTeaching, mask_one_modality
+from rgbx.models import create_model
 from tests.conftest import make_dataset
 from tests.methods import helpers
 
@@ -123,3 +124,20 @@ def test_trainer_runs_ktb_and_logs_each_term(tmp_path):
         parts = sum(float(row[k]) for k in ("s1", "s2", "s3"))
         assert abs(parts - float(row["loss"])) < 1e-3 * max(1.0, abs(parts))
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_trainer_reports_trainable_and_frozen_parameters():
+    from rgbx.engine.trainer import parameter_summary
+
+    model = create_model(backbone="mit_nano", fusion="ktb", modalities=["rgb", "depth"], num_classes=3,
+                         head_channels=16)
+    frozen = sum(p.numel() for p in model.encoder.backbone.parameters())
+    assert frozen == 423_648  # docs/methods/ktb.md
+    total = sum(p.numel() for p in model.parameters())
+    method = MaskedModalitySelfTeaching(MethodConfig(name="ktb"), ignore_index=255)
+    method.prepare(model, torch.device("cpu"))
+    heads = sum(p.numel() for p in method.heads.parameters())
+    line = parameter_summary(model, method.trainable_modules())
+    assert line == (f"model: {total / 1e6:.3f} M parameters ({(total - frozen) / 1e6:.3f} M trainable, "
+                    f"{frozen / 1e6:.3f} M frozen); the method trains {heads / 1e6:.3f} M more (not saved with the "
+                    f"model)")

@@ -105,6 +105,17 @@ def build_model_config(cfg: ExperimentConfig, num_classes: int) -> ModelConfig:
     return model_cfg
 
 
+def parameter_summary(model: torch.nn.Module, method_modules) -> str:
+    """One line: the model's parameters, trainable and frozen, and those the method trains besides (auxiliary heads,
+    aligners), which the saved model does not carry."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    extra = sum(p.numel() for m in method_modules for p in m.parameters() if p.requires_grad)
+    line = (f"model: {total / 1e6:.3f} M parameters ({trainable / 1e6:.3f} M trainable, "
+            f"{(total - trainable) / 1e6:.3f} M frozen)")
+    return line + (f"; the method trains {extra / 1e6:.3f} M more (not saved with the model)" if extra else "")
+
+
 class Trainer:
     """Trains ``cfg.model`` with ``cfg.method`` on ``cfg.data``; writes everything under ``cfg.output_dir``."""
 
@@ -161,6 +172,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, extra=self.method.trainable_modules(),
                                          fused=cfg.train.fused_optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
+        self.reporter.print(parameter_summary(self.model, self.method.trainable_modules()))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
         self.best_miou = -1.0
