@@ -11,6 +11,7 @@ from pathlib import Path
 
 RUNS = [  # (run folder, what it is)
     ("cmx", "plain cmx fusion (= PrimKD without a teacher)"),
+    ("cmx_seed1", "plain cmx fusion, training seed 1 (seed-to-seed spread)"),
     ("mean", "plain mean fusion (= AnySeg teacher)"),
     ("mean_dropout", "mean + modality dropout 0.5 (AnySeg's dropout, no distillation)"),
     ("anyseg", "AnySeg student (teacher: mean)"),
