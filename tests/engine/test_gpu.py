@@ -24,3 +24,30 @@ def test_train_on_cuda(tmp_path, precision):
     assert next(trainer.model.parameters()).is_cuda
     metrics = trainer.fit()
     assert 0.0 <= metrics["subsets"]["rgb+depth+thermal"]["all"]["miou"] <= 1.0
+
+
+@pytest.mark.parametrize("fusion", ["cmx", "mean"])
+def test_dropout_and_forward_need_no_device_sync(fusion):
+    """Modality dropout + the supervised step's forward and loss on a batch prepared like the trainer's: any
+    device → host read-back raises under sync debug mode "error"."""
+    from rgbx.data.sample import Batch, PresenceMasks
+    from rgbx.engine.config import MethodConfig
+    from rgbx.methods import METHODS
+    from rgbx.models import create_model
+
+    device = torch.device("cuda")
+    model = create_model(backbone="mit_nano", fusion=fusion, modalities=["rgb", "depth"], num_classes=3,
+                         head_channels=16).to(device)
+    host = {"rgb": torch.ones(4, dtype=torch.bool), "depth": torch.tensor([True, False, True, True])}
+    batch = Batch({"rgb": torch.randn(4, 3, 32, 32), "depth": torch.randn(4, 1, 32, 32)}, host,
+                  torch.randint(0, 3, (4, 32, 32))).to(device)
+    batch.present = PresenceMasks(batch.present, ["rgb"], host)
+    method = METHODS.get("supervised")(MethodConfig(modality_dropout=0.5), ignore_index=255)
+    method.prepare(model, device)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = method.step(model, batch, torch.Generator().manual_seed(0))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(sum(losses.values()))

@@ -25,6 +25,52 @@ from rgbx.modalities import get_modality
 Sample = dict
 
 
+class PresenceMasks(dict):
+    """modality → (B,) bool presence masks (on the model's device), plus what is known about them on the host, so
+    that deciding which modalities to compute needs no device → host synchronisation (CUDA graphs,
+    ``torch.compile(fullgraph=True)``, an asynchronous training step):
+
+    * :attr:`certain`: modalities present for every sample;
+    * :attr:`host`: modality → the same mask as a CPU tensor, where the caller has it (the trainer keeps the
+      collated masks before moving the batch to the GPU).
+    """
+
+    __slots__ = ("certain", "host")
+
+    def __init__(self, masks=(), certain=(), host=None):
+        super().__init__(masks)
+        self.certain = frozenset(certain)
+        self.host = dict(host or {})
+
+    def any_present(self, name: str) -> bool:
+        """Whether any sample has ``name``; reads the device mask back only when nothing is known on the host."""
+        if name in self.certain:
+            return True
+        if name in self.host:
+            return bool(self.host[name].any())
+        return bool(self[name].any())
+
+    def host_mask(self, name: str) -> torch.Tensor:
+        """``name``'s mask on the CPU, without a device read-back when it is known on the host."""
+        if name in self.host:
+            return self.host[name]
+        if name in self.certain:
+            return torch.ones(self[name].shape, dtype=torch.bool)
+        return self[name].cpu()
+
+    def subset(self, names: Iterable[str]) -> PresenceMasks:
+        names = [n for n in self if n in set(names)]
+        return PresenceMasks({n: self[n] for n in names}, self.certain & set(names),
+                             {n: m for n, m in self.host.items() if n in names})
+
+
+def host_masks(present: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
+    """(B, M) CPU bool presence of ``names``, without a device read-back where ``present`` knows them on the host."""
+    if isinstance(present, PresenceMasks):
+        return torch.stack([present.host_mask(n) for n in names], 1)
+    return torch.stack([present[n].cpu() for n in names], 1)
+
+
 def normalize_sample(sample: Sample) -> Sample:
     """Physical units → network inputs, per modality spec."""
     inputs = {name: get_modality(name).normalize(x) for name, x in sample["inputs"].items()}
@@ -74,11 +120,21 @@ class Batch:
     def with_modalities(self, names: Iterable[str]) -> Batch:
         """The same batch seen by a rig that only has ``names`` (others removed, i.e. absent)."""
         keep = [n for n in self.inputs if n in set(names)]
-        return Batch({n: self.inputs[n] for n in keep}, {n: self.present[n] for n in keep}, self.label, self.meta)
+        if isinstance(self.present, PresenceMasks):
+            present = self.present.subset(keep)
+        else:
+            present = {n: self.present[n] for n in keep}
+        return Batch({n: self.inputs[n] for n in keep}, present, self.label, self.meta)
 
-    def drop(self, mask: dict[str, torch.Tensor]) -> Batch:
-        """Mark modality ``m`` absent for the samples where ``mask[m]`` is True (fill value written in)."""
+    def drop(self, mask: dict[str, torch.Tensor], host_mask: dict[str, torch.Tensor] | None = None) -> Batch:
+        """Mark modality ``m`` absent for the samples where ``mask[m]`` is True (fill value written in).
+
+        ``host_mask``: the same masks on the CPU; with them, what :class:`PresenceMasks` knows on the host is kept
+        up to date (otherwise a dropped modality loses it)."""
         inputs, present = dict(self.inputs), dict(self.present)
+        known = self.present if isinstance(self.present, PresenceMasks) else None
+        certain = set(known.certain) if known else set()
+        host = dict(known.host) if known else {}
         for name, drop in mask.items():
             if name not in inputs:
                 continue
@@ -87,6 +143,16 @@ class Batch:
             x = inputs[name]
             inputs[name] = torch.where(keep.view(-1, 1, 1, 1), x, torch.full_like(x, fill))
             present[name] = keep
+            if known is not None and host_mask is not None and name in host_mask:
+                dropped = host_mask[name].cpu()
+                host[name] = known.host_mask(name) & ~dropped
+                if bool(dropped.any()):
+                    certain.discard(name)
+            else:
+                certain.discard(name)
+                host.pop(name, None)
+        if known is not None:
+            present = PresenceMasks(present, certain, host)
         return Batch(inputs, present, self.label, self.meta)
 
 

@@ -18,8 +18,8 @@ each switch does:
   generating kernels, which the CPU tests use).
 * ``cuda_graph``: inference only: the fixed-shape forward pass is captured once into a CUDA graph and replayed, so
   batch-1 latency is no longer bound by kernel-launch overhead. Needs a forward pass with no host synchronisation:
-  rgbx's models have none when every modality is passed without masks (:class:`~rgbx.models.fusions.base.
-  PresenceMasks`).
+  rgbx's models have none when every modality is passed without masks, or with masks known on the host
+  (:class:`~rgbx.data.sample.PresenceMasks`).
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).

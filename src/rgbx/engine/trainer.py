@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from rgbx.data import build_dataset, collate
+from rgbx.data.sample import PresenceMasks
 from rgbx.data.sampler import ResumableSampler
 from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
@@ -31,7 +32,6 @@ from rgbx.engine.report import Reporter
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.methods import METHODS
 from rgbx.models import ModelConfig, create_model
-from rgbx.models.fusions.base import PresenceMasks
 
 STATE_FILE = "checkpoints/last.state.pt"
 LAST_WEIGHTS = "checkpoints/last.safetensors"
@@ -262,12 +262,13 @@ class Trainer:
         return result
 
     def _to_device(self, batch):
-        """Move a collated batch to the device without waiting (pinned memory, non-blocking copies). Modalities
-        present in every sample are marked so on the host first, so the model needs no device → host check for
-        them (:class:`~rgbx.models.fusions.base.PresenceMasks`)."""
-        certain = [m for m, mask in batch.present.items() if bool(mask.all())]  # CPU tensors: no device sync
+        """Move a collated batch to the device without waiting (pinned memory, non-blocking copies). The presence
+        masks stay known on the host (:class:`~rgbx.data.sample.PresenceMasks`), so neither modality dropout nor the
+        model needs a device → host read-back to decide what to compute."""
+        host = dict(batch.present)  # CPU tensors: reading them needs no device sync
+        certain = [m for m, mask in host.items() if bool(mask.all())]
         batch = batch.to(self.device, non_blocking=True)
-        batch.present = PresenceMasks(batch.present, certain)
+        batch.present = PresenceMasks(batch.present, certain, host)
         if self.speed.channels_last:
             batch.inputs = to_memory_format(batch.inputs, True)
         return batch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from rgbx.data.sample import host_masks
 from rgbx.registry import Registry
 
 METHODS: Registry[type] = Registry("method")
@@ -69,7 +70,7 @@ def drop_modalities(batch, p: float, generator: torch.Generator, min_keep: int =
     if p <= 0 or len(batch.modalities) <= 1:
         return batch
     names = list(batch.modalities)
-    present = torch.stack([batch.present[n].cpu() for n in names], 1)  # (B, M)
+    present = host_masks(batch.present, names)  # (B, M) on the CPU, no device read-back
     drop = (torch.rand(present.shape, generator=generator) < p) & present
     kept = present & ~drop
     for i in range(present.shape[0]):
@@ -79,7 +80,8 @@ def drop_modalities(batch, p: float, generator: torch.Generator, min_keep: int =
             order = candidates[torch.randperm(len(candidates), generator=generator)][:need]
             drop[i, order] = False
     device = batch.present[names[0]].device
-    return batch.drop({n: drop[:, j].to(device) for j, n in enumerate(names)})
+    return batch.drop({n: drop[:, j].to(device, non_blocking=True) for j, n in enumerate(names)},
+                      host_mask={n: drop[:, j] for j, n in enumerate(names)})
 
 
 def load_frozen_teacher(path: str, device: torch.device, preset_hint: str) -> torch.nn.Module:

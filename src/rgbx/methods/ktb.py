@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rgbx.data.sample import host_masks
 from rgbx.errors import ConfigError
 from rgbx.methods.base import METHODS, Method
 from rgbx.methods.supervised import cross_entropy
@@ -57,7 +58,7 @@ def mask_one_modality(batch, p: float, generator: torch.Generator):
     names = list(batch.modalities)
     if p <= 0 or len(names) < 2:
         return batch
-    present = torch.stack([batch.present[n].cpu() for n in names], 1)  # (B, M)
+    present = host_masks(batch.present, names)  # (B, M) on the CPU, no device read-back
     b = present.shape[0]
     chosen = torch.rand(b, generator=generator) < p
     which = torch.randint(len(names), (b,), generator=generator)
@@ -66,7 +67,8 @@ def mask_one_modality(batch, p: float, generator: torch.Generator):
     drop[torch.arange(b), which] = True
     drop &= eligible.unsqueeze(1)
     device = batch.present[names[0]].device
-    return batch.drop({n: drop[:, j].to(device) for j, n in enumerate(names)})
+    return batch.drop({n: drop[:, j].to(device, non_blocking=True) for j, n in enumerate(names)},
+                      host_mask={n: drop[:, j] for j, n in enumerate(names)})
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label: torch.Tensor | None,

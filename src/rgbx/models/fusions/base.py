@@ -21,24 +21,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from rgbx.data.sample import PresenceMasks
 from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
 from rgbx.models.layers import FeatureInfo
 
 __all__ = ["EncoderOutput", "FusionEncoder", "PresenceMasks", "others_weights"]
-
-
-class PresenceMasks(dict):
-    """modality → (B,) bool presence masks, plus :attr:`certain`: the modalities whose mask was not given (present
-    for every sample by definition), for which :meth:`FusionEncoder.computed` needs no device → host check. That
-    keeps a forward pass with all modalities and no masks free of host synchronisation (CUDA graphs,
-    ``torch.compile(fullgraph=True)``)."""
-
-    __slots__ = ("certain",)
-
-    def __init__(self, masks=(), certain=()):
-        super().__init__(masks)
-        self.certain = frozenset(certain)
 
 
 @dataclass
@@ -136,7 +124,7 @@ class FusionEncoder(nn.Module):
                     f"{tuple(ref.shape)}; all modalities need the same batch size and H×W"
                 )
         batch = ref.shape[0]
-        present = dict(present or {})
+        present_in, present = present, dict(present or {})
         for name in present:
             if name not in self.in_channels:
                 raise ConfigError(
@@ -144,7 +132,8 @@ class FusionEncoder(nn.Module):
                     f"modalities: {', '.join(self.modalities)}"
                 )
         masks = {}
-        certain = []
+        known = present_in if isinstance(present_in, PresenceMasks) else PresenceMasks()
+        certain = [m for m in ordered if m in known.certain]
         for name, x in ordered.items():
             mask = present.get(name)
             if mask is None:
@@ -158,16 +147,19 @@ class FusionEncoder(nn.Module):
                     )
                 mask = mask.bool()
             masks[name] = mask
-        return ordered, PresenceMasks(masks, certain)
+        host = {m: known.host[m] for m in masks if m in known.host and m in present}
+        return ordered, PresenceMasks(masks, certain, host)
 
     @staticmethod
     def computed(present: Mapping[str, torch.Tensor]) -> list[str]:
         """The passed modalities present for at least one sample (the first passed one if there are none).
 
-        A mask is read back from the device (one synchronisation) only for modalities not in
-        ``present.certain`` (see :class:`PresenceMasks`)."""
-        certain = getattr(present, "certain", frozenset())
-        names = [m for m, mask in present.items() if m in certain or bool(mask.any())]
+        A mask is read back from the device (one synchronisation) only for modalities about which a
+        :class:`~rgbx.data.sample.PresenceMasks` knows nothing on the host."""
+        if isinstance(present, PresenceMasks):
+            names = [m for m in present if present.any_present(m)]
+        else:
+            names = [m for m, mask in present.items() if bool(mask.any())]
         return names or list(present)[:1]
 
     def forward(
