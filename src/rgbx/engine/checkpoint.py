@@ -1,7 +1,8 @@
 """Checkpoints.
 
-- **Model weights**: safetensors, with the model config and dataset info (classes, palette, ignore index) embedded
-  as JSON metadata, so ``rgbx eval`` / ``predict`` / :func:`load_model` rebuild the model from the file alone.
+- **Model weights**: the rgbx model file (:mod:`rgbx.models.model_file`, re-exported here): safetensors with the model
+  config and dataset info embedded, so ``rgbx eval`` / ``predict`` / :func:`load_model` rebuild the model from the
+  file alone.
 - **Training state** (``*.state.pt``): model, optimizer, scheduler, scaler state, iteration and config, saved with
   ``torch.save`` and read back with ``torch.load(weights_only=True)`` (no unpickling of code).
 
@@ -11,113 +12,21 @@ kill mid-write never leaves a truncated checkpoint and never damages the previou
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from rgbx.errors import CheckpointError, ConfigError
-from rgbx.models import ModelConfig, create_model
-from rgbx.models.weights import load_strict
-
-FORMAT = "rgbx-model/1"
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def save_model(path: str | Path, model: torch.nn.Module, dataset: dict | None = None, **info) -> Path:
-    """Write model weights + config (+ dataset info) as a safetensors file, atomically."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "model": model.config.to_dict(), "dataset": dataset or {}, **info}
-    metadata = {"rgbx": json.dumps(meta)}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-
-
-def read_model_info(path: str | Path) -> dict:
-    """The metadata of an rgbx weights file (model config, dataset info, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    if "rgbx" not in meta:
-        raise CheckpointError(f"{path}: safetensors file without rgbx metadata (not written by rgbx; convert it first)")
-    try:
-        info = json.loads(meta["rgbx"])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: corrupt rgbx metadata ({e})") from None
-    return info
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read tensors ({e})") from None
-
-
-def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with a readable report of every missing / unexpected / mis-shaped tensor."""
-    load_strict(model, state, source)
-
-
-def describe_model(cfg: dict) -> str:
-    return (f"{cfg.get('fusion')}/{cfg.get('backbone')} over {'+'.join(cfg.get('modalities', []))} "
-            f"with {cfg.get('num_classes')} classes")
-
-
-def load_weights(path: str | Path, model: torch.nn.Module) -> dict:
-    """Load an rgbx weights file into an existing ``model``; a checkpoint of another model is a CheckpointError."""
-    path = Path(path)
-    info = read_model_info(path)
-    theirs, ours = info.get("model", {}), model.config.to_dict()
-    keys = ("backbone", "fusion", "head", "modalities", "num_classes", "head_channels")
-    diff = [k for k in keys if theirs.get(k) != ours.get(k)]
-    if diff:
-        raise CheckpointError(
-            f"{path}: checkpoint is for a different model: it is {describe_model(theirs)}, expected "
-            f"{describe_model(ours)} (differs in {', '.join(diff)})"
-        )
-    load_state_into(model, _read_tensors(path), str(path))
-    return info
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild a model from an rgbx weights file alone. Returns (model in eval mode, metadata)."""
-    path = Path(path)
-    info = read_model_info(path)
-    try:
-        cfg = replace(ModelConfig.from_dict(info["model"]), pretrained="")  # the file holds all the weights
-    except (KeyError, ConfigError) as e:
-        raise CheckpointError(f"{path}: invalid model config in metadata ({e})") from None
-    model = create_model(cfg)
-    load_state_into(model, _read_tensors(path), str(path))
-    return model.to(device).eval(), info
+from rgbx.errors import CheckpointError
+from rgbx.models.model_file import (  # noqa: F401 — the model-file API, re-exported for the engine and the CLI
+    FORMAT,
+    atomic_write,
+    describe_model,
+    load_model,
+    load_state_into,
+    load_weights,
+    read_model_info,
+    save_model,
+)
 
 
 def save_state(path: str | Path, state: dict) -> Path:

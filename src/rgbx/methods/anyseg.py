@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from rgbx.errors import ConfigError
 from rgbx.methods.base import METHODS, Method, drop_modalities, load_frozen_teacher
 from rgbx.methods.supervised import cross_entropy
+from rgbx.models.model_file import describe_model
 
 __all__ = ["AnysegDistiller", "cross_modal_distillation", "prediction_distillation", "unimodal_distillation"]
 
@@ -78,7 +79,6 @@ class AnysegDistiller(Method):
 
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Load the teacher, check it fits the student, freeze it."""
-        from rgbx.engine.checkpoint import describe_model
 
         path = Path(self.options.teacher)
         teacher = load_frozen_teacher(self.options.teacher, device, "synth_anyseg_teacher")

@@ -7,9 +7,13 @@ back-propagates and logs each one. Methods register by name in :data:`METHODS` a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from rgbx.data.sample import host_masks
+from rgbx.errors import CheckpointError, ConfigError
+from rgbx.models.model_file import load_model
 from rgbx.registry import Registry
 
 METHODS: Registry[type] = Registry("method")
@@ -87,11 +91,6 @@ def drop_modalities(batch, p: float, generator: torch.Generator, min_keep: int =
 def load_frozen_teacher(path: str, device: torch.device, preset_hint: str) -> torch.nn.Module:
     """A teacher for distillation recipes: an rgbx weights file loaded in eval mode with every parameter frozen.
     A missing or unreadable file is a ConfigError naming ``method.options.teacher``."""
-    from pathlib import Path
-
-    from rgbx.engine.checkpoint import load_model
-    from rgbx.errors import CheckpointError, ConfigError
-
     if not Path(path).is_file():
         raise ConfigError(f"method.options.teacher={str(path)!r}: teacher weights not found (train the teacher "
                           f"first, e.g. `rgbx train {preset_hint}`)")

@@ -30,6 +30,7 @@ from torch import nn
 from rgbx.errors import ConfigError
 from rgbx.methods.base import METHODS, Method, drop_modalities, load_frozen_teacher
 from rgbx.methods.supervised import cross_entropy
+from rgbx.models.model_file import describe_model
 
 __all__ = ["PrimKD", "build_aligner", "feature_distillation", "prediction_distillation", "select_stages",
            "stage_losses"]
@@ -86,7 +87,6 @@ class PrimKD(Method):
 
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Load the teacher, check it fits the student, freeze it; build one aligner per distilled stage."""
-        from rgbx.engine.checkpoint import describe_model
 
         o = self.options
         path = Path(o.teacher)
