@@ -35,6 +35,15 @@ EOF
 )
 echo "device: $device_line"
 
+# 0. the GPU-only tests (training on CUDA in fp32 / bf16 / fp16, no device sync in dropout + forward), when pytest
+#    is installed: CI never has a GPU, so this is where they run
+if [ "$DEVICE" = cuda ] && python -c "import pytest" 2>/dev/null; then
+    timeout 60 python -m pytest -q -p no:cacheprovider tests/engine/test_gpu.py 2>&1 | tail -15 \
+        | tee "$LOG_DIR/gpu_tests.log"
+else
+    echo "GPU tests not run (DEVICE=$DEVICE, or pytest missing)" | tee "$LOG_DIR/gpu_tests.log"
+fi
+
 # 1. side by side (reference fp32 / bf16, rgbx exact / fast), agreement check first
 # shellcheck disable=SC2086
 python benchmarks/compare_reference.py --device "$DEVICE" --cmx "$REF_CMX" --dformer "$REF_DFORMER" \
@@ -67,6 +76,12 @@ elapsed=$(( $(date +%s) - start ))
     echo "## Side by side"
     echo
     cat "$LOG_DIR/compare.md" 2>/dev/null || echo "(compare_reference.py wrote no table; exit $compare_rc)"
+    echo
+    echo "## GPU-only tests (\`tests/engine/test_gpu.py\`)"
+    echo
+    echo '```'
+    cat "$LOG_DIR/gpu_tests.log" 2>/dev/null || true
+    echo '```'
     echo
     echo "## Which switch gives what (CMX MiT-B2, RGB-D)"
     echo
