@@ -37,6 +37,8 @@ train mean          synth_mean_b0 method.modality_dropout=0.0
 # Control for AnySeg: the same anymodal dropout, no distillation.
 train mean_dropout  synth_mean_b0 method.modality_dropout=0.5
 train anyseg        synth_anyseg_student method.options.teacher="$OUT/mean/model.safetensors"
+train anyseg_lambda5 synth_anyseg_student method.options.teacher="$OUT/mean/model.safetensors" \
+                    method.options.lambda_mad=5
 # Keep the Balance: frozen backbone = the RGB model's encoder; with / without masked-modality self-teaching.
 train ktb_plain     synth_primkd_teacher model.fusion=ktb model.modalities=[rgb,depth] \
                     model.pretrained="$OUT/teacher_rgb/model.safetensors"
@@ -47,7 +49,7 @@ train primkd_rgb    synth_primkd_student method.options.teacher="$OUT/teacher_rg
 train primkd_depth  synth_primkd_student method.options.teacher="$OUT/teacher_depth/model.safetensors" \
                     method.options.primary=depth
 
-for run in teacher_rgb teacher_depth cmx mean mean_dropout anyseg ktb_plain ktb_mmst primkd_rgb primkd_depth; do
+for run in teacher_rgb teacher_depth cmx mean mean_dropout anyseg anyseg_lambda5 ktb_plain ktb_mmst primkd_rgb primkd_depth; do
   [ -f "$OUT/$run/robust.json" ] && continue
   echo "== eval $run ($(date +%T))"
   rgbx eval "$OUT/$run/model.safetensors" --data "$DATA" --split val --robustness --workers 1 \

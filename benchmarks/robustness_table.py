@@ -15,6 +15,7 @@ RUNS = [  # (run folder, what it is)
     ("mean", "plain mean fusion (= AnySeg teacher)"),
     ("mean_dropout", "mean + modality dropout 0.5 (AnySeg's dropout, no distillation)"),
     ("anyseg", "AnySeg student (teacher: mean)"),
+    ("anyseg_lambda5", "AnySeg student, λ = 5 instead of 50"),
     ("ktb_plain", "KTB fusion, no self-teaching"),
     ("ktb_mmst", "KTB fusion + masked modality self-teaching"),
     ("primkd_rgb", "PrimKD, RGB teacher"),
