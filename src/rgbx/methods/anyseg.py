@@ -149,23 +149,30 @@ def unimodal_distillation(student: Features, teacher: Features, present: Masks, 
                           ) -> torch.Tensor:
     """Eq. 4, unimodal distillation: for every stage i and every (sample, modality m) with m present in ``present``,
     KL(softmax_c g_m ‖ softmax_c f_m) over the C_i channels at each position, averaged over positions; the mean over
-    the (sample, modality) pairs, summed over the stages. Absent pairs are selected out before any arithmetic, so
-    whatever their features hold cannot reach the loss or its gradient."""
+    the (sample, modality) pairs, summed over the stages. Absent pairs are replaced by zeros (``torch.where``) before
+    any arithmetic, so whatever their features hold cannot reach the loss or its gradient; no mask is read back to
+    the host."""
     t = temperature
     total = None
+    names = [m for m in present if m in student and m in teacher]
     for i in stages:
-        values = []
-        for m, mask in present.items():
-            if m not in student or m not in teacher or not bool(mask.any()):
-                continue
-            g = student[m][i][mask].float().flatten(2)  # (n, C, HW)
-            f = teacher[m][i][mask].float().flatten(2)
-            kl = _kl(F.log_softmax(g / t, dim=1), F.log_softmax(f / t, dim=1), dim=1)  # (n, HW)
-            values.append(kl.mean(1))
+        values, count = [], None
+        for m in names:
+            mask = present[m]
+            g = _only(student[m][i], mask).float().flatten(2)  # (B, C, HW)
+            f = _only(teacher[m][i], mask).float().flatten(2)
+            kl = _kl(F.log_softmax(g / t, dim=1), F.log_softmax(f / t, dim=1), dim=1).mean(1)  # (B,)
+            values.append(torch.where(mask, kl, torch.zeros((), dtype=kl.dtype, device=kl.device)).sum())
+            count = mask.sum() if count is None else count + mask.sum()
         if values:
-            stage = torch.cat(values).mean() * t * t
+            stage = torch.stack(values).sum() / count.clamp(min=1) * t * t
             total = stage if total is None else total + stage
     return total if total is not None else _zero(student)
+
+
+def _only(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, ...) with the samples outside ``mask`` replaced by zeros (no gradient reaches them)."""
+    return torch.where(mask.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def cross_modal_distillation(student: Features, teacher: Features, present: Masks, stages,
@@ -173,23 +180,24 @@ def cross_modal_distillation(student: Features, teacher: Features, present: Mask
     """Eq. 5, cross-modal correspondence distillation: for every stage i, every pair of modalities (m, n) and every
     sample where both are present, S_j = cos(x_m^j, x_n^j), the cosine similarity of channel j's spatial maps, for
     the student (g) and the teacher (f); KL(softmax_j S(g) ‖ softmax_j S(f)) over the C_i channels; the mean over
-    the (sample, pair) entries, summed over the stages. 0 when no sample has two modalities."""
+    the (sample, pair) entries, summed over the stages. 0 when no sample has two modalities. Samples without the
+    pair are zeroed before any arithmetic (as in :func:`unimodal_distillation`)."""
     t = temperature
     total = None
     names = [m for m in present if m in student and m in teacher]
     for i in stages:
-        values = []
+        values, count = [], None
         for m, n in itertools.combinations(names, 2):
             both = present[m] & present[n]
-            if not bool(both.any()):
-                continue
-            sg = F.cosine_similarity(student[m][i][both].float().flatten(2),
-                                     student[n][i][both].float().flatten(2), dim=2)  # (k, C)
-            sf = F.cosine_similarity(teacher[m][i][both].float().flatten(2),
-                                     teacher[n][i][both].float().flatten(2), dim=2)
-            values.append(_kl(F.log_softmax(sg / t, dim=1), F.log_softmax(sf / t, dim=1), dim=1))  # (k,)
+            sg = F.cosine_similarity(_only(student[m][i], both).float().flatten(2),
+                                     _only(student[n][i], both).float().flatten(2), dim=2)  # (B, C)
+            sf = F.cosine_similarity(_only(teacher[m][i], both).float().flatten(2),
+                                     _only(teacher[n][i], both).float().flatten(2), dim=2)
+            kl = _kl(F.log_softmax(sg / t, dim=1), F.log_softmax(sf / t, dim=1), dim=1)  # (B,)
+            values.append(torch.where(both, kl, torch.zeros((), dtype=kl.dtype, device=kl.device)).sum())
+            count = both.sum() if count is None else count + both.sum()
         if values:
-            stage = torch.cat(values).mean() * t * t
+            stage = torch.stack(values).sum() / count.clamp(min=1) * t * t
             total = stage if total is None else total + stage
     return total if total is not None else _zero(student)
 
