@@ -144,17 +144,21 @@ class MaskedModalitySelfTeaching(Method):
         return {"s1": s1, "s2": o.lambda2 * aux[0], "s3": o.lambda2 * aux[1]}
 
     def _aux_loss(self, m: str, out, label: torch.Tensor | None, both: torch.Tensor) -> torch.Tensor:
+        """S2 / S3's loss over the samples that have ``m`` (and, for ``teacher: fused``, every modality): the other
+        samples' pixels are marked ignored rather than indexed out, so no mask is read back to the host; with no
+        such sample the loss is 0 (the head still sees a zero gradient)."""
         zero = out.logits.new_zeros((), dtype=torch.float32)
         head = self.heads[m]
-        if m not in out.features:
+        if m not in out.features or (label is None and self.options.teacher == "label"):
             return zero + 0.0 * sum(p.sum() for p in head.parameters())
         rows = out.present[m] if self.options.teacher == "label" else out.present[m] & both
-        if (label is None and self.options.teacher == "label") or not bool(rows.any()):
-            return zero + 0.0 * sum(p.sum() for p in head.parameters())
-        logits = resize(head(out.features[m][-1][rows]), out.logits.shape[-2:])
-        sub_label = None if label is None else label[rows]
+        logits = resize(head(out.features[m][-1]), out.logits.shape[-2:])
+        if label is None:
+            label = torch.full(out.logits.shape[:1] + out.logits.shape[-2:], int(self.ignore_index == 0),
+                               dtype=torch.long, device=out.logits.device)  # any non-ignored value
+        sub_label = torch.where(rows.view(-1, 1, 1), label, torch.full_like(label, self.ignore_index))
         if self.options.teacher == "label":
             return cross_entropy(logits, sub_label, self.ignore_index, self.class_weights,
                                  self.config.label_smoothing)
-        target = out.logits[rows].detach().float().softmax(dim=1)
+        target = out.logits.detach().float().softmax(dim=1)
         return soft_cross_entropy(logits, target, sub_label, self.ignore_index)
