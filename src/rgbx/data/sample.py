@@ -126,11 +126,12 @@ class Batch:
             present = {n: self.present[n] for n in keep}
         return Batch({n: self.inputs[n] for n in keep}, present, self.label, self.meta)
 
-    def drop(self, mask: dict[str, torch.Tensor], host_mask: dict[str, torch.Tensor] | None = None) -> Batch:
+    def drop(self, mask: dict[str, torch.Tensor]) -> Batch:
         """Mark modality ``m`` absent for the samples where ``mask[m]`` is True (fill value written in).
 
-        ``host_mask``: the same masks on the CPU; with them, what :class:`PresenceMasks` knows on the host is kept
-        up to date (otherwise a dropped modality loses it)."""
+        Masks drawn on the CPU (as modality dropout draws them) also keep what :class:`PresenceMasks` knows on the
+        host up to date, so the model still needs no device read-back; a mask on the device makes that modality's
+        presence unknown on the host."""
         inputs, present = dict(self.inputs), dict(self.present)
         known = self.present if isinstance(self.present, PresenceMasks) else None
         certain = set(known.certain) if known else set()
@@ -138,19 +139,17 @@ class Batch:
         for name, drop in mask.items():
             if name not in inputs:
                 continue
-            keep = present[name] & ~drop
-            fill = get_modality(name).fill
             x = inputs[name]
-            inputs[name] = torch.where(keep.view(-1, 1, 1, 1), x, torch.full_like(x, fill))
-            present[name] = keep
-            if known is not None and host_mask is not None and name in host_mask:
-                dropped = host_mask[name].cpu()
-                host[name] = known.host_mask(name) & ~dropped
-                if bool(dropped.any()):
+            if known is not None and drop.device.type == "cpu":
+                host[name] = known.host_mask(name) & ~drop
+                if bool(drop.any()):
                     certain.discard(name)
             else:
                 certain.discard(name)
                 host.pop(name, None)
+            keep = present[name] & ~drop.to(x.device, non_blocking=True)
+            inputs[name] = torch.where(keep.view(-1, 1, 1, 1), x, torch.full_like(x, get_modality(name).fill))
+            present[name] = keep
         if known is not None:
             present = PresenceMasks(present, certain, host)
         return Batch(inputs, present, self.label, self.meta)

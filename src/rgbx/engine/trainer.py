@@ -28,6 +28,7 @@ from rgbx.engine.config import ExperimentConfig, to_dict, to_yaml
 from rgbx.engine.evaluate import EvalResult, evaluate
 from rgbx.engine.fastpath import SpeedOptions, apply_speed_options, compile_fn, to_memory_format
 from rgbx.engine.optim import build_optimizer, build_scheduler
+from rgbx.engine.profile import count_parameters
 from rgbx.engine.report import Reporter
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.methods import METHODS
@@ -108,9 +109,9 @@ def build_model_config(cfg: ExperimentConfig, num_classes: int) -> ModelConfig:
 def parameter_summary(model: torch.nn.Module, method_modules) -> str:
     """One line: the model's parameters, trainable and frozen, and those the method trains besides (auxiliary heads,
     aligners), which the saved model does not carry."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    extra = sum(p.numel() for m in method_modules for p in m.parameters() if p.requires_grad)
+    counts = count_parameters(model)
+    total, trainable = counts["total"], counts["trainable"]
+    extra = sum(count_parameters(m)["trainable"] for m in method_modules)
     line = (f"model: {total / 1e6:.3f} M parameters ({trainable / 1e6:.3f} M trainable, "
             f"{(total - trainable) / 1e6:.3f} M frozen)")
     return line + (f"; the method trains {extra / 1e6:.3f} M more (not saved with the model)" if extra else "")

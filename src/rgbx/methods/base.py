@@ -83,9 +83,7 @@ def drop_modalities(batch, p: float, generator: torch.Generator, min_keep: int =
             candidates = torch.nonzero(drop[i]).flatten()
             order = candidates[torch.randperm(len(candidates), generator=generator)][:need]
             drop[i, order] = False
-    device = batch.present[names[0]].device
-    return batch.drop({n: drop[:, j].to(device, non_blocking=True) for j, n in enumerate(names)},
-                      host_mask={n: drop[:, j] for j, n in enumerate(names)})
+    return batch.drop({n: drop[:, j] for j, n in enumerate(names)})  # CPU masks: Batch.drop moves them
 
 
 def load_frozen_teacher(path: str, device: torch.device, preset_hint: str) -> torch.nn.Module:

@@ -66,9 +66,7 @@ def mask_one_modality(batch, p: float, generator: torch.Generator):
     drop = torch.zeros_like(present)
     drop[torch.arange(b), which] = True
     drop &= eligible.unsqueeze(1)
-    device = batch.present[names[0]].device
-    return batch.drop({n: drop[:, j].to(device, non_blocking=True) for j, n in enumerate(names)},
-                      host_mask={n: drop[:, j] for j, n in enumerate(names)})
+    return batch.drop({n: drop[:, j] for j, n in enumerate(names)})  # CPU masks: Batch.drop moves them
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, label: torch.Tensor | None,
