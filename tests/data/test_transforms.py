@@ -17,6 +17,10 @@ from rgbx.data.transforms import (
     PointDropout,
     ThermalGain,
     TrainTransform,
+    crop_pad,
+    empty_value,
+    resize_crop,
+    resize_crop_label,
     resize_label,
     resize_modality,
 )
@@ -180,6 +184,61 @@ def test_dense_bilinear_resize():
     assert len(up.unique()) > 30  # bilinear really interpolates dense maps
     lab = torch.randint(0, 5, (20, 30))
     assert set(resize_label(lab, (47, 13)).unique().tolist()) <= set(lab.unique().tolist())
+
+
+@pytest.mark.parametrize("name", ["rgb", "thermal", "depth", "lidar", "event"])
+def test_resize_crop_equals_resize_then_crop(name):
+    """The training pipeline resamples only the crop window; it must give what resizing the whole image and then
+    cropping gives: exactly for nearest-neighbour kinds, to float rounding for bilinear ones."""
+    spec = get_modality(name)
+    g = gen(5)
+    x = torch.rand(spec.channels, 30, 50, generator=g) * 10
+    if spec.sparse or spec.invalid_value is not None:
+        x[:, torch.rand(30, 50, generator=g) < 0.4] = empty_value(spec)
+    label = torch.randint(0, 7, (30, 50), generator=g)
+    cases = [((30, 50), 3, 7), ((61, 99), 0, 0), ((61, 99), 31, 49), ((47, 71), 10, 40),  # enlarge; crop past edge
+             ((15, 25), 0, 0), ((22, 37), 2, 5), ((30, 73), 4, 20)]  # shrink (whole image first); one axis only
+    for new, top, left in cases:
+        for size in [(24, 32), (40, 64)]:
+            want = crop_pad(resize_modality(x, new, spec), top, left, size, empty_value(spec))
+            got = resize_crop(x, new, top, left, size, spec)
+            assert got.shape == want.shape == (spec.channels, *size)
+            if spec.sparse or spec.invalid_value is not None:
+                assert torch.equal(got, want), (name, new, top, left, size)
+            else:
+                assert (got - want).abs().max() <= 1e-5 * 10, (name, new, top, left, size)
+            want_label = crop_pad(resize_label(label, new), top, left, size, 255)
+            assert torch.equal(resize_crop_label(label, new, top, left, size, 255), want_label)
+
+
+def test_gaussian_blur_matches_a_convolution():
+    """The blur (sums of shifted views) against an independent 2-D convolution with the outer-product kernel and
+    replicated edges, with and without invalid pixels."""
+    import math
+
+    import torch.nn.functional as F
+
+    rgb, depth = get_modality("rgb"), get_modality("depth")
+    g = gen(8)
+    x = torch.rand(3, 23, 31, generator=g)
+    for sigma in (0.4, 1.5):
+        blur = GaussianBlur(sigma=(sigma, sigma), p=1.0)
+        r = max(1, math.ceil(3 * sigma))
+        t = torch.arange(-r, r + 1, dtype=torch.float32)
+        k1 = torch.exp(-(t**2) / (2 * sigma**2))
+        k1 = k1 / k1.sum()
+        k2 = (k1[:, None] * k1[None, :])[None, None]
+        want = F.conv2d(F.pad(x[:, None], (r, r, r, r), mode="replicate"), k2)[:, 0]
+        assert torch.allclose(blur(x, gen(0), rgb), want, atol=1e-6)
+        d = torch.rand(1, 23, 31, generator=g) * 5 + 1
+        d[0, 5:9, 3:12] = 0.0
+        out = blur(d, gen(0), depth)
+        assert torch.equal(out[0, 5:9, 3:12], torch.zeros(4, 9))  # holes stay holes
+        valid = (d != 0).float()
+        num = F.conv2d(F.pad((d * valid)[:, None], (r, r, r, r), mode="replicate"), k2)[:, 0]
+        den = F.conv2d(F.pad(valid[:, None], (r, r, r, r), mode="replicate"), k2)[:, 0]
+        ok = valid.bool()
+        assert torch.allclose(out[ok], (num / den.clamp_min(1e-6))[ok], atol=1e-5)
 
 
 def photometric_only(active: dict) -> TrainTransform:

@@ -15,8 +15,8 @@ import torch
 from rgbx.engine.checkpoint import load_model, load_state, load_weights, read_model_info
 from rgbx.engine.config import load_config
 from rgbx.engine.report import Reporter
-from rgbx.engine.trainer import Trainer
-from rgbx.errors import CheckpointError, RgbxError
+from rgbx.engine.trainer import Trainer, loader_workers
+from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.models import create_model
 from tests.conftest import make_dataset
 
@@ -160,3 +160,17 @@ def test_speed_switches_train_the_same_model(tmp_path):
     assert len(losses["exact"]) == 4
     assert losses["switches"] == pytest.approx(losses["exact"], rel=1e-4)
     assert losses["bf16"] == pytest.approx(losses["exact"], rel=5e-2)
+
+
+def test_loader_workers_auto_follows_the_device(monkeypatch):
+    assert loader_workers(3, torch.device("cpu")) == 3
+    assert loader_workers(0, torch.device("cuda")) == 0
+    assert loader_workers(None, torch.device("cpu")) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert loader_workers(None, torch.device("cuda")) == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert loader_workers(None, torch.device("cuda")) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert loader_workers(None, torch.device("cuda")) == 1
+    with pytest.raises(ConfigError, match="num_workers"):
+        loader_workers(-1, torch.device("cpu"))

@@ -75,7 +75,7 @@ def run(args) -> int:
     reporter.print("[bold]3/4[/bold] anymodal evaluation on the validation split (every subset of sensors)")
     val = FolderDataset(data_dir, "val", list(cfg.model.modalities), transform=EvalTransform())
 
-    loader = torch.utils.data.DataLoader(val, batch_size=8, collate_fn=collate, num_workers=cfg.data.num_workers)
+    loader = torch.utils.data.DataLoader(val, batch_size=8, collate_fn=collate, num_workers=trainer.num_workers)
     result = evaluate(trainer.model, loader, num_classes=val.description.num_classes,
                       ignore_index=val.description.ignore_index, subsets=all_subsets(cfg.model.modalities),
                       group_by="condition", device=trainer.device)

@@ -31,7 +31,7 @@ class DataConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     hflip_prob: float = 0.5
     photometric: bool = True
-    num_workers: int = 2
+    num_workers: int | None = None  # loader processes; None = auto (engine.trainer.loader_workers)
     check: str = "headers"  # dataset validation when opened: none | headers | full
 
 

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -71,6 +72,23 @@ def enet_class_weights(dataset, max_samples: int = 500) -> torch.Tensor:
     return (1.0 / torch.log(1.02 + p)).float()
 
 
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """Data-loader processes: ``requested`` when set; else 2 on the CPU (the training step needs the cores) and, on
+    CUDA, one per core left over beyond the main process, at most 8. One worker reads, decodes and augments about 26
+    RGB-D 480×640 samples/s (``benchmarks/speed.md``), so two cannot feed a GPU step of 50+ images/s."""
+    if requested is not None:
+        if requested < 0:
+            raise ConfigError(f"data.num_workers must be >= 0 (or null for auto), got {requested}")
+        return int(requested)
+    if device.type != "cuda":
+        return 2
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
 def step_seed(seed: int, iteration: int) -> int:
     return (seed * 1_000_003 + iteration * 7_919 + 17) % (2**63)
 
@@ -128,6 +146,7 @@ class Trainer:
             raise RgbxError(f"{self.paths.root} already holds a training run ({self.paths.state}); pass --resume "
                             f"to continue it, or choose another output_dir")
         self.device = resolve_device(cfg.train.device)
+        self.num_workers = loader_workers(cfg.data.num_workers, self.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
@@ -245,14 +264,14 @@ class Trainer:
                                    start_epoch=self.iteration // steps, start_step=self.iteration % steps)
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
-            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed),
         )
 
     def val_loader(self):
         return torch.utils.data.DataLoader(
             self.val_set, batch_size=self.cfg.train.eval_batch_size, shuffle=False, collate_fn=collate,
-            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
         )
 
     def evaluate(self, subsets=None) -> EvalResult:

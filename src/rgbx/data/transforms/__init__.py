@@ -3,7 +3,13 @@
 training: :mod:`.photometric` (per-modality ops), :mod:`.geometric` (per-kind resampling), :mod:`.pipelines`
 (:class:`TrainTransform`, :class:`EvalTransform`)."""
 
-from rgbx.data.transforms.geometric import crop_pad, resize_label, resize_modality
+from rgbx.data.transforms.geometric import (
+    crop_pad,
+    resize_crop,
+    resize_crop_label,
+    resize_label,
+    resize_modality,
+)
 from rgbx.data.transforms.photometric import (
     PHOTOMETRIC,
     ColorJitter,
@@ -21,4 +27,4 @@ from rgbx.data.transforms.pipelines import EvalTransform, TrainTransform
 
 __all__ = ["PHOTOMETRIC", "ColorJitter", "DepthHoles", "DepthNoise", "EvalTransform", "EventDropout", "GaussianBlur",
            "GaussianNoise", "PhotometricOp", "PointDropout", "ThermalGain", "TrainTransform", "crop_pad",
-           "empty_value", "resize_label", "resize_modality"]
+           "empty_value", "resize_crop", "resize_crop_label", "resize_label", "resize_modality"]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from rgbx.data.transforms.photometric import empty_value
 from rgbx.modalities import ModalitySpec
 
-__all__ = ["crop_pad", "resize_label", "resize_modality"]
+__all__ = ["crop_pad", "resize_crop", "resize_crop_label", "resize_label", "resize_modality"]
 
 
 def _nearest_index(n_in: int, n_out: int, device=None) -> torch.Tensor:
@@ -32,10 +32,41 @@ def _nearest_index(n_in: int, n_out: int, device=None) -> torch.Tensor:
     return ((2 * j + 1) * n_in // (2 * n_out)).clamp_(0, n_in - 1)
 
 
-def _resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _resize_nearest(x: torch.Tensor, size: tuple[int, int], window: tuple[slice, slice] | None = None) -> torch.Tensor:
+    """Nearest-neighbour resize to ``size``; with ``window`` (rows, cols of the resized image) only that part is
+    computed."""
     iy = _nearest_index(x.shape[-2], size[0], x.device)
     ix = _nearest_index(x.shape[-1], size[1], x.device)
+    if window is not None:
+        iy, ix = iy[window[0]], ix[window[1]]
     return x[..., iy[:, None], ix[None, :]]
+
+
+def _linear_taps(n_in: int, n_out: int, part: slice, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices (i0, i1) and weight of i1 for the output pixels ``part`` of a linear resize n_in → n_out
+    (``align_corners=False``, no antialiasing), computed as ``F.interpolate`` computes them: float32 scale, source
+    coordinate ``scale * (j + 0.5) - 0.5`` rounded once (the kernel's fused multiply-add; rounding the product first
+    moves far coordinates by up to 3e-5 pixel), clamped at 0."""
+    j = torch.arange(n_out, device=device)[part].to(torch.float64)
+    scale = float(torch.tensor(n_in / n_out, dtype=torch.float32))
+    src = ((j + 0.5) * scale - 0.5).float().clamp_min(0)
+    i0 = src.floor().long().clamp_max(n_in - 1)
+    lam = (src - i0).clamp(0, 1)
+    i1 = (i0 + 1).clamp_max(n_in - 1)
+    return i0, i1, lam
+
+
+def _resize_bilinear_window(x: torch.Tensor, size: tuple[int, int], window: tuple[slice, slice]) -> torch.Tensor:
+    """The ``window`` (rows, cols) of the bilinear enlargement of ``x`` (C, H, W) to ``size``, computing only that
+    window: rows first, then columns. Equals ``F.interpolate(..., mode="bilinear", align_corners=False)`` cropped
+    to the window, up to float rounding (1 ulp seen)."""
+    y0, y1, wy = _linear_taps(x.shape[-2], size[0], window[0], x.device)
+    x0, x1, wx = _linear_taps(x.shape[-1], size[1], window[1], x.device)
+    v = x.float()
+    wy = wy[:, None]
+    rows = torch.lerp(v.index_select(-2, y0), v.index_select(-2, y1), wy)
+    out = torch.lerp(rows.index_select(-1, x0), rows.index_select(-1, x1), wx)
+    return out.to(x.dtype)
 
 
 def _cells(n_in: int, n_out: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +132,42 @@ def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(label.shape[-2:]) == tuple(size):
         return label
     return _resize_nearest(label, (int(size[0]), int(size[1])))
+
+
+def _window(new: tuple[int, int], top: int, left: int, size: tuple[int, int]) -> tuple[slice, slice]:
+    return slice(top, min(top + size[0], new[0])), slice(left, min(left + size[1], new[1]))
+
+
+def resize_crop(x: torch.Tensor, new: tuple[int, int], top: int, left: int, size: tuple[int, int],
+                spec: ModalitySpec) -> torch.Tensor:
+    """``crop_pad(resize_modality(x, new, spec), top, left, size, empty_value(spec))``, computing only the pixels
+    the crop keeps where the rule allows it: nearest-neighbour maps (depth, labels, enlarged sparse maps) exactly,
+    bilinear enlargements up to float rounding. Shrinking (antialiased or point-keeping) resizes the whole image
+    first, as :func:`resize_modality` does; it costs less than the source size anyway.
+
+    (A random enlargement up to 2× followed by a crop of the input's size resamples up to 4× the pixels it keeps.)"""
+    new = (int(new[0]), int(new[1]))
+    h, w = x.shape[-2:]
+    if (h, w) == new:
+        return crop_pad(x, top, left, size, empty_value(spec))
+    if new[0] < h or new[1] < w:  # shrinking
+        return crop_pad(resize_modality(x, new, spec), top, left, size, empty_value(spec))
+    window = _window(new, top, left, size)
+    if spec.sparse or spec.invalid_value is not None:
+        part = _resize_nearest(x, new, window)
+    else:
+        part = _resize_bilinear_window(x, new, window)
+    return crop_pad(part, 0, 0, size, empty_value(spec))
+
+
+def resize_crop_label(label: torch.Tensor, new: tuple[int, int], top: int, left: int, size: tuple[int, int],
+                      ignore_index: int) -> torch.Tensor:
+    """``crop_pad(resize_label(label, new), top, left, size, ignore_index)``, computing only the kept pixels
+    (exactly the same values)."""
+    new = (int(new[0]), int(new[1]))
+    part = _resize_nearest(label, new, _window(new, top, left, size)) if tuple(label.shape[-2:]) != new else \
+        label[..., top: top + size[0], left: left + size[1]]
+    return crop_pad(part, 0, 0, size, ignore_index)
 
 
 def crop_pad(x: torch.Tensor, top: int, left: int, size: tuple[int, int], fill: float) -> torch.Tensor:

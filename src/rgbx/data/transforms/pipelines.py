@@ -20,8 +20,8 @@ from collections.abc import Mapping
 
 import torch
 
-from rgbx.data.transforms.geometric import crop_pad, resize_label, resize_modality
-from rgbx.data.transforms.photometric import PHOTOMETRIC, PhotometricOp, _chance, _uniform, empty_value
+from rgbx.data.transforms.geometric import resize_crop, resize_crop_label
+from rgbx.data.transforms.photometric import PHOTOMETRIC, PhotometricOp, _chance, _uniform
 from rgbx.errors import ConfigError, DataError
 from rgbx.modalities import get_modality
 
@@ -134,11 +134,10 @@ class TrainTransform:
 
         for name, x in inputs.items():
             spec = get_modality(name)
-            x = resize_modality(x, new, spec)
-            x = crop_pad(x, top, left, self.crop_size, empty_value(spec))
+            x = resize_crop(x, new, top, left, self.crop_size, spec)
             inputs[name] = x.flip(-1) if flip else x
         if label is not None:
-            label = crop_pad(resize_label(label, new), top, left, self.crop_size, self.ignore_index)
+            label = resize_crop_label(label, new, top, left, self.crop_size, self.ignore_index)
             label = label.flip(-1) if flip else label
         return {**sample, "inputs": inputs, "label": label}
 
