@@ -59,7 +59,10 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="custom set: autocast precision")
     p.add_argument("--attn", choices=("sdpa", "eager"), help="custom set: attention implementation")
     p.add_argument("--channels-last", action="store_true", help="custom set: channels-last memory layout")
-    p.add_argument("--compile", action="store_true", help="custom set: torch.compile forward + loss")
+    p.add_argument("--compile", action="store_true", help="custom set: torch.compile")
+    p.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
+                   help="what compiled / custom sets compile: each block on its own (default; compiles in a "
+                        "fraction of the time) or the whole forward + loss")
     p.add_argument("--compile-mode", help="torch.compile mode for compiled / custom sets (e.g. max-autotune)")
     p.add_argument("--cuda-graph", action="store_true", help="custom set: CUDA-graph inference")
     p.add_argument("--tf32", action="store_true", help="custom set: TF32 matmuls (CUDA)")
@@ -92,11 +95,13 @@ def option_sets(args, device) -> dict:
         elif name == "fast":
             sets["fast"] = fast
         elif name == "compiled":
-            sets["compiled"] = fast.with_(compile=True, compile_mode=args.compile_mode)
+            sets["compiled"] = fast.with_(compile=True, compile_scope=args.compile_scope,
+                                          compile_mode=args.compile_mode)
         else:
             sets["custom"] = exact.with_(
                 precision=args.precision or exact.precision, attn_impl=args.attn or exact.attn_impl,
-                channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
+                channels_last=args.channels_last, compile=args.compile, compile_scope=args.compile_scope,
+                compile_mode=args.compile_mode,
                 cuda_graph=args.cuda_graph, tf32=args.tf32, fused_optimizer=args.fused_adamw or exact.fused_optimizer)
     if args.sweep:
         for switch in SWITCHES:

@@ -68,6 +68,7 @@ class TrainConfig:
     # speed switches (rgbx.engine.fastpath); all off = the exact fp32 path
     channels_last: bool = False  # NHWC weights and inputs
     compile: bool = False  # torch.compile the model
+    compile_scope: str = "blocks"  # blocks: each block compiled on its own (fast to compile) | model: forward + loss
     compile_mode: str | None = None  # torch.compile mode, e.g. max-autotune
     compile_backend: str | None = None  # torch.compile backend (default inductor; aot_eager to debug)
     tf32: bool = False  # TF32 matmuls on CUDA

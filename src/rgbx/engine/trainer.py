@@ -172,7 +172,8 @@ class Trainer:
         self.model = create_model(self.model_cfg).to(self.device)
         t = cfg.train
         self.speed = SpeedOptions(precision=t.precision, channels_last=t.channels_last, compile=t.compile,
-                                  compile_mode=t.compile_mode, compile_backend=t.compile_backend, tf32=t.tf32, cudnn_benchmark=t.cudnn_benchmark,
+                                  compile_scope=t.compile_scope, compile_mode=t.compile_mode,
+                                  compile_backend=t.compile_backend, tf32=t.tf32, cudnn_benchmark=t.cudnn_benchmark,
                                   fused_optimizer=t.fused_optimizer)
         if self.device.type == "cuda":  # process-wide for the run
             torch.backends.cuda.matmul.allow_tf32 = t.tf32

@@ -190,6 +190,8 @@ class DFormerAttention(nn.Module):
 class DFormerBlock(nn.Module):
     """Joint block: residual token mixing and MLP for both branches, layer-scaled, with drop path."""
 
+    compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
+
     def __init__(
         self,
         dim: int,

@@ -165,6 +165,8 @@ class MixFFN(nn.Module):
 class MiTBlock(nn.Module):
     """Pre-norm transformer block: ``x + DropPath(Attn(LN(x)))``, then ``x + DropPath(MixFFN(LN(x)))``."""
 
+    compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
+
     def __init__(
         self,
         dim: int,

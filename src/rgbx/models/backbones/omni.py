@@ -181,6 +181,8 @@ class OmniBlock(nn.Module):
         attn_impl: ``"sdpa"`` or ``"eager"``.
     """
 
+    compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
+
     def __init__(
         self,
         dim: int,

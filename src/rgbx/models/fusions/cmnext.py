@@ -220,6 +220,8 @@ class _ConvFFN(nn.Module):
 class PoolingMixerBlock(nn.Module):
     """Parallel Pooling Mixer block (see the module docstring, step 3)."""
 
+    compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
+
     def __init__(self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, layer_scale: float = 1e-2):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)

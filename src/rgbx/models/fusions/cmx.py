@@ -104,6 +104,8 @@ class SpatialWeights(nn.Module):
 class FeatureRectifyModule(nn.Module):
     """FRM for N modality slots: each present modality gets the weighted maps of the other present ones added."""
 
+    compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
+
     def __init__(
         self, dim: int, num_modalities: int, reduction: int = 1, lambda_c: float = 0.5, lambda_s: float = 0.5
     ):
@@ -216,6 +218,8 @@ class ChannelEmbed(nn.Module):
 
 class FeatureFusionModule(nn.Module):
     """FFM: cross path over the modalities, then channel embedding of their concatenation (absent slots = 0)."""
+
+    compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
 
     def __init__(self, dim: int, modalities: Sequence[str], num_heads: int = 1, reduction: int = 1):
         super().__init__()

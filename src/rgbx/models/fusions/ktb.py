@@ -115,6 +115,8 @@ class MAPAPrompt(nn.Module):
 class DSCF(nn.Module):
     """Dynamic sparse cross-modality fusion of one stage (see the module docstring)."""
 
+    compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
+
     def __init__(self, dim: int, rank: int, modalities: Sequence[str], kv_grid: int = 16, topk_ratio: float = 0.5):
         super().__init__()
         self.modalities = tuple(modalities)

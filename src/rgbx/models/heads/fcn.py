@@ -89,6 +89,8 @@ class FCNHead(nn.Module):
     :class:`~rgbx.models.Segmentor` (or the method using it as an auxiliary head) upsamples them.
     """
 
+    compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
+
     def __init__(
         self,
         in_channels: Sequence[int] | int,

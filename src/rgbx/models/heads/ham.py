@@ -215,6 +215,8 @@ class LightHamHead(nn.Module):
             released DFormer checkpoints (see the module docstring).
     """
 
+    compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
+
     def __init__(
         self,
         in_channels: Sequence[int],

@@ -30,6 +30,8 @@ class MLPHead(nn.Module):
         dropout: dropout (``Dropout2d``) before the classifier.
     """
 
+    compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
+
     def __init__(
         self, in_channels: Sequence[int], num_classes: int, channels: int = 256, dropout: float = 0.1
     ):
