@@ -8,6 +8,7 @@ EXAMPLES = """  rgbx train synth_cmx_b0                                     # a 
   rgbx train my.yaml data.root=data/synth train.iters=500 model.fusion=mean
   rgbx train my.yaml --resume                                 # continue after a kill, from the last checkpoint
   rgbx train my.yaml --print-config                           # show the resolved config and exit
+  torchrun --nproc_per_node 4 -m rgbx.cli.main train my.yaml   # 4 GPUs (train.batch_size per GPU)
 """
 
 
@@ -30,13 +31,17 @@ def run(args) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    reporter = Reporter(quiet=args.quiet)
-    trainer = Trainer(cfg, resume=args.resume, reporter=reporter)
-    reporter.print(f"training {trainer.model_cfg.fusion}/{trainer.model_cfg.backbone} on "
-                   f"{'+'.join(trainer.model_cfg.modalities)} ({trainer.description.num_classes} classes, "
-                   f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M params) on {trainer.device}; "
-                   f"run folder {trainer.paths.root}")
-    metrics = trainer.fit()
+    trainer = Trainer(cfg, resume=args.resume, reporter=Reporter(quiet=args.quiet))
+    reporter = trainer.reporter  # silent on the ranks other than 0 of a torchrun launch
+    try:
+        world = f" × {trainer.dist.world_size} processes" if trainer.dist.enabled else ""
+        reporter.print(f"training {trainer.model_cfg.fusion}/{trainer.model_cfg.backbone} on "
+                       f"{'+'.join(trainer.model_cfg.modalities)} ({trainer.description.num_classes} classes, "
+                       f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M params) on "
+                       f"{trainer.device}{world}; run folder {trainer.paths.root}")
+        metrics = trainer.fit()
+    finally:
+        trainer.dist.close()
     full = "+".join(trainer.model_cfg.modalities)
     reporter.print(f"final val mIoU {100 * metrics['subsets'][full]['all']['miou']:.2f}; weights: "
                    f"{trainer.paths.final_weights}")

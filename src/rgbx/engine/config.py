@@ -79,6 +79,11 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None = torch default)
     eval_group_by: str | None = "condition"  # report eval metrics per value of this sample attribute
     tensorboard: bool = False
+    # multi-process runs under torchrun (rgbx.engine.distributed); batch_size is per process
+    sync_bn: bool = True  # BatchNorm statistics over all processes (CUDA)
+    # DDP: parameters may go unused in a step (a dropped sensor's branch); None = auto: on unless the method is plain
+    # supervised training without modality dropout
+    find_unused_parameters: bool | None = None
 
 
 @dataclass

@@ -57,9 +57,18 @@ class EvalResult:
         return ["all"] + sorted(g for g in seen if g != "all")
 
     def all_reduce(self) -> None:
-        for groups in self.matrices.values():
-            for cm in groups.values():
-                cm.all_reduce()
+        """Sum the matrices over all ranks of a distributed run. Ranks may have seen different groups (a condition
+        only in one rank's share), so the union of their (subset, group) keys is agreed first and every rank
+        reduces the same matrices in the same order."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        keys = [(s, g) for s, groups in self.matrices.items() for g in groups]
+        everyone: list = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, keys)
+        union = sorted({tuple(k) for rank_keys in everyone for k in rank_keys})
+        for subset, group in union:
+            self.matrix(subset, group).all_reduce()
 
     def to_dict(self, class_names: list[str] | None = None, convention: str = "present") -> dict:
         return {

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from rgbx.data.sampler import ResumableSampler
 from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
 from rgbx.engine.config import ExperimentConfig, to_dict, to_yaml
+from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices
 from rgbx.engine.evaluate import EvalResult, evaluate
 from rgbx.engine.fastpath import SpeedOptions, apply_speed_options, compile_fn, to_memory_format
 from rgbx.engine.optim import build_optimizer, build_scheduler
@@ -141,11 +143,16 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, resume: bool = False, reporter: Reporter | None = None):
         self.cfg = cfg
         self.paths = RunPaths(Path(cfg.output_dir))
-        self.reporter = reporter or Reporter()
+        self.device = resolve_device(cfg.train.device)
+        self.dist = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        # only rank 0 prints and writes files; the others train in silence
+        self.reporter = (reporter or Reporter()) if self.dist.is_main else Reporter(quiet=True)
         if not resume and self.paths.state.exists():
             raise RgbxError(f"{self.paths.root} already holds a training run ({self.paths.state}); pass --resume "
                             f"to continue it, or choose another output_dir")
-        self.device = resolve_device(cfg.train.device)
+        self.dist.barrier()  # every rank has looked before rank 0 writes the run folder
         self.num_workers = loader_workers(cfg.data.num_workers, self.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -170,6 +177,8 @@ class Trainer:
                               f"({len(self.train_set)} samples)")
         self.model_cfg = cfg.model = build_model_config(cfg, self.description.num_classes)
         self.model = create_model(self.model_cfg).to(self.device)
+        if self.dist.enabled and self.device.type == "cuda" and cfg.train.sync_bn:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         t = cfg.train
         self.speed = SpeedOptions(precision=t.precision, channels_last=t.channels_last, compile=t.compile,
                                   compile_scope=t.compile_scope, compile_mode=t.compile_mode,
@@ -180,8 +189,19 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = t.tf32 or torch.backends.cudnn.allow_tf32
             torch.backends.cudnn.benchmark = t.cudnn_benchmark
         apply_speed_options(self.model, self.speed)
-        # what the method's step calls: the model itself, or its compiled form (same parameters)
+        # what the method's step calls: the model itself, or its compiled form (same parameters), in DDP when
+        # distributed (gradients averaged over the processes during backward)
         self.step_model = compile_fn(self.model, self.speed)
+        if self.dist.enabled:
+            find_unused = cfg.train.find_unused_parameters
+            if find_unused is None:
+                find_unused = cfg.method.name != "supervised" or cfg.method.modality_dropout > 0
+            # DDP compares gradient strides literally; depthwise kernels (C, 1, k, k) differ only in the stride of
+            # their size-1 dimension, which is no layout difference: silence that false alarm
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            self.step_model = torch.nn.parallel.DistributedDataParallel(
+                self.step_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused)
         weights = None
         if cfg.method.class_weighting == "enet":
             weights = enet_class_weights(self.train_set)
@@ -201,8 +221,9 @@ class Trainer:
             self._load_state()
         elif resume:
             self.reporter.print(f"no checkpoint in {self.paths.root} yet; starting from scratch")
-        self.paths.root.mkdir(parents=True, exist_ok=True)
-        (self.paths.root / "config.yaml").write_text(to_yaml(cfg))
+        if self.dist.is_main:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            (self.paths.root / "config.yaml").write_text(to_yaml(cfg))
 
     # -- state ----------------------------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -215,6 +236,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "config": json.dumps(to_dict(self.cfg)),
+            "world_size": self.dist.world_size,
         }
 
     def _load_state(self) -> None:
@@ -234,6 +256,11 @@ class Trainer:
             if saved["train"][key] != getattr(self.cfg.train, key):
                 raise CheckpointError(f"{self.paths.state}: the run used train.{key}={saved['train'][key]}; "
                                       f"resume needs the same value")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise CheckpointError(f"{self.paths.state}: the run used {saved_world} process(es), this one has "
+                                  f"{self.dist.world_size}; resume with the same number (the data order and the "
+                                  f"global batch depend on it)")
         load_state_into(self.model, state["model"], str(self.paths.state))
         modules = self.method.trainable_modules()
         saved_modules = state.get("method_modules", [])
@@ -253,6 +280,8 @@ class Trainer:
         self.reporter.print(f"resumed {self.paths.root} at iteration {self.iteration}")
 
     def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
         info = {"iteration": self.iteration}
         save_model(self.paths.last_weights, self.model, self.description.to_dict(), **info)
         save_state(self.paths.state, self._state())
@@ -260,9 +289,13 @@ class Trainer:
     # -- loops ----------------------------------------------------------------------------------------------------
     def _train_loader(self):
         cfg = self.cfg.train
-        steps = len(self.train_set) // cfg.batch_size
+        steps = len(self.train_set) // (cfg.batch_size * self.dist.world_size)
+        if steps == 0:
+            raise ConfigError(f"train.batch_size={cfg.batch_size} × {self.dist.world_size} processes is larger than "
+                              f"the training split ({len(self.train_set)} samples)")
         sampler = ResumableSampler(len(self.train_set), cfg.batch_size, seed=cfg.seed,
-                                   start_epoch=self.iteration // steps, start_step=self.iteration % steps)
+                                   start_epoch=self.iteration // steps, start_step=self.iteration % steps,
+                                   rank=self.dist.rank, world_size=self.dist.world_size)
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
@@ -270,8 +303,12 @@ class Trainer:
         )
 
     def val_loader(self):
+        """Validation batches; in a distributed run this rank's share (each sample scored once over all ranks)."""
+        dataset = self.val_set
+        if self.dist.enabled:
+            dataset = torch.utils.data.Subset(dataset, shard_indices(len(dataset), self.dist))
         return torch.utils.data.DataLoader(
-            self.val_set, batch_size=self.cfg.train.eval_batch_size, shuffle=False, collate_fn=collate,
+            dataset, batch_size=self.cfg.train.eval_batch_size, shuffle=False, collate_fn=collate,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
         )
 
@@ -295,7 +332,7 @@ class Trainer:
         return batch
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
-        seed = step_seed(self.cfg.train.seed, self.iteration)
+        seed = step_seed(self.cfg.train.seed, self.iteration) + self.dist.rank  # other draws on other ranks
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
@@ -304,6 +341,8 @@ class Trainer:
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.dist.enabled:  # the model's gradients are averaged by DDP; the method's own modules' here
+            all_reduce_grads((p for m in self.method.trainable_modules() for p in m.parameters()), self.dist)
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             params = [p for group in self.optimizer.param_groups for p in group["params"]]  # model + method modules
@@ -318,7 +357,7 @@ class Trainer:
         self.model.train()
         log_path = self.paths.root / "metrics.csv"
         new_log = not log_path.exists() or self.iteration == 0
-        log_file = log_path.open("w" if new_log else "a", newline="")
+        log_file = log_path.open("w" if new_log else "a", newline="") if self.dist.is_main else None
         writer = None
         sums: dict[str, float] = {}
         count, t0, images = 0, time.perf_counter(), 0
@@ -332,12 +371,13 @@ class Trainer:
                     batch = self._to_device(batch)
                     values = self.train_step(batch)
                     self.iteration += 1
-                    images += len(batch)
+                    images += len(batch) * self.dist.world_size
                     for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
                     if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iters:
-                        row = {k: float(v) / count for k, v in sums.items()}  # one host sync per log interval
+                        means = self.dist.all_reduce_mean(torch.stack([v / count for v in sums.values()]))
+                        row = dict(zip(sums, means.tolist()))  # one host sync per log interval
                         if not math.isfinite(row["loss"]):
                             raise RgbxError(f"loss became {row['loss']} at iteration {self.iteration}; lower "
                                             f"optim.lr or set optim.grad_clip (last good checkpoint: "
@@ -345,12 +385,13 @@ class Trainer:
                         dt = time.perf_counter() - t0
                         row = {"iteration": self.iteration, "lr": self.scheduler.get_last_lr()[0], **row,
                                "images_per_s": images / dt if dt > 0 else 0.0}
-                        if writer is None:
+                        if writer is None and log_file is not None:
                             writer = csv.DictWriter(log_file, fieldnames=list(row))
                             if new_log:
                                 writer.writeheader()
-                        writer.writerow(row)
-                        log_file.flush()
+                        if writer is not None:
+                            writer.writerow(row)
+                            log_file.flush()
                         if tb:
                             for k, v in row.items():
                                 if k != "iteration":
@@ -364,12 +405,20 @@ class Trainer:
                     if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iters:
                         self._eval_and_log(tb)
         finally:
-            log_file.close()
+            if log_file is not None:
+                log_file.close()
+        # DDP keeps every rank's weights identical; a difference means the processes went out of step
+        if self.dist.enabled:
+            with torch.no_grad():
+                checksum = float(sum(p.double().sum() for p in self.model.parameters()))
+            self.dist.check_same(checksum, "the weights' checksum")
         self.save_checkpoint()
         result = self._eval_and_log(tb)
-        save_model(self.paths.final_weights, self.model, self.description.to_dict(), iteration=self.iteration)
+        if self.dist.is_main:
+            save_model(self.paths.final_weights, self.model, self.description.to_dict(), iteration=self.iteration)
         if tb:
             tb.close()
+        self.dist.barrier()  # the final files are written before any rank returns
         return result
 
     def _eval_and_log(self, tb=None) -> dict:
@@ -379,20 +428,22 @@ class Trainer:
         miou = metrics["subsets"][full]["all"]["miou"]
         entry = {"iteration": self.iteration, "miou": miou,
                  "groups": {g: m["miou"] for g, m in metrics["subsets"][full].items()}}
-        with (self.paths.root / "eval.jsonl").open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+        if self.dist.is_main:
+            with (self.paths.root / "eval.jsonl").open("a") as f:
+                f.write(json.dumps(entry) + "\n")
         self.reporter.print(f"iteration {self.iteration}: val mIoU {100 * miou:.2f} "
                             + " ".join(f"{g}:{100 * v:.1f}" for g, v in entry["groups"].items() if g != "all"))
         if tb:
             tb.add_scalar("val/miou", miou, self.iteration)
         if miou > self.best_miou:
             self.best_miou = miou
-            save_model(self.paths.best_weights, self.model, self.description.to_dict(), iteration=self.iteration,
-                       val_miou=miou)
+            if self.dist.is_main:
+                save_model(self.paths.best_weights, self.model, self.description.to_dict(), iteration=self.iteration,
+                           val_miou=miou)
         return metrics
 
     def _tensorboard(self):
-        if not self.cfg.train.tensorboard:
+        if not self.cfg.train.tensorboard or not self.dist.is_main:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter

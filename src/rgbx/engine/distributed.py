@@ -1,0 +1,133 @@
+"""Multi-process training with torch.distributed: one process per GPU (or per CPU worker), launched by ``torchrun``.
+
+``torchrun --nproc_per_node 4 -m rgbx.cli.main train CONFIG`` (or ``--nnodes N --node_rank R --master_addr ...``
+across machines) sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` for each process; :func:`init_distributed` reads
+them and joins the process group (NCCL on CUDA, Gloo on the CPU). Without those variables everything here is a no-op
+for a single process. What the trainer does with it:
+
+* data: each rank reads its own share of every epoch (:class:`~rgbx.data.sampler.ResumableSampler` with the rank),
+  ``train.batch_size`` is per process (global batch = batch_size × world size); validation samples are split
+  between ranks without repetition (:func:`shard_indices`) and the confusion matrices summed;
+* model: wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged during backward); the
+  method's own trainable modules (auxiliary heads, aligners) have their gradients averaged after backward;
+  BatchNorm becomes SyncBatchNorm on CUDA (``train.sync_bn``);
+* files: only rank 0 writes checkpoints, weights, logs; every rank reads the same checkpoint to resume (multi-node
+  runs need ``output_dir`` on a shared file system).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from rgbx.errors import ConfigError
+
+__all__ = ["DistributedContext", "all_reduce_grads", "init_distributed", "shard_indices"]
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands: ``rank`` of ``world_size`` processes, ``local_rank`` on its machine."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of ``values`` over all ranks (the tensor itself when alone)."""
+        if not self.enabled:
+            return values
+        values = values.clone()
+        dist.all_reduce(values)
+        return values / self.world_size
+
+    def check_same(self, value: float, what: str) -> None:
+        """Raise when ``value`` differs between ranks (e.g. a checksum of the weights, which DDP keeps identical)."""
+        if not self.enabled:
+            return
+        values: list = [None] * self.world_size
+        dist.all_gather_object(values, float(value))
+        if len(set(values)) > 1:
+            raise RuntimeError(f"{what} differs between the {self.world_size} processes: {values}")
+
+    def close(self) -> None:
+        """Leave the process group, if this context joined it."""
+        if self.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r}: expected an integer (set by torchrun)") from None
+
+
+def init_distributed(device_type: str, timeout_s: float = 1800.0) -> DistributedContext:
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR`` / ``MASTER_PORT``), with NCCL when ``device_type`` is ``cuda`` and Gloo otherwise; on CUDA the
+    process's current device becomes ``cuda:LOCAL_RANK``. A single process (no ``WORLD_SIZE`` or 1) joins nothing."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if world <= 1:
+        return DistributedContext()
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    if device_type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK={local} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                              f"start at most that many processes per node (torchrun --nproc_per_node)")
+        torch.cuda.set_device(local)
+    if dist.is_initialized():
+        if dist.get_world_size() != world:
+            raise ConfigError(f"a process group of {dist.get_world_size()} is already running, WORLD_SIZE={world}")
+        return DistributedContext(rank, world, local, initialized_here=False)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return DistributedContext(rank, world, local, initialized_here=True)
+
+
+def shard_indices(num_samples: int, ctx: DistributedContext) -> list[int]:
+    """This rank's share of ``range(num_samples)`` for evaluation: every ``world_size``-th index from ``rank``, so
+    each sample is scored exactly once over all ranks (no padding duplicates, unlike DistributedSampler)."""
+    return list(range(ctx.rank, num_samples, ctx.world_size))
+
+
+def all_reduce_grads(params: Iterable[torch.nn.Parameter], ctx: DistributedContext) -> None:
+    """Average the gradients of ``params`` over all ranks, in one flat all-reduce (a missing gradient counts as
+    zero, so every rank sends the same tensors)."""
+    if not ctx.enabled:
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset: offset + n].view_as(p).clone()
+        offset += n
