@@ -69,3 +69,18 @@ def make_dataset(root: Path, n: int = 6, size=(16, 20), modalities=("rgb", "dept
 @pytest.fixture
 def toy_dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "toy")
+
+
+def wait_for_checkpoint(proc, state: Path, iteration: int, timeout: float = 240.0) -> None:
+    """Poll until the training process ``proc`` has saved a checkpoint at ``iteration`` or later in ``state``;
+    fail if it finished first (too fast to be killed mid-run)."""
+    import time
+
+    from rgbx.engine.checkpoint import load_state
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and load_state(state)["iteration"] >= iteration:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"

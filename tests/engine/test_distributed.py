@@ -18,7 +18,7 @@ from rgbx.data.sampler import ResumableSampler
 from rgbx.engine.checkpoint import load_model, load_state
 from rgbx.engine.distributed import DistributedContext, all_reduce_grads, shard_indices
 from rgbx.engine.evaluate import EvalResult
-from tests.conftest import make_dataset
+from tests.conftest import make_dataset, wait_for_checkpoint
 
 TINY = ["model.backbone=mit_nano", "model.head_channels=16", "data.crop_size=[16,16]", "data.num_workers=0",
         "train.batch_size=2", "train.eval_batch_size=2", "train.log_every=2", "optim.warmup_iters=2",
@@ -118,7 +118,6 @@ def test_torchrun_killed_and_resumed_reaches_the_same_weights(tmp_path):
     """SIGKILL the whole torchrun launch mid-run, resume it with torchrun: the final weights equal those of an
     uninterrupted 2-process run bit for bit (the per-rank data shares and draws are seeded like a single process's)."""
     import signal
-    import time
 
     from safetensors.torch import load_file
 
@@ -132,12 +131,7 @@ def test_torchrun_killed_and_resumed_reaches_the_same_weights(tmp_path):
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "b" / "checkpoints" / "last.state.pt"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and load_state(state)["iteration"] >= 8:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
+    wait_for_checkpoint(proc, state, 8)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
     proc.wait()
     killed_at = load_state(state)["iteration"]

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import Trainer, loader_workers
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.models import create_model
-from tests.conftest import make_dataset
+from tests.conftest import make_dataset, wait_for_checkpoint
 
 TINY = ["model.backbone=mit_nano", "model.head_channels=16", "data.crop_size=[16,16]", "data.num_workers=0",
         "train.batch_size=2", "train.eval_batch_size=2", "train.log_every=2", "optim.warmup_iters=2",
@@ -99,12 +98,7 @@ def test_kill_and_resume_from_the_cli_reaches_the_same_metrics(tmp_path):
     subprocess.run([*cmd, *args, f"output_dir={tmp_path / 'a'}", "--quiet"], check=True, env=env, timeout=300)
     proc = subprocess.Popen([*cmd, *args, f"output_dir={tmp_path / 'b'}", "--quiet"], env=env)
     state = tmp_path / "b" / "checkpoints" / "last.state.pt"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists() and load_state(state)["iteration"] >= 8:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be killed"
+    wait_for_checkpoint(proc, state, 8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = load_state(state)["iteration"]
