@@ -140,3 +140,37 @@ def test_torchrun_killed_and_resumed_reaches_the_same_weights(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _eval_cmd(*args: str) -> list[str]:
+    return ["-m", "rgbx.cli.main", "eval", *args]
+
+
+def test_torchrun_eval_gives_the_single_process_results(tmp_path):
+    """``rgbx eval`` under torchrun: each process scores its share of the samples; the anymodal table (with groups
+    that only some shares contain) and the robustness report equal the single-process ones exactly."""
+    import json
+
+    from rgbx.engine.config import load_config
+    from rgbx.engine.report import Reporter
+    from rgbx.engine.trainer import Trainer
+
+    ids = [f"s{i:03d}" for i in range(13)]
+    data = make_dataset(tmp_path / "d", n=13, splits={"train": ids[:6], "val": ids[6:]})  # 7: uneven shares
+    cfg = load_config("synth_cmx_b0", [f"data.root={data}", f"output_dir={tmp_path / 'run'}", *TINY,
+                                       "train.iters=4", "train.eval_every=0"])
+    Trainer(cfg, reporter=Reporter(quiet=True)).fit()
+    weights = str(tmp_path / "run" / "model.safetensors")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for extra in (["--anymodal", "--by", "condition", "--batch-size", "2"], ["--robustness", "--batch-size", "3"]):
+        common = [weights, "--data", str(data), "--split", "val", "--workers", "0", *extra]
+        single = subprocess.run([sys.executable, *_eval_cmd(*common, "--json", str(tmp_path / "one.json"))],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert single.returncode == 0, single.stderr[-2000:]
+        multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                f"--master_port={free_port()}",
+                                *_eval_cmd(*common, "--json", str(tmp_path / "two.json"))],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert multi.returncode == 0, multi.stdout[-2000:] + multi.stderr[-2000:]
+        one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+        assert one == two, extra

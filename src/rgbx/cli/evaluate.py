@@ -12,6 +12,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data data/synth --modalities rgb     # a rig with only the camera
   rgbx eval runs/cmx/model.safetensors --data data/synth --scales 0.5 0.75 1 1.25 1.5 --flip
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --json robust.json   # missing / noisy sensors
+  torchrun --nproc_per_node 4 -m rgbx.cli.main eval runs/cmx/model.safetensors --data data/synth --anymodal
 """
 
 
@@ -47,15 +48,30 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
+    from rgbx.engine.distributed import init_distributed
+    from rgbx.engine.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    ctx = init_distributed(device.type)  # under torchrun: each process scores its share, the matrices are summed
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    try:
+        return _evaluate(args, device, ctx)
+    finally:
+        ctx.close()
+
+
+def _evaluate(args, device, ctx) -> int:
+    import torch
+
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform
     from rgbx.engine.checkpoint import load_model
+    from rgbx.engine.distributed import shard_indices
     from rgbx.engine.evaluate import all_subsets, evaluate
     from rgbx.engine.tables import print_eval_tables
-    from rgbx.engine.trainer import resolve_device
     from rgbx.errors import ConfigError
 
-    device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, device)
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
                             transform=EvalTransform(), **parse_options(args.option))
@@ -70,14 +86,17 @@ def run(args) -> int:
         subsets = [tuple(m for m in model.modalities if m in args.modalities)]
     else:
         subsets = all_subsets(model.modalities) if args.anymodal else None
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate,
+    share = torch.utils.data.Subset(dataset, shard_indices(len(dataset), ctx)) if ctx.enabled else dataset
+    loader = torch.utils.data.DataLoader(share, batch_size=args.batch_size, collate_fn=collate,
                                          num_workers=args.workers)
     if args.robustness:
         if args.modalities:
             raise ConfigError("--robustness scores every subset of the model's modalities; drop --modalities")
-        return _run_robustness(args, model, loader, desc, device)
+        return _run_robustness(args, model, loader, desc, device, ctx.is_main)
     result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                       subsets=subsets, group_by=args.by or None, device=device, scales=args.scales, flip=args.flip)
+    if not ctx.is_main:  # the other processes of a torchrun launch only contribute their counts
+        return 0
     print_eval_tables(result, list(desc.classes), convention=args.miou, per_class=args.per_class,
                       title=f"{args.checkpoint} on {args.data} [{args.split}]")
     if args.json:
@@ -89,11 +108,13 @@ def run(args) -> int:
     return 0
 
 
-def _run_robustness(args, model, loader, desc, device) -> int:
+def _run_robustness(args, model, loader, desc, device, is_main: bool = True) -> int:
     from rgbx.engine.robustness import print_robustness_tables, robustness_report
 
     report = robustness_report(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                                device=device, seed=args.seed, convention=args.miou, class_names=list(desc.classes))
+    if not is_main:
+        return 0
     print_robustness_tables(report, title=f"{args.checkpoint} on {args.data} [{args.split}], seed {args.seed}")
     if args.json:
         data = {"robustness": report, "miou_convention": args.miou, "seed": args.seed,
