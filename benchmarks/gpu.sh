@@ -70,6 +70,11 @@ compile_rc=${PIPESTATUS[0]}
 timeout 90 python benchmarks/profile_step.py --device "$DEVICE" --backbone mit_b2 --fusion cmx --size "$SIZE" \
     --batch "$BATCH" --options fast --steps 2 --rows 25 2>&1 | tee "$LOG_DIR/profile.log"
 
+# 5. does the input pipeline keep up? RGB-D 480x640 read + decode + augment, samples/s with N loader workers
+timeout 90 bash -c "$RGBX synth '$LOG_DIR/synth480' --train 192 --val 2 --test 2 --size 480x640 >/dev/null && \
+    $RGBX bench --data '$LOG_DIR/synth480' --modalities rgb depth --workers 1 4 8 12 --crop 480x640 --batch 8 \
+    --batches 16" 2>&1 | tee "$LOG_DIR/data.log"
+
 elapsed=$(( $(date +%s) - start ))
 {
     echo "# GPU speed: reference code vs rgbx, side by side"
@@ -100,6 +105,12 @@ elapsed=$(( $(date +%s) - start ))
     echo '```'
     sed -n '/┏/,$p' "$LOG_DIR/compile.log" 2>/dev/null || true
     [ "$compile_rc" = 124 ] && echo "(did not finish within its 150 s limit)"
+    echo '```'
+    echo
+    echo "## Input pipeline on this machine (RGB-D 480×640, \`rgbx bench --data\`)"
+    echo
+    echo '```'
+    sed -n '/┏/,$p' "$LOG_DIR/data.log" 2>/dev/null || true
     echo '```'
     echo
     echo "## Where the fast training step's time goes (CMX MiT-B2, RGB-D, torch.profiler, 2 steps)"
