@@ -174,3 +174,25 @@ def test_torchrun_eval_gives_the_single_process_results(tmp_path):
         assert multi.returncode == 0, multi.stdout[-2000:] + multi.stderr[-2000:]
         one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
         assert one == two, extra
+
+
+def test_torchrun_with_a_sensor_missing_from_whole_batches(tmp_path):
+    """Plain supervised training without dropout on a dataset where thermal is optional and mostly missing: some
+    batches have no thermal at all, so its CMX branch gets no gradient in that step. DDP must be told
+    (find_unused_parameters, on by default for such data) or the step fails."""
+    from rgbx.data.description import write_description
+
+    data = make_dataset(tmp_path / "d", n=10, modalities=("rgb", "thermal"))
+    write_description(data, name="toy", classes=["ground", "box", "person"],
+                      palette=[[0, 0, 0], [200, 100, 0], [220, 20, 60]], ignore_index=255,
+                      modalities={"rgb": {"encoding": "png", "scale": 1 / 255},
+                                  "thermal": {"encoding": "png", "scale": 1 / 255, "optional": True}})
+    for i in range(6):
+        (data / "thermal" / f"s{i:03d}.png").unlink()
+    args = [f"data.root={data}", *[a for a in TINY if "modalities" not in a], "model.modalities=[rgb,thermal]",
+            "method.modality_dropout=0.0", "train.iters=8", "train.eval_every=0"]
+    r = torchrun(2, "synth_cmx_b0", *args, f"output_dir={tmp_path / 'auto'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = torchrun(2, "synth_cmx_b0", *args, f"output_dir={tmp_path / 'off'}", "train.find_unused_parameters=false",
+                 cwd=tmp_path)
+    assert r.returncode != 0 and "unused" in (r.stdout + r.stderr).lower()  # the case really occurs

@@ -81,8 +81,8 @@ class TrainConfig:
     tensorboard: bool = False
     # multi-process runs under torchrun (rgbx.engine.distributed); batch_size is per process
     sync_bn: bool = True  # BatchNorm statistics over all processes (CUDA)
-    # DDP: parameters may go unused in a step (a dropped sensor's branch); None = auto: on unless the method is plain
-    # supervised training without modality dropout
+    # DDP: parameters may go unused in a step (a dropped or missing sensor's branch); None = auto: on unless plain
+    # supervised training without modality dropout on a dataset whose every sample has every sensor
     find_unused_parameters: bool | None = None
 
 

@@ -194,8 +194,9 @@ class Trainer:
         self.step_model = compile_fn(self.model, self.speed)
         if self.dist.enabled:
             find_unused = cfg.train.find_unused_parameters
-            if find_unused is None:
-                find_unused = cfg.method.name != "supervised" or cfg.method.modality_dropout > 0
+            if find_unused is None:  # a whole branch goes unused when its sensor is absent from a batch
+                may_lack = any(src.optional for src in self.train_set.sources.values())
+                find_unused = cfg.method.name != "supervised" or cfg.method.modality_dropout > 0 or may_lack
             # DDP compares gradient strides literally; depthwise kernels (C, 1, k, k) differ only in the stride of
             # their size-1 dimension, which is no layout difference: silence that false alarm
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
