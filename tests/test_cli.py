@@ -65,6 +65,19 @@ def test_synth_train_eval_predict(tmp_path, capsys):
     assert run_cli("predict", weights, f"rgb={data / 'rgb' / (sid + '.png')}",
                    f"depth={data / 'depth' / (sid + '.png')}", "--out", tmp_path / "p2") == 0
     assert (tmp_path / "p2" / "panels" / f"{sid}.png").is_file()
+    # the fast path (bf16 where the CPU has bf16 units, fused attention, channels-last): nearly the same answers
+    fast = tmp_path / "eval_fast.json"
+    assert run_cli("eval", weights, "--data", data, "--split", "test", "--anymodal", "--json", fast, "--fast") == 0
+    fast_results = json.loads(fast.read_text())
+    assert fast_results["speed"].startswith(("bf16 sdpa", "fp32 sdpa")) and results["speed"] == "model's own fp32"
+    for subset, groups in results["subsets"].items():
+        a, b = groups["all"], fast_results["subsets"][subset]["all"]
+        assert a["pixels"] == b["pixels"] and abs(a["pixel_accuracy"] - b["pixel_accuracy"]) < 0.03, subset
+    assert run_cli("predict", weights, data, "--split", "test", "--out", tmp_path / "p3", "--fast") == 0
+    for exact_png in (preds / "labels").glob("*.png"):
+        exact = np.asarray(Image.open(exact_png))
+        quick = np.asarray(Image.open(tmp_path / "p3" / "labels" / exact_png.name))
+        assert (exact == quick).mean() > 0.97
 
 
 def _error(capsys, *args) -> str:

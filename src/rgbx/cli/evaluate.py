@@ -43,6 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
+    p.add_argument("--fast", action="store_true", help="the device's fast path (rgbx.engine.fastpath: bf16 autocast where the device has bf16 matrix units, fused attention, channels-last, TF32); 0.2-0.6 %% of pixels may change their class (benchmarks/speed.md); default: the model's own fp32 arithmetic")
 
 
 def run(args) -> int:
@@ -69,10 +70,15 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.engine.checkpoint import load_model
     from rgbx.engine.distributed import shard_indices
     from rgbx.engine.evaluate import all_subsets, evaluate
+    from rgbx.engine.fastpath import SpeedOptions, apply_speed_options, backend_flags, precision_dtype
     from rgbx.engine.tables import print_eval_tables
     from rgbx.errors import ConfigError
 
     model, info = load_model(args.checkpoint, device)
+    speed = SpeedOptions.fast(device) if args.fast else None
+    if speed is not None:
+        apply_speed_options(model, speed)
+    amp_dtype = precision_dtype(speed.precision, device) if speed is not None else None
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
                             transform=EvalTransform(), **parse_options(args.option))
     desc = dataset.description
@@ -92,9 +98,12 @@ def _evaluate(args, device, ctx) -> int:
     if args.robustness:
         if args.modalities:
             raise ConfigError("--robustness scores every subset of the model's modalities; drop --modalities")
-        return _run_robustness(args, model, loader, desc, device, ctx.is_main)
-    result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
-                      subsets=subsets, group_by=args.by or None, device=device, scales=args.scales, flip=args.flip)
+        with backend_flags(speed or SpeedOptions.exact()):
+            return _run_robustness(args, model, loader, desc, device, ctx.is_main, amp_dtype)
+    with backend_flags(speed or SpeedOptions.exact()):
+        result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
+                          subsets=subsets, group_by=args.by or None, device=device, scales=args.scales,
+                          flip=args.flip, autocast_dtype=amp_dtype)
     if not ctx.is_main:  # the other processes of a torchrun launch only contribute their counts
         return 0
     print_eval_tables(result, list(desc.classes), convention=args.miou, per_class=args.per_class,
@@ -102,17 +111,18 @@ def _evaluate(args, device, ctx) -> int:
     if args.json:
         data = result.to_dict(list(desc.classes), convention=args.miou)
         data.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
-                     "model": model.config.to_dict()})
+                     "model": model.config.to_dict(), "speed": speed.describe() if speed else "model's own fp32"})
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))
     return 0
 
 
-def _run_robustness(args, model, loader, desc, device, is_main: bool = True) -> int:
+def _run_robustness(args, model, loader, desc, device, is_main: bool = True, amp_dtype=None) -> int:
     from rgbx.engine.robustness import print_robustness_tables, robustness_report
 
     report = robustness_report(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
-                               device=device, seed=args.seed, convention=args.miou, class_names=list(desc.classes))
+                               device=device, seed=args.seed, convention=args.miou, class_names=list(desc.classes),
+                               autocast_dtype=amp_dtype)
     if not is_main:
         return 0
     print_robustness_tables(report, title=f"{args.checkpoint} on {args.data} [{args.split}], seed {args.seed}")

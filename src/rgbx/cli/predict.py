@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale averaging, e.g. 0.75 1 1.25")
     p.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
     p.add_argument("--device", default="auto")
+    p.add_argument("--fast", action="store_true", help="the device's fast path (rgbx.engine.fastpath: bf16 autocast where the device has bf16 matrix units, fused attention, channels-last, TF32); 0.2-0.6 %% of pixels may change their class (benchmarks/speed.md)")
 
 
 def _samples(args, modalities):
@@ -73,12 +74,14 @@ def _samples(args, modalities):
 
 def run(args) -> int:
     from rgbx.engine.checkpoint import load_model
+    from rgbx.engine.fastpath import SpeedOptions
     from rgbx.engine.predict import Predictor
     from rgbx.engine.trainer import resolve_device
 
     device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, device)
-    predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip)
+    speed = SpeedOptions.fast(device) if args.fast else None
+    predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip, speed=speed)
     count = 0
     for sample in _samples(args, list(model.modalities)):
         pred = predictor.predict(sample)

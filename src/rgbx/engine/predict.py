@@ -8,16 +8,24 @@ import numpy as np
 import torch
 
 from rgbx.data.sample import Sample, collate, normalize_sample
+from rgbx.engine.fastpath import SpeedOptions, apply_speed_options, autocast, backend_flags
 from rgbx.engine.inference import predict_logits
 from rgbx.visualize import colorize, make_panel, save_image
 
 
 class Predictor:
-    """Wraps a trained model with its dataset info (classes, palette) for prediction on any modality subset."""
+    """Wraps a trained model with its dataset info (classes, palette) for prediction on any modality subset.
+
+    ``speed``: speed switches to predict with (e.g. ``SpeedOptions.fast(device)``; None = the model's own fp32
+    arithmetic). Precision, attention, memory layout, TF32 and compilation apply; CUDA-graph capture does not
+    (inputs vary in size)."""
 
     def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu",
-                 scales: tuple[float, ...] = (1.0,), flip: bool = False):
+                 scales: tuple[float, ...] = (1.0,), flip: bool = False, speed: SpeedOptions | None = None):
         self.model = model.to(device).eval()
+        self.speed = speed
+        if speed is not None:
+            apply_speed_options(self.model, speed)
         self.scales, self.flip = tuple(scales), flip
         self.device = torch.device(device)
         dataset = info.get("dataset", {})
@@ -36,8 +44,10 @@ class Predictor:
             raise ValueError(f"sample {sample['meta'].get('id')} has none of the model's modalities "
                              f"({', '.join(self.model.modalities)})")
         batch = collate([normalize_sample({**sample, "inputs": usable, "label": None})]).to(self.device)
-        logits = predict_logits(self.model, batch.inputs, batch.present, self.scales, self.flip)
-        return logits.argmax(1)[0].cpu()
+        speed = self.speed or SpeedOptions.exact()
+        with backend_flags(speed), autocast(self.device, speed.precision):
+            logits = predict_logits(self.model, batch.inputs, batch.present, self.scales, self.flip)
+        return logits.float().argmax(1)[0].cpu()
 
     def write(self, sample: Sample, pred: torch.Tensor, out_dir: Path, panel: bool = True) -> dict[str, Path]:
         out_dir = Path(out_dir)
