@@ -140,6 +140,7 @@ def test_speed_switches_train_the_same_model(tmp_path):
         "switches": ["train.channels_last=true", "train.compile=true", "train.compile_backend=aot_eager",
                      "train.fused_optimizer=true"],
         "bf16": ["train.precision=bf16"],
+        "preset": ["train.speed=fast"],  # the device's fast set written into the switches
     }
     losses = {}
     for name, extra in runs.items():
@@ -154,6 +155,15 @@ def test_speed_switches_train_the_same_model(tmp_path):
     assert len(losses["exact"]) == 4
     assert losses["switches"] == pytest.approx(losses["exact"], rel=1e-4)
     assert losses["bf16"] == pytest.approx(losses["exact"], rel=5e-2)
+    from rgbx.engine.fastpath import SpeedOptions
+
+    fast = SpeedOptions.fast("cpu")
+    saved = load_config(str(tmp_path / "preset" / "config.yaml"), [])
+    assert (saved.train.precision, saved.train.channels_last, saved.model.attn_impl) == \
+        (fast.precision, True, "sdpa")
+    assert losses["preset"] == pytest.approx(losses["exact"], rel=5e-2 if fast.precision == "bf16" else 1e-4)
+    with pytest.raises(ConfigError, match="train.speed"):
+        Trainer(tiny_config(root, tmp_path / "bad", "train.speed=turbo"), reporter=Reporter(quiet=True))
 
 
 def test_loader_workers_auto_follows_the_device(monkeypatch):

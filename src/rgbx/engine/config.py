@@ -65,7 +65,10 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
-    # speed switches (rgbx.engine.fastpath); all off = the exact fp32 path
+    # speed switches (rgbx.engine.fastpath); all off = the exact fp32 path. speed: "custom" = the switches below as
+    # set; "fast" / "exact" = the device's fast set / everything off, written over precision, channels_last, tf32,
+    # cudnn_benchmark, fused_optimizer and model.attn_impl (compile stays its own choice)
+    speed: str = "custom"
     channels_last: bool = False  # NHWC weights and inputs
     compile: bool = False  # torch.compile the model
     compile_scope: str = "blocks"  # blocks: each block compiled on its own (fast to compile) | model: forward + loss

@@ -74,6 +74,24 @@ def enet_class_weights(dataset, max_samples: int = 500) -> torch.Tensor:
     return (1.0 / torch.log(1.02 + p)).float()
 
 
+SPEED_PRESETS = ("custom", "fast", "exact")
+
+
+def apply_speed_preset(cfg: ExperimentConfig, device: torch.device) -> None:
+    """Write ``train.speed`` = ``fast`` / ``exact`` out into the individual switches of ``cfg`` (in place, so the
+    run's config.yaml records what was used); ``custom`` leaves them as set."""
+    preset = cfg.train.speed
+    if preset not in SPEED_PRESETS:
+        raise ConfigError(f"train.speed={preset!r}: expected one of {', '.join(SPEED_PRESETS)}")
+    if preset == "custom":
+        return
+    opts = SpeedOptions.fast(device) if preset == "fast" else SpeedOptions.exact()
+    t = cfg.train
+    t.precision, t.channels_last, t.tf32 = opts.precision, opts.channels_last, opts.tf32
+    t.cudnn_benchmark, t.fused_optimizer = opts.cudnn_benchmark, opts.fused_optimizer
+    cfg.model = dataclasses.replace(cfg.model, attn_impl=opts.attn_impl)
+
+
 def loader_workers(requested: int | None, device: torch.device) -> int:
     """Data-loader processes: ``requested`` when set; else 2 on the CPU (the training step needs the cores) and, on
     CUDA, one per core left over beyond the main process, at most 8. One worker reads, decodes and augments about 26
@@ -153,6 +171,7 @@ class Trainer:
             raise RgbxError(f"{self.paths.root} already holds a training run ({self.paths.state}); pass --resume "
                             f"to continue it, or choose another output_dir")
         self.dist.barrier()  # every rank has looked before rank 0 writes the run folder
+        apply_speed_preset(cfg, self.device)
         self.num_workers = loader_workers(cfg.data.num_workers, self.device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
