@@ -14,7 +14,7 @@ import torch
 from rgbx.engine.checkpoint import load_model, load_state, load_weights, read_model_info
 from rgbx.engine.config import load_config
 from rgbx.engine.report import Reporter
-from rgbx.engine.trainer import Trainer, loader_workers
+from rgbx.engine.trainer import Trainer, apply_speed_preset, loader_workers
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.models import create_model
 from tests.conftest import make_dataset, wait_for_checkpoint
@@ -178,3 +178,21 @@ def test_loader_workers_auto_follows_the_device(monkeypatch):
     assert loader_workers(None, torch.device("cuda")) == 1
     with pytest.raises(ConfigError, match="num_workers"):
         loader_workers(-1, torch.device("cpu"))
+
+
+def test_speed_defaults_follow_the_device_and_explicit_switches_win():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    cfg = load_config(None, [])
+    apply_speed_preset(cfg, cuda)  # the fast path is the default where it pays
+    t = cfg.train
+    assert (t.precision, t.channels_last, t.tf32, t.cudnn_benchmark, t.fused_optimizer) == ("bf16", True, True, True,
+                                                                                           True)
+    cfg = load_config(None, ["train.precision=fp32", "train.channels_last=false"])
+    apply_speed_preset(cfg, cuda)
+    assert (cfg.train.precision, cfg.train.channels_last, cfg.train.tf32) == ("fp32", False, True)
+    cfg = load_config(None, [])
+    apply_speed_preset(cfg, cpu)  # on the CPU the default stays the exact fp32 path
+    assert (cfg.train.precision, cfg.train.channels_last, cfg.train.fused_optimizer) == ("fp32", False, False)
+    cfg = load_config(None, ["train.speed=exact", "train.precision=bf16"])
+    apply_speed_preset(cfg, cuda)  # exact is one word away, whatever else is set
+    assert (cfg.train.precision, cfg.train.tf32, cfg.model.attn_impl) == ("fp32", False, "eager")

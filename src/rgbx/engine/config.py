@@ -64,19 +64,20 @@ class TrainConfig:
     eval_every: int = 500  # 0 = only at the end
     checkpoint_every: int = 200
     log_every: int = 20
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
-    # speed switches (rgbx.engine.fastpath); all off = the exact fp32 path. speed: "custom" = the switches below as
-    # set; "fast" / "exact" = the device's fast set / everything off, written over precision, channels_last, tf32,
-    # cudnn_benchmark, fused_optimizer and model.attn_impl (compile stays its own choice)
+    # speed switches (rgbx.engine.fastpath). A switch left at None takes the device's default: on CUDA the fast set
+    # (bf16, channels-last, TF32, cuDNN autotuning, fused AdamW), elsewhere the exact fp32 path. speed: "custom" =
+    # the switches as set; "fast" / "exact" = the device's fast set / everything off, written over precision,
+    # channels_last, tf32, cudnn_benchmark, fused_optimizer and model.attn_impl (compile stays its own choice)
     speed: str = "custom"
-    channels_last: bool = False  # NHWC weights and inputs
+    precision: str | None = None  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
+    channels_last: bool | None = None  # NHWC weights and inputs
     compile: bool = False  # torch.compile the model
     compile_scope: str = "blocks"  # blocks: each block compiled on its own (fast to compile) | model: forward + loss
     compile_mode: str | None = None  # torch.compile mode, e.g. max-autotune
     compile_backend: str | None = None  # torch.compile backend (default inductor; aot_eager to debug)
-    tf32: bool = False  # TF32 matmuls on CUDA
-    cudnn_benchmark: bool = False  # cuDNN autotuning for fixed shapes
-    fused_optimizer: bool | None = None  # fused AdamW; None = on for CUDA
+    tf32: bool | None = None  # TF32 matmuls on CUDA
+    cudnn_benchmark: bool | None = None  # cuDNN autotuning for fixed shapes
+    fused_optimizer: bool | None = None  # fused AdamW
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None = torch default)
@@ -147,7 +148,7 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
 
 def validate_config(cfg: ExperimentConfig) -> None:
     checks = [
-        (cfg.train.precision in ("fp32", "bf16", "fp16"), "train.precision must be fp32, bf16 or fp16"),
+        (cfg.train.precision in (None, "fp32", "bf16", "fp16"), "train.precision must be fp32, bf16 or fp16"),
         (cfg.train.iters > 0, "train.iters must be > 0"),
         (cfg.train.batch_size > 0, "train.batch_size must be > 0"),
         (len(cfg.data.crop_size) == 2 and min(cfg.data.crop_size) > 0, "data.crop_size must be [H, W] > 0"),

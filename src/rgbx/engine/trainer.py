@@ -78,17 +78,24 @@ SPEED_PRESETS = ("custom", "fast", "exact")
 
 
 def apply_speed_preset(cfg: ExperimentConfig, device: torch.device) -> None:
-    """Write ``train.speed`` = ``fast`` / ``exact`` out into the individual switches of ``cfg`` (in place, so the
-    run's config.yaml records what was used); ``custom`` leaves them as set."""
+    """Resolve the speed switches of ``cfg`` for ``device``, in place (the run's config.yaml records what ran):
+    ``train.speed`` = ``fast`` / ``exact`` writes the device's fast set / everything off over the switches;
+    ``custom`` keeps the switches that are set and gives those left at None the device's default (the fast set on
+    CUDA, where it pays without changing what is learned; the exact fp32 path elsewhere)."""
     preset = cfg.train.speed
     if preset not in SPEED_PRESETS:
         raise ConfigError(f"train.speed={preset!r}: expected one of {', '.join(SPEED_PRESETS)}")
+    t = cfg.train
+    names = ("precision", "channels_last", "tf32", "cudnn_benchmark", "fused_optimizer")
     if preset == "custom":
+        default = SpeedOptions.fast(device) if device.type == "cuda" else SpeedOptions.exact()
+        for name in names:
+            if getattr(t, name) is None:
+                setattr(t, name, getattr(default, name))
         return
     opts = SpeedOptions.fast(device) if preset == "fast" else SpeedOptions.exact()
-    t = cfg.train
-    t.precision, t.channels_last, t.tf32 = opts.precision, opts.channels_last, opts.tf32
-    t.cudnn_benchmark, t.fused_optimizer = opts.cudnn_benchmark, opts.fused_optimizer
+    for name in names:
+        setattr(t, name, getattr(opts, name))
     cfg.model = dataclasses.replace(cfg.model, attn_impl=opts.attn_impl)
 
 
