@@ -32,8 +32,9 @@ each switch does:
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
-* ``fused_optimizer``: AdamW's fused CUDA kernel (one launch for all parameters) instead of the per-tensor loop;
-  ``None`` = on wherever the parameters are on CUDA.
+* ``fused_optimizer``: AdamW's fused kernel (CUDA: one launch for all parameters; CPU: one vectorised pass per
+  tensor, CMX-B2's 66.6 M parameters in 44 instead of 133 ms on a 2-core Xeon, same values to 3e-8) instead of the
+  per-tensor loop; ``None`` = on wherever the parameters are on CUDA.
 """
 
 from __future__ import annotations
@@ -107,14 +108,15 @@ class SpeedOptions:
     def fast(cls, device: torch.device | str) -> SpeedOptions:
         """What helps on ``device``. CUDA: bf16 autocast, fused attention, channels-last, TF32 for what stays fp32,
         fused AdamW, CUDA-graph inference. CPU: fused attention, channels-last (oneDNN's convolutions run on NHWC
-        without reorders: CMX-B2 batch-1 inference 971 → 510 ms in bf16) and bf16 autocast where the processor has
-        bf16 matrix instructions (:func:`cpu_has_bf16`). ``compile`` stays a separate choice (its first call costs
+        without reorders: CMX-B2 batch-1 inference 971 → 510 ms in bf16), fused AdamW, and bf16 autocast where the
+        processor has bf16 matrix instructions (:func:`cpu_has_bf16`). ``compile`` stays a separate choice (its first call costs
         tens of seconds); turn it on with ``replace(opts, compile=True)``."""
         device = torch.device(device)
         if device.type == "cuda":
             return cls(precision="bf16", attn_impl="sdpa", channels_last=True, tf32=True, cudnn_benchmark=True,
                        fused_optimizer=True, cuda_graph=True)
-        return cls(precision="bf16" if cpu_has_bf16() else "fp32", attn_impl="sdpa", channels_last=True)
+        return cls(precision="bf16" if cpu_has_bf16() else "fp32", attn_impl="sdpa", channels_last=True,
+                   fused_optimizer=True)
 
     def with_(self, **changes) -> SpeedOptions:
         return replace(self, **changes)
