@@ -241,6 +241,9 @@ class Trainer:
                                          fused=cfg.train.fused_optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
         self.reporter.print(parameter_summary(self.model, self.method.trainable_modules()))
+        described = self.speed.with_(attn_impl=self.model_cfg.attn_impl).describe()
+        self.reporter.print(f"arithmetic: {described}"
+                            + ("" if cfg.train.speed == "exact" else " (train.speed=exact for the exact fp32 path)"))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
         self.best_miou = -1.0
