@@ -196,3 +196,15 @@ def test_torchrun_with_a_sensor_missing_from_whole_batches(tmp_path):
     r = torchrun(2, "synth_cmx_b0", *args, f"output_dir={tmp_path / 'off'}", "train.find_unused_parameters=false",
                  cwd=tmp_path)
     assert r.returncode != 0 and "unused" in (r.stdout + r.stderr).lower()  # the case really occurs
+
+
+def test_sync_batchnorm_converts_method_modules_in_place():
+    from rgbx.engine.distributed import sync_batchnorm
+    from rgbx.errors import ConfigError
+
+    head = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    before = head[1].weight
+    sync_batchnorm([head])
+    assert isinstance(head[1], torch.nn.SyncBatchNorm) and head[1].weight is before  # same parameters
+    with pytest.raises(ConfigError, match="bare BatchNorm"):
+        sync_batchnorm([torch.nn.BatchNorm2d(3)])

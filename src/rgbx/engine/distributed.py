@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from rgbx.errors import ConfigError
 
-__all__ = ["DistributedContext", "all_reduce_grads", "init_distributed", "shard_indices"]
+__all__ = ["DistributedContext", "all_reduce_grads", "init_distributed", "shard_indices", "sync_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -131,3 +131,14 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter], ctx: DistributedConte
         n = p.numel()
         p.grad = flat[offset: offset + n].view_as(p).clone()
         offset += n
+
+
+def sync_batchnorm(modules: Iterable[torch.nn.Module]) -> None:
+    """Turn the BatchNorm layers inside ``modules`` into SyncBatchNorm, in place (statistics over all processes;
+    CUDA only at run time). A module that is itself a BatchNorm layer cannot be replaced in place and is refused."""
+    for module in modules:
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            raise ConfigError(f"{type(module).__name__}: a bare BatchNorm layer cannot be synchronised in place; "
+                              f"wrap it in a module")
+        converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        assert converted is module

@@ -27,7 +27,7 @@ from rgbx.data.sampler import ResumableSampler
 from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
 from rgbx.engine.config import ExperimentConfig, to_dict, to_yaml
-from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices
+from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
 from rgbx.engine.evaluate import EvalResult, evaluate
 from rgbx.engine.fastpath import SpeedOptions, apply_speed_options, compile_fn, to_memory_format
 from rgbx.engine.optim import build_optimizer, build_scheduler
@@ -237,6 +237,8 @@ class Trainer:
         self.method = METHODS.get(cfg.method.name)(cfg.method, ignore_index=self.description.ignore_index,
                                                    class_weights=weights)
         self.method.prepare(self.model, self.device)
+        if self.dist.enabled and self.device.type == "cuda" and cfg.train.sync_bn:
+            sync_batchnorm(self.method.trainable_modules())  # e.g. KTB's auxiliary heads
         self.optimizer = build_optimizer(self.model, cfg.optim, extra=self.method.trainable_modules(),
                                          fused=cfg.train.fused_optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
