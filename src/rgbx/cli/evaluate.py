@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the --robustness corruptions")
     p.add_argument("--json", type=Path, help="write all results as JSON here")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, help="loader processes (default: 2 on the CPU, on CUDA one per spare core "
+                                                "up to 8)")
     p.add_argument("--device", default="auto")
     p.add_argument("--fast", action="store_true", help="the device's fast path (rgbx.engine.fastpath: bf16 autocast where the device has bf16 matrix units, fused attention, channels-last, TF32); 0.2-0.6 %% of pixels may change their class (benchmarks/speed.md); default: the model's own fp32 arithmetic")
 
@@ -72,6 +73,7 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.engine.evaluate import all_subsets, evaluate
     from rgbx.engine.fastpath import SpeedOptions, apply_speed_options, backend_flags, precision_dtype
     from rgbx.engine.tables import print_eval_tables
+    from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
 
     model, info = load_model(args.checkpoint, device)
@@ -94,7 +96,8 @@ def _evaluate(args, device, ctx) -> int:
         subsets = all_subsets(model.modalities) if args.anymodal else None
     share = torch.utils.data.Subset(dataset, shard_indices(len(dataset), ctx)) if ctx.enabled else dataset
     loader = torch.utils.data.DataLoader(share, batch_size=args.batch_size, collate_fn=collate,
-                                         num_workers=args.workers)
+                                         num_workers=loader_workers(args.workers, device),
+                                         pin_memory=device.type == "cuda")
     if args.robustness:
         if args.modalities:
             raise ConfigError("--robustness scores every subset of the model's modalities; drop --modalities")
