@@ -124,6 +124,16 @@ def test_bad_inputs_give_one_clear_error(tmp_path, capsys):
     write_array(rgb_as_depth, np.zeros((3, 16, 20), np.uint8))
     err = _error(capsys, "predict", weights, f"depth={rgb_as_depth}", "--out", tmp_path / "p")
     assert "d.png" in err and "expected 1" in err
+    # a file whose header reads but whose data is cut short fails inside a loader process: still one clear line
+    root3 = make_dataset(tmp_path / "d3", n=6)
+    png = (root3 / "rgb" / "s005.png").read_bytes()
+    (root3 / "rgb" / "s005.png").write_bytes(png[: len(png) // 2])
+    err = _error(capsys, "predict", weights, root3, "--split", "val", "--out", tmp_path / "p3", "--workers", "1")
+    assert "s005.png" in err and "truncated" in err and "worker" not in err
+    err = _error(capsys, "train", "synth_cmx_b0", f"data.root={root3}", f"output_dir={tmp_path / 'r3'}", *TINY[:2],
+                 "data.num_workers=1", "train.batch_size=2", "train.iters=8", "model.modalities=[rgb,depth,thermal]",
+                 "data.crop_size=[16,16]", "--quiet")
+    assert "s005.png" in err and "worker" not in err
     # a corrupt checkpoint
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"xx")

@@ -9,7 +9,22 @@ from __future__ import annotations
 
 
 class RgbxError(Exception):
-    """An error caused by user input, with a message meant to be read by that user."""
+    """An error caused by user input, with a message meant to be read by that user.
+
+    Raised in a data-loader worker process, it reaches the main process re-created by PyTorch from a message that
+    wraps the worker's whole traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ...");
+    the constructor recognises that form and keeps only the original message, so the user still reads one clear
+    line (the worker's traceback is kept in ``worker_traceback``)."""
+
+    def __init__(self, *args):
+        self.worker_traceback = None
+        if len(args) == 1 and isinstance(args[0], str):
+            message = args[0]
+            marker = f"{type(self).__name__}: "
+            if message.startswith("Caught ") and "Original Traceback" in message and marker in message:
+                self.worker_traceback = message
+                args = (message.rsplit(marker, 1)[1].rstrip("\n"),)
+        super().__init__(*args)
 
 
 class ConfigError(RgbxError):
