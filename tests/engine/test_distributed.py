@@ -85,6 +85,7 @@ def test_torchrun_trains_writes_once_and_refuses_another_world_size(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     assert "× 2 processes" in out and out.count("final val mIoU") == 1  # rank 1 is silent
+    assert "Grad strides" not in r.stderr  # DDP's false alarm for depthwise kernels is silenced
     run = tmp_path / "run"
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("iteration,lr,loss")  # written by rank 0 alone: no duplicates
@@ -208,3 +209,16 @@ def test_sync_batchnorm_converts_method_modules_in_place():
     assert isinstance(head[1], torch.nn.SyncBatchNorm) and head[1].weight is before  # same parameters
     with pytest.raises(ConfigError, match="bare BatchNorm"):
         sync_batchnorm([torch.nn.BatchNorm2d(3)])
+
+
+def test_only_the_depthwise_stride_warning_is_silenced():
+    import re
+
+    from rgbx.engine.trainer import DEPTHWISE_STRIDE_WARNING
+
+    depthwise = ("Grad strides do not match bucket view strides. This may indicate grad was not created according "
+                 "to the gradient layout contract.\ngrad.sizes() = [512, 1, 3, 3], strides() = [9, 1, 3, 1]\n"
+                 "bucket_view.sizes() = [512, 1, 3, 3], strides() = [9, 9, 3, 1]")
+    rule = re.compile(DEPTHWISE_STRIDE_WARNING, re.I)  # as the warnings module compiles it
+    assert rule.match(depthwise)
+    assert not rule.match(depthwise.replace("[512, 1, 3, 3]", "[64, 32, 3, 3]"))  # a real layout mismatch

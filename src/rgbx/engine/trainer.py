@@ -75,6 +75,8 @@ def enet_class_weights(dataset, max_samples: int = 500) -> torch.Tensor:
 
 
 SPEED_PRESETS = ("custom", "fast", "exact")
+# DDP's stride warning for a gradient of shape (C, 1, k, k); any other shape is a real layout mismatch
+DEPTHWISE_STRIDE_WARNING = r"(?s)Grad strides do not match bucket view strides.*grad\.sizes\(\) = \[\d+, 1, "
 
 
 def apply_speed_preset(cfg: ExperimentConfig, device: torch.device) -> None:
@@ -224,8 +226,8 @@ class Trainer:
                 may_lack = any(src.optional for src in self.train_set.sources.values())
                 find_unused = cfg.method.name != "supervised" or cfg.method.modality_dropout > 0 or may_lack
             # DDP compares gradient strides literally; depthwise kernels (C, 1, k, k) differ only in the stride of
-            # their size-1 dimension, which is no layout difference: silence that false alarm
-            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            # their size-1 dimension, which is no layout difference: silence that false alarm (and only that one)
+            warnings.filterwarnings("ignore", message=DEPTHWISE_STRIDE_WARNING)
             self.step_model = torch.nn.parallel.DistributedDataParallel(
                 self.step_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=find_unused)
