@@ -101,9 +101,9 @@ def _evaluate(args, device, ctx) -> int:
     if args.robustness:
         if args.modalities:
             raise ConfigError("--robustness scores every subset of the model's modalities; drop --modalities")
-        with backend_flags(speed or SpeedOptions.exact()):
+        with backend_flags(speed):
             return _run_robustness(args, model, loader, desc, device, ctx.is_main, amp_dtype)
-    with backend_flags(speed or SpeedOptions.exact()):
+    with backend_flags(speed):
         result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                           subsets=subsets, group_by=args.by or None, device=device, scales=args.scales,
                           flip=args.flip, autocast_dtype=amp_dtype)

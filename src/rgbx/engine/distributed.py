@@ -129,7 +129,11 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter], ctx: DistributedConte
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset: offset + n].view_as(p).clone()
+        chunk = flat[offset: offset + n].view_as(p)
+        if p.grad is None:
+            p.grad = chunk.clone()
+        else:
+            p.grad.copy_(chunk)
         offset += n
 
 

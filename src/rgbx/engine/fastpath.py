@@ -158,9 +158,12 @@ def to_memory_format(inputs: Mapping[str, torch.Tensor], channels_last: bool) ->
 
 
 @contextlib.contextmanager
-def backend_flags(options: SpeedOptions) -> Iterator[None]:
+def backend_flags(options: SpeedOptions | None) -> Iterator[None]:
     """Set the TF32 switches of matmuls and cuDNN and cuDNN's autotuner per ``options`` for the duration (restored
-    afterwards)."""
+    afterwards); ``None`` leaves them as they are."""
+    if options is None:
+        yield
+        return
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     torch.backends.cuda.matmul.allow_tf32 = options.tf32
     torch.backends.cudnn.allow_tf32 = options.tf32 or saved[1]  # cuDNN's default is already on

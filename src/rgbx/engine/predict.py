@@ -44,8 +44,8 @@ class Predictor:
             raise ValueError(f"sample {sample['meta'].get('id')} has none of the model's modalities "
                              f"({', '.join(self.model.modalities)})")
         batch = collate([normalize_sample({**sample, "inputs": usable, "label": None})]).to(self.device)
-        speed = self.speed or SpeedOptions.exact()
-        with backend_flags(speed), autocast(self.device, speed.precision):
+        precision = self.speed.precision if self.speed is not None else "fp32"
+        with backend_flags(self.speed), autocast(self.device, precision):
             logits = predict_logits(self.model, batch.inputs, batch.present, self.scales, self.flip)
         return logits.float().argmax(1)[0].cpu()
 

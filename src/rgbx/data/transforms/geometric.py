@@ -165,9 +165,9 @@ def resize_crop_label(label: torch.Tensor, new: tuple[int, int], top: int, left:
     """``crop_pad(resize_label(label, new), top, left, size, ignore_index)``, computing only the kept pixels
     (exactly the same values)."""
     new = (int(new[0]), int(new[1]))
-    part = _resize_nearest(label, new, _window(new, top, left, size)) if tuple(label.shape[-2:]) != new else \
-        label[..., top: top + size[0], left: left + size[1]]
-    return crop_pad(part, 0, 0, size, ignore_index)
+    if tuple(label.shape[-2:]) == new:
+        return crop_pad(label, top, left, size, ignore_index)
+    return crop_pad(_resize_nearest(label, new, _window(new, top, left, size)), 0, 0, size, ignore_index)
 
 
 def crop_pad(x: torch.Tensor, top: int, left: int, size: tuple[int, int], fill: float) -> torch.Tensor:
