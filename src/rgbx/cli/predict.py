@@ -9,6 +9,7 @@ from rgbx.cli.common import add_command, add_dataset_arguments, parse_options
 EXAMPLES = """  rgbx predict runs/cmx/model.safetensors data/synth --split test --limit 8 --out preds/
   rgbx predict model.safetensors rgb=frames/ depth=depth/ --out preds/       # folders matched by file name
   rgbx predict model.safetensors rgb=img.png depth=img_depth.png --out preds/ # one sample; any subset of sensors
+  rgbx predict model.safetensors data/synth --split test --out preds/ --fast   # bf16 / fused attention
 Writes OUT/labels/<id>.png (class indices), OUT/color/<id>.png (palette) and OUT/panels/<id>.png (inputs,
 prediction and, for labelled datasets, ground truth and error map).
 """
