@@ -23,7 +23,9 @@ state dict is converted into the same rgbx architecture, and the logits of both 
 * ``rgbx exact``: :meth:`SpeedOptions.exact` (fp32, explicit attention, per-tensor AdamW);
 * ``rgbx fast``: :meth:`SpeedOptions.fast` for the device (CUDA: bf16, SDPA, channels-last, TF32, fused AdamW and
   CUDA-graph inference; CPU: SDPA, bf16 where the processor has AMX / AVX-512 BF16);
-* ``rgbx compiled`` (``--compile``): fast + ``torch.compile`` of forward + loss.
+* ``rgbx compiled`` (``--compile``): fast + ``torch.compile`` of forward + loss;
+* ``rgbx graphed`` (``--graph-train``, CUDA, training only): fast with the whole training step replayed as one CUDA
+  graph (:class:`rgbx.engine.fastpath.CudaGraphTrainStep`).
 
 On the CPU the candidates are timed alternately, one call each per round (:func:`rgbx.engine.bench.time_alternating`),
 so that the ratios hold on a noisy shared machine. On CUDA each candidate runs alone (they would not all fit in
@@ -252,6 +254,12 @@ def measure(factories: dict[str, Callable[[], Callable]], device: torch.device, 
 def run_model(name: str, args, device: torch.device) -> dict:
     kind, variant = MODELS[name]
     seed = args.seed
+    phases, t0 = {}, time.perf_counter()
+
+    def phase(label: str) -> None:  # seconds spent since the previous phase, for the log
+        nonlocal t0
+        phases[label] = time.perf_counter() - t0
+        t0 = time.perf_counter()
     if kind == "cmx":
         ref, model = build_cmx_pair(args.cmx, variant, device, seed)
     elif kind == "dformer":
@@ -259,12 +267,14 @@ def run_model(name: str, args, device: torch.device) -> dict:
     else:
         ref, model = None, create_model(backbone=variant, fusion="omni", head="ham", modalities=["rgb", "depth"],
                                         num_classes=NUM_CLASSES, head_channels=512)
+    phase("build")
     params = sum(p.numel() for p in model.parameters())
     flop_data = Inputs.random(1, tuple(args.train_size), torch.device("cpu"), seed)
     fwd_flops_train = count_flops(model, flop_data.rgbx)["flops"]
     fwd_flops_infer = count_flops(model, Inputs.random(1, tuple(args.size), torch.device("cpu"), seed).rgbx)["flops"]
     result: dict = {"model": name, "params": params, "fwd_gflop_train_size": fwd_flops_train / 1e9,
-                    "fwd_gflop": fwd_flops_infer / 1e9}
+                    "fwd_gflop": fwd_flops_infer / 1e9, "phase_s": phases}
+    phase("flops")
     NMF_DEVICE["device"] = torch.device("cpu")
     if ref is not None:  # on the CPU first (same random NMF bases there), then on the device for the others
         check = Inputs.random(1, tuple(args.check_size or args.size), torch.device("cpu"), seed + 1)
@@ -277,6 +287,7 @@ def run_model(name: str, args, device: torch.device) -> dict:
         result["max_abs_diff_device"] = agreement(ref, model, check, seed)
     if ref is not None:
         result["agrees"] = max(result["max_abs_diff"], result.get("max_abs_diff_device", 0.0)) <= args.tolerance
+    phase("agreement")
     exact, fast = SpeedOptions.exact(), SpeedOptions.fast(device)
     sets = {"rgbx exact": exact, "rgbx fast": fast}
     if args.compile:
@@ -297,7 +308,10 @@ def run_model(name: str, args, device: torch.device) -> dict:
             if device.type == "cuda" or args.reference_bf16:
                 factories["reference bf16"] = lambda: reference_train_step(copy.deepcopy(ref), train, "bf16")
         factories.update({k: rgbx_train(o) for k, o in sets.items()})
+        if args.graph_train and device.type == "cuda":
+            factories["rgbx graphed"] = rgbx_train(fast.with_(cuda_graph_train=True))
         result["train"] = measure(factories, device, args.warmup, args.repeats, alternate)
+        phase("train")
     if "latency" in args.what:
         infer = Inputs.random(1, tuple(args.size), device, seed + 3)
         factories = {}
@@ -305,6 +319,7 @@ def run_model(name: str, args, device: torch.device) -> dict:
             factories["reference fp32"] = lambda: reference_inference(copy.deepcopy(ref), infer)
         factories.update({k: rgbx_infer(o) for k, o in sets.items()})
         result["latency"] = measure(factories, device, args.warmup, args.repeats, alternate)
+        phase("latency")
     result["options"] = {k: o.describe() for k, o in sets.items()}
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -331,20 +346,21 @@ def report(results: list[dict], args, device: torch.device) -> str:
     peak = peak_tflops(device, "bf16")
     lines = []
     head = ("| model | params | fwd GFLOP | agree (max abs) | ref train fp32 | ref train bf16 | rgbx exact train | "
-            "rgbx fast train | fast ÷ best ref | ref latency ms | rgbx exact latency | rgbx fast latency | "
+            "rgbx fast train | fastest rgbx ÷ best ref | ref latency ms | rgbx exact latency | rgbx fast latency | "
             "fast ÷ ref latency | ref peak GiB | rgbx fast peak GiB | rgbx fast MFU |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         ref32, ref16 = _ips(r, "reference fp32", b), _ips(r, "reference bf16", b)
         ex, fa = _ips(r, "rgbx exact", b), _ips(r, "rgbx fast", b)
-        comp = _ips(r, "rgbx compiled", b)
+        comp, graphed = _ips(r, "rgbx compiled", b), _ips(r, "rgbx graphed", b)
         best_ref = max([v for v in (ref32, ref16) if v], default=None)
-        fast_best = max([v for v in (fa, comp) if v], default=None)
+        fast_best = max([v for v in (fa, comp, graphed) if v], default=None)
         lref, lex, lfa = _ms(r, "reference fp32"), _ms(r, "rgbx exact"), _ms(r, "rgbx fast")
         ref_peak = (r.get("train", {}).get("reference bf16") or r.get("train", {}).get("reference fp32") or {})
         fast_peak = r.get("train", {}).get("rgbx fast", {})
         mfu = (3 * r["fwd_gflop_train_size"] * fast_best / 1e3 / peak) if (peak and fast_best) else None
-        fast_cell = _fmt(fa) + (f" (compiled {comp:.1f})" if comp else "")
+        fast_cell = (_fmt(fa) + (f" (compiled {comp:.1f})" if comp else "")
+                     + (f" (graphed {graphed:.1f})" if graphed else ""))
         diff = max(r.get("max_abs_diff", 0.0), r.get("max_abs_diff_device", 0.0))
         agree = f"{diff:.1e} {'ok' if r['agrees'] else 'FAIL'}" if "agrees" in r else "no reference"
         lines.append(
@@ -377,6 +393,8 @@ def main() -> int:
                    help="size of the CPU agreement check (default: --size)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed (default 1e-3)")
     p.add_argument("--compile", action="store_true", help="also time rgbx fast + torch.compile")
+    p.add_argument("--graph-train", action="store_true",
+                   help="CUDA: also time rgbx fast with the whole training step replayed as one CUDA graph")
     p.add_argument("--reference-bf16", action="store_true", help="on the CPU also time the reference under bf16")
     p.add_argument("--budget-s", type=float, help="stop starting new models after this many seconds")
     p.add_argument("--markdown", type=Path, help="write the table (with the command and device) here")
@@ -409,7 +427,8 @@ def main() -> int:
             continue
         r["seconds"] = time.perf_counter() - t0
         results.append(r)
-        print(f"{name}: done in {r['seconds']:.0f} s; agreement {r.get('max_abs_diff')}", flush=True)
+        spent = ", ".join(f"{k} {v:.0f} s" for k, v in r["phase_s"].items())
+        print(f"{name}: done in {r['seconds']:.0f} s ({spent}); agreement {r.get('max_abs_diff')}", flush=True)
         print(report([r], args, device), flush=True)
     ok = [r for r in results if "error" not in r]
     table = report(ok, args, device)

@@ -20,6 +20,20 @@ from rgbx.modalities import get_modality
 from rgbx.models import create_model
 
 
+def kernel_time_ms(events) -> float:
+    """Device time of the kernels in ``events`` (``prof.key_averages()``), each counted once: as the self device
+    time of the operator that launched it. The kernel rows themselves (device-side events) and device-side
+    annotations carry the same time again and are left out, as in the profiler table's own total."""
+    from torch.autograd import DeviceType
+
+    total = 0.0
+    for e in events:
+        if e.device_type != DeviceType.CPU or getattr(e, "is_user_annotation", False):
+            continue
+        total += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0
+    return total / 1e3
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="mit_b2")
@@ -65,8 +79,7 @@ def main() -> None:
         except (AttributeError, KeyError, ValueError):
             continue
     if device.type == "cuda":
-        busy = sum(getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
-                   for e in events) / 1e3 / args.steps
+        busy = kernel_time_ms(events) / args.steps
         print(f"{args.options} ({opts.describe()}): wall {1e3 * wall:.1f} ms per "
               f"{'pass' if args.infer else 'step'}, device busy {busy:.1f} ms ({busy / (1e3 * wall):.0%})")
 

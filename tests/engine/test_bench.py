@@ -144,6 +144,7 @@ def test_fp16_on_cpu_is_a_clear_error():
         make_train_step(tiny(), x, y, SpeedOptions(precision="fp16"))()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_inference_matches_eager_and_follows_new_inputs():
     x, _ = data(batch=1)
@@ -151,6 +152,70 @@ def test_cuda_graph_inference_matches_eager_and_follows_new_inputs():
     eager = make_inference(tiny().cuda(), x, SpeedOptions(attn_impl="sdpa"))().clone()
     graphed = make_inference(tiny().cuda(), x, SpeedOptions(attn_impl="sdpa", cuda_graph=True))
     assert (graphed() - eager).abs().max().item() < 1e-4
+
+
+def test_cuda_graph_train_refuses_what_it_cannot_capture():
+    from rgbx.engine.fastpath import CudaGraphTrainStep
+    from rgbx.engine.optim import build_optimizer
+
+    x, y = data()
+    with pytest.raises(ConfigError, match="cuda_graph_train needs CUDA"):
+        make_train_step(tiny(), x, y, SpeedOptions(cuda_graph_train=True))
+    model = tiny()
+    optimizer = build_optimizer(model, __import__("rgbx.engine.config", fromlist=["OptimConfig"]).OptimConfig())
+    with pytest.raises(ConfigError, match="needs CUDA tensors"):
+        CudaGraphTrainStep(lambda: torch.zeros(()), optimizer, x)
+    assert "cuda-graph-train" in SpeedOptions(cuda_graph_train=True).describe()
+    rc = main(["bench", "--backbone", "mit_nano", "--fusion", "cmx", "--modalities", "rgb", "depth",
+               "--num-classes", "4", "--device", "cpu", "--options", "graphed"])
+    assert rc != 0
+
+
+def test_exact_optimizer_is_pytorchs_default_and_capturable_is_passed_on():
+    from rgbx.engine.config import OptimConfig
+    from rgbx.engine.optim import build_optimizer
+
+    plain = build_optimizer(tiny(), OptimConfig(), fused=False)
+    assert all(g["foreach"] is None and not g["fused"] and not g["capturable"] for g in plain.param_groups)
+    captured = build_optimizer(tiny(), OptimConfig(), fused=False, capturable=True)
+    assert all(g["capturable"] for g in captured.param_groups)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_train_step_matches_the_eager_step(precision):
+    """The replayed graph trains like the eager step: same losses step by step, same weights after, and it reads
+    new data copied into its input buffers."""
+    x, y = data(batch=2, size=64)
+    x, y = {k: v.cuda() for k, v in x.items()}, y.cuda()
+    x2, y2 = data(batch=2, size=64, seed=1)
+    x2, y2 = {k: v.cuda() for k, v in x2.items()}, y2.cuda()
+    opts = SpeedOptions(precision=precision, attn_impl="sdpa", fused_optimizer=True)
+
+    def model():
+        torch.manual_seed(0)
+        return create_model(backbone="mit_nano", fusion="cmx", head="mlp", modalities=["rgb", "depth"],
+                            num_classes=4, head_channels=16, drop_path_rate=0.0).cuda()
+
+    eager_model, graphed_model = model(), model()
+    eager = make_train_step(eager_model, x, y, opts, lr=1e-3)
+    eager_x, eager_y = x, y  # the eager step reads these tensors at each call, the graph its own copies
+    for _ in range(3):  # the graphed step's three warm-up steps
+        eager()
+    graphed = make_train_step(graphed_model, {k: v.clone() for k, v in x.items()}, y.clone(),
+                              opts.with_(cuda_graph_train=True), lr=1e-3)
+    tol = 1e-4 if precision == "fp32" else 2e-2
+    for _ in range(3):
+        a, b = eager().item(), graphed().item()
+        assert abs(a - b) <= tol * abs(a), (a, b)
+    for k in x:
+        eager_x[k].copy_(x2[k])
+    eager_y.copy_(y2)
+    a, b = eager().item(), graphed({**x2, "label": y2}).item()
+    assert abs(a - b) <= tol * abs(a), (a, b)
+    for p, q in zip(eager_model.parameters(), graphed_model.parameters(), strict=True):
+        assert (p - q).abs().max().item() <= tol * max(1.0, p.abs().max().item())
 
 
 def test_rgbx_bench_cli_writes_every_option_set(tmp_path, capsys):
@@ -238,3 +303,23 @@ def test_compile_blocks_every_model_family(backbone, fusion, head):
     with torch.no_grad():
         out = model(x).logits
     assert (out - ref).abs().max().item() < 1e-4
+
+
+def test_profile_step_counts_each_kernel_once():
+    """The kernel rows repeat the device time of the operators that launched them: the busy time counts it once."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from profile_step import kernel_time_ms
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    cpu, cuda = DeviceType.CPU, DeviceType.CUDA
+    events = [SimpleNamespace(device_type=cpu, is_user_annotation=False, self_device_time_total=3000.0),  # aten::mm
+              SimpleNamespace(device_type=cuda, is_user_annotation=False, self_device_time_total=3000.0),  # its kernel
+              SimpleNamespace(device_type=cpu, is_user_annotation=False, self_device_time_total=1500.0),
+              SimpleNamespace(device_type=cuda, is_user_annotation=True, self_device_time_total=4500.0),
+              SimpleNamespace(device_type=cpu, is_user_annotation=False, self_device_time_total=0.0)]
+    assert kernel_time_ms(events) == 4.5

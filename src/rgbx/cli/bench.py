@@ -23,10 +23,10 @@ EXAMPLES = """  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth
       --device cuda --train-batch 8 --train-size 480x640
   rgbx bench --data data/synth --modalities rgb depth --workers 0 2 4 --crop 480x640   # input pipeline
 
-option sets (--options): exact = fp32, explicit attention, no compilation, per-tensor AdamW (the reference
+option sets (--options): exact = fp32, explicit attention, no compilation, PyTorch's default AdamW (the reference
 arithmetic); fast = what helps on the device (CUDA: bf16 autocast, fused attention, channels-last, TF32, fused
 AdamW, CUDA-graph inference; CPU: fused attention, channels-last, bf16 where the processor has AMX /
-AVX-512 BF16);
+AVX-512 BF16); graphed = fast + the whole training step replayed as one CUDA graph (CUDA only);
 compiled = fast + torch.compile; custom = exact changed by the switch flags below. --sweep adds one set per switch
 of the fast set: exact with only that switch turned on (torch.compile is measured by the compiled set).
 
@@ -54,7 +54,8 @@ def add_parser(sub) -> None:
     p.add_argument("--what", nargs="+", choices=("train", "latency", "throughput"),
                    default=["train", "latency", "throughput"], help="what to time (default: all three)")
     p.add_argument("--options", nargs="+", default=["exact", "fast"],
-                   choices=("exact", "fast", "compiled", "custom"), help="option sets to time (default exact fast)")
+                   choices=("exact", "fast", "graphed", "compiled", "custom"),
+                   help="option sets to time (default exact fast)")
     p.add_argument("--sweep", action="store_true", help="also time exact + each single switch of the fast set")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="custom set: autocast precision")
     p.add_argument("--attn", choices=("sdpa", "eager"), help="custom set: attention implementation")
@@ -65,6 +66,8 @@ def add_parser(sub) -> None:
                         "fraction of the time) or the whole forward + loss")
     p.add_argument("--compile-mode", help="torch.compile mode for compiled / custom sets (e.g. max-autotune)")
     p.add_argument("--cuda-graph", action="store_true", help="custom set: CUDA-graph inference")
+    p.add_argument("--cuda-graph-train", action="store_true",
+                   help="custom set: the whole training step captured into one CUDA graph")
     p.add_argument("--tf32", action="store_true", help="custom set: TF32 matmuls (CUDA)")
     p.add_argument("--fused-adamw", action="store_true", help="custom set: fused AdamW")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
@@ -86,6 +89,7 @@ def add_parser(sub) -> None:
 
 def option_sets(args, device) -> dict:
     from rgbx.engine.fastpath import SpeedOptions
+    from rgbx.errors import ConfigError
 
     exact, fast = SpeedOptions.exact(), SpeedOptions.fast(device)
     sets = {}
@@ -94,6 +98,10 @@ def option_sets(args, device) -> dict:
             sets["exact"] = exact
         elif name == "fast":
             sets["fast"] = fast
+        elif name == "graphed":
+            if device.type != "cuda":
+                raise ConfigError("--options graphed captures CUDA graphs: it needs --device cuda")
+            sets["graphed"] = fast.with_(cuda_graph_train=True)
         elif name == "compiled":
             sets["compiled"] = fast.with_(compile=True, compile_scope=args.compile_scope,
                                           compile_mode=args.compile_mode)
@@ -102,7 +110,7 @@ def option_sets(args, device) -> dict:
                 precision=args.precision or exact.precision, attn_impl=args.attn or exact.attn_impl,
                 channels_last=args.channels_last, compile=args.compile, compile_scope=args.compile_scope,
                 compile_mode=args.compile_mode,
-                cuda_graph=args.cuda_graph, tf32=args.tf32, fused_optimizer=args.fused_adamw or exact.fused_optimizer)
+                cuda_graph=args.cuda_graph, cuda_graph_train=args.cuda_graph_train, tf32=args.tf32, fused_optimizer=args.fused_adamw or exact.fused_optimizer)
     if args.sweep:
         for switch in SWITCHES:
             value = getattr(fast, switch)
@@ -192,6 +200,13 @@ def run_data(args) -> int:
     return 0
 
 
+def print_progress(label: str, entry: dict) -> None:
+    """One line per option set as it finishes (the table comes at the end)."""
+    parts = [f"train {entry['train']['images_per_s']:.2f} img/s"] if "train" in entry else []
+    parts += [f"{kind} {entry[kind]['median_ms']:.2f} ms" for kind in ("latency", "throughput") if kind in entry]
+    print(f"{label}: {', '.join(parts)}", flush=True)
+
+
 def run(args) -> int:
     import torch
 
@@ -215,7 +230,7 @@ def run(args) -> int:
     result = bench_model(lambda: create_model(config), config.modalities, config.num_classes, sets, device=device,
                          size=tuple(args.size), train_size=train_size, train_batch=train_batch,
                          throughput_batch=args.throughput_batch, warmup=args.warmup, repeats=args.repeats,
-                         what=args.what, peak=args.peak_tflops)
+                         what=args.what, peak=args.peak_tflops, on_result=print_progress)
     result.update(model=config.to_dict(), device=str(device), device_name=_device_name(device),
                   torch=torch.__version__, threads=torch.get_num_threads(), warmup=args.warmup,
                   repeats=args.repeats, size="x".join(map(str, args.size)),

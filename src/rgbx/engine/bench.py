@@ -31,6 +31,7 @@ from torch import nn
 
 from rgbx.engine.fastpath import (
     CudaGraphForward,
+    CudaGraphTrainStep,
     SpeedOptions,
     apply_speed_options,
     autocast,
@@ -38,6 +39,7 @@ from rgbx.engine.fastpath import (
     compile_fn,
     to_memory_format,
 )
+from rgbx.errors import ConfigError
 
 __all__ = [
     "Timing",
@@ -148,24 +150,43 @@ def make_train_step(
 
     The model is put in train mode and changed in place by :func:`apply_speed_options`; the optimizer is rgbx's
     AdamW over the model's parameter groups (:func:`rgbx.engine.optim.build_optimizer`), fused or not per
-    ``options.fused_optimizer``; with ``options.compile`` the forward pass and the loss are compiled together.
-    No host synchronisation happens inside the step.
+    ``options.fused_optimizer``; with ``options.compile`` the forward pass and the loss are compiled together;
+    with ``options.cuda_graph_train`` the whole step is captured into one CUDA graph (:class:`CudaGraphTrainStep`;
+    building the callable then already runs three warm-up steps). No host synchronisation happens inside the step.
     """
     from rgbx.engine.config import OptimConfig
     from rgbx.engine.optim import build_optimizer
     from rgbx.methods.supervised import cross_entropy
 
     device = label.device
+    graphed = options.cuda_graph_train
+    if graphed and device.type != "cuda":
+        raise ConfigError(f"cuda_graph_train needs CUDA; the data is on {device}")
+    if graphed and options.precision == "fp16":
+        raise ConfigError("cuda_graph_train: fp16's gradient scaler reads its overflow check on the host; "
+                          "use bf16 or fp32")
     apply_speed_options(model, options)
     model.train()
     x = to_memory_format(inputs, options.channels_last)
-    optimizer = build_optimizer(model, OptimConfig(lr=lr), fused=options.fused_optimizer)
+    optimizer = build_optimizer(model, OptimConfig(lr=lr), fused=options.fused_optimizer, capturable=graphed)
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
 
     def forward_loss(batch: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         return cross_entropy(model(batch).logits, target, ignore_index)
 
     forward_loss = compile_fn(forward_loss, options)
+
+    if graphed:
+        def body() -> torch.Tensor:
+            with autocast(device, options.precision, cache=False):
+                loss = forward_loss(x, label)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        with backend_flags(options):
+            step_graph = CudaGraphTrainStep(body, optimizer, {**x, "label": label})
+        return step_graph
 
     def step() -> torch.Tensor:
         with backend_flags(options):
@@ -234,6 +255,7 @@ def bench_model(
     repeats: int = 5,
     what: Sequence[str] = ("train", "latency", "throughput"),
     peak: float | None = None,
+    on_result: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Measure rgbx models built by ``build()`` (a fresh model per option set, same seed) under each named option
     set.
@@ -246,6 +268,8 @@ def bench_model(
         what: any of ``train`` (images/s at ``train_batch``), ``latency`` (batch 1), ``throughput`` (images/s at
             ``throughput_batch``).
         peak: peak TFLOP/s for MFU (default: :func:`peak_tflops` of the device).
+        on_result: called with (label, entry) as each option set is done (progress, and figures that survive a
+            run stopped before the end).
 
     Returns:
         ``{"flops": {...}, "params": N, "results": {label: {...}}}`` with, per label, ``train`` / ``latency`` /
@@ -300,6 +324,8 @@ def bench_model(
         if device.type == "cuda":
             torch.cuda.empty_cache()
         results[label] = entry
+        if on_result is not None:
+            on_result(label, entry)
     return {"params": params, "flops": flops, "results": results}
 
 

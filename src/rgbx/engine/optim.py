@@ -48,10 +48,13 @@ def check_param_groups(model: torch.nn.Module, groups: list[dict]) -> None:
 
 
 def build_optimizer(model: torch.nn.Module, cfg, extra: list[torch.nn.Module] = (),
-                    fused: bool | None = None) -> torch.optim.Optimizer:
+                    fused: bool | None = None, capturable: bool = False) -> torch.optim.Optimizer:
     """AdamW over ``model``'s groups, plus the parameters of ``extra`` modules (a method's own trainable parts,
     e.g. auxiliary heads or feature aligners) with the backbone lr. ``fused``: AdamW's fused kernel (one launch for
-    all parameters); None = on when the parameters are on CUDA, else torch's default."""
+    all parameters); None = on when the parameters are on CUDA; False = PyTorch's default implementation (the
+    multi-tensor ``foreach`` kernels on CUDA, the per-tensor loop on the CPU: what the reference code gets).
+    ``capturable``: the step keeps its state on the device and reads nothing back, so it can be captured into a
+    CUDA graph."""
     groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.head_lr_mult)
     for module in extra:
         groups.extend(param_groups(module, cfg.weight_decay, cfg.lr, 1.0, head_prefix="\0"))
@@ -60,7 +63,7 @@ def build_optimizer(model: torch.nn.Module, cfg, extra: list[torch.nn.Module] = 
     if fused is None:
         fused = next(model.parameters()).is_cuda or None
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-                             fused=fused or None, foreach=False if fused is False else None)
+                             fused=fused or None, capturable=capturable)
 
 
 def warmup_poly(total_iters: int, warmup_iters: int, warmup_ratio: float, power: float):
