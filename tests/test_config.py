@@ -37,3 +37,11 @@ def test_missing_file_lists_presets():
 def test_invalid_values():
     with pytest.raises(ConfigError, match="precision"):
         load_config(None, ["train.precision=fp8"])
+
+
+@pytest.mark.parametrize("override,message", [("train.log_every=0", "train.log_every must be > 0"),
+                                              ("train.checkpoint_every=-1", "train.checkpoint_every must be >= 0"),
+                                              ("train.eval_every=-5", "train.eval_every must be >= 0")])
+def test_bad_intervals_are_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -62,7 +62,7 @@ class TrainConfig:
     batch_size: int = 8
     eval_batch_size: int = 8
     eval_every: int = 500  # 0 = only at the end
-    checkpoint_every: int = 200
+    checkpoint_every: int = 200  # 0 = only at the end (a killed run then restarts from the beginning)
     log_every: int = 20
     # speed switches (rgbx.engine.fastpath). A switch left at None takes the device's default: on CUDA the fast set
     # (bf16, channels-last, TF32, cuDNN autotuning, fused AdamW), elsewhere the exact fp32 path. speed: "custom" =
@@ -151,6 +151,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
         (cfg.train.precision in (None, "fp32", "bf16", "fp16"), "train.precision must be fp32, bf16 or fp16"),
         (cfg.train.iters > 0, "train.iters must be > 0"),
         (cfg.train.batch_size > 0, "train.batch_size must be > 0"),
+        (cfg.train.log_every > 0, "train.log_every must be > 0"),
+        (cfg.train.eval_every >= 0, "train.eval_every must be >= 0 (0 = only at the end)"),
+        (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end)"),
         (len(cfg.data.crop_size) == 2 and min(cfg.data.crop_size) > 0, "data.crop_size must be [H, W] > 0"),
         (len(cfg.data.scale_range) == 2 and 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1],
          "data.scale_range must be [min, max] with 0 < min <= max"),

@@ -434,7 +434,8 @@ class Trainer:
                         sums, count, t0, images = {}, 0, time.perf_counter(), 0
                     else:
                         bar.update(self.iteration)
-                    if self.iteration % cfg.checkpoint_every == 0 and self.iteration < cfg.iters:
+                    if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0
+                            and self.iteration < cfg.iters):
                         self.save_checkpoint()
                     if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iters:
                         self._eval_and_log(tb)

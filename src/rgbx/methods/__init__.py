@@ -1,6 +1,12 @@
 """Training recipes. Each registers in :data:`METHODS` by name (``method.name`` in the config)."""
 
-from rgbx.methods import anyseg, ktb, primkd, supervised  # noqa: F401  (register "anyseg", "ktb", "primkd", "supervised")
+from rgbx.methods import (  # noqa: F401  (register "anyseg", "ktb", "omni_pretrain", "primkd", "supervised")
+    anyseg,
+    ktb,
+    omni_pretrain,
+    primkd,
+    supervised,
+)
 from rgbx.methods.base import METHODS, Method, drop_modalities
 
 __all__ = ["METHODS", "Method", "drop_modalities"]
