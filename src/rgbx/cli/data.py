@@ -1,4 +1,5 @@
-"""``rgbx data check DIR``: validate a dataset folder; ``rgbx data stats DIR``: class frequencies, value ranges."""
+"""``rgbx data check DIR``: validate a dataset folder; ``rgbx data stats DIR``: class frequencies, value ranges;
+``rgbx data synthesize DIR``: add modalities synthesised from RGB / depth (events, pseudo-LiDAR)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from rgbx.cli.common import add_command, add_dataset_arguments, parse_options
 EXAMPLES = """  rgbx data check data/synth
   rgbx data check my_rig --split train
   rgbx data stats data/synth --split train --limit 200
+  rgbx data synthesize my_rgbd --modalities event lidar --hfov 62   # events from RGB, pseudo-LiDAR from depth
 """
 
 
@@ -26,6 +28,20 @@ def add_parser(sub) -> None:
     add_dataset_arguments(s)
     s.add_argument("--limit", type=int, default=0, help="look at the first N samples only (0 = all)")
     s.set_defaults(data_run=run_stats)
+    y = dsub.add_parser("synthesize", help="add event (from RGB) and lidar (from depth) modalities to a dataset",
+                        description="Write simulated event counts (from each RGB image moved along a short camera "
+                                    "trajectory) and pseudo-LiDAR (a multi-beam scanner's rays through the depth "
+                                    "map) into the dataset folder, and list them in its dataset.yaml (the previous "
+                                    "file is kept as dataset.yaml.orig). See rgbx.data.modality_synthesis.")
+    y.add_argument("root")
+    y.add_argument("--modalities", nargs="+", required=True, choices=("event", "lidar"))
+    y.add_argument("--focal", type=float, help="lidar: the camera's focal length in pixels")
+    y.add_argument("--hfov", type=float, help="lidar: the camera's horizontal field of view in degrees (instead "
+                                              "of --focal)")
+    y.add_argument("--beams", type=int, default=64, help="lidar: number of beams (default 64)")
+    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--overwrite", action="store_true", help="replace existing folders of these modalities")
+    y.set_defaults(data_run=run_synthesize)
 
 
 def run_check(args) -> int:
@@ -76,4 +92,43 @@ def run_stats(args) -> int:
     for name, (lo, hi, nz, m) in ranges.items():
         t.add_row(name, f"{lo:.3g}", f"{hi:.3g}", f"{100 * nz / m:.1f}")
     console.print(t)
+    return 0
+
+
+def run_synthesize(args) -> int:
+    import math
+
+    from rgbx.data.description import load_description
+    from rgbx.data.files import discover_samples, read_modality_file
+    from rgbx.data.modality_synthesis import SYNTHESIZED, PseudoLidar, synthesize_dataset
+    from rgbx.engine.report import Reporter
+    from rgbx.errors import ConfigError
+
+    if args.focal and args.hfov:
+        raise ConfigError("give --focal or --hfov, not both")
+    focal = args.focal
+    if args.hfov:
+        if not 0 < args.hfov < 180:
+            raise ConfigError(f"--hfov {args.hfov}: expected degrees in (0, 180)")
+        desc = load_description(args.root)
+        depth = desc.modalities.get("depth")
+        first = discover_samples({"depth": f"{args.root}/{depth.folder}"})[:1] if depth else []
+        if not first:
+            raise ConfigError(f"{args.root}: no depth files to take the image width from for --hfov")
+        width = read_modality_file(first[0][1]["depth"], "depth").shape[-1]
+        focal = width / 2 / math.tan(math.radians(args.hfov) / 2)
+    if args.beams < 1:
+        raise ConfigError(f"--beams {args.beams}: expected at least 1")
+    reporter = Reporter()
+    desc = load_description(args.root)
+    written = {}
+    for m in args.modalities:
+        source = desc.modalities.get(SYNTHESIZED[m])
+        total = len(discover_samples({SYNTHESIZED[m]: f"{args.root}/{source.folder}"})) if source else 0
+        with reporter.progress(total, 0, m) as bar:
+            written.update(synthesize_dataset(args.root, [m], focal_px=focal, seed=args.seed,
+                                              overwrite=args.overwrite, lidar=PseudoLidar(beams=args.beams),
+                                              progress=lambda done, total: bar.update(done)))
+    extra = f" (focal {focal:.1f} px)" if "lidar" in args.modalities else ""
+    reporter.print(f"{args.root}: wrote " + ", ".join(f"{n} {m} files" for m, n in written.items()) + extra)
     return 0

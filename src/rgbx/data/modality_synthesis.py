@@ -1,0 +1,209 @@
+"""Supplementary modalities synthesised from what a dataset already has, in the spirit of OmniSegmentor's ImageNeXt
+(ImageNet with estimated depth and thermal, recorded events and pseudo-LiDAR).
+
+* ``event`` from RGB: the image is moved along a short straight camera trajectory (a random direction, a few pixels
+  in ``steps`` sub-pixel increments, as if the camera panned over a still scene); at every increment each pixel's
+  log luminance is compared with its reference level and emits ``floor(|Δ| / C)`` events of that sign, moving the
+  reference by as many thresholds (the event-camera model of ESIM / v2e, with a per-pixel threshold C around
+  0.15-0.25 and background noise events). Output: positive / negative counts per pixel, the rgbx ``event`` format.
+* ``lidar`` from depth (pseudo-LiDAR): the rays of a rotating multi-beam scanner co-located with the camera (beams
+  at fixed elevation angles, an azimuth step of a few pixels) are intersected with the depth map; each ray that
+  lands on a valid depth pixel returns its range ``r = z / (cos e · cos a)``, with range noise and dropouts. Output:
+  sparse range in the image, the rgbx ``lidar`` format. Needs the camera's focal length in pixels.
+
+Not synthesised here: ``depth`` (run a monocular depth estimator, save its output as the dataset's depth — 16-bit
+PNG in mm or ``.npy`` in metres — and derive ``lidar`` from it) and ``thermal`` (it needs a trained RGB→thermal
+estimator; ImageNeXt's was trained on RGB-T datasets).
+
+Every sample draws from its own generator, seeded by ``seed`` and the sample id, so a result does not depend on
+which other samples are processed or in what order.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import ndimage
+
+from rgbx.data.description import DESCRIPTION_FILE, load_description
+from rgbx.data.files import discover_samples, read_modality_file
+from rgbx.errors import ConfigError, DataError
+from rgbx.modalities.encodings import write_array
+
+__all__ = ["EventSimulation", "PseudoLidar", "SYNTHESIZED", "pseudo_lidar", "simulate_events", "synthesize_dataset"]
+
+_LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # linear-light luminance (Rec. 709)
+
+
+@dataclass(frozen=True)
+class EventSimulation:
+    steps: int = 10  # sub-pixel increments of the trajectory
+    shift_px: tuple[float, float] = (1.0, 3.0)  # total camera motion, drawn uniformly in this range
+    threshold: tuple[float, float] = (0.15, 0.25)  # contrast threshold C (log units), drawn per image
+    threshold_sigma: float = 0.03  # relative per-pixel spread of C (pixel mismatch)
+    noise_rate: float = 0.001  # background events per pixel
+    eps: float = 1e-3  # log(Y + eps): dark floor
+
+
+def simulate_events(rgb: np.ndarray, rng: np.random.Generator, sim: EventSimulation = EventSimulation(),
+                    shift: tuple[float, float] | None = None) -> np.ndarray:
+    """(2, H, W) uint8 event counts (positive, negative) from an RGB image ((3, H, W) or (H, W, 3); uint8, or
+    float in [0, 1] as rgbx reads RGB).
+    ``shift``: the image's total motion (dy, dx) in pixels (default: drawn from ``sim.shift_px`` in a random
+    direction)."""
+    if rgb.ndim != 3 or 3 not in (rgb.shape[0], rgb.shape[-1]):
+        raise DataError(f"simulate_events: expected an RGB image (3, H, W) or (H, W, 3), got shape {rgb.shape}")
+    img = rgb if rgb.shape[-1] == 3 and rgb.shape[0] != 3 else np.moveaxis(rgb, 0, -1)
+    srgb = img.astype(np.float32) / np.float32(255.0) if img.dtype == np.uint8 else np.clip(img, 0, 1).astype(np.float32)
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    luma = linear @ _LUMA
+    h, w = luma.shape
+    if shift is None:
+        angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(*sim.shift_px)
+        shift = (length * np.sin(angle), length * np.cos(angle))
+    dy, dx = shift
+    c = rng.uniform(*sim.threshold) * (1 + sim.threshold_sigma * rng.standard_normal((h, w))).astype(np.float32)
+    c = np.maximum(c, 0.01)
+    reference = np.log(luma + sim.eps)
+    pos = np.zeros((h, w), np.float32)
+    neg = np.zeros((h, w), np.float32)
+    for k in range(1, sim.steps + 1):
+        t = k / sim.steps
+        moved = ndimage.shift(luma, (dy * t, dx * t), order=1, mode="nearest")
+        delta = np.log(moved + sim.eps) - reference
+        n = np.floor(np.abs(delta) / c)
+        pos += np.where(delta > 0, n, 0)
+        neg += np.where(delta < 0, n, 0)
+        reference += np.sign(delta) * n * c
+    if sim.noise_rate > 0:
+        noise = rng.random((h, w)) < sim.noise_rate
+        polarity = rng.random((h, w)) < 0.5
+        pos += noise & polarity
+        neg += noise & ~polarity
+    return np.clip(np.stack([pos, neg]), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PseudoLidar:
+    beams: int = 64
+    elevation_deg: tuple[float, float] = (-24.8, 2.0)  # lowest and highest beam (a 64-beam scanner's span)
+    azimuth_step_px: float = 2.0  # horizontal spacing of the rays, in pixels at the image centre
+    max_range_m: float = 120.0
+    dropout: float = 0.05  # rays without a return
+    range_noise_m: float = 0.02
+
+
+def pseudo_lidar(depth: np.ndarray, focal_px: float, rng: np.random.Generator, lidar: PseudoLidar = PseudoLidar(),
+                 principal: tuple[float, float] | None = None) -> np.ndarray:
+    """(1, H, W) uint16 range in mm (0 = no return) of a scanner's rays through a depth map.
+
+    Args:
+        depth: (H, W) or (1, H, W) z-depth in metres, 0 (or non-finite) = invalid.
+        focal_px: the camera's focal length in pixels.
+        principal: (cx, cy) principal point (default: the image centre).
+    """
+    z = np.asarray(depth, np.float64)
+    if z.ndim == 3 and z.shape[0] == 1:
+        z = z[0]
+    if z.ndim != 2:
+        raise DataError(f"pseudo_lidar: expected a (H, W) depth map, got shape {np.shape(depth)}")
+    if not focal_px or focal_px <= 0:
+        raise ConfigError(f"pseudo_lidar: the focal length must be > 0 pixels, got {focal_px}")
+    h, w = z.shape
+    cx, cy = principal if principal is not None else (w / 2.0, h / 2.0)
+    elevation = np.radians(np.linspace(lidar.elevation_deg[0], lidar.elevation_deg[1], lidar.beams))
+    half = np.arctan(max(cx, w - cx) / focal_px)
+    azimuth = np.arange(-half, half, lidar.azimuth_step_px / focal_px)
+    e, a = np.meshgrid(elevation, azimuth, indexing="ij")
+    u = focal_px * np.tan(a) + cx  # the ray (cos e sin a, -sin e, cos e cos a) in camera axes (x right, y down)
+    v = cy - focal_px * np.tan(e) / np.cos(a)
+    ix, iy = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    ix, iy, e, a = ix[inside], iy[inside], e[inside], a[inside]
+    zz = z[iy, ix]
+    r = zz / (np.cos(e) * np.cos(a))
+    keep = np.isfinite(r) & (zz > 0) & (r <= lidar.max_range_m) & (rng.random(r.shape) >= lidar.dropout)
+    r = r[keep] + lidar.range_noise_m * rng.standard_normal(int(keep.sum()))
+    flat = iy[keep] * w + ix[keep]
+    out = np.full(h * w, np.inf)
+    np.minimum.at(out, flat, r)
+    mm = np.where(np.isfinite(out), np.clip(np.round(out * 1000.0), 1, 65535), 0)
+    return mm.astype(np.uint16).reshape(1, h, w)
+
+
+# What each synthesised modality is made from.
+SYNTHESIZED: dict[str, str] = {"event": "rgb", "lidar": "depth"}
+
+
+def _sample_rng(seed: int, sample_id: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(sample_id.encode())])
+
+
+def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px: float | None = None,
+                       seed: int = 0, overwrite: bool = False, events: EventSimulation = EventSimulation(),
+                       lidar: PseudoLidar = PseudoLidar(),
+                       progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+    """Write synthesised ``modalities`` into an rgbx dataset folder (``root/<modality>/<id>.png``) and list them in
+    its ``dataset.yaml`` (the file as it was is kept once as ``dataset.yaml.orig``). Returns modality → files
+    written. Existing folders of those modalities are an error unless ``overwrite``."""
+    root = Path(root)
+    desc = load_description(root)
+    unknown = [m for m in modalities if m not in SYNTHESIZED]
+    if unknown or not modalities:
+        raise ConfigError(f"cannot synthesise {unknown or 'nothing'}: rgbx synthesises {', '.join(SYNTHESIZED)} "
+                          f"(depth: run a monocular estimator and save its output; see rgbx.data.modality_synthesis)")
+    for m in modalities:
+        source = SYNTHESIZED[m]
+        if source not in desc.modalities:
+            raise DataError(f"{root / DESCRIPTION_FILE}: {m} is synthesised from {source}, which this dataset "
+                            f"does not list (it has {', '.join(desc.modalities)})")
+        if m == "lidar" and not focal_px:
+            raise ConfigError("lidar from depth needs the camera's focal length in pixels (--focal PX, or --hfov "
+                              "DEG; e.g. NYU Depth V2 at 640x480: --focal 518.8)")
+        target = root / (desc.modalities[m].folder if m in desc.modalities else m)
+        if target.exists() and any(target.iterdir()) and not overwrite:
+            raise DataError(f"{target}: already holds {m} files; pass overwrite=True (--overwrite) to replace them")
+    written = {}
+    for m in modalities:
+        source = desc.modalities[SYNTHESIZED[m]]
+        samples = discover_samples({SYNTHESIZED[m]: root / source.folder})
+        target = root / (desc.modalities[m].folder if m in desc.modalities else m)
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for i, (sample_id, paths) in enumerate(samples):
+            rng = _sample_rng(seed, f"{m}/{sample_id}")
+            x = read_modality_file(paths[SYNTHESIZED[m]], SYNTHESIZED[m]).numpy()
+            if m == "event":
+                out = simulate_events(x, rng, events)  # RGB in [0, 1]
+            else:
+                out = pseudo_lidar(x, focal_px, rng, lidar)
+            write_array(target / f"{sample_id}.png", out, "png")
+            if progress is not None:
+                progress(i + 1, len(samples))
+        written[m] = len(samples)
+    _list_in_description(root, [m for m in modalities if m not in desc.modalities])
+    return written
+
+
+def _list_in_description(root: Path, new: Sequence[str]) -> None:
+    if not new:
+        return
+    path = root / DESCRIPTION_FILE
+    original = path.read_text()
+    backup = path.with_name(DESCRIPTION_FILE + ".orig")
+    if not backup.exists():
+        backup.write_text(original)
+    raw = yaml.safe_load(original)
+    raw.setdefault("modalities", {})
+    for m in new:
+        raw["modalities"][m] = {"optional": True}
+    tmp = path.with_name(DESCRIPTION_FILE + ".tmp")
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+    tmp.replace(path)
