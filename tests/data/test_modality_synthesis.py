@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from rgbx.cli.main import main
 from rgbx.data import build_dataset
 from rgbx.data.modality_synthesis import (
     EventSimulation,
+    OnnxDepthEstimator,
     PseudoLidar,
     pseudo_lidar,
     simulate_events,
@@ -91,8 +93,72 @@ def test_synthesize_names_what_is_missing(tmp_path):
     root = make_dataset(tmp_path / "rgb_only", n=2, size=(16, 20), modalities=("rgb",))
     with pytest.raises(DataError, match="synthesised from depth"):
         synthesize_dataset(root, ["lidar"], focal_px=50.0)
-    with pytest.raises(ConfigError, match="rgbx synthesises event, lidar"):
+    with pytest.raises(ConfigError, match="rgbx synthesises depth, event, lidar"):
         synthesize_dataset(root, ["thermal"])
     root2 = make_dataset(tmp_path / "rgbd", n=2, size=(16, 20), modalities=("rgb", "depth"))
     with pytest.raises(ConfigError, match="focal length"):
         synthesize_dataset(root2, ["lidar"])
+
+
+class _ToyDepthNet(torch.nn.Module):
+    """Metric 'depth' = 1 + 4 × the first normalised channel's mean over a 3×3 window, clipped below at 1 (a fixed
+    24×32 input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 3, padding=1, bias=True)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0] = 4.0 / 9.0
+            self.conv.bias.zero_()
+
+    def forward(self, x):
+        return 1.0 + torch.relu(self.conv(x))
+
+
+def _export(tmp_path, net):
+    path = tmp_path / "depth.onnx"
+    # the TorchScript exporter (dynamo=False): seconds, and what `rgbx export` tries first
+    torch.onnx.export(net, (torch.zeros(1, 3, 24, 32),), str(path), input_names=["image"], output_names=["depth"],
+                      dynamo=False)
+    return path
+
+
+def test_onnx_depth_estimator_runs_the_model_at_its_size_and_maps_disparity(tmp_path):
+    path = _export(tmp_path, _ToyDepthNet().eval())
+    rgb = np.zeros((3, 48, 64), np.float32)
+    rgb[0] = 1.0  # constant red: the model sees (1 - 0.485) / 0.229 everywhere (inside the zero-padded border)
+    metric = OnnxDepthEstimator(path, mean=(0, 0, 0), std=(1, 1, 1))
+    assert metric.fixed == (24, 32)
+    depth = metric(rgb)
+    assert depth.shape == (48, 64) and abs(float(depth[24, 32]) - 5.0) < 1e-4  # 1 + 4 × 1
+    ramp = np.zeros((3, 48, 64), np.float32)
+    ramp[0] = np.linspace(0, 1, 64)[None, :]
+    disparity = OnnxDepthEstimator(path, mean=(0, 0, 0), std=(1, 1, 1), output="disparity",
+                                   depth_range=(1.0, 10.0))(ramp)
+    assert abs(float(disparity.min()) - 1.0) < 1e-4 and abs(float(disparity.max()) - 10.0) < 1e-3
+    assert disparity[24, 8] > disparity[24, 56]  # higher disparity (brighter here) = nearer
+    with pytest.raises(ConfigError, match="not found"):
+        OnnxDepthEstimator(tmp_path / "missing.onnx")
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    with pytest.raises(DataError, match="not a loadable ONNX model"):
+        OnnxDepthEstimator(tmp_path / "bad.onnx")
+
+
+def test_rgbx_data_synthesize_depth_then_lidar_from_rgb_alone(tmp_path, capsys):
+    root = make_dataset(tmp_path / "rgb_only", n=4, size=(24, 32), modalities=("rgb",))
+    model = _export(tmp_path, _ToyDepthNet().eval())
+    assert main(["data", "synthesize", str(root), "--modalities", "lidar", "depth", "--depth-model", str(model),
+                 "--focal", "30"]) == 0
+    assert "wrote 4 depth files, 4 lidar files" in capsys.readouterr().out
+    ds = build_dataset("folder", root, "train")
+    sample = ds.load(0)
+    depth, lidar = sample["inputs"]["depth"], sample["inputs"]["lidar"]
+    assert depth.shape == (1, 24, 32) and float(depth.min()) >= 1.0 - 1e-3  # the toy model's output is ≥ 1 m
+    hits = lidar > 0
+    assert int(hits.sum()) > 0
+    # each LiDAR return is the synthesised depth along its ray: range ≥ z, within the rays' obliquity
+    # (up to the 2 cm range noise)
+    assert bool((lidar[hits] >= depth[hits] - 0.1).all()) and bool((lidar[hits] <= 1.6 * depth[hits] + 0.1).all())
+    assert main(["data", "synthesize", str(root), "--modalities", "depth"]) != 0
+    assert "--depth-model" in capsys.readouterr().err

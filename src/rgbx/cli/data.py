@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
-from rgbx.cli.common import add_command, add_dataset_arguments, parse_options
+from pathlib import Path
+
+from rgbx.cli.common import add_command, add_dataset_arguments, parse_options, parse_size
 
 EXAMPLES = """  rgbx data check data/synth
   rgbx data check my_rig --split train
   rgbx data stats data/synth --split train --limit 200
   rgbx data synthesize my_rgbd --modalities event lidar --hfov 62   # events from RGB, pseudo-LiDAR from depth
+  rgbx data synthesize my_rgb --modalities depth lidar --depth-model depth_anything.onnx --depth-output disparity \
+      --hfov 62
 """
 
 
@@ -34,7 +38,14 @@ def add_parser(sub) -> None:
                                     "map) into the dataset folder, and list them in its dataset.yaml (the previous "
                                     "file is kept as dataset.yaml.orig). See rgbx.data.modality_synthesis.")
     y.add_argument("root")
-    y.add_argument("--modalities", nargs="+", required=True, choices=("event", "lidar"))
+    y.add_argument("--modalities", nargs="+", required=True, choices=("depth", "event", "lidar"))
+    y.add_argument("--depth-model", type=Path, help="depth: a monocular depth estimator as an ONNX file")
+    y.add_argument("--depth-output", choices=("metric", "disparity"), default="metric",
+                   help="depth: what the estimator outputs, depth in metres (default) or relative inverse depth")
+    y.add_argument("--depth-range", type=float, nargs=2, default=(0.5, 20.0), metavar=("NEAR", "FAR"),
+                   help="depth: metres the disparity of each image is mapped onto (default 0.5 20)")
+    y.add_argument("--depth-size", type=parse_size, metavar="HxW",
+                   help="depth: the estimator's input size (default: its own fixed size, else the image's)")
     y.add_argument("--focal", type=float, help="lidar: the camera's focal length in pixels")
     y.add_argument("--hfov", type=float, help="lidar: the camera's horizontal field of view in degrees (instead "
                                               "of --focal)")
@@ -100,35 +111,45 @@ def run_synthesize(args) -> int:
 
     from rgbx.data.description import load_description
     from rgbx.data.files import discover_samples, read_modality_file
-    from rgbx.data.modality_synthesis import SYNTHESIZED, PseudoLidar, synthesize_dataset
+    from rgbx.data.modality_synthesis import OnnxDepthEstimator, PseudoLidar, synthesize_dataset
     from rgbx.engine.report import Reporter
     from rgbx.errors import ConfigError
 
     if args.focal and args.hfov:
         raise ConfigError("give --focal or --hfov, not both")
+    if args.beams < 1:
+        raise ConfigError(f"--beams {args.beams}: expected at least 1")
+    desc = load_description(args.root)
+    rgb = desc.modalities.get("rgb")
+    samples = discover_samples({"rgb": f"{args.root}/{rgb.folder}"}) if rgb else []
     focal = args.focal
     if args.hfov:
         if not 0 < args.hfov < 180:
             raise ConfigError(f"--hfov {args.hfov}: expected degrees in (0, 180)")
-        desc = load_description(args.root)
-        depth = desc.modalities.get("depth")
-        first = discover_samples({"depth": f"{args.root}/{depth.folder}"})[:1] if depth else []
+        first = samples or (discover_samples({"depth": f"{args.root}/{desc.modalities['depth'].folder}"})
+                            if "depth" in desc.modalities else [])
         if not first:
-            raise ConfigError(f"{args.root}: no depth files to take the image width from for --hfov")
-        width = read_modality_file(first[0][1]["depth"], "depth").shape[-1]
+            raise ConfigError(f"{args.root}: no rgb or depth files to take the image width from for --hfov")
+        name, path = next(iter(first[0][1].items()))
+        width = read_modality_file(path, name).shape[-1]
         focal = width / 2 / math.tan(math.radians(args.hfov) / 2)
-    if args.beams < 1:
-        raise ConfigError(f"--beams {args.beams}: expected at least 1")
+    estimator = None
+    if "depth" in args.modalities:
+        if args.depth_model is None:
+            raise ConfigError("--modalities depth needs --depth-model FILE.onnx (a monocular depth estimator)")
+        estimator = OnnxDepthEstimator(args.depth_model, input_size=args.depth_size, output=args.depth_output,
+                                       depth_range=tuple(args.depth_range))
     reporter = Reporter()
-    desc = load_description(args.root)
-    written = {}
-    for m in args.modalities:
-        source = desc.modalities.get(SYNTHESIZED[m])
-        total = len(discover_samples({SYNTHESIZED[m]: f"{args.root}/{source.folder}"})) if source else 0
-        with reporter.progress(total, 0, m) as bar:
-            written.update(synthesize_dataset(args.root, [m], focal_px=focal, seed=args.seed,
-                                              overwrite=args.overwrite, lidar=PseudoLidar(beams=args.beams),
-                                              progress=lambda done, total: bar.update(done)))
+    total = max(1, len(samples)) * len(args.modalities)
+    done: dict[str, int] = {}
+    with reporter.progress(total, 0, "synthesize") as bar:
+        def progress(modality: str, n: int, _count: int) -> None:
+            done[modality] = n
+            bar.update(min(total, sum(done.values())))
+
+        written = synthesize_dataset(args.root, args.modalities, focal_px=focal, depth_estimator=estimator,
+                                     seed=args.seed, overwrite=args.overwrite, lidar=PseudoLidar(beams=args.beams),
+                                     progress=progress)
     extra = f" (focal {focal:.1f} px)" if "lidar" in args.modalities else ""
     reporter.print(f"{args.root}: wrote " + ", ".join(f"{n} {m} files" for m, n in written.items()) + extra)
     return 0

@@ -11,9 +11,13 @@
   lands on a valid depth pixel returns its range ``r = z / (cos e · cos a)``, with range noise and dropouts. Output:
   sparse range in the image, the rgbx ``lidar`` format. Needs the camera's focal length in pixels.
 
-Not synthesised here: ``depth`` (run a monocular depth estimator, save its output as the dataset's depth — 16-bit
-PNG in mm or ``.npy`` in metres — and derive ``lidar`` from it) and ``thermal`` (it needs a trained RGB→thermal
-estimator; ImageNeXt's was trained on RGB-T datasets).
+* ``depth`` from RGB: a monocular depth estimator that you provide as an ONNX file (ImageNeXt used Omnidata; Depth
+  Anything, MiDaS, ZoeDepth and Metric3D are all exported to ONNX by their users), run with ``onnxruntime``
+  (:class:`OnnxDepthEstimator`). Its output is taken as metric depth in metres, or as relative inverse depth
+  (disparity), mapped per image onto a depth range (``disparity`` mode, nearest at the highest disparity). Written
+  as 16-bit PNG in mm, so ``lidar`` can then be derived from it in the same call.
+
+Not synthesised: ``thermal`` (it needs a trained RGB→thermal estimator; ImageNeXt's was trained on RGB-T datasets).
 
 Every sample draws from its own generator, seeded by ``seed`` and the sample id, so a result does not depend on
 which other samples are processed or in what order.
@@ -36,7 +40,15 @@ from rgbx.data.files import discover_samples, read_modality_file
 from rgbx.errors import ConfigError, DataError
 from rgbx.modalities.encodings import write_array
 
-__all__ = ["EventSimulation", "PseudoLidar", "SYNTHESIZED", "pseudo_lidar", "simulate_events", "synthesize_dataset"]
+__all__ = [
+    "EventSimulation",
+    "OnnxDepthEstimator",
+    "PseudoLidar",
+    "SYNTHESIZED",
+    "pseudo_lidar",
+    "simulate_events",
+    "synthesize_dataset",
+]
 
 _LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # linear-light luminance (Rec. 709)
 
@@ -137,8 +149,74 @@ def pseudo_lidar(depth: np.ndarray, focal_px: float, rng: np.random.Generator, l
     return mm.astype(np.uint16).reshape(1, h, w)
 
 
-# What each synthesised modality is made from.
-SYNTHESIZED: dict[str, str] = {"event": "rgb", "lidar": "depth"}
+class OnnxDepthEstimator:
+    """A monocular depth estimator in an ONNX file: RGB in [0, 1] → depth in metres at the image's size.
+
+    Args:
+        path: the ``.onnx`` file; its first input takes a (1, 3, H, W) float32 image, its first output is depth or
+            disparity of shape (1, 1, h, w), (1, h, w) or (h, w).
+        input_size: (H, W) the image is resized to (bilinear) before the model; default: the model's own input
+            size where it is fixed, else the image's size rounded to a multiple of ``multiple_of``.
+        mean, std: per-channel normalisation of the [0, 1] image (default ImageNet's).
+        output: ``metric`` (the output is depth in metres) or ``disparity`` (relative inverse depth: mapped per
+            image so its lowest value lands at ``depth_range[1]`` and its highest at ``depth_range[0]``).
+    """
+
+    def __init__(self, path: str | Path, input_size: tuple[int, int] | None = None,
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                 output: str = "metric", depth_range: tuple[float, float] = (0.5, 20.0), multiple_of: int = 14):
+        path = Path(path)
+        if output not in ("metric", "disparity"):
+            raise ConfigError(f"depth estimator output {output!r}: expected metric or disparity")
+        if not 0 < depth_range[0] < depth_range[1]:
+            raise ConfigError(f"depth range {depth_range}: expected 0 < near < far (metres)")
+        if not path.is_file():
+            raise ConfigError(f"{path}: depth estimator not found (an .onnx file)")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("a depth estimator needs onnxruntime: pip install onnxruntime") from None
+        try:
+            self.session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
+        except Exception as e:  # onnxruntime raises its own exception types for unreadable / invalid files
+            raise DataError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {e})") from None
+        inp = self.session.get_inputs()[0]
+        if len(inp.shape) != 4:
+            raise DataError(f"{path}: the model's input {inp.name!r} has shape {inp.shape}; expected (1, 3, H, W)")
+        fixed = tuple(inp.shape[2:])
+        self.fixed = fixed if all(isinstance(d, int) for d in fixed) else None
+        self.path, self.input_name, self.input_size = path, inp.name, input_size
+        self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
+        self.output, self.depth_range, self.multiple_of = output, depth_range, multiple_of
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W) float32 depth in metres for a (3, H, W) RGB image in [0, 1]."""
+        import torch
+        import torch.nn.functional as F
+
+        h, w = rgb.shape[-2:]
+        size = self.input_size or self.fixed or tuple(max(self.multiple_of, round(d / self.multiple_of)
+                                                          * self.multiple_of) for d in (h, w))
+        x = torch.from_numpy(np.ascontiguousarray(rgb, np.float32))[None]
+        if tuple(size) != (h, w):
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        x = (x.numpy() - self.mean) / self.std
+        out = np.asarray(self.session.run(None, {self.input_name: x.astype(np.float32)})[0], np.float32)
+        if out.ndim not in (2, 3, 4) or out.size != out.shape[-1] * out.shape[-2]:
+            raise DataError(f"{self.path}: output of shape {out.shape}; expected one (h, w) map")
+        y = torch.from_numpy(out.reshape(1, 1, *out.shape[-2:]))
+        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        if self.output == "metric":
+            return np.clip(y, 0, None)
+        near, far = self.depth_range
+        lo, hi = float(y.min()), float(y.max())
+        t = (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
+        return 1.0 / (1.0 / far + t * (1.0 / near - 1.0 / far))
+
+
+# What each synthesised modality is made from, in the order they are made (depth first: lidar may use it).
+SYNTHESIZED: dict[str, str] = {"depth": "rgb", "event": "rgb", "lidar": "depth"}
 
 
 def _sample_rng(seed: int, sample_id: str) -> np.random.Generator:
@@ -146,49 +224,57 @@ def _sample_rng(seed: int, sample_id: str) -> np.random.Generator:
 
 
 def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px: float | None = None,
-                       seed: int = 0, overwrite: bool = False, events: EventSimulation = EventSimulation(),
-                       lidar: PseudoLidar = PseudoLidar(),
-                       progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+                       depth_estimator: OnnxDepthEstimator | None = None, seed: int = 0, overwrite: bool = False,
+                       events: EventSimulation = EventSimulation(), lidar: PseudoLidar = PseudoLidar(),
+                       progress: Callable[[str, int, int], None] | None = None) -> dict[str, int]:
     """Write synthesised ``modalities`` into an rgbx dataset folder (``root/<modality>/<id>.png``) and list them in
     its ``dataset.yaml`` (the file as it was is kept once as ``dataset.yaml.orig``). Returns modality → files
-    written. Existing folders of those modalities are an error unless ``overwrite``."""
+    written. Existing folders of those modalities are an error unless ``overwrite``; ``depth`` needs
+    ``depth_estimator`` and ``lidar`` ``focal_px``. ``progress(modality, done, total)`` is called per file."""
     root = Path(root)
     desc = load_description(root)
     unknown = [m for m in modalities if m not in SYNTHESIZED]
     if unknown or not modalities:
         raise ConfigError(f"cannot synthesise {unknown or 'nothing'}: rgbx synthesises {', '.join(SYNTHESIZED)} "
-                          f"(depth: run a monocular estimator and save its output; see rgbx.data.modality_synthesis)")
-    for m in modalities:
+                          f"(thermal needs a trained RGB→thermal estimator; see rgbx.data.modality_synthesis)")
+    order = [m for m in SYNTHESIZED if m in modalities]
+    folders = {m: src.folder for m, src in desc.modalities.items()}
+    for m in order:
         source = SYNTHESIZED[m]
-        if source not in desc.modalities:
+        if source not in folders:
             raise DataError(f"{root / DESCRIPTION_FILE}: {m} is synthesised from {source}, which this dataset "
                             f"does not list (it has {', '.join(desc.modalities)})")
         if m == "lidar" and not focal_px:
             raise ConfigError("lidar from depth needs the camera's focal length in pixels (--focal PX, or --hfov "
                               "DEG; e.g. NYU Depth V2 at 640x480: --focal 518.8)")
-        target = root / (desc.modalities[m].folder if m in desc.modalities else m)
+        if m == "depth" and depth_estimator is None:
+            raise ConfigError("depth from RGB needs a monocular depth estimator (--depth-model FILE.onnx)")
+        target = root / folders.setdefault(m, m)
         if target.exists() and any(target.iterdir()) and not overwrite:
             raise DataError(f"{target}: already holds {m} files; pass overwrite=True (--overwrite) to replace them")
     written = {}
-    for m in modalities:
-        source = desc.modalities[SYNTHESIZED[m]]
-        samples = discover_samples({SYNTHESIZED[m]: root / source.folder})
-        target = root / (desc.modalities[m].folder if m in desc.modalities else m)
+    for m in order:
+        source = SYNTHESIZED[m]
+        samples = discover_samples({source: root / folders[source]})
+        target = root / folders[m]
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
         for i, (sample_id, paths) in enumerate(samples):
             rng = _sample_rng(seed, f"{m}/{sample_id}")
-            x = read_modality_file(paths[SYNTHESIZED[m]], SYNTHESIZED[m]).numpy()
+            x = read_modality_file(paths[source], source).numpy()  # physical units: RGB in [0, 1], depth in m
             if m == "event":
-                out = simulate_events(x, rng, events)  # RGB in [0, 1]
-            else:
+                out = simulate_events(x, rng, events)
+            elif m == "lidar":
                 out = pseudo_lidar(x, focal_px, rng, lidar)
+            else:
+                metres = depth_estimator(x)
+                out = np.clip(np.round(metres * 1000.0), 0, 65535).astype(np.uint16)[None]
             write_array(target / f"{sample_id}.png", out, "png")
             if progress is not None:
-                progress(i + 1, len(samples))
+                progress(m, i + 1, len(samples))
         written[m] = len(samples)
-    _list_in_description(root, [m for m in modalities if m not in desc.modalities])
+    _list_in_description(root, [m for m in order if m not in desc.modalities])
     return written
 
 
