@@ -6,17 +6,24 @@ from __future__ import annotations
 import pytest
 
 from rgbx.data import DATASETS, check_dataset
+from rgbx.data.datasets.shards import pack_dataset
 from rgbx.errors import DataError
 from tests.conftest import make_dataset
 from tests.data.datasets import test_camvid as camvid
 from tests.data.datasets import test_driving as driving
 from tests.data.datasets import test_rgbd_rgbt as rgbd
 
+def make_shards(root):
+    """The rgbx folder format packed into tar shards (`rgbx data pack`)."""
+    pack_dataset(make_dataset(root.parent / f"{root.name}_source"), root, shard_size=2)
+    return root
+
+
 BUILDERS = {
     "camvid": camvid.fake_camvid, "deliver": driving.make_deliver, "eventscape": driving.make_eventscape,
     "folder": make_dataset, "kitti360": driving.make_kitti360, "mcubes": driving.make_mcubes,
     "mfnet": rgbd.make_mfnet_original, "muses": driving.make_muses, "nyudepthv2": rgbd.make_nyu_dformer,
-    "pst900": rgbd.make_pst900,
+    "pst900": rgbd.make_pst900, "shards": make_shards,
 }
 # SUN RGB-D and NYU Depth V2 share the DFormer release layout (only the label folder's case and the class count
 # differ, and each adapter accepts the other's folder name): an NYU tree opens as SUN RGB-D and `rgbx data check`

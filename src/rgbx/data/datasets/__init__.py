@@ -11,6 +11,7 @@ from rgbx.data.datasets import (  # noqa: F401  (importing registers them)
     muses,
     nyu,
     pst900,
+    shards,
     sunrgbd,
 )
 from rgbx.data.datasets.base import DATASETS, SegmentationDataset, probe_file

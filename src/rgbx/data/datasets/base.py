@@ -237,13 +237,25 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Dtypes accepted for ``name``'s files (default: the source's)."""
         return (self.sources[name].dtype,)
 
+    # where the bytes come from: files on disk by default (a packed dataset reads members of its shards instead)
+    def file_exists(self, path: Path) -> bool:
+        return Path(path).is_file()
+
+    def read_file(self, path: Path, encoding: str) -> np.ndarray:
+        """A file's raw (C, H, W) values."""
+        return read_array(path, encoding)
+
+    def probe_path(self, path: Path, encoding: str) -> FileInfo:
+        """A file's channels, dtype and size, from its header where the format allows."""
+        return probe_file(path, encoding)
+
     def probe_source(self, name: str, path: Path, sample_id: str) -> FileInfo:
         """Channels, dtype and (H, W) of ``name``'s file; ``size`` may be None when the file has no image size."""
-        return probe_file(path, self.sources[name].encoding)
+        return self.probe_path(path, self.sources[name].encoding)
 
     def read_source(self, name: str, path: Path, sample_id: str) -> np.ndarray:
         """The raw (C, H, W) file values handed to :meth:`decode_modality`."""
-        return read_array(path, self.sources[name].encoding)
+        return self.read_file(path, self.sources[name].encoding)
 
     def label_plane(self, raw: np.ndarray) -> np.ndarray:
         """The (H, W) plane of a (C, H, W) label file that holds the class values (default: channel 0)."""
@@ -275,14 +287,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         for src in [*self.sources.values(), label_src]:
             is_label = src is label_src
             path = paths.get(src.name)
-            if path is None or not Path(path).is_file():
+            if path is None or not self.file_exists(path):
                 if not src.optional:
                     where = path if path is not None else self.root / src.folder / sample_id
                     problems.append(f"{where}: missing {src.name} file for sample {sample_id!r}")
                 continue
             path = Path(path)
             try:
-                info = probe_file(path, src.encoding) if is_label else self.probe_source(src.name, path, sample_id)
+                info = self.probe_path(path, src.encoding) if is_label else self.probe_source(src.name, path, sample_id)
             except DataError as e:
                 problems.append(str(e))
                 continue
@@ -304,7 +316,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if full:
                 try:
                     if is_label:
-                        arr = read_array(path, src.encoding)
+                        arr = self.read_file(path, src.encoding)
                         problems.extend(self._label_problems(path, self.decode_label(self.label_plane(arr))))
                     else:
                         arr = self.read_source(src.name, path, sample_id)
@@ -358,8 +370,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         paths = self.files(sample_id)
         label = None
         label_path = paths.get("label")
-        if label_path is not None and Path(label_path).is_file():
-            arr = read_array(label_path, self.description.label.encoding)
+        if label_path is not None and self.file_exists(label_path):
+            arr = self.read_file(label_path, self.description.label.encoding)
             if arr.shape[0] not in self.LABEL_CHANNELS:
                 raise DataError(self._label_channels_problem(label_path, arr.shape[0]))
             lab = self.decode_label(self.label_plane(arr))
@@ -370,7 +382,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         inputs = {}
         for name, src in self.sources.items():
             path = paths.get(name)
-            if path is None or not Path(path).is_file():
+            if path is None or not self.file_exists(path):
                 if src.optional:
                     continue
                 raise DataError(f"{path or self.root / src.folder / sample_id}: missing {name} file for sample "

@@ -81,6 +81,10 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **opti
         splits = list_splits(root)
         if not splits:
             raise DataError(f"{Path(root) / 'splits'}: no split files (*.txt) found")
+    elif dataset == "shards":
+        splits = sorted(p.stem for p in (Path(root) / "shards").glob("*.json"))
+        if not splits:
+            raise DataError(f"{Path(root) / 'shards'}: no split index (*.json) found; pack with `rgbx data pack`")
     else:
         splits = list(getattr(cls, "SPLITS", ("train", "test")))
     counts, problems = {}, []

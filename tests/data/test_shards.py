@@ -1,0 +1,103 @@
+"""Packed datasets (tar shards + index): the same samples as the folder, errors that name the member, and training
+on them through `data.dataset=shards` (with loader worker processes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from rgbx.cli.main import main
+from rgbx.data import build_dataset
+from rgbx.data.datasets.shards import pack_dataset
+from rgbx.engine.config import load_config
+from rgbx.engine.report import Reporter
+from rgbx.engine.trainer import Trainer
+from rgbx.errors import DataError
+from tests.conftest import make_dataset
+
+
+def folder_with_a_missing_sensor(tmp_path):
+    root = make_dataset(tmp_path / "rig", n=7, size=(16, 20))
+    desc = yaml.safe_load((root / "dataset.yaml").read_text())
+    desc["modalities"]["thermal"]["optional"] = True
+    (root / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    (root / "thermal" / "s001.png").unlink()
+    return root
+
+
+def test_packed_samples_equal_the_folders(tmp_path):
+    root = folder_with_a_missing_sensor(tmp_path)
+    summary = pack_dataset(root, tmp_path / "packed", shard_size=2)
+    assert summary == {"train": {"samples": 5, "shards": 3}, "val": {"samples": 2, "shards": 1}}
+    assert sorted(p.name for p in (tmp_path / "packed" / "shards").glob("*.tar")) == [
+        "train-00000.tar", "train-00001.tar", "train-00002.tar", "val-00000.tar"]
+    for split in ("train", "val"):
+        folder = build_dataset("folder", root, split)
+        packed = build_dataset("shards", tmp_path / "packed", split, check="full")
+        assert packed.ids == folder.ids
+        for i in range(len(folder)):
+            a, b = folder.load(i), packed.load(i)
+            assert a["meta"] == b["meta"] and torch.equal(a["label"], b["label"])
+            assert a["inputs"].keys() == b["inputs"].keys()
+            assert all(torch.equal(a["inputs"][k], b["inputs"][k]) for k in a["inputs"])
+            # transformed samples too (same per-sample random draws)
+            fa, fb = folder[(3, i)], packed[(3, i)]
+            assert all(torch.equal(fa["inputs"][k], fb["inputs"][k]) for k in fa["inputs"])
+    assert "thermal" not in build_dataset("shards", tmp_path / "packed", "train").load(1)["inputs"]  # s001
+
+
+def test_damaged_shards_are_named(tmp_path):
+    root = make_dataset(tmp_path / "rig", n=4, size=(16, 20))
+    out = tmp_path / "packed"
+    pack_dataset(root, out, shard_size=10)
+    index = json.loads((out / "shards" / "train.json").read_text())
+    shard, offset, size, member = index["samples"][0]["files"]["rgb"]
+    assert member == "rgb/s000.png"
+    tar = out / "shards" / "train-00000.tar"
+    data = bytearray(tar.read_bytes())
+    data[offset:offset + 16] = b"\0" * 16  # the PNG signature and header gone
+    tar.write_bytes(bytes(data))
+    with pytest.raises(DataError) as e:
+        build_dataset("shards", out, "train")
+    assert "train-00000.tar/rgb/s000.png: unreadable image" in "\n".join(e.value.problems)
+    tar.write_bytes(bytes(data[:offset + 10]))  # cut short inside that member
+    ds = build_dataset("shards", out, "train", check="none")
+    with pytest.raises(DataError, match="ends .* bytes early"):
+        ds.load(0)
+    with pytest.raises(DataError, match="split index not found .*packed splits here: train, val"):
+        build_dataset("shards", out, "test")
+
+
+def test_pack_never_replaces_what_it_did_not_write(tmp_path, capsys):
+    root = make_dataset(tmp_path / "rig", n=4, size=(16, 20))
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty"):
+        pack_dataset(root, other)
+    with pytest.raises(DataError, match="not a packed dataset"):
+        pack_dataset(root, other, overwrite=True)
+    assert (other / "keep.txt").read_text() == "mine"
+    with pytest.raises(DataError, match="another folder than its source"):
+        pack_dataset(root, root)
+    out = tmp_path / "packed"
+    assert main(["data", "pack", str(root), str(out), "--shard-size", "3"]) == 0
+    assert "train: 2 samples in 1 shard(s)" in capsys.readouterr().out
+    assert main(["data", "pack", str(root), str(out)]) != 0
+    assert main(["data", "pack", str(root), str(out), "--overwrite"]) == 0
+    assert main(["data", "check", str(out), "--dataset", "shards"]) == 0
+
+
+def test_training_reads_the_shards_in_loader_processes(tmp_path):
+    root = make_dataset(tmp_path / "rig", n=6, size=(16, 20))
+    pack_dataset(root, tmp_path / "packed", shard_size=4)
+    cfg = load_config(None, [f"data.root={tmp_path / 'packed'}", "data.dataset=shards",
+                             f"output_dir={tmp_path / 'run'}", "model.backbone=mit_nano", "model.head_channels=16",
+                             "data.crop_size=[16,16]", "data.num_workers=1", "train.batch_size=2", "train.iters=3",
+                             "train.eval_every=0", "train.device=cpu", "model.modalities=[rgb,depth,thermal]"])
+    metrics = Trainer(cfg, reporter=Reporter(quiet=True)).fit()
+    assert 0.0 <= metrics["subsets"]["rgb+depth+thermal"]["all"]["miou"] <= 1.0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
