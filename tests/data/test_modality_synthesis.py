@@ -9,9 +9,11 @@ import torch
 
 from rgbx.cli.main import main
 from rgbx.data import build_dataset
+from rgbx.data.files import read_modality_file
 from rgbx.data.modality_synthesis import (
     EventSimulation,
     OnnxDepthEstimator,
+    OnnxThermalEstimator,
     PseudoLidar,
     pseudo_lidar,
     simulate_events,
@@ -93,7 +95,9 @@ def test_synthesize_names_what_is_missing(tmp_path):
     root = make_dataset(tmp_path / "rgb_only", n=2, size=(16, 20), modalities=("rgb",))
     with pytest.raises(DataError, match="synthesised from depth"):
         synthesize_dataset(root, ["lidar"], focal_px=50.0)
-    with pytest.raises(ConfigError, match="rgbx synthesises depth, event, lidar"):
+    with pytest.raises(ConfigError, match="rgbx synthesises depth, thermal, event, lidar"):
+        synthesize_dataset(root, ["hha"])
+    with pytest.raises(ConfigError, match="--thermal-model"):
         synthesize_dataset(root, ["thermal"])
     root2 = make_dataset(tmp_path / "rgbd", n=2, size=(16, 20), modalities=("rgb", "depth"))
     with pytest.raises(ConfigError, match="focal length"):
@@ -162,3 +166,17 @@ def test_rgbx_data_synthesize_depth_then_lidar_from_rgb_alone(tmp_path, capsys):
     assert bool((lidar[hits] >= depth[hits] - 0.1).all()) and bool((lidar[hits] <= 1.6 * depth[hits] + 0.1).all())
     assert main(["data", "synthesize", str(root), "--modalities", "depth"]) != 0
     assert "--depth-model" in capsys.readouterr().err
+
+
+def test_rgbx_data_synthesize_thermal_with_an_onnx_estimator(tmp_path, capsys):
+    root = make_dataset(tmp_path / "rgb_only", n=3, size=(24, 32), modalities=("rgb",))
+    model = _export(tmp_path, _ToyDepthNet().eval())  # any RGB → one-map network serves as a stand-in
+    assert main(["data", "synthesize", str(root), "--modalities", "thermal", "--thermal-model", str(model),
+                 "--thermal-output", "minmax"]) == 0
+    assert "wrote 3 thermal files" in capsys.readouterr().out
+    thermal = build_dataset("folder", root, "train").load(0)["inputs"]["thermal"]
+    assert thermal.shape == (1, 24, 32)
+    assert float(thermal.min()) == 0.0 and float(thermal.max()) == 1.0  # stretched per image
+    expected = OnnxThermalEstimator(model, output="minmax")(
+        read_modality_file(root / "rgb" / "s000.png", "rgb").numpy())
+    assert np.abs(thermal[0].numpy() - expected).max() <= 0.5 / 255 + 1e-6  # 8-bit quantisation only

@@ -34,13 +34,13 @@ def add_parser(sub) -> None:
     add_dataset_arguments(s)
     s.add_argument("--limit", type=int, default=0, help="look at the first N samples only (0 = all)")
     s.set_defaults(data_run=run_stats)
-    y = dsub.add_parser("synthesize", help="add event (from RGB) and lidar (from depth) modalities to a dataset",
+    y = dsub.add_parser("synthesize", help="add event / depth / thermal (from RGB) and lidar (from depth) to a dataset",
                         description="Write simulated event counts (from each RGB image moved along a short camera "
                                     "trajectory) and pseudo-LiDAR (a multi-beam scanner's rays through the depth "
                                     "map) into the dataset folder, and list them in its dataset.yaml (the previous "
                                     "file is kept as dataset.yaml.orig). See rgbx.data.modality_synthesis.")
     y.add_argument("root")
-    y.add_argument("--modalities", nargs="+", required=True, choices=("depth", "event", "lidar"))
+    y.add_argument("--modalities", nargs="+", required=True, choices=("depth", "thermal", "event", "lidar"))
     y.add_argument("--depth-model", type=Path, help="depth: a monocular depth estimator as an ONNX file")
     y.add_argument("--depth-output", choices=("metric", "disparity"), default="metric",
                    help="depth: what the estimator outputs, depth in metres (default) or relative inverse depth")
@@ -48,6 +48,10 @@ def add_parser(sub) -> None:
                    help="depth: metres the disparity of each image is mapped onto (default 0.5 20)")
     y.add_argument("--depth-size", type=parse_size, metavar="HxW",
                    help="depth: the estimator's input size (default: its own fixed size, else the image's)")
+    y.add_argument("--thermal-model", type=Path, help="thermal: an RGB→thermal estimator as an ONNX file")
+    y.add_argument("--thermal-output", choices=("unit", "minmax"), default="unit",
+                   help="thermal: the estimator outputs relative temperature in [0, 1] (default), or any scale, "
+                        "stretched per image")
     y.add_argument("--focal", type=float, help="lidar: the camera's focal length in pixels")
     y.add_argument("--hfov", type=float, help="lidar: the camera's horizontal field of view in degrees (instead "
                                               "of --focal)")
@@ -124,7 +128,12 @@ def run_synthesize(args) -> int:
 
     from rgbx.data.description import load_description
     from rgbx.data.files import discover_samples, read_modality_file
-    from rgbx.data.modality_synthesis import OnnxDepthEstimator, PseudoLidar, synthesize_dataset
+    from rgbx.data.modality_synthesis import (
+        OnnxDepthEstimator,
+        OnnxThermalEstimator,
+        PseudoLidar,
+        synthesize_dataset,
+    )
     from rgbx.engine.report import Reporter
     from rgbx.errors import ConfigError
 
@@ -152,6 +161,11 @@ def run_synthesize(args) -> int:
             raise ConfigError("--modalities depth needs --depth-model FILE.onnx (a monocular depth estimator)")
         estimator = OnnxDepthEstimator(args.depth_model, input_size=args.depth_size, output=args.depth_output,
                                        depth_range=tuple(args.depth_range))
+    thermal = None
+    if "thermal" in args.modalities:
+        if args.thermal_model is None:
+            raise ConfigError("--modalities thermal needs --thermal-model FILE.onnx (an RGB→thermal estimator)")
+        thermal = OnnxThermalEstimator(args.thermal_model, output=args.thermal_output)
     reporter = Reporter()
     total = max(1, len(samples)) * len(args.modalities)
     done: dict[str, int] = {}
@@ -161,6 +175,7 @@ def run_synthesize(args) -> int:
             bar.update(min(total, sum(done.values())))
 
         written = synthesize_dataset(args.root, args.modalities, focal_px=focal, depth_estimator=estimator,
+                                     thermal_estimator=thermal,
                                      seed=args.seed, overwrite=args.overwrite, lidar=PseudoLidar(beams=args.beams),
                                      progress=progress)
     extra = f" (focal {focal:.1f} px)" if "lidar" in args.modalities else ""

@@ -17,7 +17,9 @@
   (disparity), mapped per image onto a depth range (``disparity`` mode, nearest at the highest disparity). Written
   as 16-bit PNG in mm, so ``lidar`` can then be derived from it in the same call.
 
-Not synthesised: ``thermal`` (it needs a trained RGB→thermal estimator; ImageNeXt's was trained on RGB-T datasets).
+* ``thermal`` from RGB: an RGB→thermal estimator you provide as an ONNX file (ImageNeXt's was AdaBins-based,
+  trained on RGB-T datasets; rgbx ships none), output taken as relative temperature in [0, 1] or stretched per
+  image (:class:`OnnxThermalEstimator`). Written as 8-bit PNG, the rgbx ``thermal`` format.
 
 Every sample draws from its own generator, seeded by ``seed`` and the sample id, so a result does not depend on
 which other samples are processed or in what order.
@@ -43,6 +45,8 @@ from rgbx.modalities.encodings import write_array
 __all__ = [
     "EventSimulation",
     "OnnxDepthEstimator",
+    "OnnxEstimator",
+    "OnnxThermalEstimator",
     "PseudoLidar",
     "SYNTHESIZED",
     "pseudo_lidar",
@@ -149,33 +153,27 @@ def pseudo_lidar(depth: np.ndarray, focal_px: float, rng: np.random.Generator, l
     return mm.astype(np.uint16).reshape(1, h, w)
 
 
-class OnnxDepthEstimator:
-    """A monocular depth estimator in an ONNX file: RGB in [0, 1] → depth in metres at the image's size.
+class OnnxEstimator:
+    """An RGB → one-map estimator in an ONNX file, run with ``onnxruntime``: its raw output at the image's size.
 
     Args:
-        path: the ``.onnx`` file; its first input takes a (1, 3, H, W) float32 image, its first output is depth or
-            disparity of shape (1, 1, h, w), (1, h, w) or (h, w).
+        path: the ``.onnx`` file; its first input takes a (1, 3, H, W) float32 image, its first output is one map of
+            shape (1, 1, h, w), (1, h, w) or (h, w).
         input_size: (H, W) the image is resized to (bilinear) before the model; default: the model's own input
             size where it is fixed, else the image's size rounded to a multiple of ``multiple_of``.
         mean, std: per-channel normalisation of the [0, 1] image (default ImageNet's).
-        output: ``metric`` (the output is depth in metres) or ``disparity`` (relative inverse depth: mapped per
-            image so its lowest value lands at ``depth_range[1]`` and its highest at ``depth_range[0]``).
     """
 
     def __init__(self, path: str | Path, input_size: tuple[int, int] | None = None,
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                 output: str = "metric", depth_range: tuple[float, float] = (0.5, 20.0), multiple_of: int = 14):
+                 multiple_of: int = 14):
         path = Path(path)
-        if output not in ("metric", "disparity"):
-            raise ConfigError(f"depth estimator output {output!r}: expected metric or disparity")
-        if not 0 < depth_range[0] < depth_range[1]:
-            raise ConfigError(f"depth range {depth_range}: expected 0 < near < far (metres)")
         if not path.is_file():
-            raise ConfigError(f"{path}: depth estimator not found (an .onnx file)")
+            raise ConfigError(f"{path}: estimator not found (an .onnx file)")
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ConfigError("a depth estimator needs onnxruntime: pip install onnxruntime") from None
+            raise ConfigError("an ONNX estimator needs onnxruntime: pip install onnxruntime") from None
         try:
             self.session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
         except Exception as e:  # onnxruntime raises its own exception types for unreadable / invalid files
@@ -188,10 +186,10 @@ class OnnxDepthEstimator:
         self.path, self.input_name, self.input_size = path, inp.name, input_size
         self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
-        self.output, self.depth_range, self.multiple_of = output, depth_range, multiple_of
+        self.multiple_of = multiple_of
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W) float32 depth in metres for a (3, H, W) RGB image in [0, 1]."""
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W) float32 model output for a (3, H, W) RGB image in [0, 1], resized to the image."""
         import torch
         import torch.nn.functional as F
 
@@ -206,17 +204,59 @@ class OnnxDepthEstimator:
         if out.ndim not in (2, 3, 4) or out.size != out.shape[-1] * out.shape[-2]:
             raise DataError(f"{self.path}: output of shape {out.shape}; expected one (h, w) map")
         y = torch.from_numpy(out.reshape(1, 1, *out.shape[-2:]))
-        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _minmax(y: np.ndarray) -> np.ndarray:
+    lo, hi = float(y.min()), float(y.max())
+    return (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
+
+
+class OnnxDepthEstimator(OnnxEstimator):
+    """A monocular depth estimator (:class:`OnnxEstimator`): RGB in [0, 1] → depth in metres.
+
+    ``output``: ``metric`` (the model outputs depth in metres) or ``disparity`` (relative inverse depth: mapped per
+    image so its lowest value lands at ``depth_range[1]`` and its highest at ``depth_range[0]``).
+    """
+
+    def __init__(self, path: str | Path, output: str = "metric", depth_range: tuple[float, float] = (0.5, 20.0),
+                 **kwargs):
+        if output not in ("metric", "disparity"):
+            raise ConfigError(f"depth estimator output {output!r}: expected metric or disparity")
+        if not 0 < depth_range[0] < depth_range[1]:
+            raise ConfigError(f"depth range {depth_range}: expected 0 < near < far (metres)")
+        super().__init__(path, **kwargs)
+        self.output, self.depth_range = output, depth_range
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W) float32 depth in metres for a (3, H, W) RGB image in [0, 1]."""
+        y = self.predict(rgb)
         if self.output == "metric":
             return np.clip(y, 0, None)
         near, far = self.depth_range
-        lo, hi = float(y.min()), float(y.max())
-        t = (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
-        return 1.0 / (1.0 / far + t * (1.0 / near - 1.0 / far))
+        return 1.0 / (1.0 / far + _minmax(y) * (1.0 / near - 1.0 / far))
+
+
+class OnnxThermalEstimator(OnnxEstimator):
+    """An RGB → thermal estimator (:class:`OnnxEstimator`): RGB in [0, 1] → rgbx's relative temperature in [0, 1].
+
+    ``output``: ``unit`` (the model outputs relative temperature in [0, 1]; clipped) or ``minmax`` (any scale:
+    stretched per image to [0, 1], as 8-bit thermal images usually are).
+    """
+
+    def __init__(self, path: str | Path, output: str = "unit", **kwargs):
+        if output not in ("unit", "minmax"):
+            raise ConfigError(f"thermal estimator output {output!r}: expected unit or minmax")
+        super().__init__(path, **kwargs)
+        self.output = output
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        y = self.predict(rgb)
+        return np.clip(y, 0, 1) if self.output == "unit" else _minmax(y)
 
 
 # What each synthesised modality is made from, in the order they are made (depth first: lidar may use it).
-SYNTHESIZED: dict[str, str] = {"depth": "rgb", "event": "rgb", "lidar": "depth"}
+SYNTHESIZED: dict[str, str] = {"depth": "rgb", "thermal": "rgb", "event": "rgb", "lidar": "depth"}
 
 
 def _sample_rng(seed: int, sample_id: str) -> np.random.Generator:
@@ -224,19 +264,20 @@ def _sample_rng(seed: int, sample_id: str) -> np.random.Generator:
 
 
 def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px: float | None = None,
-                       depth_estimator: OnnxDepthEstimator | None = None, seed: int = 0, overwrite: bool = False,
+                       depth_estimator: OnnxDepthEstimator | None = None,
+                       thermal_estimator: OnnxThermalEstimator | None = None, seed: int = 0, overwrite: bool = False,
                        events: EventSimulation = EventSimulation(), lidar: PseudoLidar = PseudoLidar(),
                        progress: Callable[[str, int, int], None] | None = None) -> dict[str, int]:
     """Write synthesised ``modalities`` into an rgbx dataset folder (``root/<modality>/<id>.png``) and list them in
     its ``dataset.yaml`` (the file as it was is kept once as ``dataset.yaml.orig``). Returns modality → files
     written. Existing folders of those modalities are an error unless ``overwrite``; ``depth`` needs
-    ``depth_estimator`` and ``lidar`` ``focal_px``. ``progress(modality, done, total)`` is called per file."""
+    ``depth_estimator``, ``thermal`` ``thermal_estimator`` and ``lidar`` ``focal_px``. ``progress(modality, done, total)`` is called per file."""
     root = Path(root)
     desc = load_description(root)
     unknown = [m for m in modalities if m not in SYNTHESIZED]
     if unknown or not modalities:
         raise ConfigError(f"cannot synthesise {unknown or 'nothing'}: rgbx synthesises {', '.join(SYNTHESIZED)} "
-                          f"(thermal needs a trained RGB→thermal estimator; see rgbx.data.modality_synthesis)")
+                          f"(see rgbx.data.modality_synthesis)")
     order = [m for m in SYNTHESIZED if m in modalities]
     folders = {m: src.folder for m, src in desc.modalities.items()}
     for m in order:
@@ -249,6 +290,8 @@ def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px:
                               "DEG; e.g. NYU Depth V2 at 640x480: --focal 518.8)")
         if m == "depth" and depth_estimator is None:
             raise ConfigError("depth from RGB needs a monocular depth estimator (--depth-model FILE.onnx)")
+        if m == "thermal" and thermal_estimator is None:
+            raise ConfigError("thermal from RGB needs an RGB→thermal estimator (--thermal-model FILE.onnx)")
         target = root / folders.setdefault(m, m)
         if target.exists() and any(target.iterdir()) and not overwrite:
             raise DataError(f"{target}: already holds {m} files; pass overwrite=True (--overwrite) to replace them")
@@ -267,6 +310,8 @@ def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px:
                 out = simulate_events(x, rng, events)
             elif m == "lidar":
                 out = pseudo_lidar(x, focal_px, rng, lidar)
+            elif m == "thermal":
+                out = np.round(thermal_estimator(x) * 255.0).astype(np.uint8)[None]
             else:
                 metres = depth_estimator(x)
                 out = np.clip(np.round(metres * 1000.0), 0, 65535).astype(np.uint16)[None]

@@ -13,6 +13,7 @@ from tests.data.datasets import test_camvid as camvid
 from tests.data.datasets import test_driving as driving
 from tests.data.datasets import test_rgbd_rgbt as rgbd
 
+
 def make_shards(root):
     """The rgbx folder format packed into tar shards (`rgbx data pack`)."""
     pack_dataset(make_dataset(root.parent / f"{root.name}_source"), root, shard_size=2)
