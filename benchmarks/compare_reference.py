@@ -43,7 +43,7 @@ import copy
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,8 +231,9 @@ def peak_memory(fn: Callable, device: torch.device) -> float | None:
 
 
 def measure(factories: dict[str, Callable[[], Callable]], device: torch.device, warmup: int, repeats: int,
-            alternate: bool) -> dict[str, dict]:
-    """name → {"timing": Timing, "peak_gib": float|None}. ``factories`` build the callable (and its model)."""
+            alternate: bool, optional: Sequence[str] = ()) -> dict[str, dict]:
+    """name → {"timing": Timing, "peak_gib": float|None}. ``factories`` build the callable (and its model); a
+    candidate named in ``optional`` that fails is reported and left out instead of failing the model."""
     out: dict[str, dict] = {}
     if alternate:
         fns = {name: make() for name, make in factories.items()}
@@ -241,9 +242,19 @@ def measure(factories: dict[str, Callable[[], Callable]], device: torch.device, 
         return out
     for name, make in factories.items():
         base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-        fn = make()
-        t = time_alternating({name: fn}, device, warmup, repeats)[name]
-        peak = peak_memory(fn, device)
+        try:
+            fn = make()
+            t = time_alternating({name: fn}, device, warmup, repeats)[name]
+            peak = peak_memory(fn, device)
+        except Exception as e:  # an optional candidate (the graphed step) failing must not lose the others
+            if name not in optional:
+                raise
+            print(f"{name}: FAILED: {type(e).__name__}: {e}", flush=True)
+            fn = None
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.empty_cache()
+            continue
         out[name] = {"timing": t, "peak_gib": None if peak is None else peak - base / 2**30}
         del fn
         if device.type == "cuda":
@@ -310,7 +321,7 @@ def run_model(name: str, args, device: torch.device) -> dict:
         factories.update({k: rgbx_train(o) for k, o in sets.items()})
         if args.graph_train and device.type == "cuda":
             factories["rgbx graphed"] = rgbx_train(fast.with_(cuda_graph_train=True))
-        result["train"] = measure(factories, device, args.warmup, args.repeats, alternate)
+        result["train"] = measure(factories, device, args.warmup, args.repeats, alternate, optional=["rgbx graphed"])
         phase("train")
     if "latency" in args.what:
         infer = Inputs.random(1, tuple(args.size), device, seed + 3)

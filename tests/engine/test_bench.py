@@ -323,3 +323,44 @@ def test_profile_step_counts_each_kernel_once():
               SimpleNamespace(device_type=cuda, is_user_annotation=True, self_device_time_total=4500.0),
               SimpleNamespace(device_type=cpu, is_user_annotation=False, self_device_time_total=0.0)]
     assert kernel_time_ms(events) == 4.5
+
+
+def test_compare_reference_keeps_the_other_figures_when_an_optional_candidate_fails():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import compare_reference as cr
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def broken():
+        raise RuntimeError("capture failed")
+
+    factories = {"rgbx graphed": broken, "rgbx fast": lambda: (lambda: torch.zeros(()))}
+    out = cr.measure(factories, torch.device("cpu"), warmup=0, repeats=1, alternate=False,
+                     optional=["rgbx graphed"])
+    assert set(out) == {"rgbx fast"}
+    with pytest.raises(RuntimeError, match="capture failed"):
+        cr.measure(factories, torch.device("cpu"), warmup=0, repeats=1, alternate=False)
+
+
+def test_rgbx_bench_reports_a_failing_option_set_and_keeps_the_others(tmp_path, capsys, monkeypatch):
+    import rgbx.engine.bench as bench
+
+    real = bench.make_train_step
+
+    def fails_channels_last(model, x, y, opts, **kw):
+        if opts.channels_last:
+            raise RuntimeError("capture failed")
+        return real(model, x, y, opts, **kw)
+
+    monkeypatch.setattr(bench, "make_train_step", fails_channels_last)
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--backbone", "mit_nano", "--fusion", "cmx", "--modalities", "rgb", "depth",
+               "--num-classes", "4", "--head-channels", "16", "--size", "32x32", "--train-size", "32x32",
+               "--train-batch", "2", "--warmup", "0", "--repeats", "1", "--what", "train", "--device", "cpu",
+               "--options", "exact", "custom", "--channels-last", "--json", str(out)])
+    assert rc == 0
+    results = json.loads(out.read_text())["results"]
+    assert results["custom"]["error"] == "RuntimeError: capture failed"
+    assert results["exact"]["train"]["images_per_s"] > 0
+    assert "custom: FAILED: RuntimeError: capture failed" in capsys.readouterr().out

@@ -140,8 +140,11 @@ def print_bench(result: dict, title: str) -> None:
     for col in ("options", "train img/s", "×", "train ms (min-max)", "train peak MiB", "train MFU",
                 "latency ms (min-max)", "×", "throughput img/s", "infer MFU"):
         table.add_column(col, justify="left" if col == "options" else "right")
-    base = next(iter(result["results"].values()))
+    base = next((r for r in result["results"].values() if "error" not in r), {})
     for label, r in result["results"].items():
+        if "error" in r:
+            table.add_row(f"{label} [dim]({r['describe']})[/dim]: FAILED {r['error'][:80]}", *["-"] * 9)
+            continue
         tr, lat, thr = r.get("train"), r.get("latency"), r.get("throughput")
         speedup = f"{tr['images_per_s'] / base['train']['images_per_s']:.2f}" if tr and base.get("train") else "-"
         lat_x = f"{base['latency']['median_ms'] / lat['median_ms']:.2f}" if lat and base.get("latency") else "-"
@@ -202,6 +205,9 @@ def run_data(args) -> int:
 
 def print_progress(label: str, entry: dict) -> None:
     """One line per option set as it finishes (the table comes at the end)."""
+    if "error" in entry:
+        print(f"{label}: FAILED: {entry['error']}", flush=True)
+        return
     parts = [f"train {entry['train']['images_per_s']:.2f} img/s"] if "train" in entry else []
     parts += [f"{kind} {entry[kind]['median_ms']:.2f} ms" for kind in ("latency", "throughput") if kind in entry]
     print(f"{label}: {', '.join(parts)}", flush=True)

@@ -293,40 +293,54 @@ def bench_model(
     results: dict[str, Any] = {}
     for label, opts in options.items():
         entry: dict[str, Any] = {"options": opts.to_dict(), "describe": opts.describe()}
-        rate = peak if peak is not None else peak_tflops(device, opts.precision, opts.tf32)
-        if "train" in what:
-            torch.manual_seed(0)
-            model = build().to(device)
-            x = _random_inputs(modalities, train_batch, train_size, device, gen)
-            y = torch.randint(0, num_classes, (train_batch, *train_size), generator=gen).to(device)
-            step = make_train_step(model, x, y, opts)
-            timing = time_alternating({"step": step}, device, warmup, repeats)["step"]
-            ips = timing.per_second(train_batch)
-            achieved = 3 * flops["train_fwd_per_image"] * ips / 1e12
-            entry["train"] = {"batch": train_batch, "size": list(train_size), **timing.to_dict(),
-                              "images_per_s": ips, "tflops": achieved,
-                              "mfu": achieved / rate if rate else None,
-                              "peak_memory_mb": _peak_memory(step, device)}
-            del model, step
-        for kind, batch in (("latency", 1), ("throughput", throughput_batch)):
-            if kind not in what:
-                continue
-            torch.manual_seed(0)
-            model = build().to(device)
-            run = make_inference(model, _random_inputs(modalities, batch, size, device, gen), opts)
-            timing = time_alternating({"infer": run}, device, warmup, repeats)["infer"]
-            ips = timing.per_second(batch)
-            achieved = flops["fwd_per_image"] * ips / 1e12
-            entry[kind] = {"batch": batch, "size": list(size), **timing.to_dict(), "images_per_s": ips,
-                           "tflops": achieved, "mfu": achieved / rate if rate else None,
-                           "peak_memory_mb": _peak_memory(run, device)}
-            del model, run
+        try:
+            _measure_option_set(entry, opts, build, modalities, num_classes, device, size, train_size, train_batch,
+                                throughput_batch, warmup, repeats, what, flops, peak, gen)
+        except ConfigError:
+            raise
+        except Exception as e:  # e.g. a CUDA-graph capture that fails: the other option sets still count
+            entry["error"] = f"{type(e).__name__}: {e}"
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         results[label] = entry
         if on_result is not None:
             on_result(label, entry)
     return {"params": params, "flops": flops, "results": results}
+
+
+def _measure_option_set(entry, opts, build, modalities, num_classes, device, size, train_size, train_batch,
+                        throughput_batch, warmup, repeats, what, flops, peak, gen) -> None:
+    """Fill ``entry`` with the train / latency / throughput figures of one option set (see :func:`bench_model`)."""
+    rate = peak if peak is not None else peak_tflops(device, opts.precision, opts.tf32)
+    if "train" in what:
+        torch.manual_seed(0)
+        model = build().to(device)
+        x = _random_inputs(modalities, train_batch, train_size, device, gen)
+        y = torch.randint(0, num_classes, (train_batch, *train_size), generator=gen).to(device)
+        step = make_train_step(model, x, y, opts)
+        timing = time_alternating({"step": step}, device, warmup, repeats)["step"]
+        ips = timing.per_second(train_batch)
+        achieved = 3 * flops["train_fwd_per_image"] * ips / 1e12
+        entry["train"] = {"batch": train_batch, "size": list(train_size), **timing.to_dict(),
+                          "images_per_s": ips, "tflops": achieved,
+                          "mfu": achieved / rate if rate else None,
+                          "peak_memory_mb": _peak_memory(step, device)}
+        del model, step
+    for kind, batch in (("latency", 1), ("throughput", throughput_batch)):
+        if kind not in what:
+            continue
+        torch.manual_seed(0)
+        model = build().to(device)
+        run = make_inference(model, _random_inputs(modalities, batch, size, device, gen), opts)
+        timing = time_alternating({"infer": run}, device, warmup, repeats)["infer"]
+        ips = timing.per_second(batch)
+        achieved = flops["fwd_per_image"] * ips / 1e12
+        entry[kind] = {"batch": batch, "size": list(size), **timing.to_dict(), "images_per_s": ips,
+                       "tflops": achieved, "mfu": achieved / rate if rate else None,
+                       "peak_memory_mb": _peak_memory(run, device)}
+        del model, run
 
 
 def bench_data(dataset, batch_size: int, workers: int, batches: int = 20, warmup: int = 2) -> dict[str, Any]:
