@@ -36,9 +36,10 @@ def add_parser(sub) -> None:
     s.set_defaults(data_run=run_stats)
     y = dsub.add_parser("synthesize", help="add event / depth / thermal (from RGB) and lidar (from depth) to a dataset",
                         description="Write simulated event counts (from each RGB image moved along a short camera "
-                                    "trajectory) and pseudo-LiDAR (a multi-beam scanner's rays through the depth "
-                                    "map) into the dataset folder, and list them in its dataset.yaml (the previous "
-                                    "file is kept as dataset.yaml.orig). See rgbx.data.modality_synthesis.")
+                                    "trajectory), depth or thermal from RGB (estimators you export to ONNX) and "
+                                    "pseudo-LiDAR (a multi-beam scanner's rays through the depth map) into the "
+                                    "dataset folder, and list them in its dataset.yaml (the previous file is kept as "
+                                    "dataset.yaml.orig). See rgbx.data.modality_synthesis.")
     y.add_argument("root")
     y.add_argument("--modalities", nargs="+", required=True, choices=("depth", "thermal", "event", "lidar"))
     y.add_argument("--depth-model", type=Path, help="depth: a monocular depth estimator as an ONNX file")

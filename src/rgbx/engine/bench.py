@@ -293,9 +293,10 @@ def bench_model(
     results: dict[str, Any] = {}
     for label, opts in options.items():
         entry: dict[str, Any] = {"options": opts.to_dict(), "describe": opts.describe()}
+        setting = _Setting(build, modalities, num_classes, device, size, train_size, train_batch, throughput_batch,
+                           warmup, repeats, what, flops, peak, gen)
         try:
-            _measure_option_set(entry, opts, build, modalities, num_classes, device, size, train_size, train_batch,
-                                throughput_batch, warmup, repeats, what, flops, peak, gen)
+            _measure_option_set(entry, opts, setting)
         except ConfigError:
             raise
         except Exception as e:  # e.g. a CUDA-graph capture that fails: the other option sets still count
@@ -310,36 +311,55 @@ def bench_model(
     return {"params": params, "flops": flops, "results": results}
 
 
-def _measure_option_set(entry, opts, build, modalities, num_classes, device, size, train_size, train_batch,
-                        throughput_batch, warmup, repeats, what, flops, peak, gen) -> None:
+@dataclass
+class _Setting:
+    """What every option set of one :func:`bench_model` call is measured on."""
+
+    build: Callable[[], nn.Module]
+    modalities: Sequence[str]
+    num_classes: int
+    device: torch.device
+    size: tuple[int, int]
+    train_size: tuple[int, int]
+    train_batch: int
+    throughput_batch: int
+    warmup: int
+    repeats: int
+    what: Sequence[str]
+    flops: dict[str, float]
+    peak: float | None
+    gen: torch.Generator
+
+
+def _measure_option_set(entry: dict[str, Any], opts: SpeedOptions, st: _Setting) -> None:
     """Fill ``entry`` with the train / latency / throughput figures of one option set (see :func:`bench_model`)."""
-    rate = peak if peak is not None else peak_tflops(device, opts.precision, opts.tf32)
-    if "train" in what:
+    rate = st.peak if st.peak is not None else peak_tflops(st.device, opts.precision, opts.tf32)
+    if "train" in st.what:
         torch.manual_seed(0)
-        model = build().to(device)
-        x = _random_inputs(modalities, train_batch, train_size, device, gen)
-        y = torch.randint(0, num_classes, (train_batch, *train_size), generator=gen).to(device)
+        model = st.build().to(st.device)
+        x = _random_inputs(st.modalities, st.train_batch, st.train_size, st.device, st.gen)
+        y = torch.randint(0, st.num_classes, (st.train_batch, *st.train_size), generator=st.gen).to(st.device)
         step = make_train_step(model, x, y, opts)
-        timing = time_alternating({"step": step}, device, warmup, repeats)["step"]
-        ips = timing.per_second(train_batch)
-        achieved = 3 * flops["train_fwd_per_image"] * ips / 1e12
-        entry["train"] = {"batch": train_batch, "size": list(train_size), **timing.to_dict(),
+        timing = time_alternating({"step": step}, st.device, st.warmup, st.repeats)["step"]
+        ips = timing.per_second(st.train_batch)
+        achieved = 3 * st.flops["train_fwd_per_image"] * ips / 1e12
+        entry["train"] = {"batch": st.train_batch, "size": list(st.train_size), **timing.to_dict(),
                           "images_per_s": ips, "tflops": achieved,
                           "mfu": achieved / rate if rate else None,
-                          "peak_memory_mb": _peak_memory(step, device)}
+                          "peak_memory_mb": _peak_memory(step, st.device)}
         del model, step
-    for kind, batch in (("latency", 1), ("throughput", throughput_batch)):
-        if kind not in what:
+    for kind, batch in (("latency", 1), ("throughput", st.throughput_batch)):
+        if kind not in st.what:
             continue
         torch.manual_seed(0)
-        model = build().to(device)
-        run = make_inference(model, _random_inputs(modalities, batch, size, device, gen), opts)
-        timing = time_alternating({"infer": run}, device, warmup, repeats)["infer"]
+        model = st.build().to(st.device)
+        run = make_inference(model, _random_inputs(st.modalities, batch, st.size, st.device, st.gen), opts)
+        timing = time_alternating({"infer": run}, st.device, st.warmup, st.repeats)["infer"]
         ips = timing.per_second(batch)
-        achieved = flops["fwd_per_image"] * ips / 1e12
-        entry[kind] = {"batch": batch, "size": list(size), **timing.to_dict(), "images_per_s": ips,
+        achieved = st.flops["fwd_per_image"] * ips / 1e12
+        entry[kind] = {"batch": batch, "size": list(st.size), **timing.to_dict(), "images_per_s": ips,
                        "tflops": achieved, "mfu": achieved / rate if rate else None,
-                       "peak_memory_mb": _peak_memory(run, device)}
+                       "peak_memory_mb": _peak_memory(run, st.device)}
         del model, run
 
 
