@@ -142,15 +142,13 @@ def run_synthesize(args) -> int:
         raise ConfigError("give --focal or --hfov, not both")
     if args.beams < 1:
         raise ConfigError(f"--beams {args.beams}: expected at least 1")
-    desc = load_description(args.root)
-    rgb = desc.modalities.get("rgb")
-    samples = discover_samples({"rgb": f"{args.root}/{rgb.folder}"}) if rgb else []
     focal = args.focal
     if args.hfov:
         if not 0 < args.hfov < 180:
             raise ConfigError(f"--hfov {args.hfov}: expected degrees in (0, 180)")
-        first = samples or (discover_samples({"depth": f"{args.root}/{desc.modalities['depth'].folder}"})
-                            if "depth" in desc.modalities else [])
+        desc = load_description(args.root)
+        sources = {m: f"{args.root}/{desc.modalities[m].folder}" for m in ("rgb", "depth") if m in desc.modalities}
+        first = discover_samples(sources)
         if not first:
             raise ConfigError(f"{args.root}: no rgb or depth files to take the image width from for --hfov")
         name, path = next(iter(first[0][1].items()))
@@ -168,33 +166,23 @@ def run_synthesize(args) -> int:
             raise ConfigError("--modalities thermal needs --thermal-model FILE.onnx (an RGB→thermal estimator)")
         thermal = OnnxThermalEstimator(args.thermal_model, output=args.thermal_output)
     reporter = Reporter()
-    total = max(1, len(samples)) * len(args.modalities)
-    done: dict[str, int] = {}
-    with reporter.progress(total, 0, "synthesize") as bar:
-        def progress(modality: str, n: int, _count: int) -> None:
-            done[modality] = n
-            bar.update(min(total, sum(done.values())))
-
+    with reporter.progress(0, 0, "synthesize") as bar:
         written = synthesize_dataset(args.root, args.modalities, focal_px=focal, depth_estimator=estimator,
-                                     thermal_estimator=thermal,
-                                     seed=args.seed, overwrite=args.overwrite, lidar=PseudoLidar(beams=args.beams),
-                                     progress=progress)
+                                     thermal_estimator=thermal, seed=args.seed, overwrite=args.overwrite,
+                                     lidar=PseudoLidar(beams=args.beams), progress=bar.update)
     extra = f" (focal {focal:.1f} px)" if "lidar" in args.modalities else ""
     reporter.print(f"{args.root}: wrote " + ", ".join(f"{n} {m} files" for m, n in written.items()) + extra)
     return 0
 
 
 def run_pack(args) -> int:
-    from rgbx.data.datasets.folder import list_splits, read_ids
     from rgbx.data.datasets.shards import pack_dataset
     from rgbx.engine.report import Reporter
 
-    split_files = [Path(args.root) / "splits" / f"{s}.txt" for s in (args.split or list_splits(args.root))]
-    total = sum(len(read_ids(f)) for f in split_files if f.is_file())  # pack_dataset names a missing one
     reporter = Reporter()
-    with reporter.progress(total, 0, "pack") as bar:
+    with reporter.progress(0, 0, "pack") as bar:
         summary = pack_dataset(args.root, args.out, shard_size=args.shard_size, splits=args.split,
-                               overwrite=args.overwrite, progress=lambda done, _total: bar.update(done))
+                               overwrite=args.overwrite, progress=bar.update)
     reporter.print(f"{args.out}: " + ", ".join(f"{s}: {v['samples']} samples in {v['shards']} shard(s)"
                                                for s, v in summary.items())
                    + " — train with data.dataset=shards data.root=" + str(args.out))

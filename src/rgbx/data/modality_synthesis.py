@@ -267,60 +267,62 @@ def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px:
                        depth_estimator: OnnxDepthEstimator | None = None,
                        thermal_estimator: OnnxThermalEstimator | None = None, seed: int = 0, overwrite: bool = False,
                        events: EventSimulation = EventSimulation(), lidar: PseudoLidar = PseudoLidar(),
-                       progress: Callable[[str, int, int], None] | None = None) -> dict[str, int]:
+                       progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
     """Write synthesised ``modalities`` into an rgbx dataset folder (``root/<modality>/<id>.png``) and list them in
     its ``dataset.yaml`` (the file as it was is kept once as ``dataset.yaml.orig``). Returns modality → files
     written. Existing folders of those modalities are an error unless ``overwrite``; ``depth`` needs
-    ``depth_estimator``, ``thermal`` ``thermal_estimator`` and ``lidar`` ``focal_px``. ``progress(modality, done, total)`` is called per file."""
+    ``depth_estimator``, ``thermal`` ``thermal_estimator`` and ``lidar`` ``focal_px``. ``progress(done, total)``
+    is called per file written, counted over all the modalities."""
     root = Path(root)
     desc = load_description(root)
     unknown = [m for m in modalities if m not in SYNTHESIZED]
     if unknown or not modalities:
         raise ConfigError(f"cannot synthesise {unknown or 'nothing'}: rgbx synthesises {', '.join(SYNTHESIZED)} "
                           f"(see rgbx.data.modality_synthesis)")
+    needs = {"lidar": (focal_px, "lidar from depth needs the camera's focal length in pixels (--focal PX, or "
+                                 "--hfov DEG; e.g. NYU Depth V2 at 640x480: --focal 518.8)"),
+             "depth": (depth_estimator, "depth from RGB needs a monocular depth estimator (--depth-model FILE.onnx)"),
+             "thermal": (thermal_estimator, "thermal from RGB needs an RGB→thermal estimator (--thermal-model "
+                                            "FILE.onnx)")}
     order = [m for m in SYNTHESIZED if m in modalities]
     folders = {m: src.folder for m, src in desc.modalities.items()}
+    counts: dict[str, int] = {}
     for m in order:
         source = SYNTHESIZED[m]
         if source not in folders:
             raise DataError(f"{root / DESCRIPTION_FILE}: {m} is synthesised from {source}, which this dataset "
                             f"does not list (it has {', '.join(desc.modalities)})")
-        if m == "lidar" and not focal_px:
-            raise ConfigError("lidar from depth needs the camera's focal length in pixels (--focal PX, or --hfov "
-                              "DEG; e.g. NYU Depth V2 at 640x480: --focal 518.8)")
-        if m == "depth" and depth_estimator is None:
-            raise ConfigError("depth from RGB needs a monocular depth estimator (--depth-model FILE.onnx)")
-        if m == "thermal" and thermal_estimator is None:
-            raise ConfigError("thermal from RGB needs an RGB→thermal estimator (--thermal-model FILE.onnx)")
+        if m in needs and not needs[m][0]:
+            raise ConfigError(needs[m][1])
+        if m in desc.modalities and desc.modalities[m].encoding != "png":
+            raise DataError(f"{root / DESCRIPTION_FILE}: {m} is stored as {desc.modalities[m].encoding}; rgbx "
+                            f"writes synthesised {m} as PNG (point {m} at another folder, or remove its entry)")
         target = root / folders.setdefault(m, m)
         if target.exists() and any(target.iterdir()) and not overwrite:
             raise DataError(f"{target}: already holds {m} files; pass overwrite=True (--overwrite) to replace them")
-    written = {}
+        # a source synthesised in this call (depth, for lidar) has as many samples as its own source
+        counts[m] = counts[source] if source in counts else len(discover_samples({source: root / folders[source]}))
+    make = {
+        "event": lambda x, rng: simulate_events(x, rng, events),
+        "lidar": lambda x, rng: pseudo_lidar(x, focal_px, rng, lidar),
+        "thermal": lambda x, rng: np.round(thermal_estimator(x) * 255.0).astype(np.uint8)[None],
+        "depth": lambda x, rng: np.clip(np.round(depth_estimator(x) * 1000.0), 0, 65535).astype(np.uint16)[None],
+    }
+    total, done = sum(counts.values()), 0
     for m in order:
         source = SYNTHESIZED[m]
-        samples = discover_samples({source: root / folders[source]})
         target = root / folders[m]
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
-        for i, (sample_id, paths) in enumerate(samples):
-            rng = _sample_rng(seed, f"{m}/{sample_id}")
+        for sample_id, paths in discover_samples({source: root / folders[source]}):
             x = read_modality_file(paths[source], source).numpy()  # physical units: RGB in [0, 1], depth in m
-            if m == "event":
-                out = simulate_events(x, rng, events)
-            elif m == "lidar":
-                out = pseudo_lidar(x, focal_px, rng, lidar)
-            elif m == "thermal":
-                out = np.round(thermal_estimator(x) * 255.0).astype(np.uint8)[None]
-            else:
-                metres = depth_estimator(x)
-                out = np.clip(np.round(metres * 1000.0), 0, 65535).astype(np.uint16)[None]
-            write_array(target / f"{sample_id}.png", out, "png")
+            write_array(target / f"{sample_id}.png", make[m](x, _sample_rng(seed, f"{m}/{sample_id}")), "png")
+            done += 1
             if progress is not None:
-                progress(m, i + 1, len(samples))
-        written[m] = len(samples)
+                progress(done, total)
     _list_in_description(root, [m for m in order if m not in desc.modalities])
-    return written
+    return counts
 
 
 def _list_in_description(root: Path, new: Sequence[str]) -> None:

@@ -291,10 +291,10 @@ def bench_model(
                                                                         gen))["flops"]
     del reference
     results: dict[str, Any] = {}
+    setting = _Setting(build, modalities, num_classes, device, size, train_size, train_batch, throughput_batch,
+                       warmup, repeats, what, flops, peak, gen)
     for label, opts in options.items():
         entry: dict[str, Any] = {"options": opts.to_dict(), "describe": opts.describe()}
-        setting = _Setting(build, modalities, num_classes, device, size, train_size, train_batch, throughput_batch,
-                           warmup, repeats, what, flops, peak, gen)
         try:
             _measure_option_set(entry, opts, setting)
         except ConfigError:

@@ -22,10 +22,14 @@ class _Bar:
         self.reporter, self.progress, self.task, self.total, self.label = reporter, progress, task, total, label
         self.last_plain = 0.0
 
-    def update(self, completed: int, **stats) -> None:
+    def update(self, completed: int, total: int | None = None, **stats) -> None:
+        """Move to ``completed`` steps; ``total`` changes the number of steps (for work counted as it goes)."""
         text = "  ".join(_fmt(k, v) for k, v in stats.items())
+        if total is not None:
+            self.total = total
         if self.progress is not None:
-            self.progress.update(self.task, completed=completed, **({"stats": text} if stats else {}))
+            self.progress.update(self.task, completed=completed, **({"total": total} if total is not None else {}),
+                                 **({"stats": text} if stats else {}))
         elif stats:
             self.reporter.print(f"{self.label} {completed}/{self.total}  {text}")
 
@@ -58,9 +62,10 @@ class Reporter:
     def progress(self, total: int, completed: int = 0, label: str = ""):
         if self.quiet or not self.show_bars:
             start = time.perf_counter()
-            yield _Bar(self, None, None, total, label)
+            bar = _Bar(self, None, None, total, label)
+            yield bar
             if not self.quiet:
-                self.print(f"{label} done: {total} steps in {time.perf_counter() - start:.1f} s")
+                self.print(f"{label} done: {bar.total} steps in {time.perf_counter() - start:.1f} s")
             return
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn(), TextColumn("{task.fields[stats]}")]
