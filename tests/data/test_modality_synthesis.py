@@ -180,3 +180,15 @@ def test_rgbx_data_synthesize_thermal_with_an_onnx_estimator(tmp_path, capsys):
     expected = OnnxThermalEstimator(model, output="minmax")(
         read_modality_file(root / "rgb" / "s000.png", "rgb").numpy())
     assert np.abs(thermal[0].numpy() - expected).max() <= 0.5 / 255 + 1e-6  # 8-bit quantisation only
+
+
+def test_synthesize_refuses_to_write_png_over_a_modality_declared_in_another_encoding(tmp_path):
+    import yaml
+
+    root = make_dataset(tmp_path / "rgbd", n=2, size=(16, 20), modalities=("rgb", "depth"))
+    desc = yaml.safe_load((root / "dataset.yaml").read_text())
+    desc["modalities"]["event"] = {"encoding": "npy", "optional": True}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    with pytest.raises(DataError, match="event is stored as npy"):
+        synthesize_dataset(root, ["event"])
+    assert not (root / "event").exists()
