@@ -6,16 +6,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgbx.cli.common import add_command, add_dataset_arguments, parse_options, parse_size
+from rgbx.cli.common import EPILOG_FORMATTER, add_command, add_dataset_arguments, parse_options, parse_size
 
 EXAMPLES = """  rgbx data check data/synth
   rgbx data check my_rig --split train
   rgbx data stats data/synth --split train --limit 200
   rgbx data pack data/synth data/synth_shards --shard-size 500        # then data.dataset=shards
   rgbx data synthesize my_rgbd --modalities event lidar --hfov 62   # events from RGB, pseudo-LiDAR from depth
-  rgbx data synthesize my_rgb --modalities depth lidar --depth-model depth_anything.onnx --depth-output disparity \
+  rgbx data synthesize my_rgb --modalities depth lidar --depth-model depth_anything.onnx --depth-output disparity \\
       --hfov 62
 """
+
+
+def _examples(action: str) -> str:
+    """The lines of EXAMPLES for one action, as that action's --help epilog."""
+    return "examples:\n" + "".join(line + "\n" for line in _example_entries() if f"rgbx data {action} " in line)
+
+
+def _example_entries() -> list[str]:
+    entries = []
+    for line in EXAMPLES.splitlines():
+        if line.startswith("      ") and entries:  # a continued command
+            entries[-1] += "\n" + line
+        elif line.strip():
+            entries.append(line)
+    return entries
 
 
 def add_parser(sub) -> None:
@@ -23,18 +38,18 @@ def add_parser(sub) -> None:
                     "Validate a dataset folder in the rgbx format (docs/dataset-format.md), naming every problem.",
                     EXAMPLES, lambda args: args.data_run(args))
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    c = dsub.add_parser("check", help="validate every file (existence, size, channels, dtype, label values)")
+    c = dsub.add_parser("check", epilog=_examples("check"), formatter_class=EPILOG_FORMATTER, help="validate every file (existence, size, channels, dtype, label values)")
     c.add_argument("root")
     c.add_argument("--split", nargs="+", help="only these splits (default: all)")
     add_dataset_arguments(c)
     c.set_defaults(data_run=run_check)
-    s = dsub.add_parser("stats", help="class pixel frequencies and per-modality value ranges")
+    s = dsub.add_parser("stats", epilog=_examples("stats"), formatter_class=EPILOG_FORMATTER, help="class pixel frequencies and per-modality value ranges")
     s.add_argument("root")
     s.add_argument("--split", default="train")
     add_dataset_arguments(s)
     s.add_argument("--limit", type=int, default=0, help="look at the first N samples only (0 = all)")
     s.set_defaults(data_run=run_stats)
-    y = dsub.add_parser("synthesize", help="add event / depth / thermal (from RGB) and lidar (from depth) to a dataset",
+    y = dsub.add_parser("synthesize", epilog=_examples("synthesize"), formatter_class=EPILOG_FORMATTER, help="add event / depth / thermal (from RGB) and lidar (from depth) to a dataset",
                         description="Write simulated event counts (from each RGB image moved along a short camera "
                                     "trajectory), depth or thermal from RGB (estimators you export to ONNX) and "
                                     "pseudo-LiDAR (a multi-beam scanner's rays through the depth map) into the "
@@ -60,7 +75,7 @@ def add_parser(sub) -> None:
     y.add_argument("--seed", type=int, default=0)
     y.add_argument("--overwrite", action="store_true", help="replace existing folders of these modalities")
     y.set_defaults(data_run=run_synthesize)
-    k = dsub.add_parser("pack", help="pack a dataset folder into tar shards (read with --dataset shards)",
+    k = dsub.add_parser("pack", epilog=_examples("pack"), formatter_class=EPILOG_FORMATTER, help="pack a dataset folder into tar shards (read with --dataset shards)",
                         description="Write the samples of a dataset folder in the rgbx format into tar shards of "
                                     "--shard-size samples plus an index per split, for file systems where many "
                                     "small files are slow. Train on it with data.dataset=shards data.root=OUT: the "
