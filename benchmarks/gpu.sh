@@ -9,7 +9,7 @@
 #   REF_CMX=/tmp/cmx_ref REF_DFORMER=/tmp/dformer_ref benchmarks/gpu.sh
 #
 # On the CPU, for a smoke test of the whole suite at a tiny size: DEVICE=cpu SIZE=64x64 REPEATS=1 benchmarks/gpu.sh
-# STEPS picks steps (default all, in this order of need): tests compare sweep profile data compile. The whole
+# STEPS picks steps (default all, in this order of need): tests compare train profile sweep data compile. The whole
 # suite needs more than one 10-minute command on an H100; compilation alone takes minutes, so a second command can
 # run it on its own: STEPS=compile TOTAL=300 OUT_MD=benchmarks/gpu_compile.md benchmarks/gpu.sh
 set -uo pipefail
@@ -21,7 +21,7 @@ SIZE=${SIZE:-480x640}
 BATCH=${BATCH:-8}
 REPEATS=${REPEATS:-6}
 WARMUP=${WARMUP:-2}
-STEPS=${STEPS:-tests compare sweep profile data compile}
+STEPS=${STEPS:-tests compare train profile sweep data compile}
 BUDGET=${BUDGET:-180}
 TOTAL=${TOTAL:-540}
 MODELS=${MODELS:-cmx_b2 dformer_l cmx_b0 dformer_t cmx_b4 dformer_s dformer_b omni_t}
@@ -66,8 +66,10 @@ if want tests; then
     if [ "$DEVICE" = cuda ] && python -c "import pytest" 2>/dev/null; then
         per_test=()
         python -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 45)
-        run_step 100 python -m pytest -v -p no:cacheprovider "${per_test[@]}" -m gpu tests/engine/test_gpu.py \
-            tests/engine/test_bench.py 2>&1 | grep -v "^$" | tail -40 | tee "$LOG_DIR/tests.log"
+        # the captured training step first (bench, then trainer), each line stamped with the seconds since start
+        run_step 100 python -m pytest -v -p no:cacheprovider "${per_test[@]}" -m gpu tests/engine/test_bench.py \
+            tests/engine/test_gpu.py 2>&1 | grep -v "^$" | while IFS= read -r line; do echo "[$(( $(date +%s) - start ))s] $line"; done \
+            | tail -40 | tee "$LOG_DIR/tests.log"
     else
         echo "GPU tests not run (DEVICE=$DEVICE, or pytest missing)" | tee "$LOG_DIR/tests.log"
     fi
@@ -82,6 +84,16 @@ if want compare; then
         --warmup "$WARMUP" --repeats "$REPEATS" --budget-s "$BUDGET" --graph-train \
         --markdown "$LOG_DIR/compare.md" --json "$LOG_DIR/compare.json" 2>&1 | tee "$LOG_DIR/compare.log"
     compare_rc=${PIPESTATUS[0]}
+fi
+
+# 1b. `rgbx train` itself, the eager step against the captured one (train.cuda_graph_train), CMX-B2 RGB-D at full
+#     size on the built-in synthetic data: what a user gets, data loading included
+if want train; then
+    run_step 150 bash -c "$RGBX synth '$LOG_DIR/synth_train' --train 48 --val 2 --test 2 --size $SIZE >/dev/null && \
+        python benchmarks/train_speed.py '$LOG_DIR/synth_train' --backbone mit_b2 --modalities rgb depth \
+        --size $SIZE --batch $BATCH --iters 50 --log-every 10 --workers 12 --device $DEVICE \
+        --markdown '$LOG_DIR/train.md'" 2>&1 | tee "$LOG_DIR/train.log"
+    rm -rf "$LOG_DIR/synth_train"
 fi
 
 # 2. which switch gives what (CMX-B2): exact, exact + each switch, fast, fast + the training step as one CUDA graph
@@ -137,6 +149,10 @@ table_or_tail() {  # the rich table of a bench log; the progress lines where it 
     echo
     cat "$LOG_DIR/compare.md" 2>/dev/null || { echo "(compare_reference.py wrote no table; exit $compare_rc)"; \
         grep "done in\|FAILED\|skipped" "$LOG_DIR/compare.log" 2>/dev/null; }
+    echo
+    echo "## \`rgbx train\`: the eager step against the captured one"
+    echo
+    cat "$LOG_DIR/train.md" 2>/dev/null || { echo '```'; tail -5 "$LOG_DIR/train.log" 2>/dev/null; echo '```'; }
     echo
     echo "## GPU-only tests (\`pytest -m gpu\`)"
     echo

@@ -185,7 +185,10 @@ def make_train_step(
             return loss.detach()
 
         with backend_flags(options):
-            step_graph = CudaGraphTrainStep(body, optimizer, {**x, "label": label})
+            step_graph = CudaGraphTrainStep(body, optimizer, {**x, "label": label}, warmup=3)
+            for _ in range(3):  # the eager warm-up steps, then the capture: later calls only replay
+                step_graph()
+            step_graph.capture()
         return step_graph
 
     def step() -> torch.Tensor:

@@ -78,6 +78,9 @@ class TrainConfig:
     tf32: bool | None = None  # TF32 matmuls on CUDA
     cudnn_benchmark: bool | None = None  # cuDNN autotuning for fixed shapes
     fused_optimizer: bool | None = None  # fused AdamW
+    # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised without modality dropout,
+    # every sample with every sensor, bf16 / fp32, one process): the host issues one launch per step
+    cuda_graph_train: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None = torch default)

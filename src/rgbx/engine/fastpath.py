@@ -29,13 +29,15 @@ each switch does:
   batch-1 latency is no longer bound by kernel-launch overhead. Needs a forward pass with no host synchronisation:
   rgbx's models have none when every modality is passed without masks, or with masks known on the host
   (:class:`~rgbx.data.sample.PresenceMasks`).
-* ``cuda_graph_train``: the whole fixed-shape training step of ``rgbx bench`` (forward, loss, backward, the AdamW
+* ``cuda_graph_train``: the whole fixed-shape training step (forward, loss, backward, gradient clipping, the AdamW
   update) captured once into a CUDA graph and replayed (:class:`CudaGraphTrainStep`): the host issues one replay
   instead of thousands of operator calls, which bounds the eager step on fast GPUs (on an H100 CMX-B2's bf16 step
-  kept the device busy 31 % of the time). The optimizer is built capturable; bf16 or fp32 only (fp16's gradient
-  scaler reads its overflow check on the host); randomness drawn on the host is frozen at capture, randomness drawn
-  on the device (dropout, drop-path) advances with each replay. Not in the fast set, and not used by the trainer,
-  whose steps vary (modality dropout decided on the host, the learning-rate schedule).
+  kept the device busy 31 % of the time; ``rgbx bench`` measured 38.6 → 84.2 img/s). The optimizer is built
+  capturable, with its learning rates as device tensors the schedule writes into (:func:`lr_as_tensors`); bf16 or
+  fp32 only (fp16's gradient scaler reads its overflow check on the host); randomness drawn on the host is frozen
+  at capture, randomness drawn on the device (dropout, drop-path) advances with each replay. ``rgbx bench
+  --options graphed`` and the trainer (``train.cuda_graph_train``, for steps that run the same device work every
+  time: see :func:`rgbx.engine.trainer.graph_capture_refusals`). Not in the fast set.
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
@@ -65,6 +67,8 @@ __all__ = [
     "autocast",
     "compile_regions",
     "cpu_has_bf16",
+    "keep_lr_tensors",
+    "lr_as_tensors",
     "precision_dtype",
     "to_memory_format",
 ]
@@ -299,34 +303,82 @@ def copy_into_static(static: Mapping[str, torch.Tensor], inputs: Mapping[str, to
 class CudaGraphTrainStep:
     """A whole fixed-shape training step, forward + loss + backward + optimizer update, captured into one CUDA graph.
 
-    ``body()`` runs the step on the tensors in ``static`` and returns the (detached) loss; it must not zero the
-    gradients (the capture starts from ``None`` gradients, so the replayed backward writes them afresh) nor read
-    anything back to the host, and ``optimizer`` must be built with ``capturable=True``. ``body`` is run ``warmup``
-    times on a side stream (cuDNN / cuBLAS handles, autotuning, the optimizer's state), then captured. Each call
-    copies new tensors into ``static`` (same names and shapes), replays the graph and returns the graph's loss
-    buffer, overwritten by the next call. The warm-up runs are real steps: they update the weights.
+    ``body()`` runs the step on the tensors in ``static`` and returns its (detached) outputs, a tensor or a dict of
+    tensors such as the loss terms; it must not zero the gradients (the capture starts from ``None`` gradients, so
+    the replayed backward writes them afresh) nor read anything back to the host, and ``optimizer`` must be built
+    with ``capturable=True`` (a learning rate that changes between steps must be a device tensor the schedule writes
+    into, :func:`lr_as_tensors`).
+
+    Each call copies new tensors into ``static`` (same names and shapes) and runs one real training step on them:
+    the first ``warmup`` calls run ``body`` eagerly on a side stream (cuDNN / cuBLAS handles, autotuning, the
+    optimizer's state; their outputs are fresh tensors), the next one captures the graph (:meth:`capture`, or
+    earlier if called) and every call from then on replays it and returns the graph's output buffers, overwritten by
+    the next call (copy or reduce them to keep them).
     """
 
-    def __init__(self, body: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
+    def __init__(self, body: Callable[[], Any], optimizer: torch.optim.Optimizer,
                  static: Mapping[str, torch.Tensor], warmup: int = 3):
         if not all(t.is_cuda for t in static.values()):
             raise ConfigError("cuda_graph_train needs CUDA tensors")
         if not all(g.get("capturable") for g in optimizer.param_groups):
             raise ConfigError("cuda_graph_train needs an optimizer built with capturable=True")
-        self.static = dict(static)
+        self.body, self.optimizer, self.static = body, optimizer, dict(static)
+        self.warmup_left = warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.output: Any = None
+
+    def _eager(self) -> Any:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(warmup):
-                optimizer.zero_grad(set_to_none=True)
-                body()
+            self.optimizer.zero_grad(set_to_none=True)
+            output = self.body()
         torch.cuda.current_stream().wait_stream(stream)
-        optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.loss = body()
+        return output
 
-    def __call__(self, inputs: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def capture(self) -> None:
+        """Capture the step (once): later calls replay it."""
+        if self.graph is not None:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.output = self.body()
+        self.graph = graph
+
+    def __call__(self, inputs: Mapping[str, torch.Tensor] | None = None) -> Any:
         copy_into_static(self.static, inputs or {}, "cuda_graph_train")
+        if self.graph is None and self.warmup_left > 0:
+            self.warmup_left -= 1
+            return self._eager()
+        self.capture()
         self.graph.replay()
-        return self.loss
+        return self.output
+
+
+def lr_as_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Give each parameter group's learning rate as a 0-d tensor on the parameters' device, so a captured optimizer
+    step reads the current value at each replay (a Python float would be frozen into the graph). ``initial_lr``
+    stays a float, so a schedule computes plain numbers and writes them in with ``fill_``, no device read-back.
+    Returns the tensors, in group order (:func:`keep_lr_tensors` puts them back where a schedule replaced them)."""
+    tensors = []
+    for group in optimizer.param_groups:
+        value = group["lr"]
+        device = group["params"][0].device
+        if not isinstance(value, torch.Tensor) or value.device != device:
+            value = torch.tensor(float(value), dtype=torch.float32, device=device)
+        group["lr"] = value
+        if isinstance(group.get("initial_lr"), torch.Tensor):
+            group["initial_lr"] = float(group["initial_lr"])
+        tensors.append(value)
+    return tensors
+
+
+def keep_lr_tensors(optimizer: torch.optim.Optimizer, tensors: list[torch.Tensor]) -> None:
+    """After a schedule's step: where it stored a new learning rate as a Python number (or a new tensor) instead of
+    writing into the group's tensor, write the value into the tensor a captured graph reads, and put it back."""
+    for group, tensor in zip(optimizer.param_groups, tensors, strict=True):
+        value = group["lr"]
+        if value is not tensor:
+            tensor.fill_(float(value) if not isinstance(value, torch.Tensor) or value.device.type == "cpu" else value)
+            group["lr"] = tensor

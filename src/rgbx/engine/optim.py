@@ -66,6 +66,19 @@ def build_optimizer(model: torch.nn.Module, cfg, extra: list[torch.nn.Module] = 
                              fused=fused or None, capturable=capturable)
 
 
+def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Make a (resumed) AdamW capturable or not, whatever the run it was saved from used: the groups' flag, and each
+    parameter's step count on the parameter's device (capturable) or on the CPU (not), as AdamW expects."""
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                device = p.device if capturable or group.get("fused") else torch.device("cpu")
+                state["step"] = step.to(device=device, dtype=torch.float32)
+
+
 def warmup_poly(total_iters: int, warmup_iters: int, warmup_ratio: float, power: float):
     """lr factor: linear warm-up from ``warmup_ratio`` to 1, then ``(1 - t)^power`` decay to 0 at ``total_iters``."""
 

@@ -17,6 +17,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,8 +30,16 @@ from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save
 from rgbx.engine.config import ExperimentConfig, to_dict, to_yaml
 from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
 from rgbx.engine.evaluate import EvalResult, evaluate
-from rgbx.engine.fastpath import SpeedOptions, apply_speed_options, compile_fn, to_memory_format
-from rgbx.engine.optim import build_optimizer, build_scheduler
+from rgbx.engine.fastpath import (
+    CudaGraphTrainStep,
+    SpeedOptions,
+    apply_speed_options,
+    compile_fn,
+    keep_lr_tensors,
+    lr_as_tensors,
+    to_memory_format,
+)
+from rgbx.engine.optim import build_optimizer, build_scheduler, set_capturable
 from rgbx.engine.profile import count_parameters
 from rgbx.engine.report import Reporter
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
@@ -143,6 +152,36 @@ class RunPaths:
         return self.root / "best.safetensors"
 
 
+def graph_capture_refusals(cfg: ExperimentConfig, device: torch.device, distributed: bool, method,
+                           train_set) -> list[str]:
+    """Why ``train.cuda_graph_train`` cannot capture this run's training step (empty: it can). A captured step
+    replays the same device work at every step, so whatever decides on the host what a step runs is refused."""
+    t = cfg.train
+    reasons = []
+    if device.type != "cuda":
+        reasons.append(f"it needs CUDA (train.device={t.device} is {device})")
+    if distributed:
+        reasons.append("it runs in one process, not under torchrun / DDP")
+    if t.precision == "fp16":
+        reasons.append("fp16's gradient scaler reads its overflow check on the host (use train.precision=bf16 or fp32)")
+    if t.compile:
+        reasons.append("train.compile is not combined with it")
+    refusal = method.graph_refusal()
+    if refusal:
+        reasons.append(refusal)
+    optional = sorted(name for name, src in train_set.sources.items() if src.optional)
+    if optional:
+        reasons.append(f"samples of data.dataset={cfg.data.dataset!r} may lack {optional}, which changes what a step "
+                       f"runs")
+    return reasons
+
+
+def graph_buffers(batch) -> dict[str, torch.Tensor]:
+    """A batch's device tensors by name: what a captured training step copies each new batch into."""
+    return {**{f"input:{k}": v for k, v in batch.inputs.items()}, "label": batch.label,
+            **{f"present:{k}": v for k, v in batch.present.items()}}
+
+
 def build_model_config(cfg: ExperimentConfig, num_classes: int) -> ModelConfig:
     model_cfg = cfg.model
     if model_cfg.num_classes in (0, None):
@@ -211,7 +250,7 @@ class Trainer:
         self.speed = SpeedOptions(precision=t.precision, channels_last=t.channels_last, compile=t.compile,
                                   compile_scope=t.compile_scope, compile_mode=t.compile_mode,
                                   compile_backend=t.compile_backend, tf32=t.tf32, cudnn_benchmark=t.cudnn_benchmark,
-                                  fused_optimizer=t.fused_optimizer)
+                                  fused_optimizer=t.fused_optimizer, cuda_graph_train=t.cuda_graph_train)
         if self.device.type == "cuda":  # process-wide for the run
             torch.backends.cuda.matmul.allow_tf32 = t.tf32
             torch.backends.cudnn.allow_tf32 = t.tf32 or torch.backends.cudnn.allow_tf32
@@ -236,14 +275,24 @@ class Trainer:
             weights = enet_class_weights(self.train_set)
             self.reporter.print("class weights (ENet): " + ", ".join(
                 f"{c} {w:.2f}" for c, w in zip(self.description.classes, weights.tolist())))
-        self.method = METHODS.get(cfg.method.name)(cfg.method, ignore_index=self.description.ignore_index,
-                                                   class_weights=weights)
+        self.method = METHODS.get(cfg.method.name)(
+            cfg.method, ignore_index=self.description.ignore_index,
+            class_weights=None if weights is None else weights.to(self.device))
         self.method.prepare(self.model, self.device)
+        self.graphed = cfg.train.cuda_graph_train
+        if self.graphed:
+            reasons = graph_capture_refusals(cfg, self.device, self.dist.enabled, self.method, self.train_set)
+            if reasons:
+                raise ConfigError("train.cuda_graph_train: this run's training step cannot be captured: "
+                                  + "; ".join(reasons))
         if self.dist.enabled and self.device.type == "cuda" and cfg.train.sync_bn:
             sync_batchnorm(self.method.trainable_modules())  # e.g. KTB's auxiliary heads
         self.optimizer = build_optimizer(self.model, cfg.optim, extra=self.method.trainable_modules(),
-                                         fused=cfg.train.fused_optimizer)
+                                         fused=cfg.train.fused_optimizer, capturable=self.graphed)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
+        # a captured step reads its learning rates from device tensors the schedule writes into
+        self._lr_tensors = lr_as_tensors(self.optimizer) if self.graphed else None
+        self._graph: CudaGraphTrainStep | None = None
         self.reporter.print(parameter_summary(self.model, self.method.trainable_modules()))
         described = self.speed.with_(attn_impl=self.model_cfg.attn_impl).describe()
         self.reporter.print(f"arithmetic: {described}"
@@ -266,12 +315,19 @@ class Trainer:
             "best_miou": self.best_miou,
             "model": self.model.state_dict(),
             "method_modules": [m.state_dict() for m in self.method.trainable_modules()],
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "config": json.dumps(to_dict(self.cfg)),
             "world_size": self.dist.world_size,
         }
+
+    def _optimizer_state(self) -> dict:
+        state = self.optimizer.state_dict()
+        for group in state["param_groups"]:  # plain numbers, whether or not the step is captured
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"] = float(group["lr"])
+        return state
 
     def _load_state(self) -> None:
         state = load_state(self.paths.state)
@@ -308,6 +364,9 @@ class Trainer:
         if saved["train"]["iters"] != self.cfg.train.iters:  # a longer (or shorter) schedule than first planned
             self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, self.cfg.train.iters)
             self.scheduler.last_epoch = state["iteration"]
+        set_capturable(self.optimizer, self.graphed)  # the saved run may have captured its step or not
+        if self.graphed:
+            self._lr_tensors = lr_as_tensors(self.optimizer)
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
@@ -369,9 +428,9 @@ class Trainer:
         seed = step_seed(self.cfg.train.seed, self.iteration) + self.dist.rank  # other draws on other ranks
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with amp:
-            losses = self.method.step(self.step_model, batch, generator)
+        if self.graphed:
+            return self._graphed_step(batch, generator)
+        losses = self._losses(batch, generator)
         loss = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -379,11 +438,46 @@ class Trainer:
             all_reduce_grads((p for m in self.method.trainable_modules() for p in m.parameters()), self.dist)
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]  # model + method modules
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            self._clip_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+
+    def _losses(self, batch, generator: torch.Generator, weight_cache: bool = True) -> dict[str, torch.Tensor]:
+        """The method's weighted loss terms on ``batch``, under autocast when the run has a low precision."""
+        amp = (torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=weight_cache)
+               if self.amp_dtype else nullcontext())
+        with amp:
+            return self.method.step(self.step_model, batch, generator)
+
+    def _clip_gradients(self) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]  # model + method modules
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+
+    def _graphed_step(self, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The step captured once as a CUDA graph (``train.cuda_graph_train``, :class:`CudaGraphTrainStep`): the
+        first batch's device tensors become the graph's input buffers, the first three steps run eagerly (warm-up),
+        the fourth captures, and every step from then on copies its batch in and replays. Same arithmetic as
+        :meth:`train_step`; the learning rate is read from device tensors the schedule writes into."""
+        if self._graph is None:
+            body = partial(self._graph_body, batch, generator)
+            self._graph = CudaGraphTrainStep(body, self.optimizer, graph_buffers(batch))
+            out = self._graph()  # this batch already lies in the buffers
+        else:
+            out = self._graph(graph_buffers(batch))
+        self.scheduler.step()
+        keep_lr_tensors(self.optimizer, self._lr_tensors)
+        return dict(out)
+
+    def _graph_body(self, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One step on the graph's buffers, without zeroing gradients or reading anything back (captured)."""
+        losses = self._losses(batch, generator, weight_cache=False)  # no autocast weight cache inside a graph
+        loss = sum(losses.values())
+        loss.backward()
+        if self.cfg.optim.grad_clip:
+            self._clip_gradients()
+        self.optimizer.step()
         return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
 
     def fit(self) -> dict:
@@ -417,7 +511,7 @@ class Trainer:
                                             f"optim.lr or set optim.grad_clip (last good checkpoint: "
                                             f"{self.paths.state})")
                         dt = time.perf_counter() - t0
-                        row = {"iteration": self.iteration, "lr": self.scheduler.get_last_lr()[0], **row,
+                        row = {"iteration": self.iteration, "lr": float(self.scheduler.get_last_lr()[0]), **row,
                                "images_per_s": images / dt if dt > 0 else 0.0}
                         if writer is None and log_file is not None:
                             writer = csv.DictWriter(log_file, fieldnames=list(row))

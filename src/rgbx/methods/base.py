@@ -46,6 +46,12 @@ class Method:
     def step(self, model: torch.nn.Module, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def graph_refusal(self) -> str | None:
+        """Why this method's step cannot be captured once as a CUDA graph and replayed (``train.cuda_graph_train``),
+        or None when it can: such a step runs the same device work at every call, decides nothing on the host from
+        the batch or from random draws, and reads nothing back. Default: it cannot."""
+        return f"method {self.config.name!r} decides on the host at each step what runs"
+
 
 def parse_options(method: type, options: dict):
     """``method.options`` → an instance of ``method.Options`` (or {} for a method without options)."""

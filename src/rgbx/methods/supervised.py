@@ -21,6 +21,11 @@ class Supervised(Method):
         return {"ce": cross_entropy(out.logits, batch.label, self.ignore_index, self.class_weights,
                                    self.config.label_smoothing)}
 
+    def graph_refusal(self) -> str | None:
+        if self.config.modality_dropout:
+            return "method.modality_dropout draws on the host which sensors each step drops (set it to 0)"
+        return None
+
 
 def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int,
                   class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
