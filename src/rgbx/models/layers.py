@@ -75,14 +75,16 @@ def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def mask_absent(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """Zero the samples of ``x`` (B, ...) whose ``present`` (B,) flag is False.
+def mask_absent(x: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+    """Zero the samples of ``x`` (B, ...) whose ``present`` (B,) flag is False; ``None`` = every sample present (known
+    on the host: nothing to compute, no kernel launched).
 
-    ``torch.where`` rather than a product, so that whatever an absent sample holds (even inf/NaN) cannot leak.
+    ``torch.where`` rather than a product, so that whatever an absent sample holds (even inf/NaN) cannot leak; the
+    zero is a Python scalar (no tensor to fill on the device).
     """
-    return torch.where(
-        present.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros((), dtype=x.dtype, device=x.device)
-    )
+    if present is None:
+        return x
+    return torch.where(present.view(-1, *([1] * (x.dim() - 1))), x, 0.0)
 
 
 class DWConv(nn.Module):

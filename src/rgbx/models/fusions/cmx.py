@@ -115,12 +115,12 @@ class FeatureRectifyModule(nn.Module):
         self.channel_weights = ChannelWeights(dim, num_modalities, reduction)
         self.spatial_weights = SpatialWeights(dim, num_modalities, reduction)
 
-    def forward(self, x: torch.Tensor, present: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, present: torch.Tensor | None, others: torch.Tensor) -> torch.Tensor:
         """Rectify.
 
         Args:
             x: (B, N, C, H, W), zeros in the slots of absent modalities.
-            present: (B, N) bool.
+            present: (B, N) bool; None: every slot present in every sample.
             others: (B, N, N) from :func:`others_weights`.
 
         Returns:
@@ -130,9 +130,9 @@ class FeatureRectifyModule(nn.Module):
         sw = self.spatial_weights(x)
         contribution = self.lambda_c * cw * x + self.lambda_s * sw * x
         out = x + torch.einsum("bmj,bjchw->bmchw", others.to(contribution.dtype), contribution)
-        return torch.where(
-            present.view(*present.shape, 1, 1, 1), out, torch.zeros((), dtype=x.dtype, device=x.device)
-        )
+        if present is None:  # every slot present in every sample
+            return out
+        return torch.where(present.view(*present.shape, 1, 1, 1), out, 0.0)
 
 
 class CrossAttention(nn.Module):
@@ -152,9 +152,9 @@ class CrossAttention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(
-        self, u: dict[str, torch.Tensor], present: torch.Tensor, others: torch.Tensor
+        self, u: dict[str, torch.Tensor], present: torch.Tensor | None, others: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Args: u: modality → (B, L, C) for the computed modalities; present (B, N) bool and others (B, N, N) over
+        """Args: u: modality → (B, L, C) for the computed modalities; present (B, N) bool (None: all present) and others (B, N, N) over
         all configured slots. Returns modality → (B, L, C)."""
         b, length, c = next(iter(u.values())).shape
         d = c // self.num_heads
@@ -162,7 +162,7 @@ class CrossAttention(nn.Module):
         for m, x in u.items():
             k, v = self.kv[m](x).reshape(b, length, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)
             ctx = ((k.transpose(-2, -1) @ v) * self.scale).softmax(dim=-2)  # (B, heads, d, d)
-            contexts[m] = mask_absent(ctx, present[:, self.modalities.index(m)])
+            contexts[m] = mask_absent(ctx, None if present is None else present[:, self.modalities.index(m)])
         zeros = torch.zeros_like(next(iter(contexts.values())))
         stacked = torch.stack([contexts.get(m, zeros) for m in self.modalities], dim=1)  # (B, N, heads, d, d)
         mixed = torch.einsum("bmj,bjhde->bmhde", others.to(stacked.dtype), stacked)
@@ -185,7 +185,7 @@ class CrossPath(nn.Module):
         self.norm = nn.ModuleDict({m: nn.LayerNorm(dim) for m in modalities})
 
     def forward(
-        self, x: dict[str, torch.Tensor], present: torch.Tensor, others: torch.Tensor
+        self, x: dict[str, torch.Tensor], present: torch.Tensor | None, others: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """modality → (B, L, C) tokens → modality → (B, L, C)."""
         y, u = {}, {}
@@ -228,16 +228,16 @@ class FeatureFusionModule(nn.Module):
         self.channel_emb = ChannelEmbed(dim * len(self.modalities), dim, reduction)
 
     def forward(
-        self, x: dict[str, torch.Tensor], present: torch.Tensor, others: torch.Tensor
+        self, x: dict[str, torch.Tensor], present: torch.Tensor | None, others: torch.Tensor
     ) -> torch.Tensor:
-        """Args: x: modality → (B, C, H, W) rectified maps of the computed modalities; present (B, N) bool and
+        """Args: x: modality → (B, C, H, W) rectified maps of the computed modalities; present (B, N) bool (None: all present) and
         others (B, N, N) over all configured slots. Returns the fused (B, C, H, W) map."""
         ref = next(iter(x.values()))
         hw = (ref.shape[2], ref.shape[3])
         out = self.cross({m: map_to_tokens(v) for m, v in x.items()}, present, others)
         zeros = torch.zeros_like(ref)
         slots = [
-            mask_absent(tokens_to_map(out[m], hw), present[:, i]) if m in out else zeros
+            mask_absent(tokens_to_map(out[m], hw), None if present is None else present[:, i]) if m in out else zeros
             for i, m in enumerate(self.modalities)
         ]
         return self.channel_emb(torch.cat(slots, dim=1))
@@ -314,17 +314,21 @@ class CMXFusion(FusionEncoder):
         )  # (B, N)
         others = others_weights(slot_present)
         slot = {m: self.modalities.index(m) for m in names}
+        # masks known on the host to be all-true are left out (None): no masking kernels for complete batches
+        masks = {m: None if m in present.certain else present[m] for m in names}
+        every_slot = len(names) == len(self.modalities) and all(masks[m] is None for m in names)
+        slot_mask = None if every_slot else slot_present
 
         x = {m: inputs[m] for m in names}
         features: dict[str, list[torch.Tensor]] = {m: [] for m in names}
         fused = []
         for index, (rectify, fuse) in enumerate(zip(self.rectify, self.fuse, strict=True)):
-            x = {m: mask_absent(self.branches[m].forward_stage(index, x[m]), present[m]) for m in names}
+            x = {m: mask_absent(self.branches[m].forward_stage(index, x[m]), masks[m]) for m in names}
             for m in names:
                 features[m].append(x[m])
             zeros = torch.zeros_like(x[names[0]])
             stacked = torch.stack([x.get(m, zeros) for m in self.modalities], dim=1)  # (B, N, C, H, W)
-            rectified = rectify(stacked, slot_present, others)
+            rectified = rectify(stacked, slot_mask, others)
             x = {m: rectified[:, slot[m]] for m in names}
-            fused.append(fuse(x, slot_present, others))
+            fused.append(fuse(x, slot_mask, others))
         return EncoderOutput(fused=fused, features=features, present=present)
