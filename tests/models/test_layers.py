@@ -1,0 +1,67 @@
+"""Shared layers: stochastic depth (statistics, eval identity, one compiled graph for any rate) and presence
+masking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rgbx.models.layers import DropPath, mask_absent
+
+
+def test_drop_path_drops_whole_samples_at_its_rate_and_keeps_the_mean():
+    torch.manual_seed(0)
+    layer = DropPath(0.3).train()
+    x = torch.ones(20000, 4, 3)
+    y = layer(x)
+    per_sample = y.flatten(1)
+    kept = per_sample[:, 0] > 0
+    assert torch.all(per_sample == per_sample[:, :1])  # a sample is dropped or kept as a whole
+    assert torch.allclose(per_sample[kept], torch.full_like(per_sample[kept], 1 / 0.7))
+    assert abs((~kept).float().mean().item() - 0.3) < 0.015
+    assert abs(y.mean().item() - 1.0) < 0.03  # 1 / keep scaling keeps the expectation
+    assert torch.equal(layer.eval()(x), x)
+    assert "drop_prob=0.300" in repr(layer)
+    assert "keep_prob" not in layer.state_dict()  # nothing new in saved weights
+    with pytest.raises(ValueError, match="drop_prob"):
+        DropPath(1.0)
+
+
+def test_drop_path_in_bf16_keeps_the_rate_in_float32():
+    torch.manual_seed(0)
+    y = DropPath(0.1).train()(torch.ones(4000, 2, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    values = torch.unique(y.float()).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.9, rel=1e-2)
+
+
+def test_blocks_of_different_rates_share_one_compiled_graph():
+    """torch.compile specialises on a module's Python numbers; the rate lives in a buffer, so blocks of a
+    stochastic-depth schedule compile once (timm's DropPath gave one graph per rate)."""
+    from torch._dynamo.utils import counters
+
+    class Block(torch.nn.Module):
+        def __init__(self, rate):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+            self.drop = DropPath(rate)
+
+        def forward(self, x):
+            return x + self.drop(self.fc(x))
+
+    blocks = [Block(r) for r in (0.05, 0.1, 0.15, 0.2)]
+    torch._dynamo.reset()
+    counters.clear()
+    for b in blocks:
+        b.compile(backend="aot_eager", dynamic=False)
+    x = torch.randn(4, 8, requires_grad=True)
+    for b in blocks:
+        b(x).sum().backward()
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_mask_absent_zeroes_absent_samples_even_if_they_hold_nan():
+    x = torch.tensor([[1.0, 2.0], [float("nan"), float("inf")]], dtype=torch.bfloat16)
+    out = mask_absent(x, torch.tensor([True, False]))
+    assert out.dtype == torch.bfloat16 and torch.equal(out, torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=torch.bfloat16))
+    assert mask_absent(x, None) is x  # known present on the host: nothing computed
