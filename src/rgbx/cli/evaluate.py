@@ -13,6 +13,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data data/synth --scales 0.5 0.75 1 1.25 1.5 --flip
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --json robust.json   # missing / noisy sensors
   rgbx eval runs/cmx/model.safetensors --data data/synth --fast              # the device's fast path
+  rgbx eval runs/ms3/model.safetensors --data data/other --zero-shot names.safetensors   # MS3: classes by name
   torchrun --nproc_per_node 4 -m rgbx.cli.main eval runs/cmx/model.safetensors --data data/synth --anymodal
 """
 
@@ -40,6 +41,12 @@ def add_parser(sub) -> None:
                         "independent sensor failure, random pixel dropout, Gaussian and salt-and-pepper noise "
                         "(rgbx.engine.robustness documents each)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --robustness corruptions")
+    p.add_argument("--zero-shot", type=Path, metavar="EMBEDDINGS",
+                   help="MS3 zero-shot: score the dataset's own classes, given only their language embeddings in "
+                        "this .safetensors file (class name -> 1-D vector; `rgbx embed-classes`), with the run's MS3 "
+                        "head; the model's classifier is not used")
+    p.add_argument("--ms3-head", type=Path, help="the MS3 head for --zero-shot (default: ms3_head.safetensors next "
+                                                  "to the checkpoint)")
     p.add_argument("--json", type=Path, help="write all results as JSON here")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, help="loader processes (default: 2 on the CPU, on CUDA one per spare core "
@@ -85,8 +92,19 @@ def _evaluate(args, device, ctx) -> int:
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
                             transform=EvalTransform(), **parse_options(args.option))
     desc = dataset.description
-    if desc.num_classes != model.config.num_classes:
-        raise ConfigError(f"{args.checkpoint} predicts {model.config.num_classes} classes but {args.data} has "
+    if args.zero_shot is not None:
+        from rgbx.engine.zero_shot import ZeroShotSegmentor
+        from rgbx.methods.ms3 import load_class_embeddings, load_ms3_head
+
+        head, meta = load_ms3_head(args.ms3_head if args.ms3_head is not None else Path(args.checkpoint).parent,
+                                   device)
+        text = load_class_embeddings(args.zero_shot, list(desc.classes), getattr(dataset, "class_sources", None))
+        model = ZeroShotSegmentor(model, head, text, meta.get("temperature", 0.07), desc.classes).to(device).eval()
+    elif args.ms3_head is not None:
+        raise ConfigError("--ms3-head goes with --zero-shot EMBEDDINGS")
+    num_classes = model.num_classes
+    if desc.num_classes != num_classes:
+        raise ConfigError(f"{args.checkpoint} predicts {num_classes} classes but {args.data} has "
                           f"{desc.num_classes}")
     if args.modalities:
         bad = [m for m in args.modalities if m not in model.modalities]
@@ -111,7 +129,8 @@ def _evaluate(args, device, ctx) -> int:
     if not ctx.is_main:  # the other processes of a torchrun launch only contribute their counts
         return 0
     print_eval_tables(result, list(desc.classes), convention=args.miou, per_class=args.per_class,
-                      title=f"{args.checkpoint} on {args.data} [{args.split}]")
+                      title=f"{args.checkpoint} on {args.data} [{args.split}]"
+                      + (f", zero-shot from {args.zero_shot}" if args.zero_shot is not None else ""))
     if args.json:
         data = result.to_dict(list(desc.classes), convention=args.miou)
         data.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,

@@ -13,7 +13,8 @@ import sys
 from rgbx import __version__
 from rgbx.errors import RgbxError
 
-COMMANDS = ("synth", "train", "eval", "predict", "demo", "info", "data", "profile", "bench", "export", "convert")
+COMMANDS = ("synth", "train", "eval", "predict", "demo", "info", "data", "profile", "bench", "export", "convert",
+            "embed-classes")
 
 DESCRIPTION = """rgbx: multi-modal semantic segmentation (RGB + depth, thermal, LiDAR, events, ...) with any subset
 of sensors.
@@ -35,13 +36,26 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rgbx.cli import bench, convert, data, demo, evaluate, export, info, predict, profile, synth, train
+    from rgbx.cli import (
+        bench,
+        convert,
+        data,
+        demo,
+        embed,
+        evaluate,
+        export,
+        info,
+        predict,
+        profile,
+        synth,
+        train,
+    )
 
     parser = argparse.ArgumentParser(prog="rgbx", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rgbx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (synth, train, evaluate, predict, demo, info, data, profile, bench, export, convert):
+    for module in (synth, train, evaluate, predict, demo, info, data, profile, bench, export, convert, embed):
         module.add_parser(sub)
     return parser
 

@@ -275,7 +275,9 @@ class Trainer:
             weights = enet_class_weights(self.train_set)
             self.reporter.print("class weights (ENet): " + ", ".join(
                 f"{c} {w:.2f}" for c, w in zip(self.description.classes, weights.tolist())))
-        self.method = METHODS.get(cfg.method.name)(
+        method_class = METHODS.get(cfg.method.name)
+        method_class.complete_config(cfg, self.train_set)  # options derived from the data (e.g. MS3's classes)
+        self.method = method_class(
             cfg.method, ignore_index=self.description.ignore_index,
             class_weights=None if weights is None else weights.to(self.device))
         self.method.prepare(self.model, self.device)
@@ -545,6 +547,9 @@ class Trainer:
         result = self._eval_and_log(tb)
         if self.dist.is_main:
             save_model(self.paths.final_weights, self.model, self.description.to_dict(), iteration=self.iteration)
+            written = self.method.save_run_files(self.paths.root)  # e.g. MS3's head, for zero-shot prediction
+            if written is not None:
+                self.reporter.print(f"method files: {written}")
         if tb:
             tb.close()
         self.dist.barrier()  # the final files are written before any rank returns

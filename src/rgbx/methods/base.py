@@ -46,6 +46,17 @@ class Method:
     def step(self, model: torch.nn.Module, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    @classmethod
+    def complete_config(cls, cfg, train_set=None) -> None:
+        """Fill, in place, the options of ``cfg.method`` this method derives from the rest of the experiment (e.g.
+        MS3 takes the union's class names from the training data). The trainer calls it with its training set
+        before building the method (default: nothing to fill)."""
+
+    def save_run_files(self, root) -> Path | None:
+        """Write what the method trained besides the model into the run folder ``root`` after training (e.g. MS3's
+        head, for zero-shot prediction); returns the file written, or None (default: nothing)."""
+        return None
+
     def graph_refusal(self) -> str | None:
         """Why this method's step cannot be captured once as a CUDA graph and replayed (``train.cuda_graph_train``),
         or None when it can: such a step runs the same device work at every call, decides nothing on the host from

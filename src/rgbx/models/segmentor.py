@@ -25,12 +25,15 @@ class SegOutput:
         fused: the fused encoder maps, one (B, C_i, H_i, W_i) per stage.
         features: modality → per-stage maps, for the modalities the encoder computed (zeros for absent samples).
         present: modality → (B,) bool, the presence masks used.
+        decoder: the decode head's last feature map, the one its classifier reads (B, C_head, H_0, W_0), when the
+            forward pass was asked for it (``return_decoder=True``; e.g. MS3's pixel embeddings), else None.
     """
 
     logits: torch.Tensor
     fused: list[torch.Tensor]
     features: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     present: dict[str, torch.Tensor] = field(default_factory=dict)
+    decoder: torch.Tensor | None = None
 
 
 def _build(factory, key: str, options: dict, **kwargs):
@@ -98,7 +101,8 @@ class Segmentor(nn.Module):
         self.config = replace(self.config, attn_impl=attn_impl)
 
     def forward(
-        self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
+        self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None,
+        return_decoder: bool = False,
     ) -> SegOutput:
         """Segment.
 
@@ -106,15 +110,22 @@ class Segmentor(nn.Module):
             inputs: modality → (B, C_m, H, W) normalised tensors; any non-empty subset of :attr:`modalities`.
             present: modality → (B,) bool (as in :class:`rgbx.data.Batch`); ``None`` or a missing entry means the
                 modality is present for every sample.
+            return_decoder: also return the decode head's feature map (:attr:`SegOutput.decoder`); the head must
+                accept ``return_decoder`` (the built-in ones do).
 
         Raises:
             ConfigError: an input of a modality the model was not built for, or with the wrong shape.
         """
         encoded = self.encoder(inputs, present)
         size = next(iter(inputs.values())).shape[-2:]
-        logits = resize(self.head(encoded.fused), size)
+        decoder = None
+        if return_decoder:
+            logits, decoder = self.head(encoded.fused, return_decoder=True)
+        else:
+            logits = self.head(encoded.fused)
         return SegOutput(
-            logits=logits, fused=encoded.fused, features=encoded.features, present=encoded.present
+            logits=resize(logits, size), fused=encoded.fused, features=encoded.features, present=encoded.present,
+            decoder=decoder,
         )
 
 

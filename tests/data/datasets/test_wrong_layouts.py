@@ -7,7 +7,7 @@ import pytest
 
 from rgbx.data import DATASETS, check_dataset
 from rgbx.data.datasets.shards import pack_dataset
-from rgbx.errors import DataError
+from rgbx.errors import ConfigError, DataError
 from tests.conftest import make_dataset
 from tests.data.datasets import test_camvid as camvid
 from tests.data.datasets import test_driving as driving
@@ -30,6 +30,9 @@ BUILDERS = {
 # differ, and each adapter accepts the other's folder name): an NYU tree opens as SUN RGB-D and `rgbx data check`
 # reports its labels above 37 (test below).
 SAME_LAYOUT = {("sunrgbd", "nyudepthv2")}
+# `multi` has no layout of its own: it opens its sources with their adapters (a source in the wrong layout is that
+# adapter's DataError, tests/data/test_multi_dataset.py), and without `sources` it is a ConfigError (tested below)
+COMPOSED = {"multi"}
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +46,15 @@ def trees(tmp_path_factory):
 
 
 def test_every_registered_adapter_has_a_tree():
-    assert set(DATASETS.names()) - {"sunrgbd"} == set(BUILDERS)
+    assert set(DATASETS.names()) - {"sunrgbd"} - COMPOSED == set(BUILDERS)
 
 
-@pytest.mark.parametrize("adapter", DATASETS.names())
+def test_a_composed_adapter_without_sources_says_what_it_needs(trees):
+    with pytest.raises(ConfigError, match="data.options.sources: expected a non-empty list"):
+        DATASETS.get("multi")(trees["folder"], "train")
+
+
+@pytest.mark.parametrize("adapter", sorted(set(DATASETS.names()) - COMPOSED))
 def test_wrong_root_or_other_layout_is_one_clear_error(adapter, trees):
     for tree, root in trees.items():
         if tree == adapter or (adapter, tree) in SAME_LAYOUT:

@@ -8,6 +8,7 @@ from rgbx.data.datasets import (  # noqa: F401  (importing registers them)
     kitti360,
     mcubes,
     mfnet,
+    multi,
     muses,
     nyu,
     pst900,

@@ -145,8 +145,9 @@ class FCNHead(nn.Module):
         """The final 1×1 conv (``conv_seg`` in mmseg's naming)."""
         return self.conv_seg
 
-    def forward(self, features: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-        """Stage maps (the selected one is (B, C, H_i, W_i)), or the one map itself → logits (B, K, H_i, W_i)."""
+    def forward(self, features: Sequence[torch.Tensor] | torch.Tensor, return_decoder: bool = False):
+        """Stage maps (the selected one is (B, C, H_i, W_i)), or the one map itself → logits (B, K, H_i, W_i); with
+        ``return_decoder``, ``(logits, decoder)``, the map the classifier reads (before dropout)."""
         if isinstance(features, torch.Tensor):
             x = features
         elif len(features) != len(self.in_channels):
@@ -156,4 +157,5 @@ class FCNHead(nn.Module):
         out = self.convs(x)
         if self.conv_cat is not None:
             out = self.conv_cat(torch.cat([x, out], dim=1))
-        return self.conv_seg(self.dropout(out))
+        logits = self.conv_seg(self.dropout(out))
+        return (logits, out) if return_decoder else logits

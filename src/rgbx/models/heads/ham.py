@@ -279,12 +279,14 @@ class LightHamHead(nn.Module):
         """The final 1×1 conv (``conv_seg`` in the references' naming)."""
         return self.conv_seg
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Per-stage maps (B, C_i, H_i, W_i) → logits (B, K, H_j, W_j), j = ``in_index[0]``."""
+    def forward(self, features: Sequence[torch.Tensor], return_decoder: bool = False):
+        """Per-stage maps (B, C_i, H_i, W_i) → logits (B, K, H_j, W_j), j = ``in_index[0]``; with
+        ``return_decoder``, ``(logits, decoder)``, the aligned map the classifier reads (before dropout)."""
         if len(features) != len(self.in_channels):
             raise ValueError(f"LightHamHead expects {len(self.in_channels)} stage maps, got {len(features)}")
         selected = [features[i] for i in self.in_index]
         size = selected[0].shape[-2:]
         x = torch.cat([resize(f, size) for f in selected], dim=1)
-        x = self.hamburger(self.squeeze(x))
-        return self.conv_seg(self.dropout(self.align(x)))
+        x = self.align(self.hamburger(self.squeeze(x)))
+        logits = self.conv_seg(self.dropout(x))
+        return (logits, x) if return_decoder else logits

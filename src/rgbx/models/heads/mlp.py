@@ -45,8 +45,10 @@ class MLPHead(nn.Module):
         self.apply(init_weights)
         nn.init.normal_(self.classifier.weight, std=0.01)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Per-stage maps (B, C_i, H_i, W_i) → logits (B, K, H_0, W_0) at the first map's resolution."""
+    def forward(self, features: Sequence[torch.Tensor], return_decoder: bool = False):
+        """Per-stage maps (B, C_i, H_i, W_i) → logits (B, K, H_0, W_0) at the first map's resolution; with
+        ``return_decoder``, ``(logits, decoder)`` where ``decoder`` is the fused map the classifier reads (before
+        dropout), (B, channels, H_0, W_0)."""
         if len(features) != len(self.linear):
             raise ValueError(f"MLPHead expects {len(self.linear)} stage maps, got {len(features)}")
         size = features[0].shape[-2:]
@@ -59,4 +61,5 @@ class MLPHead(nn.Module):
             for linear, f in zip(self.linear, features, strict=True)
         ]
         x = self.fuse(torch.cat(projected[::-1], dim=1))
-        return self.classifier(self.dropout(x))
+        logits = self.classifier(self.dropout(x))
+        return (logits, x) if return_decoder else logits
