@@ -139,5 +139,5 @@ def test_trainer_reports_trainable_and_frozen_parameters():
     heads = sum(p.numel() for p in method.heads.parameters())
     line = parameter_summary(model, method.trainable_modules())
     assert line == (f"model: {total / 1e6:.3f} M parameters ({(total - frozen) / 1e6:.3f} M trainable, "
-                    f"{frozen / 1e6:.3f} M frozen); the method trains {heads / 1e6:.3f} M more (not saved with the "
-                    f"model)")
+                    f"{frozen / 1e6:.3f} M frozen); the method trains {heads / 1e6:.3f} M more (in the training state, "
+                    f"not in the model file; a method that needs them later writes its own file)")

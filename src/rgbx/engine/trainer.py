@@ -200,7 +200,8 @@ def parameter_summary(model: torch.nn.Module, method_modules) -> str:
     extra = sum(count_parameters(m)["trainable"] for m in method_modules)
     line = (f"model: {total / 1e6:.3f} M parameters ({trainable / 1e6:.3f} M trainable, "
             f"{(total - trainable) / 1e6:.3f} M frozen)")
-    return line + (f"; the method trains {extra / 1e6:.3f} M more (not saved with the model)" if extra else "")
+    return line + (f"; the method trains {extra / 1e6:.3f} M more (in the training state, not in the model file; a "
+                   f"method that needs them later writes its own file)" if extra else "")
 
 
 class Trainer:
