@@ -265,3 +265,33 @@ def test_cli_errors(tmp_path, capsys):
     except ImportError:
         assert main(["embed-classes", str(tmp_path / "x.safetensors"), "--classes", "a"]) == 2
         assert "pip install open_clip_torch" in capsys.readouterr().err
+
+
+def _distributed_worker(rank: int, world: int, init: str, embeddings: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    model = tiny()  # the same weights on every process, as DDP keeps them
+    method = ms3(embeddings, model, pixels_per_class=4)
+    for step in range(2):
+        method.step(model, tiny_batch(seed=10 * rank + step), torch.Generator().manual_seed(rank))  # own batches
+    m = method.memory
+    torch.save({k: getattr(m, k).clone() for k in ("bank", "bank_count", "visual", "relation", "relation_seen")},
+               f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_processes_of_a_launch_keep_one_memory_bank(embeddings, tmp_path):
+    """Under torch.distributed each process draws its pixels from its own batches; they are gathered, so the
+    memory bank, V (Eq. 4) and S (Eq. 5) are the same on every process, and hold both processes' draws."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_distributed_worker, args=(2, f"file://{tmp_path}/init", str(embeddings), str(tmp_path)), nprocs=2,
+             join=True)
+    a, b = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    single = ms3(embeddings, tiny(), pixels_per_class=4)
+    single.step(tiny(), tiny_batch(seed=0), torch.Generator().manual_seed(0))
+    # two processes × two steps of draws (bounded by the bank size) against one process's single step
+    assert int(a["bank_count"].sum()) > int(single.memory.bank_count.sum())

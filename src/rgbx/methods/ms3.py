@@ -44,7 +44,7 @@ from rgbx.methods.base import METHODS, Method, drop_modalities
 from rgbx.methods.supervised import cross_entropy
 from rgbx.models.layers import resize
 
-__all__ = ["MS3", "MS3Head", "MS3Memory", "LanguageImprover", "HEAD_FILE", "load_class_embeddings",
+__all__ = ["MS3", "MS3Head", "MS3Memory", "LanguageImprover", "HEAD_FILE", "gather_rows", "load_class_embeddings",
            "load_ms3_head", "multi_label_nce", "multi_label_targets", "relation_scores", "save_ms3_head",
            "visual_embeddings"]
 
@@ -247,12 +247,46 @@ def visual_embeddings(bank: torch.Tensor, count: torch.Tensor, old: torch.Tensor
 
 def relation_scores(pixels: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, num_classes: int):
     """Eq. 5 on a batch: S_y^y' = mean over its pixels of class y of F_k·T_y'. ``pixels`` (N, C), ``labels`` (N,),
-    ``text`` (K, C). Returns (S (K, K), seen (K,)) with zero rows for classes absent from the batch."""
+    ``text`` (K, C). Returns (S (K, K), seen (K,)) with zero rows for classes absent from the batch. Under
+    torch.distributed the means are over the pixels of every process's batch (the same S on every process)."""
     sums = torch.zeros(num_classes, pixels.shape[1], dtype=pixels.dtype, device=pixels.device)
     sums.index_add_(0, labels, pixels)
-    counts = torch.bincount(labels, minlength=num_classes)
-    means = sums / counts.clamp(min=1).view(-1, 1).to(sums.dtype)
+    counts = torch.bincount(labels, minlength=num_classes).to(sums.dtype)
+    if _world_size() > 1:
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(counts)
+    means = sums / counts.clamp(min=1).view(-1, 1)
     return means @ text.T, counts > 0
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_rows(rows: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's ``rows`` (N_p, C) and ``labels`` (N_p,) concatenated in rank order (the same result on every
+    process), so the memory bank and V stay identical across the processes of a torchrun launch; as they are in a
+    single process."""
+    world = _world_size()
+    if world == 1:
+        return rows, labels
+    dist = torch.distributed
+    n = torch.tensor([rows.shape[0]], device=rows.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    most = max(sizes)
+    padded = rows.new_zeros(most, rows.shape[1])
+    padded[: rows.shape[0]] = rows
+    padded_labels = labels.new_zeros(most)
+    padded_labels[: labels.shape[0]] = labels
+    all_rows = [torch.zeros_like(padded) for _ in range(world)]
+    all_labels = [torch.zeros_like(padded_labels) for _ in range(world)]
+    dist.all_gather(all_rows, padded)
+    dist.all_gather(all_labels, padded_labels)
+    return (torch.cat([r[:k] for r, k in zip(all_rows, sizes, strict=True)]),
+            torch.cat([y[:k] for y, k in zip(all_labels, sizes, strict=True)]))
 
 
 def multi_label_targets(relation: torch.Tensor, seen: torch.Tensor, class_source: torch.Tensor) -> torch.Tensor:
@@ -436,7 +470,7 @@ class MS3(Method):
                     key_dec = decoder.detach()
                 keys = pixels(F.normalize(memory.visual_proj(key_dec.float()), dim=1))  # Î
                 pick = sample_per_class(y, o.pixels_per_class, generator)
-                memory.enqueue(keys[pick], y[pick])
+                memory.enqueue(*gather_rows(keys[pick], y[pick]))  # every process's draws, in rank order
                 memory.update_visual()  # V, Eq. 4
             logits = pix_v @ memory.visual.T / o.temperature
             losses["visual"] = o.alpha * multi_label_nce(logits, y, extra, memory.visual_valid)  # Eq. 2 / 8; Eq. 3 / 9
