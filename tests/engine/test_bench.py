@@ -364,3 +364,44 @@ def test_rgbx_bench_reports_a_failing_option_set_and_keeps_the_others(tmp_path, 
     assert results["custom"]["error"] == "RuntimeError: capture failed"
     assert results["exact"]["train"]["images_per_s"] > 0
     assert "custom: FAILED: RuntimeError: capture failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backbone, fusion, head", [("mit_nano", "cmx", "mlp"), ("mit_nano", "mean", "mlp"),
+                                                    ("dformer_nano", "dformer", "ham"), ("omni_nano", "omni", "fcn"),
+                                                    ("mit_nano", "cmnext", "mlp"), ("mit_nano", "ktb", "mlp")])
+def test_cast_weights_gives_autocasts_outputs_bit_for_bit_without_the_casts(backbone, fusion, head):
+    """SpeedOptions.cast_weights: linear / conv weights cast once to bf16 give the very logits autocast gives, while
+    a forward pass no longer casts them (CMNeXt's folded patch embedding keeps fp32, as its sum needs)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from rgbx.engine.fastpath import autocast, cast_inference_weights
+
+    class CountCasts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.casts = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.casts += func.overloadpacket.__name__ in ("to", "_to_copy")
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = create_model(backbone=backbone, fusion=fusion, head=head, modalities=["rgb", "depth"], num_classes=4,
+                         head_channels=16).eval()
+    x, _ = data(batch=1, size=64)
+    cpu = torch.device("cpu")
+    counts = []
+    for cast in (False, True):
+        if cast:
+            assert cast_inference_weights(model, "fp32") is model and next(model.parameters()).dtype == torch.float32
+            cast_inference_weights(model, "bf16")
+        with torch.inference_mode(), autocast(cpu, "bf16"), CountCasts() as mode:
+            out = model(x).logits
+        counts.append((out, mode.casts))
+    (ref, before), (got, after) = counts
+    assert torch.equal(ref, got)
+    assert after < before / 3, (before, after)
+    kept = [m for m in model.modules() if getattr(m, "keep_weight_dtype", False)]
+    assert all(p.dtype == torch.float32 for m in kept for p in m.parameters())
+    assert "cast-weights" in SpeedOptions(precision="bf16", cast_weights=True).describe()
+    assert "cast-weights" not in SpeedOptions(cast_weights=True).describe()  # nothing to cast in fp32

@@ -117,6 +117,8 @@ def option_sets(args, device) -> dict:
             if value == getattr(exact, switch) or (switch == "cuda_graph" and device.type != "cuda"):
                 continue
             sets[f"exact + {switch}"] = exact.with_(**{switch: value})
+        if fast.cast_weights:  # needs the low precision: measured as the fast set without it
+            sets["fast - cast_weights"] = fast.with_(cast_weights=False)
     return sets
 
 

@@ -79,7 +79,13 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.engine.checkpoint import load_model
     from rgbx.engine.distributed import shard_indices
     from rgbx.engine.evaluate import all_subsets, evaluate
-    from rgbx.engine.fastpath import SpeedOptions, apply_speed_options, backend_flags, precision_dtype
+    from rgbx.engine.fastpath import (
+        SpeedOptions,
+        apply_speed_options,
+        backend_flags,
+        cast_inference_weights,
+        precision_dtype,
+    )
     from rgbx.engine.tables import print_eval_tables
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
@@ -88,6 +94,8 @@ def _evaluate(args, device, ctx) -> int:
     speed = SpeedOptions.fast(device) if args.fast else None
     if speed is not None:
         apply_speed_options(model, speed)
+        if speed.cast_weights:
+            cast_inference_weights(model, speed.precision)
     amp_dtype = precision_dtype(speed.precision, device) if speed is not None else None
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
                             transform=EvalTransform(), **parse_options(args.option))

@@ -36,6 +36,7 @@ from rgbx.engine.fastpath import (
     apply_speed_options,
     autocast,
     backend_flags,
+    cast_inference_weights,
     compile_fn,
     to_memory_format,
 )
@@ -212,6 +213,8 @@ def make_inference(
     device = next(iter(inputs.values())).device
     apply_speed_options(model, options)
     model.eval()
+    if options.cast_weights:
+        cast_inference_weights(model, options.precision)
     x = to_memory_format(inputs, options.channels_last)
 
     def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -38,6 +38,10 @@ each switch does:
   at capture, randomness drawn on the device (dropout, drop-path) advances with each replay. ``rgbx bench
   --options graphed`` and the trainer (``train.cuda_graph_train``, for steps that run the same device work every
   time: see :func:`rgbx.engine.trainer.graph_capture_refusals`). Not in the fast set.
+* ``cast_weights``: inference only: the weights and biases of the linear and convolution layers are cast once to
+  the autocast dtype (:func:`cast_inference_weights`, in place) instead of by autocast at every forward pass (one
+  cast kernel per layer and call, replayed by a CUDA graph too: CMX-B2 has 288 such layers). The values are the
+  ones autocast computes, so the outputs are the same, bit for bit; the model must then run under autocast.
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
@@ -65,6 +69,7 @@ __all__ = [
     "SpeedOptions",
     "apply_speed_options",
     "autocast",
+    "cast_inference_weights",
     "compile_regions",
     "cpu_has_bf16",
     "keep_lr_tensors",
@@ -109,6 +114,7 @@ class SpeedOptions:
     compile_backend: str | None = None
     cuda_graph: bool = False
     cuda_graph_train: bool = False
+    cast_weights: bool = False
     tf32: bool = False
     cudnn_benchmark: bool = False
     fused_optimizer: bool | None = None
@@ -128,9 +134,10 @@ class SpeedOptions:
         device = torch.device(device)
         if device.type == "cuda":
             return cls(precision="bf16", attn_impl="sdpa", channels_last=True, tf32=True, cudnn_benchmark=True,
-                       fused_optimizer=True, cuda_graph=True)
-        return cls(precision="bf16" if cpu_has_bf16() else "fp32", attn_impl="sdpa", channels_last=True,
-                   fused_optimizer=True)
+                       fused_optimizer=True, cuda_graph=True, cast_weights=True)
+        bf16 = cpu_has_bf16()
+        return cls(precision="bf16" if bf16 else "fp32", attn_impl="sdpa", channels_last=True, fused_optimizer=True,
+                   cast_weights=bf16)
 
     def with_(self, **changes) -> SpeedOptions:
         return replace(self, **changes)
@@ -150,7 +157,8 @@ class SpeedOptions:
         parts += [name for name, on in (("channels-last", self.channels_last), ("tf32", self.tf32),
                                         ("cudnn-benchmark", self.cudnn_benchmark),
                                         ("compile", self.compile), ("cuda-graph", self.cuda_graph),
-                                        ("cuda-graph-train", self.cuda_graph_train)) if on]
+                                        ("cuda-graph-train", self.cuda_graph_train),
+                                        ("cast-weights", self.cast_weights and self.precision != "fp32")) if on]
         if self.compile and self.compile_scope != "blocks":
             parts.append(f"scope={self.compile_scope}")
         if self.compile and self.compile_mode:
@@ -167,6 +175,24 @@ def autocast(device: torch.device, precision: str, cache: bool = True) -> contex
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
+
+
+def cast_inference_weights(model: nn.Module, precision: str) -> nn.Module:
+    """Cast, in place, the weights and biases of ``model``'s linear and convolution layers to the autocast dtype of
+    ``precision`` (nothing for fp32), for inference under :func:`autocast` (``SpeedOptions.cast_weights``). Autocast
+    would otherwise cast them at every forward pass; the values are the same, so are the outputs. Norm layers keep
+    their fp32 parameters (autocast runs them in fp32), and so does a layer whose weights are computed with before
+    use (it sets ``keep_weight_dtype = True``, e.g. CMNeXt's folded patch embedding). Not for a model that will still
+    be trained."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return model
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not getattr(
+                module, "keep_weight_dtype", False):
+            for param in module.parameters(recurse=False):
+                param.data = param.data.to(dtype)
+    return model
 
 
 def to_memory_format(inputs: Mapping[str, torch.Tensor], channels_last: bool) -> dict[str, torch.Tensor]:

@@ -141,6 +141,7 @@ class SharedEmbed(nn.Module):
     def __init__(self, in_channels: int, dim: int, patch_size: int, stride: int, modalities: Sequence[str]):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=stride, padding=patch_size // 2)
+        self.proj.keep_weight_dtype = True  # folded per input (fold_conv_weight) before use: the sum needs fp32
         self.norms = nn.ModuleDict({m: LayerNorm2d(dim, eps=1e-6) for m in modalities})
 
     def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
