@@ -8,8 +8,7 @@ import torch
 import yaml
 
 from rgbx.engine.config import OptimConfig, load_config
-from rgbx.engine.fastpath import keep_lr_tensors, lr_as_tensors
-from rgbx.engine.optim import build_optimizer, build_scheduler, set_capturable
+from rgbx.engine.optim import build_optimizer, build_scheduler, keep_lr_tensors, lr_as_tensors, set_capturable
 from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import Trainer, graph_capture_refusals
 from rgbx.errors import ConfigError

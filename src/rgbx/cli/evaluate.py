@@ -79,13 +79,7 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.engine.checkpoint import load_model
     from rgbx.engine.distributed import shard_indices
     from rgbx.engine.evaluate import all_subsets, evaluate
-    from rgbx.engine.fastpath import (
-        SpeedOptions,
-        apply_speed_options,
-        backend_flags,
-        cast_inference_weights,
-        precision_dtype,
-    )
+    from rgbx.engine.fastpath import SpeedOptions, backend_flags, precision_dtype, prepare_inference
     from rgbx.engine.tables import print_eval_tables
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
@@ -93,9 +87,7 @@ def _evaluate(args, device, ctx) -> int:
     model, info = load_model(args.checkpoint, device)
     speed = SpeedOptions.fast(device) if args.fast else None
     if speed is not None:
-        apply_speed_options(model, speed)
-        if speed.cast_weights:
-            cast_inference_weights(model, speed.precision)
+        prepare_inference(model, speed)
     amp_dtype = precision_dtype(speed.precision, device) if speed is not None else None
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
                             transform=EvalTransform(), **parse_options(args.option))

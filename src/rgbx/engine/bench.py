@@ -36,8 +36,8 @@ from rgbx.engine.fastpath import (
     apply_speed_options,
     autocast,
     backend_flags,
-    cast_inference_weights,
     compile_fn,
+    prepare_inference,
     to_memory_format,
 )
 from rgbx.errors import ConfigError
@@ -211,10 +211,7 @@ def make_inference(
     """One rgbx inference forward pass (eval mode, ``torch.inference_mode``) on fixed inputs, as a zero-argument
     callable returning the logits. ``options.cuda_graph`` captures it into a CUDA graph (CUDA only)."""
     device = next(iter(inputs.values())).device
-    apply_speed_options(model, options)
-    model.eval()
-    if options.cast_weights:
-        cast_inference_weights(model, options.precision)
+    prepare_inference(model, options)
     x = to_memory_format(inputs, options.channels_last)
 
     def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -33,7 +33,7 @@ each switch does:
   update) captured once into a CUDA graph and replayed (:class:`CudaGraphTrainStep`): the host issues one replay
   instead of thousands of operator calls, which bounds the eager step on fast GPUs (on an H100 CMX-B2's bf16 step
   kept the device busy 31 % of the time; ``rgbx bench`` measured 38.6 → 84.2 img/s). The optimizer is built
-  capturable, with its learning rates as device tensors the schedule writes into (:func:`lr_as_tensors`); bf16 or
+  capturable, with its learning rates as device tensors the schedule writes into (:func:`rgbx.engine.optim.lr_as_tensors`); bf16 or
   fp32 only (fp16's gradient scaler reads its overflow check on the host); randomness drawn on the host is frozen
   at capture, randomness drawn on the device (dropout, drop-path) advances with each replay. ``rgbx bench
   --options graphed`` and the trainer (``train.cuda_graph_train``, for steps that run the same device work every
@@ -72,9 +72,8 @@ __all__ = [
     "cast_inference_weights",
     "compile_regions",
     "cpu_has_bf16",
-    "keep_lr_tensors",
-    "lr_as_tensors",
     "precision_dtype",
+    "prepare_inference",
     "to_memory_format",
 ]
 
@@ -192,6 +191,16 @@ def cast_inference_weights(model: nn.Module, precision: str) -> nn.Module:
                 module, "keep_weight_dtype", False):
             for param in module.parameters(recurse=False):
                 param.data = param.data.to(dtype)
+    return model
+
+
+def prepare_inference(model: nn.Module, options: SpeedOptions) -> nn.Module:
+    """The speed switches for a model that will only run inference, in place: :func:`apply_speed_options`, eval
+    mode, and with ``options.cast_weights`` the weights cast once (:func:`cast_inference_weights`)."""
+    apply_speed_options(model, options)
+    model.eval()
+    if options.cast_weights:
+        cast_inference_weights(model, options.precision)
     return model
 
 
@@ -333,7 +342,7 @@ class CudaGraphTrainStep:
     tensors such as the loss terms; it must not zero the gradients (the capture starts from ``None`` gradients, so
     the replayed backward writes them afresh) nor read anything back to the host, and ``optimizer`` must be built
     with ``capturable=True`` (a learning rate that changes between steps must be a device tensor the schedule writes
-    into, :func:`lr_as_tensors`).
+    into, :func:`rgbx.engine.optim.lr_as_tensors`).
 
     Each call copies new tensors into ``static`` (same names and shapes) and runs one real training step on them:
     the first ``warmup`` calls run ``body`` eagerly on a side stream (cuDNN / cuBLAS handles, autotuning, the
@@ -380,31 +389,3 @@ class CudaGraphTrainStep:
         self.capture()
         self.graph.replay()
         return self.output
-
-
-def lr_as_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """Give each parameter group's learning rate as a 0-d tensor on the parameters' device, so a captured optimizer
-    step reads the current value at each replay (a Python float would be frozen into the graph). ``initial_lr``
-    stays a float, so a schedule computes plain numbers and writes them in with ``fill_``, no device read-back.
-    Returns the tensors, in group order (:func:`keep_lr_tensors` puts them back where a schedule replaced them)."""
-    tensors = []
-    for group in optimizer.param_groups:
-        value = group["lr"]
-        device = group["params"][0].device
-        if not isinstance(value, torch.Tensor) or value.device != device:
-            value = torch.tensor(float(value), dtype=torch.float32, device=device)
-        group["lr"] = value
-        if isinstance(group.get("initial_lr"), torch.Tensor):
-            group["initial_lr"] = float(group["initial_lr"])
-        tensors.append(value)
-    return tensors
-
-
-def keep_lr_tensors(optimizer: torch.optim.Optimizer, tensors: list[torch.Tensor]) -> None:
-    """After a schedule's step: where it stored a new learning rate as a Python number (or a new tensor) instead of
-    writing into the group's tensor, write the value into the tensor a captured graph reads, and put it back."""
-    for group, tensor in zip(optimizer.param_groups, tensors, strict=True):
-        value = group["lr"]
-        if value is not tensor:
-            tensor.fill_(float(value) if not isinstance(value, torch.Tensor) or value.device.type == "cpu" else value)
-            group["lr"] = tensor

@@ -79,6 +79,34 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
                 state["step"] = step.to(device=device, dtype=torch.float32)
 
 
+def lr_as_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Give each parameter group's learning rate as a 0-d tensor on the parameters' device, so a captured optimizer
+    step reads the current value at each replay (a Python float would be frozen into the graph). ``initial_lr``
+    stays a float, so a schedule computes plain numbers and writes them in with ``fill_``, no device read-back.
+    Returns the tensors, in group order (:func:`keep_lr_tensors` puts them back where a schedule replaced them)."""
+    tensors = []
+    for group in optimizer.param_groups:
+        value = group["lr"]
+        device = group["params"][0].device
+        if not isinstance(value, torch.Tensor) or value.device != device:
+            value = torch.tensor(float(value), dtype=torch.float32, device=device)
+        group["lr"] = value
+        if isinstance(group.get("initial_lr"), torch.Tensor):
+            group["initial_lr"] = float(group["initial_lr"])
+        tensors.append(value)
+    return tensors
+
+
+def keep_lr_tensors(optimizer: torch.optim.Optimizer, tensors: list[torch.Tensor]) -> None:
+    """After a schedule's step: where it stored a new learning rate as a Python number (or a new tensor) instead of
+    writing into the group's tensor, write the value into the tensor a captured graph reads, and put it back."""
+    for group, tensor in zip(optimizer.param_groups, tensors, strict=True):
+        value = group["lr"]
+        if value is not tensor:
+            tensor.fill_(float(value) if not isinstance(value, torch.Tensor) or value.device.type == "cpu" else value)
+            group["lr"] = tensor
+
+
 def warmup_poly(total_iters: int, warmup_iters: int, warmup_ratio: float, power: float):
     """lr factor: linear warm-up from ``warmup_ratio`` to 1, then ``(1 - t)^power`` decay to 0 at ``total_iters``."""
 

@@ -8,13 +8,7 @@ import numpy as np
 import torch
 
 from rgbx.data.sample import Sample, collate, normalize_sample
-from rgbx.engine.fastpath import (
-    SpeedOptions,
-    apply_speed_options,
-    autocast,
-    backend_flags,
-    cast_inference_weights,
-)
+from rgbx.engine.fastpath import SpeedOptions, autocast, backend_flags, prepare_inference
 from rgbx.engine.inference import predict_logits
 from rgbx.visualize import colorize, make_panel, save_image
 
@@ -31,9 +25,7 @@ class Predictor:
         self.model = model.to(device).eval()
         self.speed = speed
         if speed is not None:
-            apply_speed_options(self.model, speed)
-            if speed.cast_weights:
-                cast_inference_weights(self.model, speed.precision)
+            prepare_inference(self.model, speed)
         self.scales, self.flip = tuple(scales), flip
         self.device = torch.device(device)
         dataset = info.get("dataset", {})

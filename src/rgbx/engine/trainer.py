@@ -35,11 +35,9 @@ from rgbx.engine.fastpath import (
     SpeedOptions,
     apply_speed_options,
     compile_fn,
-    keep_lr_tensors,
-    lr_as_tensors,
     to_memory_format,
 )
-from rgbx.engine.optim import build_optimizer, build_scheduler, set_capturable
+from rgbx.engine.optim import build_optimizer, build_scheduler, keep_lr_tensors, lr_as_tensors, set_capturable
 from rgbx.engine.profile import count_parameters
 from rgbx.engine.report import Reporter
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
