@@ -48,6 +48,7 @@ SWITCHES = {
     "bf16": SpeedOptions.exact().with_(precision="bf16"),
     "channels_last": SpeedOptions.exact().with_(channels_last=True),
     "fused_adamw": SpeedOptions.exact().with_(fused_optimizer=True),
+    "fold_head": SpeedOptions.exact().with_(fold_head=True),
     "compile": SpeedOptions.exact().with_(compile=True, compile_backend="aot_eager"),  # blocks, the default scope
     "compile_model": SpeedOptions.exact().with_(compile=True, compile_scope="model", compile_backend="aot_eager"),
     # CUDA-only effects (TF32 matmuls, cuDNN autotuning): on the CPU they must change nothing
@@ -73,7 +74,7 @@ def test_each_switch_trains_like_the_exact_path(name):
     assert losses[name][-1] < losses[name][0]
 
 
-@pytest.mark.parametrize("name", ["sdpa", "bf16", "channels_last", "compile", "compile_model", "tf32",
+@pytest.mark.parametrize("name", ["sdpa", "bf16", "channels_last", "fold_head", "compile", "compile_model", "tf32",
                                   "cudnn_benchmark"])
 def test_each_switch_infers_like_the_exact_path(name):
     x, _ = data(batch=1)
@@ -134,6 +135,16 @@ def test_fast_options_follow_the_device(monkeypatch):
     monkeypatch.setattr(fp, "cpu_has_bf16", lambda: True)
     assert SpeedOptions.fast("cpu").precision == "bf16" and SpeedOptions.fast("cpu").channels_last
     assert "channels-last" in SpeedOptions(channels_last=True).describe()
+    assert cuda.fold_head and SpeedOptions.fast("cpu").fold_head and not SpeedOptions.exact().fold_head
+    assert "fold-head" in SpeedOptions(fold_head=True).describe()
+
+
+def test_apply_speed_options_folds_the_head_and_unfolds_it():
+    model = tiny()
+    apply_speed_options(model, SpeedOptions(fold_head=True))
+    assert model.head.fold and all(lin.keep_weight_dtype for lin in model.head.linear)
+    apply_speed_options(model, SpeedOptions.exact())
+    assert not model.head.fold and not any(lin.keep_weight_dtype for lin in model.head.linear)
 
 
 def test_fp16_on_cpu_is_a_clear_error():
@@ -369,9 +380,11 @@ def test_rgbx_bench_reports_a_failing_option_set_and_keeps_the_others(tmp_path, 
 @pytest.mark.parametrize("backbone, fusion, head", [("mit_nano", "cmx", "mlp"), ("mit_nano", "mean", "mlp"),
                                                     ("dformer_nano", "dformer", "ham"), ("omni_nano", "omni", "fcn"),
                                                     ("mit_nano", "cmnext", "mlp"), ("mit_nano", "ktb", "mlp")])
-def test_cast_weights_gives_autocasts_outputs_bit_for_bit_without_the_casts(backbone, fusion, head):
+@pytest.mark.parametrize("fold", [False, True])
+def test_cast_weights_gives_autocasts_outputs_bit_for_bit_without_the_casts(backbone, fusion, head, fold):
     """SpeedOptions.cast_weights: linear / conv weights cast once to bf16 give the very logits autocast gives, while
-    a forward pass no longer casts them (CMNeXt's folded patch embedding keeps fp32, as its sum needs)."""
+    a forward pass no longer casts them (CMNeXt's folded patch embedding keeps fp32, as its sum needs, and so do the
+    layers a folded head multiplies together)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from rgbx.engine.fastpath import autocast, cast_inference_weights
@@ -388,6 +401,7 @@ def test_cast_weights_gives_autocasts_outputs_bit_for_bit_without_the_casts(back
     torch.manual_seed(0)
     model = create_model(backbone=backbone, fusion=fusion, head=head, modalities=["rgb", "depth"], num_classes=4,
                          head_channels=16).eval()
+    model.set_fold_head(fold)
     x, _ = data(batch=1, size=64)
     cpu = torch.device("cpu")
     counts = []

@@ -185,14 +185,15 @@ def test_speed_defaults_follow_the_device_and_explicit_switches_win():
     cfg = load_config(None, [])
     apply_speed_preset(cfg, cuda)  # the fast path is the default where it pays
     t = cfg.train
-    assert (t.precision, t.channels_last, t.tf32, t.cudnn_benchmark, t.fused_optimizer) == ("bf16", True, True, True,
-                                                                                           True)
+    assert (t.precision, t.channels_last, t.tf32, t.cudnn_benchmark, t.fused_optimizer, t.fold_head) == (
+        "bf16", True, True, True, True, True)
     cfg = load_config(None, ["train.precision=fp32", "train.channels_last=false"])
     apply_speed_preset(cfg, cuda)
     assert (cfg.train.precision, cfg.train.channels_last, cfg.train.tf32) == ("fp32", False, True)
     cfg = load_config(None, [])
     apply_speed_preset(cfg, cpu)  # on the CPU the default stays the exact fp32 path
-    assert (cfg.train.precision, cfg.train.channels_last, cfg.train.fused_optimizer) == ("fp32", False, False)
+    assert (cfg.train.precision, cfg.train.channels_last, cfg.train.fused_optimizer, cfg.train.fold_head) == (
+        "fp32", False, False, False)
     cfg = load_config(None, ["train.speed=exact", "train.precision=bf16"])
     apply_speed_preset(cfg, cuda)  # exact is one word away, whatever else is set
     assert (cfg.train.precision, cfg.train.tf32, cfg.model.attn_impl) == ("fp32", False, "eager")

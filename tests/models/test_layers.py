@@ -1,12 +1,13 @@
-"""Shared layers: stochastic depth (statistics, eval identity, one compiled graph for any rate) and presence
-masking."""
+"""Shared layers: stochastic depth (statistics, eval identity, one compiled graph for any rate), presence
+masking, and the 1×1 convolution of resized, concatenated maps computed per map."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from rgbx.models.layers import DropPath, mask_absent
+from rgbx.models.layers import DropPath, conv1x1_resized_concat, mask_absent, resize
 
 
 def test_drop_path_drops_whole_samples_at_its_rate_and_keeps_the_mean():
@@ -65,3 +66,21 @@ def test_mask_absent_zeroes_absent_samples_even_if_they_hold_nan():
     out = mask_absent(x, torch.tensor([True, False]))
     assert out.dtype == torch.bfloat16 and torch.equal(out, torch.tensor([[1.0, 2.0], [0.0, 0.0]], dtype=torch.bfloat16))
     assert mask_absent(x, None) is x  # known present on the host: nothing computed
+
+
+def test_conv1x1_of_resized_concat_is_computed_per_map_with_the_same_result():
+    """Bilinear resizing and a 1×1 conv commute: per map at its own size, then resized and summed, equals the conv of
+    the concatenation of the resized maps (float64: only the summation order differs)."""
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, c, h, w, generator=g, dtype=torch.float64)
+            for c, h, w in ((3, 12, 16), (5, 6, 8), (4, 3, 4), (2, 5, 7))]
+    weight = torch.randn(6, 14, 1, 1, generator=g, dtype=torch.float64)
+    bias = torch.randn(6, generator=g, dtype=torch.float64)
+    size = (12, 16)
+    ref = F.conv2d(torch.cat([resize(m, size) for m in maps], 1), weight, bias)
+    got = conv1x1_resized_concat(maps, weight, size, bias)
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-12)
+    assert torch.allclose(conv1x1_resized_concat(maps, weight[:, :, 0, 0], size), ref - bias[:, None, None],
+                          atol=1e-12)
+    with pytest.raises(ValueError, match="15 input channels.*14"):
+        conv1x1_resized_concat(maps, torch.randn(6, 15), size)

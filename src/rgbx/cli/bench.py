@@ -24,9 +24,9 @@ EXAMPLES = """  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth
   rgbx bench --data data/synth --modalities rgb depth --workers 0 2 4 --crop 480x640   # input pipeline
 
 option sets (--options): exact = fp32, explicit attention, no compilation, PyTorch's default AdamW (the reference
-arithmetic); fast = what helps on the device (CUDA: bf16 autocast, fused attention, channels-last, TF32, fused
-AdamW, CUDA-graph inference; CPU: fused attention, channels-last, bf16 where the processor has AMX /
-AVX-512 BF16); graphed = fast + the whole training step replayed as one CUDA graph (CUDA only);
+arithmetic); fast = what helps on the device (CUDA: bf16 autocast, fused attention, channels-last, folded head,
+TF32, fused AdamW, CUDA-graph inference; CPU: fused attention, channels-last, folded head, bf16 where the processor
+has AMX / AVX-512 BF16); graphed = fast + the whole training step replayed as one CUDA graph (CUDA only);
 compiled = fast + torch.compile; custom = exact changed by the switch flags below. --sweep adds one set per switch
 of the fast set: exact with only that switch turned on (torch.compile is measured by the compiled set).
 
@@ -34,7 +34,8 @@ Defaults follow the device: on the CPU training at batch 2 on 240x320 and infere
 anchors); on CUDA training at batch 8 on 480x640.
 """
 
-SWITCHES = ("precision", "attn_impl", "channels_last", "tf32", "cudnn_benchmark", "fused_optimizer", "cuda_graph")
+SWITCHES = ("precision", "attn_impl", "channels_last", "fold_head", "tf32", "cudnn_benchmark", "fused_optimizer",
+            "cuda_graph")
 
 
 def add_parser(sub) -> None:
@@ -60,6 +61,8 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="custom set: autocast precision")
     p.add_argument("--attn", choices=("sdpa", "eager"), help="custom set: attention implementation")
     p.add_argument("--channels-last", action="store_true", help="custom set: channels-last memory layout")
+    p.add_argument("--fold-head", action="store_true",
+                   help="custom set: the head's fusion conv per stage before upsampling (same function)")
     p.add_argument("--compile", action="store_true", help="custom set: torch.compile")
     p.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
                    help="what compiled / custom sets compile: each block on its own (default; compiles in a "
@@ -108,9 +111,10 @@ def option_sets(args, device) -> dict:
         else:
             sets["custom"] = exact.with_(
                 precision=args.precision or exact.precision, attn_impl=args.attn or exact.attn_impl,
-                channels_last=args.channels_last, compile=args.compile, compile_scope=args.compile_scope,
-                compile_mode=args.compile_mode,
-                cuda_graph=args.cuda_graph, cuda_graph_train=args.cuda_graph_train, tf32=args.tf32, fused_optimizer=args.fused_adamw or exact.fused_optimizer)
+                channels_last=args.channels_last, fold_head=args.fold_head, compile=args.compile,
+                compile_scope=args.compile_scope, compile_mode=args.compile_mode, cuda_graph=args.cuda_graph,
+                cuda_graph_train=args.cuda_graph_train, tf32=args.tf32,
+                fused_optimizer=args.fused_adamw or exact.fused_optimizer)
     if args.sweep:
         for switch in SWITCHES:
             value = getattr(fast, switch)
@@ -119,6 +123,8 @@ def option_sets(args, device) -> dict:
             sets[f"exact + {switch}"] = exact.with_(**{switch: value})
         if fast.cast_weights:  # needs the low precision: measured as the fast set without it
             sets["fast - cast_weights"] = fast.with_(cast_weights=False)
+        # what the folded head saves under the fast set's precision (exact + fold_head measures it in fp32)
+        sets["fast - fold_head"] = fast.with_(fold_head=False)
     return sets
 
 

@@ -65,9 +65,10 @@ class TrainConfig:
     checkpoint_every: int = 200  # 0 = only at the end (a killed run then restarts from the beginning)
     log_every: int = 20
     # speed switches (rgbx.engine.fastpath). A switch left at None takes the device's default: on CUDA the fast set
-    # (bf16, channels-last, TF32, cuDNN autotuning, fused AdamW), elsewhere the exact fp32 path. speed: "custom" =
-    # the switches as set; "fast" / "exact" = the device's fast set / everything off, written over precision,
-    # channels_last, tf32, cudnn_benchmark, fused_optimizer and model.attn_impl (compile stays its own choice)
+    # (bf16, channels-last, TF32, cuDNN autotuning, fused AdamW, folded head), elsewhere the exact fp32 path. speed:
+    # "custom" = the switches as set; "fast" / "exact" = the device's fast set / everything off, written over
+    # precision, channels_last, tf32, cudnn_benchmark, fused_optimizer, fold_head and model.attn_impl (compile stays
+    # its own choice)
     speed: str = "custom"
     precision: str | None = None  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
     channels_last: bool | None = None  # NHWC weights and inputs
@@ -78,6 +79,7 @@ class TrainConfig:
     tf32: bool | None = None  # TF32 matmuls on CUDA
     cudnn_benchmark: bool | None = None  # cuDNN autotuning for fixed shapes
     fused_optimizer: bool | None = None  # fused AdamW
+    fold_head: bool | None = None  # decode head's fusion conv per stage before upsampling (same function, fewer ops)
     # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised without modality dropout,
     # every sample with every sensor, bf16 / fp32, one process): the host issues one launch per step
     cuda_graph_train: bool = False

@@ -95,7 +95,7 @@ def apply_speed_preset(cfg: ExperimentConfig, device: torch.device) -> None:
     if preset not in SPEED_PRESETS:
         raise ConfigError(f"train.speed={preset!r}: expected one of {', '.join(SPEED_PRESETS)}")
     t = cfg.train
-    names = ("precision", "channels_last", "tf32", "cudnn_benchmark", "fused_optimizer")
+    names = ("precision", "channels_last", "tf32", "cudnn_benchmark", "fused_optimizer", "fold_head")
     if preset == "custom":
         default = SpeedOptions.fast(device) if device.type == "cuda" else SpeedOptions.exact()
         for name in names:
@@ -249,7 +249,8 @@ class Trainer:
         self.speed = SpeedOptions(precision=t.precision, channels_last=t.channels_last, compile=t.compile,
                                   compile_scope=t.compile_scope, compile_mode=t.compile_mode,
                                   compile_backend=t.compile_backend, tf32=t.tf32, cudnn_benchmark=t.cudnn_benchmark,
-                                  fused_optimizer=t.fused_optimizer, cuda_graph_train=t.cuda_graph_train)
+                                  fused_optimizer=t.fused_optimizer, cuda_graph_train=t.cuda_graph_train,
+                                  fold_head=t.fold_head)
         if self.device.type == "cuda":  # process-wide for the run
             torch.backends.cuda.matmul.allow_tf32 = t.tf32
             torch.backends.cudnn.allow_tf32 = t.tf32 or torch.backends.cudnn.allow_tf32

@@ -100,6 +100,14 @@ class Segmentor(nn.Module):
                 module.set_attn_impl(attn_impl)
         self.config = replace(self.config, attn_impl=attn_impl)
 
+    def set_fold_head(self, fold: bool) -> None:
+        """Switch every decode head that can (``set_fold``: the MLP and light-Hamburger heads) to applying its
+        fusion convolution per stage, before the upsampling (the same function in fewer operations; weights
+        unchanged), or back to the reference order."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "set_fold"):
+                module.set_fold(fold)
+
     def forward(
         self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None,
         return_decoder: bool = False,

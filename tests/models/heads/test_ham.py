@@ -169,3 +169,13 @@ def test_bad_inputs():
         head(stage_maps(32, 32)[:3])
     with pytest.raises(ValueError, match="out of range"):
         LightHamHead(CHANNELS, 3, channels=8, in_index=(1, 4))
+
+
+def test_folded_squeeze_is_the_same_function():
+    """set_fold: squeeze's conv per stage at its own resolution, then resized and summed: the same logits and
+    gradients as the conv of the concatenation (float64, train and eval mode)."""
+    from tests.models.heads.test_mlp_head import _fold_matches_reference_order
+
+    head = tiny_head().double()
+    feats = [f.double() for f in stage_maps(40, 56)]
+    _fold_matches_reference_order(head, feats)

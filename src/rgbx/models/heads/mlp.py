@@ -3,6 +3,11 @@
 Paper: Xie et al., "SegFormer", NeurIPS 2021 (arXiv:2105.15203); as in mmsegmentation's ``SegformerHead``: each stage
 map is projected to ``channels`` by a Linear layer, upsampled to the first (1/4) stage's size, the maps are
 concatenated (deepest first), fused by a 1×1 conv + BN + ReLU, and classified after dropout.
+
+``fold`` (:meth:`MLPHead.set_fold`, the ``fold_head`` speed switch) computes the same function in fewer operations:
+the per-stage Linear and that stage's slice of the fusion conv are one 1×1 conv (their weights multiplied at each
+call, so both keep learning), applied at the stage's own resolution before the upsampling
+(:func:`~rgbx.models.layers.conv1x1_resized_concat`). CMX's 512-channel head at 480×640: 21.7 → 1.9 GMAC per image.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgbx.models.layers import ConvBNReLU, init_weights, resize
+from rgbx.models.layers import ConvBNReLU, conv1x1_resized_concat, init_weights, resize
 from rgbx.models.registries import HEADS
 
 __all__ = ["MLPHead"]
@@ -44,6 +49,27 @@ class MLPHead(nn.Module):
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
         self.apply(init_weights)
         nn.init.normal_(self.classifier.weight, std=0.01)
+        self.fold = False
+
+    def set_fold(self, fold: bool) -> None:
+        """Fold the per-stage Linear layers into the fusion conv and apply it at each stage's resolution (see the
+        module docstring); ``False``: the reference order of operations."""
+        self.fold = bool(fold)
+        for layer in (*self.linear, self.fuse[0]):  # multiplied together before use: they keep fp32 weights
+            layer.keep_weight_dtype = self.fold
+
+    def _folded_fusion(self, features: Sequence[torch.Tensor], size) -> torch.Tensor:
+        """``fuse[0](cat(resize(linear_i(f_i))))`` (deepest first) as one 1×1 conv per stage at its resolution."""
+        stages = len(self.linear)
+        fuse = self.fuse[0].weight.reshape(self.fuse[0].out_channels, stages, -1)  # (C, stage in cat order, C)
+        dtype = torch.promote_types(fuse.dtype, torch.float32)
+        with torch.autocast(features[0].device.type, enabled=False):  # the tiny weight products in fp32 (or fp64)
+            weights, bias = [], 0
+            for i, linear in enumerate(self.linear):
+                w_i = fuse[:, stages - 1 - i].to(dtype)
+                weights.append(w_i @ linear.weight.to(dtype))
+                bias = bias + w_i @ linear.bias.to(dtype)
+        return conv1x1_resized_concat(features, torch.cat(weights, dim=1), size, bias)
 
     def forward(self, features: Sequence[torch.Tensor], return_decoder: bool = False):
         """Per-stage maps (B, C_i, H_i, W_i) → logits (B, K, H_0, W_0) at the first map's resolution; with
@@ -56,10 +82,13 @@ class MLPHead(nn.Module):
         # result, but the maps stay in the input's memory layout, so the upsampling and the concatenation below
         # work on plain NCHW tensors instead of transposed token views (which cost layout copies, on the CPU
         # several times the head's arithmetic).
-        projected = [
-            resize(F.conv2d(f, linear.weight[:, :, None, None], linear.bias), size)
-            for linear, f in zip(self.linear, features, strict=True)
-        ]
-        x = self.fuse(torch.cat(projected[::-1], dim=1))
+        if self.fold:
+            x = self.fuse[2](self.fuse[1](self._folded_fusion(features, size)))
+        else:
+            projected = [
+                resize(F.conv2d(f, linear.weight[:, :, None, None], linear.bias), size)
+                for linear, f in zip(self.linear, features, strict=True)
+            ]
+            x = self.fuse(torch.cat(projected[::-1], dim=1))
         logits = self.classifier(self.dropout(x))
         return (logits, x) if return_decoder else logits
