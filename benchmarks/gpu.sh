@@ -125,13 +125,14 @@ fi
 #    distinct block shape). The training step has never finished compiling inside the suite on an H100 (150 s, and
 #    255 s in a command of its own), so inference (compiled blocks inside the CUDA-graph forward: kernel fusion is
 #    what batch-1 latency still needs) comes first, then training with what is left; or a command of its own
-#    (STEPS=compile)
+#    (STEPS=compile). Recompilations are logged with their reason, and a step cut off by its time limit still prints
+#    where the compile time went (rgbx bench's report on SIGTERM)
 if want compile; then
     for what in latency train; do
         # shellcheck disable=SC2086
-        run_step 600 $RGBX bench --device "$DEVICE" --backbone mit_b2 --fusion cmx --modalities rgb depth \
-            --num-classes 40 --head-channels 512 --size "$SIZE" --train-size "$SIZE" --train-batch "$BATCH" \
-            --what "$what" --options fast compiled --warmup "$WARMUP" --repeats "$REPEATS" \
+        run_step 600 env TORCH_LOGS=recompiles $RGBX bench --device "$DEVICE" --backbone mit_b2 --fusion cmx \
+            --modalities rgb depth --num-classes 40 --head-channels 512 --size "$SIZE" --train-size "$SIZE" \
+            --train-batch "$BATCH" --what "$what" --options fast compiled --warmup "$WARMUP" --repeats "$REPEATS" \
             --json "$LOG_DIR/compile_$what.json" 2>&1 | tee -a "$LOG_DIR/compile.log"
         compile_rc=${PIPESTATUS[0]}
         [ "$compile_rc" = 0 ] || break
@@ -140,7 +141,7 @@ fi
 
 elapsed=$(( $(date +%s) - start ))
 table_or_tail() {  # the rich table of a bench log; the progress lines where it stopped before the table
-    if grep -q '┏' "$1" 2>/dev/null; then sed -n '/┏/,$p' "$1"; else grep -v "^\[W\|Warning\|_warn_once" "$1" 2>/dev/null | tail -20; fi
+    if grep -q '┏' "$1" 2>/dev/null; then sed -n '/┏/,$p' "$1"; else grep -v "^\[W\|Warning\|_warn_once" "$1" 2>/dev/null | tail -26; fi
 }
 {
     echo "# GPU speed: reference code vs rgbx, side by side"

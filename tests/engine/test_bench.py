@@ -419,3 +419,37 @@ def test_cast_weights_gives_autocasts_outputs_bit_for_bit_without_the_casts(back
     assert all(p.dtype == torch.float32 for m in kept for p in m.parameters())
     assert "cast-weights" in SpeedOptions(precision="bf16", cast_weights=True).describe()
     assert "cast-weights" not in SpeedOptions(cast_weights=True).describe()  # nothing to cast in fp32
+
+
+def test_compile_report_says_where_compile_time_went_and_a_stopped_bench_still_prints_it():
+    """rgbx bench with torch.compile prints dynamo's phase timers after the table, and also when a time limit stops
+    it mid-compilation (SIGTERM, as `timeout` sends): exit status 124 and the report so far."""
+    import signal
+    import subprocess
+    import time
+
+    from rgbx.engine.fastpath import compile_report
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: (t * 2).sin(), backend="aot_eager")
+    compiled(torch.randn(3))
+    report = compile_report(rows=5)
+    assert report.startswith("torch.compile: ") and "graphs" in report and "recompilations" in report
+    phases = report.splitlines()[1:]
+    assert 1 <= len(phases) <= 5 and all(line.strip().split()[1] == "s" for line in phases), report
+
+    cmd = [sys.executable, "-m", "rgbx.cli.main", "bench", "--backbone", "mit_nano", "--fusion", "cmx",
+           "--modalities", "rgb", "depth", "--num-classes", "4", "--head-channels", "16", "--size", "32x32",
+           "--device", "cpu", "--what", "latency", "--warmup", "1", "--repeats", "1", "--options", "custom",
+           "--compile"]  # inductor: compiles for far longer than the two seconds below
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("compiling: stopped by SIGTERM"), first
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 124, out[-2000:]
+    assert "stopped by signal 15" in out and "torch.compile: " in out

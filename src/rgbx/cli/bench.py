@@ -241,6 +241,9 @@ def run(args) -> int:
     train_size = args.train_size or ((240, 320) if cpu else tuple(args.size))
     train_batch = args.train_batch or (2 if cpu else 8)
     sets = option_sets(args, device)
+    compiling = any(o.compile for o in sets.values())
+    if compiling:
+        report_compile_on_termination()
     result = bench_model(lambda: create_model(config), config.modalities, config.num_classes, sets, device=device,
                          size=tuple(args.size), train_size=train_size, train_batch=train_batch,
                          throughput_batch=args.throughput_batch, warmup=args.warmup, repeats=args.repeats,
@@ -254,7 +257,26 @@ def run(args) -> int:
              f"{config.num_classes} classes; train batch {train_batch} at {result['train_size']}, inference at "
              f"{result['size']}")
     print_bench(result, title)
+    if compiling:
+        from rgbx.engine.fastpath import compile_report
+
+        print(compile_report(), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
     return 0
+
+
+def report_compile_on_termination() -> None:
+    """On SIGTERM (e.g. ``timeout`` ending a compilation that takes too long) print where the compile time went,
+    then exit with status 124 as ``timeout`` would."""
+    import signal
+
+    def handler(signum, frame):
+        from rgbx.engine.fastpath import compile_report
+
+        print(f"stopped by signal {signum} while running; {compile_report()}", flush=True)
+        raise SystemExit(124)
+
+    signal.signal(signal.SIGTERM, handler)
+    print("compiling: stopped by SIGTERM, this prints where the compile time went", flush=True)

@@ -76,6 +76,7 @@ __all__ = [
     "autocast",
     "cast_inference_weights",
     "compile_regions",
+    "compile_report",
     "cpu_has_bf16",
     "precision_dtype",
     "prepare_inference",
@@ -282,6 +283,22 @@ def apply_speed_options(model: nn.Module, options: SpeedOptions) -> nn.Module:
     if options.compile and options.compile_scope == "blocks":
         compile_regions(model, options)
     return model
+
+
+def compile_report(rows: int = 20) -> str:
+    """Where this process's torch.compile time went so far: graphs made, recompilations, and the ``rows`` costliest
+    phases (dynamo's own timers, seconds summed over calls; phases nest, so they overlap). Printed by ``rgbx bench``
+    after compiling, and when a time limit stops it mid-compilation (SIGTERM), so that a cut-off run still says
+    where the time went."""
+    from torch._dynamo.utils import compile_times, counters
+
+    names, seconds = compile_times(repr="csv", aggregate=True)
+    stats = counters["stats"]
+    lines = [f"torch.compile: {stats.get('unique_graphs', 0)} graphs, {stats.get('calls_captured', 0)} operators "
+             f"captured, {sum(counters['recompiles'].values())} recompilations"]
+    for name, t in sorted(zip(names, (float(v) for v in seconds)), key=lambda kv: -kv[1])[:rows]:
+        lines.append(f"  {t:9.2f} s  {name}")
+    return "\n".join(lines)
 
 
 def compile_fn(fn: Callable, options: SpeedOptions) -> Callable:
