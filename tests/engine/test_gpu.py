@@ -54,6 +54,35 @@ def test_graphed_training_follows_the_eager_run(tmp_path, precision):
     assert_moved_alike(start, eager_state, graphed_state, 0.01 if precision == "fp32" else 0.1)
 
 
+def test_graphed_training_with_modality_dropout_and_a_missing_sensor(tmp_path):
+    """A captured step whose presence changes at every step: modality dropout drawn on the device inside the graph
+    (each replay draws anew) and samples without thermal (their masks copied into the graph's buffers). The eager
+    trainer deciding presence the same way, from the same per-step seeds, gives the same losses; and the replays do
+    not repeat one drop pattern (losses of a frozen pattern would follow the eager run only by chance)."""
+    import yaml
+
+    root = make_dataset(tmp_path / "d", n=10, size=(32, 40))
+    desc = yaml.safe_load((root / "dataset.yaml").read_text())
+    desc["modalities"]["thermal"]["optional"] = True
+    (root / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    for f in sorted((root / "thermal").iterdir())[::2]:
+        f.unlink()
+    rows = {}
+    for graphed in (False, True):
+        out = tmp_path / f"graphed_{graphed}"
+        cfg = graphed_run_config(root, out, "train.iters=12", "train.precision=fp32", "method.modality_dropout=0.5",
+                                 f"train.cuda_graph_train={str(graphed).lower()}")
+        trainer = Trainer(cfg, reporter=Reporter(quiet=True))
+        trainer.decide_on_device = True
+        trainer.fit()
+        assert (trainer._graph is not None and trainer._graph.graph is not None) == graphed
+        with (out / "metrics.csv").open() as f:
+            rows[graphed] = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert len(rows[True]) == 12 and all(loss == loss for loss in rows[True])
+    for a, b in zip(rows[False], rows[True], strict=True):
+        assert abs(a - b) <= 1e-3 * abs(a), (rows[False], rows[True])
+
+
 def test_graphed_training_resumes_an_eager_run(tmp_path):
     """A run checkpointed by the eager step goes on with the captured one (the optimizer made capturable, its step
     counts moved to the device, the learning rates made tensors after the schedule was rebuilt for more iterations),

@@ -32,18 +32,28 @@ class PresenceMasks(dict):
 
     * :attr:`certain`: modalities present for every sample;
     * :attr:`host`: modality → the same mask as a CPU tensor, where the caller has it (the trainer keeps the
-      collated masks before moving the batch to the GPU).
+      collated masks before moving the batch to the GPU);
+    * :attr:`on_device`: nothing is decided on the host: every modality's branch is computed for every batch and
+      the absent samples are masked on the device, and modality dropout draws on the device
+      (:func:`rgbx.methods.base.drop_modalities`). What a training step captured once as a CUDA graph needs, whose
+      masks change from batch to batch in the graph's buffers.
     """
 
-    __slots__ = ("certain", "host")
+    __slots__ = ("certain", "host", "on_device")
 
-    def __init__(self, masks=(), certain=(), host=None):
+    def __init__(self, masks=(), certain=(), host=None, on_device: bool = False):
         super().__init__(masks)
+        self.on_device = bool(on_device)
         self.certain = frozenset(certain)
         self.host = dict(host or {})
+        if self.on_device and (self.certain or self.host):
+            raise ValueError("PresenceMasks(on_device=True) decides nothing on the host: no certain / host masks")
 
     def any_present(self, name: str) -> bool:
-        """Whether any sample has ``name``; reads the device mask back only when nothing is known on the host."""
+        """Whether any sample has ``name``; reads the device mask back only when nothing is known on the host.
+        Always True when :attr:`on_device` (the branch is computed, its absent samples masked)."""
+        if self.on_device:
+            return True
         if name in self.certain:
             return True
         if name in self.host:
@@ -61,7 +71,7 @@ class PresenceMasks(dict):
     def subset(self, names: Iterable[str]) -> PresenceMasks:
         names = [n for n in self if n in set(names)]
         return PresenceMasks({n: self[n] for n in names}, self.certain & set(names),
-                             {n: m for n, m in self.host.items() if n in names})
+                             {n: m for n, m in self.host.items() if n in names}, self.on_device)
 
 
 def host_masks(present: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
@@ -140,7 +150,7 @@ class Batch:
             if name not in inputs:
                 continue
             x = inputs[name]
-            if known is not None and drop.device.type == "cpu":
+            if known is not None and not known.on_device and drop.device.type == "cpu":
                 host[name] = known.host_mask(name) & ~drop
                 if bool(drop.any()):
                     certain.discard(name)
@@ -151,7 +161,27 @@ class Batch:
             inputs[name] = torch.where(keep.view(-1, 1, 1, 1), x, torch.full_like(x, get_modality(name).fill))
             present[name] = keep
         if known is not None:
-            present = PresenceMasks(present, certain, host)
+            present = PresenceMasks(present, certain, host, known.on_device)
+        return Batch(inputs, present, self.label, self.meta)
+
+    def with_every(self, names: Iterable[str]) -> Batch:
+        """The batch with every modality of ``names`` in ``inputs``: one that no sample of this batch has is added
+        as absent (fill value, ``present`` False), so that batches of optional sensors all have the same tensors
+        (a training step captured as a CUDA graph copies each batch into the same buffers)."""
+        missing = [n for n in names if n not in self.inputs]
+        if not missing:
+            return self
+        ref = next(iter(self.inputs.values()))
+        b, (h, w) = ref.shape[0], ref.shape[-2:]
+        inputs, present = dict(self.inputs), dict(self.present)
+        for n in missing:
+            spec = get_modality(n)
+            inputs[n] = torch.full((b, spec.channels, h, w), spec.fill, dtype=ref.dtype, device=ref.device)
+            present[n] = torch.zeros(b, dtype=torch.bool, device=ref.device)
+        if isinstance(self.present, PresenceMasks):
+            known = self.present
+            present = PresenceMasks(present, known.certain, {**known.host, **{
+                n: torch.zeros(b, dtype=torch.bool) for n in missing if not known.on_device}}, known.on_device)
         return Batch(inputs, present, self.label, self.meta)
 
 

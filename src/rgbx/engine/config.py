@@ -80,8 +80,9 @@ class TrainConfig:
     cudnn_benchmark: bool | None = None  # cuDNN autotuning for fixed shapes
     fused_optimizer: bool | None = None  # fused AdamW
     fold_head: bool | None = None  # decode head's fusion conv per stage before upsampling (same function, fewer ops)
-    # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised without modality dropout,
-    # every sample with every sensor, bf16 / fp32, one process): the host issues one launch per step
+    # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised, with or without modality
+    # dropout and missing sensors, which are then decided on the device; bf16 / fp32, one process): the host issues
+    # one launch per step
     cuda_graph_train: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0

@@ -35,9 +35,11 @@ each switch does:
   kept the device busy 31 % of the time; ``rgbx bench`` measured 38.6 → 84.2 img/s). The optimizer is built
   capturable, with its learning rates as device tensors the schedule writes into (:func:`rgbx.engine.optim.lr_as_tensors`); bf16 or
   fp32 only (fp16's gradient scaler reads its overflow check on the host); randomness drawn on the host is frozen
-  at capture, randomness drawn on the device (dropout, drop-path) advances with each replay. ``rgbx bench
-  --options graphed`` and the trainer (``train.cuda_graph_train``, for steps that run the same device work every
-  time: see :func:`rgbx.engine.trainer.graph_capture_refusals`). Not in the fast set.
+  at capture, randomness drawn on the device (dropout, drop-path, modality dropout under
+  ``PresenceMasks(on_device=True)``) advances with each replay. ``rgbx bench --options graphed`` and the trainer
+  (``train.cuda_graph_train``, for steps that run the same device work every time: see
+  :func:`rgbx.engine.trainer.graph_capture_refusals`; the trainer then decides sensor presence on the device). Not
+  in the fast set.
 * ``cast_weights``: inference only: the weights and biases of the linear and convolution layers are cast once to
   the autocast dtype (:func:`cast_inference_weights`, in place) instead of by autocast at every forward pass (one
   cast kernel per layer and call, replayed by a CUDA graph too: CMX-B2 has 288 such layers). The values are the

@@ -150,10 +150,10 @@ class RunPaths:
         return self.root / "best.safetensors"
 
 
-def graph_capture_refusals(cfg: ExperimentConfig, device: torch.device, distributed: bool, method,
-                           train_set) -> list[str]:
+def graph_capture_refusals(cfg: ExperimentConfig, device: torch.device, distributed: bool, method) -> list[str]:
     """Why ``train.cuda_graph_train`` cannot capture this run's training step (empty: it can). A captured step
-    replays the same device work at every step, so whatever decides on the host what a step runs is refused."""
+    replays the same device work at every step, so whatever decides on the host what a step runs is refused. (Which
+    sensors a batch has, and modality dropout, are decided on the device in a captured step: not refused.)"""
     t = cfg.train
     reasons = []
     if device.type != "cuda":
@@ -167,10 +167,6 @@ def graph_capture_refusals(cfg: ExperimentConfig, device: torch.device, distribu
     refusal = method.graph_refusal()
     if refusal:
         reasons.append(refusal)
-    optional = sorted(name for name, src in train_set.sources.items() if src.optional)
-    if optional:
-        reasons.append(f"samples of data.dataset={cfg.data.dataset!r} may lack {optional}, which changes what a step "
-                       f"runs")
     return reasons
 
 
@@ -282,8 +278,10 @@ class Trainer:
             class_weights=None if weights is None else weights.to(self.device))
         self.method.prepare(self.model, self.device)
         self.graphed = cfg.train.cuda_graph_train
+        # presence (missing sensors, modality dropout) decided on the device: what a captured step needs
+        self.decide_on_device = self.graphed
         if self.graphed:
-            reasons = graph_capture_refusals(cfg, self.device, self.dist.enabled, self.method, self.train_set)
+            reasons = graph_capture_refusals(cfg, self.device, self.dist.enabled, self.method)
             if reasons:
                 raise ConfigError("train.cuda_graph_train: this run's training step cannot be captured: "
                                   + "; ".join(reasons))
@@ -417,11 +415,16 @@ class Trainer:
     def _to_device(self, batch):
         """Move a collated batch to the device without waiting (pinned memory, non-blocking copies). The presence
         masks stay known on the host (:class:`~rgbx.data.sample.PresenceMasks`), so neither modality dropout nor the
-        model needs a device → host read-back to decide what to compute."""
-        host = dict(batch.present)  # CPU tensors: reading them needs no device sync
-        certain = [m for m, mask in host.items() if bool(mask.all())]
-        batch = batch.to(self.device, non_blocking=True)
-        batch.present = PresenceMasks(batch.present, certain, host)
+        model needs a device → host read-back to decide what to compute. A captured step (``train.cuda_graph_train``)
+        instead gets every modality of the model and masks decided on the device (``PresenceMasks.on_device``)."""
+        if self.decide_on_device:  # the same tensors every step, presence decided on the device (graph buffers)
+            batch = batch.with_every(self.model.modalities).to(self.device, non_blocking=True)
+            batch.present = PresenceMasks(batch.present, on_device=True)
+        else:
+            host = dict(batch.present)  # CPU tensors: reading them needs no device sync
+            certain = [m for m, mask in host.items() if bool(mask.all())]
+            batch = batch.to(self.device, non_blocking=True)
+            batch.present = PresenceMasks(batch.present, certain, host)
         if self.speed.channels_last:
             batch.inputs = to_memory_format(batch.inputs, True)
         return batch

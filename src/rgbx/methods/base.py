@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from rgbx.data.sample import host_masks
+from rgbx.data.sample import PresenceMasks, host_masks
 from rgbx.errors import CheckpointError, ConfigError
 from rgbx.models.model_file import load_model
 from rgbx.registry import Registry
@@ -91,6 +91,8 @@ def drop_modalities(batch, p: float, generator: torch.Generator, min_keep: int =
     if p <= 0 or len(batch.modalities) <= 1:
         return batch
     names = list(batch.modalities)
+    if isinstance(batch.present, PresenceMasks) and batch.present.on_device:
+        return batch.drop(_drop_on_device(torch.stack([batch.present[n] for n in names], 1), p, min_keep, names))
     present = host_masks(batch.present, names)  # (B, M) on the CPU, no device read-back
     drop = (torch.rand(present.shape, generator=generator) < p) & present
     kept = present & ~drop
@@ -101,6 +103,20 @@ def drop_modalities(batch, p: float, generator: torch.Generator, min_keep: int =
             order = candidates[torch.randperm(len(candidates), generator=generator)][:need]
             drop[i, order] = False
     return batch.drop({n: drop[:, j] for j, n in enumerate(names)})  # CPU masks: Batch.drop moves them
+
+
+def _drop_on_device(present: torch.Tensor, p: float, min_keep: int, names: list[str]) -> dict[str, torch.Tensor]:
+    """:func:`drop_modalities`' draw made on the masks' device with its default generator, nothing read back (what a
+    training step captured as a CUDA graph needs: each replay draws anew). Same distribution as the host draw: each
+    present modality dropped with probability ``p``, then, where fewer than ``min_keep`` of a sample's modalities
+    are left, that many of its dropped ones put back, chosen uniformly (ranked by a second uniform draw)."""
+    drop = (torch.rand(present.shape, device=present.device) < p) & present
+    kept = present & ~drop
+    need = (torch.clamp(present.sum(1), max=min_keep) - kept.sum(1)).clamp(min=0)  # (B,)
+    score = torch.rand(present.shape, device=present.device).masked_fill(~drop, 2.0)  # kept ones rank last
+    rank = score.argsort(1).argsort(1)  # 0 = the dropped modality with the lowest draw
+    drop = drop & ~(rank < need[:, None])
+    return {n: drop[:, j] for j, n in enumerate(names)}
 
 
 def load_frozen_teacher(path: str, device: torch.device, preset_hint: str) -> torch.nn.Module:

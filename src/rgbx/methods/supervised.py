@@ -22,9 +22,7 @@ class Supervised(Method):
                                    self.config.label_smoothing)}
 
     def graph_refusal(self) -> str | None:
-        if self.config.modality_dropout:
-            return "method.modality_dropout draws on the host which sensors each step drops (set it to 0)"
-        return None
+        return None  # a captured step's presence masks are decided on the device, modality dropout included
 
 
 def cross_entropy(logits: torch.Tensor, label: torch.Tensor, ignore_index: int,

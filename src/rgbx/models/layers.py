@@ -118,7 +118,7 @@ def conv1x1_resized_concat(
     resolution and the concatenation at full size is never built: for the SegFormer head of a 480×640 input (four
     512-channel maps at 120×160) the fusion convolution drops from 20 to 1.3 GMAC per image and a 2048-channel
     map is no longer written, cast and read. The rounding differs (sums in another order), as between two
-    convolution algorithms."""
+    convolution algorithms; under autocast the resized maps and their sum stay in the low precision."""
     size = (int(size[0]), int(size[1]))
     weight = weight.reshape(weight.shape[0], -1)
     expected = sum(m.shape[1] for m in maps)
@@ -130,7 +130,11 @@ def conv1x1_resized_concat(
     for m in maps:
         w = weight[:, start:start + m.shape[1], None, None]
         start += m.shape[1]
-        z = resize(F.conv2d(m, w), size)
+        z = F.conv2d(m, w)
+        # resized in the convolution's output dtype: CUDA autocast would run the interpolation in fp32 and so write,
+        # sum and normalise full-size fp32 maps (the CPU's autocast already keeps bf16 here)
+        with torch.autocast(z.device.type, enabled=False):
+            z = resize(z, size)
         out = z if out is None else out + z
     if bias is not None:
         out = out + bias.reshape(1, -1, 1, 1).to(out.dtype)

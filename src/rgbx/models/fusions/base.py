@@ -147,6 +147,8 @@ class FusionEncoder(nn.Module):
                     )
                 mask = mask.bool()
             masks[name] = mask
+        if known.on_device:  # nothing decided on the host: every passed mask is applied on the device
+            return ordered, PresenceMasks(masks, on_device=True)
         host = {m: known.host[m] for m in masks if m in known.host and m in present}
         return ordered, PresenceMasks(masks, certain, host)
 
