@@ -89,6 +89,7 @@ def test_inputs_outputs_and_metadata(exported):
     assert meta["normalization"]["depth"]["scale"] == pytest.approx(0.001)
     raw = session.get_modelmeta().custom_metadata_map
     assert json.loads(raw["modalities"]) == ["rgb", "depth"]
+    assert meta["fold_head"] is True
     assert not list(path.parent.glob("*.data"))  # a single file, no external weights
 
 
@@ -96,7 +97,7 @@ def test_export_leaves_model_unchanged(tmp_path):
     model = tiny("cmx")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     export_onnx(model, tmp_path / "m.onnx", size=(32, 32), exporter="torchscript")
-    assert "computed" not in vars(model.encoder)
+    assert "computed" not in vars(model.encoder) and not model.head.fold
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     from rgbx.models import layers
     from rgbx.models.heads import mlp
@@ -132,3 +133,20 @@ def test_missing_onnxruntime_is_a_clear_error(monkeypatch, tmp_path, capsys):
     ckpt = save_model(tmp_path / "model.safetensors", tiny("mean"), DATASET)
     assert main(["export", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--check"]) == 2
     assert "rgbx[export]" in capsys.readouterr().err
+
+
+def test_the_head_is_exported_folded_unless_asked_otherwise(tmp_path):
+    """Folded (default), the fusion conv over the 4 concatenated stage maps (16 × 64 here) is gone from the file:
+    the exporter multiplied each stage's Linear with its slice once (constant folding). Both files give the model's
+    logits."""
+    import onnx
+
+    model = tiny("cmx")
+    inputs = random_inputs(2, 32, 32)
+    shapes = {}
+    for fold in (True, False):
+        path = export_onnx(model, tmp_path / f"{fold}.onnx", size=(32, 32), exporter="torchscript", fold_head=fold)
+        assert read_onnx_metadata(path)["fold_head"] is fold
+        assert verify_onnx(path, model, inputs) <= TOL
+        shapes[fold] = [tuple(t.dims) for t in onnx.load(str(path)).graph.initializer]
+    assert (16, 64, 1, 1) in shapes[False] and (16, 64, 1, 1) not in shapes[True]

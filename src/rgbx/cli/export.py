@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto",
                    help="torch.onnx exporter (default auto: TorchScript, dynamo if the TorchScript graph does not "
                         "run at other shapes)")
+    p.add_argument("--no-fold-head", dest="fold_head", action="store_false",
+                   help="export the decode head in the reference order of operations (default: folded, the same "
+                        "function in fewer operations)")
     p.add_argument("--check", action="store_true",
                    help="verify with onnxruntime against PyTorch and print the max abs difference")
     p.add_argument("--tolerance", type=float, default=1e-4,
@@ -72,7 +75,7 @@ def run(args) -> int:
         require("onnxruntime")
     model, info = load_model(args.checkpoint)
     path = export_onnx(model, args.out, size=args.size, opset=args.opset, dynamic=args.dynamic,
-                       dataset=info.get("dataset"), exporter=args.exporter)
+                       dataset=info.get("dataset"), exporter=args.exporter, fold_head=args.fold_head)
     size_mb = path.stat().st_size / 2**20
     print(f"wrote {path} ({size_mb:.1f} MiB): inputs {', '.join(model.modalities)}, present "
           f"(B, {len(model.modalities)}); output logits (B, {model.num_classes}, H, W)"

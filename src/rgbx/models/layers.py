@@ -119,8 +119,7 @@ def conv1x1_resized_concat(
     512-channel maps at 120×160) the fusion convolution drops from 20 to 1.3 GMAC per image and a 2048-channel
     map is no longer written, cast and read. The rounding differs (sums in another order), as between two
     convolution algorithms; under autocast the resized maps and their sum stay in the low precision."""
-    size = (int(size[0]), int(size[1]))
-    weight = weight.reshape(weight.shape[0], -1)
+    weight = weight.reshape(weight.shape[0], -1)  # (size goes to resize as given: traced sizes stay symbolic)
     expected = sum(m.shape[1] for m in maps)
     if weight.shape[1] != expected:
         raise ValueError(f"conv1x1_resized_concat: weight has {weight.shape[1]} input channels, the maps "

@@ -1,0 +1,73 @@
+"""An exported model with the decode head folded (``rgbx export``'s default) against the same model exported in the
+reference order (``--no-fold-head``): both files run by onnxruntime on the CPU, alternately in one process, batch 1;
+prints the latencies, their ratio and the largest logit difference between the two files.
+
+    python benchmarks/onnx_fold_head.py --backbone mit_b2 --fusion cmx --size 480x640 --threads 2
+
+Needs ``pip install 'rgbx[export]'``. Random weights (the arithmetic does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rgbx.engine.export import export_onnx, require
+from rgbx.models import create_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="mit_b2")
+    p.add_argument("--fusion", default="cmx")
+    p.add_argument("--head", default="mlp")
+    p.add_argument("--head-channels", type=int, default=512)
+    p.add_argument("--modalities", nargs="+", default=["rgb", "depth"])
+    p.add_argument("--num-classes", type=int, default=40)
+    p.add_argument("--size", default="480x640")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args()
+    ort = require("onnxruntime")
+    h, w = (int(v) for v in args.size.split("x"))
+    torch.manual_seed(0)
+    model = create_model(backbone=args.backbone, fusion=args.fusion, head=args.head, modalities=args.modalities,
+                         num_classes=args.num_classes, head_channels=args.head_channels)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fold in (True, False):
+            path = export_onnx(model, Path(tmp) / f"fold_{fold}.onnx", size=(h, w), fold_head=fold)
+            sessions[fold] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {m: rng.standard_normal((1, model.encoder.in_channels[m], h, w), dtype=np.float32)
+            for m in model.modalities}
+    feed["present"] = np.ones((1, len(model.modalities)), dtype=bool)
+    logits = {fold: s.run(None, feed)[0] for fold, s in sessions.items()}
+    for _ in range(args.warmup):
+        for s in sessions.values():
+            s.run(None, feed)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(args.repeats):
+        for fold, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            times[fold].append((time.perf_counter() - t0) * 1e3)
+    med = {fold: statistics.median(t) for fold, t in times.items()}
+    print(f"{args.backbone} + {args.fusion} + {args.head}, {'+'.join(model.modalities)}, {h}x{w}, batch 1, "
+          f"onnxruntime {ort.__version__} CPU, {args.threads} threads, median of {args.repeats}: folded "
+          f"{med[True]:.1f} ms ({min(times[True]):.1f}-{max(times[True]):.1f}), reference order {med[False]:.1f} ms "
+          f"({min(times[False]):.1f}-{max(times[False]):.1f}); {med[False] / med[True]:.2f}x; logits max abs "
+          f"difference {float(np.abs(logits[True] - logits[False]).max()):.1e}")
+
+
+if __name__ == "__main__":
+    main()
