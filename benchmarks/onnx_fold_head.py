@@ -18,18 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args
 from rgbx.engine.export import export_onnx, require
 from rgbx.models import create_model
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default="mit_b2")
-    p.add_argument("--fusion", default="cmx")
-    p.add_argument("--head", default="mlp")
-    p.add_argument("--head-channels", type=int, default=512)
-    p.add_argument("--modalities", nargs="+", default=["rgb", "depth"])
-    p.add_argument("--num-classes", type=int, default=40)
+    add_model_arguments(p, defaults=CMX_B2_RGBD)
     p.add_argument("--size", default="480x640")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     p.add_argument("--warmup", type=int, default=2)
@@ -38,8 +34,7 @@ def main() -> None:
     ort = require("onnxruntime")
     h, w = (int(v) for v in args.size.split("x"))
     torch.manual_seed(0)
-    model = create_model(backbone=args.backbone, fusion=args.fusion, head=args.head, modalities=args.modalities,
-                         num_classes=args.num_classes, head_channels=args.head_channels)
+    model = create_model(model_config_from_args(args))
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     sessions = {}

@@ -14,6 +14,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args
 from rgbx.engine.bench import make_inference, make_train_step
 from rgbx.engine.fastpath import SpeedOptions
 from rgbx.modalities import get_modality
@@ -36,12 +37,7 @@ def kernel_time_ms(events) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", default="mit_b2")
-    p.add_argument("--fusion", default="cmx")
-    p.add_argument("--head", default="mlp")
-    p.add_argument("--head-channels", type=int, default=512)
-    p.add_argument("--modalities", nargs="+", default=["rgb", "depth"])
-    p.add_argument("--num-classes", type=int, default=40)
+    add_model_arguments(p, defaults=CMX_B2_RGBD)
     p.add_argument("--size", default="480x640")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cuda")
@@ -53,10 +49,10 @@ def main() -> None:
     device = torch.device(args.device)
     h, w = (int(v) for v in args.size.split("x"))
     torch.manual_seed(0)
-    model = create_model(backbone=args.backbone, fusion=args.fusion, head=args.head, modalities=args.modalities,
-                         num_classes=args.num_classes, head_channels=args.head_channels).to(device)
-    x = {m: torch.randn(args.batch, get_modality(m).channels, h, w, device=device) for m in args.modalities}
-    y = torch.randint(0, args.num_classes, (args.batch, h, w), device=device)
+    config = model_config_from_args(args)
+    model = create_model(config).to(device)
+    x = {m: torch.randn(args.batch, get_modality(m).channels, h, w, device=device) for m in config.modalities}
+    y = torch.randint(0, config.num_classes, (args.batch, h, w), device=device)
     opts = SpeedOptions.exact() if args.options == "exact" else SpeedOptions.fast(device)
     fn = make_inference(model, x, opts) if args.infer else make_train_step(model, x, y, opts)
     for _ in range(3):

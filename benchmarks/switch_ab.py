@@ -16,6 +16,7 @@ import json
 
 import torch
 
+from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args
 from rgbx.engine.bench import _random_inputs, make_inference, make_train_step, time_alternating
 from rgbx.engine.fastpath import SpeedOptions
 from rgbx.models import create_model
@@ -25,12 +26,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("switch", choices=SpeedOptions.names(), help="the SpeedOptions field to turn on and off")
     p.add_argument("--base", choices=("fast", "exact"), default="fast")
-    p.add_argument("--backbone", default="mit_b2")
-    p.add_argument("--fusion", default="cmx")
-    p.add_argument("--head", default="mlp")
-    p.add_argument("--head-channels", type=int, default=512)
-    p.add_argument("--modalities", nargs="+", default=["rgb", "depth"])
-    p.add_argument("--num-classes", type=int, default=40)
+    add_model_arguments(p, defaults=CMX_B2_RGBD)
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", default="480x640", help="inference size HxW")
     p.add_argument("--train-size", help="training crop HxW (default 240x320 on the CPU, 480x640 on CUDA)")
@@ -56,16 +52,17 @@ def main() -> None:
     on, off = base.with_(**{args.switch: value}), base.with_(**{args.switch: off_value})
     sets = {f"{args.switch} on": on, f"{args.switch} off": off}
 
+    config = model_config_from_args(args)
+
     def build():
         torch.manual_seed(0)
-        return create_model(backbone=args.backbone, fusion=args.fusion, head=args.head, modalities=args.modalities,
-                            num_classes=args.num_classes, head_channels=args.head_channels).to(device)
+        return create_model(config).to(device)
 
     gen = torch.Generator().manual_seed(0)
     out = {"switch": args.switch, "base": base.describe(), "device": str(device), "results": {}}
     print(f"{args.switch}: {on.describe()}  vs  {off.describe()}; {device}, {torch.get_num_threads()} threads")
     if "latency" in args.what:
-        x = _random_inputs(args.modalities, 1, size, device, gen)
+        x = _random_inputs(config.modalities, 1, size, device, gen)
         runs = {name: make_inference(build(), x, opts) for name, opts in sets.items()}
         logits = {name: run().float().clone() for name, run in runs.items()}
         a, b = logits.values()
@@ -81,8 +78,8 @@ def main() -> None:
             f"{diff:.2e}, argmax agreement {agree:.4%}")
         del runs
     if "train" in args.what:
-        x = _random_inputs(args.modalities, train_batch, train_size, device, gen)
-        y = torch.randint(0, args.num_classes, (train_batch, *train_size), generator=gen).to(device)
+        x = _random_inputs(config.modalities, train_batch, train_size, device, gen)
+        y = torch.randint(0, config.num_classes, (train_batch, *train_size), generator=gen).to(device)
         steps = {name: make_train_step(build(), x, y, opts) for name, opts in sets.items()}
         timing = time_alternating(steps, device, args.warmup, args.repeats)
         out["results"]["train"] = {"batch": train_batch, "size": list(train_size),

@@ -44,8 +44,14 @@ def parse_options(items: list[str]) -> dict:
     return options
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags that describe a model (for commands that build one with random weights: profile, bench)."""
+# the speed issue's anchor model (CMX MiT-B2, RGB-D, 40 classes, 512-channel head): the benchmark scripts' default
+CMX_B2_RGBD = {"backbone": "mit_b2", "fusion": "cmx", "head": "mlp", "head_channels": 512,
+               "modalities": ["rgb", "depth"], "num_classes": 40}
+
+
+def add_model_arguments(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """Flags that describe a model (for commands that build one with random weights: profile, bench);
+    ``defaults`` (e.g. :data:`CMX_B2_RGBD`) fills the flags a command line leaves unset."""
     p.add_argument("--config", help="YAML training config or preset name (rgbx info lists presets); its model "
                    "section is used")
     p.add_argument("--backbone", help="backbone (default: the config's, else mit_b0)")
@@ -54,6 +60,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-channels", type=int, help="head width (CMX uses 512, SegFormer-B0 256)")
     p.add_argument("--modalities", nargs="+", help="modalities the model takes (default: the config's)")
     p.add_argument("--num-classes", type=int, help="number of classes (required unless the config sets it)")
+    if defaults:
+        p.set_defaults(**defaults)
 
 
 MODEL_FLAGS = ("backbone", "fusion", "head", "head_channels", "modalities", "num_classes")
