@@ -54,8 +54,10 @@ def test_graphed_training_follows_the_eager_run(tmp_path, precision):
     assert_moved_alike(start, eager_state, graphed_state, 0.01 if precision == "fp32" else 0.1)
 
 
-def test_graphed_training_with_modality_dropout_and_a_missing_sensor(tmp_path):
-    """A captured step whose presence changes at every step: modality dropout drawn on the device inside the graph
+@pytest.mark.parametrize("method", ["supervised", "anyseg"])
+def test_graphed_training_with_modality_dropout_and_a_missing_sensor(tmp_path, method):
+    """A captured step whose presence changes at every step (supervised with modality dropout, AnySeg with its
+    anymodal dropout and a frozen teacher): modality dropout drawn on the device inside the graph
     (each replay draws anew) and samples without thermal (their masks copied into the graph's buffers). The eager
     trainer deciding presence the same way, from the same per-step seeds, gives the same losses; and the replays do
     not repeat one drop pattern (losses of a frozen pattern would follow the eager run only by chance)."""
@@ -67,10 +69,21 @@ def test_graphed_training_with_modality_dropout_and_a_missing_sensor(tmp_path):
     (root / "dataset.yaml").write_text(yaml.safe_dump(desc))
     for f in sorted((root / "thermal").iterdir())[::2]:
         f.unlink()
+    if method == "anyseg":  # a frozen teacher of the student's architecture; AnySeg's own anymodal dropout
+        from rgbx.models import create_model
+        from rgbx.models.model_file import save_model
+
+        torch.manual_seed(1)
+        save_model(tmp_path / "teacher.safetensors", create_model(
+            backbone="mit_nano", fusion="mean", modalities=["rgb", "depth", "thermal"], num_classes=3,
+            head_channels=16))
+        extra = ["model.fusion=mean", "method.name=anyseg", f"method.options.teacher={tmp_path}/teacher.safetensors"]
+    else:
+        extra = ["method.modality_dropout=0.5"]
     rows = {}
     for graphed in (False, True):
         out = tmp_path / f"graphed_{graphed}"
-        cfg = graphed_run_config(root, out, "train.iters=12", "train.precision=fp32", "method.modality_dropout=0.5",
+        cfg = graphed_run_config(root, out, "train.iters=12", "train.precision=fp32", *extra,
                                  f"train.cuda_graph_train={str(graphed).lower()}")
         trainer = Trainer(cfg, reporter=Reporter(quiet=True))
         trainer.decide_on_device = True

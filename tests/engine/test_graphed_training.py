@@ -118,7 +118,7 @@ class EagerStandIn:
         return self.body()
 
 
-@pytest.mark.parametrize("variant", ["plain", "dropout and a missing sensor"])
+@pytest.mark.parametrize("variant", ["plain", "dropout and a missing sensor", "anyseg and a missing sensor"])
 def test_the_graphed_trainer_path_trains_like_the_eager_one(tmp_path, monkeypatch, variant):
     """The trainer's captured-step path with the graph replaced by an eager stand-in: new batches reach the step's
     buffers, the schedule's rates reach the optimizer through its lr tensors, clipping runs, losses are logged. Same
@@ -138,7 +138,17 @@ def test_the_graphed_trainer_path_trains_like_the_eager_one(tmp_path, monkeypatc
         (root / "dataset.yaml").write_text(yaml.safe_dump(desc))
         for f in sorted((root / "thermal").iterdir())[::2]:
             f.unlink()
+    if variant.startswith("dropout"):
         extra.append("method.modality_dropout=0.5")
+    if variant.startswith("anyseg"):  # a frozen teacher of the student's architecture, anymodal dropout 0.5
+        from rgbx.models import create_model
+        from rgbx.models.model_file import save_model
+
+        torch.manual_seed(1)
+        teacher = create_model(backbone="mit_nano", fusion="mean", modalities=["rgb", "depth", "thermal"],
+                               num_classes=3, head_channels=16)
+        save_model(tmp_path / "teacher.safetensors", teacher)
+        extra += ["model.fusion=mean", "method.name=anyseg", f"method.options.teacher={tmp_path}/teacher.safetensors"]
     eager = Trainer(config(root, tmp_path / "eager", *extra), reporter=Reporter(quiet=True))
     eager.decide_on_device = variant != "plain"
     eager.fit()

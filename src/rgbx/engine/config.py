@@ -81,9 +81,8 @@ class TrainConfig:
     fused_optimizer: bool | None = None  # fused AdamW
     # decode head's fusion conv per stage before upsampling (same function, fewer ops); None = on (off: speed=exact)
     fold_head: bool | None = None
-    # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised, with or without modality
-    # dropout and missing sensors, which are then decided on the device; bf16 / fp32, one process): the host issues
-    # one launch per step
+    # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised or anyseg, with modality
+    # dropout and missing sensors then decided on the device; bf16 / fp32, one process): one launch per step
     cuda_graph_train: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0

@@ -77,6 +77,11 @@ class AnysegDistiller(Method):
                               f"method.modality_dropout (got {config.modality_dropout})")
         self.teacher: torch.nn.Module | None = None
 
+    def graph_refusal(self) -> str | None:
+        # nothing decided on the host: the anymodal dropout follows the batch's presence masks (drawn on the device
+        # in a captured step) and every loss term masks absent samples with torch.where
+        return None
+
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Load the teacher, check it fits the student, freeze it."""
 
