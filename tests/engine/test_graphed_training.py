@@ -171,7 +171,10 @@ def test_the_graphed_trainer_path_trains_like_the_eager_one(tmp_path, monkeypatc
 
     for a, b in zip(rows("eager"), rows("graphed"), strict=True):
         assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-6)
-        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
+        # 2e-3: AdamW turns rounding-level differences (the rate held as a float32 tensor) of near-zero gradients
+        # (biases in front of a BatchNorm) into step-sized ones, which reach the loss within a few steps (5e-4 seen);
+        # a step on a stale batch, stale masks or a frozen rate is off by far more (the variants fail that way)
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=2e-3)
     assert_moved_alike(start, eager.model.state_dict(), graphed.model.state_dict(), 0.01)
 
 
