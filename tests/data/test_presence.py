@@ -142,3 +142,26 @@ def test_masks_decided_on_the_device_give_what_host_decisions_give(backbone, fus
             ref = model(x, PresenceMasks(dict(masks), certain, dict(masks))).logits
             got = model(x, PresenceMasks(dict(masks), on_device=True)).logits
         assert torch.allclose(got, ref, atol=1e-5), (case, (got - ref).abs().max())
+
+
+def test_mmst_masking_decided_on_the_device_draws_like_the_host():
+    """KTB's masking (one modality of a full sample, with probability p) drawn on the device: the host draw's rates,
+    only full samples touched, exactly one modality each."""
+    b = 30000
+    inputs, present = _three_modality_batch(b)
+    names = list(inputs)
+    host = mask_one_modality(Batch(dict(inputs), PresenceMasks(dict(present), host=dict(present))), 0.5,
+                             torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    dev = mask_one_modality(Batch(dict(inputs), PresenceMasks(dict(present), on_device=True)), 0.5,
+                            torch.Generator().manual_seed(5))
+    assert dev.present.on_device
+    had = torch.stack([present[m] for m in names], 1)
+    full = had.all(1)
+    for out in (host, dev):
+        kept = torch.stack([out.present[m] for m in names], 1)
+        lost = (had & ~kept).sum(1)
+        assert bool((lost[~full] == 0).all()) and bool((lost <= 1).all())
+        assert abs(float(lost[full].float().mean()) - 0.5) < 0.015
+        for j in range(len(names)):  # each modality chosen uniformly among the masked samples
+            assert abs(float((had & ~kept)[full, j].float().mean()) - 0.5 / len(names)) < 0.015

@@ -56,10 +56,10 @@ def test_graphed_training_follows_the_eager_run(tmp_path, precision):
     assert_moved_alike(start, eager_state, graphed_state, 0.01 if precision == "fp32" else 0.1)
 
 
-@pytest.mark.parametrize("method", ["supervised", "anyseg"])
+@pytest.mark.parametrize("method", ["supervised", "anyseg", "ktb"])
 def test_graphed_training_with_modality_dropout_and_a_missing_sensor(tmp_path, method):
     """A captured step whose presence changes at every step (supervised with modality dropout, AnySeg with its
-    anymodal dropout and a frozen teacher): modality dropout drawn on the device inside the graph
+    anymodal dropout and a frozen teacher, KTB's masked-modality self-teaching): modality dropout drawn on the device inside the graph
     (each replay draws anew) and samples without thermal (their masks copied into the graph's buffers). The eager
     trainer deciding presence the same way, from the same per-step seeds, gives the same losses; and the replays do
     not repeat one drop pattern (losses of a frozen pattern would follow the eager run only by chance)."""
@@ -80,6 +80,8 @@ def test_graphed_training_with_modality_dropout_and_a_missing_sensor(tmp_path, m
             backbone="mit_nano", fusion="mean", modalities=["rgb", "depth", "thermal"], num_classes=3,
             head_channels=16))
         extra = ["model.fusion=mean", "method.name=anyseg", f"method.options.teacher={tmp_path}/teacher.safetensors"]
+    elif method == "ktb":  # MMST's masking and auxiliary heads
+        extra = ["model.fusion=ktb", "model.modalities=[rgb,thermal]", "method.name=ktb"]
     else:
         extra = ["method.modality_dropout=0.5"]
     rows = {}

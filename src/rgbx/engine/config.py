@@ -79,10 +79,10 @@ class TrainConfig:
     tf32: bool | None = None  # TF32 matmuls on CUDA
     cudnn_benchmark: bool | None = None  # cuDNN autotuning for fixed shapes
     fused_optimizer: bool | None = None  # fused AdamW
-    # decode head's fusion conv per stage before upsampling (same function, fewer ops); None = on (off: speed=exact)
+    # the head's fusion conv per stage before upsampling (same function, fewer ops); None = on; off: speed=exact
     fold_head: bool | None = None
-    # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised or anyseg, with modality
-    # dropout and missing sensors then decided on the device; bf16 / fp32, one process): one launch per step
+    # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised, anyseg, ktb, with
+    # modality dropout and missing sensors then decided on the device; bf16 / fp32, one process): one launch a step
     cuda_graph_train: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0

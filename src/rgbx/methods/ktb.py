@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgbx.data.sample import host_masks
+from rgbx.data.sample import PresenceMasks, host_masks
 from rgbx.errors import ConfigError
 from rgbx.methods.base import METHODS, Method
 from rgbx.methods.supervised import cross_entropy
@@ -54,10 +54,17 @@ def auxiliary_head(channels: int, num_classes: int, hidden: int = 64) -> nn.Modu
 def mask_one_modality(batch, p: float, generator: torch.Generator):
     """MMST masking: each sample that has every modality present gets, with probability ``p``, exactly one modality
     (chosen uniformly) marked absent. Samples already missing a modality are left as they are, so no sample ever
-    loses its last modality. Returns the masked batch (fill values written in)."""
+    loses its last modality. Returns the masked batch (fill values written in). With presence decided on the device
+    (``PresenceMasks.on_device``) the draw is made there, with the device's generator."""
     names = list(batch.modalities)
     if p <= 0 or len(names) < 2:
         return batch
+    if isinstance(batch.present, PresenceMasks) and batch.present.on_device:  # drawn on the device (captured step)
+        present = torch.stack([batch.present[n] for n in names], 1)
+        b, device = present.shape[0], present.device
+        eligible = present.all(1) & (torch.rand(b, device=device) < p)
+        drop = F.one_hot(torch.randint(len(names), (b,), device=device), len(names)).bool() & eligible[:, None]
+        return batch.drop({n: drop[:, j] for j, n in enumerate(names)})
     present = host_masks(batch.present, names)  # (B, M) on the CPU, no device read-back
     b = present.shape[0]
     chosen = torch.rand(b, generator=generator) < p
@@ -107,6 +114,11 @@ class MaskedModalitySelfTeaching(Method):
             raise ConfigError("method ktb masks modalities itself: set method.options.mask_prob instead of "
                               f"method.modality_dropout (got {config.modality_dropout})")
         self.heads: nn.ModuleDict | None = None
+
+    def graph_refusal(self) -> str | None:
+        # the masking follows the batch's presence masks (drawn on the device in a captured step) and the auxiliary
+        # losses mark other samples' pixels ignored instead of indexing them out: nothing read back
+        return None
 
     def prepare(self, model: nn.Module, device: torch.device) -> None:
         """Build S2 (first / RGB modality) and S3 (X) on the last encoder stage's channels."""
