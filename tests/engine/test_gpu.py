@@ -13,7 +13,7 @@ from rgbx.engine.config import load_config
 from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import Trainer
 from tests.conftest import make_dataset
-from tests.engine.test_graphed_training import assert_moved_alike
+from tests.engine.test_graphed_training import assert_moved_alike, save_teacher
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -56,10 +56,10 @@ def test_graphed_training_follows_the_eager_run(tmp_path, precision):
     assert_moved_alike(start, eager_state, graphed_state, 0.01 if precision == "fp32" else 0.1)
 
 
-@pytest.mark.parametrize("method", ["supervised", "anyseg", "ktb"])
+@pytest.mark.parametrize("method", ["supervised", "anyseg", "ktb", "primkd"])
 def test_graphed_training_with_modality_dropout_and_a_missing_sensor(tmp_path, method):
     """A captured step whose presence changes at every step (supervised with modality dropout, AnySeg with its
-    anymodal dropout and a frozen teacher, KTB's masked-modality self-teaching): modality dropout drawn on the device inside the graph
+    anymodal dropout and a frozen teacher, KTB's masked-modality self-teaching, PrimKD with an RGB teacher): modality dropout drawn on the device inside the graph
     (each replay draws anew) and samples without thermal (their masks copied into the graph's buffers). The eager
     trainer deciding presence the same way, from the same per-step seeds, gives the same losses; and the replays do
     not repeat one drop pattern (losses of a frozen pattern would follow the eager run only by chance)."""
@@ -72,14 +72,11 @@ def test_graphed_training_with_modality_dropout_and_a_missing_sensor(tmp_path, m
     for f in sorted((root / "thermal").iterdir())[::2]:
         f.unlink()
     if method == "anyseg":  # a frozen teacher of the student's architecture; AnySeg's own anymodal dropout
-        from rgbx.models import create_model
-        from rgbx.models.model_file import save_model
-
-        torch.manual_seed(1)
-        save_model(tmp_path / "teacher.safetensors", create_model(
-            backbone="mit_nano", fusion="mean", modalities=["rgb", "depth", "thermal"], num_classes=3,
-            head_channels=16))
-        extra = ["model.fusion=mean", "method.name=anyseg", f"method.options.teacher={tmp_path}/teacher.safetensors"]
+        teacher = save_teacher(tmp_path / "teacher.safetensors", ["rgb", "depth", "thermal"])
+        extra = ["model.fusion=mean", "method.name=anyseg", f"method.options.teacher={teacher}"]
+    elif method == "primkd":  # a frozen RGB-only teacher
+        teacher = save_teacher(tmp_path / "teacher.safetensors", ["rgb"])
+        extra = ["method.name=primkd", f"method.options.teacher={teacher}", "method.modality_dropout=0.5"]
     elif method == "ktb":  # MMST's masking and auxiliary heads
         extra = ["model.fusion=ktb", "model.modalities=[rgb,thermal]", "method.name=ktb"]
     else:

@@ -119,7 +119,7 @@ class EagerStandIn:
 
 
 @pytest.mark.parametrize("variant", ["plain", "dropout and a missing sensor", "anyseg and a missing sensor",
-                                     "ktb and a missing sensor"])
+                                     "ktb and a missing sensor", "primkd with dropout and a missing sensor"])
 def test_the_graphed_trainer_path_trains_like_the_eager_one(tmp_path, monkeypatch, variant):
     """The trainer's captured-step path with the graph replaced by an eager stand-in: new batches reach the step's
     buffers, the schedule's rates reach the optimizer through its lr tensors, clipping runs, losses are logged. Same
@@ -142,14 +142,11 @@ def test_the_graphed_trainer_path_trains_like_the_eager_one(tmp_path, monkeypatc
     if variant.startswith("dropout"):
         extra.append("method.modality_dropout=0.5")
     if variant.startswith("anyseg"):  # a frozen teacher of the student's architecture, anymodal dropout 0.5
-        from rgbx.models import create_model
-        from rgbx.models.model_file import save_model
-
-        torch.manual_seed(1)
-        teacher = create_model(backbone="mit_nano", fusion="mean", modalities=["rgb", "depth", "thermal"],
-                               num_classes=3, head_channels=16)
-        save_model(tmp_path / "teacher.safetensors", teacher)
-        extra += ["model.fusion=mean", "method.name=anyseg", f"method.options.teacher={tmp_path}/teacher.safetensors"]
+        teacher = save_teacher(tmp_path / "teacher.safetensors", ["rgb", "depth", "thermal"])
+        extra += ["model.fusion=mean", "method.name=anyseg", f"method.options.teacher={teacher}"]
+    if variant.startswith("primkd"):  # a frozen RGB-only teacher, prediction + max-stage feature distillation
+        teacher = save_teacher(tmp_path / "teacher.safetensors", ["rgb"])
+        extra += ["method.name=primkd", f"method.options.teacher={teacher}", "method.modality_dropout=0.5"]
     if variant.startswith("ktb"):  # MMST: one modality masked in some full samples, auxiliary heads
         extra += ["model.fusion=ktb", "model.modalities=[rgb,thermal]", "method.name=ktb"]
     eager = Trainer(config(root, tmp_path / "eager", *extra), reporter=Reporter(quiet=True))
@@ -179,6 +176,17 @@ def test_the_graphed_trainer_path_trains_like_the_eager_one(tmp_path, monkeypatc
         # a step on a stale batch, stale masks or a frozen rate is off by far more (the variants fail that way)
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=2e-3)
     assert_moved_alike(start, eager.model.state_dict(), graphed.model.state_dict(), 0.01)
+
+
+def save_teacher(path, modalities):
+    """A random frozen-teacher weights file for distillation recipes: MiT-nano, mean fusion, 3 classes."""
+    from rgbx.models import create_model
+    from rgbx.models.model_file import save_model
+
+    torch.manual_seed(1)
+    save_model(path, create_model(backbone="mit_nano", fusion="mean", modalities=list(modalities), num_classes=3,
+                                  head_channels=16))
+    return path
 
 
 def assert_moved_alike(start: dict, a: dict, b: dict, tol: float) -> None:

@@ -81,7 +81,7 @@ class TrainConfig:
     fused_optimizer: bool | None = None  # fused AdamW
     # the head's fusion conv per stage before upsampling (same function, fewer ops); None = on; off: speed=exact
     fold_head: bool | None = None
-    # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised, anyseg, ktb, with
+    # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised, anyseg, ktb, primkd,
     # modality dropout and missing sensors then decided on the device; bf16 / fp32, one process): one launch a step
     cuda_graph_train: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N

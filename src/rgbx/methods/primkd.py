@@ -85,6 +85,11 @@ class PrimKD(Method):
         self.teacher: torch.nn.Module | None = None
         self.aligners: nn.ModuleList | None = None
 
+    def graph_refusal(self) -> str | None:
+        # the student's modality dropout follows the batch's presence masks (drawn on the device in a captured step);
+        # Eq. 5-7 mask samples with torch.where and select stages with max / min on the device: nothing read back
+        return None
+
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Load the teacher, check it fits the student, freeze it; build one aligner per distilled stage."""
 
