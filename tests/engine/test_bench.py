@@ -421,7 +421,7 @@ def test_cast_weights_gives_autocasts_outputs_bit_for_bit_without_the_casts(back
     assert "cast-weights" not in SpeedOptions(cast_weights=True).describe()  # nothing to cast in fp32
 
 
-def test_compile_report_says_where_compile_time_went_and_a_stopped_bench_still_prints_it():
+def test_compile_report_says_where_compile_time_went_and_a_stopped_bench_still_prints_it(tmp_path):
     """rgbx bench with torch.compile prints dynamo's phase timers after the table, and also when a time limit stops
     it mid-compilation (SIGTERM, as `timeout` sends): exit status 124 and the report so far."""
     import signal
@@ -442,7 +442,10 @@ def test_compile_report_says_where_compile_time_went_and_a_stopped_bench_still_p
            "--modalities", "rgb", "depth", "--num-classes", "4", "--head-channels", "16", "--size", "32x32",
            "--device", "cpu", "--what", "latency", "--warmup", "1", "--repeats", "1", "--options", "custom",
            "--compile"]  # inductor: compiles for far longer than the two seconds below
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import os
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # empty caches: a real compile
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         first = proc.stdout.readline()
         assert first.startswith("compiling: stopped by SIGTERM"), first
