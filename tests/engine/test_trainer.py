@@ -172,8 +172,10 @@ def test_loader_workers_auto_follows_the_device(monkeypatch):
     assert loader_workers(None, torch.device("cpu")) == 2
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert loader_workers(None, torch.device("cuda")) == 8
+    assert loader_workers(None, torch.device("cuda"), captured=True) == 12  # 16 cores
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert loader_workers(None, torch.device("cuda")) == 3
+    assert loader_workers(None, torch.device("cuda"), captured=True) == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert loader_workers(None, torch.device("cuda")) == 1
     with pytest.raises(ConfigError, match="num_workers"):

@@ -111,10 +111,12 @@ def apply_speed_preset(cfg: ExperimentConfig, device: torch.device) -> None:
     cfg.model = dataclasses.replace(cfg.model, attn_impl=opts.attn_impl)
 
 
-def loader_workers(requested: int | None, device: torch.device) -> int:
+def loader_workers(requested: int | None, device: torch.device, captured: bool = False) -> int:
     """Data-loader processes: ``requested`` when set; else 2 on the CPU (the training step needs the cores) and, on
-    CUDA, one per core left over beyond the main process, at most 8. One worker reads, decodes and augments about 26
-    RGB-D 480×640 samples/s (``benchmarks/speed.md``), so two cannot feed a GPU step of 50+ images/s."""
+    CUDA, one per core left over beyond the main process, at most 8, or 12 for a step captured as a CUDA graph
+    (``captured``). One worker reads, decodes and augments about 26 RGB-D 480×640 samples/s
+    (``benchmarks/speed.md``), so two cannot feed a GPU step of 50+ images/s; the H100 machine read 231 samples/s
+    with 12 workers, what a captured CMX-B0 step (147 images/s) needs."""
     if requested is not None:
         if requested < 0:
             raise ConfigError(f"data.num_workers must be >= 0 (or null for auto), got {requested}")
@@ -125,7 +127,7 @@ def loader_workers(requested: int | None, device: torch.device) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
+    return max(1, min(12 if captured else 8, cores - 1))
 
 
 def step_seed(seed: int, iteration: int) -> int:
@@ -218,7 +220,7 @@ class Trainer:
                             f"to continue it, or choose another output_dir")
         self.dist.barrier()  # every rank has looked before rank 0 writes the run folder
         apply_speed_preset(cfg, self.device)
-        self.num_workers = loader_workers(cfg.data.num_workers, self.device)
+        self.num_workers = loader_workers(cfg.data.num_workers, self.device, cfg.train.cuda_graph_train)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
