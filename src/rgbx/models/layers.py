@@ -129,14 +129,13 @@ def conv1x1_resized_concat(
     for m in maps:
         w = weight[:, start:start + m.shape[1], None, None]
         start += m.shape[1]
-        z = F.conv2d(m, w)
+        z = F.conv2d(m, w, bias if out is None else None)  # the bias once, with the first map
         # resized in the convolution's output dtype: CUDA autocast would run the interpolation in fp32 and so write,
         # sum and normalise full-size fp32 maps (the CPU's autocast already keeps bf16 here)
         with torch.autocast(z.device.type, enabled=False):
             z = resize(z, size)
-        out = z if out is None else out + z
-    if bias is not None:
-        out = out + bias.reshape(1, -1, 1, 1).to(out.dtype)
+        # summed in place: no new full-size map per stage (on the CPU each fresh one costs its page faults)
+        out = z if out is None else out.add_(z)
     return out
 
 
