@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny dataset folder written by hand (independent of the synthetic generator)."""
+"""Shared fixtures: a tiny dataset folder written by hand (independent of the synthetic generator), and a training
+run killed at a given iteration."""
 
 from __future__ import annotations
 
@@ -16,6 +17,30 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)
 
 CLASSES = ["ground", "box", "person"]
+
+
+class TrainingKilled(Exception):
+    """What :func:`run_killed_at` raises in place of a training step, as a kill would stop the process."""
+
+
+def run_killed_at(monkeypatch, iteration: int, run) -> None:
+    """Call ``run()`` (a training run) with the trainer's step raising :class:`TrainingKilled` once the run reaches
+    ``iteration``, as a process killed there; the real step is back afterwards, for the resumed run."""
+    from rgbx.engine.trainer import Trainer
+
+    real_step = Trainer.train_step
+
+    def dies(self, batch):
+        if self.iteration == iteration:
+            raise TrainingKilled
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", dies)
+    try:
+        with pytest.raises(TrainingKilled):
+            run()
+    finally:
+        monkeypatch.setattr(Trainer, "train_step", real_step)
 
 
 def make_dataset(root: Path, n: int = 6, size=(16, 20), modalities=("rgb", "depth", "thermal"),

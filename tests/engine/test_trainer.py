@@ -17,7 +17,7 @@ from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import Trainer, apply_speed_preset, loader_workers
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.models import create_model
-from tests.conftest import make_dataset, wait_for_checkpoint
+from tests.conftest import make_dataset, run_killed_at, wait_for_checkpoint
 
 TINY = ["model.backbone=mit_nano", "model.head_channels=16", "data.crop_size=[16,16]", "data.num_workers=0",
         "train.batch_size=2", "train.eval_batch_size=2", "train.log_every=2", "optim.warmup_iters=2",
@@ -58,10 +58,6 @@ def test_refuses_to_overwrite_a_run(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_resume_in_process_is_bit_exact(tmp_path, monkeypatch):
     root = make_dataset(tmp_path / "d", n=8)
     extra = ["train.iters=8", "train.checkpoint_every=3", "train.eval_every=0", "method.modality_dropout=0.3"]
@@ -69,17 +65,7 @@ def test_resume_in_process_is_bit_exact(tmp_path, monkeypatch):
     full_metrics = full.fit()
 
     killed = Trainer(tiny_config(root, tmp_path / "b", *extra), reporter=Reporter(quiet=True))
-    real_step = Trainer.train_step
-
-    def dies_at_5(self, batch):
-        if self.iteration == 5:
-            raise _Killed
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", dies_at_5)
-    with pytest.raises(_Killed):
-        killed.fit()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    run_killed_at(monkeypatch, 5, killed.fit)
 
     resumed = Trainer(tiny_config(root, tmp_path / "b", *extra), resume=True, reporter=Reporter(quiet=True))
     assert resumed.iteration == 3  # the last checkpoint before the "kill"

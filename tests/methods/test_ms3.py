@@ -13,7 +13,6 @@ import rgbx
 from rgbx.cli.main import main
 from rgbx.data.sample import Batch
 from rgbx.engine.config import MethodConfig
-from rgbx.engine.trainer import Trainer
 from rgbx.engine.zero_shot import load_zero_shot, zero_shot_predict
 from rgbx.errors import ConfigError
 from rgbx.methods import METHODS
@@ -26,6 +25,7 @@ from rgbx.methods.ms3 import (
     visual_embeddings,
 )
 from rgbx.models.weights import read_state_dict
+from tests.conftest import run_killed_at
 
 CLASSES = ["a/ground", "a/box", "a/person", "b/crate", "b/person"]
 SOURCES = ["a", "a", "a", "b", "b"]
@@ -197,10 +197,6 @@ TINY = ["model.backbone=mit_nano", "model.head_channels=16", "data.crop_size=[32
         "method.options.multi_label_after=1"]
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_preset_trains_resumes_and_predicts_zero_shot(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     for name, seed in (("synth_a", 1), ("synth_b", 2)):
@@ -220,17 +216,7 @@ def test_preset_trains_resumes_and_predicts_zero_shot(tmp_path, monkeypatch, cap
     assert "city/person" in config and "depot/box" in config  # the union's classes, filled from the data
 
     # killed after iteration 3 and resumed: the same weights, MS3 head and memory as the uninterrupted run
-    real_step = Trainer.train_step
-
-    def dies_at_3(self, batch):
-        if self.iteration == 3:
-            raise _Killed
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", dies_at_3)
-    with pytest.raises(_Killed):
-        main([*run, "output_dir=killed", "--quiet"])
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    run_killed_at(monkeypatch, 3, lambda: main([*run, "output_dir=killed", "--quiet"]))
     assert main([*run, "output_dir=killed", "--quiet", "--resume"]) == 0
     for f in ("model.safetensors", "ms3_head.safetensors"):
         full, resumed = read_state_dict(out / f), read_state_dict(tmp_path / "killed" / f)

@@ -11,9 +11,8 @@ import torch
 
 from rgbx.cli.main import main
 from rgbx.engine.checkpoint import load_state
-from rgbx.engine.trainer import Trainer
 from rgbx.models.weights import read_state_dict
-from tests.conftest import make_dataset
+from tests.conftest import make_dataset, run_killed_at
 
 TINY = ["model.backbone=mit_nano", "model.head_channels=16", "data.crop_size=[16,16]", "data.scale_range=[1,1]",
         "data.num_workers=0", "train.batch_size=2", "train.eval_batch_size=2", "train.log_every=1",
@@ -27,10 +26,6 @@ RECIPES = {
     "primkd": (["synth_primkd_teacher", "model.modalities=[rgb]"],
                ["synth_primkd_student", "model.modalities=[rgb,depth,thermal]", "method.options.teacher={teacher}"]),
 }
-
-
-class _Killed(Exception):
-    pass
 
 
 def _train(root, out, preset_and_overrides, *extra, resume=False):
@@ -53,17 +48,7 @@ def test_recipe_trains_resumes_and_evaluates_robustness(recipe, tmp_path, monkey
 
     assert _train(root, tmp_path / "full", student, *extra) == 0
 
-    real_step = Trainer.train_step
-
-    def dies_at_5(self, batch):
-        if self.iteration == 5:
-            raise _Killed
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", dies_at_5)
-    with pytest.raises(_Killed):
-        _train(root, tmp_path / "killed", student, *extra)
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    run_killed_at(monkeypatch, 5, lambda: _train(root, tmp_path / "killed", student, *extra))
     assert load_state(tmp_path / "killed" / "checkpoints" / "last.state.pt")["iteration"] == 4
     assert not (tmp_path / "killed" / "model.safetensors").exists()
     assert _train(root, tmp_path / "killed", student, *extra, resume=True) == 0
