@@ -74,6 +74,14 @@ class PresenceMasks(dict):
                              {n: m for n, m in self.host.items() if n in names}, self.on_device)
 
 
+def device_masks(present: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor | None:
+    """(B, M) presence of ``names`` on the device when ``present`` is decided there (``PresenceMasks.on_device``: a
+    random draw over it must then be made there too), else None (decide on the host, :func:`host_masks`)."""
+    if isinstance(present, PresenceMasks) and present.on_device:
+        return torch.stack([present[n] for n in names], 1)
+    return None
+
+
 def host_masks(present: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
     """(B, M) CPU bool presence of ``names``, without a device read-back where ``present`` knows them on the host."""
     if isinstance(present, PresenceMasks):

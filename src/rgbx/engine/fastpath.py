@@ -33,10 +33,10 @@ each switch does:
   update) captured once into a CUDA graph and replayed (:class:`CudaGraphTrainStep`): the host issues one replay
   instead of thousands of operator calls, which bounds the eager step on fast GPUs (on an H100 CMX-B2's bf16 step
   kept the device busy 31 % of the time; ``rgbx bench`` measured 38.6 → 84.2 img/s). The optimizer is built
-  capturable, with its learning rates as device tensors the schedule writes into (:func:`rgbx.engine.optim.lr_as_tensors`); bf16 or
-  fp32 only (fp16's gradient scaler reads its overflow check on the host); randomness drawn on the host is frozen
-  at capture, randomness drawn on the device (dropout, drop-path, modality dropout under
-  ``PresenceMasks(on_device=True)``) advances with each replay. ``rgbx bench --options graphed`` and the trainer
+  capturable, with its learning rates as device tensors the schedule writes into
+  (:func:`rgbx.engine.optim.lr_as_tensors`); bf16 or fp32 only (fp16's gradient scaler reads its overflow check on
+  the host); randomness drawn on the host is frozen at capture, randomness drawn on the device (dropout,
+  drop-path, modality dropout under ``PresenceMasks(on_device=True)``) advances with each replay. ``rgbx bench --options graphed`` and the trainer
   (``train.cuda_graph_train``, for steps that run the same device work every time: see
   :func:`rgbx.engine.trainer.graph_capture_refusals`; the trainer then decides sensor presence on the device). Not
   in the fast set.
@@ -271,9 +271,9 @@ def compile_regions(model: nn.Module, options: SpeedOptions) -> list[nn.Module]:
 
 
 def apply_speed_options(model: nn.Module, options: SpeedOptions) -> nn.Module:
-    """Apply the switches that change the model itself, in place: attention implementation, the decode head's order of
-    operations, memory layout and, with
-    ``compile_scope="blocks"``, compilation of its blocks. Returns ``model``."""
+    """Apply the switches that change the model itself, in place: attention implementation, the decode head's order
+    of operations, memory layout and, with ``compile_scope="blocks"``, compilation of its blocks. Returns
+    ``model``."""
     if options.attn_impl is not None:
         if not hasattr(model, "set_attn_impl"):
             raise ConfigError(f"{type(model).__name__} has no attention switch (set_attn_impl)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from rgbx.data.sample import PresenceMasks, host_masks
+from rgbx.data.sample import device_masks, host_masks
 from rgbx.errors import CheckpointError, ConfigError
 from rgbx.models.model_file import load_model
 from rgbx.registry import Registry
@@ -91,8 +91,9 @@ def drop_modalities(batch, p: float, generator: torch.Generator, min_keep: int =
     if p <= 0 or len(batch.modalities) <= 1:
         return batch
     names = list(batch.modalities)
-    if isinstance(batch.present, PresenceMasks) and batch.present.on_device:
-        return batch.drop(_drop_on_device(torch.stack([batch.present[n] for n in names], 1), p, min_keep, names))
+    on_device = device_masks(batch.present, names)
+    if on_device is not None:
+        return batch.drop(_drop_on_device(on_device, p, min_keep, names))
     present = host_masks(batch.present, names)  # (B, M) on the CPU, no device read-back
     drop = (torch.rand(present.shape, generator=generator) < p) & present
     kept = present & ~drop

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgbx.data.sample import PresenceMasks, host_masks
+from rgbx.data.sample import device_masks, host_masks
 from rgbx.errors import ConfigError
 from rgbx.methods.base import METHODS, Method
 from rgbx.methods.supervised import cross_entropy
@@ -59,8 +59,8 @@ def mask_one_modality(batch, p: float, generator: torch.Generator):
     names = list(batch.modalities)
     if p <= 0 or len(names) < 2:
         return batch
-    if isinstance(batch.present, PresenceMasks) and batch.present.on_device:  # drawn on the device (captured step)
-        present = torch.stack([batch.present[n] for n in names], 1)
+    present = device_masks(batch.present, names)
+    if present is not None:  # drawn on the device (a captured step)
         b, device = present.shape[0], present.device
         eligible = present.all(1) & (torch.rand(b, device=device) < p)
         drop = F.one_hot(torch.randint(len(names), (b,), device=device), len(names)).bool() & eligible[:, None]

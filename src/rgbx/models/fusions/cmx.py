@@ -154,8 +154,8 @@ class CrossAttention(nn.Module):
     def forward(
         self, u: dict[str, torch.Tensor], present: torch.Tensor | None, others: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Args: u: modality → (B, L, C) for the computed modalities; present (B, N) bool (None: all present) and others (B, N, N) over
-        all configured slots. Returns modality → (B, L, C)."""
+        """Args: u: modality → (B, L, C) for the computed modalities; present (B, N) bool (None: all present) and
+        others (B, N, N) over all configured slots. Returns modality → (B, L, C)."""
         b, length, c = next(iter(u.values())).shape
         d = c // self.num_heads
         contexts = {}
@@ -230,14 +230,15 @@ class FeatureFusionModule(nn.Module):
     def forward(
         self, x: dict[str, torch.Tensor], present: torch.Tensor | None, others: torch.Tensor
     ) -> torch.Tensor:
-        """Args: x: modality → (B, C, H, W) rectified maps of the computed modalities; present (B, N) bool (None: all present) and
-        others (B, N, N) over all configured slots. Returns the fused (B, C, H, W) map."""
+        """Args: x: modality → (B, C, H, W) rectified maps of the computed modalities; present (B, N) bool (None: all
+        present) and others (B, N, N) over all configured slots. Returns the fused (B, C, H, W) map."""
         ref = next(iter(x.values()))
         hw = (ref.shape[2], ref.shape[3])
         out = self.cross({m: map_to_tokens(v) for m, v in x.items()}, present, others)
         zeros = torch.zeros_like(ref)
         slots = [
-            mask_absent(tokens_to_map(out[m], hw), None if present is None else present[:, i]) if m in out else zeros
+            mask_absent(tokens_to_map(out[m], hw), None if present is None else present[:, i])
+            if m in out else zeros
             for i, m in enumerate(self.modalities)
         ]
         return self.channel_emb(torch.cat(slots, dim=1))
