@@ -49,13 +49,15 @@ SWITCHES = {
     "channels_last": SpeedOptions.exact().with_(channels_last=True),
     "fused_adamw": SpeedOptions.exact().with_(fused_optimizer=True),
     "fold_head": SpeedOptions.exact().with_(fold_head=True),
+    "lowp_norms": SpeedOptions.exact().with_(precision="bf16", lowp_norms=True),  # needs autocast: bf16 with it
     "compile": SpeedOptions.exact().with_(compile=True, compile_backend="aot_eager"),  # blocks, the default scope
     "compile_model": SpeedOptions.exact().with_(compile=True, compile_scope="model", compile_backend="aot_eager"),
     # CUDA-only effects (TF32 matmuls, cuDNN autotuning): on the CPU they must change nothing
     "tf32": SpeedOptions.exact().with_(tf32=True),
     "cudnn_benchmark": SpeedOptions.exact().with_(cudnn_benchmark=True),
 }
-TOLERANCE = {"bf16": 2e-2, "compile": 1e-4, "compile_model": 1e-4}
+TOLERANCE = {"bf16": 2e-2, "lowp_norms": 2e-2, "compile": 1e-4, "compile_model": 1e-4}
+LOW_PRECISION = ("bf16", "lowp_norms")
 
 
 @pytest.mark.parametrize("name", list(SWITCHES))
@@ -74,17 +76,17 @@ def test_each_switch_trains_like_the_exact_path(name):
     assert losses[name][-1] < losses[name][0]
 
 
-@pytest.mark.parametrize("name", ["sdpa", "bf16", "channels_last", "fold_head", "compile", "compile_model", "tf32",
-                                  "cudnn_benchmark"])
+@pytest.mark.parametrize("name", ["sdpa", "bf16", "channels_last", "fold_head", "lowp_norms", "compile",
+                                  "compile_model", "tf32", "cudnn_benchmark"])
 def test_each_switch_infers_like_the_exact_path(name):
     x, _ = data(batch=1)
     model = tiny()
     ref = make_inference(model, x, SWITCHES["exact"])().clone()
     out = make_inference(tiny(), x, SWITCHES[name])()
     assert out.shape == ref.shape
-    assert (out.float() - ref).abs().max().item() < (5e-2 if name == "bf16" else 1e-4)
+    assert (out.float() - ref).abs().max().item() < (5e-2 if name in LOW_PRECISION else 1e-4)
     agree = (out.argmax(1) == ref.argmax(1)).float().mean().item()
-    assert agree > (0.97 if name == "bf16" else 0.999)
+    assert agree > (0.97 if name in LOW_PRECISION else 0.999)
 
 
 def test_apply_speed_options_switches_attention_and_layout():
@@ -137,6 +139,9 @@ def test_fast_options_follow_the_device(monkeypatch):
     assert "channels-last" in SpeedOptions(channels_last=True).describe()
     assert cuda.fold_head and SpeedOptions.fast("cpu").fold_head and not SpeedOptions.exact().fold_head
     assert "fold-head" in SpeedOptions(fold_head=True).describe()
+    # bf16 LayerNorms: for CUDA, whose autocast runs them in fp32; the CPU's autocast already leaves them in bf16
+    assert cuda.lowp_norms and not SpeedOptions.fast("cpu").lowp_norms and not SpeedOptions.exact().lowp_norms
+    assert "lowp-norms" in cuda.describe() and "lowp-norms" not in SpeedOptions(lowp_norms=True).describe()
 
 
 def test_apply_speed_options_folds_the_head_and_unfolds_it():
@@ -145,6 +150,35 @@ def test_apply_speed_options_folds_the_head_and_unfolds_it():
     assert model.head.fold and all(lin.keep_weight_dtype for lin in model.head.linear)
     apply_speed_options(model, SpeedOptions.exact())
     assert not model.head.fold and not any(lin.keep_weight_dtype for lin in model.head.linear)
+
+
+def test_lowp_norms_reach_every_layer_norm_and_keep_the_stream_in_bf16():
+    """``lowp_norms`` switches every rgbx LayerNorm of the model; under autocast their outputs are then bf16, also
+    where the input is fp32 (DFormer's layer-scaled residual stream), which stock autocast would keep fp32."""
+    from rgbx.engine.fastpath import autocast
+    from rgbx.models.layers import LOWP_NORMS
+
+    torch.manual_seed(0)
+    model = create_model(backbone="dformer_nano", fusion="dformer", head="ham", modalities=["rgb", "depth"],
+                         num_classes=4, head_channels=16).eval()
+    norms = [m for m in model.modules() if isinstance(m, LOWP_NORMS)]
+    assert len(norms) > 4
+    seen = []
+    for m in norms:
+        m.register_forward_hook(lambda mod, inputs, out: seen.append((inputs[0].dtype, out.dtype)))
+    x, _ = data(batch=1, size=64)
+    outputs = {}
+    for lowp in (False, True):
+        apply_speed_options(model, SpeedOptions(precision="bf16", lowp_norms=lowp))
+        assert all(m.lowp == lowp for m in norms)
+        seen.clear()
+        with torch.inference_mode(), autocast(torch.device("cpu"), "bf16"):
+            outputs[lowp] = model(x).logits.float()
+        if lowp:
+            assert {out for _, out in seen} == {torch.bfloat16}
+        else:  # without the switch some norms take and give fp32
+            assert (torch.float32, torch.float32) in seen
+    assert (outputs[True] - outputs[False]).abs().max().item() < 5e-2
 
 
 def test_fp16_on_cpu_is_a_clear_error():
@@ -456,3 +490,46 @@ def test_compile_report_says_where_compile_time_went_and_a_stopped_bench_still_p
         proc.kill()
     assert proc.returncode == 124, out[-2000:]
     assert "stopped by signal 15" in out and "torch.compile: " in out
+
+
+@pytest.mark.parametrize("backbone, fusion, head", [("mit_nano", "cmx", "mlp"), ("dformer_nano", "dformer", "ham")])
+def test_cast_weights_casts_the_lowp_norms_too_with_the_same_logits(backbone, fusion, head):
+    """Under ``lowp_norms`` the LayerNorms cast their weights to bf16 at every call; casting them once with the
+    linear / conv weights gives the same logits bit for bit. Without the switch they stay fp32."""
+    from rgbx.engine.fastpath import autocast, cast_inference_weights
+    from rgbx.models.layers import LOWP_NORMS
+
+    def build(lowp):
+        torch.manual_seed(0)
+        model = create_model(backbone=backbone, fusion=fusion, head=head, modalities=["rgb", "depth"],
+                             num_classes=4, head_channels=16).eval()
+        with torch.no_grad():  # norms away from their (1, 0) init, so that a dropped weight would show
+            for m in model.modules():
+                if isinstance(m, LOWP_NORMS):
+                    m.weight.normal_(1.0, 0.2), m.bias.normal_(0.0, 0.2)
+        model.set_lowp_norms(lowp)
+        return model
+
+    x, _ = data(batch=1, size=64)
+    with torch.inference_mode(), autocast(torch.device("cpu"), "bf16"):
+        ref = build(True)(x).logits
+        model = cast_inference_weights(build(True), "bf16")
+        got = model(x).logits
+    assert torch.equal(ref, got)
+    assert all(m.weight.dtype == torch.bfloat16 for m in model.modules() if isinstance(m, LOWP_NORMS))
+    plain = cast_inference_weights(build(False), "bf16")
+    assert all(m.weight.dtype == torch.float32 for m in plain.modules() if isinstance(m, LOWP_NORMS))
+
+
+def test_sweep_measures_the_low_precision_switches_as_the_fast_set_without_them():
+    from types import SimpleNamespace
+
+    from rgbx.cli.bench import option_sets
+
+    args = SimpleNamespace(options=["exact", "fast"], sweep=True, compile_scope="blocks", compile_mode=None)
+    sets = option_sets(args, torch.device("cuda"))
+    fast = sets["fast"]
+    assert sets["fast - lowp_norms"] == fast.with_(lowp_norms=False) and fast.lowp_norms
+    assert sets["fast - cast_weights"] == fast.with_(cast_weights=False)
+    assert "exact + lowp_norms" not in sets  # in fp32 the switch does nothing
+    assert "fast - lowp_norms" not in option_sets(args, torch.device("cpu"))

@@ -1,13 +1,14 @@
 """Shared layers: stochastic depth (statistics, eval identity, one compiled graph for any rate), presence
-masking, and the 1×1 convolution of resized, concatenated maps computed per map."""
+masking, the 1×1 convolution of resized, concatenated maps computed per map, and LayerNorms in low precision."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from rgbx.models.layers import DropPath, conv1x1_resized_concat, mask_absent, resize
+from rgbx.models.layers import DropPath, LayerNorm, LayerNorm2d, conv1x1_resized_concat, mask_absent, resize
 
 
 def test_drop_path_drops_whole_samples_at_its_rate_and_keeps_the_mean():
@@ -84,3 +85,52 @@ def test_conv1x1_of_resized_concat_is_computed_per_map_with_the_same_result():
                           atol=1e-12)
     with pytest.raises(ValueError, match="15 input channels.*14"):
         conv1x1_resized_concat(maps, torch.randn(6, 15), size)
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_layer_norm_is_nn_layer_norm_until_lowp_runs_it_in_autocasts_dtype(channels_first):
+    """rgbx's LayerNorm (and LayerNorm2d): the same parameters and function as torch's; with ``lowp`` on under
+    autocast it takes and returns bf16 (stock autocast keeps an fp32 input fp32, and CUDA's casts a bf16 one up to
+    fp32), within bf16 rounding of the fp32 norm, and the gradients reach the fp32 parameters as fp32."""
+    torch.manual_seed(0)
+    norm = LayerNorm2d(8, eps=1e-6) if channels_first else LayerNorm(8, eps=1e-6)
+    ref = nn.LayerNorm(8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.3), norm.bias.normal_(0.0, 0.3)
+    ref.load_state_dict(norm.state_dict())
+    assert list(norm.state_dict()) == ["weight", "bias"]
+    x = torch.randn(2, 8, 5, 6) if channels_first else torch.randn(2, 5, 8)
+
+    def reference(t):
+        return ref(t.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) if channels_first else ref(t)
+
+    cpu_bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    assert torch.equal(norm(x), reference(x))
+    with cpu_bf16:
+        assert norm(x).dtype == torch.float32 and torch.equal(norm(x), reference(x))  # off: torch's behaviour
+    norm.lowp = True
+    assert torch.equal(norm(x), reference(x))  # outside autocast nothing changes
+    xg = x.clone().requires_grad_(True)
+    with cpu_bf16:
+        out = norm(xg)
+    assert out.dtype == torch.bfloat16
+    expected = reference(x)
+    assert (out.float() - expected).abs().max().item() <= 2e-2 * expected.abs().max().item()
+    out.float().square().sum().backward()
+    reference(x).square().sum().backward()
+    assert xg.grad.dtype == torch.float32 and norm.weight.grad.dtype == torch.float32
+    for got, want in ((norm.weight.grad, ref.weight.grad), (norm.bias.grad, ref.bias.grad)):
+        assert (got - want).abs().max().item() <= 3e-2 * want.abs().max().item()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lowp_layer_norm_stays_bf16_where_cuda_autocast_would_run_fp32():
+    norm = LayerNorm(64).cuda()
+    x = torch.randn(4, 10, 64, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert norm(x.bfloat16()).dtype == torch.float32  # CUDA's autocast policy: LayerNorm in fp32
+        norm.lowp = True
+        out = norm(x)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - F.layer_norm(x, (64,))).abs().max().item() < 5e-2

@@ -25,10 +25,12 @@ EXAMPLES = """  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth
 
 option sets (--options): exact = fp32, explicit attention, no compilation, PyTorch's default AdamW (the reference
 arithmetic); fast = what helps on the device (CUDA: bf16 autocast, fused attention, channels-last, folded head,
-TF32, fused AdamW, CUDA-graph inference; CPU: fused attention, channels-last, folded head, bf16 where the processor
-has AMX / AVX-512 BF16); graphed = fast + the whole training step replayed as one CUDA graph (CUDA only);
-compiled = fast + torch.compile; custom = exact changed by the switch flags below. --sweep adds one set per switch
-of the fast set: exact with only that switch turned on (torch.compile is measured by the compiled set).
+bf16 LayerNorms, TF32, fused AdamW, CUDA-graph inference; CPU: fused attention, channels-last, folded head, bf16
+where the processor has AMX / AVX-512 BF16); graphed = fast + the whole training step replayed as one CUDA graph
+(CUDA only); compiled = fast + torch.compile; custom = exact changed by the switch flags below. --sweep adds one set
+per switch of the fast set: exact with only that switch turned on (torch.compile is measured by the compiled set),
+and for the folded head and the switches that need the low precision (weights cast once, bf16 LayerNorms) the fast
+set without that switch.
 
 Defaults follow the device: on the CPU training at batch 2 on 240x320 and inference at 480x640 (the project's CPU
 anchors); on CUDA training at batch 8 on 480x640.
@@ -63,6 +65,8 @@ def add_parser(sub) -> None:
     p.add_argument("--channels-last", action="store_true", help="custom set: channels-last memory layout")
     p.add_argument("--fold-head", action="store_true",
                    help="custom set: the head's fusion conv per stage before upsampling (same function)")
+    p.add_argument("--lowp-norms", action="store_true",
+                   help="custom set: LayerNorms in the autocast precision (with --precision bf16 / fp16)")
     p.add_argument("--compile", action="store_true", help="custom set: torch.compile")
     p.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
                    help="what compiled / custom sets compile: each block on its own (default; compiles in a "
@@ -111,7 +115,8 @@ def option_sets(args, device) -> dict:
         else:
             sets["custom"] = exact.with_(
                 precision=args.precision or exact.precision, attn_impl=args.attn or exact.attn_impl,
-                channels_last=args.channels_last, fold_head=args.fold_head, compile=args.compile,
+                channels_last=args.channels_last, fold_head=args.fold_head, lowp_norms=args.lowp_norms,
+                compile=args.compile,
                 compile_scope=args.compile_scope, compile_mode=args.compile_mode, cuda_graph=args.cuda_graph,
                 cuda_graph_train=args.cuda_graph_train, tf32=args.tf32,
                 fused_optimizer=args.fused_adamw or exact.fused_optimizer)
@@ -121,8 +126,9 @@ def option_sets(args, device) -> dict:
             if value == getattr(exact, switch) or (switch == "cuda_graph" and device.type != "cuda"):
                 continue
             sets[f"exact + {switch}"] = exact.with_(**{switch: value})
-        if fast.cast_weights:  # needs the low precision: measured as the fast set without it
-            sets["fast - cast_weights"] = fast.with_(cast_weights=False)
+        for switch in ("cast_weights", "lowp_norms"):  # need the low precision: measured as the fast set without
+            if getattr(fast, switch):
+                sets[f"fast - {switch}"] = fast.with_(**{switch: False})
         # what the folded head saves under the fast set's precision (exact + fold_head measures it in fp32)
         sets["fast - fold_head"] = fast.with_(fold_head=False)
     return sets

@@ -65,10 +65,10 @@ class TrainConfig:
     checkpoint_every: int = 200  # 0 = only at the end (a killed run then restarts from the beginning)
     log_every: int = 20
     # speed switches (rgbx.engine.fastpath). A switch left at None takes the device's default: on CUDA the fast set
-    # (bf16, channels-last, TF32, cuDNN autotuning, fused AdamW, folded head), elsewhere the exact fp32 path. speed:
-    # "custom" = the switches as set; "fast" / "exact" = the device's fast set / everything off, written over
-    # precision, channels_last, tf32, cudnn_benchmark, fused_optimizer, fold_head and model.attn_impl (compile stays
-    # its own choice)
+    # (bf16, channels-last, TF32, cuDNN autotuning, fused AdamW, folded head, bf16 LayerNorms), elsewhere the exact
+    # fp32 path. speed: "custom" = the switches as set; "fast" / "exact" = the device's fast set / everything off,
+    # written over precision, channels_last, tf32, cudnn_benchmark, fused_optimizer, fold_head, lowp_norms and
+    # model.attn_impl (compile stays its own choice)
     speed: str = "custom"
     precision: str | None = None  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
     channels_last: bool | None = None  # NHWC weights and inputs
@@ -81,6 +81,9 @@ class TrainConfig:
     fused_optimizer: bool | None = None  # fused AdamW
     # the head's fusion conv per stage before upsampling (same function, fewer ops); None = on; off: speed=exact
     fold_head: bool | None = None
+    # LayerNorms in bf16 under autocast (CUDA's autocast runs them in fp32: the residual stream then stays fp32);
+    # None = the device's fast set (on for CUDA; the CPU's autocast already works this way)
+    lowp_norms: bool | None = None
     # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised, anyseg, ktb, primkd,
     # modality dropout and missing sensors then decided on the device; bf16 / fp32, one process): one launch a step
     cuda_graph_train: bool = False

@@ -49,6 +49,13 @@ each switch does:
   the MLP head also folds its per-stage Linear layers into it). The same function with the same weights: the
   rounding differs as between two convolution algorithms. CMX's 512-channel MLP head at 480×640 does 1.9 instead
   of 21.7 GMAC per image (CMX-B2's forward pass: 78 → 58 GMAC), and no 2048-channel map is written, cast and read.
+* ``lowp_norms``: LayerNorms in autocast's low precision (:meth:`rgbx.models.Segmentor.set_lowp_norms`). CUDA's
+  autocast runs LayerNorm in fp32, so a transformer's residual stream and every LayerNorm output stay fp32 and are
+  cast again before each matmul, forward and backward; on the H100, CMX-B2's bf16 training step spent 17 % of its
+  kernel time in LayerNorm and 15 % in copies and casts (``benchmarks/gpu.md``). With the switch the norms take and
+  return bf16 (statistics still accumulated in fp32 inside the kernel) and the residual stream stays bf16: the
+  arithmetic the CPU's autocast already does, which leaves LayerNorm in its input's dtype. On the CPU the switch
+  therefore changes little (it also casts the norms' weights). Only under autocast; no effect in fp32.
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
@@ -123,6 +130,7 @@ class SpeedOptions:
     cuda_graph_train: bool = False
     cast_weights: bool = False
     fold_head: bool = False
+    lowp_norms: bool = False
     tf32: bool = False
     cudnn_benchmark: bool = False
     fused_optimizer: bool | None = None
@@ -135,14 +143,14 @@ class SpeedOptions:
     @classmethod
     def fast(cls, device: torch.device | str) -> SpeedOptions:
         """What helps on ``device``. CUDA: bf16 autocast, fused attention, channels-last, TF32 for what stays fp32,
-        fused AdamW, CUDA-graph inference. CPU: fused attention, channels-last (oneDNN's convolutions run on NHWC
+        fused AdamW, CUDA-graph inference, LayerNorms in bf16. CPU: fused attention, channels-last (oneDNN's convolutions run on NHWC
         without reorders: CMX-B2 batch-1 inference 971 → 510 ms in bf16), fused AdamW, and bf16 autocast where the
         processor has bf16 matrix instructions (:func:`cpu_has_bf16`). ``compile`` stays a separate choice (its first call costs
         tens of seconds); turn it on with ``replace(opts, compile=True)``."""
         device = torch.device(device)
         if device.type == "cuda":
             return cls(precision="bf16", attn_impl="sdpa", channels_last=True, tf32=True, cudnn_benchmark=True,
-                       fused_optimizer=True, cuda_graph=True, cast_weights=True, fold_head=True)
+                       fused_optimizer=True, cuda_graph=True, cast_weights=True, fold_head=True, lowp_norms=True)
         bf16 = cpu_has_bf16()
         return cls(precision="bf16" if bf16 else "fp32", attn_impl="sdpa", channels_last=True, fused_optimizer=True,
                    cast_weights=bf16, fold_head=True)
@@ -163,6 +171,7 @@ class SpeedOptions:
         if self.attn_impl:
             parts.append(self.attn_impl)
         parts += [name for name, on in (("channels-last", self.channels_last), ("fold-head", self.fold_head),
+                                        ("lowp-norms", self.lowp_norms and self.precision != "fp32"),
                                         ("tf32", self.tf32),
                                         ("cudnn-benchmark", self.cudnn_benchmark),
                                         ("compile", self.compile), ("cuda-graph", self.cuda_graph),
@@ -189,7 +198,8 @@ def autocast(device: torch.device, precision: str, cache: bool = True) -> contex
 def cast_inference_weights(model: nn.Module, precision: str) -> nn.Module:
     """Cast, in place, the weights and biases of ``model``'s linear and convolution layers to the autocast dtype of
     ``precision`` (nothing for fp32), for inference under :func:`autocast` (``SpeedOptions.cast_weights``). Autocast
-    would otherwise cast them at every forward pass; the values are the same, so are the outputs. Norm layers keep
+    would otherwise cast them at every forward pass; the values are the same, so are the outputs. LayerNorms in low
+    precision (``lowp`` on: ``SpeedOptions.lowp_norms``) are cast too, for the same reason; other norm layers keep
     their fp32 parameters (autocast runs them in fp32), and so does a layer whose weights are computed with before
     use (it sets ``keep_weight_dtype = True``, e.g. CMNeXt's folded patch embedding). Not for a model that will still
     be trained."""
@@ -197,7 +207,8 @@ def cast_inference_weights(model: nn.Module, precision: str) -> nn.Module:
     if dtype is None:
         return model
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not getattr(
+        lowp_norm = isinstance(module, nn.LayerNorm) and getattr(module, "lowp", False)
+        if lowp_norm or isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not getattr(
                 module, "keep_weight_dtype", False):
             for param in module.parameters(recurse=False):
                 param.data = param.data.to(dtype)
@@ -280,6 +291,8 @@ def apply_speed_options(model: nn.Module, options: SpeedOptions) -> nn.Module:
         model.set_attn_impl(options.attn_impl)
     if hasattr(model, "set_fold_head"):
         model.set_fold_head(options.fold_head)
+    if hasattr(model, "set_lowp_norms"):
+        model.set_lowp_norms(options.lowp_norms)
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
     if options.compile and options.compile_scope == "blocks":

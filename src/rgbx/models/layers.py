@@ -3,8 +3,9 @@
 Generic pieces come from ``timm.layers`` (re-exported here so model files import from one place); what is defined
 here is what timm does not have in the form rgbx needs: token ↔ map reshaping, the Mix-FFN depth-wise conv, a
 conv-BN-ReLU unit, the SegFormer weight init, a :class:`FeatureInfo` list, per-sample presence masking, a
-stochastic-depth layer whose rate does not specialise compiled code, and the 1×1 convolution of resized, concatenated
-maps computed at each map's own resolution (what a decode head's fusion does, in fewer operations).
+stochastic-depth layer whose rate does not specialise compiled code, the 1×1 convolution of resized, concatenated
+maps computed at each map's own resolution (what a decode head's fusion does, in fewer operations), and LayerNorms
+that can run in autocast's low precision.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d, trunc_normal_
+from timm.layers import LayerNorm2d as _TimmLayerNorm2d
+from timm.layers import trunc_normal_
+from timm.layers.fast_norm import fast_layer_norm
 from torch import nn
 
 from rgbx.errors import ConfigError
@@ -25,6 +28,7 @@ __all__ = [
     "DWConv",
     "DropPath",
     "FeatureInfo",
+    "LayerNorm",
     "LayerNorm2d",
     "check_attn_impl",
     "conv1x1_resized_concat",
@@ -38,6 +42,44 @@ __all__ = [
 
 
 ATTN_IMPLS = ("sdpa", "eager")
+
+
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    if norm.lowp and torch.is_autocast_enabled(x.device.type):
+        # input, weight and bias cast to autocast's dtype, normalised with autocast off (statistics still accumulate
+        # in fp32 inside the kernel): the output stays in the low precision
+        return fast_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same arguments, parameters and state-dict keys) with a low-precision mode, ``lowp``
+    (:meth:`rgbx.models.Segmentor.set_lowp_norms`; ``SpeedOptions.lowp_norms``).
+
+    CUDA's autocast runs every LayerNorm in fp32: its output is fp32, so the residual stream of a transformer stays
+    fp32 and each LayerNorm output is cast again for the next matmul, both ways through forward and backward. With
+    ``lowp`` on and autocast enabled, the norm takes and returns autocast's dtype (timm's ``fast_layer_norm``), and
+    the residual stream stays in bf16. This is what the CPU's autocast already does (it leaves LayerNorm in its
+    input's dtype), so rgbx's fast path computes the same way on both devices. Off, or outside autocast: exactly
+    ``nn.LayerNorm``."""
+
+    lowp = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _layer_norm(self, x)
+
+
+class LayerNorm2d(_TimmLayerNorm2d):
+    """timm's channels-first ``LayerNorm2d`` (over C of a (B, C, H, W) map) with :class:`LayerNorm`'s low-precision
+    mode."""
+
+    lowp = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _layer_norm(self, x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+LOWP_NORMS = (LayerNorm, LayerNorm2d)
 
 
 class DropPath(nn.Module):

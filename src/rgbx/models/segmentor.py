@@ -10,7 +10,7 @@ from torch import nn
 
 from rgbx.models.config import ModelConfig
 from rgbx.models.fusions.base import FusionEncoder
-from rgbx.models.layers import check_attn_impl, resize
+from rgbx.models.layers import LOWP_NORMS, check_attn_impl, resize
 from rgbx.models.registries import BACKBONES, FUSIONS, HEADS
 
 __all__ = ["SegOutput", "Segmentor", "create_model", "list_models"]
@@ -107,6 +107,14 @@ class Segmentor(nn.Module):
         for module in self.modules():
             if module is not self and hasattr(module, "set_fold"):
                 module.set_fold(fold)
+
+    def set_lowp_norms(self, lowp: bool) -> None:
+        """Switch every rgbx LayerNorm (:class:`rgbx.models.layers.LayerNorm`) to running in autocast's low precision
+        under autocast (bf16 in, bf16 out), or back to fp32 as CUDA's autocast runs it. Weights unchanged; outside
+        autocast no difference."""
+        for module in self.modules():
+            if isinstance(module, LOWP_NORMS):
+                module.lowp = lowp
 
     def forward(
         self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None,

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rgbx.errors import CheckpointError, ConfigError
-from rgbx.models.layers import DropPath, FeatureInfo, check_attn_impl
+from rgbx.models.layers import DropPath, FeatureInfo, LayerNorm, check_attn_impl
 from rgbx.models.registries import BACKBONES
 from rgbx.models.weights import load_strict, read_state_dict
 
@@ -102,7 +102,7 @@ class DFormerMLP(nn.Module):
     def __init__(self, dim: int, mlp_ratio: int):
         super().__init__()
         hidden = dim * mlp_ratio
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = LayerNorm(dim, eps=1e-6)
         self.fc1 = nn.Linear(dim, hidden)
         self.pos = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
         self.fc2 = nn.Linear(hidden, dim)
@@ -151,8 +151,8 @@ class DFormerAttention(nn.Module):
             self.kv = nn.Linear(dim, dim)
             self.pool = nn.AdaptiveAvgPool2d((window, window))
         self.act = nn.GELU()
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.norm_e = nn.LayerNorm(half, eps=1e-6)
+        self.norm = LayerNorm(dim, eps=1e-6)
+        self.norm_e = LayerNorm(half, eps=1e-6)
 
     def set_attn_impl(self, attn_impl: str) -> None:
         self.attn_impl = check_attn_impl(attn_impl)

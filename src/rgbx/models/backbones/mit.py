@@ -28,6 +28,7 @@ from rgbx.models.layers import (
     DropPath,
     DWConv,
     FeatureInfo,
+    LayerNorm,
     check_attn_impl,
     init_weights,
     map_to_tokens,
@@ -81,7 +82,7 @@ class OverlapPatchEmbed(nn.Module):
         self.proj = nn.Conv2d(
             in_channels, dim, kernel_size=patch_size, stride=stride, padding=patch_size // 2
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, C_in, H, W) → tokens (B, H'·W', C) and (H', W') with H' = ceil(H / stride)."""
@@ -111,7 +112,7 @@ class EfficientSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
-            self.norm = nn.LayerNorm(dim)
+            self.norm = LayerNorm(dim)
         else:
             self.sr = None
             self.norm = None
@@ -178,10 +179,10 @@ class MiTBlock(nn.Module):
         attn_impl: str = "sdpa",
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = LayerNorm(dim, eps=1e-6)
         self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, qkv_bias, attn_impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim, eps=1e-6)
         self.mlp = MixFFN(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -214,7 +215,7 @@ class MiTStage(nn.Module):
             MiTBlock(dim, num_heads, mlp_ratio, sr_ratio, qkv_bias, drop_path[j], attn_impl)
             for j in range(depth)
         )
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = LayerNorm(dim, eps=1e-6)
 
     def run(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """Embedded tokens (B, H·W, C) → output map (B, C, H, W)."""

@@ -48,7 +48,7 @@ from torch import nn
 
 from rgbx.errors import ConfigError
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder, others_weights
-from rgbx.models.layers import init_weights, map_to_tokens, mask_absent, tokens_to_map
+from rgbx.models.layers import LayerNorm, init_weights, map_to_tokens, mask_absent, tokens_to_map
 from rgbx.models.registries import FUSIONS, build_backbone
 
 __all__ = [
@@ -182,7 +182,7 @@ class CrossPath(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.cross_attn = CrossAttention(hidden, modalities, num_heads)
         self.end_proj = nn.ModuleDict({m: nn.Linear(hidden * 2, dim) for m in modalities})
-        self.norm = nn.ModuleDict({m: nn.LayerNorm(dim) for m in modalities})
+        self.norm = nn.ModuleDict({m: LayerNorm(dim) for m in modalities})
 
     def forward(
         self, x: dict[str, torch.Tensor], present: torch.Tensor | None, others: torch.Tensor

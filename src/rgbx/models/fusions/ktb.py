@@ -60,7 +60,7 @@ from torch import nn
 
 from rgbx.errors import ConfigError
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder
-from rgbx.models.layers import init_weights, mask_absent, tokens_to_map
+from rgbx.models.layers import LayerNorm, init_weights, mask_absent, tokens_to_map
 from rgbx.models.registries import FUSIONS, build_backbone
 
 __all__ = ["DSCF", "KTBFusion", "LowRankAdapter", "MAPAPrompt"]
@@ -93,7 +93,7 @@ class MAPAPrompt(nn.Module):
 
     def __init__(self, dim: int, rank: int, modalities: Sequence[str]):
         super().__init__()
-        self.norm = nn.ModuleDict({m: nn.LayerNorm(dim) for m in modalities})
+        self.norm = nn.ModuleDict({m: LayerNorm(dim) for m in modalities})
         self.down = nn.ModuleDict({m: nn.Linear(dim, rank) for m in modalities})
         self.up = nn.ModuleDict({m: nn.Linear(rank, dim) for m in modalities})
         self.norm.apply(init_weights)
