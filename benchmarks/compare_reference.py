@@ -219,45 +219,49 @@ def agreement(ref: nn.Module, model: nn.Module, data: Inputs, seed: int) -> floa
     return (a - b).abs().max().item()
 
 
-def peak_memory(fn: Callable, device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) / 2**30
-
-
 def measure(factories: dict[str, Callable[[], Callable]], device: torch.device, warmup: int, repeats: int,
             alternate: bool, optional: Sequence[str] = ()) -> dict[str, dict]:
-    """name → {"timing": Timing, "peak_gib": float|None}. ``factories`` build the callable (and its model); a
-    candidate named in ``optional`` that fails is reported and left out instead of failing the model."""
+    """name → {"timing": Timing, "peak_gib": float|None, "seconds": {"build": s, "timed": s}}. ``factories`` build
+    the callable (and its model); a candidate named in ``optional`` that fails is reported and left out instead of
+    failing the model. On CUDA the peak memory is the most allocated while the candidate was built and run (its
+    warm-up and timed calls, a CUDA graph's capture included), above what was allocated before."""
     out: dict[str, dict] = {}
     if alternate:
         fns = {name: make() for name, make in factories.items()}
         for name, t in time_alternating(fns, device, warmup, repeats).items():
             out[name] = {"timing": t, "peak_gib": None}
         return out
+    cuda = device.type == "cuda"
     for name, make in factories.items():
-        base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) if cuda else 0
+        t0 = time.perf_counter()
         try:
             fn = make()
+            t1 = time.perf_counter()
             t = time_alternating({name: fn}, device, warmup, repeats)[name]
-            peak = peak_memory(fn, device)
         except Exception as e:  # an optional candidate (the graphed step) failing must not lose the others
             if name not in optional:
                 raise
             print(f"{name}: FAILED: {type(e).__name__}: {e}", flush=True)
             fn = None
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.synchronize(device)
                 torch.cuda.empty_cache()
             continue
-        out[name] = {"timing": t, "peak_gib": None if peak is None else peak - base / 2**30}
+        peak = None
+        if cuda:
+            torch.cuda.synchronize(device)
+            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+        seconds = {"build": t1 - t0, "timed": time.perf_counter() - t1}
+        # where a model's minutes go (building, cuDNN autotuning and first calls, capture) for the suite's budget
+        print(f"  {name}: built in {seconds['build']:.1f} s, warm-up + timed calls {seconds['timed']:.1f} s",
+              flush=True)
+        out[name] = {"timing": t, "peak_gib": peak, "seconds": seconds}
         del fn
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.empty_cache()
     return out
 

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # The GPU speed table in one command: the CMX and DFormer reference code and rgbx side by side (same weights, same
-# process), rgbx's OmniSegmentor encoder, which speed switch gives what, and torch.compile. Writes benchmarks/gpu.md.
-# Finishes within TOTAL seconds (default 540: under the device tool's 10-minute command limit); BUDGET seconds for
-# starting side-by-side models.
+# process) for CMX B0/B2/B4, DFormer T/S/B/L and rgbx's OmniSegmentor encoder, where the fast training step's time
+# goes, which speed switch gives what, and whether the input pipeline keeps up. Writes benchmarks/gpu.md. Finishes
+# within TOTAL seconds (default 540: under the device tool's 10-minute command limit); no new side-by-side model is
+# started after BUDGET seconds.
 #
 #   git clone https://github.com/huaaaliu/RGBX_Semantic_Segmentation /tmp/cmx_ref
 #   git clone https://github.com/VCIP-RGBD/DFormer /tmp/dformer_ref
 #   REF_CMX=/tmp/cmx_ref REF_DFORMER=/tmp/dformer_ref benchmarks/gpu.sh
 #
+# The checks that are not part of the table need a second command (the table alone fills most of the first):
+# the GPU-only tests, `rgbx train` eager against captured, and torch.compile (minutes of compilation):
+#
+#   STEPS="tests train compile" TOTAL=300 OUT_MD=benchmarks/gpu_checks.md benchmarks/gpu.sh
+#
 # On the CPU, for a smoke test of the whole suite at a tiny size: DEVICE=cpu SIZE=64x64 REPEATS=1 benchmarks/gpu.sh
-# STEPS picks steps (default all, in this order of need): tests train compare sweep profile data compile. The whole
-# suite needs more than one 10-minute command on an H100; compilation alone takes minutes, so a second command can
-# run it on its own: STEPS=compile TOTAL=300 OUT_MD=benchmarks/gpu_compile.md benchmarks/gpu.sh
+# STEPS picks steps, run in this order: tests train compare profile sweep data compile; gpu.md gets a section for
+# each step asked for.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REF_CMX=${REF_CMX:-.reference/cmx}
@@ -21,8 +26,8 @@ SIZE=${SIZE:-480x640}
 BATCH=${BATCH:-8}
 REPEATS=${REPEATS:-6}
 WARMUP=${WARMUP:-2}
-STEPS=${STEPS:-tests train compare sweep profile data compile}
-BUDGET=${BUDGET:-150}
+STEPS=${STEPS:-compare profile sweep data}
+BUDGET=${BUDGET:-330}
 TOTAL=${TOTAL:-540}
 MODELS=${MODELS:-cmx_b2 dformer_l cmx_b0 dformer_t cmx_b4 dformer_s dformer_b omni_t}
 OUT_MD=${OUT_MD:-benchmarks/gpu.md}
@@ -56,7 +61,7 @@ run_step() {  # run_step SECONDS command ...: at most SECONDS, less when the sui
     timeout "$t" "$@"
 }
 
-want() { case " $STEPS " in *" $1 "*) return 0 ;; *) echo "$1: not in STEPS" | tee "$LOG_DIR/$1.log"; return 1 ;; esac; }
+want() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 compare_rc=0 compile_rc=0
 
 # 0. the GPU-only tests (training on CUDA in fp32 / bf16 / fp16, no device sync in dropout + forward, the CUDA-graph
@@ -96,7 +101,13 @@ if want compare; then
     compare_rc=${PIPESTATUS[0]}
 fi
 
-# 2. which switch gives what (CMX-B2): exact, exact + each switch, fast, fast + the training step as one CUDA graph
+# 2. where the fast training step's time goes: the top kernels by device time, and how busy the device was
+if want profile; then
+    run_step 60 python benchmarks/profile_step.py --device "$DEVICE" --backbone mit_b2 --fusion cmx --size "$SIZE" \
+        --batch "$BATCH" --options fast --steps 2 --rows 25 2>&1 | tee "$LOG_DIR/profile.log"
+fi
+
+# 3. which switch gives what (CMX-B2): exact, exact + each switch, fast, fast + the training step as one CUDA graph
 if want sweep; then
     graphed=()
     [ "$DEVICE" = cuda ] && graphed=(graphed)
@@ -105,12 +116,6 @@ if want sweep; then
         --num-classes 40 --head-channels 512 --size "$SIZE" --train-size "$SIZE" --train-batch "$BATCH" \
         --what train latency --options exact fast "${graphed[@]}" --sweep --warmup "$WARMUP" --repeats "$REPEATS" \
         --json "$LOG_DIR/sweep.json" 2>&1 | tee "$LOG_DIR/sweep.log"
-fi
-
-# 3. where the fast training step's time goes: the top kernels by device time, and how busy the device was
-if want profile; then
-    run_step 60 python benchmarks/profile_step.py --device "$DEVICE" --backbone mit_b2 --fusion cmx --size "$SIZE" \
-        --batch "$BATCH" --options fast --steps 2 --rows 25 2>&1 | tee "$LOG_DIR/profile.log"
 fi
 
 # 4. does the input pipeline keep up? RGB-D 480x640 read + decode + augment, samples/s with N loader workers
@@ -147,50 +152,74 @@ table_or_tail() {  # the rich table of a bench log; the progress lines where it 
     echo "# GPU speed: reference code vs rgbx, side by side"
     echo
     echo "Produced by \`benchmarks/gpu.sh\` (one command, STEPS=\"${STEPS}\"; ${elapsed} s on this run). Device: ${device_line}."
-    echo "References: huaaaliu/RGBX_Semantic_Segmentation (CMX) and VCIP-RGBD/DFormer, imported from checkouts"
-    echo "outside rgbx (see \`benchmarks/compare_reference.py --help\`); their weights converted into rgbx, outputs"
-    echo "checked to agree before timing."
-    echo
-    echo "## Side by side"
-    echo
-    cat "$LOG_DIR/compare.md" 2>/dev/null || { echo "(compare_reference.py wrote no table; exit $compare_rc)"; \
-        grep "done in\|FAILED\|skipped" "$LOG_DIR/compare.log" 2>/dev/null; }
-    echo
-    echo "## \`rgbx train\`: the eager step against the captured one"
-    echo
-    cat "$LOG_DIR/train.md" 2>/dev/null || { echo '```'; tail -5 "$LOG_DIR/train.log" 2>/dev/null; echo '```'; }
-    echo
-    echo "## GPU-only tests (\`pytest -m gpu\`)"
-    echo
-    echo '```'
-    cat "$LOG_DIR/tests.log" 2>/dev/null || true
-    echo '```'
-    echo
-    echo "## Which switch gives what (CMX MiT-B2, RGB-D)"
-    echo
-    echo '```'
-    table_or_tail "$LOG_DIR/sweep.log"
-    echo '```'
-    echo
-    echo "## Where the fast training step's time goes (CMX MiT-B2, RGB-D, torch.profiler, 2 steps)"
-    echo
-    echo '```'
-    grep -v "^\[W\|Warning\|_warn_once\|^USDT\|^ERROR:" "$LOG_DIR/profile.log" 2>/dev/null | tail -40 || true
-    echo '```'
-    echo
-    echo "## Input pipeline on this machine (RGB-D 480×640, \`rgbx bench --data\`)"
-    echo
-    echo '```'
-    table_or_tail "$LOG_DIR/data.log"
-    echo '```'
-    echo
-    echo "## torch.compile, blocks scope (CMX MiT-B2, RGB-D)"
-    echo
-    echo '```'
-    table_or_tail "$LOG_DIR/compile.log"
-    [ "$compile_rc" = 124 ] && echo "(did not finish within its time limit)"
-    [ "$compile_rc" = 125 ] && echo "(skipped: no time left in the suite)"
-    echo '```'
+    if want compare; then
+        echo "References: huaaaliu/RGBX_Semantic_Segmentation (CMX) and VCIP-RGBD/DFormer, imported from checkouts"
+        echo "outside rgbx (see \`benchmarks/compare_reference.py --help\`); their weights converted into rgbx, outputs"
+        echo "checked to agree before timing."
+        echo
+        echo "## Side by side"
+        echo
+        cat "$LOG_DIR/compare.md" 2>/dev/null || { echo "(compare_reference.py wrote no table; exit $compare_rc)"; \
+            grep "done in\|FAILED\|skipped" "$LOG_DIR/compare.log" 2>/dev/null; }
+        echo
+        echo "Where each model's time went (seconds; for the suite's budget):"
+        echo
+        echo '```'
+        grep "done in\|built in\|skipped\|total" "$LOG_DIR/compare.log" 2>/dev/null || true
+        echo '```'
+    fi
+    if want tests; then
+        echo
+        echo "## GPU-only tests (\`pytest -m gpu\`)"
+        echo
+        echo '```'
+        cat "$LOG_DIR/tests.log" 2>/dev/null || true
+        echo '```'
+    fi
+    if want train; then
+        echo
+        echo "## \`rgbx train\`: the eager step against the captured one"
+        echo
+        cat "$LOG_DIR/train.md" 2>/dev/null || { echo '```'; tail -5 "$LOG_DIR/train.log" 2>/dev/null; echo '```'; }
+    fi
+    if want profile; then
+        echo
+        echo "## Where the fast training step's time goes (CMX MiT-B2, RGB-D, torch.profiler, 2 steps)"
+        echo
+        echo '```'
+        grep -v "^\[W\|Warning\|_warn_once\|^USDT\|^ERROR:" "$LOG_DIR/profile.log" 2>/dev/null | tail -40 || true
+        echo '```'
+    fi
+    if want sweep; then
+        echo
+        echo "## Which switch gives what (CMX MiT-B2, RGB-D)"
+        echo
+        echo '```'
+        table_or_tail "$LOG_DIR/sweep.log"
+        echo '```'
+    fi
+    if want data; then
+        echo
+        echo "## Input pipeline on this machine (RGB-D 480×640, \`rgbx bench --data\`)"
+        echo
+        echo '```'
+        table_or_tail "$LOG_DIR/data.log"
+        echo '```'
+    fi
+    if want compile; then
+        echo
+        echo "## torch.compile, blocks scope (CMX MiT-B2, RGB-D)"
+        echo
+        echo '```'
+        grep -v "__recompiles\]\|^[VW][0-9]\{4\} " "$LOG_DIR/compile.log" > "$LOG_DIR/compile_table.log" 2>/dev/null
+        table_or_tail "$LOG_DIR/compile_table.log"
+        echo "recompilations (TORCH_LOGS=recompiles; why: compile.log in the logs), by function:"
+        grep -o "Recompiling function [^ ]* in [^ ]*" "$LOG_DIR/compile.log" 2>/dev/null | sed 's|in .*/src/|in src/|' \
+            | sort | uniq -c
+        [ "$compile_rc" = 124 ] && echo "(did not finish within its time limit)"
+        [ "$compile_rc" = 125 ] && echo "(skipped: no time left in the suite)"
+        echo '```'
+    fi
 } > "$OUT_MD"
 echo "wrote $OUT_MD in ${elapsed} s"
 exit "$compare_rc"

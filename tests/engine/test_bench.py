@@ -384,6 +384,7 @@ def test_compare_reference_keeps_the_other_figures_when_an_optional_candidate_fa
     out = cr.measure(factories, torch.device("cpu"), warmup=0, repeats=1, alternate=False,
                      optional=["rgbx graphed"])
     assert set(out) == {"rgbx fast"}
+    assert out["rgbx fast"]["timing"].repeats == 1 and set(out["rgbx fast"]["seconds"]) == {"build", "timed"}
     with pytest.raises(RuntimeError, match="capture failed"):
         cr.measure(factories, torch.device("cpu"), warmup=0, repeats=1, alternate=False)
 
@@ -462,13 +463,17 @@ def test_compile_report_says_where_compile_time_went_and_a_stopped_bench_still_p
     import subprocess
     import time
 
+    from torch._dynamo.utils import counters
+
     from rgbx.engine.fastpath import compile_report
 
     torch._dynamo.reset()
-    compiled = torch.compile(lambda t: (t * 2).sin(), backend="aot_eager")
+    counters.clear()
+    compiled = torch.compile(lambda t: (t * 2).sin(), backend="aot_eager", dynamic=False)
     compiled(torch.randn(3))
+    compiled(torch.randn(4))  # static shapes: compiled again
     report = compile_report(rows=5)
-    assert report.startswith("torch.compile: ") and "graphs" in report and "recompilations" in report
+    assert report.startswith("torch.compile: 2 frames compiled, 2 graphs"), report
     phases = report.splitlines()[1:]
     assert 1 <= len(phases) <= 5 and all(line.strip().split()[1] == "s" for line in phases), report
 

@@ -301,16 +301,17 @@ def apply_speed_options(model: nn.Module, options: SpeedOptions) -> nn.Module:
 
 
 def compile_report(rows: int = 20) -> str:
-    """Where this process's torch.compile time went so far: graphs made, recompilations, and the ``rows`` costliest
-    phases (dynamo's own timers, seconds summed over calls; phases nest, so they overlap). Printed by ``rgbx bench``
-    after compiling, and when a time limit stops it mid-compilation (SIGTERM), so that a cut-off run still says
-    where the time went."""
+    """Where this process's torch.compile time went so far: frames compiled (a function compiled again for another
+    shape or module counts again; ``TORCH_LOGS=recompiles`` says why each was), graphs made, and the ``rows``
+    costliest phases (dynamo's own timers, seconds summed over calls; phases nest, so they overlap). Printed by
+    ``rgbx bench`` after compiling, and when a time limit stops it mid-compilation (SIGTERM), so that a cut-off run
+    still says where the time went."""
     from torch._dynamo.utils import compile_times, counters
 
     names, seconds = compile_times(repr="csv", aggregate=True)
     stats = counters["stats"]
-    lines = [f"torch.compile: {stats.get('unique_graphs', 0)} graphs, {stats.get('calls_captured', 0)} operators "
-             f"captured, {sum(counters['recompiles'].values())} recompilations"]
+    lines = [f"torch.compile: {counters['frames'].get('total', 0)} frames compiled, "
+             f"{stats.get('unique_graphs', 0)} graphs, {stats.get('calls_captured', 0)} operators captured"]
     for name, t in sorted(zip(names, (float(v) for v in seconds)), key=lambda kv: -kv[1])[:rows]:
         lines.append(f"  {t:9.2f} s  {name}")
     return "\n".join(lines)

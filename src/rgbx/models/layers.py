@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d as _TimmLayerNorm2d
 from timm.layers import trunc_normal_
-from timm.layers.fast_norm import fast_layer_norm
 from torch import nn
 
 from rgbx.errors import ConfigError
@@ -45,10 +44,17 @@ ATTN_IMPLS = ("sdpa", "eager")
 
 
 def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    if norm.lowp and torch.is_autocast_enabled(x.device.type):
-        # input, weight and bias cast to autocast's dtype, normalised with autocast off (statistics still accumulate
-        # in fp32 inside the kernel): the output stays in the low precision
-        return fast_layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    device = x.device.type
+    if norm.lowp and torch.is_autocast_enabled(device):
+        # input, weight and bias cast to autocast's dtype (CUDA's kernel wants one dtype for all three), normalised
+        # with autocast off; the statistics still accumulate in fp32 inside the kernel. timm's fast_layer_norm does
+        # this too, but what it does varies with the timm version (some take CUDA's autocast dtype on every device)
+        # and with whether apex is installed
+        dtype = torch.get_autocast_dtype(device)
+        weight = None if norm.weight is None else norm.weight.to(dtype)
+        bias = None if norm.bias is None else norm.bias.to(dtype)
+        with torch.autocast(device, enabled=False):
+            return F.layer_norm(x.to(dtype), norm.normalized_shape, weight, bias, norm.eps)
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
@@ -58,10 +64,10 @@ class LayerNorm(nn.LayerNorm):
 
     CUDA's autocast runs every LayerNorm in fp32: its output is fp32, so the residual stream of a transformer stays
     fp32 and each LayerNorm output is cast again for the next matmul, both ways through forward and backward. With
-    ``lowp`` on and autocast enabled, the norm takes and returns autocast's dtype (timm's ``fast_layer_norm``), and
-    the residual stream stays in bf16. This is what the CPU's autocast already does (it leaves LayerNorm in its
-    input's dtype), so rgbx's fast path computes the same way on both devices. Off, or outside autocast: exactly
-    ``nn.LayerNorm``."""
+    ``lowp`` on and autocast enabled, the norm takes and returns autocast's dtype, so MiT's residual stream stays in
+    bf16 (DFormer's stays fp32: its fp32 layer scales promote each update) and no norm output is cast again. This is
+    what the CPU's autocast already does (it leaves LayerNorm in its input's dtype), so rgbx's fast path computes the
+    same way on both devices. Off, or outside autocast: exactly ``nn.LayerNorm``."""
 
     lowp = False
 
