@@ -58,7 +58,9 @@ def miou(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore: int)
 def loss_curve(config: str, data: Path, iters: int, log_every: int, options: SpeedOptions, out: Path) -> list[float]:
     overrides = [f"data.root={data}", f"output_dir={out}", f"train.iters={iters}", f"train.log_every={log_every}",
                  "train.eval_every=0", f"train.precision={options.precision}",
-                 f"train.channels_last={str(options.channels_last).lower()}"]
+                 f"train.channels_last={str(options.channels_last).lower()}",
+                 f"train.fold_head={str(options.fold_head).lower()}",
+                 f"train.lowp_norms={str(options.lowp_norms).lower()}"]
     if options.fused_optimizer is not None:
         overrides.append(f"train.fused_optimizer={str(options.fused_optimizer).lower()}")
     if options.attn_impl:
@@ -79,10 +81,19 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fast-with", nargs="+", default=[], metavar="SWITCH=VALUE",
+                   help="change the fast set, e.g. lowp_norms=true (CUDA's LayerNorm arithmetic, on the CPU)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     exact, fast = SpeedOptions.exact(), SpeedOptions.fast(device)
+    for item in args.fast_with:
+        key, _, value = item.partition("=")
+        if key not in SpeedOptions.names() or not value:
+            p.error(f"--fast-with {item}: expected SWITCH=VALUE with SWITCH one of {', '.join(SpeedOptions.names())}")
+        current = getattr(fast, key)
+        fast = fast.with_(**{key: value.lower() in ("1", "true", "yes", "on") if isinstance(current, bool) or
+                             current is None else value})
     print(f"exact = {exact.describe()}; fast = {fast.describe()}")
     pe, label, info = predictions(args.weights, args.data, args.split, exact, device, args.dataset)
     pf, _, _ = predictions(args.weights, args.data, args.split, fast, device, args.dataset)
