@@ -73,7 +73,8 @@ if want tests; then
         python -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 45)
         # the captured training step first (bench, then trainer), each line stamped with the seconds since start
         run_step 150 python -m pytest -v -p no:cacheprovider "${per_test[@]}" -m gpu tests/engine/test_bench.py \
-            tests/engine/test_gpu.py 2>&1 | grep -v "^$" | while IFS= read -r line; do echo "[$(( $(date +%s) - start ))s] $line"; done \
+            tests/engine/test_gpu.py tests/models/test_layers.py 2>&1 | grep -v "^$" \
+            | while IFS= read -r line; do echo "[$(( $(date +%s) - start ))s] $line"; done \
             | tail -40 | tee "$LOG_DIR/tests.log"
     else
         echo "GPU tests not run (DEVICE=$DEVICE, or pytest missing)" | tee "$LOG_DIR/tests.log"
