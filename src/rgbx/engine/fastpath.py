@@ -36,10 +36,10 @@ each switch does:
   capturable, with its learning rates as device tensors the schedule writes into
   (:func:`rgbx.engine.optim.lr_as_tensors`); bf16 or fp32 only (fp16's gradient scaler reads its overflow check on
   the host); randomness drawn on the host is frozen at capture, randomness drawn on the device (dropout,
-  drop-path, modality dropout under ``PresenceMasks(on_device=True)``) advances with each replay. ``rgbx bench --options graphed`` and the trainer
-  (``train.cuda_graph_train``, for steps that run the same device work every time: see
-  :func:`rgbx.engine.trainer.graph_capture_refusals`; the trainer then decides sensor presence on the device). Not
-  in the fast set.
+  drop-path, modality dropout under ``PresenceMasks(on_device=True)``) advances with each replay. ``rgbx bench
+  --options graphed`` and the trainer (``train.cuda_graph_train``, for steps that run the same device work every
+  time: see :func:`rgbx.engine.trainer.graph_capture_refusals`; the trainer then decides sensor presence on the
+  device). Not in the fast set.
 * ``cast_weights``: inference only: the weights and biases of the linear and convolution layers are cast once to
   the autocast dtype (:func:`cast_inference_weights`, in place) instead of by autocast at every forward pass (one
   cast kernel per layer and call, replayed by a CUDA graph too: CMX-B2 has 288 such layers). The values are the
@@ -53,7 +53,7 @@ each switch does:
   autocast runs LayerNorm in fp32, so a transformer's residual stream and every LayerNorm output stay fp32 and are
   cast again before each matmul, forward and backward; on the H100, CMX-B2's bf16 training step spent 17 % of its
   kernel time in LayerNorm and 15 % in copies and casts (``benchmarks/gpu.md``). With the switch the norms take and
-  return bf16 (statistics still accumulated in fp32 inside the kernel) and the residual stream stays bf16: the
+  return bf16 (statistics still accumulated in fp32 inside the kernel) and MiT's residual stream stays bf16: the
   arithmetic the CPU's autocast already does, which leaves LayerNorm in its input's dtype. On the CPU the switch
   therefore changes little (it also casts the norms' weights). Only under autocast; no effect in fp32.
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
@@ -143,10 +143,11 @@ class SpeedOptions:
     @classmethod
     def fast(cls, device: torch.device | str) -> SpeedOptions:
         """What helps on ``device``. CUDA: bf16 autocast, fused attention, channels-last, TF32 for what stays fp32,
-        fused AdamW, CUDA-graph inference, LayerNorms in bf16. CPU: fused attention, channels-last (oneDNN's convolutions run on NHWC
-        without reorders: CMX-B2 batch-1 inference 971 → 510 ms in bf16), fused AdamW, and bf16 autocast where the
-        processor has bf16 matrix instructions (:func:`cpu_has_bf16`). ``compile`` stays a separate choice (its first call costs
-        tens of seconds); turn it on with ``replace(opts, compile=True)``."""
+        fused AdamW, CUDA-graph inference, the folded head, LayerNorms in bf16. CPU: fused attention, channels-last
+        (oneDNN's convolutions run on NHWC without reorders: CMX-B2 batch-1 inference 971 → 510 ms in bf16), the
+        folded head, fused AdamW, and bf16 autocast where the processor has bf16 matrix instructions
+        (:func:`cpu_has_bf16`). ``compile`` stays a separate choice (its first call costs tens of seconds); turn it
+        on with ``replace(opts, compile=True)``."""
         device = torch.device(device)
         if device.type == "cuda":
             return cls(precision="bf16", attn_impl="sdpa", channels_last=True, tf32=True, cudnn_benchmark=True,
