@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rgbx.models.layers import DropPath, LayerNorm, LayerNorm2d, conv1x1_resized_concat, mask_absent, resize
+from rgbx.models.layers import (
+    DropPath,
+    LayerNorm,
+    LayerNorm2d,
+    conv1x1_resized_concat,
+    drop_path_layer,
+    mask_absent,
+    resize,
+    stochastic_depth_rates,
+)
 
 
 def test_drop_path_drops_whole_samples_at_its_rate_and_keeps_the_mean():
@@ -39,19 +48,23 @@ def test_drop_path_in_bf16_keeps_the_rate_in_float32():
 
 def test_blocks_of_different_rates_share_one_compiled_graph():
     """torch.compile specialises on a module's Python numbers; the rate lives in a buffer, so blocks of a
-    stochastic-depth schedule compile once (timm's DropPath gave one graph per rate)."""
+    stochastic-depth schedule compile once (timm's DropPath gave one graph per rate), the first block's rate 0
+    included (an identity there was one more graph)."""
     from torch._dynamo.utils import counters
 
     class Block(torch.nn.Module):
         def __init__(self, rate):
             super().__init__()
             self.fc = torch.nn.Linear(8, 8)
-            self.drop = DropPath(rate)
+            self.drop = drop_path_layer(rate)
 
         def forward(self, x):
             return x + self.drop(self.fc(x))
 
-    blocks = [Block(r) for r in (0.05, 0.1, 0.15, 0.2)]
+    rates = stochastic_depth_rates(0.2, 4)
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2) and stochastic_depth_rates(0.0, 4) == [None] * 4
+    assert isinstance(drop_path_layer(None), torch.nn.Identity)
+    blocks = [Block(r) for r in rates]
     torch._dynamo.reset()
     counters.clear()
     for b in blocks:

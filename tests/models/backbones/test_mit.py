@@ -39,10 +39,15 @@ def test_published_config(name):
     assert model.feature_info.reductions() == [4, 8, 16, 32]
     params = sum(p.numel() for p in model.parameters())
     assert math.isclose(params / 1e6, millions, rel_tol=0.02), params
-    # stochastic depth: linear from 0 to the default 0.1 over all blocks
+    # stochastic depth: linear from 0 to the default 0.1 over all blocks; the first block's layer is a DropPath of
+    # rate 0 too, the same module type as its stage's others (one compiled graph for the stage), and without
+    # stochastic depth every block has an identity
     last = model.stages[-1].blocks[-1].drop_path
     assert last.drop_prob == pytest.approx(0.1)
-    assert isinstance(model.stages[0].blocks[0].drop_path, torch.nn.Identity)
+    first = model.stages[0].blocks[0].drop_path
+    assert type(first) is type(last) and first.drop_prob == 0.0
+    plain = MixTransformer(model.arch, drop_path_rate=0.0)
+    assert all(isinstance(b.drop_path, torch.nn.Identity) for stage in plain.stages for b in stage.blocks)
 
 
 def test_nano_is_small_and_documented():

@@ -59,7 +59,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from rgbx.errors import CheckpointError, ConfigError
-from rgbx.models.layers import DropPath, FeatureInfo, LayerNorm, check_attn_impl
+from rgbx.models.layers import (
+    FeatureInfo,
+    LayerNorm,
+    check_attn_impl,
+    drop_path_layer,
+    stochastic_depth_rates,
+)
 from rgbx.models.registries import BACKBONES
 from rgbx.models.weights import load_strict, read_state_dict
 
@@ -198,7 +204,7 @@ class DFormerBlock(nn.Module):
         num_heads: int,
         mlp_ratio: int,
         window: int,
-        drop_path: float = 0.0,
+        drop_path: float | None = None,
         depth_out: bool = True,
         attn_impl: str = "sdpa",
         layer_scale_init: float = 1e-6,
@@ -207,7 +213,7 @@ class DFormerBlock(nn.Module):
         self.depth_out = depth_out
         self.attn = DFormerAttention(dim, num_heads, window, depth_out, attn_impl)
         self.mlp = DFormerMLP(dim, mlp_ratio)
-        self.dropout_layer = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.dropout_layer = drop_path_layer(drop_path)
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init))
         if depth_out:
@@ -270,7 +276,7 @@ class DFormer(nn.Module):
             self.downsample_layers.append(_downsample(dims[i - 1], dims[i]))
             self.downsample_layers_e.append(_downsample(dims[i - 1] // 2, dims[i] // 2))
         total = sum(arch.depths)
-        rates = [drop_path_rate * k / (total - 1) if total > 1 else 0.0 for k in range(total)]  # torch.linspace
+        rates = stochastic_depth_rates(drop_path_rate, total)  # torch.linspace
         self.stages = nn.ModuleList()
         cur = 0
         for i in range(n):

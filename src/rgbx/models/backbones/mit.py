@@ -25,13 +25,14 @@ from torch import nn
 
 from rgbx.errors import CheckpointError, ConfigError
 from rgbx.models.layers import (
-    DropPath,
     DWConv,
     FeatureInfo,
     LayerNorm,
     check_attn_impl,
+    drop_path_layer,
     init_weights,
     map_to_tokens,
+    stochastic_depth_rates,
     tokens_to_map,
 )
 from rgbx.models.registries import BACKBONES
@@ -175,13 +176,13 @@ class MiTBlock(nn.Module):
         mlp_ratio: float = 4.0,
         sr_ratio: int = 1,
         qkv_bias: bool = True,
-        drop_path: float = 0.0,
+        drop_path: float | None = None,
         attn_impl: str = "sdpa",
     ):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps=1e-6)
         self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, qkv_bias, attn_impl)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_layer(drop_path)
         self.norm2 = LayerNorm(dim, eps=1e-6)
         self.mlp = MixFFN(dim, int(dim * mlp_ratio))
 
@@ -206,7 +207,7 @@ class MiTStage(nn.Module):
         mlp_ratio: float,
         sr_ratio: int,
         qkv_bias: bool,
-        drop_path: list[float],
+        drop_path: list[float | None],
         attn_impl: str,
     ):
         super().__init__()
@@ -264,7 +265,7 @@ class MixTransformer(nn.Module):
         self.in_channels = in_channels
         depths = arch.depths
         total = sum(depths)
-        rates = [drop_path_rate * j / max(total - 1, 1) for j in range(total)]
+        rates = stochastic_depth_rates(drop_path_rate, total)
         stages, reduction = [], 1
         prev_dim = in_channels
         for i, dim in enumerate(arch.embed_dims):

@@ -80,7 +80,7 @@ from rgbx.models.backbones.dformer import (
     DFormerMLP,
     read_dformer_state_dict,
 )
-from rgbx.models.layers import DropPath, FeatureInfo, check_attn_impl
+from rgbx.models.layers import FeatureInfo, check_attn_impl, drop_path_layer, stochastic_depth_rates
 from rgbx.models.registries import BACKBONES
 from rgbx.models.weights import load_strict, read_state_dict
 
@@ -190,7 +190,7 @@ class OmniBlock(nn.Module):
         mlp_ratio: int,
         window: int,
         modalities: Sequence[str],
-        drop_path: float = 0.0,
+        drop_path: float | None = None,
         supp_out: bool = True,
         attn_impl: str = "sdpa",
         layer_scale_init: float = 1e-6,
@@ -200,7 +200,7 @@ class OmniBlock(nn.Module):
         self.supp_out = supp_out
         self.attn = OmniAttention(dim, num_heads, window, supp_out, attn_impl)
         self.mlp = DFormerMLP(dim, mlp_ratio)
-        self.dropout_layer = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.dropout_layer = drop_path_layer(drop_path)
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init))
         if supp_out:
@@ -287,7 +287,7 @@ class OmniEncoder(nn.Module):
                 layers.append(_downsample(dims[i - 1] // 2, dims[i] // 2))
             self.stems[m] = layers
         total = sum(arch.depths)
-        rates = [drop_path_rate * k / (total - 1) if total > 1 else 0.0 for k in range(total)]
+        rates = stochastic_depth_rates(drop_path_rate, total)
         self.stages = nn.ModuleList()
         cur = 0
         for i in range(n):

@@ -86,7 +86,7 @@ from rgbx.errors import ConfigError
 from rgbx.models.backbones.mit import MixTransformer, original_key_to_rgbx
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder, others_weights
 from rgbx.models.fusions.cmx import FeatureFusionModule, FeatureRectifyModule
-from rgbx.models.layers import DropPath, LayerNorm2d, init_weights, mask_absent
+from rgbx.models.layers import LayerNorm2d, drop_path_layer, init_weights, mask_absent, stochastic_depth_rates
 from rgbx.models.registries import FUSIONS, build_backbone
 
 __all__ = [
@@ -223,11 +223,11 @@ class PoolingMixerBlock(nn.Module):
 
     compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
 
-    def __init__(self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, layer_scale: float = 1e-2):
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, drop_path: float | None = None, layer_scale: float = 1e-2):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)
         self.attn = ParallelPoolingAttention(dim)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_layer(drop_path)
         self.norm2 = nn.BatchNorm2d(dim)
         self.mlp = _ConvFFN(dim, int(dim * mlp_ratio))
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale))
@@ -253,7 +253,7 @@ class SupplementaryStage(nn.Module):
         modalities: Sequence[str],
         depth: int,
         mlp_ratio: float,
-        drop_path: Sequence[float],
+        drop_path: Sequence[float | None],
     ):
         super().__init__()
         self.embed = SharedEmbed(in_channels, dim, patch_size, stride, modalities)
@@ -320,7 +320,7 @@ class CMNeXtFusion(FusionEncoder):
                 f"{list(mixer_mlp_ratios)}"
             )
         total = sum(arch.depths)
-        rates = [drop_path_rate * j / max(total - 1, 1) for j in range(total)]
+        rates = stochastic_depth_rates(drop_path_rate, total)
         stem_channels = max(3, *(self.in_channels[m] for m in self.supplementary_modalities))
         stages = []
         for i, dim in enumerate(arch.embed_dims):
