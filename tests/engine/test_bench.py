@@ -52,12 +52,14 @@ SWITCHES = {
     "lowp_norms": SpeedOptions.exact().with_(precision="bf16", lowp_norms=True),  # needs autocast: bf16 with it
     "compile": SpeedOptions.exact().with_(compile=True, compile_backend="aot_eager"),  # blocks, the default scope
     "compile_model": SpeedOptions.exact().with_(compile=True, compile_scope="model", compile_backend="aot_eager"),
+    "compile_lowp_norms": SpeedOptions.exact().with_(precision="bf16", lowp_norms=True, compile=True,
+                                                     compile_backend="aot_eager"),
     # CUDA-only effects (TF32 matmuls, cuDNN autotuning): on the CPU they must change nothing
     "tf32": SpeedOptions.exact().with_(tf32=True),
     "cudnn_benchmark": SpeedOptions.exact().with_(cudnn_benchmark=True),
 }
-TOLERANCE = {"bf16": 2e-2, "lowp_norms": 2e-2, "compile": 1e-4, "compile_model": 1e-4}
-LOW_PRECISION = ("bf16", "lowp_norms")
+TOLERANCE = {"bf16": 2e-2, "lowp_norms": 2e-2, "compile_lowp_norms": 2e-2, "compile": 1e-4, "compile_model": 1e-4}
+LOW_PRECISION = ("bf16", "lowp_norms", "compile_lowp_norms")
 
 
 @pytest.mark.parametrize("name", list(SWITCHES))
@@ -77,7 +79,7 @@ def test_each_switch_trains_like_the_exact_path(name):
 
 
 @pytest.mark.parametrize("name", ["sdpa", "bf16", "channels_last", "fold_head", "lowp_norms", "compile",
-                                  "compile_model", "tf32", "cudnn_benchmark"])
+                                  "compile_model", "compile_lowp_norms", "tf32", "cudnn_benchmark"])
 def test_each_switch_infers_like_the_exact_path(name):
     x, _ = data(batch=1)
     model = tiny()
