@@ -144,6 +144,7 @@ def test_fast_options_follow_the_device(monkeypatch):
     # bf16 LayerNorms: for CUDA, whose autocast runs them in fp32; the CPU's autocast already leaves them in bf16
     assert cuda.lowp_norms and not SpeedOptions.fast("cpu").lowp_norms and not SpeedOptions.exact().lowp_norms
     assert "lowp-norms" in cuda.describe() and "lowp-norms" not in SpeedOptions(lowp_norms=True).describe()
+    assert "lowp-norms" not in cuda.with_(precision="fp16").describe()  # bf16 only
 
 
 def test_apply_speed_options_folds_the_head_and_unfolds_it():

@@ -123,6 +123,8 @@ def test_layer_norm_is_nn_layer_norm_until_lowp_runs_it_in_autocasts_dtype(chann
         assert norm(x).dtype == torch.float32 and torch.equal(norm(x), reference(x))  # off: torch's behaviour
     norm.lowp = True
     assert torch.equal(norm(x), reference(x))  # outside autocast nothing changes
+    with torch.autocast("cpu", dtype=torch.float16):  # nor under fp16 autocast (overflow risk): bf16 only
+        assert norm(x).dtype == torch.float32 and torch.equal(norm(x), reference(x))
     xg = x.clone().requires_grad_(True)
     with cpu_bf16:
         out = norm(xg)

@@ -66,7 +66,7 @@ def add_parser(sub) -> None:
     p.add_argument("--fold-head", action="store_true",
                    help="custom set: the head's fusion conv per stage before upsampling (same function)")
     p.add_argument("--lowp-norms", action="store_true",
-                   help="custom set: LayerNorms in the autocast precision (with --precision bf16 / fp16)")
+                   help="custom set: LayerNorms in bf16 (with --precision bf16)")
     p.add_argument("--compile", action="store_true", help="custom set: torch.compile")
     p.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
                    help="what compiled / custom sets compile: each block on its own (default; compiles in a "

@@ -81,7 +81,7 @@ class TrainConfig:
     fused_optimizer: bool | None = None  # fused AdamW
     # the head's fusion conv per stage before upsampling (same function, fewer ops); None = on; off: speed=exact
     fold_head: bool | None = None
-    # LayerNorms in bf16 under autocast (CUDA's autocast runs them in fp32: the residual stream then stays fp32);
+    # LayerNorms in bf16 under bf16 autocast (CUDA's autocast runs them in fp32: the residual stream then stays fp32);
     # None = the device's fast set (on for CUDA; the CPU's autocast already works this way)
     lowp_norms: bool | None = None
     # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised, anyseg, ktb, primkd,

@@ -55,7 +55,8 @@ each switch does:
   kernel time in LayerNorm and 15 % in copies and casts (``benchmarks/gpu.md``). With the switch the norms take and
   return bf16 (statistics still accumulated in fp32 inside the kernel) and MiT's residual stream stays bf16: the
   arithmetic the CPU's autocast already does, which leaves LayerNorm in its input's dtype. On the CPU the switch
-  therefore changes little (it also casts the norms' weights). Only under autocast; no effect in fp32.
+  therefore changes little (it also casts the norms' weights). Only under bf16 autocast; no effect in fp32 or fp16
+  (whose 5-bit exponent would put the residual stream at risk of overflow).
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
@@ -172,7 +173,7 @@ class SpeedOptions:
         if self.attn_impl:
             parts.append(self.attn_impl)
         parts += [name for name, on in (("channels-last", self.channels_last), ("fold-head", self.fold_head),
-                                        ("lowp-norms", self.lowp_norms and self.precision != "fp32"),
+                                        ("lowp-norms", self.lowp_norms and self.precision == "bf16"),
                                         ("tf32", self.tf32),
                                         ("cudnn-benchmark", self.cudnn_benchmark),
                                         ("compile", self.compile), ("cuda-graph", self.cuda_graph),
@@ -208,7 +209,7 @@ def cast_inference_weights(model: nn.Module, precision: str) -> nn.Module:
     if dtype is None:
         return model
     for module in model.modules():
-        lowp_norm = isinstance(module, nn.LayerNorm) and getattr(module, "lowp", False)
+        lowp_norm = isinstance(module, nn.LayerNorm) and getattr(module, "lowp", False) and dtype == torch.bfloat16
         if lowp_norm or isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not getattr(
                 module, "keep_weight_dtype", False):
             for param in module.parameters(recurse=False):

@@ -47,12 +47,13 @@ ATTN_IMPLS = ("sdpa", "eager")
 
 def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     device = x.device.type
-    if norm.lowp and torch.is_autocast_enabled(device):
-        # input, weight and bias cast to autocast's dtype (CUDA's kernel wants one dtype for all three), normalised
-        # with autocast off; the statistics still accumulate in fp32 inside the kernel. timm's fast_layer_norm does
-        # this too, but what it does varies with the timm version (some take CUDA's autocast dtype on every device)
-        # and with whether apex is installed
-        dtype = torch.get_autocast_dtype(device)
+    if norm.lowp and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+        # input, weight and bias cast to bf16 (CUDA's kernel wants one dtype for all three), normalised with autocast
+        # off; the statistics still accumulate in fp32 inside the kernel. Not under fp16 autocast: its 5-bit
+        # exponent would put the residual stream at risk of overflow. timm's fast_layer_norm does the cast too, but
+        # what it does varies with the timm version (some take CUDA's autocast dtype on every device) and with
+        # whether apex is installed
+        dtype = torch.bfloat16
         weight = None if norm.weight is None else norm.weight.to(dtype)
         bias = None if norm.bias is None else norm.bias.to(dtype)
         with torch.autocast(device, enabled=False):
@@ -66,7 +67,7 @@ class LayerNorm(nn.LayerNorm):
 
     CUDA's autocast runs every LayerNorm in fp32: its output is fp32, so the residual stream of a transformer stays
     fp32 and each LayerNorm output is cast again for the next matmul, both ways through forward and backward. With
-    ``lowp`` on and autocast enabled, the norm takes and returns autocast's dtype, so MiT's residual stream stays in
+    ``lowp`` on and bf16 autocast enabled, the norm takes and returns bf16, so MiT's residual stream stays in
     bf16 (DFormer's stays fp32: its fp32 layer scales promote each update) and no norm output is cast again. This is
     what the CPU's autocast already does (it leaves LayerNorm in its input's dtype), so rgbx's fast path computes the
     same way on both devices. Off, or outside autocast: exactly ``nn.LayerNorm``."""
