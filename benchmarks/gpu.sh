@@ -58,7 +58,7 @@ run_step() {  # run_step SECONDS command ...: at most SECONDS, less when the sui
         echo "skipped: the suite's ${TOTAL} s are used up"
         return 125
     fi
-    timeout "$t" "$@"
+    timeout -k 15 "$t" "$@"  # KILL 15 s after a TERM that did not end it
 }
 
 want() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }

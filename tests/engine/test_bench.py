@@ -496,6 +496,8 @@ def test_compile_report_says_where_compile_time_went_and_a_stopped_bench_still_p
         out, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
+    # 124 from the handler: a SystemExit raised inside inductor was once caught there, compilation went on for 43 s
+    # and the run ended with 0
     assert proc.returncode == 124, out[-2000:]
     assert "stopped by signal 15" in out and "torch.compile: " in out
 
