@@ -63,6 +63,21 @@ __all__ = [
 ]
 
 
+
+def _fill_slots(tensors: dict[str, torch.Tensor], modalities: Sequence[str]) -> list[torch.Tensor]:
+    """``tensors`` in the order of ``modalities``, zeros (of the first tensor's shape) for a modality not computed;
+    the zeros are made only when one is missing (a fill kernel per stage saved for complete inputs)."""
+    zeros = None
+    slots = []
+    for m in modalities:
+        if m in tensors:
+            slots.append(tensors[m])
+        else:
+            if zeros is None:
+                zeros = torch.zeros_like(next(iter(tensors.values())))
+            slots.append(zeros)
+    return slots
+
 class ChannelWeights(nn.Module):
     """GAP ‖ GMP of the N concatenated maps → MLP → sigmoid: one channel-weight vector per modality."""
 
@@ -163,8 +178,7 @@ class CrossAttention(nn.Module):
             k, v = self.kv[m](x).reshape(b, length, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)
             ctx = ((k.transpose(-2, -1) @ v) * self.scale).softmax(dim=-2)  # (B, heads, d, d)
             contexts[m] = mask_absent(ctx, None if present is None else present[:, self.modalities.index(m)])
-        zeros = torch.zeros_like(next(iter(contexts.values())))
-        stacked = torch.stack([contexts.get(m, zeros) for m in self.modalities], dim=1)  # (B, N, heads, d, d)
+        stacked = torch.stack(_fill_slots(contexts, self.modalities), dim=1)  # (B, N, heads, d, d)
         mixed = torch.einsum("bmj,bjhde->bmhde", others.to(stacked.dtype), stacked)
         return {
             m: (self._heads(x) @ mixed[:, self.modalities.index(m)]).transpose(1, 2).reshape(b, length, c)
@@ -235,13 +249,9 @@ class FeatureFusionModule(nn.Module):
         ref = next(iter(x.values()))
         hw = (ref.shape[2], ref.shape[3])
         out = self.cross({m: map_to_tokens(v) for m, v in x.items()}, present, others)
-        zeros = torch.zeros_like(ref)
-        slots = [
-            mask_absent(tokens_to_map(out[m], hw), None if present is None else present[:, i])
-            if m in out else zeros
-            for i, m in enumerate(self.modalities)
-        ]
-        return self.channel_emb(torch.cat(slots, dim=1))
+        maps = {m: mask_absent(tokens_to_map(out[m], hw), None if present is None else present[:, i])
+                for i, m in enumerate(self.modalities) if m in out}
+        return self.channel_emb(torch.cat(_fill_slots(maps, self.modalities), dim=1))
 
 
 @FUSIONS.register("cmx")
@@ -327,8 +337,7 @@ class CMXFusion(FusionEncoder):
             x = {m: mask_absent(self.branches[m].forward_stage(index, x[m]), masks[m]) for m in names}
             for m in names:
                 features[m].append(x[m])
-            zeros = torch.zeros_like(x[names[0]])
-            stacked = torch.stack([x.get(m, zeros) for m in self.modalities], dim=1)  # (B, N, C, H, W)
+            stacked = torch.stack(_fill_slots(x, self.modalities), dim=1)  # (B, N, C, H, W)
             rectified = rectify(stacked, slot_mask, others)
             x = {m: rectified[:, slot[m]] for m in names}
             fused.append(fuse(x, slot_mask, others))
