@@ -63,7 +63,6 @@ __all__ = [
 ]
 
 
-
 def _fill_slots(tensors: dict[str, torch.Tensor], modalities: Sequence[str]) -> list[torch.Tensor]:
     """``tensors`` in the order of ``modalities``, zeros (of the first tensor's shape) for a modality not computed;
     the zeros are made only when one is missing (a fill kernel per stage saved for complete inputs)."""
@@ -77,6 +76,7 @@ def _fill_slots(tensors: dict[str, torch.Tensor], modalities: Sequence[str]) -> 
                 zeros = torch.zeros_like(next(iter(tensors.values())))
             slots.append(zeros)
     return slots
+
 
 class ChannelWeights(nn.Module):
     """GAP ‖ GMP of the N concatenated maps → MLP → sigmoid: one channel-weight vector per modality."""
