@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import references  # noqa: E402  (benchmarks/references.py)
 
+from rgbx.cli.common import parse_size  # noqa: E402
 from rgbx.engine.bench import make_inference, make_train_step, peak_tflops, time_alternating  # noqa: E402
 from rgbx.engine.fastpath import SpeedOptions, autocast  # noqa: E402
 from rgbx.engine.profile import count_flops  # noqa: E402
@@ -394,9 +395,9 @@ def main() -> int:
     p.add_argument("--dformer", type=Path, help="a checkout of github.com/VCIP-RGBD/DFormer")
     p.add_argument("--models", nargs="+", default=["cmx_b0", "cmx_b2"], choices=list(MODELS))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(480, 640),
+    p.add_argument("--size", type=parse_size, default=(480, 640),
                    help="inference size HxW (default 480x640)")
-    p.add_argument("--train-size", type=lambda s: tuple(int(v) for v in s.split("x")),
+    p.add_argument("--train-size", type=parse_size,
                    help="training size HxW (default 240x320 on the CPU, 480x640 on CUDA)")
     p.add_argument("--train-batch", type=int, help="training batch (default 2 on the CPU, 8 on CUDA)")
     p.add_argument("--what", nargs="+", default=["train", "latency"], choices=("train", "latency"))
@@ -404,7 +405,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--check-size", type=lambda s: tuple(int(v) for v in s.split("x")),
+    p.add_argument("--check-size", type=parse_size,
                    help="size of the CPU agreement check (default: --size)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="max abs logit difference allowed (default 1e-3)")
     p.add_argument("--compile", action="store_true", help="also time rgbx fast + torch.compile")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args
+from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args, parse_size
 from rgbx.engine.export import export_onnx, require
 from rgbx.models import create_model
 
@@ -26,15 +26,16 @@ from rgbx.models import create_model
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, defaults=CMX_B2_RGBD)
-    p.add_argument("--size", default="480x640")
+    p.add_argument("--size", type=parse_size, default=(480, 640), help="HxW")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args()
     ort = require("onnxruntime")
-    h, w = (int(v) for v in args.size.split("x"))
+    h, w = args.size
     torch.manual_seed(0)
-    model = create_model(model_config_from_args(args))
+    config = model_config_from_args(args)
+    model = create_model(config)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     sessions = {}
@@ -57,7 +58,7 @@ def main() -> None:
             s.run(None, feed)
             times[fold].append((time.perf_counter() - t0) * 1e3)
     med = {fold: statistics.median(t) for fold, t in times.items()}
-    print(f"{args.backbone} + {args.fusion} + {args.head}, {'+'.join(model.modalities)}, {h}x{w}, batch 1, "
+    print(f"{config.backbone} + {config.fusion} + {config.head}, {'+'.join(model.modalities)}, {h}x{w}, batch 1, "
           f"onnxruntime {ort.__version__} CPU, {args.threads} threads, median of {args.repeats}: folded "
           f"{med[True]:.1f} ms ({min(times[True]):.1f}-{max(times[True]):.1f}), reference order {med[False]:.1f} ms "
           f"({min(times[False]):.1f}-{max(times[False]):.1f}); {med[False] / med[True]:.2f}x; logits max abs "

@@ -14,7 +14,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args
+from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args, parse_size
 from rgbx.engine.bench import make_inference, make_train_step
 from rgbx.engine.fastpath import SpeedOptions
 from rgbx.modalities import get_modality
@@ -38,7 +38,7 @@ def kernel_time_ms(events) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p, defaults=CMX_B2_RGBD)
-    p.add_argument("--size", default="480x640")
+    p.add_argument("--size", type=parse_size, default=(480, 640), help="HxW")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cuda")
     p.add_argument("--options", choices=("exact", "fast"), default="fast")
@@ -47,7 +47,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=30)
     args = p.parse_args()
     device = torch.device(args.device)
-    h, w = (int(v) for v in args.size.split("x"))
+    h, w = args.size
     torch.manual_seed(0)
     config = model_config_from_args(args)
     model = create_model(config).to(device)

@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args
+from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args, parse_size
 from rgbx.engine.bench import _random_inputs, make_inference, make_train_step, time_alternating
 from rgbx.engine.fastpath import SpeedOptions
 from rgbx.models import create_model
@@ -28,8 +28,8 @@ def main() -> None:
     p.add_argument("--base", choices=("fast", "exact"), default="fast")
     add_model_arguments(p, defaults=CMX_B2_RGBD)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--size", default="480x640", help="inference size HxW")
-    p.add_argument("--train-size", help="training crop HxW (default 240x320 on the CPU, 480x640 on CUDA)")
+    p.add_argument("--size", type=parse_size, default=(480, 640), help="inference size HxW")
+    p.add_argument("--train-size", type=parse_size, help="training crop HxW (default 240x320 on the CPU, 480x640 on CUDA)")
     p.add_argument("--train-batch", type=int, help="default 2 on the CPU, 8 on CUDA")
     p.add_argument("--what", nargs="+", choices=("latency", "train"), default=["latency", "train"])
     p.add_argument("--warmup", type=int, default=2)
@@ -41,8 +41,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    size = tuple(int(v) for v in args.size.split("x"))
-    train_size = tuple(int(v) for v in (args.train_size or ("480x640" if cuda else "240x320")).split("x"))
+    size = args.size
+    train_size = args.train_size or ((480, 640) if cuda else (240, 320))
     train_batch = args.train_batch or (8 if cuda else 2)
     base = SpeedOptions.fast(device) if args.base == "fast" else SpeedOptions.exact()
     value = getattr(SpeedOptions.fast(device), args.switch)

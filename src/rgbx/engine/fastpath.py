@@ -77,6 +77,7 @@ import torch
 from torch import nn
 
 from rgbx.errors import ConfigError
+from rgbx.models.layers import LOWP_NORM_DTYPE, LOWP_NORMS
 
 __all__ = [
     "CudaGraphForward",
@@ -209,7 +210,7 @@ def cast_inference_weights(model: nn.Module, precision: str) -> nn.Module:
     if dtype is None:
         return model
     for module in model.modules():
-        lowp_norm = isinstance(module, nn.LayerNorm) and getattr(module, "lowp", False) and dtype == torch.bfloat16
+        lowp_norm = isinstance(module, LOWP_NORMS) and module.lowp and dtype == LOWP_NORM_DTYPE
         if lowp_norm or isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not getattr(
                 module, "keep_weight_dtype", False):
             for param in module.parameters(recurse=False):

@@ -45,15 +45,19 @@ __all__ = [
 ATTN_IMPLS = ("sdpa", "eager")
 
 
+# the only autocast dtype the low-precision LayerNorms run in (not fp16: its 5-bit exponent would put the residual
+# stream at risk of overflow)
+LOWP_NORM_DTYPE = torch.bfloat16
+
+
 def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     device = x.device.type
-    if norm.lowp and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16:
+    if norm.lowp and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == LOWP_NORM_DTYPE:
         # input, weight and bias cast to bf16 (CUDA's kernel wants one dtype for all three), normalised with autocast
-        # off; the statistics still accumulate in fp32 inside the kernel. Not under fp16 autocast: its 5-bit
-        # exponent would put the residual stream at risk of overflow. timm's fast_layer_norm does the cast too, but
-        # what it does varies with the timm version (some take CUDA's autocast dtype on every device) and with
+        # off; the statistics still accumulate in fp32 inside the kernel. timm's fast_layer_norm does the cast too,
+        # but what it does varies with the timm version (some take CUDA's autocast dtype on every device) and with
         # whether apex is installed
-        dtype = torch.bfloat16
+        dtype = LOWP_NORM_DTYPE
         weight = None if norm.weight is None else norm.weight.to(dtype)
         bias = None if norm.bias is None else norm.bias.to(dtype)
         with torch.autocast(device, enabled=False):

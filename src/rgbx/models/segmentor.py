@@ -109,8 +109,8 @@ class Segmentor(nn.Module):
                 module.set_fold(fold)
 
     def set_lowp_norms(self, lowp: bool) -> None:
-        """Switch every rgbx LayerNorm (:class:`rgbx.models.layers.LayerNorm`) to running in autocast's low precision
-        under autocast (bf16 in, bf16 out), or back to fp32 as CUDA's autocast runs it. Weights unchanged; outside
+        """Switch every rgbx LayerNorm (:class:`rgbx.models.layers.LayerNorm`) to running in bf16 under bf16
+        autocast (bf16 in, bf16 out), or back to fp32 as CUDA's autocast runs it. Weights unchanged; outside bf16
         autocast no difference."""
         for module in self.modules():
             if isinstance(module, LOWP_NORMS):
