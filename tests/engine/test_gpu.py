@@ -13,7 +13,7 @@ from rgbx.engine.config import load_config
 from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import Trainer
 from tests.conftest import make_dataset
-from tests.engine.test_graphed_training import assert_moved_alike, save_teacher
+from tests.engine.test_graphed_training import STABLE_CROP, STABLE_SIZE, assert_moved_alike, save_teacher
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def graphed_run_config(root, out, *extra):
     return load_config(None, [
         f"data.root={root}", f"output_dir={out}", "model.backbone=mit_nano", "model.head_channels=16",
-        "model.drop_path_rate=0", "data.crop_size=[32,32]", "data.num_workers=0", "train.batch_size=2",
+        "model.drop_path_rate=0", STABLE_CROP, "data.num_workers=0", "train.batch_size=2",
         "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=0", "train.device=cuda",
         "train.cudnn_benchmark=false", "optim.warmup_iters=4", "optim.grad_clip=1.0",
         "model.modalities=[rgb,depth,thermal]", *extra])
@@ -32,7 +32,7 @@ def test_graphed_training_follows_the_eager_run(tmp_path, precision):
     """train.cuda_graph_train: three eager warm-up steps, the capture, then replays. Step by step the losses and the
     learning rates, and the weights after, agree with the eager trainer's, while the rate changes at every step
     (warm-up then poly decay: a rate frozen into the graph would show) and gradients are clipped inside the graph."""
-    root = make_dataset(tmp_path / "d", n=10, size=(32, 40))
+    root = make_dataset(tmp_path / "d", n=10, size=STABLE_SIZE)
     runs = {}
     for graphed in (False, True):
         out = tmp_path / f"graphed_{graphed}"
@@ -47,8 +47,8 @@ def test_graphed_training_follows_the_eager_run(tmp_path, precision):
     (eager_rows, eager_state), (graphed_rows, graphed_state) = runs[False], runs[True]
     assert len(eager_rows) == len(graphed_rows) == 10
     assert len({row["lr"] for row in graphed_rows}) == 10
-    # fp32: AdamW amplifies the float32 learning-rate tensor's rounding in near-zero gradients (biases in front of
-    # a BatchNorm) to step-sized differences that reach the loss (5e-4 seen on the CPU stand-in by step 6)
+    # not bit for bit: the rate is a float32 tensor in the graph, and some CUDA kernels (bilinear upsampling's
+    # backward) add in a varying order; at this size (STABLE_CROP) such differences do not grow from step to step
     tol = 2e-3 if precision == "fp32" else 3e-2
     for a, b in zip(eager_rows, graphed_rows, strict=True):
         assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-6)
@@ -65,7 +65,7 @@ def test_graphed_training_with_modality_dropout_and_a_missing_sensor(tmp_path, m
     not repeat one drop pattern (losses of a frozen pattern would follow the eager run only by chance)."""
     import yaml
 
-    root = make_dataset(tmp_path / "d", n=10, size=(32, 40))
+    root = make_dataset(tmp_path / "d", n=10, size=STABLE_SIZE)
     desc = yaml.safe_load((root / "dataset.yaml").read_text())
     desc["modalities"]["thermal"]["optional"] = True
     (root / "dataset.yaml").write_text(yaml.safe_dump(desc))
@@ -94,14 +94,14 @@ def test_graphed_training_with_modality_dropout_and_a_missing_sensor(tmp_path, m
             rows[graphed] = [float(r["loss"]) for r in csv.DictReader(f)]
     assert len(rows[True]) == 12 and all(loss == loss for loss in rows[True])
     for a, b in zip(rows[False], rows[True], strict=True):
-        assert abs(a - b) <= 2e-3 * abs(a), (rows[False], rows[True])  # 2e-3: see the test above
+        assert abs(a - b) <= 2e-3 * abs(a), (rows[False], rows[True])  # see the test above
 
 
 def test_graphed_training_resumes_an_eager_run(tmp_path):
     """A run checkpointed by the eager step goes on with the captured one (the optimizer made capturable, its step
     counts moved to the device, the learning rates made tensors after the schedule was rebuilt for more iterations),
     and the state it saves holds plain numbers for the rates."""
-    root = make_dataset(tmp_path / "d", n=10, size=(32, 40))
+    root = make_dataset(tmp_path / "d", n=10, size=STABLE_SIZE)
     out = tmp_path / "run"
     Trainer(graphed_run_config(root, out, "train.iters=4"), reporter=Reporter(quiet=True)).fit()
     resumed = Trainer(graphed_run_config(root, out, "train.iters=10", "train.cuda_graph_train=true"), resume=True,

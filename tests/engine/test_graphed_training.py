@@ -15,6 +15,12 @@ from rgbx.errors import ConfigError
 from rgbx.methods import METHODS
 from tests.conftest import make_dataset
 
+# Runs compared step by step (eager against captured) use crops of 64x64, where CMX's last stage is 2x2: at 32x32
+# or less it is 1x1 and its fusion module's two BatchNorms normalise batch x 1 x 1 = 2 values per channel, which
+# makes the whole trajectory chaotic: weights nudged by 1e-7 (relative) gave losses 3e-3 apart by step 10 and 2e-2 by
+# step 12 at 32x32 (8.6e-8 with those two norms on running statistics), 7e-8 at 64x64. Mean fusion and KTB are not
+# affected.
+STABLE_SIZE, STABLE_CROP = (64, 80), "data.crop_size=[64,64]"
 TINY = ["model.backbone=mit_nano", "model.head_channels=16", "data.crop_size=[16,16]", "data.num_workers=0",
         "train.batch_size=2", "train.eval_batch_size=2", "model.modalities=[rgb,depth,thermal]"]
 
@@ -130,8 +136,8 @@ def test_the_graphed_trainer_path_trains_like_the_eager_one(tmp_path, monkeypatc
 
     import rgbx.engine.trainer as trainer_module
 
-    root = make_dataset(tmp_path / "d", n=10)
-    extra = ["train.device=cpu", "train.iters=6", "train.log_every=1", "train.eval_every=0", "optim.warmup_iters=3",
+    root = make_dataset(tmp_path / "d", n=10, size=STABLE_SIZE)
+    extra = [STABLE_CROP, "train.device=cpu", "train.iters=6", "train.log_every=1", "train.eval_every=0", "optim.warmup_iters=3",
              "optim.grad_clip=0.5", "model.drop_path_rate=0"]
     if variant != "plain":
         desc = yaml.safe_load((root / "dataset.yaml").read_text())
@@ -171,10 +177,9 @@ def test_the_graphed_trainer_path_trains_like_the_eager_one(tmp_path, monkeypatc
 
     for a, b in zip(rows("eager"), rows("graphed"), strict=True):
         assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-6)
-        # 2e-3: AdamW turns rounding-level differences (the rate held as a float32 tensor) of near-zero gradients
-        # (biases in front of a BatchNorm) into step-sized ones, which reach the loss within a few steps (5e-4 seen);
-        # a step on a stale batch, stale masks or a frozen rate is off by far more (the variants fail that way)
-        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=2e-3)
+        # the only difference is the rate held as a float32 tensor: 1.3e-7 seen at most; a step on a stale batch,
+        # stale masks or a frozen rate is off by far more (the variants fail that way)
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
     assert_moved_alike(start, eager.model.state_dict(), graphed.model.state_dict(), 0.01)
 
 
@@ -192,7 +197,8 @@ def save_teacher(path, modalities):
 def assert_moved_alike(start: dict, a: dict, b: dict, tol: float) -> None:
     """Two runs from the same ``start`` weights ended within ``tol`` × how far they moved (whole-model norms).
     AdamW turns rounding-level differences of near-zero gradients (the rate held as a float32 tensor, a kernel
-    choice) into differences of up to a step's size in single entries, so entries are not compared one by one."""
+    choice) into differences of up to a step's size in single entries, so entries are not compared one by one
+    (the CPU stand-in: 4e-5 to 1.1e-3 of the distance moved)."""
     floats = [k for k, v in start.items() if v.is_floating_point()]
     moved = float(sum(((a[k].float() - start[k].float()) ** 2).sum() for k in floats)) ** 0.5
     apart = float(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in floats)) ** 0.5
