@@ -58,7 +58,8 @@ run_step() {  # run_step SECONDS command ...: at most SECONDS, less when the sui
         echo "skipped: the suite's ${TOTAL} s are used up"
         return 125
     fi
-    timeout -k 15 "$t" "$@"  # KILL 15 s after a TERM that did not end it
+    # KILL 15 s after a TERM (or STEP_SIGNAL: pytest prints the failures so far on an INT) that did not end it
+    timeout -s "${STEP_SIGNAL:-TERM}" -k 15 "$t" "$@"
 }
 
 want() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -71,11 +72,16 @@ if want tests; then
     if [ "$DEVICE" = cuda ] && python -c "import pytest" 2>/dev/null; then
         per_test=()
         python -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 45)
-        # the captured training step first (bench, then trainer), each line stamped with the seconds since start
-        run_step 150 python -m pytest -v -p no:cacheprovider "${per_test[@]}" -m gpu tests/engine/test_bench.py \
-            tests/engine/test_gpu.py tests/models/test_layers.py 2>&1 | grep -v "^$" \
-            | while IFS= read -r line; do echo "[$(( $(date +%s) - start ))s] $line"; done \
-            | tail -40 | tee "$LOG_DIR/tests.log"
+        # the captured training step first (bench, then trainer), each line stamped with the seconds since start;
+        # the whole output (tracebacks, the failures' summary, the slowest tests) goes to tests_full.log, and the
+        # result lines and the failures' reasons to gpu.md
+        STEP_SIGNAL=INT run_step 150 python -m pytest -v -rfE --tb=short --durations=12 -p no:cacheprovider "${per_test[@]}" -m gpu \
+            tests/engine/test_bench.py tests/engine/test_gpu.py tests/models/test_layers.py 2>&1 | grep -v "^$" \
+            | while IFS= read -r line; do echo "[$(( $(date +%s) - start ))s] $line"; done > "$LOG_DIR/tests_full.log"
+        grep -E "(PASSED|FAILED|ERROR|SKIPPED)( |$)|^\[[0-9]+s\] (E  |FAILED|ERROR|[0-9.]+s (call|setup))|passed|failed" \
+            "$LOG_DIR/tests_full.log" | grep -v "^\[[0-9]*s\] \(platform\|plugins\|rootdir\)" | head -80 \
+            | tee "$LOG_DIR/tests.log"
+        [ -s "$LOG_DIR/tests.log" ] || tail -20 "$LOG_DIR/tests_full.log" | tee "$LOG_DIR/tests.log"
     else
         echo "GPU tests not run (DEVICE=$DEVICE, or pytest missing)" | tee "$LOG_DIR/tests.log"
     fi
@@ -106,6 +112,10 @@ fi
 if want profile; then
     run_step 60 python benchmarks/profile_step.py --device "$DEVICE" --backbone mit_b2 --fusion cmx --size "$SIZE" \
         --batch "$BATCH" --options fast --steps 2 --rows 25 2>&1 | tee "$LOG_DIR/profile.log"
+    # DFormer-L's batch-1 latency is twice CMX-B2's with about as many operators (1222 vs 1077): which kernels
+    run_step 45 python benchmarks/profile_step.py --device "$DEVICE" --backbone dformer_l --fusion dformer \
+        --head ham --head-channels 512 --num-classes 40 --size "$SIZE" --batch 1 --infer --options fast --steps 5 \
+        --rows 25 2>&1 | tee "$LOG_DIR/profile_infer.log"
 fi
 
 # 3. which switch gives what (CMX-B2): exact, exact + each switch, fast, fast + the training step as one CUDA graph
@@ -121,9 +131,10 @@ fi
 
 # 4. does the input pipeline keep up? RGB-D 480x640 read + decode + augment, samples/s with N loader workers
 if want data; then
-    run_step 60 bash -c "$RGBX synth '$LOG_DIR/synth480' --train 192 --val 2 --test 2 --size 480x640 >/dev/null && \
+    # (96 samples: making 192 took more than the 15 s the last H100 run had left for this step)
+    run_step 60 bash -c "$RGBX synth '$LOG_DIR/synth480' --train 96 --val 2 --test 2 --size 480x640 >/dev/null && \
         $RGBX bench --data '$LOG_DIR/synth480' --modalities rgb depth --workers 1 4 8 12 --crop 480x640 \
-        --batch 8 --batches 16" 2>&1 | tee "$LOG_DIR/data.log"
+        --batch 8 --batches 10" 2>&1 | tee "$LOG_DIR/data.log"
     rm -rf "$LOG_DIR/synth480"
 fi
 
@@ -135,10 +146,12 @@ fi
 #    where the compile time went (rgbx bench's report on SIGTERM)
 if want compile; then
     for what in latency train; do
+        base=fast  # compiled trains inside the captured step on CUDA: compared with the captured step without it
+        [ "$what" = train ] && [ "$DEVICE" = cuda ] && base=graphed
         # shellcheck disable=SC2086
         run_step 600 env TORCH_LOGS=recompiles $RGBX bench --device "$DEVICE" --backbone mit_b2 --fusion cmx \
             --modalities rgb depth --num-classes 40 --head-channels 512 --size "$SIZE" --train-size "$SIZE" \
-            --train-batch "$BATCH" --what "$what" --options fast compiled --warmup "$WARMUP" --repeats "$REPEATS" \
+            --train-batch "$BATCH" --what "$what" --options $base compiled --warmup "$WARMUP" --repeats "$REPEATS" \
             --json "$LOG_DIR/compile_$what.json" 2>&1 | tee -a "$LOG_DIR/compile.log"
         compile_rc=${PIPESTATUS[0]}
         [ "$compile_rc" = 0 ] || break
@@ -189,6 +202,12 @@ table_or_tail() {  # the rich table of a bench log; the progress lines where it 
         echo
         echo '```'
         grep -v "^\[W\|Warning\|_warn_once\|^USDT\|^ERROR:" "$LOG_DIR/profile.log" 2>/dev/null | tail -40 || true
+        echo '```'
+        echo
+        echo "## Where DFormer-L's batch-1 inference time goes (RGB-D, fast set without the CUDA graph, 5 passes)"
+        echo
+        echo '```'
+        grep -v "^\[W\|Warning\|_warn_once\|^USDT\|^ERROR:" "$LOG_DIR/profile_infer.log" 2>/dev/null | tail -40 || true
         echo '```'
     fi
     if want sweep; then

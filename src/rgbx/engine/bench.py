@@ -10,8 +10,10 @@ How it is timed:
   call); on the CPU with ``time.perf_counter``.
 * :func:`time_alternating` times several candidates (e.g. a reference implementation and rgbx) *alternately*, one
   call of each per round, so that drifts of a shared machine hit all candidates alike and their ratio is stable.
-* Peak memory (CUDA) is ``torch.cuda.max_memory_allocated`` over the timed calls of one candidate (run alone), so
-  it includes parameters, gradients and optimizer state.
+* Peak memory (CUDA) is ``torch.cuda.max_memory_allocated`` from building one candidate's step (run alone) to its
+  last timed call, so it includes parameters, gradients and optimizer state, and a CUDA graph's capture: a replay
+  allocates nothing, so calls after the capture would see only the tensors alive between steps (CMX-B2's graphed
+  step at batch 8 read 1.5 GiB that way, 8.8 GiB with its capture on an H100).
 * FLOPs: :func:`rgbx.engine.profile.count_flops` of one forward pass at batch 1 (explicit attention while
   counting); a training step is counted as 3× the forward (backward ≈ 2× forward). Model FLOPs utilisation (MFU) =
   achieved FLOP/s ÷ the device's peak for the precision used (:func:`peak_tflops`: datasheet dense figures for
@@ -127,14 +129,17 @@ def time_alternating(
     return {name: Timing.of(t) for name, t in times.items()}
 
 
-def _peak_memory(fn: Callable[[], Any], device: torch.device, calls: int = 2) -> float | None:
-    """Peak allocated CUDA memory (MiB) over ``calls`` calls of ``fn`` (None on the CPU)."""
+def _start_peak(device: torch.device) -> None:
+    """Start counting peak allocated CUDA memory from what is allocated now (nothing on the CPU)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mib(device: torch.device) -> float | None:
+    """Peak allocated CUDA memory (MiB) since :func:`_start_peak` (None on the CPU)."""
     if device.type != "cuda":
         return None
-    _sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(calls):
-        fn()
     _sync(device)
     return torch.cuda.max_memory_allocated(device) / 2**20
 
@@ -342,6 +347,7 @@ def _measure_option_set(entry: dict[str, Any], opts: SpeedOptions, st: _Setting)
         model = st.build().to(st.device)
         x = _random_inputs(st.modalities, st.train_batch, st.train_size, st.device, st.gen)
         y = torch.randint(0, st.num_classes, (st.train_batch, *st.train_size), generator=st.gen).to(st.device)
+        _start_peak(st.device)
         step = make_train_step(model, x, y, opts)
         timing = time_alternating({"step": step}, st.device, st.warmup, st.repeats)["step"]
         ips = timing.per_second(st.train_batch)
@@ -349,35 +355,52 @@ def _measure_option_set(entry: dict[str, Any], opts: SpeedOptions, st: _Setting)
         entry["train"] = {"batch": st.train_batch, "size": list(st.train_size), **timing.to_dict(),
                           "images_per_s": ips, "tflops": achieved,
                           "mfu": achieved / rate if rate else None,
-                          "peak_memory_mb": _peak_memory(step, st.device)}
+                          "peak_memory_mb": _peak_mib(st.device)}
         del model, step
     for kind, batch in (("latency", 1), ("throughput", st.throughput_batch)):
         if kind not in st.what:
             continue
         torch.manual_seed(0)
         model = st.build().to(st.device)
-        run = make_inference(model, _random_inputs(st.modalities, batch, st.size, st.device, st.gen), opts)
+        inputs = _random_inputs(st.modalities, batch, st.size, st.device, st.gen)
+        _start_peak(st.device)
+        run = make_inference(model, inputs, opts)
         timing = time_alternating({"infer": run}, st.device, st.warmup, st.repeats)["infer"]
         ips = timing.per_second(batch)
         achieved = st.flops["fwd_per_image"] * ips / 1e12
         entry[kind] = {"batch": batch, "size": list(st.size), **timing.to_dict(), "images_per_s": ips,
                        "tflops": achieved, "mfu": achieved / rate if rate else None,
-                       "peak_memory_mb": _peak_memory(run, st.device)}
+                       "peak_memory_mb": _peak_mib(st.device)}
         del model, run
 
 
-def bench_data(dataset, batch_size: int, workers: int, batches: int = 20, warmup: int = 2) -> dict[str, Any]:
+PREFETCH_FACTOR = 2  # batches a loader worker is asked for ahead (DataLoader's default)
+
+
+def bench_data(dataset, batch_size: int, workers: int, batches: int = 20, warmup: int | None = None
+               ) -> dict[str, Any]:
     """Samples/s of the input pipeline (read + decode + augment + collate) of ``dataset`` with ``workers`` loader
-    processes, over ``batches`` batches after ``warmup`` batches (which absorb the workers' start-up)."""
+    processes, over ``batches`` batches after ``warmup`` batches.
+
+    Batches the workers prepare ahead (2 each) must not be counted as made in the timed window: the warm-up
+    (default: ``workers`` × 2 batches, at least 2) absorbs the workers' start-up and what they prepared during it,
+    and at least twice as many batches as the workers hold ahead are timed (``batches`` is raised to that; the
+    result says how many). On a 2-core machine, 12 workers read 794 samples/s timed over 10 batches after 2,
+    239 over 10 after 24, 47 over 48 after 24, the rate of 2 workers (50). The dataset is read again in new
+    orders when it has fewer samples than the batches need."""
     from rgbx.data import collate
 
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         collate_fn=collate, drop_last=True, persistent_workers=False,
-                                         generator=torch.Generator().manual_seed(0))
+    if warmup is None:
+        warmup = max(2, workers * PREFETCH_FACTOR)
+    batches = max(batches, 2 * workers * PREFETCH_FACTOR)
     need = warmup + batches
-    if len(loader) < need:
-        raise ValueError(f"bench_data: {len(dataset)} samples give {len(loader)} batches of {batch_size}; "
-                         f"need {need} (lower --batches or --batch)")
+    if len(dataset) < batch_size:
+        raise ValueError(f"bench_data: {len(dataset)} samples, fewer than one batch of {batch_size}")
+    sampler = torch.utils.data.RandomSampler(dataset, num_samples=need * batch_size,
+                                             generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                         collate_fn=collate, drop_last=True, persistent_workers=False,
+                                         prefetch_factor=PREFETCH_FACTOR if workers else None)
     it = iter(loader)
     for _ in range(warmup):
         next(it)
@@ -386,5 +409,5 @@ def bench_data(dataset, batch_size: int, workers: int, batches: int = 20, warmup
         next(it)
     dt = time.perf_counter() - t0
     del it
-    return {"workers": workers, "batch": batch_size, "batches": batches, "seconds": dt,
+    return {"workers": workers, "batch": batch_size, "batches": batches, "warmup": warmup, "seconds": dt,
             "samples_per_s": batches * batch_size / dt}
