@@ -211,6 +211,61 @@ def test_resize_crop_equals_resize_then_crop(name):
             assert torch.equal(resize_crop_label(label, new, top, left, size, 255), want_label)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_bilinear_window_is_the_column_gather_bit_for_bit(dtype):
+    """The window's column pass runs on transposed rows of only the source columns it reads; the values are those
+    of gathering the columns in place, bit for bit (same taps, same lerps)."""
+    from rgbx.data.transforms.geometric import _linear_taps, _resize_bilinear_window
+
+    x = (torch.rand(3, 30, 50, generator=gen(2)) * 255).to(dtype)
+    for size, window in [((61, 99), (slice(0, 24), slice(0, 32))), ((61, 99), (slice(37, 61), slice(67, 99))),
+                         ((45, 50), (slice(3, 40), slice(0, 50))), ((31, 51), (slice(0, 31), slice(1, 51)))]:
+        y0, y1, wy = _linear_taps(30, size[0], window[0])
+        x0, x1, wx = _linear_taps(50, size[1], window[1])
+        rows = torch.lerp(x.float().index_select(-2, y0), x.float().index_select(-2, y1), wy[:, None])
+        want = torch.lerp(rows.index_select(-1, x0), rows.index_select(-1, x1), wx).to(dtype)
+        got = _resize_bilinear_window(x, size, window)
+        assert got.is_contiguous() and torch.equal(got, want), (size, window)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_color_jitter_is_brightness_contrast_saturation_hue_step_by_step(channels):
+    """The jitter runs as one affine map per pixel; it equals the four steps done one after the other (with the
+    same draws), clamp included."""
+    import math
+
+    from rgbx.data.transforms.photometric import _RGB2YIQ
+
+    def gray(x):
+        if x.shape[0] != 3:
+            return x.mean(dim=0, keepdim=True)
+        return (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(dim=0, keepdim=True)
+
+    def step_by_step(x, b, c, s, h):
+        x = x * b
+        x = (x - gray(x).mean()) * c + gray(x).mean()
+        if x.shape[0] == 3:
+            x = gray(x) + (x - gray(x)) * s
+            cos, sin = math.cos(2 * math.pi * h), math.sin(2 * math.pi * h)
+            rot = torch.tensor([[1, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=torch.float64)
+            x = torch.einsum("ij,jhw->ihw", (torch.linalg.inv(_RGB2YIQ) @ rot @ _RGB2YIQ).float(), x)
+        return x.clamp(0.0, 1.0)
+
+    jitter = ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.05, p=1.0)
+    spec = get_modality("rgb")
+    clamped = 0
+    for seed in range(8):
+        x = torch.rand(channels, 24, 40, generator=gen(seed))
+        g = gen(100 + seed)
+        draws = [float(torch.rand((), generator=g)) for _ in range(5)]  # apply, then b, c, s, h as the op draws
+        b, c, s, h = (1 + v * (2 * u - 1) for v, u in zip((0.4, 0.4, 0.4, 0.05), draws[1:], strict=True))
+        want = step_by_step(x, b, c, s, h)
+        got = jitter(x, gen(100 + seed), spec)
+        assert got.shape == x.shape and (got - want).abs().max() <= 2e-6, seed
+        clamped += int(((want == 0) | (want == 1)).sum())
+    assert clamped > 0  # the clamp was reached
+
 def test_gaussian_blur_matches_a_convolution():
     """The blur (sums of shifted views) against an independent 2-D convolution with the outer-product kernel and
     replicated edges, with and without invalid pixels."""

@@ -78,21 +78,21 @@ class ColorJitter:
         h = _uniform(generator, -self.hue, self.hue)
         if not apply:
             return x
-        x = x * b
-        gray = _gray(x)
-        x = (x - gray.mean()) * c + gray.mean()
-        if x.shape[0] == 3:
-            gray = _gray(x)
-            x = gray + (x - gray) * s
-            x = _rotate_hue(x, 2 * math.pi * h)
-        return x.clamp(0.0, 1.0)
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[0] != 3:
-        return x.mean(dim=0, keepdim=True)
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x * w).sum(dim=0, keepdim=True)
+        # brightness b, contrast c about the mean grey level, saturation s, hue rotation R: every step up to the
+        # clamp is affine in the pixel value, so they are applied as one map x ↦ A x + β (one pass over the image):
+        #   x1 = b x;  μ = mean(grey(x1)) = b Σ_k w_k mean(x_k);  x2 = c x1 + (1 − c) μ
+        #   x3 = S x2, S = s I + (1 − s) 1 wᵀ;  x4 = R x3;  so A = R S c b and β = (1 − c) μ R S 1
+        n = x.shape[0]
+        means = x.mean(dim=(1, 2), dtype=torch.float64)
+        mu = b * float(means.mean() if n != 3 else (means * _GRAY_WEIGHTS).sum())
+        if n != 3:
+            return (x * (c * b) + (1 - c) * mu).clamp_(0.0, 1.0)
+        w = _GRAY_WEIGHTS[None, :]
+        sat = s * torch.eye(3, dtype=torch.float64) + (1 - s) * torch.ones(3, 1, dtype=torch.float64) @ w
+        rs = _hue_rotation(2 * math.pi * h) @ sat
+        beta = ((1 - c) * mu * rs.sum(dim=1, keepdim=True)).to(x.dtype)  # R S 1: each row's sum
+        out = torch.addmm(beta, (rs * (c * b)).to(x.dtype), x.reshape(3, -1))
+        return out.view_as(x).clamp_(0.0, 1.0)
 
 
 _RGB2YIQ = torch.tensor(
@@ -100,11 +100,14 @@ _RGB2YIQ = torch.tensor(
 )
 
 
-def _rotate_hue(x: torch.Tensor, angle: float) -> torch.Tensor:
+_GRAY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+
+
+def _hue_rotation(angle: float) -> torch.Tensor:
+    """The 3x3 (float64) map of RGB that rotates the chroma plane of YIQ by ``angle``, keeping Y (luma)."""
     cos, sin = math.cos(angle), math.sin(angle)
     rot = torch.tensor([[1, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=torch.float64)
-    m = (torch.linalg.inv(_RGB2YIQ) @ rot @ _RGB2YIQ).to(x.dtype)
-    return torch.einsum("ij,jhw->ihw", m, x)
+    return torch.linalg.inv(_RGB2YIQ) @ rot @ _RGB2YIQ
 
 
 class GaussianBlur:
