@@ -266,8 +266,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return raw
 
     def decode_modality(self, name: str, raw: np.ndarray) -> np.ndarray:
-        """Raw (C, H, W) file values → physical units (default: × the source's scale)."""
-        return raw.astype(np.float32) * np.float32(self.sources[name].scale)
+        """Raw (C, H, W) file values → physical units (default: × the source's scale).
+
+        Written into a C-contiguous float32 array in place: a (C, H, W) view of an (H, W, C) image would otherwise be
+        converted, scaled and then copied again to make it contiguous (2.1 → 0.5 ms for RGB 480×640)."""
+        out = np.empty(raw.shape, np.float32)
+        out[...] = raw
+        out *= np.float32(self.sources[name].scale)
+        return out
 
     # -- validation ---------------------------------------------------------------------------------------------
     def find_problems(self, full: bool = False, workers: int = 4) -> list[str]:
@@ -342,7 +348,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def _label_problems(self, path: Path, label: np.ndarray) -> list[str]:
         k, ignore = self.description.num_classes, self.description.ignore_index
-        values = np.unique(label)
+        flat = label.ravel()
+        if flat.size and flat.dtype.kind in "ui" and flat.min() >= 0 and flat.max() < 1 << 16:
+            values = np.flatnonzero(np.bincount(flat))  # the values present, without np.unique's sort (2x faster)
+        else:
+            values = np.unique(flat)
         bad = [int(v) for v in values if not (0 <= v < k or v == ignore)]
         if bad:
             return [f"{path}: label values {bad[:10]} out of range: expected 0..{k - 1} or ignore {ignore}"]
