@@ -14,6 +14,11 @@
 #
 #   STEPS="tests train compile" TOTAL=300 OUT_MD=benchmarks/gpu_checks.md benchmarks/gpu.sh
 #
+# torch.compile starts from nothing on a fresh machine (and has not finished inside the suite on an H100), so its
+# caches (inductor's compiled graphs, Triton's kernels) are kept in INDUCTOR_CACHE (default .inductor_cache, never
+# committed) and packed into .inductor_cache.tgz after the compile step: bring that file back (copy it to $OUT) and
+# carry it to the next run, which unpacks it and starts where this one stopped.
+#
 # On the CPU, for a smoke test of the whole suite at a tiny size: DEVICE=cpu SIZE=64x64 REPEATS=1 benchmarks/gpu.sh
 # STEPS picks steps, run in this order: tests train compare profile sweep data compile; gpu.md gets a section for
 # each step asked for.
@@ -145,6 +150,12 @@ fi
 #    (STEPS=compile). Recompilations are logged with their reason, and a step cut off by its time limit still prints
 #    where the compile time went (rgbx bench's report on SIGTERM)
 if want compile; then
+    INDUCTOR_CACHE=${INDUCTOR_CACHE:-$PWD/.inductor_cache}
+    if [ ! -d "$INDUCTOR_CACHE" ] && [ -f "$INDUCTOR_CACHE.tgz" ]; then
+        mkdir -p "$INDUCTOR_CACHE" && tar xzf "$INDUCTOR_CACHE.tgz" -C "$INDUCTOR_CACHE"
+    fi
+    cache_before=$(du -sm "$INDUCTOR_CACHE" 2>/dev/null | cut -f1)
+    export TORCHINDUCTOR_CACHE_DIR=$INDUCTOR_CACHE TORCHINDUCTOR_FX_GRAPH_CACHE=1 TORCHINDUCTOR_AUTOGRAD_CACHE=1
     for what in latency train; do
         base=fast  # compiled trains inside the captured step on CUDA: compared with the captured step without it
         [ "$what" = train ] && [ "$DEVICE" = cuda ] && base=graphed
@@ -156,6 +167,11 @@ if want compile; then
         compile_rc=${PIPESTATUS[0]}
         [ "$compile_rc" = 0 ] || break
     done
+    if [ -d "$INDUCTOR_CACHE" ]; then
+        tar czf "$INDUCTOR_CACHE.tgz" -C "$INDUCTOR_CACHE" .
+        echo "inductor cache: ${cache_before:-0} MB before, $(du -sm "$INDUCTOR_CACHE" | cut -f1) MB after;" \
+            "$(du -h "$INDUCTOR_CACHE.tgz" | cut -f1) packed in $INDUCTOR_CACHE.tgz" | tee -a "$LOG_DIR/compile.log"
+    fi
 fi
 
 elapsed=$(( $(date +%s) - start ))

@@ -290,4 +290,4 @@ def report_compile_on_termination() -> None:
         os._exit(124)
 
     signal.signal(signal.SIGTERM, handler)
-    print("compiling: stopped by SIGTERM, this prints where the compile time went", flush=True)
+    print("compiling: a SIGTERM (a time limit) now ends the run with where the compile time went", flush=True)
