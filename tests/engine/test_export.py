@@ -150,3 +150,23 @@ def test_the_head_is_exported_folded_unless_asked_otherwise(tmp_path):
         assert verify_onnx(path, model, inputs) <= TOL
         shapes[fold] = [tuple(t.dims) for t in onnx.load(str(path)).graph.initializer]
     assert (16, 64, 1, 1) in shapes[False] and (16, 64, 1, 1) not in shapes[True]
+
+
+def test_traceable_restores_resize_in_every_module():
+    """traceable() swaps rgbx's resize for a traceable one in every rgbx.models module, rgbx.models.layers itself
+    included, and puts the original back everywhere (restoring from layers.resize once put the swapped function
+    back into the modules restored after layers, for the rest of the process)."""
+    import sys
+
+    from rgbx.engine.export import traceable
+    from rgbx.models import create_model, layers
+
+    original = layers.resize
+    model = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=3,
+                         head_channels=16)
+    users = [name for name, m in sys.modules.items() if name.startswith("rgbx.models") and m is not None
+             and getattr(m, "resize", None) is original]
+    assert "rgbx.models.layers" in users and len(users) >= 3
+    with traceable(model):
+        assert all(sys.modules[name].resize is not original for name in users)
+    assert all(sys.modules[name].resize is original for name in users)

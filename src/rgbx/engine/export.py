@@ -107,9 +107,11 @@ def all_modalities_computed(model: nn.Module) -> Iterator[None]:
             del encoder.computed
 
 
-def _traceable_resize(x: torch.Tensor, size) -> torch.Tensor:
+def _traceable_resize(x: torch.Tensor, size, matmul: bool = False) -> torch.Tensor:
     """:func:`rgbx.models.layers.resize` without its ``int()`` casts and same-size shortcut, which the tracer
-    would freeze to the example's sizes (bilinear resizing to the same size is the identity)."""
+    would freeze to the example's sizes (bilinear resizing to the same size is the identity). Always
+    ``F.interpolate`` (ONNX's Resize), also where the model resizes by matrix products (``matmul``): those
+    matrices depend on the sizes."""
     return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
@@ -121,9 +123,10 @@ def traceable(model: nn.Module) -> Iterator[None]:
 
     from rgbx.models import layers
 
+    original = layers.resize  # layers itself is among the patched modules: restore from this, not layers.resize
     patched = [module for name, module in list(sys.modules.items())
                if name.startswith("rgbx.models") and module is not None
-               and getattr(module, "resize", None) is layers.resize]
+               and getattr(module, "resize", None) is original]
     for module in patched:
         module.resize = _traceable_resize
     try:
@@ -131,7 +134,7 @@ def traceable(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         for module in patched:
-            module.resize = layers.resize
+            module.resize = original
 
 
 @contextlib.contextmanager
