@@ -582,3 +582,54 @@ def test_sweep_measures_the_low_precision_switches_as_the_fast_set_without_them(
     assert sets["fast - cast_weights"] == fast.with_(cast_weights=False)
     assert "exact + lowp_norms" not in sets  # in fp32 the switch does nothing
     assert "fast - lowp_norms" not in option_sets(args, torch.device("cpu"))
+
+
+def test_sweep_tries_matmul_resize_on_the_captured_step_on_cuda_only():
+    from types import SimpleNamespace
+
+    from rgbx.cli.bench import option_sets
+
+    args = SimpleNamespace(options=["exact", "fast", "graphed"], sweep=True, compile_scope="blocks",
+                           compile_mode=None)
+    sets = option_sets(args, torch.device("cuda"))
+    assert sets["graphed + matmul_resize"] == sets["graphed"].with_(matmul_resize=True)
+    assert not sets["fast"].matmul_resize and not SpeedOptions.fast("cpu").matmul_resize  # not in the fast sets
+    assert "matmul-resize" in sets["graphed + matmul_resize"].describe()
+    args.options = ["exact", "fast"]
+    assert "fast + matmul_resize" in option_sets(args, torch.device("cuda"))
+    cpu = SimpleNamespace(options=["exact", "fast"], sweep=True, compile_scope="blocks", compile_mode=None)
+    assert not any("matmul_resize" in k for k in option_sets(cpu, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("backbone, fusion, head", [("mit_nano", "cmx", "mlp"), ("dformer_nano", "dformer", "ham")])
+@pytest.mark.parametrize("fold", [False, True])
+def test_matmul_resize_reaches_every_resize_and_keeps_the_logits(backbone, fusion, head, fold):
+    """apply_speed_options(matmul_resize) switches the heads, DFormer's window attention and the final resize of
+    the logits; the logits stay those of F.interpolate (fp32, up to rounding); training through it works."""
+    torch.manual_seed(0)
+    model = create_model(backbone=backbone, fusion=fusion, head=head, modalities=["rgb", "depth"], num_classes=4,
+                         head_channels=16).eval()
+    x, y = data(batch=2, size=64)
+    apply_speed_options(model, SpeedOptions(fold_head=fold))
+    with torch.no_grad():
+        want = model(x).logits
+    apply_speed_options(model, SpeedOptions(fold_head=fold, matmul_resize=True))
+    switched = [m for m in model.modules() if hasattr(m, "matmul_resize")]
+    assert len(switched) >= 2 and all(m.matmul_resize for m in switched)
+    if backbone.startswith("dformer"):
+        assert "DFormerAttention" in {type(m).__name__ for m in switched}
+    calls = []
+    import rgbx.models.layers as layers
+
+    real = layers.resize_by_matmul
+    try:
+        layers.resize_by_matmul = lambda *a: calls.append(1) or real(*a)
+        with torch.no_grad():
+            got = model(x).logits
+    finally:
+        layers.resize_by_matmul = real
+    assert calls and got.shape == want.shape
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (got - want).abs().max()
+    model.train()
+    step = make_train_step(model, x, y, SpeedOptions(fold_head=fold, matmul_resize=True))
+    assert all(torch.isfinite(step()) for _ in range(2))

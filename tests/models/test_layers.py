@@ -149,3 +149,42 @@ def test_lowp_layer_norm_stays_bf16_where_cuda_autocast_would_run_fp32():
         out = norm(x)
     assert out.dtype == torch.bfloat16
     assert (out.float() - F.layer_norm(x, (64,))).abs().max().item() < 5e-2
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resize_by_matmul_is_bilinear_interpolation(channels_last):
+    """Two matrix products give F.interpolate's bilinear resize (align_corners=False): enlarging and shrinking,
+    integer and other ratios, and its gradient; the memory layout and dtype are kept."""
+    import torch.nn.functional as F
+
+    from rgbx.models.layers import resize, resize_by_matmul
+
+    torch.manual_seed(0)
+    for (h, w), size in [((15, 20), (120, 160)), ((7, 7), (30, 41)), ((40, 50), (17, 23)), ((6, 8), (6, 24))]:
+        x = torch.randn(2, 5, h, w, dtype=torch.float64, requires_grad=True)
+        xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        want = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        got = resize_by_matmul(xin, size)
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-12, (h, w, size)
+        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last or got.is_contiguous()
+        g = torch.randn_like(want)
+        (ga,) = torch.autograd.grad((want * g).sum(), x)
+        (gb,) = torch.autograd.grad((resize_by_matmul(xin, size) * g).sum(), x)
+        assert (ga - gb).abs().max() < 1e-12
+        assert torch.equal(resize(x, size, matmul=True), got)
+    xb = torch.randn(1, 4, 15, 20).to(torch.bfloat16)
+    out = resize_by_matmul(xb, (60, 80))
+    ref = F.interpolate(xb.float(), size=(60, 80), mode="bilinear", align_corners=False)
+    assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() <= 2 * 2**-7 * ref.abs().max()
+
+
+def test_interpolation_matrix_made_in_inference_mode_serves_training():
+    """The matrices are cached; one first made under torch.inference_mode must still serve a training step."""
+    from rgbx.models.layers import _INTERPOLATION_MATRICES, resize_by_matmul
+
+    _INTERPOLATION_MATRICES.clear()
+    with torch.inference_mode():
+        resize_by_matmul(torch.randn(1, 2, 9, 11), (27, 33))
+    x = torch.randn(1, 2, 9, 11, requires_grad=True)
+    resize_by_matmul(x, (27, 33)).sum().backward()
+    assert x.grad is not None and len(_INTERPOLATION_MATRICES) == 2

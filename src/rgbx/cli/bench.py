@@ -67,6 +67,8 @@ def add_parser(sub) -> None:
                    help="custom set: the head's fusion conv per stage before upsampling (same function)")
     p.add_argument("--lowp-norms", action="store_true",
                    help="custom set: LayerNorms in bf16 (with --precision bf16)")
+    p.add_argument("--matmul-resize", action="store_true",
+                   help="custom set: bilinear resizing as two matrix products (for GPUs)")
     p.add_argument("--compile", action="store_true", help="custom set: torch.compile")
     p.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
                    help="what compiled / custom sets compile: each block on its own (default; compiles in a "
@@ -117,6 +119,7 @@ def option_sets(args, device) -> dict:
             sets["custom"] = exact.with_(
                 precision=args.precision or exact.precision, attn_impl=args.attn or exact.attn_impl,
                 channels_last=args.channels_last, fold_head=args.fold_head, lowp_norms=args.lowp_norms,
+                matmul_resize=args.matmul_resize,
                 compile=args.compile,
                 compile_scope=args.compile_scope, compile_mode=args.compile_mode, cuda_graph=args.cuda_graph,
                 cuda_graph_train=args.cuda_graph_train, tf32=args.tf32,
@@ -132,6 +135,10 @@ def option_sets(args, device) -> dict:
                 sets[f"fast - {switch}"] = fast.with_(**{switch: False})
         # what the folded head saves under the fast set's precision (exact + fold_head measures it in fp32)
         sets["fast - fold_head"] = fast.with_(fold_head=False)
+        if device.type == "cuda":  # not in the fast set yet: what it would give, on the captured step where there is
+            # one (the uncaptured step is bound by the host on fast GPUs, which would hide a device-side saving)
+            base = "graphed" if "graphed" in sets else "fast"
+            sets[f"{base} + matmul_resize"] = sets.get(base, fast).with_(matmul_resize=True)
     return sets
 
 

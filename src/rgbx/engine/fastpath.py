@@ -57,6 +57,13 @@ each switch does:
   arithmetic the CPU's autocast already does, which leaves LayerNorm in its input's dtype. On the CPU the switch
   therefore changes little (it also casts the norms' weights). Only under bf16 autocast; no effect in fp32 or fp16
   (whose 5-bit exponent would put the residual stream at risk of overflow).
+* ``matmul_resize``: bilinear resizing (the decode heads', DFormer's window attention's, the logits' final one) as
+  two matrix products (:func:`rgbx.models.layers.resize_by_matmul`) instead of ``F.interpolate``: a GPU runs them at
+  memory speed and their backward pass needs no atomics (on the H100 bilinear upsampling took 9.5 % of CMX-B2's
+  captured bf16 training step, about 1 ms per full-size call forward or backward). The same values up to rounding.
+  On the 2-core CPU it changes little (CMX-B0: latency 1.05×, training step 1.02×). Not in either fast set until
+  measured on a GPU:
+  the sweep's row ``graphed + matmul_resize`` (``fast + ...`` without ``--options graphed``).
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
@@ -133,6 +140,7 @@ class SpeedOptions:
     cast_weights: bool = False
     fold_head: bool = False
     lowp_norms: bool = False
+    matmul_resize: bool = False
     tf32: bool = False
     cudnn_benchmark: bool = False
     fused_optimizer: bool | None = None
@@ -175,6 +183,7 @@ class SpeedOptions:
             parts.append(self.attn_impl)
         parts += [name for name, on in (("channels-last", self.channels_last), ("fold-head", self.fold_head),
                                         ("lowp-norms", self.lowp_norms and self.precision == "bf16"),
+                                        ("matmul-resize", self.matmul_resize),
                                         ("tf32", self.tf32),
                                         ("cudnn-benchmark", self.cudnn_benchmark),
                                         ("compile", self.compile), ("cuda-graph", self.cuda_graph),
@@ -296,6 +305,8 @@ def apply_speed_options(model: nn.Module, options: SpeedOptions) -> nn.Module:
         model.set_fold_head(options.fold_head)
     if hasattr(model, "set_lowp_norms"):
         model.set_lowp_norms(options.lowp_norms)
+    if hasattr(model, "set_matmul_resize"):
+        model.set_matmul_resize(options.matmul_resize)
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
     if options.compile and options.compile_scope == "blocks":

@@ -33,9 +33,11 @@ __all__ = [
     "conv1x1_resized_concat",
     "drop_path_layer",
     "init_weights",
+    "interpolation_matrix",
     "map_to_tokens",
     "mask_absent",
     "resize",
+    "resize_by_matmul",
     "stochastic_depth_rates",
     "tokens_to_map",
     "trunc_normal_",
@@ -170,16 +172,65 @@ def tokens_to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, c, hw[0], hw[1])
 
 
-def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of a (B, C, H, W) map (``align_corners=False``); a no-op when the size already matches."""
+def resize(x: torch.Tensor, size: Sequence[int], matmul: bool = False) -> torch.Tensor:
+    """Bilinear resize of a (B, C, H, W) map (``align_corners=False``); a no-op when the size already matches.
+
+    ``matmul=True`` computes the same resize as two matrix products (:func:`resize_by_matmul`), for GPUs."""
     size = (int(size[0]), int(size[1]))
     if tuple(x.shape[-2:]) == size:
         return x
+    if matmul and not torch.compiler.is_compiling():  # compiled code fuses the interpolation itself
+        return resize_by_matmul(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+_INTERPOLATION_MATRICES: dict[tuple, torch.Tensor] = {}
+
+
+def interpolation_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The (n_out, n_in) matrix of 1-D linear interpolation n_in → n_out (``align_corners=False``, no antialiasing):
+    ``F.interpolate`` applied to the identity, so its source coordinates are PyTorch's own. Made once per size,
+    device and dtype, outside inference mode (the same matrix serves training)."""
+    key = (n_in, n_out, torch.device(device), dtype)
+    m = _INTERPOLATION_MATRICES.get(key)
+    if m is None:
+        with torch.inference_mode(False), torch.no_grad():
+            eye = torch.eye(n_in, dtype=torch.float64)[None]  # n_in signals of length n_in
+            m = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].t().contiguous()
+            m = m.to(device=device, dtype=dtype)
+        _INTERPOLATION_MATRICES[key] = m
+    return m
+
+
+def resize_by_matmul(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """:func:`resize`'s bilinear interpolation as two matrix products, rows then columns: ``A_h · X · A_wᵀ`` with
+    the 1-D interpolation matrices (:func:`interpolation_matrix`). In ``x``'s dtype and memory layout; a
+    channels-last map stays channels-last without a transpose: (B, H, W, C) memory is ``A_h`` times (B, H, W·C) after
+    ``A_w`` times (B·H, W, C).
+
+    Why: a GPU runs these products at memory speed, and their backward pass is two more products, where
+    ``upsample_bilinear2d``'s backward kernel adds into its output with atomics. On an H100, CMX-B2's bf16 training
+    step spent 9.5 % of its kernel time in bilinear upsampling, about 1 ms per full-size call (``benchmarks/gpu.md``).
+    On the 2-core CPU it changes little (CMX-B0's fast set: latency 1.05×, training step 1.02×); the switch is
+    ``SpeedOptions.matmul_resize``. Same values as ``F.interpolate`` up to rounding: in fp32 within a few ulp; in
+    bf16 each product is rounded, so up to one bf16 step more."""
+    b, c, h, w = x.shape
+    out_h, out_w = int(size[0]), int(size[1])
+    a_h = interpolation_matrix(h, out_h, x.device, x.dtype)
+    a_w = interpolation_matrix(w, out_w, x.device, x.dtype)
+    with torch.autocast(x.device.type, enabled=False):  # in x's own dtype, as the interpolation kernel would be
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            rows = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
+            y = torch.matmul(a_w, rows.reshape(b * h, w, c))  # (B·H, W', C)
+            y = torch.matmul(a_h, y.reshape(b, h, out_w * c))  # (B, H', W'·C)
+            return y.reshape(b, out_h, out_w, c).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+        y = torch.matmul(x, a_w.t())  # (B, C, H, W')
+        return torch.matmul(a_h, y)  # (B, C, H', W')
+
+
 def conv1x1_resized_concat(
-    maps: Sequence[torch.Tensor], weight: torch.Tensor, size: Sequence[int], bias: torch.Tensor | None = None
+    maps: Sequence[torch.Tensor], weight: torch.Tensor, size: Sequence[int], bias: torch.Tensor | None = None,
+    matmul_resize: bool = False,
 ) -> torch.Tensor:
     """``conv2d(cat([resize(m, size) for m in maps], 1), weight, bias)`` for a 1×1 ``weight`` (C_out, ΣC_i[, 1, 1]),
     computed as ``Σ_i resize(conv2d(m_i, W_i), size) + bias`` with W_i the input-channel slice of ``m_i``.
@@ -189,7 +240,8 @@ def conv1x1_resized_concat(
     resolution and the concatenation at full size is never built: for the SegFormer head of a 480×640 input (four
     512-channel maps at 120×160) the fusion convolution drops from 20 to 1.3 GMAC per image and a 2048-channel
     map is no longer written, cast and read. The rounding differs (sums in another order), as between two
-    convolution algorithms; under autocast the resized maps and their sum stay in the low precision."""
+    convolution algorithms; under autocast the resized maps and their sum stay in the low precision.
+    ``matmul_resize``: resize by :func:`resize_by_matmul`."""
     weight = weight.reshape(weight.shape[0], -1)  # (size goes to resize as given: traced sizes stay symbolic)
     expected = sum(m.shape[1] for m in maps)
     if weight.shape[1] != expected:
@@ -204,7 +256,7 @@ def conv1x1_resized_concat(
         # resized in the convolution's output dtype: CUDA autocast would run the interpolation in fp32 and so write,
         # sum and normalise full-size fp32 maps (the CPU's autocast already keeps bf16 here)
         with torch.autocast(z.device.type, enabled=False):
-            z = resize(z, size)
+            z = resize(z, size, matmul=matmul_resize)
         # summed in place: no new full-size map per stage (on the CPU each fresh one costs its page faults)
         out = z if out is None else out.add_(z)
     return out

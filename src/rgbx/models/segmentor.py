@@ -69,6 +69,7 @@ class Segmentor(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config.validate()
+        self.matmul_resize = False  # the final resize of the logits: set_matmul_resize
         self.encoder: FusionEncoder = _build(
             FUSIONS.get(config.fusion), "fusion_options", config.fusion_options,
             backbone=config.backbone,
@@ -108,6 +109,15 @@ class Segmentor(nn.Module):
             if module is not self and hasattr(module, "set_fold"):
                 module.set_fold(fold)
 
+    def set_matmul_resize(self, on: bool) -> None:
+        """Bilinear resizing (the decode heads', DFormer's window attention's and the logits' final one) as two
+        matrix products (:func:`rgbx.models.layers.resize_by_matmul`: for GPUs, no atomics in its backward pass),
+        or by ``F.interpolate``. Weights unchanged, the same values up to rounding."""
+        self.matmul_resize = bool(on)
+        for module in self.modules():
+            if module is not self and hasattr(module, "matmul_resize"):
+                module.matmul_resize = bool(on)
+
     def set_lowp_norms(self, lowp: bool) -> None:
         """Switch every rgbx LayerNorm (:class:`rgbx.models.layers.LayerNorm`) to running in bf16 under bf16
         autocast (bf16 in, bf16 out), or back to fp32 as CUDA's autocast runs it. Weights unchanged; outside bf16
@@ -140,7 +150,7 @@ class Segmentor(nn.Module):
         else:
             logits = self.head(encoded.fused)
         return SegOutput(
-            logits=resize(logits, size), fused=encoded.fused, features=encoded.features, present=encoded.present,
+            logits=resize(logits, size, self.matmul_resize), fused=encoded.fused, features=encoded.features, present=encoded.present,
             decoder=decoder,
         )
 

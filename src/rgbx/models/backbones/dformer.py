@@ -64,6 +64,7 @@ from rgbx.models.layers import (
     LayerNorm,
     check_attn_impl,
     drop_path_layer,
+    resize,
     stochastic_depth_rates,
 )
 from rgbx.models.registries import BACKBONES
@@ -140,6 +141,7 @@ class DFormerAttention(nn.Module):
         self.window = window
         self.depth_out = depth_out
         self.attn_impl = check_attn_impl(attn_impl)
+        self.matmul_resize = False  # SpeedOptions.matmul_resize (Segmentor.set_matmul_resize)
         self.q = nn.Linear(dim, dim)
         self.q_cut = nn.Linear(dim, half)
         self.a = nn.Linear(dim, dim)
@@ -175,7 +177,7 @@ class DFormerAttention(nn.Module):
         else:
             out = ((query * d**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         out = out.transpose(2, 3).reshape(b, heads * d, win, win)  # channel = head · d + i
-        out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        out = resize(out, (h, w), self.matmul_resize)
         return out.permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

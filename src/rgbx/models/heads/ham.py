@@ -278,6 +278,7 @@ class LightHamHead(nn.Module):
         nn.init.normal_(self.conv_seg.weight, std=0.01)
         nn.init.zeros_(self.conv_seg.bias)
         self.fold = False
+        self.matmul_resize = False  # SpeedOptions.matmul_resize (Segmentor.set_matmul_resize)
 
     def set_fold(self, fold: bool) -> None:
         """Apply ``squeeze``'s 1×1 conv to each selected stage at its own resolution, then upsample and sum
@@ -287,9 +288,9 @@ class LightHamHead(nn.Module):
 
     def _squeeze(self, selected: Sequence[torch.Tensor], size) -> torch.Tensor:
         if not self.fold:
-            return self.squeeze(torch.cat([resize(f, size) for f in selected], dim=1))
+            return self.squeeze(torch.cat([resize(f, size, self.matmul_resize) for f in selected], dim=1))
         sq = self.squeeze
-        x = conv1x1_resized_concat(selected, sq.conv.weight, size, sq.conv.bias)
+        x = conv1x1_resized_concat(selected, sq.conv.weight, size, sq.conv.bias, self.matmul_resize)
         if sq.bn is not None:
             x = sq.bn(x)
         return sq.act(x) if sq.act is not None else x

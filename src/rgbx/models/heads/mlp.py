@@ -50,6 +50,7 @@ class MLPHead(nn.Module):
         self.apply(init_weights)
         nn.init.normal_(self.classifier.weight, std=0.01)
         self.fold = False
+        self.matmul_resize = False  # SpeedOptions.matmul_resize (Segmentor.set_matmul_resize)
 
     def set_fold(self, fold: bool) -> None:
         """Fold the per-stage Linear layers into the fusion conv and apply it at each stage's resolution (see the
@@ -69,7 +70,7 @@ class MLPHead(nn.Module):
                 w_i = fuse[:, stages - 1 - i].to(dtype)
                 weights.append(w_i @ linear.weight.to(dtype))
                 bias = bias + w_i @ linear.bias.to(dtype)
-        return conv1x1_resized_concat(features, torch.cat(weights, dim=1), size, bias)
+        return conv1x1_resized_concat(features, torch.cat(weights, dim=1), size, bias, self.matmul_resize)
 
     def forward(self, features: Sequence[torch.Tensor], return_decoder: bool = False):
         """Per-stage maps (B, C_i, H_i, W_i) → logits (B, K, H_0, W_0) at the first map's resolution; with
@@ -86,7 +87,7 @@ class MLPHead(nn.Module):
             x = self.fuse[2](self.fuse[1](self._folded_fusion(features, size)))
         else:
             projected = [
-                resize(F.conv2d(f, linear.weight[:, :, None, None], linear.bias), size)
+                resize(F.conv2d(f, linear.weight[:, :, None, None], linear.bias), size, self.matmul_resize)
                 for linear, f in zip(self.linear, features, strict=True)
             ]
             x = self.fuse(torch.cat(projected[::-1], dim=1))
