@@ -124,21 +124,21 @@ def option_sets(args, device) -> dict:
                 compile_scope=args.compile_scope, compile_mode=args.compile_mode, cuda_graph=args.cuda_graph,
                 cuda_graph_train=args.cuda_graph_train, tf32=args.tf32,
                 fused_optimizer=args.fused_adamw or exact.fused_optimizer)
-    if args.sweep:
-        for switch in SWITCHES:
-            value = getattr(fast, switch)
-            if value == getattr(exact, switch) or (switch == "cuda_graph" and device.type != "cuda"):
-                continue
-            sets[f"exact + {switch}"] = exact.with_(**{switch: value})
+    if args.sweep:  # the rows around the fast set first: a sweep cut off by a time limit keeps those
+        if device.type == "cuda":  # not in the fast set yet: what it would give, on the captured step where there is
+            # one (the uncaptured step is bound by the host on fast GPUs, which would hide a device-side saving)
+            base = "graphed" if "graphed" in sets else "fast"
+            sets[f"{base} + matmul_resize"] = sets.get(base, fast).with_(matmul_resize=True)
         for switch in ("cast_weights", "lowp_norms"):  # need the low precision: measured as the fast set without
             if getattr(fast, switch):
                 sets[f"fast - {switch}"] = fast.with_(**{switch: False})
         # what the folded head saves under the fast set's precision (exact + fold_head measures it in fp32)
         sets["fast - fold_head"] = fast.with_(fold_head=False)
-        if device.type == "cuda":  # not in the fast set yet: what it would give, on the captured step where there is
-            # one (the uncaptured step is bound by the host on fast GPUs, which would hide a device-side saving)
-            base = "graphed" if "graphed" in sets else "fast"
-            sets[f"{base} + matmul_resize"] = sets.get(base, fast).with_(matmul_resize=True)
+        for switch in SWITCHES:
+            value = getattr(fast, switch)
+            if value == getattr(exact, switch) or (switch == "cuda_graph" and device.type != "cuda"):
+                continue
+            sets[f"exact + {switch}"] = exact.with_(**{switch: value})
     return sets
 
 
