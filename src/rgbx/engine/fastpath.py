@@ -62,8 +62,7 @@ each switch does:
   memory speed and their backward pass needs no atomics (on the H100 bilinear upsampling took 9.5 % of CMX-B2's
   captured bf16 training step, about 1 ms per full-size call forward or backward). The same values up to rounding.
   On the 2-core CPU it changes little (CMX-B0: latency 1.05×, training step 1.02×). Not in either fast set until
-  measured on a GPU:
-  the sweep's row ``graphed + matmul_resize`` (``fast + ...`` without ``--options graphed``).
+  measured on a GPU: the sweep's row ``graphed + matmul_resize`` (``fast + ...`` without ``--options graphed``).
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).

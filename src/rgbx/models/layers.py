@@ -198,6 +198,8 @@ def interpolation_matrix(n_in: int, n_out: int, device: torch.device, dtype: tor
             eye = torch.eye(n_in, dtype=torch.float64)[None]  # n_in signals of length n_in
             m = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].t().contiguous()
             m = m.to(device=device, dtype=dtype)
+        if len(_INTERPOLATION_MATRICES) >= 256:  # inference at many sizes: start again rather than grow
+            _INTERPOLATION_MATRICES.clear()
         _INTERPOLATION_MATRICES[key] = m
     return m
 

@@ -90,8 +90,8 @@ class ColorJitter:
         w = _GRAY_WEIGHTS[None, :]
         sat = s * torch.eye(3, dtype=torch.float64) + (1 - s) * torch.ones(3, 1, dtype=torch.float64) @ w
         rs = _hue_rotation(2 * math.pi * h) @ sat
-        beta = ((1 - c) * mu * rs.sum(dim=1, keepdim=True)).to(x.dtype)  # R S 1: each row's sum
-        out = torch.addmm(beta, (rs * (c * b)).to(x.dtype), x.reshape(3, -1))
+        beta = ((1 - c) * mu * rs.sum(dim=1, keepdim=True)).to(x.device, x.dtype)  # R S 1: each row's sum
+        out = torch.addmm(beta, (rs * (c * b)).to(x.device, x.dtype), x.reshape(3, -1))
         return out.view_as(x).clamp_(0.0, 1.0)
 
 
