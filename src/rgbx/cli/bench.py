@@ -27,10 +27,11 @@ option sets (--options): exact = fp32, explicit attention, no compilation, PyTor
 arithmetic); fast = what helps on the device (CUDA: bf16 autocast, fused attention, channels-last, folded head,
 bf16 LayerNorms, TF32, fused AdamW, CUDA-graph inference; CPU: fused attention, channels-last, folded head, bf16
 where the processor has AMX / AVX-512 BF16); graphed = fast + the whole training step replayed as one CUDA graph
-(CUDA only); compiled = fast + torch.compile (on CUDA, inside the graphed training step); custom = exact changed by the switch flags below. --sweep adds one set
-per switch of the fast set: exact with only that switch turned on (torch.compile is measured by the compiled set),
-and for the folded head and the switches that need the low precision (weights cast once, bf16 LayerNorms) the fast
-set without that switch.
+(CUDA only); compiled = fast + torch.compile (on CUDA, inside the graphed training step); custom = exact changed
+by the switch flags below. --sweep adds one set per switch of the fast set: exact with only that switch turned on
+(torch.compile is measured by the compiled set), for the folded head and the switches that need the low precision
+(weights cast once, bf16 LayerNorms) the fast set without that switch, and on CUDA the graphed (or fast) set with
+the switch not yet in it (matmul_resize).
 
 Defaults follow the device: on the CPU training at batch 2 on 240x320 and inference at 480x640 (the project's CPU
 anchors); on CUDA training at batch 8 on 480x640.
@@ -92,7 +93,8 @@ def add_parser(sub) -> None:
     data.add_argument("--split", default="train", help="split to read (default train)")
     data.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader processes to try (default 0 2)")
     data.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    data.add_argument("--batches", type=int, default=10, help="timed batches (default 10; at least 4 per worker, twice what the workers prepare ahead)")
+    data.add_argument("--batches", type=int, default=10,
+                      help="timed batches (default 10; at least 4 per worker: twice what the workers prepare ahead)")
     data.add_argument("--crop", type=parse_size, default=(480, 640), metavar="HxW", help="training crop")
 
 
