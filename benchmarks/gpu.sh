@@ -10,9 +10,10 @@
 #   REF_CMX=/tmp/cmx_ref REF_DFORMER=/tmp/dformer_ref benchmarks/gpu.sh
 #
 # The checks that are not part of the table need a second command (the table alone fills most of the first):
-# the GPU-only tests, `rgbx train` eager against captured, and torch.compile (minutes of compilation):
+# the GPU-only tests and torch.compile (minutes of compilation), and, given time, `rgbx train` eager against
+# captured (STEPS="... train"):
 #
-#   STEPS="tests train compile" TOTAL=300 OUT_MD=benchmarks/gpu_checks.md benchmarks/gpu.sh
+#   STEPS="tests compile" TOTAL=270 OUT_MD=benchmarks/gpu_checks.md benchmarks/gpu.sh; cp .inductor_cache.tgz $OUT/
 #
 # torch.compile starts from nothing on a fresh machine (and has not finished inside the suite on an H100), so its
 # caches (inductor's compiled graphs, Triton's kernels) are kept in INDUCTOR_CACHE (default .inductor_cache, never

@@ -121,9 +121,8 @@ def option_sets(args, device) -> dict:
             sets["custom"] = exact.with_(
                 precision=args.precision or exact.precision, attn_impl=args.attn or exact.attn_impl,
                 channels_last=args.channels_last, fold_head=args.fold_head, lowp_norms=args.lowp_norms,
-                matmul_resize=args.matmul_resize,
-                compile=args.compile,
-                compile_scope=args.compile_scope, compile_mode=args.compile_mode, cuda_graph=args.cuda_graph,
+                matmul_resize=args.matmul_resize, compile=args.compile, compile_scope=args.compile_scope,
+                compile_mode=args.compile_mode, cuda_graph=args.cuda_graph,
                 cuda_graph_train=args.cuda_graph_train, tf32=args.tf32,
                 fused_optimizer=args.fused_adamw or exact.fused_optimizer)
     if args.sweep:  # the rows around the fast set first: a sweep cut off by a time limit keeps those

@@ -150,8 +150,8 @@ class Segmentor(nn.Module):
         else:
             logits = self.head(encoded.fused)
         return SegOutput(
-            logits=resize(logits, size, self.matmul_resize), fused=encoded.fused, features=encoded.features, present=encoded.present,
-            decoder=decoder,
+            logits=resize(logits, size, matmul=self.matmul_resize), fused=encoded.fused, features=encoded.features,
+            present=encoded.present, decoder=decoder,
         )
 
 

@@ -177,7 +177,7 @@ class DFormerAttention(nn.Module):
         else:
             out = ((query * d**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         out = out.transpose(2, 3).reshape(b, heads * d, win, win)  # channel = head · d + i
-        out = resize(out, (h, w), self.matmul_resize)
+        out = resize(out, (h, w), matmul=self.matmul_resize)
         return out.permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -278,7 +278,7 @@ class DFormer(nn.Module):
             self.downsample_layers.append(_downsample(dims[i - 1], dims[i]))
             self.downsample_layers_e.append(_downsample(dims[i - 1] // 2, dims[i] // 2))
         total = sum(arch.depths)
-        rates = stochastic_depth_rates(drop_path_rate, total)  # torch.linspace
+        rates = stochastic_depth_rates(drop_path_rate, total)
         self.stages = nn.ModuleList()
         cur = 0
         for i in range(n):

@@ -288,7 +288,7 @@ class LightHamHead(nn.Module):
 
     def _squeeze(self, selected: Sequence[torch.Tensor], size) -> torch.Tensor:
         if not self.fold:
-            return self.squeeze(torch.cat([resize(f, size, self.matmul_resize) for f in selected], dim=1))
+            return self.squeeze(torch.cat([resize(f, size, matmul=self.matmul_resize) for f in selected], dim=1))
         sq = self.squeeze
         x = conv1x1_resized_concat(selected, sq.conv.weight, size, sq.conv.bias, self.matmul_resize)
         if sq.bn is not None:

@@ -87,7 +87,7 @@ class MLPHead(nn.Module):
             x = self.fuse[2](self.fuse[1](self._folded_fusion(features, size)))
         else:
             projected = [
-                resize(F.conv2d(f, linear.weight[:, :, None, None], linear.bias), size, self.matmul_resize)
+                resize(F.conv2d(f, linear.weight[:, :, None, None], linear.bias), size, matmul=self.matmul_resize)
                 for linear, f in zip(self.linear, features, strict=True)
             ]
             x = self.fuse(torch.cat(projected[::-1], dim=1))
