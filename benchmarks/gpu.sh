@@ -82,7 +82,8 @@ if want tests; then
         # the whole output (tracebacks, the failures' summary, the slowest tests) goes to tests_full.log, and the
         # result lines and the failures' reasons to gpu.md
         STEP_SIGNAL=INT run_step 150 python -m pytest -v -rfE --tb=short --durations=12 -p no:cacheprovider "${per_test[@]}" -m gpu \
-            tests/engine/test_bench.py tests/engine/test_gpu.py tests/models/test_layers.py 2>&1 | grep -v "^$" \
+            tests/engine/test_bench.py tests/engine/test_gpu.py tests/models/test_layers.py \
+            tests/data/test_batch_geometry.py 2>&1 | grep -v "^$" \
             | while IFS= read -r line; do echo "[$(( $(date +%s) - start ))s] $line"; done > "$LOG_DIR/tests_full.log"
         grep -E "(PASSED|FAILED|ERROR|SKIPPED)( |$)|^\[[0-9]+s\] (E  |FAILED|ERROR|[0-9.]+s (call|setup))|passed|failed" \
             "$LOG_DIR/tests_full.log" | grep -v "^\[[0-9]*s\] \(platform\|plugins\|rootdir\)" | head -80 \
@@ -135,12 +136,13 @@ if want sweep; then
         --json "$LOG_DIR/sweep.json" 2>&1 | tee "$LOG_DIR/sweep.log"
 fi
 
-# 4. does the input pipeline keep up? RGB-D 480x640 read + decode + augment, samples/s with N loader workers
+# 4. does the input pipeline keep up? RGB-D 480x640 read + decode + augment, samples/s with N loader workers, the
+#    geometric step in the workers (sample) or on each batch on the GPU (batch: data.geometric_on=batch)
 if want data; then
     # (96 samples: making 192 took more than the 15 s the last H100 run had left for this step)
-    run_step 60 bash -c "$RGBX synth '$LOG_DIR/synth480' --train 96 --val 2 --test 2 --size 480x640 >/dev/null && \
+    run_step 75 bash -c "$RGBX synth '$LOG_DIR/synth480' --train 96 --val 2 --test 2 --size 480x640 >/dev/null && \
         $RGBX bench --data '$LOG_DIR/synth480' --modalities rgb depth --workers 1 4 8 12 --crop 480x640 \
-        --batch 8 --batches 10" 2>&1 | tee "$LOG_DIR/data.log"
+        --batch 8 --batches 10 --geometric-on batch sample --device $DEVICE" 2>&1 | tee "$LOG_DIR/data.log"
     rm -rf "$LOG_DIR/synth480"
 fi
 

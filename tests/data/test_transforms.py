@@ -216,13 +216,13 @@ def test_resize_crop_equals_resize_then_crop(name):
 def test_bilinear_window_is_the_column_gather_bit_for_bit(dtype):
     """The window's column pass runs on transposed rows of only the source columns it reads; the values are those
     of gathering the columns in place, bit for bit (same taps, same lerps)."""
-    from rgbx.data.transforms.geometric import _linear_taps, _resize_bilinear_window
+    from rgbx.data.transforms.geometric import _resize_bilinear_window, linear_taps
 
     x = (torch.rand(3, 30, 50, generator=gen(2)) * 255).to(dtype)
     for size, window in [((61, 99), (slice(0, 24), slice(0, 32))), ((61, 99), (slice(37, 61), slice(67, 99))),
                          ((45, 50), (slice(3, 40), slice(0, 50))), ((31, 51), (slice(0, 31), slice(1, 51)))]:
-        y0, y1, wy = _linear_taps(30, size[0], window[0])
-        x0, x1, wx = _linear_taps(50, size[1], window[1])
+        y0, y1, wy = linear_taps(30, size[0], window[0])
+        x0, x1, wx = linear_taps(50, size[1], window[1])
         rows = torch.lerp(x.float().index_select(-2, y0), x.float().index_select(-2, y1), wy[:, None])
         want = torch.lerp(rows.index_select(-1, x0), rows.index_select(-1, x1), wx).to(dtype)
         got = _resize_bilinear_window(x, size, window)

@@ -333,6 +333,37 @@ def test_rgbx_bench_data_times_the_input_pipeline(tmp_path, capsys):
     assert rc != 0 and "fewer than one batch of 8" in capsys.readouterr().err
 
 
+def test_rgbx_bench_data_times_the_geometric_step_on_the_batch(tmp_path):
+    """--geometric-on batch: the workers leave resize / crop / flip to the batch, which is moved to --device and
+    transformed there inside the timed loop (every batch, warm-up included)."""
+    from rgbx.data import build_dataset
+    from rgbx.data.transforms import TrainTransform
+    from rgbx.engine.bench import bench_data
+
+    root = make_dataset(tmp_path / "ds", n=4)
+    out = tmp_path / "data.json"
+    assert main(["bench", "--data", str(root), "--modalities", "rgb", "depth", "--workers", "0", "--batch", "2",
+                 "--batches", "2", "--crop", "16x16", "--geometric-on", "sample", "batch", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["geometric_on"] for r in rows] == ["sample", "batch (cpu)"]
+
+    dataset = build_dataset("folder", root, "train", modalities=["rgb", "depth"])
+    dataset.transform = TrainTransform(crop_size=(16, 16), geometric_on="batch")
+    step, seen = dataset.transform.batch_geometry(), []
+
+    def recording(batch):
+        seen.append((batch.inputs["rgb"].shape, batch.geometry is not None))
+        out = step(batch)
+        seen.append((out.inputs["rgb"].shape, out.geometry is not None))
+        return out
+
+    row = bench_data(dataset, 2, 0, batches=3, batch_transform=recording, device="cpu")
+    assert row["samples_per_s"] > 0 and len(seen) == 2 * (row["warmup"] + row["batches"])
+    size = tuple(dataset[0]["inputs"]["rgb"].shape[-2:])
+    assert seen[0] == ((2, 3, *size), True) and seen[1] == ((2, 3, 16, 16), False)
+
+
 def test_compare_reference_agreement_check_detects_different_weights():
     sys.path.insert(0, str(BENCHMARKS))
     try:

@@ -118,13 +118,15 @@ def test_graphed_training_resumes_an_eager_run(tmp_path):
     assert len(losses) == 10 and all(loss == loss and loss < 10 for loss in losses)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "bf16, geometric step on the batch"])
 def test_train_on_cuda(tmp_path, precision):
+    extra = ["data.geometric_on=batch", "data.num_workers=1"] if "batch" in precision else []
     root = make_dataset(tmp_path / "d", n=8)
     cfg = load_config(None, [f"data.root={root}", f"output_dir={tmp_path / 'run'}", "model.backbone=mit_nano",
                              "model.head_channels=16", "data.crop_size=[16,16]", "data.num_workers=0",
                              "train.batch_size=2", "train.iters=4", "train.eval_every=0", "train.device=cuda",
-                             f"train.precision={precision}", "model.modalities=[rgb,depth,thermal]"])
+                             f"train.precision={precision.split(',')[0]}", "model.modalities=[rgb,depth,thermal]",
+                             *extra])
     trainer = Trainer(cfg, reporter=Reporter(quiet=True))
     assert next(trainer.model.parameters()).is_cuda
     metrics = trainer.fit()

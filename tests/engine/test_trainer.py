@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -73,6 +74,36 @@ def test_resume_in_process_is_bit_exact(tmp_path, monkeypatch):
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert full_metrics["subsets"] == resumed_metrics["subsets"]
+
+
+def test_the_geometric_step_on_the_batch_trains_like_the_per_sample_one(tmp_path):
+    """data.geometric_on=batch: the workers (one real worker process here) leave resize / crop / flip to the
+    training device. The step sees the per-sample pipeline's batches (same draws; labels and depth bit for bit),
+    and the run logs the same losses."""
+    import csv
+
+    root = make_dataset(tmp_path / "d", n=8)
+    extra = ["train.iters=4", "train.log_every=1", "train.eval_every=0", "data.scale_range=[0.5,2.0]"]
+    per_sample = Trainer(tiny_config(root, tmp_path / "a", *extra), reporter=Reporter(quiet=True))
+    per_batch = Trainer(tiny_config(root, tmp_path / "b", *extra, "data.geometric_on=batch", "data.num_workers=1"),
+                        reporter=Reporter(quiet=True))
+    assert per_batch.batch_geometry is not None and per_sample.batch_geometry is None
+    for a, b in itertools.islice(zip(per_sample._train_loader(), per_batch._train_loader()), 4):  # endless
+        assert b.geometry is not None and a.geometry is None
+        b = per_batch._to_device(b)
+        assert b.geometry is None and torch.equal(a.label, b.label)
+        assert torch.equal(a.inputs["depth"], b.inputs["depth"])
+        for name in ("rgb", "thermal"):
+            torch.testing.assert_close(a.inputs[name], b.inputs[name], rtol=0, atol=2e-6)
+    per_sample.fit()
+    per_batch.fit()
+
+    def losses(run):
+        with (tmp_path / run / "metrics.csv").open() as f:
+            return [float(row["loss"]) for row in csv.DictReader(f)]
+
+    assert len(losses("b")) == 4
+    assert losses("b") == pytest.approx(losses("a"), rel=1e-4)
 
 
 @pytest.mark.slow

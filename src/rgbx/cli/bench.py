@@ -22,6 +22,7 @@ EXAMPLES = """  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth
   rgbx bench --backbone dformer_l --fusion dformer --head ham --modalities rgb depth --num-classes 40 \\
       --device cuda --train-batch 8 --train-size 480x640
   rgbx bench --data data/synth --modalities rgb depth --workers 0 2 4 --crop 480x640   # input pipeline
+  rgbx bench --data data/synth --modalities rgb depth --workers 4 8 --geometric-on sample batch --device cuda
 
 option sets (--options): exact = fp32, explicit attention, no compilation, PyTorch's default AdamW (the reference
 arithmetic); fast = what helps on the device (CUDA: bf16 autocast, fused attention, channels-last, folded head,
@@ -96,6 +97,10 @@ def add_parser(sub) -> None:
     data.add_argument("--batches", type=int, default=10,
                       help="timed batches (default 10; at least 4 per worker: twice what the workers prepare ahead)")
     data.add_argument("--crop", type=parse_size, default=(480, 640), metavar="HxW", help="training crop")
+    data.add_argument("--geometric-on", nargs="+", choices=["sample", "batch"], default=["sample"],
+                      help="where the random resize / crop / flip runs, each tried (default sample): 'sample' in "
+                           "the workers, 'batch' on each collated batch on --device, timed with the workers "
+                           "(data.geometric_on)")
 
 
 def option_sets(args, device) -> dict:
@@ -205,19 +210,24 @@ def run_data(args) -> int:
 
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=args.modalities,
                             **parse_options(args.option))
-    dataset.transform = TrainTransform(crop_size=args.crop, ignore_index=dataset.description.ignore_index)
+    device = resolve_device(args.device)
     rows = []
-    for workers in args.workers:
-        try:
-            rows.append(bench_data(dataset, args.batch, workers, args.batches))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    for where in args.geometric_on:
+        dataset.transform = TrainTransform(crop_size=args.crop, ignore_index=dataset.description.ignore_index,
+                                           geometric_on=where)
+        step = dataset.transform.batch_geometry() if where == "batch" else None
+        for workers in args.workers:
+            try:
+                rows.append(bench_data(dataset, args.batch, workers, args.batches, batch_transform=step,
+                                       device=device))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
     table = Table(title=f"input pipeline: {args.data} ({args.split}, {len(dataset)} samples, "
                         f"{'+'.join(dataset.sources)}, crop {args.crop[0]}x{args.crop[1]})")
-    for col in ("workers", "batch", "samples/s", "ms / batch"):
+    for col in ("geometric on", "workers", "batch", "samples/s", "ms / batch"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["workers"]), str(r["batch"]), f"{r['samples_per_s']:.1f}",
+        table.add_row(r["geometric_on"], str(r["workers"]), str(r["batch"]), f"{r['samples_per_s']:.1f}",
                       f"{1e3 * r['seconds'] / r['batches']:.0f}")
     Console().print(table)
     if args.json:

@@ -15,6 +15,7 @@ samples without it hold the spec's ``fill`` value there and ``present[name][i]``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -96,6 +97,25 @@ def normalize_sample(sample: Sample) -> Sample:
 
 
 @dataclass
+class GeometryDraws:
+    """The geometric augmentation draws of a collated batch whose samples left that step for the batch
+    (``TrainTransform(geometric_on="batch")``, applied by :class:`~rgbx.data.transforms.BatchGeometry`); kept on
+    the host.
+
+    Attributes:
+        draws: (B, 4) float64: resize factor, crop position draws (top, left) in [0, 1), flip (1.0 or 0.0).
+        sizes: (B, 2) int64: each sample's source (H, W); the collated maps are padded at the bottom / right to
+            the largest.
+    """
+
+    draws: torch.Tensor
+    sizes: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.draws.shape[0]
+
+
+@dataclass
 class Batch:
     """A collated batch.
 
@@ -104,12 +124,19 @@ class Batch:
         present: modality → (B,) bool, which samples really have the modality.
         label: (B, H, W) int64, or None for unlabelled data.
         meta: one dict per sample.
+        geometry: the geometric augmentation still to apply (:class:`GeometryDraws`; the maps are then at their
+            source size), or None.
     """
 
     inputs: dict[str, torch.Tensor]
     present: dict[str, torch.Tensor]
     label: torch.Tensor | None = None
     meta: list[dict] = field(default_factory=list)
+    geometry: GeometryDraws | None = None
+
+    def replace(self, **changes) -> Batch:
+        """A copy with the given fields replaced."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -120,19 +147,17 @@ class Batch:
 
     def to(self, device, non_blocking: bool = False) -> Batch:
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return Batch(
-            {k: move(v) for k, v in self.inputs.items()},
-            {k: move(v) for k, v in self.present.items()},
-            None if self.label is None else move(self.label),
-            self.meta,
+        return self.replace(  # the geometric draws stay on the host, which plans the step from them
+            inputs={k: move(v) for k, v in self.inputs.items()},
+            present={k: move(v) for k, v in self.present.items()},
+            label=None if self.label is None else move(self.label),
         )
 
     def pin_memory(self) -> Batch:
-        return Batch(
-            {k: v.pin_memory() for k, v in self.inputs.items()},
-            {k: v.pin_memory() for k, v in self.present.items()},
-            None if self.label is None else self.label.pin_memory(),
-            self.meta,
+        return self.replace(
+            inputs={k: v.pin_memory() for k, v in self.inputs.items()},
+            present={k: v.pin_memory() for k, v in self.present.items()},
+            label=None if self.label is None else self.label.pin_memory(),
         )
 
     def with_modalities(self, names: Iterable[str]) -> Batch:
@@ -142,7 +167,7 @@ class Batch:
             present = self.present.subset(keep)
         else:
             present = {n: self.present[n] for n in keep}
-        return Batch({n: self.inputs[n] for n in keep}, present, self.label, self.meta)
+        return self.replace(inputs={n: self.inputs[n] for n in keep}, present=present)
 
     def drop(self, mask: dict[str, torch.Tensor]) -> Batch:
         """Mark modality ``m`` absent for the samples where ``mask[m]`` is True (fill value written in).
@@ -170,7 +195,7 @@ class Batch:
             present[name] = keep
         if known is not None:
             present = PresenceMasks(present, certain, host, known.on_device)
-        return Batch(inputs, present, self.label, self.meta)
+        return self.replace(inputs=inputs, present=present)
 
     def with_every(self, names: Iterable[str]) -> Batch:
         """The batch with every modality of ``names`` in ``inputs``: one that no sample of this batch has is added
@@ -190,13 +215,23 @@ class Batch:
             known = self.present
             present = PresenceMasks(present, known.certain, {**known.host, **{
                 n: torch.zeros(b, dtype=torch.bool) for n in missing if not known.on_device}}, known.on_device)
-        return Batch(inputs, present, self.label, self.meta)
+        return self.replace(inputs=inputs, present=present)
 
 
 def collate(samples: Sequence[Sample]) -> Batch:
-    """Stack samples whose modalities may differ; absent modalities become fill + ``present=False``."""
+    """Stack samples whose modalities may differ; absent modalities become fill + ``present=False``.
+
+    Samples that carry geometric draws (``"geometry"``, from ``TrainTransform(geometric_on="batch")``) may differ
+    in size: their maps are padded at the bottom / right to the largest, and the draws and sizes go to
+    :attr:`Batch.geometry`."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
+    deferred = ["geometry" in s for s in samples]
+    if any(deferred):
+        if not all(deferred):
+            raise ValueError("cannot collate samples with and without geometric draws ('geometry'): all must come "
+                             "from TrainTransform(geometric_on='batch'), or none")
+        return _collate_padded(samples)
     names: list[str] = []
     for s in samples:
         for n in s["inputs"]:
@@ -222,3 +257,32 @@ def collate(samples: Sequence[Sample]) -> Batch:
     labels = [s.get("label") for s in samples]
     label = torch.stack(labels) if all(lb is not None for lb in labels) else None
     return Batch(inputs, present, label, [s.get("meta", {}) for s in samples])
+
+
+def _pad_to(x: torch.Tensor, size: tuple[int, int], value: float) -> torch.Tensor:
+    ph, pw = size[0] - x.shape[-2], size[1] - x.shape[-1]
+    return x if ph == pw == 0 else torch.nn.functional.pad(x, (0, pw, 0, ph), value=value)
+
+
+def _collate_padded(samples: Sequence[Sample]) -> Batch:
+    """:func:`collate` for samples at their source size with geometric draws: maps padded to the largest size."""
+    sizes = []
+    for s in samples:
+        shapes = {tuple(x.shape[-2:]) for x in s["inputs"].values()}
+        if s.get("label") is not None:
+            shapes.add(tuple(s["label"].shape[-2:]))
+        if len(shapes) != 1:
+            raise ValueError(f"sample {s.get('meta', {}).get('id')}: maps of sizes {sorted(shapes)}; a sample's "
+                             "maps must share one size")
+        sizes.append(shapes.pop())
+    big = (max(h for h, _ in sizes), max(w for _, w in sizes))
+    padded = [{**s, "inputs": {n: _pad_to(x, big, get_modality(n).fill) for n, x in s["inputs"].items()},
+               "label": None if s.get("label") is None else _pad_to(s["label"], big, 0)} for s in samples]
+    for s in padded:
+        del s["geometry"]
+    batch = collate(padded)
+    draws = torch.stack([torch.as_tensor(s["geometry"], dtype=torch.float64) for s in samples])
+    if draws.shape[1:] != (4,):
+        raise ValueError(f"geometric draws must be 4 numbers per sample (scale, top, left, flip), got shape "
+                         f"{tuple(draws.shape[1:])}")
+    return batch.replace(geometry=GeometryDraws(draws, torch.tensor(sizes, dtype=torch.int64)))

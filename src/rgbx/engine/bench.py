@@ -377,10 +377,14 @@ def _measure_option_set(entry: dict[str, Any], opts: SpeedOptions, st: _Setting)
 PREFETCH_FACTOR = 2  # batches a loader worker is asked for ahead (DataLoader's default)
 
 
-def bench_data(dataset, batch_size: int, workers: int, batches: int = 20, warmup: int | None = None
-               ) -> dict[str, Any]:
+def bench_data(dataset, batch_size: int, workers: int, batches: int = 20, warmup: int | None = None,
+               batch_transform=None, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Samples/s of the input pipeline (read + decode + augment + collate) of ``dataset`` with ``workers`` loader
     processes, over ``batches`` batches after ``warmup`` batches.
+
+    With ``batch_transform`` (the geometric step of a ``TrainTransform(geometric_on="batch")`` dataset,
+    :class:`~rgbx.data.transforms.BatchGeometry`), each batch is moved to ``device`` (from pinned memory on CUDA)
+    and transformed there in this process, as the trainer does, and that is timed too (to the device's last kernel).
 
     Batches the workers prepare ahead (2 each) must not be counted as made in the timed window: the warm-up
     (default: ``workers`` × 2 batches, at least 2) absorbs the workers' start-up and what they prepared during it,
@@ -398,16 +402,33 @@ def bench_data(dataset, batch_size: int, workers: int, batches: int = 20, warmup
         raise ValueError(f"bench_data: {len(dataset)} samples, fewer than one batch of {batch_size}")
     sampler = torch.utils.data.RandomSampler(dataset, num_samples=need * batch_size,
                                              generator=torch.Generator().manual_seed(0))
+    device = torch.device(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                          collate_fn=collate, drop_last=True, persistent_workers=False,
-                                         prefetch_factor=PREFETCH_FACTOR if workers else None)
+                                         prefetch_factor=PREFETCH_FACTOR if workers else None,
+                                         pin_memory=batch_transform is not None and device.type == "cuda")
     it = iter(loader)
+
+    def one(it):
+        batch = next(it)
+        if batch_transform is not None:
+            batch = batch_transform(batch.to(device, non_blocking=True))
+        return batch
+
     for _ in range(warmup):
-        next(it)
+        one(it)
+    _synchronize(device)
     t0 = time.perf_counter()
     for _ in range(batches):
-        next(it)
+        one(it)
+    _synchronize(device)
     dt = time.perf_counter() - t0
     del it
     return {"workers": workers, "batch": batch_size, "batches": batches, "warmup": warmup, "seconds": dt,
-            "samples_per_s": batches * batch_size / dt}
+            "samples_per_s": batches * batch_size / dt,
+            "geometric_on": "sample" if batch_transform is None else f"batch ({device.type})"}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -31,6 +31,9 @@ class DataConfig:
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     hflip_prob: float = 0.5
     photometric: bool = True
+    # where the random resize / crop / flip runs: "sample" (each sample, in the loader workers) or "batch" (the
+    # collated batch, on the training device: frees the workers' CPUs when they cannot keep up with the GPU)
+    geometric_on: str = "sample"
     num_workers: int | None = None  # loader processes; None = auto (engine.trainer.loader_workers)
     check: str = "headers"  # dataset validation when opened: none | headers | full
 
@@ -168,6 +171,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
          "data.scale_range must be [min, max] with 0 < min <= max"),
         (0.0 <= cfg.method.modality_dropout < 1.0, "method.modality_dropout must be in [0, 1)"),
         (cfg.data.check in ("none", "headers", "full"), "data.check must be none, headers or full"),
+        (cfg.data.geometric_on in ("sample", "batch"), "data.geometric_on must be sample or batch"),
         (cfg.method.class_weighting in ("none", "enet"), "method.class_weighting must be none or enet"),
         (len(cfg.model.modalities) > 0, "model.modalities must list at least one modality"),
     ]

@@ -236,7 +236,9 @@ class Trainer:
         self.description = self.train_set.description
         self.train_set.transform = TrainTransform(
             crop_size=tuple(data.crop_size), scale_range=tuple(data.scale_range), hflip_prob=data.hflip_prob,
-            ignore_index=self.description.ignore_index, photometric=data.photometric)
+            ignore_index=self.description.ignore_index, photometric=data.photometric, geometric_on=data.geometric_on)
+        # the geometric step of batches whose samples left it for the batch (data.geometric_on=batch)
+        self.batch_geometry = (self.train_set.transform.batch_geometry() if data.geometric_on == "batch" else None)
         self.val_set = build_dataset(data.dataset, data.root, data.val_split, modalities=modalities,
                                      transform=EvalTransform(), check=data.check, **data.options)
         if len(self.train_set) < cfg.train.batch_size:
@@ -430,6 +432,8 @@ class Trainer:
             certain = [m for m, mask in host.items() if bool(mask.all())]
             batch = batch.to(self.device, non_blocking=True)
             batch.present = PresenceMasks(batch.present, certain, host)
+        if batch.geometry is not None:
+            batch = self.batch_geometry(batch)
         if self.speed.channels_last:
             batch.inputs = to_memory_format(batch.inputs, True)
         return batch

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 
 import torch
 
-from rgbx.data.transforms.geometric import resize_crop, resize_crop_label
+from rgbx.data.transforms.batch_geometry import BatchGeometry
+from rgbx.data.transforms.geometric import crop_window, resize_crop, resize_crop_label
 from rgbx.data.transforms.photometric import PHOTOMETRIC, PhotometricOp, _chance, _uniform
 from rgbx.errors import ConfigError, DataError
 from rgbx.modalities import get_modality
@@ -74,9 +75,13 @@ class TrainTransform:
         ignore_index: label value of padded pixels.
         photometric: True to apply each modality's ``spec.photometric`` ops, False for none, or a mapping
             name → op (or None to disable) overriding entries of :data:`PHOTOMETRIC`.
+        geometric_on: ``"sample"``: the geometric step runs here, on each sample (in the loader workers).
+            ``"batch"``: it is left for the batch: the sample keeps its size and carries its geometric draws
+            (``sample["geometry"]``), and :meth:`batch_geometry` applies them to the collated batch on its device
+            (:mod:`.batch_geometry`; the same draws and rules, so the same result up to float rounding).
 
     Call as ``transform(sample, generator)``; the sample's ``meta`` and any extra keys are kept, missing modalities
-    stay missing and a ``None`` label stays ``None``. Output maps are all ``crop_size``.
+    stay missing and a ``None`` label stays ``None``. Output maps are all ``crop_size`` (``geometric_on="sample"``).
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class TrainTransform:
         hflip_prob: float = 0.5,
         ignore_index: int = 255,
         photometric: bool | Mapping[str, PhotometricOp | None] = True,
+        geometric_on: str = "sample",
     ):
         self.crop_size = _pair(crop_size, "crop_size")
         lo, hi = (float(s) for s in scale_range)
@@ -97,6 +103,13 @@ class TrainTransform:
         self.hflip_prob = float(hflip_prob)
         self.ignore_index = int(ignore_index)
         self.photometric = photometric
+        if geometric_on not in ("sample", "batch"):
+            raise ConfigError(f"geometric_on must be 'sample' or 'batch', got {geometric_on!r}")
+        self.geometric_on = geometric_on
+
+    def batch_geometry(self) -> BatchGeometry:
+        """The geometric step for batches of samples made with ``geometric_on="batch"``."""
+        return BatchGeometry(self.crop_size, self.ignore_index)
 
     def _photometric_op(self, name: str) -> PhotometricOp | None:
         if isinstance(self.photometric, Mapping) and name in self.photometric:
@@ -126,11 +139,10 @@ class TrainTransform:
         if size is None:
             return {**sample, "inputs": inputs, "label": label}
 
-        h, w = size
-        new = (max(1, round(h * scale)), max(1, round(w * scale)))
-        ch, cw = self.crop_size
-        top = min(int(u_top * (max(new[0] - ch, 0) + 1)), max(new[0] - ch, 0))
-        left = min(int(u_left * (max(new[1] - cw, 0) + 1)), max(new[1] - cw, 0))
+        if self.geometric_on == "batch":
+            draws = torch.tensor([scale, u_top, u_left, float(flip)], dtype=torch.float64)
+            return {**sample, "inputs": inputs, "label": label, "geometry": draws}
+        new, top, left = crop_window(size, self.crop_size, scale, u_top, u_left)
 
         for name, x in inputs.items():
             spec = get_modality(name)
@@ -144,7 +156,8 @@ class TrainTransform:
     def __repr__(self) -> str:
         return (
             f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, "
-            f"hflip_prob={self.hflip_prob}, ignore_index={self.ignore_index}, photometric={self.photometric!r})"
+            f"hflip_prob={self.hflip_prob}, ignore_index={self.ignore_index}, photometric={self.photometric!r}, "
+            f"geometric_on={self.geometric_on!r})"
         )
 
 
