@@ -141,7 +141,7 @@ fi
 if want data; then
     # (96 samples: making 192 took more than the 15 s the last H100 run had left for this step)
     run_step 75 bash -c "$RGBX synth '$LOG_DIR/synth480' --train 96 --val 2 --test 2 --size 480x640 >/dev/null && \
-        $RGBX bench --data '$LOG_DIR/synth480' --modalities rgb depth --workers 1 4 8 12 --crop 480x640 \
+        $RGBX bench --data '$LOG_DIR/synth480' --modalities rgb depth --workers 4 8 12 --crop 480x640 \
         --batch 8 --batches 10 --geometric-on batch sample --device $DEVICE" 2>&1 | tee "$LOG_DIR/data.log"
     rm -rf "$LOG_DIR/synth480"
 fi
