@@ -239,6 +239,9 @@ class Trainer:
             ignore_index=self.description.ignore_index, photometric=data.photometric, geometric_on=data.geometric_on)
         # the geometric step of batches whose samples left it for the batch (data.geometric_on=batch)
         self.batch_geometry = (self.train_set.transform.batch_geometry() if data.geometric_on == "batch" else None)
+        if self.batch_geometry is not None and self.device.type == "cpu":
+            self.reporter.print("note: data.geometric_on=batch on the CPU: the training process resamples each batch, "
+                                "which costs more here than the loader workers doing it (data.geometric_on=sample)")
         self.val_set = build_dataset(data.dataset, data.root, data.val_split, modalities=modalities,
                                      transform=EvalTransform(), check=data.check, **data.options)
         if len(self.train_set) < cfg.train.batch_size:
