@@ -7,6 +7,8 @@ process's work in ``batch`` mode; on CUDA timed to the last kernel).
 
     rgbx synth /tmp/synth480 --train 64 --val 2 --test 2 --size 480x640
     python benchmarks/geometric_on.py /tmp/synth480 --device cpu
+    rgbx data pack /tmp/synth480 /tmp/synth480_decoded --decoded       # nothing left to decode
+    python benchmarks/geometric_on.py /tmp/synth480_decoded --dataset shards --device cpu
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def worker_ms(dataset, where: str, crop, batch: int, epoch: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("root", help="dataset root (rgbx folder format)")
+    p.add_argument("root", help="dataset root (rgbx folder format, or packed with --dataset shards)")
+    p.add_argument("--dataset", default="folder", help="folder, or shards (rgbx data pack [--decoded])")
     p.add_argument("--modalities", nargs="+", default=["rgb", "depth"])
     p.add_argument("--crop", default="480x640", help="training crop HxW")
     p.add_argument("--batch", type=int, default=8)
@@ -42,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     crop = tuple(int(v) for v in args.crop.split("x"))
-    dataset = build_dataset("folder", args.root, "train", modalities=args.modalities)
+    dataset = build_dataset(args.dataset, args.root, "train", modalities=args.modalities)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     times = {"sample": [], "batch": []}

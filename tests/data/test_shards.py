@@ -4,6 +4,7 @@ on them through `data.dataset=shards` (with loader worker processes)."""
 from __future__ import annotations
 
 import json
+import tarfile
 
 import pytest
 import torch
@@ -28,12 +29,18 @@ def folder_with_a_missing_sensor(tmp_path):
     return root
 
 
-def test_packed_samples_equal_the_folders(tmp_path):
+@pytest.mark.parametrize("decoded", [False, True])
+def test_packed_samples_equal_the_folders(tmp_path, decoded):
+    """Packed as the files are, or decoded (``.npy`` members: reading decodes nothing), the samples are the
+    folder's, bit for bit."""
     root = folder_with_a_missing_sensor(tmp_path)
-    summary = pack_dataset(root, tmp_path / "packed", shard_size=2)
+    summary = pack_dataset(root, tmp_path / "packed", shard_size=2, decoded=decoded)
     assert summary == {"train": {"samples": 5, "shards": 3}, "val": {"samples": 2, "shards": 1}}
     assert sorted(p.name for p in (tmp_path / "packed" / "shards").glob("*.tar")) == [
         "train-00000.tar", "train-00001.tar", "train-00002.tar", "val-00000.tar"]
+    with tarfile.open(tmp_path / "packed" / "shards" / "val-00000.tar") as tar:
+        names = tar.getnames()
+    assert names and all(n.endswith(".npy") == decoded for n in names), names
     for split in ("train", "val"):
         folder = build_dataset("folder", root, split)
         packed = build_dataset("shards", tmp_path / "packed", split, check="full")
@@ -89,11 +96,15 @@ def test_pack_never_replaces_what_it_did_not_write(tmp_path, capsys):
     assert main(["data", "pack", str(root), str(out)]) != 0
     assert main(["data", "pack", str(root), str(out), "--overwrite"]) == 0
     assert main(["data", "check", str(out), "--dataset", "shards"]) == 0
+    assert main(["data", "pack", str(root), str(out), "--overwrite", "--decoded"]) == 0
+    assert main(["data", "check", str(out), "--dataset", "shards"]) == 0
+    assert next((out / "shards").glob("*.json")).read_text().count('.npy", "npy"]') > 0
 
 
-def test_training_reads_the_shards_in_loader_processes(tmp_path):
+@pytest.mark.parametrize("decoded", [False, True])
+def test_training_reads_the_shards_in_loader_processes(tmp_path, decoded):
     root = make_dataset(tmp_path / "rig", n=6, size=(16, 20))
-    pack_dataset(root, tmp_path / "packed", shard_size=4)
+    pack_dataset(root, tmp_path / "packed", shard_size=4, decoded=decoded)
     cfg = load_config(None, [f"data.root={tmp_path / 'packed'}", "data.dataset=shards",
                              f"output_dir={tmp_path / 'run'}", "model.backbone=mit_nano", "model.head_channels=16",
                              "data.crop_size=[16,16]", "data.num_workers=1", "train.batch_size=2", "train.iters=3",

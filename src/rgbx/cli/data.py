@@ -12,6 +12,7 @@ EXAMPLES = """  rgbx data check data/synth
   rgbx data check my_rig --split train
   rgbx data stats data/synth --split train --limit 200
   rgbx data pack data/synth data/synth_shards --shard-size 500        # then data.dataset=shards
+  rgbx data pack data/synth data/synth_raw --decoded                  # nothing left to decode when training
   rgbx data synthesize my_rgbd --modalities event lidar --hfov 62   # events from RGB, pseudo-LiDAR from depth
   rgbx data synthesize my_rgb --modalities depth lidar --depth-model depth_anything.onnx --depth-output disparity \\
       --hfov 62
@@ -85,6 +86,9 @@ def add_parser(sub) -> None:
     k.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     k.add_argument("--split", nargs="+", help="only these splits (default: all)")
     k.add_argument("--overwrite", action="store_true", help="replace an earlier packed copy at OUT")
+    k.add_argument("--decoded", action="store_true",
+                   help="store each file's values as an uncompressed array: reading decodes nothing (a loader "
+                        "worker spends most of its time decoding PNGs), the shards are larger, the samples the same")
     k.set_defaults(data_run=run_pack)
 
 
@@ -197,7 +201,7 @@ def run_pack(args) -> int:
     reporter = Reporter()
     with reporter.progress(0, 0, "pack") as bar:
         summary = pack_dataset(args.root, args.out, shard_size=args.shard_size, splits=args.split,
-                               overwrite=args.overwrite, progress=bar.update)
+                               overwrite=args.overwrite, decoded=args.decoded, progress=bar.update)
     reporter.print(f"{args.out}: " + ", ".join(f"{s}: {v['samples']} samples in {v['shards']} shard(s)"
                                                for s, v in summary.items())
                    + " — train with data.dataset=shards data.root=" + str(args.out))

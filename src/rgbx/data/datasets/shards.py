@@ -38,9 +38,15 @@ INDEX_FORMAT = "rgbx-shards-1"
 
 
 def pack_dataset(root: str | Path, out: str | Path, *, shard_size: int = 1000, splits: Sequence[str] | None = None,
-                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+                 overwrite: bool = False, decoded: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
     """Pack a dataset folder in the rgbx format into tar shards (see the module docstring). The source is checked
     first (``rgbx data check``'s header checks), so a broken file is named before anything is written.
+
+    ``decoded``: store each file's values as read (a ``.npy`` array, member ``<folder>/<file name>.npy``) instead of
+    the file, so that reading a sample decodes nothing: a PNG takes most of a loader worker's time (9.8 ms of
+    14.5 ms to read an RGB-D 480×640 sample), an uncompressed array a fraction of a millisecond. The shards are
+    larger (an 8-bit RGB 480×640 image takes 0.9 MB); the samples are the same.
 
     Returns split → ``{"samples": N, "shards": K}``."""
     root, out = Path(root), Path(out)
@@ -77,13 +83,24 @@ def pack_dataset(root: str | Path, out: str | Path, *, shard_size: int = 1000, s
                         if path is None or not Path(path).is_file():
                             continue  # an optional sensor this sample lacks: absent in the shard too
                         member = f"{folders[kind]}/{Path(path).name}"
+                        if decoded:
+                            encoding = (ds.description.label if kind == "label"
+                                        else ds.description.modalities[kind]).encoding
+                            data = io.BytesIO()
+                            np.save(data, np.ascontiguousarray(ds.read_file(Path(path), encoding)))
+                            member, size = member + ".npy", data.tell()
+                            data.seek(0)
+                        else:
+                            data, size = open(path, "rb"), Path(path).stat().st_size  # noqa: SIM115
                         info = tarfile.TarInfo(member)
-                        info.size, info.mtime, info.mode = Path(path).stat().st_size, 0, 0o644
-                        with open(path, "rb") as f:
-                            tar.addfile(info, f)
+                        info.size, info.mtime, info.mode = size, 0, 0o644
+                        with data:
+                            tar.addfile(info, data)
                         # the data ends the archive so far, padded to whole 512-byte blocks
                         data_start = tar.offset - -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
                         files[kind] = [len(shards) - 1, data_start, info.size, member]
+                        if decoded:
+                            files[kind].append("npy")  # how the member is stored, when not as the folder's file
                     samples.append({"id": sample_id, "attributes": ds.attributes(sample_id), "files": files})
                     done += 1
                     if progress is not None:
@@ -119,13 +136,16 @@ class ShardedDataset(SegmentationDataset):
         self._shards = [self.root / "shards" / name for name in index["shards"]]
         self._files: dict[str, dict[str, Path]] = {}
         self._members: dict[str, tuple[Path, int, int]] = {}
+        self._stored_as: dict[str, str] = {}  # members stored decoded (pack_dataset(decoded=True)): "npy"
         self._attributes: dict[str, dict[str, str]] = {}
         for sample in index["samples"]:
             files = {}
-            for kind, (shard, offset, size, member) in sample["files"].items():
+            for kind, (shard, offset, size, member, *stored) in sample["files"].items():
                 virtual = self._shards[shard] / member
                 files[kind] = virtual
                 self._members[str(virtual)] = (self._shards[shard], int(offset), int(size))
+                if stored:
+                    self._stored_as[str(virtual)] = stored[0]
             self._files[sample["id"]] = files
             self._attributes[sample["id"]] = sample.get("attributes", {})
         return list(self._files)
@@ -157,13 +177,15 @@ class ShardedDataset(SegmentationDataset):
         return io.BytesIO(data)
 
     def read_file(self, path: Path, encoding: str) -> np.ndarray:
+        encoding = self._stored_as.get(str(path), encoding)
         try:
             return ENCODINGS.get(encoding).read(self._member(path))
         except DataError as e:  # the decoder names its input, a buffer here: name the member instead
             raise DataError(f"{path}: {str(e).split(': ', 1)[-1]}") from None
 
     def probe_path(self, path: Path, encoding: str) -> FileInfo:
-        if encoding == "npy":  # no memory map of a buffer: read the (small) array itself
+        encoding = self._stored_as.get(str(path), encoding)
+        if encoding == "npy":  # no memory map of a buffer: read the array itself
             arr = self.read_file(path, encoding)
             return FileInfo(arr.shape[0], str(arr.dtype), tuple(arr.shape[1:]))
         try:
