@@ -9,6 +9,9 @@ awkward to copy; a few hundred shards of ~1000 samples each are not. :func:`pack
     OUT/shards/<split>.json           the split's index: sample ids, attributes, and for every file its shard, byte
                                       offset and size
 
+Packed ``decoded``, each member is instead the array its file decodes to (``<file name>.npy``, marked ``"npy"`` in
+the index), so that reading a sample decodes nothing.
+
 :class:`ShardedDataset` reads any sample by seeking to its files' bytes (random access: the usual shuffling sampler,
 the per-process shares of multi-GPU training and every augmentation work unchanged), decodes them as the folder
 dataset would, and gives the same samples as the source folder, bit for bit. A file inside a shard is named
