@@ -112,3 +112,22 @@ def test_training_reads_the_shards_in_loader_processes(tmp_path, decoded):
     metrics = Trainer(cfg, reporter=Reporter(quiet=True)).fit()
     assert 0.0 <= metrics["subsets"]["rgb+depth+thermal"]["all"]["miou"] <= 1.0
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_opening_a_decoded_pack_reads_only_the_array_headers(tmp_path, monkeypatch):
+    """Opening checks every file's header; for a decoded pack that must not read every array."""
+    from rgbx.data.datasets.shards import ShardedDataset
+
+    root = make_dataset(tmp_path / "rig", n=4, size=(16, 20))
+    pack_dataset(root, tmp_path / "packed", decoded=True)
+    folder = build_dataset("folder", root, "train")
+
+    def no_full_reads(self, path, encoding):
+        raise AssertionError(f"read all of {path}")
+
+    with monkeypatch.context() as m:
+        m.setattr(ShardedDataset, "read_file", no_full_reads)
+        packed = build_dataset("shards", tmp_path / "packed", "train", check="headers")
+        info = packed.probe_path(packed.files(packed.ids[0])["rgb"], "png")
+    assert (info.channels, info.dtype, info.size) == (3, "uint8", (16, 20))
+    assert torch.equal(packed.load(0)["inputs"]["rgb"], folder.load(0)["inputs"]["rgb"])

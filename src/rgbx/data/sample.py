@@ -275,6 +275,7 @@ def _collate_padded(samples: Sequence[Sample]) -> Batch:
             raise ValueError(f"sample {s.get('meta', {}).get('id')}: maps of sizes {sorted(shapes)}; a sample's "
                              "maps must share one size")
         sizes.append(shapes.pop())
+    # the padding is never read: each sample's taps stay inside its own size
     big = (max(h for h, _ in sizes), max(w for _, w in sizes))
     padded = [{**s, "inputs": {n: _pad_to(x, big, get_modality(n).fill) for n, x in s["inputs"].items()},
                "label": None if s.get("label") is None else _pad_to(s["label"], big, 0)} for s in samples]

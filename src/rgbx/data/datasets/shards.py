@@ -167,17 +167,36 @@ class ShardedDataset(SegmentationDataset):
     def file_exists(self, path: Path) -> bool:
         return str(path) in self._members
 
-    def _member(self, path: Path) -> io.BytesIO:
+    def _member(self, path: Path, head: int | None = None) -> io.BytesIO:
+        """The member's bytes, or only its first ``head`` bytes (the shard is still checked to hold all of it)."""
         shard, offset, size = self._members[str(path)]
         try:
             with open(shard, "rb") as f:
+                end = f.seek(0, io.SEEK_END)
                 f.seek(offset)
-                data = f.read(size)
+                data = f.read(size if head is None else min(head, size))
         except OSError as e:
             raise DataError(f"{path}: cannot read the shard ({e})") from None
-        if len(data) != size:
-            raise DataError(f"{path}: the shard ends {size - len(data)} bytes early (truncated copy?)")
+        if end < offset + size:
+            raise DataError(f"{path}: the shard ends {offset + size - end} bytes early (truncated copy?)")
         return io.BytesIO(data)
+
+    def _npy_info(self, path: Path) -> FileInfo:
+        """Channels, dtype and size of an ``.npy`` member from its header alone (a decoded pack's members are all
+        arrays: opening the dataset checks every file's header, which must not read every array)."""
+        head = self._member(path, head=4096)
+        try:
+            version = np.lib.format.read_magic(head)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(head)
+        except ValueError:  # not an array, or a header longer than the bytes read: read the whole member
+            arr = self.read_file(path, "npy")
+            shape, dtype = arr.shape, arr.dtype
+        if len(shape) not in (2, 3):
+            raise DataError(f"{path}: expected an array of shape (H, W) or (C, H, W), got {shape}")
+        shape = shape if len(shape) == 3 else (1, *shape)
+        return FileInfo(shape[0], str(dtype), tuple(shape[1:]))
 
     def read_file(self, path: Path, encoding: str) -> np.ndarray:
         encoding = self._stored_as.get(str(path), encoding)
@@ -188,9 +207,8 @@ class ShardedDataset(SegmentationDataset):
 
     def probe_path(self, path: Path, encoding: str) -> FileInfo:
         encoding = self._stored_as.get(str(path), encoding)
-        if encoding == "npy":  # no memory map of a buffer: read the array itself
-            arr = self.read_file(path, encoding)
-            return FileInfo(arr.shape[0], str(arr.dtype), tuple(arr.shape[1:]))
+        if encoding == "npy":
+            return self._npy_info(path)
         try:
             return probe_file(self._member(path), encoding)
         except DataError as e:

@@ -136,28 +136,26 @@ def _stack(parts: list[tuple]) -> _Taps:
     return _Taps(index, weight, valid)
 
 
-def _resample(x: torch.Tensor, rows: _Taps, cols: _Taps) -> torch.Tensor:
-    """(B, C, H, W) → (B, C, h, w) by the taps: rows first (a weighted sum of gathered source rows), then columns.
-    Padded output pixels are left as they come (the caller fills them)."""
-    b, c, _, w_in = x.shape
-    h, w = rows.index.shape[1], cols.index.shape[1]
-    if rows.weight is not None:
-        x = x.float()
-
-    def gather(src: torch.Tensor, dim: int, index: torch.Tensor, shape) -> torch.Tensor:
-        return src.gather(dim, index.expand(shape))
-
-    y = None
-    for k in range(rows.index.shape[2]):
-        part = gather(x, 2, rows.index[:, None, :, k, None], (b, c, h, w_in))
-        y = part if rows.weight is None else (part.mul_(rows.weight[:, None, :, k, None]) if y is None
-                                               else y.addcmul_(part, rows.weight[:, None, :, k, None]))
+def _along(x: torch.Tensor, dim: int, taps: _Taps) -> torch.Tensor:
+    """Resample axis ``dim`` of (B, C, H, W) (2: rows, 3: columns) by the taps: one gather per tap, summed with the
+    taps' weights (a plain copy for one unweighted tap). Padded output pixels are left as they come (the caller
+    fills them)."""
+    line = (lambda t: t[:, None, :, None]) if dim == 2 else (lambda t: t[:, None, None, :])  # (B, n) → broadcast
+    shape = list(x.shape)
+    shape[dim] = taps.index.shape[1]
+    if taps.weight is None:
+        return x.gather(dim, line(taps.index[..., 0]).expand(shape))
+    x = x.float()
     out = None
-    for k in range(cols.index.shape[2]):
-        part = gather(y, 3, cols.index[:, None, None, :, k], (b, c, h, w))
-        out = part if cols.weight is None else (part.mul_(cols.weight[:, None, None, :, k]) if out is None
-                                                 else out.addcmul_(part, cols.weight[:, None, None, :, k]))
+    for k in range(taps.index.shape[2]):
+        part, w = x.gather(dim, line(taps.index[..., k]).expand(shape)), line(taps.weight[..., k])
+        out = part.mul_(w) if out is None else out.addcmul_(part, w)
     return out
+
+
+def _resample(x: torch.Tensor, rows: _Taps, cols: _Taps) -> torch.Tensor:
+    """(B, C, H, W) → (B, C, h, w) by the taps: rows first, then columns."""
+    return _along(_along(x, 2, rows), 3, cols)
 
 
 class BatchGeometry:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from rgbx.data.transforms.photometric import empty_value
 from rgbx.modalities import ModalitySpec
 
-__all__ = ["crop_pad", "crop_window", "nearest_index", "resize_crop", "resize_crop_label", "resize_label", "resize_modality"]
+__all__ = ["crop_pad", "crop_window", "linear_taps", "nearest_index", "resize_crop", "resize_crop_label",
+           "resize_label", "resize_modality", "resize_sparse_down"]
 
 
 def nearest_index(n_in: int, n_out: int, device=None) -> torch.Tensor:
@@ -114,7 +115,8 @@ def resize_sparse_down(x: torch.Tensor, size: tuple[int, int], empty: float | to
     )
     # no boolean indexing: its result's size would be read back from the device
     picked = x.reshape(c, -1).index_select(1, pick.clamp_min(0))
-    return torch.where(pick >= 0, picked, torch.as_tensor(empty, dtype=x.dtype, device=dev).view(-1, 1)).view(c, oh, ow)
+    empty = torch.as_tensor(empty, dtype=x.dtype, device=dev).view(-1, 1)
+    return torch.where(pick >= 0, picked, empty).view(c, oh, ow)
 
 
 def resize_modality(x: torch.Tensor, size: tuple[int, int], spec: ModalitySpec) -> torch.Tensor:
