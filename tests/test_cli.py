@@ -156,3 +156,38 @@ def test_demo_runs_end_to_end_on_tiny_settings(tmp_path, capsys):
     assert (out / "run" / "model.safetensors").is_file()
     assert len(list((out / "predictions" / "panels").glob("*.png"))) == 2
     assert "| rgb |" in (out / "results.md").read_text()
+
+
+def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
+    ids = [f"s{i:03d}" for i in range(4)]
+    root = make_dataset(tmp_path / "d", n=4, size=(32, 40), splits={"train": ids, "val": ids})
+    run = tmp_path / "run"
+    assert run_cli("train", "synth_cmx_b0", f"data.root={root}", f"output_dir={run}", *TINY,
+                   "data.crop_size=[32,40]", "model.modalities=[rgb,depth,thermal]", "train.iters=2", "--quiet") == 0
+    weights = run / "model.safetensors"
+    reports = {}
+    for name, flags in {"whole": [], "covering": ["--window", "64x64"],
+                        "sliding": ["--window", "16x24", "--stride", "8x8"]}.items():
+        reports[name] = tmp_path / f"{name}.json"
+        assert run_cli("eval", weights, "--data", root, "--json", reports[name], *flags) == 0
+    capsys.readouterr()
+    whole, covering, sliding = (json.loads(reports[n].read_text()) for n in ("whole", "covering", "sliding"))
+    assert whole["test_time"] == {"scales": [1.0], "flip": False, "window": None, "stride": None}
+    assert sliding["test_time"]["window"] == [16, 24] and sliding["test_time"]["stride"] == [8, 8]
+    assert covering["test_time"]["stride"] == [43, 43]  # two thirds of the window, rounded up
+    key = "rgb+depth+thermal"
+    assert covering["subsets"][key] == whole["subsets"][key]  # one window covering each image: the plain pass
+    assert sliding["subsets"][key]["all"]["pixels"] == whole["subsets"][key]["all"]["pixels"]
+    robust = tmp_path / "robust.json"
+    assert run_cli("eval", weights, "--data", root, "--robustness", "--window", "16x24", "--json", robust) == 0
+    assert json.loads(robust.read_text())["test_time"]["window"] == [16, 24]
+    assert run_cli("predict", weights, root, "--split", "val", "--out", tmp_path / "p", "--window", "16x16",
+                   "--no-panels") == 0
+    labels = sorted((tmp_path / "p" / "labels").glob("*.png"))
+    assert len(labels) == 4 and np.asarray(Image.open(labels[0])).shape == (32, 40)
+    assert "--stride goes with --window" in _error(capsys, "eval", weights, "--data", root, "--stride", "8x8")
+    assert "exceeds the window" in _error(capsys, "predict", weights, root, "--out", tmp_path / "q",
+                                          "--window", "8x8", "--stride", "16x8")
+    with pytest.raises(SystemExit):
+        run_cli("eval", weights, "--data", root, "--window", "big")
+    assert "--window: expected HxW" in capsys.readouterr().err

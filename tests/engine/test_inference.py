@@ -1,11 +1,15 @@
-"""Multi-scale + flip test-time inference."""
+"""Test-time inference: multi-scale + flip averaging and sliding windows."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 import rgbx
-from rgbx.engine.inference import predict_logits
+from rgbx.engine.inference import SlidingWindow, predict_logits, window_starts
+from rgbx.errors import ConfigError
 
 
 def _model():
@@ -40,3 +44,86 @@ def test_multiscale_output_at_input_size_and_a_distribution():
     probs = predict_logits(model, x, scales=(0.5, 1.0, 1.5), flip=True)
     assert probs.shape == (2, 3, 32, 48)
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 32, 48))
+
+
+# -- sliding windows -------------------------------------------------------------------------------------------------
+class _Pointwise(torch.nn.Module):
+    """A model without spatial context (a 1×1 convolution of the concatenated sensors): any window sees the same
+    values at a pixel as the whole image does, so sliding windows must reproduce the whole-image logits exactly
+    wherever the windows are placed and however often they overlap."""
+
+    modalities = ("rgb", "lidar")
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(4, 3, 1)
+        self.calls = []
+
+    def forward(self, inputs, present=None):
+        x = torch.cat([inputs["rgb"], inputs["lidar"]], 1)
+        self.calls.append(tuple(x.shape[-2:]))
+        return SimpleNamespace(logits=self.conv(x))
+
+
+@pytest.mark.parametrize("window, stride", [((16, 20), None), ((16, 20), (5, 7)), ((32, 48), None), ((40, 64), None),
+                                            ((7, 11), (7, 11)), ((20, 48), (3, 48))])
+@torch.no_grad()
+def test_sliding_windows_cover_every_pixel_and_average_the_overlaps(window, stride):
+    model, x = _Pointwise(), _inputs()
+    whole = model(x).logits
+    model.calls.clear()
+    sliding = predict_logits(model, x, window=SlidingWindow(window, stride))
+    torch.testing.assert_close(sliding, whole, rtol=1e-6, atol=1e-6)
+    sw = SlidingWindow(window, stride)
+    ys = window_starts(32, min(window[0], 32), sw.stride[0])
+    xs = window_starts(48, min(window[1], 48), sw.stride[1])
+    assert len(model.calls) == len(ys) * len(xs)  # one forward pass per window position
+    assert set(model.calls) == {(min(window[0], 32), min(window[1], 48))}  # clipped to the image, never padded
+
+
+def test_window_starts_end_at_the_border():
+    assert window_starts(1408, 640, 427) == [0, 427, 768]
+    assert window_starts(376, 376, 251) == [0]
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(10, 4, 4) == [0, 4, 6]
+    for length, win, stride in [(97, 13, 5), (64, 64, 1), (50, 7, 7), (33, 10, 9)]:
+        starts = window_starts(length, win, stride)
+        covered = torch.zeros(length, dtype=torch.bool)
+        for s in starts:
+            covered[s:s + win] = True
+        assert covered.all() and starts[-1] + win == length and max(starts) <= length - win
+
+
+@torch.no_grad()
+def test_sliding_windows_with_scales_and_flip_equal_the_whole_image_for_a_pointwise_model():
+    model, x = _Pointwise(), _inputs()
+    whole = predict_logits(model, x, scales=(0.5, 1.0, 1.5), flip=True)
+    sliding = predict_logits(model, x, scales=(0.5, 1.0, 1.5), flip=True, window=SlidingWindow((16, 16), (8, 12)))
+    torch.testing.assert_close(sliding, whole, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_a_window_covering_the_image_is_the_plain_forward_and_smaller_ones_differ_for_a_real_model():
+    model, x = _model(), _inputs()
+    torch.testing.assert_close(predict_logits(model, x, window=SlidingWindow((32, 48))), model(x).logits)
+    torch.testing.assert_close(predict_logits(model, x, window=SlidingWindow((64, 64))), model(x).logits)
+    sliding = predict_logits(model, x, window=SlidingWindow((32, 32), (32, 16)))
+    # two windows, overlapping on columns 16-31: outside the overlap each pixel is one window's logits
+    left = model({m: v[..., :32] for m, v in x.items()}).logits
+    right = model({m: v[..., 16:] for m, v in x.items()}).logits
+    torch.testing.assert_close(sliding[..., :16], left[..., :16])
+    torch.testing.assert_close(sliding[..., 32:], right[..., 16:])
+    torch.testing.assert_close(sliding[..., 16:32], (left[..., 16:] + right[..., :16]) / 2)
+    assert not torch.allclose(sliding, model(x).logits, atol=1e-4)  # context differs: the windows matter
+
+
+@pytest.mark.parametrize("size, stride, message", [((0, 10), None, "both >= 1"), ((10, 10), (11, 5), "exceeds"),
+                                                   ((10, 10), (0, 5), "stride")])
+def test_bad_sliding_windows_are_named(size, stride, message):
+    with pytest.raises(ConfigError, match=message):
+        SlidingWindow(size, stride)
+
+
+def test_default_stride_is_two_thirds_of_the_window():
+    assert SlidingWindow((480, 640)).stride == (320, 427)

@@ -29,6 +29,32 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a dataset option (repeatable), e.g. --option conditions=[night,fog]")
 
 
+def add_test_time_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--scales``, ``--flip``, ``--window`` and ``--stride`` (:func:`rgbx.engine.inference.predict_logits`)."""
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                        help="multi-scale testing: average class probabilities over these input scales, e.g. "
+                             "0.5 0.75 1 1.25 1.5")
+    parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
+    parser.add_argument("--window", type=parse_size, metavar="HxW",
+                        help="sliding-window inference: run the model on HxW windows (clipped to the image) and "
+                             "average the logits where they overlap, e.g. 480x640 (default: whole images)")
+    parser.add_argument("--stride", type=parse_size, metavar="HxW",
+                        help="step between sliding windows (default: two thirds of --window)")
+
+
+def sliding_window_from_args(args):
+    """The :class:`~rgbx.engine.inference.SlidingWindow` of ``--window`` / ``--stride`` (None without
+    ``--window``)."""
+    from rgbx.engine.inference import SlidingWindow
+    from rgbx.errors import ConfigError
+
+    if args.window is None:
+        if args.stride is not None:
+            raise ConfigError("--stride goes with --window HxW")
+        return None
+    return SlidingWindow(args.window, args.stride)
+
+
 def parse_options(items: list[str]) -> dict:
     """``key=value`` strings → dict; values parsed as YAML (numbers, lists, booleans)."""
     import yaml

@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rgbx.cli.common import add_command, add_dataset_arguments, parse_options
+from rgbx.cli.common import (
+    add_command,
+    add_dataset_arguments,
+    add_test_time_arguments,
+    parse_options,
+    sliding_window_from_args,
+)
 
 EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split test
   rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --by condition --json eval.json
   rgbx eval runs/cmx/model.safetensors --data data/synth --modalities rgb     # a rig with only the camera
   rgbx eval runs/cmx/model.safetensors --data data/synth --scales 0.5 0.75 1 1.25 1.5 --flip
+  rgbx eval runs/cmx/model.safetensors --data data/kitti360 --dataset kitti360 --window 376x752   # sliding windows
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --json robust.json   # missing / noisy sensors
   rgbx eval runs/cmx/model.safetensors --data data/synth --fast              # the device's fast path
   rgbx eval runs/ms3/model.safetensors --data data/other --zero-shot names.safetensors   # MS3: classes by name
@@ -32,10 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--by", default="condition", help="sample attribute to break results down by ('' = none)")
     p.add_argument("--miou", choices=("present", "all"), default="present", help="mIoU averaging convention")
     p.add_argument("--per-class", action="store_true", help="print the per-class IoU table")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0],
-                   help="multi-scale testing: average class probabilities over these input scales, e.g. "
-                        "0.5 0.75 1 1.25 1.5")
-    p.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
+    add_test_time_arguments(p)
     p.add_argument("--robustness", action="store_true",
                    help="robustness report instead: every sensor subset with average and expected mIoU under "
                         "independent sensor failure, random pixel dropout, Gaussian and salt-and-pepper noise "
@@ -84,6 +88,7 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
 
+    window = sliding_window_from_args(args)
     model, info = load_model(args.checkpoint, device)
     speed = SpeedOptions.fast(device) if args.fast else None
     if speed is not None:
@@ -121,11 +126,11 @@ def _evaluate(args, device, ctx) -> int:
         if args.modalities:
             raise ConfigError("--robustness scores every subset of the model's modalities; drop --modalities")
         with backend_flags(speed):
-            return _run_robustness(args, model, loader, desc, device, ctx.is_main, amp_dtype)
+            return _run_robustness(args, model, loader, desc, device, ctx.is_main, amp_dtype, window)
     with backend_flags(speed):
         result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                           subsets=subsets, group_by=args.by or None, device=device, scales=args.scales,
-                          flip=args.flip, autocast_dtype=amp_dtype)
+                          flip=args.flip, window=window, autocast_dtype=amp_dtype)
     if not ctx.is_main:  # the other processes of a torchrun launch only contribute their counts
         return 0
     print_eval_tables(result, list(desc.classes), convention=args.miou, per_class=args.per_class,
@@ -134,25 +139,32 @@ def _evaluate(args, device, ctx) -> int:
     if args.json:
         data = result.to_dict(list(desc.classes), convention=args.miou)
         data.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
-                     "model": model.config.to_dict(), "speed": speed.describe() if speed else "model's own fp32"})
+                     "model": model.config.to_dict(), "speed": speed.describe() if speed else "model's own fp32",
+                     "test_time": _test_time(args, window)})
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))
     return 0
 
 
-def _run_robustness(args, model, loader, desc, device, is_main: bool = True, amp_dtype=None) -> int:
+def _test_time(args, window) -> dict:
+    """How each prediction was made, for the JSON report."""
+    return {"scales": list(args.scales), "flip": args.flip, "window": None if window is None else list(window.size),
+            "stride": None if window is None else list(window.stride)}
+
+
+def _run_robustness(args, model, loader, desc, device, is_main: bool = True, amp_dtype=None, window=None) -> int:
     from rgbx.engine.robustness import print_robustness_tables, robustness_report
 
     report = robustness_report(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                                device=device, seed=args.seed, convention=args.miou, class_names=list(desc.classes),
-                               autocast_dtype=amp_dtype)
+                               autocast_dtype=amp_dtype, scales=args.scales, flip=args.flip, window=window)
     if not is_main:
         return 0
     print_robustness_tables(report, title=f"{args.checkpoint} on {args.data} [{args.split}], seed {args.seed}")
     if args.json:
         data = {"robustness": report, "miou_convention": args.miou, "seed": args.seed,
                 "checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
-                "model": model.config.to_dict()}
+                "model": model.config.to_dict(), "test_time": _test_time(args, window)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))
     return 0

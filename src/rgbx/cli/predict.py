@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgbx.cli.common import add_command, add_dataset_arguments, parse_options
+from rgbx.cli.common import (
+    add_command,
+    add_dataset_arguments,
+    add_test_time_arguments,
+    parse_options,
+    sliding_window_from_args,
+)
 
 EXAMPLES = """  rgbx predict runs/cmx/model.safetensors data/synth --split test --limit 8 --out preds/
   rgbx predict model.safetensors rgb=frames/ depth=depth/ --out preds/       # folders matched by file name
   rgbx predict model.safetensors rgb=img.png depth=img_depth.png --out preds/ # one sample; any subset of sensors
   rgbx predict model.safetensors data/synth --split test --out preds/ --fast   # bf16 / fused attention
+  rgbx predict model.safetensors rgb=big.png --out preds/ --window 512x512      # sliding windows, large images
 Writes OUT/labels/<id>.png (class indices), OUT/color/<id>.png (palette) and OUT/panels/<id>.png (inputs,
 prediction and, for labelled datasets, ground truth and error map).
 """
@@ -26,8 +33,7 @@ def add_parser(sub) -> None:
     add_dataset_arguments(p)
     p.add_argument("--limit", type=int, default=0, help="at most N samples (0 = all)")
     p.add_argument("--no-panels", action="store_true", help="write only label and colour PNGs")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multi-scale averaging, e.g. 0.75 1 1.25")
-    p.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
+    add_test_time_arguments(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, help="processes reading a dataset folder ahead of the model (default: 2 on "
                                                 "the CPU, on CUDA one per spare core up to 8)")
@@ -98,10 +104,12 @@ def run(args) -> int:
     from rgbx.engine.trainer import loader_workers, resolve_device
 
     device = resolve_device(args.device)
+    window = sliding_window_from_args(args)
     args.workers = loader_workers(args.workers, device)
     model, info = load_model(args.checkpoint, device)
     speed = SpeedOptions.fast(device) if args.fast else None
-    predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip, speed=speed)
+    predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip, speed=speed,
+                          window=window)
     count = 0
     for sample in _samples(args, list(model.modalities)):
         pred = predictor.predict(sample)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rgbx.engine.inference import predict_logits
+from rgbx.engine.inference import SlidingWindow, predict_logits
 from rgbx.engine.metrics import ConfusionMatrix, SegMetrics
 
 
@@ -94,6 +94,7 @@ def evaluate(
     progress=None,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    window: SlidingWindow | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``loader`` (batches of :class:`~rgbx.data.Batch`).
 
@@ -103,6 +104,7 @@ def evaluate(
         group_by: a sample attribute (e.g. ``"condition"``) to report separately per value, besides ``"all"``.
         progress: optional callable(batches_done) called after each batch.
         scales, flip: multi-scale + flip test-time averaging (:func:`rgbx.engine.inference.predict_logits`).
+        window: sliding-window inference (:class:`rgbx.engine.inference.SlidingWindow`; None = whole images).
     """
     model.eval()
     device = torch.device(device)
@@ -126,7 +128,7 @@ def evaluate(
             if not view.inputs:
                 continue
             with amp:
-                logits = predict_logits(model, view.inputs, view.present, scales, flip)
+                logits = predict_logits(model, view.inputs, view.present, scales, flip, window)
             pred = logits.argmax(1)
             name = subset_name(subset)
             for group, mask in groups:

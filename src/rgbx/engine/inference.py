@@ -1,20 +1,86 @@
-"""Test-time inference: single pass, or multi-scale + horizontal-flip averaging of class probabilities.
+"""Test-time inference: a single pass, or any combination of sliding-window inference and multi-scale +
+horizontal-flip averaging.
 
-Each modality is resized in physical units by its own rule (``rgbx.data.transforms.resize_modality``: bilinear for
-dense images, nearest for depth, point-preserving for sparse LiDAR / events), so no invalid or interpolated sensor
-values are invented at other scales; the logits of every pass are resized back to the input size and their softmax
-probabilities averaged.
+* **Multi-scale + flip.** Each modality is resized in physical units by its own rule
+  (``rgbx.data.transforms.resize_modality``: bilinear for dense images, nearest for depth, point-preserving for
+  sparse LiDAR / events), so no invalid or interpolated sensor values are invented at other scales; the logits of
+  every pass are resized back to the input size and their softmax probabilities averaged.
+* **Sliding window** (:class:`SlidingWindow`). Each pass runs the model on fixed-size windows that step over the
+  image by ``stride`` (the last window of a row or column is moved back to end at the image border, so every
+  window lies inside the image), and averages the logits where windows overlap. A window larger than the image
+  is clipped to it: nothing is padded, so no sensor value is invented. What CMX's and DFormer's evaluators and
+  mmsegmentation's ``mode='slide'`` do, for images larger than the training crop (KITTI-360's 376×1408, MUSES'
+  1080×1920) or a device with too little memory for the whole image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from rgbx.data.transforms import resize_modality
+from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
+
+__all__ = ["SlidingWindow", "predict_logits", "window_starts"]
+
+
+@dataclass(frozen=True)
+class SlidingWindow:
+    """Window size and step, each (H, W) in pixels. ``stride=None``: two thirds of the window (rounded up), as
+    CMX's and DFormer's evaluators (``stride_rate = 2/3``)."""
+
+    size: tuple[int, int]
+    stride: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        size = tuple(int(v) for v in self.size)
+        stride = tuple(int(v) for v in self.stride) if self.stride is not None else tuple(-(-2 * s // 3) for s in size)
+        if len(size) != 2 or min(size) < 1:
+            raise ConfigError(f"sliding window size {self.size}: expected (H, W), both >= 1")
+        if len(stride) != 2 or min(stride) < 1:
+            raise ConfigError(f"sliding window stride {self.stride}: expected (H, W), both >= 1")
+        if stride[0] > size[0] or stride[1] > size[1]:
+            raise ConfigError(f"sliding window stride {stride} exceeds the window {size}: pixels between windows "
+                              "would never be predicted")
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "stride", stride)
+
+    def describe(self) -> str:
+        return f"{self.size[0]}x{self.size[1]} windows, stride {self.stride[0]}x{self.stride[1]}"
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one axis of ``length`` pixels: every ``stride`` pixels, the last one
+    moved back so that it ends at the border; one window at 0 when the window covers the whole axis."""
+    if window >= length:
+        return [0]
+    count = -(-(length - window) // stride) + 1
+    return [min(i * stride, length - window) for i in range(count)]
+
+
+def _slide(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
+           present: Mapping[str, torch.Tensor] | None, window: SlidingWindow) -> torch.Tensor:
+    """(B, K, H, W) logits averaged over the windows covering each pixel."""
+    h, w = next(iter(inputs.values())).shape[-2:]
+    wh, ww = min(window.size[0], h), min(window.size[1], w)
+    ys, xs = window_starts(h, wh, window.stride[0]), window_starts(w, ww, window.stride[1])
+    if len(ys) == len(xs) == 1:
+        return model(inputs, present).logits
+    total = count = None
+    for y in ys:
+        for x in xs:
+            crop = {m: v[..., y:y + wh, x:x + ww] for m, v in inputs.items()}
+            logits = model(crop, present).logits.float()
+            if total is None:
+                total = logits.new_zeros(logits.shape[0], logits.shape[1], h, w)
+                count = logits.new_zeros(1, 1, h, w)
+            total[..., y:y + wh, x:x + ww] += logits
+            count[..., y:y + wh, x:x + ww] += 1
+    return total / count
 
 
 def _rescale(name: str, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -26,12 +92,17 @@ def _rescale(name: str, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
                    present: Mapping[str, torch.Tensor] | None = None, scales: Sequence[float] = (1.0,),
-                   flip: bool = False) -> torch.Tensor:
-    """(B, K, H, W) scores at the input size: the model's logits for one plain pass, else the mean softmax
-    probability over ``scales`` × (identity, horizontal flip)."""
+                   flip: bool = False, window: SlidingWindow | None = None) -> torch.Tensor:
+    """(B, K, H, W) scores at the input size: the model's logits for one pass (whole image, or averaged over
+    ``window``'s sliding windows), else the mean softmax probability over ``scales`` × (identity, horizontal
+    flip), each pass sliding its windows over the rescaled image when ``window`` is given."""
     scales = tuple(float(s) for s in scales)
+
+    def one_pass(view: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return model(view, present).logits if window is None else _slide(model, view, present, window)
+
     if scales == (1.0,) and not flip:
-        return model(inputs, present).logits
+        return one_pass(inputs)
     h, w = next(iter(inputs.values())).shape[-2:]
     total = None
     for scale in scales:
@@ -39,7 +110,7 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
         scaled = {m: x if size == (h, w) else _rescale(m, x, size) for m, x in inputs.items()}
         for flipped in ((False, True) if flip else (False,)):
             view = {m: x.flip(-1) for m, x in scaled.items()} if flipped else scaled
-            logits = model(view, present).logits
+            logits = one_pass(view)
             if flipped:
                 logits = logits.flip(-1)
             if logits.shape[-2:] != (h, w):

@@ -9,7 +9,7 @@ import torch
 
 from rgbx.data.sample import Sample, collate, normalize_sample
 from rgbx.engine.fastpath import SpeedOptions, autocast, backend_flags, prepare_inference
-from rgbx.engine.inference import predict_logits
+from rgbx.engine.inference import SlidingWindow, predict_logits
 from rgbx.visualize import colorize, make_panel, save_image
 
 
@@ -18,15 +18,17 @@ class Predictor:
 
     ``speed``: speed switches to predict with (e.g. ``SpeedOptions.fast(device)``; None = the model's own fp32
     arithmetic). Precision, attention, memory layout, TF32 and compilation apply; CUDA-graph capture does not
-    (inputs vary in size)."""
+    (inputs vary in size). ``scales`` / ``flip`` / ``window``: test-time averaging and sliding-window inference
+    (:func:`rgbx.engine.inference.predict_logits`)."""
 
     def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu",
-                 scales: tuple[float, ...] = (1.0,), flip: bool = False, speed: SpeedOptions | None = None):
+                 scales: tuple[float, ...] = (1.0,), flip: bool = False, speed: SpeedOptions | None = None,
+                 window: SlidingWindow | None = None):
         self.model = model.to(device).eval()
         self.speed = speed
         if speed is not None:
             prepare_inference(self.model, speed)
-        self.scales, self.flip = tuple(scales), flip
+        self.scales, self.flip, self.window = tuple(scales), flip, window
         self.device = torch.device(device)
         dataset = info.get("dataset", {})
         n = model.config.num_classes
@@ -46,7 +48,8 @@ class Predictor:
         batch = collate([normalize_sample({**sample, "inputs": usable, "label": None})]).to(self.device)
         precision = self.speed.precision if self.speed is not None else "fp32"
         with backend_flags(self.speed), autocast(self.device, precision):
-            logits = predict_logits(self.model, batch.inputs, batch.present, self.scales, self.flip)
+            logits = predict_logits(self.model, batch.inputs, batch.present, self.scales, self.flip,
+                                    self.window)
         return logits.float().argmax(1)[0].cpu()
 
     def write(self, sample: Sample, pred: torch.Tensor, out_dir: Path, panel: bool = True) -> dict[str, Path]:

@@ -51,6 +51,7 @@ import torch
 from rgbx.data.sample import Batch
 from rgbx.data.transforms import empty_value
 from rgbx.engine.evaluate import EvalResult, all_subsets, subset_name
+from rgbx.engine.inference import SlidingWindow, predict_logits
 from rgbx.engine.metrics import ConfusionMatrix
 from rgbx.modalities import get_modality
 from rgbx.modalities.spec import ModalitySpec
@@ -241,6 +242,9 @@ def robustness_report(
     class_names: list[str] | None = None,
     autocast_dtype: torch.dtype | None = None,
     progress=None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window: SlidingWindow | None = None,
 ) -> dict:
     """Entire-missing, random-dropout and noise robustness of ``model`` on ``loader``, in one pass.
 
@@ -250,6 +254,8 @@ def robustness_report(
         corruptions: names in :data:`CORRUPTIONS` to run (default: all).
         convention: mIoU convention (see :mod:`rgbx.engine.metrics`).
         progress: optional callable(batches_done).
+        scales, flip, window: test-time averaging and sliding windows for every prediction
+            (:func:`rgbx.engine.inference.predict_logits`).
 
     Returns:
         A JSON-ready dict: ``seed``, ``miou_convention``, ``modalities``, ``clean_miou`` (all sensors, no
@@ -282,7 +288,7 @@ def robustness_report(
 
     def predict(view: Batch) -> torch.Tensor:
         with amp:
-            return model(view.inputs, view.present).logits.argmax(1)
+            return predict_logits(model, view.inputs, view.present, scales, flip, window).argmax(1)
 
     for bi, batch in enumerate(loader):
         if batch.label is None:
