@@ -25,7 +25,7 @@ from rgbx.data import build_dataset, collate
 from rgbx.data.transforms import EvalTransform
 from rgbx.engine.checkpoint import load_model
 from rgbx.engine.config import load_config
-from rgbx.engine.fastpath import SpeedOptions, apply_speed_options, autocast, to_memory_format
+from rgbx.engine.fastpath import SpeedOptions, autocast, prepare_inference, to_memory_format
 from rgbx.engine.metrics import ConfusionMatrix
 from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import Trainer
@@ -34,8 +34,7 @@ from rgbx.engine.trainer import Trainer
 def predictions(weights: Path, data: Path, split: str, options: SpeedOptions, device: torch.device,
                 dataset_name: str = "folder"):
     model, info = load_model(weights, device)
-    apply_speed_options(model, options)
-    model.eval()
+    prepare_inference(model, options)  # what rgbx eval / predict --fast do: weights cast once, projections fused
     dataset = build_dataset(dataset_name, data, split, modalities=list(model.modalities), transform=EvalTransform())
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=collate)
     preds, labels = [], []

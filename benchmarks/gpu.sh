@@ -21,7 +21,7 @@
 # carry it to the next run, which unpacks it and starts where this one stopped.
 #
 # On the CPU, for a smoke test of the whole suite at a tiny size: DEVICE=cpu SIZE=64x64 REPEATS=1 benchmarks/gpu.sh
-# STEPS picks steps, run in this order: tests train compare profile sweep data compile; gpu.md gets a section for
+# STEPS picks steps, run in this order: tests train compare profile data sweep compile; gpu.md gets a section for
 # each step asked for.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ SIZE=${SIZE:-480x640}
 BATCH=${BATCH:-8}
 REPEATS=${REPEATS:-6}
 WARMUP=${WARMUP:-2}
-STEPS=${STEPS:-compare profile sweep data}
+STEPS=${STEPS:-compare profile data sweep}
 BUDGET=${BUDGET:-330}
 TOTAL=${TOTAL:-540}
 MODELS=${MODELS:-cmx_b2 dformer_l cmx_b0 dformer_t cmx_b4 dformer_s dformer_b omni_t}
@@ -123,21 +123,16 @@ if want profile; then
     run_step 45 python benchmarks/profile_step.py --device "$DEVICE" --backbone dformer_l --fusion dformer \
         --head ham --head-channels 512 --num-classes 40 --size "$SIZE" --batch 1 --infer --options fast --steps 5 \
         --rows 25 2>&1 | tee "$LOG_DIR/profile_infer.log"
+    # what fusing its projections and folding its layer scales gives (fuse_projections on / off under the fast set,
+    # CUDA-graph inference, alternated in one process)
+    run_step 40 python benchmarks/switch_ab.py fuse_projections --backbone dformer_l --fusion dformer --head ham \
+        --head-channels 512 --modalities rgb depth --num-classes 40 --size "$SIZE" --what latency \
+        --device "$DEVICE" --repeats "$REPEATS" 2>&1 | tee "$LOG_DIR/fuse_ab.log"
 fi
 
-# 3. which switch gives what (CMX-B2): exact, exact + each switch, fast, fast + the training step as one CUDA graph
-if want sweep; then
-    graphed=()
-    [ "$DEVICE" = cuda ] && graphed=(graphed)
-    # shellcheck disable=SC2086
-    run_step 150 $RGBX bench --device "$DEVICE" --backbone mit_b2 --fusion cmx --modalities rgb depth \
-        --num-classes 40 --head-channels 512 --size "$SIZE" --train-size "$SIZE" --train-batch "$BATCH" \
-        --what train latency --options exact fast "${graphed[@]}" --sweep --warmup "$WARMUP" --repeats "$REPEATS" \
-        --json "$LOG_DIR/sweep.json" 2>&1 | tee "$LOG_DIR/sweep.log"
-fi
-
-# 4. does the input pipeline keep up? RGB-D 480x640 read + decode + augment, samples/s with N loader workers, the
-#    geometric step in the workers (sample) or on each batch on the GPU (batch: data.geometric_on=batch)
+# 3. does the input pipeline keep up? (before the sweep: still open on an H100) RGB-D 480x640 read + decode +
+#    augment, samples/s with N loader workers, the geometric step in the workers (sample) or on each batch on the
+#    GPU (batch: data.geometric_on=batch)
 if want data; then
     # (96 samples: making 192 took more than the 15 s the last H100 run had left for this step)
     # then the same samples packed decoded (rgbx data pack --decoded: nothing left to decode in the workers)
@@ -149,6 +144,17 @@ if want data; then
         --crop 480x640 --batch 8 --batches 10 --geometric-on batch sample --device $DEVICE" 2>&1 \
         | tee "$LOG_DIR/data.log"
     rm -rf "$LOG_DIR/synth480" "$LOG_DIR/decoded480"
+fi
+
+# 4. which switch gives what (CMX-B2): exact, exact + each switch, fast, fast + the training step as one CUDA graph
+if want sweep; then
+    graphed=()
+    [ "$DEVICE" = cuda ] && graphed=(graphed)
+    # shellcheck disable=SC2086
+    run_step 150 $RGBX bench --device "$DEVICE" --backbone mit_b2 --fusion cmx --modalities rgb depth \
+        --num-classes 40 --head-channels 512 --size "$SIZE" --train-size "$SIZE" --train-batch "$BATCH" \
+        --what train latency --options exact fast "${graphed[@]}" --sweep --warmup "$WARMUP" --repeats "$REPEATS" \
+        --json "$LOG_DIR/sweep.json" 2>&1 | tee "$LOG_DIR/sweep.log"
 fi
 
 # 5. torch.compile on top of the fast set, each block compiled on its own (compile_scope=blocks: one graph per
@@ -232,6 +238,12 @@ table_or_tail() {  # the rich table of a bench log; the progress lines where it 
         echo
         echo '```'
         grep -v "^\[W\|Warning\|_warn_once\|^USDT\|^ERROR:" "$LOG_DIR/profile_infer.log" 2>/dev/null | tail -40 || true
+        echo '```'
+        echo
+        echo "DFormer-L's fused projections and folded layer scales (\`benchmarks/switch_ab.py fuse_projections\`):"
+        echo
+        echo '```'
+        grep "latency\|Error" "$LOG_DIR/fuse_ab.log" 2>/dev/null | tail -3 || true
         echo '```'
     fi
     if want sweep; then

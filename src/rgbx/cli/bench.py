@@ -67,6 +67,8 @@ def add_parser(sub) -> None:
     p.add_argument("--channels-last", action="store_true", help="custom set: channels-last memory layout")
     p.add_argument("--fold-head", action="store_true",
                    help="custom set: the head's fusion conv per stage before upsampling (same function)")
+    p.add_argument("--fuse-projections", action="store_true",
+                   help="custom set: DFormer-style blocks' projections fused, layer scales folded (inference only)")
     p.add_argument("--lowp-norms", action="store_true",
                    help="custom set: LayerNorms in bf16 (with --precision bf16)")
     p.add_argument("--matmul-resize", action="store_true",
@@ -103,7 +105,9 @@ def add_parser(sub) -> None:
                            "(data.geometric_on)")
 
 
-def option_sets(args, device) -> dict:
+def option_sets(args, device, fusable: bool = False) -> dict:
+    """The named option sets of ``--options`` (and ``--sweep``). ``fusable``: the model has blocks that
+    ``fuse_projections`` changes (DFormer-style); the sweep then also times the fast set without it."""
     from rgbx.engine.fastpath import SpeedOptions
     from rgbx.errors import ConfigError
 
@@ -129,7 +133,7 @@ def option_sets(args, device) -> dict:
                 matmul_resize=args.matmul_resize, compile=args.compile, compile_scope=args.compile_scope,
                 compile_mode=args.compile_mode, cuda_graph=args.cuda_graph,
                 cuda_graph_train=args.cuda_graph_train, tf32=args.tf32,
-                fused_optimizer=args.fused_adamw or exact.fused_optimizer)
+                fused_optimizer=args.fused_adamw or exact.fused_optimizer, fuse_projections=args.fuse_projections)
     if args.sweep:  # the rows around the fast set first: a sweep cut off by a time limit keeps those
         if device.type == "cuda":  # not in the fast set yet: what it would give, on the captured step where there is
             # one (the uncaptured step is bound by the host on fast GPUs, which would hide a device-side saving)
@@ -138,6 +142,8 @@ def option_sets(args, device) -> dict:
         for switch in ("cast_weights", "lowp_norms"):  # need the low precision: measured as the fast set without
             if getattr(fast, switch):
                 sets[f"fast - {switch}"] = fast.with_(**{switch: False})
+        if fusable and fast.fuse_projections:
+            sets["fast - fuse_projections"] = fast.with_(fuse_projections=False)
         # what the folded head saves under the fast set's precision (exact + fold_head measures it in fp32)
         sets["fast - fold_head"] = fast.with_(fold_head=False)
         for switch in SWITCHES:
@@ -265,7 +271,8 @@ def run(args) -> int:
     cpu = device.type == "cpu"
     train_size = args.train_size or ((240, 320) if cpu else tuple(args.size))
     train_batch = args.train_batch or (2 if cpu else 8)
-    sets = option_sets(args, device)
+    fusable = args.sweep and any(hasattr(m, "fuse_for_inference") for m in create_model(config).modules())
+    sets = option_sets(args, device, fusable)
     compiling = any(o.compile for o in sets.values())
     if compiling:
         report_compile_on_termination()

@@ -44,6 +44,17 @@ each switch does:
   the autocast dtype (:func:`cast_inference_weights`, in place) instead of by autocast at every forward pass (one
   cast kernel per layer and call, replayed by a CUDA graph too: CMX-B2 has 288 such layers). The values are the
   ones autocast computes, so the outputs are the same, bit for bit; the model must then run under autocast.
+* ``fuse_projections``: inference only: in DFormer-style blocks (DFormer, the OmniSegmentor encoder) the three
+  projections of the normalised RGB map (``q``, ``q_cut``, ``l``) run as one matrix product and the two of the mixed
+  map (``proj``, ``proj_e``) as another, and every layer scale γ is folded into the layer whose output it scales
+  (``γ ⊙ (W x + b) = (γ W) x + γ b``), so the block adds its updates without multiplying them
+  (:meth:`rgbx.models.backbones.dformer.DFormerBlock.fuse_for_inference`). Per block, 3 matrix products and 4
+  full-size products with γ fewer; and under bf16 autocast the fp32 γ no longer promotes each update to fp32, so
+  the residual streams of stages 2-4 stay bf16 (as MiT's do with ``lowp_norms``) and their LayerNorm inputs need
+  no cast (DFormer-L under the CUDA fast set: 1077 → 860 operators per forward pass). The same function: the fused
+  weights are formed in float32 and rounded once to the layers' dtype, so only the rounding differs (fp32: logits
+  within 1e-5). The fused weights are non-persistent buffers (the state dict keeps
+  the trained tensors) computed from the weights at :func:`prepare_inference`; a fused block refuses to train.
 * ``fold_head``: the decode head's fusion convolution applied to each stage map at its own resolution, before the
   upsampling, instead of to the concatenation of the upsampled maps (:meth:`rgbx.models.Segmentor.set_fold_head`;
   the MLP head also folds its per-stage Linear layers into it). The same function with the same weights: the
@@ -137,6 +148,7 @@ class SpeedOptions:
     cuda_graph: bool = False
     cuda_graph_train: bool = False
     cast_weights: bool = False
+    fuse_projections: bool = False
     fold_head: bool = False
     lowp_norms: bool = False
     matmul_resize: bool = False
@@ -155,15 +167,16 @@ class SpeedOptions:
         fused AdamW, CUDA-graph inference, the folded head, LayerNorms in bf16. CPU: fused attention, channels-last
         (oneDNN's convolutions run on NHWC without reorders: CMX-B2 batch-1 inference 971 → 510 ms in bf16), the
         folded head, fused AdamW, and bf16 autocast where the processor has bf16 matrix instructions
-        (:func:`cpu_has_bf16`). ``compile`` stays a separate choice (its first call costs tens of seconds); turn it
+        (:func:`cpu_has_bf16`). Both: DFormer-style blocks' fused projections for inference. ``compile`` stays a separate choice (its first call costs tens of seconds); turn it
         on with ``replace(opts, compile=True)``."""
         device = torch.device(device)
         if device.type == "cuda":
             return cls(precision="bf16", attn_impl="sdpa", channels_last=True, tf32=True, cudnn_benchmark=True,
-                       fused_optimizer=True, cuda_graph=True, cast_weights=True, fold_head=True, lowp_norms=True)
+                       fused_optimizer=True, cuda_graph=True, cast_weights=True, fuse_projections=True,
+                       fold_head=True, lowp_norms=True)
         bf16 = cpu_has_bf16()
         return cls(precision="bf16" if bf16 else "fp32", attn_impl="sdpa", channels_last=True, fused_optimizer=True,
-                   cast_weights=bf16, fold_head=True)
+                   cast_weights=bf16, fuse_projections=True, fold_head=True)
 
     def with_(self, **changes) -> SpeedOptions:
         return replace(self, **changes)
@@ -187,7 +200,8 @@ class SpeedOptions:
                                         ("cudnn-benchmark", self.cudnn_benchmark),
                                         ("compile", self.compile), ("cuda-graph", self.cuda_graph),
                                         ("cuda-graph-train", self.cuda_graph_train),
-                                        ("cast-weights", self.cast_weights and self.precision != "fp32")) if on]
+                                        ("cast-weights", self.cast_weights and self.precision != "fp32"),
+                                        ("fused-proj", self.fuse_projections)) if on]
         if self.compile and self.compile_scope != "blocks":
             parts.append(f"scope={self.compile_scope}")
         if self.compile and self.compile_mode:
@@ -228,11 +242,16 @@ def cast_inference_weights(model: nn.Module, precision: str) -> nn.Module:
 
 def prepare_inference(model: nn.Module, options: SpeedOptions) -> nn.Module:
     """The speed switches for a model that will only run inference, in place: :func:`apply_speed_options`, eval
-    mode, and with ``options.cast_weights`` the weights cast once (:func:`cast_inference_weights`)."""
+    mode, with ``options.cast_weights`` the weights cast once (:func:`cast_inference_weights`), then with
+    ``options.fuse_projections`` every block that can (``fuse_for_inference``) fused from those weights."""
     apply_speed_options(model, options)
     model.eval()
     if options.cast_weights:
         cast_inference_weights(model, options.precision)
+    if options.fuse_projections:
+        for module in list(model.modules()):
+            if hasattr(module, "fuse_for_inference"):
+                module.fuse_for_inference()
     return model
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "check_attn_impl",
     "conv1x1_resized_concat",
     "drop_path_layer",
+    "fused_linear_params",
     "init_weights",
     "interpolation_matrix",
     "map_to_tokens",
@@ -74,7 +75,8 @@ class LayerNorm(nn.LayerNorm):
     CUDA's autocast runs every LayerNorm in fp32: its output is fp32, so the residual stream of a transformer stays
     fp32 and each LayerNorm output is cast again for the next matmul, both ways through forward and backward. With
     ``lowp`` on and bf16 autocast enabled, the norm takes and returns bf16, so MiT's residual stream stays in
-    bf16 (DFormer's stays fp32: its fp32 layer scales promote each update) and no norm output is cast again. This is
+    bf16 (DFormer's stays fp32: its fp32 layer scales promote each update, unless ``SpeedOptions.fuse_projections``
+    folds them into the weights for inference) and no norm output is cast again. This is
     what the CPU's autocast already does (it leaves LayerNorm in its input's dtype), so rgbx's fast path computes the
     same way on both devices. Off, or outside autocast: exactly ``nn.LayerNorm``."""
 
@@ -262,6 +264,26 @@ def conv1x1_resized_concat(
         # summed in place: no new full-size map per stage (on the CPU each fresh one costs its page faults)
         out = z if out is None else out.add_(z)
     return out
+
+
+def fused_linear_params(
+    layers: Sequence[nn.Linear], scales: Sequence[torch.Tensor | None] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of one Linear layer that computes ``layers`` (same input) side by side, each output
+    multiplied by its ``scales`` entry (a per-channel layer scale γ, or None), for inference:
+    ``cat_i(γ_i ⊙ (W_i x + b_i)) = (cat_i γ_i W_i) x + cat_i γ_i b_i``. The products are formed in float32 and
+    rounded once to the layers' dtype (bf16 after :func:`rgbx.engine.fastpath.cast_inference_weights`)."""
+    scales = scales if scales is not None else [None] * len(layers)
+    weights, biases = [], []
+    with torch.no_grad():
+        for layer, scale in zip(layers, scales, strict=True):
+            w, b = layer.weight.float(), layer.bias.float()
+            if scale is not None:
+                w, b = w * scale.float()[:, None], b * scale.float()
+            weights.append(w)
+            biases.append(b)
+        dtype = layers[0].weight.dtype
+        return torch.cat(weights).to(dtype), torch.cat(biases).to(dtype)
 
 
 def mask_absent(x: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:

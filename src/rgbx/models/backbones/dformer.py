@@ -64,6 +64,7 @@ from rgbx.models.layers import (
     LayerNorm,
     check_attn_impl,
     drop_path_layer,
+    fused_linear_params,
     resize,
     stochastic_depth_rates,
 )
@@ -106,6 +107,8 @@ DFORMER_VARIANTS: dict[str, DFormerArch] = {
 class DFormerMLP(nn.Module):
     """``fc2(GELU(p + DWConv3×3(p)))`` with ``p = fc1(LayerNorm(x))``, on channels-last (B, H, W, C) maps."""
 
+    fused = False  # fold_scale() done (inference only)
+
     def __init__(self, dim: int, mlp_ratio: int):
         super().__init__()
         hidden = dim * mlp_ratio
@@ -115,9 +118,19 @@ class DFormerMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.act = nn.GELU()
 
+    def fold_scale(self, scale: torch.Tensor) -> None:
+        """Inference only: return ``scale ⊙ mlp(x)`` (a layer scale γ) from ``fc2`` itself, γ folded into copies of
+        its weight and bias (non-persistent buffers: the state dict keeps the trained tensors)."""
+        weight, bias = fused_linear_params([self.fc2], [scale])
+        self.register_buffer("fused_fc2_weight", weight, persistent=False)
+        self.register_buffer("fused_fc2_bias", bias, persistent=False)
+        self.fused = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.fc1(self.norm(x)).permute(0, 3, 1, 2)
         p = (p + self.pos(p)).permute(0, 2, 3, 1)
+        if self.fused:
+            return F.linear(self.act(p), self.fused_fc2_weight, self.fused_fc2_bias)
         return self.fc2(self.act(p))
 
 
@@ -162,8 +175,45 @@ class DFormerAttention(nn.Module):
         self.norm = LayerNorm(dim, eps=1e-6)
         self.norm_e = LayerNorm(half, eps=1e-6)
 
+    fused = False  # fuse_projections() done (inference only)
+
     def set_attn_impl(self, attn_impl: str) -> None:
         self.attn_impl = check_attn_impl(attn_impl)
+
+    def fuse_projections(self, scale: torch.Tensor | None = None, scale_e: torch.Tensor | None = None) -> None:
+        """Inference only (``SpeedOptions.fuse_projections``): the three projections of the normalised RGB map
+        (``q``, ``q_cut``, ``l``) as one matrix product, and the two of the mixed map (``proj``, ``proj_e``) as
+        another, with the block's layer scales ``scale`` (γ1) and ``scale_e`` (γ1e) folded into the latter; the
+        block then adds the updates unscaled. The same function: only the rounding differs. The fused weights are
+        non-persistent buffers, so the state dict keeps the trained tensors; a fused module refuses to train."""
+        weight, bias = fused_linear_params([self.q, self.q_cut, self.l])
+        self.register_buffer("fused_in_weight", weight, persistent=False)
+        self.register_buffer("fused_in_bias", bias, persistent=False)
+        outs = [self.proj, self.proj_e] if self.depth_out else [self.proj]
+        weight, bias = fused_linear_params(outs, [scale, scale_e][: len(outs)])
+        self.register_buffer("fused_out_weight", weight, persistent=False)
+        self.register_buffer("fused_out_bias", bias, persistent=False)
+        self.fused = True
+
+    def _in_projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``q(x)``, ``q_cut(x)``, ``l(x)``."""
+        if not self.fused:
+            return self.q(x), self.q_cut(x), self.l(x)
+        if self.training:
+            raise ConfigError("this DFormer block was fused for inference (SpeedOptions.fuse_projections) and "
+                              "cannot be trained; build the model again")
+        c = x.shape[-1]
+        return F.linear(x, self.fused_in_weight, self.fused_in_bias).split((c, c // 2, c), dim=-1)
+
+    def _out_projections(self, z: torch.Tensor, depth_out: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``proj(z)`` and ``proj_e(z)`` (None unless ``depth_out``); fused: already multiplied by γ1 / γ1e."""
+        if not self.fused:
+            return self.proj(z), (self.proj_e(z) if depth_out else None)
+        c = self.proj.out_features
+        if not depth_out:
+            return F.linear(z, self.fused_out_weight[:c], self.fused_out_bias[:c]), None
+        dx, de = F.linear(z, self.fused_out_weight, self.fused_out_bias).split((c, c // 2), dim=-1)
+        return dx, de
 
     def _window_attention(self, x: torch.Tensor, e: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Pooled (x ‖ e) queries attend to every position of ``u``; the w×w result is resized back to H×W."""
@@ -184,15 +234,16 @@ class DFormerAttention(nn.Module):
         """x: (B, H, W, C), e: (B, H, W, C/2) → RGB update (B, H, W, C), depth update (B, H, W, C/2) or None."""
         x = self.norm(x)
         e = self.norm_e(e)
-        u = self.act(self.l(x))
+        q, q_cut, l = self._in_projections(x)  # noqa: E741
+        u = self.act(l)
         a = self.a(self.conv(u.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
         gate = self.e_back(self.e_conv(self.e_fore(e).permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        parts = [self.q(x) * a]
+        parts = [q * a]
         if self.window:
             parts.append(self._window_attention(x, e, u))
-        parts.append(self.q_cut(x) * gate)
+        parts.append(q_cut * gate)
         z = torch.cat(parts, dim=3)
-        return self.proj(z), (self.proj_e(z) if self.depth_out else None)
+        return self._out_projections(z, self.depth_out)
 
 
 class DFormerBlock(nn.Module):
@@ -223,14 +274,30 @@ class DFormerBlock(nn.Module):
             self.layer_scale_2_e = nn.Parameter(torch.full((dim // 2,), layer_scale_init))
             self.mlp_e2 = DFormerMLP(dim // 2, mlp_ratio)
 
+    scales_folded = False  # fuse_for_inference() done
+
+    def fuse_for_inference(self) -> None:
+        """``SpeedOptions.fuse_projections``: fused projections in the token mixer
+        (:meth:`DFormerAttention.fuse_projections`) and every layer scale folded into the layer whose output it
+        scales. Inference only."""
+        self.attn.fuse_projections(self.layer_scale_1, self.layer_scale_1_e if self.depth_out else None)
+        self.mlp.fold_scale(self.layer_scale_2)
+        if self.depth_out:
+            self.mlp_e2.fold_scale(self.layer_scale_2_e)
+        self.scales_folded = True
+
+    def _update(self, scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The residual term ``DropPath(γ ⊙ t)``; ``t`` itself once γ is folded into the layer that made it."""
+        return t if self.scales_folded else self.dropout_layer(scale * t)
+
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Channels-last (x, e) → (x, e); without a depth output ``e`` is returned unchanged."""
         dx, de = self.attn(x, e)
-        x = x + self.dropout_layer(self.layer_scale_1 * dx)
-        x = x + self.dropout_layer(self.layer_scale_2 * self.mlp(x))
+        x = x + self._update(self.layer_scale_1, dx)
+        x = x + self._update(self.layer_scale_2, self.mlp(x))
         if self.depth_out:
-            e = e + self.dropout_layer(self.layer_scale_1_e * de)
-            e = e + self.dropout_layer(self.layer_scale_2_e * self.mlp_e2(e))
+            e = e + self._update(self.layer_scale_1_e, de)
+            e = e + self._update(self.layer_scale_2_e, self.mlp_e2(e))
         return x, e
 
 

@@ -158,15 +158,16 @@ class OmniAttention(DFormerAttention):
             e = self.norm_e(agg)
             if any_present is not None:
                 e = torch.where(_view(any_present), e, torch.zeros((), dtype=e.dtype, device=e.device))
-        u = self.act(self.l(x))
+        q, q_cut, l = self._in_projections(x)  # noqa: E741
+        u = self.act(l)
         a = self.a(self.conv(u.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
         gate = self.e_back(self.e_conv(self.e_fore(e).permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        parts = [self.q(x) * a]
+        parts = [q * a]
         if self.window:
             parts.append(self._window_attention(x, e, u))
-        parts.append(self.q_cut(x) * gate)
+        parts.append(q_cut * gate)
         z = torch.cat(parts, dim=3)
-        return self.proj(z), (self.proj_e(z) if self.depth_out and agg is not None else None)
+        return self._out_projections(z, self.depth_out and agg is not None)
 
 
 class OmniBlock(nn.Module):
@@ -210,6 +211,22 @@ class OmniBlock(nn.Module):
                 {m: nn.Parameter(torch.full((half,), layer_scale_init)) for m in modalities}
             )
 
+    scales_folded = False  # fuse_for_inference() done
+
+    def fuse_for_inference(self) -> None:
+        """``SpeedOptions.fuse_projections``: as :meth:`DFormerBlock.fuse_for_inference`, each supplementary
+        modality's MLP with its own layer scale. Inference only."""
+        self.attn.fuse_projections(self.layer_scale_1, self.layer_scale_1_e if self.supp_out else None)
+        self.mlp.fold_scale(self.layer_scale_2)
+        if self.supp_out:
+            for m, mlp in self.mlp_e.items():
+                mlp.fold_scale(self.layer_scale_2_e[m])
+        self.scales_folded = True
+
+    def _update(self, scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The residual term ``DropPath(γ ⊙ t)``; ``t`` itself once γ is folded into the layer that made it."""
+        return t if self.scales_folded else self.dropout_layer(scale * t)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -229,15 +246,15 @@ class OmniBlock(nn.Module):
                 e = torch.where(_view(mask), e, torch.zeros((), dtype=e.dtype, device=e.device))
             agg = e if agg is None else agg + e
         dx, de = self.attn(x, agg, any_present)
-        x = x + self.dropout_layer(self.layer_scale_1 * dx)
-        x = x + self.dropout_layer(self.layer_scale_2 * self.mlp(x))
+        x = x + self._update(self.layer_scale_1, dx)
+        x = x + self._update(self.layer_scale_2, self.mlp(x))
         if de is None:
             return x, states
-        shared = self.layer_scale_1_e * de
+        shared = de if self.scales_folded else self.layer_scale_1_e * de
         out = {}
         for m, e in states.items():
             e = e + self.dropout_layer(shared)
-            out[m] = e + self.dropout_layer(self.layer_scale_2_e[m] * self.mlp_e[m](e))
+            out[m] = e + self._update(self.layer_scale_2_e[m], self.mlp_e[m](e))
         return x, out
 
 
