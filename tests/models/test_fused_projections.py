@@ -134,3 +134,26 @@ def test_cmx_models_are_left_alone():
         a = model(x).logits
         b = prepare_inference(model, FUSE)(x).logits
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_dformer_mlp_sums_into_the_convolution_output_with_the_same_values_and_gradients():
+    """DFormerMLP adds ``p`` into ``pos(p)`` in place (no new hidden-width map): forward values and every gradient
+    equal the out-of-place ``p + pos(p)`` (float64)."""
+    from rgbx.models.backbones.dformer import DFormerMLP
+
+    torch.manual_seed(0)
+    mlp = DFormerMLP(8, 4).double()
+    x = torch.randn(2, 6, 7, 8, dtype=torch.float64, requires_grad=True)
+
+    def reference(x):
+        p = mlp.fc1(mlp.norm(x)).permute(0, 3, 1, 2)
+        p = (p + mlp.pos(p)).permute(0, 2, 3, 1)
+        return mlp.fc2(mlp.act(p))
+
+    params = [x, *mlp.parameters()]
+    out, ref = mlp(x), reference(x)
+    assert torch.equal(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), params)
+    ref_grads = torch.autograd.grad(ref.square().sum(), params)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
