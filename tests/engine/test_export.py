@@ -152,6 +152,43 @@ def test_the_head_is_exported_folded_unless_asked_otherwise(tmp_path):
     assert (16, 64, 1, 1) in shapes[False] and (16, 64, 1, 1) not in shapes[True]
 
 
+def test_dformer_exports_right_at_every_size(tmp_path):
+    """DFormer's window attention pools to 7×7 from a map whose size follows the input. The exporters' own adaptive
+    pooling is right only at the traced size (the dynamo exporter's was off by up to 0.97 elsewhere and, from maps
+    smaller than 7×7, failed in onnxruntime), so export swaps in two products with matrices computed from the size
+    (``adaptive_avg_pool_by_matmul``): onnxruntime then agrees with PyTorch at other batch sizes and sizes, also where
+    stage 4 is smaller than the window and with the depth map absent for one sample."""
+    torch.manual_seed(0)
+    model = create_model(backbone="dformer_nano", fusion="dformer", head="ham", modalities=["rgb", "depth"],
+                         num_classes=3, head_channels=16)
+    with torch.no_grad():  # layer scales start at 1e-6 (blocks ≈ identity): make the blocks matter
+        for name, p in model.named_parameters():
+            if "layer_scale" in name:
+                p.fill_(1.0)
+    model.eval()
+    path = export_onnx(model, tmp_path / "dformer.onnx", size=(64, 96))
+    assert read_onnx_metadata(path)["exporter"] == "torch.onnx TorchScript"  # nothing left that needs dynamo
+    gen = torch.Generator().manual_seed(1)
+    for batch, h, w in [(2, 64, 96), (3, 96, 128), (1, 160, 224), (2, 72, 88)]:
+        inputs = {"rgb": torch.randn(batch, 3, h, w, generator=gen), "depth": torch.randn(batch, 1, h, w, generator=gen)}
+        present = {"depth": torch.tensor([False] + [True] * (batch - 1))}
+        with torch.no_grad():
+            scale = model(inputs).logits.abs().max().item()
+        assert scale > 0.05
+        for masks in (None, present):
+            assert verify_onnx(path, model, inputs, masks) <= 1e-5 * scale, (batch, h, w, masks)
+
+
+def test_adaptive_pooling_by_matmul_is_torchs():
+    from rgbx.models.layers import adaptive_avg_pool_by_matmul
+
+    gen = torch.Generator().manual_seed(0)
+    for h, w in [(30, 40), (10, 14), (7, 7), (5, 7), (4, 5), (1, 3), (38, 56)]:
+        x = torch.randn(2, 3, h, w, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(adaptive_avg_pool_by_matmul(x, (7, 7)),
+                                   torch.nn.functional.adaptive_avg_pool2d(x, (7, 7)), rtol=1e-12, atol=1e-12)
+
+
 def test_traceable_restores_resize_in_every_module():
     """traceable() swaps rgbx's resize for a traceable one in every rgbx.models module, rgbx.models.layers itself
     included, and puts the original back everywhere (restoring from layers.resize once put the swapped function
@@ -167,6 +204,12 @@ def test_traceable_restores_resize_in_every_module():
     users = [name for name, m in sys.modules.items() if name.startswith("rgbx.models") and m is not None
              and getattr(m, "resize", None) is original]
     assert "rgbx.models.layers" in users and len(users) >= 3
+    pool = layers.adaptive_avg_pool
+    pool_users = [name for name, m in sys.modules.items() if name.startswith("rgbx.models") and m is not None
+                  and getattr(m, "adaptive_avg_pool", None) is pool]
+    assert {"rgbx.models.layers", "rgbx.models.backbones.dformer"} <= set(pool_users)
     with traceable(model):
         assert all(sys.modules[name].resize is not original for name in users)
+        assert all(sys.modules[name].adaptive_avg_pool is layers.adaptive_avg_pool_by_matmul for name in pool_users)
     assert all(sys.modules[name].resize is original for name in users)
+    assert all(sys.modules[name].adaptive_avg_pool is pool for name in pool_users)

@@ -117,24 +117,29 @@ def _traceable_resize(x: torch.Tensor, size, matmul: bool = False) -> torch.Tens
 
 @contextlib.contextmanager
 def traceable(model: nn.Module) -> Iterator[None]:
-    """Make ``model`` traceable with dynamic sizes: every modality computed (:func:`all_modalities_computed`) and
-    rgbx's ``resize`` (bound by name in the rgbx.models modules) replaced by :func:`_traceable_resize`."""
+    """Make ``model`` traceable with dynamic sizes: every modality computed (:func:`all_modalities_computed`), and
+    two functions bound by name in the rgbx.models modules replaced: ``resize`` by :func:`_traceable_resize`, and
+    ``adaptive_avg_pool`` (DFormer's window attention) by
+    :func:`~rgbx.models.layers.adaptive_avg_pool_by_matmul`, which is right at every size where the exporters'
+    own adaptive pooling is right only at the traced one."""
     import sys
 
     from rgbx.models import layers
 
-    original = layers.resize  # layers itself is among the patched modules: restore from this, not layers.resize
-    patched = [module for name, module in list(sys.modules.items())
-               if name.startswith("rgbx.models") and module is not None
-               and getattr(module, "resize", None) is original]
-    for module in patched:
-        module.resize = _traceable_resize
+    # layers itself is among the patched modules: restore from these, not from layers
+    swaps = {"resize": (layers.resize, _traceable_resize),
+             "adaptive_avg_pool": (layers.adaptive_avg_pool, layers.adaptive_avg_pool_by_matmul)}
+    patched = [(module, name) for mod_name, module in list(sys.modules.items())
+               if mod_name.startswith("rgbx.models") and module is not None
+               for name, (original, _) in swaps.items() if getattr(module, name, None) is original]
+    for module, name in patched:
+        setattr(module, name, swaps[name][1])
     try:
         with all_modalities_computed(model):
             yield
     finally:
-        for module in patched:
-            module.resize = original
+        for module, name in patched:
+            setattr(module, name, swaps[name][0])
 
 
 @contextlib.contextmanager
@@ -290,9 +295,10 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
             trace(tmp, False)
         else:
             try:
-                trace(tmp, False)
+                with _output_discarded():  # a failing TorchScript export prints its whole graph from C++
+                    trace(tmp, False)
                 fallback = dynamic and not _runs_at_other_shapes(tmp, wrapper, batch, h, w)
-            except Exception:  # an op the TorchScript exporter cannot express (e.g. dynamic adaptive pooling)
+            except Exception:  # an op the TorchScript exporter cannot express
                 fallback = True
             if fallback:
                 used = "dynamo"
@@ -314,6 +320,30 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
     finally:
         model.to(device).train(was_training)
     return path
+
+
+@contextlib.contextmanager
+def _output_discarded() -> Iterator[None]:
+    """Standard output and error discarded at the file-descriptor level (what C++ code prints too), then
+    restored."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
 
 
 def _runs_at_other_shapes(path: str, wrapper: ExportWrapper, batch: int, h: int, w: int) -> bool:

@@ -23,6 +23,9 @@ from rgbx.errors import ConfigError
 
 __all__ = [
     "ATTN_IMPLS",
+    "adaptive_avg_pool",
+    "adaptive_avg_pool_by_matmul",
+    "adaptive_pool_matrix",
     "ConvBNReLU",
     "DWConv",
     "DropPath",
@@ -184,6 +187,36 @@ def resize(x: torch.Tensor, size: Sequence[int], matmul: bool = False) -> torch.
     if matmul and not torch.compiler.is_compiling():  # compiled code fuses the interpolation itself
         return resize_by_matmul(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def adaptive_avg_pool(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d`` of a (B, C, H, W) map to ``size``. A function bound by name in the model modules, so
+    that ONNX export can swap in :func:`adaptive_avg_pool_by_matmul` (:func:`rgbx.engine.export.traceable`)."""
+    return F.adaptive_avg_pool2d(x, tuple(size))
+
+
+def adaptive_pool_matrix(n_in: int | torch.SymInt, n_out: int, device: torch.device,
+                         dtype: torch.dtype) -> torch.Tensor:
+    """The (n_out, n_in) matrix of 1-D adaptive average pooling: row ``i`` averages the inputs
+    ``[floor(i·n_in / n_out), ceil((i + 1)·n_in / n_out))``, PyTorch's windows (overlapping, and repeating inputs
+    when ``n_in < n_out``). Built from tensor arithmetic on ``n_in``, so a traced graph keeps it symbolic."""
+    i = torch.arange(n_out, device=device)
+    start = torch.div(i * n_in, n_out, rounding_mode="floor")
+    end = torch.div((i + 1) * n_in + n_out - 1, n_out, rounding_mode="floor")
+    j = torch.arange(n_in, device=device)
+    inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
+    return inside.to(dtype) / (end - start)[:, None].to(dtype)
+
+
+def adaptive_avg_pool_by_matmul(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """:func:`adaptive_avg_pool` as two matrix products, ``P_h · X · P_wᵀ`` (:func:`adaptive_pool_matrix`): the same
+    values up to rounding. For ONNX export with dynamic sizes, where the exporters' adaptive pooling is wrong at
+    sizes other than the traced one (torch 2.14's dynamo exporter: off by up to 0.97 for a unit-variance map, or a
+    failed Gather); two MatMuls with matrices computed from the input's size are exact at every size."""
+    h, w = x.shape[-2:]
+    p_h = adaptive_pool_matrix(h, int(size[0]), x.device, x.dtype)
+    p_w = adaptive_pool_matrix(w, int(size[1]), x.device, x.dtype)
+    return torch.matmul(torch.matmul(p_h, x), p_w.t())
 
 
 _INTERPOLATION_MATRICES: dict[tuple, torch.Tensor] = {}

@@ -62,6 +62,7 @@ from rgbx.errors import CheckpointError, ConfigError
 from rgbx.models.layers import (
     FeatureInfo,
     LayerNorm,
+    adaptive_avg_pool,
     check_attn_impl,
     drop_path_layer,
     fused_linear_params,
@@ -173,7 +174,6 @@ class DFormerAttention(nn.Module):
         if window:
             self.short_cut_linear = nn.Linear(3 * half, half)
             self.kv = nn.Linear(dim, dim)
-            self.pool = nn.AdaptiveAvgPool2d((window, window))
         self.act = nn.GELU()
         self.norm = LayerNorm(dim, eps=1e-6)
         self.norm_e = LayerNorm(half, eps=1e-6)
@@ -222,7 +222,7 @@ class DFormerAttention(nn.Module):
         """Pooled (x ‖ e) queries attend to every position of ``u``; the w×w result is resized back to H×W."""
         b, h, w, c = x.shape
         heads, d, win = self.num_heads, c // 2 // self.num_heads, self.window
-        pooled = self.pool(torch.cat((x, e), dim=3).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        pooled = adaptive_avg_pool(torch.cat((x, e), dim=3).permute(0, 3, 1, 2), (win, win)).permute(0, 2, 3, 1)
         query = self.short_cut_linear(pooled).reshape(b, win * win, heads, d).transpose(1, 2)
         k, v = self.kv(u).reshape(b, h * w, 2, heads, d).permute(2, 0, 3, 1, 4)
         if self.attn_impl == "sdpa":
