@@ -179,6 +179,31 @@ def test_dformer_exports_right_at_every_size(tmp_path):
             assert verify_onnx(path, model, inputs, masks) <= 1e-5 * scale, (batch, h, w, masks)
 
 
+@pytest.mark.slow  # the dynamo exporter: ~25 s
+def test_ktb_exports_right_at_every_size(tmp_path):
+    """KTB's sparse cross-modal fusion pools the keys to ``min(H, 16) × min(W, 16)`` and keeps the top half of
+    them: sizes the TorchScript tracer freezes. The file it writes runs at other sizes but gives other logits, so
+    ``auto`` compares it with PyTorch at another size, finds the difference and exports with dynamo, whose sizes
+    stay symbolic (the pooling as matrix products built from them): onnxruntime then agrees at every size."""
+    torch.manual_seed(0)
+    model = create_model(backbone="mit_nano", fusion="ktb", head="mlp", modalities=["rgb", "depth"], num_classes=3,
+                         head_channels=16)
+    with torch.no_grad():  # DSCF's output convolutions start at zero: make the cross-modal path matter
+        for name, p in model.named_parameters():
+            if ".out." in name:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(2))
+    model.eval()
+    path = export_onnx(model, tmp_path / "ktb.onnx", size=(64, 96))
+    assert read_onnx_metadata(path)["exporter"] == "torch.onnx dynamo"
+    gen = torch.Generator().manual_seed(1)
+    for batch, h, w in [(3, 96, 128), (2, 256, 320), (1, 32, 32)]:
+        inputs = {"rgb": torch.randn(batch, 3, h, w, generator=gen), "depth": torch.randn(batch, 1, h, w, generator=gen)}
+        with torch.no_grad():
+            scale = model(inputs).logits.abs().max().item()
+        present = {"depth": torch.tensor([False] + [True] * (batch - 1))}
+        assert verify_onnx(path, model, inputs, present) <= 1e-5 * scale, (batch, h, w)
+
+
 def test_adaptive_pooling_by_matmul_is_torchs():
     from rgbx.models.layers import adaptive_avg_pool_by_matmul
 

@@ -237,9 +237,10 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
         exporter: ``"torchscript"`` (``torch.onnx.export(dynamo=False)``: fast, opset as asked), ``"dynamo"``
             (``dynamo=True``: slow, ~1 min for a tiny model on 2 cores; the opset may stay at the exporter's own
             when conversion to ``opset`` fails) or ``"auto"``: TorchScript, then, when ``dynamic`` and onnxruntime is
-            installed, a run of the file at another batch size and H×W; if the TorchScript export fails (e.g.
-            adaptive pooling to a size computed from the input) or that run fails (the tracer froze a size, e.g.
-            a ``split`` by the batch size), the dynamo exporter, which keeps sizes symbolic.
+            installed, a run of the file at another batch size and H×W against PyTorch; if the TorchScript export
+            fails, or that run fails or disagrees (the tracer froze a size, e.g. a ``split`` by the batch size, or
+            the key grid KTB's sparse fusion pools to, ``min(H, 16)``), the dynamo exporter, which keeps sizes
+            symbolic.
         fold_head: export the decode head folded (see the module docstring; the model's own setting is restored
             afterwards); ``False``: the reference order of operations.
 
@@ -297,7 +298,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
             try:
                 with _output_discarded():  # a failing TorchScript export prints its whole graph from C++
                     trace(tmp, False)
-                fallback = dynamic and not _runs_at_other_shapes(tmp, wrapper, batch, h, w)
+                fallback = dynamic and not _agrees_at_other_shapes(tmp, wrapper, batch, h, w)
             except Exception:  # an op the TorchScript exporter cannot express
                 fallback = True
             if fallback:
@@ -346,23 +347,31 @@ def _output_discarded() -> Iterator[None]:
             os.close(fd)
 
 
-def _runs_at_other_shapes(path: str, wrapper: ExportWrapper, batch: int, h: int, w: int) -> bool:
-    """Whether onnxruntime runs the file at batch + 1 and (h + 16) × (w + 32); True when onnxruntime is missing."""
+def _agrees_at_other_shapes(path: str, wrapper: ExportWrapper, batch: int, h: int, w: int) -> bool:
+    """Whether onnxruntime runs the file at batch + 1 and (h + 16) × (w + 32) and gives PyTorch's logits there
+    (random inputs; within 1e-4 of the logits' scale, where a size the tracer froze is off by percents); True when
+    onnxruntime is missing."""
     try:
         import onnxruntime as ort
     except ImportError:
         return True
-    feed = {m: torch.zeros(batch + 1, wrapper.model.encoder.in_channels[m], h + 16, w + 32).numpy()
-            for m in wrapper.modalities}
+    gen = torch.Generator().manual_seed(1)
+    inputs = {m: torch.randn(batch + 1, wrapper.model.encoder.in_channels[m], h + 16, w + 32, generator=gen)
+              for m in wrapper.modalities}
+    feed = {m: x.numpy() for m, x in inputs.items()}
     feed["present"] = torch.ones(batch + 1, len(wrapper.modalities), dtype=torch.bool).numpy()
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        session.run(["logits"], feed)
+        (got,) = session.run(["logits"], feed)
     except Exception:  # onnxruntime raises its own error types (Fail, InvalidArgument, ...)
         return False
-    return True
+    with torch.no_grad():
+        expected = wrapper.model(inputs).logits.float()
+    if tuple(got.shape) != tuple(expected.shape):
+        return False
+    return float((torch.from_numpy(got) - expected).abs().max()) <= 1e-4 * float(expected.abs().max()) + 1e-6
 
 
 def _present_matrix(present, modalities, batch: int) -> torch.Tensor:

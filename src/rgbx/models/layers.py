@@ -195,11 +195,12 @@ def adaptive_avg_pool(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, tuple(size))
 
 
-def adaptive_pool_matrix(n_in: int | torch.SymInt, n_out: int, device: torch.device,
+def adaptive_pool_matrix(n_in: int | torch.SymInt, n_out: int | torch.SymInt, device: torch.device,
                          dtype: torch.dtype) -> torch.Tensor:
     """The (n_out, n_in) matrix of 1-D adaptive average pooling: row ``i`` averages the inputs
     ``[floor(i·n_in / n_out), ceil((i + 1)·n_in / n_out))``, PyTorch's windows (overlapping, and repeating inputs
-    when ``n_in < n_out``). Built from tensor arithmetic on ``n_in``, so a traced graph keeps it symbolic."""
+    when ``n_in < n_out``). Built from tensor arithmetic on both sizes, so a traced graph keeps them symbolic (KTB
+    pools to ``min(H, 16)``)."""
     i = torch.arange(n_out, device=device)
     start = torch.div(i * n_in, n_out, rounding_mode="floor")
     end = torch.div((i + 1) * n_in + n_out - 1, n_out, rounding_mode="floor")
@@ -214,8 +215,8 @@ def adaptive_avg_pool_by_matmul(x: torch.Tensor, size: Sequence[int]) -> torch.T
     sizes other than the traced one (torch 2.14's dynamo exporter: off by up to 0.97 for a unit-variance map, or a
     failed Gather); two MatMuls with matrices computed from the input's size are exact at every size."""
     h, w = x.shape[-2:]
-    p_h = adaptive_pool_matrix(h, int(size[0]), x.device, x.dtype)
-    p_w = adaptive_pool_matrix(w, int(size[1]), x.device, x.dtype)
+    p_h = adaptive_pool_matrix(h, size[0], x.device, x.dtype)
+    p_w = adaptive_pool_matrix(w, size[1], x.device, x.dtype)
     return torch.matmul(torch.matmul(p_h, x), p_w.t())
 
 

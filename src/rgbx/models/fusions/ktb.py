@@ -60,7 +60,7 @@ from torch import nn
 
 from rgbx.errors import ConfigError
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder
-from rgbx.models.layers import LayerNorm, init_weights, mask_absent, tokens_to_map
+from rgbx.models.layers import LayerNorm, adaptive_avg_pool, init_weights, mask_absent, tokens_to_map
 from rgbx.models.registries import FUSIONS, build_backbone
 
 __all__ = ["DSCF", "KTBFusion", "LowRankAdapter", "MAPAPrompt"]
@@ -135,7 +135,7 @@ class DSCF(nn.Module):
 
     def _cross(self, q: torch.Tensor, source: torch.Tensor, m_other: str) -> torch.Tensor:
         b, r, h, w = q.shape
-        pooled = F.adaptive_avg_pool2d(source, (min(h, self.kv_grid), min(w, self.kv_grid)))
+        pooled = adaptive_avg_pool(source, (min(h, self.kv_grid), min(w, self.kv_grid)))
         k, v = self.kv[m_other](pooled).flatten(2).chunk(2, dim=1)  # (B, r, N)
         scores = (q.flatten(2).transpose(1, 2) @ k) * self.scale  # (B, HW, N)
         n = scores.shape[-1]
