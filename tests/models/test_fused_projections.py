@@ -157,3 +157,20 @@ def test_dformer_mlp_sums_into_the_convolution_output_with_the_same_values_and_g
     ref_grads = torch.autograd.grad(ref.square().sum(), params)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backbone, fusion, modalities", [("dformer_nano", "dformer", ("rgb", "depth")),
+                                                          ("omni_nano", "omni", ("rgb", "depth", "thermal"))])
+def test_loading_weights_into_a_fused_model_undoes_the_fusion(backbone, fusion, modalities):
+    """The fused copies are made from the weights at prepare_inference; weights loaded afterwards must be the ones
+    used (the fusion is undone), not the stale copies."""
+    fused = prepare_inference(_model(backbone, fusion, modalities, seed=0), FUSE)
+    other = _model(backbone, fusion, modalities, seed=1)
+    fused.load_state_dict(other.state_dict())
+    x = _inputs(modalities)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x).logits, other(x).logits, rtol=0, atol=0)
+    prepare_inference(fused, FUSE)  # and fusing again uses the new weights
+    with torch.no_grad():
+        a = other(x).logits
+        torch.testing.assert_close(fused(x).logits, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())

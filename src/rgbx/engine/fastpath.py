@@ -53,8 +53,9 @@ each switch does:
   the residual streams of stages 2-4 stay bf16 (as MiT's do with ``lowp_norms``) and their LayerNorm inputs need
   no cast (DFormer-L under the CUDA fast set: 1077 → 860 operators per forward pass). The same function: the fused
   weights are formed in float32 and rounded once to the layers' dtype, so only the rounding differs (fp32: logits
-  within 1e-5). The fused weights are non-persistent buffers (the state dict keeps
-  the trained tensors) computed from the weights at :func:`prepare_inference`; a fused block refuses to train.
+  within 1e-5). The fused weights are non-persistent buffers (the state dict keeps the trained tensors) computed
+  from the weights at :func:`prepare_inference`; loading a state dict undoes the fusion (the copies would be stale),
+  and a fused block refuses to train.
 * ``fold_head``: the decode head's fusion convolution applied to each stage map at its own resolution, before the
   upsampling, instead of to the concatenation of the upsampled maps (:meth:`rgbx.models.Segmentor.set_fold_head`;
   the MLP head also folds its per-stage Linear layers into it). The same function with the same weights: the
@@ -167,8 +168,8 @@ class SpeedOptions:
         fused AdamW, CUDA-graph inference, the folded head, LayerNorms in bf16. CPU: fused attention, channels-last
         (oneDNN's convolutions run on NHWC without reorders: CMX-B2 batch-1 inference 971 → 510 ms in bf16), the
         folded head, fused AdamW, and bf16 autocast where the processor has bf16 matrix instructions
-        (:func:`cpu_has_bf16`). Both: DFormer-style blocks' fused projections for inference. ``compile`` stays a separate choice (its first call costs tens of seconds); turn it
-        on with ``replace(opts, compile=True)``."""
+        (:func:`cpu_has_bf16`). Both: DFormer-style blocks' fused projections for inference. ``compile`` stays a
+        separate choice (its first call costs tens of seconds); turn it on with ``replace(opts, compile=True)``."""
         device = torch.device(device)
         if device.type == "cuda":
             return cls(precision="bf16", attn_impl="sdpa", channels_last=True, tf32=True, cudnn_benchmark=True,

@@ -49,9 +49,6 @@ class SlidingWindow:
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "stride", stride)
 
-    def describe(self) -> str:
-        return f"{self.size[0]}x{self.size[1]} windows, stride {self.stride[0]}x{self.stride[1]}"
-
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of the windows along one axis of ``length`` pixels: every ``stride`` pixels, the last one

@@ -127,6 +127,10 @@ class DFormerMLP(nn.Module):
         self.register_buffer("fused_fc2_bias", bias, persistent=False)
         self.fused = True
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.fused = False  # new weights: the fused copies would be stale (prepare_inference fuses again)
+        super()._load_from_state_dict(*args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.fc1(self.norm(x)).permute(0, 3, 1, 2)
         # p + pos(p), summed into the convolution's output (which its backward pass does not keep): the same values,
@@ -188,7 +192,8 @@ class DFormerAttention(nn.Module):
         (``q``, ``q_cut``, ``l``) as one matrix product, and the two of the mixed map (``proj``, ``proj_e``) as
         another, with the block's layer scales ``scale`` (γ1) and ``scale_e`` (γ1e) folded into the latter; the
         block then adds the updates unscaled. The same function: only the rounding differs. The fused weights are
-        non-persistent buffers, so the state dict keeps the trained tensors; a fused module refuses to train."""
+        non-persistent buffers, so the state dict keeps the trained tensors; loading a state dict undoes the fusion,
+        and a fused module refuses to train."""
         weight, bias = fused_linear_params([self.q, self.q_cut, self.l])
         self.register_buffer("fused_in_weight", weight, persistent=False)
         self.register_buffer("fused_in_bias", bias, persistent=False)
@@ -197,6 +202,10 @@ class DFormerAttention(nn.Module):
         self.register_buffer("fused_out_weight", weight, persistent=False)
         self.register_buffer("fused_out_bias", bias, persistent=False)
         self.fused = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.fused = False  # new weights: the fused copies would be stale (prepare_inference fuses again)
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _in_projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``q(x)``, ``q_cut(x)``, ``l(x)``."""
@@ -288,6 +297,10 @@ class DFormerBlock(nn.Module):
         if self.depth_out:
             self.mlp_e2.fold_scale(self.layer_scale_2_e)
         self.scales_folded = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.scales_folded = False  # new layer scales: apply them again (the fused layers unfuse themselves)
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _update(self, scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The residual term ``DropPath(γ ⊙ t)``; ``t`` itself once γ is folded into the layer that made it."""

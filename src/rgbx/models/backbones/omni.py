@@ -223,6 +223,10 @@ class OmniBlock(nn.Module):
                 mlp.fold_scale(self.layer_scale_2_e[m])
         self.scales_folded = True
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.scales_folded = False  # new layer scales: apply them again (the fused layers unfuse themselves)
+        super()._load_from_state_dict(*args, **kwargs)
+
     def _update(self, scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The residual term ``DropPath(γ ⊙ t)``; ``t`` itself once γ is folded into the layer that made it."""
         return t if self.scales_folded else self.dropout_layer(scale * t)
