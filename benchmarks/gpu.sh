@@ -36,6 +36,7 @@ STEPS=${STEPS:-compare profile data sweep}
 BUDGET=${BUDGET:-330}
 TOTAL=${TOTAL:-540}
 MODELS=${MODELS:-cmx_b2 dformer_l cmx_b0 dformer_t cmx_b4 dformer_s dformer_b omni_t}
+PROFILE_TRAIN=${PROFILE_TRAIN:-dformer_l}
 OUT_MD=${OUT_MD:-benchmarks/gpu.md}
 LOG_DIR=${LOG_DIR:-${OUT:-/tmp}/rgbx_gpu}
 mkdir -p "$LOG_DIR"
@@ -115,11 +116,18 @@ if want compare; then
     compare_rc=${PIPESTATUS[0]}
 fi
 
-# 2. where the fast training step's time goes: the top kernels by device time, and how busy the device was
+# 2. where the fast training step's time goes: the top kernels by device time, and how busy the device was.
+#    PROFILE_TRAIN picks the model: DFormer-L by default (its step is the furthest from its target, and CMX-B2's
+#    profile is in the gpu.md of cdfadef), or cmx_b2
 if want profile; then
-    run_step 60 python benchmarks/profile_step.py --device "$DEVICE" --backbone mit_b2 --fusion cmx --size "$SIZE" \
+    case "$PROFILE_TRAIN" in
+        cmx_b2) profile_model=(--backbone mit_b2 --fusion cmx) ;;
+        *) profile_model=(--backbone dformer_l --fusion dformer --head ham --head-channels 512 --num-classes 40) ;;
+    esac
+    run_step 60 python benchmarks/profile_step.py --device "$DEVICE" "${profile_model[@]}" --size "$SIZE" \
         --batch "$BATCH" --options fast --steps 2 --rows 25 2>&1 | tee "$LOG_DIR/profile.log"
-    # DFormer-L's batch-1 latency is twice CMX-B2's with about as many operators (1222 vs 1077): which kernels
+    # DFormer-L's batch-1 latency is twice CMX-B2's; counted on the CPU under the CUDA fast set's switches, its
+    # forward pass runs 1077 non-view operators (860 with fuse_projections) against CMX-B2's 745: which kernels
     run_step 45 python benchmarks/profile_step.py --device "$DEVICE" --backbone dformer_l --fusion dformer \
         --head ham --head-channels 512 --num-classes 40 --size "$SIZE" --batch 1 --infer --options fast --steps 5 \
         --rows 25 2>&1 | tee "$LOG_DIR/profile_infer.log"
@@ -228,7 +236,7 @@ table_or_tail() {  # the rich table of a bench log; the progress lines where it 
     fi
     if want profile; then
         echo
-        echo "## Where the fast training step's time goes (CMX MiT-B2, RGB-D, torch.profiler, 2 steps)"
+        echo "## Where the fast training step's time goes (${PROFILE_TRAIN}, RGB-D, torch.profiler, 2 steps)"
         echo
         echo '```'
         grep -v "^\[W\|Warning\|_warn_once\|^USDT\|^ERROR:" "$LOG_DIR/profile.log" 2>/dev/null | tail -40 || true
