@@ -79,6 +79,8 @@ __all__ = [
     "DFormerBlock",
     "DFormerMLP",
     "DFORMER_VARIANTS",
+    "InferenceFusion",
+    "LayerScaledBlock",
     "load_dformer_weights",
     "read_dformer_state_dict",
 ]
@@ -105,10 +107,34 @@ DFORMER_VARIANTS: dict[str, DFormerArch] = {
 }
 
 
-class DFormerMLP(nn.Module):
-    """``fc2(GELU(p + DWConv3×3(p)))`` with ``p = fc1(LayerNorm(x))``, on channels-last (B, H, W, C) maps."""
+class InferenceFusion:
+    """Mixin for a module that can hold inference-only fused copies of its weights (``SpeedOptions.fuse_projections``)
+    as non-persistent buffers, so the state dict keeps the trained tensors. ``fused`` says whether they are in use;
+    loading a state dict clears it, since the copies would be stale (:func:`~rgbx.engine.fastpath.prepare_inference`
+    fuses again)."""
 
-    fused = False  # fold_scale() done (inference only)
+    fused = False
+
+    def _hold_fused(self, **tensors: torch.Tensor) -> None:
+        for name, tensor in tensors.items():
+            self.register_buffer(name, tensor, persistent=False)
+        self.fused = True
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.fused = False
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class LayerScaledBlock(InferenceFusion):
+    """Mixin for a block whose residual terms are ``DropPath(γ ⊙ t)``; ``fused``: every γ is folded into the layer
+    that makes ``t`` (inference), so the term is ``t`` itself."""
+
+    def _update(self, scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return t if self.fused else self.dropout_layer(scale * t)
+
+
+class DFormerMLP(InferenceFusion, nn.Module):
+    """``fc2(GELU(p + DWConv3×3(p)))`` with ``p = fc1(LayerNorm(x))``, on channels-last (B, H, W, C) maps."""
 
     def __init__(self, dim: int, mlp_ratio: int):
         super().__init__()
@@ -123,13 +149,7 @@ class DFormerMLP(nn.Module):
         """Inference only: return ``scale ⊙ mlp(x)`` (a layer scale γ) from ``fc2`` itself, γ folded into copies of
         its weight and bias (non-persistent buffers: the state dict keeps the trained tensors)."""
         weight, bias = fused_linear_params([self.fc2], [scale])
-        self.register_buffer("fused_fc2_weight", weight, persistent=False)
-        self.register_buffer("fused_fc2_bias", bias, persistent=False)
-        self.fused = True
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.fused = False  # new weights: the fused copies would be stale (prepare_inference fuses again)
-        super()._load_from_state_dict(*args, **kwargs)
+        self._hold_fused(fused_fc2_weight=weight, fused_fc2_bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.fc1(self.norm(x)).permute(0, 3, 1, 2)
@@ -142,7 +162,7 @@ class DFormerMLP(nn.Module):
         return self.fc2(self.act(p))
 
 
-class DFormerAttention(nn.Module):
+class DFormerAttention(InferenceFusion, nn.Module):
     """The joint RGB/depth token mixer of a DFormer block (module docstring); channels-last maps in and out.
 
     Args:
@@ -182,8 +202,6 @@ class DFormerAttention(nn.Module):
         self.norm = LayerNorm(dim, eps=1e-6)
         self.norm_e = LayerNorm(half, eps=1e-6)
 
-    fused = False  # fuse_projections() done (inference only)
-
     def set_attn_impl(self, attn_impl: str) -> None:
         self.attn_impl = check_attn_impl(attn_impl)
 
@@ -194,18 +212,11 @@ class DFormerAttention(nn.Module):
         block then adds the updates unscaled. The same function: only the rounding differs. The fused weights are
         non-persistent buffers, so the state dict keeps the trained tensors; loading a state dict undoes the fusion,
         and a fused module refuses to train."""
-        weight, bias = fused_linear_params([self.q, self.q_cut, self.l])
-        self.register_buffer("fused_in_weight", weight, persistent=False)
-        self.register_buffer("fused_in_bias", bias, persistent=False)
+        in_weight, in_bias = fused_linear_params([self.q, self.q_cut, self.l])
         outs = [self.proj, self.proj_e] if self.depth_out else [self.proj]
-        weight, bias = fused_linear_params(outs, [scale, scale_e][: len(outs)])
-        self.register_buffer("fused_out_weight", weight, persistent=False)
-        self.register_buffer("fused_out_bias", bias, persistent=False)
-        self.fused = True
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.fused = False  # new weights: the fused copies would be stale (prepare_inference fuses again)
-        super()._load_from_state_dict(*args, **kwargs)
+        out_weight, out_bias = fused_linear_params(outs, [scale, scale_e][: len(outs)])
+        self._hold_fused(fused_in_weight=in_weight, fused_in_bias=in_bias, fused_out_weight=out_weight,
+                         fused_out_bias=out_bias)
 
     def _in_projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``q(x)``, ``q_cut(x)``, ``l(x)``."""
@@ -258,7 +269,7 @@ class DFormerAttention(nn.Module):
         return self._out_projections(z, self.depth_out)
 
 
-class DFormerBlock(nn.Module):
+class DFormerBlock(LayerScaledBlock, nn.Module):
     """Joint block: residual token mixing and MLP for both branches, layer-scaled, with drop path."""
 
     compile_region = True  # compiled on its own under SpeedOptions(compile=True, compile_scope="blocks")
@@ -286,8 +297,6 @@ class DFormerBlock(nn.Module):
             self.layer_scale_2_e = nn.Parameter(torch.full((dim // 2,), layer_scale_init))
             self.mlp_e2 = DFormerMLP(dim // 2, mlp_ratio)
 
-    scales_folded = False  # fuse_for_inference() done
-
     def fuse_for_inference(self) -> None:
         """``SpeedOptions.fuse_projections``: fused projections in the token mixer
         (:meth:`DFormerAttention.fuse_projections`) and every layer scale folded into the layer whose output it
@@ -296,15 +305,7 @@ class DFormerBlock(nn.Module):
         self.mlp.fold_scale(self.layer_scale_2)
         if self.depth_out:
             self.mlp_e2.fold_scale(self.layer_scale_2_e)
-        self.scales_folded = True
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.scales_folded = False  # new layer scales: apply them again (the fused layers unfuse themselves)
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _update(self, scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The residual term ``DropPath(γ ⊙ t)``; ``t`` itself once γ is folded into the layer that made it."""
-        return t if self.scales_folded else self.dropout_layer(scale * t)
+        self.fused = True
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Channels-last (x, e) → (x, e); without a depth output ``e`` is returned unchanged."""

@@ -78,6 +78,7 @@ from rgbx.models.backbones.dformer import (
     DFormerArch,
     DFormerAttention,
     DFormerMLP,
+    LayerScaledBlock,
     read_dformer_state_dict,
 )
 from rgbx.models.layers import FeatureInfo, check_attn_impl, drop_path_layer, stochastic_depth_rates
@@ -170,7 +171,7 @@ class OmniAttention(DFormerAttention):
         return self._out_projections(z, self.depth_out and agg is not None)
 
 
-class OmniBlock(nn.Module):
+class OmniBlock(LayerScaledBlock, nn.Module):
     """One joint block (module docstring): shared token mixer, RGB MLP and layer scales; per-modality MLPs.
 
     Args:
@@ -211,8 +212,6 @@ class OmniBlock(nn.Module):
                 {m: nn.Parameter(torch.full((half,), layer_scale_init)) for m in modalities}
             )
 
-    scales_folded = False  # fuse_for_inference() done
-
     def fuse_for_inference(self) -> None:
         """``SpeedOptions.fuse_projections``: as :meth:`DFormerBlock.fuse_for_inference`, each supplementary
         modality's MLP with its own layer scale. Inference only."""
@@ -221,15 +220,7 @@ class OmniBlock(nn.Module):
         if self.supp_out:
             for m, mlp in self.mlp_e.items():
                 mlp.fold_scale(self.layer_scale_2_e[m])
-        self.scales_folded = True
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.scales_folded = False  # new layer scales: apply them again (the fused layers unfuse themselves)
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _update(self, scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The residual term ``DropPath(γ ⊙ t)``; ``t`` itself once γ is folded into the layer that made it."""
-        return t if self.scales_folded else self.dropout_layer(scale * t)
+        self.fused = True
 
     def forward(
         self,
@@ -254,7 +245,7 @@ class OmniBlock(nn.Module):
         x = x + self._update(self.layer_scale_2, self.mlp(x))
         if de is None:
             return x, states
-        shared = de if self.scales_folded else self.layer_scale_1_e * de
+        shared = de if self.fused else self.layer_scale_1_e * de
         out = {}
         for m, e in states.items():
             e = e + self.dropout_layer(shared)
