@@ -35,6 +35,8 @@ def test_info_lists_registries(capsys):
     out = capsys.readouterr().out
     for word in ("rgb", "thermal", "lidar", "event", "mit_b0", "cmx", "mean", "mlp", "supervised"):
         assert word in out
+    # piped (not a terminal): wide enough that no header or short value is cut ("descripti…" at 80 columns)
+    assert "photometric augmentation" in out and "description" in out and "…" not in out
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
@@ -20,7 +22,8 @@ def run(args) -> int:
     from rgbx.modalities import ENCODINGS, MODALITIES, get_modality
     from rgbx.models import list_models
 
-    console = Console()
+    # piped output (no terminal width to follow): wide enough that descriptions are not squeezed into a narrow column
+    console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title="modalities")
     for col in ("name", "channels", "on disk", "unit", "sparse", "photometric augmentation", "description"):
         table.add_column(col)
