@@ -352,26 +352,17 @@ def _agrees_at_other_shapes(path: str, wrapper: ExportWrapper, batch: int, h: in
     (random inputs; within 1e-4 of the logits' scale, where a size the tracer froze is off by percents); True when
     onnxruntime is missing."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         return True
     gen = torch.Generator().manual_seed(1)
     inputs = {m: torch.randn(batch + 1, wrapper.model.encoder.in_channels[m], h + 16, w + 32, generator=gen)
               for m in wrapper.modalities}
-    feed = {m: x.numpy() for m, x in inputs.items()}
-    feed["present"] = torch.ones(batch + 1, len(wrapper.modalities), dtype=torch.bool).numpy()
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
     try:
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        (got,) = session.run(["logits"], feed)
-    except Exception:  # onnxruntime raises its own error types (Fail, InvalidArgument, ...)
+        got, expected = _both_logits(path, wrapper.model, inputs, None, quiet=True)
+    except Exception:  # onnxruntime raises its own error types (Fail, InvalidArgument, ...); a shape mismatch
         return False
-    with torch.no_grad():
-        expected = wrapper.model(inputs).logits.float()
-    if tuple(got.shape) != tuple(expected.shape):
-        return False
-    return float((torch.from_numpy(got) - expected).abs().max()) <= 1e-4 * float(expected.abs().max()) + 1e-6
+    return float((got - expected).abs().max()) <= 1e-4 * float(expected.abs().max()) + 1e-6
 
 
 def _present_matrix(present, modalities, batch: int) -> torch.Tensor:
@@ -400,6 +391,15 @@ def verify_onnx(path: str | Path, model: nn.Module, inputs: Mapping[str, torch.T
     Returns:
         The maximum absolute difference between the two logits.
     """
+    got, expected = _both_logits(path, model, inputs, present)
+    return float((got - expected).abs().max())
+
+
+def _both_logits(path: str | Path, model: nn.Module, inputs: Mapping[str, torch.Tensor],
+                 present: Mapping[str, torch.Tensor] | torch.Tensor | None, quiet: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of the exported file (onnxruntime, CPU) and of ``model`` (PyTorch, its own path, eval mode) on
+    the same inputs, both float32 on the CPU (see :func:`verify_onnx`); ``quiet``: onnxruntime logs nothing."""
     ort = require("onnxruntime")
     modalities = tuple(model.modalities)
     missing = [m for m in modalities if m not in inputs]
@@ -417,10 +417,13 @@ def verify_onnx(path: str | Path, model: nn.Module, inputs: Mapping[str, torch.T
                              {m: v.to(device) for m, v in masks.items()}).logits.float().cpu()
     finally:
         model.train(was_training)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if quiet:
+        options.log_severity_level = 4
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {m: inputs[m].detach().float().cpu().numpy() for m in modalities}
     feed["present"] = matrix.numpy()
     (got,) = session.run(["logits"], feed)
     if tuple(got.shape) != tuple(expected.shape):
         raise RgbxError(f"{path}: ONNX logits have shape {tuple(got.shape)}, PyTorch's {tuple(expected.shape)}")
-    return float((torch.from_numpy(got) - expected).abs().max())
+    return torch.from_numpy(got), expected

@@ -27,6 +27,7 @@ from rgbx.data.transforms.photometric import (
 )
 from rgbx.data.transforms.pipelines import EvalTransform, TrainTransform
 
-__all__ = ["PHOTOMETRIC", "BatchGeometry", "ColorJitter", "DepthHoles", "DepthNoise", "EvalTransform", "EventDropout", "GaussianBlur",
-           "GaussianNoise", "GeometryDraws", "PhotometricOp", "PointDropout", "ThermalGain", "TrainTransform", "crop_pad",
-           "empty_value", "resize_crop", "resize_crop_label", "resize_label", "resize_modality"]
+__all__ = ["PHOTOMETRIC", "BatchGeometry", "ColorJitter", "DepthHoles", "DepthNoise", "EvalTransform", "EventDropout",
+           "GaussianBlur", "GaussianNoise", "GeometryDraws", "PhotometricOp", "PointDropout", "ThermalGain",
+           "TrainTransform", "crop_pad", "empty_value", "resize_crop", "resize_crop_label", "resize_label",
+           "resize_modality"]
