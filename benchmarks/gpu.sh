@@ -82,7 +82,7 @@ if want tests; then
         # the captured training step first (bench, then trainer), each line stamped with the seconds since start;
         # the whole output (tracebacks, the failures' summary, the slowest tests) goes to tests_full.log, and the
         # result lines and the failures' reasons to gpu.md
-        STEP_SIGNAL=INT run_step 150 python -m pytest -v -rfE --tb=short --durations=12 -p no:cacheprovider "${per_test[@]}" -m gpu \
+        STEP_SIGNAL=INT run_step 200 python -m pytest -v -rfE --tb=short --durations=12 -p no:cacheprovider "${per_test[@]}" -m gpu \
             tests/engine/test_bench.py tests/engine/test_gpu.py tests/models/test_layers.py \
             tests/data/test_batch_geometry.py 2>&1 | grep -v "^$" \
             | while IFS= read -r line; do echo "[$(( $(date +%s) - start ))s] $line"; done > "$LOG_DIR/tests_full.log"
@@ -136,6 +136,11 @@ if want profile; then
     run_step 40 python benchmarks/switch_ab.py fuse_projections --backbone dformer_l --fusion dformer --head ham \
         --head-channels 512 --modalities rgb depth --num-classes 40 --size "$SIZE" --what latency \
         --device "$DEVICE" --repeats "$REPEATS" 2>&1 | tee "$LOG_DIR/fuse_ab.log"
+    # resizing and pooling as matrix products (matmul_resize), on DFormer-L: its adaptive pooling of channels-last maps
+    # took 26 % of the batch-1 kernel time; latency, and the captured training step
+    run_step 60 python benchmarks/switch_ab.py matmul_resize --backbone dformer_l --fusion dformer --head ham \
+        --head-channels 512 --modalities rgb depth --num-classes 40 --size "$SIZE" --what latency train --graphed \
+        --device "$DEVICE" --repeats "$REPEATS" 2>&1 | tee "$LOG_DIR/matmul_ab.log"
 fi
 
 # 3. does the input pipeline keep up? (before the sweep: still open on an H100) RGB-D 480x640 read + decode +
@@ -252,6 +257,12 @@ table_or_tail() {  # the rich table of a bench log; the progress lines where it 
         echo
         echo '```'
         grep "latency\|Error" "$LOG_DIR/fuse_ab.log" 2>/dev/null | tail -3 || true
+        echo '```'
+        echo
+        echo "DFormer-L's resizing and pooling as matrix products (\`benchmarks/switch_ab.py matmul_resize --graphed\`):"
+        echo
+        echo '```'
+        grep "latency\|training step\|Error" "$LOG_DIR/matmul_ab.log" 2>/dev/null | tail -4 || true
         echo '```'
     fi
     if want sweep; then

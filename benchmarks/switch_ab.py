@@ -32,6 +32,9 @@ def main() -> None:
     p.add_argument("--train-size", type=parse_size, help="training crop HxW (default 240x320 on the CPU, 480x640 on CUDA)")
     p.add_argument("--train-batch", type=int, help="default 2 on the CPU, 8 on CUDA")
     p.add_argument("--what", nargs="+", choices=("latency", "train"), default=["latency", "train"])
+    p.add_argument("--graphed", action="store_true",
+                   help="time the training step captured into a CUDA graph (cuda_graph_train) on both sides: on a "
+                        "fast GPU the uncaptured step is bound by the host, which hides a saving on the device")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int)
@@ -80,12 +83,15 @@ def main() -> None:
     if "train" in args.what:
         x = _random_inputs(config.modalities, train_batch, train_size, device, gen)
         y = torch.randint(0, config.num_classes, (train_batch, *train_size), generator=gen).to(device)
-        steps = {name: make_train_step(build(), x, y, opts) for name, opts in sets.items()}
+        steps = {name: make_train_step(build(), x, y, opts.with_(cuda_graph_train=args.graphed or
+                                                                  opts.cuda_graph_train))
+                 for name, opts in sets.items()}
         timing = time_alternating(steps, device, args.warmup, args.repeats)
         out["results"]["train"] = {"batch": train_batch, "size": list(train_size),
                                    **{n: t.to_dict() for n, t in timing.items()}}
         names = list(timing)
-        print(f"training step, batch {train_batch}, {train_size[0]}x{train_size[1]}: " + ", ".join(
+        graphed = " (captured)" if args.graphed else ""
+        print(f"training step{graphed}, batch {train_batch}, {train_size[0]}x{train_size[1]}: " + ", ".join(
             f"{n} {t.median_ms:.1f} ms ({t.min_ms:.1f}-{t.max_ms:.1f})" for n, t in timing.items())
             + f"; off ÷ on {timing[names[1]].median_ms / timing[names[0]].median_ms:.2f}×")
     if args.json:

@@ -16,6 +16,7 @@ from rgbx.engine.fastpath import SpeedOptions, apply_speed_options
 from rgbx.errors import ConfigError
 from rgbx.models import create_model
 from tests.conftest import make_dataset
+from tests.engine.test_graphed_training import assert_moved_alike
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -200,6 +201,13 @@ def test_cuda_graph_inference_matches_eager_and_follows_new_inputs():
     eager = make_inference(tiny().cuda(), x, SpeedOptions(attn_impl="sdpa"))().clone()
     graphed = make_inference(tiny().cuda(), x, SpeedOptions(attn_impl="sdpa", cuda_graph=True))
     assert (graphed() - eager).abs().max().item() < 1e-4
+    # the graph keeps the model it replays alive: the caller above kept no reference to it, and memory freed by a
+    # model would now be taken by these tensors (on the H100 a second graphed model gave NaN, then a crash)
+    import gc
+
+    gc.collect()
+    filler = [torch.full((1 << 18,), float("nan"), device="cuda") for _ in range(64)]
+    assert (graphed() - eager).abs().max().item() < 1e-4, len(filler)
 
 
 def test_cuda_graph_train_refuses_what_it_cannot_capture():
@@ -247,6 +255,7 @@ def test_cuda_graph_train_step_matches_the_eager_step(precision):
                             num_classes=4, head_channels=16, drop_path_rate=0.0).cuda()
 
     eager_model, graphed_model = model(), model()
+    start = {k: v.clone() for k, v in eager_model.state_dict().items()}
     eager = make_train_step(eager_model, x, y, opts, lr=1e-3)
     eager_x, eager_y = x, y  # the eager step reads these tensors at each call, the graph its own copies
     # the head's dropout draws from the CUDA generator: both sides start each step from the same seed (a replay
@@ -274,8 +283,10 @@ def test_cuda_graph_train_step_matches_the_eager_step(precision):
         eager_x[k].copy_(x2[k])
     eager_y.copy_(y2)
     both({**x2, "label": y2})
-    for p, q in zip(eager_model.parameters(), graphed_model.parameters(), strict=True):
-        assert (p - q).abs().max().item() <= tol * max(1.0, p.abs().max().item())
+    # whole-model distances, not entry by entry: AdamW turns rounding-level differences of near-zero gradients into
+    # differences of up to a step's size in single entries (on the H100: 9e-4 in fp32, 0.036 in bf16, at lr 1e-3)
+    assert_moved_alike(start, eager_model.state_dict(), graphed_model.state_dict(),
+                       0.01 if precision == "fp32" else 0.1)
 
 
 
@@ -615,7 +626,7 @@ def test_sweep_measures_the_low_precision_switches_as_the_fast_set_without_them(
     assert "fast - lowp_norms" not in option_sets(args, torch.device("cpu"))
 
 
-def test_sweep_tries_matmul_resize_on_the_captured_step_on_cuda_only():
+def test_sweep_measures_matmul_resize_on_the_captured_step_on_cuda_only():
     from types import SimpleNamespace
 
     from rgbx.cli.bench import option_sets
@@ -623,11 +634,12 @@ def test_sweep_tries_matmul_resize_on_the_captured_step_on_cuda_only():
     args = SimpleNamespace(options=["exact", "fast", "graphed"], sweep=True, compile_scope="blocks",
                            compile_mode=None)
     sets = option_sets(args, torch.device("cuda"))
-    assert sets["graphed + matmul_resize"] == sets["graphed"].with_(matmul_resize=True)
-    assert not sets["fast"].matmul_resize and not SpeedOptions.fast("cpu").matmul_resize  # not in the fast sets
-    assert "matmul-resize" in sets["graphed + matmul_resize"].describe()
+    assert sets["graphed - matmul_resize"] == sets["graphed"].with_(matmul_resize=False)
+    assert sets["fast"].matmul_resize and not SpeedOptions.fast("cpu").matmul_resize  # in CUDA's fast set only
+    assert "matmul-resize" in sets["graphed"].describe()
+    assert "matmul-resize" not in sets["graphed - matmul_resize"].describe()
     args.options = ["exact", "fast"]
-    assert "fast + matmul_resize" in option_sets(args, torch.device("cuda"))
+    assert "fast - matmul_resize" in option_sets(args, torch.device("cuda"))
     cpu = SimpleNamespace(options=["exact", "fast"], sweep=True, compile_scope="blocks", compile_mode=None)
     assert not any("matmul_resize" in k for k in option_sets(cpu, torch.device("cpu")))
 
@@ -635,8 +647,8 @@ def test_sweep_tries_matmul_resize_on_the_captured_step_on_cuda_only():
 @pytest.mark.parametrize("backbone, fusion, head", [("mit_nano", "cmx", "mlp"), ("dformer_nano", "dformer", "ham")])
 @pytest.mark.parametrize("fold", [False, True])
 def test_matmul_resize_reaches_every_resize_and_keeps_the_logits(backbone, fusion, head, fold):
-    """apply_speed_options(matmul_resize) switches the heads, DFormer's window attention and the final resize of
-    the logits; the logits stay those of F.interpolate (fp32, up to rounding); training through it works."""
+    """apply_speed_options(matmul_resize) switches the heads, DFormer's window attention (its resize and its
+    pooling) and the final resize of the logits; the logits stay those of F.interpolate (fp32, up to rounding); training through it works."""
     torch.manual_seed(0)
     model = create_model(backbone=backbone, fusion=fusion, head=head, modalities=["rgb", "depth"], num_classes=4,
                          head_channels=16).eval()
@@ -652,14 +664,17 @@ def test_matmul_resize_reaches_every_resize_and_keeps_the_logits(backbone, fusio
     calls = []
     import rgbx.models.layers as layers
 
-    real = layers.resize_by_matmul
+    real, real_pooling = layers.resize_by_matmul, layers.pooling_matrix
+    pooled = []
     try:
         layers.resize_by_matmul = lambda *a: calls.append(1) or real(*a)
+        layers.pooling_matrix = lambda *a: pooled.append(1) or real_pooling(*a)
         with torch.no_grad():
             got = model(x).logits
     finally:
-        layers.resize_by_matmul = real
+        layers.resize_by_matmul, layers.pooling_matrix = real, real_pooling
     assert calls and got.shape == want.shape
+    assert bool(pooled) == backbone.startswith("dformer")  # DFormer's window attention pools by matrix products
     assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (got - want).abs().max()
     model.train()
     step = make_train_step(model, x, y, SpeedOptions(fold_head=fold, matmul_resize=True))

@@ -171,20 +171,48 @@ def test_resize_by_matmul_is_bilinear_interpolation(channels_last):
         (ga,) = torch.autograd.grad((want * g).sum(), x)
         (gb,) = torch.autograd.grad((resize_by_matmul(xin, size) * g).sum(), x)
         assert (ga - gb).abs().max() < 1e-12
-        assert torch.equal(resize(x, size, matmul=True), got)
+        assert torch.equal(resize(xin, size, matmul=True), got)
     xb = torch.randn(1, 4, 15, 20).to(torch.bfloat16)
     out = resize_by_matmul(xb, (60, 80))
     ref = F.interpolate(xb.float(), size=(60, 80), mode="bilinear", align_corners=False)
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() <= 2 * 2**-7 * ref.abs().max()
 
 
-def test_interpolation_matrix_made_in_inference_mode_serves_training():
+def test_resampling_matrices_made_in_inference_mode_serve_training():
     """The matrices are cached; one first made under torch.inference_mode must still serve a training step."""
-    from rgbx.models.layers import _INTERPOLATION_MATRICES, resize_by_matmul
+    from rgbx.models.layers import _RESAMPLING_MATRICES, adaptive_avg_pool, resize_by_matmul
 
-    _INTERPOLATION_MATRICES.clear()
+    _RESAMPLING_MATRICES.clear()
     with torch.inference_mode():
         resize_by_matmul(torch.randn(1, 2, 9, 11), (27, 33))
+        adaptive_avg_pool(torch.randn(1, 2, 9, 11), (7, 7), matmul=True)
     x = torch.randn(1, 2, 9, 11, requires_grad=True)
-    resize_by_matmul(x, (27, 33)).sum().backward()
-    assert x.grad is not None and len(_INTERPOLATION_MATRICES) == 2
+    (resize_by_matmul(x, (27, 33)).sum() + adaptive_avg_pool(x, (7, 7), matmul=True).sum()).backward()
+    assert x.grad is not None and len(_RESAMPLING_MATRICES) == 4
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_adaptive_avg_pool_by_matrix_products_is_adaptive_pooling(channels_last):
+    """adaptive_avg_pool(matmul=True): PyTorch's adaptive average pooling (its overlapping windows, and repeated
+    inputs when enlarging) and its gradient, from two matrix products; the memory layout and dtype are kept."""
+    import torch.nn.functional as F
+
+    from rgbx.models.layers import adaptive_avg_pool
+
+    torch.manual_seed(0)
+    for (h, w), size in [((120, 160), (7, 7)), ((15, 20), (7, 7)), ((5, 6), (7, 7)), ((30, 40), (16, 16))]:
+        x = torch.randn(2, 6, h, w, dtype=torch.float64, requires_grad=True)
+        xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        want = F.adaptive_avg_pool2d(x, size)
+        got = adaptive_avg_pool(xin, size, matmul=True)
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-12, (h, w, size)
+        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last or got.is_contiguous()
+        g = torch.randn_like(want)
+        (ga,) = torch.autograd.grad((want * g).sum(), x)
+        (gb,) = torch.autograd.grad((adaptive_avg_pool(xin, size, matmul=True) * g).sum(), x)
+        assert (ga - gb).abs().max() < 1e-12
+        assert torch.equal(adaptive_avg_pool(xin, size), F.adaptive_avg_pool2d(xin, size))  # the switch off
+    xb = torch.randn(1, 4, 120, 160).to(torch.bfloat16)
+    out = adaptive_avg_pool(xb, (7, 7), matmul=True)
+    ref = F.adaptive_avg_pool2d(xb.float(), (7, 7))
+    assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() <= 2 * 2**-7 * ref.abs().max()

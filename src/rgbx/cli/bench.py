@@ -135,10 +135,10 @@ def option_sets(args, device, fusable: bool = False) -> dict:
                 cuda_graph_train=args.cuda_graph_train, tf32=args.tf32,
                 fused_optimizer=args.fused_adamw or exact.fused_optimizer, fuse_projections=args.fuse_projections)
     if args.sweep:  # the rows around the fast set first: a sweep cut off by a time limit keeps those
-        if device.type == "cuda":  # not in the fast set yet: what it would give, on the captured step where there is
-            # one (the uncaptured step is bound by the host on fast GPUs, which would hide a device-side saving)
+        if fast.matmul_resize:  # what it gives, on the captured step where there is one (the uncaptured step is
+            # bound by the host on fast GPUs, which would hide a device-side saving)
             base = "graphed" if "graphed" in sets else "fast"
-            sets[f"{base} + matmul_resize"] = sets.get(base, fast).with_(matmul_resize=True)
+            sets[f"{base} - matmul_resize"] = sets.get(base, fast).with_(matmul_resize=False)
         for switch in ("cast_weights", "lowp_norms"):  # need the low precision: measured as the fast set without
             if getattr(fast, switch):
                 sets[f"fast - {switch}"] = fast.with_(**{switch: False})

@@ -128,6 +128,12 @@ def _config_error(e: OmegaConfBaseException, where: str) -> ConfigError:
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Build the experiment config from defaults, a YAML file (or preset name) and ``key=value`` overrides."""
     schema = OmegaConf.structured(ExperimentConfig)
+    # a frozen dataclass (ModelConfig) makes a read-only node, which OmegaConf 2.3 refuses to merge overrides into
+    # (2.4 allows it); the dataclasses built at the end are frozen again
+    for key in schema:
+        section = schema[key]
+        if OmegaConf.is_config(section) and OmegaConf.is_readonly(section):
+            OmegaConf.set_readonly(section, None)
     layers = [schema]
     if source is not None:
         path = Path(source)

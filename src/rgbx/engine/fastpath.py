@@ -69,12 +69,15 @@ each switch does:
   arithmetic the CPU's autocast already does, which leaves LayerNorm in its input's dtype. On the CPU the switch
   therefore changes little (it also casts the norms' weights). Only under bf16 autocast; no effect in fp32 or fp16
   (whose 5-bit exponent would put the residual stream at risk of overflow).
-* ``matmul_resize``: bilinear resizing (the decode heads', DFormer's window attention's, the logits' final one) as
-  two matrix products (:func:`rgbx.models.layers.resize_by_matmul`) instead of ``F.interpolate``: a GPU runs them at
-  memory speed and their backward pass needs no atomics (on the H100 bilinear upsampling took 9.5 % of CMX-B2's
-  captured bf16 training step, about 1 ms per full-size call forward or backward). The same values up to rounding.
-  On the 2-core CPU it changes little (CMX-B0: latency 1.05×, training step 1.02×). Not in either fast set until
-  measured on a GPU: the sweep's row ``graphed + matmul_resize`` (``fast + ...`` without ``--options graphed``).
+* ``matmul_resize``: bilinear resizing (the decode heads', DFormer's window attention's, the logits' final one) and
+  DFormer's adaptive average pooling as two matrix products each (:func:`rgbx.models.layers.separable_by_matmul`)
+  instead of ``F.interpolate`` / ``F.adaptive_avg_pool2d``: a GPU runs them at memory speed, on channels-last maps
+  without a transpose, and their backward pass needs no atomics (on the H100 bilinear upsampling took 9.5 % of
+  CMX-B2's captured bf16 training step, and adaptive pooling of channels-last maps 26 % of DFormer-L's batch-1
+  kernel time). The same values up to rounding. In CUDA's fast set: on the H100 CMX-B2's captured training step
+  went from 98.9 to 105.7 img/s and its batch-1 latency from 5.05 to 4.80 ms (``benchmarks/gpu.md``; the sweep's
+  row ``graphed - matmul_resize``). On the 2-core CPU it changes little (CMX-B0: latency 1.05×, training step
+  1.02×), so the CPU's fast set leaves it off.
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
@@ -165,7 +168,8 @@ class SpeedOptions:
     @classmethod
     def fast(cls, device: torch.device | str) -> SpeedOptions:
         """What helps on ``device``. CUDA: bf16 autocast, fused attention, channels-last, TF32 for what stays fp32,
-        fused AdamW, CUDA-graph inference, the folded head, LayerNorms in bf16. CPU: fused attention, channels-last
+        fused AdamW, CUDA-graph inference, the folded head, LayerNorms in bf16, resizing and pooling as matrix
+        products. CPU: fused attention, channels-last
         (oneDNN's convolutions run on NHWC without reorders: CMX-B2 batch-1 inference 971 → 510 ms in bf16), the
         folded head, fused AdamW, and bf16 autocast where the processor has bf16 matrix instructions
         (:func:`cpu_has_bf16`). Both: DFormer-style blocks' fused projections for inference. ``compile`` stays a
@@ -174,7 +178,7 @@ class SpeedOptions:
         if device.type == "cuda":
             return cls(precision="bf16", attn_impl="sdpa", channels_last=True, tf32=True, cudnn_benchmark=True,
                        fused_optimizer=True, cuda_graph=True, cast_weights=True, fuse_projections=True,
-                       fold_head=True, lowp_norms=True)
+                       fold_head=True, lowp_norms=True, matmul_resize=True)
         bf16 = cpu_has_bf16()
         return cls(precision="bf16" if bf16 else "fp32", attn_impl="sdpa", channels_last=True, fused_optimizer=True,
                    cast_weights=bf16, fuse_projections=True, fold_head=True)
@@ -379,6 +383,11 @@ class CudaGraphForward:
                  warmup: int = 3):
         if not all(t.is_cuda for t in example.values()):
             raise ConfigError("cuda_graph needs CUDA inputs")
+        # the graph reads the weights of the model fn calls at their addresses, and holds no reference to them:
+        # without this one, a caller that keeps only this object (make_inference's closure) let the model be freed
+        # and its memory be reused by the next model built (on the H100: NaN logits, an illegal memory access, a
+        # segmentation fault in replay, when two graphed models were timed side by side)
+        self.fn = fn
         self.static = {k: v.clone() for k, v in example.items()}
         device = next(iter(example.values())).device
 

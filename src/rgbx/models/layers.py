@@ -11,7 +11,7 @@ that can run in autocast's low precision.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +40,10 @@ __all__ = [
     "interpolation_matrix",
     "map_to_tokens",
     "mask_absent",
+    "pooling_matrix",
     "resize",
     "resize_by_matmul",
+    "separable_by_matmul",
     "stochastic_depth_rates",
     "tokens_to_map",
     "trunc_normal_",
@@ -189,9 +191,17 @@ def resize(x: torch.Tensor, size: Sequence[int], matmul: bool = False) -> torch.
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def adaptive_avg_pool(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def adaptive_avg_pool(x: torch.Tensor, size: Sequence[int], matmul: bool = False) -> torch.Tensor:
     """``F.adaptive_avg_pool2d`` of a (B, C, H, W) map to ``size``. A function bound by name in the model modules, so
-    that ONNX export can swap in :func:`adaptive_avg_pool_by_matmul` (:func:`rgbx.engine.export.traceable`)."""
+    that ONNX export can swap in :func:`adaptive_avg_pool_by_matmul` (:func:`rgbx.engine.export.traceable`).
+
+    ``matmul=True`` computes the same pooling as two matrix products with cached pooling matrices, in ``x``'s memory
+    layout (:func:`separable_by_matmul`), for GPUs: on the H100, CUDA's adaptive pooling of DFormer's channels-last
+    maps took 26 % of DFormer-L's batch-1 kernel time (135 µs a call, ``benchmarks/gpu.md``)."""
+    if matmul and not torch.compiler.is_compiling():  # compiled code fuses the pooling itself
+        h, w = x.shape[-2:]
+        return separable_by_matmul(x, pooling_matrix(h, int(size[0]), x.device, x.dtype),
+                                   pooling_matrix(w, int(size[1]), x.device, x.dtype))
     return F.adaptive_avg_pool2d(x, tuple(size))
 
 
@@ -209,7 +219,7 @@ def adaptive_pool_matrix(n_in: int | torch.SymInt, n_out: int | torch.SymInt, de
     return inside.to(dtype) / (end - start)[:, None].to(dtype)
 
 
-def adaptive_avg_pool_by_matmul(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def adaptive_avg_pool_by_matmul(x: torch.Tensor, size: Sequence[int], matmul: bool = True) -> torch.Tensor:
     """:func:`adaptive_avg_pool` as two matrix products, ``P_h · X · P_wᵀ`` (:func:`adaptive_pool_matrix`): the same
     values up to rounding. For ONNX export with dynamic sizes, where the exporters' adaptive pooling is wrong at
     sizes other than the traced one (torch 2.14's dynamo exporter: off by up to 0.97 for a unit-variance map, or a
@@ -220,24 +230,38 @@ def adaptive_avg_pool_by_matmul(x: torch.Tensor, size: Sequence[int]) -> torch.T
     return torch.matmul(torch.matmul(p_h, x), p_w.t())
 
 
-_INTERPOLATION_MATRICES: dict[tuple, torch.Tensor] = {}
+_RESAMPLING_MATRICES: dict[tuple, torch.Tensor] = {}
+
+
+def _cached_matrix(kind: str, n_in: int, n_out: int, device: torch.device, dtype: torch.dtype,
+                   make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``make()`` (a float64 CPU matrix) on ``device`` in ``dtype``, made once per kind, size, device and dtype,
+    outside inference mode (the same matrix serves training)."""
+    key = (kind, n_in, n_out, torch.device(device), dtype)
+    m = _RESAMPLING_MATRICES.get(key)
+    if m is None:
+        with torch.inference_mode(False), torch.no_grad():
+            m = make().to(device=device, dtype=dtype)
+        if len(_RESAMPLING_MATRICES) >= 256:  # inference at many sizes: start again rather than grow
+            _RESAMPLING_MATRICES.clear()
+        _RESAMPLING_MATRICES[key] = m
+    return m
 
 
 def interpolation_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The (n_out, n_in) matrix of 1-D linear interpolation n_in → n_out (``align_corners=False``, no antialiasing):
-    ``F.interpolate`` applied to the identity, so its source coordinates are PyTorch's own. Made once per size,
-    device and dtype, outside inference mode (the same matrix serves training)."""
-    key = (n_in, n_out, torch.device(device), dtype)
-    m = _INTERPOLATION_MATRICES.get(key)
-    if m is None:
-        with torch.inference_mode(False), torch.no_grad():
-            eye = torch.eye(n_in, dtype=torch.float64)[None]  # n_in signals of length n_in
-            m = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].t().contiguous()
-            m = m.to(device=device, dtype=dtype)
-        if len(_INTERPOLATION_MATRICES) >= 256:  # inference at many sizes: start again rather than grow
-            _INTERPOLATION_MATRICES.clear()
-        _INTERPOLATION_MATRICES[key] = m
-    return m
+    ``F.interpolate`` applied to the identity, so its source coordinates are PyTorch's own. Cached."""
+    def make() -> torch.Tensor:
+        eye = torch.eye(n_in, dtype=torch.float64)[None]  # n_in signals of length n_in
+        return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].t().contiguous()
+
+    return _cached_matrix("linear", n_in, n_out, device, dtype, make)
+
+
+def pooling_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`adaptive_pool_matrix`, computed in float64 and cached."""
+    return _cached_matrix("pool", n_in, n_out, device, dtype,
+                          lambda: adaptive_pool_matrix(n_in, n_out, torch.device("cpu"), torch.float64))
 
 
 def resize_by_matmul(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -252,11 +276,19 @@ def resize_by_matmul(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     On the 2-core CPU it changes little (CMX-B0's fast set: latency 1.05×, training step 1.02×); the switch is
     ``SpeedOptions.matmul_resize``. Same values as ``F.interpolate`` up to rounding: in fp32 within a few ulp; in
     bf16 each product is rounded, so up to one bf16 step more."""
+    h, w = x.shape[-2:]
+    return separable_by_matmul(x, interpolation_matrix(h, int(size[0]), x.device, x.dtype),
+                               interpolation_matrix(w, int(size[1]), x.device, x.dtype))
+
+
+def separable_by_matmul(x: torch.Tensor, a_h: torch.Tensor, a_w: torch.Tensor) -> torch.Tensor:
+    """``A_h · X · A_wᵀ`` for a (B, C, H, W) map ``x`` and matrices (H', H), (W', W): a separable resampling
+    (:func:`resize_by_matmul`, :func:`adaptive_avg_pool`), in ``x``'s dtype and memory layout. A channels-last map
+    stays channels-last without a transpose: (B, H, W, C) memory is ``A_h`` times (B, H, W'·C) after ``A_w`` times
+    (B·H, W, C)."""
     b, c, h, w = x.shape
-    out_h, out_w = int(size[0]), int(size[1])
-    a_h = interpolation_matrix(h, out_h, x.device, x.dtype)
-    a_w = interpolation_matrix(w, out_w, x.device, x.dtype)
-    with torch.autocast(x.device.type, enabled=False):  # in x's own dtype, as the interpolation kernel would be
+    out_h, out_w = a_h.shape[0], a_w.shape[0]
+    with torch.autocast(x.device.type, enabled=False):  # in x's own dtype, as the resampling kernels would be
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             rows = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
             y = torch.matmul(a_w, rows.reshape(b * h, w, c))  # (B·H, W', C)

@@ -242,7 +242,8 @@ class DFormerAttention(InferenceFusion, nn.Module):
         """Pooled (x ‖ e) queries attend to every position of ``u``; the w×w result is resized back to H×W."""
         b, h, w, c = x.shape
         heads, d, win = self.num_heads, c // 2 // self.num_heads, self.window
-        pooled = adaptive_avg_pool(torch.cat((x, e), dim=3).permute(0, 3, 1, 2), (win, win)).permute(0, 2, 3, 1)
+        xe = torch.cat((x, e), dim=3).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+        pooled = adaptive_avg_pool(xe, (win, win), matmul=self.matmul_resize).permute(0, 2, 3, 1)
         query = self.short_cut_linear(pooled).reshape(b, win * win, heads, d).transpose(1, 2)
         k, v = self.kv(u).reshape(b, h * w, 2, heads, d).permute(2, 0, 3, 1, 4)
         if self.attn_impl == "sdpa":
