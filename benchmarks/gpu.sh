@@ -132,14 +132,14 @@ if want profile; then
         --head ham --head-channels 512 --num-classes 40 --size "$SIZE" --batch 1 --infer --options fast --steps 5 \
         --rows 25 2>&1 | tee "$LOG_DIR/profile_infer.log"
     # what fusing its projections and folding its layer scales gives (fuse_projections on / off under the fast set,
-    # CUDA-graph inference, alternated in one process)
-    run_step 40 python benchmarks/switch_ab.py fuse_projections --backbone dformer_l --fusion dformer --head ham \
-        --head-channels 512 --modalities rgb depth --num-classes 40 --size "$SIZE" --what latency \
+    # alternated in one process): CUDA-graph inference, and the captured training step (fused at every step there)
+    run_step 70 python benchmarks/switch_ab.py fuse_projections --backbone dformer_l --fusion dformer --head ham \
+        --head-channels 512 --modalities rgb depth --num-classes 40 --size "$SIZE" --what latency train --graphed \
         --device "$DEVICE" --repeats "$REPEATS" 2>&1 | tee "$LOG_DIR/fuse_ab.log"
     # resizing and pooling as matrix products (matmul_resize), on DFormer-L: its adaptive pooling of channels-last maps
-    # took 26 % of the batch-1 kernel time; latency, and the captured training step
-    run_step 60 python benchmarks/switch_ab.py matmul_resize --backbone dformer_l --fusion dformer --head ham \
-        --head-channels 512 --modalities rgb depth --num-classes 40 --size "$SIZE" --what latency train --graphed \
+    # took 26 % of the batch-1 kernel time (the sweep measures CMX-B2's captured training step with and without it)
+    run_step 30 python benchmarks/switch_ab.py matmul_resize --backbone dformer_l --fusion dformer --head ham \
+        --head-channels 512 --modalities rgb depth --num-classes 40 --size "$SIZE" --what latency \
         --device "$DEVICE" --repeats "$REPEATS" 2>&1 | tee "$LOG_DIR/matmul_ab.log"
 fi
 
@@ -256,10 +256,10 @@ table_or_tail() {  # the rich table of a bench log; the progress lines where it 
         echo "DFormer-L's fused projections and folded layer scales (\`benchmarks/switch_ab.py fuse_projections\`):"
         echo
         echo '```'
-        grep "latency\|Error" "$LOG_DIR/fuse_ab.log" 2>/dev/null | tail -3 || true
+        grep "latency\|training step\|Error" "$LOG_DIR/fuse_ab.log" 2>/dev/null | tail -4 || true
         echo '```'
         echo
-        echo "DFormer-L's resizing and pooling as matrix products (\`benchmarks/switch_ab.py matmul_resize --graphed\`):"
+        echo "DFormer-L's resizing and pooling as matrix products (\`benchmarks/switch_ab.py matmul_resize\`):"
         echo
         echo '```'
         grep "latency\|training step\|Error" "$LOG_DIR/matmul_ab.log" 2>/dev/null | tail -4 || true

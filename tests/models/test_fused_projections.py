@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rgbx.engine.fastpath import SpeedOptions, autocast, cast_inference_weights, prepare_inference
+from rgbx.engine.fastpath import (
+    SpeedOptions,
+    apply_speed_options,
+    autocast,
+    cast_inference_weights,
+    prepare_inference,
+)
 from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
 from rgbx.models import create_model
@@ -168,9 +174,69 @@ def test_loading_weights_into_a_fused_model_undoes_the_fusion(backbone, fusion, 
     other = _model(backbone, fusion, modalities, seed=1)
     fused.load_state_dict(other.state_dict())
     x = _inputs(modalities)
-    with torch.no_grad():
-        torch.testing.assert_close(fused(x).logits, other(x).logits, rtol=0, atol=0)
+    with torch.no_grad():  # the weights loaded, fused at each pass (fuse_live) until prepared again: rounding only
+        want = other(x).logits
+        torch.testing.assert_close(fused(x).logits, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
     prepare_inference(fused, FUSE)  # and fusing again uses the new weights
     with torch.no_grad():
         a = other(x).logits
         torch.testing.assert_close(fused(x).logits, a, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+
+
+@pytest.mark.parametrize("backbone, fusion, modalities, present_case", [
+    ("dformer_nano", "dformer", ("rgb", "depth"), "all"),
+    ("omni_nano", "omni", ("rgb", "depth", "thermal"), "all"),
+    ("omni_nano", "omni", ("rgb", "depth", "thermal"), "masked"),
+])
+def test_training_with_live_fusion_gives_the_same_loss_and_gradients(backbone, fusion, modalities, present_case):
+    """fuse_projections in training (``fuse_live``): the fused, layer-scaled weights are formed at every pass from the
+    parameters, so the loss and the gradient of every parameter, the layer scales included, are those of the unfused
+    blocks (float64, drop path on and drawing the same masks), with fewer full-size operations."""
+    x = {k: v.double() for k, v in _inputs(modalities).items()}
+    present = None
+    if present_case == "masked":
+        present = {"depth": torch.tensor([True, False]), "thermal": torch.tensor([False, False])}
+    label = torch.randint(0, 5, (2, 64, 96), generator=torch.Generator().manual_seed(2))
+    results = []
+    for fuse in (False, True):
+        torch.manual_seed(0)
+        model = create_model(backbone=backbone, fusion=fusion, head="ham", modalities=list(modalities),
+                             num_classes=5, head_channels=32, drop_path_rate=0.3).double()
+        with torch.no_grad():  # distinct per-channel layer scales, so that folding them matters
+            gen = torch.Generator().manual_seed(3)
+            for name, p in model.named_parameters():
+                if "layer_scale" in name:
+                    p.copy_(torch.rand(p.shape, generator=gen, dtype=torch.float64) + 0.25)
+        apply_speed_options(model, SpeedOptions(fuse_projections=fuse, attn_impl="eager"))
+        model.train()
+        torch.manual_seed(1)  # the drop-path draws
+        with _Ops() as ops:
+            loss = torch.nn.functional.cross_entropy(model(x, present).logits, label)
+            loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads, ops))
+    (loss_a, grads_a, ops_a), (loss_b, grads_b, ops_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-12, atol=0)
+    assert grads_a.keys() == grads_b.keys() and any("layer_scale" in n for n in grads_a)
+    for name, g in grads_a.items():
+        torch.testing.assert_close(grads_b[name], g, rtol=1e-9, atol=1e-12, msg=name)  # (biases before a BN: 0)
+    # fewer matrix products (at this tiny size the weights are as large as the maps: what the products with γ save
+    # in full-size work is counted at real sizes in benchmarks/speed.md)
+    a, b = ops_a.counts, ops_b.counts
+    assert b["addmm"] + b["mm"] < a["addmm"] + a["mm"], (a["addmm"] + a["mm"], b["addmm"] + b["mm"])
+
+
+def test_live_fusion_keeps_the_residual_streams_float32_under_autocast():
+    """Under bf16 autocast the unfused block's fp32 γ ⊙ t makes the residual streams float32; with the layer scales
+    folded into the bf16 products, the block casts its input streams once instead, so training adds its small
+    updates (γ starts at 1e-6) in float32 as before."""
+    torch.manual_seed(0)
+    block = DFormerBlock(16, 1, 4, window=0, drop_path=None)
+    block.set_live_fusion(True)
+    x, e = torch.randn(2, 6, 8, 16).bfloat16(), torch.randn(2, 6, 8, 8).bfloat16()
+    with autocast(torch.device("cpu"), "bf16"):
+        x2, e2 = block(x, e)
+        block.set_live_fusion(False)
+        x3, e3 = block(x, e)
+    assert x2.dtype == e2.dtype == x3.dtype == e3.dtype == torch.float32
+    assert (x2 - x3).abs().max() < 1e-2 * 1e-6 * 100  # the updates are about 1e-6 × O(1); bf16 products round them

@@ -44,18 +44,21 @@ each switch does:
   the autocast dtype (:func:`cast_inference_weights`, in place) instead of by autocast at every forward pass (one
   cast kernel per layer and call, replayed by a CUDA graph too: CMX-B2 has 288 such layers). The values are the
   ones autocast computes, so the outputs are the same, bit for bit; the model must then run under autocast.
-* ``fuse_projections``: inference only: in DFormer-style blocks (DFormer, the OmniSegmentor encoder) the three
-  projections of the normalised RGB map (``q``, ``q_cut``, ``l``) run as one matrix product and the two of the mixed
-  map (``proj``, ``proj_e``) as another, and every layer scale γ is folded into the layer whose output it scales
-  (``γ ⊙ (W x + b) = (γ W) x + γ b``), so the block adds its updates without multiplying them
-  (:meth:`rgbx.models.backbones.dformer.DFormerBlock.fuse_for_inference`). Per block, 3 matrix products and 4
-  full-size products with γ fewer; and under bf16 autocast the fp32 γ no longer promotes each update to fp32, so
-  the residual streams of stages 2-4 stay bf16 (as MiT's do with ``lowp_norms``) and their LayerNorm inputs need
-  no cast (DFormer-L under the CUDA fast set: 1077 → 860 operators per forward pass). The same function: the fused
-  weights are formed in float32 and rounded once to the layers' dtype, so only the rounding differs (fp32: logits
-  within 1e-5). The fused weights are non-persistent buffers (the state dict keeps the trained tensors) computed
-  from the weights at :func:`prepare_inference`; loading a state dict undoes the fusion (the copies would be stale),
-  and a fused block refuses to train.
+* ``fuse_projections``: in DFormer-style blocks (DFormer, the OmniSegmentor encoder) the three projections of the
+  normalised RGB map (``q``, ``q_cut``, ``l``) run as one matrix product and the two of the mixed map (``proj``,
+  ``proj_e``) as another, and every layer scale γ is folded into the layer whose output it scales
+  (``γ ⊙ (W x + b) = (γ W) x + γ b``), so the block adds its updates without multiplying them. In training the fused
+  weights are formed from the weights at every step (:func:`rgbx.models.layers.stacked_linear_params`,
+  differentiable): per block and step, 3 matrix products, 4 full-size products with γ and, in the backward pass,
+  their gradients and the 4 full-size reductions for γ's gradient are replaced by products of weight-sized matrices
+  (the residual streams stay float32 under autocast, as the unfused block keeps them). For inference
+  (:meth:`rgbx.models.backbones.dformer.DFormerBlock.fuse_for_inference`) they are formed once, and under bf16
+  autocast the fp32 γ no longer promotes each update to fp32, so the residual streams of stages 2-4 stay bf16 (as
+  MiT's do with ``lowp_norms``) and their LayerNorm inputs need no cast (DFormer-L under the CUDA fast set: 1077 →
+  860 operators per forward pass). The same function: the inference copies are formed in float32 and rounded once
+  to the layers' dtype, so only the rounding differs (fp32: logits within 1e-5). They are non-persistent buffers
+  (the state dict keeps the trained tensors) computed from the weights at :func:`prepare_inference`; loading a state
+  dict undoes that fusion (the copies would be stale), and a block with such copies refuses to train.
 * ``fold_head``: the decode head's fusion convolution applied to each stage map at its own resolution, before the
   upsampling, instead of to the concatenation of the upsampled maps (:meth:`rgbx.models.Segmentor.set_fold_head`;
   the MLP head also folds its per-stage Linear layers into it). The same function with the same weights: the
@@ -330,6 +333,9 @@ def apply_speed_options(model: nn.Module, options: SpeedOptions) -> nn.Module:
         model.set_lowp_norms(options.lowp_norms)
     if hasattr(model, "set_matmul_resize"):
         model.set_matmul_resize(options.matmul_resize)
+    for module in model.modules():
+        if hasattr(module, "set_live_fusion"):
+            module.set_live_fusion(options.fuse_projections)
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
     if options.compile and options.compile_scope == "blocks":

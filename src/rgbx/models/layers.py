@@ -44,6 +44,7 @@ __all__ = [
     "resize",
     "resize_by_matmul",
     "separable_by_matmul",
+    "stacked_linear_params",
     "stochastic_depth_rates",
     "tokens_to_map",
     "trunc_normal_",
@@ -223,7 +224,8 @@ def adaptive_avg_pool_by_matmul(x: torch.Tensor, size: Sequence[int], matmul: bo
     """:func:`adaptive_avg_pool` as two matrix products, ``P_h · X · P_wᵀ`` (:func:`adaptive_pool_matrix`): the same
     values up to rounding. For ONNX export with dynamic sizes, where the exporters' adaptive pooling is wrong at
     sizes other than the traced one (torch 2.14's dynamo exporter: off by up to 0.97 for a unit-variance map, or a
-    failed Gather); two MatMuls with matrices computed from the input's size are exact at every size."""
+    failed Gather); two MatMuls with matrices computed from the input's size are exact at every size. ``matmul`` is
+    accepted and ignored, so that this function can stand in for :func:`adaptive_avg_pool`."""
     h, w = x.shape[-2:]
     p_h = adaptive_pool_matrix(h, size[0], x.device, x.dtype)
     p_w = adaptive_pool_matrix(w, size[1], x.device, x.dtype)
@@ -332,24 +334,37 @@ def conv1x1_resized_concat(
     return out
 
 
+def stacked_linear_params(
+    layers: Sequence[nn.Linear], scales: Sequence[torch.Tensor | None] | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of one Linear layer that computes ``layers`` (same input) side by side, each output
+    multiplied by its ``scales`` entry (a per-channel layer scale γ, or None):
+    ``cat_i(γ_i ⊙ (W_i x + b_i)) = (cat_i γ_i W_i) x + cat_i γ_i b_i``, in ``dtype`` (default: the weights').
+    Differentiable: formed at every training step, the gradients reach each ``W_i``, ``b_i`` and ``γ_i`` through
+    the concatenation, and ``γ_i`` multiplies a weight-sized matrix instead of the full-size output."""
+    scales = scales if scales is not None else [None] * len(layers)
+    weights, biases = [], []
+    for layer, scale in zip(layers, scales, strict=True):
+        w, b = layer.weight.to(dtype or layer.weight.dtype), layer.bias.to(dtype or layer.bias.dtype)
+        if scale is not None:
+            w, b = w * scale.to(w.dtype)[:, None], b * scale.to(b.dtype)
+        weights.append(w)
+        biases.append(b)
+    if len(layers) == 1:
+        return weights[0], biases[0]
+    return torch.cat(weights), torch.cat(biases)
+
+
 def fused_linear_params(
     layers: Sequence[nn.Linear], scales: Sequence[torch.Tensor | None] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight and bias of one Linear layer that computes ``layers`` (same input) side by side, each output
-    multiplied by its ``scales`` entry (a per-channel layer scale γ, or None), for inference:
-    ``cat_i(γ_i ⊙ (W_i x + b_i)) = (cat_i γ_i W_i) x + cat_i γ_i b_i``. The products are formed in float32 and
-    rounded once to the layers' dtype (bf16 after :func:`rgbx.engine.fastpath.cast_inference_weights`)."""
-    scales = scales if scales is not None else [None] * len(layers)
-    weights, biases = [], []
+    """:func:`stacked_linear_params` for inference: formed once, in float32, and rounded once to the layers' dtype
+    (bf16 after :func:`rgbx.engine.fastpath.cast_inference_weights`); new tensors, not views of the weights."""
     with torch.no_grad():
-        for layer, scale in zip(layers, scales, strict=True):
-            w, b = layer.weight.float(), layer.bias.float()
-            if scale is not None:
-                w, b = w * scale.float()[:, None], b * scale.float()
-            weights.append(w)
-            biases.append(b)
+        w, b = stacked_linear_params(layers, scales, dtype=torch.float32)
         dtype = layers[0].weight.dtype
-        return torch.cat(weights).to(dtype), torch.cat(biases).to(dtype)
+        return w.to(dtype, copy=True), b.to(dtype, copy=True)
 
 
 def mask_absent(x: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:

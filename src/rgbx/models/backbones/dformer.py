@@ -67,6 +67,7 @@ from rgbx.models.layers import (
     drop_path_layer,
     fused_linear_params,
     resize,
+    stacked_linear_params,
     stochastic_depth_rates,
 )
 from rgbx.models.registries import BACKBONES
@@ -108,12 +109,15 @@ DFORMER_VARIANTS: dict[str, DFormerArch] = {
 
 
 class InferenceFusion:
-    """Mixin for a module that can hold inference-only fused copies of its weights (``SpeedOptions.fuse_projections``)
-    as non-persistent buffers, so the state dict keeps the trained tensors. ``fused`` says whether they are in use;
-    loading a state dict clears it, since the copies would be stale (:func:`~rgbx.engine.fastpath.prepare_inference`
-    fuses again)."""
+    """Mixin for a module whose projections can be fused (``SpeedOptions.fuse_projections``), in one of two ways.
+
+    ``fused``: inference-only fused copies of its weights, held as non-persistent buffers, so the state dict keeps the
+    trained tensors; loading a state dict clears it, since the copies would be stale
+    (:func:`~rgbx.engine.fastpath.prepare_inference` fuses again). ``fuse_live``: the same fused weights formed from
+    the weights at every forward pass (:func:`~rgbx.models.layers.stacked_linear_params`), so the module trains."""
 
     fused = False
+    fuse_live = False
 
     def _hold_fused(self, **tensors: torch.Tensor) -> None:
         for name, tensor in tensors.items():
@@ -126,11 +130,31 @@ class InferenceFusion:
 
 
 class LayerScaledBlock(InferenceFusion):
-    """Mixin for a block whose residual terms are ``DropPath(γ ⊙ t)``; ``fused``: every γ is folded into the layer
-    that makes ``t`` (inference), so the term is ``t`` itself."""
+    """Mixin for a block whose residual terms are ``DropPath(γ ⊙ t)``; ``fused`` or ``fuse_live``: every γ is folded
+    into the layer that makes ``t``, so the term is ``DropPath(t)``."""
+
+    @property
+    def folded(self) -> bool:
+        return self.fused or self.fuse_live
+
+    @property
+    def live(self) -> bool:
+        """Whether this forward pass forms the fused weights itself (``fuse_live`` without cached copies)."""
+        return self.fuse_live and not self.fused
+
+    def set_live_fusion(self, on: bool) -> None:
+        """``SpeedOptions.fuse_projections`` in training: this block and its token mixer and MLPs form their fused,
+        layer-scaled weights at every forward pass."""
+        for module in self.modules():
+            if isinstance(module, InferenceFusion):
+                module.fuse_live = on
 
     def _update(self, scale: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return t if self.fused else self.dropout_layer(scale * t)
+        return self.dropout_layer(t if self.folded else scale * t)
+
+    def _promoted(self, stream: torch.Tensor) -> torch.Tensor:
+        """``stream`` in the dtype that ``stream + γ ⊙ t`` would have (float32 for a bf16 stream and fp32 γ)."""
+        return stream.to(torch.promote_types(stream.dtype, self.layer_scale_1.dtype))
 
 
 class DFormerMLP(InferenceFusion, nn.Module):
@@ -151,7 +175,8 @@ class DFormerMLP(InferenceFusion, nn.Module):
         weight, bias = fused_linear_params([self.fc2], [scale])
         self._hold_fused(fused_fc2_weight=weight, fused_fc2_bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``scale``: the layer scale γ to fold into ``fc2`` at this pass (``fuse_live``); fused: already folded."""
         p = self.fc1(self.norm(x)).permute(0, 3, 1, 2)
         # p + pos(p), summed into the convolution's output (which its backward pass does not keep): the same values,
         # and no new hidden-width map (8 × C channels in stages 1-2); on the CPU each fresh one costs its page
@@ -159,6 +184,8 @@ class DFormerMLP(InferenceFusion, nn.Module):
         p = self.pos(p).add_(p).permute(0, 2, 3, 1)
         if self.fused:
             return F.linear(self.act(p), self.fused_fc2_weight, self.fused_fc2_bias)
+        if scale is not None:
+            return F.linear(self.act(p), *stacked_linear_params([self.fc2], [scale]))
         return self.fc2(self.act(p))
 
 
@@ -220,23 +247,31 @@ class DFormerAttention(InferenceFusion, nn.Module):
 
     def _in_projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``q(x)``, ``q_cut(x)``, ``l(x)``."""
-        if not self.fused:
-            return self.q(x), self.q_cut(x), self.l(x)
-        if self.training:
-            raise ConfigError("this DFormer block was fused for inference (SpeedOptions.fuse_projections) and "
-                              "cannot be trained; build the model again")
         c = x.shape[-1]
-        return F.linear(x, self.fused_in_weight, self.fused_in_bias).split((c, c // 2, c), dim=-1)
+        if self.fused:
+            if self.training:
+                raise ConfigError("this DFormer block was fused for inference (SpeedOptions.fuse_projections) and "
+                                  "cannot be trained; build the model again")
+            return F.linear(x, self.fused_in_weight, self.fused_in_bias).split((c, c // 2, c), dim=-1)
+        if self.fuse_live:
+            return F.linear(x, *stacked_linear_params([self.q, self.q_cut, self.l])).split((c, c // 2, c), dim=-1)
+        return self.q(x), self.q_cut(x), self.l(x)
 
-    def _out_projections(self, z: torch.Tensor, depth_out: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``proj(z)`` and ``proj_e(z)`` (None unless ``depth_out``); fused: already multiplied by γ1 / γ1e."""
-        if not self.fused:
-            return self.proj(z), (self.proj_e(z) if depth_out else None)
+    def _out_projections(self, z: torch.Tensor, depth_out: bool, scales: Sequence[torch.Tensor | None] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``proj(z)`` and ``proj_e(z)`` (None unless ``depth_out``); fused: already multiplied by γ1 / γ1e;
+        ``scales`` (γ1, γ1e) given (``fuse_live``): multiplied by them, folded into the weights at this pass."""
         c = self.proj.out_features
-        if not depth_out:
-            return F.linear(z, self.fused_out_weight[:c], self.fused_out_bias[:c]), None
-        dx, de = F.linear(z, self.fused_out_weight, self.fused_out_bias).split((c, c // 2), dim=-1)
-        return dx, de
+        if self.fused:
+            if not depth_out:
+                return F.linear(z, self.fused_out_weight[:c], self.fused_out_bias[:c]), None
+            dx, de = F.linear(z, self.fused_out_weight, self.fused_out_bias).split((c, c // 2), dim=-1)
+            return dx, de
+        if scales is not None:
+            outs = [self.proj, self.proj_e] if depth_out else [self.proj]
+            y = F.linear(z, *stacked_linear_params(outs, list(scales)[: len(outs)]))
+            return (y, None) if not depth_out else tuple(y.split((c, c // 2), dim=-1))
+        return self.proj(z), (self.proj_e(z) if depth_out else None)
 
     def _window_attention(self, x: torch.Tensor, e: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Pooled (x ‖ e) queries attend to every position of ``u``; the w×w result is resized back to H×W."""
@@ -254,8 +289,10 @@ class DFormerAttention(InferenceFusion, nn.Module):
         out = resize(out, (h, w), matmul=self.matmul_resize)
         return out.permute(0, 2, 3, 1)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, H, W, C), e: (B, H, W, C/2) → RGB update (B, H, W, C), depth update (B, H, W, C/2) or None."""
+    def forward(self, x: torch.Tensor, e: torch.Tensor, scales: Sequence[torch.Tensor | None] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, H, W, C), e: (B, H, W, C/2) → RGB update (B, H, W, C), depth update (B, H, W, C/2) or None.
+        ``scales``: the block's (γ1, γ1e), to fold into the output projections at this pass (``fuse_live``)."""
         x = self.norm(x)
         e = self.norm_e(e)
         q, q_cut, l = self._in_projections(x)  # noqa: E741
@@ -267,7 +304,7 @@ class DFormerAttention(InferenceFusion, nn.Module):
             parts.append(self._window_attention(x, e, u))
         parts.append(q_cut * gate)
         z = torch.cat(parts, dim=3)
-        return self._out_projections(z, self.depth_out)
+        return self._out_projections(z, self.depth_out, scales)
 
 
 class DFormerBlock(LayerScaledBlock, nn.Module):
@@ -310,12 +347,16 @@ class DFormerBlock(LayerScaledBlock, nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Channels-last (x, e) → (x, e); without a depth output ``e`` is returned unchanged."""
-        dx, de = self.attn(x, e)
+        live = self.live
+        if live:  # the residual streams in γ's dtype (float32 under autocast), as γ ⊙ t makes them unfused
+            x, e = self._promoted(x), self._promoted(e)
+        scales = (self.layer_scale_1, self.layer_scale_1_e if self.depth_out else None) if live else None
+        dx, de = self.attn(x, e, scales)
         x = x + self._update(self.layer_scale_1, dx)
-        x = x + self._update(self.layer_scale_2, self.mlp(x))
+        x = x + self._update(self.layer_scale_2, self.mlp(x, self.layer_scale_2 if live else None))
         if self.depth_out:
             e = e + self._update(self.layer_scale_1_e, de)
-            e = e + self._update(self.layer_scale_2_e, self.mlp_e2(e))
+            e = e + self._update(self.layer_scale_2_e, self.mlp_e2(e, self.layer_scale_2_e if live else None))
         return x, e
 
 

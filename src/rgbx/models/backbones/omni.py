@@ -137,7 +137,8 @@ class OmniAttention(DFormerAttention):
     """
 
     def forward(
-        self, x: torch.Tensor, agg: torch.Tensor | None, any_present: torch.Tensor | None = None
+        self, x: torch.Tensor, agg: torch.Tensor | None, any_present: torch.Tensor | None = None,
+        scales: Sequence[torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mix.
 
@@ -147,6 +148,7 @@ class OmniAttention(DFormerAttention):
                 computed (then ``ê = 0`` for every sample).
             any_present: (B,) bool, whether the sample has at least one supplementary modality present (``ê = 0``
                 where not); None = every sample has one.
+            scales: the block's (γ1, γ1e), to fold into the output projections at this pass (``fuse_live``).
 
         Returns:
             The RGB update (B, H, W, C) and the supplementary update (B, H, W, C/2), the latter None without a
@@ -168,7 +170,7 @@ class OmniAttention(DFormerAttention):
             parts.append(self._window_attention(x, e, u))
         parts.append(q_cut * gate)
         z = torch.cat(parts, dim=3)
-        return self._out_projections(z, self.depth_out and agg is not None)
+        return self._out_projections(z, self.depth_out and agg is not None, scales)
 
 
 class OmniBlock(LayerScaledBlock, nn.Module):
@@ -234,22 +236,27 @@ class OmniBlock(LayerScaledBlock, nn.Module):
         ``present[m]``: (B,) bool, or None for "present in every sample"; ``any_present`` as in
         :meth:`OmniAttention.forward`.
         """
+        live = self.live
+        if live:  # the residual streams in γ's dtype (float32 under autocast), as γ ⊙ t makes them unfused
+            x, states = self._promoted(x), {m: self._promoted(e) for m, e in states.items()}
         agg = None
         for m, e in states.items():
             mask = present.get(m)
             if mask is not None:
                 e = torch.where(_view(mask), e, torch.zeros((), dtype=e.dtype, device=e.device))
             agg = e if agg is None else agg + e
-        dx, de = self.attn(x, agg, any_present)
+        scales = (self.layer_scale_1, self.layer_scale_1_e if self.supp_out else None) if live else None
+        dx, de = self.attn(x, agg, any_present, scales)
         x = x + self._update(self.layer_scale_1, dx)
-        x = x + self._update(self.layer_scale_2, self.mlp(x))
+        x = x + self._update(self.layer_scale_2, self.mlp(x, self.layer_scale_2 if live else None))
         if de is None:
             return x, states
-        shared = de if self.fused else self.layer_scale_1_e * de
+        shared = de if self.folded else self.layer_scale_1_e * de
         out = {}
         for m, e in states.items():
             e = e + self.dropout_layer(shared)
-            out[m] = e + self._update(self.layer_scale_2_e[m], self.mlp_e[m](e))
+            scale = self.layer_scale_2_e[m]
+            out[m] = e + self._update(scale, self.mlp_e[m](e, scale if live else None))
         return x, out
 
 
