@@ -44,6 +44,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if args.graphed and not cuda and "train" in args.what:
+        p.error("--graphed captures the training step as a CUDA graph: it needs --device cuda")
     size = args.size
     train_size = args.train_size or ((480, 640) if cuda else (240, 320))
     train_batch = args.train_batch or (8 if cuda else 2)

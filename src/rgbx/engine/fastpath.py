@@ -172,11 +172,11 @@ class SpeedOptions:
     def fast(cls, device: torch.device | str) -> SpeedOptions:
         """What helps on ``device``. CUDA: bf16 autocast, fused attention, channels-last, TF32 for what stays fp32,
         fused AdamW, CUDA-graph inference, the folded head, LayerNorms in bf16, resizing and pooling as matrix
-        products. CPU: fused attention, channels-last
-        (oneDNN's convolutions run on NHWC without reorders: CMX-B2 batch-1 inference 971 → 510 ms in bf16), the
-        folded head, fused AdamW, and bf16 autocast where the processor has bf16 matrix instructions
-        (:func:`cpu_has_bf16`). Both: DFormer-style blocks' fused projections for inference. ``compile`` stays a
-        separate choice (its first call costs tens of seconds); turn it on with ``replace(opts, compile=True)``."""
+        products. CPU: fused attention, channels-last (oneDNN's convolutions run on NHWC without reorders: CMX-B2
+        batch-1 inference 971 → 510 ms in bf16), the folded head, fused AdamW, and bf16 autocast where the processor
+        has bf16 matrix instructions (:func:`cpu_has_bf16`). Both: DFormer-style blocks' fused projections.
+        ``compile`` stays a separate choice (its first call costs tens of seconds); turn it on with
+        ``replace(opts, compile=True)``."""
         device = torch.device(device)
         if device.type == "cuda":
             return cls(precision="bf16", attn_impl="sdpa", channels_last=True, tf32=True, cudnn_benchmark=True,
