@@ -205,14 +205,16 @@ def test_speed_defaults_follow_the_device_and_explicit_switches_win():
     apply_speed_preset(cfg, cuda)  # the fast path is the default where it pays
     t = cfg.train
     assert (t.precision, t.channels_last, t.tf32, t.cudnn_benchmark, t.fused_optimizer, t.fold_head,
-            t.lowp_norms) == ("bf16", True, True, True, True, True, True)
+            t.lowp_norms, t.matmul_resize, t.fuse_projections) == ("bf16", True, True, True, True, True, True, True,
+                                                                   True)
     cfg = load_config(None, ["train.precision=fp32", "train.channels_last=false"])
     apply_speed_preset(cfg, cuda)
     assert (cfg.train.precision, cfg.train.channels_last, cfg.train.tf32) == ("fp32", False, True)
     cfg = load_config(None, [])
     apply_speed_preset(cfg, cpu)  # on the CPU the default stays the exact fp32 path, with the same-function fold
     assert (cfg.train.precision, cfg.train.channels_last, cfg.train.fused_optimizer, cfg.train.fold_head,
-            cfg.train.lowp_norms) == ("fp32", False, False, True, False)
+            cfg.train.lowp_norms, cfg.train.matmul_resize, cfg.train.fuse_projections) == (
+        "fp32", False, False, True, False, False, False)
     cfg = load_config(None, ["train.speed=exact"])
     apply_speed_preset(cfg, cpu)
     assert cfg.train.fold_head is False

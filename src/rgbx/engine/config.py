@@ -68,10 +68,11 @@ class TrainConfig:
     checkpoint_every: int = 200  # 0 = only at the end (a killed run then restarts from the beginning)
     log_every: int = 20
     # speed switches (rgbx.engine.fastpath). A switch left at None takes the device's default: on CUDA the fast set
-    # (bf16, channels-last, TF32, cuDNN autotuning, fused AdamW, folded head, bf16 LayerNorms), elsewhere the exact
-    # fp32 path. speed: "custom" = the switches as set; "fast" / "exact" = the device's fast set / everything off,
-    # written over precision, channels_last, tf32, cudnn_benchmark, fused_optimizer, fold_head, lowp_norms and
-    # model.attn_impl (compile stays its own choice)
+    # (bf16, channels-last, TF32, cuDNN autotuning, fused AdamW, folded head, bf16 LayerNorms, matrix-product
+    # resizing, fused projections), elsewhere the exact fp32 path. speed: "custom" = the switches as set; "fast" /
+    # "exact" = the device's fast set / everything off, written over precision, channels_last, tf32, cudnn_benchmark,
+    # fused_optimizer, fold_head, lowp_norms, matmul_resize, fuse_projections and model.attn_impl (compile stays its
+    # own choice)
     speed: str = "custom"
     precision: str | None = None  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
     channels_last: bool | None = None  # NHWC weights and inputs
@@ -87,6 +88,12 @@ class TrainConfig:
     # LayerNorms in bf16 under bf16 autocast (CUDA's autocast runs them in fp32: the residual stream then stays fp32);
     # None = the device's fast set (on for CUDA; the CPU's autocast already works this way)
     lowp_norms: bool | None = None
+    # bilinear resizing and DFormer's adaptive pooling as matrix products (no atomics in the backward pass); None = the
+    # device's fast set (on for CUDA)
+    matmul_resize: bool | None = None
+    # DFormer-style blocks: projections fused and layer scales folded, formed from the weights at every step (same
+    # gradients); None = the device's fast set (on for CUDA)
+    fuse_projections: bool | None = None
     # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised, anyseg, ktb, primkd,
     # modality dropout and missing sensors then decided on the device; bf16 / fp32, one process): one launch a step
     cuda_graph_train: bool = False

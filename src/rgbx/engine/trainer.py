@@ -96,7 +96,8 @@ def apply_speed_preset(cfg: ExperimentConfig, device: torch.device) -> None:
     if preset not in SPEED_PRESETS:
         raise ConfigError(f"train.speed={preset!r}: expected one of {', '.join(SPEED_PRESETS)}")
     t = cfg.train
-    names = ("precision", "channels_last", "tf32", "cudnn_benchmark", "fused_optimizer", "fold_head", "lowp_norms")
+    names = ("precision", "channels_last", "tf32", "cudnn_benchmark", "fused_optimizer", "fold_head", "lowp_norms",
+             "matmul_resize", "fuse_projections")
     if preset == "custom":
         default = SpeedOptions.fast(device) if device.type == "cuda" else SpeedOptions.exact()
         # the folded head computes the same function (rounding aside) in fewer operations: on for every device
@@ -256,7 +257,8 @@ class Trainer:
                                   compile_scope=t.compile_scope, compile_mode=t.compile_mode,
                                   compile_backend=t.compile_backend, tf32=t.tf32, cudnn_benchmark=t.cudnn_benchmark,
                                   fused_optimizer=t.fused_optimizer, cuda_graph_train=t.cuda_graph_train,
-                                  fold_head=t.fold_head, lowp_norms=t.lowp_norms)
+                                  fold_head=t.fold_head, lowp_norms=t.lowp_norms, matmul_resize=t.matmul_resize,
+                                  fuse_projections=t.fuse_projections)
         if self.device.type == "cuda":  # process-wide for the run
             torch.backends.cuda.matmul.allow_tf32 = t.tf32
             torch.backends.cudnn.allow_tf32 = t.tf32 or torch.backends.cudnn.allow_tf32
