@@ -225,11 +225,11 @@ def adaptive_avg_pool_by_matmul(x: torch.Tensor, size: Sequence[int], matmul: bo
     values up to rounding. For ONNX export with dynamic sizes, where the exporters' adaptive pooling is wrong at
     sizes other than the traced one (torch 2.14's dynamo exporter: off by up to 0.97 for a unit-variance map, or a
     failed Gather); two MatMuls with matrices computed from the input's size are exact at every size. ``matmul`` is
-    accepted and ignored, so that this function can stand in for :func:`adaptive_avg_pool`."""
+    accepted and ignored, so that this function can stand in for :func:`adaptive_avg_pool`; unlike its
+    ``matmul=True`` path, the matrices are built from the traced sizes at every call rather than cached."""
     h, w = x.shape[-2:]
-    p_h = adaptive_pool_matrix(h, size[0], x.device, x.dtype)
-    p_w = adaptive_pool_matrix(w, size[1], x.device, x.dtype)
-    return torch.matmul(torch.matmul(p_h, x), p_w.t())
+    return separable_by_matmul(x, adaptive_pool_matrix(h, size[0], x.device, x.dtype),
+                               adaptive_pool_matrix(w, size[1], x.device, x.dtype))
 
 
 _RESAMPLING_MATRICES: dict[tuple, torch.Tensor] = {}
