@@ -28,7 +28,12 @@ state dict is converted into the same rgbx architecture, and the logits of both 
   graph (:class:`rgbx.engine.fastpath.CudaGraphTrainStep`).
 
 On the CPU the candidates are timed alternately, one call each per round (:func:`rgbx.engine.bench.time_alternating`),
-so that the ratios hold on a noisy shared machine. On CUDA each candidate runs alone (they would not all fit in
+so that the ratios hold on a noisy shared machine, each timed call right after an untimed one of the same candidate
+(``--settle``). The host allocator is process-wide: the reference runs with glibc's settings (as they stand after
+its warm-up: :mod:`rgbx.engine.host_memory`), as in its own scripts, and rgbx with its option set's (the CPU fast set
+keeps freed host memory, ``keep_host_memory``; exact does not). The reference may still reuse heap memory that an
+rgbx candidate left, which can only favour it. ``--reference-keeps-host-memory`` gives the reference the fast set's
+setting, for the ratio of the code alone. On CUDA each candidate runs alone (they would not all fit in
 memory at once), timed with CUDA events, and its peak memory is measured: the peak allocated during two calls minus
 what was allocated before the candidate was built (so its own weights, gradients, optimizer state and activations). Ratios are rgbx ÷ reference speed (> 1 =
 rgbx faster); training ratios are against the reference in the same precision class (exact vs reference fp32, fast
@@ -58,6 +63,7 @@ import references  # noqa: E402  (benchmarks/references.py)
 from rgbx.cli.common import parse_size  # noqa: E402
 from rgbx.engine.bench import make_inference, make_train_step, peak_tflops, time_alternating  # noqa: E402
 from rgbx.engine.fastpath import SpeedOptions, autocast  # noqa: E402
+from rgbx.engine.host_memory import set_keep_host_memory  # noqa: E402
 from rgbx.engine.profile import count_flops  # noqa: E402
 from rgbx.models import create_model  # noqa: E402
 
@@ -157,7 +163,8 @@ class Inputs:
         return self.depth.expand(-1, 3, -1, -1).contiguous()
 
 
-def reference_train_step(ref: nn.Module, data: Inputs, precision: str) -> Callable[[], torch.Tensor]:
+def reference_train_step(ref: nn.Module, data: Inputs, precision: str,
+                         keep_host_memory: bool = False) -> Callable[[], torch.Tensor]:
     device = data.rgb.device
     ref.train()
     optimizer = torch.optim.AdamW(ref.parameters(), lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01)
@@ -165,6 +172,7 @@ def reference_train_step(ref: nn.Module, data: Inputs, precision: str) -> Callab
     x3 = data.x3
 
     def step() -> torch.Tensor:
+        set_keep_host_memory(keep_host_memory)  # as the reference's own process would have it: glibc's default
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, precision):
             loss = criterion(ref(data.rgb, x3).float(), data.label)
@@ -175,11 +183,12 @@ def reference_train_step(ref: nn.Module, data: Inputs, precision: str) -> Callab
     return step
 
 
-def reference_inference(ref: nn.Module, data: Inputs) -> Callable[[], torch.Tensor]:
+def reference_inference(ref: nn.Module, data: Inputs, keep_host_memory: bool = False) -> Callable[[], torch.Tensor]:
     ref.eval()
     x3 = data.x3
 
     def run() -> torch.Tensor:
+        set_keep_host_memory(keep_host_memory)
         with torch.no_grad():
             return ref(data.rgb, x3)
 
@@ -221,7 +230,7 @@ def agreement(ref: nn.Module, model: nn.Module, data: Inputs, seed: int) -> floa
 
 
 def measure(factories: dict[str, Callable[[], Callable]], device: torch.device, warmup: int, repeats: int,
-            alternate: bool, optional: Sequence[str] = ()) -> dict[str, dict]:
+            alternate: bool, optional: Sequence[str] = (), settle: int = 0) -> dict[str, dict]:
     """name → {"timing": Timing, "peak_gib": float|None, "seconds": {"build": s, "timed": s}}. ``factories`` build
     the callable (and its model); a candidate named in ``optional`` that fails is reported and left out instead of
     failing the model. On CUDA the peak memory is the most allocated while the candidate was built and run (its
@@ -229,7 +238,7 @@ def measure(factories: dict[str, Callable[[], Callable]], device: torch.device, 
     out: dict[str, dict] = {}
     if alternate:
         fns = {name: make() for name, make in factories.items()}
-        for name, t in time_alternating(fns, device, warmup, repeats).items():
+        for name, t in time_alternating(fns, device, warmup, repeats, settle).items():
             out[name] = {"timing": t, "peak_gib": None}
         return out
     cuda = device.type == "cuda"
@@ -316,25 +325,28 @@ def run_model(name: str, args, device: torch.device) -> dict:
         return lambda: make_inference(copy.deepcopy(model), infer.rgbx, opts)
 
     alternate = device.type == "cpu"
+    settle = (1 if alternate else 0) if args.settle is None else args.settle
+    keep = args.reference_keeps_host_memory
     if "train" in args.what:
         train = Inputs.random(args.train_batch, tuple(args.train_size), device, seed + 2)
         factories = {}
         if ref is not None:
-            factories["reference fp32"] = lambda: reference_train_step(copy.deepcopy(ref), train, "fp32")
+            factories["reference fp32"] = lambda: reference_train_step(copy.deepcopy(ref), train, "fp32", keep)
             if device.type == "cuda" or args.reference_bf16:
-                factories["reference bf16"] = lambda: reference_train_step(copy.deepcopy(ref), train, "bf16")
+                factories["reference bf16"] = lambda: reference_train_step(copy.deepcopy(ref), train, "bf16", keep)
         factories.update({k: rgbx_train(o) for k, o in sets.items()})
         if args.graph_train and device.type == "cuda":
             factories["rgbx graphed"] = rgbx_train(fast.with_(cuda_graph_train=True))
-        result["train"] = measure(factories, device, args.warmup, args.repeats, alternate, optional=["rgbx graphed"])
+        result["train"] = measure(factories, device, args.warmup, args.repeats, alternate, optional=["rgbx graphed"],
+                                  settle=settle)
         phase("train")
     if "latency" in args.what:
         infer = Inputs.random(1, tuple(args.size), device, seed + 3)
         factories = {}
         if ref is not None:
-            factories["reference fp32"] = lambda: reference_inference(copy.deepcopy(ref), infer)
+            factories["reference fp32"] = lambda: reference_inference(copy.deepcopy(ref), infer, keep)
         factories.update({k: rgbx_infer(o) for k, o in sets.items()})
-        result["latency"] = measure(factories, device, args.warmup, args.repeats, alternate)
+        result["latency"] = measure(factories, device, args.warmup, args.repeats, alternate, settle=settle)
         phase("latency")
     result["options"] = {k: o.describe() for k, o in sets.items()}
     if device.type == "cuda":
@@ -414,6 +426,13 @@ def main() -> int:
     p.add_argument("--graph-train", action="store_true",
                    help="CUDA: also time rgbx fast with the whole training step replayed as one CUDA graph")
     p.add_argument("--reference-bf16", action="store_true", help="on the CPU also time the reference under bf16")
+    p.add_argument("--settle", type=int,
+                   help="untimed calls of a candidate before each of its timed calls (default 1 on the CPU, where the "
+                        "candidates alternate, 0 on CUDA): each timed call then finds the process's host memory as "
+                        "its own candidate leaves it, not as the previous one did")
+    p.add_argument("--reference-keeps-host-memory", action="store_true",
+                   help="give the reference the host allocator setting of rgbx's CPU fast set (keep_host_memory; "
+                        "default: glibc's own, as the reference's scripts run): the ratio of the code alone")
     p.add_argument("--budget-s", type=float, help="stop starting new models after this many seconds")
     p.add_argument("--markdown", type=Path, help="write the table (with the command and device) here")
     p.add_argument("--json", type=Path, help="write all figures here")

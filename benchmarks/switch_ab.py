@@ -35,6 +35,9 @@ def main() -> None:
     p.add_argument("--graphed", action="store_true",
                    help="time the training step captured into a CUDA graph (cuda_graph_train) on both sides: on a "
                         "fast GPU the uncaptured step is bound by the host, which hides a saving on the device")
+    p.add_argument("--settle", type=int,
+                   help="untimed calls of a candidate before each of its timed calls (default 1 on the CPU, 0 on "
+                        "CUDA): a timed call then finds the host memory as its own candidate leaves it")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int)
@@ -49,6 +52,7 @@ def main() -> None:
     size = args.size
     train_size = args.train_size or ((480, 640) if cuda else (240, 320))
     train_batch = args.train_batch or (8 if cuda else 2)
+    settle = (0 if cuda else 1) if args.settle is None else args.settle
     base = SpeedOptions.fast(device) if args.base == "fast" else SpeedOptions.exact()
     value = getattr(SpeedOptions.fast(device), args.switch)
     off_value = getattr(SpeedOptions.exact(), args.switch)
@@ -73,7 +77,7 @@ def main() -> None:
         a, b = logits.values()
         agree = (a.argmax(1) == b.argmax(1)).float().mean().item()
         diff = (a - b).abs().max().item()
-        timing = time_alternating(runs, device, args.warmup, args.repeats)
+        timing = time_alternating(runs, device, args.warmup, args.repeats, settle)
         out["results"]["latency"] = {"size": list(size), "max_abs_logit_diff": diff, "argmax_agreement": agree,
                                      **{n: t.to_dict() for n, t in timing.items()}}
         names = list(timing)
@@ -88,7 +92,7 @@ def main() -> None:
         steps = {name: make_train_step(build(), x, y, opts.with_(cuda_graph_train=args.graphed or
                                                                   opts.cuda_graph_train))
                  for name, opts in sets.items()}
-        timing = time_alternating(steps, device, args.warmup, args.repeats)
+        timing = time_alternating(steps, device, args.warmup, args.repeats, settle)
         out["results"]["train"] = {"batch": train_batch, "size": list(train_size),
                                    **{n: t.to_dict() for n, t in timing.items()}}
         names = list(timing)

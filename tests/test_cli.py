@@ -169,11 +169,14 @@ def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
     weights = run / "model.safetensors"
     reports = {}
     for name, flags in {"whole": [], "covering": ["--window", "64x64"],
-                        "sliding": ["--window", "16x24", "--stride", "8x8"]}.items():
+                        "sliding": ["--window", "16x24", "--stride", "8x8"],
+                        "one_at_a_time": ["--window", "16x24", "--stride", "8x8", "--window-batch", "1"]}.items():
         reports[name] = tmp_path / f"{name}.json"
         assert run_cli("eval", weights, "--data", root, "--json", reports[name], *flags) == 0
     capsys.readouterr()
-    whole, covering, sliding = (json.loads(reports[n].read_text()) for n in ("whole", "covering", "sliding"))
+    whole, covering, sliding, single = (json.loads(reports[n].read_text())
+                                        for n in ("whole", "covering", "sliding", "one_at_a_time"))
+    assert single["subsets"] == sliding["subsets"]  # windows run together or one at a time: the same predictions
     assert whole["test_time"] == {"scales": [1.0], "flip": False, "window": None, "stride": None}
     assert sliding["test_time"]["window"] == [16, 24] and sliding["test_time"]["stride"] == [8, 8]
     assert covering["test_time"]["stride"] == [43, 43]  # two thirds of the window, rounded up
@@ -188,6 +191,9 @@ def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
     labels = sorted((tmp_path / "p" / "labels").glob("*.png"))
     assert len(labels) == 4 and np.asarray(Image.open(labels[0])).shape == (32, 40)
     assert "--stride goes with --window" in _error(capsys, "eval", weights, "--data", root, "--stride", "8x8")
+    assert "--window-batch goes with --window" in _error(capsys, "eval", weights, "--data", root,
+                                                         "--window-batch", "4")
+    assert "batch 0" in _error(capsys, "eval", weights, "--data", root, "--window", "16x16", "--window-batch", "0")
     assert "exceeds the window" in _error(capsys, "predict", weights, root, "--out", tmp_path / "q",
                                           "--window", "8x8", "--stride", "16x8")
     with pytest.raises(SystemExit):

@@ -41,6 +41,10 @@ def test_time_alternating_interleaves_calls_and_reports_median():
     assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up of each, then one call of each per round
     assert set(t) == {"a", "b"} and all(v.repeats == 3 and v.min_ms <= v.median_ms <= v.max_ms for v in t.values())
     assert Timing.of([1.0, 3.0, 2.0]).median_ms == 2.0 and Timing.of([2.0]).per_second(4) == 2000.0
+    calls.clear()
+    t = time_alternating(fns, torch.device("cpu"), warmup=0, repeats=2, settle=1)
+    assert calls == ["a", "a", "b", "b"] * 2  # an untimed call of the same candidate before each timed one
+    assert all(v.repeats == 2 for v in t.values())
 
 
 SWITCHES = {
@@ -50,6 +54,7 @@ SWITCHES = {
     "channels_last": SpeedOptions.exact().with_(channels_last=True),
     "fused_adamw": SpeedOptions.exact().with_(fused_optimizer=True),
     "fold_head": SpeedOptions.exact().with_(fold_head=True),
+    "keep_host_memory": SpeedOptions.exact().with_(keep_host_memory=True),  # changes no value: bit for bit
     "lowp_norms": SpeedOptions.exact().with_(precision="bf16", lowp_norms=True),  # needs autocast: bf16 with it
     "compile": SpeedOptions.exact().with_(compile=True, compile_backend="aot_eager"),  # blocks, the default scope
     "compile_model": SpeedOptions.exact().with_(compile=True, compile_scope="model", compile_backend="aot_eager"),
@@ -59,7 +64,7 @@ SWITCHES = {
     "tf32": SpeedOptions.exact().with_(tf32=True),
     "cudnn_benchmark": SpeedOptions.exact().with_(cudnn_benchmark=True),
 }
-TOLERANCE = {"bf16": 2e-2, "lowp_norms": 2e-2, "compile_lowp_norms": 2e-2, "compile": 1e-4, "compile_model": 1e-4}
+TOLERANCE = {"keep_host_memory": 0, "bf16": 2e-2, "lowp_norms": 2e-2, "compile_lowp_norms": 2e-2, "compile": 1e-4, "compile_model": 1e-4}
 LOW_PRECISION = ("bf16", "lowp_norms", "compile_lowp_norms")
 
 
@@ -79,7 +84,8 @@ def test_each_switch_trains_like_the_exact_path(name):
     assert losses[name][-1] < losses[name][0]
 
 
-@pytest.mark.parametrize("name", ["sdpa", "bf16", "channels_last", "fold_head", "lowp_norms", "compile",
+@pytest.mark.parametrize("name", ["sdpa", "bf16", "channels_last", "fold_head", "keep_host_memory", "lowp_norms",
+                                  "compile",
                                   "compile_model", "compile_lowp_norms", "tf32", "cudnn_benchmark"])
 def test_each_switch_infers_like_the_exact_path(name):
     x, _ = data(batch=1)

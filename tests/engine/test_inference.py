@@ -66,20 +66,43 @@ class _Pointwise(torch.nn.Module):
         return SimpleNamespace(logits=self.conv(x))
 
 
+@pytest.mark.parametrize("batch", [1, 3, 8])
 @pytest.mark.parametrize("window, stride", [((16, 20), None), ((16, 20), (5, 7)), ((32, 48), None), ((40, 64), None),
                                             ((7, 11), (7, 11)), ((20, 48), (3, 48))])
 @torch.no_grad()
-def test_sliding_windows_cover_every_pixel_and_average_the_overlaps(window, stride):
+def test_sliding_windows_cover_every_pixel_and_average_the_overlaps(window, stride, batch):
     model, x = _Pointwise(), _inputs()
     whole = model(x).logits
     model.calls.clear()
-    sliding = predict_logits(model, x, window=SlidingWindow(window, stride))
+    sw = SlidingWindow(window, stride, batch=batch)
+    sliding = predict_logits(model, x, window=sw)
     torch.testing.assert_close(sliding, whole, rtol=1e-6, atol=1e-6)
-    sw = SlidingWindow(window, stride)
     ys = window_starts(32, min(window[0], 32), sw.stride[0])
     xs = window_starts(48, min(window[1], 48), sw.stride[1])
-    assert len(model.calls) == len(ys) * len(xs)  # one forward pass per window position
+    positions = len(ys) * len(xs)
+    # ``batch`` window positions per forward pass (one pass for a window covering the image)
+    assert len(model.calls) == -(-positions // batch)
     assert set(model.calls) == {(min(window[0], 32), min(window[1], 48))}  # clipped to the image, never padded
+
+
+@torch.no_grad()
+def test_batched_windows_and_flips_give_the_logits_of_one_at_a_time_with_per_sample_presence():
+    model, x = _model(), _inputs()
+    present = {"rgb": torch.tensor([True, True]), "lidar": torch.tensor([True, False])}
+    one = predict_logits(model, x, present, window=SlidingWindow((16, 24), (8, 12), batch=1))
+    for batch in (2, 4, 9, 100):  # 3 × 3 = 9 positions: uneven groups, one group, fewer positions than the batch
+        torch.testing.assert_close(predict_logits(model, x, present, window=SlidingWindow((16, 24), (8, 12), batch)),
+                                   one, rtol=1e-4, atol=1e-5)
+    # flip: the image and its mirror run as one batch; compare with the two passes run apart
+    plain = model(x, present).logits.softmax(1)
+    mirrored = model({m: v.flip(-1) for m, v in x.items()}, present).logits.flip(-1).softmax(1)
+    torch.testing.assert_close(predict_logits(model, x, present, flip=True), (plain + mirrored) / 2,
+                               rtol=1e-4, atol=1e-5)
+    # the sample without LiDAR is predicted without it, not with its zeros
+    alone = model({m: v[1:] for m, v in x.items()}, {m: p[1:] for m, p in present.items()}).logits
+    with_lidar = model({m: v[1:] for m, v in x.items()}).logits
+    torch.testing.assert_close(model(x, present).logits[1:], alone, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(alone, with_lidar, atol=1e-4)
 
 
 def test_window_starts_end_at_the_border():
@@ -118,11 +141,14 @@ def test_a_window_covering_the_image_is_the_plain_forward_and_smaller_ones_diffe
     assert not torch.allclose(sliding, model(x).logits, atol=1e-4)  # context differs: the windows matter
 
 
-@pytest.mark.parametrize("size, stride, message", [((0, 10), None, "both >= 1"), ((10, 10), (11, 5), "exceeds"),
-                                                   ((10, 10), (0, 5), "stride")])
-def test_bad_sliding_windows_are_named(size, stride, message):
+@pytest.mark.parametrize("size, stride, batch, message", [((0, 10), None, 1, "both >= 1"),
+                                                          ((10, 10), (11, 5), 1, "exceeds"),
+                                                          ((10, 10), (0, 5), 1, "stride"),
+                                                          ((10, 10), None, 0, "batch 0"),
+                                                          ((10, 10), None, 2.5, "batch 2.5")])
+def test_bad_sliding_windows_are_named(size, stride, batch, message):
     with pytest.raises(ConfigError, match=message):
-        SlidingWindow(size, stride)
+        SlidingWindow(size, stride, batch)
 
 
 def test_default_stride_is_two_thirds_of_the_window():

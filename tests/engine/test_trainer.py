@@ -205,19 +205,19 @@ def test_speed_defaults_follow_the_device_and_explicit_switches_win():
     apply_speed_preset(cfg, cuda)  # the fast path is the default where it pays
     t = cfg.train
     assert (t.precision, t.channels_last, t.tf32, t.cudnn_benchmark, t.fused_optimizer, t.fold_head,
-            t.lowp_norms, t.matmul_resize, t.fuse_projections) == ("bf16", True, True, True, True, True, True, True,
-                                                                   True)
+            t.lowp_norms, t.matmul_resize, t.fuse_projections, t.keep_host_memory) == (
+        "bf16", True, True, True, True, True, True, True, True, False)
     cfg = load_config(None, ["train.precision=fp32", "train.channels_last=false"])
     apply_speed_preset(cfg, cuda)
     assert (cfg.train.precision, cfg.train.channels_last, cfg.train.tf32) == ("fp32", False, True)
     cfg = load_config(None, [])
     apply_speed_preset(cfg, cpu)  # on the CPU the default stays the exact fp32 path, with the same-function fold
     assert (cfg.train.precision, cfg.train.channels_last, cfg.train.fused_optimizer, cfg.train.fold_head,
-            cfg.train.lowp_norms, cfg.train.matmul_resize, cfg.train.fuse_projections) == (
-        "fp32", False, False, True, False, False, False)
+            cfg.train.lowp_norms, cfg.train.matmul_resize, cfg.train.fuse_projections, cfg.train.keep_host_memory) == (
+        "fp32", False, False, True, False, False, False, True)  # and the host memory kept: the same values
     cfg = load_config(None, ["train.speed=exact"])
     apply_speed_preset(cfg, cpu)
-    assert cfg.train.fold_head is False
+    assert cfg.train.fold_head is False and cfg.train.keep_host_memory is False
     cfg = load_config(None, ["train.speed=exact", "train.precision=bf16"])
     apply_speed_preset(cfg, cuda)  # exact is one word away, whatever else is set
     assert (cfg.train.precision, cfg.train.tf32, cfg.model.attn_impl) == ("fp32", False, "eager")

@@ -39,7 +39,7 @@ anchors); on CUDA training at batch 8 on 480x640.
 """
 
 SWITCHES = ("precision", "attn_impl", "channels_last", "fold_head", "tf32", "cudnn_benchmark", "fused_optimizer",
-            "cuda_graph")
+            "cuda_graph", "keep_host_memory")
 
 
 def add_parser(sub) -> None:
@@ -73,6 +73,8 @@ def add_parser(sub) -> None:
                    help="custom set: LayerNorms in bf16 (with --precision bf16)")
     p.add_argument("--matmul-resize", action="store_true",
                    help="custom set: bilinear resizing as two matrix products (for GPUs)")
+    p.add_argument("--keep-host-memory", action="store_true",
+                   help="custom set: glibc's malloc keeps freed host memory (no fresh pages for every big tensor)")
     p.add_argument("--compile", action="store_true", help="custom set: torch.compile")
     p.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks",
                    help="what compiled / custom sets compile: each block on its own (default; compiles in a "
@@ -133,7 +135,8 @@ def option_sets(args, device, fusable: bool = False) -> dict:
                 matmul_resize=args.matmul_resize, compile=args.compile, compile_scope=args.compile_scope,
                 compile_mode=args.compile_mode, cuda_graph=args.cuda_graph,
                 cuda_graph_train=args.cuda_graph_train, tf32=args.tf32,
-                fused_optimizer=args.fused_adamw or exact.fused_optimizer, fuse_projections=args.fuse_projections)
+                fused_optimizer=args.fused_adamw or exact.fused_optimizer, fuse_projections=args.fuse_projections,
+                keep_host_memory=args.keep_host_memory)
     if args.sweep:  # the rows around the fast set first: a sweep cut off by a time limit keeps those
         if fast.matmul_resize:  # what it gives, on the captured step where there is one (the uncaptured step is
             # bound by the host on fast GPUs, which would hide a device-side saving)

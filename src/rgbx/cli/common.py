@@ -30,7 +30,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_test_time_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--scales``, ``--flip``, ``--window`` and ``--stride`` (:func:`rgbx.engine.inference.predict_logits`)."""
+    """``--scales``, ``--flip``, ``--window``, ``--stride`` and ``--window-batch``
+    (:func:`rgbx.engine.inference.predict_logits`)."""
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
                         help="multi-scale testing: average class probabilities over these input scales, e.g. "
                              "0.5 0.75 1 1.25 1.5")
@@ -40,6 +41,8 @@ def add_test_time_arguments(parser: argparse.ArgumentParser) -> None:
                              "average the logits where they overlap, e.g. 480x640 (default: whole images)")
     parser.add_argument("--stride", type=parse_size, metavar="HxW",
                         help="step between sliding windows (default: two thirds of --window)")
+    parser.add_argument("--window-batch", type=int, metavar="N",
+                        help="window positions run in one forward pass (default 8; 1: one at a time, least memory)")
 
 
 def sliding_window_from_args(args):
@@ -49,10 +52,13 @@ def sliding_window_from_args(args):
     from rgbx.errors import ConfigError
 
     if args.window is None:
-        if args.stride is not None:
-            raise ConfigError("--stride goes with --window HxW")
+        for flag, value in (("--stride", args.stride), ("--window-batch", args.window_batch)):
+            if value is not None:
+                raise ConfigError(f"{flag} goes with --window HxW")
         return None
-    return SlidingWindow(args.window, args.stride)
+    if args.window_batch is None:
+        return SlidingWindow(args.window, args.stride)
+    return SlidingWindow(args.window, args.stride, args.window_batch)
 
 
 def parse_options(items: list[str]) -> dict:

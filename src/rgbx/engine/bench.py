@@ -102,12 +102,15 @@ def _sync(device: torch.device) -> None:
 
 
 def time_alternating(
-    candidates: Mapping[str, Callable[[], Any]], device: torch.device, warmup: int = 2, repeats: int = 5
+    candidates: Mapping[str, Callable[[], Any]], device: torch.device, warmup: int = 2, repeats: int = 5,
+    settle: int = 0,
 ) -> dict[str, Timing]:
     """Time each zero-argument callable ``repeats`` times, alternating between candidates round by round, after
-    ``warmup`` untimed calls of each. Returns name → :class:`Timing`."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError("time_alternating: repeats must be >= 1 and warmup >= 0")
+    ``warmup`` untimed calls of each. ``settle``: untimed calls of a candidate right before each of its timed calls,
+    so that a timed call does not pay for the state the previous candidate left (host memory freed or kept:
+    :mod:`rgbx.engine.host_memory`; caches). Returns name → :class:`Timing`."""
+    if repeats < 1 or warmup < 0 or settle < 0:
+        raise ValueError("time_alternating: repeats must be >= 1, warmup and settle >= 0")
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -115,6 +118,10 @@ def time_alternating(
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
+            if settle:
+                for _ in range(settle):
+                    fn()
+                _sync(device)
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()

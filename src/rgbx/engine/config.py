@@ -69,10 +69,10 @@ class TrainConfig:
     log_every: int = 20
     # speed switches (rgbx.engine.fastpath). A switch left at None takes the device's default: on CUDA the fast set
     # (bf16, channels-last, TF32, cuDNN autotuning, fused AdamW, folded head, bf16 LayerNorms, matrix-product
-    # resizing, fused projections), elsewhere the exact fp32 path. speed: "custom" = the switches as set; "fast" /
-    # "exact" = the device's fast set / everything off, written over precision, channels_last, tf32, cudnn_benchmark,
-    # fused_optimizer, fold_head, lowp_norms, matmul_resize, fuse_projections and model.attn_impl (compile stays its
-    # own choice)
+    # resizing, fused projections), elsewhere the exact fp32 path (with the folded head and the host memory kept).
+    # speed: "custom" = the switches as set; "fast" / "exact" = the device's fast set / everything off, written over
+    # precision, channels_last, tf32, cudnn_benchmark, fused_optimizer, fold_head, lowp_norms, matmul_resize,
+    # fuse_projections, keep_host_memory and model.attn_impl (compile stays its own choice)
     speed: str = "custom"
     precision: str | None = None  # fp32 | bf16 | fp16 (autocast; fp16 only on CUDA)
     channels_last: bool | None = None  # NHWC weights and inputs
@@ -94,6 +94,9 @@ class TrainConfig:
     # DFormer-style blocks: projections fused and layer scales folded, formed from the weights at every step (same
     # gradients); None = the device's fast set (on for CUDA)
     fuse_projections: bool | None = None
+    # glibc's malloc keeps freed host memory for reuse (no page faults on big tensors; the same values, bit for bit;
+    # the process keeps its peak memory); None = on for the CPU, off for CUDA
+    keep_host_memory: bool | None = None
     # the whole training step captured once as a CUDA graph and replayed (CUDA; supervised, anyseg, ktb, primkd,
     # modality dropout and missing sensors then decided on the device; bf16 / fp32, one process): one launch a step
     cuda_graph_train: bool = False

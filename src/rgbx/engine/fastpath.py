@@ -81,6 +81,13 @@ each switch does:
   went from 98.9 to 105.7 img/s and its batch-1 latency from 5.05 to 4.80 ms (``benchmarks/gpu.md``; the sweep's
   row ``graphed - matmul_resize``). On the 2-core CPU it changes little (CMX-B0: latency 1.05×, training step
   1.02×), so the CPU's fast set leaves it off.
+* ``keep_host_memory``: glibc's malloc keeps freed host memory for reuse instead of unmapping every block of 32 MiB
+  or more when it is freed (:mod:`rgbx.engine.host_memory`): each new block of that size otherwise starts as fresh
+  pages the kernel zero-fills at first touch, and a model at full resolution allocates many per pass. Process-wide
+  and sticky (:func:`backend_flags` sets it as its options say on entry and leaves it so); the values computed do not
+  change, bit for bit; the process keeps its peak memory until it exits. In the CPU's fast set: on the 2-core AMD
+  machine CMX-B2's batch-1 latency at 480×640 and its training step at batch 2, 240×320 ran 1.13× / 1.11× faster
+  with it, the logits identical (``benchmarks/speed.md``). Not in CUDA's (the big tensors live on the device).
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
@@ -100,6 +107,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rgbx.engine.host_memory import set_keep_host_memory
 from rgbx.errors import ConfigError
 from rgbx.models.layers import LOWP_NORM_DTYPE, LOWP_NORMS
 
@@ -159,6 +167,7 @@ class SpeedOptions:
     fold_head: bool = False
     lowp_norms: bool = False
     matmul_resize: bool = False
+    keep_host_memory: bool = False
     tf32: bool = False
     cudnn_benchmark: bool = False
     fused_optimizer: bool | None = None
@@ -173,8 +182,8 @@ class SpeedOptions:
         """What helps on ``device``. CUDA: bf16 autocast, fused attention, channels-last, TF32 for what stays fp32,
         fused AdamW, CUDA-graph inference, the folded head, LayerNorms in bf16, resizing and pooling as matrix
         products. CPU: fused attention, channels-last (oneDNN's convolutions run on NHWC without reorders: CMX-B2
-        batch-1 inference 971 → 510 ms in bf16), the folded head, fused AdamW, and bf16 autocast where the processor
-        has bf16 matrix instructions (:func:`cpu_has_bf16`). Both: DFormer-style blocks' fused projections.
+        batch-1 inference 971 → 510 ms in bf16), the folded head, fused AdamW, freed host memory kept for reuse, and
+        bf16 autocast where the processor has bf16 matrix instructions (:func:`cpu_has_bf16`). Both: DFormer-style blocks' fused projections.
         ``compile`` stays a separate choice (its first call costs tens of seconds); turn it on with
         ``replace(opts, compile=True)``."""
         device = torch.device(device)
@@ -184,7 +193,7 @@ class SpeedOptions:
                        fold_head=True, lowp_norms=True, matmul_resize=True)
         bf16 = cpu_has_bf16()
         return cls(precision="bf16" if bf16 else "fp32", attn_impl="sdpa", channels_last=True, fused_optimizer=True,
-                   cast_weights=bf16, fuse_projections=True, fold_head=True)
+                   cast_weights=bf16, fuse_projections=True, fold_head=True, keep_host_memory=True)
 
     def with_(self, **changes) -> SpeedOptions:
         return replace(self, **changes)
@@ -204,6 +213,7 @@ class SpeedOptions:
         parts += [name for name, on in (("channels-last", self.channels_last), ("fold-head", self.fold_head),
                                         ("lowp-norms", self.lowp_norms and self.precision == "bf16"),
                                         ("matmul-resize", self.matmul_resize),
+                                        ("keep-host-memory", self.keep_host_memory),
                                         ("tf32", self.tf32),
                                         ("cudnn-benchmark", self.cudnn_benchmark),
                                         ("compile", self.compile), ("cuda-graph", self.cuda_graph),
@@ -273,10 +283,12 @@ def to_memory_format(inputs: Mapping[str, torch.Tensor], channels_last: bool) ->
 @contextlib.contextmanager
 def backend_flags(options: SpeedOptions | None) -> Iterator[None]:
     """Set the TF32 switches of matmuls and cuDNN and cuDNN's autotuner per ``options`` for the duration (restored
-    afterwards); ``None`` leaves them as they are."""
+    afterwards), and whether freed host memory is kept (``keep_host_memory``: set on entry and left so, since giving
+    the memory back on exit would make the next call fault it in again); ``None`` leaves everything as it is."""
     if options is None:
         yield
         return
+    set_keep_host_memory(options.keep_host_memory)
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     torch.backends.cuda.matmul.allow_tf32 = options.tf32
     torch.backends.cudnn.allow_tf32 = options.tf32 or saved[1]  # cuDNN's default is already on

@@ -10,7 +10,10 @@ horizontal-flip averaging.
   window lies inside the image), and averages the logits where windows overlap. A window larger than the image
   is clipped to it: nothing is padded, so no sensor value is invented. What CMX's and DFormer's evaluators and
   mmsegmentation's ``mode='slide'`` do, for images larger than the training crop (KITTI-360's 376×1408, MUSES'
-  1080×1920) or a device with too little memory for the whole image.
+  1080×1920) or a device with too little memory for the whole image. The windows are stacked into the batch,
+  ``SlidingWindow.batch`` window positions per forward pass (8 by default; 1 runs them one at a time, as the
+  references do), which gives the same logits in fewer, larger passes.
+* **Flip** runs the image and its mirror image as one batch of twice the size.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ __all__ = ["SlidingWindow", "predict_logits", "window_starts"]
 @dataclass(frozen=True)
 class SlidingWindow:
     """Window size and step, each (H, W) in pixels. ``stride=None``: two thirds of the window (rounded up), as
-    CMX's and DFormer's evaluators (``stride_rate = 2/3``)."""
+    CMX's and DFormer's evaluators (``stride_rate = 2/3``). ``batch``: window positions run in one forward pass
+    (each a crop of every image in the batch), to trade memory for speed; the logits do not depend on it."""
 
     size: tuple[int, int]
     stride: tuple[int, int] | None = None
+    batch: int = 8
 
     def __post_init__(self) -> None:
         size = tuple(int(v) for v in self.size)
@@ -46,6 +51,8 @@ class SlidingWindow:
         if stride[0] > size[0] or stride[1] > size[1]:
             raise ConfigError(f"sliding window stride {stride} exceeds the window {size}: pixels between windows "
                               "would never be predicted")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(f"sliding window batch {self.batch!r}: expected a whole number of windows >= 1")
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "stride", stride)
 
@@ -59,23 +66,33 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return [min(i * stride, length - window) for i in range(count)]
 
 
+def _repeat_present(present: Mapping[str, torch.Tensor] | None, times: int) -> Mapping[str, torch.Tensor] | None:
+    """Presence masks for ``times`` copies of the batch stacked one after the other."""
+    if present is None or times == 1:
+        return present
+    return {m: p.repeat(times) for m, p in present.items()}
+
+
 def _slide(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
            present: Mapping[str, torch.Tensor] | None, window: SlidingWindow) -> torch.Tensor:
-    """(B, K, H, W) logits averaged over the windows covering each pixel."""
-    h, w = next(iter(inputs.values())).shape[-2:]
+    """(B, K, H, W) logits averaged over the windows covering each pixel, ``window.batch`` window positions per
+    forward pass (stacked window-major: the crops of every image at the first position, then the next)."""
+    batch, (h, w) = next(iter(inputs.values())).shape[0], next(iter(inputs.values())).shape[-2:]
     wh, ww = min(window.size[0], h), min(window.size[1], w)
     ys, xs = window_starts(h, wh, window.stride[0]), window_starts(w, ww, window.stride[1])
     if len(ys) == len(xs) == 1:
         return model(inputs, present).logits
+    positions = [(y, x) for y in ys for x in xs]
     total = count = None
-    for y in ys:
-        for x in xs:
-            crop = {m: v[..., y:y + wh, x:x + ww] for m, v in inputs.items()}
-            logits = model(crop, present).logits.float()
-            if total is None:
-                total = logits.new_zeros(logits.shape[0], logits.shape[1], h, w)
-                count = logits.new_zeros(1, 1, h, w)
-            total[..., y:y + wh, x:x + ww] += logits
+    for first in range(0, len(positions), window.batch):
+        group = positions[first:first + window.batch]
+        crops = {m: torch.cat([v[..., y:y + wh, x:x + ww] for y, x in group]) for m, v in inputs.items()}
+        logits = model(crops, _repeat_present(present, len(group))).logits.float()
+        if total is None:
+            total = logits.new_zeros(batch, logits.shape[1], h, w)
+            count = logits.new_zeros(1, 1, h, w)
+        for (y, x), part in zip(group, logits.split(batch)):
+            total[..., y:y + wh, x:x + ww] += part
             count[..., y:y + wh, x:x + ww] += 1
     return total / count
 
@@ -95,21 +112,24 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
     flip), each pass sliding its windows over the rescaled image when ``window`` is given."""
     scales = tuple(float(s) for s in scales)
 
-    def one_pass(view: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return model(view, present).logits if window is None else _slide(model, view, present, window)
+    def one_pass(view: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+        return model(view, mask).logits if window is None else _slide(model, view, mask, window)
 
     if scales == (1.0,) and not flip:
-        return one_pass(inputs)
+        return one_pass(inputs, present)
     h, w = next(iter(inputs.values())).shape[-2:]
     total = None
     for scale in scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         scaled = {m: x if size == (h, w) else _rescale(m, x, size) for m, x in inputs.items()}
-        for flipped in ((False, True) if flip else (False,)):
-            view = {m: x.flip(-1) for m, x in scaled.items()} if flipped else scaled
-            logits = one_pass(view)
-            if flipped:
-                logits = logits.flip(-1)
+        if flip:  # the image and its mirror image in one pass
+            both = one_pass({m: torch.cat([x, x.flip(-1)]) for m, x in scaled.items()},
+                            _repeat_present(present, 2))
+            straight, mirrored = both.split(both.shape[0] // 2)
+            passes = (straight, mirrored.flip(-1))
+        else:
+            passes = (one_pass(scaled, present),)
+        for logits in passes:
             if logits.shape[-2:] != (h, w):
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
             probs = logits.float().softmax(1)
