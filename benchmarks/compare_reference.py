@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import references  # noqa: E402  (benchmarks/references.py)
 
-from rgbx.cli.common import parse_size  # noqa: E402
+from rgbx.cli.common import add_timing_arguments, parse_size, settle_from_args  # noqa: E402
 from rgbx.engine.bench import make_inference, make_train_step, peak_tflops, time_alternating  # noqa: E402
 from rgbx.engine.fastpath import SpeedOptions, autocast  # noqa: E402
 from rgbx.engine.host_memory import set_keep_host_memory  # noqa: E402
@@ -325,7 +325,7 @@ def run_model(name: str, args, device: torch.device) -> dict:
         return lambda: make_inference(copy.deepcopy(model), infer.rgbx, opts)
 
     alternate = device.type == "cpu"
-    settle = (1 if alternate else 0) if args.settle is None else args.settle
+    settle = settle_from_args(args, device)
     keep = args.reference_keeps_host_memory
     if "train" in args.what:
         train = Inputs.random(args.train_batch, tuple(args.train_size), device, seed + 2)
@@ -415,9 +415,7 @@ def main() -> int:
                    help="training size HxW (default 240x320 on the CPU, 480x640 on CUDA)")
     p.add_argument("--train-batch", type=int, help="training batch (default 2 on the CPU, 8 on CUDA)")
     p.add_argument("--what", nargs="+", default=["train", "latency"], choices=("train", "latency"))
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int)
+    add_timing_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check-size", type=parse_size,
                    help="size of the CPU agreement check (default: --size)")
@@ -426,10 +424,6 @@ def main() -> int:
     p.add_argument("--graph-train", action="store_true",
                    help="CUDA: also time rgbx fast with the whole training step replayed as one CUDA graph")
     p.add_argument("--reference-bf16", action="store_true", help="on the CPU also time the reference under bf16")
-    p.add_argument("--settle", type=int,
-                   help="untimed calls of a candidate before each of its timed calls (default 1 on the CPU, where the "
-                        "candidates alternate, 0 on CUDA): each timed call then finds the process's host memory as "
-                        "its own candidate leaves it, not as the previous one did")
     p.add_argument("--reference-keeps-host-memory", action="store_true",
                    help="give the reference the host allocator setting of rgbx's CPU fast set (keep_host_memory; "
                         "default: glibc's own, as the reference's scripts run): the ratio of the code alone")

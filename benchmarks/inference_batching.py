@@ -17,7 +17,14 @@ import json
 
 import torch
 
-from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args, parse_size
+from rgbx.cli.common import (
+    CMX_B2_RGBD,
+    add_model_arguments,
+    add_timing_arguments,
+    model_config_from_args,
+    parse_size,
+    settle_from_args,
+)
 from rgbx.engine.bench import _random_inputs, time_alternating
 from rgbx.engine.fastpath import SpeedOptions, autocast, backend_flags, prepare_inference, to_memory_format
 from rgbx.engine.inference import SlidingWindow, predict_logits
@@ -35,9 +42,7 @@ def main() -> None:
     p.add_argument("--window-batch", type=int, default=8)
     p.add_argument("--batch", type=int, default=1, help="images per call")
     p.add_argument("--what", nargs="+", choices=("windows", "flip"), default=["windows", "flip"])
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int)
+    add_timing_arguments(p, warmup=1)
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     if args.threads:
@@ -76,7 +81,7 @@ def main() -> None:
     for what, runs in comparisons.items():
         a, b = (run().float() for run in runs.values())
         diff = (a - b).abs().max().item()
-        timing = time_alternating(runs, device, args.warmup, args.repeats)
+        timing = time_alternating(runs, device, args.warmup, args.repeats, settle_from_args(args, device))
         names = list(timing)
         ratio = timing[names[1]].median_ms / timing[names[0]].median_ms
         out["results"][what] = {"max_abs_diff": diff, "ratio": ratio, **{n: t.to_dict() for n, t in timing.items()}}

@@ -16,7 +16,14 @@ import json
 
 import torch
 
-from rgbx.cli.common import CMX_B2_RGBD, add_model_arguments, model_config_from_args, parse_size
+from rgbx.cli.common import (
+    CMX_B2_RGBD,
+    add_model_arguments,
+    add_timing_arguments,
+    model_config_from_args,
+    parse_size,
+    settle_from_args,
+)
 from rgbx.engine.bench import _random_inputs, make_inference, make_train_step, time_alternating
 from rgbx.engine.fastpath import SpeedOptions
 from rgbx.models import create_model
@@ -35,12 +42,7 @@ def main() -> None:
     p.add_argument("--graphed", action="store_true",
                    help="time the training step captured into a CUDA graph (cuda_graph_train) on both sides: on a "
                         "fast GPU the uncaptured step is bound by the host, which hides a saving on the device")
-    p.add_argument("--settle", type=int,
-                   help="untimed calls of a candidate before each of its timed calls (default 1 on the CPU, 0 on "
-                        "CUDA): a timed call then finds the host memory as its own candidate leaves it")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int)
+    add_timing_arguments(p)
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     if args.threads:
@@ -52,7 +54,7 @@ def main() -> None:
     size = args.size
     train_size = args.train_size or ((480, 640) if cuda else (240, 320))
     train_batch = args.train_batch or (8 if cuda else 2)
-    settle = (0 if cuda else 1) if args.settle is None else args.settle
+    settle = settle_from_args(args, device)
     base = SpeedOptions.fast(device) if args.base == "fast" else SpeedOptions.exact()
     value = getattr(SpeedOptions.fast(device), args.switch)
     off_value = getattr(SpeedOptions.exact(), args.switch)

@@ -45,6 +45,27 @@ def add_test_time_arguments(parser: argparse.ArgumentParser) -> None:
                         help="window positions run in one forward pass (default 8; 1: one at a time, least memory)")
 
 
+def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int = 2) -> None:
+    """``--warmup``, ``--repeats``, ``--settle`` and ``--threads`` of the scripts that time candidates alternately
+    (:func:`rgbx.engine.bench.time_alternating`); :func:`settle_from_args` resolves ``--settle``."""
+    parser.add_argument("--warmup", type=int, default=warmup,
+                        help=f"untimed calls of each candidate first (default {warmup})")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls of each candidate; the median is reported")
+    parser.add_argument("--settle", type=int,
+                        help="untimed calls of a candidate right before each of its timed calls (default 1 on the "
+                             "CPU, 0 on CUDA): a timed call then finds the process's host memory as its own "
+                             "candidate leaves it, not as the previous one did")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+
+
+def settle_from_args(args, device) -> int:
+    """``--settle``, or its default for the torch ``device``: 1 on the CPU (where the host allocator's state carries
+    over from one candidate to the next), 0 on CUDA."""
+    if args.settle is not None:
+        return args.settle
+    return 0 if device.type == "cuda" else 1
+
+
 def sliding_window_from_args(args):
     """The :class:`~rgbx.engine.inference.SlidingWindow` of ``--window`` / ``--stride`` (None without
     ``--window``)."""
