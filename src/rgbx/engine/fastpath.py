@@ -183,8 +183,8 @@ class SpeedOptions:
         fused AdamW, CUDA-graph inference, the folded head, LayerNorms in bf16, resizing and pooling as matrix
         products. CPU: fused attention, channels-last (oneDNN's convolutions run on NHWC without reorders: CMX-B2
         batch-1 inference 971 → 510 ms in bf16), the folded head, fused AdamW, freed host memory kept for reuse, and
-        bf16 autocast where the processor has bf16 matrix instructions (:func:`cpu_has_bf16`). Both: DFormer-style blocks' fused projections.
-        ``compile`` stays a separate choice (its first call costs tens of seconds); turn it on with
+        bf16 autocast where the processor has bf16 matrix instructions (:func:`cpu_has_bf16`). Both: DFormer-style
+        blocks' fused projections. ``compile`` stays a separate choice (its first call costs tens of seconds); turn it on with
         ``replace(opts, compile=True)``."""
         device = torch.device(device)
         if device.type == "cuda":
