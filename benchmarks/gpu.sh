@@ -141,6 +141,14 @@ if want profile; then
     run_step 30 python benchmarks/switch_ab.py matmul_resize --backbone dformer_l --fusion dformer --head ham \
         --head-channels 512 --modalities rgb depth --num-classes 40 --size "$SIZE" --what latency \
         --device "$DEVICE" --repeats "$REPEATS" 2>&1 | tee "$LOG_DIR/matmul_ab.log"
+    # test-time inference in batches (rgbx eval --window / --flip): CMX-B2's sliding windows over KITTI-360's
+    # 376x1408 (6 positions of 376x376) in one pass against one at a time, and the flip in the batch against two
+    # passes (the CPU measured 1.38x / 1.20x on CMX-B0; a batch-1 pass leaves a GPU mostly idle)
+    slide=(--size 376x1408 --window 376x376)
+    [ "$DEVICE" = cuda ] || slide=(--size 64x192 --window 64x64)  # the CPU smoke run
+    run_step 40 python benchmarks/inference_batching.py --device "$DEVICE" --fast --backbone mit_b2 --fusion cmx \
+        --head-channels 512 --modalities rgb depth --num-classes 40 "${slide[@]}" --repeats "$REPEATS" 2>&1 \
+        | tee "$LOG_DIR/inference_batching.log"
 fi
 
 # 3. does the input pipeline keep up? (before the sweep: still open on an H100) RGB-D 480x640 read + decode +
@@ -263,6 +271,12 @@ table_or_tail() {  # the rich table of a bench log; the progress lines where it 
         echo
         echo '```'
         grep "latency\|training step\|Error" "$LOG_DIR/matmul_ab.log" 2>/dev/null | tail -4 || true
+        echo '```'
+        echo
+        echo "Test-time inference in batches, CMX-B2 (\`benchmarks/inference_batching.py\`):"
+        echo
+        echo '```'
+        grep "windows\|flip\|Error" "$LOG_DIR/inference_batching.log" 2>/dev/null | tail -4 || true
         echo '```'
     fi
     if want sweep; then
