@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from rgbx.cli.main import main
+from rgbx.engine.host_memory import glibc_malloc_available, keeps_host_memory, set_keep_host_memory
 from rgbx.modalities import write_array
 from tests.conftest import make_dataset
 
@@ -168,6 +169,12 @@ def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
                    "data.crop_size=[32,40]", "model.modalities=[rgb,depth,thermal]", "train.iters=2", "--quiet") == 0
     weights = run / "model.safetensors"
     reports = {}
+    set_keep_host_memory(False)  # eval and predict keep freed host memory on the CPU, --fast or not (same values)
+    assert run_cli("eval", weights, "--data", root) == 0
+    assert keeps_host_memory() or not glibc_malloc_available()
+    set_keep_host_memory(False)
+    assert run_cli("predict", weights, root, "--split", "val", "--out", tmp_path / "kept", "--no-panels") == 0
+    assert keeps_host_memory() or not glibc_malloc_available()
     for name, flags in {"whole": [], "covering": ["--window", "64x64"],
                         "sliding": ["--window", "16x24", "--stride", "8x8"],
                         "one_at_a_time": ["--window", "16x24", "--stride", "8x8", "--window-batch", "1"]}.items():

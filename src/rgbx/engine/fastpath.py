@@ -88,6 +88,8 @@ each switch does:
   change, bit for bit; the process keeps its peak memory until it exits. In the CPU's fast set: on the 2-core AMD
   machine CMX-B2's batch-1 latency at 480×640 and its training step at batch 2, 240×320 ran 1.13× / 1.11× faster
   with it, the logits identical (``benchmarks/speed.md``). Not in CUDA's (the big tensors live on the device).
+  Because it changes no value, the trainer (``train.keep_host_memory``) and ``rgbx eval`` / ``rgbx predict`` turn it
+  on for the CPU without being asked (the exact path's CMX-B2 latency: 1.29×).
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
