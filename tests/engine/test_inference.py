@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import rgbx
+from rgbx.data.sample import PresenceMasks
 from rgbx.engine.inference import SlidingWindow, predict_logits, window_starts
 from rgbx.errors import ConfigError
 
@@ -98,6 +99,23 @@ def test_batched_windows_and_flips_give_the_logits_of_one_at_a_time_with_per_sam
     mirrored = model({m: v.flip(-1) for m, v in x.items()}, present).logits.flip(-1).softmax(1)
     torch.testing.assert_close(predict_logits(model, x, present, flip=True), (plain + mirrored) / 2,
                                rtol=1e-4, atol=1e-5)
+    # masks the host knows about stay known on the host when they are repeated for the stacked windows and flips
+    seen = []
+    spy = model.forward
+
+    def recording(inputs, mask=None):
+        seen.append(mask)
+        return spy(inputs, mask)
+
+    apart = predict_logits(model, x, present, flip=True, window=SlidingWindow((16, 24), (8, 12), 1))
+    model.forward = recording
+    known = PresenceMasks(present, certain={"rgb"}, host={"lidar": present["lidar"]})
+    together = predict_logits(model, x, known, flip=True, window=SlidingWindow((16, 24), (8, 12), 4))
+    del model.forward
+    torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5)
+    assert seen and all(isinstance(m, PresenceMasks) and m.certain == {"rgb"} for m in seen)
+    stacked = [m for m in seen if len(m["lidar"]) > 2]
+    assert stacked and all(torch.equal(m.host["lidar"], m["lidar"]) for m in stacked)
     # the sample without LiDAR is predicted without it, not with its zeros
     alone = model({m: v[1:] for m, v in x.items()}, {m: p[1:] for m, p in present.items()}).logits
     with_lidar = model({m: v[1:] for m, v in x.items()}).logits

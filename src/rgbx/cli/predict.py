@@ -99,8 +99,7 @@ def _samples(args, modalities):
 
 def run(args) -> int:
     from rgbx.engine.checkpoint import load_model
-    from rgbx.engine.fastpath import SpeedOptions
-    from rgbx.engine.host_memory import set_keep_host_memory
+    from rgbx.engine.fastpath import SpeedOptions, keep_host_memory_where_it_pays
     from rgbx.engine.predict import Predictor
     from rgbx.engine.trainer import loader_workers, resolve_device
 
@@ -109,8 +108,7 @@ def run(args) -> int:
     args.workers = loader_workers(args.workers, device)
     model, info = load_model(args.checkpoint, device)
     speed = SpeedOptions.fast(device) if args.fast else None
-    # without --fast too: keeping freed host memory changes no value (rgbx.engine.host_memory)
-    set_keep_host_memory(SpeedOptions.fast(device).keep_host_memory)
+    keep_host_memory_where_it_pays(device)  # --fast or not: it changes no value
     predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip, speed=speed,
                           window=window)
     count = 0

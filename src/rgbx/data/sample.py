@@ -69,6 +69,12 @@ class PresenceMasks(dict):
             return torch.ones(self[name].shape, dtype=torch.bool)
         return self[name].cpu()
 
+    def repeat(self, times: int) -> PresenceMasks:
+        """The masks of ``times`` copies of the batch stacked one after the other (test-time windows and flips run
+        as one batch), with what the host knows about them kept."""
+        return PresenceMasks({n: m.repeat(times) for n, m in self.items()}, self.certain,
+                             {n: m.repeat(times) for n, m in self.host.items()}, self.on_device)
+
     def subset(self, names: Iterable[str]) -> PresenceMasks:
         names = [n for n in self if n in set(names)]
         return PresenceMasks({n: self[n] for n in names}, self.certain & set(names),

@@ -123,6 +123,7 @@ __all__ = [
     "compile_regions",
     "compile_report",
     "cpu_has_bf16",
+    "keep_host_memory_where_it_pays",
     "precision_dtype",
     "prepare_inference",
     "to_memory_format",
@@ -273,6 +274,13 @@ def prepare_inference(model: nn.Module, options: SpeedOptions) -> nn.Module:
             if hasattr(module, "fuse_for_inference"):
                 module.fuse_for_inference()
     return model
+
+
+def keep_host_memory_where_it_pays(device: torch.device) -> bool:
+    """Keep freed host memory where the device's fast set does (the CPU), ``--fast`` or not: it changes no value
+    (:mod:`rgbx.engine.host_memory`). For ``rgbx eval`` / ``rgbx predict``, which otherwise run the model's own
+    arithmetic. Returns whether the process now keeps its memory."""
+    return set_keep_host_memory(SpeedOptions.fast(device).keep_host_memory)
 
 
 def to_memory_format(inputs: Mapping[str, torch.Tensor], channels_last: bool) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rgbx.data.sample import PresenceMasks
 from rgbx.data.transforms import resize_modality
 from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
@@ -67,9 +68,12 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
 
 
 def _repeat_present(present: Mapping[str, torch.Tensor] | None, times: int) -> Mapping[str, torch.Tensor] | None:
-    """Presence masks for ``times`` copies of the batch stacked one after the other."""
+    """Presence masks for ``times`` copies of the batch stacked one after the other (:class:`PresenceMasks` keep what
+    the host knows, so the model still decides its branches without reading masks back from the device)."""
     if present is None or times == 1:
         return present
+    if isinstance(present, PresenceMasks):
+        return present.repeat(times)
     return {m: p.repeat(times) for m, p in present.items()}
 
 
@@ -77,7 +81,8 @@ def _slide(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
            present: Mapping[str, torch.Tensor] | None, window: SlidingWindow) -> torch.Tensor:
     """(B, K, H, W) logits averaged over the windows covering each pixel, ``window.batch`` window positions per
     forward pass (stacked window-major: the crops of every image at the first position, then the next)."""
-    batch, (h, w) = next(iter(inputs.values())).shape[0], next(iter(inputs.values())).shape[-2:]
+    first = next(iter(inputs.values()))
+    batch, (h, w) = first.shape[0], first.shape[-2:]
     wh, ww = min(window.size[0], h), min(window.size[1], w)
     ys, xs = window_starts(h, wh, window.stride[0]), window_starts(w, ww, window.stride[1])
     if len(ys) == len(xs) == 1:
