@@ -175,6 +175,8 @@ def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
     set_keep_host_memory(False)
     assert run_cli("predict", weights, root, "--split", "val", "--out", tmp_path / "kept", "--no-panels") == 0
     assert keeps_host_memory() or not glibc_malloc_available()
+    assert run_cli("eval", weights, "--data", root, "--no-keep-host-memory", "--fast") == 0  # asked: off, --fast too
+    assert not keeps_host_memory()
     for name, flags in {"whole": [], "covering": ["--window", "64x64"],
                         "sliding": ["--window", "16x24", "--stride", "8x8"],
                         "one_at_a_time": ["--window", "16x24", "--stride", "8x8", "--window-batch", "1"]}.items():

@@ -3,7 +3,9 @@ big tensor allocated again reuses pages the process owns instead of faulting fre
 
 from __future__ import annotations
 
+import os
 import resource
+import shutil
 import subprocess
 import sys
 
@@ -80,3 +82,46 @@ def test_backend_flags_set_the_switch_on_entry_and_leave_it_so():
     set_keep_host_memory(False)
     assert not keeps_host_memory()
 
+
+
+# A malloc of its own in front of glibc's, as LD_PRELOAD=libjemalloc.so / libtcmalloc.so puts one
+INTERPOSED_MALLOC = r"""
+#include <stddef.h>
+extern void *__libc_malloc(size_t);
+extern void __libc_free(void *);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+void *malloc(size_t n) { return __libc_malloc(n); }
+void free(void *p) { __libc_free(p); }
+void *calloc(size_t a, size_t b) { return __libc_calloc(a, b); }
+void *realloc(void *p, size_t n) { return __libc_realloc(p, n); }
+"""
+
+SWITCH_REPORT = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("host_memory", sys.argv[1])
+hm = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(hm)
+print(hm.glibc_malloc_available(), hm.set_keep_host_memory(True), hm.keeps_host_memory())
+"""
+
+
+def test_a_preloaded_allocator_is_not_reported_as_tuned(tmp_path):
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("needs a C compiler to build a malloc to preload")
+    (tmp_path / "malloc.c").write_text(INTERPOSED_MALLOC)
+    built = subprocess.run([compiler, "-shared", "-fPIC", "-o", tmp_path / "malloc.so", tmp_path / "malloc.c"],
+                           capture_output=True, text=True, timeout=60)
+    if built.returncode != 0:
+        pytest.skip(f"could not build a malloc to preload: {built.stderr[-300:]}")
+
+    def report(env: dict[str, str]) -> str:
+        r = subprocess.run([sys.executable, "-c", SWITCH_REPORT, host_memory.__file__], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, **env})
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    assert report({}) == ["True", "True", "True"]
+    # glibc's mallopt would succeed, but tune an allocator the process no longer calls
+    assert report({"LD_PRELOAD": str(tmp_path / "malloc.so")}) == ["False", "False", "False"]

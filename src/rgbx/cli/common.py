@@ -45,6 +45,29 @@ def add_test_time_arguments(parser: argparse.ArgumentParser) -> None:
                         help="window positions run in one forward pass (default 8; 1: one at a time, least memory)")
 
 
+def add_inference_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--fast`` and ``--[no-]keep-host-memory`` of the commands that run a trained model
+    (:func:`inference_speed_from_args`)."""
+    parser.add_argument("--fast", action="store_true",
+                        help="the device's fast path (rgbx.engine.fastpath: bf16 autocast where the device has bf16 "
+                             "matrix units, fused attention, channels-last, TF32); 0.2-0.6 %% of pixels may change "
+                             "their class (benchmarks/speed.md); default: the model's own fp32 arithmetic")
+    parser.add_argument("--keep-host-memory", action=argparse.BooleanOptionalAction,
+                        help="glibc's malloc keeps freed host memory for reuse instead of giving large blocks back "
+                             "to the kernel (no value changes; the process keeps its peak memory until it exits). "
+                             "Default: on for the CPU, --fast or not")
+
+
+def inference_speed_from_args(args, device):
+    """The :class:`~rgbx.engine.fastpath.SpeedOptions` of ``--fast`` (None without it: the model's own arithmetic),
+    after setting whether freed host memory is kept: as ``--[no-]keep-host-memory`` says, else where the device's
+    fast set keeps it (the CPU), ``--fast`` or not, since it changes no value."""
+    from rgbx.engine.fastpath import SpeedOptions, keep_host_memory_where_it_pays
+
+    kept = keep_host_memory_where_it_pays(device, args.keep_host_memory)
+    return SpeedOptions.fast(device).with_(keep_host_memory=kept) if args.fast else None
+
+
 def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int = 2) -> None:
     """``--warmup``, ``--repeats``, ``--settle`` and ``--threads`` of the scripts that time candidates alternately
     (:func:`rgbx.engine.bench.time_alternating`); :func:`settle_from_args` resolves ``--settle``."""

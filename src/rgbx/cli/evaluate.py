@@ -8,7 +8,9 @@ from pathlib import Path
 from rgbx.cli.common import (
     add_command,
     add_dataset_arguments,
+    add_inference_speed_arguments,
     add_test_time_arguments,
+    inference_speed_from_args,
     parse_options,
     sliding_window_from_args,
 )
@@ -56,7 +58,7 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="loader processes (default: 2 on the CPU, on CUDA one per spare core "
                                                 "up to 8)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--fast", action="store_true", help="the device's fast path (rgbx.engine.fastpath: bf16 autocast where the device has bf16 matrix units, fused attention, channels-last, TF32); 0.2-0.6 %% of pixels may change their class (benchmarks/speed.md); default: the model's own fp32 arithmetic")
+    add_inference_speed_arguments(p)
 
 
 def run(args) -> int:
@@ -83,23 +85,16 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.engine.checkpoint import load_model
     from rgbx.engine.distributed import shard_indices
     from rgbx.engine.evaluate import all_subsets, evaluate
-    from rgbx.engine.fastpath import (
-        SpeedOptions,
-        backend_flags,
-        keep_host_memory_where_it_pays,
-        precision_dtype,
-        prepare_inference,
-    )
+    from rgbx.engine.fastpath import backend_flags, precision_dtype, prepare_inference
     from rgbx.engine.tables import print_eval_tables
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
 
     window = sliding_window_from_args(args)
     model, info = load_model(args.checkpoint, device)
-    speed = SpeedOptions.fast(device) if args.fast else None
+    speed = inference_speed_from_args(args, device)  # host memory kept on the CPU, --fast or not (CMX-B2: 1.29x)
     if speed is not None:
         prepare_inference(model, speed)
-    keep_host_memory_where_it_pays(device)  # --fast or not: it changes no value (CPU, CMX-B2 exact: 1.29x)
     amp_dtype = precision_dtype(speed.precision, device) if speed is not None else None
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
                             transform=EvalTransform(), **parse_options(args.option))

@@ -7,7 +7,9 @@ from pathlib import Path
 from rgbx.cli.common import (
     add_command,
     add_dataset_arguments,
+    add_inference_speed_arguments,
     add_test_time_arguments,
+    inference_speed_from_args,
     parse_options,
     sliding_window_from_args,
 )
@@ -37,7 +39,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, help="processes reading a dataset folder ahead of the model (default: 2 on "
                                                 "the CPU, on CUDA one per spare core up to 8)")
-    p.add_argument("--fast", action="store_true", help="the device's fast path (rgbx.engine.fastpath: bf16 autocast where the device has bf16 matrix units, fused attention, channels-last, TF32); 0.2-0.6 %% of pixels may change their class (benchmarks/speed.md)")
+    add_inference_speed_arguments(p)
 
 
 class _Loaded:
@@ -99,7 +101,6 @@ def _samples(args, modalities):
 
 def run(args) -> int:
     from rgbx.engine.checkpoint import load_model
-    from rgbx.engine.fastpath import SpeedOptions, keep_host_memory_where_it_pays
     from rgbx.engine.predict import Predictor
     from rgbx.engine.trainer import loader_workers, resolve_device
 
@@ -107,8 +108,7 @@ def run(args) -> int:
     window = sliding_window_from_args(args)
     args.workers = loader_workers(args.workers, device)
     model, info = load_model(args.checkpoint, device)
-    speed = SpeedOptions.fast(device) if args.fast else None
-    keep_host_memory_where_it_pays(device)  # --fast or not: it changes no value
+    speed = inference_speed_from_args(args, device)  # host memory kept on the CPU, --fast or not
     predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip, speed=speed,
                           window=window)
     count = 0

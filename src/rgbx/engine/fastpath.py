@@ -89,7 +89,7 @@ each switch does:
   machine CMX-B2's batch-1 latency at 480×640 and its training step at batch 2, 240×320 ran 1.13× / 1.11× faster
   with it, the logits identical (``benchmarks/speed.md``). Not in CUDA's (the big tensors live on the device).
   Because it changes no value, the trainer (``train.keep_host_memory``) and ``rgbx eval`` / ``rgbx predict`` turn it
-  on for the CPU without being asked (the exact path's CMX-B2 latency: 1.29×).
+  on for the CPU without being asked (the exact path's CMX-B2 latency: 1.29×; ``--no-keep-host-memory`` says no).
 * ``tf32``: TF32 matrix units for fp32 matmuls / convolutions on CUDA (``torch.backends.*.allow_tf32``).
 * ``cudnn_benchmark``: let cuDNN time its convolution algorithms for each new input shape and keep the fastest
   (``torch.backends.cudnn.benchmark``; pays off for fixed training / inference shapes).
@@ -276,11 +276,11 @@ def prepare_inference(model: nn.Module, options: SpeedOptions) -> nn.Module:
     return model
 
 
-def keep_host_memory_where_it_pays(device: torch.device) -> bool:
-    """Keep freed host memory where the device's fast set does (the CPU), ``--fast`` or not: it changes no value
-    (:mod:`rgbx.engine.host_memory`). For ``rgbx eval`` / ``rgbx predict``, which otherwise run the model's own
-    arithmetic. Returns whether the process now keeps its memory."""
-    return set_keep_host_memory(SpeedOptions.fast(device).keep_host_memory)
+def keep_host_memory_where_it_pays(device: torch.device, keep: bool | None = None) -> bool:
+    """Keep freed host memory as ``keep`` says; None: where the device's fast set does (the CPU), fast path or not,
+    since it changes no value (:mod:`rgbx.engine.host_memory`). For ``rgbx eval`` / ``rgbx predict``, which otherwise
+    run the model's own arithmetic. Returns whether the process now keeps its memory."""
+    return set_keep_host_memory(SpeedOptions.fast(device).keep_host_memory if keep is None else keep)
 
 
 def to_memory_format(inputs: Mapping[str, torch.Tensor], channels_last: bool) -> dict[str, torch.Tensor]:

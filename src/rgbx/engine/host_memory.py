@@ -17,7 +17,9 @@ until it exits (its resident size no longer falls after a peak), and a heap of b
 Process-wide and sticky: it stays as the last call set it. ``False`` after ``True`` restores glibc's settings as
 they stand after its warm-up (mappings from 32 MiB, trimming beyond 64 MiB free) and returns the free memory; a
 process that never turned the switch on keeps glibc's own adaptive defaults. A no-op returning False where the C
-library is not glibc (macOS, Windows, musl).
+library is not glibc (macOS, Windows, musl), and where another allocator has replaced glibc's ``malloc`` (jemalloc
+or tcmalloc in ``LD_PRELOAD``): glibc's settings would then tune an allocator nobody calls, and those allocators
+keep freed memory of their own accord.
 """
 
 from __future__ import annotations
@@ -39,22 +41,31 @@ _NEVER_TRIM = -1  # mallopt(3): -1 disables trimming completely
 _kept = False
 
 
+def _address(function) -> int | None:
+    return ctypes.cast(function, ctypes.c_void_p).value
+
+
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (it has ``mallopt`` and ``gnu_get_libc_version``), else None."""
+    """The C library when it is glibc (it has ``mallopt`` and ``gnu_get_libc_version``) and its ``malloc`` is the
+    one this process calls, else None."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        process = ctypes.CDLL(None)  # symbols as the process resolves them: a preloaded malloc comes first
     except OSError:
         return None
-    if not all(hasattr(libc, name) for name in ("mallopt", "malloc_trim", "gnu_get_libc_version")):
+    if not all(hasattr(libc, name) for name in ("mallopt", "malloc_trim", "gnu_get_libc_version", "malloc")):
         return None
+    if _address(getattr(process, "malloc", None)) != _address(libc.malloc):
+        return None  # malloc interposed (LD_PRELOAD=libjemalloc.so, libtcmalloc.so, ...)
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.malloc_trim.argtypes = [ctypes.c_size_t]
     return libc
 
 
 def glibc_malloc_available() -> bool:
-    """Whether this process's allocator is glibc's malloc, the one :func:`set_keep_host_memory` tunes."""
+    """Whether this process's allocator is glibc's malloc, the one :func:`set_keep_host_memory` tunes (False with
+    another allocator preloaded)."""
     return _libc() is not None
 
 
@@ -65,7 +76,8 @@ def keeps_host_memory() -> bool:
 
 def set_keep_host_memory(keep: bool) -> bool:
     """Keep freed host memory for reuse (``keep=True``) or let glibc return large blocks to the kernel again (see the
-    module docstring). Returns whether the process now keeps its memory: False where the allocator is not glibc's."""
+    module docstring). Returns whether the process now keeps its memory: False where the allocator is not glibc's
+    (another C library, or jemalloc / tcmalloc preloaded, which keep freed memory themselves)."""
     global _kept
     keep = bool(keep)
     libc = _libc()
