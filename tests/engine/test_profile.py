@@ -82,6 +82,27 @@ def test_flops_force_eager_attention_and_restore_it():
     assert attn_impls(eager) == {"eager"} and eager.config.attn_impl == "eager"
 
 
+def test_flops_by_submodule_cover_branches_run_stage_by_stage():
+    """CMX runs its branches stage by stage (``forward_stage``), never calling a branch as a module: a branch's
+    FLOPs are its stages'. Each branch's equal that of the branch counted alone, and the encoder's submodules add up
+    to the encoder."""
+    model = tiny("eager")  # attention the counter sees in the branch counted alone too
+    x = inputs()
+    flops = count_flops(model, x)
+    sub = flops["by_submodule"]
+    assert {"encoder.branches.rgb", "encoder.branches.depth", "encoder.rectify", "encoder.fuse",
+            "head.fuse", "head.classifier"} <= set(sub)
+    assert sum(v for k, v in sub.items() if k.startswith("encoder.")) == pytest.approx(flops["by_module"]["encoder"])
+    branch = model.encoder.branches["depth"]
+    alone = FlopCounterMode(display=False)
+    with torch.no_grad(), alone:
+        y = x["depth"]
+        for i in range(branch.num_stages):
+            y = branch.forward_stage(i, y)
+    assert sub["encoder.branches.depth"] == pytest.approx(alone.get_total_flops() / 1e9)
+    assert sub["encoder.branches.rgb"] > sub["encoder.branches.depth"]  # three input channels against one
+
+
 def test_profile_model_keys_and_restoration():
     model = tiny().train()
     result = profile_model(model, inputs(), device="cpu", warmup=1, repeats=2, batch_sizes=(2, 1))

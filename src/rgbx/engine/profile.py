@@ -6,7 +6,9 @@ What is measured, and how:
   children (for a :class:`~rgbx.models.Segmentor`: ``encoder``, ``head``) and one level below, with a ``ModuleDict``
   expanded by key (``encoder.branches.rgb``, ``encoder.branches.depth``, ``encoder.rectify``, ``encoder.fuse``,
   ``head.linear``, ...). Parameters a module holds directly appear under ``<name>.(own)``.
-* FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` over one forward pass at batch 1 in eval mode. It counts
+* FLOPs: :class:`torch.utils.flop_counter.FlopCounterMode` over one forward pass at batch 1 in eval mode, in total
+  and for the same modules as the parameters. A module its parent runs by another route than calling it (CMX's
+  branches run stage by stage through ``forward_stage``) is given the FLOPs of its called descendants. It counts
   only matmul / conv / attention kernels (not norms, activations, softmax or resizing), and it counts 0 for
   ``scaled_dot_product_attention`` on the CPU, so attention is switched to the explicit ``"eager"`` form while
   counting and switched back afterwards. ``FlopCounterMode`` counts a multiply-add as 2 FLOPs; the "GFLOPs"
@@ -44,6 +46,32 @@ def _device_of(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def _submodule_paths(model: nn.Module) -> list[str]:
+    """The submodules that parameters and FLOPs are reported for below the top-level children: each grandchild, a
+    ``ModuleDict`` grandchild expanded by key (``encoder.branches.rgb``, ``encoder.rectify``, ``head.linear``)."""
+    paths = []
+    for name, child in model.named_children():
+        for sub, grandchild in child.named_children():
+            if isinstance(grandchild, nn.ModuleDict):
+                paths += [f"{name}.{sub}.{key}" for key in grandchild]
+            else:
+                paths.append(f"{name}.{sub}")
+    return paths
+
+
+def _called_flops(module: nn.Module, path: str, counts: Mapping[str, Mapping[Any, int]]) -> int | None:
+    """FLOPs that ``FlopCounterMode`` (``counts``: its per-module table, keys prefixed with the root's class name)
+    saw inside ``module``: its own row when it was called as a module, else the sum over its children's (a module
+    run through a method of its own, like a branch's ``forward_stage``, has no row while its stages do). None when
+    nothing inside it was counted."""
+    own = counts.get(path)
+    if own is not None:
+        return sum(int(v) for v in own.values())
+    found = [f for name, child in module.named_children()
+             if (f := _called_flops(child, f"{path}.{name}", counts)) is not None]
+    return sum(found) if found else None
 
 
 def count_parameters(model: nn.Module) -> dict[str, Any]:
@@ -122,8 +150,10 @@ def _eval_mode(model: nn.Module):
 def count_flops(model: nn.Module, inputs: Mapping[str, torch.Tensor] | torch.Tensor) -> dict[str, Any]:
     """Forward FLOPs of ``model(inputs)`` in eval mode with attention forced eager (see the module docstring).
 
-    Returns ``{"flops", "gflops", "gmacs", "attn_forced_eager", "by_module", "by_op"}``; ``by_module`` holds the
-    GFLOPs of the top-level children that were called as modules, ``by_op`` the GFLOPs per aten operator
+    Returns ``{"flops", "gflops", "gmacs", "attn_forced_eager", "by_module", "by_submodule", "by_op"}``;
+    ``by_module`` holds the GFLOPs of the top-level children that were called as modules, ``by_submodule`` those of
+    the submodules :func:`count_parameters` reports (``encoder.branches.rgb``, ``encoder.fuse``, ...; those with
+    counted FLOPs), ``by_op`` the GFLOPs per aten operator
     (``convolution``, ``mm``/``addmm`` = layers, ``bmm`` = products of two activations: attention ``q kᵀ`` and
     ``attn v``, CMX's cross-attention context, the Hamburger's NMF). Module-hook counters such as thop (used by
     DFormer's ``benchmark.py``) see only layers, i.e. miss the ``bmm`` part.
@@ -139,6 +169,12 @@ def count_flops(model: nn.Module, inputs: Mapping[str, torch.Tensor] | torch.Ten
         ops = counts.get(f"{root}.{name}")
         if ops:
             by_module[name] = sum(int(v) for v in ops.values()) / 1e9
+    modules = dict(model.named_modules())
+    by_submodule = {}
+    for path in _submodule_paths(model):
+        found = _called_flops(modules[path], f"{root}.{path}", counts)
+        if found:
+            by_submodule[path] = found / 1e9
     by_op = {str(op).removeprefix("aten."): int(n) / 1e9 for op, n in counts.get("Global", {}).items()}
     return {
         "flops": flops,
@@ -146,6 +182,7 @@ def count_flops(model: nn.Module, inputs: Mapping[str, torch.Tensor] | torch.Ten
         "gmacs": flops / 2e9,
         "attn_forced_eager": forced,
         "by_module": by_module,
+        "by_submodule": by_submodule,
         "by_op": by_op,
     }
 
