@@ -77,7 +77,7 @@ def _called_flops(module: nn.Module, path: str, counts: Mapping[str, Mapping[Any
 def count_parameters(model: nn.Module) -> dict[str, Any]:
     """``{"total", "trainable", "by_module", "by_submodule"}`` (counts of unique parameters; see the module
     docstring for the grouping)."""
-    modules = dict(model.named_modules())
+    paths = _submodule_paths(model)
     by_module: dict[str, int] = {}
     by_submodule: dict[str, int] = {}
     total = trainable = 0
@@ -91,13 +91,7 @@ def count_parameters(model: nn.Module) -> dict[str, Any]:
             by_submodule["(own)"] = by_submodule.get("(own)", 0) + n
             continue
         by_module[parts[0]] = by_module.get(parts[0], 0) + n
-        if len(parts) == 2:
-            key = f"{parts[0]}.(own)"
-        else:
-            depth = 2
-            if isinstance(modules.get(".".join(parts[:2])), nn.ModuleDict) and len(parts) > 3:
-                depth = 3
-            key = ".".join(parts[:depth])
+        key = next((path for path in paths if name.startswith(f"{path}.")), f"{parts[0]}.(own)")
         by_submodule[key] = by_submodule.get(key, 0) + n
     return {"total": total, "trainable": trainable, "by_module": by_module, "by_submodule": by_submodule}
 
