@@ -133,9 +133,11 @@ if want profile; then
         --rows 25 2>&1 | tee "$LOG_DIR/profile_infer.log"
     # what fusing its projections and folding its layer scales gives (fuse_projections on / off under the fast set,
     # alternated in one process): CUDA-graph inference, and the captured training step (fused at every step there)
+    captured=(--graphed)
+    [ "$DEVICE" = cuda ] || captured=()  # the CPU smoke run: no CUDA graph to capture the training step in
     run_step 70 python benchmarks/switch_ab.py fuse_projections --backbone dformer_l --fusion dformer --head ham \
-        --head-channels 512 --modalities rgb depth --num-classes 40 --size "$SIZE" --what latency train --graphed \
-        --device "$DEVICE" --repeats "$REPEATS" 2>&1 | tee "$LOG_DIR/fuse_ab.log"
+        --head-channels 512 --modalities rgb depth --num-classes 40 --size "$SIZE" --what latency train \
+        "${captured[@]}" --device "$DEVICE" --repeats "$REPEATS" 2>&1 | tee "$LOG_DIR/fuse_ab.log"
     # resizing and pooling as matrix products (matmul_resize), on DFormer-L: its adaptive pooling of channels-last maps
     # took 26 % of the batch-1 kernel time (the sweep measures CMX-B2's captured training step with and without it)
     run_step 30 python benchmarks/switch_ab.py matmul_resize --backbone dformer_l --fusion dformer --head ham \
@@ -157,12 +159,15 @@ fi
 if want data; then
     # (96 samples: making 192 took more than the 15 s the last H100 run had left for this step)
     # then the same samples packed decoded (rgbx data pack --decoded: nothing left to decode in the workers)
-    run_step 90 bash -c "$RGBX synth '$LOG_DIR/synth480' --train 96 --val 2 --test 2 --size 480x640 >/dev/null && \
-        $RGBX bench --data '$LOG_DIR/synth480' --modalities rgb depth --workers 4 8 12 --crop 480x640 \
+    samples=96 data_size=480x640 workers="4 8 12" workers_decoded="4 8"
+    [ "$DEVICE" = cuda ] || { samples=24 data_size=96x128 workers="0 1" workers_decoded="0 1"; }  # CPU smoke run
+    run_step 90 bash -c "$RGBX synth '$LOG_DIR/synth480' --train $samples --val 2 --test 2 --size $data_size \
+        >/dev/null && \
+        $RGBX bench --data '$LOG_DIR/synth480' --modalities rgb depth --workers $workers --crop $data_size \
         --batch 8 --batches 10 --geometric-on batch sample --device $DEVICE && \
         $RGBX data pack '$LOG_DIR/synth480' '$LOG_DIR/decoded480' --split train --decoded >/dev/null && \
-        $RGBX bench --data '$LOG_DIR/decoded480' --dataset shards --modalities rgb depth --workers 4 8 \
-        --crop 480x640 --batch 8 --batches 10 --geometric-on batch sample --device $DEVICE" 2>&1 \
+        $RGBX bench --data '$LOG_DIR/decoded480' --dataset shards --modalities rgb depth --workers $workers_decoded \
+        --crop $data_size --batch 8 --batches 10 --geometric-on batch sample --device $DEVICE" 2>&1 \
         | tee "$LOG_DIR/data.log"
     rm -rf "$LOG_DIR/synth480" "$LOG_DIR/decoded480"
 fi
@@ -289,7 +294,7 @@ table_or_tail() {  # the rich table of a bench log; the progress lines where it 
     fi
     if want data; then
         echo
-        echo "## Input pipeline on this machine (RGB-D 480×640, \`rgbx bench --data\`)"
+        echo "## Input pipeline on this machine (RGB-D ${data_size/x/×}, \`rgbx bench --data\`)"
         echo
         echo '```'
         if grep -q 'input pipeline:' "$LOG_DIR/data.log"; then  # both tables, each with its title

@@ -115,8 +115,13 @@ def test_a_preloaded_allocator_is_not_reported_as_tuned(tmp_path):
                            capture_output=True, text=True, timeout=60)
     if built.returncode != 0:
         pytest.skip(f"could not build a malloc to preload: {built.stderr[-300:]}")
+    preloaded = {"LD_PRELOAD": str(tmp_path / "malloc.so")}
+    loads = subprocess.run([sys.executable, "-c", "pass"], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, **preloaded})
+    if loads.returncode != 0:  # a C library without the __libc_* entry points the stand-in calls
+        pytest.skip(f"the stand-in malloc does not load here: {loads.stderr[-300:]}")
 
-    def report(env: dict[str, str]) -> str:
+    def report(env: dict[str, str]) -> list[str]:
         r = subprocess.run([sys.executable, "-c", SWITCH_REPORT, host_memory.__file__], capture_output=True,
                            text=True, timeout=60, env={**os.environ, **env})
         assert r.returncode == 0, r.stderr
@@ -124,4 +129,4 @@ def test_a_preloaded_allocator_is_not_reported_as_tuned(tmp_path):
 
     assert report({}) == ["True", "True", "True"]
     # glibc's mallopt would succeed, but tune an allocator the process no longer calls
-    assert report({"LD_PRELOAD": str(tmp_path / "malloc.so")}) == ["False", "False", "False"]
+    assert report(preloaded) == ["False", "False", "False"]
