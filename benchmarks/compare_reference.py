@@ -62,7 +62,7 @@ import references  # noqa: E402  (benchmarks/references.py)
 
 from rgbx.cli.common import add_timing_arguments, parse_size, settle_from_args  # noqa: E402
 from rgbx.engine.bench import make_inference, make_train_step, peak_tflops, time_alternating  # noqa: E402
-from rgbx.engine.fastpath import SpeedOptions, autocast  # noqa: E402
+from rgbx.engine.fastpath import SpeedOptions, autocast, describe_cpu  # noqa: E402
 from rgbx.engine.host_memory import set_keep_host_memory  # noqa: E402
 from rgbx.engine.profile import count_flops  # noqa: E402
 from rgbx.models import create_model  # noqa: E402
@@ -463,7 +463,8 @@ def main() -> int:
         print(report([r], args, device), flush=True)
     ok = [r for r in results if "error" not in r]
     table = report(ok, args, device)
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    dev = (torch.cuda.get_device_name(device) if device.type == "cuda"
+           else f"CPU {describe_cpu()}, {torch.get_num_threads()} threads")
     header = (f"device: {dev}; torch {torch.__version__}; training batch {args.train_batch} at "
               f"{args.train_size[0]}x{args.train_size[1]} (forward + loss + backward + AdamW), latency batch 1 at "
               f"{args.size[0]}x{args.size[1]}; {args.warmup} warm-up + {args.repeats} timed calls, median; "

@@ -136,6 +136,31 @@ def test_compile_blocks_compiles_each_block_once_per_shape():
         compile_regions(tiny(), SpeedOptions(compile=True, compile_scope="everything"))
 
 
+AMD_AVX2 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+flags\t\t: fpu vme sse sse2 avx fma avx2 bmi2
+"""
+INTEL_AMX = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+ARM = """processor\t: 0
+Features\t: fp asimd evtstrm aes crc32
+"""
+
+
+def test_the_cpu_is_described_by_what_the_fast_set_depends_on():
+    from rgbx.engine.fastpath import cpu_has_bf16, describe_cpu
+
+    assert describe_cpu(AMD_AVX2) == "AMD EPYC (AVX2; no bf16 matrix units)" and not cpu_has_bf16(AMD_AVX2)
+    assert describe_cpu(INTEL_AMX) == ("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz "
+                                       "(AVX-512, AMX-BF16, AVX512-BF16)") and cpu_has_bf16(INTEL_AMX)
+    assert describe_cpu(ARM).endswith("(NEON; no bf16 matrix units)")  # no model name line: the machine's type
+    assert describe_cpu("")  # no /proc/cpuinfo: what the platform module says
+    assert describe_cpu() and cpu_has_bf16() == ("no bf16 matrix units" not in describe_cpu())  # this machine
+
+
 def test_fast_options_follow_the_device(monkeypatch):
     import rgbx.engine.fastpath as fp
 

@@ -123,6 +123,7 @@ __all__ = [
     "compile_regions",
     "compile_report",
     "cpu_has_bf16",
+    "describe_cpu",
     "keep_host_memory_where_it_pays",
     "precision_dtype",
     "prepare_inference",
@@ -132,15 +133,44 @@ __all__ = [
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this processor has bf16 matrix instructions (Intel AMX-BF16 or AVX-512 BF16), read from
-    ``/proc/cpuinfo`` (False where that file does not exist)."""
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo`` ("" where that file does not exist)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return f.read()
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return ""
+
+
+def _cpu_flags(cpuinfo: str) -> set[str]:
+    line = next((line for line in cpuinfo.splitlines() if line.startswith(("flags", "Features"))), "")
+    return set(line.partition(":")[2].split())
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this processor has bf16 matrix instructions (Intel AMX-BF16 or AVX-512 BF16), read from
+    ``/proc/cpuinfo`` (or the given text of it; False where that file does not exist)."""
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags(_cpuinfo() if cpuinfo is None else cpuinfo))
+
+
+def describe_cpu(cpuinfo: str | None = None) -> str:
+    """This processor's model and the vector / matrix instructions the CPU fast set depends on, e.g.
+    ``AMD EPYC (AVX2; no bf16 matrix units)`` or ``Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (AVX-512, AMX-BF16)``:
+    CPU speed figures mean little without it (the fast set is bf16 only with bf16 matrix units). From
+    ``/proc/cpuinfo`` (or the given text of it); where that file does not exist, what :mod:`platform` says."""
+    import platform
+
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    model = next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    if not text:
+        return platform.processor() or platform.machine() or "cpu"
+    flags = _cpu_flags(text)
+    vector = [name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON")) if flag in flags]
+    matrix = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    units = ", ".join(vector[:1] + matrix) or "no vector extensions listed"
+    if not matrix:
+        units += "; no bf16 matrix units"
+    return f"{model or platform.machine() or 'cpu'} ({units})"
 
 
 def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:

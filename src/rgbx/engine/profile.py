@@ -26,7 +26,6 @@ nothing.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -217,7 +216,9 @@ def _time(model: nn.Module, inputs, device: torch.device, warmup: int, repeats: 
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
+    from rgbx.engine.fastpath import describe_cpu
+
+    return describe_cpu()
 
 
 def profile_model(
