@@ -47,7 +47,11 @@ start=$(date +%s)
 device_line=$(python - "$DEVICE" <<'EOF'
 import sys, torch
 d = torch.device(sys.argv[1])
-name = torch.cuda.get_device_name(d) if d.type == "cuda" else "CPU"
+if d.type == "cuda":
+    name = torch.cuda.get_device_name(d)
+else:  # the CPU smoke run
+    from rgbx.engine.fastpath import describe_cpu
+    name = f"CPU {describe_cpu()}"
 print(f"{name}; torch {torch.__version__}; CUDA {torch.version.cuda}")
 EOF
 )

@@ -93,13 +93,19 @@ def print_profile(result: dict, title: str) -> None:
         parts.add_column(col, justify="left" if col == "module" else "right")
     macs = {k: v / 2 for k, v in flops["by_module"].items()}
     sub_macs = {k: v / 2 for k, v in flops["by_submodule"].items()}
+
+    def gmacs(table: dict, key: str) -> str:  # three significant digits below 1 (tiny models, small inputs)
+        if key not in table:
+            return ""
+        return f"{table[key]:.2f}" if table[key] >= 1 else f"{table[key]:.3g}"
+
     for name, n in params["by_module"].items():
         parts.add_row(f"[bold]{name}[/bold]", f"{n / 1e6:.3f}", f"{n / max(params['total'], 1):.1%}",
-                      f"{macs[name]:.2f}" if name in macs else "")
+                      gmacs(macs, name))
         for sub, m in params["by_submodule"].items():
             if sub.startswith(f"{name}."):
                 parts.add_row(f"  {sub}", f"{m / 1e6:.3f}", f"{m / max(params['total'], 1):.1%}",
-                              f"{sub_macs[sub]:.2f}" if sub in sub_macs else "")
+                              gmacs(sub_macs, sub))
     console.print(parts)
 
 
