@@ -51,10 +51,13 @@ def _libc() -> ctypes.CDLL | None:
     one this process calls, else None."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        process = ctypes.CDLL(None)  # symbols as the process resolves them: a preloaded malloc comes first
     except OSError:
         return None
     if not all(hasattr(libc, name) for name in ("mallopt", "malloc_trim", "gnu_get_libc_version", "malloc")):
+        return None
+    try:
+        process = ctypes.CDLL(None)  # symbols as the process resolves them: a preloaded malloc comes first
+    except (OSError, TypeError):
         return None
     if _address(getattr(process, "malloc", None)) != _address(libc.malloc):
         return None  # malloc interposed (LD_PRELOAD=libjemalloc.so, libtcmalloc.so, ...)
