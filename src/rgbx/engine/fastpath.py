@@ -155,10 +155,10 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
 
 def describe_cpu(cpuinfo: str | None = None) -> str:
     """This processor's model and the vector / matrix instructions the CPU fast set depends on, e.g.
-    ``AMD EPYC (AVX2; no bf16 matrix units)`` or ``Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (AVX-512, AMX-BF16,
-    AVX512-BF16)``:
-    CPU speed figures mean little without it (the fast set is bf16 only with bf16 matrix units). From
-    ``/proc/cpuinfo`` (or the given text of it); where that file does not exist, what :mod:`platform` says."""
+    ``AMD EPYC (AVX2; no bf16 matrix units)`` or
+    ``Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (AVX-512, AMX-BF16, AVX512-BF16)``. CPU speed figures mean little
+    without it (the fast set is bf16 only with bf16 matrix units). From ``/proc/cpuinfo`` (or the given text of it);
+    where that file does not exist, what :mod:`platform` says."""
     import platform
 
     text = _cpuinfo() if cpuinfo is None else cpuinfo
