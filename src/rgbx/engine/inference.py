@@ -89,8 +89,8 @@ def _slide(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
         return model(inputs, present).logits
     positions = [(y, x) for y in ys for x in xs]
     total = count = None
-    for first in range(0, len(positions), window.batch):
-        group = positions[first:first + window.batch]
+    for start in range(0, len(positions), window.batch):
+        group = positions[start:start + window.batch]
         crops = {m: torch.cat([v[..., y:y + wh, x:x + ww] for y, x in group]) for m, v in inputs.items()}
         logits = model(crops, _repeat_present(present, len(group))).logits.float()
         if total is None:
