@@ -86,3 +86,25 @@ def test_unreadable_file_is_a_checkpoint_error(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read it as weights"):
         run_convert(tmp_path / "bad.pth", "--num-classes", "3", "--out", tmp_path / "x.safetensors")
+
+
+def test_class_names_given_at_conversion_travel_with_the_file_and_guide_init_from(tmp_path, capsys):
+    from rgbx.models.transfer import transfer_weights
+
+    state = random_state("cmx_mit_b0")
+    torch.save(state, tmp_path / "cmx.pth")
+    names = [f"class{i}" for i in range(38)] + ["wall", "floor"]
+    out = tmp_path / "cmx_b0.safetensors"
+    with pytest.raises(ConfigError, match="--classes names 2 classes; the model has 40"):
+        run_convert(tmp_path / "cmx.pth", "--modalities", "rgb", "depth", "--out", out, "--classes", "wall", "floor")
+    assert not out.exists()
+    assert run_convert(tmp_path / "cmx.pth", "--modalities", "rgb", "depth", "--out", out, "--classes", *names) == 0
+    assert read_model_info(out)["dataset"] == {"classes": names}
+
+    mine = create_model(backbone="mit_b0", fusion="cmx", modalities=["rgb", "depth"], num_classes=3, head_channels=512)
+    report = transfer_weights(mine, out, classes=["floor", "robot", "wall"])
+    converted = load_model(out)[0].state_dict()
+    assert torch.equal(mine.state_dict()["head.classifier.weight"][0], converted["head.classifier.weight"][39])
+    assert torch.equal(mine.state_dict()["head.classifier.weight"][2], converted["head.classifier.weight"][38])
+    assert "2 of 3 classes from the file's rows of the same name (floor, wall)" in report.summary()
+    assert not report.fresh

@@ -5,6 +5,7 @@ The public API (imported lazily so that ``rgbx --help`` stays fast)::
     import rgbx
     model = rgbx.create_model(backbone="mit_b0", fusion="cmx", modalities=["rgb", "depth"], num_classes=40)
     model, info = rgbx.load_model("runs/x/model.safetensors")
+    rgbx.transfer_weights(model, "trained_elsewhere.safetensors", classes=[...])  # fine-tuning start
     rgbx.list_models(); rgbx.list_modalities()
 """
 
@@ -26,6 +27,7 @@ _API = {
     "ModelConfig": "rgbx.models",
     "load_model": "rgbx.models.model_file",
     "save_model": "rgbx.models.model_file",
+    "transfer_weights": "rgbx.models.transfer",
     "register_modality": "rgbx.modalities",
     "ModalitySpec": "rgbx.modalities",
     "FolderDataset": "rgbx.data",

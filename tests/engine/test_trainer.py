@@ -221,3 +221,48 @@ def test_speed_defaults_follow_the_device_and_explicit_switches_win():
     cfg = load_config(None, ["train.speed=exact", "train.precision=bf16"])
     apply_speed_preset(cfg, cuda)  # exact is one word away, whatever else is set
     assert (cfg.train.precision, cfg.train.tf32, cfg.model.attn_impl) == ("fp32", False, "eager")
+
+
+def test_fine_tuning_starts_from_another_model_and_resume_ignores_it(tmp_path):
+    """train.init_from: a model trained elsewhere (other classes, one sensor fewer) is where the run starts; a
+    resumed run continues from its own checkpoint instead."""
+    from rgbx.models.model_file import save_model
+
+    root = make_dataset(tmp_path / "d")
+    torch.manual_seed(5)
+    source = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=4,
+                          head_channels=16)
+    file = save_model(tmp_path / "benchmark.safetensors", source,
+                      {"name": "other", "classes": ["person", "sky", "ground", "car"], "palette": [],
+                       "ignore_index": 255})
+    printed = []
+
+    class Recorder(Reporter):
+        def print(self, *args, **kwargs):
+            printed.append(" ".join(map(str, args)))
+
+    cfg = tiny_config(root, tmp_path / "run", "train.iters=2", f"train.init_from={file}")
+    trainer = Trainer(cfg, reporter=Recorder(quiet=True))
+    ours, theirs = trainer.model.state_dict(), source.state_dict()
+    for key in theirs:
+        if key.startswith("encoder.branches."):
+            assert torch.equal(ours[key], theirs[key]), key
+            assert torch.equal(ours[key.replace(".depth.", ".thermal.")], theirs[key]), key
+    w = ours["head.classifier.weight"]  # toy classes: ground, box, person
+    assert torch.equal(w[0], theirs["head.classifier.weight"][2]) and torch.equal(w[2], theirs["head.classifier.weight"][0])
+    report = next(line for line in printed if line.startswith("init_from"))
+    assert "thermal <- the file's depth weights" in report
+    assert "2 of 3 classes from the file's rows of the same name (ground, person); new, initialised fresh: box" in report
+    trainer.fit()
+
+    trained = load_state(tmp_path / "run" / "checkpoints" / "last.state.pt")["model"]
+    resumed = Trainer(tiny_config(root, tmp_path / "run", "train.iters=3", f"train.init_from={file}"), resume=True,
+                      reporter=Recorder(quiet=True))
+    for key, value in resumed.model.state_dict().items():
+        assert torch.equal(value.cpu(), trained[key]), key
+    assert sum(line.startswith("init_from") for line in printed) == 1
+
+    with pytest.raises(ConfigError, match="init_modality_from .* needs train.init_from"):
+        tiny_config(root, tmp_path / "x", "train.init_modality_from={thermal: depth}")
+    with pytest.raises(CheckpointError, match="init_from file not found"):
+        Trainer(tiny_config(root, tmp_path / "y", "train.init_from=nowhere.safetensors"), reporter=Recorder(quiet=True))

@@ -11,6 +11,8 @@ EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth 
   rgbx convert NYUDV2_CMX+Segformer-B2.pth --backbone mit_b2 --fusion cmx --head mlp --head-channels 512 \\
       --modalities rgb depth --num-classes 40 --out cmx_b2_nyu.safetensors          # everything spelled out
   rgbx convert NYUv2_DFormer_Base.pth --modalities rgb depth --out dformer_b_nyu.safetensors
+  rgbx convert MFNet_CMX+Segformer-B2.pth --modalities rgb thermal --out cmx_b2_mfnet.safetensors \
+      --classes unlabeled car person bike curve car_stop guardrail color_cone bump   # names kept in the file
   rgbx convert CMNeXt_CMNeXt-B2_DELIVER_rgbdel.pth --modalities rgb depth event lidar \\
       --out cmnext_b2_deliver.safetensors                   # DELIVER's CMNeXt (MODALS img, depth, event, lidar)
   rgbx convert mit_b2.pth --backbone mit_b2 --fusion cmx --modalities rgb thermal --num-classes 9 \\
@@ -57,6 +59,9 @@ def add_parser(sub) -> None:
                    "CMX's RGB path goes to the first, X to the second; CMNeXt's per-modality modules follow their "
                    "order (see --modality-order)")
     p.add_argument("--num-classes", type=int, help="number of classes (default: the checkpoint's decode head)")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="the class names, in the checkpoint's order (kept in the file: eval / predict name their "
+                        "outputs with them, and train.init_from matches classifier rows by them)")
     p.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a head option (repeatable), e.g. bn_eps=1e-3")
     p.add_argument("--fusion-option", action="append", default=[], metavar="KEY=VALUE",
@@ -101,6 +106,7 @@ def model_config(args, inferred: dict):
 
 def run(args) -> int:
     from rgbx.engine.checkpoint import save_model
+    from rgbx.errors import ConfigError
     from rgbx.models import create_model
     from rgbx.models.convert import convert_checkpoint, detect_layout, infer_model_options, read_checkpoint
 
@@ -115,12 +121,15 @@ def run(args) -> int:
                                                    ("fusion_options", config.fusion_options)) if v)
     print(f"model: {config.fusion}/{config.backbone} + {config.head} head ({config.head_channels} channels) over "
           f"{'+'.join(config.modalities)}, {config.num_classes} classes{options}")
+    if args.classes and len(args.classes) != config.num_classes:
+        raise ConfigError(f"--classes names {len(args.classes)} classes; the model has {config.num_classes}")
     model = create_model(config)
     report = convert_checkpoint(state, model, layout, branches=args.branches, ignore=args.ignore,
                                 name=str(args.checkpoint), modality_order=args.modality_order)
     report.notes[:0] = notes
     print(report.summary())
     info = {"converted_from": {"file": args.checkpoint.name, "layout": layout}}
-    path = save_model(args.out, model.eval(), **info)
+    dataset = {"classes": list(args.classes)} if args.classes else None
+    path = save_model(args.out, model.eval(), dataset, **info)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0

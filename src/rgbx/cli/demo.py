@@ -1,4 +1,4 @@
-"""``rgbx demo``: the whole product in a few minutes on a CPU.
+"""``rgbx demo``: the whole product in 5–10 minutes on a 2-core CPU.
 
 Synthesises a small multi-modal dataset, trains a small fusion model with modality dropout, prints the anymodal table
 broken down by condition (the fused model against its own RGB-only subset at night and in fog), and writes a few
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rgbx.cli.common import add_command, parse_size
 
-EXAMPLES = """  rgbx demo                              # ~5-8 minutes on 2 CPU cores; writes runs/demo
+EXAMPLES = """  rgbx demo                              # 5-10 minutes on 2 CPU cores; writes runs/demo
   rgbx demo --out /tmp/demo --iters 300  # shorter
 """
 

@@ -110,6 +110,11 @@ class TrainConfig:
     # DDP: parameters may go unused in a step (a dropped or missing sensor's branch); None = auto: on unless plain
     # supervised training without modality dropout on a dataset whose every sample has every sensor
     find_unused_parameters: bool | None = None
+    # fine-tuning: start from another trained model (an rgbx model file, or a converted release) instead of the
+    # model's own initialisation; what fits is copied, the classifier by class name, a sensor the file lacks from
+    # one it has (rgbx.models.transfer); ignored when --resume continues a run
+    init_from: str = ""
+    init_modality_from: dict[str, str] = field(default_factory=dict)  # e.g. {thermal: depth}; default: automatic
 
 
 @dataclass
@@ -190,6 +195,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         (cfg.data.geometric_on in ("sample", "batch"), "data.geometric_on must be sample or batch"),
         (cfg.method.class_weighting in ("none", "enet"), "method.class_weighting must be none or enet"),
         (len(cfg.model.modalities) > 0, "model.modalities must list at least one modality"),
+        (cfg.train.init_from or not cfg.train.init_modality_from,
+         "train.init_modality_from says which sensor's weights a new sensor starts from: it needs train.init_from"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -44,6 +44,7 @@ from rgbx.engine.report import Reporter
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.methods import METHODS
 from rgbx.models import ModelConfig, create_model
+from rgbx.models.transfer import transfer_weights
 
 STATE_FILE = "checkpoints/last.state.pt"
 LAST_WEIGHTS = "checkpoints/last.safetensors"
@@ -252,7 +253,12 @@ class Trainer:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the training split "
                               f"({len(self.train_set)} samples)")
         self.model_cfg = cfg.model = build_model_config(cfg, self.description.num_classes)
-        self.model = create_model(self.model_cfg).to(self.device)
+        self.model = create_model(self.model_cfg)
+        if cfg.train.init_from and not (resume and self.paths.state.exists()):
+            transfer = transfer_weights(self.model, cfg.train.init_from, classes=self.description.classes,
+                                        modality_from=cfg.train.init_modality_from)
+            self.reporter.print(transfer.summary())
+        self.model = self.model.to(self.device)
         if self.dist.enabled and self.device.type == "cuda" and cfg.train.sync_bn:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         t = cfg.train
