@@ -122,6 +122,15 @@ def test_the_sensor_to_start_from_can_be_chosen(tmp_path):
     assert torch.equal(target.state_dict()["encoder.branches.thermal.stages.0.blocks.0.attn.q.weight"],
                        source.state_dict()["encoder.branches.lidar.stages.0.blocks.0.attn.q.weight"])
 
+    # or kept as created, where the default would have taken another sensor's weights
+    single = _saved(tmp_path, _model(("rgb", "depth")), NYU_LIKE, "single.safetensors")
+    target = _model(("rgb", "depth", "thermal"), seed=1)
+    report = transfer_weights(target, single, classes=NYU_LIKE, modality_from={"thermal": "none"})
+    assert report.from_modality == {}
+    assert torch.equal(target.state_dict()["encoder.branches.thermal.stages.0.blocks.0.attn.q.weight"], before)
+    with pytest.raises(ConfigError, match="'depth': none keeps the initialisation of a sensor the file lacks"):
+        transfer_weights(_model(("rgb", "depth", "thermal")), single, modality_from={"depth": "none"})
+
     with pytest.raises(ConfigError, match="the file's model has no 'event'"):
         transfer_weights(_model(("rgb", "depth", "thermal")), path, modality_from={"thermal": "event"})
     with pytest.raises(ConfigError, match="the file already has 'depth' weights"):

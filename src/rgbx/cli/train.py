@@ -8,6 +8,7 @@ EXAMPLES = """  rgbx train synth_cmx_b0                                     # a 
   rgbx train my.yaml data.root=data/synth train.iters=500 model.fusion=mean
   rgbx train my.yaml --resume                                 # continue after a kill, from the last checkpoint
   rgbx train my.yaml --print-config                           # show the resolved config and exit
+  rgbx train my.yaml train.init_from=runs/x/model.safetensors  # fine-tune from another trained model
   torchrun --nproc_per_node 4 -m rgbx.cli.main train my.yaml   # 4 GPUs (train.batch_size per GPU)
 """
 

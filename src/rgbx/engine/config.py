@@ -114,7 +114,7 @@ class TrainConfig:
     # model's own initialisation; what fits is copied, the classifier by class name, a sensor the file lacks from
     # one it has (rgbx.models.transfer); ignored when --resume continues a run
     init_from: str = ""
-    init_modality_from: dict[str, str] = field(default_factory=dict)  # e.g. {thermal: depth}; default: automatic
+    init_modality_from: dict[str, str] = field(default_factory=dict)  # e.g. {thermal: depth}, {thermal: none}
 
 
 @dataclass

@@ -36,6 +36,8 @@ from rgbx.models.weights import adapt_conv_weight, read_state_dict
 
 __all__ = ["TransferReport", "transfer_weights"]
 
+KEEP_OWN = ("none", "")  # init_modality_from value: the new sensor keeps the initialisation it was created with
+
 
 @dataclass
 class TransferReport:
@@ -59,24 +61,24 @@ class TransferReport:
             n = sum(1 for k in self.from_modality_keys if _has_component(k, new))
             lines.append(f"  {new} <- the file's {old} weights: {n} tensors")
         if self.adapted:
-            lines.append(f"  first convolutions adapted to another channel count: {', '.join(self.adapted)}")
+            lines.append("  first convolutions adapted to another channel count:")
+            lines += [f"    {a}" for a in self.adapted]
         if self.classifier:
             lines.append(f"  classifier: {self.classifier}")
         if self.fresh:
-            reasons = Counter()
-            for key, why in self.fresh.items():
-                reasons[(_module_group(key), why)] += 1
-            shown = [f"{group} ({n}: {why})" for (group, why), n in list(reasons.items())[:10]]
-            more = len(reasons) - len(shown)
-            lines.append(f"  kept their initialisation ({len(self.fresh)} tensors): " + "; ".join(shown)
-                         + (f"; ... ({more} more groups)" if more > 0 else ""))
+            groups = Counter((_module_group(k), why) for k, why in self.fresh.items())
+            lines.append(f"  kept their initialisation ({len(self.fresh)} tensors):")
+            lines += _group_lines([f"{g} ({n}: {why})" for (g, why), n in groups.items()])
         if self.unused:
             groups = Counter(_module_group(k) for k in self.unused)
-            shown = [f"{g} ({n})" for g, n in list(groups.items())[:10]]
-            more = len(groups) - len(shown)
-            lines.append(f"  unused from the file ({len(self.unused)} tensors): " + ", ".join(shown)
-                         + (f", ... ({more} more groups)" if more > 0 else ""))
+            lines.append(f"  unused from the file ({len(self.unused)} tensors):")
+            lines += _group_lines([f"{g} ({n})" for g, n in groups.items()])
         return "\n".join(lines)
+
+
+def _group_lines(items: list[str], most: int = 10) -> list[str]:
+    return [f"    {item}" for item in items[:most]] + (
+        [f"    ... ({len(items) - most} more groups)"] if len(items) > most else [])
 
 
 def _has_component(key: str, name: str) -> bool:
@@ -88,10 +90,13 @@ def _replace_component(key: str, old: str, new: str) -> str:
 
 
 def _module_group(key: str) -> str:
-    """``encoder.branches.thermal.block1.0.attn.q.weight`` → ``encoder.branches.thermal.*``: the level a report
-    names."""
+    """The level a report names: ``encoder.branches.thermal.*`` (a sensor's branch), ``encoder.rectify.*`` (every
+    stage's rectify module), ``head.classifier.weight``."""
     parts = key.split(".")
-    return ".".join(parts[:3]) + (".*" if len(parts) > 3 else "")
+    head = ["*" if p.isdigit() else p for p in parts[:3]]
+    while len(head) > 1 and head[-1] == "*":
+        head.pop()
+    return ".".join(head) + (".*" if len(parts) > len(head) else "")
 
 
 def _read(source: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -115,6 +120,12 @@ def _modality_sources(model_modalities: Sequence[str], file_modalities: Sequence
                       requested: Mapping[str, str]) -> dict[str, str]:
     """For each model sensor the file lacks, the file's sensor to start it from (absent: keep its initialisation)."""
     new = [m for m in model_modalities if m not in file_modalities]
+    keep = {m for m, s in requested.items() if s in KEEP_OWN}
+    requested = {m: s for m, s in requested.items() if s not in KEEP_OWN}
+    for m in keep:
+        if m not in new:
+            raise ConfigError(f"init_modality_from: {m!r}: none keeps the initialisation of a sensor the file lacks "
+                              f"({', '.join(new) or 'none here'})")
     for m, s in requested.items():
         if m not in model_modalities:
             raise ConfigError(f"init_modality_from: {m!r} is not a modality of the model "
@@ -129,6 +140,8 @@ def _modality_sources(model_modalities: Sequence[str], file_modalities: Sequence
     default = supplementary[0] if len(supplementary) == 1 else ("rgb" if list(file_modalities) == ["rgb"] else None)
     sources = {}
     for m in new:
+        if m in keep:
+            continue
         s = requested.get(m, default)
         if s is not None:
             sources[m] = s
@@ -154,7 +167,8 @@ def transfer_weights(model: nn.Module, source: str | Path, *, classes: Sequence[
         classes: the class names of the data ``model`` will be trained on (its classifier's rows, in order);
             matched by name against the file's classes.
         modality_from: for sensors of ``model`` the file's model lacks, which of the file's sensors to start from
-            (default: its only supplementary sensor, or RGB when it has RGB alone).
+            (default: its only supplementary sensor, or RGB when it has RGB alone); ``"none"``: keep the
+            initialisation the model was created with (random, or ``model.pretrained``).
 
     Raises:
         CheckpointError: the file cannot be read, or none of its encoder tensors fit ``model``.
