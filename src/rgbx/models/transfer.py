@@ -235,7 +235,7 @@ def transfer_weights(model: nn.Module, source: str | Path, *, classes: Sequence[
         raise CheckpointError(
             f"{source}: none of the file's encoder tensors fit {ours_text} (the file holds "
             f"{report.source_model}; e.g. {next(iter(state), 'no tensors')}): init_from needs a model of the same "
-            f"backbone and fusion")
+            f"backbone and fusion (model.pretrained takes a MiT backbone's weights from a model of another fusion)")
     report.unused = sorted(k for k in state if k not in taken)
     with torch.no_grad():
         for key, value in new_state.items():
