@@ -174,3 +174,15 @@ def test_a_missing_or_broken_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="bad.safetensors"):
         transfer_weights(_model(), bad)
+
+
+def test_a_safetensors_state_dict_without_rgbx_metadata_is_read(tmp_path):
+    from safetensors.torch import save_file
+
+    source = _model()
+    path = tmp_path / "plain.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    target = _model(seed=1)
+    report = transfer_weights(target, path)
+    assert len(report.loaded) == report.total - 2 and "copied by position" in report.classifier
+    assert torch.equal(target.head.classifier.weight.detach(), source.head.classifier.weight.detach())

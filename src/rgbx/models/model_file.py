@@ -53,8 +53,9 @@ def save_model(path: str | Path, model: torch.nn.Module, dataset: dict | None = 
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def read_model_info(path: str | Path) -> dict:
-    """The metadata of an rgbx weights file (model config, dataset info, ...)."""
+def read_model_info(path: str | Path, missing_ok: bool = False) -> dict:
+    """The metadata of an rgbx weights file (model config, dataset info, ...); with ``missing_ok``, {} for a
+    safetensors file that has none (a plain state dict)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -64,6 +65,8 @@ def read_model_info(path: str | Path) -> dict:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     if "rgbx" not in meta:
+        if missing_ok:
+            return {}
         raise CheckpointError(f"{path}: safetensors file without rgbx metadata (not written by rgbx; convert it first)")
     try:
         info = json.loads(meta["rgbx"])

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from rgbx.errors import CheckpointError, ConfigError
-from rgbx.models.model_file import describe_model
+from rgbx.models.model_file import describe_model, read_model_info
 from rgbx.models.weights import adapt_conv_weight, read_state_dict
 
 __all__ = ["TransferReport", "transfer_weights"]
@@ -104,15 +104,7 @@ def _read(source: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(source)
     if not path.is_file():
         raise CheckpointError(f"{path}: init_from file not found")
-    info: dict = {}
-    if path.suffix == ".safetensors":
-        from rgbx.models.model_file import read_model_info
-
-        try:
-            info = read_model_info(path)
-        except CheckpointError as e:
-            if "without rgbx metadata" not in str(e):
-                raise
+    info = read_model_info(path, missing_ok=True) if path.suffix == ".safetensors" else {}
     return read_state_dict(path), info
 
 
