@@ -208,3 +208,45 @@ def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli("eval", weights, "--data", root, "--window", "big")
     assert "--window: expected HxW" in capsys.readouterr().err
+
+
+def test_info_describes_a_model_file_and_a_foreign_checkpoint(tmp_path, capsys):
+    import torch
+
+    from rgbx.models import create_model
+    from rgbx.models.model_file import save_model
+    from tests.models.test_convert import random_state
+
+    model = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "thermal"], num_classes=3,
+                         head_channels=16)
+    path = save_model(tmp_path / "m.safetensors", model,
+                      {"name": "toy", "classes": ["ground", "box", "person"], "palette": [], "ignore_index": 255},
+                      iteration=40, val_miou=0.5)
+    assert run_cli("info", path) == 0
+    out = capsys.readouterr().out
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert f"model: cmx/mit_nano over rgb+thermal with 3 classes; mlp head (16 channels); {params:.2f} M" in out
+    assert "classes of toy (3): ground, box, person; ignore index 255" in out
+    assert "history: iteration 40, validation mIoU 50.00" in out
+
+    # a file whose tensors do not fit its own config is an error, not a description
+    tensors = dict(model.state_dict())
+    tensors.pop("head.classifier.bias")
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "broken.safetensors"), metadata)
+    assert run_cli("info", tmp_path / "broken.safetensors") != 0
+    assert "missing: head.classifier.bias" in capsys.readouterr().err
+
+    torch.save({"model": random_state("cmx_mit_b0")}, tmp_path / "cmx.pth")
+    assert run_cli("info", tmp_path / "cmx.pth") == 0
+    out = capsys.readouterr().out
+    assert "not an rgbx model file" in out and "layout: cmx; read off the checkpoint: " in out
+    assert "backbone mit_b0" in out and "num_classes 40" in out and "convert it: rgbx convert" in out
+
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pth")
+    assert run_cli("info", tmp_path / "other.pth") != 0
+    assert "cannot tell the checkpoint's layout" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``rgbx info``: what is registered (modalities, encodings, backbones, fusions, heads, methods, presets)."""
+"""``rgbx info [FILE]``: what is registered (modalities, encodings, backbones, fusions, heads, methods, presets), or
+what a weights file holds."""
 
 from __future__ import annotations
 
@@ -9,13 +10,23 @@ from rich.table import Table
 
 from rgbx.cli.common import add_command
 
+EXAMPLES = """  rgbx info                               # registered modalities, models, methods, datasets, presets
+  rgbx info runs/cmx/model.safetensors    # what a model file holds: model, classes, training, parameters
+  rgbx info NYUDV2_CMX+Segformer-B2.pth   # another code base's checkpoint: its layout and how to convert it
+"""
+
 
 def add_parser(sub) -> None:
-    add_command(sub, "info", "list registered modalities, models, methods and config presets",
-                "List everything registered in rgbx.", "  rgbx info\n", run)
+    p = add_command(sub, "info", "list registered modalities, models, methods and config presets; describe a file",
+                    "List everything registered in rgbx, or describe a weights file: an rgbx model file (model, "
+                    "classes, training; loaded to check that every tensor fits) or a checkpoint of another code "
+                    "base (its layout and the rgbx convert command).", EXAMPLES, run)
+    p.add_argument("file", nargs="?", help="a weights file to describe (.safetensors, .pth, ...)")
 
 
 def run(args) -> int:
+    if args.file:
+        return describe_file(args.file)
     from rgbx.data import DATASETS
     from rgbx.engine.config import list_presets
     from rgbx.methods import METHODS
@@ -39,4 +50,62 @@ def run(args) -> int:
     console.print(f"[bold]datasets[/bold]: {', '.join(DATASETS.names())}")
     console.print(f"[bold]encodings[/bold]: {', '.join(ENCODINGS.names())}")
     console.print(f"[bold]config presets[/bold]: {', '.join(list_presets())}")
+    return 0
+
+
+def describe_file(path: str) -> int:
+    """Print what an rgbx model file holds (loading it, so a file that does not fit its own config is an error), or,
+    for another code base's checkpoint, its layout, what can be read off it and how to convert it."""
+    from pathlib import Path
+
+    from rgbx.models.model_file import describe_model, load_model, read_model_info
+
+    file = Path(path)
+    info = read_model_info(file, missing_ok=True) if file.suffix == ".safetensors" else {}
+    if not info:
+        return _describe_foreign(file)
+    model, info = load_model(file)
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{file}: rgbx model file ({info.get('format', '?')}), {file.stat().st_size / 2**20:.1f} MiB")
+    print(f"model: {describe_model(cfg.to_dict())}; {cfg.head} head ({cfg.head_channels} channels); "
+          f"{params / 1e6:.2f} M parameters (every tensor loaded)")
+    options = {k: v for k, v in (("fusion_options", cfg.fusion_options), ("head_options", cfg.head_options)) if v}
+    if options:
+        print("options: " + "; ".join(f"{k} {v}" for k, v in options.items()))
+    dataset = info.get("dataset") or {}
+    classes = dataset.get("classes") or []
+    if classes:
+        where = f" of {dataset['name']}" if dataset.get("name") else ""
+        ignore = f"; ignore index {dataset['ignore_index']}" if dataset.get("ignore_index") is not None else ""
+        print(f"classes{where} ({len(classes)}): {', '.join(classes)}{ignore}")
+    else:
+        print(f"classes: {cfg.num_classes}, unnamed (rgbx convert --classes names them)")
+    history = []
+    if "iteration" in info:
+        history.append(f"iteration {info['iteration']}")
+    if "val_miou" in info:
+        history.append(f"validation mIoU {100 * info['val_miou']:.2f}")
+    converted = info.get("converted_from")
+    if converted:
+        history.append(f"converted from {converted.get('file')} ({converted.get('layout')} layout)")
+    if history:
+        print("history: " + ", ".join(history))
+    return 0
+
+
+def _describe_foreign(file) -> int:
+    from rgbx.models.convert import detect_layout, infer_model_options, read_checkpoint
+
+    state, notes = read_checkpoint(file)
+    values = sum(v.numel() for v in state.values())
+    print(f"{file}: not an rgbx model file; {len(state)} tensors, {values / 1e6:.2f} M values")
+    for note in notes:
+        print(f"  {note}")
+    layout = detect_layout(state)  # a CheckpointError naming the known layouts when none matches
+    inferred = {k: v for k, v in infer_model_options(state, layout).items() if k != "head_options"}
+    read_off = ", ".join(f"{k} {v}" for k, v in inferred.items()) or "nothing beyond the layout"
+    print(f"layout: {layout}; read off the checkpoint: {read_off}")
+    print(f"convert it: rgbx convert {file} --modalities rgb depth --out {file.stem}.safetensors "
+          f"(name the model's modalities; rgbx convert --help lists the other flags)")
     return 0
