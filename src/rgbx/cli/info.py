@@ -73,6 +73,10 @@ def describe_file(path: str) -> int:
     options = {k: v for k, v in (("fusion_options", cfg.fusion_options), ("head_options", cfg.head_options)) if v}
     if options:
         print("options: " + "; ".join(f"{k} {v}" for k, v in options.items()))
+    for name, fields in (info.get("sensors") or {}).items():
+        print(f"sensor {name} (not built into rgbx; stated in the file): {fields.get('channels')} channel(s), "
+              f"{fields.get('encoding')} {fields.get('dtype')} ×{fields.get('scale')} {fields.get('unit', '')}, "
+              f"normalised with mean {fields.get('mean')} std {fields.get('std')}")
     dataset = info.get("dataset") or {}
     classes = dataset.get("classes") or []
     if classes:

@@ -11,8 +11,15 @@ from pathlib import Path
 
 import yaml
 
-from rgbx.errors import DataError
-from rgbx.modalities import ENCODINGS, MODALITIES, get_modality
+from rgbx.errors import ConfigError, DataError
+from rgbx.modalities import (
+    ENCODINGS,
+    MODALITIES,
+    ModalitySpec,
+    declare_modality,
+    get_modality,
+    spec_from_dict,
+)
 
 DESCRIPTION_FILE = "dataset.yaml"
 
@@ -61,6 +68,14 @@ class DatasetDescription:
     modalities: dict[str, ModalitySource]
     label: ModalitySource
     extra: dict = field(default_factory=dict, compare=False)
+    # sensors this dataset.yaml declares (``sensor:``): registered when it is parsed, and again when the description
+    # is unpickled in a process that has not parsed it (a loader worker started with spawn)
+    declared: dict[str, ModalitySpec] = field(default_factory=dict, compare=False)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        for spec in state.get("declared", {}).values():
+            declare_modality(spec, str(state.get("root", "a dataset description")))
 
     @property
     def num_classes(self) -> int:
@@ -77,7 +92,7 @@ class DatasetDescription:
 
 
 _TOP_KEYS = {"name", "classes", "palette", "ignore_index", "modalities", "label", "synth", "description", "source"}
-_SOURCE_KEYS = {"folder", "encoding", "dtype", "scale", "optional"}
+_SOURCE_KEYS = {"folder", "encoding", "dtype", "scale", "optional", "sensor"}
 
 
 def load_description(root: str | Path) -> DatasetDescription:
@@ -134,9 +149,17 @@ def load_description(root: str | Path) -> DatasetDescription:
     if not isinstance(entries, dict) or not entries:
         problems.append(f"{path}: 'modalities' must map modality names to their storage, e.g. {{rgb: {{}}}}")
         entries = {}
+    declared = {}
     for name, entry in entries.items():
+        if isinstance(entry, dict) and "sensor" in entry:
+            spec = _declare_sensor(path, name, entry, problems)
+            if spec is None:
+                continue
+            declared[name] = spec
         if name not in MODALITIES:
-            problems.append(f"{path}: unknown modality {name!r} (registered: {', '.join(MODALITIES.names())})")
+            problems.append(f"{path}: unknown modality {name!r} (registered: {', '.join(MODALITIES.names())}); a "
+                            f"sensor rgbx does not know is declared with 'sensor: {{channels: N, ...}}' "
+                            f"(docs/dataset-format.md)")
             continue
         spec = get_modality(name)
         src = source(name, entry, name, {"encoding": spec.encoding, "dtype": spec.dtype, "scale": spec.scale})
@@ -154,7 +177,36 @@ def load_description(root: str | Path) -> DatasetDescription:
         modalities=modalities,
         label=label,
         extra={k: raw[k] for k in ("synth", "description", "source") if k in raw},
+        declared=declared,
     )
+
+
+def _declare_sensor(path: Path, name: str, entry: dict, problems: list[str]) -> ModalitySpec | None:
+    """Register the sensor ``modalities.<name>.sensor`` declares (channels, normalisation, ...; its storage defaults
+    come from the entry's own encoding / dtype / scale). Returns its spec, or None after adding the problem."""
+    from rgbx.data.transforms.photometric import PHOTOMETRIC
+
+    sensor = entry["sensor"]
+    where = f"{path}: modalities.{name}.sensor"
+    if not isinstance(sensor, dict):
+        problems.append(f"{where}: must be a mapping, e.g. {{channels: 1, mean: [0.0], std: [1.0]}}")
+        return None
+    storage = {k: sensor[k] for k in ("encoding", "dtype", "scale") if k in sensor}
+    if storage:
+        problems.append(f"{where}: {', '.join(storage)} belong to modalities.{name} itself (how files are stored)")
+        return None
+    fields = {"description": f"declared in {path}", **sensor,
+              **{k: entry[k] for k in ("encoding", "dtype", "scale") if k in entry}}
+    unknown_ops = [op for op in fields.get("photometric", ()) or () if op not in PHOTOMETRIC]
+    if unknown_ops:
+        problems.append(f"{where}: unknown photometric transform{'s' if len(unknown_ops) > 1 else ''} "
+                        f"{', '.join(map(str, unknown_ops))} (registered: {', '.join(PHOTOMETRIC.names())})")
+        return None
+    try:
+        return declare_modality(spec_from_dict(name, fields), str(path))
+    except ConfigError as e:
+        problems.append(f"{where}: {e}")
+        return None
 
 
 def write_description(root: str | Path, *, name: str, classes, palette, ignore_index: int,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rgbx.modalities.spec import ModalitySpec, register_modality
+from rgbx.modalities.spec import MODALITIES, ModalitySpec, register_modality
 
 RGB = register_modality(
     ModalitySpec(
@@ -158,3 +158,6 @@ NIR = register_modality(
         display_range=(0.0, 1.0),
     )
 )
+
+# the sensors rgbx itself defines; a model file states the spec of every other sensor it was trained on
+BUILTIN_MODALITIES = frozenset(MODALITIES.names())

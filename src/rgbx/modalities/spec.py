@@ -8,10 +8,12 @@ spec (see ``builtin.py``); nothing else in rgbx names modalities.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 
 import torch
 
+from rgbx.errors import ConfigError
 from rgbx.registry import Registry
 
 
@@ -87,3 +89,67 @@ def register_modality(spec: ModalitySpec) -> ModalitySpec:
 
 def get_modality(name: str) -> ModalitySpec:
     return MODALITIES.get(name)
+
+
+# the fields that define a sensor (ModalitySpec minus its name and ``extra``), as a model file or dataset.yaml states
+# them; ``description`` is documentation and does not count when two declarations are compared
+SPEC_FIELDS = tuple(f.name for f in fields(ModalitySpec) if f.name not in ("name", "extra"))
+COLORMAPS = ("rgb", "gray", "turbo", "inferno", "polarity")
+
+
+def spec_to_dict(spec: ModalitySpec) -> dict:
+    """The spec as plain JSON / YAML values (the inverse of :func:`spec_from_dict`)."""
+    out = {}
+    for name in SPEC_FIELDS:
+        value = getattr(spec, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def spec_from_dict(name: str, data: Mapping) -> ModalitySpec:
+    """A :class:`ModalitySpec` from plain values; a ConfigError names an unknown field or a wrong value."""
+    unknown = sorted(set(data) - set(SPEC_FIELDS))
+    if unknown:
+        raise ConfigError(f"sensor {name!r}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                          f"(expected: {', '.join(SPEC_FIELDS)})")
+    if "channels" not in data:
+        raise ConfigError(f"sensor {name!r}: 'channels' is required (the number of channels the network sees)")
+    values = dict(data)
+    values.setdefault("description", "a sensor declared outside rgbx")
+    try:
+        for key in ("mean", "std", "photometric"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if values.get("display_range") is not None:
+            values["display_range"] = tuple(float(v) for v in values["display_range"])
+            if len(values["display_range"]) != 2:
+                raise ValueError("display_range must be [low, high]")
+        if not isinstance(values["channels"], int) or isinstance(values["channels"], bool):
+            raise ValueError(f"channels must be an integer, got {values['channels']!r}")
+        values["mean"] = tuple(float(v) for v in values.get("mean", (0.0,)))
+        values["std"] = tuple(float(v) for v in values.get("std", (1.0,)))
+        if any(v <= 0 for v in values["std"]):
+            raise ValueError(f"std must be positive, got {list(values['std'])}")
+        if values.get("colormap", "gray") not in COLORMAPS:
+            raise ValueError(f"colormap must be one of {', '.join(COLORMAPS)}, got {values['colormap']!r}")
+        return ModalitySpec(name=name, **values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"sensor {name!r}: {e}") from None
+
+
+def declare_modality(spec: ModalitySpec, where: str) -> ModalitySpec:
+    """Register a sensor declared in a file (a dataset.yaml, a model file) rather than in Python code.
+
+    Declaring it again with the same fields (the dataset opened twice, a model file of a run on that dataset) is a
+    no-op; a different definition under a registered name is a ConfigError that names ``where`` and the fields
+    that differ. Returns the registered spec."""
+    if spec.name in MODALITIES:
+        current = MODALITIES.get(spec.name)
+        ours, theirs = spec_to_dict(current), spec_to_dict(spec)
+        differs = [f"{k} {theirs[k]!r} (registered: {ours[k]!r})" for k in SPEC_FIELDS
+                   if k != "description" and ours[k] != theirs[k]]
+        if differs:
+            raise ConfigError(f"{where}: sensor {spec.name!r} is already registered with other values: "
+                              + "; ".join(differs))
+        return current
+    return register_modality(spec)

@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from rgbx.errors import CheckpointError, ConfigError
+from rgbx.modalities import BUILTIN_MODALITIES, declare_modality, get_modality, spec_from_dict, spec_to_dict
 from rgbx.models.config import ModelConfig
 from rgbx.models.segmentor import create_model
 from rgbx.models.weights import load_strict
@@ -49,6 +50,11 @@ def save_model(path: str | Path, model: torch.nn.Module, dataset: dict | None = 
     """Write model weights + config (+ dataset info) as a safetensors file, atomically."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "model": model.config.to_dict(), "dataset": dataset or {}, **info}
+    # a sensor rgbx does not define (declared in a dataset.yaml, or registered by the user's code) travels with the
+    # weights, so that the file is usable in a process that never saw its declaration
+    sensors = {m: spec_to_dict(get_modality(m)) for m in model.config.modalities if m not in BUILTIN_MODALITIES}
+    if sensors:
+        meta["sensors"] = sensors
     metadata = {"rgbx": json.dumps(meta)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -73,6 +79,16 @@ def read_model_info(path: str | Path, missing_ok: bool = False) -> dict:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: corrupt rgbx metadata ({e})") from None
     return info
+
+
+def declare_sensors(info: dict, path: str | Path) -> None:
+    """Register the sensors a model file states (those rgbx does not define); a different definition already
+    registered under the same name is a CheckpointError naming the fields that differ."""
+    for name, fields in (info.get("sensors") or {}).items():
+        try:
+            declare_modality(spec_from_dict(name, fields), f"{path} (its sensor {name!r})")
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -113,6 +129,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     """Rebuild a model from an rgbx weights file alone. Returns (model in eval mode, metadata)."""
     path = Path(path)
     info = read_model_info(path)
+    declare_sensors(info, path)
     try:
         cfg = replace(ModelConfig.from_dict(info["model"]), pretrained="")  # the file holds all the weights
     except (KeyError, ConfigError) as e:

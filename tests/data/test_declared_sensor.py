@@ -1,0 +1,148 @@
+"""A sensor rgbx does not define, declared in dataset.yaml (``sensor:``): trained on, saved with the model, usable in
+a process that never read the dataset, and every wrong declaration named."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from rgbx.data.description import load_description, write_description
+from rgbx.errors import DataError
+from rgbx.modalities import MODALITIES, get_modality, write_array
+
+RADAR = {"channels": 1, "mean": [0.0], "std": [20.0], "unit": "dB", "sparse": True, "invalid_value": 0.0,
+         "photometric": ["gaussian_noise"], "colormap": "turbo", "description": "77 GHz radar, range-azimuth image"}
+
+
+@pytest.fixture(autouse=True)
+def registry_restored():
+    """Every test declares its sensors afresh; none stays registered for the rest of the session."""
+    before = dict(MODALITIES._items)
+    yield
+    MODALITIES._items.clear()
+    MODALITIES._items.update(before)
+
+
+def radar_dataset(root, n=6, size=(16, 20), sensor=None, name="radar"):
+    rng = np.random.default_rng(0)
+    h, w = size
+    for folder in ("rgb", name, "label", "splits"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    ids = [f"s{i}" for i in range(n)]
+    for sid in ids:
+        label = np.zeros((h, w), np.uint8)
+        label[h // 2 :, : w // 2] = 1
+        write_array(root / "rgb" / f"{sid}.png", rng.integers(0, 255, (3, h, w)).astype(np.uint8))
+        echo = np.zeros((1, h, w), np.uint16)
+        echo[0][label == 1] = 3000  # 30 dB where class 1 is
+        write_array(root / name / f"{sid}.png", echo)
+        write_array(root / "label" / f"{sid}.png", label)
+    (root / "splits" / "train.txt").write_text("\n".join(ids[:4]) + "\n")
+    (root / "splits" / "val.txt").write_text("\n".join(ids[4:]) + "\n")
+    write_description(root, name="rig", classes=["ground", "car"], palette=[[0, 0, 0], [0, 0, 142]],
+                      ignore_index=255, modalities={"rgb": {}, name: {"encoding": "png", "dtype": "uint16",
+                                                                      "scale": 0.01, "sensor": sensor or RADAR}})
+    return root
+
+
+def test_a_declared_sensor_is_registered_with_its_storage_and_normalisation(tmp_path):
+    description = load_description(radar_dataset(tmp_path / "d"))
+    spec = get_modality("radar")
+    assert (spec.channels, spec.dtype, spec.scale, spec.unit, spec.std, spec.sparse, spec.colormap) == (
+        1, "uint16", 0.01, "dB", (20.0,), True, "turbo")
+    assert description.modalities["radar"].scale == 0.01 and description.declared["radar"] is spec
+    # opened again (train and val splits): the same declaration is no conflict
+    load_description(tmp_path / "d")
+
+    # unpickled where no dataset was read (a loader worker started with spawn): the sensor is declared there too
+    blob = tmp_path / "description.pkl"
+    blob.write_bytes(pickle.dumps(description))
+    code = ("import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()); "
+            "from rgbx.modalities import get_modality; s = get_modality('radar'); print(s.channels, s.std, s.unit)")
+    out = subprocess.run([sys.executable, "-c", code, str(blob)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "(20.0,)", "dB"]
+
+
+@pytest.mark.parametrize("sensor, expected", [
+    ({"mean": [0.0]}, "'channels' is required"),
+    ({**RADAR, "gain": 2}, "unknown field gain"),
+    ({**RADAR, "scale": 0.5}, "scale belong to modalities.radar itself"),
+    ({**RADAR, "photometric": ["color_jitter", "sparkle"]}, "unknown photometric transform sparkle"),
+    ({**RADAR, "std": [1.0, 2.0]}, "std has 2 values for 1 channels"),
+    ({**RADAR, "std": [0.0]}, "std must be positive"),
+    ({**RADAR, "colormap": "jet"}, "colormap must be one of"),
+    ("radar", "must be a mapping"),
+])
+def test_a_wrong_declaration_is_named(tmp_path, sensor, expected):
+    with pytest.raises(DataError) as e:
+        load_description(radar_dataset(tmp_path / "d", sensor=sensor))
+    assert "modalities.radar.sensor" in str(e.value) and expected in str(e.value)
+    assert "radar" not in MODALITIES
+
+
+def test_two_different_declarations_of_one_name_conflict(tmp_path):
+    load_description(radar_dataset(tmp_path / "a"))
+    with pytest.raises(DataError, match=r"sensor 'radar' is already registered with other values: std \[5.0\] "
+                                        r"\(registered: \[20.0\]\)"):
+        load_description(radar_dataset(tmp_path / "b", sensor={**RADAR, "std": [5.0]}))
+    with pytest.raises(DataError, match="sensor 'rgb' is already registered with other values: channels 1"):
+        load_description(radar_dataset(tmp_path / "c", sensor={"channels": 1}, name="rgb"))
+
+
+def test_an_undeclared_unknown_sensor_says_how_to_declare_it(tmp_path):
+    root = radar_dataset(tmp_path / "d")
+    raw = yaml.safe_load((root / "dataset.yaml").read_text())
+    del raw["modalities"]["radar"]["sensor"]
+    (root / "dataset.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(DataError, match="unknown modality 'radar'.*declared with 'sensor: {channels: N, ...}'"):
+        load_description(root)
+
+
+def test_train_on_a_declared_sensor_then_use_the_model_file_alone(tmp_path):
+    from rgbx.engine.config import load_config
+    from rgbx.engine.report import Reporter
+    from rgbx.engine.trainer import Trainer
+
+    root = radar_dataset(tmp_path / "d")
+    cfg = load_config(None, [f"data.root={root}", f"output_dir={tmp_path / 'run'}", "model.backbone=mit_nano",
+                             "model.head_channels=16", "model.modalities=[rgb,radar]", "data.crop_size=[16,16]",
+                             "data.num_workers=1", "train.batch_size=2", "train.eval_batch_size=2", "train.iters=2",
+                             "optim.warmup_iters=1", "method.modality_dropout=0.3"])
+    Trainer(cfg, reporter=Reporter(quiet=True)).fit()
+    weights = tmp_path / "run" / "model.safetensors"
+
+    # a fresh process that never read dataset.yaml: the model file brings the sensor with it
+    code = ("import sys, torch, rgbx; from rgbx.modalities import get_modality; "
+            "model, info = rgbx.load_model(sys.argv[1]); s = get_modality('radar'); "
+            "out = model({'radar': torch.zeros(1, 1, 32, 32)}); print(s.std, s.unit, tuple(out.logits.shape))")
+    out = subprocess.run([sys.executable, "-c", code, str(weights)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "(20.0,) dB (1, 2, 32, 32)"
+    # the CLI, also in a fresh process: evaluation on the dataset (declared by the file, then by the dataset)
+    out = subprocess.run([sys.executable, "-m", "rgbx.cli.main", "eval", str(weights), "--data", str(root),
+                          "--split", "val", "--anymodal"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "rgb+radar" in out.stdout and "radar" in out.stdout
+
+    out = subprocess.run([sys.executable, "-m", "rgbx.cli.main", "info", str(weights)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert ("sensor radar (not built into rgbx; stated in the file): 1 channel(s), png uint16 ×0.01 dB, normalised "
+            "with mean [0.0] std [20.0]") in out.stdout
+
+    # the dataset later declares the sensor otherwise than the model was trained with: named, not silently used
+    before = weights.read_bytes()
+    raw = yaml.safe_load((root / "dataset.yaml").read_text())
+    raw["modalities"]["radar"]["sensor"]["std"] = [5.0]
+    (root / "dataset.yaml").write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, "-m", "rgbx.cli.main", "eval", str(weights), "--data", str(root),
+                          "--split", "val"], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "sensor 'radar' is already registered with other values: std [5.0] (registered: [20.0])" in out.stderr
+    assert weights.read_bytes() == before
