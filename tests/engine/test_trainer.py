@@ -266,3 +266,24 @@ def test_fine_tuning_starts_from_another_model_and_resume_ignores_it(tmp_path):
         tiny_config(root, tmp_path / "x", "train.init_modality_from={thermal: depth}")
     with pytest.raises(CheckpointError, match="init_from file not found"):
         Trainer(tiny_config(root, tmp_path / "y", "train.init_from=nowhere.safetensors"), reporter=Recorder(quiet=True))
+
+
+def test_frozen_modules_keep_their_weights_and_resume_needs_the_same_list(tmp_path):
+    root = make_dataset(tmp_path / "d")
+    cfg = tiny_config(root, tmp_path / "run", "train.iters=2", "train.checkpoint_every=1",
+                      "train.freeze=[encoder.branches.rgb,encoder.branches.depth]")
+    trainer = Trainer(cfg, reporter=Reporter(quiet=True))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.branches.rgb.", "encoder.branches.depth."))]
+    assert frozen and all(torch.equal(after[k], before[k]) for k in frozen)  # MiT branches hold no BatchNorm
+    changed = [k for k, v in before.items() if not torch.equal(after[k], v)]
+    assert any(k.startswith("encoder.branches.thermal.") for k in changed)
+    assert any(k.startswith("encoder.fuse.") for k in changed) and any(k.startswith("head.") for k in changed)
+    with pytest.raises(CheckpointError, match="train.freeze"):
+        Trainer(tiny_config(root, tmp_path / "run", "train.iters=3", "train.freeze=[encoder]"), resume=True,
+                reporter=Reporter(quiet=True))
+    with pytest.raises(ConfigError, match=r"train.freeze: 'encoder.branch' names no parameter of the model; its "
+                                          r"modules include .*encoder.branches"):
+        Trainer(tiny_config(root, tmp_path / "x", "train.freeze=[encoder.branch]"), reporter=Reporter(quiet=True))

@@ -35,6 +35,27 @@ def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, head_lr
     return result
 
 
+def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> int:
+    """Stop training the parameters under each dotted module path in ``prefixes`` (``encoder``,
+    ``encoder.branches.rgb``, ...); returns how many values were frozen. A path that names no parameter is a
+    ConfigError listing the model's modules. BatchNorm statistics under a frozen path still follow the data."""
+    from rgbx.errors import ConfigError
+
+    named = dict(model.named_parameters())
+    frozen = 0
+    for prefix in prefixes:
+        hits = [p for n, p in named.items() if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            modules = sorted({".".join(n.split(".")[:depth]) for n in named for depth in (1, 2, 3)})
+            raise ConfigError(f"train.freeze: {prefix!r} names no parameter of the model; its modules include "
+                              + ", ".join(modules[:40]) + (", ..." if len(modules) > 40 else ""))
+        for p in hits:
+            if p.requires_grad:
+                frozen += p.numel()
+            p.requires_grad_(False)
+    return frozen
+
+
 def check_param_groups(model: torch.nn.Module, groups: list[dict]) -> None:
     seen: dict[int, int] = {}
     for g in groups:

@@ -38,7 +38,14 @@ from rgbx.engine.fastpath import (
     to_memory_format,
 )
 from rgbx.engine.host_memory import set_keep_host_memory
-from rgbx.engine.optim import build_optimizer, build_scheduler, keep_lr_tensors, lr_as_tensors, set_capturable
+from rgbx.engine.optim import (
+    build_optimizer,
+    build_scheduler,
+    freeze_parameters,
+    keep_lr_tensors,
+    lr_as_tensors,
+    set_capturable,
+)
 from rgbx.engine.profile import count_parameters
 from rgbx.engine.report import Reporter
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
@@ -258,6 +265,8 @@ class Trainer:
             transfer = transfer_weights(self.model, cfg.train.init_from, classes=self.description.classes,
                                         modality_from=cfg.train.init_modality_from)
             self.reporter.print(transfer.summary())
+        if cfg.train.freeze:  # before DDP, which keeps a gradient bucket for every parameter then trainable
+            freeze_parameters(self.model, list(cfg.train.freeze))
         self.model = self.model.to(self.device)
         if self.dist.enabled and self.device.type == "cuda" and cfg.train.sync_bn:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -364,7 +373,7 @@ class Trainer:
             if theirs != ours:
                 raise CheckpointError(f"{self.paths.state}: the run was made with a different {section!r} config "
                                       f"({saved.get(section)}); resume with the same config")
-        for key in ("seed", "batch_size"):
+        for key in ("seed", "batch_size", "freeze"):
             if saved["train"][key] != getattr(self.cfg.train, key):
                 raise CheckpointError(f"{self.paths.state}: the run used train.{key}={saved['train'][key]}; "
                                       f"resume needs the same value")
