@@ -77,6 +77,8 @@ def test_a_declared_sensor_is_registered_with_its_storage_and_normalisation(tmp_
     ({**RADAR, "std": [1.0, 2.0]}, "std has 2 values for 1 channels"),
     ({**RADAR, "std": [0.0]}, "std must be positive"),
     ({**RADAR, "colormap": "jet"}, "colormap must be one of"),
+    ({**RADAR, "mean": 0.0}, "mean must be a list, got 0.0"),
+    ({**RADAR, "photometric": "gaussian_noise"}, "photometric must be a list, got 'gaussian_noise'"),
     ("radar", "must be a mapping"),
 ])
 def test_a_wrong_declaration_is_named(tmp_path, sensor, expected):

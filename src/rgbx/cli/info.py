@@ -110,6 +110,6 @@ def _describe_foreign(file) -> int:
     inferred = {k: v for k, v in infer_model_options(state, layout).items() if k != "head_options"}
     read_off = ", ".join(f"{k} {v}" for k, v in inferred.items()) or "nothing beyond the layout"
     print(f"layout: {layout}; read off the checkpoint: {read_off}")
-    print(f"convert it: rgbx convert {file} --modalities rgb depth --out {file.stem}.safetensors "
-          f"(name the model's modalities; rgbx convert --help lists the other flags)")
+    print(f"convert it: rgbx convert {file} --modalities MODALITY ... --out {file.stem}.safetensors (the model's "
+          f"sensors in order, e.g. rgb depth; rgbx convert --help lists the other flags)")
     return 0

@@ -197,7 +197,8 @@ def _declare_sensor(path: Path, name: str, entry: dict, problems: list[str]) -> 
         return None
     fields = {"description": f"declared in {path}", **sensor,
               **{k: entry[k] for k in ("encoding", "dtype", "scale") if k in entry}}
-    unknown_ops = [op for op in fields.get("photometric", ()) or () if op not in PHOTOMETRIC]
+    ops = fields.get("photometric") or ()
+    unknown_ops = [op for op in ops if op not in PHOTOMETRIC] if isinstance(ops, list | tuple) else []
     if unknown_ops:
         problems.append(f"{where}: unknown photometric transform{'s' if len(unknown_ops) > 1 else ''} "
                         f"{', '.join(map(str, unknown_ops))} (registered: {', '.join(PHOTOMETRIC.names())})")

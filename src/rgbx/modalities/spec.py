@@ -117,9 +117,11 @@ def spec_from_dict(name: str, data: Mapping) -> ModalitySpec:
     values = dict(data)
     values.setdefault("description", "a sensor declared outside rgbx")
     try:
-        for key in ("mean", "std", "photometric"):
-            if key in values:
-                values[key] = tuple(values[key])
+        for key in ("mean", "std", "photometric", "display_range"):
+            if values.get(key) is not None and not isinstance(values[key], list | tuple):
+                raise ValueError(f"{key} must be a list, got {values[key]!r}")
+        if "photometric" in values:
+            values["photometric"] = tuple(values["photometric"])
         if values.get("display_range") is not None:
             values["display_range"] = tuple(float(v) for v in values["display_range"])
             if len(values["display_range"]) != 2:
