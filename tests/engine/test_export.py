@@ -204,6 +204,25 @@ def test_ktb_exports_right_at_every_size(tmp_path):
         assert verify_onnx(path, model, inputs, present) <= 1e-5 * scale, (batch, h, w)
 
 
+def test_auto_export_checks_a_smaller_size_too(tmp_path):
+    """A fresh KTB model (DSCF's output convolutions at zero): its TorchScript file agrees with PyTorch at a larger
+    size, since the cross-modal path adds nothing yet, but the top-k it froze at the traced key count fails at a
+    smaller one. The auto export's check runs both sizes, so such a file is not kept."""
+    from rgbx.engine.export import ExportWrapper, _agrees_at_other_shapes
+
+    torch.manual_seed(0)
+    model = create_model(backbone="mit_nano", fusion="ktb", head="mlp", modalities=["rgb", "depth"], num_classes=3,
+                         head_channels=16).eval()
+    path = export_onnx(model, tmp_path / "ktb.onnx", size=(64, 96), exporter="torchscript")
+    gen = torch.Generator().manual_seed(1)
+    larger = {"rgb": torch.randn(3, 3, 80, 128, generator=gen), "depth": torch.randn(3, 1, 80, 128, generator=gen)}
+    assert verify_onnx(path, model, larger) <= 1e-5  # the larger size alone would keep the file
+    smaller = {"rgb": torch.randn(3, 3, 32, 48, generator=gen), "depth": torch.randn(3, 1, 32, 48, generator=gen)}
+    with pytest.raises(Exception, match="TopK"):
+        verify_onnx(path, model, smaller)
+    assert not _agrees_at_other_shapes(str(path), ExportWrapper(model).eval(), 2, 64, 96)
+
+
 def test_adaptive_pooling_by_matmul_is_torchs():
     from rgbx.models.layers import adaptive_avg_pool_by_matmul
 

@@ -348,21 +348,27 @@ def _output_discarded() -> Iterator[None]:
 
 
 def _agrees_at_other_shapes(path: str, wrapper: ExportWrapper, batch: int, h: int, w: int) -> bool:
-    """Whether onnxruntime runs the file at batch + 1 and (h + 16) × (w + 32) and gives PyTorch's logits there
-    (random inputs; within 1e-4 of the logits' scale, where a size the tracer froze is off by percents); True when
-    onnxruntime is missing."""
+    """Whether onnxruntime runs the file at batch + 1 and at a larger and a smaller H×W ((h + 16) × (w + 32), and
+    about half the traced size) and gives PyTorch's logits there (random inputs; within 1e-4 of the logits' scale,
+    where a size the tracer froze is off by percents); True when onnxruntime is missing. The smaller size catches a
+    frozen size that only breaks below the traced one: KTB's top-k over ``ceil(ratio · keys)`` keys, frozen at the
+    traced key count, asks onnxruntime for more keys than a smaller map has (an error, not a wrong value), and
+    goes unnoticed at a larger size while the fusion's output convolutions are still at their zero start."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return True
     gen = torch.Generator().manual_seed(1)
-    inputs = {m: torch.randn(batch + 1, wrapper.model.encoder.in_channels[m], h + 16, w + 32, generator=gen)
-              for m in wrapper.modalities}
-    try:
-        got, expected = _both_logits(path, wrapper.model, inputs, None, quiet=True)
-    except Exception:  # onnxruntime raises its own error types (Fail, InvalidArgument, ...); a shape mismatch
-        return False
-    return float((got - expected).abs().max()) <= 1e-4 * float(expected.abs().max()) + 1e-6
+    for height, width in ((h + 16, w + 32), (max(16, h // 2), max(16, w // 2))):
+        inputs = {m: torch.randn(batch + 1, wrapper.model.encoder.in_channels[m], height, width, generator=gen)
+                  for m in wrapper.modalities}
+        try:
+            got, expected = _both_logits(path, wrapper.model, inputs, None, quiet=True)
+        except Exception:  # onnxruntime raises its own error types (Fail, InvalidArgument, ...); a shape mismatch
+            return False
+        if float((got - expected).abs().max()) > 1e-4 * float(expected.abs().max()) + 1e-6:
+            return False
+    return True
 
 
 def _present_matrix(present, modalities, batch: int) -> torch.Tensor:
