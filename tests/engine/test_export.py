@@ -93,6 +93,20 @@ def test_inputs_outputs_and_metadata(exported):
     assert not list(path.parent.glob("*.data"))  # a single file, no external weights
 
 
+def test_rgbx_info_describes_an_exported_file(exported, tmp_path, capsys):
+    model, path = exported
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{model.config.fusion}/mit_nano over rgb+depth with 3 classes" in out
+    assert "input rgb: (B, 3, H, W) float32, normalised; from file values: (value × 0.00392157 − [0.485, 0.456, " \
+           "0.406]) / [0.229, 0.224, 0.225], absent: 0.0" in out
+    assert "input depth: (B, 1, H, W)" in out and "output logits: (B, 3, H, W)" in out
+    assert "classes (3): floor, wall, chair; ignore index 255" in out
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    assert main(["info", str(tmp_path / "bad.onnx")]) != 0
+    assert "bad.onnx: not a readable ONNX file" in capsys.readouterr().err
+
+
 def test_export_leaves_model_unchanged(tmp_path):
     model = tiny("cmx")
     before = {k: v.clone() for k, v in model.state_dict().items()}

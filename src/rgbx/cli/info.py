@@ -13,6 +13,7 @@ from rgbx.cli.common import add_command
 EXAMPLES = """  rgbx info                               # registered modalities, models, methods, datasets, presets
   rgbx info runs/cmx/model.safetensors    # what a model file holds: model, classes, training, parameters
   rgbx info NYUDV2_CMX+Segformer-B2.pth   # another code base's checkpoint: its layout and how to convert it
+  rgbx info model.onnx                    # an exported file: its inputs, their normalisation, outputs, classes
 """
 
 
@@ -61,6 +62,8 @@ def describe_file(path: str) -> int:
     from rgbx.models.model_file import describe_model, load_model, read_model_info
 
     file = Path(path)
+    if file.suffix == ".onnx":
+        return _describe_onnx(file)
     info = read_model_info(file, missing_ok=True) if file.suffix == ".safetensors" else {}
     if not info:
         return _describe_foreign(file)
@@ -95,6 +98,36 @@ def describe_file(path: str) -> int:
         history.append(f"converted from {converted.get('file')} ({converted.get('layout')} layout)")
     if history:
         print("history: " + ", ".join(history))
+    return 0
+
+
+def _describe_onnx(file) -> int:
+    """What an ``rgbx export`` file expects and returns, from its metadata (no session is started)."""
+    from rgbx.engine.export import read_onnx_metadata
+    from rgbx.errors import CheckpointError
+    from rgbx.models.model_file import describe_model
+
+    if not file.is_file():
+        raise CheckpointError(f"{file}: not found")
+    try:
+        meta = read_onnx_metadata(file)
+    except Exception as e:  # noqa: BLE001 — onnx raises its own decode errors
+        raise CheckpointError(f"{file}: not a readable ONNX file ({type(e).__name__}: {e})") from None
+    if "model_config" not in meta:
+        raise CheckpointError(f"{file}: an ONNX file without rgbx metadata (not written by rgbx export)")
+    print(f"{file}: ONNX model written by rgbx export ({meta.get('exporter', '?')}), "
+          f"{file.stat().st_size / 2**20:.1f} MiB; {describe_model(meta['model_config'])}")
+    print(f"traced at {meta.get('export_size')}; dynamic axes: {meta.get('dynamic_axes')}; "
+          f"head folded: {meta.get('fold_head')}")
+    for name, layout in (meta.get("inputs") or {}).items():
+        norm = (meta.get("normalization") or {}).get(name)
+        how = (f"; from file values: (value × {norm.get('scale'):g} − {norm.get('mean')}) / {norm.get('std')}, "
+               f"absent: {norm.get('fill')}" if isinstance(norm, dict) else "")
+        print(f"input {name}: {layout}{how}")
+    for name, layout in (meta.get("outputs") or {}).items():
+        print(f"output {name}: {layout}")
+    classes = meta.get("classes") or []
+    print(f"classes ({len(classes)}): {', '.join(classes)}; ignore index {meta.get('ignore_index')}")
     return 0
 
 
