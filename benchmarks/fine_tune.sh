@@ -2,8 +2,8 @@
 # Fine-tuning from a trained model with one sensor more (README "Starting from a trained model"): train a CMX
 # MiT-nano model on RGB + depth on one synthetic corpus, then train RGB + depth + thermal on another synthetic
 # dataset with only 32 training scenes, from that model (train.init_from; the thermal branch starts from the depth
-# branch, or keeps its random initialisation) against a random initialisation, two seeds each. About 13 minutes on
-# 2 cores. Prints each run's final validation mIoU and the init_from report.
+# branch, or keeps its random initialisation; or the RGB and depth branches frozen) against a random initialisation,
+# two seeds each. About 17 minutes on 2 cores. Prints each run's final validation mIoU and the init_from report.
 set -euo pipefail
 OUT=${OUT:-/tmp/rgbx_fine_tune}
 mkdir -p "$OUT" && cd "$OUT"
@@ -17,11 +17,13 @@ COMMON=(model.backbone=mit_nano model.fusion=cmx model.head=mlp model.head_chann
     "${COMMON[@]}" "model.modalities=[rgb,depth]" >source.log 2>&1
 echo "source (rgb+depth, 400 scenes, 600 iterations): $(grep 'final val mIoU' source.log)"
 for seed in 0 1; do
-    for init in scratch source source_thermal_fresh; do
+    for init in scratch source source_thermal_fresh source_frozen; do
         extra=()
         [ "$init" = source ] && extra=(train.init_from=source/model.safetensors)
         [ "$init" = source_thermal_fresh ] && extra=(train.init_from=source/model.safetensors
                                                    "train.init_modality_from={thermal: none}")
+        [ "$init" = source_frozen ] && extra=(train.init_from=source/model.safetensors
+                                            "train.freeze=[encoder.branches.rgb,encoder.branches.depth]")
         # a finished run is kept (delete $OUT to start over)
         [ -f fine_${init}_$seed/model.safetensors ] || { rm -rf fine_${init}_$seed
             rgbx train synth_cmx_b0 data.root=target output_dir=fine_${init}_$seed train.seed=$seed train.iters=300 \
