@@ -108,3 +108,30 @@ def test_class_names_given_at_conversion_travel_with_the_file_and_guide_init_fro
     assert torch.equal(mine.state_dict()["head.classifier.weight"][2], converted["head.classifier.weight"][38])
     assert "2 of 3 classes from the file's rows of the same name (floor, wall)" in report.summary()
     assert not report.fresh
+
+
+def test_class_names_of_a_benchmark(tmp_path):
+    from rgbx.data import DATASETS
+    from rgbx.data.datasets.nyu import NYU_CLASSES
+
+    state = random_state("cmx_mit_b0")  # a 40-class decode head, as CMX's NYU checkpoints
+    torch.save(state, tmp_path / "cmx.pth")
+    out = tmp_path / "nyu.safetensors"
+    assert run_convert(tmp_path / "cmx.pth", "--modalities", "rgb", "depth", "--out", out,
+                       "--classes-of", "nyudepthv2") == 0
+    assert read_model_info(out)["dataset"] == {"classes": list(NYU_CLASSES)}
+    with pytest.raises(ConfigError, match="dataset 'mfnet' has 9 classes; the model has 40"):
+        run_convert(tmp_path / "cmx.pth", "--modalities", "rgb", "depth", "--out", out, "--classes-of", "mfnet")
+    with pytest.raises(ConfigError, match="give one"):
+        run_convert(tmp_path / "cmx.pth", "--modalities", "rgb", "depth", "--out", out, "--classes-of", "mfnet",
+                    "--classes", "a")
+    with pytest.raises(ConfigError, match="unknown dataset 'nyu'"):
+        run_convert(tmp_path / "cmx.pth", "--modalities", "rgb", "depth", "--out", out, "--classes-of", "nyu")
+    # every benchmark's list, without any file; the folder format has none
+    for name in ("nyudepthv2", "sunrgbd", "mfnet", "pst900", "deliver", "mcubes", "muses", "kitti360", "camvid"):
+        dataset = DATASETS.get(name)
+        assert dataset.class_names(len(dataset.CLASSES)) == dataset.CLASSES and len(dataset.CLASSES) > 1
+    assert DATASETS.get("eventscape").class_names(12)[-1] == "TrafficSign"  # CARLA <= 0.9.9: tags 1..12
+    assert len(DATASETS.get("eventscape").class_names(22)) == 22
+    with pytest.raises(ConfigError, match="no fixed class list"):
+        DATASETS.get("folder").class_names(3)

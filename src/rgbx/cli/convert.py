@@ -12,7 +12,7 @@ EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth 
       --modalities rgb depth --num-classes 40 --out cmx_b2_nyu.safetensors          # everything spelled out
   rgbx convert NYUv2_DFormer_Base.pth --modalities rgb depth --out dformer_b_nyu.safetensors
   rgbx convert MFNet_CMX+Segformer-B2.pth --modalities rgb thermal --out cmx_b2_mfnet.safetensors \
-      --classes unlabeled car person bike curve car_stop guardrail color_cone bump   # names kept in the file
+      --classes-of mfnet                                    # the benchmark's class names kept in the file
   rgbx convert CMNeXt_CMNeXt-B2_DELIVER_rgbdel.pth --modalities rgb depth event lidar \\
       --out cmnext_b2_deliver.safetensors                   # DELIVER's CMNeXt (MODALS img, depth, event, lidar)
   rgbx convert mit_b2.pth --backbone mit_b2 --fusion cmx --modalities rgb thermal --num-classes 9 \\
@@ -62,6 +62,9 @@ def add_parser(sub) -> None:
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="the class names, in the checkpoint's order (kept in the file: eval / predict name their "
                         "outputs with them, and train.init_from matches classifier rows by them)")
+    p.add_argument("--classes-of", metavar="DATASET",
+                   help="take the class names from a public benchmark rgbx reads (nyudepthv2, sunrgbd, mfnet, "
+                        "pst900, deliver, mcubes, muses, kitti360, eventscape, camvid), in its label order")
     p.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a head option (repeatable), e.g. bn_eps=1e-3")
     p.add_argument("--fusion-option", action="append", default=[], metavar="KEY=VALUE",
@@ -121,6 +124,12 @@ def run(args) -> int:
                                                    ("fusion_options", config.fusion_options)) if v)
     print(f"model: {config.fusion}/{config.backbone} + {config.head} head ({config.head_channels} channels) over "
           f"{'+'.join(config.modalities)}, {config.num_classes} classes{options}")
+    if args.classes and args.classes_of:
+        raise ConfigError("--classes and --classes-of both name the classes: give one")
+    if args.classes_of:
+        from rgbx.data import DATASETS
+
+        args.classes = list(DATASETS.get(args.classes_of).class_names(config.num_classes))
     if args.classes and len(args.classes) != config.num_classes:
         raise ConfigError(f"--classes names {len(args.classes)} classes; the model has {config.num_classes}")
     model = create_model(config)

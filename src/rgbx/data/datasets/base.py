@@ -145,13 +145,28 @@ class SegmentationDataset(torch.utils.data.Dataset):
     - :meth:`decode_modality`, :meth:`decode_label`, and ``LABEL_CHANNELS`` / :meth:`label_plane` for
       multi-channel label images;
     - ``RESIZED``: modalities stored at a lower resolution, resampled (nearest) to the label size on loading;
-    - ``DECODE_ON_CHECK``: with ``check="full"``, also decode every modality file (default: read it only).
+    - ``DECODE_ON_CHECK``: with ``check="full"``, also decode every modality file (default: read it only);
+    - ``CLASSES``: a public benchmark's fixed class names, in label order (:meth:`class_names`; a folder dataset
+      names its classes in its dataset.yaml instead).
     """
 
     OPTIONS: dict[str, Any] = {}
+    CLASSES: tuple[str, ...] = ()
     RESIZED: frozenset[str] = frozenset()
     LABEL_CHANNELS: tuple[int, ...] = (1,)
     DECODE_ON_CHECK: bool = False
+
+    @classmethod
+    def class_names(cls, num_classes: int) -> tuple[str, ...]:
+        """The dataset's class names for a model with ``num_classes`` outputs (a released checkpoint trained on it),
+        without reading any file; a ConfigError when the dataset has no fixed list, or not one of that length."""
+        name = cls.registered_name()
+        if not cls.CLASSES:
+            raise ConfigError(f"dataset {name!r} has no fixed class list (a folder dataset names its classes in "
+                              f"its dataset.yaml)")
+        if len(cls.CLASSES) != num_classes:
+            raise ConfigError(f"dataset {name!r} has {len(cls.CLASSES)} classes; the model has {num_classes}")
+        return cls.CLASSES
 
     def __init__(self, root: str | Path, split: str, modalities: Sequence[str] | None = None,
                  transform: Callable | None = None, seed: int = 0, check: str = "headers", **options):

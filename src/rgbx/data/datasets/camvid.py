@@ -30,6 +30,7 @@ VOID = 11
 @DATASETS.register("camvid")
 class CamVid(SegmentationDataset):
     SPLITS = ("train", "val", "test")
+    CLASSES = CLASSES
 
     def describe(self) -> DatasetDescription:
         return DatasetDescription(

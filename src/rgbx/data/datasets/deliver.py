@@ -162,6 +162,7 @@ class DeliverDataset(DrivingDataset):
     """
 
     NAME = "deliver"
+    CLASSES = DELIVER_CLASSES
     SPLITS = ("train", "val", "test")
     OPTIONS = {"conditions": None, "cases": None, "view": "front", "depth_encoding": "auto", "lidar_scale": 1.0}
     RESIZED = frozenset({"event"})

@@ -81,9 +81,18 @@ class EventScapeDataset(DrivingDataset):
     """
 
     NAME = "eventscape"
+    CLASSES = CARLA_CLASSES
     SPLITS = ("train", "val", "test")
     OPTIONS = {"tags": 23, "split_dir": None, "split_file": None}
     LABEL_CHANNELS = (1, 3, 4)
+
+    @classmethod
+    def class_names(cls, num_classes: int) -> tuple[str, ...]:
+        """CARLA's tags 1..22, or 1..12 for CARLA <= 0.9.9 (``tags=13``): the first ``num_classes`` of them."""
+        if num_classes not in (12, 22):
+            raise ConfigError(f"dataset 'eventscape' has 12 (CARLA <= 0.9.9) or 22 classes; the model has "
+                              f"{num_classes}")
+        return CARLA_CLASSES[:num_classes]
 
     def configure(self, options: dict) -> None:
         if options["tags"] not in (13, 23):

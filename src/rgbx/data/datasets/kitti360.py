@@ -76,6 +76,7 @@ class Kitti360Dataset(DrivingDataset):
     """
 
     NAME = "kitti360"
+    CLASSES = CITYSCAPES_CLASSES
     SPLITS = ("train", "val")
     OPTIONS = {"lidar": "auto", "label_format": "auto", "split_file": None, "lidar_value": "range",
                "max_range": None, "lidar_scale": 1.0}

@@ -70,6 +70,7 @@ class MCubeSDataset(DrivingDataset):
     """
 
     NAME = "mcubes"
+    CLASSES = MCUBES_CLASSES
     SPLITS = ("train", "val", "test")
     OPTIONS = {"left_crop": 192, "nir_mask_ignore": False, "val_from_test": False}
 

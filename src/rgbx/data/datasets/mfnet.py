@@ -71,6 +71,7 @@ class MFNet(ReleaseDataset):
 
     SPLITS = ("train", "test")
     OPTIONS = {"layout": "auto"}
+    CLASSES = MFNET_CLASSES
     FILE_CHANNELS = {"rgb": (3, 4), "thermal": (1, 3, 4)}
     LAYOUT = ("an MFNet release: images/ (4-channel RGB-T PNGs) or rgb/ + ther/ (or RGB/ + Modal/), labels/, "
               "<split>.txt at the root")

@@ -114,6 +114,7 @@ class MusesDataset(DrivingDataset):
     """
 
     NAME = "muses"
+    CLASSES = CITYSCAPES_CLASSES
     SPLITS = ("train", "val", "test")
     OPTIONS = {"weather": None, "time_of_day": None, "lidar": "auto", "event": "auto",
                "projected_dir": "projected_to_rgb", "min_range": 1.0}

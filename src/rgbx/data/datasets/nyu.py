@@ -264,7 +264,6 @@ class RGBDRelease(ReleaseDataset):
     ``<split>.txt`` at the root; labels 0 = void, k → k − 1."""
 
     NAME = ""
-    CLASSES: tuple[str, ...] = ()
     RGB_FOLDERS = ("RGB", "rgb")
     DEPTH_FOLDERS = ("Depth", "depth")
     HHA_FOLDERS = ("HHA", "hha")

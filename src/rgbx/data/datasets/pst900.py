@@ -53,6 +53,7 @@ class PST900(ReleaseDataset):
 
     SPLITS = ("train", "test")
     OPTIONS = {"depth_scale": PST900_DEPTH_SCALE}
+    CLASSES = PST900_CLASSES
     FILE_CHANNELS = {"rgb": (3, 4), "thermal": (1, 3, 4), "depth": (1,)}
 
     def describe(self) -> DatasetDescription:
