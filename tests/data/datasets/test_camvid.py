@@ -35,6 +35,7 @@ def test_reads_pairs_and_maps_void_to_ignore(tmp_path):
     root = fake_camvid(tmp_path / "camvid")
     ds = build_dataset("camvid", root, "train")
     assert len(ds) == 3 and ds.description.num_classes == 11
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     s = ds.load(0)
     assert s["inputs"]["rgb"].shape == (3, 12, 16)
     assert s["label"][0, 0] == 255 and s["label"][1, 0] == 10 and s["label"][5, 5] == 3

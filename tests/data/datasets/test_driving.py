@@ -99,6 +99,7 @@ def test_deliver_ids_modalities_and_label_mapping(tmp_path):
     assert ds.ids == ["cloud/MAP_1_point2/000001", "cloud/MAP_1_point2/000002", "night/MAP_3_point7_motionblur/000005"]
     assert set(ds.description.modalities) == {"rgb", "depth", "hha", "event", "lidar"}
     assert ds.description.num_classes == 25 and ds.description.classes[6] == "Road"
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     s = ds.load(0)
     shapes = {k: tuple(v.shape) for k, v in s["inputs"].items()}
     assert shapes == {"rgb": (3, H, W), "depth": (1, H, W), "hha": (3, H, W), "event": (2, H, W), "lidar": (1, H, W)}
@@ -203,6 +204,7 @@ def test_mcubes_modalities_crop_and_labels(tmp_path):
     assert ds.ids == ["outscene1208_2_0000000150", "outscene1208_2_0000000180"]
     assert list(ds.description.modalities) == ["rgb", "aolp", "dolp", "nir"]
     assert ds.description.classes[0] == "asphalt" and ds.description.classes[-1] == "sky"
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     s = ds.load(0)
     assert {k: tuple(v.shape) for k, v in s["inputs"].items()} == {
         "rgb": (3, H, 8), "aolp": (2, H, 8), "dolp": (1, H, 8), "nir": (1, H, 8)}
@@ -287,6 +289,7 @@ def test_kitti360_raw_scan_projection_and_label_ids(tmp_path):
     ds = DATASETS.get("kitti360")(root, "train")
     assert ds.ids == [f"{SEQ}/0000000250", f"{SEQ}/0000000251"]
     assert list(ds.description.modalities) == ["rgb", "lidar"] and ds.description.num_classes == 19
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     s = ds.load(0)
     lidar = s["inputs"]["lidar"]
     assert tuple(lidar.shape) == (1, H, W)
@@ -385,6 +388,7 @@ def test_muses_projected_lidar_and_events(tmp_path):
     root = make_muses(tmp_path / "muses", projected=True)
     ds = DATASETS.get("muses")(root, "val")
     assert ds.lidar_source == "projected" and list(ds.description.modalities) == ["rgb", "lidar", "event"]
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     s = ds.load(0)
     assert tuple(s["inputs"]["lidar"].shape) == (1, H, W) and s["inputs"]["lidar"][0, 6, 8] == 10.0
     ev = s["inputs"]["event"]
@@ -433,6 +437,7 @@ def test_eventscape_modalities_events_and_labels(tmp_path):
     ds = cls(root, "train")
     assert ds.ids == ["Town01-03_train/Town01_0000/Town01_0000_0001", "Town01-03_train/Town01_0000/Town01_0000_0002"]
     assert ds.description.num_classes == 22 and ds.description.classes[6] == "Road"
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     s = ds.load(0)
     assert {k: tuple(v.shape) for k, v in s["inputs"].items()} == {
         "rgb": (3, H, W), "depth": (1, H, W), "event": (2, H, W)}
@@ -451,6 +456,7 @@ def test_eventscape_tag_set_and_broken_events(tmp_path):
     cls = DATASETS.get("eventscape")
     ds = cls(root, "val", tags=13, check="none")
     assert ds.description.num_classes == 12
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     assert any("out of range" in p for p in ds.find_problems(full=True))
     bad = root / "Town05_val" / "Town05_0003" / "events" / "data" / "Town05_0003_0000_events.npy"
     np.save(bad, np.zeros((5, 3)))

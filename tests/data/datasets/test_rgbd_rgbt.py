@@ -111,6 +111,7 @@ def test_nyu_dformer_release(tmp_path):
     assert ds.ids == ["0", "1"]
     d = ds.description
     assert d.num_classes == 40 and d.classes[0] == "wall" and d.classes[-1] == "otherprop"
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     assert d.ignore_index == 255 and d.palette[1] == (128, 0, 0)
     # 8-bit relative depth is offered as approximate metres; no HHA can be computed from it.
     assert list(d.modalities) == ["rgb", "depth"] and d.extra["depth_encoding"] == "relative-8bit"
@@ -202,6 +203,7 @@ def test_sunrgbd_lowercase_labels_37_classes_and_shifted_depth(tmp_path):
     ds = SUNRGBD(root, "train")
     d = ds.description
     assert d.num_classes == 37 and d.classes[23] == "fridge" and d.classes[-1] == "bag"
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     assert d.label.folder == "labels"
     s = ds.load(0)
     assert s["label"][0].unique().tolist() == [255] and s["label"][2].unique().tolist() == [36]
@@ -230,6 +232,7 @@ def test_mfnet_original_4_channel_layout(tmp_path):
     assert ds.layout == "rgbt" and ds.ids == ["00001D", "00002N"]
     d = ds.description
     assert d.classes[0] == "unlabeled" and d.num_classes == 9 and d.palette[1] == (64, 0, 128)
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     s = ds.load(1)
     assert s["inputs"]["rgb"].shape == (3, H, W)
     assert s["inputs"]["thermal"].shape == (1, H, W)
@@ -286,6 +289,7 @@ def test_pst900_layout_units_and_labels(tmp_path):
     assert ds.ids == ["31_bag1a_rect_rgb_frame0000000007", "31_bag1a_rect_rgb_frame0000000009"]
     d = ds.description
     assert d.classes == ("background", "fire_extinguisher", "backpack", "hand_drill", "survivor")
+    assert ds.description.classes == type(ds).class_names(ds.description.num_classes)  # rgbx convert --classes-of
     assert list(d.modalities) == ["rgb", "thermal", "depth"]
     s = ds.load(0)
     assert s["inputs"]["depth"].unique().tolist() == [pytest.approx(1.0)]  # 2560 / 2560 → 1 m
