@@ -105,6 +105,12 @@ def sliding_window_from_args(args):
     return SlidingWindow(args.window, args.stride, args.window_batch)
 
 
+def read_off_text(inferred: dict) -> str:
+    """What ``rgbx.models.convert.infer_model_options`` read off a checkpoint, as ``backbone mit_b2, num_classes 40``
+    (the head options left out); "" when nothing."""
+    return ", ".join(f"{k} {v}" for k, v in inferred.items() if k != "head_options")
+
+
 def parse_options(items: list[str]) -> dict:
     """``key=value`` strings → dict; values parsed as YAML (numbers, lists, booleans)."""
     import yaml

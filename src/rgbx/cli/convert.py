@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgbx.cli.common import add_command, model_flag_overrides, parse_options
+from rgbx.cli.common import add_command, model_flag_overrides, parse_options, read_off_text
 
 EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth --out cmx_b2_nyu.safetensors
   rgbx convert NYUDV2_CMX+Segformer-B2.pth --backbone mit_b2 --fusion cmx --head mlp --head-channels 512 \\
@@ -117,9 +117,9 @@ def run(args) -> int:
     layout = detect_layout(state) if args.layout == "auto" else args.layout
     inferred = infer_model_options(state, layout)
     config = model_config(args, inferred)
-    shown = {k: v for k, v in inferred.items() if k != "head_options"}
+    read_off = read_off_text(inferred)
     print(f"{args.checkpoint}: layout {layout}" + (" (detected)" if args.layout == "auto" else "")
-          + (f"; read off the checkpoint: {', '.join(f'{k} {v}' for k, v in shown.items())}" if shown else ""))
+          + (f"; read off the checkpoint: {read_off}" if read_off else ""))
     options = "".join(f", {k} {v}" for k, v in (("head_options", config.head_options),
                                                    ("fusion_options", config.fusion_options)) if v)
     print(f"model: {config.fusion}/{config.backbone} + {config.head} head ({config.head_channels} channels) over "

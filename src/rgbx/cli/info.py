@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from rgbx.cli.common import add_command
+from rgbx.cli.common import add_command, read_off_text
 
 EXAMPLES = """  rgbx info                               # registered modalities, models, methods, datasets, presets
   rgbx info runs/cmx/model.safetensors    # what a model file holds: model, classes, training, parameters
@@ -140,8 +140,7 @@ def _describe_foreign(file) -> int:
     for note in notes:
         print(f"  {note}")
     layout = detect_layout(state)  # a CheckpointError naming the known layouts when none matches
-    inferred = {k: v for k, v in infer_model_options(state, layout).items() if k != "head_options"}
-    read_off = ", ".join(f"{k} {v}" for k, v in inferred.items()) or "nothing beyond the layout"
+    read_off = read_off_text(infer_model_options(state, layout)) or "nothing beyond the layout"
     print(f"layout: {layout}; read off the checkpoint: {read_off}")
     print(f"convert it: rgbx convert {file} --modalities MODALITY ... --out {file.stem}.safetensors (the model's "
           f"sensors in order, e.g. rgb depth; rgbx convert --help lists the other flags)")

@@ -169,8 +169,9 @@ def transfer_weights(model: nn.Module, source: str | Path, *, classes: Sequence[
     state, info = _read(source)
     file_cfg = info.get("model") or {}
     ours = getattr(model, "config", None)
-    report = TransferReport(source=str(source), source_model=describe_model(file_cfg) if file_cfg else
-                            TransferReport.source_model)
+    report = TransferReport(source=str(source))
+    if file_cfg:
+        report.source_model = describe_model(file_cfg)
     if file_cfg and ours is not None and file_cfg.get("backbone") != ours.backbone:
         raise CheckpointError(
             f"{source}: init_from holds {describe_model(file_cfg)}, but this model's backbone is {ours.backbone}: "
