@@ -133,10 +133,11 @@ def test_train_on_cuda(tmp_path, precision):
     assert 0.0 <= metrics["subsets"]["rgb+depth+thermal"]["all"]["miou"] <= 1.0
 
 
-@pytest.mark.parametrize("fusion,method_name", [("cmx", "supervised"), ("mean", "supervised"), ("ktb", "ktb")])
-def test_dropout_and_forward_need_no_device_sync(fusion, method_name):
-    """Modality dropout (or KTB's masking) + the step's forward and losses on a batch prepared like the trainer's:
-    any device → host read-back raises under sync debug mode "error"."""
+@pytest.mark.parametrize("fusion,method_name,loss", [("cmx", "supervised", "ce"), ("mean", "supervised", "ce"),
+                                                     ("ktb", "ktb", "ce"), ("cmx", "supervised", "ohem")])
+def test_dropout_and_forward_need_no_device_sync(fusion, method_name, loss):
+    """Modality dropout (or KTB's masking) + the step's forward and losses (OHEM's too) on a batch prepared like the
+    trainer's: any device → host read-back raises under sync debug mode "error"."""
     from rgbx.data.sample import Batch, PresenceMasks
     from rgbx.engine.config import MethodConfig
     from rgbx.methods import METHODS
@@ -149,7 +150,8 @@ def test_dropout_and_forward_need_no_device_sync(fusion, method_name):
     batch = Batch({"rgb": torch.randn(4, 3, 32, 32), "depth": torch.randn(4, 1, 32, 32)}, host,
                   torch.randint(0, 3, (4, 32, 32))).to(device)
     batch.present = PresenceMasks(batch.present, ["rgb"], host)
-    config = MethodConfig(modality_dropout=0.5) if method_name == "supervised" else MethodConfig(name=method_name)
+    config = (MethodConfig(modality_dropout=0.5, loss=loss) if method_name == "supervised"
+              else MethodConfig(name=method_name, loss=loss))
     method = METHODS.get(method_name)(config, ignore_index=255)
     method.prepare(model, device)
     torch.cuda.synchronize()

@@ -169,7 +169,7 @@ def make_train_step(
     """
     from rgbx.engine.config import OptimConfig
     from rgbx.engine.optim import build_optimizer
-    from rgbx.methods.supervised import cross_entropy
+    from rgbx.methods.losses import cross_entropy
 
     device = label.device
     graphed = options.cuda_graph_train

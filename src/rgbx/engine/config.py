@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rgbx.errors import ConfigError
+from rgbx.methods.losses import SEGMENTATION_LOSSES
 from rgbx.models import ModelConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -44,6 +45,11 @@ class MethodConfig:
     modality_dropout: float = 0.0  # per sample and modality drop probability; at least one modality is kept
     label_smoothing: float = 0.0
     class_weighting: str = "none"  # none | enet: w_c = 1 / ln(1.02 + p_c), p_c from the training labels
+    # the loss against the labels in every method (rgbx.methods.losses): ce | ohem (hard pixels: those whose true
+    # class has probability < ohem_thresh, at least the ohem_min_kept fraction of labelled pixels; DeLiVER / CMNeXt)
+    loss: str = "ce"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: float = 0.0625
     options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (see its Options dataclass)
 
 
@@ -196,6 +202,10 @@ def validate_config(cfg: ExperimentConfig) -> None:
         (cfg.data.check in ("none", "headers", "full"), "data.check must be none, headers or full"),
         (cfg.data.geometric_on in ("sample", "batch"), "data.geometric_on must be sample or batch"),
         (cfg.method.class_weighting in ("none", "enet"), "method.class_weighting must be none or enet"),
+        (cfg.method.loss in SEGMENTATION_LOSSES,
+         f"unknown method.loss {cfg.method.loss!r}; registered: {', '.join(SEGMENTATION_LOSSES.names())}"),
+        (0.0 < cfg.method.ohem_thresh <= 1.0, "method.ohem_thresh must be a probability in (0, 1]"),
+        (0.0 <= cfg.method.ohem_min_kept <= 1.0, "method.ohem_min_kept must be a fraction in [0, 1]"),
         (len(cfg.model.modalities) > 0, "model.modalities must list at least one modality"),
         (cfg.train.init_from or not cfg.train.init_modality_from,
          "train.init_modality_from says which sensor's weights a new sensor starts from: it needs train.init_from"),

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from rgbx.errors import ConfigError
 from rgbx.methods.base import METHODS, Method, drop_modalities, load_frozen_teacher
-from rgbx.methods.supervised import cross_entropy
 from rgbx.models.model_file import describe_model
 
 __all__ = ["AnysegDistiller", "cross_modal_distillation", "prediction_distillation", "unimodal_distillation"]
@@ -118,8 +117,7 @@ class AnysegDistiller(Method):
         out = model(anymodal.inputs, anymodal.present)
 
         if batch.label is not None:
-            sup = cross_entropy(out.logits, batch.label, self.ignore_index, self.class_weights,
-                                self.config.label_smoothing)  # Eq. 7
+            sup = self.segmentation_loss(out.logits, batch.label)  # Eq. 7
         else:
             sup = out.logits.sum() * 0.0
         # the student's presence ∧ the teacher's (the teacher saw the undropped batch, so this is the student's)

@@ -13,6 +13,7 @@ import torch
 
 from rgbx.data.sample import device_masks, host_masks
 from rgbx.errors import CheckpointError, ConfigError
+from rgbx.methods.losses import build_segmentation_loss
 from rgbx.models.model_file import load_model
 from rgbx.registry import Registry
 
@@ -35,6 +36,9 @@ class Method:
         self.ignore_index = ignore_index
         self.class_weights = class_weights
         self.options = parse_options(type(self), dict(getattr(config, "options", None) or {}))
+        # the loss against the labels, ``method.loss`` (rgbx.methods.losses), and the name its term is logged under
+        self.segmentation_loss = build_segmentation_loss(config, ignore_index, class_weights)
+        self.loss_name = getattr(config, "loss", None) or "ce"
 
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Build what the method needs besides ``model`` (default: nothing)."""

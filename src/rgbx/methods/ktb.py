@@ -35,7 +35,6 @@ from torch import nn
 from rgbx.data.sample import device_masks, host_masks
 from rgbx.errors import ConfigError
 from rgbx.methods.base import METHODS, Method
-from rgbx.methods.supervised import cross_entropy
 from rgbx.models.layers import resize
 
 __all__ = ["MaskedModalitySelfTeaching", "auxiliary_head", "mask_one_modality"]
@@ -141,7 +140,7 @@ class MaskedModalitySelfTeaching(Method):
         out = model(masked.inputs, masked.present)
         label = batch.label
         if label is not None:
-            s1 = cross_entropy(out.logits, label, self.ignore_index, self.class_weights, self.config.label_smoothing)
+            s1 = self.segmentation_loss(out.logits, label)
         else:
             s1 = out.logits.sum() * 0.0
         ref = next(iter(out.present.values()))
@@ -168,7 +167,6 @@ class MaskedModalitySelfTeaching(Method):
                                dtype=torch.long, device=out.logits.device)  # any non-ignored value
         sub_label = torch.where(rows.view(-1, 1, 1), label, torch.full_like(label, self.ignore_index))
         if self.options.teacher == "label":
-            return cross_entropy(logits, sub_label, self.ignore_index, self.class_weights,
-                                 self.config.label_smoothing)
+            return self.segmentation_loss(logits, sub_label)
         target = out.logits.detach().float().softmax(dim=1)
         return soft_cross_entropy(logits, target, sub_label, self.ignore_index)

@@ -41,7 +41,6 @@ from torch import nn
 
 from rgbx.errors import CheckpointError, ConfigError
 from rgbx.methods.base import METHODS, Method, drop_modalities
-from rgbx.methods.supervised import cross_entropy
 from rgbx.models.layers import resize
 
 __all__ = ["MS3", "MS3Head", "MS3Memory", "LanguageImprover", "HEAD_FILE", "gather_rows", "load_class_embeddings",
@@ -478,8 +477,7 @@ class MS3(Method):
             live = getattr(model, "module", model)
             probe = live.head.classifier(live.head.dropout(decoder.detach()))
             probe = resize(probe, batch.label.shape[-2:])
-            losses["probe"] = o.probe_weight * cross_entropy(probe, batch.label, self.ignore_index,
-                                                             self.class_weights, self.config.label_smoothing)
+            losses["probe"] = o.probe_weight * self.segmentation_loss(probe, batch.label)
         memory.steps += 1
         return losses
 

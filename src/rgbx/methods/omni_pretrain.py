@@ -28,7 +28,6 @@ import torch
 from rgbx.data.sample import host_masks
 from rgbx.errors import ConfigError
 from rgbx.methods.base import METHODS, Method
-from rgbx.methods.supervised import cross_entropy
 
 __all__ = ["OmniPretraining", "draw_supplementary"]
 
@@ -87,5 +86,4 @@ class OmniPretraining(Method):
         self.selected[chosen or "none"] += 1
         view = batch.with_modalities([anchor] if chosen is None else [anchor, chosen])
         out = model(view.inputs, view.present)
-        return {"ce": cross_entropy(out.logits, batch.label, self.ignore_index, self.class_weights,
-                                   self.config.label_smoothing)}
+        return {self.loss_name: self.segmentation_loss(out.logits, batch.label)}

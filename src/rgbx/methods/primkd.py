@@ -29,7 +29,6 @@ from torch import nn
 
 from rgbx.errors import ConfigError
 from rgbx.methods.base import METHODS, Method, drop_modalities, load_frozen_teacher
-from rgbx.methods.supervised import cross_entropy
 from rgbx.models.model_file import describe_model
 
 __all__ = ["PrimKD", "build_aligner", "feature_distillation", "prediction_distillation", "select_stages",
@@ -134,8 +133,7 @@ class PrimKD(Method):
         out = model(student_batch.inputs, student_batch.present)
 
         if batch.label is not None:
-            seg = cross_entropy(out.logits, batch.label, self.ignore_index, self.class_weights,
-                                self.config.label_smoothing)
+            seg = self.segmentation_loss(out.logits, batch.label)
         else:
             seg = out.logits.sum() * 0.0
         pred = prediction_distillation(out.logits, teach.logits, batch.label, self.ignore_index, o.temperature,
