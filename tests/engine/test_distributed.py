@@ -106,10 +106,11 @@ def test_torchrun_trains_writes_once_and_refuses_another_world_size(tmp_path):
 @pytest.mark.parametrize("preset", ["synth_ktb", "synth_anyseg_teacher"])
 def test_torchrun_runs_the_recipes_with_auxiliary_modules(tmp_path, preset):
     """Methods that train modules besides the model (KTB's auxiliary heads) or drop whole sensors (anymodal dropout)
-    under DDP: the run finishes and the processes end with the same weights (checked by the trainer itself)."""
+    under DDP, two micro-batches a step (gradients all-reduced at the second only): the run finishes and the
+    processes end with the same weights (checked by the trainer itself)."""
     data = make_dataset(tmp_path / "d", n=8, modalities=("rgb", "depth"))
     args = [f"data.root={data}", f"output_dir={tmp_path / 'run'}", *[a for a in TINY if "modalities" not in a],
-            "model.modalities=[rgb,depth]", "train.iters=4", "train.eval_every=0"]
+            "model.modalities=[rgb,depth]", "train.iters=4", "train.eval_every=0", "train.accumulate_grad_batches=2"]
     r = torchrun(2, preset, *args, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -69,6 +69,9 @@ class OptimConfig:
 class TrainConfig:
     iters: int = 2000
     batch_size: int = 8
+    # micro-batches of batch_size whose gradients are summed before each optimizer step: the global batch is
+    # batch_size × accumulate_grad_batches × processes (BatchNorm still sees batch_size); iters counts steps
+    accumulate_grad_batches: int = 1
     eval_batch_size: int = 8
     eval_every: int = 500  # 0 = only at the end
     checkpoint_every: int = 200  # 0 = only at the end (a killed run then restarts from the beginning)
@@ -192,6 +195,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
         (cfg.train.precision in (None, "fp32", "bf16", "fp16"), "train.precision must be fp32, bf16 or fp16"),
         (cfg.train.iters > 0, "train.iters must be > 0"),
         (cfg.train.batch_size > 0, "train.batch_size must be > 0"),
+        (cfg.train.accumulate_grad_batches > 0, "train.accumulate_grad_batches must be >= 1 (1 = no accumulation)"),
         (cfg.train.log_every > 0, "train.log_every must be > 0"),
         (cfg.train.eval_every >= 0, "train.eval_every must be >= 0 (0 = only at the end)"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = only at the end)"),

@@ -27,7 +27,7 @@ from rgbx.data.sample import PresenceMasks
 from rgbx.data.sampler import ResumableSampler
 from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
-from rgbx.engine.config import ExperimentConfig, to_dict, to_yaml
+from rgbx.engine.config import ExperimentConfig, TrainConfig, to_dict, to_yaml
 from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
 from rgbx.engine.evaluate import EvalResult, evaluate
 from rgbx.engine.fastpath import (
@@ -181,6 +181,8 @@ def graph_capture_refusals(cfg: ExperimentConfig, device: torch.device, distribu
         reasons.append("fp16's gradient scaler reads its overflow check on the host (use train.precision=bf16 or fp32)")
     if t.compile:
         reasons.append("train.compile is not combined with it")
+    if t.accumulate_grad_batches > 1:
+        reasons.append("it captures one forward / backward pass a step (train.accumulate_grad_batches=1)")
     refusal = method.graph_refusal()
     if refusal:
         reasons.append(refusal)
@@ -373,10 +375,11 @@ class Trainer:
             if theirs != ours:
                 raise CheckpointError(f"{self.paths.state}: the run was made with a different {section!r} config "
                                       f"({saved.get(section)}); resume with the same config")
-        for key in ("seed", "batch_size", "freeze"):
-            if saved["train"][key] != getattr(self.cfg.train, key):
-                raise CheckpointError(f"{self.paths.state}: the run used train.{key}={saved['train'][key]}; "
-                                      f"resume needs the same value")
+        for key in ("seed", "batch_size", "accumulate_grad_batches", "freeze"):
+            was = saved["train"].get(key, getattr(TrainConfig(), key))  # a run saved before the key existed
+            if was != getattr(self.cfg.train, key):
+                raise CheckpointError(f"{self.paths.state}: the run used train.{key}={was}; resume needs the same "
+                                      f"value")
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.dist.world_size:
             raise CheckpointError(f"{self.paths.state}: the run used {saved_world} process(es), this one has "
@@ -413,12 +416,13 @@ class Trainer:
     # -- loops ----------------------------------------------------------------------------------------------------
     def _train_loader(self):
         cfg = self.cfg.train
-        steps = len(self.train_set) // (cfg.batch_size * self.dist.world_size)
+        steps = len(self.train_set) // (cfg.batch_size * self.dist.world_size)  # micro-batches per epoch
         if steps == 0:
             raise ConfigError(f"train.batch_size={cfg.batch_size} × {self.dist.world_size} processes is larger than "
                               f"the training split ({len(self.train_set)} samples)")
+        done = self.iteration * cfg.accumulate_grad_batches  # micro-batches already trained on
         sampler = ResumableSampler(len(self.train_set), cfg.batch_size, seed=cfg.seed,
-                                   start_epoch=self.iteration // steps, start_step=self.iteration % steps,
+                                   start_epoch=done // steps, start_step=done % steps,
                                    rank=self.dist.rank, world_size=self.dist.world_size)
         return torch.utils.data.DataLoader(
             self.train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
@@ -462,16 +466,33 @@ class Trainer:
             batch.inputs = to_memory_format(batch.inputs, True)
         return batch
 
-    def train_step(self, batch) -> dict[str, torch.Tensor]:
-        seed = step_seed(self.cfg.train.seed, self.iteration) + self.dist.rank  # other draws on other ranks
+    def _generator(self, micro_step: int) -> torch.Generator:
+        """Seed torch and a generator for one forward / backward pass (``micro_step`` = iteration ×
+        accumulate_grad_batches + the micro-batch's position), other draws on other ranks."""
+        seed = step_seed(self.cfg.train.seed, micro_step) + self.dist.rank
         torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
+        return torch.Generator().manual_seed(seed)
+
+    def train_step(self, batches) -> dict[str, torch.Tensor]:
+        """One optimizer step on a batch, or on a list of micro-batches (``train.accumulate_grad_batches``): each
+        micro-batch's loss is divided by their number and back-propagated, so the gradients summed over them are
+        those of the mean loss; DDP averages over the processes once, at the last one."""
+        batches = list(batches) if isinstance(batches, (list, tuple)) else [batches]
+        n = len(batches)
         if self.graphed:
-            return self._graphed_step(batch, generator)
-        losses = self._losses(batch, generator)
-        loss = sum(losses.values())
+            return self._graphed_step(batches[0], self._generator(self.iteration))
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        values: dict[str, torch.Tensor] = {}
+        for k, batch in enumerate(batches):
+            generator = self._generator(self.iteration * n + k)
+            later_sync = self.dist.enabled and k < n - 1  # gradients all-reduced once, after the last micro-batch
+            with self.step_model.no_sync() if later_sync else nullcontext():
+                losses = self._losses(batch, generator)
+                loss = sum(losses.values())
+                self.scaler.scale(loss if n == 1 else loss / n).backward()
+            for name, v in (("loss", loss), *losses.items()):
+                v = v.detach() if n == 1 else v.detach() / n
+                values[name] = v if name not in values else values[name] + v
         if self.dist.enabled:  # the model's gradients are averaged by DDP; the method's own modules' here
             all_reduce_grads((p for m in self.method.trainable_modules() for p in m.parameters()), self.dist)
         if self.cfg.optim.grad_clip:
@@ -480,7 +501,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
+        return values
 
     def _losses(self, batch, generator: torch.Generator, weight_cache: bool = True) -> dict[str, torch.Tensor]:
         """The method's weighted loss terms on ``batch``, under autocast when the run has a low precision."""
@@ -531,13 +552,12 @@ class Trainer:
         loader = self._train_loader()
         try:
             with self.reporter.progress(cfg.iters, self.iteration, "train") as bar:
-                for batch in loader:
-                    if self.iteration >= cfg.iters:
-                        break
-                    batch = self._to_device(batch)
-                    values = self.train_step(batch)
+                micro_batches = iter(loader)  # endless: the sampler goes on from epoch to epoch
+                while self.iteration < cfg.iters:
+                    batches = [self._to_device(next(micro_batches)) for _ in range(cfg.accumulate_grad_batches)]
+                    values = self.train_step(batches)
                     self.iteration += 1
-                    images += len(batch) * self.dist.world_size
+                    images += sum(len(b) for b in batches) * self.dist.world_size
                     for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
