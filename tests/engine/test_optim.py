@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import rgbx
+from rgbx.engine.config import load_config
 from rgbx.engine.optim import check_param_groups, param_groups, warmup_poly
+from rgbx.errors import ConfigError
 
 
 @pytest.mark.parametrize("fusion,backbone,head", [("cmx", "mit_nano", "mlp"), ("mean", "mit_nano", "ham")])
@@ -42,3 +44,16 @@ def test_warmup_then_poly():
     assert f(55) == pytest.approx(0.5) and f(100) == 0.0
     assert all(f(i) >= f(i + 1) for i in range(10, 100))
     assert math.isclose(warmup_poly(100, 0, 0.1, 2.0)(50), 0.25)
+
+
+def test_poly_counted_from_the_start_as_cmx_and_dformer_schedule():
+    """CMX / DFormer: lr · it / warmup, then lr · (1 - it / total)^power (their WarmUpPolyLR), at every iteration."""
+    total, warmup, power = 1000, 100, 0.9
+    f = warmup_poly(total, warmup, 0.0, power, poly_from="start")
+    for it in range(total):
+        expected = it / warmup if it < warmup else (1 - it / total) ** power
+        assert f(it) == pytest.approx(expected, abs=1e-12), it
+    assert f(warmup) < 1.0  # the drop at the end of the warm-up that the shifted form does not have
+    assert warmup_poly(total, warmup, 0.0, power)(warmup) == 1.0
+    with pytest.raises(ConfigError, match="optim.poly_from"):
+        load_config(None, ["optim.poly_from=end"])

@@ -61,6 +61,8 @@ class OptimConfig:
     warmup_iters: int = 50
     warmup_ratio: float = 1e-3  # lr at step 0 = lr × warmup_ratio
     poly_power: float = 1.0
+    # where the poly decay's t counts from: warmup_end (mmsegmentation, DeLiVER) | start (CMX, DFormer)
+    poly_from: str = "warmup_end"
     grad_clip: float | None = None  # max gradient norm, None = off
     head_lr_mult: float = 10.0
 
@@ -206,6 +208,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
         (cfg.data.check in ("none", "headers", "full"), "data.check must be none, headers or full"),
         (cfg.data.geometric_on in ("sample", "batch"), "data.geometric_on must be sample or batch"),
         (cfg.method.class_weighting in ("none", "enet"), "method.class_weighting must be none or enet"),
+        (cfg.optim.poly_from in ("warmup_end", "start"), "optim.poly_from must be warmup_end or start"),
         (cfg.method.loss in SEGMENTATION_LOSSES,
          f"unknown method.loss {cfg.method.loss!r}; registered: {', '.join(SEGMENTATION_LOSSES.names())}"),
         (0.0 < cfg.method.ohem_thresh <= 1.0, "method.ohem_thresh must be a probability in (0, 1]"),

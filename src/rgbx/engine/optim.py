@@ -128,13 +128,20 @@ def keep_lr_tensors(optimizer: torch.optim.Optimizer, tensors: list[torch.Tensor
             group["lr"] = tensor
 
 
-def warmup_poly(total_iters: int, warmup_iters: int, warmup_ratio: float, power: float):
-    """lr factor: linear warm-up from ``warmup_ratio`` to 1, then ``(1 - t)^power`` decay to 0 at ``total_iters``."""
+def warmup_poly(total_iters: int, warmup_iters: int, warmup_ratio: float, power: float,
+                poly_from: str = "warmup_end"):
+    """lr factor: linear warm-up from ``warmup_ratio`` to 1, then ``(1 - t)^power`` decay to 0 at ``total_iters``,
+    with ``t`` counted from the end of the warm-up (``poly_from="warmup_end"``: mmsegmentation, DeLiVER) or from
+    iteration 0 (``"start"``: CMX, DFormer, whose factor drops from 1 to ``(1 - warmup / total)^power`` as the
+    warm-up ends)."""
+    if poly_from not in ("warmup_end", "start"):
+        raise ValueError(f"poly_from must be warmup_end or start, got {poly_from!r}")
+    start = warmup_iters if poly_from == "warmup_end" else 0
 
     def factor(it: int) -> float:
         if it < warmup_iters:
             return warmup_ratio + (1 - warmup_ratio) * it / max(1, warmup_iters)
-        t = (it - warmup_iters) / max(1, total_iters - warmup_iters)
+        t = (it - start) / max(1, total_iters - start)
         return max(0.0, 1 - t) ** power
 
     return factor
@@ -142,5 +149,6 @@ def warmup_poly(total_iters: int, warmup_iters: int, warmup_ratio: float, power:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_iters: int):
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_poly(total_iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power)
+        optimizer, warmup_poly(total_iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power,
+                               getattr(cfg, "poly_from", "warmup_end"))
     )
