@@ -391,6 +391,20 @@ def test_same_seed_same_output_and_seed_matters():
     assert any(not torch.equal(a["inputs"][n], c["inputs"][n]) for n in sample["inputs"])
 
 
+def test_resize_factors_from_a_list_of_scales():
+    """``scales`` (CMX / DFormer's discrete choice): every factor drawn is one of them, each turns up, and the draws
+    after the scale (crop position, flip, photometric seed) are those of the range-drawn transform."""
+    sample = coordinate_sample()
+    listed = TrainTransform(crop_size=(16, 16), scales=[0.5, 0.75, 1.5], geometric_on="batch")
+    ranged = TrainTransform(crop_size=(16, 16), geometric_on="batch")
+    drawn = [listed(sample, gen(s))["geometry"] for s in range(60)]
+    assert {float(d[0]) for d in drawn} == {0.5, 0.75, 1.5}
+    for s, d in enumerate(drawn[:10]):
+        assert torch.equal(d[1:], ranged(sample, gen(s))["geometry"][1:])
+    with pytest.raises(ConfigError, match="scales must be a non-empty list of positive"):
+        TrainTransform(scales=[1.0, 0.0])
+
+
 def test_geometry_does_not_depend_on_which_modalities_are_present():
     sample = coordinate_sample()
     transform = TrainTransform(crop_size=(32, 32))

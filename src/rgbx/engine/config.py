@@ -30,6 +30,7 @@ class DataConfig:
     modalities: list[str] | None = None  # default: the model's modalities
     crop_size: list[int] = field(default_factory=lambda: [240, 320])  # [H, W]
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    scales: list[float] | None = None  # the resize factor drawn from these instead (CMX / DFormer: 0.5, ..., 1.75)
     hflip_prob: float = 0.5
     photometric: bool = True
     # where the random resize / crop / flip runs: "sample" (each sample, in the loader workers) or "batch" (the
@@ -204,6 +205,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         (len(cfg.data.crop_size) == 2 and min(cfg.data.crop_size) > 0, "data.crop_size must be [H, W] > 0"),
         (len(cfg.data.scale_range) == 2 and 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1],
          "data.scale_range must be [min, max] with 0 < min <= max"),
+        (cfg.data.scales is None or (len(cfg.data.scales) > 0 and min(cfg.data.scales) > 0),
+         "data.scales must be a non-empty list of positive resize factors (or null: data.scale_range)"),
         (0.0 <= cfg.method.modality_dropout < 1.0, "method.modality_dropout must be in [0, 1)"),
         (cfg.data.check in ("none", "headers", "full"), "data.check must be none, headers or full"),
         (cfg.data.geometric_on in ("sample", "batch"), "data.geometric_on must be sample or batch"),

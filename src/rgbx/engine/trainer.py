@@ -250,7 +250,8 @@ class Trainer:
         self.description = self.train_set.description
         self.train_set.transform = TrainTransform(
             crop_size=tuple(data.crop_size), scale_range=tuple(data.scale_range), hflip_prob=data.hflip_prob,
-            ignore_index=self.description.ignore_index, photometric=data.photometric, geometric_on=data.geometric_on)
+            ignore_index=self.description.ignore_index, photometric=data.photometric, geometric_on=data.geometric_on,
+            scales=data.scales)
         # the geometric step of batches whose samples left it for the batch (data.geometric_on=batch)
         self.batch_geometry = (self.train_set.transform.batch_geometry() if data.geometric_on == "batch" else None)
         if self.batch_geometry is not None and self.device.type == "cpu":

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -71,6 +71,8 @@ class TrainTransform:
     Args:
         crop_size: output (H, W) (or one int for a square).
         scale_range: the resize factor is drawn uniformly from this range.
+        scales: instead, the resize factor is one of these, each as likely (CMX and DFormer draw from
+            ``(0.5, 0.75, 1, 1.25, 1.5, 1.75)``); None: ``scale_range``.
         hflip_prob: probability of a horizontal flip.
         ignore_index: label value of padded pixels.
         photometric: True to apply each modality's ``spec.photometric`` ops, False for none, or a mapping
@@ -92,8 +94,12 @@ class TrainTransform:
         ignore_index: int = 255,
         photometric: bool | Mapping[str, PhotometricOp | None] = True,
         geometric_on: str = "sample",
+        scales: Sequence[float] | None = None,
     ):
         self.crop_size = _pair(crop_size, "crop_size")
+        self.scales = None if scales is None else tuple(float(s) for s in scales)
+        if self.scales is not None and (not self.scales or min(self.scales) <= 0):
+            raise ConfigError(f"scales must be a non-empty list of positive resize factors, got {scales}")
         lo, hi = (float(s) for s in scale_range)
         if not 0 < lo <= hi:
             raise ConfigError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
@@ -119,7 +125,10 @@ class TrainTransform:
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         size = _check_sample(sample)
         # a fixed number of draws, in a fixed order, whatever the sample holds
-        scale = _uniform(generator, *self.scale_range)
+        if self.scales is None:
+            scale = _uniform(generator, *self.scale_range)
+        else:  # one draw either way: the draws after it stay the same
+            scale = self.scales[min(int(_uniform(generator, 0.0, 1.0) * len(self.scales)), len(self.scales) - 1)]
         u_top = float(torch.rand((), generator=generator))
         u_left = float(torch.rand((), generator=generator))
         flip = _chance(generator, self.hflip_prob)
@@ -155,7 +164,7 @@ class TrainTransform:
 
     def __repr__(self) -> str:
         return (
-            f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, "
+            f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, scales={self.scales}, "
             f"hflip_prob={self.hflip_prob}, ignore_index={self.ignore_index}, photometric={self.photometric!r}, "
             f"geometric_on={self.geometric_on!r})"
         )
