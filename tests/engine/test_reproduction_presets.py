@@ -70,3 +70,18 @@ def test_the_deliver_preset_trains_like_the_deliver_code():
     assert (cfg.optim.lr, cfg.optim.warmup_ratio, cfg.optim.poly_power, cfg.optim.poly_from) == (
         6e-5, 0.1, 0.9, "warmup_end")
     assert cfg.train.iters == 200 * (3983 // 8) and cfg.optim.warmup_iters == 10 * (3983 // 8)
+
+
+def test_training_a_benchmark_from_random_weights_is_pointed_out(tmp_path):
+    printed = []
+
+    class Recorder(Reporter):
+        def print(self, *args, **kw):
+            printed.append(" ".join(str(a) for a in args))
+
+    root = rgbd.make_nyu_sagate(tmp_path / "data")
+    overrides = [f"data.root={root}", f"output_dir={tmp_path / 'run'}", "model.head_channels=32", "data.num_workers=0",
+                 "train.batch_size=2"]
+    Trainer(load_config("nyu_cmx_b2", [*overrides, "model.backbone=mit_b0"]), reporter=Recorder(quiet=True))
+    assert any("model.pretrained is not set, so the mit_b0 encoder starts from random weights" in line
+               for line in printed)

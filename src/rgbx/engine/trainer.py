@@ -268,6 +268,11 @@ class Trainer:
             transfer = transfer_weights(self.model, cfg.train.init_from, classes=self.description.classes,
                                         modality_from=cfg.train.init_modality_from)
             self.reporter.print(transfer.summary())
+        if (not cfg.model.pretrained and not cfg.train.init_from and not resume
+                and data.dataset not in ("folder", "shards") and "nano" not in cfg.model.backbone):
+            self.reporter.print(f"note: model.pretrained is not set, so the {cfg.model.backbone} encoder starts from "
+                                f"random weights; published models on {data.dataset} start from ImageNet weights "
+                                f"(model.pretrained=FILE; docs/reproducing.md)")
         if cfg.train.freeze:  # before DDP, which keeps a gradient bucket for every parameter then trainable
             freeze_parameters(self.model, list(cfg.train.freeze))
         self.model = self.model.to(self.device)
