@@ -34,7 +34,8 @@ def test_help_everywhere(capsys):
 def test_info_lists_registries(capsys):
     assert run_cli("info") == 0
     out = capsys.readouterr().out
-    for word in ("rgb", "thermal", "lidar", "event", "mit_b0", "cmx", "mean", "mlp", "supervised"):
+    for word in ("rgb", "thermal", "lidar", "event", "mit_b0", "cmx", "mean", "mlp", "supervised", "ohem",
+                 "nyu_cmx_b2"):
         assert word in out
     # piped (not a terminal): wide enough that no header or short value is cut ("descripti…" at 80 columns)
     assert "photometric augmentation" in out and "description" in out and "…" not in out

@@ -31,6 +31,7 @@ def run(args) -> int:
     from rgbx.data import DATASETS
     from rgbx.engine.config import list_presets
     from rgbx.methods import METHODS
+    from rgbx.methods.losses import SEGMENTATION_LOSSES
     from rgbx.modalities import ENCODINGS, MODALITIES, get_modality
     from rgbx.models import list_models
 
@@ -48,6 +49,7 @@ def run(args) -> int:
     for kind, names in models.items():
         console.print(f"[bold]{kind}[/bold]: {', '.join(names)}")
     console.print(f"[bold]methods[/bold]: {', '.join(METHODS.names())}")
+    console.print(f"[bold]segmentation losses[/bold] (method.loss): {', '.join(SEGMENTATION_LOSSES.names())}")
     console.print(f"[bold]datasets[/bold]: {', '.join(DATASETS.names())}")
     console.print(f"[bold]encodings[/bold]: {', '.join(ENCODINGS.names())}")
     console.print(f"[bold]config presets[/bold]: {', '.join(list_presets())}")
