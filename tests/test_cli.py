@@ -193,6 +193,17 @@ def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
     key = "rgb+depth+thermal"
     assert covering["subsets"][key] == whole["subsets"][key]  # one window covering each image: the plain pass
     assert sliding["subsets"][key]["all"]["pixels"] == whole["subsets"][key]["all"]["pixels"]
+    confusion = tmp_path / "confusion"
+    assert run_cli("eval", weights, "--data", root, "--modalities", "rgb", "depth", "--confusion", confusion,
+                   "--json", tmp_path / "two.json") == 0
+    assert "largest confusions, rgb+depth" in capsys.readouterr().out
+    assert sorted(f.name for f in confusion.iterdir()) == ["rgb+depth.csv", "rgb+depth.png"]
+    counts = [[int(v) for v in line.split(",")[1:]] for line in (confusion / "rgb+depth.csv").read_text().splitlines()[1:]]
+    two = json.loads((tmp_path / "two.json").read_text())["subsets"]["rgb+depth"]["all"]
+    assert len(counts) == 3 and sum(map(sum, counts)) == two["pixels"]
+    assert sum(counts[i][i] for i in range(3)) / two["pixels"] == pytest.approx(two["pixel_accuracy"])
+    assert "drop --robustness" in _error(capsys, "eval", weights, "--data", root, "--robustness", "--confusion",
+                                         confusion)
     robust = tmp_path / "robust.json"
     assert run_cli("eval", weights, "--data", root, "--robustness", "--window", "16x24", "--json", robust) == 0
     assert json.loads(robust.read_text())["test_time"]["window"] == [16, 24]

@@ -24,7 +24,7 @@ from rgbx.modalities import ModalitySpec, get_modality
 
 Color = tuple[int, int, int]
 
-__all__ = ["colorize", "default_palette", "make_panel", "render_modality", "save_image"]
+__all__ = ["colorize", "confusion_image", "default_palette", "make_panel", "render_modality", "save_image"]
 
 # 10 evenly spaced samples (t = 0, 1/9, ..., 1) of each colour map
 _ANCHORS = {
@@ -303,6 +303,70 @@ def make_panel(
             draw.rectangle([x, y, x + text_h - 1, y + text_h - 1], fill=color, outline=(0, 0, 0))
             draw.text((x + text_h + 3, y), text, fill=(0, 0, 0), font=font)
         y += text_h + 4
+    return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def confusion_image(matrix, class_names: Sequence[str] | None = None, cell: int | None = None,
+                    title: str | None = None) -> np.ndarray:
+    """A confusion matrix drawn as a grid: row = ground-truth class, column = predicted class, each cell shaded
+    from white (none) to dark blue (all) by the share of the row's pixels it holds, so every class reads on the
+    same scale however rare it is; the diagonal is outlined. Cells large enough for text show shares of at least
+    1 % in per cent.
+
+    Args:
+        matrix: (K, K) pixel counts (tensor or array), rows = ground truth.
+        class_names: row / column labels (default: the class ids).
+        cell: cell size in pixels (default: 26 up to 25 classes, with the per cent written; 16 beyond).
+        title: text strip above the grid.
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    counts = _numpy(matrix).astype(np.float64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"a confusion matrix is (K, K), got shape {counts.shape}")
+    k = counts.shape[0]
+    names = [str(n) for n in (class_names or range(k))]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for a {k}-class confusion matrix")
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    cell = cell or (26 if k <= 25 else 16)
+
+    font = _font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = max(_text_size(probe, "Ag", font)[1], 8)
+    gap = 4
+    label_w = max(_text_size(probe, n, font)[0] for n in names) + 2 * gap
+    head_h = (text_h + 2 * gap if title else 0) + label_w  # the column labels are written upwards
+    caption = "rows: ground truth, columns: prediction, % of the row"
+    width = max(label_w + k * cell + gap, _text_size(probe, caption, font)[0] + 2 * gap)
+    height = head_h + gap + k * cell + text_h + 3 * gap
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap, gap), title, fill=(0, 0, 0), font=font)
+    top = head_h + gap
+    draw.text((gap, top + k * cell + gap), caption, fill=(0, 0, 0), font=font)
+    dark = np.array([8, 48, 107], np.float64)  # dark blue at a share of 1
+    for i in range(k):
+        y = top + i * cell
+        draw.text((gap, y + (cell - text_h) // 2), names[i], fill=(0, 0, 0), font=font)
+        for j in range(k):
+            x = label_w + j * cell
+            colour = tuple(int(round(c)) for c in 255 + (dark - 255) * shares[i, j])
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=colour,
+                           outline=(0, 0, 0) if i == j else (220, 220, 220))
+            if shares[i, j] >= 0.01 and cell >= 2 * text_h:
+                pct = f"{100 * shares[i, j]:.0f}"
+                tw, th = _text_size(draw, pct, font)
+                draw.text((x + (cell - tw) // 2, y + (cell - th) // 2), pct,
+                          fill=(255, 255, 255) if shares[i, j] > 0.5 else (0, 0, 0), font=font)
+    for j, name in enumerate(names):  # column labels: drawn across, then turned upwards
+        tw, th = _text_size(probe, name, font)
+        strip = Image.new("RGB", (label_w, text_h + 2), (255, 255, 255))
+        ImageDraw.Draw(strip).text((label_w - tw - gap, 0), name, fill=(0, 0, 0), font=font)
+        turned = strip.rotate(90, expand=True)
+        canvas.paste(turned, (label_w + j * cell + (cell - turned.width) // 2, head_h - label_w))
     return np.asarray(canvas, dtype=np.uint8).copy()
 
 

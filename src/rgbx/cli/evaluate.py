@@ -21,6 +21,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data data/synth --scales 0.5 0.75 1 1.25 1.5 --flip
   rgbx eval runs/cmx/model.safetensors --data data/kitti360 --dataset kitti360 --window 376x752   # sliding windows
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --json robust.json   # missing / noisy sensors
+  rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --confusion runs/cmx/confusion  # what is mistaken for what
   rgbx eval runs/cmx/model.safetensors --data data/synth --fast              # the device's fast path
   rgbx eval runs/ms3/model.safetensors --data data/other --zero-shot names.safetensors   # MS3: classes by name
   torchrun --nproc_per_node 4 -m rgbx.cli.main eval runs/cmx/model.safetensors --data data/synth --anymodal
@@ -54,6 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ms3-head", type=Path, help="the MS3 head for --zero-shot (default: ms3_head.safetensors next "
                                                   "to the checkpoint)")
     p.add_argument("--json", type=Path, help="write all results as JSON here")
+    p.add_argument("--confusion", type=Path, metavar="DIR",
+                   help="write each evaluated sensor set's confusion matrix here (<set>.csv: pixel counts, rows = "
+                        "ground truth; <set>.png: shares of each row) and print the largest confusions")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, help="loader processes (default: 2 on the CPU, on CUDA one per spare core "
                                                 "up to 8)")
@@ -127,6 +131,8 @@ def _evaluate(args, device, ctx) -> int:
     if args.robustness:
         if args.modalities:
             raise ConfigError("--robustness scores every subset of the model's modalities; drop --modalities")
+        if args.confusion:
+            raise ConfigError("--confusion writes the plain evaluation's confusion matrices; drop --robustness")
         with backend_flags(speed):
             return _run_robustness(args, model, loader, desc, device, ctx.is_main, amp_dtype, window)
     with backend_flags(speed):
@@ -138,6 +144,8 @@ def _evaluate(args, device, ctx) -> int:
     print_eval_tables(result, list(desc.classes), convention=args.miou, per_class=args.per_class,
                       title=f"{args.checkpoint} on {args.data} [{args.split}]"
                       + (f", zero-shot from {args.zero_shot}" if args.zero_shot is not None else ""))
+    if args.confusion:
+        write_confusion(result, list(desc.classes), args.confusion)
     if args.json:
         data = result.to_dict(list(desc.classes), convention=args.miou)
         data.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
@@ -146,6 +154,30 @@ def _evaluate(args, device, ctx) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))
     return 0
+
+
+def write_confusion(result, class_names: list[str], folder: Path, top: int = 10) -> None:
+    """``folder/<sensor set>.csv`` and ``.png`` for every evaluated sensor set (all samples), and the ``top``
+    largest confusions of the fullest set printed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rgbx.visualize import confusion_image, save_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for subset, groups in result.matrices.items():
+        matrix = groups["all"]
+        (folder / f"{subset}.csv").write_text(matrix.to_csv(class_names))
+        save_image(folder / f"{subset}.png", confusion_image(matrix.matrix, class_names, title=subset))
+    fullest = max(result.matrices, key=lambda s: len(s.split("+")))
+    table = Table(title=f"largest confusions, {fullest}")
+    for column in ("true class", "predicted as", "% of the true class", "pixels"):
+        table.add_column(column, justify="left" if "class" in column and "%" not in column else "right")
+    for a, b, share, pixels in result.matrices[fullest]["all"].most_confused(top):
+        table.add_row(class_names[a], class_names[b], f"{100 * share:.2f}", str(pixels))
+    console = Console() if Console().is_terminal else Console(width=160)
+    console.print(table)
+    console.print(f"confusion matrices: {folder}")
 
 
 def _test_time(args, window) -> dict:

@@ -42,6 +42,34 @@ class ConfusionMatrix:
             torch.distributed.all_reduce(m)
             self.matrix = m.cpu()
 
+    def recall_shares(self) -> torch.Tensor:
+        """(K, K) float64: row c = how the ground-truth pixels of class c were predicted, as shares summing to 1
+        (a row of zeros for a class with no ground-truth pixel)."""
+        m = self.matrix.double()
+        return m / m.sum(1, keepdim=True).clamp(min=1)
+
+    def most_confused(self, k: int = 10) -> list[tuple[int, int, float, int]]:
+        """The ``k`` largest confusions: ``(true class, predicted class, share of the true class's pixels, pixel
+        count)``, off the diagonal, largest share first (ties: more pixels first); pairs never confused are left
+        out."""
+        shares = self.recall_shares()
+        pairs = [(int(a), int(b)) for a, b in (self.matrix > 0).nonzero().tolist() if a != b]
+        pairs.sort(key=lambda ab: (-float(shares[ab]), -int(self.matrix[ab])))
+        return [(a, b, float(shares[a, b]), int(self.matrix[a, b])) for a, b in pairs[:k]]
+
+    def to_csv(self, class_names: list[str] | None = None) -> str:
+        """The pixel counts as CSV: a header row of predicted classes, then one row per ground-truth class."""
+        import csv
+        import io
+
+        names = list(class_names or [str(i) for i in range(self.num_classes)])
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["ground truth \\ prediction", *names])
+        for name, row in zip(names, self.matrix.tolist()):
+            writer.writerow([name, *row])
+        return out.getvalue()
+
     def compute(self, convention: str = "present") -> SegMetrics:
         if convention not in MIOU_CONVENTIONS:
             raise ValueError(f"unknown mIoU convention {convention!r}; expected one of {MIOU_CONVENTIONS}")
