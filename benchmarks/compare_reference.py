@@ -346,12 +346,38 @@ def run_model(name: str, args, device: torch.device) -> dict:
         if ref is not None:
             factories["reference fp32"] = lambda: reference_inference(copy.deepcopy(ref), infer, keep)
         factories.update({k: rgbx_infer(o) for k, o in sets.items()})
+        for runtime in args.runtimes if cpu_only(device, args) else ():
+            factories[f"rgbx {runtime}"] = runtime_inference(model, infer, runtime, args)
         result["latency"] = measure(factories, device, args.warmup, args.repeats, alternate, settle=settle)
         phase("latency")
     result["options"] = {k: o.describe() for k, o in sets.items()}
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def cpu_only(device: torch.device, args) -> bool:
+    if args.runtimes and device.type != "cpu":
+        print("--runtimes: the exported file runs on the CPU only; skipped on this device", flush=True)
+    return device.type == "cpu"
+
+
+def runtime_inference(model, infer, runtime: str, args) -> Callable[[], Callable]:
+    """The rgbx model exported as rgbx export writes it (folded head; fixed batch-1 shape at the latency size) and
+    run by ``runtime`` (rgbx.engine.onnx_model.OnnxSegmentor), as ``rgbx eval / predict FILE.onnx`` run it."""
+    import tempfile
+
+    from rgbx.engine.export import export_onnx
+    from rgbx.engine.onnx_model import OnnxSegmentor
+
+    def make() -> Callable:
+        folder = Path(tempfile.mkdtemp(prefix="rgbx_runtime_"))
+        path = export_onnx(copy.deepcopy(model).cpu(), folder / "model.onnx", size=tuple(args.size), dynamic=False,
+                           batch=1, exporter="torchscript")
+        session = OnnxSegmentor(path, runtime, threads=torch.get_num_threads())
+        return lambda: session(infer.rgbx).logits
+
+    return make
 
 
 # -- report ---------------------------------------------------------------------------------------------------------
@@ -400,6 +426,18 @@ def report(results: list[dict], args, device: torch.device) -> str:
             f"{_fmt(lex)} | {_fmt(lfa, '.2f')} | {_fmt(lref / lfa if lref and lfa else None, '.2f', '×')} | "
             f"{_fmt(ref_peak.get('peak_gib'))} | {_fmt(fast_peak.get('peak_gib'))} | "
             f"{_fmt(100 * mfu if mfu else None, '.1f', ' %')} |")
+    runtimes = [name for name in ("rgbx onnxruntime", "rgbx openvino") if any(_ms(r, name) for r in results)]
+    if runtimes:
+        head = ("| model | ref latency ms | rgbx fast | " + " | ".join(runtimes) + " | "
+                + " | ".join(f"{name.split()[1]} ÷ ref" for name in runtimes) + " |")
+        lines += ["", "The exported file (rgbx export, fixed batch-1 shape) in each runtime, same calls alternated:", "",
+                  head, "|" + "---|" * (head.count("|") - 1)]
+        for r in results:
+            lref = _ms(r, "reference fp32")
+            values = [_ms(r, name) for name in runtimes]
+            ratios = [_fmt(lref / v if lref and v else None, ".2f", "×") for v in values]
+            lines.append(f"| {r['model']} | {_fmt(lref)} | {_fmt(_ms(r, 'rgbx fast'))} | "
+                         + " | ".join(_fmt(v) for v in values) + " | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
 
@@ -427,6 +465,9 @@ def main() -> int:
     p.add_argument("--reference-keeps-host-memory", action="store_true",
                    help="give the reference the host allocator setting of rgbx's CPU fast set (keep_host_memory; "
                         "default: glibc's own, as the reference's scripts run): the ratio of the code alone")
+    p.add_argument("--runtimes", nargs="+", default=[], choices=("onnxruntime", "openvino"),
+                   help="CPU latency: also the model exported to ONNX and run by these runtimes (rgbx eval / predict "
+                        "FILE.onnx --runtime ...); openvino: pip install 'rgbx[openvino]'")
     p.add_argument("--budget-s", type=float, help="stop starting new models after this many seconds")
     p.add_argument("--markdown", type=Path, help="write the table (with the command and device) here")
     p.add_argument("--json", type=Path, help="write all figures here")

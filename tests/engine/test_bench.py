@@ -433,6 +433,25 @@ def test_compare_reference_agreement_check_detects_different_weights():
     assert cr.agreement(ref, model, inputs, seed=0) > 1e-2
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_compare_reference_times_the_exported_file_in_a_runtime(runtime):
+    """``--runtimes``: the candidate runs the model exported at the latency size, and gives the model's logits."""
+    pytest.importorskip("onnx")
+    pytest.importorskip(runtime)
+    import argparse
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import compare_reference as cr
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    model = tiny().eval()
+    infer = cr.Inputs.random(1, (32, 32), torch.device("cpu"), 0)
+    run = cr.runtime_inference(model, infer, runtime, argparse.Namespace(size=(32, 32)))()
+    with torch.no_grad():
+        torch.testing.assert_close(run(), model(infer.rgbx).logits, atol=1e-4, rtol=1e-4)
+
+
 def test_backend_flags_are_restored():
     from rgbx.engine.fastpath import backend_flags
 

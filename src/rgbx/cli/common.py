@@ -58,6 +58,34 @@ def add_inference_speed_arguments(parser: argparse.ArgumentParser) -> None:
                              "Default: on for the CPU, --fast or not")
 
 
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--runtime`` and ``--runtime-threads`` for a ``.onnx`` file given in place of a model file
+    (:func:`load_model_from_args`)."""
+    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                        help="for an exported .onnx file (rgbx export) given instead of a model file: the runtime "
+                             "that runs it on the CPU (default onnxruntime; openvino: pip install 'rgbx[openvino]')")
+    parser.add_argument("--runtime-threads", type=int, metavar="N", help="CPU threads of that runtime")
+
+
+def load_model_from_args(args, device):
+    """``(model, info)`` for ``args.checkpoint``: an rgbx model file (:func:`rgbx.engine.checkpoint.load_model`), or
+    an exported ``.onnx`` file run by ``args.runtime`` (:class:`rgbx.engine.onnx_model.OnnxSegmentor`), which takes
+    no PyTorch speed switch."""
+    from rgbx.engine.onnx_model import OnnxSegmentor, is_onnx_file
+
+    if is_onnx_file(args.checkpoint):
+        if getattr(args, "fast", False):
+            from rgbx.errors import ConfigError
+
+            raise ConfigError(f"--fast sets PyTorch's speed switches; {args.checkpoint} runs in {args.runtime} "
+                              f"(drop --fast)")
+        model = OnnxSegmentor(args.checkpoint, args.runtime, args.runtime_threads)
+        return model, model.info
+    from rgbx.engine.checkpoint import load_model
+
+    return load_model(args.checkpoint, device)
+
+
 def inference_speed_from_args(args, device):
     """The :class:`~rgbx.engine.fastpath.SpeedOptions` of ``--fast`` (None without it: the model's own arithmetic),
     after setting whether freed host memory is kept: as ``--[no-]keep-host-memory`` says, else where the device's

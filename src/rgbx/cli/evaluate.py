@@ -9,8 +9,10 @@ from rgbx.cli.common import (
     add_command,
     add_dataset_arguments,
     add_inference_speed_arguments,
+    add_runtime_arguments,
     add_test_time_arguments,
     inference_speed_from_args,
+    load_model_from_args,
     parse_options,
     sliding_window_from_args,
 )
@@ -23,6 +25,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --json robust.json   # missing / noisy sensors
   rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --confusion runs/cmx/confusion  # what is mistaken for what
   rgbx eval runs/cmx/model.safetensors --data data/synth --fast              # the device's fast path
+  rgbx eval runs/cmx/model.onnx --data data/synth --runtime openvino        # the exported file, as deployed
   rgbx eval runs/ms3/model.safetensors --data data/other --zero-shot names.safetensors   # MS3: classes by name
   torchrun --nproc_per_node 4 -m rgbx.cli.main eval runs/cmx/model.safetensors --data data/synth --anymodal
 """
@@ -33,7 +36,8 @@ def add_parser(sub) -> None:
                     "Evaluate at the original label resolution. mIoU convention 'present' (default) averages over "
                     "classes present in the ground truth or prediction; 'all' counts absent classes as 0.",
                     EXAMPLES, run)
-    p.add_argument("checkpoint", help="rgbx weights file (.safetensors)")
+    p.add_argument("checkpoint", help="rgbx model file (.safetensors), or a file rgbx export wrote (.onnx: run by "
+                                      "--runtime)")
     p.add_argument("--data", required=True, help="dataset folder")
     add_dataset_arguments(p)
     p.add_argument("--split", default="val")
@@ -63,6 +67,7 @@ def add_parser(sub) -> None:
                                                 "up to 8)")
     p.add_argument("--device", default="auto")
     add_inference_speed_arguments(p)
+    add_runtime_arguments(p)
 
 
 def run(args) -> int:
@@ -86,16 +91,16 @@ def _evaluate(args, device, ctx) -> int:
 
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform
-    from rgbx.engine.checkpoint import load_model
     from rgbx.engine.distributed import shard_indices
     from rgbx.engine.evaluate import all_subsets, evaluate
     from rgbx.engine.fastpath import backend_flags, precision_dtype, prepare_inference
+    from rgbx.engine.onnx_model import is_onnx_file
     from rgbx.engine.tables import print_eval_tables
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
 
     window = sliding_window_from_args(args)
-    model, info = load_model(args.checkpoint, device)
+    model, info = load_model_from_args(args, device)
     speed = inference_speed_from_args(args, device)  # host memory kept on the CPU, --fast or not (CMX-B2: 1.29x)
     if speed is not None:
         prepare_inference(model, speed)
@@ -103,6 +108,8 @@ def _evaluate(args, device, ctx) -> int:
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
                             transform=EvalTransform(), **parse_options(args.option))
     desc = dataset.description
+    if args.zero_shot is not None and is_onnx_file(args.checkpoint):
+        raise ConfigError(f"--zero-shot needs the rgbx model file (its decoder features), not {args.checkpoint}")
     if args.zero_shot is not None:
         from rgbx.engine.zero_shot import ZeroShotSegmentor
         from rgbx.methods.ms3 import load_class_embeddings, load_ms3_head

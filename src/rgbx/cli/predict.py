@@ -8,8 +8,10 @@ from rgbx.cli.common import (
     add_command,
     add_dataset_arguments,
     add_inference_speed_arguments,
+    add_runtime_arguments,
     add_test_time_arguments,
     inference_speed_from_args,
+    load_model_from_args,
     parse_options,
     sliding_window_from_args,
 )
@@ -27,7 +29,8 @@ prediction and, for labelled datasets, ground truth and error map).
 def add_parser(sub) -> None:
     p = add_command(sub, "predict", "predict on files, folders or a dataset split",
                     "Predict with a trained model on any subset of its modalities.", EXAMPLES, run)
-    p.add_argument("checkpoint", help="rgbx weights file (.safetensors)")
+    p.add_argument("checkpoint", help="rgbx model file (.safetensors), or a file rgbx export wrote (.onnx: run by "
+                                      "--runtime)")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="a dataset folder (with dataset.yaml), or modality=PATH items (file or folder)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -40,6 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="processes reading a dataset folder ahead of the model (default: 2 on "
                                                 "the CPU, on CUDA one per spare core up to 8)")
     add_inference_speed_arguments(p)
+    add_runtime_arguments(p)
 
 
 class _Loaded:
@@ -100,14 +104,13 @@ def _samples(args, modalities):
 
 
 def run(args) -> int:
-    from rgbx.engine.checkpoint import load_model
     from rgbx.engine.predict import Predictor
     from rgbx.engine.trainer import loader_workers, resolve_device
 
     device = resolve_device(args.device)
     window = sliding_window_from_args(args)
     args.workers = loader_workers(args.workers, device)
-    model, info = load_model(args.checkpoint, device)
+    model, info = load_model_from_args(args, device)
     speed = inference_speed_from_args(args, device)  # host memory kept on the CPU, --fast or not
     predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip, speed=speed,
                           window=window)

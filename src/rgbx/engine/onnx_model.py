@@ -1,0 +1,127 @@
+"""An exported ``.onnx`` file (``rgbx export``) run as a model: ``rgbx eval`` and ``rgbx predict`` score and predict
+with the file a deployment runs, through ONNX Runtime or OpenVINO, with everything else unchanged (sensor subsets,
+sliding windows, multi-scale + flip, the robustness report).
+
+:class:`OnnxSegmentor` is called like a :class:`~rgbx.models.Segmentor`: ``model(inputs, present).logits``. The
+file takes every sensor it was exported with, in its order, plus the ``present`` matrix; a sensor missing from
+``inputs`` is fed as zeros and marked absent, as a deployment with a failed sensor does. Inputs are moved to the CPU
+and cast to float32 for the runtime; the logits come back on the inputs' device.
+
+Runtimes (CPU):
+
+* ``onnxruntime``: all graph optimisations, ``threads`` intra-op threads (default: ONNX Runtime's).
+* ``openvino``: the file compiled for OpenVINO's CPU plugin in float32 (``INFERENCE_PRECISION_HINT=f32``, so the
+  arithmetic stays that of the file) with the latency hint. On the 2-core AVX2 machine it ran CMX-B2's batch-1
+  inference at 480×640 1.09–1.27× faster than PyTorch's CPU fast set (``benchmarks/speed.md``, "The exported file
+  in ONNX Runtime and OpenVINO"). ``pip install 'rgbx[openvino]'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rgbx.engine.export import FORMAT, read_onnx_metadata, require
+from rgbx.errors import CheckpointError, ConfigError
+from rgbx.models.config import ModelConfig
+from rgbx.models.segmentor import SegOutput
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def is_onnx_file(path: str | Path) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+class OnnxSegmentor(nn.Module):
+    """An rgbx-exported ONNX file as a model (module docstring).
+
+    Args:
+        path: the ``.onnx`` file (written by ``rgbx export``: its metadata names the sensors and classes).
+        runtime: ``"onnxruntime"`` or ``"openvino"``.
+        threads: CPU threads of the runtime (None: its default).
+
+    Attributes:
+        modalities, num_classes, config: as a Segmentor's (``config`` is the exported model's ModelConfig).
+        info: what :func:`rgbx.engine.checkpoint.load_model` returns for a model file: ``dataset`` (classes,
+            palette, ignore_index) and ``exported_from`` (the file).
+    """
+
+    def __init__(self, path: str | Path, runtime: str = "onnxruntime", threads: int | None = None):
+        super().__init__()
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: exported model file not found")
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+        meta = read_onnx_metadata(path)
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not an rgbx export (its metadata has format={meta.get('format')!r}, "
+                                  f"expected {FORMAT!r}); write one with rgbx export")
+        self.path, self.runtime = path, runtime
+        self.modalities = tuple(meta["modalities"])
+        self.config = ModelConfig.from_dict(meta["model_config"])
+        self.num_classes = self.config.num_classes
+        self.channels = {m: int(meta["normalization"][m]["channels"]) for m in self.modalities}
+        dataset = dict(meta.get("dataset") or {})
+        dataset.setdefault("classes", meta.get("classes"))
+        dataset.setdefault("palette", meta.get("palette"))
+        dataset.setdefault("ignore_index", meta.get("ignore_index", 255))
+        self.info = {"dataset": dataset, "exported_from": str(path), "runtime": runtime}
+        self._run = _openvino_runner(path, threads) if runtime == "openvino" else _onnxruntime_runner(path, threads)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None,
+                **_: object) -> SegOutput:
+        if not inputs:
+            raise ConfigError("no input: pass at least one of " + ", ".join(self.modalities))
+        unknown = [m for m in inputs if m not in self.modalities]
+        if unknown:
+            raise ConfigError(f"{self.path} takes {', '.join(self.modalities)}; got {', '.join(unknown)}")
+        ref = next(iter(inputs.values()))
+        b, (h, w) = ref.shape[0], ref.shape[-2:]
+        feed, columns = {}, []
+        for m in self.modalities:
+            x = inputs.get(m)
+            if x is None:
+                feed[m] = np.zeros((b, self.channels[m], h, w), np.float32)
+                columns.append(torch.zeros(b, dtype=torch.bool))
+                continue
+            if x.shape[1] != self.channels[m] or x.shape[-2:] != (h, w):
+                raise ConfigError(f"{m}: expected (B, {self.channels[m]}, {h}, {w}), got {tuple(x.shape)}")
+            feed[m] = x.detach().to("cpu", torch.float32).contiguous().numpy()
+            mask = None if present is None else present.get(m)
+            columns.append(torch.ones(b, dtype=torch.bool) if mask is None else mask.detach().to("cpu", torch.bool))
+        feed["present"] = torch.stack(columns, dim=1).numpy()
+        logits = torch.from_numpy(np.ascontiguousarray(self._run(feed))).to(ref.device)
+        return SegOutput(logits=logits, fused=[])
+
+
+def _onnxruntime_runner(path: Path, threads: int | None):
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    # idle threads sleep instead of spinning: they would take the cores from the data loader (and from whatever
+    # else runs between two calls)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda feed: session.run(["logits"], feed)[0]
+
+
+def _openvino_runner(path: Path, threads: int | None):
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ConfigError("--runtime openvino needs the openvino package: pip install 'rgbx[openvino]'") from None
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    output = compiled.output("logits")
+    return lambda feed: request.infer(feed)[output].copy()

@@ -1,0 +1,95 @@
+"""An exported .onnx file run as a model (rgbx.engine.onnx_model): the same logits and the same evaluation as the
+PyTorch model it came from, in ONNX Runtime and (where installed) OpenVINO."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from rgbx.cli.main import main  # noqa: E402
+from rgbx.engine.checkpoint import save_model  # noqa: E402
+from rgbx.engine.export import export_onnx  # noqa: E402
+from rgbx.engine.onnx_model import OnnxSegmentor  # noqa: E402
+from rgbx.errors import CheckpointError, ConfigError  # noqa: E402
+from rgbx.models import create_model  # noqa: E402
+from tests.conftest import make_dataset  # noqa: E402
+
+CLASSES = {"name": "toy", "classes": ["ground", "box", "person"], "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+           "ignore_index": 255}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth", "thermal"], num_classes=3,
+                         head_channels=16).eval()
+    folder = tmp_path_factory.mktemp("onnx_model")
+    weights = save_model(folder / "model.safetensors", model, CLASSES)
+    path = export_onnx(model, folder / "model.onnx", size=(32, 40), dataset=CLASSES, exporter="torchscript")
+    return model, weights, path
+
+
+def inputs(batch=2, h=32, w=48, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {"rgb": torch.randn(batch, 3, h, w, generator=g), "depth": torch.randn(batch, 1, h, w, generator=g),
+            "thermal": torch.randn(batch, 1, h, w, generator=g)}
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_the_file_gives_the_models_logits_with_sensors_missing(exported, runtime):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    model, _, path = exported
+    onnx = OnnxSegmentor(path, runtime, threads=1)
+    assert onnx.modalities == ("rgb", "depth", "thermal") and onnx.num_classes == 3
+    assert onnx.info["dataset"]["classes"] == CLASSES["classes"]
+    x = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(onnx(x).logits, model(x).logits, atol=1e-4, rtol=1e-4)
+        # thermal missing from the whole batch (fed as zeros, marked absent), depth absent for one sample
+        present = {"rgb": torch.tensor([True, True]), "depth": torch.tensor([True, False])}
+        view = {m: x[m] for m in ("rgb", "depth")}
+        torch.testing.assert_close(onnx(view, present).logits, model(view, present).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_eval_and_predict_take_the_exported_file(exported, tmp_path, capsys):
+    _, weights, path = exported
+    root = make_dataset(tmp_path / "d", n=4, size=(32, 40))
+    reports = {name: tmp_path / f"{name}.json" for name in ("torch", "onnx")}
+    assert main(["eval", str(weights), "--data", str(root), "--anymodal", "--json", str(reports["torch"])]) == 0
+    assert main(["eval", str(path), "--data", str(root), "--anymodal", "--json", str(reports["onnx"])]) == 0
+    torch_run, onnx_run = (json.loads(reports[n].read_text())["subsets"] for n in ("torch", "onnx"))
+    assert len(onnx_run) == 7  # every non-empty subset of the three sensors
+    for subset, groups in torch_run.items():
+        assert onnx_run[subset]["all"]["pixels"] == groups["all"]["pixels"]
+        assert onnx_run[subset]["all"]["miou"] == pytest.approx(groups["all"]["miou"], abs=2e-3), subset
+    assert main(["predict", str(path), str(root), "--split", "val", "--limit", "2", "--out",
+                 str(tmp_path / "pred")]) == 0
+    assert len(list((tmp_path / "pred" / "labels").glob("*.png"))) == 2
+    capsys.readouterr()
+    assert main(["eval", str(path), "--data", str(root), "--fast"]) == 2
+    assert "drop --fast" in capsys.readouterr().err
+    assert main(["eval", str(path), "--data", str(root), "--zero-shot", str(tmp_path / "names.safetensors")]) == 2
+    assert "--zero-shot needs the rgbx model file" in capsys.readouterr().err
+
+
+def test_files_that_are_not_rgbx_exports_are_named(exported, tmp_path):
+    import onnx
+
+    _, _, path = exported
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "foreign.onnx"))
+    with pytest.raises(CheckpointError, match="foreign.onnx: not an rgbx export"):
+        OnnxSegmentor(tmp_path / "foreign.onnx")
+    with pytest.raises(CheckpointError, match="not found"):
+        OnnxSegmentor(tmp_path / "missing.onnx")
+    with pytest.raises(ConfigError, match="unknown runtime 'tensorrt'"):
+        OnnxSegmentor(path, "tensorrt")
+    with pytest.raises(ConfigError, match="takes rgb, depth, thermal; got lidar"):
+        OnnxSegmentor(path)({"lidar": torch.zeros(1, 1, 8, 8)})
