@@ -15,7 +15,7 @@ from rgbx.cli.main import main  # noqa: E402
 from rgbx.engine.checkpoint import save_model  # noqa: E402
 from rgbx.engine.export import export_onnx  # noqa: E402
 from rgbx.engine.onnx_model import OnnxSegmentor  # noqa: E402
-from rgbx.errors import CheckpointError, ConfigError  # noqa: E402
+from rgbx.errors import CheckpointError, ConfigError, RgbxError  # noqa: E402
 from rgbx.models import create_model  # noqa: E402
 from tests.conftest import make_dataset  # noqa: E402
 
@@ -93,3 +93,6 @@ def test_files_that_are_not_rgbx_exports_are_named(exported, tmp_path):
         OnnxSegmentor(path, "tensorrt")
     with pytest.raises(ConfigError, match="takes rgb, depth, thermal; got lidar"):
         OnnxSegmentor(path)({"lidar": torch.zeros(1, 1, 8, 8)})
+    # the runtime's own failure (here: stage 1's 8×8 reduction, frozen in the graph, on a 4×4 map) names the file
+    with pytest.raises(RgbxError, match=r"model.onnx failed in onnxruntime on inputs rgb \(1, 3, 16, 16\)"):
+        OnnxSegmentor(path)({m: torch.zeros(1, c, 16, 16) for m, c in (("rgb", 3), ("depth", 1), ("thermal", 1))})

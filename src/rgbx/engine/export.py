@@ -29,6 +29,11 @@ fusion splits by the batch size) or cannot be exported at all (dformer / ktb: ad
 sizes), ``exporter="auto"`` falls back to the dynamo exporter (``dynamo=True``, ``external_data=False``, so still
 a single file; 15-30 s for a tiny model on 2 CPU cores).
 
+Smallest input: MiT's key / value reduction (a conv of stride 8, 4, 2 in stages 1-3) zero-pads a map smaller than
+its stride in PyTorch, so tiny inputs work there; the traced graph keeps the branch of the traced size, so a file
+exported from a MiT model takes inputs of at least 32 pixels a side (``rgbx eval / predict FILE.onnx`` names the
+file and the input shapes when the runtime refuses one).
+
 Needs the optional packages ``onnx`` (and ``onnxscript`` for the dynamo exporter) to export and ``onnxruntime`` to
 verify: ``pip install 'rgbx[export]'``.
 """

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rgbx.engine.export import FORMAT, read_onnx_metadata, require
-from rgbx.errors import CheckpointError, ConfigError
+from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.models.config import ModelConfig
 from rgbx.models.segmentor import SegOutput
 
@@ -96,7 +96,13 @@ class OnnxSegmentor(nn.Module):
             mask = None if present is None else present.get(m)
             columns.append(torch.ones(b, dtype=torch.bool) if mask is None else mask.detach().to("cpu", torch.bool))
         feed["present"] = torch.stack(columns, dim=1).numpy()
-        logits = torch.from_numpy(np.ascontiguousarray(self._run(feed))).to(ref.device)
+        try:
+            out = self._run(feed)
+        except Exception as e:  # the runtime's own error, e.g. an input too small for a layer the graph froze
+            shapes = ", ".join(f"{m} {tuple(v.shape)}" for m, v in feed.items() if m != "present")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RgbxError(f"{self.path} failed in {self.runtime} on inputs {shapes}: {first}") from None
+        logits = torch.from_numpy(np.ascontiguousarray(out)).to(ref.device)
         return SegOutput(logits=logits, fused=[])
 
 
