@@ -102,6 +102,7 @@ def test_rgbx_info_describes_an_exported_file(exported, tmp_path, capsys):
            "0.406]) / [0.229, 0.224, 0.225], absent: 0.0" in out
     assert "input depth: (B, 1, H, W)" in out and "output logits: (B, 3, H, W)" in out
     assert "classes (3): floor, wall, chair; ignore index 255" in out
+    assert f"score or run it: rgbx eval {path} --data DIR" in out
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     assert main(["info", str(tmp_path / "bad.onnx")]) != 0
     assert "bad.onnx: not a readable ONNX file" in capsys.readouterr().err

@@ -130,6 +130,7 @@ def _describe_onnx(file) -> int:
         print(f"output {name}: {layout}")
     classes = meta.get("classes") or []
     print(f"classes ({len(classes)}): {', '.join(classes)}; ignore index {meta.get('ignore_index')}")
+    print(f"score or run it: rgbx eval {file} --data DIR [--runtime openvino]; rgbx predict {file} DIR --out OUT")
     return 0
 
 
