@@ -57,3 +57,16 @@ def test_poly_counted_from_the_start_as_cmx_and_dformer_schedule():
     assert warmup_poly(total, warmup, 0.0, power)(warmup) == 1.0
     with pytest.raises(ConfigError, match="optim.poly_from"):
         load_config(None, ["optim.poly_from=end"])
+
+
+def test_freeze_takes_parameter_name_patterns():
+    from rgbx.engine.optim import freeze_parameters
+
+    model = rgbx.create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=3,
+                              head_channels=16)
+    names = [n for n, _ in model.named_parameters()]
+    want = [n for n in names if n.endswith(".bias") and ".attn." in n]
+    assert want and freeze_parameters(model, ["*.attn.*.bias"]) > 0
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == want
+    with pytest.raises(ConfigError, match=r"train.freeze: '\*.nothing_like_this' names no parameter"):
+        freeze_parameters(model, ["*.nothing_like_this"])

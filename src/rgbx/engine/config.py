@@ -127,7 +127,8 @@ class TrainConfig:
     # one it has (rgbx.models.transfer); ignored when --resume continues a run
     init_from: str = ""
     init_modality_from: dict[str, str] = field(default_factory=dict)  # e.g. {thermal: depth}, {thermal: none}
-    # module paths whose parameters are not trained, e.g. [encoder] (the head alone) or [encoder.branches.rgb]
+    # module paths whose parameters are not trained, e.g. [encoder] (the head alone) or [encoder.branches.rgb], or
+    # parameter-name patterns with * / ? (fnmatch), e.g. encoder.encoder.stages.*.layer_scale_*
     freeze: list[str] = field(default_factory=list)
 
 

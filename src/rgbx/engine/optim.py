@@ -37,14 +37,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, head_lr
 
 def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> int:
     """Stop training the parameters under each dotted module path in ``prefixes`` (``encoder``,
-    ``encoder.branches.rgb``, ...); returns how many values were frozen. A path that names no parameter is a
-    ConfigError listing the model's modules. BatchNorm statistics under a frozen path still follow the data."""
+    ``encoder.branches.rgb``, ...), or whose full name matches an entry with a wildcard (``*``, ``?``, ``[``:
+    :mod:`fnmatch` patterns, e.g. ``encoder.encoder.stages.*.layer_scale_*``); returns how many values were frozen.
+    An entry that names no parameter is a ConfigError listing the model's modules. BatchNorm statistics under a
+    frozen path still follow the data."""
+    from fnmatch import fnmatchcase
+
     from rgbx.errors import ConfigError
 
     named = dict(model.named_parameters())
     frozen = 0
     for prefix in prefixes:
-        hits = [p for n, p in named.items() if n == prefix or n.startswith(prefix + ".")]
+        if any(c in prefix for c in "*?["):
+            hits = [p for n, p in named.items() if fnmatchcase(n, prefix)]
+        else:
+            hits = [p for n, p in named.items() if n == prefix or n.startswith(prefix + ".")]
         if not hits:
             modules = sorted({".".join(n.split(".")[:depth]) for n in named for depth in (1, 2, 3)})
             raise ConfigError(f"train.freeze: {prefix!r} names no parameter of the model; its modules include "
