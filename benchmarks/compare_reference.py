@@ -346,7 +346,7 @@ def run_model(name: str, args, device: torch.device) -> dict:
         if ref is not None:
             factories["reference fp32"] = lambda: reference_inference(copy.deepcopy(ref), infer, keep)
         factories.update({k: rgbx_infer(o) for k, o in sets.items()})
-        for runtime in args.runtimes if cpu_only(device, args) else ():
+        for runtime in args.runtimes:
             factories[f"rgbx {runtime}"] = runtime_inference(model, infer, runtime, args)
         result["latency"] = measure(factories, device, args.warmup, args.repeats, alternate, settle=settle)
         phase("latency")
@@ -354,12 +354,6 @@ def run_model(name: str, args, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
-
-
-def cpu_only(device: torch.device, args) -> bool:
-    if args.runtimes and device.type != "cpu":
-        print("--runtimes: the exported file runs on the CPU only; skipped on this device", flush=True)
-    return device.type == "cpu"
 
 
 def runtime_inference(model, infer, runtime: str, args) -> Callable[[], Callable]:
@@ -476,6 +470,8 @@ def main() -> int:
     cpu = device.type == "cpu"
     args.train_size = args.train_size or ((240, 320) if cpu else args.size)
     args.train_batch = args.train_batch or (2 if cpu else 8)
+    if args.runtimes and not cpu:
+        p.error("--runtimes runs the exported file on the CPU: use it with --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.models:

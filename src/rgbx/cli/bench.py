@@ -164,10 +164,9 @@ def _cell(entry: dict | None, key: str, fmt: str) -> str:
 
 
 def _console():
-    from rich.console import Console
+    from rgbx.engine.report import wide_console
 
-    console = Console()
-    return console if console.is_terminal else Console(width=200)  # logs and pipes: no wrapping of the table
+    return wide_console(200)  # logs and pipes: no wrapping of the wide table
 
 
 def print_bench(result: dict, title: str) -> None:

@@ -166,9 +166,8 @@ def _evaluate(args, device, ctx) -> int:
 def write_confusion(result, class_names: list[str], folder: Path, top: int = 10) -> None:
     """``folder/<sensor set>.csv`` and ``.png`` for every evaluated sensor set (all samples), and the ``top``
     largest confusions of the fullest set printed."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from rgbx.engine.report import wide_console
+    from rgbx.engine.tables import confusion_table
     from rgbx.visualize import confusion_image, save_image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,13 +176,8 @@ def write_confusion(result, class_names: list[str], folder: Path, top: int = 10)
         (folder / f"{subset}.csv").write_text(matrix.to_csv(class_names))
         save_image(folder / f"{subset}.png", confusion_image(matrix.matrix, class_names, title=subset))
     fullest = max(result.matrices, key=lambda s: len(s.split("+")))
-    table = Table(title=f"largest confusions, {fullest}")
-    for column in ("true class", "predicted as", "% of the true class", "pixels"):
-        table.add_column(column, justify="left" if "class" in column and "%" not in column else "right")
-    for a, b, share, pixels in result.matrices[fullest]["all"].most_confused(top):
-        table.add_row(class_names[a], class_names[b], f"{100 * share:.2f}", str(pixels))
-    console = Console() if Console().is_terminal else Console(width=160)
-    console.print(table)
+    console = wide_console()
+    console.print(confusion_table(result.matrices[fullest]["all"], class_names, f"largest confusions, {fullest}", top))
     console.print(f"confusion matrices: {folder}")
 
 

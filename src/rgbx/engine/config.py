@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rgbx.errors import ConfigError
-from rgbx.methods.losses import SEGMENTATION_LOSSES
+from rgbx.methods.losses import SEGMENTATION_LOSSES, build_segmentation_loss
 from rgbx.models import ModelConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -215,8 +215,6 @@ def validate_config(cfg: ExperimentConfig) -> None:
         (cfg.optim.poly_from in ("warmup_end", "start"), "optim.poly_from must be warmup_end or start"),
         (cfg.method.loss in SEGMENTATION_LOSSES,
          f"unknown method.loss {cfg.method.loss!r}; registered: {', '.join(SEGMENTATION_LOSSES.names())}"),
-        (0.0 < cfg.method.ohem_thresh <= 1.0, "method.ohem_thresh must be a probability in (0, 1]"),
-        (0.0 <= cfg.method.ohem_min_kept <= 1.0, "method.ohem_min_kept must be a fraction in [0, 1]"),
         (len(cfg.model.modalities) > 0, "model.modalities must list at least one modality"),
         (cfg.train.init_from or not cfg.train.init_modality_from,
          "train.init_modality_from says which sensor's weights a new sensor starts from: it needs train.init_from"),
@@ -224,6 +222,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    build_segmentation_loss(cfg.method)  # the loss's own settings (e.g. OHEM's threshold), checked where it is built
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

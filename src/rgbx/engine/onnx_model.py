@@ -74,8 +74,8 @@ class OnnxSegmentor(nn.Module):
         self.info = {"dataset": dataset, "exported_from": str(path), "runtime": runtime}
         self._run = _openvino_runner(path, threads) if runtime == "openvino" else _onnxruntime_runner(path, threads)
 
-    def forward(self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None,
-                **_: object) -> SegOutput:
+    def forward(self, inputs: Mapping[str, torch.Tensor],
+                present: Mapping[str, torch.Tensor] | None = None) -> SegOutput:
         if not inputs:
             raise ConfigError("no input: pass at least one of " + ", ".join(self.modalities))
         unknown = [m for m in inputs if m not in self.modalities]

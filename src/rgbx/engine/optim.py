@@ -156,6 +156,5 @@ def warmup_poly(total_iters: int, warmup_iters: int, warmup_ratio: float, power:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_iters: int):
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_poly(total_iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power,
-                               getattr(cfg, "poly_from", "warmup_end"))
+        optimizer, warmup_poly(total_iters, cfg.warmup_iters, cfg.warmup_ratio, cfg.poly_power, cfg.poly_from)
     )

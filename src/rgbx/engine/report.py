@@ -17,6 +17,13 @@ from rich.progress import (
 )
 
 
+def wide_console(width: int = 160, **kwargs) -> Console:
+    """A rich console; where the output is not a terminal (log files, CI, pipes) it is ``width`` columns wide, so
+    tables are not wrapped to 80."""
+    console = Console(**kwargs)
+    return console if console.is_terminal else Console(width=width, **kwargs)
+
+
 class _Bar:
     def __init__(self, reporter: Reporter, progress: Progress | None, task, total: int, label: str):
         self.reporter, self.progress, self.task, self.total, self.label = reporter, progress, task, total, label
@@ -46,11 +53,7 @@ class Reporter:
     """Prints messages and drives progress bars; ``quiet`` silences everything but errors."""
 
     def __init__(self, console: Console | None = None, quiet: bool = False, progress: bool | None = None):
-        if console is None:
-            console = Console(file=sys.stdout)
-            if not console.is_terminal:  # log files and CI: wide enough for the anymodal table, no wrapping
-                console = Console(file=sys.stdout, width=160)
-        self.console = console
+        self.console = console or wide_console(file=sys.stdout)  # log files and CI: no wrapping of the tables
         self.quiet = quiet
         self.show_bars = self.console.is_terminal if progress is None else progress
 

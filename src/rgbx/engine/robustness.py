@@ -394,12 +394,10 @@ def corruption_table(report: dict, title: str | None = None):
 
 
 def print_robustness_tables(report: dict, title: str | None = None, console=None) -> None:
-    from rich.console import Console
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)
+    from rgbx.engine.report import wide_console
+
+    console = console or wide_console()
     if title:
         console.print(title, markup=False, highlight=False)
     console.print(entire_missing_table(report))

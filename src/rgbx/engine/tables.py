@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rgbx.engine.evaluate import EvalResult
+from rgbx.engine.report import wide_console
 
 
 def _pct(v: float) -> str:
@@ -53,12 +54,20 @@ def markdown_table(result: EvalResult, convention: str = "present") -> str:
     return "\n".join(lines)
 
 
+def confusion_table(matrix, class_names: list[str], title: str | None = None, top: int = 10) -> Table:
+    """The ``top`` largest confusions of a :class:`~rgbx.engine.metrics.ConfusionMatrix`: true class, predicted
+    class, share of the true class's pixels, pixels."""
+    table = Table(title=title)
+    for column in ("true class", "predicted as", "% of the true class", "pixels"):
+        table.add_column(column, justify="right" if column in ("% of the true class", "pixels") else "left")
+    for a, b, share, pixels in matrix.most_confused(top):
+        table.add_row(class_names[a], class_names[b], f"{100 * share:.2f}", str(pixels))
+    return table
+
+
 def print_eval_tables(result: EvalResult, class_names: list[str], convention: str = "present",
                       per_class: bool = False, title: str | None = None, console: Console | None = None) -> None:
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)
+    console = console or wide_console()
     console.print(anymodal_table(result, convention, title))
     if per_class:
         console.print(per_class_table(result, class_names, convention))
