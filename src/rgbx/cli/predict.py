@@ -21,6 +21,7 @@ EXAMPLES = """  rgbx predict runs/cmx/model.safetensors data/synth --split test 
   rgbx predict model.safetensors rgb=img.png depth=img_depth.png --out preds/ # one sample; any subset of sensors
   rgbx predict model.safetensors data/synth --split test --out preds/ --fast   # bf16 / fused attention
   rgbx predict model.safetensors rgb=big.png --out preds/ --window 512x512      # sliding windows, large images
+  rgbx predict model.onnx rgb=frames/ depth=depth/ --out preds/ --runtime openvino   # the exported file
 Writes OUT/labels/<id>.png (class indices), OUT/color/<id>.png (palette) and OUT/panels/<id>.png (inputs,
 prediction and, for labelled datasets, ground truth and error map).
 """
