@@ -44,7 +44,7 @@ def main() -> None:
             path = export_onnx(model, Path(tmp) / f"fold_{fold}.onnx", size=(h, w), fold_head=fold)
             sessions[fold] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    feed = {m: rng.standard_normal((1, model.encoder.in_channels[m], h, w), dtype=np.float32)
+    feed = {m: rng.standard_normal((1, model.encoder.sensor_channels[m], h, w), dtype=np.float32)
             for m in model.modalities}
     feed["present"] = np.ones((1, len(model.modalities)), dtype=bool)
     logits = {fold: s.run(None, feed)[0] for fold, s in sessions.items()}

@@ -240,6 +240,12 @@ def test_info_describes_a_model_file_and_a_foreign_checkpoint(tmp_path, capsys):
     assert f"model: cmx/mit_nano over rgb+thermal with 3 classes; mlp head (16 channels); {params:.2f} M" in out
     assert "classes of toy (3): ground, box, person; ignore index 255" in out
     assert "history: iteration 40, validation mIoU 50.00" in out
+    assert "input encoding" not in out
+
+    encoded = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "thermal"], num_classes=3,
+                           head_channels=16, input_encoding={"thermal": {"mean": [0.4], "std": [0.2]}})
+    assert run_cli("info", save_model(tmp_path / "e.safetensors", encoded)) == 0
+    assert "  thermal: (x − [0.4]) / [0.2], x in relative temperature 0-1" in capsys.readouterr().out
 
     # a file whose tensors do not fit its own config is an error, not a description
     tensors = dict(model.state_dict())

@@ -135,3 +135,43 @@ def test_class_names_of_a_benchmark(tmp_path):
     assert len(DATASETS.get("eventscape").class_names(22)) == 22
     with pytest.raises(ConfigError, match="no fixed class list"):
         DATASETS.get("folder").class_names(3)
+
+
+def test_cmx_rgbt_checkpoint_keeps_its_three_channel_x_conv_under_the_reference_encoding(tmp_path, capsys):
+    """MFNet's CMX feeds thermal merged to 3 channels, each normalised with ImageNet's statistics: the converted
+    model keeps the 3-channel first conv as released and maps rgbx's 1-channel thermal to that input."""
+    state = random_state("cmx_mit_b0")
+    torch.save(state, tmp_path / "cmx.pth")
+    out = tmp_path / "cmx_rgbt.safetensors"
+    run_convert(tmp_path / "cmx.pth", "--modalities", "rgb", "thermal", "--out", out)
+    text = capsys.readouterr().out
+    assert "input encoding (what the checkpoint's code fed its network" in text
+    assert "rgb: channels [2, 1, 0], (x − [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]" in text
+    assert "thermal: channels [0, 0, 0], (x − [0.485, 0.456, 0.406])" in text
+    model, _ = load_model(out)
+    assert model.config.input_encoding["thermal"]["source"] == [0, 0, 0]
+    released = state["backbone.extra_patch_embed1.proj.weight"]
+    assert released.shape[1] == 3
+    assert torch.equal(model.state_dict()["encoder.branches.thermal.stages.0.patch_embed.proj.weight"], released)
+    assert model({"rgb": torch.randn(1, 3, 64, 64), "thermal": torch.randn(1, 1, 64, 64)}).logits.shape == (1, 40,
+                                                                                                         64, 64)
+    # --input-encoding rgbx: rgbx's own normalisation, the X conv summed onto the one thermal channel
+    plain = tmp_path / "cmx_rgbt_plain.safetensors"
+    run_convert(tmp_path / "cmx.pth", "--modalities", "rgb", "thermal", "--input-encoding", "rgbx", "--out", plain)
+    assert "input encoding" not in capsys.readouterr().out
+    model, _ = load_model(plain)
+    assert model.config.input_encoding == {}
+    assert torch.equal(model.state_dict()["encoder.branches.thermal.stages.0.patch_embed.proj.weight"],
+                       released.sum(dim=1, keepdim=True))
+
+
+def test_dformer_checkpoint_gets_dformers_rgb_order_and_depth_scale(tmp_path, capsys):
+    torch.save({"state_dict": random_state("dformer_t")}, tmp_path / "dformer.pth")
+    out = tmp_path / "dformer.safetensors"
+    run_convert(tmp_path / "dformer.pth", "--modalities", "rgb", "depth", "--out", out)
+    text = capsys.readouterr().out
+    assert "depth: (x − [5.06]) / [2.66], x in m" in text and "relative_depth_range (0.5, 10)" in text
+    model, _ = load_model(out)
+    assert model.config.input_encoding == {
+        "rgb": {"source": [2, 1, 0], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "depth": {"mean": [5.06], "std": [2.66]}}

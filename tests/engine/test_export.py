@@ -272,3 +272,23 @@ def test_traceable_restores_resize_in_every_module():
         assert all(sys.modules[name].adaptive_avg_pool is layers.adaptive_avg_pool_by_matmul for name in pool_users)
     assert all(sys.modules[name].resize is original for name in users)
     assert all(sys.modules[name].adaptive_avg_pool is pool for name in pool_users)
+
+
+def test_a_model_with_an_input_encoding_exports_it_inside_the_graph(tmp_path):
+    """A converted CMX RGB-T model (blue-first RGB, thermal merged to three ImageNet-normalised channels) exports
+    with rgbx's inputs: the file takes the 1-channel thermal sensor, normalised as rgbx normalises it, and computes
+    what PyTorch computes, with the thermal camera absent for one sample too."""
+    from rgbx.models.convert import reference_input_encoding
+
+    encoding, _ = reference_input_encoding("cmx", ["rgb", "thermal"])
+    torch.manual_seed(0)
+    model = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "thermal"], num_classes=3,
+                         head_channels=16, input_encoding=encoding).eval()
+    path = export_onnx(model, tmp_path / "rgbt.onnx", size=(64, 64))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert {i.name: i.shape[1] for i in session.get_inputs() if i.name != "present"} == {"rgb": 3, "thermal": 1}
+    assert read_onnx_metadata(path)["model_config"]["input_encoding"] == encoding
+    g = torch.Generator().manual_seed(2)
+    inputs = {"rgb": torch.randn(2, 3, 48, 80, generator=g), "thermal": torch.randn(2, 1, 48, 80, generator=g)}
+    assert verify_onnx(path, model, inputs) <= TOL
+    assert verify_onnx(path, model, inputs, {"thermal": torch.tensor([False, True])}) <= TOL

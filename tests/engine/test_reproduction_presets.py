@@ -85,6 +85,19 @@ def test_the_deliver_preset_trains_like_the_deliver_code():
     assert (cfg.optim.lr, cfg.optim.warmup_ratio, cfg.optim.poly_power, cfg.optim.poly_from) == (
         6e-5, 0.1, 0.9, "warmup_end")
     assert cfg.train.iters == 200 * (3983 // 8) and cfg.optim.warmup_iters == 10 * (3983 // 8)
+    # augmentations_mm.Normalize: every sensor but RGB as its 8-bit image / 255
+    from rgbx.models.convert import reference_input_encoding
+
+    assert cfg.model.input_encoding == reference_input_encoding("cmnext", cfg.model.modalities)[0]
+
+
+@pytest.mark.parametrize("preset", ["nyu_dformer_l", "sunrgbd_dformer_l"])
+def test_the_dformer_presets_feed_depth_as_dformer_does(preset):
+    """DFormer's (v / 255 − 0.48) / 0.28 of its 8-bit depth file: what rgbx convert stores for DFormer's depth."""
+    from rgbx.models.convert import reference_input_encoding
+
+    cfg = load_config(preset, [])
+    assert cfg.model.input_encoding == {"depth": reference_input_encoding("dformer", ["rgb", "depth"])[0]["depth"]}
 
 
 def test_training_a_benchmark_from_random_weights_is_pointed_out(tmp_path):

@@ -492,9 +492,12 @@ def test_cmnext_cli_defaults(cmnext_state):
     args = parser.parse_args(["convert", "deliver.pth", "--out", "x.safetensors", "--modalities", *_CMNEXT_MODALITIES,
                               "--modality-order", "rgb", "depth", "event", "lidar"])
     assert args.modality_order == _CMNEXT_MODALITIES
-    config = convert_cli.model_config(args, infer_model_options(cmnext_state, detect_layout(cmnext_state)))
+    layout = detect_layout(cmnext_state)
+    config, _ = convert_cli.model_config(args, infer_model_options(cmnext_state, layout), layout)
     assert (config.fusion, config.backbone, config.head, config.head_channels, config.num_classes,
             config.modalities) == ("cmnext", "mit_b2", "mlp", 512, 25, _CMNEXT_MODALITIES)
+    assert "rgb" not in config.input_encoding  # DELIVER reads RGB in rgbx's order and normalisation
+    assert config.input_encoding["lidar"] == {"mean": [0.0], "std": [255.0]}  # its LiDAR image / 255
 
 
 @pytest.fixture(scope="module")

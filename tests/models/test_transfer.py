@@ -186,3 +186,21 @@ def test_a_safetensors_state_dict_without_rgbx_metadata_is_read(tmp_path):
     report = transfer_weights(target, path)
     assert len(report.loaded) == report.total - 2 and "copied by position" in report.classifier
     assert torch.equal(target.head.classifier.weight.detach(), source.head.classifier.weight.detach())
+
+
+def test_a_file_trained_through_another_input_encoding_is_noted(tmp_path):
+    """A converted CMX model saw blue-first RGB; a model started from it that feeds rgbx's RGB is told so."""
+    bgr = {"rgb": {"source": [2, 1, 0], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    torch.manual_seed(0)
+    source = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=5,
+                          head_channels=16, input_encoding=bgr)
+    path = _saved(tmp_path, source, NYU_LIKE)
+    report = transfer_weights(_model(), path, classes=NYU_LIKE)
+    assert report.input_encoding == ["rgb: channels [2, 1, 0], (x − [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225], "
+                                     "x in intensity 0-1; here rgb is fed as rgbx normalises it"]
+    assert "another input encoding than this model" in report.summary()
+    same = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=5,
+                        head_channels=16, input_encoding=bgr)
+    assert transfer_weights(same, path, classes=NYU_LIKE).input_encoding == []
+    assert transfer_weights(_model(seed=2), _saved(tmp_path, _model(), NYU_LIKE, "plain.safetensors"),
+                            classes=NYU_LIKE).input_encoding == []

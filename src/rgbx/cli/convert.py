@@ -77,14 +77,21 @@ def add_parser(sub) -> None:
                         "reference's MODALS with img = the primary; default: the order of --modalities)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="PREFIX",
                    help="checkpoint key prefixes to leave out on purpose, e.g. decode_head. aux_head.")
+    p.add_argument("--input-encoding", choices=("reference", "rgbx"), default="reference",
+                   help="reference (default): the model sees what the checkpoint's own code fed it from the same "
+                        "files (CMX / DFormer: blue-first RGB, ImageNet statistics on CMX's X images, DFormer's "
+                        "depth scale; stored as model.input_encoding); rgbx: every sensor as rgbx normalises it "
+                        "(for fine-tuning the weights on rgbx's inputs)")
 
 
-def model_config(args, inferred: dict):
+def model_config(args, inferred: dict, layout: str):
     """The :class:`~rgbx.models.ModelConfig`: the flags, over the ``--config`` model section (or, without one,
-    over what the checkpoint tells, ``inferred``), over rgbx's defaults."""
+    over what the checkpoint tells, ``inferred``), over rgbx's defaults; with ``--input-encoding reference`` the
+    input encoding of the ``layout``'s code base under the config's own entries. Returns (config, notes)."""
     from rgbx.engine.config import load_config
     from rgbx.errors import ConfigError
     from rgbx.models import ModelConfig
+    from rgbx.models.convert import reference_input_encoding
 
     inferred = dict(inferred)
     checkpoint_head_options = inferred.pop("head_options", {})
@@ -104,7 +111,13 @@ def model_config(args, inferred: dict):
     if not data.get("num_classes"):
         raise ConfigError("--num-classes is required: the checkpoint has no decode head to read it from "
                           "(and --config does not set model.num_classes)")
-    return ModelConfig.from_dict(data).validate()
+    notes: list[str] = []
+    if args.input_encoding == "reference":
+        encoding, notes = reference_input_encoding(layout, data["modalities"])
+        data["input_encoding"] = encoding | dict(data.get("input_encoding") or {})
+    else:
+        data["input_encoding"] = {}
+    return ModelConfig.from_dict(data).validate(), notes
 
 
 def run(args) -> int:
@@ -116,7 +129,7 @@ def run(args) -> int:
     state, notes = read_checkpoint(args.checkpoint)
     layout = detect_layout(state) if args.layout == "auto" else args.layout
     inferred = infer_model_options(state, layout)
-    config = model_config(args, inferred)
+    config, encoding_notes = model_config(args, inferred, layout)
     read_off = read_off_text(inferred)
     print(f"{args.checkpoint}: layout {layout}" + (" (detected)" if args.layout == "auto" else "")
           + (f"; read off the checkpoint: {read_off}" if read_off else ""))
@@ -124,6 +137,13 @@ def run(args) -> int:
                                                    ("fusion_options", config.fusion_options)) if v)
     print(f"model: {config.fusion}/{config.backbone} + {config.head} head ({config.head_channels} channels) over "
           f"{'+'.join(config.modalities)}, {config.num_classes} classes{options}")
+    if config.input_encoding:
+        from rgbx.models.input_encoding import describe_input_encoding
+
+        print("input encoding (what the checkpoint's code fed its network; rgbx's inputs are mapped to it inside the "
+              "model):")
+        for m, enc in config.input_encoding.items():
+            print(f"  {describe_input_encoding(m, enc)}")
     if args.classes and args.classes_of:
         raise ConfigError("--classes and --classes-of both name the classes: give one")
     if args.classes_of:
@@ -136,6 +156,7 @@ def run(args) -> int:
     report = convert_checkpoint(state, model, layout, branches=args.branches, ignore=args.ignore,
                                 name=str(args.checkpoint), modality_order=args.modality_order)
     report.notes[:0] = notes
+    report.notes.extend(encoding_notes)
     print(report.summary())
     info = {"converted_from": {"file": args.checkpoint.name, "layout": layout}}
     dataset = {"classes": list(args.classes)} if args.classes else None

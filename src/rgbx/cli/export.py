@@ -56,7 +56,7 @@ def _check_inputs(model, size: tuple[int, int], dynamic: bool):
     h, w = size
     batch, (ch, cw) = (3, (h + 32, w + 64)) if dynamic else (2, (h, w))
     generator = torch.Generator().manual_seed(0)
-    inputs = {m: torch.randn(batch, model.encoder.in_channels[m], ch, cw, generator=generator)
+    inputs = {m: torch.randn(batch, model.encoder.sensor_channels[m], ch, cw, generator=generator)
               for m in model.modalities}
     present = torch.ones(batch, len(model.modalities), dtype=torch.bool)
     present[0, -1] = False

@@ -78,6 +78,13 @@ def describe_file(path: str) -> int:
     options = {k: v for k, v in (("fusion_options", cfg.fusion_options), ("head_options", cfg.head_options)) if v}
     if options:
         print("options: " + "; ".join(f"{k} {v}" for k, v in options.items()))
+    if cfg.input_encoding:
+        from rgbx.models.input_encoding import describe_input_encoding
+
+        print("input encoding (inside the model: rgbx-normalised inputs are mapped to what the weights were trained "
+              "on):")
+        for name, entry in cfg.input_encoding.items():
+            print(f"  {describe_input_encoding(name, entry)}")
     for name, fields in (info.get("sensors") or {}).items():
         print(f"sensor {name} (not built into rgbx; stated in the file): {fields.get('channels')} channel(s), "
               f"{fields.get('encoding')} {fields.get('dtype')} ×{fields.get('scale')} {fields.get('unit', '')}, "

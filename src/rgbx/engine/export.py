@@ -196,7 +196,7 @@ def onnx_metadata(model: nn.Module, dataset: Mapping | None = None, size: tuple[
         "format": FORMAT,
         "model_config": model.config.to_dict(),
         "modalities": modalities,
-        "inputs": {**{m: f"(B, {model.encoder.in_channels[m]}, H, W) float32, normalised" for m in modalities},
+        "inputs": {**{m: f"(B, {model.encoder.sensor_channels[m]}, H, W) float32, normalised" for m in modalities},
                    "present": f"(B, {len(modalities)}) bool, columns in 'modalities' order; False = sensor absent "
                               "(its input is ignored for that sample)"},
         "outputs": {"logits": f"(B, {k}, H, W) float32, class scores; argmax over dim 1 gives the class index"},
@@ -268,7 +268,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
     model = model.cpu().eval()
     wrapper = ExportWrapper(model).eval()
     generator = torch.Generator().manual_seed(0)
-    example = tuple(torch.randn(batch, model.encoder.in_channels[m], h, w, generator=generator)
+    example = tuple(torch.randn(batch, model.encoder.sensor_channels[m], h, w, generator=generator)
                     for m in wrapper.modalities)
     present = torch.ones(batch, len(wrapper.modalities), dtype=torch.bool)
     names = [*wrapper.modalities, "present"]
@@ -365,7 +365,7 @@ def _agrees_at_other_shapes(path: str, wrapper: ExportWrapper, batch: int, h: in
         return True
     gen = torch.Generator().manual_seed(1)
     for height, width in ((h + 16, w + 32), (max(16, h // 2), max(16, w // 2))):
-        inputs = {m: torch.randn(batch + 1, wrapper.model.encoder.in_channels[m], height, width, generator=gen)
+        inputs = {m: torch.randn(batch + 1, wrapper.model.encoder.sensor_channels[m], height, width, generator=gen)
                   for m in wrapper.modalities}
         try:
             got, expected = _both_logits(path, wrapper.model, inputs, None, quiet=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
+from rgbx.models.input_encoding import check_input_encoding
 from rgbx.models.layers import ATTN_IMPLS
 from rgbx.models.registries import BACKBONES, FUSIONS, HEADS
 
@@ -32,6 +33,9 @@ class ModelConfig:
             created for training; a trained checkpoint carries its own weights.
         fusion_options, head_options: extra keyword arguments of the fusion / head (e.g. the ``ktb`` fusion's
             ranks, the ``ham`` head's ``md_r``); an unknown one is a ConfigError listing the valid ones.
+        input_encoding: modality → ``{source, mean, std}``: what the network's first layers were trained to see,
+            where it differs from rgbx's normalisation (e.g. a released CMX or DFormer model: blue-first RGB,
+            DFormer's depth scale; :mod:`rgbx.models.input_encoding`). Empty: every sensor as rgbx normalises it.
     """
 
     backbone: str = "mit_b0"
@@ -45,6 +49,7 @@ class ModelConfig:
     pretrained: str = ""
     fusion_options: dict[str, Any] = field(default_factory=dict)
     head_options: dict[str, Any] = field(default_factory=dict)
+    input_encoding: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.modalities, str):
@@ -105,4 +110,5 @@ class ModelConfig:
             raise ConfigError(f"drop_path_rate must be a number in [0, 1), got {self.drop_path_rate!r}")
         if self.attn_impl not in ATTN_IMPLS:
             raise ConfigError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
+        check_input_encoding(self.input_encoding, self.modalities)
         return self

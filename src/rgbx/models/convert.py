@@ -76,9 +76,13 @@ when only MiT weights are loaded) keep their initialisation and are listed in th
 
 Numerical caveats of the SegFormer layouts (the weights are the same, the arithmetic around them differs
 slightly): rgbx's MiT follows NVlabs (block / stage LayerNorm eps 1e-6, patch-embedding and reduction LayerNorm
-eps 1e-5); mmsegmentation uses eps 1e-6 for all of them and Hugging Face 1e-5 for all of them. Released weights
-also expect their own input normalisation (CMX: RGB and the 3-channel X both normalised with ImageNet mean / std);
-:func:`~rgbx.models.weights.fold_input_normalization` can fold a different one into the first conv.
+eps 1e-5); mmsegmentation uses eps 1e-6 for all of them and Hugging Face 1e-5 for all of them.
+
+Input encoding: released weights expect the input their own code fed them (CMX and DFormer: blue-first RGB; DFormer's
+depth scale; CMX's one-channel X merged to three ImageNet-normalised channels; DELIVER's sensors / 255).
+:func:`reference_input_encoding` gives the ``model.input_encoding`` (:mod:`rgbx.models.input_encoding`) that maps
+rgbx's inputs to it, exactly; ``rgbx convert`` stores it with the model unless asked not to. Build the model with it
+before converting: a CMX thermal branch then keeps its released three-channel first conv.
 
 Reading files: ``.safetensors`` or ``torch.save`` files read with ``torch.load(weights_only=True)`` (no code is
 unpickled); ``state_dict_ema`` / ``state_dict`` / ``model`` / ``module`` wrappers are unwrapped and a ``module.``
@@ -1014,3 +1018,82 @@ def infer_model_options(state: Mapping[str, torch.Tensor], layout: str) -> dict:
     if pred is not None and pred.dim() == 4:
         out["num_classes"], out["head_channels"] = int(pred.shape[0]), int(pred.shape[1])
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What the reference code bases fed their networks (for ``rgbx convert``'s input encoding)
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+# DFormer's 8-bit depth v is fed as (v / 255 − 0.48) / 0.28. rgbx's NYU / SUN RGB-D loaders read that file as
+# relative depth near + v / 255 · (far − near) metres, by default from 0.5 to 10 m (``relative_depth_range``), so in
+# metres DFormer's normalisation is mean near + 0.48 · (far − near), std 0.28 · (far − near).
+_DFORMER_DEPTH = (0.48, 0.28)
+_RELATIVE_DEPTH_RANGE = (0.5, 10.0)
+
+
+def _opencv_image_encoding(modality: str) -> dict | None:
+    """An 8-bit image read with ``cv2.imread`` (blue first; a one-channel image repeated three times, as CMX's
+    ``cv2.merge``) and normalised with ImageNet's statistics: the input of CMX's and DFormer's RGB path and CMX's X
+    path. None when rgbx's sensor is not such an image (its physical value is not the file value / 255)."""
+    from rgbx.modalities import get_modality
+
+    spec = get_modality(modality)
+    if spec.dtype != "uint8" or abs(spec.scale - 1 / 255) > 1e-12 or spec.channels not in (1, 3):
+        return None
+    source = [2, 1, 0] if spec.channels == 3 else [0, 0, 0]
+    return {"source": source, "mean": list(_IMAGENET_MEAN), "std": list(_IMAGENET_STD)}
+
+
+def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[dict, list[str]]:
+    """The ``model.input_encoding`` (:mod:`rgbx.models.input_encoding`) under which a model converted from a
+    ``layout`` checkpoint sees what the checkpoint's own code fed it, and notes on what it could not match.
+
+    * ``cmx``: both paths read with OpenCV, so blue first, and normalised with ImageNet's statistics; a one-channel X
+      image (MFNet's thermal) repeated to three channels (``RGBXDataset``: ``cv2.imread`` with
+      ``cv2.COLOR_BGR2RGB`` passed as the read flag, which leaves blue first; ``cv2.merge``; ``normalize``).
+    * ``dformer``: RGB as for CMX; depth, a one-channel 8-bit image, fed as (v / 255 − 0.48) / 0.28
+      (``ValPre``), which in rgbx's metres is mean 5.06, std 2.66 for depth read with the default
+      ``relative_depth_range`` (0.5, 10) m.
+    * ``cmnext`` (DELIVER's code, ``augmentations_mm.Normalize``): RGB read in red-green-blue order with ImageNet's
+      statistics, as rgbx does; every other sensor as its 8-bit image / 255, without mean or std. So ``hha`` (what
+      DELIVER reads for "depth") gets mean 0, std 1, and ``lidar`` (rgbx: the grey level × the loader's
+      ``lidar_scale``, default 1) mean 0, std 255. rgbx decodes DELIVER's event images into positive / negative
+      event maps, which no per-channel encoding maps back: fed as rgbx normalises them.
+    * the SegFormer layouts: ImageNet-pretrained encoders, red-green-blue with ImageNet's statistics, as rgbx.
+    """
+    encoding: dict = {}
+    notes: list[str] = []
+    if layout == "cmx":
+        for m in modalities:
+            enc = _opencv_image_encoding(m)
+            if enc is None:
+                notes.append(f"input encoding: CMX fed its images as 8-bit files / 255 with ImageNet statistics; "
+                             f"rgbx's {m!r} is not an 8-bit image sensor, so it is fed as rgbx normalises it")
+            else:
+                encoding[m] = enc
+    elif layout == "dformer":
+        near, far = _RELATIVE_DEPTH_RANGE
+        for m in modalities:
+            if m == "rgb":
+                encoding[m] = _opencv_image_encoding(m)
+            elif m == "depth":
+                mean, std = _DFORMER_DEPTH
+                encoding[m] = {"mean": [round(near + mean * (far - near), 6)], "std": [round(std * (far - near), 6)]}
+                notes.append(f"input encoding: depth as DFormer feeds its 8-bit depth PNGs, for depth read with "
+                             f"relative_depth_range ({near:g}, {far:g}) m (the NYU / SUN RGB-D loaders' default)")
+            else:
+                notes.append(f"input encoding: none known for DFormer's {m!r} input; fed as rgbx normalises it")
+    elif layout == "cmnext":
+        for m in modalities:
+            if m == "hha":
+                encoding[m] = {"mean": [0.0] * 3, "std": [1.0] * 3}
+            elif m == "lidar":
+                encoding[m] = {"mean": [0.0], "std": [255.0]}
+                notes.append("input encoding: lidar as DELIVER feeds its LiDAR images (grey level / 255), for the "
+                             "DeLiVER loader's default lidar_scale 1")
+            elif m != "rgb":
+                why = ("DELIVER's 'depth' input is its hha/ folder: build the model with the hha sensor"
+                       if m == "depth" else "rgbx decodes it into another sensor than DELIVER's image")
+                notes.append(f"input encoding: none for {m!r} ({why}); fed as rgbx normalises it")
+    return encoding, notes

@@ -77,6 +77,7 @@ class Segmentor(nn.Module):
             drop_path_rate=config.drop_path_rate,
             attn_impl=config.attn_impl,
             **({"pretrained": config.pretrained} if config.pretrained else {}),
+            **({"input_encoding": config.input_encoding} if config.input_encoding else {}),
         )
         self.head = _build(
             HEADS.get(config.head), "head_options", config.head_options,

@@ -53,6 +53,7 @@ class TransferReport:
     classifier: str = ""  # one line on how the classifier was initialised
     fresh: dict[str, str] = field(default_factory=dict)  # model key → why it kept its initialisation
     unused: list[str] = field(default_factory=list)
+    input_encoding: list[str] = field(default_factory=list)  # sensors fed otherwise than the file's model was
 
     def summary(self) -> str:
         lines = [f"init_from {self.source} ({self.source_model}): {len(self.loaded)} of {self.total} tensors "
@@ -73,6 +74,10 @@ class TransferReport:
             groups = Counter(_module_group(k) for k in self.unused)
             lines.append(f"  unused from the file ({len(self.unused)} tensors):")
             lines += _group_lines([f"{g} ({n})" for g, n in groups.items()])
+        if self.input_encoding:
+            lines.append("  note: the file's model saw these sensors through another input encoding than this "
+                         "model (model.input_encoding; rgbx info FILE shows the file's):")
+            lines += [f"    {line}" for line in self.input_encoding]
         return "\n".join(lines)
 
 
@@ -230,10 +235,33 @@ def transfer_weights(model: nn.Module, source: str | Path, *, classes: Sequence[
             f"{report.source_model}; e.g. {next(iter(state), 'no tensors')}): init_from needs a model of the same "
             f"backbone and fusion (model.pretrained takes a MiT backbone's weights from a model of another fusion)")
     report.unused = sorted(k for k in state if k not in taken)
+    report.input_encoding = _encoding_differences(file_cfg, ours, sources)
     with torch.no_grad():
         for key, value in new_state.items():
             own[key].copy_(value)
     return report
+
+
+def _encoding_differences(file_cfg: Mapping, ours, sources: Mapping[str, str]) -> list[str]:
+    """One line per sensor of the new model whose weights come from a file sensor fed through another input
+    encoding (:mod:`rgbx.models.input_encoding`): those weights will see inputs they were not trained on."""
+    from rgbx.models.input_encoding import describe_input_encoding
+
+    if not file_cfg or ours is None:
+        return []
+    theirs = dict(file_cfg.get("input_encoding") or {})
+    own = dict(getattr(ours, "input_encoding", None) or {})
+    lines = []
+    for m in ours.modalities:
+        source = sources.get(m, m)
+        if source not in file_cfg.get("modalities", []) or (source != m and source in theirs):
+            continue  # a sensor new to the model, started from another one: its inputs differ anyway
+        if theirs.get(source) != own.get(m):
+            was = describe_input_encoding(source, theirs[source]) if source in theirs else f"{source}: as rgbx " \
+                "normalises it"
+            now = describe_input_encoding(m, own[m]) if m in own else "as rgbx normalises it"
+            lines.append(f"{was}; here {m} is fed {now}")
+    return lines
 
 
 def _transfer_classifier(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], prefix: str,

@@ -24,6 +24,7 @@ from torch import nn
 from rgbx.data.sample import PresenceMasks
 from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
+from rgbx.models.input_encoding import InputEncoding
 from rgbx.models.layers import FeatureInfo
 
 __all__ = ["EncoderOutput", "FusionEncoder", "PresenceMasks", "others_weights"]
@@ -66,13 +67,19 @@ class FusionEncoder(nn.Module):
 
     Attributes:
         modalities: the modalities the encoder was built for, in a fixed order (the order of ``features``).
-        in_channels: modality → expected input channels (from the modality registry).
+        sensor_channels: modality → the channels of the tensors it is passed (from the modality registry).
+        in_channels: modality → the channels its first layers see: ``sensor_channels`` unless an input encoding
+            maps a sensor to other channels (:mod:`rgbx.models.input_encoding`).
+        input_encoding: the :class:`~rgbx.models.input_encoding.InputEncoding` that :meth:`prepare` applies
+            (empty: inputs pass as rgbx normalises them).
+        input_fill: modality → the network input, per channel, that stands for an absent sensor (its spec's
+            ``fill``, encoded).
         feature_info: channels / reduction of the fused stage maps.
     """
 
     feature_info: FeatureInfo
 
-    def __init__(self, modalities: Sequence[str]):
+    def __init__(self, modalities: Sequence[str], input_encoding: Mapping | None = None):
         super().__init__()
         if isinstance(modalities, str):
             raise ConfigError(f"modalities must be a list of names, got the string {modalities!r}")
@@ -83,7 +90,10 @@ class FusionEncoder(nn.Module):
         if duplicates:
             raise ConfigError(f"modalities listed more than once: {', '.join(duplicates)}")
         self.modalities = modalities
-        self.in_channels = {m: get_modality(m).channels for m in modalities}
+        self.sensor_channels = {m: get_modality(m).channels for m in modalities}
+        self.input_encoding = InputEncoding(input_encoding, modalities)
+        self.in_channels = {m: self.input_encoding.channels(m) for m in modalities}
+        self.input_fill = {m: self.input_encoding.fill(m) for m in modalities}
 
     def prepare(
         self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
@@ -91,7 +101,8 @@ class FusionEncoder(nn.Module):
         """Check inputs and resolve presence masks.
 
         Returns:
-            ``inputs`` and ``present`` (bool (B,) per passed modality), both ordered as :attr:`modalities`.
+            ``inputs`` (in the network's encoding, see :attr:`input_encoding`) and ``present`` (bool (B,) per passed
+            modality), both ordered as :attr:`modalities`.
 
         Raises:
             ConfigError: no inputs, a modality this model was not built for, a tensor that is not (B, C, H, W) with
@@ -103,7 +114,7 @@ class FusionEncoder(nn.Module):
                 f"{', '.join(self.modalities)}"
             )
         for name in inputs:
-            if name not in self.in_channels:
+            if name not in self.sensor_channels:
                 raise ConfigError(
                     f"modality {name!r} is not one this model was built for; its modalities: "
                     f"{', '.join(self.modalities)}"
@@ -111,7 +122,7 @@ class FusionEncoder(nn.Module):
         ordered = {m: inputs[m] for m in self.modalities if m in inputs}
         ref_name, ref = next(iter(ordered.items()))
         for name, x in ordered.items():
-            expected = self.in_channels[name]
+            expected = self.sensor_channels[name]
             if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != expected:
                 shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                 raise ConfigError(
@@ -126,7 +137,7 @@ class FusionEncoder(nn.Module):
         batch = ref.shape[0]
         present_in, present = present, dict(present or {})
         for name in present:
-            if name not in self.in_channels:
+            if name not in self.sensor_channels:
                 raise ConfigError(
                     f"present mask for modality {name!r}, which is not one this model was built for; its "
                     f"modalities: {', '.join(self.modalities)}"
@@ -147,6 +158,8 @@ class FusionEncoder(nn.Module):
                     )
                 mask = mask.bool()
             masks[name] = mask
+        if self.input_encoding:
+            ordered = self.input_encoding(ordered)
         if known.on_device:  # nothing decided on the host: every passed mask is applied on the device
             return ordered, PresenceMasks(masks, on_device=True)
         host = {m: known.host[m] for m in masks if m in known.host and m in present}

@@ -277,6 +277,8 @@ class CMNeXtFusion(FusionEncoder):
         mixer_mlp_ratios: FFN ratios of the mixer blocks per stage (the original's 8, 8, 4, 4).
         lambda_c, lambda_s: weights of the FRM channel and spatial terms.
         pretrained: MiT weights for the primary branch (as the original's ``init_pretrained``).
+        input_encoding: the network's own input encoding per modality, where it differs from rgbx's normalisation
+            (:mod:`rgbx.models.input_encoding`; set by ``model.input_encoding``).
     """
 
     def __init__(
@@ -290,8 +292,9 @@ class CMNeXtFusion(FusionEncoder):
         lambda_c: float = 0.5,
         lambda_s: float = 0.5,
         pretrained: str = "",
+        input_encoding: Mapping | None = None,
     ):
-        super().__init__(modalities)
+        super().__init__(modalities, input_encoding)
         if len(self.modalities) < 2:
             raise ConfigError(
                 f"the cmnext fusion needs at least two modalities (a primary one and one or more supplementary), "

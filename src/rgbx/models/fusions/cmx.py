@@ -264,6 +264,8 @@ class CMXFusion(FusionEncoder):
         drop_path_rate: stochastic depth of each branch.
         attn_impl: the branches' self-attention implementation, ``"sdpa"`` or ``"eager"``.
         lambda_c, lambda_s: weights of the channel and spatial rectification terms.
+        input_encoding: the network's own input encoding per modality, where it differs from rgbx's normalisation
+            (:mod:`rgbx.models.input_encoding`; set by ``model.input_encoding``).
     """
 
     def __init__(
@@ -275,8 +277,9 @@ class CMXFusion(FusionEncoder):
         lambda_c: float = 0.5,
         lambda_s: float = 0.5,
         pretrained: str = "",
+        input_encoding: Mapping | None = None,
     ):
-        super().__init__(modalities)
+        super().__init__(modalities, input_encoding)
         if len(self.modalities) < 2:
             raise ConfigError(
                 f"the cmx fusion needs at least two modalities, got {list(self.modalities)}; "

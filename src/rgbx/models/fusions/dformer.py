@@ -34,7 +34,6 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from rgbx.errors import ConfigError
-from rgbx.modalities import get_modality
 from rgbx.models.backbones.dformer import DFORMER_VARIANTS, DFormer
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder
 from rgbx.models.layers import mask_absent
@@ -57,6 +56,8 @@ class DFormerFusion(FusionEncoder):
         attn_impl: the window attention's implementation, ``"sdpa"`` or ``"eager"``.
         pretrained: a local released DFormer checkpoint (segmentation ``backbone.*`` / ``decode_head.*`` keys or an
             ImageNet-pretrained encoder), loaded strictly into the encoder.
+        input_encoding: the network's own input encoding per modality, where it differs from rgbx's normalisation
+            (:mod:`rgbx.models.input_encoding`; set by ``model.input_encoding``).
     """
 
     def __init__(
@@ -66,8 +67,9 @@ class DFormerFusion(FusionEncoder):
         drop_path_rate: float = 0.1,
         attn_impl: str = "sdpa",
         pretrained: str = "",
+        input_encoding: Mapping | None = None,
     ):
-        super().__init__(modalities)
+        super().__init__(modalities, input_encoding)
         depth_like = [m for m in self.modalities if m in DEPTH_LIKE]
         if len(self.modalities) != 2 or "rgb" not in self.modalities or len(depth_like) != 1:
             raise ConfigError(
@@ -79,20 +81,22 @@ class DFormerFusion(FusionEncoder):
                 f"the dformer fusion needs a DFormer backbone ({', '.join(DFORMER_VARIANTS)}), got {backbone!r}"
             )
         self.depth_name = depth_like[0]
+        wrong = {m: c for m, c in self.in_channels.items() if c < (3 if m == "rgb" else 1)}
+        if wrong:
+            raise ConfigError(f"the dformer fusion reads 3 RGB channels and the first depth channel; the input "
+                              f"encoding gives {', '.join(f'{m}: {c}' for m, c in wrong.items())}")
         self.encoder: DFormer = build_backbone(
             backbone, in_channels=None, drop_path_rate=drop_path_rate, attn_impl=attn_impl, pretrained=pretrained
         )
         self.feature_info = self.encoder.feature_info
-        self.fill = {m: float(get_modality(m).fill) for m in self.modalities}
 
     def _input(self, name: str, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor],
                shape: tuple[int, int, int], ref: torch.Tensor) -> torch.Tensor:
         """The encoder input for ``name``: the passed tensor where present, the fill value elsewhere."""
         channels = 3 if name == "rgb" else 1
-        fill = torch.full((shape[0], channels, shape[1], shape[2]), self.fill[name], dtype=ref.dtype,
-                          device=ref.device)
+        fill = self.input_encoding.fill_tensor(name, ref.dtype)[:, :channels].expand(shape[0], channels, *shape[1:])
         if name not in inputs:
-            return fill
+            return fill.contiguous()  # its own memory, as the passed inputs have
         x = inputs[name][:, :channels]
         return torch.where(present[name].view(-1, 1, 1, 1), x.to(ref.dtype), fill)
 

@@ -178,6 +178,8 @@ class KTBFusion(FusionEncoder):
         prompt_ranks: MAPA ``X̃_i`` ranks per stage. adapter_ranks: MAPA adapter ranks. fusion_ranks: DSCF ranks.
         kv_grid: DSCF keys / values are pooled to at most ``kv_grid × kv_grid`` positions.
         topk_ratio: fraction of the keys each DSCF query keeps (dynamic sparsity).
+        input_encoding: the network's own input encoding per modality, where it differs from rgbx's normalisation
+            (:mod:`rgbx.models.input_encoding`; set by ``model.input_encoding``).
     """
 
     def __init__(
@@ -192,8 +194,9 @@ class KTBFusion(FusionEncoder):
         fusion_ranks: Sequence[int] = (16, 32, 64, 128),
         kv_grid: int = 16,
         topk_ratio: float = 0.5,
+        input_encoding: Mapping | None = None,
     ):
-        super().__init__(modalities)
+        super().__init__(modalities, input_encoding)
         if len(self.modalities) != 2:
             raise ConfigError(f"the ktb fusion is for RGB + X: it needs exactly two modalities, got "
                               f"{list(self.modalities)}")

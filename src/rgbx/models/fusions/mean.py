@@ -35,6 +35,8 @@ class MeanFusion(FusionEncoder):
         modalities: registered modality names.
         drop_path_rate: the backbone's stochastic depth rate.
         attn_impl: the backbone's attention implementation, ``"sdpa"`` or ``"eager"``.
+        input_encoding: the network's own input encoding per modality, where it differs from rgbx's normalisation
+            (:mod:`rgbx.models.input_encoding`; set by ``model.input_encoding``).
     """
 
     def __init__(
@@ -44,8 +46,9 @@ class MeanFusion(FusionEncoder):
         drop_path_rate: float = 0.1,
         attn_impl: str = "sdpa",
         pretrained: str = "",
+        input_encoding: Mapping | None = None,
     ):
-        super().__init__(modalities)
+        super().__init__(modalities, input_encoding)
         self.backbone = build_backbone(backbone, in_channels=None, drop_path_rate=drop_path_rate,
                                        attn_impl=attn_impl, pretrained=pretrained)
         self.stems = nn.ModuleDict({m: self.backbone.make_stem(c) for m, c in self.in_channels.items()})

@@ -44,7 +44,6 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from rgbx.errors import ConfigError
-from rgbx.modalities import get_modality
 from rgbx.models.backbones.omni import OMNI_VARIANTS, OmniEncoder
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder
 from rgbx.models.layers import mask_absent
@@ -68,6 +67,8 @@ class OmniFusion(FusionEncoder):
             extended to this model's modality set.
         init_from: the supplementary modality of ``pretrained`` that modalities it lacks are initialised from (or
             new name → source name); default: its first one.
+        input_encoding: the network's own input encoding per modality, where it differs from rgbx's normalisation
+            (:mod:`rgbx.models.input_encoding`; set by ``model.input_encoding``).
     """
 
     def __init__(
@@ -78,8 +79,9 @@ class OmniFusion(FusionEncoder):
         attn_impl: str = "sdpa",
         pretrained: str = "",
         init_from: str | Mapping[str, str] | None = None,
+        input_encoding: Mapping | None = None,
     ):
-        super().__init__(modalities)
+        super().__init__(modalities, input_encoding)
         supplementary = {m: c for m, c in self.in_channels.items() if m != "rgb"}
         if "rgb" not in self.modalities or not supplementary:
             raise ConfigError(
@@ -97,13 +99,12 @@ class OmniFusion(FusionEncoder):
             init_from=init_from,
         )
         self.feature_info = self.encoder.feature_info
-        self.fill = {m: float(get_modality(m).fill) for m in self.modalities}
 
     def _masked_input(self, name: str, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``x`` where the modality is present, its fill value elsewhere (``mask`` None: present everywhere)."""
         if mask is None:
             return x
-        return torch.where(mask.view(-1, 1, 1, 1), x, torch.full((), self.fill[name], dtype=x.dtype, device=x.device))
+        return torch.where(mask.view(-1, 1, 1, 1), x, self.input_encoding.fill_tensor(name, x.dtype))
 
     def forward(
         self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
@@ -132,8 +133,7 @@ class OmniFusion(FusionEncoder):
         if "rgb" in inputs:
             rgb = self._masked_input("rgb", inputs["rgb"], masks["rgb"])
         else:
-            rgb = torch.full((ref.shape[0], 3, ref.shape[2], ref.shape[3]), self.fill["rgb"], dtype=ref.dtype,
-                             device=ref.device)
+            rgb = self.input_encoding.fill_tensor("rgb", ref.dtype).expand(ref.shape[0], -1, *ref.shape[2:]).contiguous()
         supplementary = {m: self._masked_input(m, inputs[m], masks[m]).to(rgb.dtype) for m in run}
         outs, outs_e = self.encoder.forward_features(rgb, supplementary, {m: masks[m] for m in run})
 

@@ -1,0 +1,325 @@
+"""From the same files to the same logits: the references' data loading and models against rgbx's loaders and
+models converted with ``rgbx convert``.
+
+``parity_cmx.py`` / ``parity_dformer.py`` show that rgbx computes what the reference networks compute from the same
+input tensors. This script checks what a user of released weights needs as well: that from a benchmark's files,
+rgbx's loader and the converted model's input encoding (``model.input_encoding``) give the network the input the
+reference's own data loading gives it. It writes small fake benchmark trees, runs the references' dataset classes and
+normalisation on them and the reference model (random weights) on that, converts the reference's state dict with
+``rgbx convert`` (once as it does by default, once with ``--input-encoding rgbx``), runs rgbx's loader and the
+converted model on the same files, and prints, per case, the largest input and logit differences and the share of
+pixels whose predicted class agrees with the reference's.
+
+Cases:
+
+* ``dformer-nyu``: DFormer-T + LightHam head on NYU Depth V2 in DFormer's release layout (``RGB/``, 8-bit ``Depth/``,
+  ``Label/``, ``test.txt`` lines ``RGB/<n>.jpg``), read by DFormer's ``utils/dataloader/RGBXDataset.py`` with its
+  ``ValPre`` (the test-time preprocessing: blue-first RGB, ImageNet statistics; depth (v / 255 − 0.48) / 0.28).
+* ``cmx-nyu``: CMX MiT-B0 on NYU Depth V2 with HHA in CMX's layout (``RGB/``, ``HHA/``, ``Label/``, bare names),
+  read by CMX's ``dataloader/RGBXDataset.py`` and normalised as its evaluator's ``process_image_rgbX`` does.
+* ``cmx-mfnet``: CMX MiT-B0 on MFNet (RGB-T, 9 classes): the reference reads ``RGB/`` and a one-channel ``Modal/``
+  thermal image (``x_is_single_channel``: merged to three channels); rgbx reads the same pixels from the original
+  four-channel release (``images/<n>.png``).
+
+Image files are PNG by default. ``--jpeg`` writes the RGB (and HHA) files as JPEG as the releases do; OpenCV (the
+references) and Pillow (rgbx) may then decode them differently, which shows in the input difference.
+
+References (nothing of them is committed to rgbx; fetch them outside the repository)::
+
+    git clone https://github.com/VCIP-RGBD/DFormer /tmp/dformer_ref
+    git clone https://github.com/huaaaliu/RGBX_Semantic_Segmentation /tmp/cmx_ref
+    pip install opencv-python-headless          # the references read images with OpenCV
+    python benchmarks/parity_from_files.py --dformer /tmp/dformer_ref --cmx /tmp/cmx_ref [--size 480x640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import sys
+import tempfile
+import types
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from references import build_cmx_reference, randomize  # noqa: E402
+
+from rgbx.cli.main import main as rgbx_main  # noqa: E402
+from rgbx.data import build_dataset  # noqa: E402
+from rgbx.data.sample import normalize_sample  # noqa: E402
+from rgbx.engine.checkpoint import load_model  # noqa: E402
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+def _load_file(path: Path, name: str, **stand_ins) -> types.ModuleType:
+    """Import one reference file under a private name; ``stand_ins`` serve its absolute imports meanwhile."""
+    saved = {k: sys.modules.get(k) for k in stand_ins}
+    sys.modules.update(stand_ins)
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return module
+
+
+# -- fake benchmark trees ------------------------------------------------------------------------------------------
+
+def _scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A smooth colour image with a few rectangles: image-like, and different in each channel."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.stack([120 + 80 * np.sin(3 * xx + c) * np.cos(2 * yy - c) for c in range(3)], axis=-1)
+    for _ in range(6):
+        y, x = rng.integers(0, h - h // 4), rng.integers(0, w - w // 4)
+        img[y:y + h // 5, x:x + w // 5] = rng.integers(0, 255, 3)
+    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+
+
+def _save(path: Path, arr: np.ndarray, jpeg: bool = False) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".jpg" if jpeg else ".png"
+    Image.fromarray(arr).save(path.with_suffix(suffix), **({"quality": 95} if jpeg else {}))
+    return suffix
+
+
+def make_nyu(root: Path, names, size, rng, jpeg: bool, hha: bool) -> str:
+    """NYU Depth V2 in DFormer's (``hha=False``: 8-bit RGBA relative depth, 'RGB/<n>.jpg' lines) or CMX's layout."""
+    h, w = size
+    suffix = ".png"
+    for n in names:
+        suffix = _save(root / "RGB" / n, _scene(rng, h, w), jpeg)
+        label = rng.integers(0, 41, (h, w)).astype(np.uint8)
+        _save(root / "Label" / n, label)
+        if hha:
+            _save(root / "HHA" / n, _scene(rng, h, w), jpeg)
+        else:
+            grey = (255 * np.linspace(0, 1, w)[None] * np.linspace(0.3, 1, h)[:, None]).astype(np.uint8)
+            _save(root / "Depth" / n, np.dstack([grey, grey, grey, np.full_like(grey, 255)]))  # plt.imsave: RGBA
+    lines = [f"RGB/{n}.jpg" if not hha else n for n in names]
+    (root / "test.txt").write_text("\n".join(lines) + "\n")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return suffix
+
+
+def make_mfnet(rgbx_root: Path, ref_root: Path, names, size, rng) -> None:
+    """The same RGB-T pixels as MFNet's four-channel release (rgbx) and as CMX's RGB/ + Modal/ folders."""
+    h, w = size
+    for n in names:
+        rgb = _scene(rng, h, w)
+        thermal = _scene(rng, h, w)[..., 1]
+        label = rng.integers(0, 9, (h, w)).astype(np.uint8)
+        _save(rgbx_root / "images" / n, np.dstack([rgb, thermal]))
+        _save(rgbx_root / "labels" / n, label)
+        _save(ref_root / "RGB" / n, rgb)
+        _save(ref_root / "Modal" / n, thermal)
+        _save(ref_root / "Label" / n, label)
+    for root in (rgbx_root, ref_root):
+        (root / "test.txt").write_text("\n".join(names) + "\n")
+        (root / "train.txt").write_text("\n".join(names) + "\n")
+
+
+# -- the references' data loading ----------------------------------------------------------------------------------
+
+def dformer_inputs(ref: Path, root: Path, suffix: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    transforms = _load_file(ref / "utils" / "transforms.py", "_rgbx_ref_dformer_transforms")
+    stand_ins = {"utils": types.ModuleType("utils"), "utils.transforms": transforms}
+    loader = _load_file(ref / "utils" / "dataloader" / "dataloader.py", "_rgbx_ref_dformer_loader", **stand_ins)
+    dataset_module = _load_file(ref / "utils" / "dataloader" / "RGBXDataset.py", "_rgbx_ref_dformer_dataset")
+    config = types.SimpleNamespace(pad=False)
+    setting = {"rgb_root": str(root / "RGB"), "rgb_format": suffix, "gt_root": str(root / "Label"),
+               "gt_format": ".png", "transform_gt": True, "x_root": str(root / "Depth"), "x_format": ".png",
+               "x_single_channel": True, "train_source": str(root / "train.txt"),
+               "eval_source": str(root / "test.txt"), "class_names": [str(i) for i in range(40)],
+               "dataset_name": "NYUDepthv2", "backbone": "DFormer-Tiny"}
+    pre = loader.ValPre(IMAGENET_MEAN, IMAGENET_STD, True, config)
+    dataset = dataset_module.RGBXDataset(setting, "val", pre)
+    out = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        out.append((item["data"][None].float(), item["modal_x"][None].float()))
+    return out
+
+
+def cmx_inputs(ref: Path, root: Path, suffix: str, x_folder: str, single_channel: bool
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    transforms = _load_file(ref / "utils" / "transforms.py", "_rgbx_ref_cmx_transforms")
+    dataset_module = _load_file(ref / "dataloader" / "RGBXDataset.py", "_rgbx_ref_cmx_dataset")
+    setting = {"rgb_root": str(root / "RGB"), "rgb_format": suffix, "gt_root": str(root / "Label"),
+               "gt_format": ".png", "transform_gt": False, "x_root": str(root / x_folder),
+               "x_format": suffix if x_folder == "HHA" else ".png", "x_single_channel": single_channel,
+               "train_source": str(root / "train.txt"), "eval_source": str(root / "test.txt"),
+               "class_names": []}
+    dataset = dataset_module.RGBXDataset(setting, "val", None)
+    out = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        # engine/evaluator.py process_image_rgbX: normalise both with ImageNet's statistics, then C, H, W
+        rgb = transforms.normalize(item["data"], IMAGENET_MEAN, IMAGENET_STD).transpose(2, 0, 1)
+        x = transforms.normalize(item["modal_x"], IMAGENET_MEAN, IMAGENET_STD).transpose(2, 0, 1)
+        out.append((torch.from_numpy(np.ascontiguousarray(rgb))[None].float(),
+                    torch.from_numpy(np.ascontiguousarray(x))[None].float()))
+    return out
+
+
+# -- the reference models ------------------------------------------------------------------------------------------
+
+class DFormerReference(torch.nn.Module):
+    """DFormer's ``EncoderDecoder`` at test time: encoder (depth channel 0) → LightHam head → bilinear resize."""
+
+    def __init__(self, encoder, head):
+        super().__init__()
+        self.backbone, self.decode_head = encoder, head
+
+    def forward(self, rgb, x):
+        outs, _ = self.backbone(rgb, x)
+        logits = self.decode_head(outs)
+        return torch.nn.functional.interpolate(logits, size=rgb.shape[2:], mode="bilinear", align_corners=False)
+
+
+def dformer_reference(ref: Path, gen: torch.Generator) -> torch.nn.Module:
+    import parity_dformer  # benchmarks/parity_dformer.py: DFormer's files with stand-ins for mmcv / mmseg names
+
+    encoders, ham = parity_dformer._load_reference(ref)
+    with redirect_stdout(io.StringIO()):  # the reference prints its settings
+        encoder = encoders.DFormer_Tiny(drop_path_rate=0.1, norm_cfg=dict(type="BN"))
+        dims = [int(encoder.stages[i][0].layer_scale_1.numel()) for i in range(4)]
+        head = ham.LightHamHead(in_channels=dims[1:], num_classes=40, in_index=[1, 2, 3], norm_cfg=dict(type="BN"),
+                                channels=512)
+    model = DFormerReference(encoder, head)
+    randomize(model, gen)
+    for m in head.modules():  # DFormer's training code sets the head's BatchNorm eps to 1e-3
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = 1e-3
+    return model.eval()
+
+
+# -- the comparison ------------------------------------------------------------------------------------------------
+
+def convert(state: dict, tmp: Path, name: str, modalities, encoding: str) -> torch.nn.Module:
+    torch.save(state, tmp / f"{name}.pth")
+    out = tmp / f"{name}_{encoding}.safetensors"
+    with redirect_stdout(io.StringIO()):
+        code = rgbx_main(["convert", str(tmp / f"{name}.pth"), "--modalities", *modalities, "--input-encoding",
+                          encoding, "--out", str(out)])
+    if code:
+        raise SystemExit(f"rgbx convert failed for {name}")
+    model, _ = load_model(out)
+    return model.eval()
+
+
+def rgbx_inputs(dataset_name: str, root: Path) -> list[dict[str, torch.Tensor]]:
+    dataset = build_dataset(dataset_name, root, "test")
+    return [{m: x[None] for m, x in normalize_sample(dataset.load(i))["inputs"].items()} for i in range(len(dataset))]
+
+
+def first_layer_inputs(model, inputs) -> dict[str, torch.Tensor]:
+    """What the model's first layers receive, for the input difference (after the input encoding)."""
+    with torch.no_grad():
+        encoded, _ = model.encoder.prepare(inputs)
+    return encoded
+
+
+def compare(case: str, reference, ref_inputs, models: dict, inputs, ham: bool) -> list[str]:
+    rows = []
+    seed = 0
+    ref_logits = []
+    for rgb, x in ref_inputs:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            ref_logits.append(reference(rgb, x))
+    for encoding, model in models.items():
+        if ham:
+            model.head.hamburger.ham.eval_init = "random"  # draw the NMF bases as the reference does
+        d_in, d_out, agree, total = 0.0, 0.0, 0, 0
+        for (rgb, x), sample, want in zip(ref_inputs, inputs, ref_logits, strict=True):
+            seen = first_layer_inputs(model, sample)
+            names = list(seen)
+            d_in = max(d_in, (seen[names[0]] - rgb).abs().max().item())
+            got_x = seen[names[1]]
+            d_in = max(d_in, (got_x - x[:, : got_x.shape[1]]).abs().max().item())
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                got = model(sample).logits
+            d_out = max(d_out, (got - want).abs().max().item())
+            agree += int((got.argmax(1) == want.argmax(1)).sum())
+            total += want.shape[0] * want.shape[2] * want.shape[3]
+        scale = max(t.abs().max().item() for t in ref_logits)
+        rows.append(f"| {case} | {encoding} | {d_in:.2e} | {d_out:.2e} | {scale:.3g} | {100 * agree / total:.3f} % |")
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dformer", type=Path, help="a checkout of github.com/VCIP-RGBD/DFormer")
+    p.add_argument("--cmx", type=Path, help="a checkout of github.com/huaaaliu/RGBX_Semantic_Segmentation")
+    p.add_argument("--size", default="480x640", help="image size HxW of the fake files (default 480x640)")
+    p.add_argument("--images", type=int, default=2, help="images per case (default 2)")
+    p.add_argument("--jpeg", action="store_true", help="RGB / HHA files as JPEG, as the releases ship them")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    if not (args.dformer or args.cmx):
+        p.error("give --dformer and / or --cmx")
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        p.error("the references read images with OpenCV: pip install opencv-python-headless")
+    torch.set_num_threads(args.threads)
+    size = tuple(int(v) for v in args.size.split("x"))
+    names = [f"{i}" for i in range(args.images)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        rng = np.random.default_rng(0)
+        gen = torch.Generator().manual_seed(0)
+        if args.dformer:
+            root = tmp / "NYUDepthv2_dformer"
+            suffix = make_nyu(root, names, size, rng, args.jpeg, hha=False)
+            reference = dformer_reference(args.dformer, gen)
+            state = {**{f"backbone.{k}": v for k, v in reference.backbone.state_dict().items()},
+                     **{f"decode_head.{k}": v for k, v in reference.decode_head.state_dict().items()}}
+            models = {e: convert(state, tmp, "dformer", ["rgb", "depth"], e) for e in ("reference", "rgbx")}
+            rows += compare("dformer-nyu", reference, dformer_inputs(args.dformer, root, suffix), models,
+                            rgbx_inputs("nyudepthv2", root), ham=True)
+        if args.cmx:
+            reference = build_cmx_reference(args.cmx, backbone="mit_b0", num_classes=40)
+            randomize(reference, gen)
+            reference.eval()
+            root = tmp / "NYUDepthv2_cmx"
+            suffix = make_nyu(root, names, size, rng, args.jpeg, hha=True)
+            models = {e: convert(reference.state_dict(), tmp, "cmx_nyu", ["rgb", "hha"], e)
+                      for e in ("reference", "rgbx")}
+            rows += compare("cmx-nyu (HHA)", reference, cmx_inputs(args.cmx, root, suffix, "HHA", False), models,
+                            rgbx_inputs("nyudepthv2", root), ham=False)
+            reference = build_cmx_reference(args.cmx, backbone="mit_b0", num_classes=9)
+            randomize(reference, gen)
+            reference.eval()
+            make_mfnet(tmp / "MFNet", tmp / "MFNet_cmx", names, size, rng)
+            models = {e: convert(reference.state_dict(), tmp, "cmx_mfnet", ["rgb", "thermal"], e)
+                      for e in ("reference", "rgbx")}
+            rows += compare("cmx-mfnet (thermal)", reference, cmx_inputs(args.cmx, tmp / "MFNet_cmx", ".png",
+                                                                        "Modal", True), models,
+                            rgbx_inputs("mfnet", tmp / "MFNet"), ham=False)
+    print(f"torch {torch.__version__}, fp32, eval, {args.images} images of {size[0]}×{size[1]} per case, "
+          f"{'JPEG' if args.jpeg else 'PNG'} RGB / HHA files")
+    print("| case | rgbx convert --input-encoding | max abs input difference | max abs logit difference | "
+          "max abs logit | argmax agreement with the reference |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
