@@ -21,6 +21,13 @@ Cases:
   thermal image (``x_is_single_channel``: merged to three channels); rgbx reads the same pixels from the original
   four-channel release (``images/<n>.png``).
 
+Then the evaluation protocol (with ``--dformer``): DFormer's own ``utils/val_mm.evaluate`` and ``evaluate_msf``
+(``--mst``: scales 0.5 … 1.5 and flipping) score the converted DFormer-T's reference network on a tree of
+``--eval-size`` images (default 530×730, SUN RGB-D's size, which DFormer's multi-scale sizes round up), and
+``rgbx eval`` scores the converted model on the same files (``--miou all``, ``--confusion``); the script prints both
+mIoUs and how far the two confusion matrices are apart. The reference's NMF (its Ham head) is given rgbx's fixed
+evaluation bases so that both are deterministic.
+
 Image files are PNG by default. ``--jpeg`` writes the RGB (and HHA) files as JPEG as the releases do; OpenCV (the
 references) and Pillow (rgbx) may then decode them differently, which shows in the input difference.
 
@@ -134,7 +141,8 @@ def make_mfnet(rgbx_root: Path, ref_root: Path, names, size, rng) -> None:
 
 # -- the references' data loading ----------------------------------------------------------------------------------
 
-def dformer_inputs(ref: Path, root: Path, suffix: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def dformer_dataset(ref: Path, root: Path, suffix: str):
+    """DFormer's dataset class with its test-time ``ValPre`` (no padding: DFormer v1) over a tree in its layout."""
     transforms = _load_file(ref / "utils" / "transforms.py", "_rgbx_ref_dformer_transforms")
     stand_ins = {"utils": types.ModuleType("utils"), "utils.transforms": transforms}
     loader = _load_file(ref / "utils" / "dataloader" / "dataloader.py", "_rgbx_ref_dformer_loader", **stand_ins)
@@ -146,7 +154,11 @@ def dformer_inputs(ref: Path, root: Path, suffix: str) -> list[tuple[torch.Tenso
                "eval_source": str(root / "test.txt"), "class_names": [str(i) for i in range(40)],
                "dataset_name": "NYUDepthv2", "backbone": "DFormer-Tiny"}
     pre = loader.ValPre(IMAGENET_MEAN, IMAGENET_STD, True, config)
-    dataset = dataset_module.RGBXDataset(setting, "val", pre)
+    return dataset_module.RGBXDataset(setting, "val", pre)
+
+
+def dformer_inputs(ref: Path, root: Path, suffix: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    dataset = dformer_dataset(ref, root, suffix)
     out = []
     for i in range(len(dataset)):
         item = dataset[i]
@@ -233,17 +245,22 @@ def first_layer_inputs(model, inputs) -> dict[str, torch.Tensor]:
     return encoded
 
 
-def compare(case: str, reference, ref_inputs, models: dict, inputs, ham: bool) -> list[str]:
+def share_nmf_bases(reference, model) -> None:
+    """The reference's NMF draws fresh random bases at every forward pass, also in evaluation; rgbx's uses one
+    fixed set there. Give the reference rgbx's fixed set (its ``RAND_INIT=False`` path), so both are deterministic
+    and the comparisons exact."""
+    ham = reference.decode_head.hamburger.ham
+    ham.rand_init = False
+    ham.register_buffer("bases", model.head.hamburger.ham.eval_bases.clone())
+
+
+def compare(case: str, reference, ref_inputs, models: dict, inputs) -> list[str]:
     rows = []
-    seed = 0
     ref_logits = []
     for rgb, x in ref_inputs:
-        torch.manual_seed(seed)
         with torch.no_grad():
             ref_logits.append(reference(rgb, x))
     for encoding, model in models.items():
-        if ham:
-            model.head.hamburger.ham.eval_init = "random"  # draw the NMF bases as the reference does
         d_in, d_out, agree, total = 0.0, 0.0, 0, 0
         for (rgb, x), sample, want in zip(ref_inputs, inputs, ref_logits, strict=True):
             seen = first_layer_inputs(model, sample)
@@ -251,7 +268,6 @@ def compare(case: str, reference, ref_inputs, models: dict, inputs, ham: bool) -
             d_in = max(d_in, (seen[names[0]] - rgb).abs().max().item())
             got_x = seen[names[1]]
             d_in = max(d_in, (got_x - x[:, : got_x.shape[1]]).abs().max().item())
-            torch.manual_seed(seed)
             with torch.no_grad():
                 got = model(sample).logits
             d_out = max(d_out, (got - want).abs().max().item())
@@ -262,6 +278,71 @@ def compare(case: str, reference, ref_inputs, models: dict, inputs, ham: bool) -
     return rows
 
 
+def dformer_evaluation(ref: Path, reference, root: Path, suffix: str, msf: bool) -> torch.Tensor:
+    """DFormer's own ``utils/val_mm.evaluate`` (``msf=False``) or ``evaluate_msf`` with ``--mst``'s scales 0.5 …
+    1.5 and flipping, over its dataset class and ``ValPre``: the confusion matrix it scores (its ``Metrics.hist``)."""
+    stub = types.ModuleType
+    matplotlib = stub("matplotlib")
+    matplotlib.pyplot, matplotlib.colors = stub("matplotlib.pyplot"), stub("matplotlib.colors")
+    matplotlib.colors.ListedColormap = None
+    tabulate = stub("tabulate")
+    tabulate.tabulate = None
+    metrics = _load_file(ref / "utils" / "metrics_new.py", "_rgbx_ref_dformer_metrics")
+    stand_ins = {"matplotlib": matplotlib, "matplotlib.pyplot": matplotlib.pyplot,
+                 "matplotlib.colors": matplotlib.colors, "tabulate": tabulate, "utils": stub("utils"),
+                 "utils.metrics_new": metrics}
+    val_mm = _load_file(ref / "utils" / "val_mm.py", "_rgbx_ref_dformer_val_mm", **stand_ins)
+    loader = torch.utils.data.DataLoader(dformer_dataset(ref, root, suffix), batch_size=1)
+    config = types.SimpleNamespace(num_classes=40, background=255, dataset_name="NYUDepthv2")
+    engine = types.SimpleNamespace(distributed=False, local_rank=0)
+    with torch.no_grad(), redirect_stdout(io.StringIO()):
+        if msf:
+            result = val_mm.evaluate_msf(reference, loader, config, "cpu", [0.5, 0.75, 1.0, 1.25, 1.5], True,
+                                         engine)
+        else:
+            result = val_mm.evaluate(reference, loader, config, "cpu", engine)
+    return result.hist.long()
+
+
+def rgbx_evaluation(model_file: Path, root: Path, tmp: Path, *flags: str) -> tuple[torch.Tensor, float]:
+    """``rgbx eval`` on the files: its confusion matrix (``--confusion``) and mIoU over all classes (``--json``)."""
+    import json
+
+    out = tmp / "eval"
+    with redirect_stdout(io.StringIO()):
+        code = rgbx_main(["eval", str(model_file), "--data", str(root), "--dataset", "nyudepthv2", "--split", "test",
+                          "--miou", "all", "--json", str(out / "eval.json"), "--confusion", str(out), *flags])
+    if code:
+        raise SystemExit(f"rgbx eval {' '.join(flags)} failed")
+    rows = (out / "rgb+depth.csv").read_text().splitlines()[1:]
+    matrix = torch.tensor([[int(v) for v in row.split(",")[1:]] for row in rows])
+    report = json.loads((out / "eval.json").read_text())
+    return matrix, 100 * report["subsets"]["rgb+depth"]["all"]["miou"]
+
+
+def reference_miou(hist: torch.Tensor) -> float:
+    """DFormer's ``Metrics.compute_iou``: IoU per class with NaN (a class in neither) as 0, mean over all."""
+    hist = hist.double()
+    ious = hist.diag() / (hist.sum(0) + hist.sum(1) - hist.diag())
+    ious[ious.isnan()] = 0.0
+    return 100 * ious.mean().item()
+
+
+def evaluation_rows(ref: Path, reference, model_file: Path, root: Path, suffix: str) -> list[str]:
+    rows = []
+    for msf, what in ((False, "`evaluate`: one scale, no flip"), (True, "`evaluate_msf`: 5 scales + flip")):
+        want = dformer_evaluation(ref, reference, root, suffix, msf)
+        rules = ("rgbx",) if not msf else ("dformer", "rgbx")
+        for rule in rules:
+            flags = ["--scales", "0.5", "0.75", "1", "1.25", "1.5", "--flip", "--scale-rule", rule] if msf else []
+            got, miou = rgbx_evaluation(model_file, root, model_file.parent, *flags)
+            differ = int((got - want).abs().sum()) // 2
+            command = " ".join(["rgbx eval", *flags])
+            rows.append(f"| {what} | `{command}` | {reference_miou(want):.4f} | {miou:.4f} | "
+                        f"{differ} of {int(want.sum())} |")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dformer", type=Path, help="a checkout of github.com/VCIP-RGBD/DFormer")
@@ -269,6 +350,9 @@ def main() -> None:
     p.add_argument("--size", default="480x640", help="image size HxW of the fake files (default 480x640)")
     p.add_argument("--images", type=int, default=2, help="images per case (default 2)")
     p.add_argument("--jpeg", action="store_true", help="RGB / HHA files as JPEG, as the releases ship them")
+    p.add_argument("--eval-size", default="530x730",
+                   help="image size of the evaluation-protocol check (default 530x730, SUN RGB-D's: not a multiple "
+                        "of 32, so DFormer's multi-scale evaluation resizes even at scale 1)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     if not (args.dformer or args.cmx):
@@ -280,7 +364,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
     names = [f"{i}" for i in range(args.images)]
-    rows = []
+    eval_size = tuple(int(v) for v in args.eval_size.split("x"))
+    rows, eval_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rng = np.random.default_rng(0)
@@ -292,8 +377,13 @@ def main() -> None:
             state = {**{f"backbone.{k}": v for k, v in reference.backbone.state_dict().items()},
                      **{f"decode_head.{k}": v for k, v in reference.decode_head.state_dict().items()}}
             models = {e: convert(state, tmp, "dformer", ["rgb", "depth"], e) for e in ("reference", "rgbx")}
+            share_nmf_bases(reference, models["reference"])
             rows += compare("dformer-nyu", reference, dformer_inputs(args.dformer, root, suffix), models,
-                            rgbx_inputs("nyudepthv2", root), ham=True)
+                            rgbx_inputs("nyudepthv2", root))
+            eval_root = tmp / "NYUDepthv2_eval"
+            eval_suffix = make_nyu(eval_root, names, eval_size, rng, args.jpeg, hha=False)
+            eval_rows = evaluation_rows(args.dformer, reference, tmp / "dformer_reference.safetensors", eval_root,
+                                        eval_suffix)
         if args.cmx:
             reference = build_cmx_reference(args.cmx, backbone="mit_b0", num_classes=40)
             randomize(reference, gen)
@@ -303,7 +393,7 @@ def main() -> None:
             models = {e: convert(reference.state_dict(), tmp, "cmx_nyu", ["rgb", "hha"], e)
                       for e in ("reference", "rgbx")}
             rows += compare("cmx-nyu (HHA)", reference, cmx_inputs(args.cmx, root, suffix, "HHA", False), models,
-                            rgbx_inputs("nyudepthv2", root), ham=False)
+                            rgbx_inputs("nyudepthv2", root))
             reference = build_cmx_reference(args.cmx, backbone="mit_b0", num_classes=9)
             randomize(reference, gen)
             reference.eval()
@@ -312,13 +402,20 @@ def main() -> None:
                       for e in ("reference", "rgbx")}
             rows += compare("cmx-mfnet (thermal)", reference, cmx_inputs(args.cmx, tmp / "MFNet_cmx", ".png",
                                                                         "Modal", True), models,
-                            rgbx_inputs("mfnet", tmp / "MFNet"), ham=False)
+                            rgbx_inputs("mfnet", tmp / "MFNet"))
     print(f"torch {torch.__version__}, fp32, eval, {args.images} images of {size[0]}×{size[1]} per case, "
           f"{'JPEG' if args.jpeg else 'PNG'} RGB / HHA files")
     print("| case | rgbx convert --input-encoding | max abs input difference | max abs logit difference | "
           "max abs logit | argmax agreement with the reference |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
+    if eval_rows:
+        print(f"\nDFormer's evaluation code against rgbx eval (the converted DFormer-T, {args.images} images of "
+              f"{eval_size[0]}×{eval_size[1]}, mIoU over all 40 classes as DFormer counts it):")
+        print("| DFormer's protocol | rgbx | DFormer's mIoU | rgbx's mIoU | confusion matrices apart (Σ|Δ| / 2, "
+              "pixels) |")
+        print("|---|---|---|---|---|")
+        print("\n".join(eval_rows))
 
 
 if __name__ == "__main__":

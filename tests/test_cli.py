@@ -187,7 +187,8 @@ def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
     whole, covering, sliding, single = (json.loads(reports[n].read_text())
                                         for n in ("whole", "covering", "sliding", "one_at_a_time"))
     assert single["subsets"] == sliding["subsets"]  # windows run together or one at a time: the same predictions
-    assert whole["test_time"] == {"scales": [1.0], "flip": False, "window": None, "stride": None}
+    assert whole["test_time"] == {"scales": [1.0], "flip": False, "scale_rule": "rgbx", "window": None,
+                                  "stride": None}
     assert sliding["test_time"]["window"] == [16, 24] and sliding["test_time"]["stride"] == [8, 8]
     assert covering["test_time"]["stride"] == [43, 43]  # two thirds of the window, rounded up
     key = "rgb+depth+thermal"
@@ -204,6 +205,10 @@ def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
     assert sum(counts[i][i] for i in range(3)) / two["pixels"] == pytest.approx(two["pixel_accuracy"])
     assert "drop --robustness" in _error(capsys, "eval", weights, "--data", root, "--robustness", "--confusion",
                                          confusion)
+    dformer = tmp_path / "dformer.json"  # DFormer's multi-scale rule: 32×40 at 0.75 becomes 32×32 (rgbx: 24×30)
+    assert run_cli("eval", weights, "--data", root, "--scales", "0.75", "1", "--flip", "--scale-rule", "dformer",
+                   "--json", dformer) == 0
+    assert json.loads(dformer.read_text())["test_time"]["scale_rule"] == "dformer"
     robust = tmp_path / "robust.json"
     assert run_cli("eval", weights, "--data", root, "--robustness", "--window", "16x24", "--json", robust) == 0
     assert json.loads(robust.read_text())["test_time"]["window"] == [16, 24]

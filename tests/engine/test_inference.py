@@ -171,3 +171,43 @@ def test_bad_sliding_windows_are_named(size, stride, batch, message):
 
 def test_default_stride_is_two_thirds_of_the_window():
     assert SlidingWindow((480, 640)).stride == (320, 427)
+
+
+def test_scaled_sizes_under_each_rule():
+    from rgbx.engine.inference import scaled_size
+
+    # DFormer's evaluate_msf: int(s × n), then up to a multiple of 32; SUN RGB-D's 530×730 resizes even at scale 1
+    assert scaled_size((530, 730), 1.0, "dformer") == (544, 736)
+    assert scaled_size((530, 730), 0.75, "dformer") == (416, 576)  # int(397.5) = 397 → 416, int(547.5) = 547 → 576
+    assert scaled_size((480, 640), 1.0, "dformer") == (480, 640)
+    assert scaled_size((530, 730), 0.75, "rgbx") == (398, 548)
+    with pytest.raises(ConfigError, match="scale rule 'mmseg': expected one of rgbx, dformer"):
+        scaled_size((530, 730), 1.0, "mmseg")
+
+
+@torch.no_grad()
+def test_the_dformer_scale_rule_follows_dformers_evaluate_msf():
+    """DFormer's utils/val_mm.evaluate_msf written out: each scale's size rounded up to a multiple of 32, every input
+    resized bilinearly with align_corners=True, the (flipped back) logits likewise to the input size, softmax
+    summed. The rule gives the mean of the same terms; the default rule differs."""
+    import math
+
+    import torch.nn.functional as F
+
+    model = _model()
+    g = torch.Generator().manual_seed(3)
+    x = {"rgb": torch.randn(1, 3, 45, 70, generator=g), "lidar": torch.randn(1, 1, 45, 70, generator=g)}
+    scales = (0.5, 1.0, 1.25)
+    total = torch.zeros(1, 3, 45, 70)
+    for s in scales:
+        size = tuple(int(math.ceil(int(s * n) / 32)) * 32 for n in (45, 70))
+        scaled = {m: F.interpolate(v, size=size, mode="bilinear", align_corners=True) for m, v in x.items()}
+        for flip in (False, True):
+            view = {m: v.flip(3) for m, v in scaled.items()} if flip else scaled
+            logits = model(view).logits
+            logits = logits.flip(3) if flip else logits
+            total += F.interpolate(logits, size=(45, 70), mode="bilinear", align_corners=True).softmax(1)
+    ours = predict_logits(model, x, scales=scales, flip=True, scale_rule="dformer")
+    torch.testing.assert_close(ours * 2 * len(scales), total, atol=2e-5, rtol=1e-5)
+    default = predict_logits(model, x, scales=scales, flip=True)
+    assert (default * 2 * len(scales) - total).abs().max() > 1e-3

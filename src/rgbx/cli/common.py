@@ -30,12 +30,16 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_test_time_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--scales``, ``--flip``, ``--window``, ``--stride`` and ``--window-batch``
+    """``--scales``, ``--flip``, ``--scale-rule``, ``--window``, ``--stride`` and ``--window-batch``
     (:func:`rgbx.engine.inference.predict_logits`)."""
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
                         help="multi-scale testing: average class probabilities over these input scales, e.g. "
                              "0.5 0.75 1 1.25 1.5")
     parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
+    parser.add_argument("--scale-rule", choices=("rgbx", "dformer"), default="rgbx",
+                        help="how --scales resize: rgbx (default: round(h x s), each sensor by its own rule) or "
+                             "dformer (DFormer's evaluate_msf, to reproduce its multi-scale numbers: sizes rounded "
+                             "up to multiples of 32, every input bilinear with align_corners=True)")
     parser.add_argument("--window", type=parse_size, metavar="HxW",
                         help="sliding-window inference: run the model on HxW windows (clipped to the image) and "
                              "average the logits where they overlap, e.g. 480x640 (default: whole images)")

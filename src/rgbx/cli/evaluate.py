@@ -145,7 +145,7 @@ def _evaluate(args, device, ctx) -> int:
     with backend_flags(speed):
         result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                           subsets=subsets, group_by=args.by or None, device=device, scales=args.scales,
-                          flip=args.flip, window=window, autocast_dtype=amp_dtype)
+                          flip=args.flip, window=window, autocast_dtype=amp_dtype, scale_rule=args.scale_rule)
     if not ctx.is_main:  # the other processes of a torchrun launch only contribute their counts
         return 0
     print_eval_tables(result, list(desc.classes), convention=args.miou, per_class=args.per_class,
@@ -183,7 +183,8 @@ def write_confusion(result, class_names: list[str], folder: Path, top: int = 10)
 
 def _test_time(args, window) -> dict:
     """How each prediction was made, for the JSON report."""
-    return {"scales": list(args.scales), "flip": args.flip, "window": None if window is None else list(window.size),
+    return {"scales": list(args.scales), "flip": args.flip, "scale_rule": args.scale_rule,
+            "window": None if window is None else list(window.size),
             "stride": None if window is None else list(window.stride)}
 
 
@@ -192,7 +193,8 @@ def _run_robustness(args, model, loader, desc, device, is_main: bool = True, amp
 
     report = robustness_report(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                                device=device, seed=args.seed, convention=args.miou, class_names=list(desc.classes),
-                               autocast_dtype=amp_dtype, scales=args.scales, flip=args.flip, window=window)
+                               autocast_dtype=amp_dtype, scales=args.scales, flip=args.flip, window=window,
+                               scale_rule=args.scale_rule)
     if not is_main:
         return 0
     print_robustness_tables(report, title=f"{args.checkpoint} on {args.data} [{args.split}], seed {args.seed}")

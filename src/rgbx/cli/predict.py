@@ -114,7 +114,7 @@ def run(args) -> int:
     model, info = load_model_from_args(args, device)
     speed = inference_speed_from_args(args, device)  # host memory kept on the CPU, --fast or not
     predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip, speed=speed,
-                          window=window)
+                          window=window, scale_rule=args.scale_rule)
     count = 0
     for sample in _samples(args, list(model.modalities)):
         pred = predictor.predict(sample)

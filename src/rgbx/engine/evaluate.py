@@ -95,6 +95,7 @@ def evaluate(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     window: SlidingWindow | None = None,
+    scale_rule: str = "rgbx",
 ) -> EvalResult:
     """Evaluate ``model`` on ``loader`` (batches of :class:`~rgbx.data.Batch`).
 
@@ -105,6 +106,8 @@ def evaluate(
         progress: optional callable(batches_done) called after each batch.
         scales, flip: multi-scale + flip test-time averaging (:func:`rgbx.engine.inference.predict_logits`).
         window: sliding-window inference (:class:`rgbx.engine.inference.SlidingWindow`; None = whole images).
+        scale_rule: how ``scales`` resize (``"rgbx"``, or ``"dformer"``: DFormer's evaluate_msf; see
+            :mod:`rgbx.engine.inference`).
     """
     model.eval()
     device = torch.device(device)
@@ -128,7 +131,7 @@ def evaluate(
             if not view.inputs:
                 continue
             with amp:
-                logits = predict_logits(model, view.inputs, view.present, scales, flip, window)
+                logits = predict_logits(model, view.inputs, view.present, scales, flip, window, scale_rule)
             pred = logits.argmax(1)
             name = subset_name(subset)
             for group, mask in groups:

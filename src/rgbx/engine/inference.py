@@ -14,10 +14,17 @@ horizontal-flip averaging.
   ``SlidingWindow.batch`` window positions per forward pass (8 by default; 1 runs them one at a time, as the
   references do), which gives the same logits in fewer, larger passes.
 * **Flip** runs the image and its mirror image as one batch of twice the size.
+* **Scale rules** (``scale_rule``, :data:`SCALE_RULES`): how a scale becomes a size and how inputs and logits are
+  resized. ``rgbx`` (the default) is the rule above: round(h × s), each sensor by its own rule, logits back with
+  ``align_corners=False``. ``dformer`` is DFormer's ``utils/val_mm.evaluate_msf``, to reproduce its published
+  multi-scale numbers: the size is ``ceil(int(h × s) / 32) × 32`` (so even scale 1 resizes an image whose sides are
+  not multiples of 32, e.g. SUN RGB-D's 530×730 to 544×736), every network input is resized bilinearly with
+  ``align_corners=True`` (depth too), and so are the logits back.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +36,9 @@ from rgbx.data.transforms import resize_modality
 from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
 
-__all__ = ["SlidingWindow", "predict_logits", "window_starts"]
+__all__ = ["SCALE_RULES", "SlidingWindow", "predict_logits", "scaled_size", "window_starts"]
+
+SCALE_RULES = ("rgbx", "dformer")
 
 
 @dataclass(frozen=True)
@@ -109,13 +118,29 @@ def _rescale(name: str, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return spec.normalize(resized)
 
 
+def check_scale_rule(rule: str) -> str:
+    if rule not in SCALE_RULES:
+        raise ConfigError(f"scale rule {rule!r}: expected one of {', '.join(SCALE_RULES)}")
+    return rule
+
+
+def scaled_size(size: tuple[int, int], scale: float, rule: str = "rgbx") -> tuple[int, int]:
+    """The input size at ``scale`` under ``rule`` (see the module docstring)."""
+    h, w = size
+    if check_scale_rule(rule) == "dformer":  # val_mm.evaluate_msf: int(), then up to a multiple of 32
+        return tuple(int(math.ceil(int(scale * n) / 32)) * 32 for n in (h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
                    present: Mapping[str, torch.Tensor] | None = None, scales: Sequence[float] = (1.0,),
-                   flip: bool = False, window: SlidingWindow | None = None) -> torch.Tensor:
+                   flip: bool = False, window: SlidingWindow | None = None, scale_rule: str = "rgbx") -> torch.Tensor:
     """(B, K, H, W) scores at the input size: the model's logits for one pass (whole image, or averaged over
     ``window``'s sliding windows), else the mean softmax probability over ``scales`` × (identity, horizontal
-    flip), each pass sliding its windows over the rescaled image when ``window`` is given."""
+    flip), each pass sliding its windows over the rescaled image when ``window`` is given. ``scale_rule``: how a
+    scale becomes a size and how inputs and logits are resized (:data:`SCALE_RULES`, module docstring)."""
     scales = tuple(float(s) for s in scales)
+    reference = check_scale_rule(scale_rule) == "dformer"
 
     def one_pass(view: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
         return model(view, mask).logits if window is None else _slide(model, view, mask, window)
@@ -125,8 +150,13 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
     h, w = next(iter(inputs.values())).shape[-2:]
     total = None
     for scale in scales:
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        scaled = {m: x if size == (h, w) else _rescale(m, x, size) for m, x in inputs.items()}
+        size = scaled_size((h, w), scale, scale_rule)
+        if size == (h, w):
+            scaled = dict(inputs)
+        elif reference:  # every network input bilinearly, corners aligned, as DFormer's evaluate_msf
+            scaled = {m: F.interpolate(x, size=size, mode="bilinear", align_corners=True) for m, x in inputs.items()}
+        else:
+            scaled = {m: _rescale(m, x, size) for m, x in inputs.items()}
         if flip:  # the image and its mirror image in one pass
             both = one_pass({m: torch.cat([x, x.flip(-1)]) for m, x in scaled.items()},
                             _repeat_present(present, 2))
@@ -136,7 +166,7 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
             passes = (one_pass(scaled, present),)
         for logits in passes:
             if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=reference)
             probs = logits.float().softmax(1)
             total = probs if total is None else total + probs
     return total / (len(scales) * (2 if flip else 1))

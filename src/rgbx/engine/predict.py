@@ -18,17 +18,17 @@ class Predictor:
 
     ``speed``: speed switches to predict with (e.g. ``SpeedOptions.fast(device)``; None = the model's own fp32
     arithmetic). Precision, attention, memory layout, TF32 and compilation apply; CUDA-graph capture does not
-    (inputs vary in size). ``scales`` / ``flip`` / ``window``: test-time averaging and sliding-window inference
-    (:func:`rgbx.engine.inference.predict_logits`)."""
+    (inputs vary in size). ``scales`` / ``flip`` / ``window`` / ``scale_rule``: test-time averaging and
+    sliding-window inference (:func:`rgbx.engine.inference.predict_logits`)."""
 
     def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu",
                  scales: tuple[float, ...] = (1.0,), flip: bool = False, speed: SpeedOptions | None = None,
-                 window: SlidingWindow | None = None):
+                 window: SlidingWindow | None = None, scale_rule: str = "rgbx"):
         self.model = model.to(device).eval()
         self.speed = speed
         if speed is not None:
             prepare_inference(self.model, speed)
-        self.scales, self.flip, self.window = tuple(scales), flip, window
+        self.scales, self.flip, self.window, self.scale_rule = tuple(scales), flip, window, scale_rule
         self.device = torch.device(device)
         dataset = info.get("dataset", {})
         n = model.config.num_classes
@@ -49,7 +49,7 @@ class Predictor:
         precision = self.speed.precision if self.speed is not None else "fp32"
         with backend_flags(self.speed), autocast(self.device, precision):
             logits = predict_logits(self.model, batch.inputs, batch.present, self.scales, self.flip,
-                                    self.window)
+                                    self.window, self.scale_rule)
         return logits.float().argmax(1)[0].cpu()
 
     def write(self, sample: Sample, pred: torch.Tensor, out_dir: Path, panel: bool = True) -> dict[str, Path]:

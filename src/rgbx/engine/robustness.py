@@ -245,6 +245,7 @@ def robustness_report(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     window: SlidingWindow | None = None,
+    scale_rule: str = "rgbx",
 ) -> dict:
     """Entire-missing, random-dropout and noise robustness of ``model`` on ``loader``, in one pass.
 
@@ -254,7 +255,7 @@ def robustness_report(
         corruptions: names in :data:`CORRUPTIONS` to run (default: all).
         convention: mIoU convention (see :mod:`rgbx.engine.metrics`).
         progress: optional callable(batches_done).
-        scales, flip, window: test-time averaging and sliding windows for every prediction
+        scales, flip, window, scale_rule: test-time averaging and sliding windows for every prediction
             (:func:`rgbx.engine.inference.predict_logits`).
 
     Returns:
@@ -288,7 +289,7 @@ def robustness_report(
 
     def predict(view: Batch) -> torch.Tensor:
         with amp:
-            return predict_logits(model, view.inputs, view.present, scales, flip, window).argmax(1)
+            return predict_logits(model, view.inputs, view.present, scales, flip, window, scale_rule).argmax(1)
 
     for bi, batch in enumerate(loader):
         if batch.label is None:
