@@ -304,20 +304,98 @@ def dformer_evaluation(ref: Path, reference, root: Path, suffix: str, msf: bool)
     return result.hist.long()
 
 
-def rgbx_evaluation(model_file: Path, root: Path, tmp: Path, *flags: str) -> tuple[torch.Tensor, float]:
-    """``rgbx eval`` on the files: its confusion matrix (``--confusion``) and mIoU over all classes (``--json``)."""
+def rgbx_evaluation(model_file: Path, root: Path, tmp: Path, *flags: str, sensors: str = "rgb+depth",
+                    miou: str = "all") -> tuple[torch.Tensor, float]:
+    """``rgbx eval`` on the files: its confusion matrix (``--confusion``) and mIoU (``--json``)."""
     import json
 
     out = tmp / "eval"
     with redirect_stdout(io.StringIO()):
         code = rgbx_main(["eval", str(model_file), "--data", str(root), "--dataset", "nyudepthv2", "--split", "test",
-                          "--miou", "all", "--json", str(out / "eval.json"), "--confusion", str(out), *flags])
+                          "--miou", miou, "--json", str(out / "eval.json"), "--confusion", str(out), *flags])
     if code:
         raise SystemExit(f"rgbx eval {' '.join(flags)} failed")
-    rows = (out / "rgb+depth.csv").read_text().splitlines()[1:]
+    rows = (out / f"{sensors}.csv").read_text().splitlines()[1:]
     matrix = torch.tensor([[int(v) for v in row.split(",")[1:]] for row in rows])
     report = json.loads((out / "eval.json").read_text())
-    return matrix, 100 * report["subsets"]["rgb+depth"]["all"]["miou"]
+    return matrix, 100 * report["subsets"][sensors]["all"]["miou"]
+
+
+class _OnTheCPU(torch.nn.Module):
+    """CMX's evaluator moves its network with ``.to(input.get_device())``, which is -1 on the CPU: stay put."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def forward(self, rgb, x):
+        return self.network(rgb, x)
+
+
+class _NoCuda:
+    """CMX's evaluator calls ``.cuda(device)`` and ``torch.cuda.device(...)``; on the CPU both become no-ops."""
+
+    def __enter__(self):
+        self._cuda, self._device = torch.Tensor.cuda, torch.cuda.device
+        torch.Tensor.cuda = lambda t, *args, **kwargs: t
+
+        class _Device:
+            def __init__(self, *args):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        torch.cuda.device = _Device
+
+    def __exit__(self, *exc):
+        torch.Tensor.cuda, torch.cuda.device = self._cuda, self._device
+
+
+def cmx_evaluation(ref: Path, reference, root: Path, suffix: str, class_num: int) -> tuple[torch.Tensor, float]:
+    """CMX's own ``engine/evaluator.Evaluator.sliding_eval_rgbX`` (``eval.py``'s ``func_per_iteration`` with the NYU
+    config: scale 1, no flip, crop 480×640, stride 2/3) over its dataset class, scored by its ``utils/metric``
+    ``hist_info`` / ``compute_score``: the confusion matrix and the mIoU it reports (``nanmean``)."""
+    import collections.abc
+    import logging
+
+    transforms = _load_file(ref / "utils" / "transforms.py", "_rgbx_ref_cmx_transforms")
+    # written for Python < 3.10: collections.Iterable is collections.abc.Iterable now (this module's name only)
+    transforms.collections = types.SimpleNamespace(Iterable=collections.abc.Iterable)
+    metric = _load_file(ref / "utils" / "metric.py", "_rgbx_ref_cmx_metric")
+    stub = types.ModuleType
+    logger_module = stub("engine.logger")
+    logger_module.get_logger = lambda *a, **k: logging.getLogger("cmx-reference")
+    pyt_utils = stub("utils.pyt_utils")
+    pyt_utils.load_model = pyt_utils.link_file = pyt_utils.ensure_dir = None
+    evaluator = _load_file(ref / "engine" / "evaluator.py", "_rgbx_ref_cmx_evaluator", engine=stub("engine"),
+                           **{"engine.logger": logger_module, "utils": stub("utils"), "utils.pyt_utils": pyt_utils,
+                              "utils.transforms": transforms})
+    dataset_module = _load_file(ref / "dataloader" / "RGBXDataset.py", "_rgbx_ref_cmx_dataset")
+    setting = {"rgb_root": str(root / "RGB"), "rgb_format": suffix, "gt_root": str(root / "Label"),
+               "gt_format": ".png", "transform_gt": True, "x_root": str(root / "HHA"), "x_format": suffix,
+               "x_single_channel": False, "train_source": str(root / "train.txt"),
+               "eval_source": str(root / "test.txt"), "class_names": []}
+    dataset = dataset_module.RGBXDataset(setting, "val", None)
+    ev = evaluator.Evaluator.__new__(evaluator.Evaluator)  # its __init__ starts a process pool for several GPUs
+    ev.class_num, ev.norm_mean, ev.norm_std = class_num, IMAGENET_MEAN, IMAGENET_STD
+    ev.multi_scales, ev.is_flip, ev.val_func = [1], False, _OnTheCPU(reference)
+    hist = np.zeros((class_num, class_num), dtype=np.int64)
+    correct = labeled = 0
+    with _NoCuda():
+        for i in range(len(dataset)):
+            item = dataset[i]
+            pred = ev.sliding_eval_rgbX(item["data"], item["modal_x"], (480, 640), 2 / 3, None)
+            h, lab, cor = metric.hist_info(class_num, pred, item["label"])
+            hist, labeled, correct = hist + h, labeled + lab, correct + cor
+    miou = metric.compute_score(hist, correct, labeled)[1]
+    return torch.from_numpy(hist), 100 * float(miou)
 
 
 def reference_miou(hist: torch.Tensor) -> float:
@@ -330,7 +408,8 @@ def reference_miou(hist: torch.Tensor) -> float:
 
 def evaluation_rows(ref: Path, reference, model_file: Path, root: Path, suffix: str) -> list[str]:
     rows = []
-    for msf, what in ((False, "`evaluate`: one scale, no flip"), (True, "`evaluate_msf`: 5 scales + flip")):
+    for msf, what in ((False, "DFormer: `evaluate`, one scale, no flip"),
+                      (True, "DFormer: `evaluate_msf`, 5 scales + flip")):
         want = dformer_evaluation(ref, reference, root, suffix, msf)
         rules = ("rgbx",) if not msf else ("dformer", "rgbx")
         for rule in rules:
@@ -382,8 +461,8 @@ def main() -> None:
                             rgbx_inputs("nyudepthv2", root))
             eval_root = tmp / "NYUDepthv2_eval"
             eval_suffix = make_nyu(eval_root, names, eval_size, rng, args.jpeg, hha=False)
-            eval_rows = evaluation_rows(args.dformer, reference, tmp / "dformer_reference.safetensors", eval_root,
-                                        eval_suffix)
+            eval_rows += evaluation_rows(args.dformer, reference, tmp / "dformer_reference.safetensors", eval_root,
+                                         eval_suffix)
         if args.cmx:
             reference = build_cmx_reference(args.cmx, backbone="mit_b0", num_classes=40)
             randomize(reference, gen)
@@ -394,6 +473,12 @@ def main() -> None:
                       for e in ("reference", "rgbx")}
             rows += compare("cmx-nyu (HHA)", reference, cmx_inputs(args.cmx, root, suffix, "HHA", False), models,
                             rgbx_inputs("nyudepthv2", root))
+            want, want_miou = cmx_evaluation(args.cmx, reference, root, suffix, 40)
+            got, got_miou = rgbx_evaluation(tmp / "cmx_nyu_reference.safetensors", root, tmp, sensors="rgb+hha",
+                                            miou="present")
+            eval_rows.append(f"| CMX: `eval.py`'s `sliding_eval_rgbX` (NYU config: scale 1, no flip) | `rgbx eval` "
+                             f"(`--miou present`) | {want_miou:.4f} | {got_miou:.4f} | "
+                             f"{int((got - want).abs().sum()) // 2} of {int(want.sum())} |")
             reference = build_cmx_reference(args.cmx, backbone="mit_b0", num_classes=9)
             randomize(reference, gen)
             reference.eval()
@@ -410,10 +495,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
     if eval_rows:
-        print(f"\nDFormer's evaluation code against rgbx eval (the converted DFormer-T, {args.images} images of "
-              f"{eval_size[0]}×{eval_size[1]}, mIoU over all 40 classes as DFormer counts it):")
-        print("| DFormer's protocol | rgbx | DFormer's mIoU | rgbx's mIoU | confusion matrices apart (Σ|Δ| / 2, "
-              "pixels) |")
+        print(f"\nThe references' evaluation code against rgbx eval, on the same files (DFormer: the converted DFormer-T "
+              f"on {args.images} images of {eval_size[0]}×{eval_size[1]}, mIoU over all 40 classes as DFormer counts "
+              f"it; CMX: the converted CMX-B0 on the NYU-HHA images above, mIoU over the classes present):")
+        print("| the reference's protocol | rgbx | the reference's mIoU | rgbx's mIoU | confusion matrices apart "
+              "(Σ|Δ| / 2, pixels) |")
         print("|---|---|---|---|---|")
         print("\n".join(eval_rows))
 
