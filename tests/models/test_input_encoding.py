@@ -190,3 +190,20 @@ def test_a_wrong_encoding_is_a_config_error_naming_the_key(encoding, message):
 def test_dformer_refuses_an_encoding_that_drops_its_rgb_channels():
     with pytest.raises(ConfigError, match="the dformer fusion reads 3 RGB channels"):
         create_model(**CONFIGS["dformer"], input_encoding={"rgb": {"source": [0], "mean": [0.5], "std": [0.2]}})
+
+
+def test_a_fusion_without_an_input_encoding_argument_is_told_so(monkeypatch):
+    """A fusion registered outside rgbx that predates input encodings still builds without one, and with one gets a
+    ConfigError instead of a TypeError from its constructor."""
+    from rgbx.models.fusions.mean import MeanFusion
+    from rgbx.models.registries import FUSIONS
+
+    def legacy(backbone, modalities, drop_path_rate=0.1, attn_impl="sdpa"):
+        return MeanFusion(backbone=backbone, modalities=modalities, drop_path_rate=drop_path_rate,
+                          attn_impl=attn_impl)
+
+    monkeypatch.setitem(FUSIONS._items, "legacy_mean", legacy)
+    create_model(backbone="mit_nano", fusion="legacy_mean", modalities=["rgb", "depth"], num_classes=3)
+    with pytest.raises(ConfigError, match="the fusion 'legacy_mean' does not take an input encoding"):
+        create_model(backbone="mit_nano", fusion="legacy_mean", modalities=["rgb", "depth"], num_classes=3,
+                     input_encoding={"depth": {"mean": [1.0], "std": [2.0]}})

@@ -56,6 +56,13 @@ def _build(factory, key: str, options: dict, **kwargs):
     return factory(**kwargs, **options)
 
 
+def _takes(factory, name: str) -> bool:
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 class Segmentor(nn.Module):
     """Multi-modal segmentation model built from a :class:`ModelConfig`.
 
@@ -70,8 +77,14 @@ class Segmentor(nn.Module):
         super().__init__()
         self.config = config.validate()
         self.matmul_resize = False  # the final resize of the logits: set_matmul_resize
+        fusion = FUSIONS.get(config.fusion)
+        if config.input_encoding and not _takes(fusion, "input_encoding"):
+            from rgbx.errors import ConfigError
+
+            raise ConfigError(f"model.input_encoding: the fusion {config.fusion!r} does not take an input encoding "
+                              "(its constructor needs an input_encoding argument, passed on to FusionEncoder)")
         self.encoder: FusionEncoder = _build(
-            FUSIONS.get(config.fusion), "fusion_options", config.fusion_options,
+            fusion, "fusion_options", config.fusion_options,
             backbone=config.backbone,
             modalities=config.modalities,
             drop_path_rate=config.drop_path_rate,
