@@ -278,9 +278,11 @@ def compare(case: str, reference, ref_inputs, models: dict, inputs) -> list[str]
     return rows
 
 
-def dformer_evaluation(ref: Path, reference, root: Path, suffix: str, msf: bool) -> torch.Tensor:
+def dformer_evaluation(ref: Path, reference, root: Path, suffix: str, msf: bool, sliding: bool = False) -> torch.Tensor:
     """DFormer's own ``utils/val_mm.evaluate`` (``msf=False``) or ``evaluate_msf`` with ``--mst``'s scales 0.5 …
-    1.5 and flipping, over its dataset class and ``ValPre``: the confusion matrix it scores (its ``Metrics.hist``)."""
+    1.5 and flipping, whole images or (``sliding``: its ``--sliding``) 480×480 windows every ``int(2/3 × 480)``
+    pixels (the SUN RGB-D configs' ``eval_crop_size`` and ``eval_stride_rate``), over its dataset class and
+    ``ValPre``: the confusion matrix it scores (its ``Metrics.hist``)."""
     stub = types.ModuleType
     matplotlib = stub("matplotlib")
     matplotlib.pyplot, matplotlib.colors = stub("matplotlib.pyplot"), stub("matplotlib.colors")
@@ -293,12 +295,13 @@ def dformer_evaluation(ref: Path, reference, root: Path, suffix: str, msf: bool)
                  "utils.metrics_new": metrics}
     val_mm = _load_file(ref / "utils" / "val_mm.py", "_rgbx_ref_dformer_val_mm", **stand_ins)
     loader = torch.utils.data.DataLoader(dformer_dataset(ref, root, suffix), batch_size=1)
-    config = types.SimpleNamespace(num_classes=40, background=255, dataset_name="NYUDepthv2")
+    config = types.SimpleNamespace(num_classes=40, background=255, dataset_name="NYUDepthv2",
+                                   eval_crop_size=[480, 480], eval_stride_rate=2 / 3)
     engine = types.SimpleNamespace(distributed=False, local_rank=0)
     with torch.no_grad(), redirect_stdout(io.StringIO()):
         if msf:
             result = val_mm.evaluate_msf(reference, loader, config, "cpu", [0.5, 0.75, 1.0, 1.25, 1.5], True,
-                                         engine)
+                                         engine, sliding=sliding)
         else:
             result = val_mm.evaluate(reference, loader, config, "cpu", engine)
     return result.hist.long()
@@ -408,12 +411,15 @@ def reference_miou(hist: torch.Tensor) -> float:
 
 def evaluation_rows(ref: Path, reference, model_file: Path, root: Path, suffix: str) -> list[str]:
     rows = []
-    for msf, what in ((False, "DFormer: `evaluate`, one scale, no flip"),
-                      (True, "DFormer: `evaluate_msf`, 5 scales + flip")):
-        want = dformer_evaluation(ref, reference, root, suffix, msf)
+    msf_flags = ["--scales", "0.5", "0.75", "1", "1.25", "1.5", "--flip"]
+    window = ["--window", "480x480", "--stride", "320x320"]
+    for msf, sliding, what in ((False, False, "DFormer: `evaluate`, one scale, no flip"),
+                               (True, False, "DFormer: `evaluate_msf`, 5 scales + flip"),
+                               (True, True, "DFormer: `evaluate_msf` with `--sliding` (480×480 windows)")):
+        want = dformer_evaluation(ref, reference, root, suffix, msf, sliding)
         rules = ("rgbx",) if not msf else ("dformer", "rgbx")
         for rule in rules:
-            flags = ["--scales", "0.5", "0.75", "1", "1.25", "1.5", "--flip", "--scale-rule", rule] if msf else []
+            flags = [*msf_flags, "--scale-rule", rule, *(window if sliding else [])] if msf else []
             got, miou = rgbx_evaluation(model_file, root, model_file.parent, *flags)
             differ = int((got - want).abs().sum()) // 2
             command = " ".join(["rgbx eval", *flags])

@@ -211,3 +211,20 @@ def test_the_dformer_scale_rule_follows_dformers_evaluate_msf():
     torch.testing.assert_close(ours * 2 * len(scales), total, atol=2e-5, rtol=1e-5)
     default = predict_logits(model, x, scales=scales, flip=True)
     assert (default * 2 * len(scales) - total).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_under_the_dformer_rule_a_window_larger_than_the_image_enlarges_the_image():
+    """DFormer's slide_inference: an image smaller than the crop on either side is resized (bilinear, corners
+    aligned) to the crop, run as one window, and its logits resized back; rgbx's own rule clips the window."""
+    import torch.nn.functional as F
+
+    model = _model()
+    g = torch.Generator().manual_seed(4)
+    x = {"rgb": torch.randn(1, 3, 40, 70, generator=g), "lidar": torch.randn(1, 1, 40, 70, generator=g)}
+    window = SlidingWindow((48, 64), (32, 42))
+    enlarged = {m: F.interpolate(v, size=(48, 64), mode="bilinear", align_corners=True) for m, v in x.items()}
+    want = F.interpolate(model(enlarged).logits, size=(40, 70), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(predict_logits(model, x, window=window, scale_rule="dformer"), want)
+    clipped = predict_logits(model, x, window=window)
+    assert clipped.shape == want.shape and (clipped - want).abs().max() > 1e-3

@@ -19,7 +19,10 @@ horizontal-flip averaging.
   ``align_corners=False``. ``dformer`` is DFormer's ``utils/val_mm.evaluate_msf``, to reproduce its published
   multi-scale numbers: the size is ``ceil(int(h × s) / 32) × 32`` (so even scale 1 resizes an image whose sides are
   not multiples of 32, e.g. SUN RGB-D's 530×730 to 544×736), every network input is resized bilinearly with
-  ``align_corners=True`` (depth too), and so are the logits back.
+  ``align_corners=True`` (depth too), and so are the logits back. With a sliding window, an image smaller than the
+  window on either side is first enlarged to the window's size, as DFormer's ``slide_inference`` does (rgbx's rule
+  clips the window to the image instead); DFormer's stride is ``int(2/3 × window)``, e.g. ``--stride 320x426`` for a
+  480×640 window (rgbx's default rounds up: 427).
 """
 
 from __future__ import annotations
@@ -143,11 +146,19 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
     reference = check_scale_rule(scale_rule) == "dformer"
 
     def one_pass(view: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
-        return model(view, mask).logits if window is None else _slide(model, view, mask, window)
+        if window is None:
+            return model(view, mask).logits
+        vh, vw = next(iter(view.values())).shape[-2:]
+        if reference and (window.size[0] > vh or window.size[1] > vw):  # DFormer's slide_inference: enlarge to it
+            view = {m: F.interpolate(x, size=window.size, mode="bilinear", align_corners=True) for m, x in view.items()}
+        return _slide(model, view, mask, window)
 
-    if scales == (1.0,) and not flip:
-        return one_pass(inputs, present)
     h, w = next(iter(inputs.values())).shape[-2:]
+    if scales == (1.0,) and not flip:
+        logits = one_pass(inputs, present)
+        if logits.shape[-2:] != (h, w):  # a window larger than the image, under the dformer rule
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
+        return logits
     total = None
     for scale in scales:
         size = scaled_size((h, w), scale, scale_rule)
