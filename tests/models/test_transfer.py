@@ -204,3 +204,14 @@ def test_a_file_trained_through_another_input_encoding_is_noted(tmp_path):
     assert transfer_weights(same, path, classes=NYU_LIKE).input_encoding == []
     assert transfer_weights(_model(seed=2), _saved(tmp_path, _model(), NYU_LIKE, "plain.safetensors"),
                             classes=NYU_LIKE).input_encoding == []
+
+
+def test_the_same_encoding_written_otherwise_is_not_noted(tmp_path):
+    torch.manual_seed(0)
+    spelled = {"depth": {"source": [0], "mean": [1], "std": [2]}}
+    source = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=5,
+                          head_channels=16, input_encoding=spelled)
+    path = _saved(tmp_path, source, NYU_LIKE)
+    target = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=5,
+                          head_channels=16, input_encoding={"depth": {"mean": [1.0], "std": [2.0]}})
+    assert transfer_weights(target, path, classes=NYU_LIKE).input_encoding == []

@@ -115,7 +115,9 @@ def describe_input_encoding(modality: str, entry: Mapping) -> str:
     """One line for ``rgbx convert`` / ``rgbx info``: e.g. ``rgb: channels [2, 1, 0], (x − [0.485, …]) / […]``."""
     enc = check_input_encoding({modality: entry}, [modality])[modality]
     unit = get_modality(modality).unit
-    numbers = lambda values: "[" + ", ".join(f"{v:g}" for v in values) + "]"  # noqa: E731
+    def numbers(values) -> str:
+        return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
     source = "" if enc.source == tuple(range(get_modality(modality).channels)) else f"channels {list(enc.source)}, "
     return (f"{modality}: {source}(x − {numbers(enc.mean)}) / {numbers(enc.std)}"
             + (f", x in {unit}" if unit else ""))
@@ -128,7 +130,8 @@ class InputEncoding(nn.Module):
         encoding: modality → ``{source, mean, std}`` (checked with :func:`check_input_encoding`).
         modalities: the model's modalities.
 
-    The scale and shift are buffers that are not saved in state dicts (they follow from the config)."""
+    The scales, shifts and fill values are buffers that are not saved in state dicts (they follow from the
+    config)."""
 
     def __init__(self, encoding: Mapping | None, modalities: Sequence[str]):
         super().__init__()

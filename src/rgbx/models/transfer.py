@@ -245,21 +245,24 @@ def transfer_weights(model: nn.Module, source: str | Path, *, classes: Sequence[
 def _encoding_differences(file_cfg: Mapping, ours, sources: Mapping[str, str]) -> list[str]:
     """One line per sensor of the new model whose weights come from a file sensor fed through another input
     encoding (:mod:`rgbx.models.input_encoding`): those weights will see inputs they were not trained on."""
-    from rgbx.models.input_encoding import describe_input_encoding
+    from rgbx.models.input_encoding import check_input_encoding, describe_input_encoding
 
     if not file_cfg or ours is None:
         return []
-    theirs = dict(file_cfg.get("input_encoding") or {})
-    own = dict(getattr(ours, "input_encoding", None) or {})
+    file_modalities = list(file_cfg.get("modalities", []))
+    theirs_raw = dict(file_cfg.get("input_encoding") or {})
+    own_raw = dict(getattr(ours, "input_encoding", None) or {})
+    theirs = check_input_encoding(theirs_raw, file_modalities)
+    own = check_input_encoding(own_raw, list(ours.modalities))
     lines = []
     for m in ours.modalities:
         source = sources.get(m, m)
-        if source not in file_cfg.get("modalities", []) or (source != m and source in theirs):
+        if source not in file_modalities or (source != m and source in theirs):
             continue  # a sensor new to the model, started from another one: its inputs differ anyway
         if theirs.get(source) != own.get(m):
-            was = describe_input_encoding(source, theirs[source]) if source in theirs else f"{source}: as rgbx " \
-                "normalises it"
-            now = describe_input_encoding(m, own[m]) if m in own else "as rgbx normalises it"
+            plain = "as rgbx normalises it"
+            was = describe_input_encoding(source, theirs_raw[source]) if source in theirs else f"{source}: {plain}"
+            now = describe_input_encoding(m, own_raw[m]) if m in own else plain
             lines.append(f"{was}; here {m} is fed {now}")
     return lines
 
