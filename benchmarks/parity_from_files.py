@@ -21,6 +21,10 @@ Cases:
   thermal image (``x_is_single_channel``: merged to three channels); rgbx reads the same pixels from the original
   four-channel release (``images/<n>.png``).
 
+* ``cmnext-deliver`` (with ``--deliver``): CMNeXt-B2 on DeLiVER in its release layout (RGB, ``hha/`` as DELIVER's
+  "depth", rendered event images, LiDAR images), read by DELIVER's ``semseg/datasets/deliver.DELIVER`` with its
+  ``Normalize``; rgbx reads the events as the ``event_image`` sensor (``event_format=image``).
+
 Then the evaluation protocol (with ``--dformer``): DFormer's own ``utils/val_mm.evaluate`` and ``evaluate_msf``
 (``--mst``: scales 0.5 … 1.5 and flipping) score the converted DFormer-T's reference network on a tree of
 ``--eval-size`` images (default 530×730, SUN RGB-D's size, which DFormer's multi-scale sizes round up), and
@@ -35,8 +39,9 @@ References (nothing of them is committed to rgbx; fetch them outside the reposit
 
     git clone https://github.com/VCIP-RGBD/DFormer /tmp/dformer_ref
     git clone https://github.com/huaaaliu/RGBX_Semantic_Segmentation /tmp/cmx_ref
-    pip install opencv-python-headless          # the references read images with OpenCV
-    python benchmarks/parity_from_files.py --dformer /tmp/dformer_ref --cmx /tmp/cmx_ref [--size 480x640]
+    git clone https://github.com/jamycheung/DELIVER /tmp/deliver_ref
+    pip install opencv-python-headless          # the references read images with OpenCV (DELIVER: torchvision)
+    python benchmarks/parity_from_files.py --dformer /tmp/dformer_ref --cmx /tmp/cmx_ref --deliver /tmp/deliver_ref
 """
 
 from __future__ import annotations
@@ -139,7 +144,41 @@ def make_mfnet(rgbx_root: Path, ref_root: Path, names, size, rng) -> None:
         (root / "train.txt").write_text("\n".join(names) + "\n")
 
 
+def make_deliver(root: Path, names, size, rng) -> None:
+    """DeLiVER's release layout (one condition, the val split): RGB, HHA, rendered events, grey LiDAR, labels."""
+    h, w = size
+    for n in names:
+        def path(folder: str, tag: str, n: str = n) -> Path:
+            return root / folder / "cloud" / "val" / "MAP_1_point2" / f"{int(n):06d}_{tag}_front"
+
+        _save(path("img", "rgb"), _scene(rng, h, w))
+        _save(path("hha", "depth"), _scene(rng, h, w))
+        events = np.full((h, w, 3), 255, np.uint8)  # white background, blue / red dots
+        dots = rng.random((h, w))
+        events[dots < 0.03] = (0, 0, 255)
+        events[dots > 0.97] = (255, 0, 0)
+        _save(path("event", "event"), events)
+        grey = (rng.random((h, w)) < 0.1) * rng.integers(1, 255, (h, w))
+        _save(path("lidar", "lidar"), grey.astype(np.uint8))
+        _save(path("semantic", "semantic"), rng.integers(0, 26, (h, w)).astype(np.uint8))
+
+
 # -- the references' data loading ----------------------------------------------------------------------------------
+
+def deliver_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
+    """DELIVER's ``semseg/datasets/deliver.DELIVER`` (MODALS img, depth, event, lidar as ``configs/deliver_rgbdel``)
+    with its ``Normalize`` (the test-time transform without its resize: the files are already the size fed)."""
+    augmentations = _load_file(ref / "semseg" / "augmentations_mm.py", "_rgbx_ref_deliver_augmentations")
+    semseg = types.ModuleType("semseg")
+    dataset_module = _load_file(ref / "semseg" / "datasets" / "deliver.py", "_rgbx_ref_deliver_dataset",
+                                einops=types.ModuleType("einops"), semseg=semseg,
+                                **{"semseg.augmentations_mm": augmentations})
+    transform = augmentations.Compose([augmentations.Normalize(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))])
+    with redirect_stdout(io.StringIO()):
+        dataset = dataset_module.DELIVER(str(root), "val", transform, ["img", "depth", "event", "lidar"])
+    return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
+
+
 
 def dformer_dataset(ref: Path, root: Path, suffix: str):
     """DFormer's dataset class with its test-time ``ValPre`` (no padding: DFormer v1) over a tree in its layout."""
@@ -245,6 +284,26 @@ def first_layer_inputs(model, inputs) -> dict[str, torch.Tensor]:
     return encoded
 
 
+def cmnext_reference(ref: Path, gen: torch.Generator) -> torch.nn.Module:
+    import parity_cmnext  # benchmarks/parity_cmnext.py: DELIVER's model files with stand-ins for what they import
+
+    module = parity_cmnext._load_reference(ref)
+    model = module.CMNeXt("CMNeXt-B2", 25, ["img", "depth", "event", "lidar"])
+    randomize(model, gen, layer_scale=(0.2, 1.0))
+    return model.eval()
+
+
+class _ListInput(torch.nn.Module):
+    """DELIVER's models take the list of sensors, in MODALS order, as one argument."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs):
+        return self.model(list(inputs))
+
+
 def share_nmf_bases(reference, model) -> None:
     """The reference's NMF draws fresh random bases at every forward pass, also in evaluation; rgbx's uses one
     fixed set there. Give the reference rgbx's fixed set (its ``RAND_INIT=False`` path), so both are deterministic
@@ -255,19 +314,18 @@ def share_nmf_bases(reference, model) -> None:
 
 
 def compare(case: str, reference, ref_inputs, models: dict, inputs) -> list[str]:
+    """``ref_inputs``: per image, the reference's input tensors in the model's modality order."""
     rows = []
     ref_logits = []
-    for rgb, x in ref_inputs:
+    for tensors in ref_inputs:
         with torch.no_grad():
-            ref_logits.append(reference(rgb, x))
+            ref_logits.append(reference(*tensors))
     for encoding, model in models.items():
         d_in, d_out, agree, total = 0.0, 0.0, 0, 0
-        for (rgb, x), sample, want in zip(ref_inputs, inputs, ref_logits, strict=True):
+        for tensors, sample, want in zip(ref_inputs, inputs, ref_logits, strict=True):
             seen = first_layer_inputs(model, sample)
-            names = list(seen)
-            d_in = max(d_in, (seen[names[0]] - rgb).abs().max().item())
-            got_x = seen[names[1]]
-            d_in = max(d_in, (got_x - x[:, : got_x.shape[1]]).abs().max().item())
+            for got, x in zip(seen.values(), tensors, strict=True):  # a 1-channel sensor fed repeated: channel 0
+                d_in = max(d_in, (got - x[:, : got.shape[1]]).abs().max().item())
             with torch.no_grad():
                 got = model(sample).logits
             d_out = max(d_out, (got - want).abs().max().item())
@@ -432,6 +490,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dformer", type=Path, help="a checkout of github.com/VCIP-RGBD/DFormer")
     p.add_argument("--cmx", type=Path, help="a checkout of github.com/huaaaliu/RGBX_Semantic_Segmentation")
+    p.add_argument("--deliver", type=Path, help="a checkout of github.com/jamycheung/DELIVER (CMNeXt on DeLiVER; "
+                   "needs torchvision)")
+    p.add_argument("--deliver-size", default="256x256",
+                   help="image size of the DeLiVER case (default 256x256; the release's is 1042x1042)")
     p.add_argument("--size", default="480x640", help="image size HxW of the fake files (default 480x640)")
     p.add_argument("--images", type=int, default=2, help="images per case (default 2)")
     p.add_argument("--jpeg", action="store_true", help="RGB / HHA files as JPEG, as the releases ship them")
@@ -440,8 +502,8 @@ def main() -> None:
                         "of 32, so DFormer's multi-scale evaluation resizes even at scale 1)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    if not (args.dformer or args.cmx):
-        p.error("give --dformer and / or --cmx")
+    if not (args.dformer or args.cmx or args.deliver):
+        p.error("give --dformer, --cmx and / or --deliver")
     try:
         import cv2  # noqa: F401
     except ImportError:
@@ -494,7 +556,19 @@ def main() -> None:
             rows += compare("cmx-mfnet (thermal)", reference, cmx_inputs(args.cmx, tmp / "MFNet_cmx", ".png",
                                                                         "Modal", True), models,
                             rgbx_inputs("mfnet", tmp / "MFNet"))
-    print(f"torch {torch.__version__}, fp32, eval, {args.images} images of {size[0]}×{size[1]} per case, "
+        if args.deliver:
+            root = tmp / "DELIVER"
+            make_deliver(root, names, tuple(int(v) for v in args.deliver_size.split("x")), rng)
+            reference = cmnext_reference(args.deliver, gen)
+            modalities = ["rgb", "hha", "event_image", "lidar"]  # DELIVER's MODALS img, depth (= hha/), event, lidar
+            models = {e: convert(reference.state_dict(), tmp, "cmnext", modalities, e) for e in ("reference", "rgbx")}
+            dataset = build_dataset("deliver", root, "val", modalities=modalities, event_format="image")
+            inputs = [{m: x[None] for m, x in normalize_sample(dataset.load(i))["inputs"].items()}
+                      for i in range(len(dataset))]
+            rows += compare("cmnext-deliver (RGB + HHA + event image + LiDAR)", _ListInput(reference),
+                            deliver_inputs(args.deliver, root), models, inputs)
+    print(f"torch {torch.__version__}, fp32, eval, {args.images} images of {size[0]}×{size[1]} per case "
+          f"(DeLiVER: {args.deliver_size}), "
           f"{'JPEG' if args.jpeg else 'PNG'} RGB / HHA files")
     print("| case | rgbx convert --input-encoding | max abs input difference | max abs logit difference | "
           "max abs logit | argmax agreement with the reference |")

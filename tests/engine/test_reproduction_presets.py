@@ -81,7 +81,9 @@ def test_the_deliver_preset_trains_like_the_deliver_code():
     """What the DeLiVER code's configs/deliver_rgbdel.yaml and semseg/ code set, as the preset states it."""
     cfg = load_config("deliver_cmnext_b2", [])
     assert cfg.method.loss == "ohem" and cfg.method.ohem_thresh == 0.7 and cfg.method.ohem_min_kept == 1 / 16
-    assert cfg.model.modalities == ["rgb", "hha", "event", "lidar"]  # its "depth" is read from hha/
+    # its "depth" is read from hha/, its events fed as the rendered images
+    assert cfg.model.modalities == ["rgb", "hha", "event_image", "lidar"]
+    assert cfg.data.options == {"event_format": "image"}
     assert (cfg.optim.lr, cfg.optim.warmup_ratio, cfg.optim.poly_power, cfg.optim.poly_from) == (
         6e-5, 0.1, 0.9, "warmup_end")
     assert cfg.train.iters == 200 * (3983 // 8) and cfg.optim.warmup_iters == 10 * (3983 // 8)

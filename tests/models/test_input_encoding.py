@@ -162,7 +162,10 @@ def test_description_reads_as_the_reference_normalisation():
     assert any("relative_depth_range (0.5, 10)" in n for n in notes)
     encoding, notes = reference_input_encoding("cmnext", ["rgb", "hha", "event", "lidar"])
     assert encoding == {"hha": {"mean": [0.0] * 3, "std": [1.0] * 3}, "lidar": {"mean": [0.0], "std": [255.0]}}
-    assert any("'event'" in n for n in notes)
+    assert any("'event'" in n and "event_image sensor" in n for n in notes)
+    # the rendered event image (the deliver loader's event_format=image) is already fed as DELIVER feeds it
+    encoding, notes = reference_input_encoding("cmnext", ["rgb", "hha", "event_image", "lidar"])
+    assert "event_image" not in encoding and not any("event_image" in n for n in notes)
     assert "its hha/ folder" in reference_input_encoding("cmnext", ["rgb", "depth"])[1][0]
     encoding, notes = reference_input_encoding("cmx", ["rgb", "depth"])
     assert list(encoding) == ["rgb"] and "'depth' is not an 8-bit image sensor" in notes[0]

@@ -91,6 +91,24 @@ EVENT = register_modality(
     )
 )
 
+EVENT_IMAGE = register_modality(
+    ModalitySpec(
+        name="event_image",
+        channels=3,
+        description="event camera rendered as an 8-bit colour image (events as coloured dots on a plain "
+        "background), read as it is stored: DeLiVER's event/ files as its code feeds them (the deliver loader's "
+        "event_format=image)",
+        encoding="png",
+        scale=1 / 255,
+        unit="rendered 0-1",
+        mean=(0.0, 0.0, 0.0),  # DELIVER feeds it as the image / 255, without mean or std
+        std=(1.0, 1.0, 1.0),
+        sparse=True,  # dots: resampled with nearest neighbour, never blended
+        colormap="rgb",
+        display_range=(0.0, 1.0),
+    )
+)
+
 HHA = register_modality(
     ModalitySpec(
         name="hha",

@@ -101,6 +101,7 @@ import torch
 from torch import nn
 
 from rgbx.errors import CheckpointError
+from rgbx.modalities import get_modality
 from rgbx.models.backbones.mit import original_key_to_rgbx
 
 __all__ = [
@@ -1036,8 +1037,6 @@ def _opencv_image_encoding(modality: str) -> dict | None:
     """An 8-bit image read with ``cv2.imread`` (blue first; a one-channel image repeated three times, as CMX's
     ``cv2.merge``) and normalised with ImageNet's statistics: the input of CMX's and DFormer's RGB path and CMX's X
     path. None when rgbx's sensor is not such an image (its physical value is not the file value / 255)."""
-    from rgbx.modalities import get_modality
-
     spec = get_modality(modality)
     if spec.dtype != "uint8" or abs(spec.scale - 1 / 255) > 1e-12 or spec.channels not in (1, 3):
         return None
@@ -1058,8 +1057,9 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
     * ``cmnext`` (DELIVER's code, ``augmentations_mm.Normalize``): RGB read in red-green-blue order with ImageNet's
       statistics, as rgbx does; every other sensor as its 8-bit image / 255, without mean or std. So ``hha`` (what
       DELIVER reads for "depth") gets mean 0, std 1, and ``lidar`` (rgbx: the grey level × the loader's
-      ``lidar_scale``, default 1) mean 0, std 255. rgbx decodes DELIVER's event images into positive / negative
-      event maps, which no per-channel encoding maps back: fed as rgbx normalises them.
+      ``lidar_scale``, default 1) mean 0, std 255; ``event_image`` (the deliver loader's ``event_format=image``) is
+      already fed that way. rgbx's ``event`` sensor (positive / negative maps decoded from the rendering) is not
+      what DELIVER fed: no per-channel encoding maps it back.
     * the SegFormer layouts: ImageNet-pretrained encoders, red-green-blue with ImageNet's statistics, as rgbx.
     """
     encoding: dict = {}
@@ -1086,14 +1086,21 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
                 notes.append(f"input encoding: none known for DFormer's {m!r} input; fed as rgbx normalises it")
     elif layout == "cmnext":
         for m in modalities:
-            if m == "hha":
-                encoding[m] = {"mean": [0.0] * 3, "std": [1.0] * 3}
+            if m == "rgb":
+                continue
+            image = _opencv_image_encoding(m)  # an 8-bit image sensor: DELIVER feeds it / 255, nothing else
+            if image is not None:
+                spec = get_modality(m)
+                if any(v != 0.0 for v in spec.mean) or any(v != 1.0 for v in spec.std):
+                    encoding[m] = {"mean": [0.0] * spec.channels, "std": [1.0] * spec.channels}
             elif m == "lidar":
                 encoding[m] = {"mean": [0.0], "std": [255.0]}
                 notes.append("input encoding: lidar as DELIVER feeds its LiDAR images (grey level / 255), for the "
                              "DeLiVER loader's default lidar_scale 1")
-            elif m != "rgb":
-                why = ("DELIVER's 'depth' input is its hha/ folder: build the model with the hha sensor"
-                       if m == "depth" else "rgbx decodes it into another sensor than DELIVER's image")
+            else:
+                why = {"depth": "DELIVER's 'depth' input is its hha/ folder: build the model with the hha sensor",
+                       "event": "DELIVER feeds the rendered event image: build the model with the event_image "
+                                "sensor (the deliver loader's event_format=image)"}.get(
+                    m, "rgbx decodes it into another sensor than DELIVER's image")
                 notes.append(f"input encoding: none for {m!r} ({why}); fed as rgbx normalises it")
     return encoding, notes

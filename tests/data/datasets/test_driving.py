@@ -139,6 +139,23 @@ def test_deliver_conditions_cases_and_low_resolution_events(tmp_path):
     assert s["inputs"]["event"][0, 2, 2] == 1  # the low-res pixel (1, 1) covers (2..3, 2..3)
 
 
+def test_deliver_events_as_the_rendered_image_deliver_feeds(tmp_path):
+    """event_format=image: the event/ files as the event_image sensor, the rendering / 255 (what DELIVER's code and
+    the CMNeXt checkpoints it trained saw), low-resolution frames resized with nearest neighbour as DELIVER does."""
+    root = make_deliver(tmp_path / "DELIVER")
+    cls = DATASETS.get("deliver")
+    ds = cls(root, "val", event_format="image")
+    assert "event_image" in ds.description.modalities and "event" not in ds.description.modalities
+    s = ds.load(0)
+    image = s["inputs"]["event_image"]
+    assert tuple(image.shape) == (3, H, W)
+    assert image[:, 2, 2].tolist() == [0.0, 0.0, 1.0] and image[:, 4, 6].tolist() == [1.0, 0.0, 0.0]  # blue, red
+    assert image[:, 0, 0].tolist() == [0.0, 0.0, 0.0]
+    assert check_dataset(root, dataset="deliver", event_format="image")["val"] == 1
+    with pytest.raises(ConfigError, match="data.options.event_format: 'frames' is not one of polarity, image"):
+        cls(root, "val", event_format="frames")
+
+
 def test_deliver_check_and_broken_files(tmp_path):
     root = make_deliver(tmp_path / "DELIVER")
     assert check_dataset(root, dataset="deliver") == {"train": 3, "val": 1, "test": 1}

@@ -48,7 +48,9 @@ Not documented by any reference, so rgbx makes a documented choice (see docs/dat
 - **event/**: DELIVER feeds the 3-channel PNG to the network as an image. The rendering (README figure) draws
   events as red and blue dots on a plain background, CARLA's DVS convention ("blue is positive, red is negative",
   CARLA ``manual_control.py``). rgbx decodes channel 0 = positive (blue clearly above red), channel 1 = negative (red
-  clearly above blue); the values are 0/1 presence flags, not counts (the PNG holds no counts).
+  clearly above blue); the values are 0/1 presence flags, not counts (the PNG holds no counts). Option
+  ``event_format="image"`` offers the files instead as the ``event_image`` sensor, the rendering itself / 255 (3
+  channels), which is what a model trained by DELIVER's code (CMNeXt) was fed.
 - **lidar/**: a rendered "front-view LiDAR image-like format" (DELIVER issue #9); its range encoding is not
   published. rgbx takes the grey level (channel mean) x ``lidar_scale`` (default 1.0: the values are grey levels
   0-255, *not metres*), 0 = no return.
@@ -149,7 +151,9 @@ _EVENT_MARGIN = 32  # colour difference that counts as an event dot, not backgro
 
 # modality → (folder, file-name tag); tag replaces "rgb" in "<frame>_rgb_<view>.png"
 _DELIVER_FILES = {"rgb": ("img", "rgb"), "depth": ("depth", "depth"), "hha": ("hha", "depth"),
-                  "event": ("event", "event"), "lidar": ("lidar", "lidar"), "label": ("semantic", "semantic")}
+                  "event": ("event", "event"), "event_image": ("event", "event"), "lidar": ("lidar", "lidar"),
+                  "label": ("semantic", "semantic")}
+EVENT_FORMATS = ("polarity", "image")
 
 
 @DATASETS.register("deliver")
@@ -158,14 +162,18 @@ class DeliverDataset(DrivingDataset):
 
     Options (``data.options``): ``conditions`` (subset of cloud/fog/night/rain/sun), ``cases`` (subset of normal,
     motionblur, overexposure, underexposure, lidarjitter, eventlowres), ``view`` ("front"), ``depth_encoding``
-    ("auto", "carla_raw", "carla_log", "mm"), ``lidar_scale`` (physical units per LiDAR grey level, default 1.0).
+    ("auto", "carla_raw", "carla_log", "mm"), ``lidar_scale`` (physical units per LiDAR grey level, default 1.0),
+    ``event_format`` ("polarity": the ``event`` sensor, positive / negative dots decoded from the rendering;
+    "image": the ``event_image`` sensor, the rendered colour image / 255 as DELIVER's code feeds it, for models
+    trained by that code).
     """
 
     NAME = "deliver"
     CLASSES = DELIVER_CLASSES
     SPLITS = ("train", "val", "test")
-    OPTIONS = {"conditions": None, "cases": None, "view": "front", "depth_encoding": "auto", "lidar_scale": 1.0}
-    RESIZED = frozenset({"event"})
+    OPTIONS = {"conditions": None, "cases": None, "view": "front", "depth_encoding": "auto", "lidar_scale": 1.0,
+               "event_format": "polarity"}
+    RESIZED = frozenset({"event", "event_image"})
     LABEL_CHANNELS = (1, 3, 4)
 
     def configure(self, options: dict) -> None:
@@ -182,10 +190,14 @@ class DeliverDataset(DrivingDataset):
             self.lidar_scale = float(options["lidar_scale"])
         except (TypeError, ValueError):
             raise ConfigError(f"data.options.lidar_scale: expected a number, got {options['lidar_scale']!r}") from None
+        if options["event_format"] not in EVENT_FORMATS:
+            raise ConfigError(f"data.options.event_format: {options['event_format']!r} is not one of "
+                              f"{', '.join(EVENT_FORMATS)}")
+        self.event_sensor = "event" if options["event_format"] == "polarity" else "event_image"
 
     def describe(self) -> DatasetDescription:
         mods = {"rgb": self.source("rgb", "img")}
-        for name in ("depth", "hha", "event", "lidar"):
+        for name in ("depth", "hha", self.event_sensor, "lidar"):
             folder = _DELIVER_FILES[name][0]
             if (self.root / folder).is_dir():
                 mods[name] = self.source(name, folder, dtype="uint8")
@@ -242,7 +254,8 @@ class DeliverDataset(DrivingDataset):
 
     def accepted_channels(self, name: str) -> tuple[int, ...]:
         # DELIVER's loader drops an alpha channel and repeats 1-channel files, so rgbx accepts the same forms.
-        return {"rgb": (3, 4), "hha": (3, 4), "depth": (1, 3, 4), "event": (3, 4), "lidar": (1, 3, 4)}[name]
+        return {"rgb": (3, 4), "hha": (3, 4), "depth": (1, 3, 4), "event": (3, 4), "event_image": (3, 4),
+                "lidar": (1, 3, 4)}[name]
 
     def accepted_dtypes(self, name: str) -> tuple[str, ...]:
         return ("uint8", "uint16") if name in ("depth", "lidar") else ("uint8",)
@@ -253,7 +266,7 @@ class DeliverDataset(DrivingDataset):
         return lab
 
     def decode_modality(self, name: str, raw: np.ndarray) -> np.ndarray:
-        if name in ("rgb", "hha"):
+        if name in ("rgb", "hha", "event_image"):
             return raw[:3].astype(np.float32) / 255.0
         if name == "depth":
             return self._decode_depth(raw)
@@ -290,14 +303,14 @@ class DeliverDataset(DrivingDataset):
 
     def probe_source(self, name: str, path: Path, sample_id: str) -> FileInfo:
         info = probe_file(path, "png")
-        if name == "event":
+        if name in ("event", "event_image"):
             # eventlowres frames are stored smaller and resized on loading; compare only the aspect ratio
             return FileInfo(info.channels, info.dtype, None)
         return info
 
     def extra_problems(self, sample_id: str, paths: dict) -> list[str]:
-        ev, ref = paths.get("event"), paths.get("label")
-        if "event" not in self.sources or ev is None or not Path(ev).is_file() or not Path(ref).is_file():
+        ev, ref = paths.get(self.event_sensor), paths.get("label")
+        if self.event_sensor not in self.sources or ev is None or not Path(ev).is_file() or not Path(ref).is_file():
             return []
         try:
             with Image.open(ev) as im:
