@@ -171,6 +171,7 @@ def test_dformer_checkpoint_gets_dformers_rgb_order_and_depth_scale(tmp_path, ca
     run_convert(tmp_path / "dformer.pth", "--modalities", "rgb", "depth", "--out", out)
     text = capsys.readouterr().out
     assert "depth: (x − [5.06]) / [2.66], x in m" in text and "relative_depth_range (0.5, 10)" in text
+    assert "to score it as the dformer code does" in text and "--miou all" in text
     model, _ = load_model(out)
     assert model.config.input_encoding == {
         "rgb": {"source": [2, 1, 0], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},

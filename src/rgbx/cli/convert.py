@@ -162,4 +162,10 @@ def run(args) -> int:
     dataset = {"classes": list(args.classes)} if args.classes else None
     path = save_model(args.out, model.eval(), dataset, **info)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    from rgbx.models.convert import REFERENCE_EVALUATION
+
+    if layout in REFERENCE_EVALUATION:
+        what, flags = REFERENCE_EVALUATION[layout]
+        print(f"to score it as the {layout} code does ({what}):\n  rgbx eval {path} --data DIR --dataset NAME "
+              f"--split test{' ' + flags if flags else ''}")
     return 0

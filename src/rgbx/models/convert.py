@@ -1104,3 +1104,14 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
                     m, "rgbx decodes it into another sensor than DELIVER's image")
                 notes.append(f"input encoding: none for {m!r} ({why}); fed as rgbx normalises it")
     return encoding, notes
+
+
+# the test-time flags of ``rgbx eval`` that score a converted model as the layout's own evaluation code does
+# (benchmarks/parity.md checks the CMX and DFormer ones against that code; docs/reproducing.md lists them)
+REFERENCE_EVALUATION = {
+    "cmx": ("one scale, no flip, mIoU over the classes present (CMX's eval.py with its configs)", ""),
+    "dformer": ("mIoU over all classes; utils/eval.py --mst adds five scales and flipping",
+                "--miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
+    "cmnext": ("DELIVER evaluates each image resized to 1024 on its shorter side; on DeLiVER's 1042×1042 images",
+               "--scales 0.9827"),
+}
