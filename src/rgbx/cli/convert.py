@@ -13,8 +13,9 @@ EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth 
   rgbx convert NYUv2_DFormer_Base.pth --modalities rgb depth --out dformer_b_nyu.safetensors
   rgbx convert MFNet_CMX+Segformer-B2.pth --modalities rgb thermal --out cmx_b2_mfnet.safetensors \
       --classes-of mfnet                                    # the benchmark's class names kept in the file
-  rgbx convert CMNeXt_CMNeXt-B2_DELIVER_rgbdel.pth --modalities rgb depth event lidar \\
-      --out cmnext_b2_deliver.safetensors                   # DELIVER's CMNeXt (MODALS img, depth, event, lidar)
+  rgbx convert CMNeXt_CMNeXt-B2_DELIVER_rgbdel.pth --modalities rgb hha event_image lidar \\
+      --out cmnext_b2_deliver.safetensors   # DELIVER's CMNeXt (MODALS img, depth = its hha/ folder, event, lidar);
+                                            # evaluate on DeLiVER read with --option event_format=image
   rgbx convert mit_b2.pth --backbone mit_b2 --fusion cmx --modalities rgb thermal --num-classes 9 \\
       --out cmx_b2_init.safetensors                        # ImageNet MiT into both CMX branches (fusion at init)
   rgbx convert pytorch_model.bin --layout segformer-hf --fusion mean --modalities rgb depth --num-classes 40 \\

@@ -1112,6 +1112,6 @@ REFERENCE_EVALUATION = {
     "cmx": ("one scale, no flip, mIoU over the classes present (CMX's eval.py with its configs)", ""),
     "dformer": ("mIoU over all classes; utils/eval.py --mst adds five scales and flipping",
                 "--miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
-    "cmnext": ("DELIVER evaluates each image resized to 1024 on its shorter side; on DeLiVER's 1042×1042 images",
-               "--scales 0.9827"),
+    "cmnext": ("DELIVER feeds the event renderings and evaluates each image resized to 1024 on its shorter side; "
+               "on DeLiVER's 1042×1042 images", "--option event_format=image --scales 0.9827"),
 }

@@ -154,6 +154,9 @@ def test_deliver_events_as_the_rendered_image_deliver_feeds(tmp_path):
     assert check_dataset(root, dataset="deliver", event_format="image")["val"] == 1
     with pytest.raises(ConfigError, match="data.options.event_format: 'frames' is not one of polarity, image"):
         cls(root, "val", event_format="frames")
+    with pytest.raises(DataError, match="event_image: read the event/ files as images with "
+                                        "data.options.event_format=image"):
+        cls(root, "val", modalities=["rgb", "event_image"])
 
 
 def test_deliver_check_and_broken_files(tmp_path):

@@ -153,6 +153,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     OPTIONS: dict[str, Any] = {}
     CLASSES: tuple[str, ...] = ()
     RESIZED: frozenset[str] = frozenset()
+    # modality → how to read the dataset so that it offers that modality, when an option decides it
+    MODALITY_HINTS: dict[str, str] = {}
     LABEL_CHANNELS: tuple[int, ...] = (1,)
     DECODE_ON_CHECK: bool = False
 
@@ -189,8 +191,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         names = list(self.description.modalities) if modalities is None else list(modalities)
         missing = [m for m in names if m not in self.description.modalities]
         if missing:
+            hints = "".join(f"; {m}: {self.MODALITY_HINTS[m]}" for m in missing if m in self.MODALITY_HINTS)
             raise DataError(f"{self.root}: the dataset has no modality {', '.join(map(repr, missing))} "
-                            f"(it has: {', '.join(self.description.modalities)})")
+                            f"(it has: {', '.join(self.description.modalities)}){hints}")
         self.sources: dict[str, ModalitySource] = {m: self.description.modalities[m] for m in names}
         self.transform = transform
         self.seed = seed

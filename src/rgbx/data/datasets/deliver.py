@@ -174,6 +174,11 @@ class DeliverDataset(DrivingDataset):
     OPTIONS = {"conditions": None, "cases": None, "view": "front", "depth_encoding": "auto", "lidar_scale": 1.0,
                "event_format": "polarity"}
     RESIZED = frozenset({"event", "event_image"})
+    MODALITY_HINTS = {
+        "event_image": "read the event/ files as images with data.options.event_format=image (rgbx eval / predict: "
+                       "--option event_format=image)",
+        "event": "read the event/ files as polarity maps: data.options.event_format=polarity (the default)",
+    }
     LABEL_CHANNELS = (1, 3, 4)
 
     def configure(self, options: dict) -> None:
