@@ -26,13 +26,15 @@ import logging
 import sys
 import types
 import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["build_cmx_reference", "cmx_to_rgbx", "load_cmx_modules"]
+__all__ = ["build_cmx_reference", "cmx_to_rgbx", "load_cmx_modules", "stand_in_modules"]
 
 _PACKAGE = "_rgbx_reference_cmx"
 _CMX_FILES = {
@@ -42,6 +44,22 @@ _CMX_FILES = {
 }
 _CMX_BACKBONES = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
 _cache: dict[Path, dict[str, types.ModuleType]] = {}
+
+
+@contextmanager
+def stand_in_modules(modules: Mapping[str, types.ModuleType]) -> Iterator[None]:
+    """Serve ``modules`` from ``sys.modules`` while the block runs (what a reference file imports by absolute name),
+    then put back what was there before, so no top-level ``engine`` / ``utils`` / ... module is left behind."""
+    saved = {name: sys.modules.get(name) for name in modules}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for name, previous in saved.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
 
 
 def _package(name: str) -> types.ModuleType:
@@ -71,25 +89,16 @@ def load_cmx_modules(reference_dir: str | Path) -> dict[str, types.ModuleType]:
     engine = types.ModuleType("engine")
     engine.__path__ = []
     engine.logger = logger
-    saved = {name: sys.modules.get(name) for name in ("engine", "engine.logger")}
-    sys.modules.update({"engine": engine, "engine.logger": logger})
     modules = {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # timm.models.layers is deprecated (still importable)
-            for name, rel in _CMX_FILES.items():
-                full = f"{tag}.{name}"
-                spec = importlib.util.spec_from_file_location(full, root / rel)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[full] = module
-                spec.loader.exec_module(module)
-                modules[name.rpartition(".")[2]] = module
-    finally:
-        for name, previous in saved.items():
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
+    with stand_in_modules({"engine": engine, "engine.logger": logger}), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm.models.layers is deprecated (still importable)
+        for name, rel in _CMX_FILES.items():
+            full = f"{tag}.{name}"
+            spec = importlib.util.spec_from_file_location(full, root / rel)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[full] = module
+            spec.loader.exec_module(module)
+            modules[name.rpartition(".")[2]] = module
     _cache[root] = modules
     return modules
 
