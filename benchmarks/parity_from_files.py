@@ -24,6 +24,14 @@ Cases:
 * ``cmnext-deliver`` (with ``--deliver``): CMNeXt-B2 on DeLiVER in its release layout (RGB, ``hha/`` as DELIVER's
   "depth", rendered event images, LiDAR images), read by DELIVER's ``semseg/datasets/deliver.DELIVER`` with its
   ``Normalize``; rgbx reads the events as the ``event_image`` sensor (``event_format=image``).
+* ``cmnext-mcubes`` (with ``--deliver``): CMNeXt-B2 on MCubeS (RGB, AoLP sin / cos arrays, DoLP, NIR) in its release
+  layout, read by DELIVER's ``semseg/datasets/mcubes.MCubeS`` with its own ``Normalize`` / ``ToTensor`` (AoLP
+  stacked [sin, cos, sin], DoLP and NIR repeated); ``--mcubes-eval`` adds DELIVER's evaluation of it on 1024×1224
+  images (``FixScaleCrop(1024)``) against ``rgbx eval --option center_crop=1024``.
+* ``cmnext-mfnet`` (with ``--deliver``): CMNeXt on MFNet as DELIVER's ``semseg/datasets/mfnet.MFNet`` reads it
+  (``rgb/`` and grey ``ther/`` JPEGs decoded by torchvision, thermal repeated to three channels, / 255). The network is
+  the B2 (DELIVER's config trains B4: the same conversion, but a B4 with random weights is so deep that float32
+  rounding alone moves its logits; see ``benchmarks/parity.md``).
 
 Then the evaluation protocol (with ``--dformer``): DFormer's own ``utils/val_mm.evaluate`` and ``evaluate_msf``
 (``--mst``: scales 0.5 … 1.5 and flipping) score the converted DFormer-T's reference network on a tree of
@@ -155,6 +163,38 @@ def make_deliver(root: Path, names, size, rng) -> None:
         _save(path("semantic", "semantic"), rng.integers(0, 26, (h, w)).astype(np.uint8))
 
 
+def make_mcubes(root: Path, names, size, rng) -> None:
+    """MCubeS's release layout (``multimodal_dataset/``): 8-bit RGB, AoLP as sin / cos arrays, DoLP, 8-bit NIR, the
+    NIR mask and the SS guidance DELIVER's loader reads too, labels; each image 192 columns wider than ``size``
+    (both loaders drop them)."""
+    h, w = size[0], size[1] + 192
+    for n in names:
+        _save(root / "polL_color" / n, _scene(rng, h, w))
+        angle = rng.uniform(0, np.pi, (h, w))
+        for folder, arr in (("polL_aolp_sin", np.sin(2 * angle)), ("polL_aolp_cos", np.cos(2 * angle)),
+                            ("polL_dolp", rng.uniform(0, 0.6, (h, w)))):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            np.save(root / folder / f"{n}.npy", arr.astype(np.float32))
+        _save(root / "NIR_warped" / n, _scene(rng, h, w)[..., 0])
+        _save(root / "NIR_warped_mask" / n, np.zeros((h, w), np.uint8))
+        _save(root / "SS" / n, rng.integers(0, 25, (h, w)).astype(np.uint8))
+        _save(root / "GT" / n, rng.integers(0, 20, (h, w)).astype(np.uint8))
+    (root / "list_folder").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        (root / "list_folder" / f"{split}.txt").write_text("\n".join(names) + "\n")
+
+
+def make_mfnet_deliver(root: Path, names, size, rng) -> None:
+    """MFNet as DELIVER's loader reads it: ``rgb/<n>.jpg``, a grey ``ther/<n>.jpg``, ``labels/<n>.png``."""
+    h, w = size
+    for n in names:
+        _save(root / "rgb" / n, _scene(rng, h, w), jpeg=True)
+        _save(root / "ther" / n, _scene(rng, h, w)[..., 1], jpeg=True)
+        _save(root / "labels" / n, rng.integers(0, 9, (h, w)).astype(np.uint8))
+    for split in ("train", "test"):
+        (root / f"{split}.txt").write_text("\n".join(names) + "\n")
+
+
 # -- the references' data loading ----------------------------------------------------------------------------------
 
 def deliver_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
@@ -170,6 +210,37 @@ def deliver_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
         dataset = dataset_module.DELIVER(str(root), "val", transform, ["img", "depth", "event", "lidar"])
     return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
 
+
+
+def deliver_dataset_module(ref: Path, name: str) -> tuple[types.ModuleType, types.ModuleType]:
+    """One of DELIVER's ``semseg/datasets/<name>.py`` files and its ``augmentations_mm``."""
+    augmentations = _load_file(ref / "semseg" / "augmentations_mm.py", "_rgbx_ref_deliver_augmentations")
+    module = _load_file(ref / "semseg" / "datasets" / f"{name}.py", f"_rgbx_ref_deliver_{name}",
+                        einops=types.ModuleType("einops"), semseg=types.ModuleType("semseg"),
+                        **{"semseg.augmentations_mm": augmentations})
+    return module, augmentations
+
+
+def mcubes_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
+    """DELIVER's ``semseg/datasets/mcubes.MCubeS`` (MODALS image, aolp, dolp, nir as ``configs/mcubes_rgbadn``)
+    with its test-time transform less ``FixScaleCrop``: on the release's 1024-high images that resizes nothing and
+    keeps the central 1024 columns, which the small fake files here do not have (``Normalize``, ``ToTensor``)."""
+    module, _ = deliver_dataset_module(ref, "mcubes")
+    with redirect_stdout(io.StringIO()):
+        dataset = module.MCubeS(str(root), "val", None, ["image", "aolp", "dolp", "nir"])
+    dataset.transform_val = module.transforms.Compose([
+        module.Normalize(mean=tuple(IMAGENET_MEAN), std=tuple(IMAGENET_STD)), module.ToTensor()])
+    return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
+
+
+def mfnet_deliver_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
+    """DELIVER's ``semseg/datasets/mfnet.MFNet`` (MODALS img, thermal as ``configs/mfnet_rgbt``) with its
+    ``Normalize``."""
+    module, augmentations = deliver_dataset_module(ref, "mfnet")
+    transform = augmentations.Compose([augmentations.Normalize(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))])
+    with redirect_stdout(io.StringIO()):
+        dataset = module.MFNet(str(root), "val", transform, ["img", "thermal"])
+    return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
 
 
 def dformer_dataset(ref: Path, root: Path, suffix: str):
@@ -276,11 +347,12 @@ def first_layer_inputs(model, inputs) -> dict[str, torch.Tensor]:
     return encoded
 
 
-def cmnext_reference(ref: Path, gen: torch.Generator) -> torch.nn.Module:
+def cmnext_reference(ref: Path, gen: torch.Generator, variant: str = "CMNeXt-B2", num_classes: int = 25,
+                     modals=("img", "depth", "event", "lidar")) -> torch.nn.Module:
     import parity_cmnext  # benchmarks/parity_cmnext.py: DELIVER's model files with stand-ins for what they import
 
     module = parity_cmnext._load_reference(ref)
-    model = module.CMNeXt("CMNeXt-B2", 25, ["img", "depth", "event", "lidar"])
+    model = module.CMNeXt(variant, num_classes, list(modals))
     randomize(model, gen, layer_scale=(0.2, 1.0))
     return model.eval()
 
@@ -358,13 +430,13 @@ def dformer_evaluation(ref: Path, reference, root: Path, suffix: str, msf: bool,
 
 
 def rgbx_evaluation(model_file: Path, root: Path, tmp: Path, *flags: str, sensors: str = "rgb+depth",
-                    miou: str = "all") -> tuple[torch.Tensor, float]:
+                    miou: str = "all", dataset: str = "nyudepthv2") -> tuple[torch.Tensor, float]:
     """``rgbx eval`` on the files: its confusion matrix (``--confusion``) and mIoU (``--json``)."""
     import json
 
     out = tmp / "eval"
     with redirect_stdout(io.StringIO()):
-        code = rgbx_main(["eval", str(model_file), "--data", str(root), "--dataset", "nyudepthv2", "--split", "test",
+        code = rgbx_main(["eval", str(model_file), "--data", str(root), "--dataset", dataset, "--split", "test",
                           "--miou", miou, "--json", str(out / "eval.json"), "--confusion", str(out), *flags])
     if code:
         raise SystemExit(f"rgbx eval {' '.join(flags)} failed")
@@ -451,8 +523,23 @@ def cmx_evaluation(ref: Path, reference, root: Path, suffix: str, class_num: int
     return torch.from_numpy(hist), 100 * float(miou)
 
 
+def mcubes_evaluation(ref: Path, reference, root: Path) -> tuple[torch.Tensor, float]:
+    """DELIVER's ``tools/val_mm.evaluate`` on MCubeS: its dataset's "val" split (``list_folder/test.txt``) with its
+    own test-time transform (``FixScaleCrop(1024)``), the model's softmax, ``semseg/metrics.Metrics``."""
+    module, _ = deliver_dataset_module(ref, "mcubes")
+    metrics_module = _load_file(ref / "semseg" / "metrics.py", "_rgbx_ref_deliver_metrics")
+    with redirect_stdout(io.StringIO()):
+        dataset = module.MCubeS(str(root), "val", None, ["image", "aolp", "dolp", "nir"])
+    metrics = metrics_module.Metrics(dataset.n_classes, dataset.ignore_label, "cpu")
+    for i in range(len(dataset)):
+        images, label = dataset[i]
+        with torch.no_grad():
+            metrics.update(reference([x[None] for x in images]).softmax(dim=1), label[None])
+    return metrics.hist.long(), reference_miou(metrics.hist)
+
+
 def reference_miou(hist: torch.Tensor) -> float:
-    """DFormer's ``Metrics.compute_iou``: IoU per class with NaN (a class in neither) as 0, mean over all."""
+    """DFormer's (and DELIVER's) ``Metrics.compute_iou``: IoU per class with NaN (a class in neither) as 0, mean over all."""
     hist = hist.double()
     ious = hist.diag() / (hist.sum(0) + hist.sum(1) - hist.diag())
     ious[ious.isnan()] = 0.0
@@ -486,6 +573,9 @@ def main() -> None:
                    "needs torchvision)")
     p.add_argument("--deliver-size", default="256x256",
                    help="image size of the DeLiVER case (default 256x256; the release's is 1042x1042)")
+    p.add_argument("--mcubes-eval", action="store_true",
+                   help="with --deliver: also score the converted MCubeS model with DELIVER's evaluation and rgbx "
+                        "eval on two fake images of the release's 1024×1224 size (minutes on a CPU)")
     p.add_argument("--size", default="480x640", help="image size HxW of the fake files (default 480x640)")
     p.add_argument("--images", type=int, default=2, help="images per case (default 2)")
     p.add_argument("--jpeg", action="store_true", help="RGB / HHA files as JPEG, as the releases ship them")
@@ -563,6 +653,35 @@ def main() -> None:
                       for i in range(len(dataset))]
             rows += compare("cmnext-deliver (RGB + HHA + event image + LiDAR)", _ListInput(reference),
                             deliver_inputs(args.deliver, root), models, inputs)
+
+            mcubes_size = tuple(int(v) for v in args.deliver_size.split("x"))
+            root = tmp / "MCubeS" / "multimodal_dataset"
+            make_mcubes(root, names, mcubes_size, rng)
+            reference = cmnext_reference(args.deliver, gen, "CMNeXt-B2", 20, ("image", "aolp", "dolp", "nir"))
+            modalities = ["rgb", "aolp", "dolp", "nir"]
+            models = {e: convert(reference.state_dict(), tmp, "cmnext_mcubes", modalities, e)
+                      for e in ("reference", "rgbx")}
+            rows += compare("cmnext-mcubes (RGB + AoLP + DoLP + NIR)", _ListInput(reference),
+                            mcubes_inputs(args.deliver, root), models, rgbx_inputs("mcubes", root))
+            if args.mcubes_eval:
+                root = tmp / "MCubeS_eval" / "multimodal_dataset"
+                make_mcubes(root, names, (1024, 1032), rng)  # the release's 1024×1224 images
+                want, want_miou = mcubes_evaluation(args.deliver, reference, root)
+                got, got_miou = rgbx_evaluation(tmp / "cmnext_mcubes_reference.safetensors", root, tmp,
+                                                "--option", "center_crop=1024", dataset="mcubes",
+                                                sensors="+".join(modalities))
+                eval_rows.append(f"| DELIVER: `val_mm.evaluate` on MCubeS (`FixScaleCrop(1024)`, `Metrics`) | "
+                                 f"`rgbx eval --dataset mcubes --split test --miou all --option center_crop=1024` | "
+                                 f"{want_miou:.4f} | {got_miou:.4f} | {int((got - want).abs().sum()) // 2} of "
+                                 f"{int(want.sum())} |")
+
+            root = tmp / "MFNet_deliver"
+            make_mfnet_deliver(root, names, size, rng)
+            reference = cmnext_reference(args.deliver, gen, "CMNeXt-B2", 9, ("img", "thermal"))
+            models = {e: convert(reference.state_dict(), tmp, "cmnext_mfnet", ["rgb", "thermal"], e)
+                      for e in ("reference", "rgbx")}
+            rows += compare("cmnext-mfnet (RGB + thermal, JPEG files)", _ListInput(reference),
+                            mfnet_deliver_inputs(args.deliver, root), models, rgbx_inputs("mfnet", root))
     print(f"torch {torch.__version__}, fp32, eval, {args.images} images of {size[0]}×{size[1]} per case "
           f"(DeLiVER: {args.deliver_size}), "
           f"{'JPEG' if args.jpeg else 'PNG'} RGB / HHA files")
@@ -573,7 +692,8 @@ def main() -> None:
     if eval_rows:
         print(f"\nThe references' evaluation code against rgbx eval, on the same files (DFormer: the converted DFormer-T "
               f"on {args.images} images of {eval_size[0]}×{eval_size[1]}, mIoU over all 40 classes as DFormer counts "
-              f"it; CMX: the converted CMX-B0 on the NYU-HHA images above, mIoU over the classes present):")
+              f"it; CMX: the converted CMX-B0 on the NYU-HHA images above, mIoU over the classes present; MCubeS: "
+              f"the converted CMNeXt-B2 on {args.images} images of 1024×1224, mIoU over all 20 classes):")
         print("| the reference's protocol | rgbx | the reference's mIoU | rgbx's mIoU | confusion matrices apart "
               "(Σ|Δ| / 2, pixels) |")
         print("|---|---|---|---|---|")

@@ -176,3 +176,35 @@ def test_dformer_checkpoint_gets_dformers_rgb_order_and_depth_scale(tmp_path, ca
     assert model.config.input_encoding == {
         "rgb": {"source": [2, 1, 0], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
         "depth": {"mean": [5.06], "std": [2.66]}}
+
+
+def test_cmnext_mcubes_checkpoint_gets_the_polarisation_as_deliver_feeds_it(tmp_path, capsys):
+    """DELIVER's MCubeS code feeds AoLP as [sin, cos, sin] and DoLP / NIR repeated, all without normalisation: the
+    AoLP branch keeps its released three-channel conv and is fed rgbx's (sin, cos) through that channel map; the
+    printed evaluation is DELIVER's (test.txt, the central 1024×1024, every class counted)."""
+    state = random_state("cmnext_b2_rgbdel")  # three supplementary sensors, as MCubeS's aolp, dolp, nir
+    torch.save(state, tmp_path / "cmnext.pth")
+    out = tmp_path / "cmnext_mcubes.safetensors"
+    assert run_convert(tmp_path / "cmnext.pth", "--modalities", "rgb", "aolp", "dolp", "nir", "--out", out) == 0
+    text = capsys.readouterr().out
+    assert "aolp: channels [0, 1, 0]" in text
+    assert "--miou all --option center_crop=1024" in text
+    model, _ = load_model(out)
+    assert model.config.input_encoding["aolp"] == {"source": [0, 1, 0], "mean": [0.0] * 3, "std": [1.0] * 3}
+    released = state["backbone.extra_downsample_layers.0.proj.module.weight"]
+    assert torch.equal(model.state_dict()["encoder.supplementary.0.embed.proj.weight"], released)
+    inputs = {"rgb": torch.randn(1, 3, 64, 64), "aolp": torch.randn(1, 2, 64, 64), "dolp": torch.rand(1, 1, 64, 64),
+              "nir": torch.rand(1, 1, 64, 64)}
+    assert model(inputs).logits.shape == (1, 25, 64, 64)
+
+
+@pytest.mark.parametrize("modalities,flags", [
+    (["rgb", "hha", "event_image", "lidar"], "--miou all --option event_format=image --scales 0.9827"),  # DeLiVER
+    (["rgb", "aolp", "dolp", "nir"], "--miou all --option center_crop=1024"),  # MCubeS
+    (["rgb", "thermal"], "--miou all"),  # MFNet: each image at its own size
+])
+def test_the_printed_evaluation_follows_the_benchmark_of_a_cmnext_file(modalities, flags):
+    from rgbx.models.convert import reference_evaluation
+
+    assert reference_evaluation("cmnext", modalities)[1] == flags
+    assert reference_evaluation("cmx", modalities)[1] == ""

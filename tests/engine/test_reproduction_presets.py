@@ -33,6 +33,8 @@ PRESETS = {
     "nyu_dformer_l": (rgbd.make_nyu_dformer, "dformer_nano"),
     "sunrgbd_dformer_l": (make_sunrgbd, "dformer_nano"),
     "deliver_cmnext_b2": (driving.make_deliver, "mit_nano"),
+    "mcubes_cmnext_b2": (driving.make_mcubes, "mit_nano"),
+    "mfnet_cmnext_b4": (rgbd.make_mfnet_original, "mit_nano"),
 }
 
 
@@ -55,6 +57,8 @@ def test_a_reproduction_preset_trains_on_its_benchmark_layout(tmp_path, preset):
 @pytest.mark.parametrize("preset,classes,params", [
     ("nyu_cmx_b2", 40, 66.6e6),  # CMX MiT-B2, as counted from the reference code (the speed issue's anchors)
     ("nyu_dformer_l", 40, 39.0e6),  # DFormer-L + LightHam head, likewise
+    ("mcubes_cmnext_b2", 20, 58.73e6),  # CMNeXt('CMNeXt-B2', 20, [image, aolp, dolp, nir]) counted on DELIVER's code
+    ("mfnet_cmnext_b4", 9, 116.56e6),  # CMNeXt('CMNeXt-B4', 9, [img, thermal]), likewise
 ])
 def test_a_reproduction_preset_builds_the_published_model(preset, classes, params):
     cfg = load_config(preset, [])
@@ -91,6 +95,28 @@ def test_the_deliver_preset_trains_like_the_deliver_code():
     from rgbx.models.convert import reference_input_encoding
 
     assert cfg.model.input_encoding == reference_input_encoding("cmnext", cfg.model.modalities)[0]
+
+
+@pytest.mark.parametrize("preset,modalities,train_images,batch,crop,scale_range,loss", [
+    # configs/mcubes_rgbadn.yaml: MCubeSNet's pipeline (semseg/datasets/mcubes.py: shorter side 256-1024, crop 512)
+    ("mcubes_cmnext_b2", ["rgb", "aolp", "dolp", "nir"], 302, 16, [512, 512], [0.25, 1.0], "ohem"),
+    # configs/mfnet_rgbt.yaml: RandomResizedCrop((480, 640), scale (0.5, 2)) scales a 480×640 image by the ratio
+    ("mfnet_cmnext_b4", ["rgb", "thermal"], 784, 16, [480, 640], [0.5, 2.0], "ce"),
+])
+def test_the_cmnext_presets_train_like_the_deliver_code(preset, modalities, train_images, batch, crop, scale_range,
+                                                       loss):
+    """DELIVER's configs: 4 GPUs × 4 images, 500 epochs of len(train) // 4 // 4 iterations, 10 warm-up epochs from
+    0.1 × lr, poly 0.9 from the warm-up's end, AdamW 6e-5; every sensor fed as DELIVER's code feeds it."""
+    from rgbx.models.convert import reference_input_encoding
+
+    cfg = load_config(preset, [])
+    per_epoch = train_images // 4 // 4
+    assert cfg.model.modalities == modalities and cfg.method.loss == loss
+    assert (cfg.train.batch_size, cfg.train.iters, cfg.optim.warmup_iters) == (batch, 500 * per_epoch, 10 * per_epoch)
+    assert (cfg.optim.lr, cfg.optim.warmup_ratio, cfg.optim.poly_power, cfg.optim.poly_from) == (
+        6e-5, 0.1, 0.9, "warmup_end")
+    assert (cfg.data.crop_size, cfg.data.scale_range, cfg.data.val_split) == (crop, scale_range, "test")
+    assert cfg.model.input_encoding == reference_input_encoding("cmnext", modalities)[0]
 
 
 @pytest.mark.parametrize("preset", ["nyu_dformer_l", "sunrgbd_dformer_l"])

@@ -21,6 +21,7 @@ from rgbx.modalities import get_modality
 from rgbx.models import create_model
 from rgbx.models.convert import reference_input_encoding
 from rgbx.models.input_encoding import InputEncoding, describe_input_encoding
+from tests.data.datasets.test_driving import make_mcubes
 from tests.data.datasets.test_rgbd_rgbt import make_mfnet_original, make_nyu_dformer
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
@@ -67,6 +68,28 @@ def test_cmx_inputs_from_the_mfnet_release_files(tmp_path):
     assert encoded["thermal"].shape == (1, 3, *thermal.shape)
     assert torch.allclose(encoded["rgb"][0].double(), torch.from_numpy(expected_rgb), atol=2e-6)
     assert torch.allclose(encoded["thermal"][0].double(), torch.from_numpy(expected_thermal), atol=2e-6)
+
+
+def test_cmnext_inputs_from_the_mcubes_release_files(tmp_path):
+    """DELIVER's semseg/datasets/mcubes.py, written out: RGB / 255 with ImageNet's statistics, AoLP stacked
+    [sin, cos, sin], DoLP and NIR (/ 255) repeated to three channels, nothing else; 192 columns dropped."""
+    from PIL import Image
+
+    from rgbx.data.datasets.mcubes import MCubeSDataset
+
+    root = make_mcubes(tmp_path / "multimodal_dataset")
+    inputs, encoded = encoded_sample(MCubeSDataset(root, "train"), 0, "cmnext")
+    name = (root / "list_folder" / "train.txt").read_text().split()[0]
+    rgb = np.asarray(Image.open(root / "polL_color" / f"{name}.png").convert("RGB"))[:, 192:]
+    sin, cos = (np.load(root / folder / f"{name}.npy")[:, 192:] for folder in ("polL_aolp_sin", "polL_aolp_cos"))
+    dolp = np.load(root / "polL_dolp" / f"{name}.npy")[:, 192:]
+    nir = np.asarray(Image.open(root / "NIR_warped" / f"{name}.png"))[:, 192:]
+    expected = {"rgb": reference_normalize(rgb, IMAGENET_MEAN, IMAGENET_STD), "aolp": np.stack([sin, cos, sin]),
+                "dolp": dolp[None], "nir": nir[None] / (65535.0 if nir.dtype == np.uint16 else 255.0)}
+    assert encoded["aolp"].shape[1] == 3 and inputs["aolp"].shape[1] == 2
+    for m, want in expected.items():
+        assert torch.allclose(encoded[m][0].double(), torch.from_numpy(want.astype(np.float64)), atol=2e-6), m
+    assert not torch.allclose(inputs["aolp"], encoded["aolp"][:, :2])  # rgbx normalises AoLP otherwise
 
 
 FIRST_CONVS = {

@@ -16,6 +16,8 @@ EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth 
   rgbx convert CMNeXt_CMNeXt-B2_DELIVER_rgbdel.pth --modalities rgb hha event_image lidar \\
       --out cmnext_b2_deliver.safetensors   # DELIVER's CMNeXt (MODALS img, depth = its hha/ folder, event, lidar);
                                             # evaluate on DeLiVER read with --option event_format=image
+  rgbx convert cmnext_b2_mcubes_rgbadn.pth --modalities rgb aolp dolp nir --classes-of mcubes \\
+      --out cmnext_b2_mcubes.safetensors     # MCubeS (MODALS image, aolp, dolp, nir)
   rgbx convert mit_b2.pth --backbone mit_b2 --fusion cmx --modalities rgb thermal --num-classes 9 \\
       --out cmx_b2_init.safetensors                        # ImageNet MiT into both CMX branches (fusion at init)
   rgbx convert pytorch_model.bin --layout segformer-hf --fusion mean --modalities rgb depth --num-classes 40 \\
@@ -81,7 +83,8 @@ def add_parser(sub) -> None:
     p.add_argument("--input-encoding", choices=("reference", "rgbx"), default="reference",
                    help="reference (default): the model sees what the checkpoint's own code fed it from the same "
                         "files (CMX / DFormer: blue-first RGB, ImageNet statistics on CMX's X images, DFormer's "
-                        "depth scale; stored as model.input_encoding); rgbx: every sensor as rgbx normalises it "
+                        "depth scale; DELIVER: its sensors / 255, MCubeS's AoLP as [sin, cos, sin]; stored as "
+                        "model.input_encoding); rgbx: every sensor as rgbx normalises it "
                         "(for fine-tuning the weights on rgbx's inputs)")
 
 
@@ -163,10 +166,11 @@ def run(args) -> int:
     dataset = {"classes": list(args.classes)} if args.classes else None
     path = save_model(args.out, model.eval(), dataset, **info)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    from rgbx.models.convert import REFERENCE_EVALUATION
+    from rgbx.models.convert import reference_evaluation
 
-    if layout in REFERENCE_EVALUATION:
-        what, flags = REFERENCE_EVALUATION[layout]
+    protocol = reference_evaluation(layout, config.modalities)
+    if protocol is not None:
+        what, flags = protocol
         print(f"to score it as the {layout} code does ({what}):\n  rgbx eval {path} --data DIR --dataset NAME "
               f"--split test{' ' + flags if flags else ''}")
     return 0

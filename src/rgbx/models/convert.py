@@ -1031,6 +1031,10 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 # metres DFormer's normalisation is mean near + 0.48 · (far − near), std 0.28 · (far − near).
 _DFORMER_DEPTH = (0.48, 0.28)
 _RELATIVE_DEPTH_RANGE = (0.5, 10.0)
+# MCubeS's polarisation arrays as DELIVER's semseg/datasets/mcubes.py feeds them: as stored, AoLP stacked
+# [sin, cos, sin], DoLP repeated to three channels (a 1-channel encoding: the converted conv sums the three kernels)
+_MCUBES_AS_STORED = {"aolp": {"source": [0, 1, 0], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+                     "dolp": {"mean": [0.0], "std": [1.0]}}
 
 
 def _opencv_image_encoding(modality: str) -> dict | None:
@@ -1059,7 +1063,9 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
       DELIVER reads for "depth") gets mean 0, std 1, and ``lidar`` (rgbx: the grey level × the loader's
       ``lidar_scale``, default 1) mean 0, std 255; ``event_image`` (the deliver loader's ``event_format=image``) is
       already fed that way. rgbx's ``event`` sensor (positive / negative maps decoded from the rendering) is not
-      what DELIVER fed: no per-channel encoding maps it back.
+      what DELIVER fed: no per-channel encoding maps it back. MCubeS (``semseg/datasets/mcubes.py``, its own
+      transforms): NIR / 255 (or / 65535) as the other image sensors, AoLP and DoLP as stored, AoLP stacked
+      ``[sin, cos, sin]`` (``source`` [0, 1, 0], keeping the released three-channel first conv).
     * the SegFormer layouts: ImageNet-pretrained encoders, red-green-blue with ImageNet's statistics, as rgbx.
     """
     encoding: dict = {}
@@ -1093,6 +1099,8 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
                 spec = get_modality(m)
                 if any(v != 0.0 for v in spec.mean) or any(v != 1.0 for v in spec.std):
                     encoding[m] = {"mean": [0.0] * spec.channels, "std": [1.0] * spec.channels}
+            elif m in _MCUBES_AS_STORED:
+                encoding[m] = dict(_MCUBES_AS_STORED[m])
             elif m == "lidar":
                 encoding[m] = {"mean": [0.0], "std": [255.0]}
                 notes.append("input encoding: lidar as DELIVER feeds its LiDAR images (grey level / 255), for the "
@@ -1107,11 +1115,29 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
 
 
 # the test-time flags of ``rgbx eval`` that score a converted model as the layout's own evaluation code does
-# (benchmarks/parity.md checks the CMX and DFormer ones against that code; docs/reproducing.md lists them)
+# (benchmarks/parity.md checks them against that code; docs/reproducing.md lists them)
 REFERENCE_EVALUATION = {
     "cmx": ("one scale, no flip, mIoU over the classes present (CMX's eval.py with its configs)", ""),
     "dformer": ("mIoU over all classes; utils/eval.py --mst adds five scales and flipping",
                 "--miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
-    "cmnext": ("DELIVER feeds the event renderings and evaluates each image resized to 1024 on its shorter side; "
-               "on DeLiVER's 1042×1042 images", "--option event_format=image --scales 0.9827"),
+    # DELIVER's semseg/metrics.py counts a class absent from labels and predictions as IoU 0: --miou all
+    "cmnext": ("one scale, no flip, each image at its own size, mIoU over all classes (DELIVER's tools/val_mm.py)",
+               "--miou all"),
+    "cmnext/deliver": ("DELIVER feeds the event renderings and evaluates each image resized to 1024 on its shorter "
+                       "side (DeLiVER's are 1042×1042), mIoU over all classes",
+                       "--miou all --option event_format=image --scales 0.9827"),
+    "cmnext/mcubes": ("DELIVER's MCubeS 'val' is list_folder/test.txt, scored on the central 1024×1024 of each "
+                      "image (FixScaleCrop), mIoU over all classes", "--miou all --option center_crop=1024"),
 }
+
+
+def reference_evaluation(layout: str, modalities: Sequence[str]) -> tuple[str, str] | None:
+    """What the layout's own evaluation does and the ``rgbx eval`` flags that do the same, or None. DELIVER's
+    protocol depends on the benchmark, told here by the sensors: MCubeS's polarisation / NIR, DeLiVER's HHA or
+    event renderings."""
+    if layout == "cmnext":
+        if set(modalities) & {"aolp", "dolp", "nir"}:
+            return REFERENCE_EVALUATION["cmnext/mcubes"]
+        if set(modalities) & {"hha", "event_image"}:
+            return REFERENCE_EVALUATION["cmnext/deliver"]
+    return REFERENCE_EVALUATION.get(layout)

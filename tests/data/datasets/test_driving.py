@@ -239,6 +239,15 @@ def test_mcubes_modalities_crop_and_labels(tmp_path):
     full = cls(root, "train", left_crop=0).load(0)
     assert tuple(full["inputs"]["aolp"].shape) == (2, H, MC_W)
     assert cls(root, "val", val_from_test=True).ids == ["outscene1213_1_0000000090"]  # DELIVER: val reads test.txt
+    # DELIVER's evaluation region (FixScaleCrop): the central window, offsets rounded as its code does
+    center = cls(root, "train", center_crop=4).load(0)
+    assert {k: tuple(v.shape[-2:]) for k, v in center["inputs"].items()} == dict.fromkeys(s["inputs"], (4, 4))
+    assert torch.equal(center["label"], s["label"][4:8, 2:6]) and torch.equal(center["inputs"]["aolp"],
+                                                                               s["inputs"]["aolp"][:, 4:8, 2:6])
+    with pytest.raises(DataError, match="center_crop=9 is larger than the 12×8 image"):
+        cls(root, "train", center_crop=9).load(0)
+    with pytest.raises(ConfigError, match="data.options.center_crop: expected a window size"):
+        cls(root, "train", center_crop=-1)
     assert check_dataset(root, dataset="mcubes") == {"train": 2, "val": 1, "test": 1}
 
 

@@ -32,6 +32,9 @@ Facts verified and rgbx's choices:
 - **NIR**: read as one channel (``cv2.imread(..., -1)`` gives a 2-D array that both loaders then stack to 3
   channels). rgbx keeps 1 channel, 0-1 (divided by 255 or 65535 by dtype).
 - **DoLP**: used as stored (0-1).
+- **Evaluation region**: DELIVER evaluates on the central 1024×1024 of each left-cropped 1024×1032 image
+  (``FixScaleCrop(crop_size=1024)``: the shorter side resized to 1024, which changes nothing here, then a centre
+  crop). ``center_crop=1024`` reads every image so; default 0, the whole image (the original code's evaluation).
 """
 
 from __future__ import annotations
@@ -64,21 +67,24 @@ _MASK = "NIR_warped_mask"
 class MCubeSDataset(DrivingDataset):
     """MCubeS in its released layout (see the module docstring).
 
-    Options: ``left_crop`` (columns dropped on the left, default 192 as both references), ``nir_mask_ignore``
-    (ignore labels where the NIR warp is invalid, default False), ``val_from_test`` (split "val" reads test.txt, as
-    DELIVER; default False).
+    Options: ``left_crop`` (columns dropped on the left, default 192 as both references), ``center_crop`` (then keep
+    the central N×N, DELIVER's evaluation region at N = 1024; default 0 = all), ``nir_mask_ignore`` (ignore labels
+    where the NIR warp is invalid, default False), ``val_from_test`` (split "val" reads test.txt, as DELIVER;
+    default False).
     """
 
     NAME = "mcubes"
     CLASSES = MCUBES_CLASSES
     SPLITS = ("train", "val", "test")
-    OPTIONS = {"left_crop": 192, "nir_mask_ignore": False, "val_from_test": False}
+    OPTIONS = {"left_crop": 192, "center_crop": 0, "nir_mask_ignore": False, "val_from_test": False}
 
     def configure(self, options: dict) -> None:
-        crop = options["left_crop"]
-        if not isinstance(crop, int) or isinstance(crop, bool) or crop < 0:
-            raise ConfigError(f"data.options.left_crop: expected a number of columns >= 0, got {crop!r}")
-        self.left_crop = crop
+        for key, what in (("left_crop", "a number of columns"), ("center_crop", "a window size in pixels")):
+            value = options[key]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"data.options.{key}: expected {what} >= 0, got {value!r}")
+        self.left_crop = options["left_crop"]
+        self.center_crop = options["center_crop"]
         self.nir_mask_ignore = bool(options["nir_mask_ignore"])
         self.val_from_test = bool(options["val_from_test"])
 
@@ -176,7 +182,15 @@ class MCubeSDataset(DrivingDataset):
     def _crop(self, arr: np.ndarray) -> np.ndarray:
         if self.left_crop >= arr.shape[-1]:
             raise DataError(f"left_crop={self.left_crop} removes the whole {arr.shape[-1]}-pixel-wide image")
-        return arr[..., self.left_crop:] if self.left_crop else arr
+        arr = arr[..., self.left_crop:] if self.left_crop else arr
+        n = self.center_crop
+        if not n:
+            return arr
+        h, w = arr.shape[-2:]
+        if min(h, w) < n:
+            raise DataError(f"center_crop={n} is larger than the {h}×{w} image (after left_crop={self.left_crop})")
+        y, x = int(round((h - n) / 2.0)), int(round((w - n) / 2.0))  # DELIVER's FixScaleCrop offsets
+        return arr[..., y:y + n, x:x + n]
 
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
         return self._crop(raw).astype(np.int64)
