@@ -28,6 +28,8 @@ Cases:
   layout, read by DELIVER's ``semseg/datasets/mcubes.MCubeS`` with its own ``Normalize`` / ``ToTensor`` (AoLP
   stacked [sin, cos, sin], DoLP and NIR repeated); ``--mcubes-eval`` adds DELIVER's evaluation of it on 1024×1224
   images (``FixScaleCrop(1024)``) against ``rgbx eval --option center_crop=1024``.
+  ``--deliver-eval`` likewise runs DELIVER's evaluation of the DeLiVER model on 1042×1042 images (its test-time
+  ``Resize(1024)`` of every sensor and the label) against ``rgbx eval --option resize=1024``.
 * ``cmnext-mfnet`` (with ``--deliver``): CMNeXt on MFNet as DELIVER's ``semseg/datasets/mfnet.MFNet`` reads it
   (``rgb/`` and grey ``ther/`` JPEGs decoded by torchvision, thermal repeated to three channels, / 255). The network is
   the B2 (DELIVER's config trains B4: the same conversion, but a B4 with random weights is so deep that float32
@@ -200,16 +202,11 @@ def make_mfnet_deliver(root: Path, names, size, rng) -> None:
 def deliver_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
     """DELIVER's ``semseg/datasets/deliver.DELIVER`` (MODALS img, depth, event, lidar as ``configs/deliver_rgbdel``)
     with its ``Normalize`` (the test-time transform without its resize: the files are already the size fed)."""
-    augmentations = _load_file(ref / "semseg" / "augmentations_mm.py", "_rgbx_ref_deliver_augmentations")
-    semseg = types.ModuleType("semseg")
-    dataset_module = _load_file(ref / "semseg" / "datasets" / "deliver.py", "_rgbx_ref_deliver_dataset",
-                                einops=types.ModuleType("einops"), semseg=semseg,
-                                **{"semseg.augmentations_mm": augmentations})
+    dataset_module, augmentations = deliver_dataset_module(ref, "deliver")
     transform = augmentations.Compose([augmentations.Normalize(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))])
     with redirect_stdout(io.StringIO()):
         dataset = dataset_module.DELIVER(str(root), "val", transform, ["img", "depth", "event", "lidar"])
     return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
-
 
 
 def deliver_dataset_module(ref: Path, name: str) -> tuple[types.ModuleType, types.ModuleType]:
@@ -430,13 +427,13 @@ def dformer_evaluation(ref: Path, reference, root: Path, suffix: str, msf: bool,
 
 
 def rgbx_evaluation(model_file: Path, root: Path, tmp: Path, *flags: str, sensors: str = "rgb+depth",
-                    miou: str = "all", dataset: str = "nyudepthv2") -> tuple[torch.Tensor, float]:
+                    miou: str = "all", dataset: str = "nyudepthv2", split: str = "test") -> tuple[torch.Tensor, float]:
     """``rgbx eval`` on the files: its confusion matrix (``--confusion``) and mIoU (``--json``)."""
     import json
 
     out = tmp / "eval"
     with redirect_stdout(io.StringIO()):
-        code = rgbx_main(["eval", str(model_file), "--data", str(root), "--dataset", dataset, "--split", "test",
+        code = rgbx_main(["eval", str(model_file), "--data", str(root), "--dataset", dataset, "--split", split,
                           "--miou", miou, "--json", str(out / "eval.json"), "--confusion", str(out), *flags])
     if code:
         raise SystemExit(f"rgbx eval {' '.join(flags)} failed")
@@ -523,6 +520,28 @@ def cmx_evaluation(ref: Path, reference, root: Path, suffix: str, class_num: int
     return torch.from_numpy(hist), 100 * float(miou)
 
 
+def deliver_evaluation(ref: Path, reference, root: Path) -> tuple[torch.Tensor, float]:
+    """DELIVER's ``tools/val_mm.evaluate`` on DeLiVER's val split as ``configs/deliver_rgbdel`` sets it up: its
+    dataset with ``get_val_augmentation([1024, 1024])`` (``Resize``: image and label to 1024 on the shorter side),
+    the model's softmax, ``semseg/metrics.Metrics``. torchvision's tensor ``resize`` antialiases by default since
+    0.17; DELIVER pins 0.10, which did not, so its ``TF.resize`` is called here with ``antialias=False``."""
+    import torchvision.transforms.functional as TF
+
+    dataset_module, augmentations = deliver_dataset_module(ref, "deliver")
+    augmentations.TF = types.SimpleNamespace(**{**vars(TF), "resize": lambda *a, **k: TF.resize(*a, **k,
+                                                                                              antialias=False)})
+    metrics_module = _load_file(ref / "semseg" / "metrics.py", "_rgbx_ref_deliver_metrics")
+    with redirect_stdout(io.StringIO()):
+        dataset = dataset_module.DELIVER(str(root), "val", augmentations.get_val_augmentation([1024, 1024]),
+                                         ["img", "depth", "event", "lidar"])
+    metrics = metrics_module.Metrics(dataset.n_classes, dataset.ignore_label, "cpu")
+    for i in range(len(dataset)):
+        images, label = dataset[i]
+        with torch.no_grad():
+            metrics.update(reference([x[None] for x in images]).softmax(dim=1), label[None])
+    return metrics.hist.long(), reference_miou(metrics.hist)
+
+
 def mcubes_evaluation(ref: Path, reference, root: Path) -> tuple[torch.Tensor, float]:
     """DELIVER's ``tools/val_mm.evaluate`` on MCubeS: its dataset's "val" split (``list_folder/test.txt``) with its
     own test-time transform (``FixScaleCrop(1024)``), the model's softmax, ``semseg/metrics.Metrics``."""
@@ -573,6 +592,9 @@ def main() -> None:
                    "needs torchvision)")
     p.add_argument("--deliver-size", default="256x256",
                    help="image size of the DeLiVER case (default 256x256; the release's is 1042x1042)")
+    p.add_argument("--deliver-eval", action="store_true",
+                   help="with --deliver: also score the converted DeLiVER model with DELIVER's evaluation and rgbx "
+                        "eval on two fake images of the release's 1042×1042 size (minutes on a CPU)")
     p.add_argument("--mcubes-eval", action="store_true",
                    help="with --deliver: also score the converted MCubeS model with DELIVER's evaluation and rgbx "
                         "eval on two fake images of the release's 1024×1224 size (minutes on a CPU)")
@@ -653,6 +675,23 @@ def main() -> None:
                       for i in range(len(dataset))]
             rows += compare("cmnext-deliver (RGB + HHA + event image + LiDAR)", _ListInput(reference),
                             deliver_inputs(args.deliver, root), models, inputs)
+            if args.deliver_eval:
+                root = tmp / "DELIVER_eval"
+                make_deliver(root, names, (1042, 1042), rng)  # the release's size
+                want, want_miou = deliver_evaluation(args.deliver, reference, root)
+                model_file = tmp / "cmnext_reference.safetensors"
+                flags = ["--option", "event_format=image"]
+                got, got_miou = rgbx_evaluation(model_file, root, tmp, *flags, "--option", "resize=1024",
+                                                dataset="deliver", split="val", sensors="+".join(modalities))
+                eval_rows.append(f"| DELIVER: `val_mm.evaluate` on DeLiVER (`Resize(1024)` of images and labels, "
+                                 f"`Metrics`) | `rgbx eval --dataset deliver --miou all --option event_format=image "
+                                 f"--option resize=1024` | {want_miou:.4f} | {got_miou:.4f} | "
+                                 f"{int((got - want).abs().sum()) // 2} of {int(want.sum())} |")
+                got, got_miou = rgbx_evaluation(model_file, root, tmp, *flags, "--scales", "0.9827",
+                                                dataset="deliver", split="val", sensors="+".join(modalities))
+                eval_rows.append(f"| the same | `rgbx eval --dataset deliver --miou all --option event_format=image "
+                                 f"--scales 0.9827` (the network fed 1024×1024, scored at the labels' 1042×1042) | "
+                                 f"{want_miou:.4f} | {got_miou:.4f} | – ({int(got.sum())} pixels scored) |")
 
             mcubes_size = tuple(int(v) for v in args.deliver_size.split("x"))
             root = tmp / "MCubeS" / "multimodal_dataset"

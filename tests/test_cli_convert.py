@@ -199,7 +199,7 @@ def test_cmnext_mcubes_checkpoint_gets_the_polarisation_as_deliver_feeds_it(tmp_
 
 
 @pytest.mark.parametrize("modalities,flags", [
-    (["rgb", "hha", "event_image", "lidar"], "--miou all --option event_format=image --scales 0.9827"),  # DeLiVER
+    (["rgb", "hha", "event_image", "lidar"], "--miou all --option event_format=image --option resize=1024"),  # DeLiVER
     (["rgb", "aolp", "dolp", "nir"], "--miou all --option center_crop=1024"),  # MCubeS
     (["rgb", "thermal"], "--miou all"),  # MFNet: each image at its own size
 ])

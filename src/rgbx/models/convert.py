@@ -1123,9 +1123,9 @@ REFERENCE_EVALUATION = {
     # DELIVER's semseg/metrics.py counts a class absent from labels and predictions as IoU 0: --miou all
     "cmnext": ("one scale, no flip, each image at its own size, mIoU over all classes (DELIVER's tools/val_mm.py)",
                "--miou all"),
-    "cmnext/deliver": ("DELIVER feeds the event renderings and evaluates each image resized to 1024 on its shorter "
-                       "side (DeLiVER's are 1042×1042), mIoU over all classes",
-                       "--miou all --option event_format=image --scales 0.9827"),
+    "cmnext/deliver": ("DELIVER feeds the event renderings and evaluates each image and label resized to 1024 on "
+                       "the shorter side (DeLiVER's are 1042×1042), mIoU over all classes",
+                       "--miou all --option event_format=image --option resize=1024"),
     "cmnext/mcubes": ("DELIVER's MCubeS 'val' is list_folder/test.txt, scored on the central 1024×1024 of each "
                       "image (FixScaleCrop), mIoU over all classes", "--miou all --option center_crop=1024"),
 }

@@ -159,6 +159,36 @@ def test_deliver_events_as_the_rendered_image_deliver_feeds(tmp_path):
         cls(root, "val", modalities=["rgb", "event_image"])
 
 
+def test_deliver_resized_as_its_evaluation_does(tmp_path):
+    """resize=N: DELIVER's test-time Resize(N) (get_val_augmentation), written out with torchvision's own tensor
+    resize without antialiasing (DELIVER's pinned 0.10 had none): the shorter side 12 → 8, so 12×16 → 8×11, then each
+    side up to a multiple of 32; every sensor bilinear on its 8-bit values, the label nearest, before decoding."""
+    import torchvision.transforms.functional as TF
+
+    root = make_deliver(tmp_path / "DELIVER")
+    cls = DATASETS.get("deliver")
+    s = cls(root, "train", resize=8, modalities=["rgb", "hha", "lidar"]).load(0)
+    rgb_file = root / "img" / "cloud" / "train" / "MAP_1_point2" / "000001_rgb_front.png"
+    sem_file = root / "semantic" / "cloud" / "train" / "MAP_1_point2" / "000001_semantic_front.png"
+
+    def deliver_resize(path, mode):
+        x = torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)[:3]
+        for size in ([8, 11], [32, 32]):
+            x = TF.resize(x, size, mode, antialias=False)
+        return x
+
+    rgb = deliver_resize(rgb_file, TF.InterpolationMode.BILINEAR)
+    assert torch.allclose(s["inputs"]["rgb"], rgb.float() / 255, atol=1e-7)
+    raw = deliver_resize(sem_file, TF.InterpolationMode.NEAREST)[0].long()
+    expected = raw - 1
+    expected[(raw == 0) | (raw == 255)] = 255
+    assert torch.equal(s["label"], expected) and tuple(s["label"].shape) == (32, 32)
+    assert {tuple(x.shape[-2:]) for x in s["inputs"].values()} == {(32, 32)}
+    assert tuple(cls(root, "train").load(0)["label"].shape) == (H, W)  # default: the files' own size
+    with pytest.raises(ConfigError, match="data.options.resize: expected the shorter side in pixels"):
+        cls(root, "train", resize="1024")
+
+
 def test_deliver_check_and_broken_files(tmp_path):
     root = make_deliver(tmp_path / "DELIVER")
     assert check_dataset(root, dataset="deliver") == {"train": 3, "val": 1, "test": 1}

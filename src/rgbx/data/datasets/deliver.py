@@ -36,7 +36,13 @@ Facts verified and what rgbx does with them:
   ``attributes()`` gives ``{"condition": ..., "case": ...}``; options ``conditions=[...]`` and ``cases=[...]``
   (``"normal"`` allowed) filter the samples.
 - **Event resolution**: DELIVER resizes the event image to the RGB size with nearest interpolation; CAFuser notes
-  "eventlowres only have 512 resolution". rgbx does the same (nearest) instead of reporting a size mismatch.
+  "eventlowres only have 512 resolution". rgbx does the same, with DELIVER's nearest rule (torchvision's tensor
+  ``resize``: source pixel ``floor(i · H / h)``), instead of reporting a size mismatch.
+- **Evaluation size**: DELIVER's test-time ``Resize(1024)`` (``get_val_augmentation``) resizes every sensor image
+  *and the label* so that the shorter side is 1024 (1042×1042 → 1024×1024), then each side to a multiple of 32, and
+  measures there. Option ``resize=1024`` reads every sample so: the 8-bit file values resized as torchvision's tensor
+  ``resize`` did in DELIVER's pinned torchvision 0.10 (bilinear, ``align_corners=False``, no antialiasing, rounded back
+  to integers; the label nearest), before decoding. Default 0: the files' own size.
 
 Not documented by any reference, so rgbx makes a documented choice (see docs/datasets-driving.md):
 
@@ -64,6 +70,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from rgbx.data.datasets.base import DATASETS, FileInfo, SegmentationDataset, probe_file
@@ -91,6 +99,27 @@ def png_header(path: Path) -> tuple[int, int] | None:
     if len(head) < 33 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
     return head[24], head[25]
+
+
+def torchvision_resize(raw: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """(C, H, W) integer file values resized as torchvision's tensor ``resize`` did up to 0.16 (DELIVER pins 0.10):
+    ``interpolate`` in float32 (``"bilinear"``: ``align_corners=False``, no antialiasing; ``"nearest"``: source pixel
+    ``floor(i · H / h)``), rounded back to the file's dtype."""
+    if tuple(raw.shape[-2:]) == tuple(size):
+        return raw
+    x = torch.from_numpy(np.ascontiguousarray(raw, np.float32))[None]
+    y = F.interpolate(x, size=tuple(size), mode=mode, align_corners=False if mode == "bilinear" else None)[0]
+    return torch.round(y).numpy().astype(raw.dtype)
+
+
+def deliver_test_sizes(size: tuple[int, int], shorter: int) -> list[tuple[int, int]]:
+    """The sizes DELIVER's test-time ``Resize`` goes through: the shorter side to ``shorter`` (each side
+    ``round(side · shorter / min(H, W))``), then each side up to a multiple of 32 (a second resize, a no-op when the
+    first size is aligned already)."""
+    h, w = size
+    scale = shorter / min(h, w)
+    first = (round(h * scale), round(w * scale))
+    return [first, tuple(-(-v // 32) * 32 for v in first)]
 
 
 def as_list(name: str, value, allowed: Sequence[str] | None = None) -> list[str] | None:
@@ -165,14 +194,15 @@ class DeliverDataset(DrivingDataset):
     ("auto", "carla_raw", "carla_log", "mm"), ``lidar_scale`` (physical units per LiDAR grey level, default 1.0),
     ``event_format`` ("polarity": the ``event`` sensor, positive / negative dots decoded from the rendering;
     "image": the ``event_image`` sensor, the rendered colour image / 255 as DELIVER's code feeds it, for models
-    trained by that code).
+    trained by that code), ``resize`` (0, or the shorter side that DELIVER's test-time ``Resize`` gives every sensor
+    and the label, 1024 in its evaluation; see the module docstring).
     """
 
     NAME = "deliver"
     CLASSES = DELIVER_CLASSES
     SPLITS = ("train", "val", "test")
     OPTIONS = {"conditions": None, "cases": None, "view": "front", "depth_encoding": "auto", "lidar_scale": 1.0,
-               "event_format": "polarity"}
+               "event_format": "polarity", "resize": 0}
     RESIZED = frozenset({"event", "event_image"})
     MODALITY_HINTS = {
         "event_image": "read the event/ files as images with data.options.event_format=image (rgbx eval / predict: "
@@ -199,6 +229,11 @@ class DeliverDataset(DrivingDataset):
             raise ConfigError(f"data.options.event_format: {options['event_format']!r} is not one of "
                               f"{', '.join(EVENT_FORMATS)}")
         self.event_sensor = "event" if options["event_format"] == "polarity" else "event_image"
+        resize = options["resize"]
+        if not isinstance(resize, int) or isinstance(resize, bool) or resize < 0:
+            raise ConfigError(f"data.options.resize: expected the shorter side in pixels (DELIVER evaluates at 1024), "
+                              f"or 0 for the files' own size; got {resize!r}")
+        self.resize = resize
 
     def describe(self) -> DatasetDescription:
         mods = {"rgb": self.source("rgb", "img")}
@@ -247,12 +282,12 @@ class DeliverDataset(DrivingDataset):
         return ids
 
     def files(self, sample_id: str) -> dict[str, Path | None]:
+        return {name: self._path(sample_id, name) for name in [*self.sources, "label"]}
+
+    def _path(self, sample_id: str, name: str) -> Path:
         cond, seq, frame = sample_id.split("/")
-        out = {}
-        for name in [*self.sources, "label"]:
-            folder, tag = _DELIVER_FILES[name]
-            out[name] = self.root / folder / cond / self.split / seq / f"{frame}_{tag}_{self.view}.png"
-        return out
+        folder, tag = _DELIVER_FILES[name]
+        return self.root / folder / cond / self.split / seq / f"{frame}_{tag}_{self.view}.png"
 
     def attributes(self, sample_id: str) -> dict[str, str]:
         return self._attrs[sample_id]
@@ -265,7 +300,23 @@ class DeliverDataset(DrivingDataset):
     def accepted_dtypes(self, name: str) -> tuple[str, ...]:
         return ("uint8", "uint16") if name in ("depth", "lidar") else ("uint8",)
 
+    def read_source(self, name: str, path: Path, sample_id: str) -> np.ndarray:
+        raw = super().read_source(name, path, sample_id)
+        if name in self.RESIZED:  # events stored smaller (eventlowres): to the camera's size, as DELIVER
+            with Image.open(self._path(sample_id, "rgb")) as im:
+                w, h = im.size
+            raw = torchvision_resize(raw, (h, w), "nearest")
+        return self._resized(raw, "bilinear")
+
+    def _resized(self, raw: np.ndarray, mode: str) -> np.ndarray:
+        """The file values as DELIVER's test-time ``Resize`` leaves them (option ``resize``), else as they are."""
+        if self.resize:
+            for size in deliver_test_sizes(raw.shape[-2:], self.resize):
+                raw = torchvision_resize(raw, size, mode)
+        return raw
+
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
+        raw = self._resized(raw[None], "nearest")[0]
         lab = raw.astype(np.int64) - 1
         lab[(raw == 0) | (raw == 255)] = 255
         return lab
