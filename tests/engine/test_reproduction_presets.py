@@ -91,6 +91,9 @@ def test_the_deliver_preset_trains_like_the_deliver_code():
     assert (cfg.optim.lr, cfg.optim.warmup_ratio, cfg.optim.poly_power, cfg.optim.poly_from) == (
         6e-5, 0.1, 0.9, "warmup_end")
     assert cfg.train.iters == 200 * (3983 // 8) and cfg.optim.warmup_iters == 10 * (3983 // 8)
+    # RandomResizedCrop((1024, 1024), scale (0.5, 2)) scales a 1042×1042 image by ratio × 1024 / 1042
+    assert cfg.data.scale_range == [pytest.approx(0.5 * 1024 / 1042, abs=1e-4), pytest.approx(2 * 1024 / 1042,
+                                                                                            abs=1e-4)]
     # augmentations_mm.Normalize: every sensor but RGB as its 8-bit image / 255
     from rgbx.models.convert import reference_input_encoding
 
