@@ -296,6 +296,55 @@ def test_gaussian_blur_matches_a_convolution():
         assert torch.allclose(out[ok], (num / den.clamp_min(1e-6))[ok], atol=1e-5)
 
 
+def test_gaussian_blur_with_a_fixed_kernel_is_torchvisions():
+    """kernel_size=3, sigma 0.8: torchvision's gaussian_blur(img, 3) (DELIVER's RandomGaussianBlur), which pads by
+    reflection where rgbx replicates the edge: equal away from the border."""
+    import torchvision.transforms.functional as TF
+
+    x = torch.rand(3, 23, 31, generator=gen(3))
+    out = GaussianBlur(sigma=(0.8, 0.8), p=1.0, kernel_size=3)(x, gen(0), get_modality("rgb"))
+    want = TF.gaussian_blur(x, [3, 3], [0.8, 0.8])
+    assert torch.allclose(out[:, 1:-1, 1:-1], want[:, 1:-1, 1:-1], atol=1e-6)
+    assert not torch.allclose(out, x, atol=1e-3)
+    with pytest.raises(ConfigError, match="kernel_size must be an odd number"):
+        GaussianBlur(kernel_size=4)
+
+
+def test_a_sensor_given_its_own_ops_gets_those_and_only_those():
+    """data.photometric_ops: rgb gets one brightness-only jitter always applied, lidar none (its spec's point dropout
+    would fire at p=1), thermal, not listed, keeps its spec's ops as drawn without the setting."""
+    from rgbx.data.transforms.photometric import build_photometric_ops
+
+    ops = build_photometric_ops({"rgb": [{"name": "color_jitter", "p": 1.0, "brightness": 0.5, "contrast": 0.0,
+                                          "saturation": 0.0, "hue": 0.0}], "lidar": []})
+    sample = realistic_sample()
+    always = {"point_dropout": PointDropout(p=1.0, fraction=(0.5, 0.5))}
+    own = TrainTransform(crop_size=(H, W), scale_range=(1.0, 1.0), hflip_prob=0.0, photometric=always, sensor_ops=ops)
+    spec = TrainTransform(crop_size=(H, W), scale_range=(1.0, 1.0), hflip_prob=0.0, photometric=always)
+    out, ref = own(sample, gen(5)), spec(sample, gen(5))
+    ratio = out["inputs"]["rgb"] / sample["inputs"]["rgb"]
+    assert 0.5 <= float(ratio.mean()) <= 1.5 and float(ratio.std()) < 1e-4 and float(ratio.mean()) != 1.0
+    assert torch.equal(out["inputs"]["lidar"], sample["inputs"]["lidar"])
+    assert not torch.equal(ref["inputs"]["lidar"], sample["inputs"]["lidar"])  # the spec's op, had lidar none given
+    assert torch.equal(out["inputs"]["thermal"], ref["inputs"]["thermal"])
+    off = TrainTransform(crop_size=(H, W), scale_range=(1.0, 1.0), hflip_prob=0.0, photometric=False, sensor_ops=ops)
+    assert torch.equal(off(sample, gen(5))["inputs"]["rgb"], sample["inputs"]["rgb"])  # photometric=False: none
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"rgb": "color_jitter"}, r"data.photometric_ops.rgb: expected a list of photometric ops"),
+    ({"rgb": ["colour_jitter"]}, r"data.photometric_ops.rgb\[0\]: unknown photometric op 'colour_jitter'"),
+    ({"rgb": ["gaussian_blur", {"name": "color_jitter", "strength": 2}]},
+     r"data.photometric_ops.rgb\[1\]: color_jitter has no parameter 'strength' \(its parameters: brightness"),
+    ({"rgb": [{"p": 0.2}]}, r"data.photometric_ops.rgb\[0\]: expected an op name or \{name: OP"),
+])
+def test_bad_photometric_ops_name_the_entry(config, message):
+    from rgbx.data.transforms.photometric import build_photometric_ops
+
+    with pytest.raises(ConfigError, match=message):
+        build_photometric_ops(config)
+
+
 def photometric_only(active: dict) -> TrainTransform:
     ops = {name: None for name in ALL_OPS}
     ops.update(active)

@@ -11,6 +11,7 @@ import pytest
 from rgbx.engine.config import load_config
 from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import Trainer
+from rgbx.errors import ConfigError
 from rgbx.models import create_model
 from tests.data.datasets import test_driving as driving
 from tests.data.datasets import test_rgbd_rgbt as rgbd
@@ -98,6 +99,20 @@ def test_the_deliver_preset_trains_like_the_deliver_code():
     from rgbx.models.convert import reference_input_encoding
 
     assert cfg.model.input_encoding == reference_input_encoding("cmnext", cfg.model.modalities)[0]
+    assert cfg.data.photometric_ops == {"rgb": DELIVER_PHOTOMETRIC, "hha": [], "event_image": [], "lidar": []}
+
+
+# augmentations_mm.get_train_augmentation: RandomColorJitter(p=0.2) (brightness, contrast, saturation 0.5-1.5 each)
+# and RandomGaussianBlur((3, 3), p=0.2) (torchvision's sigma for 3 taps: 0.8), RGB only
+DELIVER_PHOTOMETRIC = [
+    {"name": "color_jitter", "p": 0.2, "brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.0},
+    {"name": "gaussian_blur", "p": 0.2, "sigma": [0.8, 0.8], "kernel_size": 3}]
+
+
+def test_a_photometric_setting_for_a_sensor_the_run_does_not_load_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.photometric_ops names \['thermal'\], which this run does not load"):
+        Trainer(load_config("deliver_cmnext_b2", [f"output_dir={tmp_path}", "data.photometric_ops.thermal=[]"]),
+                reporter=Reporter(quiet=True))
 
 
 @pytest.mark.parametrize("preset,modalities,train_images,batch,crop,scale_range,loss", [
@@ -120,6 +135,11 @@ def test_the_cmnext_presets_train_like_the_deliver_code(preset, modalities, trai
         6e-5, 0.1, 0.9, "warmup_end")
     assert (cfg.data.crop_size, cfg.data.scale_range, cfg.data.val_split) == (crop, scale_range, "test")
     assert cfg.model.input_encoding == reference_input_encoding("cmnext", modalities)[0]
+    deliver_ops = {"rgb": DELIVER_PHOTOMETRIC, "thermal": []}
+    # semseg/datasets/mcubes.py: RandomGaussianBlur of RGB and NIR, p 0.5, sigma uniform in [0, 1)
+    mcubes_blur = [{"name": "gaussian_blur", "p": 0.5, "sigma": [0.0, 1.0]}]
+    mcubes_ops = {"rgb": mcubes_blur, "nir": mcubes_blur, "aolp": [], "dolp": []}
+    assert cfg.data.photometric_ops == (mcubes_ops if preset.startswith("mcubes") else deliver_ops)
 
 
 @pytest.mark.parametrize("preset", ["nyu_dformer_l", "sunrgbd_dformer_l"])

@@ -33,6 +33,9 @@ class DataConfig:
     scales: list[float] | None = None  # the resize factor drawn from these instead (CMX / DFormer: 0.5, ..., 1.75)
     hflip_prob: float = 0.5
     photometric: bool = True
+    # sensor → its own photometric ops instead of its spec's: op names, or {name: OP, parameter: value, ...};
+    # [] = none for that sensor (e.g. rgb: [{name: color_jitter, p: 0.2, hue: 0.0}], lidar: [])
+    photometric_ops: dict[str, Any] = field(default_factory=dict)
     # where the random resize / crop / flip runs: "sample" (each sample, in the loader workers) or "batch" (the
     # collated batch, on the training device: frees the workers' CPUs when they cannot keep up with the GPU)
     geometric_on: str = "sample"

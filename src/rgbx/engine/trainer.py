@@ -26,6 +26,7 @@ from rgbx.data import build_dataset, collate
 from rgbx.data.sample import PresenceMasks
 from rgbx.data.sampler import ResumableSampler
 from rgbx.data.transforms import EvalTransform, TrainTransform
+from rgbx.data.transforms.photometric import build_photometric_ops
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
 from rgbx.engine.config import ExperimentConfig, TrainConfig, to_dict, to_yaml
 from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
@@ -245,13 +246,17 @@ class Trainer:
         if unknown:
             raise ConfigError(f"model.modalities has {unknown} which data.modalities does not load")
         data = cfg.data
+        stray = sorted(set(data.photometric_ops) - set(modalities))
+        if stray:
+            raise ConfigError(f"data.photometric_ops names {stray}, which this run does not load "
+                              f"({', '.join(modalities)})")
         self.train_set = build_dataset(data.dataset, data.root, data.train_split, modalities=modalities,
                                        seed=cfg.train.seed, check=data.check, **data.options)
         self.description = self.train_set.description
         self.train_set.transform = TrainTransform(
             crop_size=tuple(data.crop_size), scale_range=tuple(data.scale_range), hflip_prob=data.hflip_prob,
             ignore_index=self.description.ignore_index, photometric=data.photometric, geometric_on=data.geometric_on,
-            scales=data.scales)
+            scales=data.scales, sensor_ops=build_photometric_ops(data.photometric_ops))
         # the geometric step of batches whose samples left it for the batch (data.geometric_on=batch)
         self.batch_geometry = (self.train_set.transform.batch_geometry() if data.geometric_on == "batch" else None)
         if self.batch_geometry is not None and self.device.type == "cpu":

@@ -2,13 +2,17 @@
 
 A modality gets exactly the ops its :class:`~rgbx.modalities.ModalitySpec` lists in ``photometric`` (looked up in
 :data:`PHOTOMETRIC`), and nothing else: colour jitter never touches depth, depth noise never touches RGB (the trap of
-the joint-transform libraries, ``docs/ecosystem.md`` §3.1). Every random number comes from the generator passed in.
+the joint-transform libraries, ``docs/ecosystem.md`` §3.1). A config may give a sensor its own list instead, with
+parameters (``data.photometric_ops``, :func:`build_photometric_ops`). Every random number comes from the generator
+passed in.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,7 @@ PhotometricOp = Callable[[torch.Tensor, torch.Generator, ModalitySpec], torch.Te
 PHOTOMETRIC: Registry[PhotometricOp] = Registry("photometric transform")
 
 __all__ = ["PHOTOMETRIC", "ColorJitter", "DepthHoles", "DepthNoise", "EventDropout", "GaussianBlur", "GaussianNoise",
-           "PhotometricOp", "PointDropout", "ThermalGain", "empty_value"]
+           "PhotometricOp", "PointDropout", "ThermalGain", "build_photometric_ops", "empty_value"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,20 +115,26 @@ def _hue_rotation(angle: float) -> torch.Tensor:
 
 
 class GaussianBlur:
-    """Gaussian blur with probability ``p`` and sigma (pixels) drawn from ``sigma``.
+    """Gaussian blur with probability ``p`` and sigma (pixels) drawn from ``sigma``; the kernel spans 3 sigma either
+    side, or ``kernel_size`` taps (odd) when given (torchvision's ``gaussian_blur(img, 3)``: ``kernel_size=3``,
+    ``sigma=(0.8, 0.8)``).
 
     For a modality with an ``invalid_value`` the blur only averages valid pixels and invalid pixels stay invalid.
     """
 
-    def __init__(self, sigma=(0.1, 1.5), p=0.2):
-        self.sigma, self.p = sigma, p
+    def __init__(self, sigma=(0.1, 1.5), p=0.2, kernel_size: int | None = None):
+        if kernel_size is not None and (not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0):
+            raise ConfigError(f"gaussian_blur: kernel_size must be an odd number of taps, got {kernel_size!r}")
+        self.sigma, self.p, self.kernel_size = sigma, p, kernel_size
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
         apply = _chance(generator, self.p)
         sigma = _uniform(generator, *self.sigma)
         if not apply or sigma <= 0:
             return x
-        radius = max(1, math.ceil(3 * sigma))
+        radius = self.kernel_size // 2 if self.kernel_size else max(1, math.ceil(3 * sigma))
+        if radius == 0:
+            return x
         t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
         k = torch.exp(-(t**2) / (2 * sigma**2))
         k = k / k.sum()
@@ -294,3 +304,36 @@ PHOTOMETRIC.register("thermal_gain", ThermalGain())
 PHOTOMETRIC.register("gaussian_noise", GaussianNoise())
 PHOTOMETRIC.register("point_dropout", PointDropout())
 PHOTOMETRIC.register("event_dropout", EventDropout())
+
+
+def build_photometric_ops(config: Mapping[str, Any], where: str = "data.photometric_ops") -> dict[str, list]:
+    """sensor → its photometric ops, from a config that maps a sensor to a list of entries, each an op name (the
+    registered op with its defaults) or ``{name: OP, **parameters}`` (that op's class built with those parameters);
+    ``[]`` gives the sensor none. Bad entries are :class:`ConfigError` naming ``where.sensor[i]``."""
+    out: dict[str, list] = {}
+    for sensor, entries in config.items():
+        if not isinstance(entries, (list, tuple)):
+            raise ConfigError(f"{where}.{sensor}: expected a list of photometric ops, got {entries!r}")
+        ops = []
+        for i, entry in enumerate(entries):
+            key = f"{where}.{sensor}[{i}]"
+            if isinstance(entry, str):
+                name, params = entry, {}
+            elif isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+                params = {k: v for k, v in entry.items() if k != "name"}
+                name = entry["name"]
+            else:
+                raise ConfigError(f"{key}: expected an op name or {{name: OP, parameter: value, ...}}, got {entry!r}")
+            if name not in PHOTOMETRIC:
+                raise ConfigError(f"{key}: unknown photometric op {name!r} (registered: {', '.join(PHOTOMETRIC)})")
+            op = PHOTOMETRIC.get(name)
+            if params:
+                accepted = inspect.signature(type(op)).parameters
+                unknown = sorted(set(params) - set(accepted))
+                if unknown:
+                    raise ConfigError(f"{key}: {name} has no parameter {', '.join(map(repr, unknown))} (its "
+                                      f"parameters: {', '.join(accepted)})")
+                op = type(op)(**params)
+            ops.append(op)
+        out[str(sensor)] = ops
+    return out

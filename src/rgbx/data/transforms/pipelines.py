@@ -77,6 +77,8 @@ class TrainTransform:
         ignore_index: label value of padded pixels.
         photometric: True to apply each modality's ``spec.photometric`` ops, False for none, or a mapping
             name → op (or None to disable) overriding entries of :data:`PHOTOMETRIC`.
+        sensor_ops: sensor → the ops it gets instead of its spec's list (:func:`.photometric.build_photometric_ops`
+            builds them from ``data.photometric_ops``); unless ``photometric`` is False.
         geometric_on: ``"sample"``: the geometric step runs here, on each sample (in the loader workers).
             ``"batch"``: it is left for the batch: the sample keeps its size and carries its geometric draws
             (``sample["geometry"]``), and :meth:`batch_geometry` applies them to the collated batch on its device
@@ -95,6 +97,7 @@ class TrainTransform:
         photometric: bool | Mapping[str, PhotometricOp | None] = True,
         geometric_on: str = "sample",
         scales: Sequence[float] | None = None,
+        sensor_ops: Mapping[str, Sequence[PhotometricOp]] | None = None,
     ):
         self.crop_size = _pair(crop_size, "crop_size")
         self.scales = None if scales is None else tuple(float(s) for s in scales)
@@ -109,6 +112,7 @@ class TrainTransform:
         self.hflip_prob = float(hflip_prob)
         self.ignore_index = int(ignore_index)
         self.photometric = photometric
+        self.sensor_ops = {name: list(ops) for name, ops in (sensor_ops or {}).items()}
         if geometric_on not in ("sample", "batch"):
             raise ConfigError(f"geometric_on must be 'sample' or 'batch', got {geometric_on!r}")
         self.geometric_on = geometric_on
@@ -139,8 +143,9 @@ class TrainTransform:
             spec = get_modality(name)
             if self.photometric is not False:
                 g = torch.Generator().manual_seed(photo_seed ^ zlib.crc32(name.encode()))
-                for op_name in spec.photometric:
-                    op = self._photometric_op(op_name)
+                ops = (self.sensor_ops[name] if name in self.sensor_ops
+                       else [self._photometric_op(op_name) for op_name in spec.photometric])
+                for op in ops:
                     if op is not None:
                         x = op(x, g, spec)
             inputs[name] = x
@@ -166,6 +171,7 @@ class TrainTransform:
         return (
             f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, scales={self.scales}, "
             f"hflip_prob={self.hflip_prob}, ignore_index={self.ignore_index}, photometric={self.photometric!r}, "
+            f"sensor_ops={self.sensor_ops!r}, "
             f"geometric_on={self.geometric_on!r})"
         )
 
