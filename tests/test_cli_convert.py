@@ -188,7 +188,7 @@ def test_cmnext_mcubes_checkpoint_gets_the_polarisation_as_deliver_feeds_it(tmp_
     assert run_convert(tmp_path / "cmnext.pth", "--modalities", "rgb", "aolp", "dolp", "nir", "--out", out) == 0
     text = capsys.readouterr().out
     assert "aolp: channels [0, 1, 0]" in text
-    assert "--miou all --option center_crop=1024" in text
+    assert "--split test --miou all --option center_crop=1024" in text
     model, _ = load_model(out)
     assert model.config.input_encoding["aolp"] == {"source": [0, 1, 0], "mean": [0.0] * 3, "std": [1.0] * 3}
     released = state["backbone.extra_downsample_layers.0.proj.module.weight"]
@@ -199,12 +199,12 @@ def test_cmnext_mcubes_checkpoint_gets_the_polarisation_as_deliver_feeds_it(tmp_
 
 
 @pytest.mark.parametrize("modalities,flags", [
-    (["rgb", "hha", "event_image", "lidar"], "--miou all --option event_format=image --option resize=1024"),  # DeLiVER
-    (["rgb", "aolp", "dolp", "nir"], "--miou all --option center_crop=1024"),  # MCubeS
-    (["rgb", "thermal"], "--miou all"),  # MFNet: each image at its own size
+    (["rgb", "hha", "event_image", "lidar"], "--split val --miou all --option event_format=image --option resize=1024"),  # DeLiVER
+    (["rgb", "aolp", "dolp", "nir"], "--split test --miou all --option center_crop=1024"),  # MCubeS
+    (["rgb", "thermal"], "--split test --miou all"),  # MFNet: each image at its own size
 ])
 def test_the_printed_evaluation_follows_the_benchmark_of_a_cmnext_file(modalities, flags):
     from rgbx.models.convert import reference_evaluation
 
     assert reference_evaluation("cmnext", modalities)[1] == flags
-    assert reference_evaluation("cmx", modalities)[1] == ""
+    assert reference_evaluation("cmx", modalities)[1] == "--split test"

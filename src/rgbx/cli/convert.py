@@ -172,5 +172,5 @@ def run(args) -> int:
     if protocol is not None:
         what, flags = protocol
         print(f"to score it as the {layout} code does ({what}):\n  rgbx eval {path} --data DIR --dataset NAME "
-              f"--split test{' ' + flags if flags else ''}")
+              f"{flags}")
     return 0

@@ -1114,20 +1114,20 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
     return encoding, notes
 
 
-# the test-time flags of ``rgbx eval`` that score a converted model as the layout's own evaluation code does
-# (benchmarks/parity.md checks them against that code; docs/reproducing.md lists them)
+# the split and test-time flags of ``rgbx eval`` that score a converted model as the layout's own evaluation code
+# does (benchmarks/parity.md checks them against that code; docs/reproducing.md lists them)
 REFERENCE_EVALUATION = {
-    "cmx": ("one scale, no flip, mIoU over the classes present (CMX's eval.py with its configs)", ""),
+    "cmx": ("one scale, no flip, mIoU over the classes present (CMX's eval.py with its configs)", "--split test"),
     "dformer": ("mIoU over all classes; utils/eval.py --mst adds five scales and flipping",
-                "--miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
+                "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
     # DELIVER's semseg/metrics.py counts a class absent from labels and predictions as IoU 0: --miou all
     "cmnext": ("one scale, no flip, each image at its own size, mIoU over all classes (DELIVER's tools/val_mm.py)",
-               "--miou all"),
+               "--split test --miou all"),
     "cmnext/deliver": ("DELIVER feeds the event renderings and evaluates each image and label resized to 1024 on "
                        "the shorter side (DeLiVER's are 1042×1042), mIoU over all classes",
-                       "--miou all --option event_format=image --option resize=1024"),
+                       "--split val --miou all --option event_format=image --option resize=1024"),
     "cmnext/mcubes": ("DELIVER's MCubeS 'val' is list_folder/test.txt, scored on the central 1024×1024 of each "
-                      "image (FixScaleCrop), mIoU over all classes", "--miou all --option center_crop=1024"),
+                      "image (FixScaleCrop), mIoU over all classes", "--split test --miou all --option center_crop=1024"),
 }
 
 

@@ -184,6 +184,9 @@ def test_deliver_resized_as_its_evaluation_does(tmp_path):
     expected[(raw == 0) | (raw == 255)] = 255
     assert torch.equal(s["label"], expected) and tuple(s["label"].shape) == (32, 32)
     assert {tuple(x.shape[-2:]) for x in s["inputs"].values()} == {(32, 32)}
+    # depth, which DELIVER never feeds, takes the nearest pixel's CARLA encoding: only the file's two depths survive
+    depth = cls(root, "train", resize=8, modalities=["depth"]).load(0)["inputs"]["depth"]
+    assert sorted(depth.unique().tolist()) == pytest.approx([12.5, 250.0], rel=1e-4)
     assert tuple(cls(root, "train").load(0)["label"].shape) == (H, W)  # default: the files' own size
     with pytest.raises(ConfigError, match="data.options.resize: expected the shorter side in pixels"):
         cls(root, "train", resize="1024")

@@ -42,7 +42,8 @@ Facts verified and what rgbx does with them:
   *and the label* so that the shorter side is 1024 (1042×1042 → 1024×1024), then each side to a multiple of 32, and
   measures there. Option ``resize=1024`` reads every sample so: the 8-bit file values resized as torchvision's tensor
   ``resize`` did in DELIVER's pinned torchvision 0.10 (bilinear, ``align_corners=False``, no antialiasing, rounded back
-  to integers; the label nearest), before decoding. Default 0: the files' own size.
+  to integers; the label nearest), before decoding. ``depth`` and the polarity ``event`` sensor, which DELIVER never
+  feeds, take the nearest pixel's encoded value instead. Default 0: the files' own size.
 
 Not documented by any reference, so rgbx makes a documented choice (see docs/datasets-driving.md):
 
@@ -306,7 +307,9 @@ class DeliverDataset(DrivingDataset):
             with Image.open(self._path(sample_id, "rgb")) as im:
                 w, h = im.size
             raw = torchvision_resize(raw, (h, w), "nearest")
-        return self._resized(raw, "bilinear")
+        # DELIVER's Resize blends the images it feeds; depth / polarity events are decoded from an encoding that a
+        # blend would corrupt (DELIVER never reads them), so they take the nearest pixel's encoding
+        return self._resized(raw, "nearest" if name in ("depth", "event") else "bilinear")
 
     def _resized(self, raw: np.ndarray, mode: str) -> np.ndarray:
         """The file values as DELIVER's test-time ``Resize`` leaves them (option ``resize``), else as they are."""

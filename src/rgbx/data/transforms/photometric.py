@@ -333,7 +333,10 @@ def build_photometric_ops(config: Mapping[str, Any], where: str = "data.photomet
                 if unknown:
                     raise ConfigError(f"{key}: {name} has no parameter {', '.join(map(repr, unknown))} (its "
                                       f"parameters: {', '.join(accepted)})")
-                op = type(op)(**params)
+                try:
+                    op = type(op)(**params)
+                except (ConfigError, TypeError, ValueError) as e:
+                    raise ConfigError(f"{key}: {e}") from None
             ops.append(op)
         out[str(sensor)] = ops
     return out
