@@ -30,6 +30,8 @@ Cases:
   images (``FixScaleCrop(1024)``) against ``rgbx eval --option center_crop=1024``.
   ``--deliver-eval`` likewise runs DELIVER's evaluation of the DeLiVER model on 1042×1042 images (its test-time
   ``Resize(1024)`` of every sensor and the label) against ``rgbx eval --option resize=1024``.
+* ``cmnext-nyu`` (with ``--deliver``): CMNeXt on NYU Depth V2 as DELIVER's ``semseg/datasets/nyu.NYU`` reads it (CMX's
+  ``RGB/``, ``HHA/`` JPEGs and ``Label/``; HHA as its "depth", / 255).
 * ``cmnext-mfnet`` (with ``--deliver``): CMNeXt on MFNet as DELIVER's ``semseg/datasets/mfnet.MFNet`` reads it
   (``rgb/`` and grey ``ther/`` JPEGs decoded by torchvision, thermal repeated to three channels, / 255). The network is
   the B2 (DELIVER's config trains B4: the same conversion, but a B4 with random weights is so deep that float32
@@ -237,6 +239,16 @@ def mfnet_deliver_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
     transform = augmentations.Compose([augmentations.Normalize(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))])
     with redirect_stdout(io.StringIO()):
         dataset = module.MFNet(str(root), "val", transform, ["img", "thermal"])
+    return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
+
+
+def nyu_deliver_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
+    """DELIVER's ``semseg/datasets/nyu.NYU`` (MODALS img, depth = the ``HHA/`` JPEGs, as ``configs/nyu_rgbd``) with its
+    ``Normalize``."""
+    module, augmentations = deliver_dataset_module(ref, "nyu")
+    transform = augmentations.Compose([augmentations.Normalize(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))])
+    with redirect_stdout(io.StringIO()):
+        dataset = module.NYU(str(root), "val", transform, ["img", "depth"])
     return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
 
 
@@ -721,6 +733,14 @@ def main() -> None:
                       for e in ("reference", "rgbx")}
             rows += compare("cmnext-mfnet (RGB + thermal, JPEG files)", _ListInput(reference),
                             mfnet_deliver_inputs(args.deliver, root), models, rgbx_inputs("mfnet", root))
+
+            root = tmp / "NYUDepthv2_deliver"
+            make_nyu(root, names, size, rng, jpeg=True, hha=True)  # CMX's layout, which DELIVER's nyu.py reads
+            reference = cmnext_reference(args.deliver, gen, "CMNeXt-B2", 40, ("img", "depth"))
+            models = {e: convert(reference.state_dict(), tmp, "cmnext_nyu", ["rgb", "hha"], e)
+                      for e in ("reference", "rgbx")}
+            rows += compare("cmnext-nyu (RGB + HHA, JPEG files)", _ListInput(reference),
+                            nyu_deliver_inputs(args.deliver, root), models, rgbx_inputs("nyudepthv2", root))
     print(f"torch {torch.__version__}, fp32, eval, {args.images} images of {size[0]}×{size[1]} per case "
           f"(DeLiVER: {args.deliver_size}), "
           f"{'JPEG' if args.jpeg else 'PNG'} RGB / HHA files")

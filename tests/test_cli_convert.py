@@ -198,13 +198,18 @@ def test_cmnext_mcubes_checkpoint_gets_the_polarisation_as_deliver_feeds_it(tmp_
     assert model(inputs).logits.shape == (1, 25, 64, 64)
 
 
-@pytest.mark.parametrize("modalities,flags", [
-    (["rgb", "hha", "event_image", "lidar"], "--split val --miou all --option event_format=image --option resize=1024"),  # DeLiVER
-    (["rgb", "aolp", "dolp", "nir"], "--split test --miou all --option center_crop=1024"),  # MCubeS
-    (["rgb", "thermal"], "--split test --miou all"),  # MFNet: each image at its own size
+DELIVER_EVAL = "--split val --miou all --option event_format=image --option resize=1024"
+
+
+@pytest.mark.parametrize("modalities,classes,flags", [
+    (["rgb", "hha", "event_image", "lidar"], 25, DELIVER_EVAL),  # DeLiVER
+    (["rgb", "hha"], 25, DELIVER_EVAL),  # DeLiVER, RGB-D
+    (["rgb", "aolp", "dolp", "nir"], 20, "--split test --miou all --option center_crop=1024"),  # MCubeS
+    (["rgb", "thermal"], 9, "--split test --miou all"),  # MFNet: each image at its own size
+    (["rgb", "hha"], 40, "--split test --miou all"),  # NYU Depth V2
 ])
-def test_the_printed_evaluation_follows_the_benchmark_of_a_cmnext_file(modalities, flags):
+def test_the_printed_evaluation_follows_the_benchmark_of_a_cmnext_file(modalities, classes, flags):
     from rgbx.models.convert import reference_evaluation
 
-    assert reference_evaluation("cmnext", modalities)[1] == flags
-    assert reference_evaluation("cmx", modalities)[1] == "--split test"
+    assert reference_evaluation("cmnext", modalities, classes)[1] == flags
+    assert reference_evaluation("cmx", modalities, classes)[1] == "--split test"

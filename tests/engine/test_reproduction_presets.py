@@ -36,6 +36,7 @@ PRESETS = {
     "deliver_cmnext_b2": (driving.make_deliver, "mit_nano"),
     "mcubes_cmnext_b2": (driving.make_mcubes, "mit_nano"),
     "mfnet_cmnext_b4": (rgbd.make_mfnet_original, "mit_nano"),
+    "nyu_cmnext_b4": (rgbd.make_nyu_sagate, "mit_nano"),  # DELIVER's nyu.py reads CMX's RGB/, HHA/, Label/
 }
 
 
@@ -60,6 +61,7 @@ def test_a_reproduction_preset_trains_on_its_benchmark_layout(tmp_path, preset):
     ("nyu_dformer_l", 40, 39.0e6),  # DFormer-L + LightHam head, likewise
     ("mcubes_cmnext_b2", 20, 58.73e6),  # CMNeXt('CMNeXt-B2', 20, [image, aolp, dolp, nir]) counted on DELIVER's code
     ("mfnet_cmnext_b4", 9, 116.56e6),  # CMNeXt('CMNeXt-B4', 9, [img, thermal]), likewise
+    ("nyu_cmnext_b4", 40, 116.58e6),  # CMNeXt('CMNeXt-B4', 40, [img, depth]): 116,576,299
 ])
 def test_a_reproduction_preset_builds_the_published_model(preset, classes, params):
     cfg = load_config(preset, [])
@@ -120,6 +122,8 @@ def test_a_photometric_setting_for_a_sensor_the_run_does_not_load_is_an_error(tm
     ("mcubes_cmnext_b2", ["rgb", "aolp", "dolp", "nir"], 302, 16, [512, 512], [0.25, 1.0], "ohem"),
     # configs/mfnet_rgbt.yaml: RandomResizedCrop((480, 640), scale (0.5, 2)) scales a 480×640 image by the ratio
     ("mfnet_cmnext_b4", ["rgb", "thermal"], 784, 16, [480, 640], [0.5, 2.0], "ce"),
+    # configs/nyu_rgbd.yaml: as MFNet; its "depth" is the HHA/ folder (semseg/datasets/nyu.py)
+    ("nyu_cmnext_b4", ["rgb", "hha"], 795, 16, [480, 640], [0.5, 2.0], "ce"),
 ])
 def test_the_cmnext_presets_train_like_the_deliver_code(preset, modalities, train_images, batch, crop, scale_range,
                                                        loss):
@@ -135,7 +139,7 @@ def test_the_cmnext_presets_train_like_the_deliver_code(preset, modalities, trai
         6e-5, 0.1, 0.9, "warmup_end")
     assert (cfg.data.crop_size, cfg.data.scale_range, cfg.data.val_split) == (crop, scale_range, "test")
     assert cfg.model.input_encoding == reference_input_encoding("cmnext", modalities)[0]
-    deliver_ops = {"rgb": DELIVER_PHOTOMETRIC, "thermal": []}
+    deliver_ops = {"rgb": DELIVER_PHOTOMETRIC, modalities[1]: []}
     # semseg/datasets/mcubes.py: RandomGaussianBlur of RGB and NIR, p 0.5, sigma uniform in [0, 1)
     mcubes_blur = [{"name": "gaussian_blur", "p": 0.5, "sigma": [0.0, 1.0]}]
     mcubes_ops = {"rgb": mcubes_blur, "nir": mcubes_blur, "aolp": [], "dolp": []}

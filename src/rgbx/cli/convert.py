@@ -168,7 +168,7 @@ def run(args) -> int:
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     from rgbx.models.convert import reference_evaluation
 
-    protocol = reference_evaluation(layout, config.modalities)
+    protocol = reference_evaluation(layout, config.modalities, config.num_classes)
     if protocol is not None:
         what, flags = protocol
         print(f"to score it as the {layout} code does ({what}):\n  rgbx eval {path} --data DIR --dataset NAME "

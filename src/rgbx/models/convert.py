@@ -1131,13 +1131,13 @@ REFERENCE_EVALUATION = {
 }
 
 
-def reference_evaluation(layout: str, modalities: Sequence[str]) -> tuple[str, str] | None:
+def reference_evaluation(layout: str, modalities: Sequence[str], num_classes: int) -> tuple[str, str] | None:
     """What the layout's own evaluation does and the ``rgbx eval`` flags that do the same, or None. DELIVER's
-    protocol depends on the benchmark, told here by the sensors: MCubeS's polarisation / NIR, DeLiVER's HHA or
-    event renderings."""
+    protocol depends on the benchmark, told here by the sensors and classes: MCubeS's polarisation / NIR, DeLiVER's
+    25 classes (NYU Depth V2's CMNeXt also reads HHA, with 40)."""
     if layout == "cmnext":
         if set(modalities) & {"aolp", "dolp", "nir"}:
             return REFERENCE_EVALUATION["cmnext/mcubes"]
-        if set(modalities) & {"hha", "event_image"}:
+        if num_classes == 25:
             return REFERENCE_EVALUATION["cmnext/deliver"]
     return REFERENCE_EVALUATION.get(layout)
