@@ -277,8 +277,8 @@ def test_mcubes_modalities_crop_and_labels(tmp_path):
     assert {k: tuple(v.shape[-2:]) for k, v in center["inputs"].items()} == dict.fromkeys(s["inputs"], (4, 4))
     assert torch.equal(center["label"], s["label"][4:8, 2:6]) and torch.equal(center["inputs"]["aolp"],
                                                                                s["inputs"]["aolp"][:, 4:8, 2:6])
-    with pytest.raises(DataError, match="center_crop=9 is larger than the 12×8 image"):
-        cls(root, "train", center_crop=9).load(0)
+    with pytest.raises(DataError, match=r"GT/outscene1208_2_0000000150.png: center_crop=9 is larger than the 12×8 image"):
+        cls(root, "train", center_crop=9).load(0)  # the file is named
     with pytest.raises(ConfigError, match="data.options.center_crop: expected a window size"):
         cls(root, "train", center_crop=-1)
     assert check_dataset(root, dataset="mcubes") == {"train": 2, "val": 1, "test": 1}

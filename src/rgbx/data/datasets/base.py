@@ -402,7 +402,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
             arr = self.read_file(label_path, self.description.label.encoding)
             if arr.shape[0] not in self.LABEL_CHANNELS:
                 raise DataError(self._label_channels_problem(label_path, arr.shape[0]))
-            lab = self.decode_label(self.label_plane(arr))
+            try:
+                lab = self.decode_label(self.label_plane(arr))
+            except DecodeProblem as e:
+                raise DataError(f"{label_path}: {e}") from None
             problems = self._label_problems(label_path, lab)
             if problems:
                 raise DataError(problems[0])

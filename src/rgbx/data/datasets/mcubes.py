@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rgbx.data.datasets.base import DATASETS, FileInfo, probe_file
+from rgbx.data.datasets.base import DATASETS, DecodeProblem, FileInfo, probe_file
 from rgbx.data.datasets.deliver import DrivingDataset
 from rgbx.data.description import DatasetDescription, ModalitySource
 from rgbx.errors import ConfigError, DataError
@@ -181,14 +181,16 @@ class MCubeSDataset(DrivingDataset):
     # -- decoding -------------------------------------------------------------------------------------------------
     def _crop(self, arr: np.ndarray) -> np.ndarray:
         if self.left_crop >= arr.shape[-1]:
-            raise DataError(f"left_crop={self.left_crop} removes the whole {arr.shape[-1]}-pixel-wide image")
+            raise DecodeProblem("left_crop", f"left_crop={self.left_crop} removes the whole {arr.shape[-1]}-pixel-wide "
+                                             f"image")
         arr = arr[..., self.left_crop:] if self.left_crop else arr
         n = self.center_crop
         if not n:
             return arr
         h, w = arr.shape[-2:]
         if min(h, w) < n:
-            raise DataError(f"center_crop={n} is larger than the {h}×{w} image (after left_crop={self.left_crop})")
+            raise DecodeProblem("center_crop", f"center_crop={n} is larger than the {h}×{w} image (after "
+                                               f"left_crop={self.left_crop})")
         y, x = int(round((h - n) / 2.0)), int(round((w - n) / 2.0))  # DELIVER's FixScaleCrop offsets
         return arr[..., y:y + n, x:x + n]
 
