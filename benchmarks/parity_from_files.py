@@ -201,16 +201,6 @@ def make_mfnet_deliver(root: Path, names, size, rng) -> None:
 
 # -- the references' data loading ----------------------------------------------------------------------------------
 
-def deliver_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
-    """DELIVER's ``semseg/datasets/deliver.DELIVER`` (MODALS img, depth, event, lidar as ``configs/deliver_rgbdel``)
-    with its ``Normalize`` (the test-time transform without its resize: the files are already the size fed)."""
-    dataset_module, augmentations = deliver_dataset_module(ref, "deliver")
-    transform = augmentations.Compose([augmentations.Normalize(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))])
-    with redirect_stdout(io.StringIO()):
-        dataset = dataset_module.DELIVER(str(root), "val", transform, ["img", "depth", "event", "lidar"])
-    return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
-
-
 def deliver_dataset_module(ref: Path, name: str) -> tuple[types.ModuleType, types.ModuleType]:
     """One of DELIVER's ``semseg/datasets/<name>.py`` files and its ``augmentations_mm``."""
     augmentations = _load_file(ref / "semseg" / "augmentations_mm.py", "_rgbx_ref_deliver_augmentations")
@@ -232,23 +222,14 @@ def mcubes_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
     return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
 
 
-def mfnet_deliver_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
-    """DELIVER's ``semseg/datasets/mfnet.MFNet`` (MODALS img, thermal as ``configs/mfnet_rgbt``) with its
-    ``Normalize``."""
-    module, augmentations = deliver_dataset_module(ref, "mfnet")
+def deliver_inputs(ref: Path, root: Path, name: str, cls: str, modals: list[str]) -> list[list[torch.Tensor]]:
+    """DELIVER's ``semseg/datasets/<name>.<cls>`` (with the config's MODALS) and its ``Normalize``: ``deliver.DELIVER``
+    (img, depth = the ``hha/`` folder, event, lidar; the test-time transform without its resize: the files are already
+    the size fed), ``mfnet.MFNet`` (img, thermal), ``nyu.NYU`` (img, depth = the ``HHA/`` JPEGs)."""
+    module, augmentations = deliver_dataset_module(ref, name)
     transform = augmentations.Compose([augmentations.Normalize(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))])
     with redirect_stdout(io.StringIO()):
-        dataset = module.MFNet(str(root), "val", transform, ["img", "thermal"])
-    return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
-
-
-def nyu_deliver_inputs(ref: Path, root: Path) -> list[list[torch.Tensor]]:
-    """DELIVER's ``semseg/datasets/nyu.NYU`` (MODALS img, depth = the ``HHA/`` JPEGs, as ``configs/nyu_rgbd``) with its
-    ``Normalize``."""
-    module, augmentations = deliver_dataset_module(ref, "nyu")
-    transform = augmentations.Compose([augmentations.Normalize(tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))])
-    with redirect_stdout(io.StringIO()):
-        dataset = module.NYU(str(root), "val", transform, ["img", "depth"])
+        dataset = getattr(module, cls)(str(root), "val", transform, modals)
     return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
 
 
@@ -542,25 +523,25 @@ def deliver_evaluation(ref: Path, reference, root: Path) -> tuple[torch.Tensor, 
     dataset_module, augmentations = deliver_dataset_module(ref, "deliver")
     augmentations.TF = types.SimpleNamespace(**{**vars(TF), "resize": lambda *a, **k: TF.resize(*a, **k,
                                                                                               antialias=False)})
-    metrics_module = _load_file(ref / "semseg" / "metrics.py", "_rgbx_ref_deliver_metrics")
     with redirect_stdout(io.StringIO()):
         dataset = dataset_module.DELIVER(str(root), "val", augmentations.get_val_augmentation([1024, 1024]),
                                          ["img", "depth", "event", "lidar"])
-    metrics = metrics_module.Metrics(dataset.n_classes, dataset.ignore_label, "cpu")
-    for i in range(len(dataset)):
-        images, label = dataset[i]
-        with torch.no_grad():
-            metrics.update(reference([x[None] for x in images]).softmax(dim=1), label[None])
-    return metrics.hist.long(), reference_miou(metrics.hist)
+    return deliver_scores(ref, reference, dataset)
 
 
 def mcubes_evaluation(ref: Path, reference, root: Path) -> tuple[torch.Tensor, float]:
     """DELIVER's ``tools/val_mm.evaluate`` on MCubeS: its dataset's "val" split (``list_folder/test.txt``) with its
     own test-time transform (``FixScaleCrop(1024)``), the model's softmax, ``semseg/metrics.Metrics``."""
     module, _ = deliver_dataset_module(ref, "mcubes")
-    metrics_module = _load_file(ref / "semseg" / "metrics.py", "_rgbx_ref_deliver_metrics")
     with redirect_stdout(io.StringIO()):
         dataset = module.MCubeS(str(root), "val", None, ["image", "aolp", "dolp", "nir"])
+    return deliver_scores(ref, reference, dataset)
+
+
+def deliver_scores(ref: Path, reference, dataset) -> tuple[torch.Tensor, float]:
+    """``tools/val_mm.evaluate``'s loop: each sample's softmax into ``semseg/metrics.Metrics``; its confusion matrix
+    and mIoU."""
+    metrics_module = _load_file(ref / "semseg" / "metrics.py", "_rgbx_ref_deliver_metrics")
     metrics = metrics_module.Metrics(dataset.n_classes, dataset.ignore_label, "cpu")
     for i in range(len(dataset)):
         images, label = dataset[i]
@@ -686,7 +667,8 @@ def main() -> None:
             inputs = [{m: x[None] for m, x in normalize_sample(dataset.load(i))["inputs"].items()}
                       for i in range(len(dataset))]
             rows += compare("cmnext-deliver (RGB + HHA + event image + LiDAR)", _ListInput(reference),
-                            deliver_inputs(args.deliver, root), models, inputs)
+                            deliver_inputs(args.deliver, root, "deliver", "DELIVER", ["img", "depth", "event", "lidar"]),
+                            models, inputs)
             if args.deliver_eval:
                 root = tmp / "DELIVER_eval"
                 make_deliver(root, names, (1042, 1042), rng)  # the release's size
@@ -726,21 +708,22 @@ def main() -> None:
                                  f"{want_miou:.4f} | {got_miou:.4f} | {int((got - want).abs().sum()) // 2} of "
                                  f"{int(want.sum())} |")
 
-            root = tmp / "MFNet_deliver"
-            make_mfnet_deliver(root, names, size, rng)
-            reference = cmnext_reference(args.deliver, gen, "CMNeXt-B2", 9, ("img", "thermal"))
-            models = {e: convert(reference.state_dict(), tmp, "cmnext_mfnet", ["rgb", "thermal"], e)
-                      for e in ("reference", "rgbx")}
-            rows += compare("cmnext-mfnet (RGB + thermal, JPEG files)", _ListInput(reference),
-                            mfnet_deliver_inputs(args.deliver, root), models, rgbx_inputs("mfnet", root))
-
-            root = tmp / "NYUDepthv2_deliver"
-            make_nyu(root, names, size, rng, jpeg=True, hha=True)  # CMX's layout, which DELIVER's nyu.py reads
-            reference = cmnext_reference(args.deliver, gen, "CMNeXt-B2", 40, ("img", "depth"))
-            models = {e: convert(reference.state_dict(), tmp, "cmnext_nyu", ["rgb", "hha"], e)
-                      for e in ("reference", "rgbx")}
-            rows += compare("cmnext-nyu (RGB + HHA, JPEG files)", _ListInput(reference),
-                            nyu_deliver_inputs(args.deliver, root), models, rgbx_inputs("nyudepthv2", root))
+            # DELIVER's readers of MFNet (rgb/ + ther/ JPEGs) and NYU Depth V2 (CMX's RGB/ + HHA/ JPEGs, HHA as its
+            # "depth"): (case, tree, DELIVER's file / class / MODALS, classes, rgbx's dataset and sensors)
+            for case, root, (name, cls, modals), classes, dataset, sensors in (
+                    ("cmnext-mfnet (RGB + thermal, JPEG files)", tmp / "MFNet_deliver",
+                     ("mfnet", "MFNet", ["img", "thermal"]), 9, "mfnet", ["rgb", "thermal"]),
+                    ("cmnext-nyu (RGB + HHA, JPEG files)", tmp / "NYUDepthv2_deliver",
+                     ("nyu", "NYU", ["img", "depth"]), 40, "nyudepthv2", ["rgb", "hha"])):
+                if dataset == "mfnet":
+                    make_mfnet_deliver(root, names, size, rng)
+                else:
+                    make_nyu(root, names, size, rng, jpeg=True, hha=True)
+                reference = cmnext_reference(args.deliver, gen, "CMNeXt-B2", classes, modals)
+                models = {e: convert(reference.state_dict(), tmp, f"cmnext_{name}", sensors, e)
+                          for e in ("reference", "rgbx")}
+                rows += compare(case, _ListInput(reference), deliver_inputs(args.deliver, root, name, cls, modals),
+                                models, rgbx_inputs(dataset, root))
     print(f"torch {torch.__version__}, fp32, eval, {args.images} images of {size[0]}×{size[1]} per case "
           f"(DeLiVER: {args.deliver_size}), "
           f"{'JPEG' if args.jpeg else 'PNG'} RGB / HHA files")
@@ -751,8 +734,9 @@ def main() -> None:
     if eval_rows:
         print(f"\nThe references' evaluation code against rgbx eval, on the same files (DFormer: the converted DFormer-T "
               f"on {args.images} images of {eval_size[0]}×{eval_size[1]}, mIoU over all 40 classes as DFormer counts "
-              f"it; CMX: the converted CMX-B0 on the NYU-HHA images above, mIoU over the classes present; MCubeS: "
-              f"the converted CMNeXt-B2 on {args.images} images of 1024×1224, mIoU over all 20 classes):")
+              f"it; CMX: the converted CMX-B0 on the NYU-HHA images above, mIoU over the classes present; DeLiVER / "
+              f"MCubeS: the converted CMNeXt-B2 on {args.images} images of 1042×1042 / 1024×1224, mIoU over all 25 / 20 "
+              f"classes):")
         print("| the reference's protocol | rgbx | the reference's mIoU | rgbx's mIoU | confusion matrices apart "
               "(Σ|Δ| / 2, pixels) |")
         print("|---|---|---|---|---|")
