@@ -189,7 +189,12 @@ def test_cmnext_mcubes_checkpoint_gets_the_polarisation_as_deliver_feeds_it(tmp_
     text = capsys.readouterr().out
     assert "aolp: channels [0, 1, 0]" in text
     assert "--split test --miou all --option center_crop=1024" in text
-    model, _ = load_model(out)
+    model, info = load_model(out)
+    assert info["reference_evaluation"]["flags"] == "--split test --miou all --option center_crop=1024"
+    from rgbx.cli.main import main as rgbx_main
+
+    assert rgbx_main(["info", str(out)]) == 0  # the protocol travels in the file
+    assert "scored as its authors' code does (DELIVER's MCubeS" in capsys.readouterr().out
     assert model.config.input_encoding["aolp"] == {"source": [0, 1, 0], "mean": [0.0] * 3, "std": [1.0] * 3}
     released = state["backbone.extra_downsample_layers.0.proj.module.weight"]
     assert torch.equal(model.state_dict()["encoder.supplementary.0.embed.proj.weight"], released)

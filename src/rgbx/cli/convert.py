@@ -162,15 +162,16 @@ def run(args) -> int:
     report.notes[:0] = notes
     report.notes.extend(encoding_notes)
     print(report.summary())
-    info = {"converted_from": {"file": args.checkpoint.name, "layout": layout}}
-    dataset = {"classes": list(args.classes)} if args.classes else None
-    path = save_model(args.out, model.eval(), dataset, **info)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     from rgbx.models.convert import reference_evaluation
 
     protocol = reference_evaluation(layout, config.modalities, config.num_classes)
+    info = {"converted_from": {"file": args.checkpoint.name, "layout": layout}}
+    if protocol is not None:  # kept in the file: rgbx info shows it
+        info["reference_evaluation"] = {"what": protocol[0], "flags": protocol[1]}
+    dataset = {"classes": list(args.classes)} if args.classes else None
+    path = save_model(args.out, model.eval(), dataset, **info)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if protocol is not None:
-        what, flags = protocol
-        print(f"to score it as the {layout} code does ({what}):\n  rgbx eval {path} --data DIR --dataset NAME "
-              f"{flags}")
+        print(f"to score it as the {layout} code does ({protocol[0]}):\n  rgbx eval {path} --data DIR --dataset NAME "
+              f"{protocol[1]}")
     return 0

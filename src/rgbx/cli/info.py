@@ -107,6 +107,10 @@ def describe_file(path: str) -> int:
         history.append(f"converted from {converted.get('file')} ({converted.get('layout')} layout)")
     if history:
         print("history: " + ", ".join(history))
+    protocol = info.get("reference_evaluation")
+    if protocol:
+        print(f"scored as its authors' code does ({protocol.get('what')}): rgbx eval {file} --data DIR --dataset NAME "
+              f"{protocol.get('flags')}")
     return 0
 
 
