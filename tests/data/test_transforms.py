@@ -297,17 +297,25 @@ def test_gaussian_blur_matches_a_convolution():
 
 
 def test_gaussian_blur_with_a_fixed_kernel_is_torchvisions():
-    """kernel_size=3, sigma 0.8: torchvision's gaussian_blur(img, 3) (DELIVER's RandomGaussianBlur), which pads by
-    reflection where rgbx replicates the edge: equal away from the border."""
+    """kernel_size=3, sigma 0.8, padding="reflect": torchvision's gaussian_blur(img, 3) (DELIVER's
+    RandomGaussianBlur), everywhere; with the edge replicated (the default), equal away from the border."""
     import torchvision.transforms.functional as TF
 
     x = torch.rand(3, 23, 31, generator=gen(3))
-    out = GaussianBlur(sigma=(0.8, 0.8), p=1.0, kernel_size=3)(x, gen(0), get_modality("rgb"))
     want = TF.gaussian_blur(x, [3, 3], [0.8, 0.8])
+    rgb = get_modality("rgb")
+    mirrored = GaussianBlur(sigma=(0.8, 0.8), p=1.0, kernel_size=3, padding="reflect")(x, gen(0), rgb)
+    assert torch.allclose(mirrored, want, atol=1e-6)
+    out = GaussianBlur(sigma=(0.8, 0.8), p=1.0, kernel_size=3)(x, gen(0), rgb)
     assert torch.allclose(out[:, 1:-1, 1:-1], want[:, 1:-1, 1:-1], atol=1e-6)
+    assert not torch.allclose(out, want, atol=1e-4)  # the border differs
     assert not torch.allclose(out, x, atol=1e-3)
+    tiny = GaussianBlur(sigma=(2.0, 2.0), p=1.0, padding="reflect")(x[:, :3, :3], gen(0), rgb)  # radius 6 > 3 pixels
+    assert tiny.shape == (3, 3, 3)
     with pytest.raises(ConfigError, match="kernel_size must be an odd number"):
         GaussianBlur(kernel_size=4)
+    with pytest.raises(ConfigError, match="padding must be 'replicate' or 'reflect'"):
+        GaussianBlur(padding="zeros")
 
 
 def test_a_sensor_given_its_own_ops_gets_those_and_only_those():

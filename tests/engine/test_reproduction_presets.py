@@ -108,7 +108,7 @@ def test_the_deliver_preset_trains_like_the_deliver_code():
 # and RandomGaussianBlur((3, 3), p=0.2) (torchvision's sigma for 3 taps: 0.8), RGB only
 DELIVER_PHOTOMETRIC = [
     {"name": "color_jitter", "p": 0.2, "brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.0},
-    {"name": "gaussian_blur", "p": 0.2, "sigma": [0.8, 0.8], "kernel_size": 3}]
+    {"name": "gaussian_blur", "p": 0.2, "sigma": [0.8, 0.8], "kernel_size": 3, "padding": "reflect"}]
 
 
 def test_a_photometric_setting_for_a_sensor_the_run_does_not_load_is_an_error(tmp_path):
