@@ -42,7 +42,10 @@ Then the evaluation protocol (with ``--dformer``): DFormer's own ``utils/val_mm.
 ``--eval-size`` images (default 530×730, SUN RGB-D's size, which DFormer's multi-scale sizes round up), and
 ``rgbx eval`` scores the converted model on the same files (``--miou all``, ``--confusion``); the script prints both
 mIoUs and how far the two confusion matrices are apart. The reference's NMF (its Ham head) is given rgbx's fixed
-evaluation bases so that both are deterministic.
+evaluation bases so that both are deterministic. With ``--cmx``, CMX's own ``sliding_eval_rgbX`` scores the converted
+CMX-B0 on the NYU files as configured (scale 1) and with the README's "MS & Flip" (scales 0.75, 1, 1.25 + flip), against
+``rgbx eval --scale-rule cmx --window 480x640``. ``--cmx-opencv-resize`` puts OpenCV's 8-bit resize in place of the
+rule's float resize (a diagnostic: what is left is the rule's arithmetic).
 
 Image files are PNG by default. ``--jpeg`` writes the RGB (and HHA) files as JPEG as the releases do; OpenCV (the
 references) and Pillow (rgbx) may then decode them differently, which shows in the input difference.
@@ -79,6 +82,7 @@ from rgbx.cli.main import main as rgbx_main  # noqa: E402
 from rgbx.data import build_dataset  # noqa: E402
 from rgbx.data.sample import normalize_sample  # noqa: E402
 from rgbx.engine.checkpoint import load_model  # noqa: E402
+from rgbx.modalities import get_modality  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -436,6 +440,21 @@ def rgbx_evaluation(model_file: Path, root: Path, tmp: Path, *flags: str, sensor
     return matrix, 100 * report["subsets"][sensors]["all"]["miou"]
 
 
+def opencv_resize(name: str, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``rgbx.engine.inference._cmx_resize`` as CMX computes it: the 8-bit image (rgbx's [0, 1] intensities × 255)
+    resized by ``cv2.resize(..., fx, fy, INTER_LINEAR)`` in OpenCV's fixed point, back to rgbx's normalisation."""
+    import cv2
+
+    spec = get_modality(name)
+    out = []
+    for image in spec.denormalize(x):
+        levels = np.clip(np.round(image.numpy().transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+        resized = cv2.resize(levels, None, fx=size[1] / x.shape[-1], fy=size[0] / x.shape[-2],
+                             interpolation=cv2.INTER_LINEAR)
+        out.append(torch.from_numpy(resized.astype(np.float32).reshape(*size, -1).transpose(2, 0, 1) / 255))
+    return spec.normalize(torch.stack(out))
+
+
 class _OnTheCPU(torch.nn.Module):
     """CMX's evaluator moves its network with ``.to(input.get_device())``, which is -1 on the CPU: stay put."""
 
@@ -473,10 +492,12 @@ class _NoCuda:
         torch.Tensor.cuda, torch.cuda.device = self._cuda, self._device
 
 
-def cmx_evaluation(ref: Path, reference, root: Path, suffix: str, class_num: int) -> tuple[torch.Tensor, float]:
+def cmx_evaluation(ref: Path, reference, root: Path, suffix: str, class_num: int, scales=(1,),
+                   flip: bool = False) -> tuple[torch.Tensor, float]:
     """CMX's own ``engine/evaluator.Evaluator.sliding_eval_rgbX`` (``eval.py``'s ``func_per_iteration`` with the NYU
-    config: scale 1, no flip, crop 480×640, stride 2/3) over its dataset class, scored by its ``utils/metric``
-    ``hist_info`` / ``compute_score``: the confusion matrix and the mIoU it reports (``nanmean``)."""
+    config: crop 480×640, stride 2/3; ``eval_scale_array`` = ``scales``, ``eval_flip`` = ``flip``: [1] and False as
+    configured, [0.75, 1, 1.25] and True for the README's "MS & Flip") over its dataset class, scored by its
+    ``utils/metric`` ``hist_info`` / ``compute_score``: the confusion matrix and the mIoU it reports (``nanmean``)."""
     import collections.abc
     import logging
 
@@ -500,7 +521,7 @@ def cmx_evaluation(ref: Path, reference, root: Path, suffix: str, class_num: int
     dataset = dataset_module.RGBXDataset(setting, "val", None)
     ev = evaluator.Evaluator.__new__(evaluator.Evaluator)  # its __init__ starts a process pool for several GPUs
     ev.class_num, ev.norm_mean, ev.norm_std = class_num, IMAGENET_MEAN, IMAGENET_STD
-    ev.multi_scales, ev.is_flip, ev.val_func = [1], False, _OnTheCPU(reference)
+    ev.multi_scales, ev.is_flip, ev.val_func = list(scales), flip, _OnTheCPU(reference)
     hist = np.zeros((class_num, class_num), dtype=np.int64)
     correct = labeled = 0
     with _NoCuda():
@@ -597,6 +618,9 @@ def main() -> None:
     p.add_argument("--eval-size", default="530x730",
                    help="image size of the evaluation-protocol check (default 530x730, SUN RGB-D's: not a multiple "
                         "of 32, so DFormer's multi-scale evaluation resizes even at scale 1)")
+    p.add_argument("--cmx-opencv-resize", action="store_true",
+                   help="with --cmx: rgbx's cmx scale rule resizes the 8-bit inputs with OpenCV, as CMX does, instead "
+                        "of in float (a diagnostic)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     if not (args.dformer or args.cmx or args.deliver):
@@ -606,6 +630,10 @@ def main() -> None:
     except ImportError:
         p.error("the references read images with OpenCV: pip install opencv-python-headless")
     torch.set_num_threads(args.threads)
+    if args.cmx_opencv_resize:
+        import rgbx.engine.inference
+
+        rgbx.engine.inference._cmx_resize = opencv_resize
     size = tuple(int(v) for v in args.size.split("x"))
     names = [f"{i}" for i in range(args.images)]
     eval_size = tuple(int(v) for v in args.eval_size.split("x"))
@@ -638,16 +666,20 @@ def main() -> None:
                       for e in ("reference", "rgbx")}
             rows += compare("cmx-nyu (HHA)", reference, cmx_inputs(args.cmx, root, suffix, "HHA", False), models,
                             rgbx_inputs("nyudepthv2", root))
-            if size == (480, 640):  # the NYU config's crop: CMX pads a smaller image to it, rgbx does not
-                want, want_miou = cmx_evaluation(args.cmx, reference, root, suffix, 40)
-                got, got_miou = rgbx_evaluation(tmp / "cmx_nyu_reference.safetensors", root, tmp,
-                                                sensors="rgb+hha", miou="present")
-                eval_rows.append(f"| CMX: `eval.py`'s `sliding_eval_rgbX` (NYU config: scale 1, no flip) | "
-                                 f"`rgbx eval` (`--miou present`) | {want_miou:.4f} | {got_miou:.4f} | "
-                                 f"{int((got - want).abs().sum()) // 2} of {int(want.sum())} |")
-            else:
-                print("CMX's evaluation is compared at --size 480x640 only (its NYU crop size; CMX pads smaller "
-                      "images to it)")
+            cmx_rule = ["--scale-rule", "cmx", "--window", "480x640"]
+            for scales, flip, what, candidates in (
+                    ((1,), False, "NYU config: scale 1, no flip",
+                     [[]] * (size == (480, 640)) + [cmx_rule]),  # CMX pads a smaller image to its crop
+                    ((0.75, 1, 1.25), True, "README's MS & Flip: scales 0.75, 1, 1.25 + flip",
+                     [["--scales", "0.75", "1", "1.25", "--flip", *cmx_rule],
+                      ["--scales", "0.75", "1", "1.25", "--flip"]])):
+                want, want_miou = cmx_evaluation(args.cmx, reference, root, suffix, 40, scales, flip)
+                for flags in candidates:
+                    got, got_miou = rgbx_evaluation(tmp / "cmx_nyu_reference.safetensors", root, tmp, *flags,
+                                                    sensors="rgb+hha", miou="present")
+                    eval_rows.append(f"| CMX: `eval.py`'s `sliding_eval_rgbX` ({what}; {size[0]}×{size[1]}) | "
+                                     f"`{' '.join(['rgbx eval', *flags])}` (`--miou present`) | {want_miou:.4f} | "
+                                     f"{got_miou:.4f} | {int((got - want).abs().sum()) // 2} of {int(want.sum())} |")
             reference = build_cmx_reference(args.cmx, backbone="mit_b0", num_classes=9)
             randomize(reference, gen)
             reference.eval()

@@ -209,6 +209,12 @@ def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
     assert run_cli("eval", weights, "--data", root, "--scales", "0.75", "1", "--flip", "--scale-rule", "dformer",
                    "--json", dformer) == 0
     assert json.loads(dformer.read_text())["test_time"]["scale_rule"] == "dformer"
+    cmx = tmp_path / "cmx.json"  # CMX's evaluator: 0.75 padded to the 32×40 crop, 1.25 (40×50) by its windows
+    assert run_cli("eval", weights, "--data", root, "--scales", "0.75", "1", "1.25", "--flip", "--scale-rule", "cmx",
+                   "--window", "32x40", "--json", cmx) == 0
+    assert json.loads(cmx.read_text())["test_time"]["scale_rule"] == "cmx"
+    assert "--scale-rule cmx needs --window HxW" in _error(capsys, "predict", weights, root, "--out", tmp_path / "c",
+                                                           "--scales", "0.75", "1", "--scale-rule", "cmx")
     robust = tmp_path / "robust.json"
     assert run_cli("eval", weights, "--data", root, "--robustness", "--window", "16x24", "--json", robust) == 0
     assert json.loads(robust.read_text())["test_time"]["window"] == [16, 24]

@@ -217,4 +217,5 @@ def test_the_printed_evaluation_follows_the_benchmark_of_a_cmnext_file(modalitie
     from rgbx.models.convert import reference_evaluation
 
     assert reference_evaluation("cmnext", modalities, classes)[1] == flags
-    assert reference_evaluation("cmx", modalities, classes)[1] == "--split test"
+    assert reference_evaluation("cmx", modalities, classes)[1] == (
+        "--split test  [--scales 0.75 1 1.25 --flip --scale-rule cmx --window 480x640]")

@@ -181,7 +181,7 @@ def test_scaled_sizes_under_each_rule():
     assert scaled_size((530, 730), 0.75, "dformer") == (416, 576)  # int(397.5) = 397 → 416, int(547.5) = 547 → 576
     assert scaled_size((480, 640), 1.0, "dformer") == (480, 640)
     assert scaled_size((530, 730), 0.75, "rgbx") == (398, 548)
-    with pytest.raises(ConfigError, match="scale rule 'mmseg': expected one of rgbx, dformer"):
+    with pytest.raises(ConfigError, match="scale rule .mmseg.: expected one of rgbx, dformer, cmx"):
         scaled_size((530, 730), 1.0, "mmseg")
 
 
@@ -228,3 +228,119 @@ def test_under_the_dformer_rule_a_window_larger_than_the_image_enlarges_the_imag
     torch.testing.assert_close(predict_logits(model, x, window=window, scale_rule="dformer"), want)
     clipped = predict_logits(model, x, window=window)
     assert clipped.shape == want.shape and (clipped - want).abs().max() > 1e-3
+
+
+def _cmx_sliding_eval_rgbX(model, x: dict, crop: tuple[int, int], scales, flip: bool) -> torch.Tensor:
+    """CMX's engine/evaluator.py ``sliding_eval_rgbX`` / ``scale_process_rgbX`` / ``process_image_rgbX`` /
+    ``val_func_process_rgbX`` written out on NumPy-style (H, W, C) arrays, one image, its names and its window
+    arithmetic as they are (``s_x`` from ``stride[0]`` and ``crop_size[0]``), with torch's bilinear resize in place of
+    OpenCV's (no antialiasing, half-pixel centres, as ``cv2.INTER_LINEAR``). The model has no input encoding, so
+    CMX's zero padding after normalisation is rgbx's 0."""
+    import math
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    def run(views):
+        chw = {m: torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1)))[None] for m, v in views.items()}
+        score = model(chw).logits[0]
+        if flip:
+            score += model({m: v.flip(-1) for m, v in chw.items()}).logits[0].flip(-1)
+        return score.exp()
+
+    def pad(img, shape):  # utils/transforms.pad_image_to_shape with value 0
+        ph, pw = max(shape[0] - img.shape[0], 0), max(shape[1] - img.shape[1], 0)
+        margin = (ph // 2, ph // 2 + ph % 2, pw // 2, pw // 2 + pw % 2)
+        return np.pad(img, ((margin[0], margin[1]), (margin[2], margin[3]), (0, 0))), margin
+
+    def process(views):  # process_image_rgbX + val_func_process_rgbX + the margin cut
+        padded = {m: pad(v, crop) for m, v in views.items()}
+        margin = next(iter(padded.values()))[1]
+        score = run({m: p for m, (p, _) in padded.items()})
+        return score[:, margin[0]:score.shape[1] - margin[1], margin[2]:score.shape[2] - margin[3]]
+
+    img = {m: v[0].numpy().transpose(1, 2, 0) for m, v in x.items()}
+    ori_rows, ori_cols = next(iter(img.values())).shape[:2]
+    processed = torch.zeros(model.num_classes, ori_rows, ori_cols)
+    stride = (math.ceil(crop[0] * 2 / 3), math.ceil(crop[1] * 2 / 3))
+    for s in scales:
+        size = (round(ori_rows * s), round(ori_cols * s))
+        scaled = {m: F.interpolate(torch.from_numpy(v.transpose(2, 0, 1).copy())[None], size=size, mode="bilinear",
+                                   align_corners=False)[0].numpy().transpose(1, 2, 0) for m, v in img.items()}
+        new_rows, new_cols = size
+        if new_cols <= crop[1] or new_rows <= crop[0]:
+            score = process(scaled)
+        else:
+            r_grid = int(np.ceil((new_rows - crop[0]) / stride[0])) + 1
+            c_grid = int(np.ceil((new_cols - crop[1]) / stride[1])) + 1
+            score = torch.zeros(model.num_classes, new_rows, new_cols)
+            for grid_yidx in range(r_grid):
+                for grid_xidx in range(c_grid):
+                    s_x = grid_xidx * stride[0]
+                    s_y = grid_yidx * stride[1]
+                    e_x = min(s_x + crop[0], new_cols)
+                    e_y = min(s_y + crop[1], new_rows)
+                    s_x = e_x - crop[0]
+                    s_y = e_y - crop[1]
+                    temp = process({m: v[s_y:e_y, s_x:e_x, :] for m, v in scaled.items()})
+                    score[:, s_y:e_y, s_x:e_x] += temp
+        processed += F.interpolate(score[None], size=(ori_rows, ori_cols), mode="bilinear", align_corners=False)[0]
+    return processed
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("flip", [False, True])
+def test_the_cmx_scale_rule_follows_cmxs_sliding_eval(flip):
+    """Scales 0.75, 1, 1.25 on a 24×32 image with a 24×32 crop (NYU's 480×640 and its crop, divided by 20): 0.75 is
+    padded to the crop, 1 is the crop, 1.25 (30×40) takes CMX's sliding path, whose windows (placed with the crop's
+    sides swapped) cover only the bottom 2 rows."""
+    model = _model()
+    g = torch.Generator().manual_seed(5)
+    x = {"rgb": torch.randn(1, 3, 24, 32, generator=g), "lidar": torch.randn(1, 1, 24, 32, generator=g)}
+    scales = (0.75, 1.0, 1.25)
+    want = _cmx_sliding_eval_rgbX(model, x, (24, 32), scales, flip)
+    got = predict_logits(model, x, scales=scales, flip=flip, window=SlidingWindow((24, 32)), scale_rule="cmx")
+    torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-6)
+    one = predict_logits(model, x, scales=(1.25,), flip=flip, window=SlidingWindow((24, 32)), scale_rule="cmx")
+    scored_rows = one[0].sum(0).sum(1).nonzero().flatten()
+    assert scored_rows.min() == 22 and scored_rows.max() == 23  # 1.25's bottom 2 rows of 30, resized back to 24
+
+
+@torch.no_grad()
+def test_the_cmx_rule_pads_with_the_networks_zero_input():
+    """CMX normalises first, then pads with 0: under a blue-first ImageNet encoding the border the first layer sees
+    is 0 on every channel (rgbx's 0 would be the mean colour in the wrong channel order), the image itself encoded."""
+    from rgbx.models.convert import reference_input_encoding
+
+    encoding, _ = reference_input_encoding("cmx", ["rgb", "hha"])
+    torch.manual_seed(0)
+    model = rgbx.create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "hha"], num_classes=3,
+                              head_channels=16, input_encoding=encoding).eval()
+    seen = []
+    conv = dict(model.named_modules())["encoder.branches.rgb.stages.0.patch_embed.proj"]
+    hook = conv.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    x = {"rgb": torch.randn(1, 3, 21, 27), "hha": torch.randn(1, 3, 21, 27)}
+    try:
+        predict_logits(model, x, window=SlidingWindow((24, 32)), scale_rule="cmx")
+    finally:
+        hook.remove()
+    (net,) = seen
+    assert net.shape == (1, 3, 24, 32)  # 3 rows: 1 above, 2 below; 5 columns: 2 left, 3 right
+    inside = torch.zeros(24, 32, dtype=torch.bool)
+    inside[1:22, 2:29] = True
+    assert net[..., ~inside].abs().max() < 1e-5
+    torch.testing.assert_close(net[..., 1:22, 2:29], model.encoder.input_encoding({"rgb": x["rgb"]})["rgb"])
+
+
+def test_the_cmx_rule_needs_a_window_and_a_zero_the_encoding_can_give():
+    from rgbx.models.convert import reference_input_encoding
+
+    model, x = _model(), _inputs()
+    with pytest.raises(ConfigError, match="needs a window: CMX's eval_crop_size"):
+        predict_logits(model, x, scales=(0.75, 1.0), scale_rule="cmx")
+    encoding, _ = reference_input_encoding("cmx", ["rgb", "thermal"])  # grey thermal repeated, 3 different means
+    thermal = rgbx.create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "thermal"], num_classes=3,
+                                head_channels=16, input_encoding=encoding).eval()
+    with pytest.raises(ConfigError, match="input encoding of 'thermal' cannot give"):
+        predict_logits(thermal, {"rgb": torch.randn(1, 3, 20, 24), "thermal": torch.randn(1, 1, 20, 24)},
+                       window=SlidingWindow((24, 32)), scale_rule="cmx")

@@ -233,3 +233,16 @@ def test_a_fusion_without_an_input_encoding_argument_is_told_so(monkeypatch):
     with pytest.raises(ConfigError, match="the fusion 'legacy_mean' does not take an input encoding"):
         create_model(backbone="mit_nano", fusion="legacy_mean", modalities=["rgb", "depth"], num_classes=3,
                      input_encoding={"depth": {"mean": [1.0], "std": [2.0]}})
+
+
+def test_the_zero_input_is_what_the_encoding_maps_to_zero():
+    """CMX pads after normalising: the rgbx input the network sees as 0, per sensor channel; none for a grey sensor
+    repeated to channels with different means; 0 without an encoding."""
+    encoding, _ = reference_input_encoding("cmx", ["rgb", "hha", "thermal"])
+    enc = InputEncoding(encoding, ["rgb", "hha", "thermal", "depth"])
+    for name in ("rgb", "hha"):
+        zero = torch.tensor(enc.zero(name)).view(1, -1, 1, 1).expand(1, -1, 2, 2)
+        assert enc({name: zero})[name].abs().max() < 1e-6
+        assert torch.tensor(enc.zero(name)).abs().max() > 0.1  # not rgbx's own 0 (blue first: red and blue swap)
+    assert enc.zero("thermal") is None
+    assert enc.zero("depth") == (0.0,)

@@ -36,10 +36,12 @@ def add_test_time_arguments(parser: argparse.ArgumentParser) -> None:
                         help="multi-scale testing: average class probabilities over these input scales, e.g. "
                              "0.5 0.75 1 1.25 1.5")
     parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
-    parser.add_argument("--scale-rule", choices=("rgbx", "dformer"), default="rgbx",
-                        help="how --scales resize: rgbx (default: round(h x s), each sensor by its own rule) or "
+    parser.add_argument("--scale-rule", choices=("rgbx", "dformer", "cmx"), default="rgbx",
+                        help="how --scales resize: rgbx (default: round(h x s), each sensor by its own rule), "
                              "dformer (DFormer's evaluate_msf, to reproduce its multi-scale numbers: sizes rounded "
-                             "up to multiples of 32, every input bilinear with align_corners=True)")
+                             "up to multiples of 32, every input bilinear with align_corners=True) or cmx (CMX's "
+                             "sliding_eval_rgbX, to reproduce its MS & Flip numbers; needs --window, CMX's "
+                             "eval_crop_size: images padded to it, its window placement, exp scores summed)")
     parser.add_argument("--window", type=parse_size, metavar="HxW",
                         help="sliding-window inference: run the model on HxW windows (clipped to the image) and "
                              "average the logits where they overlap, e.g. 480x640 (default: whole images)")
@@ -128,6 +130,9 @@ def sliding_window_from_args(args):
     from rgbx.errors import ConfigError
 
     if args.window is None:
+        if getattr(args, "scale_rule", "rgbx") == "cmx":
+            raise ConfigError("--scale-rule cmx needs --window HxW: CMX's eval_crop_size, e.g. --window 480x640 for "
+                              "NYU Depth V2 and MFNet")
         for flag, value in (("--stride", args.stride), ("--window-batch", args.window_batch)):
             if value is not None:
                 raise ConfigError(f"{flag} goes with --window HxW")

@@ -22,7 +22,9 @@ horizontal-flip averaging.
   ``align_corners=True`` (depth too), and so are the logits back. With a sliding window, an image smaller than the
   window on either side is first enlarged to the window's size, as DFormer's ``slide_inference`` does (rgbx's rule
   clips the window to the image instead); DFormer's stride is ``int(2/3 × window)``, e.g. ``--stride 320x426`` for a
-  480×640 window (rgbx's default rounds up: 427).
+  480×640 window (rgbx's default rounds up: 427). ``cmx`` is CMX's ``engine/evaluator.sliding_eval_rgbX``, to
+  reproduce its published "MS & Flip" numbers, and needs ``window`` (CMX's ``eval_crop_size``): see
+  :func:`cmx_scores`.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ from rgbx.data.transforms import resize_modality
 from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
 
-__all__ = ["SCALE_RULES", "SlidingWindow", "predict_logits", "scaled_size", "window_starts"]
+__all__ = ["SCALE_RULES", "SlidingWindow", "cmx_scores", "predict_logits", "scaled_size", "window_starts"]
 
-SCALE_RULES = ("rgbx", "dformer")
+SCALE_RULES = ("rgbx", "dformer", "cmx")
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,12 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
     """(B, K, H, W) scores at the input size: the model's logits for one pass (whole image, or averaged over
     ``window``'s sliding windows), else the mean softmax probability over ``scales`` × (identity, horizontal
     flip), each pass sliding its windows over the rescaled image when ``window`` is given. ``scale_rule``: how a
-    scale becomes a size and how inputs and logits are resized (:data:`SCALE_RULES`, module docstring)."""
+    scale becomes a size and how inputs and logits are resized (:data:`SCALE_RULES`, module docstring); ``"cmx"``
+    returns CMX's summed exp scores (:func:`cmx_scores`). Callers take the argmax."""
     scales = tuple(float(s) for s in scales)
-    reference = check_scale_rule(scale_rule) == "dformer"
+    if check_scale_rule(scale_rule) == "cmx":
+        return cmx_scores(model, inputs, present, scales, flip, window)
+    reference = scale_rule == "dformer"
 
     def one_pass(view: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
         if window is None:
@@ -181,3 +186,104 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
             probs = logits.float().softmax(1)
             total = probs if total is None else total + probs
     return total / (len(scales) * (2 if flip else 1))
+
+
+def _network_zero(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per input, the (1, C, 1, 1) rgbx-normalised value that the model's network sees as 0
+    (:meth:`rgbx.models.input_encoding.InputEncoding.zero`; 0 for a model without an input encoding)."""
+    encoding = getattr(getattr(model, "encoder", None), "input_encoding", None)
+    out = {}
+    for name, x in inputs.items():
+        zero = encoding.zero(name) if encoding is not None else (0.0,) * x.shape[1]
+        if zero is None:
+            raise ConfigError(f"scale rule 'cmx' pads with the network's zero input, which the model's input "
+                              f"encoding of {name!r} cannot give (one sensor channel feeds network channels that "
+                              "need different values); use the rgbx scale rule")
+        out[name] = x.new_tensor(zero).view(1, -1, 1, 1)
+    return out
+
+
+def _cmx_resize(name: str, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """One input at one of CMX's scales: bilinear, no antialiasing (``cv2.INTER_LINEAR``), in float. OpenCV
+    resizes CMX's 8-bit images in fixed point and rounds to 8 bits, so inputs differ by up to one level."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _cmx_padded_pass(model: torch.nn.Module, view: Mapping[str, torch.Tensor],
+                     present: Mapping[str, torch.Tensor] | None, crop: tuple[int, int],
+                     zero: Mapping[str, torch.Tensor], flip: bool) -> torch.Tensor:
+    """CMX's ``process_image_rgbX`` + ``val_func_process_rgbX``: the view padded to at least ``crop``, centred (the
+    odd pixel at the bottom / right), with the network's zero input; exp(logits [+ the mirror image's logits
+    mirrored back]); the padding cut off again."""
+    first = next(iter(view.values()))
+    (h, w), (ch, cw) = first.shape[-2:], crop
+    top, left = max(ch - h, 0) // 2, max(cw - w, 0) // 2
+    size = (max(ch, h), max(cw, w))
+    padded = {}
+    for name, x in view.items():
+        if size == (h, w):
+            padded[name] = x
+            continue
+        canvas = zero[name].to(x.dtype).expand(x.shape[0], -1, *size).clone()
+        canvas[..., top:top + h, left:left + w] = x
+        padded[name] = canvas
+    if flip:  # two passes in one batch; CMX adds the logits before exp
+        both = model({m: torch.cat([x, x.flip(-1)]) for m, x in padded.items()}, _repeat_present(present, 2))
+        straight, mirrored = both.logits.float().split(first.shape[0])
+        logits = straight + mirrored.flip(-1)
+    else:
+        logits = model(padded, present).logits.float()
+    return logits.exp()[..., top:top + h, left:left + w]
+
+
+def cmx_scores(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
+               present: Mapping[str, torch.Tensor] | None, scales: Sequence[float], flip: bool,
+               window: SlidingWindow | None) -> torch.Tensor:
+    """(B, K, H, W) scores as CMX's ``engine/evaluator.sliding_eval_rgbX`` computes them; their argmax is its
+    prediction. ``window`` is CMX's ``eval_crop_size`` (its stride ``ceil(2/3 × crop)``, rgbx's default).
+
+    At each scale every input is resized bilinearly (OpenCV's ``INTER_LINEAR``, no antialiasing; CMX feeds even a
+    one-channel sensor as three channels, so none is resized by nearest neighbour) to round(size × scale).
+    ``scale_process_rgbX`` then takes one of two paths:
+
+    * the scaled image no larger than the crop on at least one side: one pass over the image padded to the crop
+      (:func:`_cmx_padded_pass`);
+    * larger on both sides: windows, each padded and passed the same way, their scores summed where they overlap
+      (not averaged). CMX counts the windows per axis correctly but places them with the crop's height and width
+      swapped (``s_x`` steps by the height's stride, ``e_x = min(s_x + crop[0], width)``), and a window start that
+      comes out negative indexes from the end of the axis (NumPy slicing). Reproduced as it is: on NYU Depth V2 with
+      ``eval_crop_size`` 480×640 at scale 1.25 (600×800) the windows cover only the bottom 40 rows, so that scale
+      scores only the bottom 32 rows of the image and CMX's "MS & Flip" (scales 0.75, 1, 1.25) is, above them,
+      scales 0.75 and 1.
+
+    Scores are exp(logits), the mirror image's logits added first, resized back bilinearly
+    (``align_corners=False``) and summed over the scales."""
+    if window is None:
+        raise ConfigError("scale rule 'cmx' needs a window: CMX's eval_crop_size, e.g. --window 480x640 for NYU "
+                          "Depth V2 and MFNet")
+    zero = _network_zero(model, inputs)
+    (ch, cw), (sh, sw) = window.size, window.stride
+    first = next(iter(inputs.values()))
+    batch, (h, w) = first.shape[0], first.shape[-2:]
+    total = None
+    for scale in scales:
+        nh, nw = scaled_size((h, w), scale)
+        scaled = dict(inputs) if (nh, nw) == (h, w) else {m: _cmx_resize(m, x, (nh, nw)) for m, x in inputs.items()}
+        if nw <= cw or nh <= ch:
+            score = _cmx_padded_pass(model, scaled, present, (ch, cw), zero, flip)
+        else:
+            score = None
+            for gy in range(-(-(nh - ch) // sh) + 1):
+                for gx in range(-(-(nw - cw) // sw) + 1):
+                    x1 = min(gx * sh + ch, nw)  # CMX's x: the crop's height and stride (sic)
+                    y1 = min(gy * sw + cw, nh)
+                    rows, cols = slice(y1 - cw, y1), slice(x1 - ch, x1)  # a negative start counts from the end
+                    part = _cmx_padded_pass(model, {m: x[..., rows, cols] for m, x in scaled.items()}, present,
+                                            (ch, cw), zero, flip)
+                    if score is None:
+                        score = part.new_zeros(batch, part.shape[1], nh, nw)
+                    score[..., rows, cols] += part
+        if score.shape[-2:] != (h, w):
+            score = F.interpolate(score, size=(h, w), mode="bilinear", align_corners=False)
+        total = score if total is None else total + score
+    return total

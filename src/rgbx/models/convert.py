@@ -1117,7 +1117,9 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
 # the split and test-time flags of ``rgbx eval`` that score a converted model as the layout's own evaluation code
 # does (benchmarks/parity.md checks them against that code; docs/reproducing.md lists them)
 REFERENCE_EVALUATION = {
-    "cmx": ("one scale, no flip, mIoU over the classes present (CMX's eval.py with its configs)", "--split test"),
+    "cmx": ("one scale, no flip, mIoU over the classes present (CMX's eval.py with its configs); its README's "
+            "'MS & Flip' sets eval_scale_array [0.75, 1, 1.25] and eval_flip",
+            "--split test  [--scales 0.75 1 1.25 --flip --scale-rule cmx --window 480x640]"),
     "dformer": ("mIoU over all classes; utils/eval.py --mst adds five scales and flipping",
                 "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
     # DELIVER's semseg/metrics.py counts a class absent from labels and predictions as IoU 0: --miou all

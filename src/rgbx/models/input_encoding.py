@@ -26,6 +26,7 @@ as rgbx normalises it. ``rgbx convert`` sets the encoding of the CMX and DFormer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -165,6 +166,23 @@ class InputEncoding(nn.Module):
             return (float(spec.fill),) * spec.channels
         scale, shift = enc.affine(modality)
         return tuple(a * float(spec.fill) + b for a, b in zip(scale, shift, strict=True))
+
+    def zero(self, modality: str) -> tuple[float, ...] | None:
+        """The rgbx-normalised input, per sensor channel, that the network sees as 0 on every channel: what the
+        references' zero padding after their own normalisation puts into a border. ``None`` when no such input
+        exists (a sensor channel fed to two network channels that need different values, e.g. CMX's thermal,
+        repeated three times and normalised with three different means)."""
+        enc = self.encodings.get(modality)
+        channels = get_modality(modality).channels
+        if enc is None:
+            return (0.0,) * channels
+        scale, shift = enc.affine(modality)
+        values: list[float | None] = [None] * channels
+        for c, a, b in zip(enc.source, scale, shift, strict=True):
+            if values[c] is not None and not math.isclose(values[c], -b / a, rel_tol=1e-6, abs_tol=1e-9):
+                return None
+            values[c] = -b / a
+        return tuple(0.0 if v is None else v for v in values)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = dict(inputs)
