@@ -559,6 +559,48 @@ def mcubes_evaluation(ref: Path, reference, root: Path) -> tuple[torch.Tensor, f
     return deliver_scores(ref, reference, dataset)
 
 
+def deliver_msf_evaluation(ref: Path, reference, root: Path, name: str, cls: str, modals: list[str],
+                           size: tuple[int, int], scales: list[float]) -> tuple[torch.Tensor, float]:
+    """DELIVER's ``tools/val_mm.evaluate_msf`` (its configs' ``EVAL.MSF``: scales and flipping) over its dataset class
+    with ``get_val_augmentation(size)``, as ``val_mm.main`` runs it when ``MSF.ENABLE`` is set."""
+    import collections
+
+    augmentations = _load_file(ref / "semseg" / "augmentations_mm.py", "_rgbx_ref_deliver_augmentations")
+    module, _ = deliver_dataset_module(ref, name)
+    metrics_module = _load_file(ref / "semseg" / "metrics.py", "_rgbx_ref_deliver_metrics")
+    stub = types.ModuleType
+    utils = stub("semseg.utils.utils")
+    for attr in ("setup_cudnn", "fix_seeds", "cleanup_ddp", "setup_ddp", "get_logger", "cal_flops", "print_iou"):
+        setattr(utils, attr, None)
+    quiet = stub("tqdm")
+    quiet.tqdm = lambda iterable, *a, **k: iterable
+    tabulate = stub("tabulate")
+    tabulate.tabulate = None
+    val_mm = _load_file(ref / "tools" / "val_mm.py", "_rgbx_ref_deliver_val_mm", yaml=stub("yaml"), tqdm=quiet,
+                        tabulate=tabulate, semseg=stub("semseg"), **{
+                            "semseg.models": stub("semseg.models"), "semseg.datasets": stub("semseg.datasets"),
+                            "semseg.augmentations_mm": augmentations, "semseg.metrics": metrics_module,
+                            "semseg.utils": stub("semseg.utils"), "semseg.utils.utils": utils})
+    with redirect_stdout(io.StringIO()):
+        dataset = getattr(module, cls)(str(root), "val", augmentations.get_val_augmentation(list(size)), modals)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1)
+    captured = collections.defaultdict(list)
+    original = metrics_module.Metrics.update
+
+    def update(self, pred, target):  # keep the matrix it scores
+        original(self, pred, target)
+        captured["hist"] = [self.hist]
+
+    metrics_module.Metrics.update = update
+    try:
+        with torch.no_grad():
+            val_mm.evaluate_msf(reference, loader, "cpu", scales, True)
+    finally:
+        metrics_module.Metrics.update = original
+    hist = captured["hist"][0]
+    return hist.long(), reference_miou(hist)
+
+
 def deliver_scores(ref: Path, reference, dataset) -> tuple[torch.Tensor, float]:
     """``tools/val_mm.evaluate``'s loop: each sample's softmax into ``semseg/metrics.Metrics``; its confusion matrix
     and mIoU."""
@@ -618,6 +660,9 @@ def main() -> None:
     p.add_argument("--eval-size", default="530x730",
                    help="image size of the evaluation-protocol check (default 530x730, SUN RGB-D's: not a multiple "
                         "of 32, so DFormer's multi-scale evaluation resizes even at scale 1)")
+    p.add_argument("--deliver-msf", action="store_true",
+                   help="with --deliver: also score the converted MFNet CMNeXt with DELIVER's multi-scale + flip "
+                        "evaluation (val_mm.evaluate_msf) and rgbx eval --scale-rule dformer (minutes on a CPU)")
     p.add_argument("--cmx-opencv-resize", action="store_true",
                    help="with --cmx: rgbx's cmx scale rule resizes the 8-bit inputs with OpenCV, as CMX does, instead "
                         "of in float (a diagnostic)")
@@ -756,6 +801,17 @@ def main() -> None:
                           for e in ("reference", "rgbx")}
                 rows += compare(case, _ListInput(reference), deliver_inputs(args.deliver, root, name, cls, modals),
                                 models, rgbx_inputs(dataset, root))
+                if args.deliver_msf and dataset == "mfnet":
+                    scales = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # configs/mfnet_rgbt.yaml EVAL.MSF
+                    want, want_miou = deliver_msf_evaluation(args.deliver, reference, root, name, cls,
+                                                             modals, size, scales)
+                    flags = ["--scales", *(f"{v:g}" for v in scales), "--flip", "--scale-rule", "dformer"]
+                    got, got_miou = rgbx_evaluation(tmp / f"cmnext_{name}_reference.safetensors", root, tmp, *flags,
+                                                    dataset=dataset, sensors="+".join(sensors))
+                    eval_rows.append(f"| DELIVER: `val_mm.evaluate_msf` on MFNet (`EVAL.MSF`: 6 scales + flip; "
+                                     f"CMNeXt-B2, {size[0]}×{size[1]}) | `rgbx eval --dataset mfnet --split test "
+                                     f"--miou all {' '.join(flags)}` | {want_miou:.4f} | {got_miou:.4f} | "
+                                     f"{int((got - want).abs().sum()) // 2} of {int(want.sum())} |")
     print(f"torch {torch.__version__}, fp32, eval, {args.images} images of {size[0]}×{size[1]} per case "
           f"(DeLiVER: {args.deliver_size}), "
           f"{'JPEG' if args.jpeg else 'PNG'} RGB / HHA files")

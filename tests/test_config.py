@@ -37,6 +37,8 @@ def test_missing_file_lists_presets():
 def test_invalid_values():
     with pytest.raises(ConfigError, match="precision"):
         load_config(None, ["train.precision=fp8"])
+    with pytest.raises(ConfigError, match="data.crop_padding must be end or centre"):
+        load_config(None, ["data.crop_padding=center"])
 
 
 @pytest.mark.parametrize("override,message", [("train.log_every=0", "train.log_every must be > 0"),

@@ -70,6 +70,30 @@ def test_the_batch_step_gives_the_per_sample_batch(seed):
             assert torch.equal(got.inputs[name], expected.inputs[name]), name
 
 
+CENTRE = {"rgb": [0.485, 0.456, 0.406], "depth": [5.06], "thermal": [0.3], "lidar": [2.0],
+          "event": [0.25, 0.5]}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_centred_padding_with_given_values_is_the_same_on_the_batch(seed):
+    """data.crop_padding=centre: the crop pads on both sides with the given values (the network's zero input); the
+    batch step places and fills it as the per-sample pipeline does, flips included."""
+    samples = [make_sample(20, 30, seed), make_sample(31, 40, seed + 1), make_sample(17, 45, seed + 3)]
+    expected, deferred, step = both_ways(samples, (24, 32), seed, scale_range=(0.4, 1.3), pad_fill=CENTRE,
+                                         pad_centre=True)
+    got = step(deferred)
+    assert torch.equal(got.label, expected.label)
+    for name in MODALITIES:
+        if name in ("rgb", "thermal"):
+            torch.testing.assert_close(got.inputs[name], expected.inputs[name], rtol=0, atol=2e-6)
+        else:
+            assert torch.equal(got.inputs[name], expected.inputs[name]), name
+    padded = expected.label == 255
+    assert padded[:, 0].any() and padded[:, -1].any() and padded[:, :, 0].any()  # before the image as well as after
+    depth = expected.inputs["depth"] * 10.0  # rgbx's depth: metres / 10
+    assert torch.allclose(depth[padded[:, None]], torch.tensor(5.06))
+
+
 def test_every_case_is_met_by_the_draws():
     """The draws of the comparison above do cover shrinking, enlarging, padding and flipping."""
     step = BatchGeometry((24, 32))

@@ -462,6 +462,33 @@ def test_resize_factors_from_a_list_of_scales():
         TrainTransform(scales=[1.0, 0.0])
 
 
+def test_centred_padding_is_cmx_and_dformers_random_crop_pad_to_shape():
+    """CMX / DFormer normalise, then ``random_crop_pad_to_shape``: an image smaller than the crop goes in its middle
+    (``pad_image_to_shape``: pad // 2 before, the rest after) with 0 around it, the label with 255. With
+    ``pad_fill`` the normalisation's mean (what the trainer gives for ``data.crop_padding=centre``) and
+    ``pad_centre``, rgbx's normalised crop is that array, written out here with NumPy."""
+    import numpy as np
+
+    from rgbx.data import normalize_sample
+
+    g = torch.Generator().manual_seed(0)
+    rgb, label = torch.rand(3, 8, 10, generator=g), torch.randint(0, 5, (8, 10), generator=g)
+    spec = get_modality("rgb")
+    transform = TrainTransform(crop_size=(13, 15), scales=[1.0], hflip_prob=0.0, photometric=False,
+                               pad_fill={"rgb": list(spec.mean)}, pad_centre=True)
+    out = normalize_sample(transform({"inputs": {"rgb": rgb}, "label": label, "meta": {}}, gen(0)))
+    normalised = spec.normalize(rgb).numpy().transpose(1, 2, 0)  # CMX: H, W, C after normalize()
+    margin = ((13 - 8) // 2, (13 - 8) - (13 - 8) // 2), ((15 - 10) // 2, (15 - 10) - (15 - 10) // 2)
+    want = np.pad(normalised, (*margin, (0, 0)), constant_values=0).transpose(2, 0, 1)
+    assert torch.allclose(out["inputs"]["rgb"], torch.from_numpy(want), atol=1e-6)
+    assert torch.equal(out["label"], torch.from_numpy(np.pad(label.numpy(), margin, constant_values=255)))
+    default = TrainTransform(crop_size=(13, 15), scales=[1.0], hflip_prob=0.0, photometric=False)(
+        {"inputs": {"rgb": rgb}, "label": label, "meta": {}}, gen(0))
+    assert torch.equal(default["inputs"]["rgb"][:, :8, :10], rgb) and (default["inputs"]["rgb"][:, 8:] == 0).all()
+    with pytest.raises(ConfigError, match=r"pad_fill\['rgb'\]: expected 3 value"):
+        TrainTransform(pad_fill={"rgb": [0.5]})
+
+
 def test_geometry_does_not_depend_on_which_modalities_are_present():
     sample = coordinate_sample()
     transform = TrainTransform(crop_size=(32, 32))

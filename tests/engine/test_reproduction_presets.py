@@ -50,7 +50,9 @@ def test_a_reproduction_preset_trains_on_its_benchmark_layout(tmp_path, preset):
                                "model.head_channels=32", "data.crop_size=[32,32]", "data.num_workers=0",
                                "train.batch_size=2", "train.eval_batch_size=1", "train.iters=2", "train.eval_every=0",
                                "train.checkpoint_every=0"])
-    metrics = Trainer(cfg, reporter=Reporter(quiet=True)).fit()
+    trainer = Trainer(cfg, reporter=Reporter(quiet=True))
+    assert trainer.train_set.transform.pad_centre == (cfg.data.crop_padding == "centre")
+    metrics = trainer.fit()
     full = "+".join(cfg.model.modalities)
     assert 0.0 <= metrics["subsets"][full]["all"]["miou"] <= 1.0
     assert (tmp_path / "run" / "model.safetensors").is_file()
@@ -168,3 +170,31 @@ def test_training_a_benchmark_from_random_weights_is_pointed_out(tmp_path):
     Trainer(load_config("nyu_cmx_b2", [*overrides, "model.backbone=mit_b0"]), reporter=Recorder(quiet=True))
     assert any("model.pretrained is not set, so the mit_b0 encoder starts from random weights" in line
                for line in printed)
+
+
+@pytest.mark.parametrize("preset,fill", [
+    ("nyu_cmx_b2", {"rgb": [0.485, 0.456, 0.406], "hha": [0.485, 0.456, 0.406]}),
+    ("nyu_dformer_l", {"rgb": [0.485, 0.456, 0.406], "depth": [5.06]}),  # DFormer's depth mean, in metres
+    ("sunrgbd_dformer_l", {"rgb": [0.485, 0.456, 0.406], "depth": [5.06]}),
+])
+def test_the_cmx_and_dformer_presets_pad_crops_as_their_code(preset, fill):
+    """CMX and DFormer pad a crop larger than the scaled image after normalising, with 0: centred, at the network's
+    zero input. The presets do (data.crop_padding=centre); the fill is each sensor's value that the network sees as 0."""
+    from rgbx.engine.trainer import network_zero_fill
+
+    cfg = load_config(preset, [])
+    assert cfg.data.crop_padding == "centre"
+    got = network_zero_fill(cfg.model.input_encoding, cfg.model.modalities)
+    assert got.keys() == fill.keys()
+    for name, values in fill.items():
+        assert got[name] == pytest.approx(values, abs=1e-6), name
+
+
+def test_centred_padding_needs_a_zero_the_input_encoding_can_give():
+    from rgbx.engine.trainer import network_zero_fill
+    from rgbx.models.convert import reference_input_encoding
+
+    encoding, _ = reference_input_encoding("cmx", ["rgb", "thermal"])  # grey thermal fed to 3 channels, 3 means
+    with pytest.raises(ConfigError, match="data.crop_padding=centre pads 'thermal'"):
+        network_zero_fill(encoding, ["rgb", "thermal"])
+    assert network_zero_fill({}, ["thermal"]) == {"thermal": [0.5]}  # without an encoding: rgbx's mean

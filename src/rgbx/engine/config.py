@@ -39,6 +39,10 @@ class DataConfig:
     # where the random resize / crop / flip runs: "sample" (each sample, in the loader workers) or "batch" (the
     # collated batch, on the training device: frees the workers' CPUs when they cannot keep up with the GPU)
     geometric_on: str = "sample"
+    # where a crop larger than the resized image is padded, and with what: "end" (after the image, each sensor's
+    # empty value: black, no measurement) or "centre" (on both sides, each sensor at the network's zero input:
+    # CMX's and DFormer's random_crop_pad_to_shape, which pads after normalising)
+    crop_padding: str = "end"
     num_workers: int | None = None  # loader processes; None = auto (engine.trainer.loader_workers)
     check: str = "headers"  # dataset validation when opened: none | headers | full
 
@@ -214,6 +218,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
         (0.0 <= cfg.method.modality_dropout < 1.0, "method.modality_dropout must be in [0, 1)"),
         (cfg.data.check in ("none", "headers", "full"), "data.check must be none, headers or full"),
         (cfg.data.geometric_on in ("sample", "batch"), "data.geometric_on must be sample or batch"),
+        (cfg.data.crop_padding in ("end", "centre"), "data.crop_padding must be end or centre"),
         (cfg.method.class_weighting in ("none", "enet"), "method.class_weighting must be none or enet"),
         (cfg.optim.poly_from in ("warmup_end", "start"), "optim.poly_from must be warmup_end or start"),
         (cfg.method.loss in SEGMENTATION_LOSSES,

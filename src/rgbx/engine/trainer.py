@@ -51,12 +51,30 @@ from rgbx.engine.profile import count_parameters
 from rgbx.engine.report import Reporter
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.methods import METHODS
+from rgbx.modalities import get_modality
 from rgbx.models import ModelConfig, create_model
+from rgbx.models.input_encoding import InputEncoding
 from rgbx.models.transfer import transfer_weights
 
 STATE_FILE = "checkpoints/last.state.pt"
 LAST_WEIGHTS = "checkpoints/last.safetensors"
 FINAL_WEIGHTS = "model.safetensors"
+
+
+def network_zero_fill(input_encoding, modalities) -> dict[str, list[float]]:
+    """Sensor → the physical value, per channel, that the network sees as 0 (its normalisation mean, or what
+    ``model.input_encoding`` maps to 0): ``data.crop_padding=centre``'s padding, as CMX and DFormer pad their
+    normalised crops with 0."""
+    encoding = InputEncoding(input_encoding, modalities)
+    fill = {}
+    for name in modalities:
+        zero = encoding.zero(name)
+        if zero is None:
+            raise ConfigError(f"data.crop_padding=centre pads {name!r} with the network's zero input, which "
+                              f"model.input_encoding.{name} cannot give (one sensor channel feeds network channels "
+                              "that need different values); use data.crop_padding=end")
+        fill[name] = get_modality(name).denormalize(torch.tensor(zero).view(-1, 1, 1)).flatten().tolist()
+    return fill
 
 
 def resolve_device(name: str) -> torch.device:
@@ -256,7 +274,9 @@ class Trainer:
         self.train_set.transform = TrainTransform(
             crop_size=tuple(data.crop_size), scale_range=tuple(data.scale_range), hflip_prob=data.hflip_prob,
             ignore_index=self.description.ignore_index, photometric=data.photometric, geometric_on=data.geometric_on,
-            scales=data.scales, sensor_ops=build_photometric_ops(data.photometric_ops))
+            scales=data.scales, sensor_ops=build_photometric_ops(data.photometric_ops),
+            pad_fill=network_zero_fill(cfg.model.input_encoding, modalities) if data.crop_padding == "centre" else None,
+            pad_centre=data.crop_padding == "centre")
         # the geometric step of batches whose samples left it for the batch (data.geometric_on=batch)
         self.batch_geometry = (self.train_set.transform.batch_geometry() if data.geometric_on == "batch" else None)
         if self.batch_geometry is not None and self.device.type == "cpu":

@@ -25,6 +25,7 @@ sample.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,19 +72,19 @@ class _Taps:
 
 def _positions(start: int, count: int, n_out: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions in the resized axis (length ``n_out``) of the crop's ``count`` output pixels from ``start``, and
-    which of them lie inside it (the rest is padding, at the end before a flip: the crop pads bottom / right, the
-    flip then mirrors the padded crop)."""
+    which of them lie inside it (the rest is padding: after the image, and before it where ``start`` is negative;
+    the flip then mirrors the padded crop)."""
     p = torch.arange(start, start + count, dtype=torch.int64)
     if flip:
         p = p.flip(0)
-    return p, p < n_out
+    return p, (p >= 0) & (p < n_out)
 
 
 def nearest_taps(n_in: int, n_out: int, start: int, count: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(count, 1) source index and (count,) validity of a nearest-neighbour resize ``n_in`` → ``n_out``, cropped
     to ``count`` pixels from ``start`` (the rule of :func:`~rgbx.data.transforms.geometric.resize_label`)."""
     p, valid = _positions(start, count, n_out, flip)
-    index = nearest_index(n_in, n_out)[p.clamp(max=n_out - 1)]
+    index = nearest_index(n_in, n_out)[p.clamp(0, n_out - 1)]
     return index[:, None], valid
 
 
@@ -96,7 +97,7 @@ def bilinear_taps(n_in: int, n_out: int, start: int, count: int, flip: bool, ant
     ``F.interpolate(..., antialias=True)`` on the CPU: a triangle filter stretched by the shrink factor, cut at the
     borders and renormalised, in the kernel's float32 arithmetic (its promotions to float64 included)."""
     p, valid = _positions(start, count, n_out, flip)
-    p = p.clamp(max=n_out - 1)
+    p = p.clamp(0, n_out - 1)
     if not antialias:
         lo = int(p.min())
         i0, i1, lam = linear_taps(n_in, n_out, slice(lo, int(p.max()) + 1))
@@ -168,26 +169,41 @@ class BatchGeometry:
     absent samples' maps at their modality's fill value, and ``geometry`` None.
     """
 
-    def __init__(self, crop_size: tuple[int, int], ignore_index: int = 255):
+    def __init__(self, crop_size: tuple[int, int], ignore_index: int = 255,
+                 pad_fill: Mapping[str, Sequence[float]] | None = None, centre: bool = False):
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.ignore_index = int(ignore_index)
-        self._empty: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        self.pad_fill = {name: tuple(float(v) for v in values) for name, values in (pad_fill or {}).items()}
+        self.centre = bool(centre)
+        self._values: dict[tuple[str, str, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _normalised(self, kind: str, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(C, 1, 1) on ``device``: modality ``name``'s empty value (``kind`` "empty") or its padding ("pad":
+        ``pad_fill``'s values, else the empty value), normalised. Made once per device: a copy from the host waits
+        for the device's queued work."""
+        key = (kind, name, torch.device(device), dtype)
+        if key not in self._values:
+            spec = get_modality(name)
+            if kind == "pad" and name in self.pad_fill:
+                physical = torch.tensor(self.pad_fill[name], dtype=dtype).view(-1, 1, 1)
+            else:
+                physical = torch.full((spec.channels, 1, 1), empty_value(spec), dtype=dtype)
+            self._values[key] = spec.normalize(physical).to(device)
+        return self._values[key]
 
     def empty(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """(C, 1, 1): modality ``name``'s empty value, normalised, on ``device``. Made once per device: a copy from
-        the host waits for the device's queued work."""
-        key = (name, torch.device(device), dtype)
-        if key not in self._empty:
-            spec = get_modality(name)
-            self._empty[key] = spec.normalize(torch.full((spec.channels, 1, 1), empty_value(spec), dtype=dtype)
-                                              ).to(device)
-        return self._empty[key]
+        """(C, 1, 1): modality ``name``'s empty value, normalised, on ``device``."""
+        return self._normalised("empty", name, device, dtype)
+
+    def pad(self, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(C, 1, 1): what the crop pads modality ``name`` with, normalised, on ``device``."""
+        return self._normalised("pad", name, device, dtype)
 
     def plans(self, geometry: GeometryDraws) -> list[SamplePlan]:
         """Each sample's step in pixels, computed from its draws as the per-sample pipeline computes it."""
         plans = []
         for (scale, u_top, u_left, flip), (h, w) in zip(geometry.draws.tolist(), geometry.sizes.tolist()):
-            new, top, left = crop_window((h, w), self.crop_size, scale, u_top, u_left)
+            new, top, left = crop_window((h, w), self.crop_size, scale, u_top, u_left, self.centre)
             plans.append(SamplePlan((h, w), new, top, left, flip >= 0.5))
         return plans
 
@@ -230,14 +246,15 @@ class BatchGeometry:
             spec = get_modality(name)
             if x.dim() != 4:
                 raise DataError(f"BatchGeometry: modality {name!r} must be (B, C, H, W), got {tuple(x.shape)}")
-            empty = self.empty(name, device, x.dtype)
+            pad = self.pad(name, device, x.dtype)
             rule = "bilinear" if not spec.sparse and spec.invalid_value is None else "nearest"
-            out = place(_resample(x, *axis_taps(rule)).to(x.dtype), empty[None], rule)
+            out = place(_resample(x, *axis_taps(rule)).to(x.dtype), pad[None], rule)
             if spec.sparse:  # a shrink keeps points, sample by sample
                 for i, p in enumerate(plans):
                     if p.new[0] < p.size[0] or p.new[1] < p.size[1]:
-                        part = resize_sparse_down(x[i, :, : p.size[0], : p.size[1]], p.new, empty)
-                        part = crop_pad(part, p.top, p.left, self.crop_size, empty)
+                        part = resize_sparse_down(x[i, :, : p.size[0], : p.size[1]], p.new,
+                                                  self.empty(name, device, x.dtype))
+                        part = crop_pad(part, p.top, p.left, self.crop_size, pad)
                         out[i] = part.flip(-1) if p.flip else part
             absent = ~batch.present[name].to(device, non_blocking=True).view(-1, 1, 1, 1)
             inputs[name] = out.masked_fill_(absent, spec.fill)
@@ -250,5 +267,6 @@ class BatchGeometry:
         return batch.replace(inputs=inputs, label=label, geometry=None)
 
     def __repr__(self) -> str:
-        return f"BatchGeometry(crop_size={self.crop_size}, ignore_index={self.ignore_index})"
+        return (f"BatchGeometry(crop_size={self.crop_size}, ignore_index={self.ignore_index}, "
+                f"pad_fill={self.pad_fill}, centre={self.centre})")
 

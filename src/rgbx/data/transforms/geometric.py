@@ -149,25 +149,27 @@ def _window(new: tuple[int, int], top: int, left: int, size: tuple[int, int]) ->
 
 
 def resize_crop(x: torch.Tensor, new: tuple[int, int], top: int, left: int, size: tuple[int, int],
-                spec: ModalitySpec) -> torch.Tensor:
-    """``crop_pad(resize_modality(x, new, spec), top, left, size, empty_value(spec))``, computing only the pixels
-    the crop keeps where the rule allows it: nearest-neighbour maps (depth, labels, enlarged sparse maps) exactly,
-    bilinear enlargements up to float rounding. Shrinking (antialiased or point-keeping) resizes the whole image
-    first, as :func:`resize_modality` does; it costs less than the source size anyway.
+                spec: ModalitySpec, fill: float | torch.Tensor | None = None) -> torch.Tensor:
+    """``crop_pad(resize_modality(x, new, spec), top, left, size, fill)``, computing only the pixels the crop keeps
+    where the rule allows it: nearest-neighbour maps (depth, labels, enlarged sparse maps) exactly, bilinear
+    enlargements up to float rounding. Shrinking (antialiased or point-keeping) resizes the whole image first, as
+    :func:`resize_modality` does; it costs less than the source size anyway. ``fill``: the padding, by default the
+    sensor's empty value (:func:`~rgbx.data.transforms.photometric.empty_value`).
 
     (A random enlargement up to 2× followed by a crop of the input's size resamples up to 4× the pixels it keeps.)"""
     new = (int(new[0]), int(new[1]))
     h, w = x.shape[-2:]
+    fill = empty_value(spec) if fill is None else fill
     if (h, w) == new:
-        return crop_pad(x, top, left, size, empty_value(spec))
-    if new[0] < h or new[1] < w:  # shrinking
-        return crop_pad(resize_modality(x, new, spec), top, left, size, empty_value(spec))
+        return crop_pad(x, top, left, size, fill)
+    if new[0] < h or new[1] < w or top < 0 or left < 0:  # shrinking, or a crop that pads before the image
+        return crop_pad(resize_modality(x, new, spec), top, left, size, fill)
     window = _window(new, top, left, size)
     if spec.sparse or spec.invalid_value is not None:
         part = _resize_nearest(x, new, window)
     else:
         part = _resize_bilinear_window(x, new, window)
-    return crop_pad(part, 0, 0, size, empty_value(spec))
+    return crop_pad(part, 0, 0, size, fill)
 
 
 def resize_crop_label(label: torch.Tensor, new: tuple[int, int], top: int, left: int, size: tuple[int, int],
@@ -175,33 +177,42 @@ def resize_crop_label(label: torch.Tensor, new: tuple[int, int], top: int, left:
     """``crop_pad(resize_label(label, new), top, left, size, ignore_index)``, computing only the kept pixels
     (exactly the same values)."""
     new = (int(new[0]), int(new[1]))
-    if tuple(label.shape[-2:]) == new:
-        return crop_pad(label, top, left, size, ignore_index)
+    if tuple(label.shape[-2:]) == new or top < 0 or left < 0:
+        return crop_pad(resize_label(label, new), top, left, size, ignore_index)
     return crop_pad(_resize_nearest(label, new, _window(new, top, left, size)), 0, 0, size, ignore_index)
 
 
 def crop_pad(x: torch.Tensor, top: int, left: int, size: tuple[int, int], fill: float | torch.Tensor) -> torch.Tensor:
-    """Crop ``size`` at (top, left); where the image is smaller, pad at the bottom / right with ``fill`` (one number,
-    or one per channel as a (C, 1, 1) tensor)."""
+    """Crop ``size`` at (top, left); where the image is smaller, pad with ``fill`` (one number, or one per channel as
+    a (C, 1, 1) tensor): at the bottom / right, and also at the top / left where ``top`` / ``left`` is negative
+    (the crop then starts that many pixels before the image)."""
     ch, cw = size
-    part = x[..., top : top + ch, left : left + cw]
-    ph, pw = ch - part.shape[-2], cw - part.shape[-1]
-    if ph == 0 and pw == 0:
+    y0, x0 = max(top, 0), max(left, 0)
+    part = x[..., y0 : top + ch, x0 : left + cw]
+    oy, ox = y0 - top, x0 - left
+    if oy == 0 and ox == 0 and tuple(part.shape[-2:]) == (ch, cw):
         return part
     if isinstance(fill, torch.Tensor):  # one value per channel, (C, 1, 1)
         out = fill.to(x.device, x.dtype).expand(*x.shape[:-2], ch, cw).clone()
     else:
         out = torch.full((*x.shape[:-2], ch, cw), fill, dtype=x.dtype, device=x.device)
-    out[..., : part.shape[-2], : part.shape[-1]] = part
+    out[..., oy : oy + part.shape[-2], ox : ox + part.shape[-1]] = part
     return out
 
 
-def crop_window(size: tuple[int, int], crop: tuple[int, int], scale: float, u_top: float, u_left: float
-                ) -> tuple[tuple[int, int], int, int]:
+def crop_window(size: tuple[int, int], crop: tuple[int, int], scale: float, u_top: float, u_left: float,
+                centre: bool = False) -> tuple[tuple[int, int], int, int]:
     """The random resize-and-crop of :class:`~rgbx.data.transforms.TrainTransform` in pixels: the resized size of
     an image of ``size`` for the factor ``scale``, and the crop's (top, left) in it for the uniform draws
-    ``u_top``, ``u_left`` in [0, 1) (0 on an axis the crop covers entirely: the rest is padded)."""
+    ``u_top``, ``u_left`` in [0, 1). On an axis the crop covers entirely the rest is padded: after the image
+    (origin 0), or with ``centre`` on both sides, the odd pixel after it (a negative origin), as CMX's and DFormer's
+    ``random_crop_pad_to_shape`` place a small image."""
     h, w = size
     new = (max(1, round(h * scale)), max(1, round(w * scale)))
-    room_h, room_w = max(new[0] - crop[0], 0), max(new[1] - crop[1], 0)
-    return new, min(int(u_top * (room_h + 1)), room_h), min(int(u_left * (room_w + 1)), room_w)
+
+    def origin(room: int, u: float) -> int:
+        if room >= 0:
+            return min(int(u * (room + 1)), room)
+        return -(-room // 2) if centre else 0
+
+    return new, origin(new[0] - crop[0], u_top), origin(new[1] - crop[1], u_left)

@@ -83,6 +83,11 @@ class TrainTransform:
             ``"batch"``: it is left for the batch: the sample keeps its size and carries its geometric draws
             (``sample["geometry"]``), and :meth:`batch_geometry` applies them to the collated batch on its device
             (:mod:`.batch_geometry`; the same draws and rules, so the same result up to float rounding).
+        pad_fill: sensor → its padding value per channel, in physical units (default: the sensor's empty value:
+            black, no measurement). The trainer fills it with the network's zero input for
+            ``data.crop_padding=centre``.
+        pad_centre: where the crop covers an axis entirely, pad on both sides (the odd pixel after the image), as
+            CMX's and DFormer's ``random_crop_pad_to_shape`` do; False: after the image (bottom / right).
 
     Call as ``transform(sample, generator)``; the sample's ``meta`` and any extra keys are kept, missing modalities
     stay missing and a ``None`` label stays ``None``. Output maps are all ``crop_size`` (``geometric_on="sample"``).
@@ -98,6 +103,8 @@ class TrainTransform:
         geometric_on: str = "sample",
         scales: Sequence[float] | None = None,
         sensor_ops: Mapping[str, Sequence[PhotometricOp]] | None = None,
+        pad_fill: Mapping[str, Sequence[float]] | None = None,
+        pad_centre: bool = False,
     ):
         self.crop_size = _pair(crop_size, "crop_size")
         self.scales = None if scales is None else tuple(float(s) for s in scales)
@@ -116,10 +123,17 @@ class TrainTransform:
         if geometric_on not in ("sample", "batch"):
             raise ConfigError(f"geometric_on must be 'sample' or 'batch', got {geometric_on!r}")
         self.geometric_on = geometric_on
+        self.pad_fill = {}
+        for name, values in (pad_fill or {}).items():
+            channels = get_modality(name).channels
+            if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != channels:
+                raise ConfigError(f"pad_fill[{name!r}]: expected {channels} value(s), one per channel, got {values!r}")
+            self.pad_fill[name] = tuple(float(v) for v in values)
+        self.pad_centre = bool(pad_centre)
 
     def batch_geometry(self) -> BatchGeometry:
         """The geometric step for batches of samples made with ``geometric_on="batch"``."""
-        return BatchGeometry(self.crop_size, self.ignore_index)
+        return BatchGeometry(self.crop_size, self.ignore_index, self.pad_fill, self.pad_centre)
 
     def _photometric_op(self, name: str) -> PhotometricOp | None:
         if isinstance(self.photometric, Mapping) and name in self.photometric:
@@ -156,11 +170,13 @@ class TrainTransform:
         if self.geometric_on == "batch":
             draws = torch.tensor([scale, u_top, u_left, float(flip)], dtype=torch.float64)
             return {**sample, "inputs": inputs, "label": label, "geometry": draws}
-        new, top, left = crop_window(size, self.crop_size, scale, u_top, u_left)
+        new, top, left = crop_window(size, self.crop_size, scale, u_top, u_left, self.pad_centre)
 
         for name, x in inputs.items():
             spec = get_modality(name)
-            x = resize_crop(x, new, top, left, self.crop_size, spec)
+            fill = self.pad_fill.get(name)
+            x = resize_crop(x, new, top, left, self.crop_size, spec,
+                            None if fill is None else torch.tensor(fill).view(-1, 1, 1))
             inputs[name] = x.flip(-1) if flip else x
         if label is not None:
             label = resize_crop_label(label, new, top, left, self.crop_size, self.ignore_index)
@@ -172,7 +188,7 @@ class TrainTransform:
             f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, scales={self.scales}, "
             f"hflip_prob={self.hflip_prob}, ignore_index={self.ignore_index}, photometric={self.photometric!r}, "
             f"sensor_ops={self.sensor_ops!r}, "
-            f"geometric_on={self.geometric_on!r})"
+            f"geometric_on={self.geometric_on!r}, pad_fill={self.pad_fill}, pad_centre={self.pad_centre})"
         )
 
 
