@@ -96,3 +96,24 @@ def test_files_that_are_not_rgbx_exports_are_named(exported, tmp_path):
     # the runtime's own failure (here: stage 1's 8×8 reduction, frozen in the graph, on a 4×4 map) names the file
     with pytest.raises(RgbxError, match=r"model.onnx failed in onnxruntime on inputs rgb \(1, 3, 16, 16\)"):
         OnnxSegmentor(path)({m: torch.zeros(1, c, 16, 16) for m, c in (("rgb", 3), ("depth", 1), ("thermal", 1))})
+
+
+def test_the_exported_file_is_padded_with_its_networks_zero_under_the_cmx_rule(tmp_path):
+    """CMX's evaluation pads after normalising; an exported converted CMX model applies its blue-first encoding
+    inside the graph, so --scale-rule cmx reads that encoding from the file's config and pads as for the model."""
+    from rgbx.engine.inference import SlidingWindow, predict_logits
+    from rgbx.models.convert import reference_input_encoding
+
+    encoding, _ = reference_input_encoding("cmx", ["rgb", "hha"])
+    torch.manual_seed(0)
+    model = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "hha"], num_classes=3,
+                         head_channels=16, input_encoding=encoding).eval()
+    path = export_onnx(model, tmp_path / "cmx.onnx", size=(32, 40), exporter="torchscript")
+    g = torch.Generator().manual_seed(3)
+    x = {"rgb": torch.randn(1, 3, 26, 34, generator=g), "hha": torch.randn(1, 3, 26, 34, generator=g)}
+    window = SlidingWindow((32, 40))
+    with torch.no_grad():
+        want = predict_logits(model, x, scales=(0.75, 1.0), flip=True, window=window, scale_rule="cmx")
+        got = predict_logits(OnnxSegmentor(path, threads=1), x, scales=(0.75, 1.0), flip=True, window=window,
+                             scale_rule="cmx")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

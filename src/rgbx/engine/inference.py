@@ -40,6 +40,7 @@ from rgbx.data.sample import PresenceMasks
 from rgbx.data.transforms import resize_modality
 from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
+from rgbx.models.input_encoding import InputEncoding
 
 __all__ = ["SCALE_RULES", "SlidingWindow", "cmx_scores", "predict_logits", "scaled_size", "window_starts"]
 
@@ -190,8 +191,11 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
 
 def _network_zero(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per input, the (1, C, 1, 1) rgbx-normalised value that the model's network sees as 0
-    (:meth:`rgbx.models.input_encoding.InputEncoding.zero`; 0 for a model without an input encoding)."""
-    encoding = getattr(getattr(model, "encoder", None), "input_encoding", None)
+    (:meth:`rgbx.models.input_encoding.InputEncoding.zero`; 0 for a model without an input encoding). Read from the
+    model's config, so an exported file run by :class:`~rgbx.engine.onnx_model.OnnxSegmentor`, whose graph applies
+    the encoding, gets it too."""
+    config = getattr(model, "config", None)
+    encoding = None if config is None else InputEncoding(config.input_encoding, config.modalities)
     out = {}
     for name, x in inputs.items():
         zero = encoding.zero(name) if encoding is not None else (0.0,) * x.shape[1]
