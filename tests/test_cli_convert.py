@@ -219,3 +219,14 @@ def test_the_printed_evaluation_follows_the_benchmark_of_a_cmnext_file(modalitie
     assert reference_evaluation("cmnext", modalities, classes)[1] == flags
     assert reference_evaluation("cmx", modalities, classes)[1] == (
         "--split test  [--scales 0.75 1 1.25 --flip --scale-rule cmx --window 480x640]")
+
+
+def test_the_layout_flag_offers_every_registered_layout():
+    import argparse
+
+    from rgbx.cli.main import build_parser
+    from rgbx.models.convert import LAYOUTS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    layout = next(a for a in sub.choices["convert"]._actions if a.dest == "layout")
+    assert tuple(layout.choices) == ("auto", *LAYOUTS)

@@ -29,6 +29,7 @@ FUSION_SETUPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "omni": ("omni_nano", ("rgb", "depth", "thermal")),
     "ktb": ("mit_nano", ("rgb", "depth")),  # RGB + X: exactly two modalities (a frozen shared MiT)
     "dformer": ("dformer_nano", ("rgb", "depth")),  # RGB + one depth-like modality
+    "dformerv2": ("dformerv2_nano", ("rgb", "depth")),  # RGB + one depth-like modality (the attention's prior)
 }
 NUM_CLASSES = 3
 SIZE = (32, 32)  # the deepest stage is 1×1 (stride 32)

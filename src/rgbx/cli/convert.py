@@ -49,13 +49,13 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint", type=Path, help="the checkpoint (.pth / .pt / .pth.tar / .bin / .safetensors)")
     p.add_argument("--out", type=Path, required=True, help="the rgbx weights file to write (.safetensors)")
     p.add_argument("--layout", default="auto",
-                   choices=("auto", "cmnext", "cmx", "dformer", "segformer-hf", "segformer-mmseg",
+                   choices=("auto", "cmnext", "cmx", "dformer", "dformerv2", "segformer-hf", "segformer-mmseg",
                             "segformer-nvlabs"),
                    help="the checkpoint's layout (default: detected from its key names)")
     p.add_argument("--config", help="YAML training config or preset name whose model section describes the model")
     p.add_argument("--backbone", help="backbone, e.g. mit_b2, dformer_b (default: read off the checkpoint)")
-    p.add_argument("--fusion", help="fusion, e.g. cmx, mean, dformer (default: cmnext / cmx / dformer for those "
-                   "layouts, else the config's or cmx)")
+    p.add_argument("--fusion", help="fusion, e.g. cmx, mean, dformer (default: cmnext / cmx / dformer / dformerv2 "
+                   "for those layouts, else the config's or cmx)")
     p.add_argument("--head", help="decode head, e.g. mlp, ham (default: the checkpoint's decode head, else mlp)")
     p.add_argument("--head-channels", type=int, help="head width (default: the checkpoint's decode head, else 256)")
     p.add_argument("--modalities", nargs="+", help="modalities of the model (default: the config's, else rgb depth); "

@@ -51,6 +51,13 @@ Layouts (:data:`LAYOUTS`; ``layout="auto"`` picks the first whose key names matc
     for this layout unless ``--head-option bn_eps=...`` is given); the report notes it otherwise. An
     ImageNet-pretrained DFormer encoder (keys without ``backbone.``; its classifier ``head.*`` is dropped) fills
     the encoder only.
+``dformerv2``
+    Released DFormerv2 checkpoints (same repository; told apart by the geometry priors' ``layers.i.blocks.j.Geo.*``
+    tensors): ``backbone.*`` (names equal rgbx's ``dformerv2_*`` encoder's, the priors' ``angle`` / ``decay``
+    buffers included) into a ``dformerv2`` fusion, ``decode_head.*`` into the ``ham`` head, as for ``dformer``
+    (head BatchNorm eps 1e-3). DFormerv2's builder leaves ``LightHamHead``'s ``ham_channels`` at 512 whatever the
+    head's ``channels`` (1024 for L): a head whose widths differ is built with ``head_options={"ham_channels":
+    ...}`` (read off the file by :func:`infer_model_options`).
 ``segformer-hf``, ``segformer-mmseg``, ``segformer-nvlabs``
     SegFormer / MiT encoders (ImageNet-pretrained or segmentation checkpoints) in the layouts of Hugging Face
     transformers (``SegformerModel`` / ``...ForSemanticSegmentation`` / ``...ForImageClassification``, both the
@@ -67,7 +74,7 @@ Layouts (:data:`LAYOUTS`; ``layout="auto"`` picks the first whose key names matc
     ImageNet classifiers (``head.*``, ``classifier.*``) and mmseg's unused ``decode_head.conv_seg`` are dropped.
 
 Strictness: after mapping, every tensor of the parts the layout fills (the whole model for ``cmnext`` / ``cmx`` /
-``dformer``; the targeted encoders, stems and, when mapped, the head for the SegFormer layouts) must be filled,
+``dformer`` / ``dformerv2``; the targeted encoders, stems and, when mapped, the head for the SegFormer layouts) must be filled,
 every checkpoint tensor must be used (or left out on purpose: the ``ignore`` prefixes and the drops named above, all
 listed in the report), and every shape must match; otherwise one :class:`~rgbx.errors.CheckpointError` lists every
 missing, unused, unexpected and mis-shaped tensor with its shapes. BatchNorm ``num_batches_tracked`` counters are
@@ -591,18 +598,22 @@ def _convert_cmx(m: _Mapper, branches: Sequence[str] | None = None) -> None:
     _put_mlp_head(m, _CMX_HEAD, "decode_head.linear_fuse.0.bias")
 
 
-def _convert_dformer(m: _Mapper, branches: Sequence[str] | None = None) -> None:
-    from rgbx.models.fusions.dformer import DFormerFusion
+def _convert_joint_rgbd(m: _Mapper, branches: Sequence[str] | None, fusion: type, name: str, layout: str,
+                        head_hint: str) -> None:
+    """DFormer (v1) and DFormerv2: the encoder's names equal the original's, so keys only lose ``backbone.`` (or, for
+    an ImageNet-pretrained file, its classifier); the LightHamHead goes to the ``ham`` head. ``fusion``: the fusion
+    class the model must have; ``name`` / ``layout``: for messages; ``head_hint``: how to build a head that takes
+    the file's."""
     from rgbx.models.heads.ham import LightHamHead
 
     encoder = getattr(m.model, "encoder", None)
-    if not isinstance(encoder, DFormerFusion):
+    if not isinstance(encoder, fusion):
         raise CheckpointError(
-            f"a DFormer checkpoint needs a model with fusion 'dformer' and a dformer_* backbone (and head 'ham'); "
+            f"a {name} checkpoint needs a model with fusion '{layout}' and a {layout}_* backbone (and head 'ham'); "
             f"this model's encoder is {type(encoder).__name__}"
         )
     if branches:
-        raise CheckpointError("the dformer layout fills the joint encoder; 'branches' is for the SegFormer layouts")
+        raise CheckpointError(f"the {layout} layout fills the joint encoder; 'branches' is for the SegFormer layouts")
     keys = m.keys()
     segmentation = any(k.startswith("backbone.") for k in keys)
     for key in keys:
@@ -614,22 +625,37 @@ def _convert_dformer(m: _Mapper, branches: Sequence[str] | None = None) -> None:
             m.put("encoder.encoder." + key, m.get(key), (key,))
     m.scope.append("encoder.")
     head_keys = [k for k in m.keys() if k.startswith("decode_head.")]
-    if head_keys:
-        head = getattr(m.model, "head", None)
-        if not isinstance(head, LightHamHead):
-            raise CheckpointError(
-                f"the checkpoint has DFormer's LightHamHead ({len(head_keys)} decode_head.* tensors) but the model's "
-                f"head is {type(head).__name__}: build it with --head ham --head-channels 512 (and head_options "
-                "bn_eps=1e-3), or leave the head out with --ignore decode_head."
-            )
-        for key in head_keys:
-            m.put("head." + key.removeprefix("decode_head."), m.get(key), (key,))
-        m.scope.append("head.")
-        eps = {float(b.eps) for b in head.modules() if isinstance(b, nn.BatchNorm2d)}
-        if eps != {1e-3}:
-            m.note(f"DFormer's released heads were trained and evaluated with BatchNorm eps 1e-3; this model's ham "
-                   f"head uses {', '.join(f'{e:g}' for e in sorted(eps))}: build it with head_options="
-                   "{'bn_eps': 1e-3} (rgbx convert: --head-option bn_eps=1e-3) to reproduce the reference")
+    if not head_keys:
+        return
+    head = getattr(m.model, "head", None)
+    if not isinstance(head, LightHamHead):
+        raise CheckpointError(
+            f"the checkpoint has {name}'s LightHamHead ({len(head_keys)} decode_head.* tensors) but the model's "
+            f"head is {type(head).__name__}: build it with --head ham {head_hint}, or leave the head out with "
+            "--ignore decode_head."
+        )
+    for key in head_keys:
+        m.put("head." + key.removeprefix("decode_head."), m.get(key), (key,))
+    m.scope.append("head.")
+    eps = {float(b.eps) for b in head.modules() if isinstance(b, nn.BatchNorm2d)}
+    if eps != {1e-3}:
+        m.note(f"{name}'s released heads were trained and evaluated with BatchNorm eps 1e-3; this model's ham "
+               f"head uses {', '.join(f'{e:g}' for e in sorted(eps))}: build it with head_options="
+               "{'bn_eps': 1e-3} (rgbx convert: --head-option bn_eps=1e-3) to reproduce the reference")
+
+
+def _convert_dformer(m: _Mapper, branches: Sequence[str] | None = None) -> None:
+    from rgbx.models.fusions.dformer import DFormerFusion
+
+    _convert_joint_rgbd(m, branches, DFormerFusion, "DFormer", "dformer",
+                        "--head-channels 512 (and head_options bn_eps=1e-3)")
+
+
+def _convert_dformerv2(m: _Mapper, branches: Sequence[str] | None = None) -> None:
+    from rgbx.models.fusions.dformerv2 import DFormerv2Fusion
+
+    _convert_joint_rgbd(m, branches, DFormerv2Fusion, "DFormerv2", "dformerv2",
+                        "and the file's head channels (512, or 1024 with head_options ham_channels=512)")
 
 
 _CMNEXT_SUPPLEMENTARY_INDEX = re.compile(
@@ -753,6 +779,8 @@ LAYOUTS: dict[str, Layout] = {
                _has(r"^backbone\.(extra_patch_embed1\.|FRMs\.0\.|FFMs\.0\.)"), _convert_cmx),
         Layout("dformer", "DFormer (v1) encoder (+ LightHamHead)", _has(r"(^|\.)downsample_layers_e\.0\."),
                _convert_dformer),
+        Layout("dformerv2", "DFormerv2 encoder (+ LightHamHead)", _has(r"(^|\.)layers\.\d+\.blocks\.\d+\.Geo\."),
+               _convert_dformerv2),
         Layout("segformer-hf", "Hugging Face transformers SegformerModel / ...ForSemanticSegmentation",
                _has(r"(^|\.)(encoder\.patch_embeddings|stages)\.0\.(patch_embeddings\.)?proj\.weight$"),
                _segformer(_parse_hf_encoder, _HF_HEAD, "classifier.")),
@@ -969,9 +997,10 @@ def _mit_variant(canon: Mapping[str, tuple]) -> str | None:
 
 def infer_model_options(state: Mapping[str, torch.Tensor], layout: str) -> dict:
     """Model config fields that can be read off a checkpoint of ``layout``: ``backbone`` (when it is a known
-    variant), ``fusion`` / ``head`` (for ``cmnext`` / ``cmx`` / ``dformer``; ``cmnext``: the head when the file has
-    one), ``head_channels`` and ``num_classes`` (when the file has a decode head), ``head_options`` (``bn_eps`` 1e-3
-    for ``dformer``). The modalities cannot be read off a file (only how many a ``cmnext`` file has)."""
+    variant), ``fusion`` / ``head`` (for ``cmnext`` / ``cmx`` / ``dformer`` / ``dformerv2``; ``cmnext``: the head
+    when the file has one), ``head_channels`` and ``num_classes`` (when the file has a decode head), ``head_options``
+    (``bn_eps`` 1e-3 for ``dformer`` / ``dformerv2``; ``dformerv2``: ``ham_channels`` too when the head's squeeze
+    width differs from its channels). The modalities cannot be read off a file (only how many a ``cmnext`` file has)."""
     from rgbx.models.backbones.dformer import DFORMER_VARIANTS
 
     probe = _Mapper(state, nn.Module())
@@ -1004,6 +1033,28 @@ def infer_model_options(state: Mapping[str, torch.Tensor], layout: str) -> dict:
         if variant:
             out["backbone"] = variant
         pred = state.get("decode_head.conv_seg.weight")
+        canon = None
+    elif layout == "dformerv2":
+        from rgbx.models.backbones.dformerv2 import DFORMERV2_VARIANTS
+
+        head_options: dict = {"bn_eps": 1e-3}
+        out.update(fusion="dformerv2", head="ham", head_options=head_options)
+        prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
+        dims, depths = [], []
+        for stage in range(4):
+            norm = state.get(f"{prefix}layers.{stage}.blocks.0.layer_norm1.weight")
+            head = f"{prefix}layers.{stage}.blocks."
+            blocks = {int(k[len(head):].split(".")[0]) for k in state if k.startswith(head)}
+            dims.append(int(norm.numel()) if norm is not None else -1)
+            depths.append(max(blocks) + 1 if blocks else 0)
+        variant = next((n for n, a in DFORMERV2_VARIANTS.items()
+                        if (a.dims, a.depths) == (tuple(dims), tuple(depths))), None)
+        if variant:
+            out["backbone"] = variant
+        pred = state.get("decode_head.conv_seg.weight")
+        squeeze = state.get("decode_head.squeeze.conv.weight")
+        if pred is not None and squeeze is not None and int(squeeze.shape[0]) != int(pred.shape[1]):
+            head_options["ham_channels"] = int(squeeze.shape[0])
         canon = None
     else:
         parse = {"segformer-hf": _parse_hf_encoder, "segformer-mmseg": _parse_mmseg_encoder,
@@ -1078,7 +1129,7 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
                              f"rgbx's {m!r} is not an 8-bit image sensor, so it is fed as rgbx normalises it")
             else:
                 encoding[m] = enc
-    elif layout == "dformer":
+    elif layout in ("dformer", "dformerv2"):  # DFormerv2 is trained with DFormer's data loader (utils/dataloader)
         near, far = _RELATIVE_DEPTH_RANGE
         for m in modalities:
             if m == "rgb":
@@ -1122,6 +1173,9 @@ REFERENCE_EVALUATION = {
             "--split test  [--scales 0.75 1 1.25 --flip --scale-rule cmx --window 480x640]"),
     "dformer": ("mIoU over all classes; utils/eval.py --mst adds five scales and flipping",
                 "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
+    # DFormerv2 shares DFormer's utils/eval.py and evaluate_msf
+    "dformerv2": ("mIoU over all classes; utils/eval.py --mst adds five scales and flipping",
+                  "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
     # DELIVER's semseg/metrics.py counts a class absent from labels and predictions as IoU 0: --miou all
     "cmnext": ("one scale, no flip, each image at its own size, mIoU over all classes (DELIVER's tools/val_mm.py)",
                "--split test --miou all"),

@@ -2,6 +2,7 @@
 
 from rgbx.models.fusions import cmnext as cmnext  # registers fusion 'cmnext'
 from rgbx.models.fusions import cmx, dformer, ktb, mean
+from rgbx.models.fusions import dformerv2 as dformerv2  # registers fusion 'dformerv2'
 from rgbx.models.fusions import omni as omni  # registers fusion 'omni'
 from rgbx.models.fusions.base import EncoderOutput, FusionEncoder
 from rgbx.models.fusions.cmx import CMXFusion

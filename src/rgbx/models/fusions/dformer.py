@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from torch import nn
 
 from rgbx.errors import ConfigError
 from rgbx.models.backbones.dformer import DFORMER_VARIANTS, DFormer
@@ -60,6 +61,11 @@ class DFormerFusion(FusionEncoder):
             (:mod:`rgbx.models.input_encoding`; set by ``model.input_encoding``).
     """
 
+    # what the subclass for DFormerv2 (rgbx.models.fusions.dformerv2) changes
+    fusion_name = "dformer"
+    variants = DFORMER_VARIANTS
+    family = "DFormer"
+
     def __init__(
         self,
         backbone: str = "dformer_t",
@@ -73,19 +79,20 @@ class DFormerFusion(FusionEncoder):
         depth_like = [m for m in self.modalities if m in DEPTH_LIKE]
         if len(self.modalities) != 2 or "rgb" not in self.modalities or len(depth_like) != 1:
             raise ConfigError(
-                f"the dformer fusion needs exactly 'rgb' and one of {', '.join(map(repr, DEPTH_LIKE))}, "
+                f"the {self.fusion_name} fusion needs exactly 'rgb' and one of {', '.join(map(repr, DEPTH_LIKE))}, "
                 f"got {list(self.modalities)}"
             )
-        if backbone not in DFORMER_VARIANTS:
+        if backbone not in self.variants:
             raise ConfigError(
-                f"the dformer fusion needs a DFormer backbone ({', '.join(DFORMER_VARIANTS)}), got {backbone!r}"
+                f"the {self.fusion_name} fusion needs a {self.family} backbone ({', '.join(self.variants)}), got "
+                f"{backbone!r}"
             )
         self.depth_name = depth_like[0]
         wrong = {m: c for m, c in self.in_channels.items() if c < (3 if m == "rgb" else 1)}
         if wrong:
-            raise ConfigError(f"the dformer fusion reads 3 RGB channels and the first depth channel; the input "
+            raise ConfigError(f"the {self.fusion_name} fusion reads 3 RGB channels and the first depth channel; the input "
                               f"encoding gives {', '.join(f'{m}: {c}' for m, c in wrong.items())}")
-        self.encoder: DFormer = build_backbone(
+        self.encoder: DFormer | nn.Module = build_backbone(
             backbone, in_channels=None, drop_path_rate=drop_path_rate, attn_impl=attn_impl, pretrained=pretrained
         )
         self.feature_info = self.encoder.feature_info
@@ -119,11 +126,16 @@ class DFormerFusion(FusionEncoder):
         shape = (ref.shape[0], ref.shape[2], ref.shape[3])
         rgb = self._input("rgb", inputs, present, shape, ref)
         depth = self._input(self.depth_name, inputs, present, shape, ref)
-        outs, outs_e = self.encoder.forward_features(rgb, depth)
+        outs, outs_e = self.encode(rgb, depth)
         any_present = torch.stack(list(present.values()), dim=1).any(dim=1)
         fused = [mask_absent(x, any_present) for x in outs]
         features: dict[str, list[torch.Tensor]] = {}
         for m in names:
             maps = outs if m == "rgb" else outs_e
-            features[m] = [mask_absent(x, present[m]) for x in maps]
+            if maps is not None:
+                features[m] = [mask_absent(x, present[m]) for x in maps]
         return EncoderOutput(fused=fused, features=features, present=present)
+
+    def encode(self, rgb: torch.Tensor, depth: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """The encoder's RGB-branch stage maps and its depth branch's (None for an encoder without one)."""
+        return self.encoder.forward_features(rgb, depth)
