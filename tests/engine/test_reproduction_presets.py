@@ -33,6 +33,8 @@ PRESETS = {
     "nyu_cmx_b2": (rgbd.make_nyu_sagate, "mit_nano"),  # the CMX / SA-Gate release: HHA/ beside RGB/
     "nyu_dformer_l": (rgbd.make_nyu_dformer, "dformer_nano"),
     "sunrgbd_dformer_l": (make_sunrgbd, "dformer_nano"),
+    "nyu_dformerv2_l": (rgbd.make_nyu_dformer, "dformerv2_nano"),
+    "sunrgbd_dformerv2_l": (make_sunrgbd, "dformerv2_nano"),
     "deliver_cmnext_b2": (driving.make_deliver, "mit_nano"),
     "mcubes_cmnext_b2": (driving.make_mcubes, "mit_nano"),
     "mfnet_cmnext_b4": (rgbd.make_mfnet_original, "mit_nano"),
@@ -61,6 +63,7 @@ def test_a_reproduction_preset_trains_on_its_benchmark_layout(tmp_path, preset):
 @pytest.mark.parametrize("preset,classes,params", [
     ("nyu_cmx_b2", 40, 66.6e6),  # CMX MiT-B2, as counted from the reference code (the speed issue's anchors)
     ("nyu_dformer_l", 40, 39.0e6),  # DFormer-L + LightHam head, likewise
+    ("nyu_dformerv2_l", 40, 95_550_074),  # DFormerv2_L + LightHamHead(1024, ham 512): benchmarks/parity_dformerv2.py
     ("mcubes_cmnext_b2", 20, 58.73e6),  # CMNeXt('CMNeXt-B2', 20, [image, aolp, dolp, nir]) counted on DELIVER's code
     ("mfnet_cmnext_b4", 9, 116.56e6),  # CMNeXt('CMNeXt-B4', 9, [img, thermal]), likewise
     ("nyu_cmnext_b4", 40, 116.58e6),  # CMNeXt('CMNeXt-B4', 40, [img, depth]): 116,576,299
@@ -148,7 +151,22 @@ def test_the_cmnext_presets_train_like_the_deliver_code(preset, modalities, trai
     assert cfg.data.photometric_ops == (mcubes_ops if preset.startswith("mcubes") else deliver_ops)
 
 
-@pytest.mark.parametrize("preset", ["nyu_dformer_l", "sunrgbd_dformer_l"])
+@pytest.mark.parametrize("preset", ["nyu_dformerv2_l", "sunrgbd_dformerv2_l"])
+def test_the_dformerv2_presets_keep_what_dformers_optimiser_never_updates(preset):
+    """The same group_weight trains DFormerv2: each block's geometry-prior mixing weights (Geo.weight, a bare
+    parameter) and the layer scales of stages 3-4 (gamma_1 / gamma_2) are in no group: 111 tensors, 32,730 values of
+    DFormerv2-L, counted on the reference code. The presets freeze exactly those."""
+    from rgbx.engine.optim import freeze_parameters
+
+    cfg = load_config(preset, [])
+    model = create_model(dataclasses.replace(cfg.model, num_classes=40))
+    assert freeze_parameters(model, list(cfg.train.freeze)) == 32730
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert len(frozen) == 111
+    assert all(n.endswith(".Geo.weight") or ".gamma_" in n for n in frozen)
+
+
+@pytest.mark.parametrize("preset", ["nyu_dformer_l", "sunrgbd_dformer_l", "nyu_dformerv2_l", "sunrgbd_dformerv2_l"])
 def test_the_dformer_presets_feed_depth_as_dformer_does(preset):
     """DFormer's (v / 255 − 0.48) / 0.28 of its 8-bit depth file: what rgbx convert stores for DFormer's depth."""
     from rgbx.models.convert import reference_input_encoding
@@ -176,6 +194,8 @@ def test_training_a_benchmark_from_random_weights_is_pointed_out(tmp_path):
     ("nyu_cmx_b2", {"rgb": [0.485, 0.456, 0.406], "hha": [0.485, 0.456, 0.406]}),
     ("nyu_dformer_l", {"rgb": [0.485, 0.456, 0.406], "depth": [5.06]}),  # DFormer's depth mean, in metres
     ("sunrgbd_dformer_l", {"rgb": [0.485, 0.456, 0.406], "depth": [5.06]}),
+    ("nyu_dformerv2_l", {"rgb": [0.485, 0.456, 0.406], "depth": [5.06]}),
+    ("sunrgbd_dformerv2_l", {"rgb": [0.485, 0.456, 0.406], "depth": [5.06]}),
 ])
 def test_the_cmx_and_dformer_presets_pad_crops_as_their_code(preset, fill):
     """CMX and DFormer pad a crop larger than the scaled image after normalising, with 0: centred, at the network's
