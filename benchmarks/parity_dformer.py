@@ -92,17 +92,19 @@ def _install_stubs() -> None:
     _module("mmengine.model")
     _module("mmengine.model.base_module", BaseModule=_BaseModule)
     _module("mmengine.runner")
-    _module("mmengine.runner.checkpoint", load_state_dict=None)
+    _module("mmengine.runner.checkpoint", load_state_dict=None, load_checkpoint=None)  # imported, never called
     _module("mmseg")
     _module("mmseg.ops", resize=resize)
     _module("models.builder", build_loss=None)
     _module("models.losses", accuracy=None)
 
 
-def _load_reference(root: Path):
+def _load_reference(root: Path, encoder: str = "DFormer"):
+    """The checkout's ``models/encoders/<encoder>.py`` and ``models/decoders/ham_head.py``, imported with the
+    stand-ins (the NMF's bases drawn on the CPU)."""
     _install_stubs()
     sys.path.insert(0, str(root))
-    encoders = importlib.import_module("models.encoders.DFormer")
+    encoders = importlib.import_module(f"models.encoders.{encoder}")
     ham = importlib.import_module("models.decoders.ham_head")
 
     def cpu_bases(self, B, S, D, R, cuda=False):  # the original calls .cuda() unconditionally

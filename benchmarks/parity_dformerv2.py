@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from parity_dformer import _install_stubs, _quiet  # benchmarks/ (this script's folder is on sys.path)
+from parity_dformer import _load_reference as load_dformer_reference
+from parity_dformer import _quiet  # benchmarks/ (this script's folder is on sys.path)
 from references import randomize
 from torch import nn
 
@@ -57,17 +55,7 @@ def _plain_batchnorm():
 
 
 def _load_reference(root: Path):
-    _install_stubs()
-    sys.modules["mmengine.runner.checkpoint"].load_checkpoint = None
-    sys.path.insert(0, str(root))
-    encoders = importlib.import_module("models.encoders.DFormerv2")
-    ham = importlib.import_module("models.decoders.ham_head")
-
-    def cpu_bases(self, B, S, D, R, cuda=False):  # the original calls .cuda() unconditionally
-        return F.normalize(torch.rand((B * S, D, R)), dim=1)
-
-    ham.NMF2D._build_bases = cpu_bases
-    return encoders, ham
+    return load_dformer_reference(root, "DFormerv2")
 
 
 # Random N(0, 1/9) kernels make every block's conv positional encoding (x ← x + DWConv3×3(x)) grow the residual
