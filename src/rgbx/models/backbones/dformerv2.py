@@ -155,19 +155,23 @@ class GeometryPrior(nn.Module):
     def rotary(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(sin, cos), each (H, W, head_dim): the angle of position (i, j) is its flat index i·W + j times the
         channel's frequency."""
-        index = torch.arange(h * w).to(self.decay)
+        index = self._positions(h * w)
         phase = (index[:, None] * self.angle[None, :]).reshape(h, w, -1)
         return torch.sin(phase), torch.cos(phase)
 
+    def _positions(self, n: int) -> torch.Tensor:
+        """0 … n − 1 made where the buffers are: no host → device copy in the forward pass."""
+        return torch.arange(n, device=self.decay.device, dtype=self.decay.dtype)
+
     def _line_distance(self, n: int) -> torch.Tensor:
-        index = torch.arange(n).to(self.decay)
+        index = self._positions(n)
         return (index[:, None] - index[None, :]).abs()
 
     def full_bias(self, depth: torch.Tensor) -> torch.Tensor:
         """(B, heads, HW, HW) bias for full attention; ``depth`` (B, H, W) on the stage grid."""
         b, h, w = depth.shape
-        grid = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), dim=-1)
-        grid = grid.reshape(h * w, 2).to(self.decay)
+        grid = torch.stack(torch.meshgrid(self._positions(h), self._positions(w), indexing="ij"), dim=-1)
+        grid = grid.reshape(h * w, 2)
         pos = (grid[:, None, :] - grid[None, :, :]).abs().sum(dim=-1)  # Manhattan distance
         flat = depth.reshape(b, h * w)
         dist = (flat[:, :, None] - flat[:, None, :]).abs()
