@@ -8,11 +8,14 @@ import dataclasses
 import numpy as np
 import pytest
 
+from rgbx.cli.evaluate import published_flags
+from rgbx.engine.checkpoint import read_model_info
 from rgbx.engine.config import load_config
 from rgbx.engine.report import Reporter
 from rgbx.engine.trainer import Trainer
 from rgbx.errors import ConfigError
 from rgbx.models import create_model
+from rgbx.models.convert import REFERENCE_EVALUATION
 from tests.data.datasets import test_driving as driving
 from tests.data.datasets import test_rgbd_rgbt as rgbd
 
@@ -57,7 +60,12 @@ def test_a_reproduction_preset_trains_on_its_benchmark_layout(tmp_path, preset):
     metrics = trainer.fit()
     full = "+".join(cfg.model.modalities)
     assert 0.0 <= metrics["subsets"][full]["all"]["miou"] <= 1.0
-    assert (tmp_path / "run" / "model.safetensors").is_file()
+    # the authors' evaluation protocol is recorded in the model file, for rgbx eval --as-published; it scores the
+    # split the preset validates on
+    info = read_model_info(tmp_path / "run" / "model.safetensors")
+    what, flags = REFERENCE_EVALUATION[cfg.published_evaluation]
+    assert info["reference_evaluation"] == {"what": what, "flags": flags}
+    assert published_flags(flags, multi_scale=False)[:2] == ["--split", cfg.data.val_split]
 
 
 @pytest.mark.parametrize("preset,classes,params", [

@@ -173,5 +173,5 @@ def run(args) -> int:
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if protocol is not None:
         print(f"to score it as the {layout} code does ({protocol[0]}):\n  rgbx eval {path} --data DIR --dataset NAME "
-              f"{protocol[1]}")
+              f"--as-published  (= {protocol[1]}; [...]: --as-published multi-scale)")
     return 0

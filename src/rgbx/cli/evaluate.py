@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 from pathlib import Path
 
 from rgbx.cli.common import (
@@ -27,6 +29,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data data/synth --fast              # the device's fast path
   rgbx eval runs/cmx/model.onnx --data data/synth --runtime openvino        # the exported file, as deployed
   rgbx eval runs/ms3/model.safetensors --data data/other --zero-shot names.safetensors   # MS3: classes by name
+  rgbx eval cmx_b2_nyu.safetensors --data data/NYUDepthv2 --dataset nyudepthv2 --as-published multi-scale  # as CMX does
   torchrun --nproc_per_node 4 -m rgbx.cli.main eval runs/cmx/model.safetensors --data data/synth --anymodal
 """
 
@@ -36,6 +39,10 @@ def add_parser(sub) -> None:
                     "Evaluate at the original label resolution. mIoU convention 'present' (default) averages over "
                     "classes present in the ground truth or prediction; 'all' counts absent classes as 0.",
                     EXAMPLES, run)
+    _add_arguments(p)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="rgbx model file (.safetensors), or a file rgbx export wrote (.onnx: run by "
                                       "--runtime)")
     p.add_argument("--data", required=True, help="dataset folder")
@@ -47,6 +54,12 @@ def add_parser(sub) -> None:
     p.add_argument("--miou", choices=("present", "all"), default="present", help="mIoU averaging convention")
     p.add_argument("--per-class", action="store_true", help="print the per-class IoU table")
     add_test_time_arguments(p)
+    p.add_argument("--as-published", nargs="?", const="single-scale", choices=("single-scale", "multi-scale"),
+                   help="score a model as its authors' evaluation code does: add the split and test-time flags "
+                        "recorded in the file (by rgbx convert, or by a preset's published_evaluation; rgbx info "
+                        "shows them); multi-scale adds the "
+                        "protocol's optional multi-scale + flip flags (CMX's 'MS & Flip', DFormer's --mst). A flag "
+                        "given on the command line as well must agree")
     p.add_argument("--robustness", action="store_true",
                    help="robustness report instead: every sensor subset with average and expected mIoU under "
                         "independent sensor failure, random pixel dropout, Gaussian and salt-and-pepper noise "
@@ -99,8 +112,9 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
 
-    window = sliding_window_from_args(args)
     model, info = load_model_from_args(args, device)
+    published = apply_published_protocol(args, info, announce=ctx.is_main) if args.as_published else None
+    window = sliding_window_from_args(args)
     speed = inference_speed_from_args(args, device)  # host memory kept on the CPU, --fast or not (CMX-B2: 1.29x)
     if speed is not None:
         prepare_inference(model, speed)
@@ -157,10 +171,96 @@ def _evaluate(args, device, ctx) -> int:
         data = result.to_dict(list(desc.classes), convention=args.miou)
         data.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
                      "model": model.config.to_dict(), "speed": speed.describe() if speed else "model's own fp32",
-                     "test_time": _test_time(args, window)})
+                     "test_time": _test_time(args, window), "as_published": published})
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))
     return 0
+
+
+def published_flags(flags: str, multi_scale: bool) -> list[str] | None:
+    """The ``rgbx eval`` arguments of a recorded protocol (:data:`rgbx.models.convert.REFERENCE_EVALUATION`'s
+    ``flags``: the part in brackets is the optional multi-scale test, kept with ``multi_scale``); None when
+    ``multi_scale`` asks for a part the protocol does not have."""
+    base, _, rest = flags.partition("[")
+    optional, _, tail = rest.partition("]")
+    if multi_scale and not optional.strip():
+        return None
+    return shlex.split(base + " " + tail) + (shlex.split(optional) if multi_scale else [])
+
+
+def apply_published_protocol(args, info: dict, announce: bool = True) -> list[str]:
+    """Set on ``args`` the flags of the evaluation protocol recorded in the model file's ``info``
+    (``reference_evaluation``, written by ``rgbx convert``), as if they were given; returns them. ConfigError when
+    the file records none, or when the command line gives one of them another value."""
+    from rgbx.errors import ConfigError
+
+    protocol = info.get("reference_evaluation")
+    if not protocol:
+        raise ConfigError(f"--as-published: {args.checkpoint} records no published evaluation protocol (rgbx "
+                          f"convert records one in the CMX, CMNeXt, DFormer and DFormerv2 files it writes); "
+                          f"give the test-time flags instead")
+    flags = published_flags(protocol["flags"], multi_scale=args.as_published == "multi-scale")
+    if flags is None:
+        raise ConfigError(f"--as-published multi-scale: the protocol recorded in {args.checkpoint} has no multi-scale "
+                          f"variant ({protocol.get('what')}: {protocol['flags']}); use --as-published")
+    parser = _parser()
+    typed = _typed(args)
+    required = [str(args.checkpoint), "--data", str(args.data)]
+    defaults = vars(parser.parse_args(required))
+    try:
+        wanted = vars(parser.parse_args(required + flags))
+    except SystemExit:  # argparse has printed what it could not parse
+        raise ConfigError(f"{args.checkpoint}: its recorded protocol flags {protocol['flags']!r} are not rgbx eval "
+                          f"arguments") from None
+    for key, value in wanted.items():
+        if value == defaults[key]:
+            continue
+        given = getattr(args, key)
+        if key == "option":  # KEY=VALUE pairs: the protocol's and the command line's, one value per key
+            ours = dict(o.split("=", 1) for o in value)
+            for o in given:
+                k, _, v = o.partition("=")
+                if k in ours and ours[k] != v:
+                    raise ConfigError(f"--as-published sets --option {k}={ours[k]}; the command line gives "
+                                      f"--option {o}: drop one")
+            setattr(args, key, [*value, *(o for o in given if o not in value)])
+        elif given != value and (key in typed if typed is not None else given != defaults[key]):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"--as-published sets {flag} {_shown(value)}; the command line gives {flag} "
+                              f"{_shown(given)}: drop one")
+        else:
+            setattr(args, key, value)
+    if announce:
+        print(f"as published ({protocol.get('what')}): {shlex.join(flags)}")
+    return flags
+
+
+def _parser() -> argparse.ArgumentParser:
+    """A stand-alone parser of ``rgbx eval``'s arguments."""
+    parser = argparse.ArgumentParser(prog="rgbx eval")
+    _add_arguments(parser)
+    return parser
+
+
+def _typed(args) -> set[str] | None:
+    """The arguments (dests) typed on the command line, whatever their value (None when ``args`` did not come from
+    :func:`rgbx.cli.main.main`, which keeps the command line)."""
+    command_line = getattr(args, "command_line", None)
+    if command_line is None:
+        return None
+    tokens = command_line[command_line.index("eval") + 1:] if "eval" in command_line else command_line
+    parser = _parser()
+    for action in parser._actions:  # no defaults: only what was typed is set
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(tokens)[0]))
+
+
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+        return "x".join(str(v) for v in value)  # a size (--window)
+    if isinstance(value, (list, tuple)):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
 
 
 def write_confusion(result, class_names: list[str], folder: Path, top: int = 10) -> None:

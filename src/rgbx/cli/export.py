@@ -63,6 +63,10 @@ def _check_inputs(model, size: tuple[int, int], dynamic: bool):
     return inputs, present
 
 
+# what rgbx convert recorded about a model's origin, kept in the exported file
+PROVENANCE = ("converted_from", "reference_evaluation")
+
+
 def run(args) -> int:
     from rgbx.engine.checkpoint import load_model
     from rgbx.engine.export import export_onnx, read_onnx_metadata, require, verify_onnx
@@ -75,7 +79,8 @@ def run(args) -> int:
         require("onnxruntime")
     model, info = load_model(args.checkpoint)
     path = export_onnx(model, args.out, size=args.size, opset=args.opset, dynamic=args.dynamic,
-                       dataset=info.get("dataset"), exporter=args.exporter, fold_head=args.fold_head)
+                       dataset=info.get("dataset"), exporter=args.exporter, fold_head=args.fold_head,
+                       provenance={k: info[k] for k in PROVENANCE if k in info})
     size_mb = path.stat().st_size / 2**20
     print(f"wrote {path} ({size_mb:.1f} MiB): inputs {', '.join(model.modalities)}, present "
           f"(B, {len(model.modalities)}); output logits (B, {model.num_classes}, H, W)"

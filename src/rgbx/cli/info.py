@@ -107,11 +107,16 @@ def describe_file(path: str) -> int:
         history.append(f"converted from {converted.get('file')} ({converted.get('layout')} layout)")
     if history:
         print("history: " + ", ".join(history))
+    _print_protocol(file, info)
+    return 0
+
+
+def _print_protocol(file, info: dict) -> None:
+    """The evaluation protocol ``rgbx convert`` recorded, and the ``rgbx eval`` command that follows it."""
     protocol = info.get("reference_evaluation")
     if protocol:
         print(f"scored as its authors' code does ({protocol.get('what')}): rgbx eval {file} --data DIR --dataset NAME "
-              f"{protocol.get('flags')}")
-    return 0
+              f"--as-published, which adds {protocol.get('flags')} ([...]: --as-published multi-scale)")
 
 
 def _describe_onnx(file) -> int:
@@ -141,6 +146,10 @@ def _describe_onnx(file) -> int:
         print(f"output {name}: {layout}")
     classes = meta.get("classes") or []
     print(f"classes ({len(classes)}): {', '.join(classes)}; ignore index {meta.get('ignore_index')}")
+    converted = meta.get("converted_from")
+    if isinstance(converted, dict):
+        print(f"converted from {converted.get('file')} ({converted.get('layout')} layout)")
+    _print_protocol(file, meta)
     print(f"score or run it: rgbx eval {file} --data DIR [--runtime openvino]; rgbx predict {file} DIR --out OUT")
     return 0
 

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rgbx.errors import ConfigError
 from rgbx.methods.losses import SEGMENTATION_LOSSES, build_segmentation_loss
 from rgbx.models import ModelConfig
+from rgbx.models.convert import REFERENCE_EVALUATION
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -148,6 +149,10 @@ class ExperimentConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # the published evaluation protocol of the benchmark and code this run reproduces, by name (a key of
+    # rgbx.models.convert.REFERENCE_EVALUATION, e.g. cmx, dformer, cmnext/deliver); recorded in the model files, so
+    # that ``rgbx eval FILE --as-published`` scores the trained model as the authors' code scored theirs. "" = none
+    published_evaluation: str = ""
 
 
 def list_presets() -> list[str]:
@@ -226,6 +231,8 @@ def validate_config(cfg: ExperimentConfig) -> None:
         (len(cfg.model.modalities) > 0, "model.modalities must list at least one modality"),
         (cfg.train.init_from or not cfg.train.init_modality_from,
          "train.init_modality_from says which sensor's weights a new sensor starts from: it needs train.init_from"),
+        (not cfg.published_evaluation or cfg.published_evaluation in REFERENCE_EVALUATION,
+         f"unknown published_evaluation {cfg.published_evaluation!r}; known: {', '.join(REFERENCE_EVALUATION)}"),
     ]
     for ok, msg in checks:
         if not ok:

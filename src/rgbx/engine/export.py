@@ -226,7 +226,7 @@ def read_onnx_metadata(path: str | Path) -> dict:
 
 def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480, 640), opset: int = 17,
                 dynamic: bool = True, dataset: Mapping | None = None, batch: int = 2,
-                exporter: str = "auto", fold_head: bool = True) -> Path:
+                exporter: str = "auto", fold_head: bool = True, provenance: Mapping | None = None) -> Path:
     """Export ``model`` (a Segmentor) to a single ONNX file (no external data), written atomically.
 
     Not thread-safe: while exporting, ``resize`` is swapped in the rgbx.models modules (restored afterwards).
@@ -248,6 +248,9 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
             symbolic.
         fold_head: export the decode head folded (see the module docstring; the model's own setting is restored
             afterwards); ``False``: the reference order of operations.
+        provenance: more metadata from the model file, kept as JSON under its own keys: ``converted_from`` and
+            ``reference_evaluation`` (what ``rgbx convert`` records), so that ``rgbx eval --as-published`` and
+            ``rgbx info`` read them off the exported file too.
 
     Returns:
         ``path``.
@@ -314,6 +317,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
         meta = onnx_metadata(model, dataset, size, dynamic)
         meta["exporter"] = "torch.onnx dynamo" if used == "dynamo" else "torch.onnx TorchScript"
         meta["fold_head"] = json.dumps(fold_head)
+        meta.update({key: json.dumps(value) for key, value in (provenance or {}).items()})
         for key, value in meta.items():
             prop = proto.metadata_props.add()
             prop.key, prop.value = key, value

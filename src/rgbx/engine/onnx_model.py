@@ -48,7 +48,8 @@ class OnnxSegmentor(nn.Module):
     Attributes:
         modalities, num_classes, config: as a Segmentor's (``config`` is the exported model's ModelConfig).
         info: what :func:`rgbx.engine.checkpoint.load_model` returns for a model file: ``dataset`` (classes,
-            palette, ignore_index) and ``exported_from`` (the file).
+            palette, ignore_index), ``exported_from`` (the file) and, when the exported model was converted,
+            ``reference_evaluation`` (its authors' evaluation protocol, as ``rgbx convert`` recorded it).
     """
 
     def __init__(self, path: str | Path, runtime: str = "onnxruntime", threads: int | None = None):
@@ -71,7 +72,8 @@ class OnnxSegmentor(nn.Module):
         dataset.setdefault("classes", meta.get("classes"))
         dataset.setdefault("palette", meta.get("palette"))
         dataset.setdefault("ignore_index", meta.get("ignore_index", 255))
-        self.info = {"dataset": dataset, "exported_from": str(path), "runtime": runtime}
+        self.info = {"dataset": dataset, "exported_from": str(path), "runtime": runtime,
+                     **{k: meta[k] for k in ("converted_from", "reference_evaluation") if k in meta}}
         self._run = _openvino_runner(path, threads) if runtime == "openvino" else _onnxruntime_runner(path, threads)
 
     def forward(self, inputs: Mapping[str, torch.Tensor],

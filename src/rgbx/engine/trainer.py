@@ -53,6 +53,7 @@ from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.methods import METHODS
 from rgbx.modalities import get_modality
 from rgbx.models import ModelConfig, create_model
+from rgbx.models.convert import REFERENCE_EVALUATION
 from rgbx.models.input_encoding import InputEncoding
 from rgbx.models.transfer import transfer_weights
 
@@ -437,11 +438,19 @@ class Trainer:
         self.best_miou = float(state["best_miou"])
         self.reporter.print(f"resumed {self.paths.root} at iteration {self.iteration}")
 
+    def _file_info(self, **more) -> dict:
+        """What a model file of the run records beside the weights: the iteration, the published evaluation protocol
+        the config names (``rgbx eval --as-published``) and ``more``."""
+        info = {"iteration": self.iteration, **more}
+        if self.cfg.published_evaluation:
+            what, flags = REFERENCE_EVALUATION[self.cfg.published_evaluation]
+            info["reference_evaluation"] = {"what": what, "flags": flags}
+        return info
+
     def save_checkpoint(self) -> None:
         if not self.dist.is_main:
             return
-        info = {"iteration": self.iteration}
-        save_model(self.paths.last_weights, self.model, self.description.to_dict(), **info)
+        save_model(self.paths.last_weights, self.model, self.description.to_dict(), **self._file_info())
         save_state(self.paths.state, self._state())
 
     # -- loops ----------------------------------------------------------------------------------------------------
@@ -633,7 +642,7 @@ class Trainer:
         self.save_checkpoint()
         result = self._eval_and_log(tb)
         if self.dist.is_main:
-            save_model(self.paths.final_weights, self.model, self.description.to_dict(), iteration=self.iteration)
+            save_model(self.paths.final_weights, self.model, self.description.to_dict(), **self._file_info())
             written = self.method.save_run_files(self.paths.root)  # e.g. MS3's head, for zero-shot prediction
             if written is not None:
                 self.reporter.print(f"method files: {written}")
@@ -659,8 +668,8 @@ class Trainer:
         if miou > self.best_miou:
             self.best_miou = miou
             if self.dist.is_main:
-                save_model(self.paths.best_weights, self.model, self.description.to_dict(), iteration=self.iteration,
-                           val_miou=miou)
+                save_model(self.paths.best_weights, self.model, self.description.to_dict(),
+                           **self._file_info(val_miou=miou))
         return metrics
 
     def _tensorboard(self):
