@@ -13,8 +13,10 @@ import torch
 from rgbx.data.description import write_description
 from rgbx.modalities import write_array
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-torch.set_num_threads(2)
+# Under pytest-xdist (-n 2) each worker gets one of the machine's two cores.
+_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+torch.set_num_threads(int(_THREADS))
 
 CLASSES = ["ground", "box", "person"]
 
