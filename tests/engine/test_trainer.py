@@ -47,6 +47,16 @@ def test_train_writes_weights_logs_and_evaluates(tmp_path):
     model, info = load_model(run / "model.safetensors")
     assert info["dataset"]["classes"] == ["ground", "box", "person"] and info["iteration"] == 6
     assert load_state(run / "checkpoints/last.state.pt")["iteration"] == 6
+    # the mIoU logged in training is what rgbx eval gives for the same weights (DFormer #45: its logged 51.6 came
+    # out as 24.1 from its inference script)
+    from rgbx.cli.main import main
+
+    best = read_model_info(run / "best.safetensors")
+    logged = [json.loads(line)["miou"] for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert best["val_miou"] == max(logged)
+    assert main(["eval", str(run / "best.safetensors"), "--data", str(root), "--json", str(tmp_path / "e.json")]) == 0
+    scored = json.loads((tmp_path / "e.json").read_text())["subsets"]["rgb+depth+thermal"]["all"]["miou"]
+    assert scored == pytest.approx(best["val_miou"], abs=1e-6)
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):

@@ -40,7 +40,7 @@ rgbx eval / predict / export or for fine-tuning.
 
 
 def add_parser(sub) -> None:
-    p = add_command(sub, "convert", "convert a CMX / CMNeXt / DFormer / SegFormer checkpoint to rgbx",
+    p = add_command(sub, "convert", "convert a CMX / CMNeXt / DFormer(v2) / SegFormer checkpoint to rgbx",
                     "Load a released checkpoint of another code base (CMX EncoderDecoder, DELIVER's CMNeXt, DFormer, "
                     "SegFormer / MiT in "
                     "the NVlabs, mmsegmentation or Hugging Face layout) into an rgbx model built from the flags, "

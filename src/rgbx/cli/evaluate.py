@@ -190,15 +190,17 @@ def published_flags(flags: str, multi_scale: bool) -> list[str] | None:
 
 def apply_published_protocol(args, info: dict, announce: bool = True) -> list[str]:
     """Set on ``args`` the flags of the evaluation protocol recorded in the model file's ``info``
-    (``reference_evaluation``, written by ``rgbx convert``), as if they were given; returns them. ConfigError when
-    the file records none, or when the command line gives one of them another value."""
+    (``reference_evaluation``: written by ``rgbx convert``, and by a run whose config names a
+    ``published_evaluation``), as if they were typed; returns them. ConfigError when the file records none, or when
+    the command line gives one of them another value."""
     from rgbx.errors import ConfigError
 
     protocol = info.get("reference_evaluation")
     if not protocol:
         raise ConfigError(f"--as-published: {args.checkpoint} records no published evaluation protocol (rgbx "
-                          f"convert records one in the CMX, CMNeXt, DFormer and DFormerv2 files it writes); "
-                          f"give the test-time flags instead")
+                          f"convert records one in the CMX, CMNeXt, DFormer and DFormerv2 files it writes, and a "
+                          f"training run in its model files when its config sets published_evaluation); give the "
+                          f"test-time flags instead")
     flags = published_flags(protocol["flags"], multi_scale=args.as_published == "multi-scale")
     if flags is None:
         raise ConfigError(f"--as-published multi-scale: the protocol recorded in {args.checkpoint} has no multi-scale "
