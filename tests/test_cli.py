@@ -225,7 +225,9 @@ def test_eval_and_predict_with_sliding_windows(tmp_path, capsys):
     assert "--stride goes with --window" in _error(capsys, "eval", weights, "--data", root, "--stride", "8x8")
     assert "--window-batch goes with --window" in _error(capsys, "eval", weights, "--data", root,
                                                          "--window-batch", "4")
-    assert "batch 0" in _error(capsys, "eval", weights, "--data", root, "--window", "16x16", "--window-batch", "0")
+    with pytest.raises(SystemExit):
+        run_cli("eval", weights, "--data", root, "--window", "16x16", "--window-batch", "0")
+    assert "argument --window-batch: expected a whole number >= 1, got '0'" in capsys.readouterr().err
     assert "exceeds the window" in _error(capsys, "predict", weights, root, "--out", tmp_path / "q",
                                           "--window", "8x8", "--stride", "16x8")
     with pytest.raises(SystemExit):

@@ -11,8 +11,11 @@ from rgbx.cli.common import (
     add_dataset_arguments,
     add_model_arguments,
     model_config_from_args,
+    non_negative_int,
     parse_options,
     parse_size,
+    positive_float,
+    positive_int,
     resolve_device,
 )
 
@@ -54,8 +57,9 @@ def add_parser(sub) -> None:
                    help="inference input size (default 480x640)")
     p.add_argument("--train-size", type=parse_size, metavar="HxW",
                    help="training crop (default: 240x320 on the CPU, 480x640 on CUDA)")
-    p.add_argument("--train-batch", type=int, help="training batch (default: 2 on the CPU, 8 on CUDA)")
-    p.add_argument("--throughput-batch", type=int, default=8, help="inference batch for throughput (default 8)")
+    p.add_argument("--train-batch", type=positive_int, help="training batch (default: 2 on the CPU, 8 on CUDA)")
+    p.add_argument("--throughput-batch", type=positive_int, default=8,
+                   help="inference batch for throughput (default 8)")
     p.add_argument("--what", nargs="+", choices=("train", "latency", "throughput"),
                    default=["train", "latency", "throughput"], help="what to time (default: all three)")
     p.add_argument("--options", nargs="+", default=["exact", "fast"],
@@ -86,19 +90,20 @@ def add_parser(sub) -> None:
     p.add_argument("--tf32", action="store_true", help="custom set: TF32 matmuls (CUDA)")
     p.add_argument("--fused-adamw", action="store_true", help="custom set: fused AdamW")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls (default 5; median reported)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    p.add_argument("--peak-tflops", type=float,
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls before timing (default 2)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed calls (default 5; median reported)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--peak-tflops", type=positive_float,
                    help="device peak TFLOP/s for MFU (default: datasheet figure of known GPUs; none on CPUs)")
     p.add_argument("--json", type=Path, help="also write the full result as JSON here")
     data = p.add_argument_group("input pipeline (--data)")
     data.add_argument("--data", type=Path, metavar="ROOT", help="time reading + augmenting this dataset instead")
     add_dataset_arguments(data)
     data.add_argument("--split", default="train", help="split to read (default train)")
-    data.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader processes to try (default 0 2)")
-    data.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
-    data.add_argument("--batches", type=int, default=10,
+    data.add_argument("--workers", type=non_negative_int, nargs="+", default=[0, 2],
+                      help="loader processes to try (default 0 2)")
+    data.add_argument("--batch", type=positive_int, default=8, help="batch size (default 8)")
+    data.add_argument("--batches", type=positive_int, default=10,
                       help="timed batches (default 10; at least 4 per worker: twice what the workers prepare ahead)")
     data.add_argument("--crop", type=parse_size, default=(480, 640), metavar="HxW", help="training crop")
     data.add_argument("--geometric-on", nargs="+", choices=["sample", "batch"], default=["sample"],

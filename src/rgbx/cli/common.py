@@ -19,7 +19,28 @@ def parse_size(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW, e.g. 240x320, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW with both at least 1, e.g. 240x320, got {text!r}")
     return h, w
+
+
+def _number(kind, least, what: str):
+    """An argparse ``type``: ``kind(text)``, refused below ``least`` (or at it, for a float ``least`` of 0)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < least or (kind is float and least == 0 and value == 0):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = what  # argparse names the type in its own messages
+    return parse
+
+
+positive_int = _number(int, 1, "a whole number >= 1")
+non_negative_int = _number(int, 0, "a whole number >= 0")
+positive_float = _number(float, 0, "a number > 0")
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +53,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 def add_test_time_arguments(parser: argparse.ArgumentParser) -> None:
     """``--scales``, ``--flip``, ``--scale-rule``, ``--window``, ``--stride`` and ``--window-batch``
     (:func:`rgbx.engine.inference.predict_logits`)."""
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0],
+    parser.add_argument("--scales", type=positive_float, nargs="+", default=[1.0],
                         help="multi-scale testing: average class probabilities over these input scales, e.g. "
                              "0.5 0.75 1 1.25 1.5")
     parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped inputs")
@@ -47,7 +68,7 @@ def add_test_time_arguments(parser: argparse.ArgumentParser) -> None:
                              "average the logits where they overlap, e.g. 480x640 (default: whole images)")
     parser.add_argument("--stride", type=parse_size, metavar="HxW",
                         help="step between sliding windows (default: two thirds of --window)")
-    parser.add_argument("--window-batch", type=int, metavar="N",
+    parser.add_argument("--window-batch", type=positive_int, metavar="N",
                         help="window positions run in one forward pass (default 8; 1: one at a time, least memory)")
 
 
@@ -70,7 +91,7 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
                         help="for an exported .onnx file (rgbx export) given instead of a model file: the runtime "
                              "that runs it on the CPU (default onnxruntime; openvino: pip install 'rgbx[openvino]')")
-    parser.add_argument("--runtime-threads", type=int, metavar="N", help="CPU threads of that runtime")
+    parser.add_argument("--runtime-threads", type=positive_int, metavar="N", help="CPU threads of that runtime")
 
 
 def load_model_from_args(args, device):
@@ -105,14 +126,15 @@ def inference_speed_from_args(args, device):
 def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int = 2) -> None:
     """``--warmup``, ``--repeats``, ``--settle`` and ``--threads`` of the scripts that time candidates alternately
     (:func:`rgbx.engine.bench.time_alternating`); :func:`settle_from_args` resolves ``--settle``."""
-    parser.add_argument("--warmup", type=int, default=warmup,
+    parser.add_argument("--warmup", type=non_negative_int, default=warmup,
                         help=f"untimed calls of each candidate first (default {warmup})")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls of each candidate; the median is reported")
-    parser.add_argument("--settle", type=int,
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed calls of each candidate; the median is reported")
+    parser.add_argument("--settle", type=non_negative_int,
                         help="untimed calls of a candidate right before each of its timed calls (default 1 on the "
                              "CPU, 0 on CUDA): a timed call then finds the process's host memory as its own "
                              "candidate leaves it, not as the previous one did")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads)")
 
 
 def settle_from_args(args, device) -> int:
@@ -176,9 +198,9 @@ def add_model_arguments(p: argparse.ArgumentParser, defaults: dict | None = None
     p.add_argument("--backbone", help="backbone (default: the config's, else mit_b0)")
     p.add_argument("--fusion", help="fusion (default: the config's, else cmx)")
     p.add_argument("--head", help="decode head, e.g. mlp, ham, fcn (default: the config's, else mlp)")
-    p.add_argument("--head-channels", type=int, help="head width (CMX uses 512, SegFormer-B0 256)")
+    p.add_argument("--head-channels", type=positive_int, help="head width (CMX uses 512, SegFormer-B0 256)")
     p.add_argument("--modalities", nargs="+", help="modalities the model takes (default: the config's)")
-    p.add_argument("--num-classes", type=int, help="number of classes (required unless the config sets it)")
+    p.add_argument("--num-classes", type=positive_int, help="number of classes (required unless the config sets it)")
     if defaults:  # the model without --config (a config's model section is not overridden by them)
         p.set_defaults(model_defaults=dict(defaults))
 

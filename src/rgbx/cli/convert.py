@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgbx.cli.common import add_command, model_flag_overrides, parse_options, read_off_text
+from rgbx.cli.common import add_command, model_flag_overrides, parse_options, positive_int, read_off_text
 
 EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth --out cmx_b2_nyu.safetensors
   rgbx convert NYUDV2_CMX+Segformer-B2.pth --backbone mit_b2 --fusion cmx --head mlp --head-channels 512 \\
@@ -57,11 +57,12 @@ def add_parser(sub) -> None:
     p.add_argument("--fusion", help="fusion, e.g. cmx, mean, dformer (default: cmnext / cmx / dformer / dformerv2 "
                    "for those layouts, else the config's or cmx)")
     p.add_argument("--head", help="decode head, e.g. mlp, ham (default: the checkpoint's decode head, else mlp)")
-    p.add_argument("--head-channels", type=int, help="head width (default: the checkpoint's decode head, else 256)")
+    p.add_argument("--head-channels", type=positive_int,
+                   help="head width (default: the checkpoint's decode head, else 256)")
     p.add_argument("--modalities", nargs="+", help="modalities of the model (default: the config's, else rgb depth); "
                    "CMX's RGB path goes to the first, X to the second; CMNeXt's per-modality modules follow their "
                    "order (see --modality-order)")
-    p.add_argument("--num-classes", type=int, help="number of classes (default: the checkpoint's decode head)")
+    p.add_argument("--num-classes", type=positive_int, help="number of classes (default: the checkpoint's decode head)")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="the class names, in the checkpoint's order (kept in the file: eval / predict name their "
                         "outputs with them, and train.init_from matches classifier rows by them)")

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgbx.cli.common import EPILOG_FORMATTER, add_command, add_dataset_arguments, parse_options, parse_size
+from rgbx.cli.common import (
+    EPILOG_FORMATTER,
+    add_command,
+    add_dataset_arguments,
+    non_negative_int,
+    parse_options,
+    parse_size,
+    positive_float,
+    positive_int,
+)
 
 EXAMPLES = """  rgbx data check data/synth
   rgbx data check my_rig --split train
@@ -48,7 +57,7 @@ def add_parser(sub) -> None:
     s.add_argument("root")
     s.add_argument("--split", default="train")
     add_dataset_arguments(s)
-    s.add_argument("--limit", type=int, default=0, help="look at the first N samples only (0 = all)")
+    s.add_argument("--limit", type=non_negative_int, default=0, help="look at the first N samples only (0 = all)")
     s.set_defaults(data_run=run_stats)
     y = dsub.add_parser("synthesize", epilog=_examples("synthesize"), formatter_class=EPILOG_FORMATTER, help="add event / depth / thermal (from RGB) and lidar (from depth) to a dataset",
                         description="Write simulated event counts (from each RGB image moved along a short camera "
@@ -61,7 +70,7 @@ def add_parser(sub) -> None:
     y.add_argument("--depth-model", type=Path, help="depth: a monocular depth estimator as an ONNX file")
     y.add_argument("--depth-output", choices=("metric", "disparity"), default="metric",
                    help="depth: what the estimator outputs, depth in metres (default) or relative inverse depth")
-    y.add_argument("--depth-range", type=float, nargs=2, default=(0.5, 20.0), metavar=("NEAR", "FAR"),
+    y.add_argument("--depth-range", type=positive_float, nargs=2, default=(0.5, 20.0), metavar=("NEAR", "FAR"),
                    help="depth: metres the disparity of each image is mapped onto (default 0.5 20)")
     y.add_argument("--depth-size", type=parse_size, metavar="HxW",
                    help="depth: the estimator's input size (default: its own fixed size, else the image's)")
@@ -69,10 +78,10 @@ def add_parser(sub) -> None:
     y.add_argument("--thermal-output", choices=("unit", "minmax"), default="unit",
                    help="thermal: the estimator outputs relative temperature in [0, 1] (default), or any scale, "
                         "stretched per image")
-    y.add_argument("--focal", type=float, help="lidar: the camera's focal length in pixels")
-    y.add_argument("--hfov", type=float, help="lidar: the camera's horizontal field of view in degrees (instead "
-                                              "of --focal)")
-    y.add_argument("--beams", type=int, default=64, help="lidar: number of beams (default 64)")
+    y.add_argument("--focal", type=positive_float, help="lidar: the camera's focal length in pixels")
+    y.add_argument("--hfov", type=positive_float,
+                   help="lidar: the camera's horizontal field of view in degrees (instead of --focal)")
+    y.add_argument("--beams", type=positive_int, default=64, help="lidar: number of beams (default 64)")
     y.add_argument("--seed", type=int, default=0)
     y.add_argument("--overwrite", action="store_true", help="replace existing folders of these modalities")
     y.set_defaults(data_run=run_synthesize)
@@ -83,7 +92,7 @@ def add_parser(sub) -> None:
                                     "same samples, read by random access. See rgbx.data.datasets.shards.")
     k.add_argument("root")
     k.add_argument("out")
-    k.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    k.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
     k.add_argument("--split", nargs="+", help="only these splits (default: all)")
     k.add_argument("--overwrite", action="store_true", help="replace an earlier packed copy at OUT")
     k.add_argument("--decoded", action="store_true",

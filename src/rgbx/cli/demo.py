@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgbx.cli.common import add_command, parse_size
+from rgbx.cli.common import add_command, non_negative_int, parse_size, positive_int
 
 EXAMPLES = """  rgbx demo                              # 5-10 minutes on 2 CPU cores; writes runs/demo
   rgbx demo --out /tmp/demo --iters 300  # shorter
@@ -20,12 +20,12 @@ def add_parser(sub) -> None:
     p = add_command(sub, "demo", "synthesise data, train a small model, print the anymodal table",
                     "Run the whole pipeline on the built-in synthetic data (no download).", EXAMPLES, run)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (a new one if it exists)")
-    p.add_argument("--train", type=int, default=600, help="training samples to synthesise")
-    p.add_argument("--val", type=int, default=150, help="validation samples to synthesise")
+    p.add_argument("--train", type=positive_int, default=600, help="training samples to synthesise")
+    p.add_argument("--val", type=positive_int, default=150, help="validation samples to synthesise")
     p.add_argument("--size", type=parse_size, default=(120, 160), help="synthesised image size HxW")
-    p.add_argument("--iters", type=int, default=None, help="training iterations (default: the demo preset's)")
+    p.add_argument("--iters", type=positive_int, default=None, help="training iterations (default: the demo preset's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--panels", type=int, default=4, help="prediction panels to write")
+    p.add_argument("--panels", type=non_negative_int, default=4, help="prediction panels to write")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo training config")
 
 

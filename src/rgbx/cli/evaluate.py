@@ -15,7 +15,9 @@ from rgbx.cli.common import (
     add_test_time_arguments,
     inference_speed_from_args,
     load_model_from_args,
+    non_negative_int,
     parse_options,
+    positive_int,
     sliding_window_from_args,
 )
 
@@ -75,9 +77,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confusion", type=Path, metavar="DIR",
                    help="write each evaluated sensor set's confusion matrix here (<set>.csv: pixel counts, rows = "
                         "ground truth; <set>.png: shares of each row) and print the largest confusions")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, help="loader processes (default: 2 on the CPU, on CUDA one per spare core "
-                                                "up to 8)")
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--workers", type=non_negative_int,
+                   help="loader processes (default: 2 on the CPU, on CUDA one per spare core up to 8)")
     p.add_argument("--device", default="auto")
     add_inference_speed_arguments(p)
     add_runtime_arguments(p)
@@ -122,6 +124,10 @@ def _evaluate(args, device, ctx) -> int:
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
                             transform=EvalTransform(), **parse_options(args.option))
     desc = dataset.description
+    if args.by and args.by != "condition" and not any(args.by in dataset.attributes(i) for i in dataset.ids):
+        found = sorted({a for i in dataset.ids for a in dataset.attributes(i)})
+        raise ConfigError(f"--by {args.by}: no sample of {args.data} [{args.split}] has that attribute (attributes "
+                          f"here: {', '.join(found) or 'none'}; --by '' reports only the whole split)")
     if args.zero_shot is not None and is_onnx_file(args.checkpoint):
         raise ConfigError(f"--zero-shot needs the rgbx model file (its decoder features), not {args.checkpoint}")
     if args.zero_shot is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rgbx.cli.common import add_command, parse_size
+from rgbx.cli.common import add_command, parse_size, positive_int
 
 EXAMPLES = """  rgbx export runs/cmx/model.safetensors --out cmx.onnx
   rgbx export runs/cmx/model.safetensors --out cmx.onnx --size 480x640 --opset 17 --check
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--size", type=parse_size, default=(480, 640), metavar="HxW",
                    help="example input size for tracing (default 480x640); with dynamic axes others work too")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    p.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version (default 17)")
     dyn = p.add_mutually_exclusive_group()
     dyn.add_argument("--dynamic", dest="dynamic", action="store_true", default=True,
                      help="dynamic batch, height and width axes (the default)")
@@ -69,7 +69,7 @@ PROVENANCE = ("converted_from", "reference_evaluation")
 
 def run(args) -> int:
     from rgbx.engine.checkpoint import load_model
-    from rgbx.engine.export import export_onnx, read_onnx_metadata, require, verify_onnx
+    from rgbx.engine.export import export_onnx, file_opset, read_onnx_metadata, require, verify_onnx
     from rgbx.errors import ConfigError
 
     if min(args.size) < 1:
@@ -81,10 +81,14 @@ def run(args) -> int:
     path = export_onnx(model, args.out, size=args.size, opset=args.opset, dynamic=args.dynamic,
                        dataset=info.get("dataset"), exporter=args.exporter, fold_head=args.fold_head,
                        provenance={k: info[k] for k in PROVENANCE if k in info})
-    size_mb = path.stat().st_size / 2**20
+    size_mb, opset = path.stat().st_size / 2**20, file_opset(path)
     print(f"wrote {path} ({size_mb:.1f} MiB): inputs {', '.join(model.modalities)}, present "
           f"(B, {len(model.modalities)}); output logits (B, {model.num_classes}, H, W)"
-          f"{'; dynamic batch/H/W' if args.dynamic else ''}; exporter: {read_onnx_metadata(path)['exporter']}")
+          f"{'; dynamic batch/H/W' if args.dynamic else ''}; exporter: {read_onnx_metadata(path)['exporter']}, "
+          f"opset {opset}")
+    if opset != args.opset:
+        print(f"note: asked for opset {args.opset}; the dynamo exporter kept opset {opset} (it could not convert the "
+              f"graph to {args.opset})")
     if args.check:
         inputs, present = _check_inputs(model, args.size, args.dynamic)
         diff = verify_onnx(path, model, inputs, present)

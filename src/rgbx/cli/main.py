@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rgbx {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file the user named that cannot be written or read (a folder, permissions, a full disk)
+        if os.environ.get("RGBX_DEBUG") or e.filename is None:
+            raise
+        print(f"rgbx {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"rgbx {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from rgbx.cli.common import (
     add_test_time_arguments,
     inference_speed_from_args,
     load_model_from_args,
+    non_negative_int,
     parse_options,
     sliding_window_from_args,
 )
@@ -37,12 +38,13 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--split", default="test", help="split of a dataset folder (default: test)")
     add_dataset_arguments(p)
-    p.add_argument("--limit", type=int, default=0, help="at most N samples (0 = all)")
+    p.add_argument("--limit", type=non_negative_int, default=0, help="at most N samples (0 = all)")
     p.add_argument("--no-panels", action="store_true", help="write only label and colour PNGs")
     add_test_time_arguments(p)
     p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, help="processes reading a dataset folder ahead of the model (default: 2 on "
-                                                "the CPU, on CUDA one per spare core up to 8)")
+    p.add_argument("--workers", type=non_negative_int,
+                   help="processes reading a dataset folder ahead of the model (default: 2 on the CPU, on CUDA "
+                        "one per spare core up to 8)")
     add_inference_speed_arguments(p)
     add_runtime_arguments(p)
 

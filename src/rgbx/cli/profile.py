@@ -9,7 +9,9 @@ from rgbx.cli.common import (
     add_command,
     add_model_arguments,
     model_config_from_args,
+    non_negative_int,
     parse_size,
+    positive_int,
     resolve_device,
 )
 
@@ -44,12 +46,12 @@ def add_parser(sub) -> None:
     add_model_arguments(p)
     p.add_argument("--size", type=parse_size, default=(480, 640), metavar="HxW",
                    help="input size (default 480x640, NYU Depth V2)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], metavar="N",
+    p.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8], metavar="N",
                    help="batch sizes to time (default 1 8): latency at 1, throughput at the largest")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--repeats", type=int, default=10, help="timed passes per batch size (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed passes per batch size (default 3)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed passes per batch size (default 10)")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed passes per batch size (default 3)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", type=Path, help="also write the full result as JSON here")
 
 

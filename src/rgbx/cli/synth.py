@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rgbx.cli.common import add_command, parse_size
+from rgbx.cli.common import add_command, non_negative_int, parse_size, positive_int
 
 EXAMPLES = """  rgbx synth data/synth                                  # 800 / 100 / 100 samples at 240x320
   rgbx synth data/night --train 200 --val 50 --test 50 --conditions night fog --seed 3
@@ -14,12 +14,12 @@ def add_parser(sub) -> None:
                     "Render procedural 3-D scenes into rgb, depth, thermal, lidar and event images with labels, "
                     "written in the rgbx dataset format. Deterministic by seed.", EXAMPLES, run)
     p.add_argument("out", help="output folder")
-    p.add_argument("--train", type=int, default=800)
-    p.add_argument("--val", type=int, default=100)
-    p.add_argument("--test", type=int, default=100)
+    p.add_argument("--train", type=non_negative_int, default=800)
+    p.add_argument("--val", type=non_negative_int, default=100)
+    p.add_argument("--test", type=non_negative_int, default=100)
     p.add_argument("--size", type=parse_size, default=(240, 320), help="HxW (default 240x320)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes (default: all cores)")
     p.add_argument("--conditions", nargs="+", help="only these conditions (default: all)")
 
 

@@ -53,7 +53,7 @@ from torch.export import Dim
 
 from rgbx.errors import ConfigError, RgbxError
 
-__all__ = ["ExportWrapper", "export_onnx", "onnx_metadata", "read_onnx_metadata", "verify_onnx"]
+__all__ = ["ExportWrapper", "export_onnx", "file_opset", "onnx_metadata", "read_onnx_metadata", "verify_onnx"]
 
 INSTALL_HINT = "pip install 'rgbx[export]'"
 FORMAT = "rgbx-onnx/1"
@@ -173,6 +173,16 @@ def _normalisation(modalities) -> dict:
     return out
 
 
+MIN_OPSET = 14  # the first opset the exporters write scaled_dot_product_attention in
+
+
+def file_opset(path: str | Path) -> int:
+    """The default-domain ONNX opset a file was written with."""
+    onnx = require("onnx")
+    proto = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def onnx_metadata(model: nn.Module, dataset: Mapping | None = None, size: tuple[int, int] | None = None,
                   dynamic: bool = True) -> dict[str, str]:
     """The ``metadata_props`` written by :func:`export_onnx` (every value a string; JSON where structured).
@@ -260,6 +270,10 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
 
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise ConfigError(f"exporter must be auto, torchscript or dynamo, got {exporter!r}")
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ConfigError(f"opset {opset}: rgbx models need ONNX opset {MIN_OPSET} or newer (scaled-dot-product "
+                          f"attention), and the installed onnx {onnx.__version__} knows opsets up to {newest}")
     h, w = size
     if h < 1 or w < 1 or batch < 1:
         raise ConfigError(f"export size and batch must be positive, got size {size} and batch {batch}")

@@ -110,6 +110,7 @@ from torch import nn
 from rgbx.errors import CheckpointError
 from rgbx.modalities import get_modality
 from rgbx.models.backbones.mit import original_key_to_rgbx
+from rgbx.models.weights import read_weights_file
 
 __all__ = [
     "LAYOUTS",
@@ -175,19 +176,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj = load_file(str(path))
-        else:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — torch / safetensors raise several types for bad or unsafe files
-        raise CheckpointError(
-            f"{path}: cannot read it as weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "only .safetensors and torch.save files of tensors are read, never pickled code"
-        ) from None
+    obj = read_weights_file(path, safe_globals=(argparse.Namespace,))
     return unwrap_state_dict(obj, str(path))
 
 

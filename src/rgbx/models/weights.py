@@ -3,6 +3,7 @@ adaptation to other channel counts, and folding a normalisation change into a fi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -11,21 +12,33 @@ from torch import nn
 from rgbx.errors import CheckpointError
 
 
+def read_weights_file(path: str | Path, safe_globals: tuple = ()) -> object:
+    """What a weights file holds: a ``.safetensors`` file's tensors, or a ``torch.save`` file read with
+    ``torch.load(weights_only=True)`` (tensors, containers, numbers, strings and ``safe_globals``; no code is
+    unpickled). A file it cannot read so is a :class:`CheckpointError` with the reason in one line."""
+    try:
+        if Path(path).suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — torch / safetensors raise several types for bad or unsafe files
+        text = str(e)
+        refused = re.search(r"WeightsUnpickler error: *(.+)", text, re.S)
+        reason = (f"torch.load(weights_only=True) refused it: {refused.group(1).strip().splitlines()[0]}" if refused
+                  else f"{type(e).__name__}: {text.splitlines()[0] if text else ''}")
+        raise CheckpointError(f"{path}: cannot read it as weights ({reason}); rgbx reads .safetensors files and "
+                              f"torch.save files of tensors, never pickled code") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a ``torch.save`` file (read with ``weights_only=True``: no code is
     unpickled). Nested ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers are unwrapped."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: pretrained weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — torch / safetensors raise several types for bad files
-        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    state = read_weights_file(path)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -71,7 +71,7 @@ from rgbx.models.layers import (
     stochastic_depth_rates,
 )
 from rgbx.models.registries import BACKBONES
-from rgbx.models.weights import load_strict, read_state_dict
+from rgbx.models.weights import load_strict, read_state_dict, read_weights_file
 
 __all__ = [
     "DFormer",
@@ -478,10 +478,7 @@ def read_dformer_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     unwrapped, ``module.`` and ``backbone.`` prefixes stripped, decoder / classifier tensors dropped."""
     path = Path(path)
     if path.suffix != ".safetensors" and path.is_file():
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 — torch raises several types for bad files
-            raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+        raw = read_weights_file(path)
         if isinstance(raw, dict) and isinstance(raw.get("state_dict_ema"), dict):
             raw = raw["state_dict_ema"]
         for key in ("state_dict", "model"):
