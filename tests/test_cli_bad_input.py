@@ -1,5 +1,6 @@
-"""Bad values on the command line: one clear message naming the flag, file or key and what was expected, exit
-status 2, never a traceback from deep inside torch, argparse or the file system."""
+"""Bad values on the command line (and given to the API calls behind it): one clear message naming the flag, file
+or key and what was expected, exit status 2, never a traceback from deep inside torch, argparse or the file
+system."""
 
 from __future__ import annotations
 
@@ -77,3 +78,11 @@ def test_export_prints_the_opset_it_wrote(place, capsys):
                  "--exporter", "torchscript"]) == 0
     assert "exporter: torch.onnx TorchScript, opset 14" in capsys.readouterr().out
     assert [o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")] == [14]
+
+
+def test_load_model_names_a_bad_device(place):
+    from rgbx.engine.checkpoint import load_model
+    from rgbx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="device 'banana': expected cpu, cuda or cuda:N"):
+        load_model(place / "m.safetensors", device="banana")

@@ -24,8 +24,9 @@ class Registry(Generic[T]):
         >>> BACKBONES.get("mit_b0")
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, plural: str | None = None):
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._items: dict[str, T] = {}
         self._prefixes: dict[str, Callable[[str], T]] = {}
 
@@ -50,7 +51,7 @@ class Registry(Generic[T]):
         for prefix, make in self._prefixes.items():
             if isinstance(name, str) and name.startswith(prefix) and len(name) > len(prefix):
                 return make(name[len(prefix):])
-        raise ConfigError(f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(self.names()) or '(none)'}")
+        raise ConfigError(f"unknown {self.kind} {name!r}; registered {self.plural}: {', '.join(self.names()) or '(none)'}")
 
     def names(self) -> list[str]:
         return sorted(self._items) + [f"{p}<name>" for p in sorted(self._prefixes)]

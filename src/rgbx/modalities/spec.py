@@ -78,7 +78,7 @@ class ModalitySpec:
         return x * std + mean
 
 
-MODALITIES: Registry[ModalitySpec] = Registry("modality")
+MODALITIES: Registry[ModalitySpec] = Registry("modality", "modalities")
 
 
 def register_modality(spec: ModalitySpec) -> ModalitySpec:

@@ -131,6 +131,10 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> dict:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a model from an rgbx weights file alone. Returns (model in eval mode, metadata)."""
     path = Path(path)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
     info = read_model_info(path)
     declare_sensors(info, path)
     try:

@@ -130,6 +130,11 @@ def test_bad_inputs(fusion, tiny_model, make_inputs):
         model(make_inputs(["rgb"]), {"rgb": torch.tensor([True])})
     with pytest.raises(ConfigError, match="'rgb'.*expected"):
         model({"rgb": torch.randn(3, 64, 64)})
+    # an image's bytes, not normalised; float64 into float32 weights (a raw torch dtype error otherwise)
+    with pytest.raises(ConfigError, match=r"'rgb': input of dtype torch.uint8; the model takes floating-point"):
+        model({"rgb": torch.zeros(2, 3, 64, 64, dtype=torch.uint8)})
+    with pytest.raises(ConfigError, match=r"'depth': input of dtype torch.float64 for a model with torch.float32"):
+        model({"rgb": torch.randn(2, 3, 64, 64), "depth": torch.randn(2, 1, 64, 64, dtype=torch.float64)})
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

@@ -95,6 +95,9 @@ class FusionEncoder(nn.Module):
         self.in_channels = {m: self.input_encoding.channels(m) for m in modalities}
         self.input_fill = {m: self.input_encoding.fill(m) for m in modalities}
 
+    def _weight_dtype(self) -> torch.dtype:
+        return next(self.parameters(), torch.empty(0)).dtype
+
     def prepare(
         self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -134,6 +137,15 @@ class FusionEncoder(nn.Module):
                     f"modality {name!r}: input has shape {tuple(x.shape)} but {ref_name!r} has "
                     f"{tuple(ref.shape)}; all modalities need the same batch size and H×W"
                 )
+            if not x.is_floating_point():  # e.g. an image's 0-255 bytes, not yet decoded and normalised
+                raise ConfigError(
+                    f"modality {name!r}: input of dtype {x.dtype}; the model takes floating-point inputs, normalised "
+                    f"as rgbx's loaders do (values in the modality's unit, then "
+                    f"rgbx.modalities.get_modality({name!r}).normalize)"
+                )
+            if x.dtype == torch.float64 and self._weight_dtype() != torch.float64:
+                raise ConfigError(f"modality {name!r}: input of dtype torch.float64 for a model with "
+                                  f"{self._weight_dtype()} weights: convert the input (x.float()) or the model")
         batch = ref.shape[0]
         present_in, present = present, dict(present or {})
         for name in present:
