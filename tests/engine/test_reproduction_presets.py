@@ -68,6 +68,29 @@ def test_a_reproduction_preset_trains_on_its_benchmark_layout(tmp_path, preset):
     assert published_flags(flags, multi_scale=False)[:2] == ["--split", cfg.data.val_split]
 
 
+def test_a_preset_run_is_scored_as_published_from_its_model_file(tmp_path, capsys):
+    """rgbx train with a preset ends with the command that scores the run as the authors' code does, and that
+    command applies the recorded protocol (CMX: the test split, one scale; multi-scale: CMX's MS & Flip rule)."""
+    import json
+
+    from rgbx.cli.main import main
+
+    root = rgbd.make_nyu_sagate(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["train", "nyu_cmx_b2", f"data.root={root}", f"output_dir={run}", "model.backbone=mit_nano",
+                 "model.head_channels=32", "data.crop_size=[32,32]", "data.num_workers=0", "train.batch_size=2",
+                 "train.eval_batch_size=1", "train.iters=2", "train.eval_every=0",
+                 "train.checkpoint_every=0"]) == 0
+    hint = f"rgbx eval {run / 'model.safetensors'} --data {root} --dataset nyudepthv2 --as-published [multi-scale]"
+    assert hint in capsys.readouterr().out
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(run / "model.safetensors"), "--data", str(root), "--dataset", "nyudepthv2",
+                 "--as-published", "multi-scale", "--window", "480x640", "--json", str(report)]) == 0
+    scored = json.loads(report.read_text())
+    assert scored["split"] == "test" and scored["test_time"]["scale_rule"] == "cmx"
+    assert scored["test_time"]["scales"] == [0.75, 1.0, 1.25] and scored["test_time"]["flip"]
+
+
 @pytest.mark.parametrize("preset,classes,params", [
     ("nyu_cmx_b2", 40, 66.6e6),  # CMX MiT-B2, as counted from the reference code (the speed issue's anchors)
     ("nyu_dformer_l", 40, 39.0e6),  # DFormer-L + LightHam head, likewise

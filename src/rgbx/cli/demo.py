@@ -40,6 +40,7 @@ def _fresh(path: Path) -> Path:
 
 def run(args) -> int:
     import torch
+    from rich.markup import escape
 
     from rgbx.data import FolderDataset, collate
     from rgbx.data.synth import generate
@@ -55,7 +56,8 @@ def run(args) -> int:
     reporter = Reporter()
     data_dir = out / "data"
     total = args.train + args.val
-    reporter.print(f"[bold]1/4[/bold] synthesising {total} samples at {args.size[0]}x{args.size[1]} into {data_dir}")
+    reporter.print(f"[bold]1/4[/bold] synthesising {total} samples at {args.size[0]}x{args.size[1]} into "
+                   f"{escape(str(data_dir))}", markup=True)
     with reporter.progress(total, 0, "synth") as bar:
         generate(data_dir, splits={"train": args.train, "val": args.val}, size=args.size, seed=args.seed,
                  progress=lambda done, _n: bar.update(done))
@@ -69,10 +71,11 @@ def run(args) -> int:
     n_params = sum(p.numel() for p in trainer.model.parameters()) / 1e6
     reporter.print(f"[bold]2/4[/bold] training {cfg.model.fusion}/{cfg.model.backbone} ({n_params:.2f} M params) on "
                    f"{'+'.join(cfg.model.modalities)} for {cfg.train.iters} iterations, modality dropout "
-                   f"{cfg.method.modality_dropout}")
+                   f"{cfg.method.modality_dropout}", markup=True)
     trainer.fit()
 
-    reporter.print("[bold]3/4[/bold] anymodal evaluation on the validation split (every subset of sensors)")
+    reporter.print("[bold]3/4[/bold] anymodal evaluation on the validation split (every subset of sensors)",
+                   markup=True)
     val = FolderDataset(data_dir, "val", list(cfg.model.modalities), transform=EvalTransform())
 
     loader = torch.utils.data.DataLoader(val, batch_size=8, collate_fn=collate, num_workers=trainer.num_workers)
@@ -93,7 +96,8 @@ def run(args) -> int:
     for line in lines:
         reporter.print(line)
 
-    reporter.print(f"[bold]4/4[/bold] writing {args.panels} prediction panels to {out / 'predictions'}")
+    reporter.print(f"[bold]4/4[/bold] writing {args.panels} prediction panels to {escape(str(out / 'predictions'))}",
+                   markup=True)
     predictor = Predictor(trainer.model, {"dataset": val.description.to_dict()}, trainer.device)
     for i in range(min(args.panels, len(val))):
         sample = val.load(i)

@@ -46,4 +46,7 @@ def run(args) -> int:
     full = "+".join(trainer.model_cfg.modalities)
     reporter.print(f"final val mIoU {100 * metrics['subsets'][full]['all']['miou']:.2f}; weights: "
                    f"{trainer.paths.final_weights}")
+    if cfg.published_evaluation:
+        reporter.print(f"scored as the authors' code scores it: rgbx eval {trainer.paths.final_weights} --data "
+                       f"{cfg.data.root} --dataset {cfg.data.dataset} --as-published [multi-scale]", soft_wrap=True)
     return 0

@@ -58,7 +58,10 @@ class Reporter:
         self.show_bars = self.console.is_terminal if progress is None else progress
 
     def print(self, *args, **kwargs) -> None:
+        """``console.print``, with rich's markup off unless asked for (``markup=True``): a path or a flag in
+        brackets is printed as it is."""
         if not self.quiet:
+            kwargs.setdefault("markup", False)
             self.console.print(*args, **kwargs)
 
     @contextmanager
