@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -185,13 +186,13 @@ def _evaluate(args, device, ctx) -> int:
 
 def published_flags(flags: str, multi_scale: bool) -> list[str] | None:
     """The ``rgbx eval`` arguments of a recorded protocol (:data:`rgbx.models.convert.REFERENCE_EVALUATION`'s
-    ``flags``: the part in brackets is the optional multi-scale test, kept with ``multi_scale``); None when
+    ``flags``: a trailing ``[--flag ...]`` is the optional multi-scale test, kept with ``multi_scale``); None when
     ``multi_scale`` asks for a part the protocol does not have."""
-    base, _, rest = flags.partition("[")
-    optional, _, tail = rest.partition("]")
-    if multi_scale and not optional.strip():
+    optional = re.search(r"\[(--[^\[]*)\]\s*$", flags)
+    if multi_scale and optional is None:
         return None
-    return shlex.split(base + " " + tail) + (shlex.split(optional) if multi_scale else [])
+    base = flags[: optional.start()] if optional else flags
+    return shlex.split(base) + (shlex.split(optional.group(1)) if multi_scale else [])
 
 
 def apply_published_protocol(args, info: dict, announce: bool = True) -> list[str]:

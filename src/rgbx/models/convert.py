@@ -1162,9 +1162,26 @@ REFERENCE_EVALUATION = {
             "--split test  [--scales 0.75 1 1.25 --flip --scale-rule cmx --window 480x640]"),
     "dformer": ("mIoU over all classes; utils/eval.py --mst adds five scales and flipping",
                 "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
+    # eval.sh runs utils/eval.py with --mst --sliding: evaluate_msf over the config's eval_crop_size windows at a
+    # stride of int(2/3 × crop) (benchmarks/parity.md: 0 pixels apart from DFormer's own)
+    "dformer/nyu": ("mIoU over all classes; eval.sh (--mst --sliding) adds five scales, flipping and 480×640 "
+                    "sliding windows", "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule "
+                                       "dformer --window 480x640 --stride 320x426]"),
+    "dformer/sunrgbd": ("mIoU over all classes; eval.sh (--mst --sliding) adds five scales, flipping and 480×480 "
+                        "sliding windows", "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip "
+                                           "--scale-rule dformer --window 480x480 --stride 320x320]"),
     # DFormerv2 shares DFormer's utils/eval.py and evaluate_msf
     "dformerv2": ("mIoU over all classes; utils/eval.py --mst adds five scales and flipping",
                   "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
+    "dformerv2/nyu": ("mIoU over all classes; eval.sh (--mst --sliding) adds five scales, flipping and 480×640 "
+                      "sliding windows", "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip "
+                                         "--scale-rule dformer --window 480x640 --stride 320x426]"),
+    # utils/eval.py refuses DFormerv2 on SUN RGB-D without --pad_SUNRGBD: every test image padded to 531×730
+    "dformerv2/sunrgbd": ("every image padded to 531×730 (--pad_SUNRGBD, which DFormerv2's eval.py requires on SUN "
+                          "RGB-D), mIoU over all classes; eval.sh (--mst --sliding) adds five scales, flipping and "
+                          "480×480 sliding windows",
+                          "--split test --miou all --option pad_to=[531,730]  [--scales 0.5 0.75 1 1.25 1.5 --flip "
+                          "--scale-rule dformer --window 480x480 --stride 320x320]"),
     # DELIVER's semseg/metrics.py counts a class absent from labels and predictions as IoU 0: --miou all
     "cmnext": ("one scale, no flip, each image at its own size, mIoU over all classes (DELIVER's tools/val_mm.py)",
                "--split test --miou all"),
@@ -1177,12 +1194,15 @@ REFERENCE_EVALUATION = {
 
 
 def reference_evaluation(layout: str, modalities: Sequence[str], num_classes: int) -> tuple[str, str] | None:
-    """What the layout's own evaluation does and the ``rgbx eval`` flags that do the same, or None. DELIVER's
-    protocol depends on the benchmark, told here by the sensors and classes: MCubeS's polarisation / NIR, DeLiVER's
-    25 classes (NYU Depth V2's CMNeXt also reads HHA, with 40)."""
+    """What the layout's own evaluation does and the ``rgbx eval`` flags that do the same, or None. DELIVER's and
+    DFormer's protocols depend on the benchmark, told here by the sensors and classes: MCubeS's polarisation / NIR,
+    DeLiVER's 25 classes (NYU Depth V2's CMNeXt also reads HHA, with 40); DFormer's evaluation windows are NYU Depth
+    V2's 480×640 (40 classes) or SUN RGB-D's 480×480 (37)."""
     if layout == "cmnext":
         if set(modalities) & {"aolp", "dolp", "nir"}:
             return REFERENCE_EVALUATION["cmnext/mcubes"]
         if num_classes == 25:
             return REFERENCE_EVALUATION["cmnext/deliver"]
+    if layout in ("dformer", "dformerv2") and num_classes in (40, 37):  # NYU Depth V2, SUN RGB-D: their windows
+        return REFERENCE_EVALUATION[f"{layout}/{'nyu' if num_classes == 40 else 'sunrgbd'}"]
     return REFERENCE_EVALUATION.get(layout)

@@ -213,6 +213,32 @@ def test_sunrgbd_lowercase_labels_37_classes_and_shifted_depth(tmp_path):
     assert check_dataset(root, dataset="sunrgbd") == {"train": 1, "test": 1}
 
 
+def test_sunrgbd_pad_to_pads_every_file_as_dformerv2_evaluates(tmp_path):
+    """DFormerv2's --pad_SUNRGBD: image, depth image and label padded at the bottom and right with 0 (black, the
+    depth file's 0, void) to a fixed size before anything else."""
+    root = tmp_path / "SUNRGBD"
+    relative = np.full((H, W), 200, np.uint8)  # the DFormer release's 8-bit relative depth
+    save(root / "RGB" / "a.jpg", rgb_image())
+    save(root / "Depth" / "a.png", relative)
+    save(root / "labels" / "a.png", label_image([1, 2, 3]))
+    (root / "train.txt").write_text("RGB/a.jpg\n")
+    (root / "test.txt").write_text("RGB/a.jpg\n")
+    plain = SUNRGBD(root, "test", ["rgb", "depth"]).load(0)
+    padded = SUNRGBD(root, "test", ["rgb", "depth"], pad_to=[H + 3, W + 5]).load(0)
+    rgb, depth, label = padded["inputs"]["rgb"], padded["inputs"]["depth"], padded["label"]
+    assert rgb.shape == (3, H + 3, W + 5) and depth.shape == (1, H + 3, W + 5) and label.shape == (H + 3, W + 5)
+    assert torch.equal(rgb[:, :H, :W], plain["inputs"]["rgb"]) and torch.equal(label[:H, :W], plain["label"])
+    assert rgb[:, H:].abs().max() == 0 and rgb[:, :, W:].abs().max() == 0
+    assert (label[H:] == 255).all() and (label[:, W:] == 255).all()
+    near = SUNRGBD.OPTIONS["relative_depth_range"][0]  # the depth file's 0 in metres (DFormer feeds its raw 0)
+    assert torch.allclose(depth[:, H:], torch.tensor(near)) and torch.allclose(depth[:, :, W:], torch.tensor(near))
+    assert padded["meta"]["size"] == (H + 3, W + 5)
+    with pytest.raises(DataError, match=r"pad_to=11x16 is smaller than the 12×16 image"):
+        SUNRGBD(root, "test", ["rgb", "depth"], pad_to=[H - 1, W]).load(0)
+    with pytest.raises(ConfigError, match=r"data.options.pad_to=\[0, 5\]: expected \[H, W\]"):
+        SUNRGBD(root, "test", pad_to=[0, 5])
+
+
 # -- MFNet --------------------------------------------------------------------------------------------------------
 
 def make_mfnet_original(root: Path) -> Path:

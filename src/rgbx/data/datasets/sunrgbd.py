@@ -9,8 +9,10 @@ Layout (DFormer ``local_configs/_base_/datasets/SUNRGBD.py``)::
       train.txt test.txt   5285 / 5050 samples; lines "RGB/<n>.jpg" (bare "<n>" and "<n>.jpg" accepted too)
       [HHA/<n>.png|jpg]    not in the DFormer release; used when present
 
-Image sizes vary (the four sensors of SUN RGB-D); DFormer trains on 480×480 crops, DFormerv2 pads test images to
-531×730 (``--pad_SUNRGBD``) — rgbx loads images at their own size.
+Image sizes vary (the four sensors of SUN RGB-D); DFormer trains on 480×480 crops. rgbx loads images at their own
+size; the option ``pad_to=[531,730]`` pads every file at the bottom and right to that size first, as DFormerv2's
+evaluation does (``utils/eval.py --pad_SUNRGBD``, which DFormerv2 requires on SUN RGB-D: ``ValPre`` pads the image,
+the depth image and the label with 0 by ``cv2.copyMakeBorder``): black RGB, the depth file's 0 and void labels.
 
 Everything else follows :mod:`rgbx.data.datasets.nyu` (same options, same depth-format detection, ``val`` → test.txt
 when there is no val.txt), with three SUN-specific points:
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rgbx.data.datasets.base import DATASETS
+from rgbx.data.datasets.base import DATASETS, DecodeProblem
 from rgbx.data.datasets.nyu import NYU_INTRINSICS, RGBDRelease
 from rgbx.data.description import ModalitySource
 from rgbx.errors import ConfigError
@@ -54,13 +56,39 @@ class SUNRGBD(RGBDRelease):
     CLASSES = SUNRGBD_CLASSES
     SPLITS = ("train", "test")
     LABEL_FOLDERS = ("labels", "Label", "label", "Labels")
-    OPTIONS = {**RGBDRelease.OPTIONS, "intrinsics": None, "depth_bitshift": "auto"}
+    OPTIONS = {**RGBDRelease.OPTIONS, "intrinsics": None, "depth_bitshift": "auto", "pad_to": None}
 
     def describe(self):
         shift = self.options["depth_bitshift"]
         if shift not in ("auto", True, False):
             raise ConfigError(f"data.options.depth_bitshift={shift!r}: expected 'auto', true or false")
+        pad = self.options["pad_to"]
+        self._pad_to = None
+        if pad is not None:
+            try:
+                h, w = (int(v) for v in pad)
+            except (TypeError, ValueError):
+                h = w = 0
+            if h < 1 or w < 1 or [h, w] != [float(v) for v in pad]:
+                raise ConfigError(f"data.options.pad_to={pad!r}: expected [H, W], two whole numbers >= 1, e.g. "
+                                  f"[531, 730] as DFormerv2's --pad_SUNRGBD")
+            self._pad_to = (h, w)
         return super().describe()
+
+    def _padded(self, raw: np.ndarray) -> np.ndarray:
+        """``raw`` (..., H, W) with zeros added at the bottom and right up to ``pad_to`` (unchanged without it)."""
+        if self._pad_to is None:
+            return raw
+        (th, tw), (h, w) = self._pad_to, raw.shape[-2:]
+        if h > th or w > tw:
+            raise DecodeProblem("pad_to", f"pad_to={th}x{tw} is smaller than the {h}×{w} image")
+        return np.pad(raw, [(0, 0)] * (raw.ndim - 2) + [(0, th - h), (0, tw - w)])
+
+    def decode_label(self, raw: np.ndarray) -> np.ndarray:
+        return super().decode_label(self._padded(raw))  # the padding's 0 is void → ignored
+
+    def decode_modality(self, name: str, raw: np.ndarray) -> np.ndarray:
+        return super().decode_modality(name, self._padded(raw))
 
     def camera_intrinsics(self, height: int, width: int) -> tuple[float, float, float, float]:
         if self.options["intrinsics"] is not None:
