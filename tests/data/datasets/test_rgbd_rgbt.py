@@ -233,6 +233,11 @@ def test_sunrgbd_pad_to_pads_every_file_as_dformerv2_evaluates(tmp_path):
     near = SUNRGBD.OPTIONS["relative_depth_range"][0]  # the depth file's 0 in metres (DFormer feeds its raw 0)
     assert torch.allclose(depth[:, H:], torch.tensor(near)) and torch.allclose(depth[:, :, W:], torch.tensor(near))
     assert padded["meta"]["size"] == (H + 3, W + 5)
+    # HHA computed from metric depth at the camera's own size (its intrinsics), then padded with 0 like the rest
+    save(root / "Depth" / "a.png", np.full((H, W), 2500, np.uint16))
+    plain = SUNRGBD(root, "test", ["hha"]).load(0)["inputs"]["hha"]
+    hha = SUNRGBD(root, "test", ["hha"], pad_to=[H + 3, W + 5]).load(0)["inputs"]["hha"]
+    assert torch.equal(hha[:, :H, :W], plain) and hha[:, H:].abs().max() == 0 and hha[:, :, W:].abs().max() == 0
     with pytest.raises(DataError, match=r"pad_to=11x16 is smaller than the 12×16 image"):
         SUNRGBD(root, "test", ["rgb", "depth"], pad_to=[H - 1, W]).load(0)
     with pytest.raises(ConfigError, match=r"data.options.pad_to=\[0, 5\]: expected \[H, W\]"):

@@ -88,6 +88,8 @@ class SUNRGBD(RGBDRelease):
         return super().decode_label(self._padded(raw))  # the padding's 0 is void → ignored
 
     def decode_modality(self, name: str, raw: np.ndarray) -> np.ndarray:
+        if name == "hha":  # HHA computed from the depth as it is (the camera's own size), then padded with 0
+            return self._padded(super().decode_modality(name, raw))
         return super().decode_modality(name, self._padded(raw))
 
     def camera_intrinsics(self, height: int, width: int) -> tuple[float, float, float, float]:
