@@ -233,6 +233,13 @@ def test_layouts_of_v1_and_v2_are_told_apart_and_share_the_input_encoding():
     assert detect_layout(v1) == "dformer"
     assert reference_input_encoding("dformerv2", ["rgb", "depth"]) == reference_input_encoding(
         "dformer", ["rgb", "depth"])
+    assert reference_input_encoding("dformerv2", ["rgb", "depth"], 40)[0]["rgb"]["source"] == [2, 1, 0]
+    # except on SUN RGB-D (37 classes), where DFormer's loader reads the image red first for DFormerv2
+    # (RGBXDataset: rgb_mode "RGB"; checked on its ValPre output: 7.2e-7 from rgbx's normalised RGB)
+    encoding, notes = reference_input_encoding("dformerv2", ["rgb", "depth"], 37)
+    assert "rgb" not in encoding and encoding["depth"] == reference_input_encoding("dformer", ["depth"])[0]["depth"]
+    assert any("red first" in n for n in notes)
+    assert reference_input_encoding("dformer", ["rgb", "depth"], 37)[0]["rgb"]["source"] == [2, 1, 0]  # v1: blue
 
 
 def test_ham_channels_read_off_a_1024_channel_head():

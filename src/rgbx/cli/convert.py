@@ -118,7 +118,7 @@ def model_config(args, inferred: dict, layout: str):
                           "(and --config does not set model.num_classes)")
     notes: list[str] = []
     if args.input_encoding == "reference":
-        encoding, notes = reference_input_encoding(layout, data["modalities"])
+        encoding, notes = reference_input_encoding(layout, data["modalities"], data["num_classes"])
         data["input_encoding"] = encoding | dict(data.get("input_encoding") or {})
     else:
         data["input_encoding"] = {}

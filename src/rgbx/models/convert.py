@@ -1088,7 +1088,8 @@ def _opencv_image_encoding(modality: str) -> dict | None:
     return {"source": source, "mean": list(_IMAGENET_MEAN), "std": list(_IMAGENET_STD)}
 
 
-def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[dict, list[str]]:
+def reference_input_encoding(layout: str, modalities: Sequence[str],
+                             num_classes: int | None = None) -> tuple[dict, list[str]]:
     """The ``model.input_encoding`` (:mod:`rgbx.models.input_encoding`) under which a model converted from a
     ``layout`` checkpoint sees what the checkpoint's own code fed it, and notes on what it could not match.
 
@@ -1098,6 +1099,9 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
     * ``dformer``: RGB as for CMX; depth, a one-channel 8-bit image, fed as (v / 255 − 0.48) / 0.28
       (``ValPre``), which in rgbx's metres is mean 5.06, std 2.66 for depth read with the default
       ``relative_depth_range`` (0.5, 10) m.
+    * ``dformerv2``: as ``dformer``, except on SUN RGB-D (``num_classes`` 37): there DFormer's ``RGBXDataset`` reads
+      the image red first for a DFormerv2 backbone (``rgb_mode = "RGB"``, "some checkpoints are run by BGR and some
+      are on RGB"), as rgbx does, so RGB gets no encoding.
     * ``cmnext`` (DELIVER's code, ``augmentations_mm.Normalize``): RGB read in red-green-blue order with ImageNet's
       statistics, as rgbx does; every other sensor as its 8-bit image / 255, without mean or std. So ``hha`` (what
       DELIVER reads for "depth") gets mean 0, std 1, and ``lidar`` (rgbx: the grey level × the loader's
@@ -1121,7 +1125,9 @@ def reference_input_encoding(layout: str, modalities: Sequence[str]) -> tuple[di
     elif layout in ("dformer", "dformerv2"):  # DFormerv2 is trained with DFormer's data loader (utils/dataloader)
         near, far = _RELATIVE_DEPTH_RANGE
         for m in modalities:
-            if m == "rgb":
+            if m == "rgb" and layout == "dformerv2" and num_classes == 37:
+                notes.append("input encoding: RGB red first, as DFormer's loader reads SUN RGB-D for DFormerv2")
+            elif m == "rgb":
                 encoding[m] = _opencv_image_encoding(m)
             elif m == "depth":
                 mean, std = _DFORMER_DEPTH
