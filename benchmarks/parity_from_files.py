@@ -237,13 +237,28 @@ def deliver_inputs(ref: Path, root: Path, name: str, cls: str, modals: list[str]
     return [[x[None] for x in dataset[i][0]] for i in range(len(dataset))]
 
 
-def dformer_dataset(ref: Path, root: Path, suffix: str):
-    """DFormer's dataset class with its test-time ``ValPre`` (no padding: DFormer v1) over a tree in its layout."""
+def make_sun_to_pad(root: Path, names, rng, jpeg: bool) -> str:
+    """SUN RGB-D-like files in DFormer's layout at two of SUN RGB-D's sensor sizes (Kinect v1 427×561, Xtion
+    441×591), labels 0 (void) … 37, for the ``--pad_SUNRGBD`` case."""
+    suffix = ".png"
+    for i, n in enumerate(names):
+        size = ((427, 561), (441, 591))[i % 2]
+        suffix = make_nyu(root, [n], size, rng, jpeg, hha=False)
+        _save(root / "Label" / n, rng.integers(0, 38, size).astype(np.uint8))
+    lines = [f"RGB/{n}.jpg" for n in names]
+    (root / "test.txt").write_text("\n".join(lines) + "\n")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return suffix
+
+
+def dformer_dataset(ref: Path, root: Path, suffix: str, pad: bool = False):
+    """DFormer's dataset class with its test-time ``ValPre`` over a tree in its layout; ``pad``: its
+    ``--pad_SUNRGBD`` (every file padded to 531×730 at the bottom and right), read as for DFormer-T (blue first)."""
     transforms = _load_file(ref / "utils" / "transforms.py", "_rgbx_ref_dformer_transforms")
     stand_ins = {"utils": types.ModuleType("utils"), "utils.transforms": transforms}
     loader = _load_file(ref / "utils" / "dataloader" / "dataloader.py", "_rgbx_ref_dformer_loader", **stand_ins)
     dataset_module = _load_file(ref / "utils" / "dataloader" / "RGBXDataset.py", "_rgbx_ref_dformer_dataset")
-    config = types.SimpleNamespace(pad=False)
+    config = types.SimpleNamespace(pad=pad)
     setting = {"rgb_root": str(root / "RGB"), "rgb_format": suffix, "gt_root": str(root / "Label"),
                "gt_format": ".png", "transform_gt": True, "x_root": str(root / "Depth"), "x_format": ".png",
                "x_single_channel": True, "train_source": str(root / "train.txt"),
@@ -253,8 +268,8 @@ def dformer_dataset(ref: Path, root: Path, suffix: str):
     return dataset_module.RGBXDataset(setting, "val", pre)
 
 
-def dformer_inputs(ref: Path, root: Path, suffix: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    dataset = dformer_dataset(ref, root, suffix)
+def dformer_inputs(ref: Path, root: Path, suffix: str, pad: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    dataset = dformer_dataset(ref, root, suffix, pad)
     out = []
     for i in range(len(dataset)):
         item = dataset[i]
@@ -329,8 +344,8 @@ def convert(state: dict, tmp: Path, name: str, modalities, encoding: str) -> tor
     return model.eval()
 
 
-def rgbx_inputs(dataset_name: str, root: Path) -> list[dict[str, torch.Tensor]]:
-    dataset = build_dataset(dataset_name, root, "test")
+def rgbx_inputs(dataset_name: str, root: Path, **options) -> list[dict[str, torch.Tensor]]:
+    dataset = build_dataset(dataset_name, root, "test", **options)
     return [{m: x[None] for m, x in normalize_sample(dataset.load(i))["inputs"].items()} for i in range(len(dataset))]
 
 
@@ -697,6 +712,13 @@ def main() -> None:
             share_nmf_bases(reference, models["reference"])
             rows += compare("dformer-nyu", reference, dformer_inputs(args.dformer, root, suffix), models,
                             rgbx_inputs("nyudepthv2", root))
+            # DFormerv2's SUN RGB-D evaluation (eval.py --pad_SUNRGBD): ValPre pads image, depth image and label to
+            # 531×730; rgbx's sunrgbd loader with pad_to=[531,730]
+            sun = tmp / "SUNRGBD_pad"
+            sun_suffix = make_sun_to_pad(sun, names, rng, args.jpeg)
+            rows += compare("dformer-sunrgbd, padded to 531×730 (`--pad_SUNRGBD` / `pad_to`)", reference,
+                            dformer_inputs(args.dformer, sun, sun_suffix, pad=True), models,
+                            rgbx_inputs("sunrgbd", sun, modalities=["rgb", "depth"], pad_to=[531, 730]))
             eval_root = tmp / "NYUDepthv2_eval"
             eval_suffix = make_nyu(eval_root, names, eval_size, rng, args.jpeg, hha=False)
             eval_rows += evaluation_rows(args.dformer, reference, tmp / "dformer_reference.safetensors", eval_root,
