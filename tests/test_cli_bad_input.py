@@ -35,6 +35,7 @@ def run(argv: list[str], capsys) -> tuple[int, str]:
 CASES = [
     (["eval", "{m}", "--data", "{data}", "--scales", "0"], "argument --scales: expected a number > 0, got '0'"),
     (["eval", "{m}", "--data", "{data}", "--scales", "1", "-1"], "argument --scales: expected a number > 0"),
+    (["eval", "{m}", "--data", "{data}", "--scales", "nan"], "argument --scales: expected a number > 0, got 'nan'"),
     (["eval", "{m}", "--data", "{data}", "--batch-size", "0"],
      "argument --batch-size: expected a whole number >= 1, got '0'"),
     (["eval", "{m}", "--data", "{data}", "--window", "0x10"],

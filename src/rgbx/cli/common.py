@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 EPILOG_FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -25,13 +26,14 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def _number(kind, least, what: str):
-    """An argparse ``type``: ``kind(text)``, refused below ``least`` (or at it, for a float ``least`` of 0)."""
+    """An argparse ``type``: ``kind(text)``, refused below ``least`` (or at it, for a float ``least`` of 0) and when
+    not finite."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < least or (kind is float and least == 0 and value == 0):
+        if not math.isfinite(value) or value < least or (kind is float and least == 0 and value == 0):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     parse.__name__ = what  # argparse names the type in its own messages
