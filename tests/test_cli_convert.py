@@ -188,9 +188,10 @@ def test_cmnext_mcubes_checkpoint_gets_the_polarisation_as_deliver_feeds_it(tmp_
     assert run_convert(tmp_path / "cmnext.pth", "--modalities", "rgb", "aolp", "dolp", "nir", "--out", out) == 0
     text = capsys.readouterr().out
     assert "aolp: channels [0, 1, 0]" in text
-    assert "--split test --miou all --option center_crop=1024" in text
+    assert "--dataset mcubes --split test --miou all --option center_crop=1024" in text
+    assert f"rgbx eval {out} --data DIR --as-published" in text  # the protocol names the loader
     model, info = load_model(out)
-    assert info["reference_evaluation"]["flags"] == "--split test --miou all --option center_crop=1024"
+    assert info["reference_evaluation"]["flags"] == "--dataset mcubes --split test --miou all --option center_crop=1024"
     from rgbx.cli.main import main as rgbx_main
 
     assert rgbx_main(["info", str(out)]) == 0  # the protocol travels in the file
@@ -203,13 +204,13 @@ def test_cmnext_mcubes_checkpoint_gets_the_polarisation_as_deliver_feeds_it(tmp_
     assert model(inputs).logits.shape == (1, 25, 64, 64)
 
 
-DELIVER_EVAL = "--split val --miou all --option event_format=image --option resize=1024"
+DELIVER_EVAL = "--dataset deliver --split val --miou all --option event_format=image --option resize=1024"
 
 
 @pytest.mark.parametrize("modalities,classes,flags", [
     (["rgb", "hha", "event_image", "lidar"], 25, DELIVER_EVAL),  # DeLiVER
     (["rgb", "hha"], 25, DELIVER_EVAL),  # DeLiVER, RGB-D
-    (["rgb", "aolp", "dolp", "nir"], 20, "--split test --miou all --option center_crop=1024"),  # MCubeS
+    (["rgb", "aolp", "dolp", "nir"], 20, "--dataset mcubes --split test --miou all --option center_crop=1024"),  # MCubeS
     (["rgb", "thermal"], 9, "--split test --miou all"),  # MFNet: each image at its own size
     (["rgb", "hha"], 40, "--split test --miou all"),  # NYU Depth V2
 ])

@@ -173,6 +173,8 @@ def run(args) -> int:
     path = save_model(args.out, model.eval(), dataset, **info)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if protocol is not None:
-        print(f"to score it as the {layout} code does ({protocol[0]}):\n  rgbx eval {path} --data DIR --dataset NAME "
-              f"--as-published  (= {protocol[1]}; [...]: --as-published multi-scale)")
+        from rgbx.cli.evaluate import as_published_command
+
+        print(f"to score it as the {layout} code does ({protocol[0]}):\n  {as_published_command(path, protocol[1])}  "
+              f"(= {protocol[1]}; [...]: --as-published multi-scale)")
     return 0

@@ -195,6 +195,13 @@ def published_flags(flags: str, multi_scale: bool) -> list[str] | None:
     return shlex.split(base) + (shlex.split(optional.group(1)) if multi_scale else [])
 
 
+def as_published_command(path, flags: str) -> str:
+    """The ``rgbx eval`` command line that scores ``path`` by its recorded protocol ``flags`` (``--dataset NAME`` left
+    to fill in when the protocol does not name the loader)."""
+    dataset = "" if "--dataset" in flags.split() else " --dataset NAME"
+    return f"rgbx eval {path} --data DIR{dataset} --as-published"
+
+
 def apply_published_protocol(args, info: dict, announce: bool = True) -> list[str]:
     """Set on ``args`` the flags of the evaluation protocol recorded in the model file's ``info``
     (``reference_evaluation``: written by ``rgbx convert``, and by a run whose config names a

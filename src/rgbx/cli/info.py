@@ -115,8 +115,11 @@ def _print_protocol(file, info: dict) -> None:
     """The evaluation protocol ``rgbx convert`` recorded, and the ``rgbx eval`` command that follows it."""
     protocol = info.get("reference_evaluation")
     if protocol:
-        print(f"scored as its authors' code does ({protocol.get('what')}): rgbx eval {file} --data DIR --dataset NAME "
-              f"--as-published, which adds {protocol.get('flags')} ([...]: --as-published multi-scale)")
+        from rgbx.cli.evaluate import as_published_command
+
+        print(f"scored as its authors' code does ({protocol.get('what')}): "
+              f"{as_published_command(file, protocol.get('flags', ''))}, which adds {protocol.get('flags')} ([...]: "
+              f"--as-published multi-scale)")
 
 
 def _describe_onnx(file) -> int:

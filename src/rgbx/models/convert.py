@@ -1171,31 +1171,32 @@ REFERENCE_EVALUATION = {
     # eval.sh runs utils/eval.py with --mst --sliding: evaluate_msf over the config's eval_crop_size windows at a
     # stride of int(2/3 × crop) (benchmarks/parity.md: 0 pixels apart from DFormer's own)
     "dformer/nyu": ("mIoU over all classes; eval.sh (--mst --sliding) adds five scales, flipping and 480×640 "
-                    "sliding windows", "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule "
+                    "sliding windows", "--dataset nyudepthv2 --split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule "
                                        "dformer --window 480x640 --stride 320x426]"),
     "dformer/sunrgbd": ("mIoU over all classes; eval.sh (--mst --sliding) adds five scales, flipping and 480×480 "
-                        "sliding windows", "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip "
-                                           "--scale-rule dformer --window 480x480 --stride 320x320]"),
+                        "sliding windows", "--dataset sunrgbd --split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 "
+                                           "--flip --scale-rule dformer --window 480x480 --stride 320x320]"),
     # DFormerv2 shares DFormer's utils/eval.py and evaluate_msf
     "dformerv2": ("mIoU over all classes; utils/eval.py --mst adds five scales and flipping",
                   "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip --scale-rule dformer]"),
     "dformerv2/nyu": ("mIoU over all classes; eval.sh (--mst --sliding) adds five scales, flipping and 480×640 "
-                      "sliding windows", "--split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip "
+                      "sliding windows", "--dataset nyudepthv2 --split test --miou all  [--scales 0.5 0.75 1 1.25 1.5 --flip "
                                          "--scale-rule dformer --window 480x640 --stride 320x426]"),
     # utils/eval.py refuses DFormerv2 on SUN RGB-D without --pad_SUNRGBD: every test image padded to 531×730
     "dformerv2/sunrgbd": ("every image padded to 531×730 (--pad_SUNRGBD, which DFormerv2's eval.py requires on SUN "
                           "RGB-D), mIoU over all classes; eval.sh (--mst --sliding) adds five scales, flipping and "
                           "480×480 sliding windows",
-                          "--split test --miou all --option pad_to=[531,730]  [--scales 0.5 0.75 1 1.25 1.5 --flip "
+                          "--dataset sunrgbd --split test --miou all --option pad_to=[531,730]  [--scales 0.5 0.75 1 1.25 1.5 --flip "
                           "--scale-rule dformer --window 480x480 --stride 320x320]"),
     # DELIVER's semseg/metrics.py counts a class absent from labels and predictions as IoU 0: --miou all
     "cmnext": ("one scale, no flip, each image at its own size, mIoU over all classes (DELIVER's tools/val_mm.py)",
                "--split test --miou all"),
     "cmnext/deliver": ("DELIVER feeds the event renderings and evaluates each image and label resized to 1024 on "
                        "the shorter side (DeLiVER's are 1042×1042), mIoU over all classes",
-                       "--split val --miou all --option event_format=image --option resize=1024"),
+                       "--dataset deliver --split val --miou all --option event_format=image "
+                       "--option resize=1024"),
     "cmnext/mcubes": ("DELIVER's MCubeS 'val' is list_folder/test.txt, scored on the central 1024×1024 of each "
-                      "image (FixScaleCrop), mIoU over all classes", "--split test --miou all --option center_crop=1024"),
+                      "image (FixScaleCrop), mIoU over all classes", "--dataset mcubes --split test --miou all --option center_crop=1024"),
 }
 
 
