@@ -207,19 +207,22 @@ def test_cmnext_mcubes_checkpoint_gets_the_polarisation_as_deliver_feeds_it(tmp_
 DELIVER_EVAL = "--dataset deliver --split val --miou all --option event_format=image --option resize=1024"
 
 
-@pytest.mark.parametrize("modalities,classes,flags", [
-    (["rgb", "hha", "event_image", "lidar"], 25, DELIVER_EVAL),  # DeLiVER
-    (["rgb", "hha"], 25, DELIVER_EVAL),  # DeLiVER, RGB-D
-    (["rgb", "aolp", "dolp", "nir"], 20, "--dataset mcubes --split test --miou all --option center_crop=1024"),  # MCubeS
-    (["rgb", "thermal"], 9, "--split test --miou all"),  # MFNet: each image at its own size
-    (["rgb", "hha"], 40, "--split test --miou all"),  # NYU Depth V2
+CMX_EVAL = "--split test  [--scales 0.75 1 1.25 --flip --scale-rule cmx --window 480x640]"
+
+
+@pytest.mark.parametrize("modalities,classes,flags,loader", [
+    (["rgb", "hha", "event_image", "lidar"], 25, DELIVER_EVAL, None),  # DeLiVER
+    (["rgb", "hha"], 25, DELIVER_EVAL, None),  # DeLiVER, RGB-D
+    (["rgb", "aolp", "dolp", "nir"], 20, "--dataset mcubes --split test --miou all --option center_crop=1024", None),
+    (["rgb", "thermal"], 9, "--dataset mfnet --split test --miou all", "mfnet"),  # MFNet: each image at its own size
+    (["rgb", "hha"], 40, "--dataset nyudepthv2 --split test --miou all", "nyudepthv2"),  # NYU Depth V2
 ])
-def test_the_printed_evaluation_follows_the_benchmark_of_a_cmnext_file(modalities, classes, flags):
+def test_the_printed_evaluation_follows_the_benchmark_of_a_cmnext_file(modalities, classes, flags, loader):
     from rgbx.models.convert import reference_evaluation
 
     assert reference_evaluation("cmnext", modalities, classes)[1] == flags
-    assert reference_evaluation("cmx", modalities, classes)[1] == (
-        "--split test  [--scales 0.75 1 1.25 --flip --scale-rule cmx --window 480x640]")
+    # CMX's protocol is the same on every benchmark; NYU Depth V2's and MFNet's name their loader
+    assert reference_evaluation("cmx", modalities, classes)[1] == (f"--dataset {loader} " if loader else "") + CMX_EVAL
 
 
 def test_the_layout_flag_offers_every_registered_layout():

@@ -1200,16 +1200,29 @@ REFERENCE_EVALUATION = {
 }
 
 
+# the protocols of one layout on one benchmark that rgbx reads with the layout's general protocol: the same flags,
+# with the benchmark's loader named (CMX's and CMNeXt's NYU Depth V2 and MFNet)
+for _layout, _benchmark, _loader in (("cmx", "nyu", "nyudepthv2"), ("cmx", "mfnet", "mfnet"),
+                                     ("cmnext", "nyu", "nyudepthv2"), ("cmnext", "mfnet", "mfnet")):
+    REFERENCE_EVALUATION[f"{_layout}/{_benchmark}"] = (
+        REFERENCE_EVALUATION[_layout][0], f"--dataset {_loader} {REFERENCE_EVALUATION[_layout][1]}")
+# the benchmark a layout's checkpoint was trained on, told by its class count where the layout's releases differ
+_BENCHMARK_BY_CLASSES = {"cmx": {40: "nyu", 9: "mfnet"}, "cmnext": {40: "nyu", 9: "mfnet"},
+                         "dformer": {40: "nyu", 37: "sunrgbd"}, "dformerv2": {40: "nyu", 37: "sunrgbd"}}
+
+
 def reference_evaluation(layout: str, modalities: Sequence[str], num_classes: int) -> tuple[str, str] | None:
     """What the layout's own evaluation does and the ``rgbx eval`` flags that do the same, or None. DELIVER's and
     DFormer's protocols depend on the benchmark, told here by the sensors and classes: MCubeS's polarisation / NIR,
     DeLiVER's 25 classes (NYU Depth V2's CMNeXt also reads HHA, with 40); DFormer's evaluation windows are NYU Depth
-    V2's 480×640 (40 classes) or SUN RGB-D's 480×480 (37)."""
+    V2's 480×640 (40 classes) or SUN RGB-D's 480×480 (37). A protocol of one benchmark names its loader
+    (``--dataset``): NYU Depth V2 (40 classes), SUN RGB-D (37), MFNet (9), DeLiVER, MCubeS."""
     if layout == "cmnext":
         if set(modalities) & {"aolp", "dolp", "nir"}:
             return REFERENCE_EVALUATION["cmnext/mcubes"]
         if num_classes == 25:
             return REFERENCE_EVALUATION["cmnext/deliver"]
-    if layout in ("dformer", "dformerv2") and num_classes in (40, 37):  # NYU Depth V2, SUN RGB-D: their windows
-        return REFERENCE_EVALUATION[f"{layout}/{'nyu' if num_classes == 40 else 'sunrgbd'}"]
+    benchmark = _BENCHMARK_BY_CLASSES.get(layout, {}).get(num_classes)
+    if benchmark is not None:
+        return REFERENCE_EVALUATION[f"{layout}/{benchmark}"]
     return REFERENCE_EVALUATION.get(layout)
