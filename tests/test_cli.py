@@ -37,6 +37,10 @@ def test_info_lists_registries(capsys):
     for word in ("rgb", "thermal", "lidar", "event", "mit_b0", "cmx", "mean", "mlp", "supervised", "ohem",
                  "nyu_cmx_b2"):
         assert word in out
+    from rgbx.models.convert import REFERENCE_EVALUATION
+
+    listed = out.split("published evaluations")[1].split("):", 1)[1]  # the last line, wrapped where it is long
+    assert sorted(name.strip() for name in listed.split(",")) == sorted(REFERENCE_EVALUATION)
     # piped (not a terminal): wide enough that no header or short value is cut ("descripti…" at 80 columns)
     assert "photometric augmentation" in out and "description" in out and "…" not in out
 

@@ -53,6 +53,10 @@ def run(args) -> int:
     console.print(f"[bold]datasets[/bold]: {', '.join(DATASETS.names())}")
     console.print(f"[bold]encodings[/bold]: {', '.join(ENCODINGS.names())}")
     console.print(f"[bold]config presets[/bold]: {', '.join(list_presets())}")
+    from rgbx.models.convert import REFERENCE_EVALUATION
+
+    console.print(f"[bold]published evaluations[/bold] (published_evaluation; rgbx eval --as-published): "
+                  f"{', '.join(sorted(REFERENCE_EVALUATION))}")
     return 0
 
 
