@@ -63,7 +63,8 @@ def _check_inputs(model, size: tuple[int, int], dynamic: bool):
     return inputs, present
 
 
-# what rgbx convert recorded about a model's origin, kept in the exported file
+# what a model file records about its origin and its authors' evaluation (rgbx convert, a preset's run), kept in the
+# exported file
 PROVENANCE = ("converted_from", "reference_evaluation")
 
 

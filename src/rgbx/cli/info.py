@@ -116,7 +116,8 @@ def describe_file(path: str) -> int:
 
 
 def _print_protocol(file, info: dict) -> None:
-    """The evaluation protocol ``rgbx convert`` recorded, and the ``rgbx eval`` command that follows it."""
+    """The evaluation protocol recorded in the file (by ``rgbx convert``, or by a run whose config names a
+    ``published_evaluation``), and the ``rgbx eval`` command that follows it."""
     protocol = info.get("reference_evaluation")
     if protocol:
         from rgbx.cli.evaluate import as_published_command

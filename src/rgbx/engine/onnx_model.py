@@ -48,8 +48,9 @@ class OnnxSegmentor(nn.Module):
     Attributes:
         modalities, num_classes, config: as a Segmentor's (``config`` is the exported model's ModelConfig).
         info: what :func:`rgbx.engine.checkpoint.load_model` returns for a model file: ``dataset`` (classes,
-            palette, ignore_index), ``exported_from`` (the file) and, when the exported model was converted,
-            ``reference_evaluation`` (its authors' evaluation protocol, as ``rgbx convert`` recorded it).
+            palette, ignore_index), ``exported_from`` (the file) and, when the exported model file recorded them,
+            ``converted_from`` and ``reference_evaluation`` (the authors' evaluation protocol, for
+            ``rgbx eval --as-published``).
     """
 
     def __init__(self, path: str | Path, runtime: str = "onnxruntime", threads: int | None = None):
