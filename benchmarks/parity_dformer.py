@@ -129,6 +129,15 @@ def run_variant(variant: str, encoders, ham, size: tuple[int, int], seed: int) -
 
     model = create_model(backbone=f"dformer_{variant}", fusion="dformer", head="ham", modalities=["rgb", "depth"],
                          num_classes=40, head_channels=512).eval()
+    return compare_with_reference(lambda rgb, x: ref_enc(rgb, x)[0], ref_enc, ref_head, model, size, gen, seed)
+
+
+def compare_with_reference(ref_encode, ref_enc, ref_head, model, size: tuple[int, int], gen: torch.Generator,
+                           seed: int) -> dict[str, float]:
+    """Load the reference's encoder and LightHam head into ``model`` (strictly), run both on one random RGB-D input
+    (the reference's depth repeated to 3 channels; ``ref_encode(rgb, x)``: its four stage maps) with the same NMF
+    bases, and return the largest differences of each stage map and of the logits, with their scales and the
+    argmax agreement."""
     load_strict(model.encoder.encoder, ref_enc.state_dict(), "reference encoder")
     load_strict(model.head, ref_head.state_dict(), "reference head")
     model.head.hamburger.ham.eval_init = "random"
@@ -137,8 +146,8 @@ def run_variant(variant: str, encoders, ham, size: tuple[int, int], seed: int) -
     rgb = torch.randn(1, 3, h, w, generator=gen)
     depth = torch.randn(1, 1, h, w, generator=gen)
     with torch.no_grad():
-        ref_outs, _ = ref_enc(rgb, depth.repeat(1, 3, 1, 1))
-        torch.manual_seed(seed)
+        ref_outs = list(ref_encode(rgb, depth.repeat(1, 3, 1, 1)))
+        torch.manual_seed(seed)  # the NMF bases are drawn at random in both heads
         ref_logits = ref_head(ref_outs)
         out = model.encoder({"rgb": rgb, "depth": depth})
         torch.manual_seed(seed)
@@ -149,6 +158,7 @@ def run_variant(variant: str, encoders, ham, size: tuple[int, int], seed: int) -
         result[f"stage{i + 1}_scale"] = a.abs().max().item()
     result["logits"] = (ref_logits - logits).abs().max().item()
     result["logits_scale"] = ref_logits.abs().max().item()
+    result["argmax"] = (ref_logits.argmax(1) == logits.argmax(1)).float().mean().item()
     return result
 
 

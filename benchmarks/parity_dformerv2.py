@@ -30,12 +30,11 @@ from pathlib import Path
 
 import torch
 from parity_dformer import _load_reference as load_dformer_reference
-from parity_dformer import _quiet  # benchmarks/ (this script's folder is on sys.path)
+from parity_dformer import _quiet, compare_with_reference  # benchmarks/ (this script's folder is on sys.path)
 from references import randomize
 from torch import nn
 
 from rgbx.models import create_model
-from rgbx.models.weights import load_strict
 
 REF_FACTORIES = {"s": "DFormerv2_S", "b": "DFormerv2_B", "l": "DFormerv2_L"}
 # decoder_embed_dim of local_configs/NYUDepthv2/DFormerv2_{S,B,L}.py
@@ -105,27 +104,7 @@ def run_variant(variant: str, encoders, ham, size: tuple[int, int], seed: int,
     model = create_model(backbone=f"dformerv2_{variant}", fusion="dformerv2", head="ham",
                          modalities=["rgb", "depth"], num_classes=40, head_channels=channels,
                          head_options={"ham_channels": REF_HAM_CHANNELS}, attn_impl=attn_impl).eval()
-    load_strict(model.encoder.encoder, ref_enc.state_dict(), "reference encoder")
-    load_strict(model.head, ref_head.state_dict(), "reference head")
-    model.head.hamburger.ham.eval_init = "random"
-
-    h, w = size
-    rgb = torch.randn(1, 3, h, w, generator=gen)
-    depth = torch.randn(1, 1, h, w, generator=gen)
-    with torch.no_grad():
-        ref_outs = ref_enc(rgb, depth.repeat(1, 3, 1, 1))
-        torch.manual_seed(seed)
-        ref_logits = ref_head(list(ref_outs))
-        out = model.encoder({"rgb": rgb, "depth": depth})
-        torch.manual_seed(seed)
-        logits = model.head(out.fused)
-    result: dict[str, float] = {}
-    for i, (a, b) in enumerate(zip(ref_outs, out.fused, strict=True)):
-        result[f"stage{i + 1}"] = (a - b).abs().max().item()
-    result["stage4_scale"] = ref_outs[3].abs().max().item()
-    result["logits"] = (ref_logits - logits).abs().max().item()
-    result["logits_scale"] = ref_logits.abs().max().item()
-    result["argmax"] = (ref_logits.argmax(1) == logits.argmax(1)).float().mean().item()
+    result = compare_with_reference(ref_enc, ref_enc, ref_head, model, size, gen, seed)
     result["ref_params"] = _count(ref_enc) + _count(ref_head)
     result["params"] = _count(model)
     result["ref_encoder_params"] = _count(ref_enc)

@@ -503,35 +503,37 @@ def load_dformer_weights(model: DFormer, path: str | Path) -> None:
     load_strict(model, read_dformer_state_dict(path), str(path))
 
 
-def _factory(name: str):
-    arch = DFORMER_VARIANTS[name]
+def joint_rgbd_factory(name: str, arch, build, load, family: str, fusion: str):
+    """The ``BACKBONES`` factory of a joint RGB-D encoder variant (DFormer's, DFormerv2's): ``build(arch,
+    drop_path_rate=, attn_impl=)`` the encoder, ``load(model, path)`` a released checkpoint into it; ``in_channels``
+    other than RGB's 3 is refused, since only the ``fusion`` of that name feeds it RGB and depth."""
 
     def create(
         in_channels: int | None = None, drop_path_rate: float = 0.1, attn_impl: str = "sdpa", pretrained: str = ""
-    ) -> DFormer:
+    ):
         if in_channels not in (None, 3):
             raise ConfigError(
-                f"backbone {name!r} is a joint RGB-D encoder (inputs RGB and depth); only fusion 'dformer' can use it"
+                f"backbone {name!r} is a joint RGB-D encoder (inputs RGB and depth); only fusion {fusion!r} can use it"
             )
-        model = DFormer(arch, drop_path_rate=drop_path_rate, attn_impl=attn_impl)
+        model = build(arch, drop_path_rate=drop_path_rate, attn_impl=attn_impl)
         if pretrained:
-            load_dformer_weights(model, pretrained)
+            load(model, pretrained)
         return model
 
     create.__name__ = name
-    label = {"dformer_nano": "tiny test variant, not published, no pretrained weights"}.get(
-        name, f"DFormer-{name[-1].upper()}"
-    )
+    label = ("tiny test variant, not published, no pretrained weights" if name.endswith("_nano")
+             else f"{family}-{name[-1].upper()}")
     create.__doc__ = (
         f"{label}: dims {arch.dims}, depths {arch.depths}, heads {arch.num_heads}. A joint RGB-D encoder "
-        "(``forward(rgb, depth)``); only the ``dformer`` fusion uses it. ``pretrained``: a local released "
-        "DFormer checkpoint."
+        f"(``forward(rgb, depth)``); only the ``{fusion}`` fusion uses it. ``pretrained``: a local released "
+        f"{family} checkpoint."
     )
     return create
 
 
 for _name in DFORMER_VARIANTS:
-    BACKBONES.register(_name)(_factory(_name))
+    BACKBONES.register(_name)(joint_rgbd_factory(_name, DFORMER_VARIANTS[_name], DFormer, load_dformer_weights,
+                                                 "DFormer", "dformer"))
 
 
 def arch_of(name: str) -> DFormerArch:

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rgbx.errors import ConfigError
-from rgbx.models.backbones.dformer import read_dformer_state_dict
+from rgbx.models.backbones.dformer import joint_rgbd_factory, read_dformer_state_dict
 from rgbx.models.layers import (
     FeatureInfo,
     LayerNorm,
@@ -424,33 +424,7 @@ def load_dformerv2_weights(model: DFormerv2, path: str | Path) -> None:
     load_strict(model, read_dformerv2_state_dict(path), str(path))
 
 
-def _factory(name: str):
-    arch = DFORMERV2_VARIANTS[name]
-
-    def create(
-        in_channels: int | None = None, drop_path_rate: float = 0.1, attn_impl: str = "sdpa", pretrained: str = ""
-    ) -> DFormerv2:
-        if in_channels not in (None, 3):
-            raise ConfigError(
-                f"backbone {name!r} is a joint RGB-D encoder (inputs RGB and depth); only fusion 'dformerv2' can use it"
-            )
-        model = DFormerv2(arch, drop_path_rate=drop_path_rate, attn_impl=attn_impl)
-        if pretrained:
-            load_dformerv2_weights(model, pretrained)
-        return model
-
-    create.__name__ = name
-    label = {"dformerv2_nano": "tiny test variant, not published, no pretrained weights"}.get(
-        name, f"DFormerv2-{name[-1].upper()}"
-    )
-    create.__doc__ = (
-        f"{label}: dims {arch.dims}, depths {arch.depths}, heads {arch.num_heads}. A joint RGB-D encoder "
-        "(``forward(rgb, depth)``); only the ``dformerv2`` fusion uses it. ``pretrained``: a local released "
-        "DFormerv2 checkpoint."
-    )
-    return create
-
-
 for _name in DFORMERV2_VARIANTS:
-    BACKBONES.register(_name)(_factory(_name))
+    BACKBONES.register(_name)(joint_rgbd_factory(_name, DFORMERV2_VARIANTS[_name], DFormerv2, load_dformerv2_weights,
+                                                 "DFormerv2", "dformerv2"))
 

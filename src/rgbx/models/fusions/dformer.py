@@ -50,7 +50,7 @@ class DFormerFusion(FusionEncoder):
     """DFormer RGB-D encoder as a fusion (see the module docstring).
 
     Args:
-        backbone: ``"dformer_t"``, ``"dformer_s"``, ``"dformer_b"``, ``"dformer_l"`` (or the test variant
+        backbone: ``"dformer_t"`` (default), ``"dformer_s"``, ``"dformer_b"``, ``"dformer_l"`` (or the test variant
             ``"dformer_nano"``).
         modalities: ``"rgb"`` and one of ``"depth"``, ``"hha"`` (any order).
         drop_path_rate: stochastic depth (DFormer configs: 0.1; 0.15 for L on NYU).
@@ -65,10 +65,11 @@ class DFormerFusion(FusionEncoder):
     fusion_name = "dformer"
     variants = DFORMER_VARIANTS
     family = "DFormer"
+    default_backbone = "dformer_t"
 
     def __init__(
         self,
-        backbone: str = "dformer_t",
+        backbone: str | None = None,
         modalities: Sequence[str] = ("rgb", "depth"),
         drop_path_rate: float = 0.1,
         attn_impl: str = "sdpa",
@@ -76,6 +77,7 @@ class DFormerFusion(FusionEncoder):
         input_encoding: Mapping | None = None,
     ):
         super().__init__(modalities, input_encoding)
+        backbone = backbone or self.default_backbone
         depth_like = [m for m in self.modalities if m in DEPTH_LIKE]
         if len(self.modalities) != 2 or "rgb" not in self.modalities or len(depth_like) != 1:
             raise ConfigError(

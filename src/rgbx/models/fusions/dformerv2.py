@@ -26,8 +26,6 @@ value* (``ModalitySpec.fill`` in the network's input encoding; 0 for depth, hha 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 
 from rgbx.models.backbones.dformerv2 import DFORMERV2_VARIANTS
@@ -43,7 +41,8 @@ class DFormerv2Fusion(DFormerFusion):
     absent-modality rule, with DFormerv2's encoder, which has no depth maps of its own.
 
     Args:
-        backbone: ``"dformerv2_s"``, ``"dformerv2_b"``, ``"dformerv2_l"`` (or the test variant ``"dformerv2_nano"``).
+        backbone: ``"dformerv2_s"`` (default), ``"dformerv2_b"``, ``"dformerv2_l"`` (or the test variant
+            ``"dformerv2_nano"``).
         modalities: ``"rgb"`` and one of ``"depth"``, ``"hha"`` (any order).
         drop_path_rate: stochastic depth (DFormerv2's NYU configs: 0.25 / 0.2 / 0.3 for S / B / L).
         attn_impl: ``"sdpa"`` or ``"eager"``.
@@ -56,17 +55,7 @@ class DFormerv2Fusion(DFormerFusion):
     fusion_name = "dformerv2"
     variants = DFORMERV2_VARIANTS
     family = "DFormerv2"
-
-    def __init__(
-        self,
-        backbone: str = "dformerv2_s",
-        modalities: Sequence[str] = ("rgb", "depth"),
-        drop_path_rate: float = 0.1,
-        attn_impl: str = "sdpa",
-        pretrained: str = "",
-        input_encoding: Mapping | None = None,
-    ):
-        super().__init__(backbone, modalities, drop_path_rate, attn_impl, pretrained, input_encoding)
+    default_backbone = "dformerv2_s"
 
     def encode(self, rgb: torch.Tensor, depth: torch.Tensor) -> tuple[list[torch.Tensor], None]:
         """The four stage maps; depth shapes the attention and has no maps of its own."""
