@@ -22,6 +22,10 @@ RUNS = [  # (run folder, what it is)
     ("primkd_depth", "PrimKD, depth teacher"),
     ("teacher_rgb", "RGB only (PrimKD RGB teacher, KTB backbone)"),
     ("teacher_depth", "depth only (PrimKD depth teacher)"),
+    # benchmarks/plugin_example.sh: the example plugin's components (examples/plugin)
+    ("gated_dropout", "the plugin's gated fusion + modality dropout 0.5"),
+    ("gated_consistency", "the gated fusion, the plugin's dropout_consistency method (subset drop 0.5, λ = 1)"),
+    ("mean_ce_dice", "mean + modality dropout 0.5, the plugin's ce_dice loss"),
 ]
 
 
@@ -32,9 +36,14 @@ def pct(v) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the OUT folder of benchmarks/robustness.sh")
+    parser.add_argument("--only", nargs="+", metavar="RUN", help="these runs, in this order (default: every run)")
     args = parser.parse_args()
+    described = dict(RUNS)
+    unknown = [run for run in args.only or () if run not in described]
+    if unknown:
+        parser.error(f"unknown run(s) {unknown}; known: {list(described)}")
     rows, noise = [], []
-    for run, what in RUNS:
+    for run, what in [(run, described[run]) for run in args.only] if args.only else RUNS:
         path = args.out / run / "robust.json"
         if not path.is_file():
             print(f"(missing: {path})")

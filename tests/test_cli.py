@@ -39,10 +39,11 @@ def test_info_lists_registries(capsys):
         assert word in out
     from rgbx.models.convert import REFERENCE_EVALUATION
 
-    listed = out.split("published evaluations")[1].split("):", 1)[1]  # the last line, wrapped where it is long
+    listed = out.split("published evaluations")[1].split("):", 1)[1].split("\nplugins")[0]  # wrapped where long
     assert sorted(name.strip() for name in listed.split(",")) == sorted(REFERENCE_EVALUATION)
     # piped (not a terminal): wide enough that no header or short value is cut ("descripti…" at 80 columns)
     assert "photometric augmentation" in out and "description" in out and "…" not in out
+    assert "plugins (--import, the config's imports, installed entry points rgbx.plugins): none loaded" in out
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ The public API (imported lazily so that ``rgbx --help`` stays fast)::
     model, info = rgbx.load_model("runs/x/model.safetensors")
     rgbx.transfer_weights(model, "trained_elsewhere.safetensors", classes=[...])  # fine-tuning start
     rgbx.list_models(); rgbx.list_modalities()
+    rgbx.load_plugin("my_lab/gated_fusion.py")  # your own components, registered by name (docs/extending.md)
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ os.environ.setdefault("MKL_CBWR", "AUTO")
 
 __version__ = "0.1.0"
 
+# registries look for the installed packages' plugins when a name is not found (the hook lives in rgbx.plugins, which
+# imports nothing heavy); importing any part of rgbx runs this first
+from rgbx import plugins as _plugins  # noqa: E402,F401
+
 _API = {
     "create_model": "rgbx.models",
     "list_models": "rgbx.models",
@@ -33,6 +38,7 @@ _API = {
     "FolderDataset": "rgbx.data",
     "collate": "rgbx.data",
     "Batch": "rgbx.data",
+    "load_plugin": "rgbx.plugins",
 }
 
 __all__ = [*_API, "list_modalities", "__version__"]

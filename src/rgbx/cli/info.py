@@ -34,7 +34,9 @@ def run(args) -> int:
     from rgbx.methods.losses import SEGMENTATION_LOSSES
     from rgbx.modalities import ENCODINGS, MODALITIES, get_modality
     from rgbx.models import list_models
+    from rgbx.plugins import load_installed_plugins, loaded_plugins, registered_by
 
+    load_installed_plugins()  # the installed packages' components are listed with rgbx's own
     # piped output (no terminal width to follow): wide enough that descriptions are not squeezed into a narrow column
     console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title="modalities")
@@ -57,6 +59,12 @@ def run(args) -> int:
 
     console.print(f"[bold]published evaluations[/bold] (published_evaluation; rgbx eval --as-published): "
                   f"{', '.join(sorted(REFERENCE_EVALUATION))}")
+    plugins = loaded_plugins()
+    console.print("[bold]plugins[/bold] (--import, the config's imports, installed entry points "
+                  f"rgbx.plugins): {'' if plugins else 'none loaded'}", highlight=False)
+    for spec in plugins:
+        console.print(f"  {spec}: {', '.join(registered_by(spec)) or 'registered nothing'}", markup=False,
+                      highlight=False)
     return 0
 
 
@@ -89,6 +97,8 @@ def describe_file(path: str) -> int:
               "on):")
         for name, entry in cfg.input_encoding.items():
             print(f"  {describe_input_encoding(name, entry)}")
+    for component, plugin in (info.get("plugins") or {}).items():
+        print(f"{component}: from the plugin {plugin} (load it with --import to use this file)")
     for name, fields in (info.get("sensors") or {}).items():
         print(f"sensor {name} (not built into rgbx; stated in the file): {fields.get('channels')} channel(s), "
               f"{fields.get('encoding')} {fields.get('dtype')} ×{fields.get('scale')} {fields.get('unit', '')}, "

@@ -12,6 +12,7 @@ import sys
 
 from rgbx import __version__
 from rgbx.errors import RgbxError
+from rgbx.plugins import load_plugins, prescan_imports
 
 COMMANDS = ("synth", "train", "eval", "predict", "demo", "info", "data", "profile", "bench", "export", "convert",
             "embed-classes")
@@ -57,13 +58,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (synth, train, evaluate, predict, demo, info, data, profile, bench, export, convert, embed):
         module.add_parser(sub)
+    _add_import_option(parser)
     return parser
 
 
+IMPORT_HELP = ("import a plugin first: a module name or a .py file that registers your own backbones, fusions, "
+               "heads, methods, losses, datasets or sensors (repeatable; docs/extending.md)")
+
+
+def _add_import_option(parser: argparse.ArgumentParser) -> None:
+    """``--import MODULE_OR_FILE`` on every command. The values are read from the command line before the parser is
+    built (:func:`rgbx.plugins.prescan_imports`); the option is declared so that it parses and ``--help`` shows it."""
+    children = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not children:
+        parser.add_argument("--import", dest="plugin_imports", metavar="MODULE_OR_FILE", action="append",
+                            default=argparse.SUPPRESS, help=IMPORT_HELP)
+    for action in children:
+        for child in dict.fromkeys(action.choices.values()):
+            _add_import_option(child)
+
+
 def main(argv: list[str] | None = None) -> int:
+    command_line = list(sys.argv[1:] if argv is None else argv)
+    imports = prescan_imports(command_line)
+    if imports:  # the user's components are registered before the parser lists choices and builds defaults
+        try:
+            load_plugins(imports)
+        except RgbxError as e:
+            if os.environ.get("RGBX_DEBUG"):
+                raise
+            print(f"rgbx: error: {e}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.command_line = list(sys.argv[1:] if argv is None else argv)  # what was typed (rgbx eval --as-published)
+    args.command_line = command_line  # what was typed (rgbx eval --as-published)
     try:
         result = args.run(args)
     except RgbxError as e:

@@ -29,6 +29,10 @@ def run(args) -> int:
     from rgbx.engine.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
+    # plugins given with --import (loaded already, by rgbx.cli.main) are part of the run: its config.yaml names them
+    from rgbx.plugins import resolve_spec
+
+    cfg.imports = list(dict.fromkeys([*cfg.imports, *(resolve_spec(s) for s in getattr(args, "plugin_imports", []))]))
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0

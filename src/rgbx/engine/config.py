@@ -17,6 +17,7 @@ from rgbx.errors import ConfigError
 from rgbx.methods.losses import SEGMENTATION_LOSSES, build_segmentation_loss
 from rgbx.models import ModelConfig
 from rgbx.models.convert import REFERENCE_EVALUATION
+from rgbx.plugins import load_plugins, resolve_spec
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -153,6 +154,9 @@ class ExperimentConfig:
     # rgbx.models.convert.REFERENCE_EVALUATION, e.g. cmx, dformer, cmnext/deliver); recorded in the model files, so
     # that ``rgbx eval FILE --as-published`` scores the trained model as the authors' code scored theirs. "" = none
     published_evaluation: str = ""
+    # plugins imported before anything is built (rgbx.plugins): module names or .py files (a file relative to the
+    # YAML file that names it, or to the current folder on the command line; kept as an absolute path)
+    imports: list[str] = field(default_factory=list)
 
 
 def list_presets() -> list[str]:
@@ -184,9 +188,11 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
         if not path.is_file():
             raise ConfigError(f"{source}: config file not found (built-in presets: {', '.join(list_presets())})")
         try:
-            layers.append(OmegaConf.load(path))
+            layer = OmegaConf.load(path)
         except Exception as e:  # noqa: BLE001 — YAML errors come in several types
             raise ConfigError(f"{path}: not a valid YAML config ({e})") from None
+        _resolve_imports(layer, path.parent, str(path))
+        layers.append(layer)
         where = str(path)
     else:
         where = "config"
@@ -201,9 +207,22 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         raise _config_error(e, "command-line override") from None
+    _resolve_imports(merged, Path.cwd(), "command-line override")
+    load_plugins(merged.imports)  # before anything names their components
     cfg: ExperimentConfig = OmegaConf.to_object(merged)
     validate_config(cfg)
     return cfg
+
+
+def _resolve_imports(layer, base_dir: Path, where: str) -> None:
+    """Make the ``imports`` of one config layer independent of the current folder (files as absolute paths)."""
+    if not OmegaConf.is_dict(layer) or "imports" not in layer:
+        return
+    imports = layer.imports
+    if isinstance(imports, str) or not OmegaConf.is_list(imports) or not all(isinstance(s, str) for s in imports):
+        raise ConfigError(f"{where}: config key 'imports': expected a list of module names or .py files, got "
+                          f"{OmegaConf.to_container(imports) if OmegaConf.is_config(imports) else imports!r}")
+    layer.imports = [resolve_spec(spec, base_dir) for spec in imports]
 
 
 def validate_config(cfg: ExperimentConfig) -> None:

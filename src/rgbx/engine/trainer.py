@@ -56,6 +56,7 @@ from rgbx.models import ModelConfig, create_model
 from rgbx.models.convert import REFERENCE_EVALUATION
 from rgbx.models.input_encoding import InputEncoding
 from rgbx.models.transfer import transfer_weights
+from rgbx.plugins import load_plugins
 
 STATE_FILE = "checkpoints/last.state.pt"
 LAST_WEIGHTS = "checkpoints/last.safetensors"
@@ -244,6 +245,7 @@ class Trainer:
     """Trains ``cfg.model`` with ``cfg.method`` on ``cfg.data``; writes everything under ``cfg.output_dir``."""
 
     def __init__(self, cfg: ExperimentConfig, resume: bool = False, reporter: Reporter | None = None):
+        load_plugins(cfg.imports)  # a config built in Python: its plugins (load_config has loaded a file's already)
         self.cfg = cfg
         self.paths = RunPaths(Path(cfg.output_dir))
         self.device = resolve_device(cfg.train.device)

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from rgbx.errors import CheckpointError, ConfigError
 from rgbx.modalities import BUILTIN_MODALITIES, declare_modality, get_modality, spec_from_dict, spec_to_dict
 from rgbx.models.config import ModelConfig
+from rgbx.models.registries import BACKBONES, FUSIONS, HEADS
 from rgbx.models.segmentor import create_model
 from rgbx.models.weights import load_strict
 
@@ -58,8 +59,37 @@ def save_model(path: str | Path, model: torch.nn.Module, dataset: dict | None = 
     sensors = {m: spec_to_dict(get_modality(m)) for m in model.config.modalities if m not in BUILTIN_MODALITIES}
     if sensors:
         meta["sensors"] = sensors
+    plugins = component_plugins(model.config)
+    if plugins:
+        meta["plugins"] = plugins
     metadata = {"rgbx": json.dumps(meta)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def component_plugins(cfg: ModelConfig) -> dict[str, str]:
+    """``{"fusion gated": plugin}`` for each of the model's backbone / fusion / head that a plugin registered
+    (:mod:`rgbx.plugins`), or that code outside rgbx registered (then its module)."""
+    found = {}
+    for kind, registry in (("backbone", BACKBONES), ("fusion", FUSIONS), ("head", HEADS)):
+        name = getattr(cfg, kind)
+        if name not in registry or registry.prefix_of(name) is not None:
+            continue
+        module = getattr(registry.get(name), "__module__", "") or ""
+        origin = registry.origin(name) or ("" if module.split(".")[0] == "rgbx" else module)
+        if origin:
+            found[f"{kind} {name}"] = origin
+    return found
+
+
+def _missing_plugin(info: dict) -> str | None:
+    """How to load the plugin a model file's components came from, when one of them is not registered."""
+    for component, plugin in (info.get("plugins") or {}).items():
+        kind, name = component.split(" ", 1)
+        registry = {"backbone": BACKBONES, "fusion": FUSIONS, "head": HEADS}.get(kind)
+        if registry is not None and name not in registry:
+            return (f"its {kind} {name!r} came from the plugin {plugin!r}, which is not loaded: load it first "
+                    f"(--import {plugin}, or rgbx.load_plugin({plugin!r}) in Python)")
+    return None
 
 
 def read_model_info(path: str | Path, missing_ok: bool = False) -> dict:
@@ -141,6 +171,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
         cfg = replace(ModelConfig.from_dict(info["model"]), pretrained="")  # the file holds all the weights
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"{path}: invalid model config in metadata ({e})") from None
+    missing = _missing_plugin(info)
+    if missing:
+        raise CheckpointError(f"{path}: {missing}")
     model = create_model(cfg)
     load_state_into(model, _read_tensors(path), str(path))
     return model.to(device).eval(), info

@@ -76,12 +76,25 @@ class MeanFusion(FusionEncoder):
             stage_outputs.append(x)
 
         masks = torch.stack([present[m] for m in names], dim=1)  # (B, M)
-        count = masks.sum(dim=1).clamp(min=1).to(x.dtype).view(-1, 1, 1, 1)
         features: dict[str, list[torch.Tensor]] = {m: [] for m in names}
         fused = []
-        for out in stage_outputs:
+        for index, out in enumerate(stage_outputs):
             per_modality = [mask_absent(f, present[m]) for m, f in zip(names, out.chunk(len(names)))]
             for m, f in zip(names, per_modality):
                 features[m].append(f)
-            fused.append(torch.stack(per_modality).sum(dim=0) / count)
+            fused.append(self.fuse(index, names, per_modality, masks))
         return EncoderOutput(fused=fused, features=features, present=present)
+
+    def fuse(self, index: int, names: list[str], per_modality: list[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+        """Stage ``index``'s fused map: the mean of the modalities' maps (absent ones zeroed) over the present ones.
+
+        Args:
+            index: the stage (0-3).
+            names: the computed modalities, in the order of ``per_modality`` and of ``masks``' columns.
+            per_modality: (B, C, H, W) per modality, zero where absent.
+            masks: (B, M) bool, which modality each sample has.
+
+        A subclass that weighs the modalities otherwise overrides this alone (``examples/plugin`` has a gated one).
+        """
+        count = masks.sum(dim=1).clamp(min=1).to(per_modality[0].dtype).view(-1, 1, 1, 1)
+        return torch.stack(per_modality).sum(dim=0) / count
