@@ -11,22 +11,7 @@ set -euo pipefail
 OUT=${OUT:-runs/robustness}
 DATA=${DATA:-$OUT/data}
 ITERS=${ITERS:-1200}
-mkdir -p "$OUT"
-[ -f "$DATA/dataset.yaml" ] || rgbx synth "$DATA" --train 600 --val 150 --test 0 --size 120x160 --seed 0
-
-COMMON=(data.root="$DATA" data.crop_size=[120,160] data.scale_range=[0.75,1.5] data.num_workers=1
-        model.backbone=mit_nano model.head_channels=128 model.modalities=[rgb,depth]
-        optim.lr=1e-3 optim.warmup_iters=30 train.iters="$ITERS" train.batch_size=8 train.eval_every=0
-        train.checkpoint_every=200 train.log_every=100 train.threads=2)
-
-train() {  # train <run> <preset> [overrides...]: skipped when the run already finished (re-run the script to resume)
-  local run=$1 preset=$2; shift 2
-  if [ -f "$OUT/$run/model.safetensors" ]; then echo "== $run: done already"; return; fi
-  local resume=()
-  [ -f "$OUT/$run/checkpoints/last.state.pt" ] && resume=(--resume)
-  echo "== $run ($(date +%T))"
-  /usr/bin/time -f "$run: %e s" rgbx train "$preset" "${COMMON[@]}" output_dir="$OUT/$run" "$@" "${resume[@]}" --quiet
-}
+source "$(dirname "$0")/robustness_setting.sh"  # the data, COMMON, train and evaluate
 
 # Teachers / pretraining: plain supervised, one modality (mean fusion over one modality = a plain encoder).
 train teacher_rgb   synth_primkd_teacher model.modalities=[rgb]
@@ -49,10 +34,6 @@ train primkd_rgb    synth_primkd_student method.options.teacher="$OUT/teacher_rg
 train primkd_depth  synth_primkd_student method.options.teacher="$OUT/teacher_depth/model.safetensors" \
                     method.options.primary=depth
 
-for run in teacher_rgb teacher_depth cmx mean mean_dropout anyseg anyseg_lambda5 ktb_plain ktb_mmst primkd_rgb primkd_depth; do
-  [ -f "$OUT/$run/robust.json" ] && continue
-  echo "== eval $run ($(date +%T))"
-  rgbx eval "$OUT/$run/model.safetensors" --data "$DATA" --split val --robustness --workers 1 \
-    --json "$OUT/$run/robust.json" > "$OUT/$run/robust.txt"
-done
+evaluate teacher_rgb teacher_depth cmx mean mean_dropout anyseg anyseg_lambda5 ktb_plain ktb_mmst primkd_rgb \
+  primkd_depth
 python benchmarks/robustness_table.py "$OUT"

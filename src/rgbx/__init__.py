@@ -8,6 +8,8 @@ The public API (imported lazily so that ``rgbx --help`` stays fast)::
     rgbx.transfer_weights(model, "trained_elsewhere.safetensors", classes=[...])  # fine-tuning start
     rgbx.list_models(); rgbx.list_modalities()
     rgbx.load_plugin("my_lab/gated_fusion.py")  # your own components, registered by name (docs/extending.md)
+    rgbx.train("synth_cmx_b0", ["data.root=data/synth", "output_dir=runs/x"])   # = rgbx train
+    rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", anymodal=True).miou("rgb")   # = rgbx eval
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ _API = {
     "collate": "rgbx.data",
     "Batch": "rgbx.data",
     "load_plugin": "rgbx.plugins",
+    "load_config": "rgbx.engine.config",
+    "train": "rgbx.engine.trainer",
+    "evaluate": ("rgbx.engine.evaluate", "evaluate_dataset"),
 }
 
 __all__ = [*_API, "list_modalities", "__version__"]
@@ -54,5 +59,6 @@ def __getattr__(name: str):
     if name in _API:
         import importlib
 
-        return getattr(importlib.import_module(_API[name]), name)
+        module, attribute = _API[name] if isinstance(_API[name], tuple) else (_API[name], name)
+        return getattr(importlib.import_module(module), attribute)
     raise AttributeError(f"module 'rgbx' has no attribute {name!r}")

@@ -44,6 +44,14 @@ class EvalResult:
             groups[group] = ConfusionMatrix(self.num_classes, self.ignore_index)
         return groups[group]
 
+    def miou(self, subset: str | None = None, group: str = "all", convention: str = "present") -> float:
+        """The mIoU (0-1) of one sensor set (default: the first scored, all of the model's sensors) and group."""
+        subset = next(iter(self.matrices)) if subset is None else subset
+        if subset not in self.matrices or group not in self.matrices[subset]:
+            scored = {s: list(g) for s, g in self.matrices.items()}
+            raise KeyError(f"no result for sensor set {subset!r}, group {group!r}; scored: {scored}")
+        return self.matrices[subset][group].compute(convention).miou
+
     def metrics(self, convention: str = "present") -> dict[str, dict[str, SegMetrics]]:
         return {s: {g: cm.compute(convention) for g, cm in groups.items()} for s, groups in self.matrices.items()}
 
@@ -143,3 +151,54 @@ def evaluate(
             progress(i + 1)
     result.all_reduce()
     return result
+
+
+def evaluate_dataset(
+    model,
+    data,
+    split: str = "val",
+    *,
+    dataset: str = "folder",
+    options: dict | None = None,
+    anymodal: bool = False,
+    group_by: str | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    **test_time,
+) -> EvalResult:
+    """Score a model on a dataset split from Python: what ``rgbx eval`` computes, as an :class:`EvalResult`.
+
+    Args:
+        model: a model, or the path of an rgbx model file (:func:`rgbx.load_model`).
+        data, split, dataset, options: the dataset folder, its split, its registered loader (``--dataset``) and the
+            loader's options (``--option``).
+        anymodal: score every non-empty subset of the model's sensors (``--anymodal``), else all of them together.
+        group_by: a sample attribute to score separately per value (``--by``, e.g. ``"condition"``).
+        test_time: :func:`evaluate`'s ``scales``, ``flip``, ``window``, ``scale_rule``, ``autocast_dtype``.
+
+    Example::
+
+        result = rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", anymodal=True)
+        result.miou(), result.miou("rgb"), result.metrics()["rgb+depth"]["all"].per_class_iou
+    """
+    from rgbx.data import build_dataset, collate
+    from rgbx.data.transforms import EvalTransform
+    from rgbx.errors import ConfigError
+    from rgbx.models.model_file import load_model
+
+    device = torch.device(device)
+    if not isinstance(model, torch.nn.Module):
+        model, _ = load_model(model, device)
+    model = model.to(device)
+    opened = build_dataset(dataset, data, split, modalities=list(model.modalities), transform=EvalTransform(),
+                           **(options or {}))
+    desc = opened.description
+    if desc.num_classes != model.num_classes:
+        raise ConfigError(f"the model predicts {model.num_classes} classes but {data} [{split}] has "
+                          f"{desc.num_classes}")
+    loader = torch.utils.data.DataLoader(opened, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
+    return evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
+                    subsets=all_subsets(model.modalities) if anymodal else None, group_by=group_by, device=device,
+                    **test_time)

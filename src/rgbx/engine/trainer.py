@@ -685,3 +685,31 @@ class Trainer:
         except ImportError:
             raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install 'rgbx[tensorboard]'") from None
         return SummaryWriter(str(self.paths.root / "tensorboard"))
+
+
+def train(config: str | ExperimentConfig, overrides: list[str] | tuple[str, ...] = (), *, resume: bool = False,
+          quiet: bool = True) -> dict:
+    """Train from Python, as ``rgbx train CONFIG key=value ... [--resume]`` does (the same run folder and files).
+
+    Args:
+        config: a preset name, a YAML file, or an :class:`~rgbx.engine.config.ExperimentConfig`.
+        overrides: ``key=value`` strings, e.g. ``["data.root=data/synth", "train.iters=200"]``.
+        resume: continue the run in ``output_dir`` from its last checkpoint.
+        quiet: no progress output.
+
+    Returns the final evaluation's metrics (as ``Trainer.fit``).
+    """
+    from rgbx.engine.config import load_config
+
+    if isinstance(config, ExperimentConfig):
+        if overrides:
+            raise ConfigError("train(ExperimentConfig, overrides): set the config's fields instead, or pass a "
+                              "preset / YAML path with the overrides")
+        cfg = config
+    else:
+        cfg = load_config(config, list(overrides))
+    trainer = Trainer(cfg, resume=resume, reporter=Reporter(quiet=quiet))
+    try:
+        return trainer.fit()
+    finally:
+        trainer.dist.close()

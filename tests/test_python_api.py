@@ -1,0 +1,59 @@
+"""The Python API of training and evaluation (rgbx.train, rgbx.evaluate, rgbx.load_config): the same runs and
+figures as the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import rgbx
+from rgbx.cli.main import main
+from rgbx.errors import ConfigError
+from tests.conftest import make_dataset
+
+
+def test_train_and_evaluate_from_python_match_the_command_line(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n=8, size=(32, 32), modalities=("rgb", "depth"))
+    overrides = [f"data.root={data}", f"output_dir={tmp_path / 'run'}", "model.backbone=mit_nano",
+                 "model.head_channels=16", "model.modalities=[rgb,depth]", "train.iters=3", "train.batch_size=2",
+                 "train.eval_every=0", "data.crop_size=[32,32]", "data.num_workers=0", "train.eval_group_by=null"]
+    metrics = rgbx.train("synth_cmx_b0", overrides)
+    assert "miou" in json.dumps(metrics)
+    model_file = tmp_path / "run" / "model.safetensors"
+    assert model_file.is_file()
+    with pytest.raises(rgbx.errors.RgbxError, match="already holds a training run"):
+        rgbx.train("synth_cmx_b0", overrides)
+
+    result = rgbx.evaluate(model_file, data, "val", anymodal=True, group_by="condition", batch_size=1)
+    assert sorted(result.matrices) == ["depth", "rgb", "rgb+depth"]
+    assert main(["eval", str(model_file), "--data", str(data), "--split", "val", "--anymodal",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    capsys.readouterr()
+    cli = json.loads((tmp_path / "e.json").read_text())["subsets"]
+    for subset in ("rgb+depth", "rgb", "depth"):
+        assert result.miou(subset) == pytest.approx(cli[subset]["all"]["miou"], abs=1e-9)
+        for group in ("condition=day", "condition=night"):
+            assert result.miou(subset, group) == pytest.approx(cli[subset][group]["miou"], abs=1e-9)
+    assert result.miou() == result.miou("rgb+depth")
+    # a model object works too, and test-time options reach the evaluation
+    model, _ = rgbx.load_model(model_file)
+    flipped = rgbx.evaluate(model, data, "val", scales=(1.0,), flip=True)
+    assert list(flipped.matrices) == ["rgb+depth"]
+    with pytest.raises(KeyError, match="no result for sensor set 'thermal'"):
+        result.miou("thermal")
+
+    # a config object, e.g. edited in a notebook
+    cfg = rgbx.load_config("synth_cmx_b0", [*overrides, f"output_dir={tmp_path / 'run2'}"])
+    cfg.train.iters = 2
+    rgbx.train(cfg)
+    assert (tmp_path / "run2" / "model.safetensors").is_file()
+    with pytest.raises(ConfigError, match="set the config's fields instead"):
+        rgbx.train(cfg, ["train.iters=1"])
+
+
+def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path):
+    data = make_dataset(tmp_path / "data", n=4, size=(32, 32), modalities=("rgb",))
+    model = rgbx.create_model(backbone="mit_nano", fusion="mean", modalities=["rgb"], num_classes=7, head_channels=16)
+    with pytest.raises(ConfigError, match=r"the model predicts 7 classes but .* \[val\] has 3"):
+        rgbx.evaluate(model, data, "val")
