@@ -36,4 +36,5 @@ train primkd_depth  synth_primkd_student method.options.teacher="$OUT/teacher_de
 
 evaluate teacher_rgb teacher_depth cmx mean mean_dropout anyseg anyseg_lambda5 ktb_plain ktb_mmst primkd_rgb \
   primkd_depth
-python benchmarks/robustness_table.py "$OUT"
+python benchmarks/robustness_table.py "$OUT" --only cmx cmx_seed1 mean mean_dropout anyseg anyseg_lambda5 ktb_plain \
+  ktb_mmst primkd_rgb primkd_depth teacher_rgb teacher_depth

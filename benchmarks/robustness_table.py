@@ -39,6 +39,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="RUN", help="these runs, in this order (default: every run)")
     args = parser.parse_args()
     described = dict(RUNS)
+    for run in args.only or ():  # <run>_seedN: <run> trained with train.seed=N
+        base, _, seed = run.rpartition("_seed")
+        if run not in described and base in described and seed.isdigit():
+            described[run] = f"{described[base]}, training seed {seed}"
     unknown = [run for run in args.only or () if run not in described]
     if unknown:
         parser.error(f"unknown run(s) {unknown}; known: {list(described)}")
