@@ -100,11 +100,17 @@ def test_bad_plugins_give_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"the current folder is not on the module path: give the file, "
                                           r"--import ./my_gates\.py"):
         plugins.load_plugin("my_gates")
-    broken = write(tmp_path / "broken.py", "import torch\n\nvalue = undefined_name + 1\n")
+    broken = write(tmp_path / "broken.py", (PACKAGE / "dice_loss.py").read_text() + "\nvalue = undefined_name + 1\n")
+    line = len(broken.read_text().splitlines())
     with pytest.raises(ConfigError, match=rf"plugin {broken}: importing it failed: NameError: name 'undefined_name' "
-                                          rf"is not defined \({broken}:3\)"):
+                                          rf"is not defined \({broken}:{line}\)"):
         plugins.load_plugin(str(broken))
     assert not any(name.startswith("rgbx_plugin_broken") for name in sys.modules)
+    # what it registered before failing is gone, so the mended file loads in the same process
+    assert "ce_dice" not in SEGMENTATION_LOSSES
+    broken.write_text((PACKAGE / "dice_loss.py").read_text())
+    plugins.load_plugin(str(broken))
+    assert SEGMENTATION_LOSSES.origin("ce_dice") == str(broken)
     clash = write(tmp_path / "clash.py", """
 from rgbx.models import FUSIONS
 from rgbx.models.fusions import MeanFusion

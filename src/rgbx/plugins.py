@@ -75,6 +75,10 @@ def load_plugin(spec: str, base_dir: str | Path | None = None) -> ModuleType:
     previous, Registry.loading = Registry.loading, resolved
     try:
         module = _import_file(resolved) if is_file_spec(resolved) else _import_module(resolved)
+    except ConfigError:
+        for registry in Registry.all():  # a plugin that failed half-way leaves nothing registered (a retry works)
+            registry.forget(resolved)
+        raise
     finally:
         Registry.loading = previous
     _LOADED[resolved] = module

@@ -84,6 +84,11 @@ class Registry(Generic[T]):
         module = getattr(item, "__module__", None) if isinstance(item, type) or callable(item) else None
         return self.origin(name) or module or "rgbx"
 
+    def forget(self, origin: str) -> None:
+        """Unregister every name the plugin ``origin`` registered (its import failed half-way)."""
+        for name in [n for n, o in self._origins.items() if o == origin]:
+            del self._items[name], self._origins[name]
+
     def origin(self, name: str) -> str | None:
         """The plugin (module name or file, as loaded) that registered ``name``; None for rgbx's own and for names
         registered outside a plugin load (e.g. by a script)."""
