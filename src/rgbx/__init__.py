@@ -44,6 +44,7 @@ _API = {
     "load_config": "rgbx.engine.config",
     "train": "rgbx.engine.trainer",
     "evaluate": ("rgbx.engine.evaluate", "evaluate_dataset"),
+    "Predictor": "rgbx.engine.predict",
 }
 
 __all__ = [*_API, "list_modalities", "__version__"]

@@ -1,4 +1,6 @@
-"""Inference on samples: predictions as label PNGs, colourised masks and panels."""
+"""Inference on samples: predictions as label PNGs, colourised masks and panels; and, for a program that has the
+sensors' frames in memory (a robot's driver), ``Predictor.from_file(...)`` called on raw arrays.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rgbx.data.files import read_modality_file
 from rgbx.data.sample import Sample, collate, normalize_sample
 from rgbx.engine.fastpath import SpeedOptions, autocast, backend_flags, prepare_inference
 from rgbx.engine.inference import SlidingWindow, predict_logits
+from rgbx.errors import DataError
+from rgbx.modalities import get_modality
 from rgbx.visualize import colorize, make_panel, save_image
 
 
@@ -38,12 +43,41 @@ class Predictor:
         self.palette = [tuple(c) for c in dataset.get("palette") or default_palette(n)]
         self.ignore_index = dataset.get("ignore_index", 255)
 
+    @classmethod
+    def from_file(cls, path, device: str | torch.device = "cpu", fast: bool = False, **test_time) -> Predictor:
+        """A predictor for an rgbx model file (:func:`rgbx.load_model`), or an exported ``.onnx`` file run in ONNX
+        Runtime; ``fast``: the device's fast speed switches (PyTorch models); ``test_time``: ``scales``, ``flip``,
+        ``window``, ``scale_rule``.
+
+        Example::
+
+            segment = rgbx.Predictor.from_file("runs/x/model.safetensors", device="cuda", fast=True)
+            labels = segment({"rgb": frame, "depth": depth_mm})  # (H, W) class indices; any subset of sensors
+            segment.classes[labels[240, 320]]
+        """
+        from rgbx.engine.fastpath import SpeedOptions
+        from rgbx.engine.onnx_model import OnnxSegmentor, is_onnx_file
+        from rgbx.errors import ConfigError
+        from rgbx.models.model_file import load_model
+
+        if is_onnx_file(path):
+            if fast:
+                raise ConfigError(f"fast=True sets PyTorch's speed switches; {path} runs in ONNX Runtime")
+            model = OnnxSegmentor(path)
+            return cls(model, model.info, "cpu", **test_time)
+        model, info = load_model(path, device)
+        return cls(model, info, device, speed=SpeedOptions.fast(torch.device(device)) if fast else None, **test_time)
+
+    def __call__(self, inputs, sample_id: str = "frame") -> np.ndarray:
+        """(H, W) class indices for one frame of raw sensor data (:func:`frame_sample`)."""
+        return self.predict(frame_sample(inputs, sample_id)).numpy()
+
     @torch.no_grad()
     def predict(self, sample: Sample) -> torch.Tensor:
         """(H, W) int64 class map for one sample in physical units (modalities the model lacks are ignored)."""
         usable = {m: x for m, x in sample["inputs"].items() if m in self.model.modalities}
         if not usable:
-            raise ValueError(f"sample {sample['meta'].get('id')} has none of the model's modalities "
+            raise DataError(f"sample {sample['meta'].get('id')} has none of the model's modalities "
                              f"({', '.join(self.model.modalities)})")
         batch = collate([normalize_sample({**sample, "inputs": usable, "label": None})]).to(self.device)
         precision = self.speed.precision if self.speed is not None else "fp32"
@@ -71,3 +105,41 @@ class Predictor:
                                class_names=self.classes, ignore_index=self.ignore_index, title=sid)
             save_image(paths["panel"], image)
         return paths
+
+
+def frame_sample(inputs, sample_id: str = "frame") -> Sample:
+    """One frame of raw sensor data → a sample in physical units (what :meth:`Predictor.predict` takes).
+
+    ``inputs``: sensor name → a file path (read as ``rgbx predict`` reads it), or an array / tensor as a driver gives
+    it: (H, W), (H, W, C) channels last or (C, H, W); integer values are the sensor's on-disk encoding, scaled by its
+    spec (8-bit RGB 0-255, red first; 16-bit depth / LiDAR in mm; ...), floating-point values are physical units
+    already (RGB 0-1, depth in metres). Any subset of the model's sensors; all of one size.
+    """
+    if not inputs:
+        raise DataError("a frame needs at least one sensor's data")
+    tensors = {}
+    for name, value in inputs.items():
+        spec = get_modality(name)
+        if isinstance(value, (str, Path)):
+            tensors[name] = read_modality_file(value, name)
+            continue
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        c = spec.channels
+        if arr.ndim == 2 and c == 1:
+            arr = arr[None]
+        elif arr.ndim == 3 and arr.shape[0] != c and arr.shape[-1] == c:
+            arr = np.moveaxis(arr, -1, 0)
+        if arr.ndim != 3 or arr.shape[0] != c:
+            raise DataError(f"sensor {name!r}: an array of shape {tuple(arr.shape)}; expected (H, W, {c}) or "
+                            f"({c}, H, W){' or (H, W)' if c == 1 else ''}")
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+                or arr.dtype == np.bool_):
+            raise DataError(f"sensor {name!r}: an array of dtype {arr.dtype}; expected integers (the sensor's "
+                            f"encoding) or floats (physical units)")
+        scale = 1.0 if np.issubdtype(arr.dtype, np.floating) else spec.scale
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32) * np.float32(scale))
+    sizes = {name: tuple(t.shape[-2:]) for name, t in tensors.items()}
+    if len(set(sizes.values())) > 1:
+        raise DataError(f"the sensors' frames differ in size: {', '.join(f'{n} {h}x{w}' for n, (h, w) in sizes.items())}"
+                        f"; resample them to one size (rgbx predicts at that size)")
+    return {"inputs": tensors, "label": None, "meta": {"id": sample_id}}
