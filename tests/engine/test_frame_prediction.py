@@ -89,3 +89,9 @@ def test_an_exported_file_predicts_the_same(model_file, tmp_path):
     assert (torch_labels == onnx_labels).mean() > 0.999
     with pytest.raises(ConfigError, match="runs in ONNX Runtime"):
         rgbx.Predictor.from_file(onnx_path, fast=True)
+
+
+def test_devices_by_name(model_file):
+    assert rgbx.Predictor.from_file(model_file, device="auto").device.type in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="device 'banana': expected auto, cpu, cuda or cuda:N"):
+        rgbx.Predictor.from_file(model_file, device="banana")

@@ -235,18 +235,7 @@ def model_config_from_args(args):
 
 
 def resolve_device(name: str):
-    """``auto`` → CUDA when available, else the CPU (as ``train.device``; kept here so that profiling does not
-    import the training and data stack)."""
-    import torch
+    """``--device``: ``auto`` → CUDA when available, else the CPU (:func:`rgbx.engine.device.resolve_device`)."""
+    from rgbx.engine.device import resolve_device as resolve
 
-    from rgbx.errors import ConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name!r} but CUDA is not available on this machine")
-    return device
+    return resolve(name, "--device")

@@ -89,8 +89,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
+    from rgbx.cli.common import resolve_device
     from rgbx.engine.distributed import init_distributed
-    from rgbx.engine.trainer import resolve_device
 
     device = resolve_device(args.device)
     ctx = init_distributed(device.type)  # under torchrun: each process scores its share, the matrices are summed

@@ -107,8 +107,9 @@ def _samples(args, modalities):
 
 
 def run(args) -> int:
+    from rgbx.cli.common import resolve_device
     from rgbx.engine.predict import Predictor
-    from rgbx.engine.trainer import loader_workers, resolve_device
+    from rgbx.engine.trainer import loader_workers
 
     device = resolve_device(args.device)
     window = sliding_window_from_args(args)

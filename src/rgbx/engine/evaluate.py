@@ -175,6 +175,7 @@ def evaluate_dataset(
             loader's options (``--option``).
         anymodal: score every non-empty subset of the model's sensors (``--anymodal``), else all of them together.
         group_by: a sample attribute to score separately per value (``--by``, e.g. ``"condition"``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         test_time: :func:`evaluate`'s ``scales``, ``flip``, ``window``, ``scale_rule``, ``autocast_dtype``.
 
     Example::
@@ -184,10 +185,11 @@ def evaluate_dataset(
     """
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform
+    from rgbx.engine.device import resolve_device
     from rgbx.errors import ConfigError
     from rgbx.models.model_file import load_model
 
-    device = torch.device(device)
+    device = resolve_device(device)
     if not isinstance(model, torch.nn.Module):
         model, _ = load_model(model, device)
     model = model.to(device)

@@ -55,6 +55,7 @@ class Predictor:
             labels = segment({"rgb": frame, "depth": depth_mm})  # (H, W) class indices; any subset of sensors
             segment.classes[labels[240, 320]]
         """
+        from rgbx.engine.device import resolve_device
         from rgbx.engine.fastpath import SpeedOptions
         from rgbx.engine.onnx_model import OnnxSegmentor, is_onnx_file
         from rgbx.errors import ConfigError
@@ -65,8 +66,9 @@ class Predictor:
                 raise ConfigError(f"fast=True sets PyTorch's speed switches; {path} runs in ONNX Runtime")
             model = OnnxSegmentor(path)
             return cls(model, model.info, "cpu", **test_time)
+        device = resolve_device(device)  # auto, cpu, cuda, cuda:N
         model, info = load_model(path, device)
-        return cls(model, info, device, speed=SpeedOptions.fast(torch.device(device)) if fast else None, **test_time)
+        return cls(model, info, device, speed=SpeedOptions.fast(device) if fast else None, **test_time)
 
     def __call__(self, inputs, sample_id: str = "frame") -> np.ndarray:
         """(H, W) class indices for one frame of raw sensor data (:func:`frame_sample`)."""

@@ -29,6 +29,7 @@ from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.data.transforms.photometric import build_photometric_ops
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
 from rgbx.engine.config import ExperimentConfig, TrainConfig, to_dict, to_yaml
+from rgbx.engine.device import resolve_device
 from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
 from rgbx.engine.evaluate import EvalResult, evaluate
 from rgbx.engine.fastpath import (
@@ -77,18 +78,6 @@ def network_zero_fill(input_encoding, modalities) -> dict[str, list[float]]:
                               "that need different values); use data.crop_padding=end")
         fill[name] = get_modality(name).denormalize(torch.tensor(zero).view(-1, 1, 1)).flatten().tolist()
     return fill
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine")
-    return device
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -248,7 +237,7 @@ class Trainer:
         load_plugins(cfg.imports)  # a config built in Python: its plugins (load_config has loaded a file's already)
         self.cfg = cfg
         self.paths = RunPaths(Path(cfg.output_dir))
-        self.device = resolve_device(cfg.train.device)
+        self.device = resolve_device(cfg.train.device, "train.device")
         self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
