@@ -14,6 +14,7 @@ EXAMPLES = """  rgbx info                               # registered modalities,
   rgbx info runs/cmx/model.safetensors    # what a model file holds: model, classes, training, parameters
   rgbx info NYUDV2_CMX+Segformer-B2.pth   # another code base's checkpoint: its layout and how to convert it
   rgbx info model.onnx                    # an exported file: its inputs, their normalisation, outputs, classes
+  rgbx info --import my_lab/gated.py      # with a plugin loaded: what it registered (docs/extending.md)
 """
 
 
