@@ -80,7 +80,7 @@ class Predictor:
         usable = {m: x for m, x in sample["inputs"].items() if m in self.model.modalities}
         if not usable:
             raise DataError(f"sample {sample['meta'].get('id')} has none of the model's modalities "
-                             f"({', '.join(self.model.modalities)})")
+                            f"({', '.join(self.model.modalities)})")
         batch = collate([normalize_sample({**sample, "inputs": usable, "label": None})]).to(self.device)
         precision = self.speed.precision if self.speed is not None else "fp32"
         with backend_flags(self.speed), autocast(self.device, precision):
