@@ -384,3 +384,34 @@ def test_every_python_block_of_the_extending_page_runs_and_its_components_work(t
     a = PHOTOMETRIC.get("speckle_doc")(x, torch.Generator().manual_seed(1), MODALITIES.get("radar_doc"))
     b = PHOTOMETRIC.get("speckle_doc")(x, torch.Generator().manual_seed(1), MODALITIES.get("radar_doc"))
     assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+# ---------------------------------------------------------------- what a model file records it was made with
+
+
+def test_model_files_record_the_environment_and_a_changed_plugin_is_noticed(tmp_path, capsys):
+    import warnings
+
+    data = make_dataset(tmp_path / "data", n=6, size=(32, 32), modalities=("rgb", "depth"))
+    plugin = write(tmp_path / "lab" / "gates.py", (PACKAGE / "gated_fusion.py").read_text())
+    run = tmp_path / "run"
+    rgbx.train("synth_cmx_b0", [f"data.root={data}", f"output_dir={run}", "model.backbone=mit_nano",
+                                "model.fusion=gated", "model.head_channels=16", "model.modalities=[rgb,depth]",
+                                f"imports=[{plugin}]", "train.iters=1", "train.batch_size=2", "train.eval_every=0",
+                                "data.crop_size=[32,32]", "data.num_workers=0", "train.eval_group_by=null"])
+    env = read_model_info(run / "model.safetensors")["environment"]
+    assert env["rgbx"] == rgbx.__version__ and env["torch"] == torch.__version__
+    assert env["device"].startswith("cpu: ")
+    import hashlib
+
+    assert env["plugins"] == {str(plugin): hashlib.sha256(plugin.read_bytes()).hexdigest()}
+    for name in ("best.safetensors", "checkpoints/last.safetensors"):
+        assert read_model_info(run / name)["environment"] == env
+    assert main(["info", str(run / "model.safetensors"), "--import", str(plugin)]) == 0
+    assert f"trained with: rgbx {rgbx.__version__}" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same source: nothing to say
+        rgbx.load_model(run / "model.safetensors")
+    plugin.write_text(plugin.read_text() + "\n# tuned the gate's initialisation\n")
+    with pytest.warns(UserWarning, match=rf"the plugin {plugin} has changed since this model was trained"):
+        rgbx.load_model(run / "model.safetensors")

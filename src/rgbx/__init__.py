@@ -32,7 +32,7 @@ _API = {
     "create_model": "rgbx.models",
     "list_models": "rgbx.models",
     "ModelConfig": "rgbx.models",
-    "load_model": "rgbx.models.model_file",
+    "load_model": "rgbx.engine.checkpoint",
     "save_model": "rgbx.models.model_file",
     "transfer_weights": "rgbx.models.transfer",
     "register_modality": "rgbx.modalities",

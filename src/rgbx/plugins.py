@@ -40,7 +40,7 @@ _INSTALLED: dict[str, str] = {}  # entry point "name = value" -> the module it l
 _installed_done = False
 
 __all__ = ["ENTRY_POINT_GROUP", "load_plugin", "load_plugins", "load_installed_plugins", "loaded_plugins",
-           "registered_by", "resolve_spec", "prescan_imports"]
+           "plugin_source", "registered_by", "resolve_spec", "prescan_imports"]
 
 
 def is_file_spec(spec: str) -> bool:
@@ -172,6 +172,13 @@ def load_installed_plugins() -> list[str]:
 def loaded_plugins() -> list[str]:
     """The plugins loaded in this process, as resolved (module names, absolute file paths)."""
     return list(_LOADED)
+
+
+def plugin_source(spec: str) -> Path | None:
+    """The source file of the loaded plugin ``spec`` (its module's file: a package's ``__init__.py``), or None."""
+    module = _LOADED.get(spec)
+    file = getattr(module, "__file__", None)
+    return Path(file) if file else None
 
 
 def registered_by(spec: str) -> list[str]:

@@ -74,7 +74,8 @@ def describe_file(path: str) -> int:
     for another code base's checkpoint, its layout, what can be read off it and how to convert it."""
     from pathlib import Path
 
-    from rgbx.models.model_file import describe_model, load_model, read_model_info
+    from rgbx.engine.checkpoint import load_model
+    from rgbx.models.model_file import describe_model, read_model_info
 
     file = Path(path)
     if file.suffix == ".onnx":
@@ -98,6 +99,10 @@ def describe_file(path: str) -> int:
               "on):")
         for name, entry in cfg.input_encoding.items():
             print(f"  {describe_input_encoding(name, entry)}")
+    if info.get("environment"):
+        from rgbx.engine.environment import describe_environment
+
+        print(f"trained with: {describe_environment(info['environment'])}")
     for component, plugin in (info.get("plugins") or {}).items():
         print(f"{component}: from the plugin {plugin} (load it with --import to use this file)")
     for name, fields in (info.get("sensors") or {}).items():

@@ -21,12 +21,23 @@ from rgbx.models.model_file import (  # noqa: F401 — the model-file API, re-ex
     FORMAT,
     atomic_write,
     describe_model,
-    load_model,
     load_state_into,
     load_weights,
     read_model_info,
     save_model,
 )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """:func:`rgbx.models.model_file.load_model` (the model rebuilt from the file alone, in eval mode, and the file's
+    metadata), and a warning for each plugin the model was trained with whose source has changed since
+    (:mod:`rgbx.engine.environment`)."""
+    from rgbx.engine.environment import check_plugin_sources
+    from rgbx.models.model_file import load_model as load_model_file
+
+    model, info = load_model_file(path, device)
+    check_plugin_sources(info.get("environment") or {}, path)
+    return model, info
 
 
 def save_state(path: str | Path, state: dict) -> Path:

@@ -185,9 +185,9 @@ def evaluate_dataset(
     """
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform
+    from rgbx.engine.checkpoint import load_model
     from rgbx.engine.device import resolve_device
     from rgbx.errors import ConfigError
-    from rgbx.models.model_file import load_model
 
     device = resolve_device(device)
     if not isinstance(model, torch.nn.Module):

@@ -55,11 +55,11 @@ class Predictor:
             labels = segment({"rgb": frame, "depth": depth_mm})  # (H, W) class indices; any subset of sensors
             segment.classes[labels[240, 320]]
         """
+        from rgbx.engine.checkpoint import load_model
         from rgbx.engine.device import resolve_device
         from rgbx.engine.fastpath import SpeedOptions
         from rgbx.engine.onnx_model import OnnxSegmentor, is_onnx_file
         from rgbx.errors import ConfigError
-        from rgbx.models.model_file import load_model
 
         if is_onnx_file(path):
             if fast:

@@ -31,6 +31,7 @@ from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save
 from rgbx.engine.config import ExperimentConfig, TrainConfig, to_dict, to_yaml
 from rgbx.engine.device import resolve_device
 from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
+from rgbx.engine.environment import run_environment
 from rgbx.engine.evaluate import EvalResult, evaluate
 from rgbx.engine.fastpath import (
     CudaGraphTrainStep,
@@ -236,6 +237,7 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, resume: bool = False, reporter: Reporter | None = None):
         load_plugins(cfg.imports)  # a config built in Python: its plugins (load_config has loaded a file's already)
         self.cfg = cfg
+        self._environment: dict | None = None  # what the model files record the run was made with
         self.paths = RunPaths(Path(cfg.output_dir))
         self.device = resolve_device(cfg.train.device, "train.device")
         self.dist = init_distributed(self.device.type)
@@ -435,7 +437,9 @@ class Trainer:
     def _file_info(self, **more) -> dict:
         """What a model file of the run records beside the weights: the iteration, the published evaluation protocol
         the config names (``rgbx eval --as-published``) and ``more``."""
-        info = {"iteration": self.iteration, **more}
+        if self._environment is None:  # once per run (it asks git for rgbx's commit)
+            self._environment = run_environment(self.device)
+        info = {"iteration": self.iteration, "environment": self._environment, **more}
         if self.cfg.published_evaluation:
             what, flags = REFERENCE_EVALUATION[self.cfg.published_evaluation]
             info["reference_evaluation"] = {"what": what, "flags": flags}
