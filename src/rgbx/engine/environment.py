@@ -28,6 +28,9 @@ def source_commit(folder: Path | None = None) -> str | None:
         return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
 
     try:
+        # rgbx's own files must be tracked there: an installed copy inside someone else's repository is not its source
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return None
         head = git("rev-parse", "--short=12", "HEAD")
         if head.returncode != 0:
             return None
