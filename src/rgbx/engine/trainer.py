@@ -435,8 +435,9 @@ class Trainer:
         self.reporter.print(f"resumed {self.paths.root} at iteration {self.iteration}")
 
     def _file_info(self, **more) -> dict:
-        """What a model file of the run records beside the weights: the iteration, the published evaluation protocol
-        the config names (``rgbx eval --as-published``) and ``more``."""
+        """What a model file of the run records beside the weights: the iteration, what the run was made with
+        (:mod:`rgbx.engine.environment`), the published evaluation protocol the config names (``rgbx eval
+        --as-published``) and ``more``."""
         if self._environment is None:  # once per run (it asks git for rgbx's commit)
             self._environment = run_environment(self.device)
         info = {"iteration": self.iteration, "environment": self._environment, **more}
