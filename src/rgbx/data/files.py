@@ -36,8 +36,14 @@ def read_modality_file(path: str | Path, modality: str) -> torch.Tensor:
         if spec.channels == 1 and arr.shape[0] == 3:
             hint = " (a 3-channel image; save single-channel sensor data as a 1-channel PNG or .npy)"
         raise DataError(f"{path}: {arr.shape[0]} channel(s), expected {spec.channels} for {modality!r}{hint}")
+    return physical_units(arr, spec)
+
+
+def physical_units(arr: np.ndarray, spec) -> torch.Tensor:
+    """(C, H, W) values as stored → float32 physical units: integers are the sensor's encoding, scaled by
+    ``spec.scale``; floating-point values are physical units already."""
     scale = 1.0 if np.issubdtype(arr.dtype, np.floating) else spec.scale
-    return torch.from_numpy(arr.astype(np.float32) * np.float32(scale))
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32) * np.float32(scale))
 
 
 def discover_samples(sources: dict[str, Path]) -> list[tuple[str, dict[str, Path]]]:

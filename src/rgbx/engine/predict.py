@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rgbx.data.files import read_modality_file
+from rgbx.data.files import physical_units, read_modality_file
 from rgbx.data.sample import Sample, collate, normalize_sample
 from rgbx.engine.fastpath import SpeedOptions, autocast, backend_flags, prepare_inference
 from rgbx.engine.inference import SlidingWindow, predict_logits
@@ -138,8 +138,7 @@ def frame_sample(inputs, sample_id: str = "frame") -> Sample:
                 or arr.dtype == np.bool_):
             raise DataError(f"sensor {name!r}: an array of dtype {arr.dtype}; expected integers (the sensor's "
                             f"encoding) or floats (physical units)")
-        scale = 1.0 if np.issubdtype(arr.dtype, np.floating) else spec.scale
-        tensors[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32) * np.float32(scale))
+        tensors[name] = physical_units(arr, spec)
     sizes = {name: tuple(t.shape[-2:]) for name, t in tensors.items()}
     if len(set(sizes.values())) > 1:
         raise DataError(f"the sensors' frames differ in size: {', '.join(f'{n} {h}x{w}' for n, (h, w) in sizes.items())}"
