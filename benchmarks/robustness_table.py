@@ -1,6 +1,7 @@
 """The markdown tables of benchmarks/robustness.md from the runs of benchmarks/robustness.sh.
 
     python benchmarks/robustness_table.py runs/robustness
+    python benchmarks/robustness_table.py runs/sensor_failures --silent   # benchmarks/sensor_failures.md
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the OUT folder of benchmarks/robustness.sh")
     parser.add_argument("--only", nargs="+", metavar="RUN", help="these runs, in this order (default: every run)")
+    parser.add_argument("--silent", action="store_true",
+                        help="also the silent-failure table (benchmarks/sensor_failures.sh): each failure fed as is "
+                             "/ screened by the sensor checks / the sensor absent, detection and false alarms")
     args = parser.parse_args()
     described = dict(RUNS)
     for run in args.only or ():  # <run>_seedN: <run> trained with train.seed=N
@@ -46,7 +50,7 @@ def main() -> None:
     unknown = [run for run in args.only or () if run not in described]
     if unknown:
         parser.error(f"unknown run(s) {unknown}; known: {list(described)}")
-    rows, noise = [], []
+    rows, noise, silent = [], [], []
     for run, what in [(run, described[run]) for run in args.only] if args.only else RUNS:
         path = args.out / run / "robust.json"
         if not path.is_file():
@@ -57,6 +61,8 @@ def main() -> None:
         sub = {name: s["miou"] for name, s in em["subsets"].items()}
         rows.append(f"| {run} | {what} | {pct(sub.get('rgb+depth'))} | {pct(sub.get('rgb'))} | "
                     f"{pct(sub.get('depth'))} | {pct(em['average'])} | {pct(em['expected'].get('0.1'))} |")
+        if args.silent and r.get("silent_failures", {}).get("results"):
+            silent += silent_rows(run, r["silent_failures"])
         c = r["corruptions"]
         noise.append(f"| {run} | {pct(c['dropout']['mean'].get('all'))} | {pct(c['gaussian']['mean'].get('rgb'))} | "
                      f"{pct(c['gaussian']['mean'].get('depth'))} | {pct(c['salt_pepper']['mean'].get('rgb'))} | "
@@ -69,6 +75,22 @@ def main() -> None:
           "salt-pepper depth |")
     print("|---|---|---|---|---|---|")
     print("\n".join(noise))
+    if args.silent:
+        print()
+        print("| run | sensor | failure | fed as is | screened | sensor absent | detected | false alarms (clean) |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(silent))
+
+
+def silent_rows(run: str, section: dict) -> list[str]:
+    rows = []
+    for sensor, by_failure in section["results"].items():
+        alarms = section["false_alarms"][sensor]
+        for failure, r in by_failure.items():
+            detected = "—" if r["detected"] is None else f"{100 * r['detected']:.1f}%"
+            rows.append(f"| {run} | {sensor} | {failure} | {pct(r['as_is'])} | {pct(r['screened'])} | "
+                        f"{pct(section['absent'].get(sensor))} | {detected} | {alarms['any']} of {alarms['frames']} |")
+    return rows
 
 
 if __name__ == "__main__":

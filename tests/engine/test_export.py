@@ -292,3 +292,24 @@ def test_a_model_with_an_input_encoding_exports_it_inside_the_graph(tmp_path):
     inputs = {"rgb": torch.randn(2, 3, 48, 80, generator=g), "thermal": torch.randn(2, 1, 48, 80, generator=g)}
     assert verify_onnx(path, model, inputs) <= TOL
     assert verify_onnx(path, model, inputs, {"thermal": torch.tensor([False, True])}) <= TOL
+
+
+def test_a_failing_dynamo_export_is_one_error(tmp_path, monkeypatch):
+    """torch.export gives up at some small example sizes; the error says so and what to do, not torch's traceback."""
+    from rgbx.errors import ConfigError
+
+    real_export = torch.onnx.export
+
+    def export(*args, dynamo=False, **kwargs):
+        if dynamo:
+            raise RuntimeError("Failed to export the model with torch.export. This is step 1/3.\n- Modify the model\n"
+                               "## Exception summary\n\n<class 'NotImplementedError'>: \nThe inequality, Eq(x, 0), "
+                               "cannot be solved.\n\n(Refer to the full stack trace above for more information.)")
+        return real_export(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    with pytest.raises(ConfigError, match=r"could not export the model at the example size 40x56: <class "
+                                          r"'NotImplementedError'>: The inequality, Eq\(x, 0\), cannot be solved\.; "
+                                          r"the axes are dynamic.*--size 480x640"):
+        export_onnx(tiny("cmx"), tmp_path / "m.onnx", size=(40, 56), exporter="dynamo")
+    assert not (tmp_path / "m.onnx").exists()  # nothing half-written

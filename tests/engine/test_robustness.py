@@ -167,10 +167,52 @@ def test_report_sections(data):
     again = robustness_report(model, torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate),
                               num_classes=3, ignore_index=255, device="cpu", seed=0, class_names=CLASSES)
     assert again["corruptions"] == cor
+    assert again["silent_failures"] == report["silent_failures"]  # the predecessor of a batch's first sample carried
     console = Console(width=160, record=True)
     print_robustness_tables(report, console=console)
     text = console.export_text()
     assert "expected, p=0.2" in text and "average" in text and "salt_pepper" in text
+    assert "silent failures" in text and "screened" in text
+
+
+def test_silent_failures_screened_equal_the_sensor_absent(data):
+    ds = FolderDataset(data, "train", transform=EvalTransform())
+    n = len(ds)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate)
+    report = robustness_report(_model(), loader, num_classes=3, corruptions=[])
+    section = report["silent_failures"]
+    subsets = {s: m["miou"] for s, m in report["entire_missing"]["subsets"].items()}
+    assert section["absent"] == {"rgb": subsets["depth"], "depth": subsets["rgb"]}
+    assert section["false_alarms"] == {m: {"frames": n, "any": 0, "non_finite": 0, "no_signal": 0, "saturated": 0,
+                                           "frozen": 0} for m in MODS}
+    for m in MODS:
+        for failure in ("blank", "nan", "saturated"):
+            r = section["results"][m][failure]
+            assert r["detected"] == 1.0, (m, failure)
+            assert r["screened"] == pytest.approx(section["absent"][m], abs=1e-12), (m, failure)
+        # frozen: every sample but the first (no predecessor) is caught
+        assert section["results"][m]["frozen"]["detected"] == pytest.approx((n - 1) / n)
+    assert section["rules"]["depth"]["frozen_after"] == 3 and set(section["definitions"]) == {
+        "blank", "nan", "saturated", "frozen"}
+
+
+def test_silent_failures_fed_as_is_by_hand(data):
+    """The as-is figure is the model given the failed frames: blank depth = depth 0 m everywhere, with presence."""
+    ds = FolderDataset(data, "train", transform=EvalTransform())
+    batch = collate([ds[i] for i in range(len(ds))])
+    model = _model().eval()
+    report = robustness_report(model, [batch], num_classes=3, corruptions=[], failures=["blank"])
+    assert set(report["silent_failures"]["results"]["depth"]) == {"blank"}
+    blank = dict(batch.inputs, depth=get_modality("depth").normalize(torch.zeros_like(batch.inputs["depth"])))
+    from rgbx.engine.metrics import ConfusionMatrix
+
+    cm = ConfusionMatrix(3, 255)
+    with torch.no_grad():
+        cm.update(model(blank, batch.present).logits.argmax(1), batch.label)
+    assert report["silent_failures"]["results"]["depth"]["blank"]["as_is"] == pytest.approx(
+        cm.compute("present").miou, abs=1e-12)
+    assert robustness_report(model, [batch], num_classes=3, corruptions=[], failures=[])["silent_failures"][
+        "results"] == {}
 
 
 def test_cli_robustness_json(data, tmp_path, capsys):
@@ -190,3 +232,19 @@ def test_cli_robustness_json(data, tmp_path, capsys):
     assert result["seed"] == 1 and rob["seed"] == 1
     assert result["split"] == "val" and result["miou_convention"] == "present"
     assert result["model"]["modalities"] == list(MODS) and result["data"] == str(data)
+    assert set(rob["silent_failures"]["results"]["rgb"]) == {"blank", "nan", "saturated", "frozen"}
+    assert "silent failures" in printed
+
+
+def test_cli_robustness_failures_and_rules(data, tmp_path):
+    weights = save_model(tmp_path / "model.safetensors", _model(), dataset={"classes": CLASSES, "ignore_index": 255})
+    out = tmp_path / "robust.json"
+    assert main(["eval", str(weights), "--data", str(data), "--split", "val", "--robustness", "--workers", "0",
+                 "--failures", "blank", "frozen", "--sensor-rule", "depth.min_coverage=0.5", "--json",
+                 str(out)]) == 0
+    silent = json.loads(out.read_text())["robustness"]["silent_failures"]
+    assert set(silent["results"]["depth"]) == {"blank", "frozen"}
+    assert silent["rules"]["depth"]["min_coverage"] == 0.5 and silent["rules"]["rgb"]["min_coverage"] is None
+    assert main(["eval", str(weights), "--data", str(data), "--split", "val", "--robustness", "--workers", "0",
+                 "--failures", "none", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["robustness"]["silent_failures"]["results"] == {}

@@ -87,6 +87,33 @@ def add_inference_speed_arguments(parser: argparse.ArgumentParser) -> None:
                              "Default: on for the CPU, --fast or not")
 
 
+def add_sensor_check_arguments(parser: argparse.ArgumentParser, switch: bool = True) -> None:
+    """``--check-sensors`` (``switch``) and ``--sensor-rule`` (:func:`sensor_monitor_from_args`)."""
+    if switch:
+        parser.add_argument("--check-sensors", action="store_true",
+                            help="screen each sample's frames first and leave out a sensor whose frame failed "
+                                 "(black / uniform, no measurement, saturated, mostly NaN, or the same as its "
+                                 "previous frames: rgbx.data.sensor_health)")
+    parser.add_argument("--sensor-rule", action="append", default=[], metavar="[SENSOR.]KEY=VALUE",
+                        help="a threshold of the checks, for every sensor or one, e.g. frozen_after=5, "
+                             "depth.min_coverage=0.05, rgb.min_contrast=0.02 (repeatable; keys: max_non_finite, "
+                             "min_coverage, min_contrast, max_saturated, frozen_after, frozen_tolerance)")
+
+
+def sensor_monitor_from_args(args, needed_by: str = "--check-sensors"):
+    """A :class:`~rgbx.data.sensor_health.SensorMonitor` with ``--sensor-rule``'s thresholds, or None when
+    ``needed_by`` (an option) is off (a rule then is an error: it would change nothing)."""
+    from rgbx.data.sensor_health import SensorMonitor, parse_rules
+    from rgbx.errors import ConfigError
+
+    if not getattr(args, needed_by.lstrip("-").replace("-", "_")):
+        if args.sensor_rule:
+            raise ConfigError(f"--sensor-rule sets a threshold of the sensor checks; add {needed_by}")
+        return None
+    rules, per_sensor = parse_rules(args.sensor_rule)
+    return SensorMonitor(rules, per_sensor)
+
+
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """``--runtime`` and ``--runtime-threads`` for a ``.onnx`` file given in place of a model file
     (:func:`load_model_from_args`)."""

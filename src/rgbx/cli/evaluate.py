@@ -13,12 +13,14 @@ from rgbx.cli.common import (
     add_dataset_arguments,
     add_inference_speed_arguments,
     add_runtime_arguments,
+    add_sensor_check_arguments,
     add_test_time_arguments,
     inference_speed_from_args,
     load_model_from_args,
     non_negative_int,
     parse_options,
     positive_int,
+    sensor_monitor_from_args,
     sliding_window_from_args,
 )
 
@@ -28,6 +30,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data data/synth --scales 0.5 0.75 1 1.25 1.5 --flip
   rgbx eval runs/cmx/model.safetensors --data data/kitti360 --dataset kitti360 --window 376x752   # sliding windows
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --json robust.json   # missing / noisy sensors
+  rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --failures blank frozen --sensor-rule depth.min_coverage=0.05
   rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --confusion runs/cmx/confusion  # what is mistaken for what
   rgbx eval runs/cmx/model.safetensors --data data/synth --fast              # the device's fast path
   rgbx eval runs/cmx/model.onnx --data data/synth --runtime openvino        # the exported file, as deployed
@@ -68,6 +71,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "independent sensor failure, random pixel dropout, Gaussian and salt-and-pepper noise "
                         "(rgbx.engine.robustness documents each)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --robustness corruptions")
+    p.add_argument("--failures", nargs="+", choices=("blank", "nan", "saturated", "frozen", "none"),
+                   help="--robustness: the silent sensor failures to score, each fed as is and screened by the "
+                        "sensor checks (default: all; none: skip)")
+    add_sensor_check_arguments(p, switch=False)
     p.add_argument("--zero-shot", type=Path, metavar="EMBEDDINGS",
                    help="MS3 zero-shot: score the dataset's own classes, given only their language embeddings in "
                         "this .safetensors file (class name -> 1-D vector; `rgbx embed-classes`), with the run's MS3 "
@@ -115,6 +122,9 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
 
+    if args.failures is not None and not args.robustness:
+        raise ConfigError("--failures chooses the silent failures of --robustness; add --robustness")
+    sensor_monitor_from_args(args, "--robustness")  # a bad --sensor-rule fails before the model loads
     model, info = load_model_from_args(args, device)
     published = apply_published_protocol(args, info, announce=ctx.is_main) if args.as_published else None
     window = sliding_window_from_args(args)
@@ -304,13 +314,26 @@ def _test_time(args, window) -> dict:
             "stride": None if window is None else list(window.stride)}
 
 
+def _failures(args) -> list[str] | None:
+    from rgbx.errors import ConfigError
+
+    if args.failures is None:
+        return None
+    if "none" in args.failures:
+        if len(args.failures) > 1:
+            raise ConfigError("--failures none skips the silent failures; give it alone")
+        return []
+    return list(dict.fromkeys(args.failures))
+
+
 def _run_robustness(args, model, loader, desc, device, is_main: bool = True, amp_dtype=None, window=None) -> int:
     from rgbx.engine.robustness import print_robustness_tables, robustness_report
 
     report = robustness_report(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                                device=device, seed=args.seed, convention=args.miou, class_names=list(desc.classes),
                                autocast_dtype=amp_dtype, scales=args.scales, flip=args.flip, window=window,
-                               scale_rule=args.scale_rule)
+                               scale_rule=args.scale_rule, failures=_failures(args),
+                               monitor=sensor_monitor_from_args(args, "--robustness"))
     if not is_main:
         return 0
     print_robustness_tables(report, title=f"{args.checkpoint} on {args.data} [{args.split}], seed {args.seed}")

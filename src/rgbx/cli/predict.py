@@ -9,11 +9,13 @@ from rgbx.cli.common import (
     add_dataset_arguments,
     add_inference_speed_arguments,
     add_runtime_arguments,
+    add_sensor_check_arguments,
     add_test_time_arguments,
     inference_speed_from_args,
     load_model_from_args,
     non_negative_int,
     parse_options,
+    sensor_monitor_from_args,
     sliding_window_from_args,
 )
 
@@ -23,8 +25,12 @@ EXAMPLES = """  rgbx predict runs/cmx/model.safetensors data/synth --split test 
   rgbx predict model.safetensors data/synth --split test --out preds/ --fast   # bf16 / fused attention
   rgbx predict model.safetensors rgb=big.png --out preds/ --window 512x512      # sliding windows, large images
   rgbx predict model.onnx rgb=frames/ depth=depth/ --out preds/ --runtime openvino   # the exported file
+  rgbx predict model.safetensors rgb=frames/ depth=depth/ --out preds/ --check-sensors  # drop failed sensors
+  rgbx predict model.safetensors rgb=frames/ lidar=scans/ --out preds/ --check-sensors --sensor-rule lidar.frozen_after=6
 Writes OUT/labels/<id>.png (class indices), OUT/color/<id>.png (palette) and OUT/panels/<id>.png (inputs,
-prediction and, for labelled datasets, ground truth and error map).
+prediction and, for labelled datasets, ground truth and error map). With --check-sensors, each sample's frames
+are screened first (black, empty, saturated, NaN, or the same as the sensor's previous frames in file-name order: a
+stream); a failed sensor is left out, and OUT/sensor_health.csv lists every frame's checks.
 """
 
 
@@ -47,6 +53,7 @@ def add_parser(sub) -> None:
                         "one per spare core up to 8)")
     add_inference_speed_arguments(p)
     add_runtime_arguments(p)
+    add_sensor_check_arguments(p)
 
 
 class _Loaded:
@@ -108,6 +115,7 @@ def _samples(args, modalities):
 
 def run(args) -> int:
     from rgbx.cli.common import resolve_device
+    from rgbx.data.sensor_health import SensorFailure
     from rgbx.engine.predict import Predictor
     from rgbx.engine.trainer import loader_workers
 
@@ -116,12 +124,68 @@ def run(args) -> int:
     args.workers = loader_workers(args.workers, device)
     model, info = load_model_from_args(args, device)
     speed = inference_speed_from_args(args, device)  # host memory kept on the CPU, --fast or not
+    monitor = sensor_monitor_from_args(args)
     predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip, speed=speed,
-                          window=window, scale_rule=args.scale_rule)
-    count = 0
-    for sample in _samples(args, list(model.modalities)):
-        pred = predictor.predict(sample)
-        predictor.write(sample, pred, args.out, panel=not args.no_panels)
-        count += 1
+                          window=window, scale_rule=args.scale_rule, monitor=monitor)
+    count, log = 0, SensorLog(args.out) if monitor is not None else None
+    try:
+        for sample in _samples(args, list(model.modalities)):
+            try:
+                pred = predictor.predict(sample)
+            except SensorFailure as failure:
+                log.add(sample["meta"].get("id"), failure.statuses, predicted=False)
+                print(failure, flush=True)
+                continue
+            if log is not None:
+                log.add(sample["meta"].get("id"), predictor.last_status, predicted=True)
+            predictor.write(sample, pred, args.out, panel=not args.no_panels)
+            count += 1
+    finally:
+        if log is not None:
+            log.close()
     print(f"wrote predictions for {count} sample(s) to {args.out}")
+    if log is not None:
+        print(log.summary())
     return 0
+
+
+class SensorLog:
+    """``OUT/sensor_health.csv``: one row per sample and sensor (the checks' figures and verdict), and a summary."""
+
+    COLUMNS = ("id", "sensor", "ok", "failures", "predicted", "non_finite", "coverage", "contrast", "saturated",
+               "repeats")
+
+    def __init__(self, out: Path):
+        import csv
+
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "sensor_health.csv"
+        self._file = open(self.path, "w", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(self.COLUMNS)
+        self.frames, self.skipped = 0, 0
+        self.failed: dict[str, dict[str, int]] = {}  # sensor -> check -> frames
+
+    def add(self, sample_id, statuses, predicted: bool) -> None:
+        self.frames += 1
+        self.skipped += not predicted
+        for sensor, st in statuses.items():
+            self._writer.writerow((sample_id, sensor, int(st.ok), " ".join(st.failures), int(predicted),
+                                   f"{st.non_finite:.4g}", f"{st.coverage:.4g}", f"{st.contrast:.4g}",
+                                   f"{st.saturated:.4g}", st.repeats))
+            counts = self.failed.setdefault(sensor, {})
+            for check in st.failures:
+                counts[check] = counts.get(check, 0) + 1
+            counts.setdefault("any", 0)
+            counts["any"] += not st.ok
+
+    def close(self) -> None:
+        self._file.close()
+
+    def summary(self) -> str:
+        parts = []
+        for sensor, counts in self.failed.items():
+            detail = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "any")
+            parts.append(f"{sensor} failed in {counts['any']} of {self.frames}" + (f" ({detail})" if detail else ""))
+        skipped = f"; {self.skipped} sample(s) had no working sensor and were skipped" if self.skipped else ""
+        return f"sensor checks: {'; '.join(parts)}{skipped} (per frame: {self.path})"

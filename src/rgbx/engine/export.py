@@ -309,11 +309,25 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
                                   input_names=names, output_names=["logits"], dynamic_axes=dynamic_axes,
                                   do_constant_folding=True)
 
+    def dynamo_trace(tmp: str) -> None:
+        """The dynamo export, its failure one error: torch.export's symbolic shape solver gives up at some small
+        example sizes (a MiT model at 40×56) that a larger example avoids."""
+        try:
+            trace(tmp, True)
+        except Exception as e:
+            text = str(e).partition("Exception summary")[2] or str(e)
+            cause = " ".join(text.partition("(Refer to")[0].split())
+            hint = ("; the axes are dynamic, so the file takes other sizes too: export with a larger example, e.g. "
+                    "--size 480x640 (the default)" if dynamic else "; try another --size")
+            held = " (the TorchScript file did not hold at other sizes)" if exporter == "auto" else ""
+            raise ConfigError(f"the dynamo exporter could not export the model at the example size {h}x{w}{held}: "
+                              f"{cause[:300]}{hint}") from e
+
     def write(tmp: str) -> None:
         nonlocal used
         used = exporter
         if exporter == "dynamo":
-            trace(tmp, True)
+            dynamo_trace(tmp)
         elif exporter == "torchscript":
             trace(tmp, False)
         else:
@@ -325,7 +339,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
                 fallback = True
             if fallback:
                 used = "dynamo"
-                trace(tmp, True)
+                dynamo_trace(tmp)
         proto = onnx.load(tmp)
         del proto.metadata_props[:]
         meta = onnx_metadata(model, dataset, size, dynamic)

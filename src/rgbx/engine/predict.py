@@ -11,6 +11,7 @@ import torch
 
 from rgbx.data.files import physical_units, read_modality_file
 from rgbx.data.sample import Sample, collate, normalize_sample
+from rgbx.data.sensor_health import SensorFailure, SensorMonitor, SensorStatus, replace_non_finite
 from rgbx.engine.fastpath import SpeedOptions, autocast, backend_flags, prepare_inference
 from rgbx.engine.inference import SlidingWindow, predict_logits
 from rgbx.errors import DataError
@@ -24,11 +25,21 @@ class Predictor:
     ``speed``: speed switches to predict with (e.g. ``SpeedOptions.fast(device)``; None = the model's own fp32
     arithmetic). Precision, attention, memory layout, TF32 and compilation apply; CUDA-graph capture does not
     (inputs vary in size). ``scales`` / ``flip`` / ``window`` / ``scale_rule``: test-time averaging and
-    sliding-window inference (:func:`rgbx.engine.inference.predict_logits`)."""
+    sliding-window inference (:func:`rgbx.engine.inference.predict_logits`).
+
+    ``monitor``: a :class:`~rgbx.data.sensor_health.SensorMonitor` (or True for the default rules) that screens every
+    frame first: a sensor whose frame fails its health checks (black, empty, saturated, NaN, frozen) is left out and
+    the model predicts from the others; ``last_status`` then holds each sensor's
+    :class:`~rgbx.data.sensor_health.SensorStatus`, and a frame whose every sensor failed raises
+    :class:`~rgbx.data.sensor_health.SensorFailure`. With or without it, NaN / ±inf inputs become the sensor's "no
+    measurement" value."""
 
     def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu",
                  scales: tuple[float, ...] = (1.0,), flip: bool = False, speed: SpeedOptions | None = None,
-                 window: SlidingWindow | None = None, scale_rule: str = "rgbx"):
+                 window: SlidingWindow | None = None, scale_rule: str = "rgbx",
+                 monitor: SensorMonitor | bool | None = None):
+        self.monitor = SensorMonitor() if monitor is True else (monitor or None)
+        self.last_status: dict[str, SensorStatus] = {}
         self.model = model.to(device).eval()
         self.speed = speed
         if speed is not None:
@@ -47,13 +58,17 @@ class Predictor:
     def from_file(cls, path, device: str | torch.device = "cpu", fast: bool = False, **test_time) -> Predictor:
         """A predictor for an rgbx model file (:func:`rgbx.load_model`), or an exported ``.onnx`` file run in ONNX
         Runtime; ``fast``: the device's fast speed switches (PyTorch models); ``test_time``: ``scales``, ``flip``,
-        ``window``, ``scale_rule``.
+        ``window``, ``scale_rule``, and ``monitor`` (True: screen each frame for failed sensors).
 
         Example::
 
             segment = rgbx.Predictor.from_file("runs/x/model.safetensors", device="cuda", fast=True)
             labels = segment({"rgb": frame, "depth": depth_mm})  # (H, W) class indices; any subset of sensors
             segment.classes[labels[240, 320]]
+
+            guarded = rgbx.Predictor.from_file("runs/x/model.safetensors", monitor=True)
+            labels = guarded({"rgb": frame, "depth": depth_mm})  # a black / empty / frozen sensor is left out
+            guarded.last_status["depth"].describe()  # "depth: no_signal (0.0% of pixels measured)"
         """
         from rgbx.engine.checkpoint import load_model
         from rgbx.engine.device import resolve_device
@@ -81,6 +96,12 @@ class Predictor:
         if not usable:
             raise DataError(f"sample {sample['meta'].get('id')} has none of the model's modalities "
                             f"({', '.join(self.model.modalities)})")
+        if self.monitor is not None:
+            usable, self.last_status = self.monitor.screen(usable)
+            if not usable:
+                raise SensorFailure(self.last_status, f"sample {sample['meta'].get('id')}")
+        else:
+            usable = {m: replace_non_finite(x, get_modality(m))[0] for m, x in usable.items()}
         batch = collate([normalize_sample({**sample, "inputs": usable, "label": None})]).to(self.device)
         precision = self.speed.precision if self.speed is not None else "fp32"
         with backend_flags(self.speed), autocast(self.device, precision):

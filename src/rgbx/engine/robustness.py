@@ -40,6 +40,7 @@ scored right after the clean subsets of the same batch (one pass over the loader
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from rgbx.data.sample import Batch
+from rgbx.data.sensor_health import SensorMonitor, screen_frames
 from rgbx.data.transforms import empty_value
 from rgbx.engine.evaluate import EvalResult, all_subsets, subset_name
 from rgbx.engine.inference import SlidingWindow, predict_logits
@@ -150,6 +152,55 @@ register_corruption(Corruption(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# silent failures: the sensor keeps sending frames that carry nothing
+# (x (B,C,H,W) physical units, previous (B,C,H,W): each sample's predecessor, spec) -> x (B,C,H,W) physical units
+
+SilentFailureFn = Callable[[torch.Tensor, torch.Tensor, ModalitySpec], torch.Tensor]
+
+
+def _blank(x: torch.Tensor, previous: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
+    return torch.full_like(x, empty_value(spec))
+
+
+def _nan(x: torch.Tensor, previous: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
+    return torch.full_like(x, float("nan"))
+
+
+def _saturated(x: torch.Tensor, previous: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
+    high = salt_pepper_range(spec)[1].to(x).view(1, -1, 1, 1)
+    return high.expand_as(x).clone()
+
+
+def _frozen(x: torch.Tensor, previous: torch.Tensor, spec: ModalitySpec) -> torch.Tensor:
+    return previous.clone()
+
+
+SILENT_FAILURES: dict[str, tuple[SilentFailureFn, str]] = {
+    "blank": (_blank, "every pixel the sensor's 'no measurement' value (invalid_value, else 0): a black camera, "
+                      "a depth / LiDAR sensor with no return, an event camera with no event"),
+    "nan": (_nan, "every value NaN (a driver marking a frame it could not fill)"),
+    "saturated": (_saturated, "every pixel at the top of the display range (or mean + 3 std): a blinded camera, a "
+                              "pegged sensor"),
+    "frozen": (_frozen, "the previous sample's frame in loader order: a stuck driver re-sending an old frame; the "
+                        "checks compare with that previous frame and take the stream to have repeated it "
+                        "frozen_after times (the first sample has none: it keeps its own frame, unchecked)"),
+}
+
+
+def _previous_frames(x: torch.Tensor, carry: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """((B, C, H, W) each sample's predecessor in loader order, (B,) bool has one). ``carry``: the last frame of the
+    batch before, resized to this batch's size; without it the first sample stands in for its own predecessor."""
+    has = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    if carry is None:
+        first = x[:1]
+        has[0] = False
+    else:
+        first = carry[None] if carry.shape[-2:] == x.shape[-2:] else torch.nn.functional.interpolate(
+            carry[None], size=x.shape[-2:], mode="nearest")
+    return torch.cat([first.to(x), x[:-1]]), has
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # expected mIoU
 
 
@@ -216,6 +267,17 @@ def corrupt_batch(batch: Batch, name: str, targets: Sequence[str], strength: flo
     return Batch(inputs, batch.present, batch.label, batch.meta)
 
 
+def _all_reduced_sum(value) -> int:
+    """``value`` summed over the processes of a distributed evaluation (itself otherwise)."""
+    import torch.distributed as dist
+
+    t = torch.as_tensor(value, dtype=torch.long)
+    if dist.is_available() and dist.is_initialized():
+        t = t.to("cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(t)
+    return int(t)
+
+
 def _miou(cm: ConfusionMatrix, convention: str) -> float:
     return cm.compute(convention).miou
 
@@ -238,6 +300,8 @@ def robustness_report(
     noise_stds: Sequence[float] = (0.1, 0.25, 0.5),
     salt_pepper_fractions: Sequence[float] = (0.01, 0.05, 0.1),
     corruptions: Sequence[str] | None = None,
+    failures: Sequence[str] | None = None,
+    monitor: SensorMonitor | None = None,
     convention: str = "present",
     class_names: list[str] | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -253,6 +317,9 @@ def robustness_report(
         probabilities: sensor failure probabilities ``p`` for the expected mIoU.
         rates, noise_stds, salt_pepper_fractions: strengths of ``dropout``, ``gaussian`` and ``salt_pepper``.
         corruptions: names in :data:`CORRUPTIONS` to run (default: all).
+        failures: names in :data:`SILENT_FAILURES` to run (default: all; ``()``: none). Each replaces one sensor's
+            frames; the batch is scored fed as is, and screened by the sensor checks (every sensor's frames; a
+            failed one left out) with the thresholds of ``monitor`` (default :class:`HealthRules`).
         convention: mIoU convention (see :mod:`rgbx.engine.metrics`).
         progress: optional callable(batches_done).
         scales, flip, window, scale_rule: test-time averaging and sliding windows for every prediction
@@ -262,7 +329,9 @@ def robustness_report(
         A JSON-ready dict: ``seed``, ``miou_convention``, ``modalities``, ``clean_miou`` (all sensors, no
         corruption), ``entire_missing`` (``subsets`` with full metrics, ``average``, ``expected`` keyed by ``p``,
         ``expected_definition``) and ``corruptions`` (per name: ``definition``, ``strength``, ``strengths``,
-        ``miou`` as target → strength (str) → mIoU, ``mean`` per target).
+        ``miou`` as target → strength (str) → mIoU, ``mean`` per target) and ``silent_failures`` (``results`` as
+        sensor → failure → ``as_is`` / ``screened`` mIoU and the fraction ``detected``; ``absent``: the mIoU without
+        the sensor; ``false_alarms`` per sensor on the clean frames; ``rules``; ``definitions``).
     """
     model.eval()
     device = torch.device(device)
@@ -282,6 +351,20 @@ def robustness_report(
         for target, mods in targets:
             for s in strengths.get(n, c.strengths):
                 runs.append((n, target, mods, float(s)))
+
+    failure_names = list(SILENT_FAILURES) if failures is None else list(failures)
+    for n in failure_names:
+        if n not in SILENT_FAILURES:
+            raise ValueError(f"unknown silent failure {n!r}; known: {', '.join(SILENT_FAILURES)}")
+    monitor = monitor or SensorMonitor()
+    specs = {m: get_modality(m) for m in modalities}
+    rules = {m: monitor.rules_for(m) for m in modalities}
+    silent = {(m, f, how): ConfusionMatrix(num_classes, ignore_index)
+              for m in modalities for f in failure_names for how in ("as_is", "screened")}
+    detected = {(m, f): torch.zeros(2, dtype=torch.long) for m in modalities for f in failure_names}  # hit, frames
+    alarms = {m: dict.fromkeys(("frames", "any", "non_finite", "no_signal", "saturated", "frozen"), 0)
+              for m in modalities}
+    carry: dict[str, torch.Tensor] = {}
 
     clean = EvalResult(num_classes, ignore_index)
     corrupted = {run[:2] + (run[3],): ConfusionMatrix(num_classes, ignore_index) for run in runs}
@@ -303,10 +386,37 @@ def robustness_report(
         for n, target, mods, s in runs:
             view = corrupt_batch(full, n, mods, s, seed=seed, batch_index=bi)
             corrupted[(n, target, s)].update(predict(view), batch.label)
+        if failure_names:
+            phys = {m: specs[m].denormalize(full.inputs[m]) for m in modalities}
+            before = {m: _previous_frames(phys[m], carry.get(m)) for m in modalities}
+            carry = {m: phys[m][-1] for m in modalities}
+            present = {m: full.present[m].bool() for m in modalities}
+            for m in modalities:  # false alarms: the checks on the clean frames
+                _, failed = screen_frames(phys[m], specs[m], rules[m], *before[m])
+                alarms[m]["frames"] += int(present[m].sum())
+                alarms[m]["any"] += int((torch.stack(list(failed.values())).any(0) & present[m]).sum())
+                for check, f in failed.items():
+                    alarms[m][check] += int((f & present[m]).sum())
+            for m in modalities:
+                keep = present[m].view(-1, 1, 1, 1)
+                for f in failure_names:
+                    bad = torch.where(keep, SILENT_FAILURES[f][0](phys[m], before[m][0], specs[m]), phys[m])
+                    as_is = full.replace(inputs={**full.inputs, m: specs[m].normalize(bad)})
+                    silent[(m, f, "as_is")].update(predict(as_is), batch.label)
+                    inputs, failed = dict(full.inputs), {}
+                    for k in modalities:  # every sensor screened, as a deployed monitor would
+                        cleaned, checks = screen_frames(bad if k == m else phys[k], specs[k], rules[k], *before[k])
+                        if k == m:
+                            inputs[k] = specs[k].normalize(cleaned)
+                        failed[k] = torch.stack(list(checks.values())).any(0) & present[k]
+                    nothing_left = torch.stack([failed[k] | ~present[k] for k in modalities]).all(0)
+                    view = full.replace(inputs=inputs).drop({k: v & ~nothing_left for k, v in failed.items()})
+                    silent[(m, f, "screened")].update(predict(view), batch.label)
+                    detected[(m, f)] += torch.stack([failed[m].sum(), present[m].sum()]).cpu()
         if progress is not None:
             progress(bi + 1)
     clean.all_reduce()
-    for cm in corrupted.values():
+    for cm in (*corrupted.values(), *silent.values()):
         cm.all_reduce()
 
     metrics = {s: groups["all"] for s, groups in clean.metrics(convention).items()}
@@ -329,6 +439,28 @@ def robustness_report(
         for target, by_strength in entry["miou"].items():
             vals = [v for v in by_strength.values() if v is not None]
             entry["mean"][target] = sum(vals) / len(vals) if vals else None
+    results: dict[str, dict] = {}
+    for (m, f), (hit, frames) in detected.items():
+        frames = int(_all_reduced_sum(frames))
+        results.setdefault(m, {})[f] = {
+            "as_is": _num(_miou(silent[(m, f, "as_is")], convention)),
+            "screened": _num(_miou(silent[(m, f, "screened")], convention)),
+            "detected": int(_all_reduced_sum(hit)) / frames if frames else None,
+        }
+    others = {m: subset_name(tuple(k for k in modalities if k != m)) for m in modalities}
+    silent_section = {
+        "results": results,
+        "absent": {m: _num(mious[others[m]]) if len(modalities) > 1 and others[m] in mious else None
+                   for m in modalities} if failure_names else {},
+        "false_alarms": {m: {k: int(_all_reduced_sum(v)) for k, v in counts.items()} for m, counts in alarms.items()}
+        if failure_names else {},
+        "rules": {m: dataclasses.asdict(r) for m, r in rules.items()},
+        "definitions": {f: SILENT_FAILURES[f][1] for f in failure_names},
+        "protocol": "one sensor's frames replaced (samples that have it); as_is: fed to the model like that; "
+                    "screened: every sensor's frames checked by rgbx.data.sensor_health (thresholds in rules), a "
+                    "failed one left out (never every sensor of a sample), NaN replaced; detected: fraction of the "
+                    "replaced frames the checks failed; false_alarms: checks failed on the clean frames",
+    }
     return {
         "seed": seed,
         "miou_convention": convention,
@@ -336,6 +468,7 @@ def robustness_report(
         "clean_miou": _num(mious.get(full_name, float("nan"))),
         "entire_missing": entire,
         "corruptions": section,
+        "silent_failures": silent_section,
         "corruption_protocol": "each corruption applied to the named modality (or 'all') with every sensor given; "
                                "applied in physical units; seeded per sample from (seed, corruption, target, "
                                "strength, sample id, modality)",
@@ -394,6 +527,29 @@ def corruption_table(report: dict, title: str | None = None):
     return table
 
 
+def silent_failure_table(report: dict, title: str | None = None):
+    from rich.table import Table
+
+    section = report["silent_failures"]
+    alarms = "; ".join(f"{m} {c['any']} of {c['frames']}" for m, c in section["false_alarms"].items())
+    table = Table(title=title or "silent failures (a sensor keeps sending frames that carry nothing)",
+                  caption=f"mIoU %; fed as is: the frames given to the model; screened: rgbx's sensor checks leave "
+                          f"a failed sensor out; without it: the sensor absent. Clean frames the checks failed "
+                          f"(false alarms): {alarms}")
+    for name, justify in (("sensor", "left"), ("failure", "left"), ("fed as is", "right"), ("screened", "right"),
+                          ("without it", "right"), ("detected", "right")):
+        table.add_column(name, justify=justify)
+    for k, (m, by_failure) in enumerate(section["results"].items()):
+        if k:
+            table.add_section()
+        label = m
+        for f, r in by_failure.items():
+            table.add_row(label, f, _pct(r["as_is"]), _pct(r["screened"]), _pct(section["absent"].get(m)),
+                          "—" if r["detected"] is None else f"{100 * r['detected']:.0f}%")
+            label = ""
+    return table
+
+
 def print_robustness_tables(report: dict, title: str | None = None, console=None) -> None:
 
     from rgbx.engine.report import wide_console
@@ -404,3 +560,5 @@ def print_robustness_tables(report: dict, title: str | None = None, console=None
     console.print(entire_missing_table(report))
     if report["corruptions"]:
         console.print(corruption_table(report))
+    if report.get("silent_failures", {}).get("results"):
+        console.print(silent_failure_table(report))

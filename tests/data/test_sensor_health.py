@@ -1,0 +1,181 @@
+"""Sensor health checks (rgbx.data.sensor_health): each check's figure by hand, each failure caught, live-looking
+frames passed, the stream's frozen count, and the rules' parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from rgbx.data.sensor_health import (
+    HealthRules,
+    SensorFailure,
+    SensorMonitor,
+    failed_checks,
+    frame_statistics,
+    parse_rules,
+    replace_non_finite,
+    screen_frames,
+)
+from rgbx.errors import ConfigError
+from rgbx.modalities import get_modality
+
+RULES = HealthRules()
+
+
+def camera(seed=0, h=24, w=32):
+    """A live-looking RGB frame, physical units 0-1."""
+    return torch.rand((3, h, w), generator=torch.Generator().manual_seed(seed))
+
+
+def depth(seed=0, h=24, w=32, holes=0.2):
+    """A live-looking depth frame in metres with a fraction of invalid (0) pixels."""
+    g = torch.Generator().manual_seed(seed)
+    d = 1 + 4 * torch.rand((1, h, w), generator=g)
+    return torch.where(torch.rand((1, h, w), generator=g) < holes, torch.zeros_like(d), d)
+
+
+def failures(name, x, rules=RULES):
+    spec = get_modality(name)
+    return {c for c, f in failed_checks(frame_statistics(x[None], spec), spec, rules).items() if bool(f[0])}
+
+
+def test_statistics_by_hand():
+    rgb = torch.zeros(3, 2, 2)
+    rgb[:, 0, 0] = 1.0  # one white pixel, three black: std per channel sqrt(3)/4
+    stats = frame_statistics(rgb[None], get_modality("rgb"))
+    std = torch.tensor(get_modality("rgb").std)
+    assert stats["contrast"].item() == pytest.approx((3**0.5 / 4 / std).min().item(), rel=1e-5)
+    assert stats["saturated"].item() == 1.0  # every pixel at one end of the range
+    assert stats["coverage"].item() == 1.0 and stats["non_finite"].item() == 0.0
+
+    d = torch.tensor([[[0.0, 2.0], [4.0, float("nan")]]])  # one invalid, one NaN (counted, then invalid)
+    stats = frame_statistics(d[None], get_modality("depth"))
+    assert stats["non_finite"].item() == pytest.approx(0.25)
+    assert stats["coverage"].item() == pytest.approx(0.5)  # 2 of 4 pixels measured
+    assert stats["contrast"].item() == pytest.approx(1.0 / 10.0)  # std of {2, 4} over the spec's 10 m
+
+
+def test_replace_non_finite():
+    d = torch.tensor([[[1.0, float("nan")], [float("inf"), -float("inf")]]])
+    clean, fraction = replace_non_finite(d[None], get_modality("depth"))
+    assert clean.flatten().tolist() == [1.0, 0.0, 0.0, 0.0] and fraction.item() == pytest.approx(0.75)
+    rgb = torch.full((1, 3, 2, 2), float("nan"))
+    assert replace_non_finite(rgb, get_modality("rgb"))[0].eq(0).all()  # black where a camera has no value
+
+
+def test_live_frames_pass():
+    assert failures("rgb", camera()) == set()
+    dark = camera() * 0.03  # a night image: dim, but with structure
+    assert failures("rgb", dark) == set()
+    assert failures("depth", depth()) == set()
+    flat_wall = torch.full((1, 24, 32), 2.0) + 0.004 * torch.randn(1, 24, 32)  # 4 mm sensor noise
+    assert failures("depth", flat_wall) == set()
+    lidar = torch.zeros(1, 24, 32)
+    lidar[0, ::6, ::4] = 12.5  # a few returns, all at one range
+    assert failures("lidar", lidar) == set()
+    events = torch.zeros(2, 24, 32)
+    events[0, 3, 4] = events[1, 10, 11] = 1.0  # two events
+    assert failures("event", events) == set()
+    thermal = torch.full((1, 24, 32), 0.4)
+    thermal[0, 5:9, 5:9] = 0.9
+    assert failures("thermal", thermal) == set()
+
+
+@pytest.mark.parametrize("name, frame, expected", [
+    ("rgb", torch.zeros(3, 24, 32), {"no_signal", "saturated"}),  # lens cap
+    ("rgb", torch.full((3, 24, 32), 0.5), {"no_signal"}),  # unplugged video: uniform grey
+    ("rgb", torch.full((3, 24, 32), float("nan")), {"non_finite", "no_signal", "saturated"}),
+    ("depth", torch.zeros(1, 24, 32), {"no_signal"}),  # no return anywhere
+    ("depth", torch.full((1, 24, 32), 40.0), {"no_signal"}),  # every pixel one value
+    ("depth", torch.full((1, 24, 32), float("nan")), {"non_finite", "no_signal"}),
+    ("lidar", torch.zeros(1, 24, 32), {"no_signal"}),
+    ("event", torch.zeros(2, 24, 32), {"no_signal"}),
+])
+def test_failed_frames_caught(name, frame, expected):
+    assert failures(name, frame) == expected
+
+
+def test_saturation_and_thresholds():
+    blinded = camera() * 0.2
+    blinded[:, :, 1:] = 1.0  # 31 of 32 columns white (97 %), some structure left
+    assert failures("rgb", blinded) == {"saturated"}
+    assert failures("rgb", blinded, HealthRules(max_saturated=0.99)) == set()
+    sparse_depth = depth(holes=0.995)
+    assert "no_signal" in failures("depth", sparse_depth)  # under 1 % measured
+    assert failures("depth", sparse_depth, HealthRules(min_coverage=0.0)) == set()
+    half_nan = depth(holes=0.0)
+    half_nan[:, :12] = float("nan")
+    assert failures("depth", half_nan) == set()  # 50 % NaN is not above max_non_finite = 0.5
+    assert failures("depth", half_nan, HealthRules(max_non_finite=0.25)) == {"non_finite"}
+
+
+def test_monitor_counts_repeats_of_a_stream():
+    monitor = SensorMonitor(per_sensor={"depth": HealthRules(frozen_after=1)})
+    stuck_rgb, d = camera(1), depth(1)
+    verdicts = []
+    for step in range(5):
+        healthy, statuses = monitor.screen({"rgb": stuck_rgb, "depth": depth(10 + step)})
+        verdicts.append((statuses["rgb"].repeats, statuses["rgb"].failures, sorted(healthy)))
+    assert verdicts == [(0, (), ["depth", "rgb"]), (1, (), ["depth", "rgb"]), (2, (), ["depth", "rgb"]),
+                        (3, ("frozen",), ["depth"]), (4, ("frozen",), ["depth"])]  # frozen_after = 3 repeats
+    assert "the same frame 5 times in a row" in statuses["rgb"].describe()
+    _, statuses = monitor.screen({"rgb": camera(2), "depth": d})  # a new frame: the count starts again
+    assert statuses["rgb"].ok and statuses["rgb"].repeats == 0
+    _, statuses = monitor.screen({"rgb": camera(3), "depth": d.clone()})  # depth's own rule: one repeat fails
+    assert statuses["depth"].failures == ("frozen",)
+    monitor.reset()
+    _, statuses = monitor.screen({"rgb": camera(3), "depth": d})
+    assert statuses["rgb"].ok and statuses["depth"].ok
+
+
+def test_monitor_tolerance_and_cleaning():
+    monitor = SensorMonitor(HealthRules(frozen_after=1, frozen_tolerance=1e-3))
+    d = depth(2)
+    d[0, 0, 0] = float("nan")
+    healthy, statuses = monitor.screen({"depth": d})
+    assert torch.isfinite(healthy["depth"]).all() and healthy["depth"][0, 0, 0] == 0  # NaN → no measurement
+    assert statuses["depth"].non_finite == pytest.approx(1 / (24 * 32))
+    _, statuses = monitor.screen({"depth": d + 5e-4})  # within the tolerance: the same frame
+    assert statuses["depth"].failures == ("frozen",)
+    _, statuses = monitor.screen({"depth": d + 0.1})
+    assert statuses["depth"].ok
+
+
+def test_screen_frames_batch_agrees_with_the_monitor():
+    frames = torch.stack([camera(0), torch.zeros(3, 24, 32), camera(0), camera(5)])
+    previous = torch.stack([camera(9), camera(0), camera(0), camera(4)])
+    clean, failed = screen_frames(frames, get_modality("rgb"), RULES, previous)
+    assert failed["no_signal"].tolist() == [False, True, False, False]
+    assert failed["frozen"].tolist() == [False, False, True, False]
+    _, failed = screen_frames(frames, get_modality("rgb"), RULES, previous, torch.tensor([True, True, False, True]))
+    assert failed["frozen"].tolist() == [False, False, False, False]
+    _, failed = screen_frames(frames, get_modality("rgb"), RULES)
+    assert not failed["frozen"].any()
+    for i in range(4):  # the single-frame path gives the same stateless verdicts
+        _, status = SensorMonitor().check("rgb", frames[i])
+        assert set(status.failures) == {c for c, f in failed.items() if bool(f[i])}
+
+
+def test_sensor_failure_names_every_sensor():
+    monitor = SensorMonitor()
+    _, statuses = monitor.screen({"rgb": torch.zeros(3, 8, 8), "depth": torch.zeros(1, 8, 8)})
+    message = str(SensorFailure(statuses, "sample s1"))
+    assert message.startswith("sample s1: every sensor failed its health checks")
+    assert "rgb: no_signal (contrast 0" in message and "depth: no_signal (0.0% of pixels measured" in message
+    assert statuses["depth"].to_dict()["ok"] is False
+
+
+def test_parse_rules():
+    common, per = parse_rules(["frozen_after=5", "depth.min_coverage=0.05", "max_saturated=0.9"])
+    assert common == dataclasses.replace(RULES, frozen_after=5, max_saturated=0.9)
+    assert per == {"depth": dataclasses.replace(common, min_coverage=0.05)}  # over the common ones, any order
+    assert SensorMonitor(common, per).rules_for("rgb") == common
+    for bad, message in [("frozen_after", "expected KEY=VALUE"), ("speed=3", "unknown key 'speed'"),
+                         ("frozen_after=1.5", "takes an integer"), ("min_contrast=x", "takes a number"),
+                         ("frozen_after=0", "must be >= 1"), ("min_coverage=-1", "must be >= 0")]:
+        with pytest.raises(ConfigError, match=message):
+            parse_rules([bad])
+    with pytest.raises(Exception, match="sonar"):
+        parse_rules(["sonar.min_coverage=0.1"])
