@@ -3,12 +3,16 @@ gives (8-bit RGB, 16-bit depth in mm, channels last):
 
 * the model on ready-normalised tensors (``predict_logits`` + argmax; the frame's conversion not counted): the floor;
 * the same written by hand from the raw frames (scale, normalise, move, predict, argmax, back to NumPy);
-* ``Predictor.__call__`` on the raw frames.
+* ``Predictor.__call__`` on the raw frames;
+* with ``--monitor``: ``Predictor(monitor=True)``, every frame screened by the sensor checks first
+  (``rgbx.data.sensor_health``), and the checks alone on the frames in physical units.
 
-Timed alternately, median of ``--repeats``; checks that all give the same class map.
+Timed alternately, median of ``--repeats``; checks that all give the same class map. Two frame pairs take turns, so
+that the checks' ``frozen`` count never fires.
 
     python benchmarks/frame_predictor.py --backbone mit_b0 --head-channels 256          # CMX-B0 RGB-D, 480×640
     python benchmarks/frame_predictor.py --device cuda --fast
+    python benchmarks/frame_predictor.py --backbone mit_b0 --head-channels 256 --monitor   # the sensor checks' cost
 
 The model has random weights (``rgbx.cli.common.add_model_arguments``, default CMX MiT-B2 RGB-D).
 """
@@ -30,10 +34,11 @@ from rgbx.cli.common import (
     parse_size,
     settle_from_args,
 )
+from rgbx.data.sensor_health import SensorMonitor
 from rgbx.engine.bench import time_alternating
 from rgbx.engine.fastpath import autocast, backend_flags
 from rgbx.engine.inference import predict_logits
-from rgbx.engine.predict import Predictor
+from rgbx.engine.predict import Predictor, frame_sample
 from rgbx.modalities import get_modality
 from rgbx.models import create_model
 from rgbx.models.model_file import save_model
@@ -45,6 +50,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--fast", action="store_true", help="the device's fast option set (default: exact fp32)")
     p.add_argument("--size", type=parse_size, default=(480, 640), help="frame size HxW")
+    p.add_argument("--monitor", action="store_true", help="also time the predictor with the sensor checks")
     add_timing_arguments(p, warmup=1)
     args = p.parse_args()
     if args.threads:
@@ -57,11 +63,14 @@ def main() -> None:
         path = Path(tmp) / "model.safetensors"
         save_model(path, create_model(config))
         segment = Predictor.from_file(path, device=args.device, fast=args.fast)
+        guarded = Predictor.from_file(path, device=args.device, fast=args.fast, monitor=True)
     device = segment.device
     rng = np.random.default_rng(0)
     h, w = args.size
-    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    depth_mm = rng.integers(500, 10000, (h, w), dtype=np.uint16)
+    pairs = [(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(500, 10000, (h, w), dtype=np.uint16))
+             for _ in range(2)]
+    rgb, depth_mm = pairs[0]
+    turn = [0, 0]  # each screened call takes the next pair: no frame repeats its predecessor
     spec_rgb, spec_depth = get_modality("rgb"), get_modality("depth")
     precision = segment.speed.precision if segment.speed is not None else "fp32"
 
@@ -86,10 +95,28 @@ def main() -> None:
     def predictor() -> np.ndarray:
         return segment({"rgb": rgb, "depth": depth_mm})
 
+    def screened() -> np.ndarray:
+        frame_rgb, frame_depth = pairs[turn[0] % 2]
+        turn[0] += 1
+        return guarded({"rgb": frame_rgb, "depth": frame_depth})
+
+    physical = [frame_sample({"rgb": a, "depth": b})["inputs"] for a, b in pairs]
+    checks_only = SensorMonitor()
+
+    def checks() -> None:
+        checks_only.screen(physical[turn[1] % 2])
+        turn[1] += 1
+
     agree = min(float((floor() == by_hand()).mean()), float((floor() == predictor()).mean()))
-    times = time_alternating({"model on ready tensors": floor, "by hand from raw frames": by_hand,
-                              "Predictor on raw frames": predictor}, device,
-                             warmup=args.warmup, repeats=args.repeats, settle=settle_from_args(args, device))
+    calls = {"model on ready tensors": floor, "by hand from raw frames": by_hand, "Predictor on raw frames": predictor}
+    if args.monitor:
+        turn[0] = 0
+        agree = min(agree, float((floor() == screened()).mean()))
+        if not all(s.ok for s in guarded.last_status.values()):
+            raise SystemExit(f"the checks failed a live frame: {guarded.last_status}")
+        calls.update({"Predictor + sensor checks": screened, "sensor checks alone": checks})
+    times = time_alternating(calls, device, warmup=args.warmup, repeats=args.repeats,
+                             settle=settle_from_args(args, device))
     base = times["model on ready tensors"].median_ms
     print(f"{config.fusion}/{config.backbone} rgb+depth {h}x{w}, {device}, {'fast' if args.fast else 'exact fp32'}; "
           f"class maps equal on {100 * agree:.2f} % of pixels")

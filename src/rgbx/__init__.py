@@ -10,6 +10,7 @@ The public API (imported lazily so that ``rgbx --help`` stays fast)::
     rgbx.load_plugin("my_lab/gated_fusion.py")  # your own components, registered by name (docs/extending.md)
     rgbx.train("synth_cmx_b0", ["data.root=data/synth", "output_dir=runs/x"])   # = rgbx train
     rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", anymodal=True).miou("rgb")   # = rgbx eval
+    segment = rgbx.Predictor.from_file("runs/x/model.safetensors", monitor=True)   # raw frames; failed sensors out
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ _API = {
     "train": "rgbx.engine.trainer",
     "evaluate": ("rgbx.engine.evaluate", "evaluate_dataset"),
     "Predictor": "rgbx.engine.predict",
+    "SensorMonitor": "rgbx.data.sensor_health",
+    "HealthRules": "rgbx.data.sensor_health",
+    "SensorFailure": "rgbx.data.sensor_health",
 }
 
 __all__ = [*_API, "list_modalities", "__version__"]

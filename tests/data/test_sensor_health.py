@@ -4,7 +4,10 @@ frames passed, the stream's frozen count, and the rules' parsing."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -179,3 +182,34 @@ def test_parse_rules():
             parse_rules([bad])
     with pytest.raises(Exception, match="sonar"):
         parse_rules(["sonar.min_coverage=0.1"])
+
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real_samples"
+
+
+def test_a_real_rgbd_frame_passes():
+    if not (REAL / "rgbd_indoor_depth.png").is_file():
+        pytest.skip(f"the real RGB-D frame is not there ({REAL})")
+    from rgbx.data.files import read_modality_file
+
+    _, statuses = SensorMonitor().screen({"rgb": read_modality_file(REAL / "rgbd_indoor_rgb.png", "rgb"),
+                                          "depth": read_modality_file(REAL / "rgbd_indoor_depth.png", "depth")})
+    assert all(s.ok for s in statuses.values()), statuses
+    assert 0.9 < statuses["depth"].coverage < 1.0  # a real depth camera's holes
+
+
+def test_data_stats_lists_the_failed_frames(tmp_path, capsys):
+    from PIL import Image
+
+    from rgbx.cli.main import main
+    from tests.conftest import make_dataset
+
+    root = make_dataset(tmp_path / "rig", n=6, size=(16, 20), modalities=("rgb", "depth"))
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(root / "rgb" / "s001.png")  # lens cap
+    shutil.copy(root / "depth" / "s002.png", root / "depth" / "s003.png")  # a repeated depth frame
+    assert main(["data", "stats", str(root), "--split", "train"]) == 0
+    table = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in table.splitlines() if line.startswith("│ rgb") or line.startswith("│ depth")}
+    assert rows["rgb"][:5] == ["4", "0", "1", "1", "0"] and rows["rgb"][-1] == "s001"  # black: no signal, saturated
+    assert rows["depth"][:5] == ["4", "0", "0", "0", "1"] and rows["depth"][-1] == "s003"  # = the sample before

@@ -10,6 +10,7 @@ from rgbx.cli.common import (
     EPILOG_FORMATTER,
     add_command,
     add_dataset_arguments,
+    add_sensor_check_arguments,
     non_negative_int,
     parse_options,
     parse_size,
@@ -20,6 +21,7 @@ from rgbx.cli.common import (
 EXAMPLES = """  rgbx data check data/synth
   rgbx data check my_rig --split train
   rgbx data stats data/synth --split train --limit 200
+  rgbx data stats my_rig --split train --sensor-rule depth.min_coverage=0.05   # and frames a failed sensor sent
   rgbx data pack data/synth data/synth_shards --shard-size 500        # then data.dataset=shards
   rgbx data pack data/synth data/synth_raw --decoded                  # nothing left to decode when training
   rgbx data synthesize my_rgbd --modalities event lidar --hfov 62   # events from RGB, pseudo-LiDAR from depth
@@ -53,11 +55,12 @@ def add_parser(sub) -> None:
     c.add_argument("--split", nargs="+", help="only these splits (default: all)")
     add_dataset_arguments(c)
     c.set_defaults(data_run=run_check)
-    s = dsub.add_parser("stats", epilog=_examples("stats"), formatter_class=EPILOG_FORMATTER, help="class pixel frequencies and per-modality value ranges")
+    s = dsub.add_parser("stats", epilog=_examples("stats"), formatter_class=EPILOG_FORMATTER, help="class pixel frequencies, per-modality value ranges and the frames that fail the sensor checks")
     s.add_argument("root")
     s.add_argument("--split", default="train")
     add_dataset_arguments(s)
     s.add_argument("--limit", type=non_negative_int, default=0, help="look at the first N samples only (0 = all)")
+    add_sensor_check_arguments(s, switch=False)
     s.set_defaults(data_run=run_stats)
     y = dsub.add_parser("synthesize", epilog=_examples("synthesize"), formatter_class=EPILOG_FORMATTER, help="add event / depth / thermal (from RGB) and lidar (from depth) to a dataset",
                         description="Write simulated event counts (from each RGB image moved along a short camera "
@@ -118,7 +121,11 @@ def run_stats(args) -> int:
     from rich.table import Table
 
     from rgbx.data import build_dataset
+    from rgbx.data.sensor_health import CHECKS, HealthRules, SensorMonitor, parse_rules
 
+    rules, per_sensor = parse_rules(args.sensor_rule, base=HealthRules(frozen_after=1))
+    monitor = SensorMonitor(rules, per_sensor)  # frozen: a frame equal to the sample before (a duplicate)
+    failed: dict[str, dict[str, list[str]]] = {}  # modality -> check -> sample ids
     ds = build_dataset(args.dataset, args.root, args.split, **parse_options(args.option))
     n = len(ds) if args.limit <= 0 else min(args.limit, len(ds))
     k = ds.description.num_classes
@@ -130,6 +137,10 @@ def run_stats(args) -> int:
             lab = s["label"].clone()
             lab[(lab < 0) | (lab >= k)] = k
             counts += torch.bincount(lab.flatten(), minlength=k + 1)
+        for name, status in monitor.screen(s["inputs"])[1].items():
+            checks = failed.setdefault(name, {})
+            for check in status.failures:
+                checks.setdefault(check, []).append(str(s["meta"].get("id", i)))
         for name, x in s["inputs"].items():
             r = ranges.setdefault(name, [float("inf"), float("-inf"), 0.0, 0])
             r[0], r[1] = min(r[0], float(x.min())), max(r[1], float(x.max()))
@@ -148,6 +159,16 @@ def run_stats(args) -> int:
         t.add_column(col)
     for name, (lo, hi, nz, m) in ranges.items():
         t.add_row(name, f"{lo:.3g}", f"{hi:.3g}", f"{100 * nz / m:.1f}")
+    console.print(t)
+    t = Table(title="frames that fail the sensor checks (rgbx.data.sensor_health; frozen: the same frame as the "
+                    "sample before)", caption="such frames teach a model that a failed sensor's output means "
+                                              "something; rgbx predict --check-sensors leaves them out")
+    for col in ("modality", "frames", *CHECKS, "first samples"):
+        t.add_column(col)
+    for name, checks in failed.items():
+        ids = sorted({sid for found in checks.values() for sid in found})
+        t.add_row(name, str(ranges[name][3]), *(str(len(checks.get(c, ()))) for c in CHECKS),
+                  ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else ""))
     console.print(t)
     return 0
 
