@@ -131,3 +131,22 @@ def test_optional_modality_may_be_missing(tmp_path):
     (root / "thermal" / "s000.png").unlink()
     ds = FolderDataset(root, "train")
     assert "thermal" not in ds.load(0)["inputs"] and "thermal" in ds.load(1)["inputs"]
+
+
+def test_nan_in_a_float_file_is_no_measurement(tmp_path):
+    """A stereo camera's depth in metres with NaN holes and inf for 'too far': read as 0 m (no measurement), so one
+    hole does not turn a training step's loss into NaN."""
+    root = make_dataset(tmp_path / "stereo", n=4, size=(8, 10), modalities=("rgb", "depth"))
+    desc = yaml.safe_load((root / "dataset.yaml").read_text())
+    desc["modalities"]["depth"] = {"encoding": "npy", "dtype": "float32", "scale": 1.0}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    for png in sorted((root / "depth").glob("*.png")):
+        d = np.full((1, 8, 10), 2.5, np.float32)
+        d[0, 1, 2], d[0, 3, 4], d[0, 5, 6] = np.nan, np.inf, -np.inf
+        np.save(png.with_suffix(".npy"), d)
+        png.unlink()
+    check_dataset(root)
+    ds = FolderDataset(root, "train")
+    depth = ds.load(0)["inputs"]["depth"]
+    assert torch.isfinite(depth).all()
+    assert depth[0, 1, 2] == depth[0, 3, 4] == depth[0, 5, 6] == 0 and depth[0, 0, 0] == 2.5

@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from rgbx.data.description import DatasetDescription, ModalitySource
 from rgbx.data.sample import Sample, normalize_sample
+from rgbx.data.transforms.photometric import empty_value
 from rgbx.errors import ConfigError, DataError
 from rgbx.modalities import get_modality, read_array
 from rgbx.registry import Registry
@@ -424,6 +425,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 raise DataError(f"{path}: {arr.shape[0]} channel(s), expected {' or '.join(map(str, want))} "
                                 f"for {name!r}")
             x = np.ascontiguousarray(self._decode(name, path, arr), np.float32)
+            if arr.dtype.kind == "f" and not np.isfinite(x).all():  # NaN / inf in a float file: no measurement
+                x = np.where(np.isfinite(x), x, np.float32(empty_value(get_modality(name))))
             if x.shape[0] != get_modality(name).channels:
                 raise DataError(f"{path}: decoded to {x.shape[0]} channel(s), the {name!r} spec has "
                                 f"{get_modality(name).channels}")
