@@ -213,3 +213,32 @@ def test_data_stats_lists_the_failed_frames(tmp_path, capsys):
             for line in table.splitlines() if line.startswith("│ rgb") or line.startswith("│ depth")}
     assert rows["rgb"][:5] == ["4", "0", "1", "1", "0"] and rows["rgb"][-1] == "s001"  # black: no signal, saturated
     assert rows["depth"][:5] == ["4", "0", "0", "0", "1"] and rows["depth"][-1] == "s003"  # = the sample before
+
+
+def test_frame_screen_leaves_a_failed_sensor_out_of_a_sample(tmp_path):
+    from PIL import Image
+
+    from rgbx.data import FolderDataset, collate
+    from rgbx.data.sensor_health import FrameScreen
+    from rgbx.data.transforms import EvalTransform
+    from tests.conftest import make_dataset
+
+    root = make_dataset(tmp_path / "rig", n=6, size=(16, 20), modalities=("rgb", "depth"))
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(root / "rgb" / "s001.png")  # black at start-up
+    Image.fromarray(np.zeros((16, 20), np.uint16)).save(root / "depth" / "s002.png")  # an empty depth frame
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(root / "rgb" / "s003.png")  # both dead: kept as they are
+    Image.fromarray(np.zeros((16, 20), np.uint16)).save(root / "depth" / "s003.png")
+    ds = FolderDataset(root, "train", transform=EvalTransform())
+    ds.screen = FrameScreen()
+    ids = ds.ids
+    samples = [ds[i] for i in range(len(ds))]
+    kept = {s["meta"]["id"]: sorted(s["inputs"]) for s in samples}
+    assert kept["s001"] == ["depth"] and kept["s002"] == ["rgb"] and kept["s003"] == ["depth", "rgb"]
+    assert samples[ids.index("s001")]["meta"]["screened"] == ["rgb"]
+    batch = collate(samples)  # the screened sensor is absent there, like a sensor the rig lacked
+    assert batch.present["rgb"].tolist() == [s != "s001" for s in ids]
+    assert batch.present["depth"].tolist() == [s != "s002" for s in ids]
+    # one sensor's rule: a coverage of at most 100 % fails, so every depth frame does, even a full one
+    assert ds.load(ids.index("s000"))["inputs"]["depth"].ne(0).all()
+    ds.screen = FrameScreen(*parse_rules(["depth.min_coverage=1"]))
+    assert sorted(ds[ids.index("s000")]["inputs"]) == ["rgb"]

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -342,3 +343,26 @@ def test_frozen_modules_keep_their_weights_and_resume_needs_the_same_list(tmp_pa
     with pytest.raises(ConfigError, match=r"train.freeze: 'encoder.branch' names no parameter of the model; its "
                                           r"modules include .*encoder.branches"):
         Trainer(tiny_config(root, tmp_path / "x", "train.freeze=[encoder.branch]"), reporter=Reporter(quiet=True))
+
+
+def test_screen_sensors_in_training(tmp_path):
+    from PIL import Image
+
+    from rgbx.data import FolderDataset
+    from rgbx.data.sensor_health import FrameScreen
+    from rgbx.errors import ConfigError
+
+    root = make_dataset(tmp_path / "d", n=8)
+    first = FolderDataset(root, "train").ids[0]
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(root / "rgb" / f"{first}.png")  # a black frame
+    trainer = Trainer(tiny_config(root, tmp_path / "run", "train.iters=2", "train.eval_every=0",
+                                  "data.screen_sensors=true", "data.sensor_rules=[thermal.max_saturated=0.5]"),
+                      reporter=Reporter(quiet=True))
+    assert isinstance(trainer.train_set.screen, FrameScreen) and trainer.val_set.screen is trainer.train_set.screen
+    assert trainer.train_set.screen.per_sensor["thermal"].max_saturated == 0.5
+    assert sorted(trainer.train_set[0]["inputs"]) == ["depth", "thermal"]  # the black frame's camera: absent
+    trainer.fit()
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    with pytest.raises(ConfigError, match="add data.screen_sensors=true"):
+        Trainer(tiny_config(root, tmp_path / "run2", "data.sensor_rules=[frozen_after=2]"),
+                reporter=Reporter(quiet=True))

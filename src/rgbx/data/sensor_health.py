@@ -284,3 +284,30 @@ def screen_frames(x: torch.Tensor, spec: ModalitySpec, rules: HealthRules, previ
         if has_previous is not None:
             failed["frozen"] &= has_previous.to(failed["frozen"].device)
     return clean, failed
+
+
+class FrameScreen:
+    """Leaves out of a dataset sample the sensors whose frame fails the checks of one frame (``non_finite``,
+    ``no_signal``, ``saturated``; not ``frozen``: a training set is read in random order), so that training on a rig's
+    recordings counts a failed sensor's frames (a black camera at start-up, a depth camera's empty frames) as the
+    sensor absent, as a deployed :class:`SensorMonitor` (``rgbx predict --check-sensors``) treats them. A sample
+    whose every sensor fails is left as it is. Set as a dataset's ``screen`` (``data.screen_sensors``).
+
+    ``sample["meta"]["screened"]`` lists the sensors left out."""
+
+    def __init__(self, rules: HealthRules | None = None, per_sensor: Mapping[str, HealthRules] | None = None):
+        self.rules = rules or HealthRules()
+        self.per_sensor = dict(per_sensor or {})
+
+    def failed(self, sensor: str, x: torch.Tensor) -> tuple[str, ...]:
+        spec = get_modality(sensor)
+        verdict = failed_checks(frame_statistics(x[None], spec), spec, self.per_sensor.get(sensor, self.rules))
+        return tuple(c for c, f in verdict.items() if bool(f[0]))
+
+    def __call__(self, sample: dict) -> dict:
+        inputs = sample["inputs"]
+        out = [m for m, x in inputs.items() if self.failed(m, x)]
+        if not out or len(out) == len(inputs):
+            return sample
+        kept = {m: replace_non_finite(x, get_modality(m))[0] for m, x in inputs.items() if m not in out}
+        return {**sample, "inputs": kept, "meta": {**sample.get("meta", {}), "screened": out}}

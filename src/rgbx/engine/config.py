@@ -47,6 +47,10 @@ class DataConfig:
     crop_padding: str = "end"
     num_workers: int | None = None  # loader processes; None = auto (engine.trainer.loader_workers)
     check: str = "headers"  # dataset validation when opened: none | headers | full
+    # a sensor whose frame fails the sensor checks (black, empty, saturated, mostly NaN: rgbx.data.sensor_health) is
+    # absent from that sample, in training and validation, as `rgbx predict --check-sensors` treats it at run time
+    screen_sensors: bool = False
+    sensor_rules: list[str] = field(default_factory=list)  # thresholds: "[SENSOR.]KEY=VALUE", e.g. depth.min_coverage=0.05
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 from rgbx.data import build_dataset, collate
 from rgbx.data.sample import PresenceMasks
 from rgbx.data.sampler import ResumableSampler
+from rgbx.data.sensor_health import FrameScreen, parse_rules
 from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.data.transforms.photometric import build_photometric_ops
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
@@ -281,6 +282,11 @@ class Trainer:
                                 "which costs more here than the loader workers doing it (data.geometric_on=sample)")
         self.val_set = build_dataset(data.dataset, data.root, data.val_split, modalities=modalities,
                                      transform=EvalTransform(), check=data.check, **data.options)
+        if data.screen_sensors:
+            screen = FrameScreen(*parse_rules(data.sensor_rules))
+            self.train_set.screen = self.val_set.screen = screen
+        elif data.sensor_rules:
+            raise ConfigError("data.sensor_rules sets thresholds of the sensor checks; add data.screen_sensors=true")
         if len(self.train_set) < cfg.train.batch_size:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the training split "
                               f"({len(self.train_set)} samples)")

@@ -133,7 +133,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             unknown one is a :class:`ConfigError`. All of them end up in ``self.options``.
 
     Items are samples (see :mod:`rgbx.data.sample`) with normalised inputs; :meth:`load` gives them in physical units
-    before any transform.
+    before any transform. ``screen``: ``screen(sample) -> sample`` in physical units before the transform (e.g.
+    :class:`rgbx.data.sensor_health.FrameScreen`: failed sensors left out), or None.
 
     A dataset class implements :meth:`describe`, :meth:`list_ids` and :meth:`files`, and may override:
 
@@ -197,6 +198,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                             f"(it has: {', '.join(self.description.modalities)}){hints}")
         self.sources: dict[str, ModalitySource] = {m: self.description.modalities[m] for m in names}
         self.transform = transform
+        self.screen: Callable[[Sample], Sample] | None = None  # e.g. rgbx.data.sensor_health.FrameScreen
         self.seed = seed
         if check != "none":
             problems = self.find_problems(full=(check == "full"))
@@ -443,6 +445,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, key) -> Sample:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         sample = self.load(index)
+        if self.screen is not None:
+            sample = self.screen(sample)
         if self.transform is not None:
             sample = self.transform(sample, self.generator_for(epoch, index))
         return normalize_sample(sample)
