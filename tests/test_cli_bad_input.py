@@ -55,7 +55,10 @@ CASES = [
     (["eval", "{m}", "--data", "{data}", "--failures", "blank"],
      "--failures chooses the silent failures of --robustness; add --robustness"),
     (["eval", "{m}", "--data", "{data}", "--sensor-rule", "frozen_after=2"],
-     "--sensor-rule sets a threshold of the sensor checks; add --robustness"),
+     "--sensor-rule sets a threshold of the sensor checks; add --check-sensors"),
+    (["eval", "{m}", "--data", "{data}", "--robustness", "--check-sensors"],
+     "--robustness screens frames in its silent-failure section and scores the clean data as it is; drop "
+     "--check-sensors"),
     (["eval", "{m}", "--data", "{data}", "--robustness", "--failures", "none", "blank"],
      "--failures none skips the silent failures; give it alone"),
     (["bench", "--backbone", "mit_nano", "--fusion", "cmx", "--modalities", "rgb", "depth", "--num-classes", "0"],

@@ -194,6 +194,11 @@ def test_silent_failures_screened_equal_the_sensor_absent(data):
         assert section["results"][m]["frozen"]["detected"] == pytest.approx((n - 1) / n)
     assert section["rules"]["depth"]["frozen_after"] == 3 and set(section["definitions"]) == {
         "blank", "nan", "saturated", "frozen"}
+    # predecessors given by the dataset (what rgbx eval passes, the same under torchrun's shares) = the loader's order
+    from rgbx.cli.evaluate import _previous_in
+
+    by_dataset = robustness_report(_model(), loader, num_classes=3, corruptions=[], previous=_previous_in(ds))
+    assert by_dataset["silent_failures"] == section
 
 
 def test_silent_failures_fed_as_is_by_hand(data):

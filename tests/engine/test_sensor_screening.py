@@ -137,3 +137,34 @@ def test_cli_sensor_rules_change_the_verdict(model_file, tmp_path):
                  "--sensor-rule", "rgb.max_saturated=1"]) == 0
     assert {r["id"]: r["ok"] for r in csv.DictReader(open(tmp_path / "loose" / "sensor_health.csv"))} == {
         "t000": "1", "t005": "1"}
+
+
+def test_cli_eval_check_sensors(tmp_path):
+    """A split whose camera frames are all black: screened, rgb+depth scores as depth alone; fed as is, it does not."""
+    import json
+
+    from tests.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "rig", n=6, size=(32, 32), modalities=("rgb", "depth"))
+    for png in (data / "rgb").glob("*.png"):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(png)
+    small = tmp_path / "m3.safetensors"  # the toy data has 3 classes
+    torch.manual_seed(1)
+    save_model(small, rgbx.create_model(backbone="mit_nano", fusion="mean", modalities=["rgb", "depth"],
+                                        num_classes=3, head_channels=16), {"classes": ["ground", "box", "person"]})
+    common = ["eval", str(small), "--data", str(data), "--split", "val", "--workers", "0", "--by", ""]
+    runs = {}
+    for name, extra in {"screened": ["--check-sensors"], "as_is": [], "depth": ["--modalities", "depth"]}.items():
+        assert main([*common, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    full = "rgb+depth"
+    assert runs["screened"]["subsets"][full]["all"]["miou"] == runs["depth"]["subsets"]["depth"]["all"]["miou"]
+    assert runs["screened"]["sensor_checks"]["rgb"]["min_contrast"] == 0.01 and runs["as_is"]["sensor_checks"] is None
+    logits = {}
+    for name, present in {"as_is": None, "depth": {"rgb": torch.zeros(1, dtype=torch.bool)}}.items():
+        m, _ = rgbx.load_model(small)
+        x = {"rgb": rgbx.modalities.get_modality("rgb").normalize(torch.zeros(1, 3, 32, 32)),
+             "depth": torch.zeros(1, 1, 32, 32)}
+        with torch.no_grad():
+            logits[name] = m(x, present).logits
+    assert not torch.equal(logits["as_is"], logits["depth"])  # the black frame, fed as is, changes the output

@@ -87,13 +87,14 @@ def add_inference_speed_arguments(parser: argparse.ArgumentParser) -> None:
                              "Default: on for the CPU, --fast or not")
 
 
-def add_sensor_check_arguments(parser: argparse.ArgumentParser, switch: bool = True) -> None:
-    """``--check-sensors`` (``switch``) and ``--sensor-rule`` (:func:`sensor_monitor_from_args`)."""
+def add_sensor_check_arguments(parser: argparse.ArgumentParser, switch: bool | str = True) -> None:
+    """``--check-sensors`` (``switch``; a string: its help) and ``--sensor-rule`` (:func:`sensor_monitor_from_args`)."""
     if switch:
         parser.add_argument("--check-sensors", action="store_true",
-                            help="screen each sample's frames first and leave out a sensor whose frame failed "
-                                 "(black / uniform, no measurement, saturated, mostly NaN, or the same as its "
-                                 "previous frames: rgbx.data.sensor_health)")
+                            help=switch if isinstance(switch, str) else
+                            "screen each sample's frames first and leave out a sensor whose frame failed "
+                            "(black / uniform, no measurement, saturated, mostly NaN, or the same as its previous "
+                            "frames: rgbx.data.sensor_health)")
     parser.add_argument("--sensor-rule", action="append", default=[], metavar="[SENSOR.]KEY=VALUE",
                         help="a threshold of the checks, for every sensor or one, e.g. frozen_after=5, "
                              "depth.min_coverage=0.05, rgb.min_contrast=0.02 (repeatable; keys: max_non_finite, "

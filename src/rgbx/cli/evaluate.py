@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shlex
@@ -31,6 +32,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data data/kitti360 --dataset kitti360 --window 376x752   # sliding windows
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --json robust.json   # missing / noisy sensors
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --failures blank frozen --sensor-rule depth.min_coverage=0.05
+  rgbx eval runs/cmx/model.safetensors --data my_rig --check-sensors   # a failed sensor's frames count as it absent
   rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --confusion runs/cmx/confusion  # what is mistaken for what
   rgbx eval runs/cmx/model.safetensors --data data/synth --fast              # the device's fast path
   rgbx eval runs/cmx/model.onnx --data data/synth --runtime openvino        # the exported file, as deployed
@@ -74,7 +76,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--failures", nargs="+", choices=("blank", "nan", "saturated", "frozen", "none"),
                    help="--robustness: the silent sensor failures to score, each fed as is and screened by the "
                         "sensor checks (default: all; none: skip)")
-    add_sensor_check_arguments(p, switch=False)
+    add_sensor_check_arguments(p, "a sensor whose frame fails the sensor checks (black / uniform, no measurement, "
+                                  "saturated, mostly NaN: rgbx.data.sensor_health; samples are not a stream, so no "
+                                  "frozen check) is absent from that sample, as rgbx predict --check-sensors leaves "
+                                  "it out; --sensor-rule: the checks' thresholds, here and for --robustness")
     p.add_argument("--zero-shot", type=Path, metavar="EMBEDDINGS",
                    help="MS3 zero-shot: score the dataset's own classes, given only their language embeddings in "
                         "this .safetensors file (class name -> 1-D vector; `rgbx embed-classes`), with the run's MS3 "
@@ -113,6 +118,7 @@ def _evaluate(args, device, ctx) -> int:
     import torch
 
     from rgbx.data import build_dataset, collate
+    from rgbx.data.sensor_health import FrameScreen
     from rgbx.data.transforms import EvalTransform
     from rgbx.engine.distributed import shard_indices
     from rgbx.engine.evaluate import all_subsets, evaluate
@@ -124,7 +130,11 @@ def _evaluate(args, device, ctx) -> int:
 
     if args.failures is not None and not args.robustness:
         raise ConfigError("--failures chooses the silent failures of --robustness; add --robustness")
-    sensor_monitor_from_args(args, "--robustness")  # a bad --sensor-rule fails before the model loads
+    if args.check_sensors and args.robustness:
+        raise ConfigError("--robustness screens frames in its silent-failure section and scores the clean data as "
+                          "it is; drop --check-sensors")
+    # a bad --sensor-rule fails before the model loads
+    monitor = sensor_monitor_from_args(args, "--robustness" if args.robustness else "--check-sensors")
     model, info = load_model_from_args(args, device)
     published = apply_published_protocol(args, info, announce=ctx.is_main) if args.as_published else None
     window = sliding_window_from_args(args)
@@ -135,6 +145,8 @@ def _evaluate(args, device, ctx) -> int:
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
                             transform=EvalTransform(), **parse_options(args.option))
     desc = dataset.description
+    if args.check_sensors:  # a sensor whose frame fails the checks is absent from that sample (no frozen check)
+        dataset.screen = FrameScreen(monitor.rules, monitor.per_sensor)
     if args.by and args.by != "condition" and not any(args.by in dataset.attributes(i) for i in dataset.ids):
         found = sorted({a for i in dataset.ids for a in dataset.attributes(i)})
         raise ConfigError(f"--by {args.by}: no sample of {args.data} [{args.split}] has that attribute (attributes "
@@ -172,7 +184,7 @@ def _evaluate(args, device, ctx) -> int:
         if args.confusion:
             raise ConfigError("--confusion writes the plain evaluation's confusion matrices; drop --robustness")
         with backend_flags(speed):
-            return _run_robustness(args, model, loader, desc, device, ctx.is_main, amp_dtype, window)
+            return _run_robustness(args, model, loader, dataset, device, ctx.is_main, amp_dtype, window)
     with backend_flags(speed):
         result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                           subsets=subsets, group_by=args.by or None, device=device, scales=args.scales,
@@ -188,7 +200,9 @@ def _evaluate(args, device, ctx) -> int:
         data = result.to_dict(list(desc.classes), convention=args.miou)
         data.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
                      "model": model.config.to_dict(), "speed": speed.describe() if speed else "model's own fp32",
-                     "test_time": _test_time(args, window), "as_published": published})
+                     "test_time": _test_time(args, window), "as_published": published,
+                     "sensor_checks": {m: dataclasses.asdict(monitor.rules_for(m)) for m in model.modalities}
+                     if args.check_sensors else None})
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))
     return 0
@@ -314,6 +328,23 @@ def _test_time(args, window) -> dict:
             "stride": None if window is None else list(window.stride)}
 
 
+def _previous_in(dataset):
+    """``previous(meta)``: the physical frames of the sample before ``meta["id"]`` in the split (None for the first),
+    so that the frozen failure is the same whatever the batch size or torchrun's shares."""
+    from rgbx.modalities import get_modality
+
+    position = {sid: i for i, sid in enumerate(dataset.ids)}
+
+    def previous(meta: dict):
+        i = position.get(meta.get("id"), 0)
+        if i == 0:
+            return None
+        sample = dataset[i - 1]
+        return {m: get_modality(m).denormalize(x) for m, x in sample["inputs"].items()}
+
+    return previous
+
+
 def _failures(args) -> list[str] | None:
     from rgbx.errors import ConfigError
 
@@ -326,14 +357,17 @@ def _failures(args) -> list[str] | None:
     return list(dict.fromkeys(args.failures))
 
 
-def _run_robustness(args, model, loader, desc, device, is_main: bool = True, amp_dtype=None, window=None) -> int:
+def _run_robustness(args, model, loader, dataset, device, is_main: bool = True, amp_dtype=None,
+                    window=None) -> int:
     from rgbx.engine.robustness import print_robustness_tables, robustness_report
 
+    desc = dataset.description
     report = robustness_report(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                                device=device, seed=args.seed, convention=args.miou, class_names=list(desc.classes),
                                autocast_dtype=amp_dtype, scales=args.scales, flip=args.flip, window=window,
                                scale_rule=args.scale_rule, failures=_failures(args),
-                               monitor=sensor_monitor_from_args(args, "--robustness"))
+                               monitor=sensor_monitor_from_args(args, "--robustness"),
+                               previous=_previous_in(dataset))
     if not is_main:
         return 0
     print_robustness_tables(report, title=f"{args.checkpoint} on {args.data} [{args.split}], seed {args.seed}")

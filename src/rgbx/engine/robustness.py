@@ -181,10 +181,23 @@ SILENT_FAILURES: dict[str, tuple[SilentFailureFn, str]] = {
     "nan": (_nan, "every value NaN (a driver marking a frame it could not fill)"),
     "saturated": (_saturated, "every pixel at the top of the display range (or mean + 3 std): a blinded camera, a "
                               "pegged sensor"),
-    "frozen": (_frozen, "the previous sample's frame in loader order: a stuck driver re-sending an old frame; the "
+    "frozen": (_frozen, "the previous sample's frame (in the dataset's order): a stuck driver re-sending an old frame; the "
                         "checks compare with that previous frame and take the stream to have repeated it "
                         "frozen_after times (the first sample has none: it keeps its own frame, unchecked)"),
 }
+
+
+def _resized(frame: torch.Tensor, size) -> torch.Tensor:
+    if frame.shape[-2:] == tuple(size):
+        return frame
+    return torch.nn.functional.interpolate(frame[None], size=tuple(size), mode="nearest")[0]
+
+
+def _given_previous(x: torch.Tensor, frames: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """((B, C, H, W), (B,) bool) from one predecessor frame per sample (None: it has none; the sample's own frame
+    stands in), each resized to the batch's size."""
+    has = torch.tensor([f is not None for f in frames], device=x.device)
+    return torch.stack([x[i] if f is None else _resized(f.to(x), x.shape[-2:]) for i, f in enumerate(frames)]), has
 
 
 def _previous_frames(x: torch.Tensor, carry: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,8 +208,7 @@ def _previous_frames(x: torch.Tensor, carry: torch.Tensor | None) -> tuple[torch
         first = x[:1]
         has[0] = False
     else:
-        first = carry[None] if carry.shape[-2:] == x.shape[-2:] else torch.nn.functional.interpolate(
-            carry[None], size=x.shape[-2:], mode="nearest")
+        first = _resized(carry, x.shape[-2:])[None]
     return torch.cat([first.to(x), x[:-1]]), has
 
 
@@ -302,6 +314,7 @@ def robustness_report(
     corruptions: Sequence[str] | None = None,
     failures: Sequence[str] | None = None,
     monitor: SensorMonitor | None = None,
+    previous: Callable[[dict], dict[str, torch.Tensor] | None] | None = None,
     convention: str = "present",
     class_names: list[str] | None = None,
     autocast_dtype: torch.dtype | None = None,
@@ -320,6 +333,9 @@ def robustness_report(
         failures: names in :data:`SILENT_FAILURES` to run (default: all; ``()``: none). Each replaces one sensor's
             frames; the batch is scored fed as is, and screened by the sensor checks (every sensor's frames; a
             failed one left out) with the thresholds of ``monitor`` (default :class:`HealthRules`).
+        previous: ``previous(meta) -> {modality: (C, H, W) physical frame}`` of the sample before the one ``meta``
+            describes (None for the first), for ``frozen`` and the checks' ``frozen``; default: the sample before in
+            the loader's order (``rgbx eval`` gives the dataset's order, the same under torchrun's shares).
         convention: mIoU convention (see :mod:`rgbx.engine.metrics`).
         progress: optional callable(batches_done).
         scales, flip, window, scale_rule: test-time averaging and sliding windows for every prediction
@@ -388,8 +404,12 @@ def robustness_report(
             corrupted[(n, target, s)].update(predict(view), batch.label)
         if failure_names:
             phys = {m: specs[m].denormalize(full.inputs[m]) for m in modalities}
-            before = {m: _previous_frames(phys[m], carry.get(m)) for m in modalities}
-            carry = {m: phys[m][-1] for m in modalities}
+            if previous is None:
+                before = {m: _previous_frames(phys[m], carry.get(m)) for m in modalities}
+                carry = {m: phys[m][-1] for m in modalities}
+            else:
+                frames = [previous(meta) or {} for meta in full.meta]
+                before = {m: _given_previous(phys[m], [f.get(m) for f in frames]) for m in modalities}
             present = {m: full.present[m].bool() for m in modalities}
             for m in modalities:  # false alarms: the checks on the clean frames
                 _, failed = screen_frames(phys[m], specs[m], rules[m], *before[m])

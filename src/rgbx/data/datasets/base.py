@@ -152,6 +152,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
       names its classes in its dataset.yaml instead).
     """
 
+    screen: Callable[[Sample], Sample] | None = None  # e.g. rgbx.data.sensor_health.FrameScreen
+
     OPTIONS: dict[str, Any] = {}
     CLASSES: tuple[str, ...] = ()
     RESIZED: frozenset[str] = frozenset()
@@ -198,7 +200,6 @@ class SegmentationDataset(torch.utils.data.Dataset):
                             f"(it has: {', '.join(self.description.modalities)}){hints}")
         self.sources: dict[str, ModalitySource] = {m: self.description.modalities[m] for m in names}
         self.transform = transform
-        self.screen: Callable[[Sample], Sample] | None = None  # e.g. rgbx.data.sensor_health.FrameScreen
         self.seed = seed
         if check != "none":
             problems = self.find_problems(full=(check == "full"))
