@@ -14,17 +14,23 @@ from rgbx.errors import ConfigError, DataError
 from rgbx.models.model_file import save_model
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
+def rgbd_model_file(folder, fusion: str = "cmx"):
+    """A random MiT-nano RGB-D model file with 4 named classes (also used by test_sensor_screening)."""
     torch.manual_seed(0)
-    model = rgbx.create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=4,
+    model = rgbx.create_model(backbone="mit_nano", fusion=fusion, modalities=["rgb", "depth"], num_classes=4,
                               head_channels=16)
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    path = folder / "model.safetensors"
     save_model(path, model, {"classes": ["floor", "wall", "robot", "person"], "ignore_index": 255})
     return path
 
 
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return rgbd_model_file(tmp_path_factory.mktemp("model"))
+
+
 def frames(seed=0, h=40, w=56):
+    """Raw RGB-D frames as a driver gives them: 8-bit RGB channels last, 16-bit depth in mm."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(500, 9000, (h, w), dtype=np.uint16)
 

@@ -14,21 +14,12 @@ import rgbx
 from rgbx.cli.main import main
 from rgbx.data.sensor_health import HealthRules, SensorFailure, SensorMonitor
 from rgbx.models.model_file import save_model
+from tests.engine.test_frame_prediction import frames, rgbd_model_file
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    model = rgbx.create_model(backbone="mit_nano", fusion="mean", modalities=["rgb", "depth"], num_classes=4,
-                              head_channels=16)
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_model(path, model, {"classes": ["floor", "wall", "robot", "person"], "ignore_index": 255})
-    return path
-
-
-def frames(seed=0, h=40, w=56):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(500, 9000, (h, w), dtype=np.uint16)
+    return rgbd_model_file(tmp_path_factory.mktemp("model"), fusion="mean")
 
 
 def test_nan_input_does_not_reach_the_model(model_file):
