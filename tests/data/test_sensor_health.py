@@ -242,3 +242,19 @@ def test_frame_screen_leaves_a_failed_sensor_out_of_a_sample(tmp_path):
     assert ds.load(ids.index("s000"))["inputs"]["depth"].ne(0).all()
     ds.screen = FrameScreen(*parse_rules(["depth.min_coverage=1"]))
     assert sorted(ds[ids.index("s000")]["inputs"]) == ["rgb"]
+
+
+def test_statistics_on_a_grid_of_a_large_frame():
+    """Contrast and saturation are estimated on every k-th pixel of a large frame; coverage counts every pixel, and a
+    sparse frame whose returns all miss the grid is measured on every pixel."""
+    from rgbx.data.sensor_health import SAMPLED_PIXELS
+
+    rgb = camera(7, 480, 640)
+    stats = frame_statistics(rgb[None], get_modality("rgb"))
+    exact = (rgb.flatten(1).std(1, correction=0) / torch.tensor(get_modality("rgb").std)).min()
+    assert stats["contrast"].item() == pytest.approx(exact.item(), rel=0.03) and 480 * 640 > 4 * SAMPLED_PIXELS
+    d = torch.zeros(1, 480, 640)
+    d[0, 1::4, 1::4] = torch.linspace(1.0, 9.0, 120 * 160).view(120, 160)  # returns only between the grid's pixels
+    stats = frame_statistics(d[None], get_modality("depth"))
+    assert stats["coverage"].item() == pytest.approx(1 / 16)
+    assert stats["contrast"].item() > 0.2 and failures("depth", d) == set()

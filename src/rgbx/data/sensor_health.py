@@ -105,45 +105,64 @@ def parse_rules(items, base: HealthRules | None = None) -> tuple[HealthRules, di
 # one batch of frames
 
 
+# contrast and the saturated share are estimated on a grid of every k-th pixel in each direction, about this many
+# pixels (exact for frames up to twice as large; 480×640: every 4th); coverage and NaN count every pixel
+SAMPLED_PIXELS = 16384
+
+
 def replace_non_finite(x: torch.Tensor, spec: ModalitySpec) -> tuple[torch.Tensor, torch.Tensor]:
     """(x with NaN / ±inf set to the spec's "no measurement" value, (B,) fraction of such values per frame) for
     ``x`` (B, C, H, W) in physical units."""
+    if bool(torch.isfinite(x.flatten(1).sum(1)).all()):  # one pass: a finite sum has no NaN / inf in it
+        return x, torch.zeros(x.shape[0], device=x.device)
     finite = torch.isfinite(x)
     fraction = (~finite).flatten(1).float().mean(1)
-    if bool(fraction.any()):
-        x = torch.where(finite, x, torch.full_like(x, empty_value(spec)))
-    return x, fraction
+    return torch.where(finite, x, torch.full_like(x, empty_value(spec))), fraction
+
+
+def _grid(x: torch.Tensor) -> torch.Tensor:
+    """Every k-th pixel of ``x`` (..., H, W) in each direction, about :data:`SAMPLED_PIXELS` of them."""
+    step = max(1, int((x.shape[-2] * x.shape[-1] / SAMPLED_PIXELS) ** 0.5))
+    return x[..., ::step, ::step]
+
+
+def _statistics(x: torch.Tensor, spec: ModalitySpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(``x`` with non-finite values replaced, :func:`frame_statistics`)."""
+    x, non_finite = replace_non_finite(x.float(), spec)
+    b = x.shape[0]
+    grid = _grid(x)
+    if has_empty_value(spec):
+        coverage = (x != empty_value(spec)).any(1).flatten(1).float().mean(1)
+        if bool(((grid != empty_value(spec)).any(1).flatten(1).sum(1) < 2).any()):
+            grid = x  # the grid missed a sparse frame's measurements: every pixel then
+        values = grid.flatten(2)  # (B, C, N)
+        measured = (grid != empty_value(spec)).any(1).flatten(1)[:, None].float()  # (B, 1, N)
+        count = measured.sum(2).clamp(min=1)
+        mean = (values * measured).sum(2, keepdim=True) / count[..., None]
+        spread = (((values - mean) ** 2 * measured).sum(2) / count).sqrt()  # (B, C), over measured pixels
+    else:
+        coverage = torch.ones(b, device=x.device)
+        spread = grid.flatten(2).std(2, correction=0)
+    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).expand(x.shape[1])
+    contrast = (spread / std).amin(1)
+    if spec.display_range is not None:
+        lo, hi = spec.display_range
+        eps = 1e-3 * (hi - lo)
+        at_end = (grid <= lo + eps).all(1) | (grid >= hi - eps).all(1)
+        saturated = at_end.flatten(1).float().mean(1)
+    else:
+        saturated = torch.zeros(b, device=x.device)
+    return x, {"non_finite": non_finite, "coverage": coverage, "contrast": contrast, "saturated": saturated}
 
 
 def frame_statistics(x: torch.Tensor, spec: ModalitySpec) -> dict[str, torch.Tensor]:
     """The figures the checks read, each (B,), for ``x`` (B, C, H, W) in physical units (non-finite values allowed):
     ``non_finite`` (fraction of values), ``coverage`` (fraction of pixels holding a measurement; 1 for a dense
     sensor without a "no measurement" value), ``contrast`` (the smallest over channels of std / the spec's std; over
-    the measured pixels for a sensor with a "no measurement" value, 0 with none),
-    ``saturated`` (fraction of pixels at the bottom or the top of the display range in every channel; 0 without a
-    display range)."""
-    x, non_finite = replace_non_finite(x.float(), spec)
-    b = x.shape[0]
-    values = x.flatten(2)  # (B, C, N)
-    if has_empty_value(spec):
-        measured = (x != empty_value(spec)).any(1).flatten(1)[:, None].float()  # (B, 1, N)
-        coverage = measured.mean((1, 2))
-        count = measured.sum(2).clamp(min=1)
-        mean = (values * measured).sum(2, keepdim=True) / count[..., None]
-        spread = (((values - mean) ** 2 * measured).sum(2) / count).sqrt()  # (B, C), over measured pixels
-    else:
-        coverage = torch.ones(b, device=x.device)
-        spread = values.std(2, correction=0)
-    std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).expand(x.shape[1])
-    contrast = (spread / std).amin(1)
-    if spec.display_range is not None:
-        lo, hi = spec.display_range
-        eps = 1e-3 * (hi - lo)
-        at_end = (x <= lo + eps).all(1) | (x >= hi - eps).all(1)
-        saturated = at_end.flatten(1).float().mean(1)
-    else:
-        saturated = torch.zeros(b, device=x.device)
-    return {"non_finite": non_finite, "coverage": coverage, "contrast": contrast, "saturated": saturated}
+    the measured pixels for a sensor with a "no measurement" value, 0 with none), ``saturated`` (fraction of pixels
+    at the bottom or the top of the display range in every channel; 0 without a display range). Contrast and the
+    saturated share are estimated on a grid of :data:`SAMPLED_PIXELS` pixels."""
+    return _statistics(x, spec)[1]
 
 
 def failed_checks(stats: Mapping[str, torch.Tensor], spec: ModalitySpec, rules: HealthRules) -> dict[str, torch.Tensor]:
@@ -244,9 +263,9 @@ class SensorMonitor:
         """(``x`` with non-finite values replaced, its status) for one (C, H, W) frame in physical units."""
         spec = get_modality(sensor)
         rules = self.rules_for(sensor)
-        stats = frame_statistics(x[None], spec)
+        clean, stats = _statistics(x[None], spec)
+        clean = clean[0]
         failed = failed_checks(stats, spec, rules)
-        clean, _ = replace_non_finite(x, spec)
         repeats = self._repeat_count(sensor, clean, rules.frozen_tolerance)
         names = [c for c in ("non_finite", "no_signal", "saturated") if bool(failed[c][0])]
         if repeats >= rules.frozen_after:
@@ -274,8 +293,8 @@ def screen_frames(x: torch.Tensor, spec: ModalitySpec, rules: HealthRules, previ
     frame with ``previous`` (B, C, H, W; e.g. each sample's predecessor): equal there means the sensor is taken to
     have repeated that frame ``frozen_after`` times; without ``previous`` no frame is frozen, nor those where
     ``has_previous`` (B,) bool is False."""
-    failed = failed_checks(frame_statistics(x, spec), spec, rules)
-    clean, _ = replace_non_finite(x.float(), spec)
+    clean, stats = _statistics(x, spec)
+    failed = failed_checks(stats, spec, rules)
     if previous is None or previous.shape != clean.shape:
         failed["frozen"] = torch.zeros_like(failed["no_signal"])
     else:
