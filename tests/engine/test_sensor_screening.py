@@ -159,3 +159,26 @@ def test_cli_eval_check_sensors(tmp_path):
         with torch.no_grad():
             logits[name] = m(x, present).logits
     assert not torch.equal(logits["as_is"], logits["depth"])  # the black frame, fed as is, changes the output
+
+
+def test_a_model_trained_with_every_sensor_present_is_warned_about(tmp_path):
+    """The checks leaving a sensor out of a model whose file says it never saw one absent: one warning, once."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = rgbx.create_model(backbone="mit_nano", fusion="mean", modalities=["rgb", "depth"], num_classes=4,
+                              head_channels=16)
+    files = {}
+    for seen in (False, True):
+        files[seen] = save_model(tmp_path / f"seen_{seen}.safetensors", model, {"classes": list("abcd")},
+                                 training={"method": "supervised", "modality_dropout": 0.5 * seen,
+                                           "absent_sensors_seen": seen})
+    rgb, depth_mm = frames()
+    with pytest.warns(UserWarning, match="trained with every sensor present .* left depth out"):
+        guarded = rgbx.Predictor.from_file(files[False], monitor=True)
+        guarded({"rgb": rgb, "depth": np.zeros_like(depth_mm)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        guarded({"rgb": rgb, "depth": np.zeros_like(depth_mm)})  # once
+        rgbx.Predictor.from_file(files[True], monitor=True)({"rgb": rgb, "depth": np.zeros_like(depth_mm)})
+        rgbx.Predictor.from_file(files[False], monitor=True)({"rgb": rgb, "depth": depth_mm})  # nothing left out

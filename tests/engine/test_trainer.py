@@ -345,7 +345,7 @@ def test_frozen_modules_keep_their_weights_and_resume_needs_the_same_list(tmp_pa
         Trainer(tiny_config(root, tmp_path / "x", "train.freeze=[encoder.branch]"), reporter=Reporter(quiet=True))
 
 
-def test_screen_sensors_in_training(tmp_path):
+def test_screen_sensors_in_training(tmp_path, capsys):
     from PIL import Image
 
     from rgbx.data import FolderDataset
@@ -362,7 +362,14 @@ def test_screen_sensors_in_training(tmp_path):
     assert trainer.train_set.screen.per_sensor["thermal"].max_saturated == 0.5
     assert sorted(trainer.train_set[0]["inputs"]) == ["depth", "thermal"]  # the black frame's camera: absent
     trainer.fit()
-    assert (tmp_path / "run" / "model.safetensors").is_file()
+    model_file = tmp_path / "run" / "model.safetensors"
+    assert load_model(model_file)[1]["training"] == {"method": "supervised", "modality_dropout": 0.0,
+                                                      "absent_sensors_seen": True}  # the screened frames
+    from rgbx.cli.main import main
+
+    assert main(["info", str(model_file)]) == 0
+    assert "training: method supervised, modality dropout 0.0; samples with a sensor absent: yes" in (
+        capsys.readouterr().out)
     with pytest.raises(ConfigError, match="add data.screen_sensors=true"):
         Trainer(tiny_config(root, tmp_path / "run2", "data.sensor_rules=[frozen_after=2]"),
                 reporter=Reporter(quiet=True))

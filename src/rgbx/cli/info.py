@@ -103,6 +103,12 @@ def describe_file(path: str) -> int:
         from rgbx.engine.environment import describe_environment
 
         print(f"trained with: {describe_environment(info['environment'])}")
+    if info.get("training"):
+        t = info["training"]
+        seen = ("yes (leaving a failed sensor out gives it input it knows)" if t.get("absent_sensors_seen")
+                else "no (every sensor present in every sample)")
+        print(f"training: method {t.get('method')}, modality dropout {t.get('modality_dropout')}; samples with a "
+              f"sensor absent: {seen}")
     for component, plugin in (info.get("plugins") or {}).items():
         print(f"{component}: from the plugin {plugin} (load it with --import to use this file)")
     for name, fields in (info.get("sensors") or {}).items():

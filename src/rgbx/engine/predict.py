@@ -4,6 +4,7 @@ sensors' frames in memory (a robot's driver), ``Predictor.from_file(...)`` calle
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,9 @@ class Predictor:
                  monitor: SensorMonitor | bool | None = None):
         self.monitor = SensorMonitor() if monitor is True else (monitor or None)
         self.last_status: dict[str, SensorStatus] = {}
+        # a model file that says its training never left a sensor out: warn the first time the checks do
+        self._training = info.get("training") or {}
+        self._never_saw_absence = self._training.get("absent_sensors_seen") is False
         self.model = model.to(device).eval()
         self.speed = speed
         if speed is not None:
@@ -100,6 +104,14 @@ class Predictor:
             usable, self.last_status = self.monitor.screen(usable)
             if not usable:
                 raise SensorFailure(self.last_status, f"sample {sample['meta'].get('id')}")
+            if self._never_saw_absence and len(usable) < len(self.last_status):
+                self._never_saw_absence = False  # once
+                left_out = ", ".join(m for m in self.last_status if m not in usable)
+                warnings.warn(
+                    f"this model was trained with every sensor present (method {self._training.get('method')}, no "
+                    f"modality dropout), and the sensor checks left {left_out} out: input it never saw. Leaving a "
+                    "failed sensor out pays off for a model trained for missing sensors (method.modality_dropout, "
+                    "anyseg, ktb); benchmarks/sensor_failures.md measures both", stacklevel=3)
         else:
             usable = {m: replace_non_finite(x, get_modality(m))[0] for m, x in usable.items()}
         batch = collate([normalize_sample({**sample, "inputs": usable, "label": None})]).to(self.device)

@@ -344,6 +344,12 @@ class Trainer:
             cfg.method, ignore_index=self.description.ignore_index,
             class_weights=None if weights is None else weights.to(self.device))
         self.method.prepare(self.model, self.device)
+        # whether the model saw samples with sensors absent (a deployed sensor check then leaves a failed one out;
+        # rgbx.engine.predict warns when the model never saw that)
+        optional = [m for m, src in self.train_set.description.modalities.items()
+                    if m in self.model_cfg.modalities and src.optional]
+        self._training = {"method": cfg.method.name, "modality_dropout": cfg.method.modality_dropout,
+                          "absent_sensors_seen": bool(self.method.drops_sensors() or data.screen_sensors or optional)}
         self.graphed = cfg.train.cuda_graph_train
         # presence (missing sensors, modality dropout) decided on the device: what a captured step needs
         self.decide_on_device = self.graphed
@@ -446,7 +452,7 @@ class Trainer:
         --as-published``) and ``more``."""
         if self._environment is None:  # once per run (it asks git for rgbx's commit)
             self._environment = run_environment(self.device)
-        info = {"iteration": self.iteration, "environment": self._environment, **more}
+        info = {"iteration": self.iteration, "environment": self._environment, "training": self._training, **more}
         if self.cfg.published_evaluation:
             what, flags = REFERENCE_EVALUATION[self.cfg.published_evaluation]
             info["reference_evaluation"] = {"what": what, "flags": flags}

@@ -81,6 +81,9 @@ class AnysegDistiller(Method):
         # in a captured step) and every loss term masks absent samples with torch.where
         return None
 
+    def drops_sensors(self) -> bool:
+        return self.options.dropout > 0  # the student's anymodal dropout
+
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Load the teacher, check it fits the student, freeze it."""
 

@@ -43,6 +43,12 @@ class Method:
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Build what the method needs besides ``model`` (default: nothing)."""
 
+    def drops_sensors(self) -> bool:
+        """Whether the training step shows the model samples with some of its sensors absent, so that it learns to
+        predict without them (default: ``method.modality_dropout > 0``; a method that drops sensors itself says so).
+        Recorded in the model file (``training.absent_sensors_seen``)."""
+        return bool(getattr(self.config, "modality_dropout", 0.0))
+
     def trainable_modules(self) -> list[torch.nn.Module]:
         """Modules of the method itself whose parameters the optimizer must also train (default: none)."""
         return []

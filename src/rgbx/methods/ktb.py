@@ -119,6 +119,9 @@ class MaskedModalitySelfTeaching(Method):
         # losses mark other samples' pixels ignored instead of indexing them out: nothing read back
         return None
 
+    def drops_sensors(self) -> bool:
+        return self.options.mask_prob > 0  # MMST masks one modality of a sample
+
     def prepare(self, model: nn.Module, device: torch.device) -> None:
         """Build S2 (first / RGB modality) and S3 (X) on the last encoder stage's channels."""
         modalities = list(model.modalities)

@@ -66,10 +66,15 @@ class OmniPretraining(Method):
         if getattr(config, "modality_dropout", 0.0):
             raise ConfigError("method omni_pretrain draws its own modality per step; set method.modality_dropout=0")
         self.selected: Counter[str] = Counter()
+        self._sensors = 0
+
+    def drops_sensors(self) -> bool:
+        return self._sensors > 2  # the anchor and one supplementary modality per step: the others absent
 
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         model = getattr(model, "module", model)  # under DDP, the wrapped model
         modalities = list(getattr(getattr(model, "config", None), "modalities", None) or [])
+        self._sensors = len(modalities)
         if not modalities:
             return
         wanted = [self.options.anchor, *(self.options.candidates or [])]
