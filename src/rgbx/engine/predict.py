@@ -72,7 +72,7 @@ class Predictor:
 
             guarded = rgbx.Predictor.from_file("runs/x/model.safetensors", monitor=True)
             labels = guarded({"rgb": frame, "depth": depth_mm})  # a black / empty / frozen sensor is left out
-            guarded.last_status["depth"].describe()  # "depth: no_signal (0.0% of pixels measured)"
+            guarded.last_status["depth"].describe()  # "depth: no_signal (0.0% of pixels measured, ...)"
         """
         from rgbx.engine.checkpoint import load_model
         from rgbx.engine.device import resolve_device
