@@ -50,6 +50,8 @@ def test_monitor_predicts_from_the_working_sensors(model_file):
     black = np.zeros_like(rgb)
     np.testing.assert_array_equal(guarded({"rgb": black, "depth": depth_mm}), plain({"depth": depth_mm}))
     assert guarded.last_status["rgb"].failures == ("no_signal", "saturated") and guarded.last_status["depth"].ok
+    assert guarded.screen_note() == " [left out: rgb (no_signal, saturated)]"  # the panel's title ends so
+    assert plain.screen_note() == ""
     empty = np.zeros_like(depth_mm)
     np.testing.assert_array_equal(guarded({"rgb": rgb, "depth": empty}), plain({"rgb": rgb}))
     with pytest.raises(SensorFailure, match="every sensor failed") as failure:

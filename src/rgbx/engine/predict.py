@@ -121,6 +121,12 @@ class Predictor:
                                     self.window, self.scale_rule)
         return logits.float().argmax(1)[0].cpu()
 
+    def screen_note(self) -> str:
+        """What the sensor checks left out of the last frame, as a panel's title ends: `` [left out: depth
+        (no_signal)]``; ``""`` when nothing was (or there are no checks)."""
+        failed = [f"{m} ({', '.join(st.failures)})" for m, st in self.last_status.items() if not st.ok]
+        return f" [left out: {'; '.join(failed)}]" if self.monitor is not None and failed else ""
+
     def write(self, sample: Sample, pred: torch.Tensor, out_dir: Path, panel: bool = True) -> dict[str, Path]:
         out_dir = Path(out_dir)
         sid = str(sample["meta"].get("id", "sample"))
@@ -137,7 +143,7 @@ class Predictor:
             paths["panel"].parent.mkdir(parents=True, exist_ok=True)
             label = sample.get("label")
             image = make_panel(sample["inputs"], pred_np, None if label is None else label.numpy(), palette=self.palette,
-                               class_names=self.classes, ignore_index=self.ignore_index, title=sid)
+                               class_names=self.classes, ignore_index=self.ignore_index, title=sid + self.screen_note())
             save_image(paths["panel"], image)
         return paths
 
