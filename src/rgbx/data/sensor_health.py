@@ -2,8 +2,9 @@
 sensors is given the sensors that work and told that the others are absent.
 
 A sensor seldom fails by going quiet. Its driver keeps delivering frames, but they are black, empty, saturated, NaN
-or the same frame again; fed to the network as measurements they cost more than the sensor being absent
-(``benchmarks/sensor_failures.md``). Each check looks at one frame in physical units (the last at the stream):
+or the same frame again. Fed to a model trained for missing sensors as if they were measurements, they cost more
+than the sensor being absent (``benchmarks/sensor_failures.md``; a model that always saw every sensor may do better
+with them). Each check looks at one frame in physical units (the last, over the stream):
 
 ``non_finite``
     the fraction of NaN / ±inf values is above ``max_non_finite``. Such values are replaced by the sensor's "no
@@ -26,7 +27,10 @@ or the same frame again; fed to the network as measurements they cost more than 
     it delivers sees repeats legitimately: raise ``frozen_after`` for that sensor.
 
 :func:`frame_statistics` computes the figures for a batch at once; :func:`failed_checks` applies the rules to them;
-:class:`SensorMonitor` screens one frame of every sensor, keeping the stream's state.
+:class:`SensorMonitor` screens one frame of every sensor, keeping the stream's state (``rgbx.Predictor(monitor=)``,
+``rgbx predict --check-sensors``); :func:`screen_frames` checks a batch of samples that are not a stream (``rgbx eval
+--robustness``); :class:`FrameScreen` leaves failed sensors out of a dataset's samples (``data.screen_sensors``,
+``rgbx eval --check-sensors``).
 """
 
 from __future__ import annotations
