@@ -258,3 +258,23 @@ def test_statistics_on_a_grid_of_a_large_frame():
     stats = frame_statistics(d[None], get_modality("depth"))
     assert stats["coverage"].item() == pytest.approx(1 / 16)
     assert stats["contrast"].item() > 0.2 and failures("depth", d) == set()
+
+
+def test_stale_frames_by_timestamp():
+    """A driver handing out its last buffer with its old timestamp: stale when more than max_age behind the step's
+    newest frame (or now); off without max_age."""
+    monitor = SensorMonitor(HealthRules(max_age=0.2), per_sensor={"lidar": HealthRules(max_age=0.5)})
+    lidar = torch.zeros(1, 24, 32)
+    lidar[0, ::6, ::4] = 12.5
+    frames = {"rgb": camera(1), "depth": depth(1), "lidar": lidar}
+    _, statuses = monitor.screen(frames, stamps={"rgb": 10.0, "depth": 9.7, "lidar": 9.6})
+    assert statuses["depth"].failures == ("stale",) and statuses["depth"].age == pytest.approx(0.3)
+    assert "stale (0.300 s old)" in statuses["depth"].describe()
+    assert statuses["rgb"].ok and statuses["lidar"].ok  # 0.4 s: within the LiDAR's own 0.5 s
+    _, statuses = monitor.screen({**frames, "rgb": camera(2), "depth": depth(2)}, stamps={"rgb": 10.1}, now=10.45)
+    assert statuses["rgb"].failures == ("stale",) and statuses["depth"].age is None  # no stamp, no verdict
+    _, statuses = SensorMonitor().screen({"rgb": camera(3)}, stamps={"rgb": 0.0}, now=100.0)
+    assert statuses["rgb"].ok  # max_age not set
+    with pytest.raises(Exception, match="timestamps for thermal, which sent no frame"):
+        monitor.screen({"rgb": camera(4)}, stamps={"thermal": 1.0})
+    assert parse_rules(["depth.max_age=0.25"])[1]["depth"].max_age == 0.25

@@ -184,3 +184,14 @@ def test_a_model_trained_with_every_sensor_present_is_warned_about(tmp_path):
         guarded({"rgb": rgb, "depth": np.zeros_like(depth_mm)})  # once
         rgbx.Predictor.from_file(files[True], monitor=True)({"rgb": rgb, "depth": np.zeros_like(depth_mm)})
         rgbx.Predictor.from_file(files[False], monitor=True)({"rgb": rgb, "depth": depth_mm})  # nothing left out
+
+
+def test_predictor_takes_timestamps(model_file):
+    guarded = rgbx.Predictor.from_file(model_file, monitor=SensorMonitor(HealthRules(max_age=0.1)))
+    plain = rgbx.Predictor.from_file(model_file)
+    rgb, depth_mm = frames()
+    labels = guarded({"rgb": rgb, "depth": depth_mm}, stamps={"rgb": 5.00, "depth": 4.50})
+    np.testing.assert_array_equal(labels, plain({"rgb": rgb}))  # the depth frame is half a second old
+    assert guarded.last_status["depth"].failures == ("stale",)
+    labels = guarded({"rgb": frames(1)[0], "depth": frames(1)[1]}, stamps={"rgb": 5.03, "depth": 5.0})
+    assert all(s.ok for s in guarded.last_status.values())

@@ -25,6 +25,10 @@ with them). Each check looks at one frame in physical units (the last, over the 
     in a row: a stuck driver re-sending its last frame. Needs a stream: :class:`SensorMonitor` keeps each sensor's
     last frame. A real sensor's noise makes two live frames differ; a loop that reads a slower sensor more often than
     it delivers sees repeats legitimately: raise ``frozen_after`` for that sensor.
+``stale``
+    given the frames' timestamps (seconds, as the drivers stamp them): the frame is more than ``max_age`` older than
+    the newest frame of the step (or than ``now``): a driver handing out its last buffer while the sensor is gone.
+    Off unless ``max_age`` is set.
 
 :func:`frame_statistics` computes the figures for a batch at once; :func:`failed_checks` applies the rules to them;
 :class:`SensorMonitor` screens one frame of every sensor, keeping the stream's state (``rgbx.Predictor(monitor=)``,
@@ -62,6 +66,7 @@ class HealthRules:
     max_saturated: float = 0.95
     frozen_after: int = 3
     frozen_tolerance: float = 0.0
+    max_age: float | None = None  # seconds; the stale check is off without it
 
     def coverage_floor(self, spec: ModalitySpec) -> float:
         if self.min_coverage is not None:
@@ -92,7 +97,7 @@ def parse_rules(items, base: HealthRules | None = None) -> tuple[HealthRules, di
             raise ConfigError(f"sensor rule {item!r}: unknown key {name!r}; expected one of {', '.join(fields)}")
         if sensor:
             get_modality(sensor)  # an unknown sensor → the registry's error
-        kind = int if name == "frozen_after" else float
+        kind = int if name == "frozen_after" else float  # max_age: seconds
         try:
             value = kind(raw)
         except ValueError:
@@ -197,6 +202,7 @@ class SensorStatus:
     contrast: float
     saturated: float
     repeats: int  # how many times in a row the frame repeated the sensor's previous one
+    age: float | None = None  # seconds behind the step's newest frame (or ``now``), when timestamps were given
 
     @property
     def ok(self) -> bool:
@@ -211,7 +217,8 @@ class SensorStatus:
                              f"normal std" if has_empty_value(get_modality(self.sensor))
                              else f"contrast {self.contrast:.2g} of the normal std"),
                "saturated": f"{100 * self.saturated:.1f}% of pixels at the end of the range",
-               "frozen": f"the same frame {self.repeats + 1} times in a row"}
+               "frozen": f"the same frame {self.repeats + 1} times in a row",
+               "stale": f"{self.age:.3f} s old" if self.age is not None else "old"}
         return f"{self.sensor}: " + ", ".join(f"{f} ({why[f]})" for f in self.failures)
 
     def to_dict(self) -> dict:
@@ -263,8 +270,9 @@ class SensorMonitor:
         self._last[sensor] = x.detach().clone()
         return self._repeats[sensor]
 
-    def check(self, sensor: str, x: torch.Tensor) -> tuple[torch.Tensor, SensorStatus]:
-        """(``x`` with non-finite values replaced, its status) for one (C, H, W) frame in physical units."""
+    def check(self, sensor: str, x: torch.Tensor, age: float | None = None) -> tuple[torch.Tensor, SensorStatus]:
+        """(``x`` with non-finite values replaced, its status) for one (C, H, W) frame in physical units, ``age``
+        seconds older than the newest frame of its step (None: unknown)."""
         spec = get_modality(sensor)
         rules = self.rules_for(sensor)
         clean, stats = _statistics(x[None], spec)
@@ -274,16 +282,27 @@ class SensorMonitor:
         names = [c for c in ("non_finite", "no_signal", "saturated") if bool(failed[c][0])]
         if repeats >= rules.frozen_after:
             names.append("frozen")
+        if age is not None and rules.max_age is not None and age > rules.max_age:
+            names.append("stale")
         status = SensorStatus(sensor, tuple(names), *(float(stats[k][0]) for k in
-                                                      ("non_finite", "coverage", "contrast", "saturated")), repeats)
+                                                      ("non_finite", "coverage", "contrast", "saturated")), repeats,
+                              age)
         return clean, status
 
-    def screen(self, inputs: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, SensorStatus]]:
+    def screen(self, inputs: Mapping[str, torch.Tensor], stamps: Mapping[str, float] | None = None,
+               now: float | None = None) -> tuple[dict[str, torch.Tensor], dict[str, SensorStatus]]:
         """(the healthy sensors' frames, cleaned; every sensor's status) for one time step's frames, sensor name →
-        (C, H, W) physical units."""
+        (C, H, W) physical units. ``stamps``: sensor name → the frame's timestamp in seconds, for the ``stale`` check
+        against the newest of them, or against ``now``."""
+        stamps = dict(stamps or {})
+        unknown = sorted(set(stamps) - set(inputs))
+        if unknown:
+            raise DataError(f"timestamps for {', '.join(unknown)}, which sent no frame in this step")
+        reference = now if now is not None else max(stamps.values(), default=None)
         healthy, statuses = {}, {}
         for sensor, x in inputs.items():
-            clean, status = self.check(sensor, x)
+            age = reference - float(stamps[sensor]) if sensor in stamps and reference is not None else None
+            clean, status = self.check(sensor, x, age)
             statuses[sensor] = status
             if status.ok:
                 healthy[sensor] = clean

@@ -89,9 +89,13 @@ class Predictor:
         model, info = load_model(path, device)
         return cls(model, info, device, speed=SpeedOptions.fast(device) if fast else None, **test_time)
 
-    def __call__(self, inputs, sample_id: str = "frame") -> np.ndarray:
-        """(H, W) class indices for one frame of raw sensor data (:func:`frame_sample`)."""
-        return self.predict(frame_sample(inputs, sample_id)).numpy()
+    def __call__(self, inputs, sample_id: str = "frame", stamps: dict[str, float] | None = None,
+                 now: float | None = None) -> np.ndarray:
+        """(H, W) class indices for one frame of raw sensor data (:func:`frame_sample`). ``stamps``: each sensor's
+        frame timestamp in seconds and ``now``, for the monitor's ``stale`` check (``HealthRules.max_age``)."""
+        sample = frame_sample(inputs, sample_id)
+        sample["meta"].update(stamps=stamps, now=now)
+        return self.predict(sample).numpy()
 
     @torch.no_grad()
     def predict(self, sample: Sample) -> torch.Tensor:
@@ -101,7 +105,9 @@ class Predictor:
             raise DataError(f"sample {sample['meta'].get('id')} has none of the model's modalities "
                             f"({', '.join(self.model.modalities)})")
         if self.monitor is not None:
-            usable, self.last_status = self.monitor.screen(usable)
+            meta = sample["meta"]
+            stamps = {m: t for m, t in (meta.get("stamps") or {}).items() if m in usable}
+            usable, self.last_status = self.monitor.screen(usable, stamps, meta.get("now"))
             if not usable:
                 raise SensorFailure(self.last_status, f"sample {sample['meta'].get('id')}")
             if self._never_saw_absence and len(usable) < len(self.last_status):
