@@ -106,7 +106,7 @@ def test_cli_predict_check_sensors(model_file, tmp_path, capsys):
                  "--out", str(out), "--check-sensors", "--no-panels", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "sample t005: every sensor failed" in printed
-    assert "depth failed in 2 of 6 (no_signal 2)" in printed and "1 sample(s) had no working sensor" in printed
+    assert "depth failed in 2 of 6 frames (no_signal 2)" in printed and "1 sample(s) had no working sensor" in printed
     rows = list(csv.DictReader(open(out / "sensor_health.csv")))
     assert len(rows) == 12
     verdicts = {(r["id"], r["sensor"]): (r["ok"], r["failures"], r["predicted"]) for r in rows}

@@ -164,7 +164,7 @@ class SensorLog:
         self._writer = csv.writer(self._file)
         self._writer.writerow(self.COLUMNS)
         self.frames, self.skipped = 0, 0
-        self.failed: dict[str, dict[str, int]] = {}  # sensor -> check -> frames
+        self.failed: dict[str, dict[str, int]] = {}  # sensor -> check (and "frames", "any") -> frames
 
     def add(self, sample_id, statuses, predicted: bool) -> None:
         self.frames += 1
@@ -173,11 +173,11 @@ class SensorLog:
             self._writer.writerow((sample_id, sensor, int(st.ok), " ".join(st.failures), int(predicted),
                                    f"{st.non_finite:.4g}", f"{st.coverage:.4g}", f"{st.contrast:.4g}",
                                    f"{st.saturated:.4g}", st.repeats))
-            counts = self.failed.setdefault(sensor, {})
+            counts = self.failed.setdefault(sensor, {"frames": 0, "any": 0})
+            counts["frames"] += 1
+            counts["any"] += not st.ok
             for check in st.failures:
                 counts[check] = counts.get(check, 0) + 1
-            counts.setdefault("any", 0)
-            counts["any"] += not st.ok
 
     def close(self) -> None:
         self._file.close()
@@ -185,7 +185,8 @@ class SensorLog:
     def summary(self) -> str:
         parts = []
         for sensor, counts in self.failed.items():
-            detail = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "any")
-            parts.append(f"{sensor} failed in {counts['any']} of {self.frames}" + (f" ({detail})" if detail else ""))
+            detail = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("frames", "any"))
+            parts.append(f"{sensor} failed in {counts['any']} of {counts['frames']} frames"
+                         + (f" ({detail})" if detail else ""))
         skipped = f"; {self.skipped} sample(s) had no working sensor and were skipped" if self.skipped else ""
         return f"sensor checks: {'; '.join(parts)}{skipped} (per frame: {self.path})"
