@@ -70,8 +70,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "given on the command line as well must agree")
     p.add_argument("--robustness", action="store_true",
                    help="robustness report instead: every sensor subset with average and expected mIoU under "
-                        "independent sensor failure, random pixel dropout, Gaussian and salt-and-pepper noise "
-                        "(rgbx.engine.robustness documents each)")
+                        "independent sensor failure, random pixel dropout, Gaussian and salt-and-pepper noise, and "
+                        "silent failures (a sensor sending blank / NaN / saturated / frozen frames) fed as is and "
+                        "screened by the sensor checks (rgbx.engine.robustness documents each)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --robustness corruptions")
     p.add_argument("--failures", nargs="+", choices=("blank", "nan", "saturated", "frozen", "none"),
                    help="--robustness: the silent sensor failures to score, each fed as is and screened by the "

@@ -1,7 +1,8 @@
-"""Robustness report: sensor failure, pixel dropout and sensor noise, scored in one pass over a loader.
+"""Robustness report: sensor failure, pixel dropout, sensor noise and silent failures, scored in one pass over a
+loader.
 
-Three sections, after the MISS benchmark's Entire-Missing / Random-Missing / Noisy-modality protocol (Liao et al.
-2025) and the anymodal protocol of AnySeg (mean mIoU over every modality combination):
+Four sections: the first three after the MISS benchmark's Entire-Missing / Random-Missing / Noisy-modality protocol
+(Liao et al. 2025) and the anymodal protocol of AnySeg (mean mIoU over every modality combination), the fourth rgbx's:
 
 1. **Entire missing** (a sensor fails for the whole image): the mIoU of every non-empty subset of the model's
    modalities (the anymodal table of :func:`rgbx.engine.evaluate.evaluate`, same subset names), their plain
@@ -30,6 +31,13 @@ Three sections, after the MISS benchmark's Entire-Missing / Random-Missing / Noi
    - ``salt_pepper``: a fraction ``f`` of the pixels (exact count, all channels of a pixel alike) is set, with
      equal chance, to the low ("pepper") or high ("salt") end of the modality's ``display_range`` in physical units
      (rgb: 0 / 1, depth: 0 m / 40 m); for a modality without a display range, to ``mean ∓ 3·std`` per channel.
+
+4. **Silent failures** (``SILENT_FAILURES``): a failed sensor that keeps sending frames — ``blank`` (its "no
+   measurement" value everywhere), ``nan``, ``saturated`` (the top of its range), ``frozen`` (the previous sample's
+   frame) — replacing one sensor's frames, scored fed to the model as they are, screened by the sensor checks of
+   :mod:`rgbx.data.sensor_health` (every sensor's frames checked, a failed one left out, never every sensor of a
+   sample) and with the sensor absent; with the share of failed frames the checks caught and of clean frames they
+   failed.
 
 All corruptions are applied in physical units (``spec.denormalize`` → corrupt → ``spec.normalize``), only to samples
 that really have the modality (absent samples keep the fill value), and only with the model's full modality set as
@@ -181,9 +189,9 @@ SILENT_FAILURES: dict[str, tuple[SilentFailureFn, str]] = {
     "nan": (_nan, "every value NaN (a driver marking a frame it could not fill)"),
     "saturated": (_saturated, "every pixel at the top of the display range (or mean + 3 std): a blinded camera, a "
                               "pegged sensor"),
-    "frozen": (_frozen, "the previous sample's frame (in the dataset's order): a stuck driver re-sending an old frame; the "
-                        "checks compare with that previous frame and take the stream to have repeated it "
-                        "frozen_after times (the first sample has none: it keeps its own frame, unchecked)"),
+    "frozen": (_frozen, "the previous sample's frame (the dataset's order in rgbx eval): a stuck driver re-sending an "
+                        "old frame; the checks compare with that previous frame and take the stream to have repeated "
+                        "it frozen_after times (the first sample has none: it keeps its own frame, unchecked)"),
 }
 
 
