@@ -341,15 +341,13 @@ class FrameScreen:
         self.rules = rules or HealthRules()
         self.per_sensor = dict(per_sensor or {})
 
-    def failed(self, sensor: str, x: torch.Tensor) -> tuple[str, ...]:
-        spec = get_modality(sensor)
-        verdict = failed_checks(frame_statistics(x[None], spec), spec, self.per_sensor.get(sensor, self.rules))
-        return tuple(c for c, f in verdict.items() if bool(f[0]))
-
     def __call__(self, sample: dict) -> dict:
-        inputs = sample["inputs"]
-        out = [m for m, x in inputs.items() if self.failed(m, x)]
+        inputs, checked = sample["inputs"], {}
+        for m, x in inputs.items():  # the checks of one frame; no predecessor, so never frozen
+            clean, failed = screen_frames(x[None], get_modality(m), self.per_sensor.get(m, self.rules))
+            checked[m] = (clean[0], any(bool(f[0]) for f in failed.values()))
+        out = [m for m, (_, failed) in checked.items() if failed]
         if not out or len(out) == len(inputs):
             return sample
-        kept = {m: replace_non_finite(x, get_modality(m))[0] for m, x in inputs.items() if m not in out}
+        kept = {m: clean for m, (clean, failed) in checked.items() if not failed}
         return {**sample, "inputs": kept, "meta": {**sample.get("meta", {}), "screened": out}}
