@@ -24,7 +24,7 @@ def run_cli(*args):
 
 
 def test_help_everywhere(capsys):
-    for cmd in ("synth", "train", "eval", "predict", "demo", "info", "data", "profile", "export"):
+    for cmd in ("synth", "train", "eval", "calibrate", "predict", "demo", "info", "data", "profile", "export"):
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0

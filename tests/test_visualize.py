@@ -128,6 +128,28 @@ def test_panel_error_map_red_exactly_where_wrong():
     assert np.array_equal(pred_tile, colorize(pred, pal))
 
 
+def test_panel_confidence_tile_and_unsure_pixels():
+    g = torch.Generator().manual_seed(2)
+    label = torch.randint(0, 3, (H, W), generator=g)
+    confidence = torch.rand(H, W, generator=g)
+    pred = label.clone()
+    pred[confidence < 0.3] = 255  # left unlabelled: not sure enough
+    panel = make_panel({"rgb": torch.ones(3, H, W)}, pred, label=label, confidence=confidence)
+    assert tile_count(panel) == 5  # rgb, prediction, confidence, ground truth, errors
+    gap = 4
+    y0 = panel.shape[0] - gap - H
+    tile = lambda i: panel[y0 : y0 + H, gap + i * (W + gap) : gap + i * (W + gap) + W]  # noqa: E731
+    assert (tile(1)[(pred == 255).numpy()] == 0).all()  # unlabelled pixels are black in the prediction
+    unsure, sure = (pred == 255).numpy(), (pred != 255).numpy()
+    assert (tile(4)[unsure] == (255, 191, 0)).all(axis=1).all()  # amber in the error map, not red
+    assert not (tile(4)[sure] == (255, 191, 0)).all(axis=1).any()
+    brightness = tile(2).astype(int).sum(axis=2)  # inferno: brighter = more confident
+    order = np.argsort(confidence.numpy().ravel())
+    assert brightness.ravel()[order[-20:]].mean() > brightness.ravel()[order[:20]].mean() + 200
+    with pytest.raises(ValueError, match="confidence shape"):
+        make_panel({"rgb": torch.ones(3, H, W)}, pred, confidence=confidence[:2])
+
+
 def test_save_image_roundtrip(tmp_path):
     img = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
     path = save_image(tmp_path / "sub" / "panel.png", img)

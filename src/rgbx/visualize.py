@@ -38,6 +38,7 @@ _ANCHORS = {
 
 ERROR_COLOR: Color = (255, 0, 0)
 IGNORE_GREY: Color = (128, 128, 128)
+ABSTAIN_COLOR: Color = (255, 191, 0)  # a pixel left unlabelled for low confidence (error map)
 
 
 def _numpy(x) -> np.ndarray:
@@ -173,7 +174,8 @@ def render_modality(name: str, x, spec: ModalitySpec | None = None) -> np.ndarra
 def _error_map(
     prediction: np.ndarray, label: np.ndarray, ignore_index: int, base: np.ndarray | None
 ) -> np.ndarray:
-    """Correct pixels: a dimmed grey copy of ``base`` (or near-black), wrong: red, ignore: grey."""
+    """Correct pixels: a dimmed grey copy of ``base`` (or near-black), wrong: red, left unlabelled by the prediction
+    (``ignore_index`` there): amber, ignore in the label: grey."""
     if base is None:
         img = np.full((*label.shape, 3), 24, dtype=np.uint8)
     else:
@@ -181,6 +183,7 @@ def _error_map(
         img = np.repeat(np.round(gray * 0.35).astype(np.uint8)[..., None], 3, axis=2)
     ignore = label == ignore_index
     img[(prediction != label) & ~ignore] = ERROR_COLOR
+    img[(prediction == ignore_index) & ~ignore] = ABSTAIN_COLOR
     img[ignore] = IGNORE_GREY
     return img
 
@@ -210,9 +213,11 @@ def make_panel(
     title: str | None = None,
     columns: int | None = None,
     legend: bool = True,
+    confidence=None,
 ) -> np.ndarray:
-    """One image showing a sample: each input modality, the prediction, and (with a label) the ground truth and
-    an error map (correct = dimmed grey image, wrong = red, ignore = grey); each tile has a caption.
+    """One image showing a sample: each input modality, the prediction, (with ``confidence``) the confidence map and
+    (with a label) the ground truth and an error map (correct = dimmed grey image, wrong = red, ignore = grey, a
+    pixel the prediction left unlabelled = amber); each tile has a caption.
 
     Args:
         inputs: modality name → (C, H, W) physical units (tensor or array), drawn in this order.
@@ -225,6 +230,9 @@ def make_panel(
         title: text strip above the tiles.
         columns: tiles per row (default: all in one row).
         legend: draw the legend strip when ``class_names`` is given.
+        confidence: (H, W) confidence 0-1 of each predicted pixel, drawn through the inferno map (dark = unsure). A
+            predicted pixel equal to ``ignore_index`` (left unlabelled, e.g. below ``rgbx predict --min-confidence``)
+            is black in the prediction tile.
 
     Returns:
         (H', W', 3) uint8. With one row, ``W' = n_tiles * W + (n_tiles + 1) * gap``.
@@ -249,7 +257,12 @@ def make_panel(
         if rgb_base is None and get_modality(name).colormap == "rgb":
             rgb_base = img
         tiles.append((name, img))
-    tiles.append(("prediction", colorize(pred, palette, ignore_index=-1)))
+    tiles.append(("prediction", colorize(pred, palette, ignore_index=ignore_index)))
+    if confidence is not None:
+        conf = _numpy(confidence).astype(np.float32)
+        if conf.shape != pred.shape:
+            raise ValueError(f"confidence shape {conf.shape} differs from prediction shape {pred.shape}")
+        tiles.append(("confidence", _lut("inferno")[np.round(np.clip(conf, 0, 1) * 255).astype(np.int64)]))
     if lab is not None:
         tiles.append(("ground truth", colorize(lab, palette, ignore_index, ignore_color=(255, 255, 255))))
         tiles.append(("errors", _error_map(pred, lab, ignore_index, rgb_base)))

@@ -35,6 +35,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data my_rig --check-sensors   # a failed sensor's frames count as it absent
   rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --confusion runs/cmx/confusion  # what is mistaken for what
   rgbx eval runs/cmx/model.safetensors --data data/synth --fast              # the device's fast path
+  rgbx eval runs/cmx/model.calibrated.safetensors --data data/synth --split test --anymodal --calibration   # ECE, NLL
   rgbx eval runs/cmx/model.onnx --data data/synth --runtime openvino        # the exported file, as deployed
   rgbx eval runs/ms3/model.safetensors --data data/other --zero-shot names.safetensors   # MS3: classes by name
   rgbx eval cmx_b2_nyu.safetensors --data data/NYUDepthv2 --dataset nyudepthv2 --as-published multi-scale  # as CMX does
@@ -87,6 +88,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "head; the model's classifier is not used")
     p.add_argument("--ms3-head", type=Path, help="the MS3 head for --zero-shot (default: ms3_head.safetensors next "
                                                   "to the checkpoint)")
+    p.add_argument("--calibration", action="store_true",
+                   help="also score how far the confidences can be trusted, per sensor set: expected calibration "
+                        "error (15 bins), NLL, and the accuracy of the pixels above confidence thresholds; "
+                        "uncalibrated and, for a model file rgbx calibrate wrote, with its temperatures")
     p.add_argument("--json", type=Path, help="write all results as JSON here")
     p.add_argument("--confusion", type=Path, metavar="DIR",
                    help="write each evaluated sensor set's confusion matrix here (<set>.csv: pixel counts, rows = "
@@ -121,6 +126,7 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.data import build_dataset, collate
     from rgbx.data.sensor_health import FrameScreen
     from rgbx.data.transforms import EvalTransform
+    from rgbx.engine.calibration import TemperatureScaling
     from rgbx.engine.distributed import shard_indices
     from rgbx.engine.evaluate import all_subsets, evaluate
     from rgbx.engine.fastpath import backend_flags, precision_dtype, prepare_inference
@@ -131,6 +137,9 @@ def _evaluate(args, device, ctx) -> int:
 
     if args.failures is not None and not args.robustness:
         raise ConfigError("--failures chooses the silent failures of --robustness; add --robustness")
+    if args.calibration and (args.robustness or args.zero_shot is not None):
+        raise ConfigError(f"--calibration scores the plain evaluation's confidences; drop "
+                          f"{'--robustness' if args.robustness else '--zero-shot'}")
     if args.check_sensors and args.robustness:
         raise ConfigError("--robustness screens frames in its silent-failure section and scores the clean data as "
                           "it is; drop --check-sensors")
@@ -186,15 +195,20 @@ def _evaluate(args, device, ctx) -> int:
             raise ConfigError("--confusion writes the plain evaluation's confusion matrices; drop --robustness")
         with backend_flags(speed):
             return _run_robustness(args, model, loader, dataset, device, ctx.is_main, amp_dtype, window)
+    temperatures = TemperatureScaling.from_info(info, str(args.checkpoint)) if args.calibration else None
     with backend_flags(speed):
         result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                           subsets=subsets, group_by=args.by or None, device=device, scales=args.scales,
-                          flip=args.flip, window=window, autocast_dtype=amp_dtype, scale_rule=args.scale_rule)
+                          flip=args.flip, window=window, autocast_dtype=amp_dtype, scale_rule=args.scale_rule,
+                          reliability=args.calibration, temperatures=temperatures)
     if not ctx.is_main:  # the other processes of a torchrun launch only contribute their counts
         return 0
     print_eval_tables(result, list(desc.classes), convention=args.miou, per_class=args.per_class,
                       title=f"{args.checkpoint} on {args.data} [{args.split}]"
                       + (f", zero-shot from {args.zero_shot}" if args.zero_shot is not None else ""))
+    if args.calibration and temperatures is None:
+        print(f"{args.checkpoint} records no temperatures: the figures are the raw softmax's (rgbx calibrate fits "
+              f"them on a validation split)")
     if args.confusion:
         write_confusion(result, list(desc.classes), args.confusion)
     if args.json:
@@ -203,7 +217,8 @@ def _evaluate(args, device, ctx) -> int:
                      "model": model.config.to_dict(), "speed": speed.describe() if speed else "model's own fp32",
                      "test_time": _test_time(args, window), "as_published": published,
                      "sensor_checks": {m: dataclasses.asdict(monitor.rules_for(m)) for m in model.modalities}
-                     if args.check_sensors else None})
+                     if args.check_sensors else None,
+                     "temperatures": temperatures.to_dict() if temperatures is not None else None})
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))
     return 0

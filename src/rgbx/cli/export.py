@@ -63,9 +63,9 @@ def _check_inputs(model, size: tuple[int, int], dynamic: bool):
     return inputs, present
 
 
-# what a model file records about its origin and its authors' evaluation (rgbx convert, a preset's run), kept in the
-# exported file
-PROVENANCE = ("converted_from", "reference_evaluation")
+# what a model file records about its origin and its authors' evaluation (rgbx convert, a preset's run) and its
+# confidence temperatures (rgbx calibrate), kept in the exported file
+PROVENANCE = ("converted_from", "reference_evaluation", "calibration")
 
 
 def run(args) -> int:

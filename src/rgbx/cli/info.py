@@ -109,6 +109,7 @@ def describe_file(path: str) -> int:
                 else "no (every sensor present in every sample)")
         print(f"training: method {t.get('method')}, modality dropout {t.get('modality_dropout')}; samples with a "
               f"sensor absent: {seen}")
+    _print_calibration(info)
     for component, plugin in (info.get("plugins") or {}).items():
         print(f"{component}: from the plugin {plugin} (load it with --import to use this file)")
     for name, fields in (info.get("sensors") or {}).items():
@@ -149,6 +150,15 @@ def _print_protocol(file, info: dict) -> None:
               f"--as-published multi-scale)")
 
 
+def _print_calibration(info: dict) -> None:
+    """The confidence temperatures ``rgbx calibrate`` recorded, if any."""
+    c = info.get("calibration")
+    if isinstance(c, dict):
+        temperatures = ", ".join(f"{k} {float(v):.3f}" for k, v in (c.get("temperatures") or {}).items())
+        print(f"confidence calibration: temperatures {temperatures} (fitted on {c.get('fitted_on')}; a sensor set "
+              f"without its own uses {c.get('default')}'s)")
+
+
 def _describe_onnx(file) -> int:
     """What an ``rgbx export`` file expects and returns, from its metadata (no session is started)."""
     from rgbx.engine.export import read_onnx_metadata
@@ -179,6 +189,7 @@ def _describe_onnx(file) -> int:
     converted = meta.get("converted_from")
     if isinstance(converted, dict):
         print(f"converted from {converted.get('file')} ({converted.get('layout')} layout)")
+    _print_calibration(meta)
     _print_protocol(file, meta)
     print(f"score or run it: rgbx eval {file} --data DIR [--runtime openvino]; rgbx predict {file} DIR --out OUT")
     return 0

@@ -14,8 +14,8 @@ from rgbx import __version__
 from rgbx.errors import RgbxError
 from rgbx.plugins import load_plugins, prescan_imports
 
-COMMANDS = ("synth", "train", "eval", "predict", "demo", "info", "data", "profile", "bench", "export", "convert",
-            "embed-classes")
+COMMANDS = ("synth", "train", "eval", "calibrate", "predict", "demo", "info", "data", "profile", "bench", "export",
+            "convert", "embed-classes")
 
 DESCRIPTION = """rgbx: multi-modal semantic segmentation (RGB + depth, thermal, LiDAR, events, ...) with any subset
 of sensors.
@@ -25,6 +25,7 @@ examples:
   rgbx synth data/synth --train 800 --val 100 --test 100
   rgbx train synth_cmx_b0 data.root=data/synth train.iters=2000 output_dir=runs/cmx
   rgbx eval runs/cmx/model.safetensors --data data/synth --split test --anymodal --json eval.json
+  rgbx calibrate runs/cmx/model.safetensors --data data/synth --split val   # confidences that mean what they say
   rgbx predict runs/cmx/model.safetensors data/synth --split test --out predictions/
   rgbx data check data/synth
   rgbx info
@@ -39,6 +40,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     from rgbx.cli import (
         bench,
+        calibrate,
         convert,
         data,
         demo,
@@ -56,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rgbx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (synth, train, evaluate, predict, demo, info, data, profile, bench, export, convert, embed):
+    for module in (synth, train, evaluate, calibrate, predict, demo, info, data, profile, bench, export, convert,
+                   embed):
         module.add_parser(sub)
     _add_import_option(parser)
     return parser

@@ -15,6 +15,7 @@ from rgbx.cli.common import (
     load_model_from_args,
     non_negative_int,
     parse_options,
+    positive_float,
     sensor_monitor_from_args,
     sliding_window_from_args,
 )
@@ -27,8 +28,11 @@ EXAMPLES = """  rgbx predict runs/cmx/model.safetensors data/synth --split test 
   rgbx predict model.onnx rgb=frames/ depth=depth/ --out preds/ --runtime openvino   # the exported file
   rgbx predict model.safetensors rgb=frames/ depth=depth/ --out preds/ --check-sensors  # drop failed sensors
   rgbx predict model.safetensors rgb=frames/ lidar=scans/ --out preds/ --check-sensors --sensor-rule lidar.frozen_after=6
+  rgbx predict model.calibrated.safetensors rgb=frames/ depth=depth/ --out preds/ --confidence --min-confidence 0.6
 Writes OUT/labels/<id>.png (class indices), OUT/color/<id>.png (palette) and OUT/panels/<id>.png (inputs,
-prediction and, for labelled datasets, ground truth and error map). With --check-sensors, each sample's frames
+prediction and, for labelled datasets, ground truth and error map). With --confidence, OUT/confidence/<id>.png holds
+each pixel's probability of its class × 255 (calibrated by the temperatures rgbx calibrate wrote into the model
+file, for the sensors used); --min-confidence P leaves the pixels below P unlabelled (the ignore index, 255). With --check-sensors, each sample's frames
 are screened first (black, empty, saturated, NaN, or the same as the sensor's previous frames in file-name order: a
 stream); a failed sensor is left out, and OUT/sensor_health.csv lists every frame's checks.
 """
@@ -54,6 +58,12 @@ def add_parser(sub) -> None:
     add_inference_speed_arguments(p)
     add_runtime_arguments(p)
     add_sensor_check_arguments(p)
+    p.add_argument("--confidence", action="store_true",
+                   help="also write each pixel's confidence (OUT/confidence/<id>.png, 0-255) and draw it in the "
+                        "panels; calibrated when the model file records temperatures (rgbx calibrate)")
+    p.add_argument("--min-confidence", type=positive_float, metavar="P",
+                   help="leave pixels whose confidence is below P (0-1) unlabelled: the ignore index in the label "
+                        "PNGs, black in the colour images, amber in the panels' error maps")
 
 
 class _Loaded:
@@ -118,6 +128,7 @@ def run(args) -> int:
     from rgbx.data.sensor_health import SensorFailure
     from rgbx.engine.predict import Predictor
     from rgbx.engine.trainer import loader_workers
+    from rgbx.errors import ConfigError
 
     device = resolve_device(args.device)
     window = sliding_window_from_args(args)
@@ -125,20 +136,29 @@ def run(args) -> int:
     model, info = load_model_from_args(args, device)
     speed = inference_speed_from_args(args, device)  # host memory kept on the CPU, --fast or not
     monitor = sensor_monitor_from_args(args)
+    if args.min_confidence is not None and args.min_confidence >= 1:
+        raise ConfigError(f"--min-confidence {args.min_confidence:g}: expected a probability below 1")
     predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip, speed=speed,
-                          window=window, scale_rule=args.scale_rule, monitor=monitor)
+                          window=window, scale_rule=args.scale_rule, monitor=monitor,
+                          min_confidence=args.min_confidence)
+    with_confidence = args.confidence or args.min_confidence is not None
     count, log = 0, SensorLog(args.out) if monitor is not None else None
+    tally = ConfidenceTally(args.min_confidence) if with_confidence else None
     try:
         for sample in _samples(args, list(model.modalities)):
             try:
-                pred = predictor.predict(sample)
+                pred, confidence = (predictor.predict_with_confidence(sample) if with_confidence
+                                    else (predictor.predict(sample), None))
             except SensorFailure as failure:
                 log.add(sample["meta"].get("id"), failure.statuses, predicted=False)
                 print(failure, flush=True)
                 continue
             if log is not None:
                 log.add(sample["meta"].get("id"), predictor.last_status, predicted=True)
-            predictor.write(sample, pred, args.out, panel=not args.no_panels)
+            if tally is not None:
+                tally.add(confidence, predictor.last_temperature)
+            predictor.write(sample, pred, args.out, panel=not args.no_panels,
+                            confidence=confidence if args.confidence else None)
             count += 1
     finally:
         if log is not None:
@@ -146,7 +166,36 @@ def run(args) -> int:
     print(f"wrote predictions for {count} sample(s) to {args.out}")
     if log is not None:
         print(log.summary())
+    if tally is not None and count:
+        print(tally.summary(predictor.calibration is not None))
     return 0
+
+
+class ConfidenceTally:
+    """The mean confidence over the predicted pixels, the share below ``--min-confidence`` and the temperatures
+    used, for the closing summary."""
+
+    def __init__(self, threshold: float | None):
+        self.threshold, self.pixels, self.total, self.below = threshold, 0, 0.0, 0
+        self.temperatures: set[float] = set()
+
+    def add(self, confidence, temperature: float) -> None:
+        self.pixels += confidence.numel()
+        self.total += float(confidence.double().sum())
+        if self.threshold is not None:
+            self.below += int((confidence < self.threshold).sum())
+        self.temperatures.add(round(temperature, 4))
+
+    def summary(self, calibrated: bool) -> str:
+        text = f"confidence: mean {100 * self.total / max(self.pixels, 1):.1f}%"
+        if self.threshold is not None:
+            text += (f"; {100 * self.below / max(self.pixels, 1):.1f}% of pixels below {self.threshold:g} left "
+                     f"unlabelled")
+        if calibrated:
+            text += f" (calibrated: temperature {', '.join(f'{t:g}' for t in sorted(self.temperatures))})"
+        else:
+            text += " (uncalibrated softmax: rgbx calibrate fits temperatures)"
+        return text
 
 
 class SensorLog:

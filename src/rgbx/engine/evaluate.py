@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rgbx.engine.inference import SlidingWindow, predict_logits
+from rgbx.engine.calibration import ReliabilityHistogram, TemperatureScaling
+from rgbx.engine.inference import CMX_NOT_PROBABILITIES, SlidingWindow, class_probabilities, predict_logits
 from rgbx.engine.metrics import ConfusionMatrix, SegMetrics
+from rgbx.errors import ConfigError
 
 
 def subset_name(modalities: Sequence[str]) -> str:
@@ -32,11 +34,24 @@ def all_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
 
 @dataclass
 class EvalResult:
-    """Confusion matrices keyed by subset name, then by group (``"all"`` or ``"<attr>=<value>"``)."""
+    """Confusion matrices keyed by subset name, then by group (``"all"`` or ``"<attr>=<value>"``); with
+    ``reliability``, each subset's confidence histograms (:mod:`rgbx.engine.calibration`), ``"uncalibrated"`` and,
+    for a calibrated model, ``"calibrated"``."""
 
     num_classes: int
     ignore_index: int
     matrices: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)
+    reliability: dict[str, dict[str, ReliabilityHistogram]] = field(default_factory=dict)
+
+    def histogram(self, subset: str, kind: str, bins: int) -> ReliabilityHistogram:
+        kinds = self.reliability.setdefault(subset, {})
+        if kind not in kinds:
+            kinds[kind] = ReliabilityHistogram(self.num_classes, self.ignore_index, bins)
+        return kinds[kind]
+
+    def calibration(self) -> dict[str, dict]:
+        """Sensor set → ``{"uncalibrated": CalibrationMetrics, "calibrated": ...}``."""
+        return {s: {k: h.compute() for k, h in kinds.items()} for s, kinds in self.reliability.items()}
 
     def matrix(self, subset: str, group: str = "all") -> ConfusionMatrix:
         groups = self.matrices.setdefault(subset, {})
@@ -77,15 +92,22 @@ class EvalResult:
         union = sorted({tuple(k) for rank_keys in everyone for k in rank_keys})
         for subset, group in union:
             self.matrix(subset, group).all_reduce()
+        for kinds in self.reliability.values():  # every rank scored the same sets with the same temperatures
+            for histogram in kinds.values():
+                histogram.all_reduce()
 
     def to_dict(self, class_names: list[str] | None = None, convention: str = "present") -> dict:
-        return {
+        data = {
             "miou_convention": convention,
             "subsets": {
                 s: {g: m.to_dict(class_names) for g, m in groups.items()}
                 for s, groups in self.metrics(convention).items()
             },
         }
+        if self.reliability:
+            data["calibration"] = {s: {k: m.to_dict() for k, m in kinds.items()}
+                                   for s, kinds in self.calibration().items()}
+        return data
 
 
 @torch.no_grad()
@@ -104,6 +126,9 @@ def evaluate(
     flip: bool = False,
     window: SlidingWindow | None = None,
     scale_rule: str = "rgbx",
+    reliability: bool = False,
+    temperatures: TemperatureScaling | None = None,
+    bins: int = 15,
 ) -> EvalResult:
     """Evaluate ``model`` on ``loader`` (batches of :class:`~rgbx.data.Batch`).
 
@@ -116,7 +141,13 @@ def evaluate(
         window: sliding-window inference (:class:`rgbx.engine.inference.SlidingWindow`; None = whole images).
         scale_rule: how ``scales`` resize (``"rgbx"``, or ``"dformer"``: DFormer's evaluate_msf; see
             :mod:`rgbx.engine.inference`).
+        reliability: also score how well the confidences are calibrated (ECE over ``bins`` bins, NLL, accuracy
+            above confidence thresholds; :mod:`rgbx.engine.calibration`), uncalibrated and, given ``temperatures``
+            (a calibrated model's), calibrated. The mIoU is that of the uncalibrated prediction either way. Under
+            multi-scale / flip averaging the calibrated probabilities take a pass of their own.
     """
+    if reliability and scale_rule == "cmx":
+        raise ConfigError(CMX_NOT_PROBABILITIES)
     model.eval()
     device = torch.device(device)
     model_modalities = tuple(model.modalities)
@@ -142,6 +173,15 @@ def evaluate(
                 logits = predict_logits(model, view.inputs, view.present, scales, flip, window, scale_rule)
             pred = logits.argmax(1)
             name = subset_name(subset)
+            if reliability:
+                kinds = {"uncalibrated": 1.0}
+                if temperatures is not None:
+                    kinds["calibrated"] = temperatures.temperature(subset, model_modalities)
+                for kind, t in kinds.items():
+                    with amp:
+                        probs = class_probabilities(model, view.inputs, view.present, scales, flip, window,
+                                                    scale_rule, temperature=t, scores=logits)
+                    result.histogram(name, kind, bins).update(probs, batch.label)
             for group, mask in groups:
                 if mask is None:
                     result.matrix(name, group).update(pred, batch.label)
@@ -176,12 +216,14 @@ def evaluate_dataset(
         anymodal: score every non-empty subset of the model's sensors (``--anymodal``), else all of them together.
         group_by: a sample attribute to score separately per value (``--by``, e.g. ``"condition"``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        test_time: :func:`evaluate`'s ``scales``, ``flip``, ``window``, ``scale_rule``, ``autocast_dtype``.
+        test_time: :func:`evaluate`'s ``scales``, ``flip``, ``window``, ``scale_rule``, ``autocast_dtype``,
+            ``reliability`` (calibration figures; for a model file, calibrated by the temperatures it records).
 
     Example::
 
         result = rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", anymodal=True)
         result.miou(), result.miou("rgb"), result.metrics()["rgb+depth"]["all"].per_class_iou
+        rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", reliability=True).calibration()
     """
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform
@@ -191,7 +233,9 @@ def evaluate_dataset(
 
     device = resolve_device(device)
     if not isinstance(model, torch.nn.Module):
-        model, _ = load_model(model, device)
+        model, info = load_model(model, device)
+        if test_time.get("reliability") and test_time.get("temperatures") is None:
+            test_time["temperatures"] = TemperatureScaling.from_info(info)
     model = model.to(device)
     opened = build_dataset(dataset, data, split, modalities=list(model.modalities), transform=EvalTransform(),
                            **(options or {}))

@@ -259,7 +259,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int] = (480
         fold_head: export the decode head folded (see the module docstring; the model's own setting is restored
             afterwards); ``False``: the reference order of operations.
         provenance: more metadata from the model file, kept as JSON under its own keys: ``converted_from`` and
-            ``reference_evaluation`` (what ``rgbx convert`` records), so that ``rgbx eval --as-published`` and
+            ``reference_evaluation`` (what ``rgbx convert`` records), ``calibration`` (``rgbx calibrate``), so that ``rgbx eval --as-published`` and
             ``rgbx info`` read them off the exported file too.
 
     Returns:

@@ -42,7 +42,8 @@ from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
 from rgbx.models.input_encoding import InputEncoding
 
-__all__ = ["SCALE_RULES", "SlidingWindow", "cmx_scores", "predict_logits", "scaled_size", "window_starts"]
+__all__ = ["SCALE_RULES", "SlidingWindow", "class_probabilities", "cmx_scores", "predict_logits", "scaled_size",
+           "single_pass", "window_starts"]
 
 SCALE_RULES = ("rgbx", "dformer", "cmx")
 
@@ -140,24 +141,31 @@ def scaled_size(size: tuple[int, int], scale: float, rule: str = "rgbx") -> tupl
 
 def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
                    present: Mapping[str, torch.Tensor] | None = None, scales: Sequence[float] = (1.0,),
-                   flip: bool = False, window: SlidingWindow | None = None, scale_rule: str = "rgbx") -> torch.Tensor:
+                   flip: bool = False, window: SlidingWindow | None = None, scale_rule: str = "rgbx",
+                   temperature: float = 1.0) -> torch.Tensor:
     """(B, K, H, W) scores at the input size: the model's logits for one pass (whole image, or averaged over
     ``window``'s sliding windows), else the mean softmax probability over ``scales`` × (identity, horizontal
     flip), each pass sliding its windows over the rescaled image when ``window`` is given. ``scale_rule``: how a
     scale becomes a size and how inputs and logits are resized (:data:`SCALE_RULES`, module docstring); ``"cmx"``
-    returns CMX's summed exp scores (:func:`cmx_scores`). Callers take the argmax."""
+    returns CMX's summed exp scores (:func:`cmx_scores`). ``temperature`` divides each pass's logits
+    (:mod:`rgbx.engine.calibration`). Callers take the argmax."""
     scales = tuple(float(s) for s in scales)
     if check_scale_rule(scale_rule) == "cmx":
+        if temperature != 1.0:
+            raise ConfigError(CMX_NOT_PROBABILITIES)
         return cmx_scores(model, inputs, present, scales, flip, window)
     reference = scale_rule == "dformer"
 
     def one_pass(view: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
         if window is None:
-            return model(view, mask).logits
-        vh, vw = next(iter(view.values())).shape[-2:]
-        if reference and (window.size[0] > vh or window.size[1] > vw):  # DFormer's slide_inference: enlarge to it
-            view = {m: F.interpolate(x, size=window.size, mode="bilinear", align_corners=True) for m, x in view.items()}
-        return _slide(model, view, mask, window)
+            logits = model(view, mask).logits
+        else:
+            vh, vw = next(iter(view.values())).shape[-2:]
+            if reference and (window.size[0] > vh or window.size[1] > vw):  # DFormer's slide_inference: enlarge
+                view = {m: F.interpolate(x, size=window.size, mode="bilinear", align_corners=True)
+                        for m, x in view.items()}
+            logits = _slide(model, view, mask, window)
+        return logits if temperature == 1.0 else logits / temperature
 
     h, w = next(iter(inputs.values())).shape[-2:]
     if scales == (1.0,) and not flip:
@@ -187,6 +195,33 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
             probs = logits.float().softmax(1)
             total = probs if total is None else total + probs
     return total / (len(scales) * (2 if flip else 1))
+
+
+CMX_NOT_PROBABILITIES = ("scale rule 'cmx' sums CMX's exp scores, which are not probabilities: confidences and "
+                         "calibration need the rgbx or dformer rule")
+
+
+def single_pass(scales: Sequence[float], flip: bool) -> bool:
+    """Whether :func:`predict_logits` returns one pass's logits (not averaged probabilities)."""
+    return tuple(float(s) for s in scales) == (1.0,) and not flip
+
+
+def class_probabilities(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
+                        present: Mapping[str, torch.Tensor] | None = None, scales: Sequence[float] = (1.0,),
+                        flip: bool = False, window: SlidingWindow | None = None, scale_rule: str = "rgbx",
+                        temperature: float = 1.0, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, K, H, W) float32 class probabilities: ``softmax(logits / temperature)`` of one pass, or their mean over
+    the test-time passes. ``scores``: :func:`predict_logits`'s result for the same inputs at temperature 1, reused
+    where it gives the answer without running the model again (one pass, or a temperature of 1)."""
+    if check_scale_rule(scale_rule) == "cmx":
+        raise ConfigError(CMX_NOT_PROBABILITIES)
+    if single_pass(scales, flip):
+        logits = scores if scores is not None else predict_logits(model, inputs, present, scales, flip, window,
+                                                                  scale_rule)
+        return (logits.float() / temperature).softmax(1)
+    if scores is not None and temperature == 1.0:
+        return scores.float()
+    return predict_logits(model, inputs, present, scales, flip, window, scale_rule, temperature).float()
 
 
 def _network_zero(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

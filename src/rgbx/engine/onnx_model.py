@@ -49,8 +49,8 @@ class OnnxSegmentor(nn.Module):
         modalities, num_classes, config: as a Segmentor's (``config`` is the exported model's ModelConfig).
         info: what :func:`rgbx.engine.checkpoint.load_model` returns for a model file: ``dataset`` (classes,
             palette, ignore_index), ``exported_from`` (the file) and, when the exported model file recorded them,
-            ``converted_from`` and ``reference_evaluation`` (the authors' evaluation protocol, for
-            ``rgbx eval --as-published``).
+            ``converted_from``, ``reference_evaluation`` (the authors' evaluation protocol, for
+            ``rgbx eval --as-published``) and ``calibration`` (confidence temperatures, ``rgbx calibrate``).
     """
 
     def __init__(self, path: str | Path, runtime: str = "onnxruntime", threads: int | None = None):
@@ -74,7 +74,7 @@ class OnnxSegmentor(nn.Module):
         dataset.setdefault("palette", meta.get("palette"))
         dataset.setdefault("ignore_index", meta.get("ignore_index", 255))
         self.info = {"dataset": dataset, "exported_from": str(path), "runtime": runtime,
-                     **{k: meta[k] for k in ("converted_from", "reference_evaluation") if k in meta}}
+                     **{k: meta[k] for k in ("converted_from", "reference_evaluation", "calibration") if k in meta}}
         self._run = _openvino_runner(path, threads) if runtime == "openvino" else _onnxruntime_runner(path, threads)
 
     def forward(self, inputs: Mapping[str, torch.Tensor],

@@ -13,9 +13,10 @@ import torch
 from rgbx.data.files import physical_units, read_modality_file
 from rgbx.data.sample import Sample, collate, normalize_sample
 from rgbx.data.sensor_health import SensorFailure, SensorMonitor, SensorStatus, replace_non_finite
+from rgbx.engine.calibration import TemperatureScaling
 from rgbx.engine.fastpath import SpeedOptions, autocast, backend_flags, prepare_inference
-from rgbx.engine.inference import SlidingWindow, predict_logits
-from rgbx.errors import DataError
+from rgbx.engine.inference import CMX_NOT_PROBABILITIES, SlidingWindow, class_probabilities, predict_logits
+from rgbx.errors import ConfigError, DataError
 from rgbx.modalities import get_modality
 from rgbx.visualize import colorize, make_panel, save_image
 
@@ -33,12 +34,25 @@ class Predictor:
     the model predicts from the others; ``last_status`` then holds each sensor's
     :class:`~rgbx.data.sensor_health.SensorStatus`, and a frame whose every sensor failed raises
     :class:`~rgbx.data.sensor_health.SensorFailure`. With or without it, NaN / ±inf inputs become the sensor's "no
-    measurement" value."""
+    measurement" value.
+
+    Confidence (:meth:`predict_with_confidence`, ``__call__(..., confidence=True)``): each pixel's probability of
+    its predicted class, calibrated by the temperature the model file records for the sensors that were used
+    (``rgbx calibrate``; :mod:`rgbx.engine.calibration`), so it stays honest when the checks leave a sensor out.
+    ``min_confidence``: pixels below it are left unlabelled (``ignore_index``, 255 unless the dataset says
+    otherwise): "don't know" instead of a guess."""
 
     def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu",
                  scales: tuple[float, ...] = (1.0,), flip: bool = False, speed: SpeedOptions | None = None,
                  window: SlidingWindow | None = None, scale_rule: str = "rgbx",
-                 monitor: SensorMonitor | bool | None = None):
+                 monitor: SensorMonitor | bool | None = None, min_confidence: float | None = None):
+        if min_confidence is not None and not 0 < min_confidence < 1:
+            raise ConfigError(f"min_confidence {min_confidence}: expected a probability between 0 and 1 (exclusive)")
+        if min_confidence is not None and scale_rule == "cmx":
+            raise ConfigError(CMX_NOT_PROBABILITIES)
+        self.min_confidence = min_confidence
+        self.calibration = TemperatureScaling.from_info(info)
+        self.last_temperature = 1.0
         self.monitor = SensorMonitor() if monitor is True else (monitor or None)
         self.last_status: dict[str, SensorStatus] = {}
         # a model file that says its training never left a sensor out: warn the first time the checks do
@@ -62,7 +76,8 @@ class Predictor:
     def from_file(cls, path, device: str | torch.device = "cpu", fast: bool = False, **test_time) -> Predictor:
         """A predictor for an rgbx model file (:func:`rgbx.load_model`), or an exported ``.onnx`` file run in ONNX
         Runtime; ``fast``: the device's fast speed switches (PyTorch models); ``test_time``: ``scales``, ``flip``,
-        ``window``, ``scale_rule``, and ``monitor`` (True: screen each frame for failed sensors).
+        ``window``, ``scale_rule``, ``monitor`` (True: screen each frame for failed sensors) and
+        ``min_confidence`` (leave pixels below it unlabelled).
 
         Example::
 
@@ -73,6 +88,8 @@ class Predictor:
             guarded = rgbx.Predictor.from_file("runs/x/model.safetensors", monitor=True)
             labels = guarded({"rgb": frame, "depth": depth_mm})  # a black / empty / frozen sensor is left out
             guarded.last_status["depth"].describe()  # "depth: no_signal (0.0% of pixels measured, ...)"
+
+            labels, confidence = segment({"rgb": frame}, confidence=True)  # (H, W) probabilities of the labels
         """
         from rgbx.engine.checkpoint import load_model
         from rgbx.engine.device import resolve_device
@@ -90,16 +107,29 @@ class Predictor:
         return cls(model, info, device, speed=SpeedOptions.fast(device) if fast else None, **test_time)
 
     def __call__(self, inputs, sample_id: str = "frame", stamps: dict[str, float] | None = None,
-                 now: float | None = None) -> np.ndarray:
-        """(H, W) class indices for one frame of raw sensor data (:func:`frame_sample`). ``stamps``: each sensor's
-        frame timestamp in seconds and ``now``, for the monitor's ``stale`` check (``HealthRules.max_age``)."""
+                 now: float | None = None, confidence: bool = False):
+        """(H, W) class indices for one frame of raw sensor data (:func:`frame_sample`); with ``confidence``, also
+        (H, W) float32 confidences. ``stamps``: each sensor's frame timestamp in seconds and ``now``, for the
+        monitor's ``stale`` check (``HealthRules.max_age``)."""
         sample = frame_sample(inputs, sample_id)
         sample["meta"].update(stamps=stamps, now=now)
+        if confidence:
+            labels, conf = self.predict_with_confidence(sample)
+            return labels.numpy(), conf.numpy()
         return self.predict(sample).numpy()
 
-    @torch.no_grad()
     def predict(self, sample: Sample) -> torch.Tensor:
-        """(H, W) int64 class map for one sample in physical units (modalities the model lacks are ignored)."""
+        """(H, W) int64 class map for one sample in physical units (modalities the model lacks are ignored); with
+        ``min_confidence``, the pixels below it hold ``ignore_index``."""
+        return self._predict(sample, self.min_confidence is not None)[0]
+
+    def predict_with_confidence(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H, W) int64 class map and (H, W) float32 probability of each pixel's class (calibrated when the model
+        file records temperatures; ``last_temperature`` says which was used)."""
+        return self._predict(sample, True)
+
+    @torch.no_grad()
+    def _predict(self, sample: Sample, with_confidence: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         usable = {m: x for m, x in sample["inputs"].items() if m in self.model.modalities}
         if not usable:
             raise DataError(f"sample {sample['meta'].get('id')} has none of the model's modalities "
@@ -123,9 +153,19 @@ class Predictor:
         batch = collate([normalize_sample({**sample, "inputs": usable, "label": None})]).to(self.device)
         precision = self.speed.precision if self.speed is not None else "fp32"
         with backend_flags(self.speed), autocast(self.device, precision):
-            logits = predict_logits(self.model, batch.inputs, batch.present, self.scales, self.flip,
+            scores = predict_logits(self.model, batch.inputs, batch.present, self.scales, self.flip,
                                     self.window, self.scale_rule)
-        return logits.float().argmax(1)[0].cpu()
+            labels = scores.float().argmax(1)[0]
+            if not with_confidence:
+                return labels.cpu(), None
+            self.last_temperature = (1.0 if self.calibration is None
+                                     else self.calibration.temperature(usable, self.model.modalities))
+            probs = class_probabilities(self.model, batch.inputs, batch.present, self.scales, self.flip,
+                                        self.window, self.scale_rule, self.last_temperature, scores)
+        confidence = probs.max(1).values[0]
+        if self.min_confidence is not None:
+            labels = labels.masked_fill(confidence < self.min_confidence, self.ignore_index)
+        return labels.cpu(), confidence.float().cpu()
 
     def screen_note(self) -> str:
         """What the sensor checks left out of the last frame, as a panel's title ends: `` [left out: depth
@@ -133,10 +173,15 @@ class Predictor:
         failed = [f"{m} ({', '.join(st.failures)})" for m, st in self.last_status.items() if not st.ok]
         return f" [left out: {'; '.join(failed)}]" if self.monitor is not None and failed else ""
 
-    def write(self, sample: Sample, pred: torch.Tensor, out_dir: Path, panel: bool = True) -> dict[str, Path]:
+    def write(self, sample: Sample, pred: torch.Tensor, out_dir: Path, panel: bool = True,
+              confidence: torch.Tensor | None = None) -> dict[str, Path]:
+        """``out_dir``/labels, /color and /panels PNGs of one prediction; with ``confidence``, also /confidence
+        (8-bit: round(255 × confidence)) and a confidence tile in the panel."""
         out_dir = Path(out_dir)
         sid = str(sample["meta"].get("id", "sample"))
         paths = {"label": out_dir / "labels" / f"{sid}.png", "color": out_dir / "color" / f"{sid}.png"}
+        if confidence is not None:
+            paths["confidence"] = out_dir / "confidence" / f"{sid}.png"
         for p in paths.values():
             p.parent.mkdir(parents=True, exist_ok=True)
         pred_np = pred.numpy()
@@ -144,12 +189,15 @@ class Predictor:
 
         Image.fromarray(pred_np.astype(np.uint8 if pred_np.max(initial=0) < 256 else np.uint16)).save(paths["label"])
         save_image(paths["color"], colorize(pred_np, self.palette, self.ignore_index))
+        if confidence is not None:
+            Image.fromarray(np.round(confidence.numpy().clip(0, 1) * 255).astype(np.uint8)).save(paths["confidence"])
         if panel:
             paths["panel"] = out_dir / "panels" / f"{sid}.png"
             paths["panel"].parent.mkdir(parents=True, exist_ok=True)
             label = sample.get("label")
             image = make_panel(sample["inputs"], pred_np, None if label is None else label.numpy(), palette=self.palette,
-                               class_names=self.classes, ignore_index=self.ignore_index, title=sid + self.screen_note())
+                               class_names=self.classes, ignore_index=self.ignore_index, title=sid + self.screen_note(),
+                               confidence=confidence)
             save_image(paths["panel"], image)
         return paths
 

@@ -65,9 +65,31 @@ def confusion_table(matrix, class_names: list[str], title: str | None = None, to
     return table
 
 
+def calibration_table(result: EvalResult) -> Table:
+    """Per sensor set: ECE, NLL, mean confidence and accuracy, and the accuracy / share of the pixels at or above
+    each confidence threshold, uncalibrated and (for a calibrated model) calibrated."""
+    calibration = result.calibration()
+    table = Table(title="confidence calibration",
+                  caption="ECE / MCE / accuracy / confidence in %, NLL in nats per pixel; ≥ p: accuracy of the "
+                          "pixels whose confidence reaches p (share of pixels in brackets)")
+    thresholds = next((m.coverage for kinds in calibration.values() for m in kinds.values()), [])
+    for column in ("sensors", "confidences", "ECE", "MCE", "NLL", "confidence", "accuracy",
+                   *(f"≥ {c['threshold']:g}" for c in thresholds)):
+        table.add_column(column, justify="left" if column in ("sensors", "confidences") else "right")
+    for subset, kinds in calibration.items():
+        for kind, m in kinds.items():
+            cells = [f"{_pct(c['accuracy']) if c['accuracy'] is not None else '—'} ({100 * c['coverage']:.0f})"
+                     for c in m.coverage]
+            table.add_row(subset, kind, _pct(m.ece), _pct(m.mce), f"{m.nll:.4f}", _pct(m.confidence),
+                          _pct(m.accuracy), *cells)
+    return table
+
+
 def print_eval_tables(result: EvalResult, class_names: list[str], convention: str = "present",
                       per_class: bool = False, title: str | None = None, console: Console | None = None) -> None:
     console = console or wide_console()
     console.print(anymodal_table(result, convention, title))
     if per_class:
         console.print(per_class_table(result, class_names, convention))
+    if result.reliability:
+        console.print(calibration_table(result))

@@ -1,0 +1,45 @@
+"""The markdown table of benchmarks/calibration.md from the runs of benchmarks/calibration.sh.
+
+    python benchmarks/calibration_table.py runs/sensor_failures --only mean_dropout_seed0 cmx_seed0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the OUT folder of benchmarks/calibration.sh")
+    parser.add_argument("--only", nargs="+", metavar="RUN", required=True, help="these runs, in this order")
+    args = parser.parse_args()
+    print("| model | sensors | T (one) | T (per set) | accuracy | confidence: raw / one T / per set | "
+          "ECE: raw / one T / per set | NLL: raw / one T / per set | ≥ 0.9 per set: accuracy (share) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run in args.only:
+        paths = {kind: args.out / run / f"calibration_{kind}.json" for kind in ("sets", "one")}
+        if not all(p.is_file() for p in paths.values()):
+            print(f"(missing: {paths})")
+            continue
+        sets, one = (json.loads(paths[k].read_text()) for k in ("sets", "one"))
+        t_sets, t_one = sets["temperatures"]["temperatures"], one["temperatures"]["temperatures"]
+        default = one["temperatures"]["default"]
+        for subset, kinds in sets["calibration"].items():
+            raw, per_set = kinds["uncalibrated"], kinds["calibrated"]
+            single = one["calibration"][subset]["calibrated"]
+            high = next(c for c in per_set["coverage"] if c["threshold"] == 0.9)
+            print(f"| {run} | {subset} | {t_one[default]:.3f} | {t_sets[subset]:.3f} | {pct(raw['accuracy'])} | "
+                  f"{pct(raw['confidence'])} / {pct(single['confidence'])} / {pct(per_set['confidence'])} | "
+                  f"{pct(raw['ece'])} / {pct(single['ece'])} / {pct(per_set['ece'])} | "
+                  f"{raw['nll']:.3f} / {single['nll']:.3f} / {per_set['nll']:.3f} | "
+                  f"{pct(high['accuracy'])} ({100 * high['coverage']:.0f} %) |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""``rgbx calibrate MODEL --data DIR``: fit confidence temperatures per sensor set and write them into a model file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rgbx.cli.common import add_command, add_dataset_arguments, non_negative_int, parse_options, positive_int
+
+EXAMPLES = """  rgbx calibrate runs/cmx/model.safetensors --data data/synth --split val   # -> runs/cmx/model.calibrated.safetensors
+  rgbx eval runs/cmx/model.calibrated.safetensors --data data/synth --split test --anymodal --calibration
+  rgbx predict runs/cmx/model.calibrated.safetensors rgb=frames/ depth=depth/ --out preds/ --confidence --min-confidence 0.6
+  rgbx calibrate runs/cmx/model.safetensors --data data/synth --sensors full   # one temperature for every sensor set
+Fits, for each set of the model's sensors (every non-empty subset by default), the temperature T that makes
+softmax(logits / T) the most likely explanation of the labels of the split (Guo et al. 2017), and writes a copy of
+the model file that records them. Predictions (argmax) do not change; confidences (rgbx predict --confidence,
+Predictor(..., confidence=True)) become calibrated, with the temperature of the sensors actually used, so they stay
+honest when a sensor fails. Fit on a split the model was not trained on, and check on another one.
+"""
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "calibrate", "fit confidence temperatures per sensor set (temperature scaling)",
+                    "Calibrate a model's confidences on a labelled split: one temperature per sensor set.", EXAMPLES,
+                    run)
+    p.add_argument("checkpoint", help="rgbx model file (.safetensors)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    add_dataset_arguments(p)
+    p.add_argument("--split", default="val", help="the labelled split to fit on (default: val; not the training "
+                                                  "split, whose confidences are too high)")
+    p.add_argument("--sensors", choices=("all", "full"), default="all",
+                   help="all: one temperature per non-empty subset of the model's sensors (a rig that loses one uses "
+                        "its own); full: one temperature, fitted with every sensor, for every set")
+    p.add_argument("--pixels-per-image", type=positive_int, default=2048,
+                   help="labelled pixels drawn at random from each image for the fit (default 2048)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pixel draw")
+    p.add_argument("--out", type=Path,
+                   help="the calibrated model file to write (default: MODEL.calibrated.safetensors beside MODEL; "
+                        "giving MODEL itself replaces it, atomically)")
+    p.add_argument("--json", type=Path, help="write the temperatures and the fit's figures as JSON here")
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--workers", type=non_negative_int,
+                   help="loader processes (default: 2 on the CPU, on CUDA one per spare core up to 8)")
+    p.add_argument("--device", default="auto")
+
+
+def default_output(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name.removesuffix(".safetensors") + ".calibrated.safetensors")
+
+
+def run(args) -> int:
+    import os
+
+    import torch
+
+    from rgbx.cli.common import resolve_device
+    from rgbx.data import build_dataset, collate
+    from rgbx.data.transforms import EvalTransform
+    from rgbx.engine.calibration import fit_temperatures
+    from rgbx.engine.checkpoint import load_model
+    from rgbx.engine.evaluate import all_subsets
+    from rgbx.engine.onnx_model import is_onnx_file
+    from rgbx.engine.report import Reporter, wide_console
+    from rgbx.engine.trainer import loader_workers
+    from rgbx.errors import ConfigError
+    from rgbx.models.model_file import save_model
+
+    checkpoint = Path(args.checkpoint)
+    if is_onnx_file(checkpoint):
+        raise ConfigError(f"{checkpoint}: rgbx calibrate writes an rgbx model file; calibrate the .safetensors file "
+                          f"and export it again (rgbx export keeps the temperatures)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("rgbx calibrate runs in one process (the fit is one pass over a validation split); "
+                          "start it without torchrun")
+    out = args.out or default_output(checkpoint)
+    device = resolve_device(args.device)
+    model, info = load_model(checkpoint, device)
+    dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
+                            transform=EvalTransform(), **parse_options(args.option))
+    desc = dataset.description
+    if desc.num_classes != model.num_classes:
+        raise ConfigError(f"{checkpoint} predicts {model.num_classes} classes but {args.data} [{args.split}] has "
+                          f"{desc.num_classes}")
+    subsets = all_subsets(model.modalities) if args.sensors == "all" else [tuple(model.modalities)]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate,
+                                         num_workers=loader_workers(args.workers, device),
+                                         pin_memory=device.type == "cuda")
+    where = f"{args.data} [{args.split}]"
+    with Reporter().progress(len(loader), label=f"calibrating on {where}") as bar:
+        scaling = fit_temperatures(model, loader, subsets, ignore_index=desc.ignore_index,
+                                   per_image=args.pixels_per_image, device=device, seed=args.seed,
+                                   progress=bar.update, fitted_on=where)
+    previous = info.get("calibration")
+    kept = {k: v for k, v in info.items() if k not in ("format", "model", "dataset", "sensors", "plugins")}
+    kept["calibration"] = scaling.to_dict()
+    save_model(out, model, info.get("dataset"), **kept)
+
+    console = wide_console()
+    console.print(calibration_fit_table(scaling, f"temperatures fitted on {where}"))
+    if previous:
+        console.print(f"replaced the temperatures {checkpoint} held (fitted on {previous.get('fitted_on')})",
+                      markup=False, highlight=False)
+    console.print(f"wrote {out}; check it on another split: rgbx eval {out} --data {args.data} --split test "
+                  f"--calibration{' --anymodal' if len(subsets) > 1 else ''}", markup=False, highlight=False,
+                  soft_wrap=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"checkpoint": str(checkpoint), "out": str(out), **scaling.to_dict()},
+                                        indent=2))
+    return 0
+
+
+def calibration_fit_table(scaling, title: str):
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(title), caption="NLL in nats per pixel, ECE in % (15 bins), on the pixels drawn for the fit")
+    for column in ("sensors", "temperature", "NLL before", "NLL after", "ECE before", "ECE after", "pixels"):
+        table.add_column(column, justify="left" if column == "sensors" else "right")
+    for name, t in scaling.temperatures.items():
+        fit = scaling.fit.get(name, {})
+        nll, ece = fit.get("nll", [float("nan")] * 2), fit.get("ece", [float("nan")] * 2)
+        table.add_row(name, f"{t:.3f}", f"{nll[0]:.4f}", f"{nll[1]:.4f}", f"{100 * ece[0]:.2f}",
+                      f"{100 * ece[1]:.2f}", str(fit.get("pixels", "")))
+    return table

@@ -1,0 +1,293 @@
+"""Confidence calibration: how far a model's per-pixel softmax confidence can be trusted, and temperature scaling
+(Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) to make it so.
+
+A planner that acts on a segmentation ("stop if a person is there with more than 30 % probability") needs
+probabilities that mean what they say, and most of all when a sensor has failed and the model predicts from the
+others. A network trained with cross-entropy is usually over-confident, and differently so for each set of sensors.
+
+* :class:`ReliabilityHistogram` accumulates, over the labelled pixels of an evaluation, what the calibration
+  metrics need: the expected calibration error (Guo et al. eq. 3), ``ECE = Σ_b |B_b| / n · |acc(B_b) − conf(B_b)|``
+  over ``bins`` equal-width confidence bins, the maximum calibration error (``MCE = max_b |acc − conf|``), the
+  negative log-likelihood of the true class, and the accuracy of the pixels whose confidence reaches a threshold
+  (with the share of pixels that do: what a "don't know below p" rule keeps).
+* :func:`fit_temperature`: the one scalar ``T`` that minimises the NLL of ``softmax(z / T)`` over held-out pixels
+  (Guo et al. §4.2). The argmax, hence the mIoU, does not change. The NLL is convex in ``1 / T``, so a golden-section
+  search over ``log T`` finds the optimum without a learning rate.
+* :class:`TemperatureScaling`: one temperature per sensor set (``"rgb+depth"``, ``"rgb"``, ...), kept in the model
+  file (``calibration``), so that a model that loses its depth camera at run time uses the temperature fitted for RGB
+  alone. A set without its own temperature uses the full set's.
+* :func:`fit_temperatures`: the temperatures of a model over a loader (``rgbx calibrate``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from rgbx.errors import ConfigError
+
+DEFAULT_BINS = 15
+COVERAGE_THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+@dataclass
+class CalibrationMetrics:
+    """Calibration of one sensor set's confidences (fractions 0-1; ``nll`` in nats per pixel)."""
+
+    ece: float
+    mce: float
+    nll: float
+    accuracy: float
+    confidence: float
+    pixels: int
+    bins: list[dict] = field(default_factory=list)  # lower, upper, pixels, confidence, accuracy
+    coverage: list[dict] = field(default_factory=list)  # threshold, coverage, accuracy
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ReliabilityHistogram:
+    """Accumulates per-pixel confidences against the labels (pixels labelled ``ignore_index`` are not counted).
+
+    ``update(probs, target)``: ``probs`` (B, K, H, W) class probabilities, ``target`` (B, H, W) labels."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, bins: int = DEFAULT_BINS,
+                 thresholds: Sequence[float] = COVERAGE_THRESHOLDS):
+        if bins < 1:
+            raise ConfigError(f"calibration bins: expected at least 1, got {bins}")
+        self.num_classes, self.ignore_index, self.bins = num_classes, ignore_index, bins
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.counts = torch.zeros(bins, dtype=torch.float64)
+        self.confidence = torch.zeros(bins, dtype=torch.float64)
+        self.correct = torch.zeros(bins, dtype=torch.float64)
+        self.nll = torch.zeros(1, dtype=torch.float64)
+        self.above = torch.zeros(len(self.thresholds), dtype=torch.float64)
+        self.above_correct = torch.zeros(len(self.thresholds), dtype=torch.float64)
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        if probs.dim() != 4 or probs.shape[1] != self.num_classes or probs.shape[0] != target.shape[0] \
+                or probs.shape[2:] != target.shape[1:]:
+            raise ValueError(f"probabilities of shape {tuple(probs.shape)} for labels of shape "
+                             f"{tuple(target.shape)}: expected (B, {self.num_classes}, H, W) and (B, H, W)")
+        valid = (target != self.ignore_index) & (target >= 0) & (target < self.num_classes)
+        if not valid.any():
+            return
+        probs = probs.float()
+        conf, pred = probs.max(1)
+        truth = target.clamp(0, self.num_classes - 1).long()
+        p_true = probs.gather(1, truth[:, None])[:, 0]
+        conf, pred, truth, p_true = conf[valid], pred[valid], truth[valid], p_true[valid]
+        right = (pred == truth).double()
+        conf64 = conf.double()
+        b = (conf * self.bins).long().clamp(0, self.bins - 1)
+        self.counts += torch.bincount(b, minlength=self.bins).double().cpu()
+        self.confidence += torch.bincount(b, weights=conf64, minlength=self.bins).cpu()
+        self.correct += torch.bincount(b, weights=right, minlength=self.bins).cpu()
+        self.nll += -torch.log(p_true.double().clamp_min(1e-12)).sum().cpu()
+        for i, t in enumerate(self.thresholds):
+            kept = conf >= t
+            self.above[i] += kept.sum().double().cpu()
+            self.above_correct[i] += right[kept].sum().cpu()
+
+    def _state(self) -> list[torch.Tensor]:
+        return [self.counts, self.confidence, self.correct, self.nll, self.above, self.above_correct]
+
+    def merge(self, other: ReliabilityHistogram) -> None:
+        for mine, theirs in zip(self._state(), other._state()):
+            mine += theirs
+
+    def all_reduce(self) -> None:
+        """Sum over the ranks of a distributed run (one collective)."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        state = self._state()
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        flat = torch.cat(state).to(device)
+        dist.all_reduce(flat)
+        for mine, part in zip(state, flat.cpu().split([s.numel() for s in state])):
+            mine.copy_(part)
+
+    def compute(self) -> CalibrationMetrics:
+        n = float(self.counts.sum())
+        if n == 0:
+            nan = float("nan")
+            return CalibrationMetrics(nan, nan, nan, nan, nan, 0)
+        filled = self.counts > 0
+        acc = self.correct / self.counts.clamp(min=1)
+        conf = self.confidence / self.counts.clamp(min=1)
+        gap = (acc - conf).abs()
+        edges = [i / self.bins for i in range(self.bins + 1)]
+        bins = [{"lower": edges[i], "upper": edges[i + 1], "pixels": int(self.counts[i]),
+                 "confidence": float(conf[i]) if filled[i] else None, "accuracy": float(acc[i]) if filled[i] else None}
+                for i in range(self.bins)]
+        coverage = [{"threshold": t, "coverage": float(self.above[i]) / n,
+                     "accuracy": float(self.above_correct[i] / self.above[i]) if self.above[i] > 0 else None}
+                    for i, t in enumerate(self.thresholds)]
+        return CalibrationMetrics(
+            ece=float((self.counts * gap).sum() / n), mce=float(gap[filled].max()), nll=float(self.nll) / n,
+            accuracy=float(self.correct.sum()) / n, confidence=float(self.confidence.sum()) / n, pixels=int(n),
+            bins=bins, coverage=coverage)
+
+
+# --- temperature scaling --------------------------------------------------------------------------------------------
+
+
+def temperature_nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    """Mean NLL (nats) of ``softmax(logits / temperature)`` for (N, K) logits and (N,) labels."""
+    return float(F.cross_entropy(logits.float() / temperature, labels.long()))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+                    tolerance: float = 1e-4) -> float:
+    """The temperature in ``bounds`` that minimises the NLL of ``softmax(logits / T)`` (Guo et al. §4.2): a
+    golden-section search over ``log T`` (the NLL is convex in ``1 / T``, so it has one minimum there).
+
+    ``logits``: (N, K) held-out pixels' logits; ``labels``: (N,) their classes."""
+    if logits.dim() != 2 or labels.shape != logits.shape[:1] or logits.shape[0] == 0:
+        raise ConfigError(f"temperature fitting needs (N, K) logits and (N,) labels with N > 0; got "
+                          f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    logits, labels = logits.float(), labels.long()
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    ratio = (math.sqrt(5) - 1) / 2
+
+    def loss(log_t: float) -> float:
+        return temperature_nll(logits, labels, math.exp(log_t))
+
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = loss(a), loss(b)
+    while hi - lo > tolerance:
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = loss(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = loss(b)
+    return math.exp((lo + hi) / 2)
+
+
+class PixelSample:
+    """Held-out pixels' logits and labels for fitting a temperature: up to ``per_image`` labelled pixels of each
+    image, drawn uniformly at random (seeded), kept on the CPU."""
+
+    def __init__(self, per_image: int, ignore_index: int = 255, seed: int = 0):
+        if per_image < 1:
+            raise ConfigError(f"pixels per image: expected at least 1, got {per_image}")
+        self.per_image, self.ignore_index = per_image, ignore_index
+        self.generator = torch.Generator().manual_seed(seed)
+        self._logits: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    def add(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """``logits`` (B, K, H, W), ``target`` (B, H, W)."""
+        k = logits.shape[1]
+        for z, y in zip(logits, target):
+            where = ((y != self.ignore_index) & (y >= 0) & (y < k)).flatten().nonzero()[:, 0].cpu()
+            if where.numel() == 0:
+                continue
+            if where.numel() > self.per_image:
+                where = where[torch.randperm(where.numel(), generator=self.generator)[: self.per_image]]
+            where = where.to(z.device)
+            self._logits.append(z.flatten(1)[:, where].T.float().cpu())
+            self._labels.append(y.flatten()[where].long().cpu())
+
+    def __len__(self) -> int:
+        return sum(len(y) for y in self._labels)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._labels:
+            raise ConfigError("no labelled pixel to fit a temperature on")
+        return torch.cat(self._logits), torch.cat(self._labels)
+
+
+@dataclass
+class TemperatureScaling:
+    """Temperatures per sensor set (``"rgb+depth"``: sensors joined by ``+`` in the model's order), as a model file
+    keeps them under ``calibration``. ``default``: the set whose temperature serves a set without its own (the
+    model's full set)."""
+
+    temperatures: dict[str, float]
+    default: str
+    fitted_on: str = ""
+    pixels: int = 0
+    fit: dict[str, dict] = field(default_factory=dict)  # set -> nll / ece before and after, on the fitted pixels
+
+    def temperature(self, sensors: Iterable[str], order: Sequence[str] | None = None) -> float:
+        """The temperature for predicting from ``sensors`` (ordered by ``order``, the model's sensors, if given)."""
+        sensors = list(sensors)
+        if order is not None:
+            sensors = [m for m in order if m in sensors]
+        name = "+".join(sensors)
+        if name in self.temperatures:
+            return self.temperatures[name]
+        return self.temperatures.get(self.default, 1.0)
+
+    def to_dict(self) -> dict:
+        return {"method": "temperature", **asdict(self)}
+
+    @classmethod
+    def from_info(cls, info: dict, source: str = "the model file") -> TemperatureScaling | None:
+        """The record in a model file's metadata (None when the file was never calibrated)."""
+        record = info.get("calibration")
+        if not record:
+            return None
+        try:
+            temperatures = {str(k): float(v) for k, v in record["temperatures"].items()}
+            bad = {k: v for k, v in temperatures.items() if not (v > 0 and math.isfinite(v))}
+            if bad:
+                raise ValueError(f"temperatures must be positive and finite, got {bad}")
+            return cls(temperatures, str(record["default"]), str(record.get("fitted_on", "")),
+                       int(record.get("pixels", 0)), dict(record.get("fit") or {}))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            from rgbx.errors import CheckpointError
+
+            raise CheckpointError(f"{source}: unreadable calibration record ({e})") from None
+
+
+def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[str]], *, ignore_index: int = 255,
+                     per_image: int = 2048, device: str | torch.device = "cpu", seed: int = 0,
+                     progress: Callable[[int], None] | None = None, fitted_on: str = "",
+                     bins: int = DEFAULT_BINS) -> TemperatureScaling:
+    """One temperature per sensor set in ``subsets`` (the first is the default), fitted on up to ``per_image``
+    labelled pixels of each image of ``loader`` (batches of :class:`~rgbx.data.Batch`), from one forward pass of each
+    set per batch. ``fit`` records each set's NLL and ECE on those pixels before and after."""
+    device = torch.device(device)
+    model.eval()
+    subsets = [tuple(s) for s in subsets]
+    samples = {s: PixelSample(per_image, ignore_index, seed) for s in subsets}
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if batch.label is None:
+                raise ConfigError("calibration needs labelled data")
+            batch = batch.to(device, non_blocking=True)
+            for subset in subsets:
+                view = batch.with_modalities(subset)
+                if view.inputs:
+                    samples[subset].add(model(view.inputs, view.present).logits, batch.label)
+            if progress is not None:
+                progress(i + 1)
+    temperatures, fit, pixels = {}, {}, 0
+    for subset, sample in samples.items():
+        name = "+".join(subset)
+        logits, labels = sample.tensors()
+        t = fit_temperature(logits, labels)
+        temperatures[name] = t
+        pixels = max(pixels, len(labels))
+        fit[name] = {"pixels": len(labels),
+                     "nll": [temperature_nll(logits, labels, 1.0), temperature_nll(logits, labels, t)],
+                     "ece": [_sample_ece(logits, labels, 1.0, bins), _sample_ece(logits, labels, t, bins)]}
+    return TemperatureScaling(temperatures, "+".join(subsets[0]), fitted_on, pixels, fit)
+
+
+def _sample_ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float, bins: int) -> float:
+    histogram = ReliabilityHistogram(logits.shape[1], ignore_index=-1, bins=bins)
+    histogram.update((logits.float() / temperature).softmax(1).T[None, :, :, None], labels[None, :, None])
+    return histogram.compute().ece

@@ -1,0 +1,349 @@
+"""Confidence calibration: the reliability figures against their definitions, temperature fitting against known
+temperatures, the per-sensor-set record in model files, and `rgbx calibrate` / `eval --calibration` /
+`predict --confidence` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import rgbx
+from rgbx.cli.main import main
+from rgbx.data import collate
+from rgbx.data.description import write_description
+from rgbx.data.sample import normalize_sample
+from rgbx.engine.calibration import (
+    PixelSample,
+    ReliabilityHistogram,
+    TemperatureScaling,
+    fit_temperature,
+    temperature_nll,
+)
+from rgbx.engine.evaluate import all_subsets, evaluate
+from rgbx.engine.inference import class_probabilities, predict_logits
+from rgbx.engine.predict import frame_sample
+from rgbx.errors import CheckpointError, ConfigError
+from rgbx.models.model_file import read_model_info, save_model
+from tests.conftest import CLASSES, make_dataset
+
+
+def _ece_by_definition(conf: np.ndarray, right: np.ndarray, bins: int) -> float:
+    """Guo et al. eq. 3, written out: bins (lo, hi], the first [0, 1/bins]... here [lo, hi) as rgbx bins them."""
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        member = (conf >= lo) & ((conf < hi) if b < bins - 1 else (conf <= hi))
+        if member.any():
+            total += member.sum() / len(conf) * abs(right[member].mean() - conf[member].mean())
+    return total
+
+
+def test_reliability_figures_follow_their_definitions():
+    torch.manual_seed(0)
+    k, ignore = 4, 255
+    logits = torch.randn(3, k, 9, 11) * 2
+    target = torch.randint(0, k, (3, 9, 11))
+    target[0, :2] = ignore  # not counted
+    probs = logits.softmax(1)
+    hist = ReliabilityHistogram(k, ignore, bins=10, thresholds=(0.5, 0.9))
+    hist.update(probs[:2], target[:2])
+    hist.update(probs[2:], target[2:])  # accumulates
+    m = hist.compute()
+
+    valid = (target != ignore).numpy()
+    conf, pred = probs.max(1)
+    conf, pred = conf.numpy()[valid], pred.numpy()[valid]
+    truth = target.numpy()[valid]
+    right = (pred == truth).astype(float)
+    p_true = probs.permute(0, 2, 3, 1).numpy()[valid][np.arange(len(truth)), truth]
+    assert m.pixels == valid.sum() == 3 * 9 * 11 - 22
+    assert m.ece == pytest.approx(_ece_by_definition(conf.astype(float), right, 10), abs=1e-6)
+    assert m.accuracy == pytest.approx(right.mean())
+    assert m.confidence == pytest.approx(conf.mean())
+    assert m.nll == pytest.approx(-np.log(p_true).mean(), rel=1e-6)
+    gaps = [abs(b["accuracy"] - b["confidence"]) for b in m.bins if b["pixels"]]
+    assert m.mce == pytest.approx(max(gaps))
+    assert sum(b["pixels"] for b in m.bins) == m.pixels
+    for c in m.coverage:
+        kept = conf >= c["threshold"]
+        assert c["coverage"] == pytest.approx(kept.mean())
+        assert c["accuracy"] == pytest.approx(right[kept].mean())
+
+    merged = ReliabilityHistogram(k, ignore, bins=10, thresholds=(0.5, 0.9))
+    part = ReliabilityHistogram(k, ignore, bins=10, thresholds=(0.5, 0.9))
+    merged.update(probs[:1], target[:1])
+    part.update(probs[1:], target[1:])
+    merged.merge(part)
+    together = merged.compute()
+    assert together.bins == m.bins and together.coverage == m.coverage  # counts: exact
+    assert together.ece == pytest.approx(m.ece) and together.nll == pytest.approx(m.nll)  # sums in another order
+
+
+def test_a_perfectly_calibrated_source_has_a_small_ece_and_an_overconfident_one_a_large_one():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 5, 200, 200, generator=gen) * 2
+    probs = logits.softmax(1)  # labels drawn from the model's own probabilities: calibrated by construction
+    labels = torch.multinomial(probs.permute(0, 2, 3, 1).reshape(-1, 5), 1, generator=gen).view(1, 200, 200)
+    fair, sharp = ReliabilityHistogram(5), ReliabilityHistogram(5)
+    fair.update(probs, labels)
+    sharp.update((logits * 3).softmax(1), labels)
+    assert fair.compute().ece < 0.01
+    assert sharp.compute().ece > 0.1
+    assert sharp.compute().confidence > sharp.compute().accuracy  # over-confident
+
+
+def test_fit_temperature_recovers_a_known_temperature():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(40000, 6, generator=gen) * 1.5
+    labels = torch.multinomial(logits.softmax(1), 1, generator=gen)[:, 0]
+    for true_t in (0.5, 3.0):
+        fitted = fit_temperature(logits * true_t, labels)  # logits scaled by T: dividing by T undoes it
+        assert fitted == pytest.approx(true_t, rel=0.05)
+        grid = [math.exp(x) for x in np.linspace(math.log(0.05), math.log(20), 400)]
+        best = min(temperature_nll(logits * true_t, labels, t) for t in grid)
+        assert temperature_nll(logits * true_t, labels, fitted) <= best + 1e-6
+
+
+def test_fit_temperature_refuses_empty_or_misshaped_input():
+    with pytest.raises(ConfigError, match=r"\(N, K\) logits"):
+        fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"\(N, K\) logits"):
+        fit_temperature(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long))
+
+
+def test_pixel_sample_draws_labelled_pixels_per_image_reproducibly():
+    logits = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5)
+    target = torch.randint(0, 3, (2, 4, 5), generator=torch.Generator().manual_seed(0))
+    target[1] = 255  # the second image: nothing labelled
+    target[0, 0] = 255
+    first, again = PixelSample(6, seed=3), PixelSample(6, seed=3)
+    first.add(logits, target)
+    again.add(logits, target)
+    (z, y), (z2, y2) = first.tensors(), again.tensors()
+    assert len(first) == 6 and torch.equal(z, z2) and torch.equal(y, y2)
+    for row, label in zip(z, y):  # each drawn row is the logits of one labelled pixel, with its label
+        pixel = int(row[0])  # channel 0 holds the flat pixel index (0..19)
+        assert pixel >= 5 and label == target[0].flatten()[pixel]
+        assert torch.equal(row, logits[0].flatten(1)[:, pixel])
+    everything = PixelSample(100)
+    everything.add(logits, target)
+    assert len(everything) == 15  # fewer labelled pixels than asked: all of them
+    with pytest.raises(ConfigError, match="no labelled pixel"):
+        PixelSample(4).tensors()
+
+
+def test_temperature_record_round_trip_and_lookup():
+    scaling = TemperatureScaling({"rgb+depth": 1.2, "rgb": 2.0}, "rgb+depth", "data [val]", 100)
+    back = TemperatureScaling.from_info({"calibration": json.loads(json.dumps(scaling.to_dict()))})
+    assert back == scaling
+    assert back.temperature(["depth", "rgb"], order=("rgb", "depth")) == 1.2  # named in the model's order
+    assert back.temperature(["rgb"]) == 2.0
+    assert back.temperature(["depth"]) == 1.2  # no temperature of its own: the full set's
+    assert TemperatureScaling.from_info({}) is None
+    with pytest.raises(CheckpointError, match="m.safetensors: unreadable calibration record"):
+        TemperatureScaling.from_info({"calibration": {"temperatures": {"rgb": -1}, "default": "rgb"}},
+                                     "m.safetensors")
+    with pytest.raises(CheckpointError, match="unreadable calibration record"):
+        TemperatureScaling.from_info({"calibration": {"temperatures": {"rgb": 1.0}}})
+
+
+@pytest.fixture(scope="module")
+def rgbd():
+    torch.manual_seed(0)
+    model = rgbx.create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=3,
+                              head_channels=16).eval()
+    gen = torch.Generator().manual_seed(0)
+    inputs = {"rgb": torch.randn(2, 3, 24, 32, generator=gen), "depth": torch.randn(2, 1, 24, 32, generator=gen)}
+    return model, inputs
+
+
+def test_class_probabilities_apply_the_temperature_to_each_pass(rgbd):
+    model, inputs = rgbd
+    with torch.no_grad():
+        logits = model(inputs).logits
+        assert torch.allclose(class_probabilities(model, inputs, temperature=2.0), (logits / 2).softmax(1),
+                              atol=1e-6)
+        scores = predict_logits(model, inputs)
+        assert torch.allclose(class_probabilities(model, inputs, temperature=2.0, scores=scores),
+                              (logits / 2).softmax(1), atol=1e-6)
+        flipped = model({m: x.flip(-1) for m, x in inputs.items()}).logits.flip(-1)
+        expected = ((logits / 2).softmax(1) + (flipped / 2).softmax(1)) / 2
+        assert torch.allclose(class_probabilities(model, inputs, flip=True, temperature=2.0), expected, atol=1e-5)
+        uncalibrated = predict_logits(model, inputs, flip=True)
+        assert torch.equal(class_probabilities(model, inputs, flip=True, scores=uncalibrated), uncalibrated)
+    with pytest.raises(ConfigError, match="scale rule 'cmx'"):
+        class_probabilities(model, inputs, scale_rule="cmx")
+
+
+def test_evaluate_scores_calibration_without_changing_the_miou(rgbd):
+    model, _ = rgbd
+    gen = torch.Generator().manual_seed(2)
+    samples = [{"inputs": {"rgb": torch.randn(3, 24, 32, generator=gen), "depth": torch.randn(1, 24, 32, generator=gen)},
+                "label": torch.randint(0, 3, (24, 32), generator=gen), "meta": {"id": f"s{i}"}} for i in range(4)]
+    loader = [collate(samples[:2]), collate(samples[2:])]
+    scaling = TemperatureScaling({"rgb+depth": 0.5, "rgb": 4.0}, "rgb+depth")
+    plain = evaluate(model, loader, num_classes=3, subsets=all_subsets(model.modalities))
+    scored = evaluate(model, loader, num_classes=3, subsets=all_subsets(model.modalities), reliability=True,
+                      temperatures=scaling)
+    assert plain.reliability == {} and "calibration" not in plain.to_dict()
+    assert scored.metrics() == plain.metrics()
+    for subset, t in (("rgb+depth", 0.5), ("rgb", 4.0), ("depth", 0.5)):  # depth: the full set's
+        expected = {"uncalibrated": ReliabilityHistogram(3), "calibrated": ReliabilityHistogram(3)}
+        for batch in loader:
+            view = batch.with_modalities(subset.split("+"))
+            with torch.no_grad():
+                logits = model(view.inputs, view.present).logits
+            expected["uncalibrated"].update(logits.softmax(1), batch.label)
+            expected["calibrated"].update((logits / t).softmax(1), batch.label)
+        got = scored.calibration()[subset]
+        for kind in expected:
+            assert got[kind].ece == pytest.approx(expected[kind].compute().ece, abs=1e-9)
+            assert got[kind].nll == pytest.approx(expected[kind].compute().nll, rel=1e-6)
+    assert set(scored.to_dict()["calibration"]["rgb"]) == {"uncalibrated", "calibrated"}
+    with pytest.raises(ConfigError, match="scale rule 'cmx'"):
+        evaluate(model, loader, num_classes=3, reliability=True, scale_rule="cmx")
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A toy dataset, a random RGB-D model file for it, and the file `rgbx calibrate` writes."""
+    folder = tmp_path_factory.mktemp("calibration")
+    data = make_dataset(folder / "data", n=6, size=(16, 20), modalities=("rgb", "depth"))
+    torch.manual_seed(0)
+    model = rgbx.create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=3,
+                              head_channels=16)
+    path = folder / "model.safetensors"
+    save_model(path, model, {"classes": CLASSES, "ignore_index": 255}, iteration=7)
+    before = path.read_bytes()
+    assert main(["calibrate", str(path), "--data", str(data), "--split", "val", "--workers", "0",
+                 "--json", str(folder / "fit.json")]) == 0
+    assert path.read_bytes() == before  # the user's file is untouched
+    return data, path, folder / "model.calibrated.safetensors", json.loads((folder / "fit.json").read_text())
+
+
+def test_calibrate_writes_temperatures_per_sensor_set(calibrated, capsys):
+    data, original, path, fit = calibrated
+    info = read_model_info(path)
+    assert info["iteration"] == 7  # the rest of the record is kept
+    record = info["calibration"]
+    assert set(record["temperatures"]) == {"rgb+depth", "rgb", "depth"} and record["default"] == "rgb+depth"
+    assert record["fitted_on"] == f"{data} [val]" and record["pixels"] == 2 * (16 * 20 - 1)  # 2 images, 1 ignored
+    for figures in record["fit"].values():
+        assert figures["nll"][1] <= figures["nll"][0] + 1e-9  # the fit never makes the NLL worse
+    assert fit["temperatures"] == record["temperatures"]
+    model, _ = rgbx.load_model(path)
+    reference, _ = rgbx.load_model(original)
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)  # the weights are the same
+    assert main(["info", str(path)]) == 0
+    assert "confidence calibration: temperatures rgb+depth" in capsys.readouterr().out
+
+    out = path.parent / "one.safetensors"
+    assert main(["calibrate", str(path), "--data", str(data), "--sensors", "full", "--out", str(out),
+                 "--workers", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "replaced the temperatures" in text
+    assert list(read_model_info(out)["calibration"]["temperatures"]) == ["rgb+depth"]
+
+
+def test_eval_reports_calibrated_and_uncalibrated_confidence(calibrated, tmp_path, capsys):
+    data, original, path, _ = calibrated
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(path), "--data", str(data), "--anymodal", "--calibration", "--json", str(report),
+                 "--workers", "0"]) == 0
+    assert "confidence calibration" in capsys.readouterr().out
+    results = json.loads(report.read_text())
+    assert set(results["calibration"]) == {"rgb+depth", "rgb", "depth"}
+    assert set(results["calibration"]["rgb"]) == {"uncalibrated", "calibrated"}
+    assert results["temperatures"]["temperatures"] == read_model_info(path)["calibration"]["temperatures"]
+    # fitted on this very split: calibrated NLL is no worse than the raw softmax's
+    for kinds in results["calibration"].values():
+        assert kinds["calibrated"]["nll"] <= kinds["uncalibrated"]["nll"] + 1e-6
+    assert main(["eval", str(original), "--data", str(data), "--calibration", "--workers", "0"]) == 0
+    assert "records no temperatures" in capsys.readouterr().out
+
+
+def test_predictor_confidence_uses_the_temperature_of_the_sensors_used(calibrated):
+    _, _, path, _ = calibrated
+    temperatures = read_model_info(path)["calibration"]["temperatures"]
+    model, _ = rgbx.load_model(path)
+    segment = rgbx.Predictor.from_file(path)
+    rng = np.random.default_rng(0)
+    rgb, depth = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8), rng.integers(500, 9000, (16, 20), np.uint16)
+    for frame, used in (({"rgb": rgb, "depth": depth}, "rgb+depth"), ({"rgb": rgb}, "rgb")):
+        labels, confidence = segment(frame, confidence=True)
+        assert segment.last_temperature == pytest.approx(temperatures[used])
+        assert np.array_equal(labels, segment(frame))  # calibration never changes the labels
+        batch = collate([normalize_sample(frame_sample(frame))])
+        with torch.no_grad():
+            logits = model(batch.inputs, batch.present).logits
+        expected = (logits / temperatures[used]).softmax(1).max(1).values[0].numpy()
+        assert np.allclose(confidence, expected, atol=1e-5)
+    cautious = rgbx.Predictor.from_file(path, min_confidence=0.5)
+    labels, confidence = cautious({"rgb": rgb, "depth": depth}, confidence=True)
+    assert (labels[confidence < 0.5] == 255).all() and (labels[confidence >= 0.5] < 3).all()
+    assert np.array_equal(cautious({"rgb": rgb, "depth": depth}), labels)
+    with pytest.raises(ConfigError, match="min_confidence 1.5"):
+        rgbx.Predictor.from_file(path, min_confidence=1.5)
+
+
+def test_predict_writes_confidence_maps_and_leaves_unsure_pixels_unlabelled(calibrated, tmp_path, capsys):
+    data, _, path, _ = calibrated
+    out = tmp_path / "preds"
+    assert main(["predict", str(path), str(data), "--split", "val", "--out", str(out), "--confidence",
+                 "--min-confidence", "0.45", "--workers", "0"]) == 0
+    summary = capsys.readouterr().out
+    assert "confidence: mean" in summary and "left unlabelled" in summary and "calibrated: temperature" in summary
+    ids = sorted(p.stem for p in (out / "confidence").glob("*.png"))
+    assert ids == ["s004", "s005"]
+    for sid in ids:
+        confidence = np.asarray(Image.open(out / "confidence" / f"{sid}.png"), dtype=np.float64) / 255
+        labels = np.asarray(Image.open(out / "labels" / f"{sid}.png"))
+        unsure = labels == 255
+        assert confidence.shape == labels.shape == (16, 20)
+        # stored to 1/255: a pixel left unlabelled is below 0.45, a labelled one at or above it
+        assert (confidence[unsure] <= 0.45 + 1 / 510).all() and (confidence[~unsure] >= 0.45 - 1 / 510).all()
+        panel = np.asarray(Image.open(out / "panels" / f"{sid}.png"))
+        assert panel.shape[1] > 5 * 20  # rgb, depth, prediction, confidence, ground truth, errors
+    with pytest.raises(SystemExit):
+        main(["predict", str(path), str(data), "--out", str(out), "--min-confidence", "0"])
+    assert main(["predict", str(path), str(data), "--out", str(out), "--min-confidence", "1.5"]) == 2
+    assert "--min-confidence 1.5: expected a probability below 1" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_what_it_cannot_calibrate(calibrated, tmp_path, capsys):
+    data, path, _, _ = calibrated
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not really")
+    assert main(["calibrate", str(onnx), "--data", str(data)]) == 2
+    assert "calibrate the .safetensors file and export it again" in capsys.readouterr().err
+    other = make_dataset(tmp_path / "other", n=4, size=(16, 20), modalities=("rgb", "depth"))
+    write_description(other, name="toy", classes=[*CLASSES, "robot"], ignore_index=255,
+                      palette=[[0, 0, 0], [200, 100, 0], [220, 20, 60], [0, 0, 255]],
+                      modalities={"rgb": {"encoding": "png", "scale": 1 / 255}, "depth": {"encoding": "png",
+                                                                                       "scale": 0.001}})
+    assert main(["calibrate", str(path), "--data", str(other), "--workers", "0"]) == 2
+    assert "predicts 3 classes but" in capsys.readouterr().err
+
+
+def test_an_exported_file_keeps_the_temperatures(calibrated, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    _, _, path, _ = calibrated
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", str(path), "--out", str(onnx), "--size", "32x40", "--exporter", "torchscript"]) == 0
+    temperatures = read_model_info(path)["calibration"]["temperatures"]
+    assert main(["info", str(onnx)]) == 0
+    assert "confidence calibration: temperatures" in capsys.readouterr().out
+    deployed, original = rgbx.Predictor.from_file(onnx), rgbx.Predictor.from_file(path)
+    rng = np.random.default_rng(1)
+    frame = {"rgb": rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)}
+    labels, confidence = deployed(frame, confidence=True)
+    assert deployed.last_temperature == pytest.approx(temperatures["rgb"])
+    expected_labels, expected = original(frame, confidence=True)
+    assert np.array_equal(labels, expected_labels) and np.allclose(confidence, expected, atol=1e-4)
