@@ -164,7 +164,8 @@ def test_torchrun_eval_gives_the_single_process_results(tmp_path):
     Trainer(cfg, reporter=Reporter(quiet=True)).fit()
     weights = str(tmp_path / "run" / "model.safetensors")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for extra in (["--anymodal", "--by", "condition", "--batch-size", "2"], ["--robustness", "--batch-size", "3"]):
+    for extra in (["--anymodal", "--by", "condition", "--batch-size", "2", "--calibration"],
+                  ["--robustness", "--batch-size", "3"]):
         common = [weights, "--data", str(data), "--split", "val", "--workers", "0", *extra]
         single = subprocess.run([sys.executable, *_eval_cmd(*common, "--json", str(tmp_path / "one.json"))],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -175,7 +176,20 @@ def test_torchrun_eval_gives_the_single_process_results(tmp_path):
                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert multi.returncode == 0, multi.stdout[-2000:] + multi.stderr[-2000:]
         one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+        if "--calibration" in extra:  # float32 probabilities of other batches, summed in another order: to rounding
+            calibrated = [_numbers(run.pop("calibration")) for run in (one, two)]
+            assert len(calibrated[0]) == len(calibrated[1]) > 100
+            assert calibrated[0] == pytest.approx(calibrated[1], rel=1e-6, abs=1e-9)
         assert one == two, extra
+
+
+def _numbers(tree) -> list:
+    """The leaves of a JSON tree in order (None kept)."""
+    if isinstance(tree, dict):
+        return [v for key in sorted(tree) for v in _numbers(tree[key])]
+    if isinstance(tree, list):
+        return [v for item in tree for v in _numbers(item)]
+    return [tree]
 
 
 def test_torchrun_with_a_sensor_missing_from_whole_batches(tmp_path):
