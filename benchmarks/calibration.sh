@@ -3,7 +3,7 @@
 # high as its accuracy, before and after temperature scaling (rgbx calibrate), with one temperature for every set or
 # one per set? The models are those of benchmarks/sensor_failures.sh (RGB + depth, MiT-nano, 1200 iterations; with
 # and without modality dropout, seeds 0 and 1; run it first). Temperatures are fitted on their validation split
-# (150 scenes, seed 0) and scored on 150 held-out scenes the fit never saw (rgbx synth --seed 1).
+# (150 scenes, seed 0) and scored on 150 held-out scenes the fit never saw (rgbx synth --seed 1), also per condition.
 # Results: $OUT/<run>/calibration_{sets,one}.json; the table: python benchmarks/calibration_table.py $OUT ...
 #
 #   bash benchmarks/calibration.sh                      # OUT=runs/sensor_failures
@@ -23,7 +23,7 @@ for run in $RUNS; do
     rgbx calibrate "$model" --data "$DATA" --split val --sensors "$sensors" --workers 1 \
       --out "$OUT/$run/calibrated_$kind.safetensors" --json "$OUT/$run/calibrate_$kind.json" > /dev/null
     rgbx eval "$OUT/$run/calibrated_$kind.safetensors" --data "$HELDOUT" --split test --anymodal --calibration \
-      --by '' --workers 1 --json "$OUT/$run/calibration_$kind.json" > "$OUT/$run/calibration_$kind.txt"
+      --workers 1 --json "$OUT/$run/calibration_$kind.json" > "$OUT/$run/calibration_$kind.txt"
   done
 done
 python "$(dirname "$0")/calibration_table.py" "$OUT" --only $RUNS

@@ -30,15 +30,33 @@ def main() -> None:
         sets, one = (json.loads(paths[k].read_text()) for k in ("sets", "one"))
         t_sets, t_one = sets["temperatures"]["temperatures"], one["temperatures"]["temperatures"]
         default = one["temperatures"]["default"]
-        for subset, kinds in sets["calibration"].items():
-            raw, per_set = kinds["uncalibrated"], kinds["calibrated"]
-            single = one["calibration"][subset]["calibrated"]
+        for subset, groups in sets["calibration"].items():
+            raw, per_set = groups["all"]["uncalibrated"], groups["all"]["calibrated"]
+            single = one["calibration"][subset]["all"]["calibrated"]
             high = next(c for c in per_set["coverage"] if c["threshold"] == 0.9)
             print(f"| {run} | {subset} | {t_one[default]:.3f} | {t_sets[subset]:.3f} | {pct(raw['accuracy'])} | "
                   f"{pct(raw['confidence'])} / {pct(single['confidence'])} / {pct(per_set['confidence'])} | "
                   f"{pct(raw['ece'])} / {pct(single['ece'])} / {pct(per_set['ece'])} | "
                   f"{raw['nll']:.3f} / {single['nll']:.3f} / {per_set['nll']:.3f} | "
                   f"{pct(high['accuracy'])} ({100 * high['coverage']:.0f} %) |")
+    print()
+    print("ECE % per condition, raw → per-set temperature:")
+    print()
+    header = None
+    for run in args.only:
+        path = args.out / run / "calibration_sets.json"
+        if not path.is_file():
+            continue
+        sets = json.loads(path.read_text())
+        for subset, groups in sets["calibration"].items():
+            conditions = [g for g in groups if g != "all"]
+            if header is None:
+                header = conditions
+                print("| model | sensors | " + " | ".join(g.split("=", 1)[-1] for g in header) + " |")
+                print("|---|---|" + "---|" * len(header))
+            cells = [f"{pct(groups[g]['uncalibrated']['ece'])} → {pct(groups[g]['calibrated']['ece'])}"
+                     if g in groups else "—" for g in header]
+            print(f"| {run} | {subset} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

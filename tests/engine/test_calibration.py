@@ -180,31 +180,37 @@ def test_class_probabilities_apply_the_temperature_to_each_pass(rgbd):
         class_probabilities(model, inputs, scale_rule="cmx")
 
 
-def test_evaluate_scores_calibration_without_changing_the_miou(rgbd):
+def test_evaluate_scores_calibration_per_group_without_changing_the_miou(rgbd):
     model, _ = rgbd
     gen = torch.Generator().manual_seed(2)
     samples = [{"inputs": {"rgb": torch.randn(3, 24, 32, generator=gen), "depth": torch.randn(1, 24, 32, generator=gen)},
-                "label": torch.randint(0, 3, (24, 32), generator=gen), "meta": {"id": f"s{i}"}} for i in range(4)]
+                "label": torch.randint(0, 3, (24, 32), generator=gen),
+                "meta": {"id": f"s{i}", "attributes": {"condition": "night" if i in (1, 2) else "day"}}}
+               for i in range(4)]
     loader = [collate(samples[:2]), collate(samples[2:])]
     scaling = TemperatureScaling({"rgb+depth": 0.5, "rgb": 4.0}, "rgb+depth")
-    plain = evaluate(model, loader, num_classes=3, subsets=all_subsets(model.modalities))
+    plain = evaluate(model, loader, num_classes=3, subsets=all_subsets(model.modalities), group_by="condition")
     scored = evaluate(model, loader, num_classes=3, subsets=all_subsets(model.modalities), reliability=True,
-                      temperatures=scaling)
+                      temperatures=scaling, group_by="condition")
     assert plain.reliability == {} and "calibration" not in plain.to_dict()
     assert scored.metrics() == plain.metrics()
     for subset, t in (("rgb+depth", 0.5), ("rgb", 4.0), ("depth", 0.5)):  # depth: the full set's
-        expected = {"uncalibrated": ReliabilityHistogram(3), "calibrated": ReliabilityHistogram(3)}
-        for batch in loader:
+        for group, members in (("all", range(4)), ("condition=night", (1, 2)), ("condition=day", (0, 3))):
+            expected = {"uncalibrated": ReliabilityHistogram(3), "calibrated": ReliabilityHistogram(3)}
+            batch = collate([samples[i] for i in members])
             view = batch.with_modalities(subset.split("+"))
             with torch.no_grad():
                 logits = model(view.inputs, view.present).logits
             expected["uncalibrated"].update(logits.softmax(1), batch.label)
             expected["calibrated"].update((logits / t).softmax(1), batch.label)
-        got = scored.calibration()[subset]
-        for kind in expected:
-            assert got[kind].ece == pytest.approx(expected[kind].compute().ece, abs=1e-9)
-            assert got[kind].nll == pytest.approx(expected[kind].compute().nll, rel=1e-6)
-    assert set(scored.to_dict()["calibration"]["rgb"]) == {"uncalibrated", "calibrated"}
+            got = scored.calibration(group)[subset]
+            for kind in expected:
+                assert got[kind].pixels == expected[kind].compute().pixels
+                assert got[kind].ece == pytest.approx(expected[kind].compute().ece, abs=1e-6)
+                assert got[kind].nll == pytest.approx(expected[kind].compute().nll, rel=1e-5)
+    calibration = scored.to_dict()["calibration"]
+    assert set(calibration["rgb"]) == {"all", "condition=day", "condition=night"}
+    assert set(calibration["rgb"]["condition=night"]) == {"uncalibrated", "calibrated"}
     with pytest.raises(ConfigError, match="scale rule 'cmx'"):
         evaluate(model, loader, num_classes=3, reliability=True, scale_rule="cmx")
 
@@ -256,14 +262,15 @@ def test_eval_reports_calibrated_and_uncalibrated_confidence(calibrated, tmp_pat
     report = tmp_path / "eval.json"
     assert main(["eval", str(path), "--data", str(data), "--anymodal", "--calibration", "--json", str(report),
                  "--workers", "0"]) == 0
-    assert "confidence calibration" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "confidence calibration" in printed and "confidence calibration by group" in printed  # --by condition
     results = json.loads(report.read_text())
     assert set(results["calibration"]) == {"rgb+depth", "rgb", "depth"}
-    assert set(results["calibration"]["rgb"]) == {"uncalibrated", "calibrated"}
+    assert set(results["calibration"]["rgb"]["all"]) == {"uncalibrated", "calibrated"}
     assert results["temperatures"]["temperatures"] == read_model_info(path)["calibration"]["temperatures"]
     # fitted on this very split: calibrated NLL is no worse than the raw softmax's
-    for kinds in results["calibration"].values():
-        assert kinds["calibrated"]["nll"] <= kinds["uncalibrated"]["nll"] + 1e-6
+    for groups in results["calibration"].values():
+        assert groups["all"]["calibrated"]["nll"] <= groups["all"]["uncalibrated"]["nll"] + 1e-6
     assert main(["eval", str(original), "--data", str(data), "--calibration", "--workers", "0"]) == 0
     assert "records no temperatures" in capsys.readouterr().out
 

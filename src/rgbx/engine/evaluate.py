@@ -35,29 +35,31 @@ def all_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
 @dataclass
 class EvalResult:
     """Confusion matrices keyed by subset name, then by group (``"all"`` or ``"<attr>=<value>"``); with
-    ``reliability``, each subset's confidence histograms (:mod:`rgbx.engine.calibration`), ``"uncalibrated"`` and,
-    for a calibrated model, ``"calibrated"``."""
+    ``reliability``, confidence histograms (:mod:`rgbx.engine.calibration`) keyed the same way, then by kind:
+    ``"uncalibrated"`` and, for a calibrated model, ``"calibrated"``."""
 
     num_classes: int
     ignore_index: int
     matrices: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)
-    reliability: dict[str, dict[str, ReliabilityHistogram]] = field(default_factory=dict)
-
-    def histogram(self, subset: str, kind: str, bins: int) -> ReliabilityHistogram:
-        kinds = self.reliability.setdefault(subset, {})
-        if kind not in kinds:
-            kinds[kind] = ReliabilityHistogram(self.num_classes, self.ignore_index, bins)
-        return kinds[kind]
-
-    def calibration(self) -> dict[str, dict]:
-        """Sensor set → ``{"uncalibrated": CalibrationMetrics, "calibrated": ...}``."""
-        return {s: {k: h.compute() for k, h in kinds.items()} for s, kinds in self.reliability.items()}
+    reliability: dict[str, dict[str, dict[str, ReliabilityHistogram]]] = field(default_factory=dict)
+    bins: int = 15
 
     def matrix(self, subset: str, group: str = "all") -> ConfusionMatrix:
         groups = self.matrices.setdefault(subset, {})
         if group not in groups:
             groups[group] = ConfusionMatrix(self.num_classes, self.ignore_index)
         return groups[group]
+
+    def histogram(self, subset: str, kind: str, group: str = "all") -> ReliabilityHistogram:
+        kinds = self.reliability.setdefault(subset, {}).setdefault(group, {})
+        if kind not in kinds:
+            kinds[kind] = ReliabilityHistogram(self.num_classes, self.ignore_index, self.bins)
+        return kinds[kind]
+
+    def calibration(self, group: str = "all") -> dict[str, dict]:
+        """Sensor set → ``{"uncalibrated": CalibrationMetrics, "calibrated": ...}`` for one group."""
+        return {s: {k: h.compute() for k, h in groups[group].items()}
+                for s, groups in self.reliability.items() if group in groups}
 
     def miou(self, subset: str | None = None, group: str = "all", convention: str = "present") -> float:
         """The mIoU (0-1) of one sensor set (default: the first scored, all of the model's sensors) and group."""
@@ -80,21 +82,23 @@ class EvalResult:
         return ["all"] + sorted(g for g in seen if g != "all")
 
     def all_reduce(self) -> None:
-        """Sum the matrices over all ranks of a distributed run. Ranks may have seen different groups (a condition
-        only in one rank's share), so the union of their (subset, group) keys is agreed first and every rank
-        reduces the same matrices in the same order."""
+        """Sum the matrices (and confidence histograms) over all ranks of a distributed run. Ranks may have seen
+        different groups (a condition only in one rank's share), so the union of their keys is agreed first and
+        every rank reduces the same matrices in the same order."""
         dist = torch.distributed
         if not (dist.is_available() and dist.is_initialized()):
             return
-        keys = [(s, g) for s, groups in self.matrices.items() for g in groups]
+        keys = ([("matrix", s, g, "") for s, groups in self.matrices.items() for g in groups]
+                + [("histogram", s, g, k) for s, groups in self.reliability.items() for g, kinds in groups.items()
+                   for k in kinds])
         everyone: list = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, keys)
         union = sorted({tuple(k) for rank_keys in everyone for k in rank_keys})
-        for subset, group in union:
-            self.matrix(subset, group).all_reduce()
-        for kinds in self.reliability.values():  # every rank scored the same sets with the same temperatures
-            for histogram in kinds.values():
-                histogram.all_reduce()
+        for what, subset, group, kind in union:
+            if what == "matrix":
+                self.matrix(subset, group).all_reduce()
+            else:
+                self.histogram(subset, kind, group).all_reduce()
 
     def to_dict(self, class_names: list[str] | None = None, convention: str = "present") -> dict:
         data = {
@@ -105,8 +109,9 @@ class EvalResult:
             },
         }
         if self.reliability:
-            data["calibration"] = {s: {k: m.to_dict() for k, m in kinds.items()}
-                                   for s, kinds in self.calibration().items()}
+            data["calibration"] = {s: {g: {k: h.compute().to_dict() for k, h in kinds.items()}
+                                       for g, kinds in groups.items()}
+                                   for s, groups in self.reliability.items()}
         return data
 
 
@@ -143,8 +148,8 @@ def evaluate(
             :mod:`rgbx.engine.inference`).
         reliability: also score how well the confidences are calibrated (ECE over ``bins`` bins, NLL, accuracy
             above confidence thresholds; :mod:`rgbx.engine.calibration`), uncalibrated and, given ``temperatures``
-            (a calibrated model's), calibrated. The mIoU is that of the uncalibrated prediction either way. Under
-            multi-scale / flip averaging the calibrated probabilities take a pass of their own.
+            (a calibrated model's), calibrated; per group too. The mIoU is that of the uncalibrated prediction
+            either way. Under multi-scale / flip averaging the calibrated probabilities take a pass of their own.
     """
     if reliability and scale_rule == "cmx":
         raise ConfigError(CMX_NOT_PROBABILITIES)
@@ -152,7 +157,7 @@ def evaluate(
     device = torch.device(device)
     model_modalities = tuple(model.modalities)
     subsets = [tuple(model_modalities)] if subsets is None else [tuple(s) for s in subsets]
-    result = EvalResult(num_classes, ignore_index)
+    result = EvalResult(num_classes, ignore_index, bins=bins)
     amp = (
         torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     )
@@ -181,7 +186,11 @@ def evaluate(
                     with amp:
                         probs = class_probabilities(model, view.inputs, view.present, scales, flip, window,
                                                     scale_rule, temperature=t, scores=logits)
-                    result.histogram(name, kind, bins).update(probs, batch.label)
+                    for group, mask in groups:
+                        if mask is None:
+                            result.histogram(name, kind, group).update(probs, batch.label)
+                        elif mask.any():
+                            result.histogram(name, kind, group).update(probs[mask], batch.label[mask])
             for group, mask in groups:
                 if mask is None:
                     result.matrix(name, group).update(pred, batch.label)
@@ -223,7 +232,7 @@ def evaluate_dataset(
 
         result = rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", anymodal=True)
         result.miou(), result.miou("rgb"), result.metrics()["rgb+depth"]["all"].per_class_iou
-        rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", reliability=True).calibration()
+        rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", reliability=True).calibration()["rgb"]
     """
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform

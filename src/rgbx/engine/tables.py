@@ -85,6 +85,21 @@ def calibration_table(result: EvalResult) -> Table:
     return table
 
 
+def calibration_by_group_table(result: EvalResult) -> Table:
+    """The ECE of each sensor set (uncalibrated / calibrated) in each group, as the anymodal table's columns."""
+    groups = result.groups
+    table = Table(title="confidence calibration by group", caption="ECE % (15 bins)")
+    table.add_column("sensors")
+    table.add_column("confidences")
+    for g in groups:
+        table.add_column("all" if g == "all" else g.split("=", 1)[-1], justify="right")
+    for subset, by_group in result.reliability.items():
+        for kind in by_group.get("all", {}):
+            table.add_row(subset, kind, *[_pct(by_group[g][kind].compute().ece) if kind in by_group.get(g, {})
+                                          else "—" for g in groups])
+    return table
+
+
 def print_eval_tables(result: EvalResult, class_names: list[str], convention: str = "present",
                       per_class: bool = False, title: str | None = None, console: Console | None = None) -> None:
     console = console or wide_console()
@@ -93,3 +108,5 @@ def print_eval_tables(result: EvalResult, class_names: list[str], convention: st
         console.print(per_class_table(result, class_names, convention))
     if result.reliability:
         console.print(calibration_table(result))
+        if len(result.groups) > 1:
+            console.print(calibration_by_group_table(result))
