@@ -10,6 +10,7 @@ The public API (imported lazily so that ``rgbx --help`` stays fast)::
     rgbx.load_plugin("my_lab/gated_fusion.py")  # your own components, registered by name (docs/extending.md)
     rgbx.train("synth_cmx_b0", ["data.root=data/synth", "output_dir=runs/x"])   # = rgbx train
     rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", anymodal=True).miou("rgb")   # = rgbx eval
+    rgbx.calibrate("runs/x/model.safetensors", "data/synth", "val")   # = rgbx calibrate: temperatures per sensor set
     segment = rgbx.Predictor.from_file("runs/x/model.safetensors", monitor=True)   # raw frames; failed sensors out
 """
 
@@ -45,6 +46,7 @@ _API = {
     "load_config": "rgbx.engine.config",
     "train": "rgbx.engine.trainer",
     "evaluate": ("rgbx.engine.evaluate", "evaluate_dataset"),
+    "calibrate": ("rgbx.engine.calibration", "calibrate_file"),
     "Predictor": "rgbx.engine.predict",
     "SensorMonitor": "rgbx.data.sensor_health",
     "HealthRules": "rgbx.data.sensor_health",

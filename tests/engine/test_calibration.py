@@ -354,3 +354,24 @@ def test_an_exported_file_keeps_the_temperatures(calibrated, tmp_path, capsys):
     assert deployed.last_temperature == pytest.approx(temperatures["rgb"])
     expected_labels, expected = original(frame, confidence=True)
     assert np.array_equal(labels, expected_labels) and np.allclose(confidence, expected, atol=1e-4)
+
+
+def test_python_api_calibrates_as_the_command_does(calibrated, tmp_path):
+    data, original, path, _ = calibrated
+    written, scaling = rgbx.calibrate(original, data, "val", sensors="full", out=tmp_path / "one.safetensors")
+    assert written == tmp_path / "one.safetensors"
+    assert read_model_info(written)["calibration"] == scaling.to_dict()
+    # the same pixels drawn (same seed), so the full set's temperature is the one `rgbx calibrate` fitted with all sets
+    assert scaling.temperatures == {"rgb+depth": read_model_info(path)["calibration"]["temperatures"]["rgb+depth"]}
+    with pytest.raises(ConfigError, match="sensors 'some'"):
+        rgbx.calibrate(original, data, "val", sensors="some")
+
+
+def test_a_split_without_labelled_pixels_is_named(calibrated, tmp_path):
+    _, original, _, _ = calibrated
+    data = make_dataset(tmp_path / "unlabelled", n=4, size=(16, 20), modalities=("rgb", "depth"))
+    for label in (data / "label").glob("*.png"):
+        Image.fromarray(np.full((16, 20), 255, np.uint8)).save(label)
+    with pytest.raises(ConfigError, match=r"unlabelled \[val\]: no labelled pixel to fit a temperature on"):
+        rgbx.calibrate(original, data, "val", out=tmp_path / "never.safetensors")
+    assert not (tmp_path / "never.safetensors").exists()

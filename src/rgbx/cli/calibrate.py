@@ -44,68 +44,46 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto")
 
 
-def default_output(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name.removesuffix(".safetensors") + ".calibrated.safetensors")
-
-
 def run(args) -> int:
     import os
 
-    import torch
-
     from rgbx.cli.common import resolve_device
-    from rgbx.data import build_dataset, collate
-    from rgbx.data.transforms import EvalTransform
-    from rgbx.engine.calibration import fit_temperatures
-    from rgbx.engine.checkpoint import load_model
-    from rgbx.engine.evaluate import all_subsets
-    from rgbx.engine.onnx_model import is_onnx_file
+    from rgbx.engine.calibration import at_bound, calibrate_file
     from rgbx.engine.report import Reporter, wide_console
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
-    from rgbx.models.model_file import save_model
+    from rgbx.models.model_file import read_model_info
 
-    checkpoint = Path(args.checkpoint)
-    if is_onnx_file(checkpoint):
-        raise ConfigError(f"{checkpoint}: rgbx calibrate writes an rgbx model file; calibrate the .safetensors file "
-                          f"and export it again (rgbx export keeps the temperatures)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("rgbx calibrate runs in one process (the fit is one pass over a validation split); "
                           "start it without torchrun")
-    out = args.out or default_output(checkpoint)
     device = resolve_device(args.device)
-    model, info = load_model(checkpoint, device)
-    dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
-                            transform=EvalTransform(), **parse_options(args.option))
-    desc = dataset.description
-    if desc.num_classes != model.num_classes:
-        raise ConfigError(f"{checkpoint} predicts {model.num_classes} classes but {args.data} [{args.split}] has "
-                          f"{desc.num_classes}")
-    subsets = all_subsets(model.modalities) if args.sensors == "all" else [tuple(model.modalities)]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate,
-                                         num_workers=loader_workers(args.workers, device),
-                                         pin_memory=device.type == "cuda")
     where = f"{args.data} [{args.split}]"
-    with Reporter().progress(len(loader), label=f"calibrating on {where}") as bar:
-        scaling = fit_temperatures(model, loader, subsets, ignore_index=desc.ignore_index,
-                                   per_image=args.pixels_per_image, device=device, seed=args.seed,
-                                   progress=bar.update, fitted_on=where)
-    previous = info.get("calibration")
-    kept = {k: v for k, v in info.items() if k not in ("format", "model", "dataset", "sensors", "plugins")}
-    kept["calibration"] = scaling.to_dict()
-    save_model(out, model, info.get("dataset"), **kept)
-
+    previous = (read_model_info(args.checkpoint, missing_ok=True) if str(args.checkpoint).endswith(".safetensors")
+                else {}).get("calibration")
+    with Reporter().progress(0, label=f"calibrating on {where}") as bar:
+        out, scaling = calibrate_file(args.checkpoint, args.data, args.split, dataset=args.dataset,
+                                      options=parse_options(args.option), sensors=args.sensors,
+                                      per_image=args.pixels_per_image, seed=args.seed, out=args.out,
+                                      batch_size=args.batch_size, num_workers=loader_workers(args.workers, device),
+                                      device=device, progress=lambda done, total: bar.update(done, total))
     console = wide_console()
     console.print(calibration_fit_table(scaling, f"temperatures fitted on {where}"))
+    edge = [name for name, t in scaling.temperatures.items() if at_bound(t)]
+    if edge:
+        console.print(f"at the search's edge: {', '.join(edge)} (the confidences of these sets carry almost no "
+                      f"information about being right; is the model trained for them?)", markup=False,
+                      highlight=False)
     if previous:
-        console.print(f"replaced the temperatures {checkpoint} held (fitted on {previous.get('fitted_on')})",
+        console.print(f"replaced the temperatures {args.checkpoint} held (fitted on {previous.get('fitted_on')})",
                       markup=False, highlight=False)
-    console.print(f"wrote {out}; check it on another split: rgbx eval {out} --data {args.data} --split test "
-                  f"--calibration{' --anymodal' if len(subsets) > 1 else ''}", markup=False, highlight=False,
-                  soft_wrap=True)
+    other = "val" if args.split == "test" else "test"
+    console.print(f"wrote {out}; check it on another split: rgbx eval {out} --data {args.data} --split {other} "
+                  f"--calibration{' --anymodal' if len(scaling.temperatures) > 1 else ''}", markup=False,
+                  highlight=False, soft_wrap=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"checkpoint": str(checkpoint), "out": str(out), **scaling.to_dict()},
+        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "out": str(out), **scaling.to_dict()},
                                         indent=2))
     return 0
 
@@ -114,7 +92,8 @@ def calibration_fit_table(scaling, title: str):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(title), caption="NLL in nats per pixel, ECE in % (15 bins), on the pixels drawn for the fit")
+    table = Table(title=Text(title), caption="NLL in nats per pixel, ECE in % (15 bins), on the pixels drawn for the "
+                                             "fit")
     for column in ("sensors", "temperature", "NLL before", "NLL after", "ECE before", "ECE after", "pixels"):
         table.add_column(column, justify="left" if column == "sensors" else "right")
     for name, t in scaling.temperatures.items():

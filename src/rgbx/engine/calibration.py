@@ -16,7 +16,8 @@ others. A network trained with cross-entropy is usually over-confident, and diff
 * :class:`TemperatureScaling`: one temperature per sensor set (``"rgb+depth"``, ``"rgb"``, ...), kept in the model
   file (``calibration``), so that a model that loses its depth camera at run time uses the temperature fitted for RGB
   alone. A set without its own temperature uses the full set's.
-* :func:`fit_temperatures`: the temperatures of a model over a loader (``rgbx calibrate``).
+* :func:`fit_temperatures`: the temperatures of a model over a loader; :func:`calibrate_file`: those of a model file
+  on a dataset split, written into a copy of the file (``rgbx calibrate``, ``rgbx.calibrate``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -277,6 +279,9 @@ def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[
     temperatures, fit, pixels = {}, {}, 0
     for subset, sample in samples.items():
         name = "+".join(subset)
+        if not len(sample):
+            raise ConfigError(f"{fitted_on or 'the data'}: no labelled pixel to fit a temperature on (every label "
+                              f"is the ignore index {ignore_index})")
         logits, labels = sample.tensors()
         t = fit_temperature(logits, labels)
         temperatures[name] = t
@@ -291,3 +296,72 @@ def _sample_ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float, 
     histogram = ReliabilityHistogram(logits.shape[1], ignore_index=-1, bins=bins)
     histogram.update((logits.float() / temperature).softmax(1).T[None, :, :, None], labels[None, :, None])
     return histogram.compute().ece
+
+
+def calibrated_path(checkpoint: str | Path) -> Path:
+    """Where :func:`calibrate_file` writes by default: ``MODEL.calibrated.safetensors`` beside ``MODEL``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".safetensors") + ".calibrated.safetensors")
+
+
+def at_bound(temperature: float, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> bool:
+    """Whether a fitted temperature stopped at the search's edge (the confidences carry almost no information, or
+    the logits almost none of their scale)."""
+    return temperature <= bounds[0] * 1.01 or temperature >= bounds[1] * 0.99
+
+
+def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val", *, dataset: str = "folder",
+                   options: dict | None = None, sensors: str = "all", per_image: int = 2048, seed: int = 0,
+                   out: str | Path | None = None, batch_size: int = 4, num_workers: int = 0,
+                   device: str | torch.device = "cpu",
+                   progress: Callable[[int, int], None] | None = None) -> tuple[Path, TemperatureScaling]:
+    """Fit the temperatures of an rgbx model file on a labelled dataset split and write a copy of the file that
+    records them (what ``rgbx calibrate`` does). Returns the path written and the temperatures.
+
+    Args:
+        checkpoint: the rgbx model file; it is not modified unless ``out`` names it (then replaced atomically).
+        data, split, dataset, options: the dataset folder, its split, its registered loader and the loader's options.
+        sensors: ``"all"``: one temperature per non-empty subset of the model's sensors; ``"full"``: one, fitted
+            with every sensor, for every set.
+        per_image, seed: labelled pixels drawn at random from each image for the fit, and the draw's seed.
+        out: the file to write (default :func:`calibrated_path`).
+        progress: a callable(batches_done, batches), called after each batch.
+
+    Example::
+
+        path, scaling = rgbx.calibrate("runs/x/model.safetensors", "data/synth", "val")
+        scaling.temperatures   # {"rgb+depth": 0.96, "rgb": 1.71, "depth": 0.71}
+    """
+    from rgbx.data import build_dataset, collate
+    from rgbx.data.transforms import EvalTransform
+    from rgbx.engine.checkpoint import load_model
+    from rgbx.engine.device import resolve_device
+    from rgbx.engine.evaluate import all_subsets
+    from rgbx.engine.onnx_model import is_onnx_file
+    from rgbx.models.model_file import save_model
+
+    checkpoint = Path(checkpoint)
+    if is_onnx_file(checkpoint):
+        raise ConfigError(f"{checkpoint}: calibration writes an rgbx model file; calibrate the .safetensors file and "
+                          f"export it again (rgbx export keeps the temperatures)")
+    if sensors not in ("all", "full"):
+        raise ConfigError(f"sensors {sensors!r}: expected 'all' (a temperature per sensor set) or 'full' (one)")
+    device = resolve_device(device)
+    model, info = load_model(checkpoint, device)
+    opened = build_dataset(dataset, data, split, modalities=list(model.modalities), transform=EvalTransform(),
+                           **(options or {}))
+    desc = opened.description
+    if desc.num_classes != model.num_classes:
+        raise ConfigError(f"{checkpoint} predicts {model.num_classes} classes but {data} [{split}] has "
+                          f"{desc.num_classes}")
+    subsets = all_subsets(model.modalities) if sensors == "all" else [tuple(model.modalities)]
+    loader = torch.utils.data.DataLoader(opened, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
+    scaling = fit_temperatures(model, loader, subsets, ignore_index=desc.ignore_index, per_image=per_image,
+                               device=device, seed=seed, fitted_on=f"{data} [{split}]",
+                               progress=None if progress is None else lambda done: progress(done, len(loader)))
+    kept = {k: v for k, v in info.items() if k not in ("format", "model", "dataset", "sensors", "plugins")}
+    kept["calibration"] = scaling.to_dict()
+    out = Path(out) if out is not None else calibrated_path(checkpoint)
+    save_model(out, model, info.get("dataset"), **kept)
+    return out, scaling
