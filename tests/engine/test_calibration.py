@@ -297,6 +297,10 @@ def test_predictor_confidence_uses_the_temperature_of_the_sensors_used(calibrate
     assert np.array_equal(cautious({"rgb": rgb, "depth": depth}), labels)
     with pytest.raises(ConfigError, match="min_confidence 1.5"):
         rgbx.Predictor.from_file(path, min_confidence=1.5)
+    model, info = rgbx.load_model(path)
+    info["dataset"]["ignore_index"] = 0  # a dataset whose "unlabelled" id is a class the model predicts
+    with pytest.raises(ConfigError, match="ignore index 0, which is one of the model's 3 classes"):
+        rgbx.Predictor(model, info, min_confidence=0.5)
 
 
 def test_predict_writes_confidence_maps_and_leaves_unsure_pixels_unlabelled(calibrated, tmp_path, capsys):

@@ -30,11 +30,12 @@ EXAMPLES = """  rgbx predict runs/cmx/model.safetensors data/synth --split test 
   rgbx predict model.safetensors rgb=frames/ lidar=scans/ --out preds/ --check-sensors --sensor-rule lidar.frozen_after=6
   rgbx predict model.calibrated.safetensors rgb=frames/ depth=depth/ --out preds/ --confidence --min-confidence 0.6
 Writes OUT/labels/<id>.png (class indices), OUT/color/<id>.png (palette) and OUT/panels/<id>.png (inputs,
-prediction and, for labelled datasets, ground truth and error map). With --confidence, OUT/confidence/<id>.png holds
-each pixel's probability of its class × 255 (calibrated by the temperatures rgbx calibrate wrote into the model
-file, for the sensors used); --min-confidence P leaves the pixels below P unlabelled (the ignore index, 255). With --check-sensors, each sample's frames
+prediction and, for labelled datasets, ground truth and error map). With --check-sensors, each sample's frames
 are screened first (black, empty, saturated, NaN, or the same as the sensor's previous frames in file-name order: a
-stream); a failed sensor is left out, and OUT/sensor_health.csv lists every frame's checks.
+stream); a failed sensor is left out, and OUT/sensor_health.csv lists every frame's checks. With --confidence,
+OUT/confidence/<id>.png holds each pixel's probability of its class × 255 (calibrated by the temperatures rgbx
+calibrate wrote into the model file, for the sensors used); --min-confidence P leaves the pixels below P
+unlabelled (the ignore index, 255).
 """
 
 

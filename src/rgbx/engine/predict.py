@@ -71,6 +71,10 @@ class Predictor:
 
         self.palette = [tuple(c) for c in dataset.get("palette") or default_palette(n)]
         self.ignore_index = dataset.get("ignore_index", 255)
+        if min_confidence is not None and 0 <= self.ignore_index < n:
+            raise ConfigError(f"min_confidence leaves unsure pixels as the ignore index {self.ignore_index}, which is "
+                              f"one of the model's {n} classes here ({self.classes[self.ignore_index]!r}): the "
+                              "unlabelled pixels could not be told from that class")
 
     @classmethod
     def from_file(cls, path, device: str | torch.device = "cpu", fast: bool = False, **test_time) -> Predictor:
