@@ -22,6 +22,7 @@ from rgbx.engine.calibration import (
     ReliabilityHistogram,
     TemperatureScaling,
     fit_temperature,
+    fit_temperatures,
     temperature_nll,
 )
 from rgbx.engine.evaluate import all_subsets, evaluate
@@ -144,6 +145,8 @@ def test_temperature_record_round_trip_and_lookup():
     assert back.temperature(["depth", "rgb"], order=("rgb", "depth")) == 1.2  # named in the model's order
     assert back.temperature(["rgb"]) == 2.0
     assert back.temperature(["depth"]) == 1.2  # no temperature of its own: the full set's
+    present = {"rgb": torch.tensor([True, True, False]), "depth": torch.tensor([True, False, True])}
+    assert back.per_sample(present, ("rgb", "depth")).tolist() == pytest.approx([1.2, 2.0, 1.2])
     assert TemperatureScaling.from_info({}) is None
     with pytest.raises(CheckpointError, match="m.safetensors: unreadable calibration record"):
         TemperatureScaling.from_info({"calibration": {"temperatures": {"rgb": -1}, "default": "rgb"}},
@@ -174,6 +177,12 @@ def test_class_probabilities_apply_the_temperature_to_each_pass(rgbd):
         flipped = model({m: x.flip(-1) for m, x in inputs.items()}).logits.flip(-1)
         expected = ((logits / 2).softmax(1) + (flipped / 2).softmax(1)) / 2
         assert torch.allclose(class_probabilities(model, inputs, flip=True, temperature=2.0), expected, atol=1e-5)
+        per_sample = torch.tensor([2.0, 0.5]).view(-1, 1, 1, 1)  # one temperature per sample, the flip pass too
+        expected = ((logits / per_sample).softmax(1) + (flipped / per_sample).softmax(1)) / 2
+        assert torch.allclose(class_probabilities(model, inputs, flip=True, temperature=per_sample.view(-1)),
+                              expected, atol=1e-5)
+        assert torch.allclose(class_probabilities(model, inputs, temperature=per_sample.view(-1)),
+                              (logits / per_sample).softmax(1), atol=1e-6)
         uncalibrated = predict_logits(model, inputs, flip=True)
         assert torch.equal(class_probabilities(model, inputs, flip=True, scores=uncalibrated), uncalibrated)
     with pytest.raises(ConfigError, match="scale rule 'cmx'"):
@@ -187,6 +196,7 @@ def test_evaluate_scores_calibration_per_group_without_changing_the_miou(rgbd):
                 "label": torch.randint(0, 3, (24, 32), generator=gen),
                 "meta": {"id": f"s{i}", "attributes": {"condition": "night" if i in (1, 2) else "day"}}}
                for i in range(4)]
+    del samples[3]["inputs"]["depth"]  # a sample without depth: scored with the temperature of what it has
     loader = [collate(samples[:2]), collate(samples[2:])]
     scaling = TemperatureScaling({"rgb+depth": 0.5, "rgb": 4.0}, "rgb+depth")
     plain = evaluate(model, loader, num_classes=3, subsets=all_subsets(model.modalities), group_by="condition")
@@ -194,7 +204,9 @@ def test_evaluate_scores_calibration_per_group_without_changing_the_miou(rgbd):
                       temperatures=scaling, group_by="condition")
     assert plain.reliability == {} and "calibration" not in plain.to_dict()
     assert scored.metrics() == plain.metrics()
-    for subset, t in (("rgb+depth", 0.5), ("rgb", 4.0), ("depth", 0.5)):  # depth: the full set's
+    # each sample's temperature: its own sensors' (depth: none of its own, the full set's; sample 3 lacks depth)
+    by_hand = {"rgb+depth": [0.5, 0.5, 0.5, 4.0], "rgb": [4.0] * 4, "depth": [0.5] * 4}
+    for subset, t in by_hand.items():
         for group, members in (("all", range(4)), ("condition=night", (1, 2)), ("condition=day", (0, 3))):
             expected = {"uncalibrated": ReliabilityHistogram(3), "calibrated": ReliabilityHistogram(3)}
             batch = collate([samples[i] for i in members])
@@ -202,7 +214,8 @@ def test_evaluate_scores_calibration_per_group_without_changing_the_miou(rgbd):
             with torch.no_grad():
                 logits = model(view.inputs, view.present).logits
             expected["uncalibrated"].update(logits.softmax(1), batch.label)
-            expected["calibrated"].update((logits / t).softmax(1), batch.label)
+            temperature = torch.tensor([t[i] for i in members]).view(-1, 1, 1, 1)
+            expected["calibrated"].update((logits / temperature).softmax(1), batch.label)
             got = scored.calibration(group)[subset]
             for kind in expected:
                 assert got[kind].pixels == expected[kind].compute().pixels
@@ -213,6 +226,26 @@ def test_evaluate_scores_calibration_per_group_without_changing_the_miou(rgbd):
     assert set(calibration["rgb"]["condition=night"]) == {"uncalibrated", "calibrated"}
     with pytest.raises(ConfigError, match="scale rule 'cmx'"):
         evaluate(model, loader, num_classes=3, reliability=True, scale_rule="cmx")
+
+
+def test_each_set_is_fitted_on_the_images_that_have_all_its_sensors(rgbd):
+    model, _ = rgbd
+    gen = torch.Generator().manual_seed(5)
+
+    def sample(*sensors):
+        shapes = {"rgb": 3, "depth": 1}
+        return {"inputs": {m: torch.randn(shapes[m], 24, 32, generator=gen) for m in sensors},
+                "label": torch.randint(0, 3, (24, 32), generator=gen), "meta": {"id": "x"}}
+
+    loader = [collate([sample("rgb", "depth"), sample("rgb")])]  # the second image has no depth
+    scaling = fit_temperatures(model, loader, [("rgb", "depth"), ("rgb",), ("depth",)], per_image=50)
+    assert {name: fit["pixels"] for name, fit in scaling.fit.items()} == {"rgb+depth": 50, "rgb": 100, "depth": 50}
+    only_rgb = [collate([sample("rgb"), sample("rgb")])]
+    scaling = fit_temperatures(model, only_rgb, [("rgb",), ("depth",)], per_image=50, fitted_on="rig [val]")
+    assert set(scaling.temperatures) == {"rgb"} and scaling.fit["depth"]["pixels"] == 0
+    assert scaling.temperature(["depth"]) == scaling.temperatures["rgb"]  # the default set's
+    with pytest.raises(ConfigError, match=r"rig \[val\]: no labelled pixel to fit the temperature of rgb\+depth"):
+        fit_temperatures(model, only_rgb, [("rgb", "depth"), ("rgb",)], per_image=50, fitted_on="rig [val]")
 
 
 @pytest.fixture(scope="module")
@@ -376,6 +409,6 @@ def test_a_split_without_labelled_pixels_is_named(calibrated, tmp_path):
     data = make_dataset(tmp_path / "unlabelled", n=4, size=(16, 20), modalities=("rgb", "depth"))
     for label in (data / "label").glob("*.png"):
         Image.fromarray(np.full((16, 20), 255, np.uint8)).save(label)
-    with pytest.raises(ConfigError, match=r"unlabelled \[val\]: no labelled pixel to fit a temperature on"):
+    with pytest.raises(ConfigError, match=r"unlabelled \[val\]: no labelled pixel to fit the temperature of rgb\+de"):
         rgbx.calibrate(original, data, "val", out=tmp_path / "never.safetensors")
     assert not (tmp_path / "never.safetensors").exists()

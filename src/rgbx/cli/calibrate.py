@@ -96,8 +96,11 @@ def calibration_fit_table(scaling, title: str):
                                              "fit")
     for column in ("sensors", "temperature", "NLL before", "NLL after", "ECE before", "ECE after", "pixels"):
         table.add_column(column, justify="left" if column == "sensors" else "right")
-    for name, t in scaling.temperatures.items():
-        fit = scaling.fit.get(name, {})
+    for name in scaling.fit:
+        fit, t = scaling.fit[name], scaling.temperatures.get(name)
+        if t is None:
+            table.add_row(name, "—", "", "", "", "", "0 (" + fit.get("note", "") + ")")
+            continue
         nll, ece = fit.get("nll", [float("nan")] * 2), fit.get("ece", [float("nan")] * 2)
         table.add_row(name, f"{t:.3f}", f"{nll[0]:.4f}", f"{nll[1]:.4f}", f"{100 * ece[0]:.2f}",
                       f"{100 * ece[1]:.2f}", str(fit.get("pixels", "")))

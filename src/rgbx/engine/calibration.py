@@ -232,6 +232,16 @@ class TemperatureScaling:
             return self.temperatures[name]
         return self.temperatures.get(self.default, 1.0)
 
+    def per_sample(self, present: dict[str, torch.Tensor], order: Sequence[str]) -> torch.Tensor:
+        """(B,) float32: each sample's temperature, for the sensors ``present`` (modality → (B,) bool, a batch's
+        presence masks) says it has, ordered by ``order`` (the model's sensors)."""
+        from rgbx.data.sample import host_masks
+
+        names = [m for m in order if m in present]
+        rows = host_masks(present, names).tolist()
+        return torch.tensor([self.temperature([n for n, has in zip(names, row) if has]) for row in rows],
+                            dtype=torch.float32)
+
     def to_dict(self) -> dict:
         return {"method": "temperature", **asdict(self)}
 
@@ -259,8 +269,12 @@ def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[
                      progress: Callable[[int], None] | None = None, fitted_on: str = "",
                      bins: int = DEFAULT_BINS) -> TemperatureScaling:
     """One temperature per sensor set in ``subsets`` (the first is the default), fitted on up to ``per_image``
-    labelled pixels of each image of ``loader`` (batches of :class:`~rgbx.data.Batch`), from one forward pass of each
-    set per batch. ``fit`` records each set's NLL and ECE on those pixels before and after."""
+    labelled pixels of each image of ``loader`` (batches of :class:`~rgbx.data.Batch`) that has every sensor of the
+    set, from one forward pass of each set per batch. ``fit`` records each set's NLL and ECE on those pixels before
+    and after. A set no image has in full gets no temperature of its own (``fit`` says so); the default set must
+    have one."""
+    from rgbx.data.sample import host_masks
+
     device = torch.device(device)
     model.eval()
     subsets = [tuple(s) for s in subsets]
@@ -272,16 +286,28 @@ def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[
             batch = batch.to(device, non_blocking=True)
             for subset in subsets:
                 view = batch.with_modalities(subset)
-                if view.inputs:
+                have = [m for m in subset if m in view.present]  # a sensor no image of the batch has: not there
+                complete = (host_masks(view.present, have).all(1) if len(have) == len(subset)
+                            else torch.zeros(1, dtype=torch.bool))
+                if complete.all():
                     samples[subset].add(model(view.inputs, view.present).logits, batch.label)
+                elif complete.any():  # only the images that have every sensor of the set
+                    keep = complete.to(device)
+                    logits = model(view.inputs, view.present).logits
+                    samples[subset].add(logits[keep], batch.label[keep])
             if progress is not None:
                 progress(i + 1)
     temperatures, fit, pixels = {}, {}, 0
     for subset, sample in samples.items():
         name = "+".join(subset)
         if not len(sample):
-            raise ConfigError(f"{fitted_on or 'the data'}: no labelled pixel to fit a temperature on (every label "
-                              f"is the ignore index {ignore_index})")
+            if subset == subsets[0]:
+                raise ConfigError(f"{fitted_on or 'the data'}: no labelled pixel to fit the temperature of {name} on "
+                                  f"(every label is the ignore index {ignore_index}, or no image has all of "
+                                  f"{', '.join(subset)})")
+            fit[name] = {"pixels": 0, "note": f"no image with all of {', '.join(subset)}: {name} uses the "
+                                              f"temperature of {'+'.join(subsets[0])}"}
+            continue
         logits, labels = sample.tensors()
         t = fit_temperature(logits, labels)
         temperatures[name] = t

@@ -148,7 +148,8 @@ def evaluate(
             :mod:`rgbx.engine.inference`).
         reliability: also score how well the confidences are calibrated (ECE over ``bins`` bins, NLL, accuracy
             above confidence thresholds; :mod:`rgbx.engine.calibration`), uncalibrated and, given ``temperatures``
-            (a calibrated model's), calibrated; per group too. The mIoU is that of the uncalibrated prediction
+            (a calibrated model's), calibrated, each sample with the temperature of the sensors it has; per group
+            too. The mIoU is that of the uncalibrated prediction
             either way. Under multi-scale / flip averaging the calibrated probabilities take a pass of their own.
     """
     if reliability and scale_rule == "cmx":
@@ -180,8 +181,8 @@ def evaluate(
             name = subset_name(subset)
             if reliability:
                 kinds = {"uncalibrated": 1.0}
-                if temperatures is not None:
-                    kinds["calibrated"] = temperatures.temperature(subset, model_modalities)
+                if temperatures is not None:  # each sample's sensor set (a sample may lack one of the subset's)
+                    kinds["calibrated"] = temperatures.per_sample(view.present, model_modalities).to(device)
                 for kind, t in kinds.items():
                     with amp:
                         probs = class_probabilities(model, view.inputs, view.present, scales, flip, window,

@@ -142,16 +142,16 @@ def scaled_size(size: tuple[int, int], scale: float, rule: str = "rgbx") -> tupl
 def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
                    present: Mapping[str, torch.Tensor] | None = None, scales: Sequence[float] = (1.0,),
                    flip: bool = False, window: SlidingWindow | None = None, scale_rule: str = "rgbx",
-                   temperature: float = 1.0) -> torch.Tensor:
+                   temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
     """(B, K, H, W) scores at the input size: the model's logits for one pass (whole image, or averaged over
     ``window``'s sliding windows), else the mean softmax probability over ``scales`` × (identity, horizontal
     flip), each pass sliding its windows over the rescaled image when ``window`` is given. ``scale_rule``: how a
     scale becomes a size and how inputs and logits are resized (:data:`SCALE_RULES`, module docstring); ``"cmx"``
     returns CMX's summed exp scores (:func:`cmx_scores`). ``temperature`` divides each pass's logits
-    (:mod:`rgbx.engine.calibration`). Callers take the argmax."""
+    (:mod:`rgbx.engine.calibration`): one number, or (B,) one per sample. Callers take the argmax."""
     scales = tuple(float(s) for s in scales)
     if check_scale_rule(scale_rule) == "cmx":
-        if temperature != 1.0:
+        if not _is_one(temperature):
             raise ConfigError(CMX_NOT_PROBABILITIES)
         return cmx_scores(model, inputs, present, scales, flip, window)
     reference = scale_rule == "dformer"
@@ -165,7 +165,7 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
                 view = {m: F.interpolate(x, size=window.size, mode="bilinear", align_corners=True)
                         for m, x in view.items()}
             logits = _slide(model, view, mask, window)
-        return logits if temperature == 1.0 else logits / temperature
+        return logits if _is_one(temperature) else _divide(logits, temperature)
 
     h, w = next(iter(inputs.values())).shape[-2:]
     if scales == (1.0,) and not flip:
@@ -201,6 +201,19 @@ CMX_NOT_PROBABILITIES = ("scale rule 'cmx' sums CMX's exp scores, which are not 
                          "calibration need the rgbx or dformer rule")
 
 
+def _is_one(temperature: float | torch.Tensor) -> bool:
+    return not isinstance(temperature, torch.Tensor) and temperature == 1.0
+
+
+def _divide(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """``logits`` (N, K, H, W) / the temperature: a number, or (B,) per sample, N a multiple of B (a flip pass
+    stacks the mirror images after the images)."""
+    if not isinstance(temperature, torch.Tensor):
+        return logits / temperature
+    t = temperature.to(logits.device, torch.float32)
+    return logits.float() / t.repeat(logits.shape[0] // t.shape[0]).view(-1, 1, 1, 1)
+
+
 def single_pass(scales: Sequence[float], flip: bool) -> bool:
     """Whether :func:`predict_logits` returns one pass's logits (not averaged probabilities)."""
     return tuple(float(s) for s in scales) == (1.0,) and not flip
@@ -209,17 +222,18 @@ def single_pass(scales: Sequence[float], flip: bool) -> bool:
 def class_probabilities(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
                         present: Mapping[str, torch.Tensor] | None = None, scales: Sequence[float] = (1.0,),
                         flip: bool = False, window: SlidingWindow | None = None, scale_rule: str = "rgbx",
-                        temperature: float = 1.0, scores: torch.Tensor | None = None) -> torch.Tensor:
+                        temperature: float | torch.Tensor = 1.0, scores: torch.Tensor | None = None) -> torch.Tensor:
     """(B, K, H, W) float32 class probabilities: ``softmax(logits / temperature)`` of one pass, or their mean over
-    the test-time passes. ``scores``: :func:`predict_logits`'s result for the same inputs at temperature 1, reused
-    where it gives the answer without running the model again (one pass, or a temperature of 1)."""
+    the test-time passes; ``temperature``: one number, or (B,) one per sample (each sample's sensor set's). ``scores``:
+    :func:`predict_logits`'s result for the same inputs at temperature 1, reused where it gives the answer without
+    running the model again (one pass, or a temperature of 1)."""
     if check_scale_rule(scale_rule) == "cmx":
         raise ConfigError(CMX_NOT_PROBABILITIES)
     if single_pass(scales, flip):
         logits = scores if scores is not None else predict_logits(model, inputs, present, scales, flip, window,
                                                                   scale_rule)
-        return (logits.float() / temperature).softmax(1)
-    if scores is not None and temperature == 1.0:
+        return _divide(logits.float(), temperature).softmax(1)
+    if scores is not None and _is_one(temperature):
         return scores.float()
     return predict_logits(model, inputs, present, scales, flip, window, scale_rule, temperature).float()
 
