@@ -150,6 +150,26 @@ def test_panel_confidence_tile_and_unsure_pixels():
         make_panel({"rgb": torch.ones(3, H, W)}, pred, confidence=confidence[:2])
 
 
+def test_reliability_diagram_draws_accuracy_and_the_gap_to_confidence():
+    from rgbx.visualize import reliability_image
+
+    bins = [{"lower": i / 4, "upper": (i + 1) / 4, "pixels": 0, "confidence": None, "accuracy": None}
+            for i in range(4)]
+    bins[3].update(pixels=100, confidence=0.9, accuracy=0.5)  # over-confident: red between 0.5 and 0.9
+    bins[1].update(pixels=50, confidence=0.4, accuracy=0.45)  # under-confident: green between 0.40 and 0.45
+    image = reliability_image(bins, size=200)
+    blue, red, green = (49, 130, 189), (222, 45, 38), (49, 163, 84)
+    rows, cols = np.nonzero((image == red).all(axis=2))
+    assert rows.max() - rows.min() + 1 == pytest.approx(0.4 * 200, abs=2)  # the gap: 0.9 - 0.5
+    blue_rows = np.nonzero((image[:, cols.min()] == blue).all(axis=1))[0]
+    assert blue_rows.max() - blue_rows.min() + 1 == pytest.approx(0.5 * 200, abs=2)  # the bar: accuracy 0.5
+    assert blue_rows.min() == rows.max() + 1  # the red gap sits on the bar
+    assert (image == green).all(axis=2).sum() > 0
+    assert not (image[:, : cols.min() - 60] == red).all(axis=2).any()  # nothing red in the other bins
+    titled = reliability_image(bins, title="rgb, calibrated", ece=0.1234, size=200)
+    assert titled.shape[0] > image.shape[0] and titled.shape[1] == image.shape[1]
+
+
 def test_save_image_roundtrip(tmp_path):
     img = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
     path = save_image(tmp_path / "sub" / "panel.png", img)

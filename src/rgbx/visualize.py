@@ -24,7 +24,8 @@ from rgbx.modalities import ModalitySpec, get_modality
 
 Color = tuple[int, int, int]
 
-__all__ = ["colorize", "confusion_image", "default_palette", "make_panel", "render_modality", "save_image"]
+__all__ = ["colorize", "confusion_image", "default_palette", "make_panel", "reliability_image", "render_modality",
+           "save_image"]
 
 # 10 evenly spaced samples (t = 0, 1/9, ..., 1) of each colour map
 _ANCHORS = {
@@ -380,6 +381,63 @@ def confusion_image(matrix, class_names: Sequence[str] | None = None, cell: int 
         ImageDraw.Draw(strip).text((label_w - tw - gap, 0), name, fill=(0, 0, 0), font=font)
         turned = strip.rotate(90, expand=True)
         canvas.paste(turned, (label_w + j * cell + (cell - turned.width) // 2, head_h - label_w))
+    return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def reliability_image(bins: Sequence[Mapping], title: str | None = None, size: int = 200,
+                      ece: float | None = None) -> np.ndarray:
+    """A reliability diagram: for each confidence bin (equal widths over 0-1), a bar as high as the accuracy of its
+    pixels (blue), the gap to their mean confidence shaded (red: over-confident, the bar below the confidence; green:
+    under-confident), the diagonal of perfect calibration, and under it each bin's share of the pixels (grey).
+
+    Args:
+        bins: per bin, ``lower``, ``upper``, ``pixels``, ``confidence`` and ``accuracy`` (0-1; None for an empty
+            bin): :class:`rgbx.engine.calibration.CalibrationMetrics`'s ``bins``.
+        title: text strip above the plot.
+        size: the plot's side in pixels.
+        ece: written in the corner (0-1) when given.
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    font = _font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = max(_text_size(probe, "Ag", font)[1], 8)
+    gap, share_h = 4, max(size // 5, 12)
+    left = _text_size(probe, "1.0", font)[0] + 2 * gap
+    title_h = text_h + 2 * gap if title else 0
+    width = left + size + 2 * gap
+    height = title_h + size + gap + share_h + text_h + 3 * gap
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap, gap), title, fill=(0, 0, 0), font=font)
+    top = title_h
+    x_of = lambda v: left + round(v * size)  # noqa: E731
+    y_of = lambda v: top + size - round(v * size)  # noqa: E731
+    draw.rectangle([left, top, left + size, top + size], outline=(0, 0, 0))
+    total = max(sum(int(b["pixels"]) for b in bins), 1)
+    most = max(max(int(b["pixels"]) for b in bins), 1) if bins else 1
+    base = top + size + gap + share_h
+    for b in bins:
+        x0, x1 = x_of(float(b["lower"])) + 1, x_of(float(b["upper"])) - 1
+        if b.get("accuracy") is not None:
+            acc, conf = float(b["accuracy"]), float(b["confidence"])
+            draw.rectangle([x0, y_of(acc), x1, top + size], fill=(49, 130, 189))
+            if abs(conf - acc) * size >= 1:
+                colour = (222, 45, 38) if conf > acc else (49, 163, 84)
+                draw.rectangle([x0, y_of(max(conf, acc)), x1, y_of(min(conf, acc))], fill=colour)
+        if int(b["pixels"]):
+            draw.rectangle([x0, base - max(1, round(share_h * int(b["pixels"]) / most)), x1, base],
+                           fill=(150, 150, 150))
+    draw.line([x_of(0), y_of(0), x_of(1), y_of(1)], fill=(0, 0, 0), width=1)
+    for v in (0.0, 0.5, 1.0):
+        label = f"{v:.1f}"
+        draw.text((gap, y_of(v) - text_h // 2), label, fill=(0, 0, 0), font=font)
+    caption = f"x: confidence, bars: accuracy; {total} px"
+    if ece is not None:
+        draw.text((left + gap, top + gap), f"ECE {100 * ece:.2f}%", fill=(0, 0, 0), font=font)
+    draw.text((left, base + gap), caption, fill=(0, 0, 0), font=font)
     return np.asarray(canvas, dtype=np.uint8).copy()
 
 

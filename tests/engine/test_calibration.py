@@ -306,6 +306,19 @@ def test_eval_reports_calibrated_and_uncalibrated_confidence(calibrated, tmp_pat
         assert groups["all"]["calibrated"]["nll"] <= groups["all"]["uncalibrated"]["nll"] + 1e-6
     assert main(["eval", str(original), "--data", str(data), "--calibration", "--workers", "0"]) == 0
     assert "records no temperatures" in capsys.readouterr().out
+    diagrams = tmp_path / "reliability"
+    assert main(["eval", str(path), "--data", str(data), "--anymodal", "--calibration", "--reliability",
+                 str(diagrams), "--workers", "0"]) == 0
+    assert sorted(p.name for p in diagrams.iterdir()) == sorted(f"{s}.{e}" for s in ("rgb+depth", "rgb", "depth")
+                                                                for e in ("png", "csv"))
+    rows = (diagrams / "rgb.csv").read_text().splitlines()
+    assert rows[0] == "confidences,lower,upper,pixels,confidence,accuracy" and len(rows) == 1 + 2 * 15
+    pixels = sum(int(r.split(",")[3]) for r in rows[1:] if r.startswith("calibrated"))
+    assert pixels == results["calibration"]["rgb"]["all"]["calibrated"]["pixels"]
+    image = np.asarray(Image.open(diagrams / "rgb.png"))
+    assert image.shape[1] > 2 * 200  # raw and calibrated side by side
+    assert main(["eval", str(path), "--data", str(data), "--reliability", str(diagrams)]) == 2
+    assert "add --calibration" in capsys.readouterr().err
 
 
 def test_predictor_confidence_uses_the_temperature_of_the_sensors_used(calibrated):

@@ -36,6 +36,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --confusion runs/cmx/confusion  # what is mistaken for what
   rgbx eval runs/cmx/model.safetensors --data data/synth --fast              # the device's fast path
   rgbx eval runs/cmx/model.calibrated.safetensors --data data/synth --split test --anymodal --calibration   # ECE, NLL
+  rgbx eval runs/cmx/model.calibrated.safetensors --data data/synth --anymodal --calibration --reliability runs/cmx/reliability
   rgbx eval runs/cmx/model.onnx --data data/synth --runtime openvino        # the exported file, as deployed
   rgbx eval runs/ms3/model.safetensors --data data/other --zero-shot names.safetensors   # MS3: classes by name
   rgbx eval cmx_b2_nyu.safetensors --data data/NYUDepthv2 --dataset nyudepthv2 --as-published multi-scale  # as CMX does
@@ -92,6 +93,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also score how far the confidences can be trusted, per sensor set: expected calibration "
                         "error (15 bins), NLL, and the accuracy of the pixels above confidence thresholds; "
                         "uncalibrated and, for a model file rgbx calibrate wrote, with its temperatures")
+    p.add_argument("--reliability", type=Path, metavar="DIR",
+                   help="with --calibration: write each sensor set's reliability diagrams here (<set>.png: accuracy "
+                        "per confidence bin against the diagonal, raw and calibrated side by side; <set>.csv: the "
+                        "bins)")
     p.add_argument("--json", type=Path, help="write all results as JSON here")
     p.add_argument("--confusion", type=Path, metavar="DIR",
                    help="write each evaluated sensor set's confusion matrix here (<set>.csv: pixel counts, rows = "
@@ -137,6 +142,8 @@ def _evaluate(args, device, ctx) -> int:
 
     if args.failures is not None and not args.robustness:
         raise ConfigError("--failures chooses the silent failures of --robustness; add --robustness")
+    if args.reliability is not None and not args.calibration:
+        raise ConfigError("--reliability draws the figures of --calibration; add --calibration")
     if args.calibration and (args.robustness or args.zero_shot is not None):
         raise ConfigError(f"--calibration scores the plain evaluation's confidences; drop "
                           f"{'--robustness' if args.robustness else '--zero-shot'}")
@@ -211,6 +218,8 @@ def _evaluate(args, device, ctx) -> int:
               f"them on a validation split)")
     if args.confusion:
         write_confusion(result, list(desc.classes), args.confusion)
+    if args.reliability is not None:
+        write_reliability(result, args.reliability)
     if args.json:
         data = result.to_dict(list(desc.classes), convention=args.miou)
         data.update({"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
@@ -335,6 +344,33 @@ def write_confusion(result, class_names: list[str], folder: Path, top: int = 10)
     console = wide_console()
     console.print(confusion_table(result.matrices[fullest]["all"], class_names, f"largest confusions, {fullest}", top))
     console.print(f"confusion matrices: {folder}")
+
+
+def write_reliability(result, folder: Path) -> None:
+    """``folder/<sensor set>.png`` (the reliability diagrams of every kind of confidence scored, side by side) and
+    ``.csv`` (each bin's pixels, confidence and accuracy per kind), over all samples."""
+    import csv
+
+    import numpy as np
+
+    from rgbx.visualize import reliability_image, save_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for subset, kinds in result.calibration().items():
+        images = [reliability_image(m.bins, title=f"{subset}, {kind}", ece=m.ece) for kind, m in kinds.items()]
+        height = max(image.shape[0] for image in images)
+        save_image(folder / f"{subset}.png", np.concatenate(
+            [np.pad(image, ((0, height - image.shape[0]), (0, 8), (0, 0)), constant_values=255) for image in images],
+            axis=1))
+        with open(folder / f"{subset}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["confidences", "lower", "upper", "pixels", "confidence", "accuracy"])
+            for kind, m in kinds.items():
+                for b in m.bins:
+                    writer.writerow([kind, f"{b['lower']:.4f}", f"{b['upper']:.4f}", b["pixels"],
+                                     "" if b["confidence"] is None else f"{b['confidence']:.6f}",
+                                     "" if b["accuracy"] is None else f"{b['accuracy']:.6f}"])
+    print(f"reliability diagrams: {folder}")
 
 
 def _test_time(args, window) -> dict:
