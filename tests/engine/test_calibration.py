@@ -425,3 +425,19 @@ def test_a_split_without_labelled_pixels_is_named(calibrated, tmp_path):
     with pytest.raises(ConfigError, match=r"unlabelled \[val\]: no labelled pixel to fit the temperature of rgb\+de"):
         rgbx.calibrate(original, data, "val", out=tmp_path / "never.safetensors")
     assert not (tmp_path / "never.safetensors").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_histogram_on_the_gpu_gives_the_cpu_figures():
+    gen = torch.Generator().manual_seed(4)
+    probs = (torch.randn(2, 5, 30, 40, generator=gen) * 2).softmax(1)
+    labels = torch.randint(0, 5, (2, 30, 40), generator=gen)
+    on_cpu, on_gpu = ReliabilityHistogram(5), ReliabilityHistogram(5)
+    on_cpu.update(probs, labels)
+    on_gpu.update(probs.cuda(), labels.cuda())
+    on_gpu.update(probs.cuda(), labels.cuda())
+    on_cpu.update(probs, labels)
+    a, b = on_cpu.compute(), on_gpu.compute()
+    assert [x["pixels"] for x in a.bins] == [x["pixels"] for x in b.bins]  # sums on the GPU: equal to rounding
+    assert a.ece == pytest.approx(b.ece) and a.nll == pytest.approx(b.nll) and a.coverage == b.coverage

@@ -81,28 +81,32 @@ class ReliabilityHistogram:
         if not valid.any():
             return
         probs = probs.float()
+        if self.counts.device != probs.device:  # the sums stay on the device: no host round trip per batch
+            self._move(probs.device)
         conf, pred = probs.max(1)
         truth = target.clamp(0, self.num_classes - 1).long()
         p_true = probs.gather(1, truth[:, None])[:, 0]
         conf, pred, truth, p_true = conf[valid], pred[valid], truth[valid], p_true[valid]
         right = (pred == truth).double()
-        conf64 = conf.double()
         b = (conf * self.bins).long().clamp(0, self.bins - 1)
-        self.counts += torch.bincount(b, minlength=self.bins).double().cpu()
-        self.confidence += torch.bincount(b, weights=conf64, minlength=self.bins).cpu()
-        self.correct += torch.bincount(b, weights=right, minlength=self.bins).cpu()
-        self.nll += -torch.log(p_true.double().clamp_min(1e-12)).sum().cpu()
-        for i, t in enumerate(self.thresholds):
-            kept = conf >= t
-            self.above[i] += kept.sum().double().cpu()
-            self.above_correct[i] += right[kept].sum().cpu()
+        self.counts += torch.bincount(b, minlength=self.bins).double()
+        self.confidence += torch.bincount(b, weights=conf.double(), minlength=self.bins)
+        self.correct += torch.bincount(b, weights=right, minlength=self.bins)
+        self.nll += -torch.log(p_true.double().clamp_min(1e-12)).sum()
+        kept = conf[None] >= torch.tensor(self.thresholds, device=conf.device)[:, None]  # (thresholds, pixels)
+        self.above += kept.sum(1).double()
+        self.above_correct += (kept.double() * right).sum(1)
 
     def _state(self) -> list[torch.Tensor]:
         return [self.counts, self.confidence, self.correct, self.nll, self.above, self.above_correct]
 
+    def _move(self, device) -> None:
+        self.counts, self.confidence, self.correct, self.nll, self.above, self.above_correct = (
+            t.to(device) for t in self._state())
+
     def merge(self, other: ReliabilityHistogram) -> None:
         for mine, theirs in zip(self._state(), other._state()):
-            mine += theirs
+            mine += theirs.to(mine.device)
 
     def all_reduce(self) -> None:
         """Sum over the ranks of a distributed run (one collective)."""
@@ -111,12 +115,14 @@ class ReliabilityHistogram:
             return
         state = self._state()
         device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        flat = torch.cat(state).to(device)
+        flat = torch.cat([s.to(device) for s in state])
         dist.all_reduce(flat)
-        for mine, part in zip(state, flat.cpu().split([s.numel() for s in state])):
+        self._move("cpu")
+        for mine, part in zip(self._state(), flat.cpu().split([s.numel() for s in state])):
             mine.copy_(part)
 
     def compute(self) -> CalibrationMetrics:
+        self._move("cpu")
         n = float(self.counts.sum())
         if n == 0:
             nan = float("nan")
