@@ -77,15 +77,23 @@ def run(args) -> int:
     if previous:
         console.print(f"replaced the temperatures {args.checkpoint} held (fitted on {previous.get('fitted_on')})",
                       markup=False, highlight=False)
-    other = "val" if args.split == "test" else "test"
-    console.print(f"wrote {out}; check it on another split: rgbx eval {out} --data {args.data} --split {other} "
-                  f"--calibration{' --anymodal' if len(scaling.temperatures) > 1 else ''}", markup=False,
-                  highlight=False, soft_wrap=True)
+    console.print(f"wrote {out}; check it on data the fit did not see: rgbx eval {out} --data {args.data} --split "
+                  f"{_held_out_split(args)} --calibration{' --anymodal' if len(scaling.temperatures) > 1 else ''}",
+                  markup=False, highlight=False, soft_wrap=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "out": str(out), **scaling.to_dict()},
                                         indent=2))
     return 0
+
+
+def _held_out_split(args) -> str:
+    """A split of the dataset folder other than the fitted one, for the closing hint (``SPLIT`` when there is none,
+    or the dataset is not an rgbx folder)."""
+    from rgbx.data.datasets.folder import list_splits
+
+    others = [s for s in list_splits(args.data) if s not in (args.split, "train")] if args.dataset == "folder" else []
+    return "test" if "test" in others else (others[0] if others else "SPLIT")
 
 
 def calibration_fit_table(scaling, title: str):
