@@ -33,7 +33,7 @@ def tiny_config(root, out, *extra):
 def test_train_writes_weights_logs_and_evaluates(tmp_path):
     root = make_dataset(tmp_path / "d", n=8)
     cfg = tiny_config(root, tmp_path / "run", "train.iters=6", "train.checkpoint_every=3", "train.eval_every=3",
-                      "method.modality_dropout=0.5")
+                      "method.modality_dropout=0.5", "train.calibrate=true")
     metrics = Trainer(cfg, reporter=Reporter(quiet=True)).fit()
     run = tmp_path / "run"
     for name in ("model.safetensors", "best.safetensors", "checkpoints/last.safetensors",
@@ -58,6 +58,13 @@ def test_train_writes_weights_logs_and_evaluates(tmp_path):
     assert main(["eval", str(run / "best.safetensors"), "--data", str(root), "--json", str(tmp_path / "e.json")]) == 0
     scored = json.loads((tmp_path / "e.json").read_text())["subsets"]["rgb+depth+thermal"]["all"]["miou"]
     assert scored == pytest.approx(best["val_miou"], abs=1e-6)
+    # train.calibrate: the final file records the temperatures rgbx calibrate fits on the validation split
+    import rgbx
+
+    recorded = info["calibration"]["temperatures"]
+    assert len(recorded) == 7 and info["calibration"]["fitted_on"] == f"{root} [val]"
+    _, refitted = rgbx.calibrate(run / "model.safetensors", root, "val", out=tmp_path / "refit.safetensors")
+    assert refitted.temperatures == pytest.approx(recorded, rel=2e-3)  # batches of 4, not 2: logits to rounding
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):

@@ -129,6 +129,9 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None = torch default)
     eval_group_by: str | None = "condition"  # report eval metrics per value of this sample attribute
+    # at the end, fit confidence temperatures per sensor set on the validation split and record them in the final
+    # model file (what rgbx calibrate does: rgbx.engine.calibration)
+    calibrate: bool = False
     tensorboard: bool = False
     # multi-process runs under torchrun (rgbx.engine.distributed); batch_size is per process
     sync_bn: bool = True  # BatchNorm statistics over all processes (CUDA)

@@ -33,7 +33,7 @@ from rgbx.engine.config import ExperimentConfig, TrainConfig, to_dict, to_yaml
 from rgbx.engine.device import resolve_device
 from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
 from rgbx.engine.environment import run_environment
-from rgbx.engine.evaluate import EvalResult, evaluate
+from rgbx.engine.evaluate import EvalResult, all_subsets, evaluate
 from rgbx.engine.fastpath import (
     CudaGraphTrainStep,
     SpeedOptions,
@@ -653,7 +653,8 @@ class Trainer:
         self.save_checkpoint()
         result = self._eval_and_log(tb)
         if self.dist.is_main:
-            save_model(self.paths.final_weights, self.model, self.description.to_dict(), **self._file_info())
+            extra = {"calibration": self._calibrate().to_dict()} if cfg.calibrate else {}
+            save_model(self.paths.final_weights, self.model, self.description.to_dict(), **self._file_info(**extra))
             written = self.method.save_run_files(self.paths.root)  # e.g. MS3's head, for zero-shot prediction
             if written is not None:
                 self.reporter.print(f"method files: {written}")
@@ -661,6 +662,23 @@ class Trainer:
             tb.close()
         self.dist.barrier()  # the final files are written before any rank returns
         return result
+
+    def _calibrate(self):
+        """Temperatures per sensor set fitted on the whole validation split (``train.calibrate``; the main process
+        alone, after training)."""
+        from rgbx.engine.calibration import fit_temperatures
+
+        data = self.cfg.data
+        loader = torch.utils.data.DataLoader(self.val_set, batch_size=self.cfg.train.eval_batch_size, shuffle=False,
+                                             collate_fn=collate, num_workers=self.num_workers,
+                                             pin_memory=self.device.type == "cuda")
+        scaling = fit_temperatures(self.model, loader, all_subsets(self.model.modalities),
+                                   ignore_index=self.description.ignore_index, device=self.device,
+                                   seed=self.cfg.train.seed, fitted_on=f"{data.root} [{data.val_split}]")
+        self.model.train()
+        self.reporter.print("confidence temperatures (validation split): "
+                            + ", ".join(f"{k} {v:.3f}" for k, v in scaling.temperatures.items()))
+        return scaling
 
     def _eval_and_log(self, tb=None) -> dict:
         result = self.evaluate()
