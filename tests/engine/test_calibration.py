@@ -406,6 +406,13 @@ def test_an_exported_file_keeps_the_temperatures(calibrated, tmp_path, capsys):
     assert np.array_equal(labels, expected_labels) and np.allclose(confidence, expected, atol=1e-4)
 
 
+def test_python_evaluate_reads_the_temperatures_of_the_file(calibrated):
+    data, original, path, _ = calibrated
+    result = rgbx.evaluate(path, data, "val", anymodal=True, reliability=True)
+    assert set(result.calibration()["rgb"]) == {"uncalibrated", "calibrated"}
+    assert set(rgbx.evaluate(original, data, "val", reliability=True).calibration()["rgb+depth"]) == {"uncalibrated"}
+
+
 def test_python_api_calibrates_as_the_command_does(calibrated, tmp_path):
     data, original, path, _ = calibrated
     written, scaling = rgbx.calibrate(original, data, "val", sensors="full", out=tmp_path / "one.safetensors")

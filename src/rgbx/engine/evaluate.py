@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rgbx.engine.calibration import ReliabilityHistogram, TemperatureScaling
+from rgbx.engine.calibration import DEFAULT_BINS, ReliabilityHistogram, TemperatureScaling
 from rgbx.engine.inference import CMX_NOT_PROBABILITIES, SlidingWindow, class_probabilities, predict_logits
 from rgbx.engine.metrics import ConfusionMatrix, SegMetrics
 from rgbx.errors import ConfigError
@@ -42,7 +42,7 @@ class EvalResult:
     ignore_index: int
     matrices: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)
     reliability: dict[str, dict[str, dict[str, ReliabilityHistogram]]] = field(default_factory=dict)
-    bins: int = 15
+    bins: int = DEFAULT_BINS
 
     def matrix(self, subset: str, group: str = "all") -> ConfusionMatrix:
         groups = self.matrices.setdefault(subset, {})
@@ -133,7 +133,7 @@ def evaluate(
     scale_rule: str = "rgbx",
     reliability: bool = False,
     temperatures: TemperatureScaling | None = None,
-    bins: int = 15,
+    bins: int = DEFAULT_BINS,
 ) -> EvalResult:
     """Evaluate ``model`` on ``loader`` (batches of :class:`~rgbx.data.Batch`).
 
@@ -149,8 +149,8 @@ def evaluate(
         reliability: also score how well the confidences are calibrated (ECE over ``bins`` bins, NLL, accuracy
             above confidence thresholds; :mod:`rgbx.engine.calibration`), uncalibrated and, given ``temperatures``
             (a calibrated model's), calibrated, each sample with the temperature of the sensors it has; per group
-            too. The mIoU is that of the uncalibrated prediction
-            either way. Under multi-scale / flip averaging the calibrated probabilities take a pass of their own.
+            too. The mIoU is that of the uncalibrated prediction either way. Under multi-scale / flip averaging the
+            calibrated probabilities take a pass of their own.
     """
     if reliability and scale_rule == "cmx":
         raise ConfigError(CMX_NOT_PROBABILITIES)
@@ -233,7 +233,9 @@ def evaluate_dataset(
 
         result = rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", anymodal=True)
         result.miou(), result.miou("rgb"), result.metrics()["rgb+depth"]["all"].per_class_iou
-        rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", reliability=True).calibration()["rgb"]
+        result = rgbx.evaluate("runs/x/model.calibrated.safetensors", "data/synth", "test", anymodal=True,
+                               reliability=True)
+        result.calibration()["rgb"]["calibrated"].ece   # rgb alone, with its temperature
     """
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform

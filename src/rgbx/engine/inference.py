@@ -168,7 +168,7 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
         return logits if _is_one(temperature) else _divide(logits, temperature)
 
     h, w = next(iter(inputs.values())).shape[-2:]
-    if scales == (1.0,) and not flip:
+    if single_pass(scales, flip):
         logits = one_pass(inputs, present)
         if logits.shape[-2:] != (h, w):  # a window larger than the image, under the dformer rule
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
