@@ -29,7 +29,7 @@ from rgbx.engine.evaluate import all_subsets, evaluate
 from rgbx.engine.inference import class_probabilities, predict_logits
 from rgbx.engine.predict import frame_sample
 from rgbx.errors import CheckpointError, ConfigError
-from rgbx.models.model_file import read_model_info, save_model
+from rgbx.models.model_file import read_model_info
 from tests.conftest import CLASSES, make_dataset
 
 
@@ -110,10 +110,22 @@ def test_fit_temperature_recovers_a_known_temperature():
         assert temperature_nll(logits * true_t, labels, fitted) <= best + 1e-6
 
 
+def test_temperature_over_test_time_passes_explains_their_mean_probability():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 500, 4, generator=gen) * 2  # three passes of 500 pixels
+    labels = torch.randint(0, 4, (500,), generator=gen)
+    for t in (0.5, 1.0, 2.0):
+        mean = (logits / t).softmax(-1).mean(0)
+        direct = -torch.log(mean[torch.arange(500), labels]).mean()
+        assert temperature_nll(logits, labels, t) == pytest.approx(float(direct), rel=1e-5)
+    same = logits[:1].expand(2, -1, -1)  # two identical passes: the single pass's temperature
+    assert fit_temperature(same, labels) == pytest.approx(fit_temperature(logits[0], labels), rel=1e-3)
+
+
 def test_fit_temperature_refuses_empty_or_misshaped_input():
-    with pytest.raises(ConfigError, match=r"\(N, K\) logits"):
+    with pytest.raises(ConfigError, match=r"\(N, K\) or \(P, N, K\) logits"):
         fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
-    with pytest.raises(ConfigError, match=r"\(N, K\) logits"):
+    with pytest.raises(ConfigError, match=r"\(N, K\) or \(P, N, K\) logits"):
         fit_temperature(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long))
 
 
@@ -250,14 +262,22 @@ def test_each_set_is_fitted_on_the_images_that_have_all_its_sensors(rgbd):
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
-    """A toy dataset, a random RGB-D model file for it, and the file `rgbx calibrate` writes."""
+    """A toy dataset, an RGB-D model file briefly trained on it (20 steps: temperatures inside the search's bounds,
+    unlike a random model's), and the file `rgbx calibrate` writes."""
+    from rgbx.engine.config import load_config
+    from rgbx.engine.report import Reporter
+    from rgbx.engine.trainer import Trainer
+
     folder = tmp_path_factory.mktemp("calibration")
     data = make_dataset(folder / "data", n=6, size=(16, 20), modalities=("rgb", "depth"))
-    torch.manual_seed(0)
-    model = rgbx.create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=3,
-                              head_channels=16)
+    cfg = load_config(None, [f"data.root={data}", f"output_dir={folder / 'run'}", "model.backbone=mit_nano",
+                             "model.head_channels=16", "model.modalities=[rgb,depth]", "data.crop_size=[16,20]",
+                             "data.num_workers=0", "train.batch_size=2", "train.eval_batch_size=2", "train.iters=20",
+                             "train.eval_every=0", "train.checkpoint_every=0", "optim.warmup_iters=2",
+                             "optim.lr=2e-3", "method.modality_dropout=0.3"])
+    Trainer(cfg, reporter=Reporter(quiet=True)).fit()
     path = folder / "model.safetensors"
-    save_model(path, model, {"classes": CLASSES, "ignore_index": 255}, iteration=7)
+    path.write_bytes((folder / "run" / "model.safetensors").read_bytes())
     before = path.read_bytes()
     assert main(["calibrate", str(path), "--data", str(data), "--split", "val", "--workers", "0",
                  "--json", str(folder / "fit.json")]) == 0
@@ -268,8 +288,9 @@ def calibrated(tmp_path_factory):
 def test_calibrate_writes_temperatures_per_sensor_set(calibrated, capsys):
     data, original, path, fit = calibrated
     info = read_model_info(path)
-    assert info["iteration"] == 7  # the rest of the record is kept
+    assert info["iteration"] == 20 and info["training"]["modality_dropout"] == 0.3  # the rest of the record is kept
     record = info["calibration"]
+    assert all(0.1 < t < 10 for t in record["temperatures"].values())  # a trained model: inside the bounds
     assert set(record["temperatures"]) == {"rgb+depth", "rgb", "depth"} and record["default"] == "rgb+depth"
     assert record["fitted_on"] == f"{data} [val]" and record["pixels"] == 2 * (16 * 20 - 1)  # 2 images, 1 ignored
     for figures in record["fit"].values():
@@ -422,6 +443,31 @@ def test_python_api_calibrates_as_the_command_does(calibrated, tmp_path):
     assert scaling.temperatures == {"rgb+depth": read_model_info(path)["calibration"]["temperatures"]["rgb+depth"]}
     with pytest.raises(ConfigError, match="sensors 'some'"):
         rgbx.calibrate(original, data, "val", sensors="some")
+
+
+def test_calibrate_for_multi_scale_and_flip(calibrated, tmp_path, capsys):
+    data, original, path, _ = calibrated
+    out = tmp_path / "flip.safetensors"
+    assert main(["calibrate", str(original), "--data", str(data), "--sensors", "full", "--scales", "0.5", "1",
+                 "--flip", "--out", str(out), "--workers", "0"]) == 0
+    record = read_model_info(out)["calibration"]
+    assert record["test_time"] == {"scales": [0.5, 1.0], "flip": True, "scale_rule": "rgbx", "window": None,
+                                   "stride": None}
+    fit = record["fit"]["rgb+depth"]
+    assert fit["nll"][1] <= fit["nll"][0] + 1e-9
+    single_pass = read_model_info(path)["calibration"]["temperatures"]["rgb+depth"]
+    assert record["temperatures"]["rgb+depth"] != pytest.approx(single_pass, rel=1e-3)  # fitted for other passes
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "for scales 0.5 1, flip" in capsys.readouterr().out
+    report = tmp_path / "flip.json"
+    assert main(["eval", str(out), "--data", str(data), "--calibration", "--scales", "0.5", "1", "--flip",
+                 "--json", str(report), "--workers", "0"]) == 0
+    assert "were fitted for the test-time passes" not in capsys.readouterr().out
+    scored = json.loads(report.read_text())["calibration"]["rgb+depth"]["all"]
+    assert scored["calibrated"]["nll"] <= scored["uncalibrated"]["nll"] + 1e-6  # the same split: never worse
+    assert main(["eval", str(out), "--data", str(data), "--calibration", "--workers", "0"]) == 0
+    assert "were fitted for the test-time passes" in capsys.readouterr().out
 
 
 def test_a_split_without_labelled_pixels_is_named(calibrated, tmp_path):

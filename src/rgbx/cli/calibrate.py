@@ -5,17 +5,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rgbx.cli.common import add_command, add_dataset_arguments, non_negative_int, parse_options, positive_int
+from rgbx.cli.common import (
+    add_command,
+    add_dataset_arguments,
+    add_test_time_arguments,
+    non_negative_int,
+    parse_options,
+    positive_int,
+    sliding_window_from_args,
+)
 
 EXAMPLES = """  rgbx calibrate runs/cmx/model.safetensors --data data/synth --split val   # -> runs/cmx/model.calibrated.safetensors
   rgbx eval runs/cmx/model.calibrated.safetensors --data data/synth --split test --anymodal --calibration
   rgbx predict runs/cmx/model.calibrated.safetensors rgb=frames/ depth=depth/ --out preds/ --confidence --min-confidence 0.6
   rgbx calibrate runs/cmx/model.safetensors --data data/synth --sensors full   # one temperature for every sensor set
+  rgbx calibrate runs/cmx/model.safetensors --data data/synth --scales 0.75 1 1.25 --flip   # for multi-scale + flip
 Fits, for each set of the model's sensors (every non-empty subset by default), the temperature T that makes
 softmax(logits / T) the most likely explanation of the labels of the split (Guo et al. 2017), and writes a copy of
 the model file that records them. Predictions (argmax) do not change; confidences (rgbx predict --confidence,
 Predictor(..., confidence=True)) become calibrated, with the temperature of the sensors actually used, so they stay
-honest when a sensor fails. Fit on a split the model was not trained on, and check on another one.
+honest when a sensor fails. Fit on a split the model was not trained on, and check on another one. With
+--scales / --flip / --window, the fit is for those test-time passes (averaging them softens the probabilities):
+give the ones the deployment uses.
 """
 
 
@@ -34,6 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--pixels-per-image", type=positive_int, default=2048,
                    help="labelled pixels drawn at random from each image for the fit (default 2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pixel draw")
+    add_test_time_arguments(p)
     p.add_argument("--out", type=Path,
                    help="the calibrated model file to write (default: MODEL.calibrated.safetensors beside MODEL; "
                         "giving MODEL itself replaces it, atomically)")
@@ -66,7 +78,9 @@ def run(args) -> int:
                                       options=parse_options(args.option), sensors=args.sensors,
                                       per_image=args.pixels_per_image, seed=args.seed, out=args.out,
                                       batch_size=args.batch_size, num_workers=loader_workers(args.workers, device),
-                                      device=device, progress=lambda done, total: bar.update(done, total))
+                                      device=device, progress=lambda done, total: bar.update(done, total),
+                                      scales=tuple(args.scales), flip=args.flip, window=sliding_window_from_args(args),
+                                      scale_rule=args.scale_rule)
     console = wide_console()
     console.print(calibration_fit_table(scaling, f"temperatures fitted on {where}"))
     edge = [name for name, t in scaling.temperatures.items() if at_bound(t)]

@@ -216,6 +216,12 @@ def _evaluate(args, device, ctx) -> int:
     if args.calibration and temperatures is None:
         print(f"{args.checkpoint} records no temperatures: the figures are the raw softmax's (rgbx calibrate fits "
               f"them on a validation split)")
+    elif args.calibration and temperatures.test_time:
+        fitted = {k: temperatures.test_time.get(k) for k in ("scales", "flip", "window", "scale_rule")}
+        here = {k: v for k, v in _test_time(args, window).items() if k in fitted}
+        if fitted != here:
+            print(f"the temperatures were fitted for the test-time passes {fitted}; this evaluation makes {here} "
+                  f"(rgbx calibrate takes the same --scales / --flip / --window)")
     if args.confusion:
         write_confusion(result, list(desc.classes), args.confusion)
     if args.reliability is not None:

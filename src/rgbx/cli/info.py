@@ -155,8 +155,12 @@ def _print_calibration(info: dict) -> None:
     c = info.get("calibration")
     if isinstance(c, dict):
         temperatures = ", ".join(f"{k} {float(v):.3f}" for k, v in (c.get("temperatures") or {}).items())
-        print(f"confidence calibration: temperatures {temperatures} (fitted on {c.get('fitted_on')}; a sensor set "
-              f"without its own uses {c.get('default')}'s)")
+        t = c.get("test_time") or {}
+        passes = (f"; for scales {' '.join(f'{v:g}' for v in t.get('scales') or [1.0])}"
+                  f"{', flip' if t.get('flip') else ''}{', window ' + 'x'.join(map(str, t['window'])) if t.get('window') else ''}"
+                  if t.get("flip") or t.get("window") or (t.get("scales") or [1.0]) != [1.0] else "")
+        print(f"confidence calibration: temperatures {temperatures} (fitted on {c.get('fitted_on')}{passes}; a sensor "
+              f"set without its own uses {c.get('default')}'s)")
 
 
 def _describe_onnx(file) -> int:

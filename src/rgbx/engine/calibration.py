@@ -147,9 +147,21 @@ class ReliabilityHistogram:
 # --- temperature scaling --------------------------------------------------------------------------------------------
 
 
+def temperature_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(N, K) probabilities: ``softmax(logits / temperature)`` of (N, K) logits, or the mean over the test-time
+    passes of (P, N, K) logits (what :func:`rgbx.engine.inference.predict_logits` averages)."""
+    probs = (logits.float() / temperature).softmax(-1)
+    return probs if logits.dim() == 2 else probs.mean(0)
+
+
 def temperature_nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
-    """Mean NLL (nats) of ``softmax(logits / temperature)`` for (N, K) logits and (N,) labels."""
-    return float(F.cross_entropy(logits.float() / temperature, labels.long()))
+    """Mean NLL (nats) of :func:`temperature_probabilities` for (N, K) or (P, N, K) logits and (N,) labels."""
+    labels = labels.long()
+    if logits.dim() == 2:
+        return float(F.cross_entropy(logits.float() / temperature, labels))
+    # the mean of the passes' probabilities, in log space: log mean_p p_p(y) = logsumexp_p log p_p(y) - log P
+    log_p = (logits.float() / temperature).log_softmax(-1).gather(-1, labels.expand(logits.shape[0], -1)[..., None])
+    return float(-(torch.logsumexp(log_p[..., 0], 0) - math.log(logits.shape[0])).mean())
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
@@ -157,9 +169,10 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
     """The temperature in ``bounds`` that minimises the NLL of ``softmax(logits / T)`` (Guo et al. §4.2): a
     golden-section search over ``log T`` (the NLL is convex in ``1 / T``, so it has one minimum there).
 
-    ``logits``: (N, K) held-out pixels' logits; ``labels``: (N,) their classes."""
-    if logits.dim() != 2 or labels.shape != logits.shape[:1] or logits.shape[0] == 0:
-        raise ConfigError(f"temperature fitting needs (N, K) logits and (N,) labels with N > 0; got "
+    ``logits``: (N, K) held-out pixels' logits, or (P, N, K): each of P test-time passes' (the probabilities then
+    averaged over the passes, as multi-scale / flip testing does); ``labels``: (N,) their classes."""
+    if logits.dim() not in (2, 3) or labels.dim() != 1 or labels.shape[0] != logits.shape[-2] or not labels.numel():
+        raise ConfigError(f"temperature fitting needs (N, K) or (P, N, K) logits and (N,) labels with N > 0; got "
                           f"{tuple(logits.shape)} and {tuple(labels.shape)}")
     logits, labels = logits.float(), labels.long()
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
@@ -194,26 +207,36 @@ class PixelSample:
         self._logits: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
 
-    def add(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """``logits`` (B, K, H, W), ``target`` (B, H, W)."""
-        k = logits.shape[1]
-        for z, y in zip(logits, target):
+    def add(self, logits, target: torch.Tensor, num_classes: int | None = None) -> None:
+        """``logits``: (B, K, H, W), or an iterable of them (each test-time pass's, read one at a time: the same
+        pixels are drawn from each); ``target`` (B, H, W); ``num_classes``: K (read off a tensor when not given)."""
+        passes = [logits] if isinstance(logits, torch.Tensor) else logits
+        k = num_classes if num_classes is not None else logits.shape[1]
+        chosen = []
+        for y in target:
             where = ((y != self.ignore_index) & (y >= 0) & (y < k)).flatten().nonzero()[:, 0].cpu()
-            if where.numel() == 0:
-                continue
             if where.numel() > self.per_image:
                 where = where[torch.randperm(where.numel(), generator=self.generator)[: self.per_image]]
-            where = where.to(z.device)
-            self._logits.append(z.flatten(1)[:, where].T.float().cpu())
-            self._labels.append(y.flatten()[where].long().cpu())
+            chosen.append(where)
+        drawn = [[] for _ in chosen]  # per image: each pass's (n, K)
+        for z in passes:
+            for i, where in enumerate(chosen):
+                if where.numel():
+                    drawn[i].append(z[i].flatten(1)[:, where.to(z.device)].T.float().cpu())
+        for y, where, per_pass in zip(target, chosen, drawn):
+            if where.numel():
+                self._logits.append(torch.stack(per_pass))
+                self._labels.append(y.flatten()[where.to(y.device)].long().cpu())
 
     def __len__(self) -> int:
         return sum(len(y) for y in self._labels)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, K) logits and (N,) labels; (P, N, K) logits when the images were added with P test-time passes."""
         if not self._labels:
             raise ConfigError("no labelled pixel to fit a temperature on")
-        return torch.cat(self._logits), torch.cat(self._labels)
+        logits = torch.cat(self._logits, 1)
+        return (logits[0] if logits.shape[0] == 1 else logits), torch.cat(self._labels)
 
 
 @dataclass
@@ -227,6 +250,7 @@ class TemperatureScaling:
     fitted_on: str = ""
     pixels: int = 0
     fit: dict[str, dict] = field(default_factory=dict)  # set -> nll / ece before and after, on the fitted pixels
+    test_time: dict = field(default_factory=dict)  # the test-time passes fitted for (scales, flip, window, ...)
 
     def temperature(self, sensors: Iterable[str], order: Sequence[str] | None = None) -> float:
         """The temperature for predicting from ``sensors`` (ordered by ``order``, the model's sensors, if given)."""
@@ -263,7 +287,7 @@ class TemperatureScaling:
             if bad:
                 raise ValueError(f"temperatures must be positive and finite, got {bad}")
             return cls(temperatures, str(record["default"]), str(record.get("fitted_on", "")),
-                       int(record.get("pixels", 0)), dict(record.get("fit") or {}))
+                       int(record.get("pixels", 0)), dict(record.get("fit") or {}), dict(record.get("test_time") or {}))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             from rgbx.errors import CheckpointError
 
@@ -273,13 +297,16 @@ class TemperatureScaling:
 def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[str]], *, ignore_index: int = 255,
                      per_image: int = 2048, device: str | torch.device = "cpu", seed: int = 0,
                      progress: Callable[[int], None] | None = None, fitted_on: str = "",
-                     bins: int = DEFAULT_BINS) -> TemperatureScaling:
+                     bins: int = DEFAULT_BINS, scales: Sequence[float] = (1.0,), flip: bool = False,
+                     window=None, scale_rule: str = "rgbx") -> TemperatureScaling:
     """One temperature per sensor set in ``subsets`` (the first is the default), fitted on up to ``per_image``
     labelled pixels of each image of ``loader`` (batches of :class:`~rgbx.data.Batch`) that has every sensor of the
     set, from one forward pass of each set per batch. ``fit`` records each set's NLL and ECE on those pixels before
     and after. A set no image has in full gets no temperature of its own (``fit`` says so); the default set must
-    have one."""
+    have one. ``scales`` / ``flip`` / ``window`` / ``scale_rule``: the test-time passes the temperatures are for
+    (:func:`rgbx.engine.inference.predict_logits`; the fit then explains the mean of the passes' probabilities)."""
     from rgbx.data.sample import host_masks
+    from rgbx.engine.inference import pass_logits, single_pass
 
     device = torch.device(device)
     model.eval()
@@ -295,12 +322,17 @@ def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[
                 have = [m for m in subset if m in view.present]  # a sensor no image of the batch has: not there
                 complete = (host_masks(view.present, have).all(1) if len(have) == len(subset)
                             else torch.zeros(1, dtype=torch.bool))
-                if complete.all():
-                    samples[subset].add(model(view.inputs, view.present).logits, batch.label)
-                elif complete.any():  # only the images that have every sensor of the set
-                    keep = complete.to(device)
+                if not complete.any():
+                    continue
+                keep = None if complete.all() else complete.to(device)  # the images that have every sensor of it
+                if single_pass(scales, flip) and window is None:
                     logits = model(view.inputs, view.present).logits
-                    samples[subset].add(logits[keep], batch.label[keep])
+                    samples[subset].add(logits if keep is None else logits[keep],
+                                        batch.label if keep is None else batch.label[keep])
+                else:
+                    passes = pass_logits(model, view.inputs, view.present, scales, flip, window, scale_rule)
+                    samples[subset].add((z if keep is None else z[keep] for z in passes),
+                                        batch.label if keep is None else batch.label[keep], model.num_classes)
             if progress is not None:
                 progress(i + 1)
     temperatures, fit, pixels = {}, {}, 0
@@ -321,12 +353,15 @@ def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[
         fit[name] = {"pixels": len(labels),
                      "nll": [temperature_nll(logits, labels, 1.0), temperature_nll(logits, labels, t)],
                      "ece": [_sample_ece(logits, labels, 1.0, bins), _sample_ece(logits, labels, t, bins)]}
-    return TemperatureScaling(temperatures, "+".join(subsets[0]), fitted_on, pixels, fit)
+    test_time = {"scales": [float(x) for x in scales], "flip": bool(flip), "scale_rule": scale_rule,
+                 "window": None if window is None else list(window.size),
+                 "stride": None if window is None else list(window.stride)}
+    return TemperatureScaling(temperatures, "+".join(subsets[0]), fitted_on, pixels, fit, test_time)
 
 
 def _sample_ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float, bins: int) -> float:
-    histogram = ReliabilityHistogram(logits.shape[1], ignore_index=-1, bins=bins)
-    histogram.update((logits.float() / temperature).softmax(1).T[None, :, :, None], labels[None, :, None])
+    histogram = ReliabilityHistogram(logits.shape[-1], ignore_index=-1, bins=bins)
+    histogram.update(temperature_probabilities(logits, temperature).T[None, :, :, None], labels[None, :, None])
     return histogram.compute().ece
 
 
@@ -345,8 +380,8 @@ def at_bound(temperature: float, bounds: tuple[float, float] = TEMPERATURE_BOUND
 def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val", *, dataset: str = "folder",
                    options: dict | None = None, sensors: str = "all", per_image: int = 2048, seed: int = 0,
                    out: str | Path | None = None, batch_size: int = 4, num_workers: int = 0,
-                   device: str | torch.device = "cpu",
-                   progress: Callable[[int, int], None] | None = None) -> tuple[Path, TemperatureScaling]:
+                   device: str | torch.device = "cpu", progress: Callable[[int, int], None] | None = None,
+                   **test_time) -> tuple[Path, TemperatureScaling]:
     """Fit the temperatures of an rgbx model file on a labelled dataset split and write a copy of the file that
     records them (what ``rgbx calibrate`` does). Returns the path written and the temperatures.
 
@@ -358,6 +393,8 @@ def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val",
         per_image, seed: labelled pixels drawn at random from each image for the fit, and the draw's seed.
         out: the file to write (default :func:`calibrated_path`).
         progress: a callable(batches_done, batches), called after each batch.
+        test_time: ``scales``, ``flip``, ``window``, ``scale_rule``: the test-time passes the deployment will use
+            (default one pass), fitted for as :func:`fit_temperatures` does.
 
     Example::
 
@@ -391,7 +428,8 @@ def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val",
                                          pin_memory=device.type == "cuda")
     scaling = fit_temperatures(model, loader, subsets, ignore_index=desc.ignore_index, per_image=per_image,
                                device=device, seed=seed, fitted_on=f"{data} [{split}]",
-                               progress=None if progress is None else lambda done: progress(done, len(loader)))
+                               progress=None if progress is None else lambda done: progress(done, len(loader)),
+                               **test_time)
     kept = {k: v for k, v in info.items() if k not in ("format", "model", "dataset", "sensors", "plugins")}
     kept["calibration"] = scaling.to_dict()
     out = Path(out) if out is not None else calibrated_path(checkpoint)

@@ -43,7 +43,7 @@ from rgbx.modalities import get_modality
 from rgbx.models.input_encoding import InputEncoding
 
 __all__ = ["SCALE_RULES", "SlidingWindow", "class_probabilities", "cmx_scores", "predict_logits", "scaled_size",
-           "single_pass", "window_starts"]
+           "single_pass", "pass_logits", "window_starts"]
 
 SCALE_RULES = ("rgbx", "dformer", "cmx")
 
@@ -154,26 +154,43 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
         if not _is_one(temperature):
             raise ConfigError(CMX_NOT_PROBABILITIES)
         return cmx_scores(model, inputs, present, scales, flip, window)
+    passes = pass_logits(model, inputs, present, scales, flip, window, scale_rule)
+    if single_pass(scales, flip):
+        logits = next(passes)
+        return logits if _is_one(temperature) else _divide(logits, temperature)
+    total = None
+    for logits in passes:
+        probs = (logits.float() if _is_one(temperature) else _divide(logits, temperature)).softmax(1)
+        total = probs if total is None else total + probs
+    return total / (len(scales) * (2 if flip else 1))
+
+
+def pass_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
+                     present: Mapping[str, torch.Tensor] | None = None, scales: Sequence[float] = (1.0,),
+                     flip: bool = False, window: SlidingWindow | None = None, scale_rule: str = "rgbx"):
+    """Each test-time pass's (B, K, H, W) logits at the input size, one at a time: per scale, the image (and with
+    ``flip`` its mirror image, flipped back), each the whole image or ``window``'s sliding windows averaged
+    (:func:`predict_logits` averages their softmax; not for the ``cmx`` rule)."""
+    scales = tuple(float(s) for s in scales)
+    if check_scale_rule(scale_rule) == "cmx":
+        raise ConfigError(CMX_NOT_PROBABILITIES)
     reference = scale_rule == "dformer"
 
     def one_pass(view: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
         if window is None:
-            logits = model(view, mask).logits
-        else:
-            vh, vw = next(iter(view.values())).shape[-2:]
-            if reference and (window.size[0] > vh or window.size[1] > vw):  # DFormer's slide_inference: enlarge
-                view = {m: F.interpolate(x, size=window.size, mode="bilinear", align_corners=True)
-                        for m, x in view.items()}
-            logits = _slide(model, view, mask, window)
-        return logits if _is_one(temperature) else _divide(logits, temperature)
+            return model(view, mask).logits
+        vh, vw = next(iter(view.values())).shape[-2:]
+        if reference and (window.size[0] > vh or window.size[1] > vw):  # DFormer's slide_inference: enlarge to it
+            view = {m: F.interpolate(x, size=window.size, mode="bilinear", align_corners=True) for m, x in view.items()}
+        return _slide(model, view, mask, window)
 
     h, w = next(iter(inputs.values())).shape[-2:]
     if single_pass(scales, flip):
         logits = one_pass(inputs, present)
         if logits.shape[-2:] != (h, w):  # a window larger than the image, under the dformer rule
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=True)
-        return logits
-    total = None
+        yield logits
+        return
     for scale in scales:
         size = scaled_size((h, w), scale, scale_rule)
         if size == (h, w):
@@ -192,9 +209,7 @@ def predict_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
         for logits in passes:
             if logits.shape[-2:] != (h, w):
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=reference)
-            probs = logits.float().softmax(1)
-            total = probs if total is None else total + probs
-    return total / (len(scales) * (2 if flip else 1))
+            yield logits
 
 
 CMX_NOT_PROBABILITIES = ("scale rule 'cmx' sums CMX's exp scores, which are not probabilities: confidences and "
