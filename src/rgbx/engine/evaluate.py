@@ -7,7 +7,6 @@ Predictions are made at the label's resolution (the evaluation transform does no
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,18 +17,9 @@ from rgbx.engine.calibration import DEFAULT_BINS, ReliabilityHistogram, Temperat
 from rgbx.engine.inference import CMX_NOT_PROBABILITIES, SlidingWindow, class_probabilities, predict_logits
 from rgbx.engine.metrics import ConfusionMatrix, SegMetrics
 from rgbx.errors import ConfigError
+from rgbx.modalities.subsets import all_subsets, subset_name
 
-
-def subset_name(modalities: Sequence[str]) -> str:
-    return "+".join(modalities)
-
-
-def all_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset, the full set first, then by decreasing size."""
-    subsets = []
-    for k in range(len(modalities), 0, -1):
-        subsets.extend(itertools.combinations(modalities, k))
-    return subsets
+__all__ = ["EvalResult", "all_subsets", "evaluate", "evaluate_dataset", "subset_name"]
 
 
 @dataclass
