@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -468,6 +469,12 @@ def test_calibrate_for_multi_scale_and_flip(calibrated, tmp_path, capsys):
     assert scored["calibrated"]["nll"] <= scored["uncalibrated"]["nll"] + 1e-6  # the same split: never worse
     assert main(["eval", str(out), "--data", str(data), "--calibration", "--workers", "0"]) == 0
     assert "were fitted for the test-time passes" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="fitted for the test-time passes"):
+        rgbx.Predictor.from_file(out)  # one pass: not what the temperatures are for
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgbx.Predictor.from_file(out, scales=(0.5, 1.0), flip=True)
+        rgbx.Predictor.from_file(path)  # fitted for one pass, used for one
 
 
 def test_a_split_without_labelled_pixels_is_named(calibrated, tmp_path):

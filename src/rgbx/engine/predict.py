@@ -53,6 +53,15 @@ class Predictor:
         self.min_confidence = min_confidence
         self.calibration = TemperatureScaling.from_info(info)
         self.last_temperature = 1.0
+        if self.calibration is not None and self.calibration.test_time:
+            fitted = {k: self.calibration.test_time.get(k) for k in ("scales", "flip", "window", "scale_rule")}
+            here = {"scales": [float(v) for v in scales], "flip": bool(flip), "scale_rule": scale_rule,
+                    "window": None if window is None else list(window.size)}
+            if fitted != here:
+                warnings.warn(f"the model file's confidence temperatures were fitted for the test-time passes "
+                              f"{fitted}; this predictor makes {here}, so its confidences are calibrated only "
+                              f"approximately (rgbx calibrate takes the same --scales / --flip / --window)",
+                              stacklevel=2)
         self.monitor = SensorMonitor() if monitor is True else (monitor or None)
         self.last_status: dict[str, SensorStatus] = {}
         # a model file that says its training never left a sensor out: warn the first time the checks do
