@@ -11,8 +11,8 @@ others. A network trained with cross-entropy is usually over-confident, and diff
   negative log-likelihood of the true class, and the accuracy of the pixels whose confidence reaches a threshold
   (with the share of pixels that do: what a "don't know below p" rule keeps).
 * :func:`fit_temperature`: the one scalar ``T`` that minimises the NLL of ``softmax(z / T)`` over held-out pixels
-  (Guo et al. §4.2). The argmax, hence the mIoU, does not change. The NLL is convex in ``1 / T``, so a golden-section
-  search over ``log T`` finds the optimum without a learning rate.
+  (Guo et al. §4.2). The argmax, hence the mIoU, does not change. For one pass the NLL is convex in ``1 / T``, so a
+  golden-section search over ``log T`` finds the optimum without a learning rate.
 * :class:`TemperatureScaling`: one temperature per sensor set (``"rgb+depth"``, ``"rgb"``, ...), kept in the model
   file (``calibration``), so that a model that loses its depth camera at run time uses the temperature fitted for RGB
   alone. A set without its own temperature uses the full set's.
@@ -167,7 +167,8 @@ def temperature_nll(logits: torch.Tensor, labels: torch.Tensor, temperature: flo
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
                     tolerance: float = 1e-4) -> float:
     """The temperature in ``bounds`` that minimises the NLL of ``softmax(logits / T)`` (Guo et al. §4.2): a
-    golden-section search over ``log T`` (the NLL is convex in ``1 / T``, so it has one minimum there).
+    golden-section search over ``log T`` (for one pass the NLL is convex in ``1 / T``, so it has one minimum there;
+    averaged passes have no such guarantee, and the search then finds a local minimum).
 
     ``logits``: (N, K) held-out pixels' logits, or (P, N, K): each of P test-time passes' (the probabilities then
     averaged over the passes, as multi-scale / flip testing does); ``labels``: (N,) their classes."""
