@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rgbx.engine.metrics import labelled
 from rgbx.errors import ConfigError
 
 DEFAULT_BINS = 15
@@ -77,7 +78,7 @@ class ReliabilityHistogram:
                 or probs.shape[2:] != target.shape[1:]:
             raise ValueError(f"probabilities of shape {tuple(probs.shape)} for labels of shape "
                              f"{tuple(target.shape)}: expected (B, {self.num_classes}, H, W) and (B, H, W)")
-        valid = (target != self.ignore_index) & (target >= 0) & (target < self.num_classes)
+        valid = labelled(target, self.num_classes, self.ignore_index)
         if not valid.any():
             return
         probs = probs.float()
@@ -215,7 +216,7 @@ class PixelSample:
         k = num_classes if num_classes is not None else logits.shape[1]
         chosen = []
         for y in target:
-            where = ((y != self.ignore_index) & (y >= 0) & (y < k)).flatten().nonzero()[:, 0].cpu()
+            where = labelled(y, k, self.ignore_index).flatten().nonzero()[:, 0].cpu()
             if where.numel() > self.per_image:
                 where = where[torch.randperm(where.numel(), generator=self.generator)[: self.per_image]]
             chosen.append(where)

@@ -15,6 +15,11 @@ import torch
 MIOU_CONVENTIONS = ("present", "all")
 
 
+def labelled(target: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """Boolean mask of the pixels that count: labelled with a class id (not ``ignore_index``, not out of range)."""
+    return (target != ignore_index) & (target >= 0) & (target < num_classes)
+
+
 class ConfusionMatrix:
     """Accumulates a (K, K) confusion matrix: rows = ground truth, columns = prediction."""
 
@@ -27,7 +32,7 @@ class ConfusionMatrix:
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}")
         k = self.num_classes
-        valid = (target != self.ignore_index) & (target >= 0) & (target < k)
+        valid = labelled(target, k, self.ignore_index)
         idx = target[valid].to(torch.int64) * k + pred[valid].to(torch.int64)
         self.matrix += torch.bincount(idx.cpu(), minlength=k * k).view(k, k)
 

@@ -481,10 +481,11 @@ class Trainer:
             persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed),
         )
 
-    def val_loader(self):
-        """Validation batches; in a distributed run this rank's share (each sample scored once over all ranks)."""
+    def val_loader(self, share: bool = True):
+        """Validation batches; in a distributed run this rank's share (each sample scored once over all ranks), or
+        with ``share=False`` the whole split."""
         dataset = self.val_set
-        if self.dist.enabled:
+        if self.dist.enabled and share:
             dataset = torch.utils.data.Subset(dataset, shard_indices(len(dataset), self.dist))
         return torch.utils.data.DataLoader(
             dataset, batch_size=self.cfg.train.eval_batch_size, shuffle=False, collate_fn=collate,
@@ -669,10 +670,7 @@ class Trainer:
         from rgbx.engine.calibration import fit_temperatures
 
         data = self.cfg.data
-        loader = torch.utils.data.DataLoader(self.val_set, batch_size=self.cfg.train.eval_batch_size, shuffle=False,
-                                             collate_fn=collate, num_workers=self.num_workers,
-                                             pin_memory=self.device.type == "cuda")
-        scaling = fit_temperatures(self.model, loader, all_subsets(self.model.modalities),
+        scaling = fit_temperatures(self.model, self.val_loader(share=False), all_subsets(self.model.modalities),
                                    ignore_index=self.description.ignore_index, device=self.device,
                                    seed=self.cfg.train.seed, fitted_on=f"{data.root} [{data.val_split}]")
         self.model.train()
