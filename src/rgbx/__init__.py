@@ -11,6 +11,7 @@ The public API (imported lazily so that ``rgbx --help`` stays fast)::
     rgbx.train("synth_cmx_b0", ["data.root=data/synth", "output_dir=runs/x"])   # = rgbx train
     rgbx.evaluate("runs/x/model.safetensors", "data/synth", "test", anymodal=True).miou("rgb")   # = rgbx eval
     rgbx.calibrate("runs/x/model.safetensors", "data/synth", "val")   # = rgbx calibrate: temperatures per sensor set
+    rgbx.pseudo_label("runs/x/model.safetensors", "data/rig", "raw", "data/rig-pseudo")   # = rgbx pseudo-label
     segment = rgbx.Predictor.from_file("runs/x/model.safetensors", monitor=True)   # raw frames; failed sensors out
 """
 
@@ -47,6 +48,8 @@ _API = {
     "train": "rgbx.engine.trainer",
     "evaluate": ("rgbx.engine.evaluate", "evaluate_dataset"),
     "calibrate": ("rgbx.engine.calibration", "calibrate_file"),
+    "pseudo_label": "rgbx.engine.pseudo_label",
+    "PseudoLabelRule": "rgbx.engine.pseudo_label",
     "Predictor": "rgbx.engine.predict",
     "SensorMonitor": "rgbx.data.sensor_health",
     "HealthRules": "rgbx.data.sensor_health",

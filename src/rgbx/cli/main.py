@@ -14,7 +14,7 @@ from rgbx import __version__
 from rgbx.errors import RgbxError
 from rgbx.plugins import load_plugins, prescan_imports
 
-COMMANDS = ("synth", "train", "eval", "calibrate", "predict", "demo", "info", "data", "profile", "bench", "export",
+COMMANDS = ("synth", "train", "eval", "calibrate", "predict", "pseudo-label", "demo", "info", "data", "profile", "bench", "export",
             "convert", "embed-classes")
 
 DESCRIPTION = """rgbx: multi-modal semantic segmentation (RGB + depth, thermal, LiDAR, events, ...) with any subset
@@ -27,6 +27,7 @@ examples:
   rgbx eval runs/cmx/model.safetensors --data data/synth --split test --anymodal --json eval.json
   rgbx calibrate runs/cmx/model.safetensors --data data/synth --split val   # confidences that mean what they say
   rgbx predict runs/cmx/model.safetensors data/synth --split test --out predictions/
+  rgbx pseudo-label runs/cmx/model.safetensors --data data/rig --split raw --out data/rig-pseudo   # self-training
   rgbx data check data/synth
   rgbx info
   rgbx profile --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 --head-channels 512
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         info,
         predict,
         profile,
+        pseudo_label,
         synth,
         train,
     )
@@ -58,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rgbx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (synth, train, evaluate, calibrate, predict, demo, info, data, profile, bench, export, convert,
-                   embed):
+    for module in (synth, train, evaluate, calibrate, predict, pseudo_label, demo, info, data, profile, bench, export,
+                   convert, embed):
         module.add_parser(sub)
     _add_import_option(parser)
     return parser

@@ -67,23 +67,11 @@ def add_parser(sub) -> None:
                         "PNGs, black in the colour images, amber in the panels' error maps")
 
 
-class _Loaded:
-    """The first ``n`` samples of a dataset, decoded without augmentation (what ``predict`` reads)."""
-
-    def __init__(self, dataset, n: int):
-        self.dataset, self.n = dataset, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        return self.dataset.load(i)
-
-
 def _samples(args, modalities):
     import torch
 
     from rgbx.data import build_dataset
+    from rgbx.data.datasets.base import AsLoaded
     from rgbx.data.description import DESCRIPTION_FILE
     from rgbx.data.files import discover_samples, read_modality_file
     from rgbx.errors import ConfigError
@@ -99,7 +87,7 @@ def _samples(args, modalities):
                            **options)
         n = len(ds) if args.limit <= 0 else min(args.limit, len(ds))
         # samples read and decoded by loader processes while the model predicts the previous ones
-        loader = torch.utils.data.DataLoader(_Loaded(ds, n), batch_size=None, num_workers=args.workers)
+        loader = torch.utils.data.DataLoader(AsLoaded(ds, n), batch_size=None, num_workers=args.workers)
         yield from loader
         return
     sources = {}

@@ -451,3 +451,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             sample = self.transform(sample, self.generator_for(epoch, index))
         return normalize_sample(sample)
+
+
+class AsLoaded:
+    """The first ``n`` samples of a dataset (all by default) as :meth:`SegmentationDataset.load` gives them: physical
+    units, no screening, augmentation or normalisation; for a ``DataLoader(batch_size=None)`` that reads them in
+    other processes while a model predicts."""
+
+    def __init__(self, dataset: SegmentationDataset, n: int | None = None):
+        self.dataset, self.n = dataset, len(dataset) if n is None else n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.dataset.load(i)

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
+import numpy as np
+import yaml
+
 from rgbx.data.datasets.base import DATASETS, SegmentationDataset, StemIndex
-from rgbx.data.description import DatasetDescription, load_description
+from rgbx.data.description import DESCRIPTION_FILE, DatasetDescription, load_description
 from rgbx.errors import DataError
 
 
@@ -68,6 +72,48 @@ class FolderDataset(SegmentationDataset):
 
     def attributes(self, sample_id: str) -> dict[str, str]:
         return self._attributes.get(sample_id, {})
+
+
+def write_linked_description(source: str | Path, folder: str | Path, final: str | Path | None = None, *,
+                             label: dict, description: str) -> Path:
+    """``folder/dataset.yaml`` for a dataset whose sensor files are ``source``'s and whose labels are its own: the
+    source's description with each modality's ``folder`` pointing at the source's (relative to ``final``, where the
+    folder will be once complete — ``folder`` itself by default —, so that both can move together; absolute when
+    no relative path exists), and ``label`` (a storage entry, e.g. ``{folder: label, encoding: png}``)."""
+    source, folder = Path(source), Path(folder)
+    final = Path(final) if final is not None else folder
+    desc = load_description(source)  # checked, defaults resolved
+    raw = yaml.safe_load((source / DESCRIPTION_FILE).read_text())
+    modalities = {}
+    for name, entry in raw["modalities"].items():
+        target = os.path.abspath(source / desc.modalities[name].folder)
+        try:
+            where = os.path.relpath(target, os.path.abspath(final))
+        except ValueError:  # another drive (Windows)
+            where = target
+        modalities[name] = {**(entry or {}), "folder": Path(where).as_posix()}
+    path = folder / DESCRIPTION_FILE
+    path.write_text(yaml.safe_dump({**raw, "modalities": modalities, "label": label, "description": description},
+                                   sort_keys=False, allow_unicode=True))
+    return path
+
+
+def copy_labels(source: str | Path, split: str, folder: str | Path, dtype=np.uint8, options: dict | None = None) -> int:
+    """Write the labels of a split of the dataset folder ``source`` to ``folder/<id>.png`` as class indices (the
+    source's decoding applied, its ignore index kept), whatever the source stores them as. Samples without a label
+    file are skipped. Returns the labels written."""
+    from rgbx.modalities import write_array
+
+    ds = FolderDataset(source, split, modalities=[], check="none", **(options or {}))
+    written = 0
+    for sid in ds.ids:
+        path = ds.files(sid)["label"]
+        if path is None or not ds.file_exists(path):
+            continue
+        raw = ds.read_file(path, ds.description.label.encoding)
+        write_array(Path(folder) / f"{sid}.png", ds.decode_label(ds.label_plane(raw)).astype(dtype))
+        written += 1
+    return written
 
 
 def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **options) -> dict[str, int]:

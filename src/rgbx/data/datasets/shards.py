@@ -73,14 +73,19 @@ def pack_dataset(root: str | Path, out: str | Path, *, shard_size: int = 1000, s
     total = sum(len(ds) for ds in datasets.values())
     done, summary = 0, {}
     for split, ds in datasets.items():
-        folders = {name: (ds.description.label if name == "label" else ds.description.modalities[name]).folder
+        folders = {name: _member_folder(name, (ds.description.label if name == "label"
+                                               else ds.description.modalities[name]).folder)
                    for name in [*ds.sources, "label"]}
-        shards, samples = [], []
+        shards, samples, packed = [], [], {}
         for start in range(0, len(ds), shard_size):
             name = f"{split}-{len(shards):05d}.tar"
             shards.append(name)
             with tarfile.open(out / "shards" / name, "w") as tar:
                 for sample_id in ds.ids[start:start + shard_size]:
+                    if sample_id in packed:  # listed again (a split that repeats samples): the same members
+                        samples.append({**packed[sample_id]})
+                        done += 1
+                        continue
                     files = {}
                     for kind, path in ds.files(sample_id).items():
                         if path is None or not Path(path).is_file():
@@ -105,6 +110,7 @@ def pack_dataset(root: str | Path, out: str | Path, *, shard_size: int = 1000, s
                         if decoded:
                             files[kind].append("npy")  # how the member is stored, when not as the folder's file
                     samples.append({"id": sample_id, "attributes": ds.attributes(sample_id), "files": files})
+                    packed[sample_id] = samples[-1]
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -114,6 +120,14 @@ def pack_dataset(root: str | Path, out: str | Path, *, shard_size: int = 1000, s
         tmp.replace(out / "shards" / f"{split}.json")
         summary[split] = {"samples": len(samples), "shards": len(shards)}
     return summary
+
+
+def _member_folder(name: str, folder: str) -> str:
+    """The folder of a modality's members in a shard: the dataset folder's own, or the modality's name when that
+    folder lies outside the dataset folder (``../other/rgb``, an absolute path: a pseudo-labelled folder's sensors),
+    so that no member name leads out of where the archive is extracted."""
+    path = Path(folder)
+    return name if path.is_absolute() or ".." in path.parts else path.as_posix()
 
 
 @DATASETS.register("shards")
@@ -151,7 +165,7 @@ class ShardedDataset(SegmentationDataset):
                     self._stored_as[str(virtual)] = stored[0]
             self._files[sample["id"]] = files
             self._attributes[sample["id"]] = sample.get("attributes", {})
-        return list(self._files)
+        return [sample["id"] for sample in index["samples"]]  # in order, repeats kept (oversampling)
 
     def files(self, sample_id: str) -> dict[str, Path | None]:
         files = self._files[sample_id]

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Self-training on the built-in synthetic data: does a model trained on 30 labelled scenes get better when it also
+# trains on 600 unlabelled recordings that its teacher pseudo-labelled (rgbx pseudo-label), and how close does that
+# come to labelling all 630? Teacher, students and the all-labelled reference are the demo's recipe (CMX-style
+# MiT-nano, RGB + depth + thermal, modality dropout 0.3), $ITERS iterations each, from scratch; the teacher is
+# calibrated on the validation split before it labels. Scored on the test split (150 scenes).
+# The raw split's labels stay on disk only so that the report can score the pseudo-labels: they are never read to
+# make them (tests/engine/test_pseudo_label.py checks that the pseudo-labels are the same without them).
+# Results: $OUT/*/test.json, $OUT/pseudo_*/pseudo_labels.json; the table: python benchmarks/self_training_table.py $OUT
+#
+#   bash benchmarks/self_training.sh                    # OUT=runs/self_training ITERS=1200, ~30 min on 2 cores
+set -euo pipefail
+OUT=${OUT:-runs/self_training}
+ITERS=${ITERS:-1200}
+LABELLED=${LABELLED:-30}
+# name:flags (',' between flags, '=' between a flag and its value)
+RULES=${RULES:-"cf50:--class-fraction=0.5 cf50_once:--class-fraction=0.5,--labelled-repeat=1 conf90:--min-confidence=0.9"}
+DATA=$OUT/data
+TRAIN="rgbx train demo train.iters=$ITERS data.num_workers=1"
+
+if [ ! -f "$DATA/splits/raw.txt" ]; then
+  rgbx synth "$DATA" --train $((LABELLED + 600)) --val 100 --test 150 --size 120x160 --seed 0
+  mv "$DATA/splits/train.txt" "$OUT/all.txt"
+  head -n "$LABELLED" "$OUT/all.txt" > "$DATA/splits/train.txt"
+  tail -n +"$((LABELLED + 1))" "$OUT/all.txt" > "$DATA/splits/raw.txt"
+fi
+fit() {  # fit NAME ROOT SPLIT
+  [ -f "$OUT/$1/model.safetensors" ] || { echo "== train $1 ($(date +%T))"; $TRAIN data.root="$2" data.train_split="$3" output_dir="$OUT/$1" > "$OUT/$1.log"; }
+  [ -f "$OUT/$1/test.json" ] || rgbx eval "$OUT/$1/model.safetensors" --data "$DATA" --split test --anymodal --workers 1 \
+    --json "$OUT/$1/test.json" > "$OUT/$1/test.txt"
+}
+fit teacher "$DATA" train
+[ -f "$OUT/teacher/model.calibrated.safetensors" ] || rgbx calibrate "$OUT/teacher/model.safetensors" --data "$DATA" --split val --workers 1 > /dev/null
+for entry in $RULES; do
+  name=${entry%%:*}; flags=${entry#*:}
+  [ -d "$OUT/pseudo_$name" ] || rgbx pseudo-label "$OUT/teacher/model.calibrated.safetensors" --data "$DATA" --split raw \
+    --out "$OUT/pseudo_$name" --workers 1 ${flags//[=,]/ } > "$OUT/pseudo_$name.txt"
+  fit "student_$name" "$OUT/pseudo_$name" train_pseudo
+done
+# every scene labelled: a split of its own only while it trains (pseudo-labelling refuses a split whose samples are
+# also in another split of the folder, whose labels it would replace)
+[ -f "$OUT/all_labelled/model.safetensors" ] || cp "$OUT/all.txt" "$DATA/splits/all.txt"
+fit all_labelled "$DATA" all
+rm -f "$DATA/splits/all.txt"
+python "$(dirname "$0")/self_training_table.py" "$OUT"

@@ -1,0 +1,58 @@
+"""The table of benchmarks/self_training.sh: test mIoU of the teacher (labelled scenes only), each student (labelled +
+pseudo-labelled) and the model trained with every scene labelled, per sensor set; and what each pseudo-labelling rule
+kept and how right it was.
+
+    python benchmarks/self_training_table.py runs/self_training
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the folder benchmarks/self_training.sh wrote (OUT)")
+    args = parser.parse_args()
+    runs = ["teacher", *sorted(p.parent.name for p in args.out.glob("student_*/test.json")), "all_labelled"]
+    scores = {r: json.loads((args.out / r / "test.json").read_text()) for r in runs
+              if (args.out / r / "test.json").is_file()}
+    if not scores:
+        raise SystemExit(f"{args.out}: no */test.json; run benchmarks/self_training.sh first")
+    subsets = list(next(iter(scores.values()))["subsets"])
+    print("| model | training labels | " + " | ".join(subsets) + " |")
+    print("|---|---|" + "---|" * len(subsets))
+    for run, result in scores.items():
+        cells = [f"{100 * result['subsets'][s]['all']['miou']:.2f}" for s in subsets]
+        print(f"| {run} | {_labels(args.out, run)} | " + " | ".join(cells) + " |")
+    print()
+    print("| rule | kept pixels | kept right | all predicted right | labelled pixels kept | rarest 3 classes: "
+          "recall (kept and right / true) |")
+    print("|---|---|---|---|---|---|")
+    for path in sorted(args.out.glob("pseudo_*/pseudo_labels.json")):
+        r = json.loads(path.read_text())
+        rule = r["rule"]
+        name = " or ".join(f"{k} {v:g}" for k, v in rule.items() if v is not None)
+        truth = sorted(range(len(r["classes"])), key=lambda c: r["predicted"][c])[:3]
+        rare = ", ".join(f"{r['classes'][c]} {_pct(r['recall'][c])}" for c in truth) if r["recall"] else "-"
+        print(f"| {path.parent.name.removeprefix('pseudo_')}: {name} | {_pct(r['kept_share'])} | "
+              f"{_pct(r['accuracy_kept'])} | {_pct(r['accuracy_all'])} | {_pct(r['coverage'])} | {rare} |")
+
+
+def _labels(out: Path, run: str) -> str:
+    pseudo = out / f"pseudo_{run.removeprefix('student_')}" / "pseudo_labels.json"
+    if run.startswith("student_") and pseudo.is_file():
+        r = json.loads(pseudo.read_text())
+        labelled = len((out / "data" / "splits" / f"{r['labelled']}.txt").read_text().split())
+        return f"{labelled} + {r['samples'] - len(r['skipped'])} pseudo"
+    return str(len((out / ("all.txt" if run == "all_labelled" else "data/splits/train.txt")).read_text().split()))
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+if __name__ == "__main__":
+    main()
