@@ -4,6 +4,7 @@ confidence passes, other splits' labels carried, nothing used from the labels of
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_pseudo_label_writes_a_dataset_folder_of_confident_pixels(teacher, tmp_p
     source = build_dataset("folder", data, "raw")
     linked = build_dataset("folder", out, "raw")
     thresholds = torch.tensor([round(t * BINS) for t in report.thresholds])
-    kept_total = 0
+    kept_total, kept_share = 0, {}
     for i, sid in enumerate(SPLITS["raw"]):
         sample = source.load(i)
         assert all(torch.equal(sample["inputs"][m], linked.load(i)["inputs"][m]) for m in ("rgb", "depth"))
@@ -156,7 +157,12 @@ def test_pseudo_label_writes_a_dataset_folder_of_confident_pixels(teacher, tmp_p
         expected = pred.masked_fill(~keep, 255)
         assert torch.equal(linked.load(i)["label"], expected)
         kept_total += int(keep.sum())
+        kept_share[sid] = float(keep.double().mean())
     assert kept_total == sum(report.kept) > 0
+    rows = list(csv.DictReader((out / "samples.csv").open()))  # the least sure first
+    assert [r["id"] for r in rows] == sorted(kept_share, key=lambda sid: (round(kept_share[sid], 4), sid))
+    assert all(float(r["kept"]) == pytest.approx(kept_share[r["id"]], abs=1e-4) for r in rows)
+    assert {r["sensors"] for r in rows} == {"rgb+depth"} and all(0 <= float(r["accuracy"]) <= 1 for r in rows)
     assert 0 < report.kept_share < 1
     # the labelled splits' labels come through unchanged
     for split in ("train", "val"):
@@ -214,6 +220,8 @@ def test_pseudo_label_leaves_out_failed_sensors_and_skips_dead_samples(teacher, 
     sample = build_dataset("folder", broken, "raw").load(1)
     depth_only = Predictor.from_file(model).predict({**sample, "inputs": {"depth": sample["inputs"]["depth"]}})
     assert np.array_equal(_png(tmp_path / "out" / "prediction" / f"{blind}.png"), depth_only.numpy())
+    sensors = {r["id"]: r["sensors"] for r in csv.DictReader((tmp_path / "out" / "samples.csv").open())}
+    assert sensors[blind] == "depth" and sensors[SPLITS["raw"][2]] == "rgb+depth" and dead not in sensors
 
 
 def test_pseudo_label_refuses_what_would_lose_or_corrupt_data(teacher, tmp_path, monkeypatch):

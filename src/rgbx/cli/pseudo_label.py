@@ -28,16 +28,16 @@ EXAMPLES = """  rgbx calibrate runs/teacher/model.safetensors --data data/rig --
   rgbx pseudo-label model.safetensors --data data/rig --split raw --out data/rig-p --min-confidence 0.9
   rgbx pseudo-label model.safetensors --data data/rig --split raw --out data/rig-p --class-fraction 0.5 --min-confidence 0.95
   rgbx pseudo-label model.safetensors --data data/rig --split raw --out data/rig-p --check-sensors --scales 0.75 1 1.25 --flip
-Predicts every sample of SPLIT (its samples need no label files: `label: {optional: true}` in dataset.yaml) with
-the sensors it has, and keeps a pixel's class when its confidence (calibrated per sensor set when the model file
-records temperatures: rgbx calibrate) is at least --min-confidence, or among the --class-fraction most confident
-pixels of that class (class-balanced self-training, CBST): rare classes keep their share. OUT is a dataset folder
-that uses DIR's sensor files where they are (relative paths, nothing copied): OUT/label/ holds the pseudo-labels
-(ignore elsewhere) and the labels of DIR's other splits; split train_pseudo = the --labelled split, repeated
-until it is at least as large as SPLIT (--labelled-repeat), + SPLIT.
-OUT/prediction/ and OUT/confidence/ (16-bit, confidence x 65536) hold the raw predictions, OUT/pseudo_labels.json
-the rule, the thresholds and the report. When SPLIT does have labels, the report scores the pseudo-labels against
-them (never used to make them). A second round: pseudo-label OUT's SPLIT with the student.
+Predicts every sample of SPLIT (its samples need no label files: `label: {optional: true}` in dataset.yaml) with the
+sensors it has, and keeps a pixel's class when its confidence (calibrated per sensor set when the model file records
+temperatures: rgbx calibrate) is at least --min-confidence, or among the --class-fraction most confident pixels of
+that class (class-balanced self-training, CBST): rare classes keep their share. OUT is a dataset folder that uses
+DIR's sensor files where they are (relative paths, nothing copied): OUT/label/ holds the pseudo-labels (ignore
+elsewhere) and the labels of DIR's other splits; split train_pseudo = the --labelled split, repeated until it is at
+least as large as SPLIT (--labelled-repeat), + SPLIT. OUT/prediction/ and OUT/confidence/ (16-bit, confidence x
+65536) hold the raw predictions, OUT/pseudo_labels.json the rule, the thresholds and the report, OUT/samples.csv
+each sample's share of pixels kept (least sure first). When SPLIT does have labels, the report scores the pseudo-
+labels against them (never used to make them). A second round: pseudo-label OUT's SPLIT with the student.
 """
 
 
@@ -109,6 +109,10 @@ def run(args) -> int:
         say(f"against the split's own labels ({report.scored_samples} samples): the model's classes are "
             f"{100 * report.accuracy_all:.1f}% right, the kept pixels {100 * (report.accuracy_kept or 0):.1f}% "
             f"({100 * report.coverage:.1f}% of the labelled pixels kept)")
+    with (args.out / "samples.csv").open() as f:
+        least = [line.split(",", 1)[0] for line in f.read().splitlines()[1:4]]
+    say(f"least sure (fewest pixels kept; candidates to label by hand): {', '.join(least)} ... "
+        f"({args.out / 'samples.csv'})")
     if predictor.calibration is None:
         say("the model file has no confidence temperatures: the confidences are the raw softmax (rgbx calibrate "
             "fits them; --min-confidence then means what it says)")

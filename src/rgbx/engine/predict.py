@@ -53,6 +53,7 @@ class Predictor:
         self.min_confidence = min_confidence
         self.calibration = TemperatureScaling.from_info(info)
         self.last_temperature = 1.0
+        self.last_sensors: tuple[str, ...] = ()  # the sensors the last prediction used (after the checks)
         if self.calibration is not None and self.calibration.test_time:
             fitted = {k: self.calibration.test_time.get(k) for k in ("scales", "flip", "window", "scale_rule")}
             here = {"scales": [float(v) for v in scales], "flip": bool(flip), "scale_rule": scale_rule,
@@ -163,6 +164,7 @@ class Predictor:
                     "anyseg, ktb); benchmarks/sensor_failures.md measures both", stacklevel=3)
         else:
             usable = {m: replace_non_finite(x, get_modality(m))[0] for m, x in usable.items()}
+        self.last_sensors = tuple(m for m in self.model.modalities if m in usable)
         batch = collate([normalize_sample({**sample, "inputs": usable, "label": None})]).to(self.device)
         precision = self.speed.precision if self.speed is not None else "fp32"
         with backend_flags(self.speed), autocast(self.device, precision):

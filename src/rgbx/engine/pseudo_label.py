@@ -38,6 +38,8 @@ The output folder (``docs/dataset-format.md``, *Pseudo-labelled folders*)::
                                 least as many as the others) + the pseudo-labelled
     OUT/attributes.csv          the source's
     OUT/pseudo_labels.json      the model, the rule, the thresholds and the report
+    OUT/samples.csv             per sample: the sensors used, the share of pixels kept, the mean confidence (and
+                                the accuracy, when the split has labels); the least sure first
 
 It is written to a temporary folder beside OUT and renamed when complete: a killed run leaves no half dataset.
 """
@@ -279,7 +281,7 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
         for folder in ("label", "prediction", "confidence", "splits"):
             (tmp / folder).mkdir()
         counts = SelectionCounts(desc.num_classes, desc.ignore_index)
-        done, skipped, predicted_ids = 0, [], []
+        done, skipped, predicted_ids, per_sample = 0, [], [], {}
         loader = torch.utils.data.DataLoader(AsLoaded(ds), batch_size=None, num_workers=num_workers)
         for sample in loader:
             sid = str(sample["meta"]["id"])
@@ -290,6 +292,9 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
             else:
                 q = quantize_confidence(confidence)
                 counts.add(pred, q, sample.get("label"))
+                per_sample[sid] = {"sensors": "+".join(predictor.last_sensors),
+                                   "confidence": float(confidence.double().mean()),
+                                   "accuracy": _accuracy(pred, sample.get("label"), desc.ignore_index)}
                 write_array(tmp / "prediction" / f"{sid}.png", pred.numpy().astype(_label_dtype(desc.num_classes)))
                 write_array(tmp / "confidence" / f"{sid}.png", q.numpy().astype(np.uint16))
                 predicted_ids.append(sid)
@@ -304,6 +309,7 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
             pred = torch.from_numpy(_read_png(tmp / "prediction" / f"{sid}.png").astype(np.int64))
             q = torch.from_numpy(_read_png(tmp / "confidence" / f"{sid}.png").astype(np.int32))
             keep = confidence_bin(q) >= thresholds[pred]
+            per_sample[sid]["kept"] = float(keep.double().mean())
             write_array(tmp / "label" / f"{sid}.png", pred.masked_fill(~keep, desc.ignore_index).numpy().astype(dtype))
         report = PseudoLabelReport.from_counts(counts, rule, thresholds, list(desc.classes), done, skipped)
 
@@ -332,6 +338,7 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
                                 "scale_rule": predictor.scale_rule},
                   "sensor_checks": predictor.monitor is not None, **(provenance or {}), **report.to_dict()}
         (tmp / "pseudo_labels.json").write_text(json.dumps(record, indent=2))
+        _write_samples(tmp / "samples.csv", per_sample)
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -354,6 +361,26 @@ def _plan_splits(data: Path, split: str, labelled: str | None, out_split: str) -
     if out_split in names:
         raise ConfigError(f"{data} already has a split {out_split!r}; name the joined split otherwise")
     return {name: read_ids(data / "splits" / f"{name}.txt") for name in names}
+
+
+def _accuracy(pred: torch.Tensor, label: torch.Tensor | None, ignore_index: int) -> float | None:
+    if label is None:
+        return None
+    has = label != ignore_index
+    return float((pred[has] == label[has]).double().mean()) if has.any() else None
+
+
+def _write_samples(path: Path, per_sample: dict[str, dict]) -> None:
+    """``samples.csv``: one row per pseudo-labelled sample, the least sure first (the smallest share of pixels kept;
+    uncertainty sampling's candidates for labelling by hand)."""
+    import csv
+
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "sensors", "kept", "mean_confidence", "accuracy"])
+        for sid, row in sorted(per_sample.items(), key=lambda item: (item[1]["kept"], item[0])):
+            accuracy = "" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+            writer.writerow([sid, row["sensors"], f"{row['kept']:.4f}", f"{row['confidence']:.4f}", accuracy])
 
 
 def _label_dtype(values: int):
