@@ -42,4 +42,16 @@ done
 [ -f "$OUT/all_labelled/model.safetensors" ] || cp "$OUT/all.txt" "$DATA/splits/all.txt"
 fit all_labelled "$DATA" all
 rm -f "$DATA/splits/all.txt"
+# which 30 recordings to label by hand next: the 30 the teacher was least sure of (samples.csv of the cf50 rule,
+# fewest pixels kept) or 30 drawn at random from the raw split; each trained with the labelled split on true labels
+if [ ! -f "$OUT/next_random.txt" ]; then
+  tail -n +2 "$OUT/pseudo_cf50/samples.csv" | head -n "$LABELLED" | cut -d, -f1 > "$OUT/next_least_sure.txt"
+  python -c "import random, sys; ids = open(sys.argv[1]).read().split(); random.Random(0).shuffle(ids); print('\n'.join(ids[:int(sys.argv[2])]))" \
+    "$DATA/splits/raw.txt" "$LABELLED" > "$OUT/next_random.txt"
+fi
+for pick in least_sure random; do
+  [ -f "$OUT/more_$pick/model.safetensors" ] || cat "$DATA/splits/train.txt" "$OUT/next_$pick.txt" > "$DATA/splits/more_$pick.txt"
+  fit "more_$pick" "$DATA" "more_$pick"
+  rm -f "$DATA/splits/more_$pick.txt"
+done
 python "$(dirname "$0")/self_training_table.py" "$OUT"

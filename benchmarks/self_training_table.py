@@ -1,6 +1,7 @@
 """The table of benchmarks/self_training.sh: test mIoU of the teacher (labelled scenes only), each student (labelled +
-pseudo-labelled) and the model trained with every scene labelled, per sensor set; and what each pseudo-labelling rule
-kept and how right it was.
+pseudo-labelled), the model trained with every scene labelled, and those trained with more scenes labelled by hand
+(the least sure by samples.csv, or random), per sensor set; and what each pseudo-labelling rule kept and how right
+it was.
 
     python benchmarks/self_training_table.py runs/self_training
 """
@@ -16,7 +17,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the folder benchmarks/self_training.sh wrote (OUT)")
     args = parser.parse_args()
-    runs = ["teacher", *sorted(p.parent.name for p in args.out.glob("student_*/test.json")), "all_labelled"]
+    runs = ["teacher", *sorted(p.parent.name for p in args.out.glob("student_*/test.json")), "all_labelled",
+            "more_least_sure", "more_random"]
     scores = {r: json.loads((args.out / r / "test.json").read_text()) for r in runs
               if (args.out / r / "test.json").is_file()}
     if not scores:
@@ -47,7 +49,12 @@ def _labels(out: Path, run: str) -> str:
         r = json.loads(pseudo.read_text())
         labelled = len((out / "data" / "splits" / f"{r['labelled']}.txt").read_text().split())
         return f"{labelled} + {r['samples'] - len(r['skipped'])} pseudo"
-    return str(len((out / ("all.txt" if run == "all_labelled" else "data/splits/train.txt")).read_text().split()))
+    labelled = len((out / "data/splits/train.txt").read_text().split())
+    if run.startswith("more_"):
+        pick = run.removeprefix("more_")
+        more = len((out / f"next_{pick}.txt").read_text().split())
+        return f"{labelled} + {more} {pick.replace('_', ' ')} (true labels)"
+    return str(len((out / "all.txt").read_text().split())) if run == "all_labelled" else str(labelled)
 
 
 def _pct(value) -> str:

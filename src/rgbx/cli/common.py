@@ -153,6 +153,21 @@ def inference_speed_from_args(args, device):
     return SpeedOptions.fast(device).with_(keep_host_memory=kept) if args.fast else None
 
 
+def predictor_from_args(args, device, **options):
+    """The :class:`~rgbx.engine.predict.Predictor` of a command that predicts with ``args.checkpoint``: the model
+    (:func:`load_model_from_args`), ``--fast`` (:func:`inference_speed_from_args`), the test-time passes
+    (``--scales``, ``--flip``, ``--window``, ``--scale-rule``) and ``--check-sensors`` / ``--sensor-rule``;
+    ``options``: more of its arguments (``min_confidence``)."""
+    from rgbx.engine.predict import Predictor
+
+    monitor = sensor_monitor_from_args(args)  # a stray --sensor-rule is refused before the model is loaded
+    window = sliding_window_from_args(args)
+    model, info = load_model_from_args(args, device)
+    return Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip,
+                     speed=inference_speed_from_args(args, device), window=window, scale_rule=args.scale_rule,
+                     monitor=monitor, **options)
+
+
 def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int = 2) -> None:
     """``--warmup``, ``--repeats``, ``--settle`` and ``--threads`` of the scripts that time candidates alternately
     (:func:`rgbx.engine.bench.time_alternating`); :func:`settle_from_args` resolves ``--settle``."""

@@ -11,13 +11,10 @@ from rgbx.cli.common import (
     add_runtime_arguments,
     add_sensor_check_arguments,
     add_test_time_arguments,
-    inference_speed_from_args,
-    load_model_from_args,
     non_negative_int,
     parse_options,
     positive_float,
-    sensor_monitor_from_args,
-    sliding_window_from_args,
+    predictor_from_args,
 )
 
 EXAMPLES = """  rgbx predict runs/cmx/model.safetensors data/synth --split test --limit 8 --out preds/
@@ -115,23 +112,18 @@ def _samples(args, modalities):
 def run(args) -> int:
     from rgbx.cli.common import resolve_device
     from rgbx.data.sensor_health import SensorFailure
-    from rgbx.engine.predict import Predictor
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
 
     device = resolve_device(args.device)
-    window = sliding_window_from_args(args)
     args.workers = loader_workers(args.workers, device)
-    model, info = load_model_from_args(args, device)
-    speed = inference_speed_from_args(args, device)  # host memory kept on the CPU, --fast or not
-    monitor = sensor_monitor_from_args(args)
     if args.min_confidence is not None and args.min_confidence >= 1:
         raise ConfigError(f"--min-confidence {args.min_confidence:g}: expected a probability below 1")
-    predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip, speed=speed,
-                          window=window, scale_rule=args.scale_rule, monitor=monitor,
-                          min_confidence=args.min_confidence)
+    # host memory kept on the CPU, --fast or not
+    predictor = predictor_from_args(args, device, min_confidence=args.min_confidence)
+    model = predictor.model
     with_confidence = args.confidence or args.min_confidence is not None
-    count, log = 0, SensorLog(args.out) if monitor is not None else None
+    count, log = 0, SensorLog(args.out) if predictor.monitor is not None else None
     tally = ConfidenceTally(args.min_confidence) if with_confidence else None
     try:
         for sample in _samples(args, list(model.modalities)):

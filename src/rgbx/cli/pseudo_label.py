@@ -12,14 +12,11 @@ from rgbx.cli.common import (
     add_runtime_arguments,
     add_sensor_check_arguments,
     add_test_time_arguments,
-    inference_speed_from_args,
-    load_model_from_args,
     non_negative_int,
     parse_options,
     positive_float,
     positive_int,
-    sensor_monitor_from_args,
-    sliding_window_from_args,
+    predictor_from_args,
 )
 
 EXAMPLES = """  rgbx calibrate runs/teacher/model.safetensors --data data/rig --split val
@@ -76,7 +73,6 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from rgbx.cli.common import resolve_device
-    from rgbx.engine.predict import Predictor
     from rgbx.engine.pseudo_label import DEFAULT_RULE, PseudoLabelRule, pseudo_label
     from rgbx.engine.report import Reporter, wide_console
     from rgbx.engine.trainer import loader_workers
@@ -88,10 +84,7 @@ def run(args) -> int:
 
         raise ConfigError(f"{args.out}: already exists; pseudo-labels go to a new folder (nothing is overwritten)")
     device = resolve_device(args.device)
-    model, info = load_model_from_args(args, device)
-    predictor = Predictor(model, info, device, scales=tuple(args.scales), flip=args.flip,
-                          speed=inference_speed_from_args(args, device), window=sliding_window_from_args(args),
-                          scale_rule=args.scale_rule, monitor=sensor_monitor_from_args(args))
+    predictor = predictor_from_args(args, device)
     labelled = None if args.labelled == "none" else args.labelled
     with Reporter().progress(0, label=f"pseudo-labelling {args.data} [{args.split}]") as bar:
         report = pseudo_label(predictor, args.data, args.split, args.out, rule, labelled=labelled,
