@@ -8,7 +8,8 @@
 # make them (tests/engine/test_pseudo_label.py checks that the pseudo-labels are the same without them).
 # Results: $OUT/*/test.json, $OUT/pseudo_*/pseudo_labels.json; the table: python benchmarks/self_training_table.py $OUT
 #
-#   bash benchmarks/self_training.sh                    # OUT=runs/self_training ITERS=1200, ~30 min on 2 cores
+#   bash benchmarks/self_training.sh                    # OUT=runs/self_training ITERS=1200, ~45 min on 2 cores
+#   OUT=runs/self_training_10 LABELLED=10 RULES=cf50:--class-fraction=0.5 EXTRAS=0 bash benchmarks/self_training.sh
 set -euo pipefail
 OUT=${OUT:-runs/self_training}
 ITERS=${ITERS:-1200}
@@ -37,21 +38,24 @@ for entry in $RULES; do
     --out "$OUT/pseudo_$name" --workers 1 ${flags//[=,]/ } > "$OUT/pseudo_$name.txt"
   fit "student_$name" "$OUT/pseudo_$name" train_pseudo
 done
+# EXTRAS=0: the teacher and students only
+if [ "${EXTRAS:-1}" = 1 ]; then
 # every scene labelled: a split of its own only while it trains (pseudo-labelling refuses a split whose samples are
 # also in another split of the folder, whose labels it would replace)
 [ -f "$OUT/all_labelled/model.safetensors" ] || cp "$OUT/all.txt" "$DATA/splits/all.txt"
 fit all_labelled "$DATA" all
 rm -f "$DATA/splits/all.txt"
-# which 30 recordings to label by hand next: the 30 the teacher was least sure of (samples.csv of the cf50 rule,
-# fewest pixels kept) or 30 drawn at random from the raw split; each trained with the labelled split on true labels
-if [ ! -f "$OUT/next_random.txt" ]; then
-  tail -n +2 "$OUT/pseudo_cf50/samples.csv" | head -n "$LABELLED" | cut -d, -f1 > "$OUT/next_least_sure.txt"
-  python -c "import random, sys; ids = open(sys.argv[1]).read().split(); random.Random(0).shuffle(ids); print('\n'.join(ids[:int(sys.argv[2])]))" \
+# which 30 recordings to label by hand next: the 30 the teacher was least confident about (samples.csv of the cf50
+# rule, lowest mean confidence) or 30 drawn at random from the raw split; each trained with the labelled split on true
+# labels
+[ -f "$OUT/next_least_confident.txt" ] || python -c "import csv, sys; rows = sorted(csv.DictReader(open(sys.argv[1])), key=lambda r: float(r['mean_confidence'])); print('\n'.join(r['id'] for r in rows[:int(sys.argv[2])]))" \
+    "$OUT/pseudo_cf50/samples.csv" "$LABELLED" > "$OUT/next_least_confident.txt"
+[ -f "$OUT/next_random.txt" ] || python -c "import random, sys; ids = open(sys.argv[1]).read().split(); random.Random(0).shuffle(ids); print('\n'.join(ids[:int(sys.argv[2])]))" \
     "$DATA/splits/raw.txt" "$LABELLED" > "$OUT/next_random.txt"
-fi
-for pick in least_sure random; do
+for pick in least_confident random; do
   [ -f "$OUT/more_$pick/model.safetensors" ] || cat "$DATA/splits/train.txt" "$OUT/next_$pick.txt" > "$DATA/splits/more_$pick.txt"
   fit "more_$pick" "$DATA" "more_$pick"
   rm -f "$DATA/splits/more_$pick.txt"
 done
+fi
 python "$(dirname "$0")/self_training_table.py" "$OUT"

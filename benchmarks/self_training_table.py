@@ -18,7 +18,7 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="the folder benchmarks/self_training.sh wrote (OUT)")
     args = parser.parse_args()
     runs = ["teacher", *sorted(p.parent.name for p in args.out.glob("student_*/test.json")), "all_labelled",
-            "more_least_sure", "more_random"]
+            *sorted(p.parent.name for p in args.out.glob("more_*/test.json"))]
     scores = {r: json.loads((args.out / r / "test.json").read_text()) for r in runs
               if (args.out / r / "test.json").is_file()}
     if not scores:
@@ -29,6 +29,16 @@ def main() -> None:
     for run, result in scores.items():
         cells = [f"{100 * result['subsets'][s]['all']['miou']:.2f}" for s in subsets]
         print(f"| {run} | {_labels(args.out, run)} | " + " | ".join(cells) + " |")
+    print()
+    full = subsets[0]
+    classes = list(next(iter(scores.values()))["subsets"][full]["all"]["per_class_iou"])
+    print(f"Per-class IoU, {full}:")
+    print()
+    print("| model | " + " | ".join(classes) + " |")
+    print("|---|" + "---|" * len(classes))
+    for run, result in scores.items():
+        ious = result["subsets"][full]["all"]["per_class_iou"]
+        print(f"| {run} | " + " | ".join("-" if ious[c] is None else f"{100 * ious[c]:.1f}" for c in classes) + " |")
     print()
     print("| rule | kept pixels | kept right | all predicted right | labelled pixels kept | rarest 3 classes: "
           "recall (kept and right / true) |")
@@ -48,7 +58,7 @@ def _labels(out: Path, run: str) -> str:
     if run.startswith("student_") and pseudo.is_file():
         r = json.loads(pseudo.read_text())
         labelled = len((out / "data" / "splits" / f"{r['labelled']}.txt").read_text().split())
-        return f"{labelled} + {r['samples'] - len(r['skipped'])} pseudo"
+        return f"{labelled} (listed ×{r['labelled_repeat']}) + {r['samples'] - len(r['skipped'])} pseudo"
     labelled = len((out / "data/splits/train.txt").read_text().split())
     if run.startswith("more_"):
         pick = run.removeprefix("more_")

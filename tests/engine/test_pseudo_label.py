@@ -145,7 +145,7 @@ def test_pseudo_label_writes_a_dataset_folder_of_confident_pixels(teacher, tmp_p
     source = build_dataset("folder", data, "raw")
     linked = build_dataset("folder", out, "raw")
     thresholds = torch.tensor([round(t * BINS) for t in report.thresholds])
-    kept_total, kept_share = 0, {}
+    kept_total, kept_share, mean_confidence = 0, {}, {}
     for i, sid in enumerate(SPLITS["raw"]):
         sample = source.load(i)
         assert all(torch.equal(sample["inputs"][m], linked.load(i)["inputs"][m]) for m in ("rgb", "depth"))
@@ -158,10 +158,12 @@ def test_pseudo_label_writes_a_dataset_folder_of_confident_pixels(teacher, tmp_p
         assert torch.equal(linked.load(i)["label"], expected)
         kept_total += int(keep.sum())
         kept_share[sid] = float(keep.double().mean())
+        mean_confidence[sid] = float(conf.double().mean())
     assert kept_total == sum(report.kept) > 0
-    rows = list(csv.DictReader((out / "samples.csv").open()))  # the least sure first
-    assert [r["id"] for r in rows] == sorted(kept_share, key=lambda sid: (round(kept_share[sid], 4), sid))
+    rows = list(csv.DictReader((out / "samples.csv").open()))  # the least confident first
+    assert [r["id"] for r in rows] == sorted(mean_confidence, key=lambda sid: (mean_confidence[sid], sid))
     assert all(float(r["kept"]) == pytest.approx(kept_share[r["id"]], abs=1e-4) for r in rows)
+    assert all(float(r["mean_confidence"]) == pytest.approx(mean_confidence[r["id"]], abs=1e-4) for r in rows)
     assert {r["sensors"] for r in rows} == {"rgb+depth"} and all(0 <= float(r["accuracy"]) <= 1 for r in rows)
     assert 0 < report.kept_share < 1
     # the labelled splits' labels come through unchanged

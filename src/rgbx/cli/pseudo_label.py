@@ -33,8 +33,9 @@ DIR's sensor files where they are (relative paths, nothing copied): OUT/label/ h
 elsewhere) and the labels of DIR's other splits; split train_pseudo = the --labelled split, repeated until it is at
 least as large as SPLIT (--labelled-repeat), + SPLIT. OUT/prediction/ and OUT/confidence/ (16-bit, confidence x
 65536) hold the raw predictions, OUT/pseudo_labels.json the rule, the thresholds and the report, OUT/samples.csv
-each sample's share of pixels kept (least sure first). When SPLIT does have labels, the report scores the pseudo-
-labels against them (never used to make them). A second round: pseudo-label OUT's SPLIT with the student.
+each sample's mean confidence and share of pixels kept (least confident first). When SPLIT does have labels, the
+report scores the pseudo-labels against them (never used to make them). A second round: pseudo-label OUT's SPLIT
+with the student.
 """
 
 
@@ -104,8 +105,7 @@ def run(args) -> int:
             f"({100 * report.coverage:.1f}% of the labelled pixels kept)")
     with (args.out / "samples.csv").open() as f:
         least = [line.split(",", 1)[0] for line in f.read().splitlines()[1:4]]
-    say(f"least sure (fewest pixels kept; candidates to label by hand): {', '.join(least)} ... "
-        f"({args.out / 'samples.csv'})")
+    say(f"least confident: {', '.join(least)} ... ({args.out / 'samples.csv'})")
     if predictor.calibration is None:
         say("the model file has no confidence temperatures: the confidences are the raw softmax (rgbx calibrate "
             "fits them; --min-confidence then means what it says)")

@@ -38,8 +38,8 @@ The output folder (``docs/dataset-format.md``, *Pseudo-labelled folders*)::
                                 least as many as the others) + the pseudo-labelled
     OUT/attributes.csv          the source's
     OUT/pseudo_labels.json      the model, the rule, the thresholds and the report
-    OUT/samples.csv             per sample: the sensors used, the share of pixels kept, the mean confidence (and
-                                the accuracy, when the split has labels); the least sure first
+    OUT/samples.csv             per sample: the sensors used, the mean confidence, the share of pixels kept (and
+                                the accuracy, when the split has labels); the least confident first
 
 It is written to a temporary folder beside OUT and renamed when complete: a killed run leaves no half dataset.
 """
@@ -371,16 +371,16 @@ def _accuracy(pred: torch.Tensor, label: torch.Tensor | None, ignore_index: int)
 
 
 def _write_samples(path: Path, per_sample: dict[str, dict]) -> None:
-    """``samples.csv``: one row per pseudo-labelled sample, the least sure first (the smallest share of pixels kept;
-    uncertainty sampling's candidates for labelling by hand)."""
+    """``samples.csv``: one row per pseudo-labelled sample, the least confident first (the lowest mean confidence:
+    it tracks a sample's accuracy better than the share of its pixels kept, whose class thresholds differ)."""
     import csv
 
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "sensors", "kept", "mean_confidence", "accuracy"])
-        for sid, row in sorted(per_sample.items(), key=lambda item: (item[1]["kept"], item[0])):
+        writer.writerow(["id", "sensors", "mean_confidence", "kept", "accuracy"])
+        for sid, row in sorted(per_sample.items(), key=lambda item: (item[1]["confidence"], item[0])):
             accuracy = "" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
-            writer.writerow([sid, row["sensors"], f"{row['kept']:.4f}", f"{row['confidence']:.4f}", accuracy])
+            writer.writerow([sid, row["sensors"], f"{row['confidence']:.4f}", f"{row['kept']:.4f}", accuracy])
 
 
 def _label_dtype(values: int):
