@@ -126,7 +126,7 @@ def test_pseudo_label_writes_a_dataset_folder_of_confident_pixels(teacher, tmp_p
     data, model = teacher
     data = Path(shutil.copytree(data, tmp_path / "data"))  # beside the output, to move both together below
     # a floor the briefly trained model's calibrated confidences do not all reach (with one torch thread per pytest
-    # worker it predicts ground everywhere, at ~0.86), so that the rule leaves some pixels out
+    # worker it predicts ground everywhere, 86 % right there), so that the rule leaves some pixels out
     rule = PseudoLabelRule(min_confidence=0.95, class_fraction=0.4)
     out = tmp_path / "out"
     report = pseudo_label(model, data, "raw", out, rule)
