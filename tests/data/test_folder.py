@@ -123,6 +123,23 @@ def test_header_check_runs_when_opening(toy_dataset):
     FolderDataset(toy_dataset, "val")  # the other split is fine
 
 
+def test_a_split_without_any_label_says_how_to_mark_it_unlabelled(toy_dataset):
+    for i in ("s004", "s005"):  # the val split's labels
+        (toy_dataset / "label" / f"{i}.png").unlink()
+    with pytest.raises(DataError) as e:
+        FolderDataset(toy_dataset, "val")
+    assert "no sample of split 'val' has a label file" in str(e.value.problems)
+    assert "optional: true" in str(e.value.problems)
+    (toy_dataset / "label" / "s001.png").unlink()  # one of several labels missing: no such hint
+    with pytest.raises(DataError) as e:
+        FolderDataset(toy_dataset, "train")
+    assert "optional" not in str(e.value.problems)
+    desc = yaml.safe_load((toy_dataset / "dataset.yaml").read_text())
+    desc["label"] = {"folder": "label", "optional": True}
+    (toy_dataset / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    assert FolderDataset(toy_dataset, "val").load(0)["label"] is None
+
+
 def test_optional_modality_may_be_missing(tmp_path):
     root = make_dataset(tmp_path / "d")
     desc = yaml.safe_load((root / "dataset.yaml").read_text())

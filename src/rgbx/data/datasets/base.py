@@ -306,6 +306,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         with ThreadPoolExecutor(workers) as pool:
             for found in pool.map(lambda sid: self._sample_problems(sid, full), self.ids):
                 problems.extend(found)
+        label = self.description.label
+        unlabelled = sum(f": missing {label.name} file for sample " in p for p in problems)  # one per sample
+        if unlabelled == len(self.ids):
+            problems.append(f"no sample of split {self.split!r} has a {label.name} file: if the split is unlabelled "
+                            f"(recordings to predict or pseudo-label), say so in dataset.yaml with "
+                            f"'{label.name}: {{folder: {label.folder}, optional: true}}' (docs/dataset-format.md)")
         return problems
 
     def _sample_problems(self, sample_id: str, full: bool) -> list[str]:
