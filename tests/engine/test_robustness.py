@@ -253,3 +253,78 @@ def test_cli_robustness_failures_and_rules(data, tmp_path):
     assert main(["eval", str(weights), "--data", str(data), "--split", "val", "--robustness", "--workers", "0",
                  "--failures", "none", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["robustness"]["silent_failures"]["results"] == {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# confidence when sensors fail
+
+
+def test_confidence_of_each_case_uses_the_temperature_of_the_sensors_the_model_is_told_it_has(data):
+    """Sensors absent or screened out: the remaining set's temperature; failed frames fed as they are: the full
+    set's (the model believes every sensor present). Temperatures far apart tell the two apart: with 100 the
+    confidence of 3 classes is about 1/3."""
+    from rgbx.engine.calibration import ReliabilityHistogram, TemperatureScaling
+
+    ds = FolderDataset(data, "train", transform=EvalTransform())
+    batch = collate([ds[i] for i in range(len(ds))])
+    model = _model().eval()
+    scaling = TemperatureScaling({"rgb+depth": 0.01, "rgb": 100.0, "depth": 100.0}, "rgb+depth")
+    plain = robustness_report(model, [batch], num_classes=3, failures=["blank"], corruptions=["gaussian"])
+    report = robustness_report(model, [batch], num_classes=3, failures=["blank"], corruptions=["gaussian"],
+                               confidence=True, temperatures=scaling)
+    assert {k: v for k, v in report.items() if k != "confidence"} == plain  # the mIoUs do not change
+    section = report["confidence"]
+    assert section["calibrated"] and section["temperatures"] == scaling.temperatures
+    assert set(section["entire_missing"]) == {"rgb+depth", "rgb", "depth"}
+    assert set(section["corruptions"]["gaussian"]) == {"rgb", "depth"}
+    assert list(section["corruptions"]["gaussian"]["depth"]) == ["0.1", "0.25", "0.5"]
+
+    def by_hand(inputs, present, temperature) -> dict:
+        hist = ReliabilityHistogram(3)
+        with torch.no_grad():
+            hist.update((model(inputs, present).logits / temperature).softmax(1), batch.label)
+        return hist.compute().to_dict()
+
+    full = by_hand(batch.inputs, batch.present, 0.01)
+    only_rgb = batch.with_modalities(("rgb",))
+    for got, want in ((section["entire_missing"]["rgb+depth"], full),
+                      (section["entire_missing"]["rgb"], by_hand(only_rgb.inputs, only_rgb.present, 100.0))):
+        assert got["pixels"] == want["pixels"] > 0
+        for key in ("accuracy", "confidence", "ece", "nll"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+    blank_depth = dict(batch.inputs, depth=get_modality("depth").normalize(torch.zeros_like(batch.inputs["depth"])))
+    as_is = by_hand(blank_depth, batch.present, 0.01)  # fed as is: the full set's temperature
+    got = section["silent_failures"]["depth"]["blank"]
+    assert got["as_is"]["confidence"] == pytest.approx(as_is["confidence"], rel=1e-5)
+    assert got["as_is"]["confidence"] > 0.4
+    # screened: the blank depth is caught (every frame), so the model predicts from RGB at RGB's temperature
+    assert got["screened"]["confidence"] == pytest.approx(section["entire_missing"]["rgb"]["confidence"], rel=1e-5)
+    assert got["screened"]["confidence"] == pytest.approx(1 / 3, abs=0.01)
+    uncalibrated = robustness_report(model, [batch], num_classes=3, failures=[], corruptions=[], confidence=True)
+    assert not uncalibrated["confidence"]["calibrated"]
+    assert uncalibrated["confidence"]["entire_missing"]["rgb+depth"]["confidence"] == pytest.approx(
+        by_hand(batch.inputs, batch.present, 1.0)["confidence"], rel=1e-5)
+    json.dumps(report)
+    console = Console(width=200, record=True)
+    print_robustness_tables(report, console=console)
+    text = console.export_text()
+    assert "confidence when sensors fail" in text and "blank, fed as is" in text and "gaussian 0.5" in text
+    assert "calibrated per sensor set" in text
+
+
+def test_cli_robustness_with_calibration(data, tmp_path, capsys):
+    from rgbx.engine.calibration import TemperatureScaling
+
+    scaling = TemperatureScaling({"rgb+depth": 0.5, "rgb": 2.0, "depth": 3.0}, "rgb+depth")
+    weights = save_model(tmp_path / "model.safetensors", _model(), dataset={"classes": CLASSES, "ignore_index": 255},
+                         calibration=scaling.to_dict())
+    out = tmp_path / "robust.json"
+    assert main(["eval", str(weights), "--data", str(data), "--split", "val", "--robustness", "--calibration",
+                 "--failures", "frozen", "--workers", "0", "--json", str(out)]) == 0
+    assert "confidence when sensors fail" in capsys.readouterr().out
+    section = json.loads(out.read_text())["robustness"]["confidence"]
+    assert section["temperatures"] == scaling.temperatures
+    assert set(section["silent_failures"]["depth"]["frozen"]) == {"as_is", "screened"}
+    assert main(["eval", str(weights), "--data", str(data), "--robustness", "--calibration", "--reliability",
+                 str(tmp_path / "r"), "--workers", "0"]) == 2
+    assert "--reliability draws the plain evaluation's diagrams" in capsys.readouterr().err

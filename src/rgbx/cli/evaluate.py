@@ -32,6 +32,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data data/kitti360 --dataset kitti360 --window 376x752   # sliding windows
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --json robust.json   # missing / noisy sensors
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --failures blank frozen --sensor-rule depth.min_coverage=0.05
+  rgbx eval runs/cmx/model.calibrated.safetensors --data data/synth --robustness --calibration   # does confidence fall?
   rgbx eval runs/cmx/model.safetensors --data my_rig --check-sensors   # a failed sensor's frames count as it absent
   rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --confusion runs/cmx/confusion  # what is mistaken for what
   rgbx eval runs/cmx/model.safetensors --data data/synth --fast              # the device's fast path
@@ -92,7 +93,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", action="store_true",
                    help="also score how far the confidences can be trusted, per sensor set: expected calibration "
                         "error (15 bins), NLL, and the accuracy of the pixels above confidence thresholds; "
-                        "uncalibrated and, for a model file rgbx calibrate wrote, with its temperatures")
+                        "uncalibrated and, for a model file rgbx calibrate wrote, with its temperatures; with "
+                        "--robustness: the confidence of every case of the report (calibrated when the file has "
+                        "temperatures): does it fall when a sensor fails and nothing catches it?")
     p.add_argument("--reliability", type=Path, metavar="DIR",
                    help="with --calibration: write each sensor set's reliability diagrams here (<set>.png: accuracy "
                         "per confidence bin against the diagonal, raw and calibrated side by side; <set>.csv: the "
@@ -144,9 +147,11 @@ def _evaluate(args, device, ctx) -> int:
         raise ConfigError("--failures chooses the silent failures of --robustness; add --robustness")
     if args.reliability is not None and not args.calibration:
         raise ConfigError("--reliability draws the figures of --calibration; add --calibration")
-    if args.calibration and (args.robustness or args.zero_shot is not None):
-        raise ConfigError(f"--calibration scores the plain evaluation's confidences; drop "
-                          f"{'--robustness' if args.robustness else '--zero-shot'}")
+    if args.calibration and args.zero_shot is not None:
+        raise ConfigError("--calibration scores the model's own classifier's confidences; drop --zero-shot")
+    if args.reliability is not None and args.robustness:
+        raise ConfigError("--reliability draws the plain evaluation's diagrams; --robustness --calibration scores "
+                          "the confidences in its report (and --json) without them")
     if args.check_sensors and args.robustness:
         raise ConfigError("--robustness screens frames in its silent-failure section and scores the clean data as "
                           "it is; drop --check-sensors")
@@ -195,14 +200,15 @@ def _evaluate(args, device, ctx) -> int:
     loader = torch.utils.data.DataLoader(share, batch_size=args.batch_size, collate_fn=collate,
                                          num_workers=loader_workers(args.workers, device),
                                          pin_memory=device.type == "cuda")
+    temperatures = TemperatureScaling.from_info(info, str(args.checkpoint)) if args.calibration else None
     if args.robustness:
         if args.modalities:
             raise ConfigError("--robustness scores every subset of the model's modalities; drop --modalities")
         if args.confusion:
             raise ConfigError("--confusion writes the plain evaluation's confusion matrices; drop --robustness")
         with backend_flags(speed):
-            return _run_robustness(args, model, loader, dataset, device, ctx.is_main, amp_dtype, window)
-    temperatures = TemperatureScaling.from_info(info, str(args.checkpoint)) if args.calibration else None
+            return _run_robustness(args, model, loader, dataset, device, ctx.is_main, amp_dtype, window,
+                                   temperatures)
     with backend_flags(speed):
         result = evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                           subsets=subsets, group_by=args.by or None, device=device, scales=args.scales,
@@ -416,7 +422,7 @@ def _failures(args) -> list[str] | None:
 
 
 def _run_robustness(args, model, loader, dataset, device, is_main: bool = True, amp_dtype=None,
-                    window=None) -> int:
+                    window=None, temperatures=None) -> int:
     from rgbx.engine.robustness import print_robustness_tables, robustness_report
 
     desc = dataset.description
@@ -425,7 +431,8 @@ def _run_robustness(args, model, loader, dataset, device, is_main: bool = True, 
                                autocast_dtype=amp_dtype, scales=args.scales, flip=args.flip, window=window,
                                scale_rule=args.scale_rule, failures=_failures(args),
                                monitor=sensor_monitor_from_args(args, "--robustness"),
-                               previous=_previous_in(dataset))
+                               previous=_previous_in(dataset), confidence=args.calibration,
+                               temperatures=temperatures)
     if not is_main:
         return 0
     print_robustness_tables(report, title=f"{args.checkpoint} on {args.data} [{args.split}], seed {args.seed}")

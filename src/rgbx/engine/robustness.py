@@ -39,6 +39,14 @@ Four sections: the first three after the MISS benchmark's Entire-Missing / Rando
    sample) and with the sensor absent; with the share of failed frames the checks caught and of clean frames they
    failed.
 
+With ``confidence=True`` every scored prediction also scores its per-pixel confidence
+(:class:`~rgbx.engine.calibration.ReliabilityHistogram`: accuracy, mean confidence, ECE, NLL, accuracy of the pixels
+above confidence thresholds), calibrated with ``temperatures`` when given, each sample with the temperature of the
+sensors the model is told it has: the remaining set's when a sensor is absent or screened out, the full set's when
+failed or corrupted frames are fed as they are (the model cannot tell). This answers whether the confidence warns a
+downstream consumer when a sensor fails and nothing catches it: where accuracy falls and the confidence does not,
+only the sensor checks can help.
+
 All corruptions are applied in physical units (``spec.denormalize`` → corrupt → ``spec.normalize``), only to samples
 that really have the modality (absent samples keep the fill value), and only with the model's full modality set as
 input. Randomness is seeded per sample from ``(seed, corruption, target, strength, sample id, modality)`` with a
@@ -60,9 +68,11 @@ import torch
 from rgbx.data.sample import Batch
 from rgbx.data.sensor_health import SensorMonitor, screen_frames
 from rgbx.data.transforms import empty_value
+from rgbx.engine.calibration import ReliabilityHistogram, TemperatureScaling
 from rgbx.engine.evaluate import EvalResult, all_subsets, subset_name
-from rgbx.engine.inference import SlidingWindow, predict_logits
+from rgbx.engine.inference import CMX_NOT_PROBABILITIES, SlidingWindow, class_probabilities, predict_logits
 from rgbx.engine.metrics import ConfusionMatrix
+from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
 from rgbx.modalities.spec import ModalitySpec
 
@@ -331,6 +341,8 @@ def robustness_report(
     flip: bool = False,
     window: SlidingWindow | None = None,
     scale_rule: str = "rgbx",
+    confidence: bool = False,
+    temperatures: TemperatureScaling | None = None,
 ) -> dict:
     """Entire-missing, random-dropout and noise robustness of ``model`` on ``loader``, in one pass.
 
@@ -348,6 +360,8 @@ def robustness_report(
         progress: optional callable(batches_done).
         scales, flip, window, scale_rule: test-time averaging and sliding windows for every prediction
             (:func:`rgbx.engine.inference.predict_logits`).
+        confidence: also score every prediction's confidence (module docstring), calibrated by ``temperatures``
+            (a calibrated model's; None: the raw softmax).
 
     Returns:
         A JSON-ready dict: ``seed``, ``miou_convention``, ``modalities``, ``clean_miou`` (all sensors, no
@@ -355,8 +369,12 @@ def robustness_report(
         ``expected_definition``) and ``corruptions`` (per name: ``definition``, ``strength``, ``strengths``,
         ``miou`` as target → strength (str) → mIoU, ``mean`` per target) and ``silent_failures`` (``results`` as
         sensor → failure → ``as_is`` / ``screened`` mIoU and the fraction ``detected``; ``absent``: the mIoU without
-        the sensor; ``false_alarms`` per sensor on the clean frames; ``rules``; ``definitions``).
+        the sensor; ``false_alarms`` per sensor on the clean frames; ``rules``; ``definitions``) and, with
+        ``confidence``, ``confidence``: ``calibrated``, ``temperatures`` and the same three sections keyed like the
+        mIoUs, each figure a :class:`~rgbx.engine.calibration.CalibrationMetrics` dict without its bins.
     """
+    if confidence and scale_rule == "cmx":
+        raise ConfigError(CMX_NOT_PROBABILITIES)
     model.eval()
     device = torch.device(device)
     modalities = tuple(model.modalities)
@@ -393,10 +411,22 @@ def robustness_report(
     clean = EvalResult(num_classes, ignore_index)
     corrupted = {run[:2] + (run[3],): ConfusionMatrix(num_classes, ignore_index) for run in runs}
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    # the confidences of each scored case, keyed like the matrices: ("subset", name), ("corruption", name, target,
+    # strength), ("silent", sensor, failure, how); made up front so that every process of a run reduces the same ones
+    keys = [("subset", subset_name(s)) for s in subsets] + [("corruption", *k) for k in corrupted] \
+        + [("silent", *k) for k in silent]
+    hist = {k: ReliabilityHistogram(num_classes, ignore_index) for k in keys} if confidence else {}
 
-    def predict(view: Batch) -> torch.Tensor:
+    def predict(view: Batch, key: tuple | None = None, label: torch.Tensor | None = None) -> torch.Tensor:
         with amp:
-            return predict_logits(model, view.inputs, view.present, scales, flip, window, scale_rule).argmax(1)
+            logits = predict_logits(model, view.inputs, view.present, scales, flip, window, scale_rule)
+        if confidence and key is not None:  # the temperature of the sensors the model is told it has
+            t = 1.0 if temperatures is None else temperatures.per_sample(view.present, modalities).to(device)
+            with amp:
+                probs = class_probabilities(model, view.inputs, view.present, scales, flip, window, scale_rule,
+                                            temperature=t, scores=logits)
+            hist[key].update(probs, label)
+        return logits.argmax(1)
 
     for bi, batch in enumerate(loader):
         if batch.label is None:
@@ -405,11 +435,12 @@ def robustness_report(
         for subset in subsets:
             view = batch.with_modalities(subset)
             if view.inputs:
-                clean.matrix(subset_name(subset)).update(predict(view), batch.label)
+                name = subset_name(subset)
+                clean.matrix(name).update(predict(view, ("subset", name), batch.label), batch.label)
         full = batch.with_modalities(modalities)
         for n, target, mods, s in runs:
             view = corrupt_batch(full, n, mods, s, seed=seed, batch_index=bi)
-            corrupted[(n, target, s)].update(predict(view), batch.label)
+            corrupted[(n, target, s)].update(predict(view, ("corruption", n, target, s), batch.label), batch.label)
         if failure_names:
             phys = {m: specs[m].denormalize(full.inputs[m]) for m in modalities}
             if previous is None:
@@ -430,7 +461,7 @@ def robustness_report(
                 for f in failure_names:
                     bad = torch.where(keep, SILENT_FAILURES[f][0](phys[m], before[m][0], specs[m]), phys[m])
                     as_is = full.replace(inputs={**full.inputs, m: specs[m].normalize(bad)})
-                    silent[(m, f, "as_is")].update(predict(as_is), batch.label)
+                    silent[(m, f, "as_is")].update(predict(as_is, ("silent", m, f, "as_is"), batch.label), batch.label)
                     inputs, failed = dict(full.inputs), {}
                     for k in modalities:  # every sensor screened, as a deployed monitor would
                         cleaned, checks = screen_frames(bad if k == m else phys[k], specs[k], rules[k], *before[k])
@@ -439,13 +470,16 @@ def robustness_report(
                         failed[k] = torch.stack(list(checks.values())).any(0) & present[k]
                     nothing_left = torch.stack([failed[k] | ~present[k] for k in modalities]).all(0)
                     view = full.replace(inputs=inputs).drop({k: v & ~nothing_left for k, v in failed.items()})
-                    silent[(m, f, "screened")].update(predict(view), batch.label)
+                    silent[(m, f, "screened")].update(predict(view, ("silent", m, f, "screened"), batch.label),
+                                                      batch.label)
                     detected[(m, f)] += torch.stack([failed[m].sum(), present[m].sum()]).cpu()
         if progress is not None:
             progress(bi + 1)
     clean.all_reduce()
     for cm in (*corrupted.values(), *silent.values()):
         cm.all_reduce()
+    for h in hist.values():
+        h.all_reduce()
 
     metrics = {s: groups["all"] for s, groups in clean.metrics(convention).items()}
     mious = {s: m.miou for s, m in metrics.items()}
@@ -489,7 +523,7 @@ def robustness_report(
                     "failed one left out (never every sensor of a sample), NaN replaced; detected: fraction of the "
                     "replaced frames the checks failed; false_alarms: checks failed on the clean frames",
     }
-    return {
+    report = {
         "seed": seed,
         "miou_convention": convention,
         "modalities": list(modalities),
@@ -501,6 +535,37 @@ def robustness_report(
                                "applied in physical units; seeded per sample from (seed, corruption, target, "
                                "strength, sample id, modality)",
     }
+    if confidence:
+        report["confidence"] = _confidence_section(hist, temperatures)
+    return report
+
+
+def _confidence_section(hist: dict[tuple, ReliabilityHistogram], temperatures: TemperatureScaling | None) -> dict:
+    def figures(key: tuple) -> dict:
+        m = hist[key].compute().to_dict()
+        m.pop("bins")
+        return {k: _num(v) if isinstance(v, float) else v for k, v in m.items()}
+
+    section: dict = {
+        "calibrated": temperatures is not None,
+        "temperatures": temperatures.temperatures if temperatures is not None else None,
+        "definition": "per labelled pixel: accuracy of the argmax, mean confidence (its probability), ECE (15 equal "
+                      "bins), NLL of the true class, accuracy and share of the pixels at or above each confidence "
+                      "threshold; probabilities softmax(logits / T), T the temperature of the sensors the model is "
+                      "told it has (the full set's when failed frames are fed as they are; 1 uncalibrated)",
+        "entire_missing": {}, "corruptions": {}, "silent_failures": {},
+    }
+    for key in hist:
+        kind, *rest = key
+        if kind == "subset":
+            section["entire_missing"][rest[0]] = figures(key)
+        elif kind == "corruption":
+            n, target, s = rest
+            section["corruptions"].setdefault(n, {}).setdefault(target, {})[str(s)] = figures(key)
+        else:
+            m, f, how = rest
+            section["silent_failures"].setdefault(m, {}).setdefault(f, {})[how] = figures(key)
+    return section
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -578,6 +643,50 @@ def silent_failure_table(report: dict, title: str | None = None):
     return table
 
 
+def _share(v: float) -> str:
+    return "<1%" if 0 < v < 0.005 else f"{100 * v:.0f}%"
+
+
+def confidence_table(report: dict, threshold: float = 0.9, title: str | None = None):
+    """Does the confidence fall with the accuracy? One row per sensor set (entire missing), per silent failure fed
+    as is and screened, and per corruption at its strongest level."""
+    from rich.table import Table
+
+    section = report["confidence"]
+    how = "calibrated per sensor set" if section["calibrated"] else "raw softmax (the model file records no " \
+                                                                    "temperatures: rgbx calibrate)"
+    table = Table(title=title or "confidence when sensors fail",
+                  caption=f"% of labelled pixels; {how}; over-confidence = mean confidence - accuracy; ECE over 15 "
+                          f"bins; failed / corrupted frames fed as they are get the full set's temperature; — where the "
+                          f"probabilities are not numbers (NaN frames fed as they are)")
+    for name, justify in (("case", "left"), ("sensor", "left"), ("accuracy", "right"), ("mean confidence", "right"),
+                          ("over-confidence", "right"), ("ECE", "right"),
+                          (f"accuracy at conf >= {threshold:g} (share)", "right")):
+        table.add_column(name, justify=justify)
+
+    def row(case: str, sensor: str, m: dict) -> None:
+        at = next((c for c in m["coverage"] if abs(c["threshold"] - threshold) < 1e-9), None)
+        gap = None if m["confidence"] is None or m["accuracy"] is None else m["confidence"] - m["accuracy"]
+        table.add_row(case, sensor, _pct(m["accuracy"]), _pct(m["confidence"]),
+                      "—" if gap is None else f"{100 * gap:+.2f}", _pct(m["ece"]),
+                      "—" if at is None or at["accuracy"] is None else
+                      f"{_pct(at['accuracy'])} ({_share(at['coverage'])})")
+
+    for subset, m in section["entire_missing"].items():
+        row("sensors given", subset, m)
+    for m, by_failure in section["silent_failures"].items():
+        table.add_section()
+        for f, hows in by_failure.items():
+            row(f"{f}, fed as is", m, hows["as_is"])
+            row(f"{f}, screened", m, hows["screened"])
+    for n, by_target in section["corruptions"].items():
+        table.add_section()
+        strongest = report["corruptions"][n]["strengths"][-1]
+        for target, by_strength in by_target.items():
+            row(f"{n} {strongest:g}", target, by_strength[str(float(strongest))])
+    return table
+
+
 def print_robustness_tables(report: dict, title: str | None = None, console=None) -> None:
 
     from rgbx.engine.report import wide_console
@@ -590,3 +699,5 @@ def print_robustness_tables(report: dict, title: str | None = None, console=None
         console.print(corruption_table(report))
     if report.get("silent_failures", {}).get("results"):
         console.print(silent_failure_table(report))
+    if report.get("confidence"):
+        console.print(confidence_table(report))
