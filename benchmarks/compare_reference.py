@@ -358,7 +358,8 @@ def run_model(name: str, args, device: torch.device) -> dict:
 
 def runtime_inference(model, infer, runtime: str, args) -> Callable[[], Callable]:
     """The rgbx model exported as rgbx export writes it (folded head; fixed batch-1 shape at the latency size) and
-    run by ``runtime`` (rgbx.engine.onnx_model.OnnxSegmentor), as ``rgbx eval / predict FILE.onnx`` run it."""
+    run by ``runtime`` (rgbx.engine.onnx_model.OnnxSegmentor), as ``rgbx eval / predict FILE.onnx`` run it;
+    ``openvino-bf16``: OpenVINO computing in bf16 (``--runtime openvino --runtime-precision bf16``)."""
     import tempfile
 
     from rgbx.engine.export import export_onnx
@@ -368,7 +369,8 @@ def runtime_inference(model, infer, runtime: str, args) -> Callable[[], Callable
         folder = Path(tempfile.mkdtemp(prefix="rgbx_runtime_"))
         path = export_onnx(copy.deepcopy(model).cpu(), folder / "model.onnx", size=tuple(args.size), dynamic=False,
                            batch=1, exporter="torchscript")
-        session = OnnxSegmentor(path, runtime, threads=torch.get_num_threads())
+        name, _, precision = runtime.partition("-")
+        session = OnnxSegmentor(path, name, threads=torch.get_num_threads(), precision=precision or "fp32")
         return lambda: session(infer.rgbx).logits
 
     return make
@@ -420,7 +422,8 @@ def report(results: list[dict], args, device: torch.device) -> str:
             f"{_fmt(lex)} | {_fmt(lfa, '.2f')} | {_fmt(lref / lfa if lref and lfa else None, '.2f', '×')} | "
             f"{_fmt(ref_peak.get('peak_gib'))} | {_fmt(fast_peak.get('peak_gib'))} | "
             f"{_fmt(100 * mfu if mfu else None, '.1f', ' %')} |")
-    runtimes = [name for name in ("rgbx onnxruntime", "rgbx openvino") if any(_ms(r, name) for r in results)]
+    runtimes = [name for name in ("rgbx onnxruntime", "rgbx openvino", "rgbx openvino-bf16")
+                if any(_ms(r, name) for r in results)]
     if runtimes:
         head = ("| model | ref latency ms | rgbx fast | " + " | ".join(runtimes) + " | "
                 + " | ".join(f"{name.split()[1]} ÷ ref" for name in runtimes) + " |")
@@ -459,9 +462,10 @@ def main() -> int:
     p.add_argument("--reference-keeps-host-memory", action="store_true",
                    help="give the reference the host allocator setting of rgbx's CPU fast set (keep_host_memory; "
                         "default: glibc's own, as the reference's scripts run): the ratio of the code alone")
-    p.add_argument("--runtimes", nargs="+", default=[], choices=("onnxruntime", "openvino"),
+    p.add_argument("--runtimes", nargs="+", default=[], choices=("onnxruntime", "openvino", "openvino-bf16"),
                    help="CPU latency: also the model exported to ONNX and run by these runtimes (rgbx eval / predict "
-                        "FILE.onnx --runtime ...); openvino: pip install 'rgbx[openvino]'")
+                        "FILE.onnx --runtime ...; openvino-bf16: --runtime openvino --runtime-precision bf16, on a "
+                        "processor with bf16 instructions); openvino: pip install 'rgbx[openvino]'")
     p.add_argument("--budget-s", type=float, help="stop starting new models after this many seconds")
     p.add_argument("--markdown", type=Path, help="write the table (with the command and device) here")
     p.add_argument("--json", type=Path, help="write all figures here")

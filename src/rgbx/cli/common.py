@@ -122,6 +122,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for an exported .onnx file (rgbx export) given instead of a model file: the runtime "
                              "that runs it on the CPU (default onnxruntime; openvino: pip install 'rgbx[openvino]')")
     parser.add_argument("--runtime-threads", type=positive_int, metavar="N", help="CPU threads of that runtime")
+    parser.add_argument("--runtime-precision", choices=("fp32", "bf16"), default="fp32",
+                        help="arithmetic of the runtime: fp32 (the file's, the default) or bf16 (--runtime openvino "
+                             "on a processor with bf16 instructions, e.g. AMX: faster, logits within bf16 rounding)")
 
 
 def load_model_from_args(args, device):
@@ -136,8 +139,13 @@ def load_model_from_args(args, device):
 
             raise ConfigError(f"--fast sets PyTorch's speed switches; {args.checkpoint} runs in {args.runtime} "
                               f"(drop --fast)")
-        model = OnnxSegmentor(args.checkpoint, args.runtime, args.runtime_threads)
+        model = OnnxSegmentor(args.checkpoint, args.runtime, args.runtime_threads, args.runtime_precision)
         return model, model.info
+    if getattr(args, "runtime_precision", "fp32") != "fp32":
+        from rgbx.errors import ConfigError
+
+        raise ConfigError(f"--runtime-precision sets the arithmetic of an exported .onnx file's runtime; "
+                          f"{args.checkpoint} is run by PyTorch (--fast computes in bf16 where the device can)")
     from rgbx.engine.checkpoint import load_model
 
     return load_model(args.checkpoint, device)

@@ -11,7 +11,11 @@ Runtimes (CPU):
 
 * ``onnxruntime``: all graph optimisations, ``threads`` intra-op threads (default: ONNX Runtime's).
 * ``openvino``: the file compiled for OpenVINO's CPU plugin in float32 (``INFERENCE_PRECISION_HINT=f32``, so the
-  arithmetic stays that of the file) with the latency hint. On the 2-core AVX2 machine it ran CMX-B2's batch-1
+  arithmetic stays that of the file) with the latency hint; ``precision="bf16"`` lets the plugin compute in bfloat16
+  (``INFERENCE_PRECISION_HINT=bf16``; inputs and logits stay float32) on a processor with bf16 instructions (AMX /
+  AVX512-BF16): CMX-B2's batch-1 inference at 480×640 went from 610 to 245 ms on a 2-core Xeon with AMX,
+  1.8× PyTorch's fast set (``benchmarks/speed.md``).
+  Refused on a processor without them, where OpenVINO would silently keep float32. On the 2-core AVX2 machine it ran CMX-B2's batch-1
   inference at 480×640 1.09–1.27× faster than PyTorch's CPU fast set (``benchmarks/speed.md``, "The exported file
   in ONNX Runtime and OpenVINO"). ``pip install 'rgbx[openvino]'``.
 """
@@ -31,6 +35,7 @@ from rgbx.models.config import ModelConfig
 from rgbx.models.segmentor import SegOutput
 
 RUNTIMES = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
 
 
 def is_onnx_file(path: str | Path) -> bool:
@@ -44,6 +49,7 @@ class OnnxSegmentor(nn.Module):
         path: the ``.onnx`` file (written by ``rgbx export``: its metadata names the sensors and classes).
         runtime: ``"onnxruntime"`` or ``"openvino"``.
         threads: CPU threads of the runtime (None: its default).
+        precision: ``"fp32"`` (the file's arithmetic) or ``"bf16"`` (OpenVINO on a CPU with bf16 instructions).
 
     Attributes:
         modalities, num_classes, config: as a Segmentor's (``config`` is the exported model's ModelConfig).
@@ -53,18 +59,24 @@ class OnnxSegmentor(nn.Module):
             ``rgbx eval --as-published``) and ``calibration`` (confidence temperatures, ``rgbx calibrate``).
     """
 
-    def __init__(self, path: str | Path, runtime: str = "onnxruntime", threads: int | None = None):
+    def __init__(self, path: str | Path, runtime: str = "onnxruntime", threads: int | None = None,
+                 precision: str = "fp32"):
         super().__init__()
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"{path}: exported model file not found")
         if runtime not in RUNTIMES:
             raise ConfigError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown runtime precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if precision != "fp32" and runtime != "openvino":
+            raise ConfigError(f"runtime precision {precision}: only the openvino runtime computes in bf16 "
+                              f"(onnxruntime runs the file's float32)")
         meta = read_onnx_metadata(path)
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not an rgbx export (its metadata has format={meta.get('format')!r}, "
                                   f"expected {FORMAT!r}); write one with rgbx export")
-        self.path, self.runtime = path, runtime
+        self.path, self.runtime, self.precision = path, runtime, precision
         self.modalities = tuple(meta["modalities"])
         self.config = ModelConfig.from_dict(meta["model_config"])
         self.num_classes = self.config.num_classes
@@ -73,9 +85,10 @@ class OnnxSegmentor(nn.Module):
         dataset.setdefault("classes", meta.get("classes"))
         dataset.setdefault("palette", meta.get("palette"))
         dataset.setdefault("ignore_index", meta.get("ignore_index", 255))
-        self.info = {"dataset": dataset, "exported_from": str(path), "runtime": runtime,
+        self.info = {"dataset": dataset, "exported_from": str(path), "runtime": runtime, "precision": precision,
                      **{k: meta[k] for k in ("converted_from", "reference_evaluation", "calibration") if k in meta}}
-        self._run = _openvino_runner(path, threads) if runtime == "openvino" else _onnxruntime_runner(path, threads)
+        self._run = (_openvino_runner(path, threads, precision) if runtime == "openvino"
+                     else _onnxruntime_runner(path, threads))
 
     def forward(self, inputs: Mapping[str, torch.Tensor],
                 present: Mapping[str, torch.Tensor] | None = None) -> SegOutput:
@@ -122,15 +135,20 @@ def _onnxruntime_runner(path: Path, threads: int | None):
     return lambda feed: session.run(["logits"], feed)[0]
 
 
-def _openvino_runner(path: Path, threads: int | None):
+def _openvino_runner(path: Path, threads: int | None, precision: str = "fp32"):
     try:
         import openvino as ov
     except ImportError:
         raise ConfigError("--runtime openvino needs the openvino package: pip install 'rgbx[openvino]'") from None
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    core = ov.Core()
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise ConfigError(f"runtime precision bf16: OpenVINO finds no bf16 instructions on this processor "
+                          f"({core.get_property('CPU', 'FULL_DEVICE_NAME')}; it can compute in "
+                          f"{', '.join(core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))}); use fp32")
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    compiled = core.compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     output = compiled.output("logits")
     return lambda feed: request.infer(feed)[output].copy()
