@@ -11,13 +11,13 @@ Runtimes (CPU):
 
 * ``onnxruntime``: all graph optimisations, ``threads`` intra-op threads (default: ONNX Runtime's).
 * ``openvino``: the file compiled for OpenVINO's CPU plugin in float32 (``INFERENCE_PRECISION_HINT=f32``, so the
-  arithmetic stays that of the file) with the latency hint; ``precision="bf16"`` lets the plugin compute in bfloat16
-  (``INFERENCE_PRECISION_HINT=bf16``; inputs and logits stay float32) on a processor with bf16 instructions (AMX /
-  AVX512-BF16): CMX-B2's batch-1 inference at 480×640 went from 610 to 245 ms on a 2-core Xeon with AMX,
-  1.8× PyTorch's fast set (``benchmarks/speed.md``).
-  Refused on a processor without them, where OpenVINO would silently keep float32. On the 2-core AVX2 machine it ran CMX-B2's batch-1
+  arithmetic stays that of the file) with the latency hint. On the 2-core AVX2 machine it ran CMX-B2's batch-1
   inference at 480×640 1.09–1.27× faster than PyTorch's CPU fast set (``benchmarks/speed.md``, "The exported file
-  in ONNX Runtime and OpenVINO"). ``pip install 'rgbx[openvino]'``.
+  in ONNX Runtime and OpenVINO"). ``precision="bf16"`` lets the plugin compute in bfloat16
+  (``INFERENCE_PRECISION_HINT=bf16``; inputs and logits stay float32) on a processor with bf16 instructions (AMX /
+  AVX512-BF16): on a 2-core Xeon with AMX, CMX-B2 went from 610 ms (float32) to 245 ms, 1.8× PyTorch's fast set
+  ("OpenVINO in bf16 on a processor with AMX"). Refused on a processor without them, where OpenVINO would silently
+  keep float32. ``pip install 'rgbx[openvino]'``.
 """
 
 from __future__ import annotations
