@@ -93,8 +93,15 @@ def test_an_exported_file_predicts_the_same(model_file, tmp_path):
     torch_labels = rgbx.Predictor.from_file(model_file)({"rgb": rgb, "depth": depth_mm})
     onnx_labels = rgbx.Predictor.from_file(onnx_path)({"rgb": rgb, "depth": depth_mm})
     assert (torch_labels == onnx_labels).mean() > 0.999
-    with pytest.raises(ConfigError, match="runs in ONNX Runtime"):
+    with pytest.raises(ConfigError, match="runs in onnxruntime"):
         rgbx.Predictor.from_file(onnx_path, fast=True)
+    with pytest.raises(ConfigError, match="only the openvino runtime computes in bf16"):
+        rgbx.Predictor.from_file(onnx_path, runtime_precision="bf16")
+    with pytest.raises(ConfigError, match="choose how an exported .onnx file runs"):
+        rgbx.Predictor.from_file(model_file, runtime="openvino")
+    pytest.importorskip("openvino")
+    in_openvino = rgbx.Predictor.from_file(onnx_path, runtime="openvino")({"rgb": rgb, "depth": depth_mm})
+    assert (in_openvino == onnx_labels).mean() > 0.999
 
 
 def test_devices_by_name(model_file):

@@ -87,11 +87,13 @@ class Predictor:
                               "unlabelled pixels could not be told from that class")
 
     @classmethod
-    def from_file(cls, path, device: str | torch.device = "cpu", fast: bool = False, **test_time) -> Predictor:
-        """A predictor for an rgbx model file (:func:`rgbx.load_model`), or an exported ``.onnx`` file run in ONNX
-        Runtime; ``fast``: the device's fast speed switches (PyTorch models); ``test_time``: ``scales``, ``flip``,
-        ``window``, ``scale_rule``, ``monitor`` (True: screen each frame for failed sensors) and
-        ``min_confidence`` (leave pixels below it unlabelled).
+    def from_file(cls, path, device: str | torch.device = "cpu", fast: bool = False, runtime: str = "onnxruntime",
+                  runtime_precision: str = "fp32", **test_time) -> Predictor:
+        """A predictor for an rgbx model file (:func:`rgbx.load_model`), or an exported ``.onnx`` file run in
+        ``runtime`` (``onnxruntime`` or ``openvino``; ``runtime_precision="bf16"``: OpenVINO in bf16, on a processor
+        with bf16 instructions); ``fast``: the device's fast speed switches (PyTorch models); ``test_time``:
+        ``scales``, ``flip``, ``window``, ``scale_rule``, ``monitor`` (True: screen each frame for failed sensors)
+        and ``min_confidence`` (leave pixels below it unlabelled).
 
         Example::
 
@@ -113,9 +115,12 @@ class Predictor:
 
         if is_onnx_file(path):
             if fast:
-                raise ConfigError(f"fast=True sets PyTorch's speed switches; {path} runs in ONNX Runtime")
-            model = OnnxSegmentor(path)
+                raise ConfigError(f"fast=True sets PyTorch's speed switches; {path} runs in {runtime}")
+            model = OnnxSegmentor(path, runtime, precision=runtime_precision)
             return cls(model, model.info, "cpu", **test_time)
+        if runtime != "onnxruntime" or runtime_precision != "fp32":
+            raise ConfigError(f"runtime / runtime_precision choose how an exported .onnx file runs; {path} is run by "
+                              f"PyTorch (fast=True computes in bf16 where the device can)")
         device = resolve_device(device)  # auto, cpu, cuda, cuda:N
         model, info = load_model(path, device)
         return cls(model, info, device, speed=SpeedOptions.fast(device) if fast else None, **test_time)
