@@ -71,7 +71,7 @@ class OnnxSegmentor(nn.Module):
             raise ConfigError(f"unknown runtime precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
         if precision != "fp32" and runtime != "openvino":
             raise ConfigError(f"runtime precision {precision}: only the openvino runtime computes in bf16 "
-                              f"(onnxruntime runs the file's float32)")
+                              f"(--runtime openvino; onnxruntime runs the file's float32)")
         meta = read_onnx_metadata(path)
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not an rgbx export (its metadata has format={meta.get('format')!r}, "
