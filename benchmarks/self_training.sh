@@ -8,7 +8,7 @@
 # make them (tests/engine/test_pseudo_label.py checks that the pseudo-labels are the same without them).
 # Results: $OUT/*/test.json, $OUT/pseudo_*/pseudo_labels.json; the table: python benchmarks/self_training_table.py $OUT
 #
-#   bash benchmarks/self_training.sh                    # OUT=runs/self_training ITERS=1200, ~45 min on 2 cores
+#   bash benchmarks/self_training.sh                    # OUT=runs/self_training ITERS=1200, ~85 min on 2 cores
 #   OUT=runs/self_training_10 LABELLED=10 RULES=cf50:--class-fraction=0.5 EXTRAS=0 bash benchmarks/self_training.sh
 set -euo pipefail
 OUT=${OUT:-runs/self_training}
@@ -25,10 +25,12 @@ if [ ! -f "$DATA/splits/raw.txt" ]; then
   head -n "$LABELLED" "$OUT/all.txt" > "$DATA/splits/train.txt"
   tail -n +"$((LABELLED + 1))" "$OUT/all.txt" > "$DATA/splits/raw.txt"
 fi
-fit() {  # fit NAME ROOT SPLIT
-  [ -f "$OUT/$1/model.safetensors" ] || { echo "== train $1 ($(date +%T))"; $TRAIN data.root="$2" data.train_split="$3" output_dir="$OUT/$1" > "$OUT/$1.log"; }
-  [ -f "$OUT/$1/test.json" ] || rgbx eval "$OUT/$1/model.safetensors" --data "$DATA" --split test --anymodal --workers 1 \
-    --json "$OUT/$1/test.json" > "$OUT/$1/test.txt"
+fit() {  # fit NAME ROOT SPLIT [KEY=VALUE ...]
+  local name=$1 root=$2 split=$3
+  shift 3
+  [ -f "$OUT/$name/model.safetensors" ] || { echo "== train $name ($(date +%T))"; $TRAIN data.root="$root" data.train_split="$split" output_dir="$OUT/$name" "$@" > "$OUT/$name.log"; }
+  [ -f "$OUT/$name/test.json" ] || rgbx eval "$OUT/$name/model.safetensors" --data "$DATA" --split test --anymodal --workers 1 \
+    --json "$OUT/$name/test.json" > "$OUT/$name/test.txt"
 }
 fit teacher "$DATA" train
 [ -f "$OUT/teacher/model.calibrated.safetensors" ] || rgbx calibrate "$OUT/teacher/model.safetensors" --data "$DATA" --split val --workers 1 > /dev/null
@@ -40,6 +42,16 @@ for entry in $RULES; do
 done
 # EXTRAS=0: the teacher and students only
 if [ "${EXTRAS:-1}" = 1 ]; then
+# the student started from the teacher's weights (train.init_from) instead of from scratch, in two seeds; its control,
+# the teacher trained on for as many iterations again on its labelled scenes alone; a noisier student (more modality
+# dropout, wider scale jitter, more drop-path: "noisy student"); the from-scratch student in a second seed
+TEACHER_INIT="train.init_from=$OUT/teacher/model.safetensors"
+fit student_cf50_init "$OUT/pseudo_cf50" train_pseudo "$TEACHER_INIT"
+fit student_cf50_init_seed1 "$OUT/pseudo_cf50" train_pseudo "$TEACHER_INIT" train.seed=1
+fit teacher_continued "$DATA" train "$TEACHER_INIT"
+fit student_cf50_noisy "$OUT/pseudo_cf50" train_pseudo method.modality_dropout=0.5 "data.scale_range=[0.5,2.0]" \
+  model.drop_path_rate=0.2
+fit student_cf50_seed1 "$OUT/pseudo_cf50" train_pseudo train.seed=1
 # every scene labelled: a split of its own only while it trains (pseudo-labelling refuses a split whose samples are
 # also in another split of the folder, whose labels it would replace)
 [ -f "$OUT/all_labelled/model.safetensors" ] || cp "$OUT/all.txt" "$DATA/splits/all.txt"
