@@ -357,6 +357,28 @@ def test_rgbx_bench_cli_writes_every_option_set(tmp_path, capsys):
     assert "train img/s" in capsys.readouterr().out
 
 
+def test_rgbx_bench_times_the_exported_file_in_each_runtime(tmp_path, capsys):
+    """--runtimes: the file rgbx export writes, run as rgbx eval / predict FILE.onnx run it. A runtime that cannot
+    run here (not installed; bf16 on a processor without it) is a row with its reason, the others still count."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    args = ["bench", "--backbone", "mit_nano", "--fusion", "cmx", "--modalities", "rgb", "depth", "--num-classes", "4",
+            "--head-channels", "16", "--size", "32x32", "--throughput-batch", "2", "--warmup", "0", "--repeats", "1",
+            "--device", "cpu", "--options", "exact"]
+    assert main([*args, "--what", "latency", "throughput", "--runtimes", "onnxruntime", "openvino-bf16",
+                 "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["exact", "onnx: onnxruntime", "onnx: openvino-bf16"]
+    ort = results["onnx: onnxruntime"]
+    assert ort["latency"]["batch"] == 1 and ort["latency"]["median_ms"] > 0
+    assert ort["throughput"]["batch"] == 2 and ort["throughput"]["images_per_s"] > 0
+    bf16 = results["onnx: openvino-bf16"]
+    assert ("error" in bf16) != ("latency" in bf16)  # measured, or the reason it could not be
+    assert "onnx: onnxruntime" in capsys.readouterr().out
+    assert main([*args, "--what", "train", "--runtimes", "onnxruntime"]) == 2
+    assert "--runtimes times inference" in capsys.readouterr().err
+
+
 def test_rgbx_bench_data_times_the_input_pipeline(tmp_path, capsys):
     """Each worker count is timed after a warm-up of every batch its workers prepare ahead (2 each), over at least
     twice that many batches, and a dataset smaller than warm-up + timed batches is read again: 4 samples give 12

@@ -24,6 +24,8 @@ EXAMPLES = """  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth
   rgbx bench --config synth_cmx_b0 --num-classes 10 --options exact fast compiled --json bench.json
   rgbx bench --backbone dformer_l --fusion dformer --head ham --modalities rgb depth --num-classes 40 \\
       --device cuda --train-batch 8 --train-size 480x640
+  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 --head-channels 512 \
+      --what latency --runtimes onnxruntime openvino openvino-bf16      # the exported file, as deployed on this CPU
   rgbx bench --data data/synth --modalities rgb depth --workers 0 2 4 --crop 480x640   # input pipeline
   rgbx bench --data data/synth --modalities rgb depth --workers 4 8 --geometric-on sample batch --device cuda
 
@@ -66,6 +68,10 @@ def add_parser(sub) -> None:
                    choices=("exact", "fast", "graphed", "compiled", "custom"),
                    help="option sets to time (default exact fast)")
     p.add_argument("--sweep", action="store_true", help="also time exact + each single switch of the fast set")
+    p.add_argument("--runtimes", nargs="+", default=[], choices=("onnxruntime", "openvino", "openvino-bf16"),
+                   help="CPU inference: also the model exported as rgbx export writes it, run by these runtimes "
+                        "(rgbx eval / predict FILE.onnx --runtime ...; openvino-bf16: --runtime-precision bf16, on a "
+                        "processor with bf16 instructions); rows 'onnx: RUNTIME'")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="custom set: autocast precision")
     p.add_argument("--attn", choices=("sdpa", "eager"), help="custom set: attention implementation")
     p.add_argument("--channels-last", action="store_true", help="custom set: channels-last memory layout")
@@ -278,6 +284,10 @@ def run(args) -> int:
     cpu = device.type == "cpu"
     train_size = args.train_size or ((240, 320) if cpu else tuple(args.size))
     train_batch = args.train_batch or (2 if cpu else 8)
+    if args.runtimes and not cpu:
+        raise ConfigError(f"--runtimes runs the exported file on the CPU; drop it or use --device cpu (not {device})")
+    if args.runtimes and not {"latency", "throughput"} & set(args.what):
+        raise ConfigError("--runtimes times inference: add latency or throughput to --what")
     fusable = args.sweep and any(hasattr(m, "fuse_for_inference") for m in create_model(config).modules())
     sets = option_sets(args, device, fusable)
     compiling = any(o.compile for o in sets.values())
@@ -287,11 +297,20 @@ def run(args) -> int:
                          size=tuple(args.size), train_size=train_size, train_batch=train_batch,
                          throughput_batch=args.throughput_batch, warmup=args.warmup, repeats=args.repeats,
                          what=args.what, peak=args.peak_tflops, on_result=print_progress)
+    if args.runtimes:
+        from rgbx.engine.bench import bench_runtimes
+
+        result["results"].update(bench_runtimes(
+            lambda: create_model(config), config.modalities, args.runtimes, size=tuple(args.size),
+            throughput_batch=args.throughput_batch, warmup=args.warmup, repeats=args.repeats, what=args.what,
+            flops_per_image=result["flops"].get("fwd_per_image"), threads=torch.get_num_threads(),
+            on_result=print_progress))
     result.update(model=config.to_dict(), device=str(device), device_name=_device_name(device),
                   torch=torch.__version__, threads=torch.get_num_threads(), warmup=args.warmup,
                   repeats=args.repeats, size="x".join(map(str, args.size)),
                   train_size="x".join(map(str, train_size)),
-                  peak_tflops={k: args.peak_tflops or peak_tflops(device, o.precision, o.tf32) for k, o in sets.items()})
+                  peak_tflops={k: args.peak_tflops or peak_tflops(device, o.precision, o.tf32) for k, o in sets.items()},
+                  runtimes=list(args.runtimes))
     title = (f"{config.backbone} + {config.fusion} + {config.head}, {'+'.join(config.modalities)}, "
              f"{config.num_classes} classes; train batch {train_batch} at {result['train_size']}, inference at "
              f"{result['size']}")

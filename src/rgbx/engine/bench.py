@@ -18,6 +18,8 @@ How it is timed:
   counting); a training step is counted as 3× the forward (backward ≈ 2× forward). Model FLOPs utilisation (MFU) =
   achieved FLOP/s ÷ the device's peak for the precision used (:func:`peak_tflops`: datasheet dense figures for
   known GPUs, or a given number).
+* :func:`bench_runtimes`: the same inference figures for the file ``rgbx export`` writes, run on the CPU by ONNX
+  Runtime or OpenVINO (:class:`~rgbx.engine.onnx_model.OnnxSegmentor`, as ``rgbx eval / predict FILE.onnx`` run it).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "Timing",
     "bench_data",
     "bench_model",
+    "bench_runtimes",
     "make_inference",
     "make_train_step",
     "peak_tflops",
@@ -379,6 +382,69 @@ def _measure_option_set(entry: dict[str, Any], opts: SpeedOptions, st: _Setting)
                        "tflops": achieved, "mfu": achieved / rate if rate else None,
                        "peak_memory_mb": _peak_mib(st.device)}
         del model, run
+
+
+RUNTIME_CHOICES = ("onnxruntime", "openvino", "openvino-bf16")
+
+
+def bench_runtimes(
+    build: Callable[[], nn.Module],
+    modalities: Sequence[str],
+    runtimes: Sequence[str],
+    *,
+    size: tuple[int, int] = (480, 640),
+    throughput_batch: int = 8,
+    warmup: int = 2,
+    repeats: int = 5,
+    what: Sequence[str] = ("latency", "throughput"),
+    flops_per_image: float | None = None,
+    threads: int | None = None,
+    on_result: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Latency (batch 1) and throughput (``throughput_batch``) of the model ``build()`` makes (seed 0, as
+    :func:`bench_model` builds it), exported as ``rgbx export`` writes it (dynamic batch / H / W, folded head) and
+    run on the CPU by each of ``runtimes``: ``onnxruntime``, ``openvino`` (float32) or ``openvino-bf16`` (OpenVINO
+    computing in bf16, on a processor with bf16 instructions). Returns label (``"onnx: <runtime>"``) → entry, in
+    :func:`bench_model`'s result format; a runtime that cannot run here (not installed, no bf16) gets ``error``."""
+    import tempfile
+    from pathlib import Path
+
+    from rgbx.engine.export import export_onnx
+    from rgbx.engine.onnx_model import OnnxSegmentor
+
+    unknown = [r for r in runtimes if r not in RUNTIME_CHOICES]
+    if unknown:
+        raise ConfigError(f"unknown runtime {', '.join(unknown)}; expected {', '.join(RUNTIME_CHOICES)}")
+    cpu = torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="rgbx_bench_") as folder:
+        torch.manual_seed(0)
+        path = export_onnx(build(), Path(folder) / "model.onnx", size=size, exporter="torchscript")
+        for runtime in runtimes:
+            name, _, precision = runtime.partition("-")
+            precision = precision or "fp32"
+            entry: dict[str, Any] = {"runtime": name, "precision": precision,
+                                     "describe": f"the exported .onnx file in {name}, {precision}"}
+            try:
+                session = OnnxSegmentor(path, name, threads=threads, precision=precision)
+                for kind, batch in (("latency", 1), ("throughput", throughput_batch)):
+                    if kind not in what:
+                        continue
+                    inputs = _random_inputs(modalities, batch, size, cpu, gen)
+                    timing = time_alternating({kind: lambda x=inputs, run=session: run(x).logits}, cpu, warmup,
+                                              repeats)[kind]
+                    ips = timing.per_second(batch)
+                    entry[kind] = {"batch": batch, "size": list(size), **timing.to_dict(), "images_per_s": ips,
+                                   "tflops": flops_per_image * ips / 1e12 if flops_per_image else None,
+                                   "mfu": None, "peak_memory_mb": None}
+                del session  # the runtime released now, not whenever the collector next runs
+            except ConfigError as e:  # not installed, or no bf16 on this processor: the other rows still count
+                entry["error"] = str(e)
+            results[f"onnx: {runtime}"] = entry
+            if on_result is not None:
+                on_result(f"onnx: {runtime}", entry)
+    return results
 
 
 PREFETCH_FACTOR = 2  # batches a loader worker is asked for ahead (DataLoader's default)
