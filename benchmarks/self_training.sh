@@ -8,7 +8,7 @@
 # make them (tests/engine/test_pseudo_label.py checks that the pseudo-labels are the same without them).
 # Results: $OUT/*/test.json, $OUT/pseudo_*/pseudo_labels.json; the table: python benchmarks/self_training_table.py $OUT
 #
-#   bash benchmarks/self_training.sh                    # OUT=runs/self_training ITERS=1200, ~85 min on 2 cores
+#   bash benchmarks/self_training.sh                    # OUT=runs/self_training ITERS=1200, ~100 min on 2 cores
 #   OUT=runs/self_training_10 LABELLED=10 RULES=cf50:--class-fraction=0.5 EXTRAS=0 bash benchmarks/self_training.sh
 set -euo pipefail
 OUT=${OUT:-runs/self_training}
@@ -52,6 +52,15 @@ fit teacher_continued "$DATA" train "$TEACHER_INIT"
 fit student_cf50_noisy "$OUT/pseudo_cf50" train_pseudo method.modality_dropout=0.5 "data.scale_range=[0.5,2.0]" \
   model.drop_path_rate=0.2
 fit student_cf50_seed1 "$OUT/pseudo_cf50" train_pseudo train.seed=1
+# one round further: the continued teacher (2400 iterations) labels the raw split again, a student starts from it,
+# and its control is that teacher trained on as long again on its labelled scenes alone (3600 iterations each)
+[ -f "$OUT/teacher_continued/model.calibrated.safetensors" ] || rgbx calibrate "$OUT/teacher_continued/model.safetensors" \
+  --data "$DATA" --split val --workers 1 > /dev/null
+[ -d "$OUT/pseudo_cont_cf50" ] || rgbx pseudo-label "$OUT/teacher_continued/model.calibrated.safetensors" --data "$DATA" \
+  --split raw --out "$OUT/pseudo_cont_cf50" --workers 1 --class-fraction 0.5 > "$OUT/pseudo_cont_cf50.txt"
+CONTINUED_INIT="train.init_from=$OUT/teacher_continued/model.safetensors"
+fit student_cont_cf50_init "$OUT/pseudo_cont_cf50" train_pseudo "$CONTINUED_INIT"
+fit teacher_continued2 "$DATA" train "$CONTINUED_INIT"
 # every scene labelled: a split of its own only while it trains (pseudo-labelling refuses a split whose samples are
 # also in another split of the folder, whose labels it would replace)
 [ -f "$OUT/all_labelled/model.safetensors" ] || cp "$OUT/all.txt" "$DATA/splits/all.txt"
