@@ -64,6 +64,7 @@ from rgbx.cli.common import add_timing_arguments, parse_size, settle_from_args  
 from rgbx.engine.bench import make_inference, make_train_step, peak_tflops, time_alternating  # noqa: E402
 from rgbx.engine.fastpath import SpeedOptions, autocast, describe_cpu  # noqa: E402
 from rgbx.engine.host_memory import set_keep_host_memory  # noqa: E402
+from rgbx.engine.onnx_model import RUNTIME_VARIANTS, open_runtime_variant  # noqa: E402
 from rgbx.engine.profile import count_flops  # noqa: E402
 from rgbx.models import create_model  # noqa: E402
 
@@ -363,14 +364,12 @@ def runtime_inference(model, infer, runtime: str, args) -> Callable[[], Callable
     import tempfile
 
     from rgbx.engine.export import export_onnx
-    from rgbx.engine.onnx_model import OnnxSegmentor
 
     def make() -> Callable:
         folder = Path(tempfile.mkdtemp(prefix="rgbx_runtime_"))
         path = export_onnx(copy.deepcopy(model).cpu(), folder / "model.onnx", size=tuple(args.size), dynamic=False,
                            batch=1, exporter="torchscript")
-        name, _, precision = runtime.partition("-")
-        session = OnnxSegmentor(path, name, threads=torch.get_num_threads(), precision=precision or "fp32")
+        session = open_runtime_variant(path, runtime, threads=torch.get_num_threads())
         return lambda: session(infer.rgbx).logits
 
     return make
@@ -422,8 +421,7 @@ def report(results: list[dict], args, device: torch.device) -> str:
             f"{_fmt(lex)} | {_fmt(lfa, '.2f')} | {_fmt(lref / lfa if lref and lfa else None, '.2f', '×')} | "
             f"{_fmt(ref_peak.get('peak_gib'))} | {_fmt(fast_peak.get('peak_gib'))} | "
             f"{_fmt(100 * mfu if mfu else None, '.1f', ' %')} |")
-    runtimes = [name for name in ("rgbx onnxruntime", "rgbx openvino", "rgbx openvino-bf16")
-                if any(_ms(r, name) for r in results)]
+    runtimes = [f"rgbx {variant}" for variant in RUNTIME_VARIANTS if any(_ms(r, f"rgbx {variant}") for r in results)]
     if runtimes:
         head = ("| model | ref latency ms | rgbx fast | " + " | ".join(runtimes) + " | "
                 + " | ".join(f"{name.split()[1]} ÷ ref" for name in runtimes) + " |")
@@ -462,7 +460,7 @@ def main() -> int:
     p.add_argument("--reference-keeps-host-memory", action="store_true",
                    help="give the reference the host allocator setting of rgbx's CPU fast set (keep_host_memory; "
                         "default: glibc's own, as the reference's scripts run): the ratio of the code alone")
-    p.add_argument("--runtimes", nargs="+", default=[], choices=("onnxruntime", "openvino", "openvino-bf16"),
+    p.add_argument("--runtimes", nargs="+", default=[], choices=RUNTIME_VARIANTS,
                    help="CPU latency: also the model exported to ONNX and run by these runtimes (rgbx eval / predict "
                         "FILE.onnx --runtime ...; openvino-bf16: --runtime openvino --runtime-precision bf16, on a "
                         "processor with bf16 instructions); openvino: pip install 'rgbx[openvino]'")

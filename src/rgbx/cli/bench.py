@@ -24,7 +24,7 @@ EXAMPLES = """  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth
   rgbx bench --config synth_cmx_b0 --num-classes 10 --options exact fast compiled --json bench.json
   rgbx bench --backbone dformer_l --fusion dformer --head ham --modalities rgb depth --num-classes 40 \\
       --device cuda --train-batch 8 --train-size 480x640
-  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 --head-channels 512 \
+  rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 --head-channels 512 \\
       --what latency --runtimes onnxruntime openvino openvino-bf16      # the exported file, as deployed on this CPU
   rgbx bench --data data/synth --modalities rgb depth --workers 0 2 4 --crop 480x640   # input pipeline
   rgbx bench --data data/synth --modalities rgb depth --workers 4 8 --geometric-on sample batch --device cuda

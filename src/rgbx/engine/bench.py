@@ -384,9 +384,6 @@ def _measure_option_set(entry: dict[str, Any], opts: SpeedOptions, st: _Setting)
         del model, run
 
 
-RUNTIME_CHOICES = ("onnxruntime", "openvino", "openvino-bf16")
-
-
 def bench_runtimes(
     build: Callable[[], nn.Module],
     modalities: Sequence[str],
@@ -403,18 +400,18 @@ def bench_runtimes(
 ) -> dict[str, dict[str, Any]]:
     """Latency (batch 1) and throughput (``throughput_batch``) of the model ``build()`` makes (seed 0, as
     :func:`bench_model` builds it), exported as ``rgbx export`` writes it (dynamic batch / H / W, folded head) and
-    run on the CPU by each of ``runtimes``: ``onnxruntime``, ``openvino`` (float32) or ``openvino-bf16`` (OpenVINO
-    computing in bf16, on a processor with bf16 instructions). Returns label (``"onnx: <runtime>"``) → entry, in
+    run on the CPU by each of ``runtimes`` (:data:`rgbx.engine.onnx_model.RUNTIME_VARIANTS`: ``onnxruntime``,
+    ``openvino`` (float32) or ``openvino-bf16``, OpenVINO computing in bf16 on a processor with bf16 instructions). Returns label (``"onnx: <runtime>"``) → entry, in
     :func:`bench_model`'s result format; a runtime that cannot run here (not installed, no bf16) gets ``error``."""
     import tempfile
     from pathlib import Path
 
     from rgbx.engine.export import export_onnx
-    from rgbx.engine.onnx_model import OnnxSegmentor
+    from rgbx.engine.onnx_model import RUNTIME_VARIANTS, open_runtime_variant
 
-    unknown = [r for r in runtimes if r not in RUNTIME_CHOICES]
+    unknown = [r for r in runtimes if r not in RUNTIME_VARIANTS]
     if unknown:
-        raise ConfigError(f"unknown runtime {', '.join(unknown)}; expected {', '.join(RUNTIME_CHOICES)}")
+        raise ConfigError(f"unknown runtime {', '.join(unknown)}; expected {', '.join(RUNTIME_VARIANTS)}")
     cpu = torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
     results: dict[str, dict[str, Any]] = {}
@@ -422,12 +419,9 @@ def bench_runtimes(
         torch.manual_seed(0)
         path = export_onnx(build(), Path(folder) / "model.onnx", size=size, exporter="torchscript")
         for runtime in runtimes:
-            name, _, precision = runtime.partition("-")
-            precision = precision or "fp32"
-            entry: dict[str, Any] = {"runtime": name, "precision": precision,
-                                     "describe": f"the exported .onnx file in {name}, {precision}"}
+            entry: dict[str, Any] = {"runtime": runtime, "describe": f"the exported .onnx file in {runtime}"}
             try:
-                session = OnnxSegmentor(path, name, threads=threads, precision=precision)
+                session = open_runtime_variant(path, runtime, threads)
                 for kind, batch in (("latency", 1), ("throughput", throughput_batch)):
                     if kind not in what:
                         continue

@@ -36,6 +36,8 @@ from rgbx.models.segmentor import SegOutput
 
 RUNTIMES = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
+# a runtime and its arithmetic in one name, RUNTIME[-PRECISION], as rgbx bench --runtimes and the benchmarks take them
+RUNTIME_VARIANTS = ("onnxruntime", "openvino", "openvino-bf16")
 
 
 def is_onnx_file(path: str | Path) -> bool:
@@ -120,6 +122,14 @@ class OnnxSegmentor(nn.Module):
             raise RgbxError(f"{self.path} failed in {self.runtime} on inputs {shapes}: {first}") from None
         logits = torch.from_numpy(np.ascontiguousarray(out)).to(ref.device)
         return SegOutput(logits=logits, fused=[])
+
+
+def open_runtime_variant(path: str | Path, variant: str, threads: int | None = None) -> OnnxSegmentor:
+    """The file run by one of :data:`RUNTIME_VARIANTS` (``openvino-bf16``: OpenVINO computing in bf16)."""
+    if variant not in RUNTIME_VARIANTS:
+        raise ConfigError(f"unknown runtime {variant!r}; expected one of {', '.join(RUNTIME_VARIANTS)}")
+    runtime, _, precision = variant.partition("-")
+    return OnnxSegmentor(path, runtime, threads, precision or "fp32")
 
 
 def _onnxruntime_runner(path: Path, threads: int | None):
