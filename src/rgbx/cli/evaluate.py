@@ -39,6 +39,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.calibrated.safetensors --data data/synth --split test --anymodal --calibration   # ECE, NLL
   rgbx eval runs/cmx/model.calibrated.safetensors --data data/synth --anymodal --calibration --reliability runs/cmx/reliability
   rgbx eval runs/cmx/model.onnx --data data/synth --runtime openvino        # the exported file, as deployed
+  rgbx eval runs/cmx/model.onnx --data data/synth --runtime openvino --runtime-precision bf16   # AMX / AVX512-BF16 CPUs
   rgbx eval runs/ms3/model.safetensors --data data/other --zero-shot names.safetensors   # MS3: classes by name
   rgbx eval cmx_b2_nyu.safetensors --data data/NYUDepthv2 --dataset nyudepthv2 --as-published multi-scale  # as CMX does
   torchrun --nproc_per_node 4 -m rgbx.cli.main eval runs/cmx/model.safetensors --data data/synth --anymodal
