@@ -214,6 +214,36 @@ def test_torchrun_with_a_sensor_missing_from_whole_batches(tmp_path):
     assert r.returncode != 0 and "unused" in (r.stdout + r.stderr).lower()  # the case really occurs
 
 
+_LEAVE_SCRIPT = """
+import gc, sys, weakref
+import torch, torch.distributed as dist
+from rgbx.engine.distributed import init_distributed
+ctx = init_distributed("cpu")
+group = weakref.ref(dist.distributed_c10d._get_default_group())
+import timm  # what the CLI does after joining: build the model
+t = torch.ones(3)
+dist.all_reduce(t)
+ctx.close()
+gc.collect()
+print("group freed" if group() is None else "group still held", t.tolist())
+"""
+
+
+def test_leaving_the_process_group_frees_it_when_torch_modules_are_imported_after_joining(tmp_path):
+    """timm imports torch modules whose functions default to ``group=dist.group.WORLD``; imported after joining, they
+    held the world group past destroy_process_group, Gloo's threads lived on, and now and then one aborted the process
+    at exit (a torchrun ``rgbx eval`` rank died of SIGABRT). Fresh processes, so nothing is imported before joining."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    procs = [subprocess.Popen([sys.executable, "-c", _LEAVE_SCRIPT], cwd=tmp_path, text=True,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+        assert out.strip() == "group freed [2.0, 2.0, 2.0]", out + err[-2000:]
+
+
 def test_sync_batchnorm_converts_method_modules_in_place():
     from rgbx.engine.distributed import sync_batchnorm
     from rgbx.errors import ConfigError

@@ -103,9 +103,26 @@ def init_distributed(device_type: str, timeout_s: float = 1800.0) -> Distributed
         if dist.get_world_size() != world:
             raise ConfigError(f"a process group of {dist.get_world_size()} is already running, WORLD_SIZE={world}")
         return DistributedContext(rank, world, local, initialized_here=False)
+    _import_world_group_holders()
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
                             timeout=datetime.timedelta(seconds=timeout_s))
     return DistributedContext(rank, world, local, initialized_here=True)
+
+
+# torch modules whose functions take ``group=dist.group.WORLD`` as a default argument: imported once the process group
+# exists (timm imports them, and the CLI builds its model after joining), each default holds the world group, so
+# destroy_process_group cannot free it and Gloo's worker threads outlive it. A worker that drops a finished
+# collective's tensor while the interpreter shuts down then aborts the process (SIGABRT, "terminate called without an
+# active exception", as in pytorch/pytorch#190489). Imported before joining, their defaults are None.
+WORLD_GROUP_HOLDERS = ("torch.distributed.nn.functional", "torch.distributed.optim",
+                       "torch.distributed.fsdp.sharded_grad_scaler")
+
+
+def _import_world_group_holders() -> None:
+    import importlib
+
+    for name in WORLD_GROUP_HOLDERS:
+        importlib.import_module(name)
 
 
 def shard_indices(num_samples: int, ctx: DistributedContext) -> list[int]:
