@@ -41,7 +41,12 @@ def isolated_registries():
     saved = [(r, dict(r._items), dict(r._origins)) for r in Registry.all()]
     loaded = dict(plugins._LOADED)
     modules = set(sys.modules)
+    shared = os.environ.get(plugins.FILE_PLUGINS_ENV)
     yield
+    if shared is None:
+        os.environ.pop(plugins.FILE_PLUGINS_ENV, None)
+    else:
+        os.environ[plugins.FILE_PLUGINS_ENV] = shared
     for registry, items, origins in saved:
         registry._items.clear()
         registry._items.update(items)
@@ -75,6 +80,66 @@ def test_a_file_plugin_registers_its_components_and_they_are_attributed_to_it(tm
     monkeypatch.chdir(PACKAGE.parent)
     assert plugins.load_plugin("rgbx_example_plugin/gated_fusion.py") is module
     assert rgbx.load_plugin(spec) is module
+
+
+_SPAWN_SCRIPT = """
+import sys
+import torch
+import rgbx  # as the rgbx command and any script using rgbx do: the child processes import it first
+
+
+def main(plugin, method):
+    module = rgbx.load_plugin(plugin)  # not at import time: a spawned child does not run it
+    loader = torch.utils.data.DataLoader(module.Squares(), batch_size=2, num_workers=1,
+                                         multiprocessing_context=method)
+    for batch in loader:
+        print(batch["value"].tolist(), batch["registered"].tolist(), batch["pid"].tolist())
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
+"""
+
+_SQUARES = """
+import os
+import torch
+from rgbx.data import DATASETS
+from rgbx.plugins import registered_by
+
+
+@DATASETS.register("squares_doc")
+class Squares(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        # what this process registered from the plugin: it ran the file as rgbx.load_plugin does
+        registered = any("squares_doc" in r for r in registered_by(os.path.abspath(__file__)))
+        return {"value": i * i, "registered": registered, "pid": os.getpid()}
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_file_plugins_classes_reach_spawned_data_loader_workers(tmp_path, method):
+    """A DataLoader worker started by spawn / forkserver (macOS, Windows; Linux from Python 3.14) unpickles the
+    plugin's dataset by its module name without having loaded the plugin; it finds the file through the environment
+    and registers its components there too."""
+    plugin = write(tmp_path / "plug" / "squares.py", _SQUARES)
+    script = write(tmp_path / "run.py", _SPAWN_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != plugins.FILE_PLUGINS_ENV}
+    r = subprocess.run([sys.executable, str(script), str(plugin), method], cwd=tmp_path, env={**env,
+                       "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.split("\n")
+    assert lines[0].startswith("[0, 1] [True, True]") and lines[1].startswith("[4, 9] [True, True]"), r.stdout
+    assert str(os.getpid()) not in r.stdout  # the items came from the workers
+
+
+def test_a_file_plugin_is_listed_for_child_processes(tmp_path):
+    plugin = write(tmp_path / "p.py", "X = 1\n")
+    module = rgbx.load_plugin(str(plugin))
+    assert str(plugin.resolve()) in plugins._shared_files()
+    assert module.__name__ == plugins.file_module_name(str(plugin.resolve()))
 
 
 def test_a_module_plugin_on_the_module_path(tmp_path, monkeypatch):

@@ -15,13 +15,20 @@ A plugin is a Python module that registers components when it is imported (``@FU
 
 A model file records the plugin its backbone / fusion / head came from, and loading it without that plugin is an
 error naming it. rgbx never imports a plugin because a file says so: loading code stays the user's decision.
+
+A file plugin's module is named ``rgbx_plugin_<stem>_<hash of its path>``. Processes started by *spawn* or
+*forkserver* (DataLoader workers on macOS and Windows, and on Linux from Python 3.14) unpickle the plugin's datasets
+and transforms by that name without having loaded the plugin: the files a process loaded are listed in the
+environment (``RGBX_FILE_PLUGINS``), which its children inherit, and importing rgbx there lets them find the module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.abc
 import importlib.util
+import json
 import os
 import sys
 import traceback
@@ -34,13 +41,16 @@ from rgbx.registry import Registry, add_miss_hook
 
 ENTRY_POINT_GROUP = "rgbx.plugins"
 DISABLE_AUTOLOAD = "RGBX_DISABLE_PLUGIN_AUTOLOAD"
+FILE_PLUGINS_ENV = "RGBX_FILE_PLUGINS"  # JSON list of the file plugins loaded, for the child processes
+FILE_MODULE_PREFIX = "rgbx_plugin_"
 
 _LOADED: dict[str, ModuleType] = {}  # spec as resolved (module name or absolute file path) -> module
 _INSTALLED: dict[str, str] = {}  # entry point "name = value" -> the module it loaded
 _installed_done = False
 
-__all__ = ["ENTRY_POINT_GROUP", "load_plugin", "load_plugins", "load_installed_plugins", "loaded_plugins",
-           "plugin_source", "registered_by", "resolve_spec", "prescan_imports"]
+__all__ = ["ENTRY_POINT_GROUP", "FILE_PLUGINS_ENV", "file_module_name", "load_plugin", "load_plugins",
+           "load_installed_plugins", "loaded_plugins", "plugin_source", "registered_by", "resolve_spec",
+           "prescan_imports"]
 
 
 def is_file_spec(spec: str) -> bool:
@@ -82,6 +92,8 @@ def load_plugin(spec: str, base_dir: str | Path | None = None) -> ModuleType:
     finally:
         Registry.loading = previous
     _LOADED[resolved] = module
+    if is_file_spec(resolved):
+        _share_with_child_processes(resolved)
     return module
 
 
@@ -119,8 +131,7 @@ def _import_file(path: str) -> ModuleType:
         raise ConfigError(f"plugin {path}: file not found")
     if file.suffix != ".py":
         raise ConfigError(f"plugin {path}: expected a Python file (.py) or a module name")
-    # a name of its own per file, so that two plugins called `model.py` in different folders do not collide
-    name = f"rgbx_plugin_{file.stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+    name = file_module_name(path)
     module_spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # dataclasses, pickling and relative lookups need the module registered
@@ -130,6 +141,48 @@ def _import_file(path: str) -> ModuleType:
         del sys.modules[name]
         raise _import_error(path, e) from e
     return module
+
+
+def file_module_name(path: str) -> str:
+    """The module name of the file plugin at the absolute ``path``: one of its own per file, so that two plugins
+    called ``model.py`` in different folders do not collide, and the same in every process."""
+    return f"{FILE_MODULE_PREFIX}{Path(path).stem}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+
+
+def _shared_files() -> list[str]:
+    try:
+        files = json.loads(os.environ.get(FILE_PLUGINS_ENV) or "[]")
+    except json.JSONDecodeError:
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
+def _share_with_child_processes(path: str) -> None:
+    files = _shared_files()
+    if path not in files:
+        os.environ[FILE_PLUGINS_ENV] = json.dumps([*files, path])
+
+
+class _FilePluginFinder(importlib.abc.MetaPathFinder):
+    """Finds a file plugin's module by name in a process that has not loaded it but whose parent did (a spawned
+    DataLoader worker unpickling the plugin's dataset): loads the file as :func:`load_plugin` does."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith(FILE_MODULE_PREFIX):
+            return None
+        for file in _shared_files():
+            if file_module_name(file) == fullname:
+                return importlib.util.spec_from_loader(fullname, _FilePluginLoader(file))
+        return None
+
+
+class _FilePluginLoader(importlib.abc.Loader):
+    def __init__(self, file: str):
+        self.file = file
+
+    def exec_module(self, module) -> None:
+        # load_plugin puts the module it runs in sys.modules under the same name: the import returns that one
+        load_plugin(self.file)
 
 
 def _import_error(spec: str, error: BaseException) -> ConfigError:
@@ -202,3 +255,5 @@ def prescan_imports(argv: list[str]) -> list[str]:
 
 
 add_miss_hook(lambda: bool(load_installed_plugins()))  # a name not found: the installed packages' plugins, once
+if not any(isinstance(finder, _FilePluginFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_FilePluginFinder())
