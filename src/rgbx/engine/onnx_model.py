@@ -22,7 +22,10 @@ Runtimes (CPU):
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +161,44 @@ def _openvino_runner(path: Path, threads: int | None, precision: str = "fp32"):
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(str(path), "CPU", config)
-    request = compiled.create_infer_request()
+    with _signal_stack_kept():
+        compiled = core.compile_model(str(path), "CPU", config)
+        request = compiled.create_infer_request()
     output = compiled.output("logits")
     return lambda feed: request.infer(feed)[output].copy()
+
+
+class _SignalStack(ctypes.Structure):  # Linux's stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_SS_DISABLE = 2
+_AT_MINSIGSTKSZ = 51
+
+
+@contextmanager
+def _signal_stack_kept():
+    """Give the calling thread back the alternate signal stack it had before OpenVINO compiled a model.
+
+    OpenVINO's CPU plugin installs an alternate signal stack of its own on the thread that compiles a model and, when
+    the model is destroyed, puts back the one it found, if its own is still current. Two models destroyed in the
+    order they were made leave the thread's signal stack pointing at the first one's freed memory, and the next
+    signal with a Python handler (they all run on the alternate stack: SIGCHLD from a DataLoader worker) kills the
+    process with SIGSEGV (seen as a pytest worker dying in a later test). With the previous stack back, no model's
+    own is current, so none restores anything. Kept only when it can hold a signal frame with this processor's full
+    register state (or when there was none); Linux only."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(before)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.getauxval.restype = ctypes.c_ulong
+        frame = libc.getauxval(_AT_MINSIGSTKSZ)  # the kernel's size of a signal frame here (0: not told)
+        if before.ss_flags & _SS_DISABLE or before.ss_size >= frame:
+            libc.sigaltstack(ctypes.byref(before), None)
