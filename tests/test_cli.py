@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -286,3 +287,30 @@ def test_info_describes_a_model_file_and_a_foreign_checkpoint(tmp_path, capsys):
     torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pth")
     assert run_cli("info", tmp_path / "other.pth") != 0
     assert "cannot tell the checkpoint's layout" in capsys.readouterr().err
+
+
+_UNDER_START_METHOD = """
+import multiprocessing, sys
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1], force=True)
+    from rgbx.cli.main import main
+    data, out = sys.argv[2:]
+    assert main(["train", "synth_cmx_b0", f"data.root={data}", f"output_dir={out}", "model.backbone=mit_nano",
+                 "model.head_channels=16", "data.crop_size=[16,16]", "data.num_workers=1", "train.batch_size=2",
+                 "train.eval_batch_size=2", "train.iters=2", "train.eval_every=2", "train.threads=1",
+                 "model.modalities=[rgb,depth]", "train.eval_group_by=null"]) == 0
+    assert main(["eval", f"{out}/model.safetensors", "--data", data, "--workers", "1", "--json", f"{out}/e.json"]) == 0
+"""
+
+
+def test_train_and_eval_with_loader_workers_started_by_forkserver(tmp_path):
+    """DataLoader workers started by forkserver (Linux's default from Python 3.14) or spawn (macOS, Windows) get the
+    dataset, transforms and collate function pickled, not inherited: everything the loaders carry must pickle."""
+    data = make_dataset(tmp_path / "d", n=6, modalities=("rgb", "depth"))
+    script = tmp_path / "run.py"
+    script.write_text(_UNDER_START_METHOD)
+    done = subprocess.run([sys.executable, str(script), "forkserver", str(data), str(tmp_path / "run")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "e.json").read_text())["subsets"]
