@@ -47,3 +47,16 @@ def test_invalid_values():
 def test_bad_intervals_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_the_validation_miou_convention_follows_the_published_evaluation():
+    from rgbx.engine.config import validation_miou_convention
+
+    assert validation_miou_convention(load_config("nyu_dformer_l")) == "all"  # DFormer's NaN → 0 mean
+    assert validation_miou_convention(load_config("deliver_cmnext_b2")) == "all"
+    assert validation_miou_convention(load_config("nyu_cmx_b2")) == "present"  # CMX averages the classes present
+    assert validation_miou_convention(load_config("synth_cmx_b0")) == "present"  # no published protocol
+    assert validation_miou_convention(load_config("nyu_dformer_l", ["train.eval_miou=present"])) == "present"
+    assert validation_miou_convention(load_config("synth_cmx_b0", ["train.eval_miou=all"])) == "all"
+    with pytest.raises(ConfigError, match="train.eval_miou must be present or all"):
+        load_config(None, ["train.eval_miou=mean"])

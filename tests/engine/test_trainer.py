@@ -380,3 +380,32 @@ def test_screen_sensors_in_training(tmp_path, capsys):
     with pytest.raises(ConfigError, match="add data.screen_sensors=true"):
         Trainer(tiny_config(root, tmp_path / "run2", "data.sensor_rules=[frozen_after=2]"),
                 reporter=Reporter(quiet=True))
+
+
+def test_validation_during_training_uses_the_configured_miou_convention(tmp_path):
+    """``train.eval_miou=all`` (the default of presets whose published evaluation averages every class, as DFormer's
+    and DELIVER's code do): the logged mIoU, best.safetensors and the final line use it, and equal what ``rgbx eval
+    --miou all`` gives. A fourth class that no label has makes the two conventions differ."""
+    from rgbx.cli.main import main
+    from rgbx.data.description import write_description
+
+    root = make_dataset(tmp_path / "d", n=6)
+    write_description(root, name="toy", classes=["ground", "box", "person", "bicycle"],
+                      palette=[[0, 0, 0], [200, 100, 0], [220, 20, 60], [0, 0, 200]], ignore_index=255,
+                      modalities={m: {"encoding": "png", "scale": s} for m, s in
+                                  (("rgb", 1 / 255), ("depth", 1e-3), ("thermal", 1 / 255))})
+    cfg = tiny_config(root, tmp_path / "run", "train.iters=4", "train.eval_every=0", "train.eval_miou=all",
+                      "train.eval_group_by=null")
+    Trainer(cfg, reporter=Reporter(quiet=True)).fit()
+    run = tmp_path / "run"
+    entry = json.loads((run / "eval.jsonl").read_text().splitlines()[-1])
+    assert entry["miou_convention"] == "all"
+    assert read_model_info(run / "best.safetensors")["val_miou_convention"] == "all"
+    scored = {}
+    for convention in ("all", "present"):
+        out = tmp_path / f"{convention}.json"
+        assert main(["eval", str(run / "model.safetensors"), "--data", str(root), "--miou", convention, "--by", "",
+                     "--json", str(out)]) == 0
+        scored[convention] = json.loads(out.read_text())["subsets"]["rgb+depth+thermal"]["all"]["miou"]
+    assert entry["miou"] == pytest.approx(scored["all"], abs=1e-6)
+    assert scored["all"] < scored["present"]  # bicycle counted as 0 by one convention only

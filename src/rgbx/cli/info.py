@@ -128,7 +128,8 @@ def describe_file(path: str) -> int:
     if "iteration" in info:
         history.append(f"iteration {info['iteration']}")
     if "val_miou" in info:
-        history.append(f"validation mIoU {100 * info['val_miou']:.2f}")
+        over = " (all classes)" if info.get("val_miou_convention") == "all" else ""
+        history.append(f"validation mIoU{over} {100 * info['val_miou']:.2f}")
     converted = info.get("converted_from")
     if converted:
         history.append(f"converted from {converted.get('file')} ({converted.get('layout')} layout)")

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from rgbx.engine.config import load_config, to_yaml
+    from rgbx.engine.config import load_config, to_yaml, validation_miou_convention
     from rgbx.engine.report import Reporter
     from rgbx.engine.trainer import Trainer
 
@@ -48,7 +48,8 @@ def run(args) -> int:
     finally:
         trainer.dist.close()
     full = "+".join(trainer.model_cfg.modalities)
-    reporter.print(f"final val mIoU {100 * metrics['subsets'][full]['all']['miou']:.2f}; weights: "
+    over = " (all classes)" if validation_miou_convention(cfg) == "all" else ""
+    reporter.print(f"final val mIoU{over} {100 * metrics['subsets'][full]['all']['miou']:.2f}; weights: "
                    f"{trainer.paths.final_weights}")
     if cfg.published_evaluation:
         reporter.print(f"scored as the authors' code scores it: rgbx eval {trainer.paths.final_weights} --data "

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rgbx.engine.metrics import MIOU_CONVENTIONS
 from rgbx.errors import ConfigError
 from rgbx.methods.losses import SEGMENTATION_LOSSES, build_segmentation_loss
 from rgbx.models import ModelConfig
@@ -129,6 +130,9 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None  # torch CPU threads (None = torch default)
     eval_group_by: str | None = "condition"  # report eval metrics per value of this sample attribute
+    # mIoU convention of the validation during training (the logged figure, best.safetensors): present | all (see
+    # rgbx.engine.metrics); None = that of the preset's published_evaluation (DFormer, CMNeXt: all), else present
+    eval_miou: str | None = None
     # at the end, fit confidence temperatures per sensor set on the validation split and record them in the final
     # model file (what rgbx calibrate does: rgbx.engine.calibration)
     calibrate: bool = False
@@ -269,11 +273,24 @@ def validate_config(cfg: ExperimentConfig) -> None:
          "train.init_modality_from says which sensor's weights a new sensor starts from: it needs train.init_from"),
         (not cfg.published_evaluation or cfg.published_evaluation in REFERENCE_EVALUATION,
          f"unknown published_evaluation {cfg.published_evaluation!r}; known: {', '.join(REFERENCE_EVALUATION)}"),
+        (cfg.train.eval_miou in (None, *MIOU_CONVENTIONS),
+         f"train.eval_miou must be {' or '.join(MIOU_CONVENTIONS)} (or null: the published evaluation's), got "
+         f"{cfg.train.eval_miou!r}"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
     build_segmentation_loss(cfg.method)  # the loss's own settings (e.g. OHEM's threshold), checked where it is built
+
+
+def validation_miou_convention(cfg: ExperimentConfig) -> str:
+    """The mIoU convention of the validation during training: ``train.eval_miou``, else the one the preset's
+    published evaluation uses (``--miou all`` in its flags), else ``present``."""
+    if cfg.train.eval_miou is not None:
+        return cfg.train.eval_miou
+    if cfg.published_evaluation and "--miou all" in REFERENCE_EVALUATION[cfg.published_evaluation][1]:
+        return "all"
+    return "present"
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

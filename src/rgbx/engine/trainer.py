@@ -29,7 +29,7 @@ from rgbx.data.sensor_health import FrameScreen, parse_rules
 from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.data.transforms.photometric import build_photometric_ops
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
-from rgbx.engine.config import ExperimentConfig, TrainConfig, to_dict, to_yaml
+from rgbx.engine.config import ExperimentConfig, TrainConfig, to_dict, to_yaml, validation_miou_convention
 from rgbx.engine.device import resolve_device
 from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
 from rgbx.engine.environment import run_environment
@@ -680,15 +680,17 @@ class Trainer:
 
     def _eval_and_log(self, tb=None) -> dict:
         result = self.evaluate()
-        metrics = result.to_dict(list(self.description.classes))
+        convention = validation_miou_convention(self.cfg)
+        metrics = result.to_dict(list(self.description.classes), convention=convention)
         full = "+".join(self.model.modalities)
         miou = metrics["subsets"][full]["all"]["miou"]
-        entry = {"iteration": self.iteration, "miou": miou,
+        entry = {"iteration": self.iteration, "miou": miou, "miou_convention": convention,
                  "groups": {g: m["miou"] for g, m in metrics["subsets"][full].items()}}
         if self.dist.is_main:
             with (self.paths.root / "eval.jsonl").open("a") as f:
                 f.write(json.dumps(entry) + "\n")
-        self.reporter.print(f"iteration {self.iteration}: val mIoU {100 * miou:.2f} "
+        over = " (all classes)" if convention == "all" else ""
+        self.reporter.print(f"iteration {self.iteration}: val mIoU{over} {100 * miou:.2f} "
                             + " ".join(f"{g}:{100 * v:.1f}" for g, v in entry["groups"].items() if g != "all"))
         if tb:
             tb.add_scalar("val/miou", miou, self.iteration)
@@ -696,7 +698,7 @@ class Trainer:
             self.best_miou = miou
             if self.dist.is_main:
                 save_model(self.paths.best_weights, self.model, self.description.to_dict(),
-                           **self._file_info(val_miou=miou))
+                           **self._file_info(val_miou=miou, val_miou_convention=convention))
         return metrics
 
     def _tensorboard(self):
