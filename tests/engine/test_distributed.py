@@ -4,6 +4,7 @@ cross-rank reduction, and the refusals. The same code runs NCCL on GPUs; only th
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -36,6 +37,15 @@ def torchrun(nproc: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
            "-m", "rgbx.cli.main", "train", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def explain(r: subprocess.CompletedProcess) -> str:
+    """What a failed launch said: each process's error and signal lines (torchrun's summary pushes them out of a short
+    tail: a rank's "terminate called ..." comes long before the launcher's traceback), then the end of the output."""
+    text = r.stdout + r.stderr
+    said = [line for line in text.splitlines()
+            if re.search(r"Error|terminate called|Signal \d+|exitcode|Traceback|Fatal", line)]
+    return "\n".join(said[-40:]) + "\n--- end of the output ---\n" + text[-2000:]
 
 
 def test_sampler_gives_each_rank_its_own_share():
@@ -82,7 +92,7 @@ def test_torchrun_trains_writes_once_and_refuses_another_world_size(tmp_path):
     common = [f"data.root={data}", f"output_dir={tmp_path / 'run'}", *TINY, "train.checkpoint_every=2",
               "train.eval_every=4", "method.modality_dropout=0.5"]
     r = torchrun(2, "synth_cmx_b0", *common, "train.iters=6", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, explain(r)
     out = r.stdout
     assert "× 2 processes" in out and out.count("final val mIoU") == 1  # rank 1 is silent
     assert "Grad strides" not in r.stderr  # DDP's false alarm for depthwise kernels is silenced
@@ -112,7 +122,7 @@ def test_torchrun_runs_the_recipes_with_auxiliary_modules(tmp_path, preset):
     args = [f"data.root={data}", f"output_dir={tmp_path / 'run'}", *[a for a in TINY if "modalities" not in a],
             "model.modalities=[rgb,depth]", "train.iters=4", "train.eval_every=0", "train.accumulate_grad_batches=2"]
     r = torchrun(2, preset, *args, cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, explain(r)
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
@@ -127,7 +137,7 @@ def test_torchrun_killed_and_resumed_reaches_the_same_weights(tmp_path):
     args = [f"data.root={data}", *TINY, "train.iters=30", "train.checkpoint_every=4", "train.eval_every=0",
             "method.modality_dropout=0.3"]
     r = torchrun(2, "synth_cmx_b0", *args, f"output_dir={tmp_path / 'a'}", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.returncode == 0, explain(r)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "rgbx.cli.main", "train", "synth_cmx_b0", *args, f"output_dir={tmp_path / 'b'}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
@@ -139,7 +149,7 @@ def test_torchrun_killed_and_resumed_reaches_the_same_weights(tmp_path):
     killed_at = load_state(state)["iteration"]
     assert 8 <= killed_at < 30
     r = torchrun(2, "synth_cmx_b0", *args, f"output_dir={tmp_path / 'b'}", "--resume", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.returncode == 0, explain(r)
     a, b = (load_file(tmp_path / run / "model.safetensors") for run in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -169,12 +179,12 @@ def test_torchrun_eval_gives_the_single_process_results(tmp_path):
         common = [weights, "--data", str(data), "--split", "val", "--workers", "0", *extra]
         single = subprocess.run([sys.executable, *_eval_cmd(*common, "--json", str(tmp_path / "one.json"))],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert single.returncode == 0, single.stderr[-2000:]
+        assert single.returncode == 0, explain(single)
         multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                                 f"--master_port={free_port()}",
                                 *_eval_cmd(*common, "--json", str(tmp_path / "two.json"))],
                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert multi.returncode == 0, multi.stdout[-2000:] + multi.stderr[-2000:]
+        assert multi.returncode == 0, explain(multi)
         one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
         if "--calibration" in extra:  # float32 probabilities of other batches, summed in another order: to rounding
             calibrated = [_numbers(run.pop("calibration")) for run in (one, two)]
@@ -208,7 +218,7 @@ def test_torchrun_with_a_sensor_missing_from_whole_batches(tmp_path):
     args = [f"data.root={data}", *[a for a in TINY if "modalities" not in a], "model.modalities=[rgb,thermal]",
             "method.modality_dropout=0.0", "train.iters=8", "train.eval_every=0"]
     r = torchrun(2, "synth_cmx_b0", *args, f"output_dir={tmp_path / 'auto'}", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, explain(r)
     r = torchrun(2, "synth_cmx_b0", *args, f"output_dir={tmp_path / 'off'}", "train.find_unused_parameters=false",
                  cwd=tmp_path)
     assert r.returncode != 0 and "unused" in (r.stdout + r.stderr).lower()  # the case really occurs
