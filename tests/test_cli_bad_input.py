@@ -8,6 +8,7 @@ import pytest
 
 from rgbx.cli.main import main
 from rgbx.engine.checkpoint import save_model
+from rgbx.engine.device import device_available
 from rgbx.models import create_model
 from tests.conftest import make_dataset
 
@@ -43,6 +44,7 @@ CASES = [
     (["eval", "{m}", "--data", "{data}", "--by", "weather"],
      "--by weather: no sample of {data} [val] has that attribute (attributes here: condition"),
     (["eval", "{m}", "--data", "{data}", "--device", "banana"], "device 'banana': expected auto, cpu, cuda or cuda:N"),
+    (["predict", "{m}", "{data}", "--out", "{root}/p", "--device", "cuda:99"], "--device 'cuda:99': "),
     (["eval", "{m}", "--data", "{data}", "--confusion", "{a_file}/confusion"], "{a_file}/confusion: "),
     (["predict", "{m}", "{data}", "--limit", "-1", "--out", "{root}/p"],
      "argument --limit: expected a whole number >= 0, got '-1'"),
@@ -74,6 +76,11 @@ CASES = [
     (["convert", "{data}/rgb/s000.png", "--modalities", "rgb", "depth", "--out", "{root}/c.safetensors"],
      "{data}/rgb/s000.png: cannot read it as weights (torch.load(weights_only=True) refused it: "),
 ]
+
+
+# a torch device type this machine lacks (where it has one, the device is used: nothing to refuse)
+CASES += [(["eval", "{m}", "--data", "{data}", "--device", kind], f"--device '{kind}': this torch has no usable {kind} "
+           f"device here") for kind in ("mps", "xpu") if not device_available(kind)]
 
 
 @pytest.mark.parametrize("argv,message", CASES, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in CASES])
