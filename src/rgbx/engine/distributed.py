@@ -122,7 +122,10 @@ def _import_world_group_holders() -> None:
     import importlib
 
     for name in WORLD_GROUP_HOLDERS:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a torch build without it: nothing there to hold the group either
+            pass
 
 
 def shard_indices(num_samples: int, ctx: DistributedContext) -> list[int]:
