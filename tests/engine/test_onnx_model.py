@@ -205,3 +205,19 @@ def test_the_exported_file_is_padded_with_its_networks_zero_under_the_cmx_rule(t
         got = predict_logits(OnnxSegmentor(path, threads=1), x, scales=(0.75, 1.0), flip=True, window=window,
                              scale_rule="cmx")
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_command_lines_offer_the_runtimes_the_engine_runs():
+    """The CLI names runtimes without importing the engine (``--help`` stays light): its lists must stay the
+    engine's."""
+    import argparse
+
+    from rgbx.cli.main import build_parser
+    from rgbx.engine.onnx_model import PRECISIONS, RUNTIME_VARIANTS, RUNTIMES
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    choices = {(name, opt): tuple(action.choices) for name, sub in commands.items() for action in sub._actions
+               for opt in action.option_strings if opt in ("--runtime", "--runtime-precision", "--runtimes")}
+    assert choices[("eval", "--runtime")] == choices[("predict", "--runtime")] == RUNTIMES
+    assert choices[("eval", "--runtime-precision")] == PRECISIONS
+    assert choices[("bench", "--runtimes")] == RUNTIME_VARIANTS

@@ -68,6 +68,7 @@ def add_parser(sub) -> None:
                    choices=("exact", "fast", "graphed", "compiled", "custom"),
                    help="option sets to time (default exact fast)")
     p.add_argument("--sweep", action="store_true", help="also time exact + each single switch of the fast set")
+    # rgbx.engine.onnx_model.RUNTIME_VARIANTS, not imported so that --help stays light (a test keeps them equal)
     p.add_argument("--runtimes", nargs="+", default=[], choices=("onnxruntime", "openvino", "openvino-bf16"),
                    help="CPU inference: also the model exported as rgbx export writes it, run by these runtimes "
                         "(rgbx eval / predict FILE.onnx --runtime ...; openvino-bf16: --runtime-precision bf16, on a "

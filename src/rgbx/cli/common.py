@@ -118,6 +118,7 @@ def sensor_monitor_from_args(args, needed_by: str = "--check-sensors"):
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """``--runtime`` and ``--runtime-threads`` for a ``.onnx`` file given in place of a model file
     (:func:`load_model_from_args`)."""
+    # rgbx.engine.onnx_model.RUNTIMES / PRECISIONS, not imported (--help stays light; a test keeps them equal)
     parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="onnxruntime",
                         help="for an exported .onnx file (rgbx export) given instead of a model file: the runtime "
                              "that runs it on the CPU (default onnxruntime; openvino: pip install 'rgbx[openvino]')")

@@ -38,6 +38,7 @@ def resolve_device(name: str | torch.device, setting: str = "device") -> torch.d
 
 
 def device_available(device_type: str) -> bool:
+    """Whether this torch can use a device of ``device_type`` (``mps``, ``xpu``, ...) on this machine."""
     if device_type == "mps":
         return bool(torch.backends.mps.is_available())
     module = getattr(torch, device_type, None)
