@@ -5,10 +5,11 @@ system."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rgbx.cli.main import main
+from rgbx.device import device_available
 from rgbx.engine.checkpoint import save_model
-from rgbx.engine.device import device_available
 from rgbx.models import create_model
 from tests.conftest import make_dataset
 
@@ -107,5 +108,14 @@ def test_load_model_names_a_bad_device(place):
     from rgbx.engine.checkpoint import load_model
     from rgbx.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="device 'banana': expected cpu, cuda or cuda:N"):
+    with pytest.raises(ConfigError, match="device 'banana': expected auto, cpu, cuda or cuda:N"):
         load_model(place / "m.safetensors", device="banana")
+    # a device this machine lacks: refused by name before the model is built (was torch's error on the first tensor)
+    lacking = [kind for kind in ("mps", "xpu") if not device_available(kind)]
+    if not torch.cuda.is_available():
+        lacking.append("cuda")
+    for kind in lacking:
+        with pytest.raises(ConfigError, match=f"device '{kind}': "):
+            load_model(place / "m.safetensors", device=kind)
+    model, _ = load_model(place / "m.safetensors", device="auto")  # auto: CUDA when there is one, as in the CLI
+    assert next(model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -287,7 +287,7 @@ def model_config_from_args(args):
 
 
 def resolve_device(name: str):
-    """``--device``: ``auto`` → CUDA when available, else the CPU (:func:`rgbx.engine.device.resolve_device`)."""
-    from rgbx.engine.device import resolve_device as resolve
+    """``--device``: ``auto`` → CUDA when available, else the CPU (:func:`rgbx.device.resolve_device`)."""
+    from rgbx.device import resolve_device as resolve
 
     return resolve(name, "--device")

@@ -405,8 +405,8 @@ def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val",
     """
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform
+    from rgbx.device import resolve_device
     from rgbx.engine.checkpoint import load_model
-    from rgbx.engine.device import resolve_device
     from rgbx.engine.onnx_model import is_onnx_file
     from rgbx.modalities.subsets import all_subsets
     from rgbx.models.model_file import save_model

@@ -229,8 +229,8 @@ def evaluate_dataset(
     """
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform
+    from rgbx.device import resolve_device
     from rgbx.engine.checkpoint import load_model
-    from rgbx.engine.device import resolve_device
     from rgbx.errors import ConfigError
 
     device = resolve_device(device)

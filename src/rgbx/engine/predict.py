@@ -107,8 +107,8 @@ class Predictor:
 
             labels, confidence = segment({"rgb": frame}, confidence=True)  # (H, W) probabilities of the labels
         """
+        from rgbx.device import resolve_device
         from rgbx.engine.checkpoint import load_model
-        from rgbx.engine.device import resolve_device
         from rgbx.engine.fastpath import SpeedOptions
         from rgbx.engine.onnx_model import OnnxSegmentor, is_onnx_file
         from rgbx.errors import ConfigError

@@ -28,9 +28,9 @@ from rgbx.data.sampler import ResumableSampler
 from rgbx.data.sensor_health import FrameScreen, parse_rules
 from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.data.transforms.photometric import build_photometric_ops
+from rgbx.device import resolve_device
 from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
 from rgbx.engine.config import ExperimentConfig, TrainConfig, to_dict, to_yaml, validation_miou_convention
-from rgbx.engine.device import resolve_device
 from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
 from rgbx.engine.environment import run_environment
 from rgbx.engine.evaluate import EvalResult, all_subsets, evaluate

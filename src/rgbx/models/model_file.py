@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from rgbx.device import resolve_device
 from rgbx.errors import CheckpointError, ConfigError
 from rgbx.modalities import BUILTIN_MODALITIES, declare_modality, get_modality, spec_from_dict, spec_to_dict
 from rgbx.models.config import ModelConfig
@@ -161,10 +162,7 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> dict:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a model from an rgbx weights file alone. Returns (model in eval mode, metadata)."""
     path = Path(path)
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device {device!r}: expected cpu, cuda or cuda:N") from None
+    device = resolve_device(device, "device")  # a device this machine lacks: one clear error, before any work
     info = read_model_info(path)
     declare_sensors(info, path)
     try:

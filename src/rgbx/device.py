@@ -1,5 +1,7 @@
-"""Which device a command or a run uses: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (torch only; cheap to import, so
-profiling and prediction do not pull in the training stack)."""
+"""Which device a command, a run or :func:`rgbx.load_model` uses: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+Torch only, and below the models in the package, so that loading a model file checks its device as the commands do
+and profiling and prediction do not pull in the training stack."""
 
 from __future__ import annotations
 
