@@ -40,6 +40,26 @@ def main() -> None:
                   f"{raw['nll']:.3f} / {single['nll']:.3f} / {per_set['nll']:.3f} | "
                   f"{pct(high['accuracy'])} ({100 * high['coverage']:.0f} %) |")
     print()
+    print("Vector scaling per set (a scale and a bias per class; the predictions change), against the raw model and "
+          "the per-set temperature:")
+    print()
+    print("| model | sensors | mIoU: raw → vector | accuracy: raw → vector | ECE: raw / per-set T / vector | "
+          "NLL: raw / per-set T / vector |")
+    print("|---|---|---|---|---|---|")
+    for run in args.only:
+        paths = {kind: args.out / run / f"calibration_{kind}.json" for kind in ("sets", "vector")}
+        if not all(p.is_file() for p in paths.values()):
+            print(f"(missing: {paths})")
+            continue
+        sets, vector = (json.loads(paths[k].read_text()) for k in ("sets", "vector"))
+        for subset, groups in sets["calibration"].items():
+            raw, per_set = groups["all"]["uncalibrated"], groups["all"]["calibrated"]
+            vec = vector["calibration"][subset]["all"]["calibrated"]
+            miou = (sets["subsets"][subset]["all"]["miou"], vector["subsets"][subset]["all"]["miou"])
+            print(f"| {run} | {subset} | {pct(miou[0])} → {pct(miou[1])} | {pct(raw['accuracy'])} → "
+                  f"{pct(vec['accuracy'])} | {pct(raw['ece'])} / {pct(per_set['ece'])} / {pct(vec['ece'])} | "
+                  f"{raw['nll']:.3f} / {per_set['nll']:.3f} / {vec['nll']:.3f} |")
+    print()
     print("ECE % per condition, raw → per-set temperature:")
     print()
     header = None

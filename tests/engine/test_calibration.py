@@ -24,7 +24,9 @@ from rgbx.engine.calibration import (
     TemperatureScaling,
     fit_temperature,
     fit_temperatures,
+    fit_vector_scaling,
     temperature_nll,
+    vector_nll,
 )
 from rgbx.engine.evaluate import all_subsets, evaluate
 from rgbx.engine.inference import class_probabilities, predict_logits
@@ -121,6 +123,29 @@ def test_temperature_over_test_time_passes_explains_their_mean_probability():
         assert temperature_nll(logits, labels, t) == pytest.approx(float(direct), rel=1e-5)
     same = logits[:1].expand(2, -1, -1)  # two identical passes: the single pass's temperature
     assert fit_temperature(same, labels) == pytest.approx(fit_temperature(logits[0], labels), rel=1e-3)
+
+
+def test_fit_vector_scaling_recovers_a_known_scale_and_bias():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(60000, 5, generator=gen) * 1.5
+    scale, bias = torch.tensor([0.5, 1.0, 2.0, 1.5, 0.8]), torch.tensor([1.0, -0.5, 0.0, 0.5, -1.0])
+    labels = torch.multinomial((logits * scale + bias).softmax(1), 1, generator=gen)[:, 0]
+    fitted_scale, fitted_bias = fit_vector_scaling(logits, labels)
+    assert torch.allclose(fitted_scale, scale, atol=0.08)
+    # the softmax ignores a shift shared by every class: the penalty picks the smallest bias, so compare centred ones
+    assert torch.allclose(fitted_bias - fitted_bias.mean(), bias - bias.mean(), atol=0.08)
+    nll = float(vector_nll(logits, labels, fitted_scale, fitted_bias))
+    assert nll < temperature_nll(logits, labels, fit_temperature(logits, labels)) - 0.01  # one T cannot do this
+    assert nll <= float(vector_nll(logits, labels, scale, bias)) + 1e-3  # as good as the truth on its own sample
+    same = logits[:1000][None].expand(2, -1, -1)  # two identical test-time passes: the single pass's fit
+    one = fit_vector_scaling(logits[:1000], labels[:1000])
+    two = fit_vector_scaling(same, labels[:1000])
+    assert torch.allclose(one[0], two[0], atol=1e-3) and torch.allclose(one[1], two[1], atol=1e-3)
+    absent = labels[:1000].clone()
+    absent[absent == 4] = 0  # a class no fitted pixel has: its bias stays finite (the penalty), not −∞
+    assert fit_vector_scaling(logits[:1000], absent)[1][4] > -20
+    with pytest.raises(ConfigError, match=r"vector scaling needs \(N, K\) or \(P, N, K\) logits"):
+        fit_vector_scaling(torch.zeros(4, 3), torch.zeros(5, dtype=torch.long))
 
 
 def test_fit_temperature_refuses_empty_or_misshaped_input():
@@ -308,7 +333,7 @@ def test_calibrate_writes_temperatures_per_sensor_set(calibrated, capsys):
     assert main(["calibrate", str(path), "--data", str(data), "--sensors", "full", "--out", str(out),
                  "--workers", "0"]) == 0
     text = capsys.readouterr().out
-    assert "replaced the temperatures" in text
+    assert "replaced the calibration" in text
     assert list(read_model_info(out)["calibration"]["temperatures"]) == ["rgb+depth"]
 
 
@@ -426,6 +451,75 @@ def test_an_exported_file_keeps_the_temperatures(calibrated, tmp_path, capsys):
     assert deployed.last_temperature == pytest.approx(temperatures["rgb"])
     expected_labels, expected = original(frame, confidence=True)
     assert np.array_equal(labels, expected_labels) and np.allclose(confidence, expected, atol=1e-4)
+
+
+def test_calibrate_with_vector_scaling_writes_it_into_the_model(calibrated, tmp_path, capsys):
+    data, original, path, _ = calibrated
+    out, report = tmp_path / "vector.safetensors", tmp_path / "vector.json"
+    assert main(["calibrate", str(path), "--data", str(data), "--scaling", "vector", "--out", str(out),
+                 "--workers", "0", "--json", str(report)]) == 0  # from the temperature-calibrated file: replaced
+    printed = capsys.readouterr().out
+    assert "vector scaling fitted on" in printed and "accuracy before" in printed
+    assert "the predictions changed" in printed and "replaced the calibration" in printed
+    info = read_model_info(out)
+    record = info["calibration"]
+    assert info["model"]["vector_scaling"] is True and record["method"] == "vector"
+    assert record["temperatures"] == {"rgb+depth": 1.0, "rgb": 1.0, "depth": 1.0}  # the model applies the fit
+    assert set(record["vectors"]) == {"rgb+depth", "rgb", "depth"} and json.loads(report.read_text()) == {
+        "checkpoint": str(path), "out": str(out), **record}
+    for figures in record["fit"].values():
+        assert figures["nll"][1] <= figures["nll"][0] + 1e-6 and len(figures["accuracy"]) == 2
+    model, _ = rgbx.load_model(out)
+    network, _ = rgbx.load_model(original)
+    batch = collate([normalize_sample(frame_sample(
+        {"rgb": np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8),
+         "depth": np.random.default_rng(1).integers(500, 9000, (16, 20), np.uint16)}))] * 2)
+    with torch.no_grad():
+        for subset in (("rgb", "depth"), ("rgb",), ("depth",)):
+            view = batch.with_modalities(subset)
+            vector = record["vectors"]["+".join(subset)]
+            expected = (network(view.inputs, view.present).logits * torch.tensor(vector["scale"]).view(3, 1, 1)
+                        + torch.tensor(vector["bias"]).view(3, 1, 1))
+            assert torch.allclose(model(view.inputs, view.present).logits, expected, atol=1e-4)
+    # fitted on the network's own logits: calibrating the written file again gives the same scaling
+    again = tmp_path / "again.safetensors"
+    assert main(["calibrate", str(out), "--data", str(data), "--scaling", "vector", "--out", str(again),
+                 "--workers", "0"]) == 0
+    for name, vector in read_model_info(again)["calibration"]["vectors"].items():
+        assert np.allclose(vector["scale"], record["vectors"][name]["scale"], atol=1e-4)
+        assert np.allclose(vector["bias"], record["vectors"][name]["bias"], atol=1e-4)
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "confidence calibration: vector scaling" in capsys.readouterr().out
+    assert main(["eval", str(out), "--data", str(data), "--anymodal", "--calibration", "--workers", "0"]) == 0
+    assert "vector scaling is part of the model" in capsys.readouterr().out
+    assert main(["predict", str(out), str(data), "--split", "val", "--out", str(tmp_path / "p"), "--confidence",
+                 "--no-panels", "--workers", "0"]) == 0
+    assert "calibrated: vector scaling per sensor set" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["calibrate", str(path), "--data", str(data), "--scaling", "matrix"])
+    assert "argument --scaling: invalid choice: 'matrix'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="scaling 'matrix': expected one of temperature, vector"):
+        rgbx.calibrate(original, data, "val", scaling="matrix")
+
+
+def test_an_exported_vector_scaled_file_applies_each_sensor_sets_scaling(calibrated, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    data, original, _, _ = calibrated
+    vector, _ = rgbx.calibrate(original, data, "val", scaling="vector", out=tmp_path / "vector.safetensors")
+    onnx = tmp_path / "vector.onnx"
+    assert main(["export", str(vector), "--out", str(onnx), "--size", "32x40", "--exporter", "torchscript"]) == 0
+    deployed, model = rgbx.Predictor.from_file(onnx), rgbx.Predictor.from_file(vector)
+    plain = rgbx.Predictor.from_file(original)
+    rng = np.random.default_rng(2)
+    rgb, depth = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8), rng.integers(500, 9000, (32, 40), np.uint16)
+    for frame in ({"rgb": rgb, "depth": depth}, {"rgb": rgb}, {"depth": depth}):  # the present column says which
+        labels, confidence = deployed(frame, confidence=True)
+        expected_labels, expected = model(frame, confidence=True)
+        assert np.array_equal(labels, expected_labels) and np.allclose(confidence, expected, atol=1e-4)
+        unscaled = plain(frame, confidence=True)[1]  # the scaling is in the exported graph
+        assert np.abs(confidence - unscaled).max() > 1e-2
 
 
 def test_python_evaluate_reads_the_temperatures_of_the_file(calibrated):

@@ -20,6 +20,7 @@ EXAMPLES = """  rgbx calibrate runs/cmx/model.safetensors --data data/synth --sp
   rgbx predict runs/cmx/model.calibrated.safetensors rgb=frames/ depth=depth/ --out preds/ --confidence --min-confidence 0.6
   rgbx calibrate runs/cmx/model.safetensors --data data/synth --sensors full   # one temperature for every sensor set
   rgbx calibrate runs/cmx/model.safetensors --data data/synth --scales 0.75 1 1.25 --flip   # for multi-scale + flip
+  rgbx calibrate runs/cmx/model.safetensors --data data/synth --scaling vector   # per class, per set: labels change
 Fits, for each set of the model's sensors (every non-empty subset by default), the temperature T that makes
 softmax(logits / T) the most likely explanation of the labels of the split (Guo et al. 2017), and writes a copy of
 the model file that records them. Predictions (argmax) do not change; confidences (rgbx predict --confidence,
@@ -27,6 +28,11 @@ Predictor(..., confidence=True)) become calibrated, with the temperature of the 
 honest when a sensor fails. Fit on a split the model was not trained on, and check on another one. With
 --scales / --flip / --window, the fit is for those test-time passes (averaging them softens the probabilities):
 give the ones the deployment uses.
+--scaling vector fits, per sensor set, a scale and a bias for each class instead (vector scaling, Guo et al. §4.2),
+into the model itself: the predictions change with it. For a model whose predictions from a subset of its sensors
+lean towards some classes (one trained with every sensor present, then a sensor fails), it can recover much of the
+accuracy as well as the calibration (benchmarks/calibration.md); compare both files with rgbx eval --anymodal on
+held-out data before deploying it.
 """
 
 
@@ -42,6 +48,9 @@ def add_parser(sub) -> None:
     p.add_argument("--sensors", choices=("all", "full"), default="all",
                    help="all: one temperature per non-empty subset of the model's sensors (a rig that loses one uses "
                         "its own); full: one temperature, fitted with every sensor, for every set")
+    p.add_argument("--scaling", choices=("temperature", "vector"), default="temperature",
+                   help="temperature: one temperature per set, predictions unchanged (default); vector: per set a "
+                        "scale and a bias for each class, written into the model (its predictions change)")
     p.add_argument("--pixels-per-image", type=positive_int, default=2048,
                    help="labelled pixels drawn at random from each image for the fit (default 2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of the pixel draw")
@@ -80,20 +89,22 @@ def run(args) -> int:
                                       batch_size=args.batch_size, num_workers=loader_workers(args.workers, device),
                                       device=device, progress=lambda done, total: bar.update(done, total),
                                       scales=tuple(args.scales), flip=args.flip, window=sliding_window_from_args(args),
-                                      scale_rule=args.scale_rule)
+                                      scale_rule=args.scale_rule, scaling=args.scaling)
     console = wide_console()
-    console.print(calibration_fit_table(scaling, f"temperatures fitted on {where}"))
-    edge = [name for name, t in scaling.temperatures.items() if at_bound(t)]
+    what = "vector scaling" if scaling.method == "vector" else "temperatures"
+    console.print(calibration_fit_table(scaling, f"{what} fitted on {where}"))
+    edge = [name for name, t in scaling.temperatures.items() if scaling.method == "temperature" and at_bound(t)]
     if edge:
         console.print(f"at the search's edge: {', '.join(edge)} (the confidences of these sets carry almost no "
                       f"information about being right; is the model trained for them?)", markup=False,
                       highlight=False)
     if previous:
-        console.print(f"replaced the temperatures {args.checkpoint} held (fitted on {previous.get('fitted_on')})",
+        console.print(f"replaced the calibration {args.checkpoint} held (fitted on {previous.get('fitted_on')})",
                       markup=False, highlight=False)
     console.print(f"wrote {out}; check it on data the fit did not see: rgbx eval {out} --data {args.data} --split "
-                  f"{_held_out_split(args)} --calibration{' --anymodal' if len(scaling.temperatures) > 1 else ''}",
-                  markup=False, highlight=False, soft_wrap=True)
+                  f"{_held_out_split(args)} --calibration{' --anymodal' if len(scaling.temperatures) > 1 else ''}"
+                  + (f" (the predictions changed: score {args.checkpoint} the same way)" if scaling.method == "vector"
+                     else ""), markup=False, highlight=False, soft_wrap=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "out": str(out), **scaling.to_dict()},
@@ -114,16 +125,27 @@ def calibration_fit_table(scaling, title: str):
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(title), caption="NLL in nats per pixel, ECE in % (15 bins), on the pixels drawn for the "
-                                             "fit")
-    for column in ("sensors", "temperature", "NLL before", "NLL after", "ECE before", "ECE after", "pixels"):
+    vector = scaling.method == "vector"
+    table = Table(title=Text(title), caption="NLL in nats per pixel, ECE and accuracy in % (15 bins), on the pixels "
+                                             "drawn for the fit")
+    first = ("scale (min–max)", "bias (min–max)") if vector else ("temperature",)
+    last = ("accuracy before", "accuracy after", "pixels") if vector else ("pixels",)
+    for column in ("sensors", *first, "NLL before", "NLL after", "ECE before", "ECE after", *last):
         table.add_column(column, justify="left" if column == "sensors" else "right")
     for name in scaling.fit:
         fit, t = scaling.fit[name], scaling.temperatures.get(name)
         if t is None:
-            table.add_row(name, "—", "", "", "", "", "0 (" + fit.get("note", "") + ")")
+            table.add_row(name, *(["—"] * len(first)), "", "", "", "", *([""] * (len(last) - 1)),
+                          "0 (" + fit.get("note", "") + ")")
             continue
         nll, ece = fit.get("nll", [float("nan")] * 2), fit.get("ece", [float("nan")] * 2)
-        table.add_row(name, f"{t:.3f}", f"{nll[0]:.4f}", f"{nll[1]:.4f}", f"{100 * ece[0]:.2f}",
-                      f"{100 * ece[1]:.2f}", str(fit.get("pixels", "")))
+        if vector:
+            v = scaling.vectors[name]
+            head = (f"{min(v['scale']):.2f}–{max(v['scale']):.2f}", f"{min(v['bias']):+.2f}–{max(v['bias']):+.2f}")
+            acc = fit.get("accuracy", [float("nan")] * 2)
+            tail = (f"{100 * acc[0]:.2f}", f"{100 * acc[1]:.2f}", str(fit.get("pixels", "")))
+        else:
+            head, tail = (f"{t:.3f}",), (str(fit.get("pixels", "")),)
+        table.add_row(name, *head, f"{nll[0]:.4f}", f"{nll[1]:.4f}", f"{100 * ece[0]:.2f}", f"{100 * ece[1]:.2f}",
+                      *tail)
     return table

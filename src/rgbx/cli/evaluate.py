@@ -223,7 +223,10 @@ def _evaluate(args, device, ctx) -> int:
     if args.calibration and temperatures is None:
         print(f"{args.checkpoint} records no temperatures: the figures are the raw softmax's (rgbx calibrate fits "
               f"them on a validation split)")
-    elif args.calibration and temperatures.test_time:
+    elif args.calibration and temperatures.method == "vector":
+        print(f"{args.checkpoint}'s vector scaling is part of the model (its labels follow it): the uncalibrated and "
+              f"calibrated figures are both after it; score the file it was fitted from for the network's own")
+    if args.calibration and temperatures is not None and temperatures.test_time:
         fitted = {k: temperatures.test_time.get(k) for k in ("scales", "flip", "window", "scale_rule")}
         here = {k: v for k, v in _test_time(args, window).items() if k in fitted}
         if fitted != here:

@@ -160,6 +160,11 @@ def _print_calibration(info: dict) -> None:
         passes = (f"; for scales {' '.join(f'{v:g}' for v in t.get('scales') or [1.0])}"
                   f"{', flip' if t.get('flip') else ''}{', window ' + 'x'.join(map(str, t['window'])) if t.get('window') else ''}"
                   if t.get("flip") or t.get("window") or (t.get("scales") or [1.0]) != [1.0] else "")
+        if c.get("method") == "vector":
+            print(f"confidence calibration: vector scaling (a scale and a bias per class, in the model: the "
+                  f"predictions follow it) for {', '.join(c.get('vectors') or {})} (fitted on {c.get('fitted_on')}"
+                  f"{passes}; a sensor set without its own uses {c.get('default')}'s)")
+            return
         print(f"confidence calibration: temperatures {temperatures} (fitted on {c.get('fitted_on')}{passes}; a sensor "
               f"set without its own uses {c.get('default')}'s)")
 

@@ -148,7 +148,7 @@ def run(args) -> int:
     if log is not None:
         print(log.summary())
     if tally is not None and count:
-        print(tally.summary(predictor.calibration is not None))
+        print(tally.summary(None if predictor.calibration is None else predictor.calibration.method))
     return 0
 
 
@@ -167,12 +167,15 @@ class ConfidenceTally:
             self.below += int((confidence < self.threshold).sum())
         self.temperatures.add(round(temperature, 4))
 
-    def summary(self, calibrated: bool) -> str:
+    def summary(self, calibration: str | None) -> str:
+        """``calibration``: the model file's method (``temperature`` / ``vector``), None when it has none."""
         text = f"confidence: mean {100 * self.total / max(self.pixels, 1):.1f}%"
         if self.threshold is not None:
             text += (f"; {100 * self.below / max(self.pixels, 1):.1f}% of pixels below {self.threshold:g} left "
                      f"unlabelled")
-        if calibrated:
+        if calibration == "vector":
+            text += " (calibrated: vector scaling per sensor set, in the model)"
+        elif calibration is not None:
             text += f" (calibrated: temperature {', '.join(f'{t:g}' for t in sorted(self.temperatures))})"
         else:
             text += " (uncalibrated softmax: rgbx calibrate fits temperatures)"

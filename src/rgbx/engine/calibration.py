@@ -16,8 +16,11 @@ others. A network trained with cross-entropy is usually over-confident, and diff
 * :class:`TemperatureScaling`: one temperature per sensor set (``"rgb+depth"``, ``"rgb"``, ...), kept in the model
   file (``calibration``), so that a model that loses its depth camera at run time uses the temperature fitted for RGB
   alone. A set without its own temperature uses the full set's.
-* :func:`fit_temperatures`: the temperatures of a model over a loader; :func:`calibrate_file`: those of a model file
-  on a dataset split, written into a copy of the file (``rgbx calibrate``, ``rgbx.calibrate``).
+* :func:`fit_vector_scaling`: vector scaling (Guo et al. §4.2), a scale and a bias per class, ``softmax(s ⊙ z + b)``;
+  it changes the argmax, so a model file applies it itself (:mod:`rgbx.models.sensor_set_scaling`, one pair per
+  sensor set), and the record's temperatures are then 1.
+* :func:`fit_temperatures`: the temperatures (or vector scalings) of a model over a loader; :func:`calibrate_file`:
+  those of a model file on a dataset split, written into a copy of the file (``rgbx calibrate``, ``rgbx.calibrate``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from rgbx.errors import ConfigError
 DEFAULT_BINS = 15
 COVERAGE_THRESHOLDS = (0.5, 0.8, 0.9, 0.95)
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+SCALINGS = ("temperature", "vector")
 
 
 @dataclass
@@ -197,6 +201,51 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple[fl
     return math.exp((lo + hi) / 2)
 
 
+VECTOR_PENALTY = 1e-3  # L2 weight on the bias and the log scale: pins the softmax's free shift, and keeps the bias
+# of a class that no fitted pixel has (the NLL would push it towards −∞) near 0
+
+
+def vector_logits(logits: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``scale ⊙ logits + bias`` over the last dimension (the classes) of (N, K) or (P, N, K) logits."""
+    return logits.float() * scale + bias
+
+
+def vector_nll(logits: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Mean NLL (nats, a differentiable tensor) of ``softmax(scale ⊙ z + bias)``: for (N, K) logits, or the mean
+    of the probabilities of (P, N, K) test-time passes, as :func:`temperature_nll`."""
+    z = vector_logits(logits, scale, bias)
+    if z.dim() == 2:
+        return F.cross_entropy(z, labels)
+    log_p = z.log_softmax(-1).gather(-1, labels.expand(z.shape[0], -1)[..., None])[..., 0]
+    return -(torch.logsumexp(log_p, 0) - math.log(z.shape[0])).mean()
+
+
+def fit_vector_scaling(logits: torch.Tensor, labels: torch.Tensor, penalty: float = VECTOR_PENALTY,
+                       max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vector scaling (Guo et al. §4.2): the per-class scale ``s = exp(σ)`` and bias ``b`` ((K,) each) that minimise
+    ``NLL(softmax(s ⊙ z + b)) + penalty · (‖σ‖² + ‖b‖²)`` over held-out pixels, by L-BFGS. The scale is kept positive
+    (a class's logits keep their order); the argmax may change. Arguments as :func:`fit_temperature`."""
+    if logits.dim() not in (2, 3) or labels.dim() != 1 or labels.shape[0] != logits.shape[-2] or not labels.numel():
+        raise ConfigError(f"vector scaling needs (N, K) or (P, N, K) logits and (N,) labels with N > 0; got "
+                          f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    logits, labels = logits.float(), labels.long()
+    k = logits.shape[-1]
+    log_scale = torch.zeros(k, requires_grad=True)
+    bias = torch.zeros(k, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_scale, bias], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = vector_nll(logits, labels, log_scale.exp(), bias) + penalty * (log_scale.square().sum()
+                                                                               + bias.square().sum())
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return log_scale.detach().exp(), bias.detach()
+
+
 class PixelSample:
     """Held-out pixels' logits and labels for fitting a temperature: up to ``per_image`` labelled pixels of each
     image, drawn uniformly at random (seeded), kept on the CPU."""
@@ -253,6 +302,8 @@ class TemperatureScaling:
     pixels: int = 0
     fit: dict[str, dict] = field(default_factory=dict)  # set -> nll / ece before and after, on the fitted pixels
     test_time: dict = field(default_factory=dict)  # the test-time passes fitted for (scales, flip, window, ...)
+    method: str = "temperature"  # or "vector": the model's SensorSetScaling holds the fit, the temperatures are 1
+    vectors: dict[str, dict] = field(default_factory=dict)  # vector: set -> {"scale": [K], "bias": [K]} (a record)
 
     def temperature(self, sensors: Iterable[str], order: Sequence[str] | None = None) -> float:
         """The temperature for predicting from ``sensors`` (ordered by ``order``, the model's sensors, if given)."""
@@ -275,7 +326,7 @@ class TemperatureScaling:
                             dtype=torch.float32)
 
     def to_dict(self) -> dict:
-        return {"method": "temperature", **asdict(self)}
+        return asdict(self)
 
     @classmethod
     def from_info(cls, info: dict, source: str = "the model file") -> TemperatureScaling | None:
@@ -288,8 +339,12 @@ class TemperatureScaling:
             bad = {k: v for k, v in temperatures.items() if not (v > 0 and math.isfinite(v))}
             if bad:
                 raise ValueError(f"temperatures must be positive and finite, got {bad}")
+            method = str(record.get("method", "temperature"))
+            if method not in SCALINGS:
+                raise ValueError(f"method {method!r}, expected one of {', '.join(SCALINGS)}")
             return cls(temperatures, str(record["default"]), str(record.get("fitted_on", "")),
-                       int(record.get("pixels", 0)), dict(record.get("fit") or {}), dict(record.get("test_time") or {}))
+                       int(record.get("pixels", 0)), dict(record.get("fit") or {}), dict(record.get("test_time") or {}),
+                       method, dict(record.get("vectors") or {}))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             from rgbx.errors import CheckpointError
 
@@ -300,14 +355,21 @@ def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[
                      per_image: int = 2048, device: str | torch.device = "cpu", seed: int = 0,
                      progress: Callable[[int], None] | None = None, fitted_on: str = "",
                      bins: int = DEFAULT_BINS, scales: Sequence[float] = (1.0,), flip: bool = False,
-                     window=None, scale_rule: str = "rgbx") -> TemperatureScaling:
+                     window=None, scale_rule: str = "rgbx", scaling: str = "temperature") -> TemperatureScaling:
     """One temperature per sensor set in ``subsets`` (the first is the default), fitted on up to ``per_image``
     labelled pixels of each image of ``loader`` (batches of :class:`~rgbx.data.Batch`) that has every sensor of the
     set, from one forward pass of each set per batch. ``fit`` records each set's NLL and ECE on those pixels before
     and after. A set no image has in full gets no temperature of its own (``fit`` says so); the default set must
     have one. ``scales`` / ``flip`` / ``window`` / ``scale_rule``: the test-time passes the temperatures are for
-    (:func:`rgbx.engine.inference.predict_logits`; the fit then explains the mean of the passes' probabilities)."""
+    (:func:`rgbx.engine.inference.predict_logits`; the fit then explains the mean of the passes' probabilities).
+
+    ``scaling="vector"``: a per-class scale and bias per set instead (:func:`fit_vector_scaling`, recorded in
+    ``vectors``; the temperatures are then 1: the model's :class:`~rgbx.models.sensor_set_scaling.SensorSetScaling`
+    applies the fit, and ``fit`` also records the accuracy on the fitted pixels before and after)."""
     from rgbx.data.sample import host_masks
+
+    if scaling not in SCALINGS:
+        raise ConfigError(f"scaling {scaling!r}: expected one of {', '.join(SCALINGS)}")
     from rgbx.engine.inference import pass_logits, single_pass
 
     device = torch.device(device)
@@ -337,7 +399,7 @@ def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[
                                         batch.label if keep is None else batch.label[keep], model.num_classes)
             if progress is not None:
                 progress(i + 1)
-    temperatures, fit, pixels = {}, {}, 0
+    temperatures, fit, pixels, vectors = {}, {}, 0, {}
     for subset, sample in samples.items():
         name = "+".join(subset)
         if not len(sample):
@@ -349,22 +411,36 @@ def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[
                                               f"temperature of {'+'.join(subsets[0])}"}
             continue
         logits, labels = sample.tensors()
-        t = fit_temperature(logits, labels)
-        temperatures[name] = t
         pixels = max(pixels, len(labels))
+        if scaling == "vector":  # Guo et al. §4.2: z' = s ⊙ z + b
+            scale, bias = fit_vector_scaling(logits, labels)
+            vectors[name] = {"scale": scale.tolist(), "bias": bias.tolist()}
+            temperatures[name] = 1.0
+            after = vector_logits(logits, scale, bias)
+            fit[name] = {"pixels": len(labels),
+                         "nll": [temperature_nll(logits, labels, 1.0), temperature_nll(after, labels, 1.0)],
+                         "ece": [_sample_ece(logits, labels, 1.0, bins), _sample_ece(after, labels, 1.0, bins)],
+                         "accuracy": [_sample_accuracy(logits, labels), _sample_accuracy(after, labels)]}
+            continue
+        t = fit_temperature(logits, labels)  # Guo et al. §4.2: z' = z / T
+        temperatures[name] = t
         fit[name] = {"pixels": len(labels),
                      "nll": [temperature_nll(logits, labels, 1.0), temperature_nll(logits, labels, t)],
                      "ece": [_sample_ece(logits, labels, 1.0, bins), _sample_ece(logits, labels, t, bins)]}
     test_time = {"scales": [float(x) for x in scales], "flip": bool(flip), "scale_rule": scale_rule,
                  "window": None if window is None else list(window.size),
                  "stride": None if window is None else list(window.stride)}
-    return TemperatureScaling(temperatures, "+".join(subsets[0]), fitted_on, pixels, fit, test_time)
+    return TemperatureScaling(temperatures, "+".join(subsets[0]), fitted_on, pixels, fit, test_time, scaling, vectors)
 
 
 def _sample_ece(logits: torch.Tensor, labels: torch.Tensor, temperature: float, bins: int) -> float:
     histogram = ReliabilityHistogram(logits.shape[-1], ignore_index=-1, bins=bins)
     histogram.update(temperature_probabilities(logits, temperature).T[None, :, :, None], labels[None, :, None])
     return histogram.compute().ece
+
+
+def _sample_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((temperature_probabilities(logits, 1.0).argmax(-1) == labels).float().mean())
 
 
 def calibrated_path(checkpoint: str | Path) -> Path:
@@ -383,7 +459,7 @@ def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val",
                    options: dict | None = None, sensors: str = "all", per_image: int = 2048, seed: int = 0,
                    out: str | Path | None = None, batch_size: int = 4, num_workers: int = 0,
                    device: str | torch.device = "cpu", progress: Callable[[int, int], None] | None = None,
-                   **test_time) -> tuple[Path, TemperatureScaling]:
+                   scaling: str = "temperature", **test_time) -> tuple[Path, TemperatureScaling]:
     """Fit the temperatures of an rgbx model file on a labelled dataset split and write a copy of the file that
     records them (what ``rgbx calibrate`` does). Returns the path written and the temperatures.
 
@@ -395,6 +471,11 @@ def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val",
         per_image, seed: labelled pixels drawn at random from each image for the fit, and the draw's seed.
         out: the file to write (default :func:`calibrated_path`).
         progress: a callable(batches_done, batches), called after each batch.
+        scaling: ``"temperature"`` (predictions unchanged) or ``"vector"``: a per-class scale and bias per sensor
+            set, written into the model (:class:`~rgbx.models.sensor_set_scaling.SensorSetScaling`), so that the
+            written file's predictions change too; fitted on the network's own logits (a scaling the file already
+            has is replaced). A set no image has in full (and with ``sensors="full"``, every set) gets the full
+            set's.
         test_time: ``scales``, ``flip``, ``window``, ``scale_rule``: the test-time passes the deployment will use
             (default one pass), fitted for as :func:`fit_temperatures` does.
 
@@ -417,8 +498,12 @@ def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val",
                           f"export it again (rgbx export keeps the temperatures)")
     if sensors not in ("all", "full"):
         raise ConfigError(f"sensors {sensors!r}: expected 'all' (a temperature per sensor set) or 'full' (one)")
+    if scaling not in SCALINGS:
+        raise ConfigError(f"scaling {scaling!r}: expected one of {', '.join(SCALINGS)}")
     device = resolve_device(device)
     model, info = load_model(checkpoint, device)
+    if scaling == "vector":
+        model.add_vector_scaling().reset()  # fitted on the network's own logits
     opened = build_dataset(dataset, data, split, modalities=list(model.modalities), transform=EvalTransform(),
                            **(options or {}))
     desc = opened.description
@@ -428,12 +513,16 @@ def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val",
     subsets = all_subsets(model.modalities) if sensors == "all" else [tuple(model.modalities)]
     loader = torch.utils.data.DataLoader(opened, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
                                          pin_memory=device.type == "cuda")
-    scaling = fit_temperatures(model, loader, subsets, ignore_index=desc.ignore_index, per_image=per_image,
-                               device=device, seed=seed, fitted_on=f"{data} [{split}]",
-                               progress=None if progress is None else lambda done: progress(done, len(loader)),
-                               **test_time)
+    fitted = fit_temperatures(model, loader, subsets, ignore_index=desc.ignore_index, per_image=per_image,
+                              device=device, seed=seed, fitted_on=f"{data} [{split}]",
+                              progress=None if progress is None else lambda done: progress(done, len(loader)),
+                              scaling=scaling, **test_time)
+    if scaling == "vector":
+        for subset in all_subsets(model.modalities):
+            vector = fitted.vectors.get("+".join(subset), fitted.vectors[fitted.default])
+            model.set_scaling.set(subset, torch.tensor(vector["scale"]), torch.tensor(vector["bias"]))
     kept = {k: v for k, v in info.items() if k not in ("format", "model", "dataset", "sensors", "plugins")}
-    kept["calibration"] = scaling.to_dict()
+    kept["calibration"] = fitted.to_dict()
     out = Path(out) if out is not None else calibrated_path(checkpoint)
     save_model(out, model, info.get("dataset"), **kept)
-    return out, scaling
+    return out, fitted

@@ -36,6 +36,9 @@ class ModelConfig:
         input_encoding: modality → ``{source, mean, std}``: what the network's first layers were trained to see,
             where it differs from rgbx's normalisation (e.g. a released CMX or DFormer model: blue-first RGB,
             DFormer's depth scale; :mod:`rgbx.models.input_encoding`). Empty: every sensor as rgbx normalises it.
+        vector_scaling: the logits pass through a per-class scale and bias of each sample's sensor set
+            (:mod:`rgbx.models.sensor_set_scaling`; fitted by ``rgbx calibrate --scaling vector``, the identity
+            until then).
     """
 
     backbone: str = "mit_b0"
@@ -50,6 +53,7 @@ class ModelConfig:
     fusion_options: dict[str, Any] = field(default_factory=dict)
     head_options: dict[str, Any] = field(default_factory=dict)
     input_encoding: dict[str, Any] = field(default_factory=dict)
+    vector_scaling: bool = False
 
     def __post_init__(self):
         if isinstance(self.modalities, str):
@@ -111,4 +115,6 @@ class ModelConfig:
         if self.attn_impl not in ATTN_IMPLS:
             raise ConfigError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
         check_input_encoding(self.input_encoding, self.modalities)
+        if not isinstance(self.vector_scaling, bool):
+            raise ConfigError(f"vector_scaling must be true or false, got {self.vector_scaling!r}")
         return self

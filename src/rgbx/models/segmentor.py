@@ -12,6 +12,7 @@ from rgbx.models.config import ModelConfig
 from rgbx.models.fusions.base import FusionEncoder
 from rgbx.models.layers import LOWP_NORMS, check_attn_impl, resize
 from rgbx.models.registries import BACKBONES, FUSIONS, HEADS
+from rgbx.models.sensor_set_scaling import SensorSetScaling
 
 __all__ = ["SegOutput", "Segmentor", "create_model", "list_models"]
 
@@ -98,6 +99,8 @@ class Segmentor(nn.Module):
             num_classes=config.num_classes,
             channels=config.head_channels,
         )
+        # per sensor set, a per-class scale and bias on the logits (rgbx calibrate --scaling vector)
+        self.set_scaling = SensorSetScaling(config.modalities, config.num_classes) if config.vector_scaling else None
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -140,6 +143,15 @@ class Segmentor(nn.Module):
             if isinstance(module, LOWP_NORMS):
                 module.lowp = lowp
 
+    def add_vector_scaling(self) -> SensorSetScaling:
+        """Give the model a :class:`~rgbx.models.sensor_set_scaling.SensorSetScaling` (the identity) if it has none,
+        and return it; the config then says ``vector_scaling=True``, so a saved file rebuilds it."""
+        if self.set_scaling is None:
+            device = next(self.parameters()).device
+            self.set_scaling = SensorSetScaling(self.config.modalities, self.config.num_classes).to(device)
+            self.config = replace(self.config, vector_scaling=True)
+        return self.set_scaling
+
     def forward(
         self, inputs: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor] | None = None,
         return_decoder: bool = False,
@@ -163,6 +175,8 @@ class Segmentor(nn.Module):
             logits, decoder = self.head(encoded.fused, return_decoder=True)
         else:
             logits = self.head(encoded.fused)
+        if self.set_scaling is not None:  # per class, so it commutes with the bilinear resize: applied before it
+            logits = self.set_scaling(logits, encoded.present)
         return SegOutput(
             logits=resize(logits, size, matmul=self.matmul_resize), fused=encoded.fused, features=encoded.features,
             present=encoded.present, decoder=decoder,
