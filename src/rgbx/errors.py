@@ -48,5 +48,10 @@ class DataError(RgbxError):
         super().__init__(message)
 
 
+class SplitNotFoundError(DataError):
+    """A split of a dataset is not on disk (its split file or folder is missing), while the dataset itself is there:
+    e.g. a benchmark's test split that was not downloaded. ``rgbx data check`` skips such a split of a benchmark."""
+
+
 class CheckpointError(RgbxError):
     """A checkpoint cannot be read or does not fit the model it is loaded into."""

@@ -112,6 +112,13 @@ def run_check(args) -> int:
     desc = build_dataset(args.dataset, args.root, next(iter(counts)), check="none", **options).description
     print(f"{args.root}: OK — dataset {desc.name!r}, {desc.num_classes} classes, modalities "
           f"{', '.join(desc.modalities)}; " + ", ".join(f"{s}: {n} samples" for s, n in counts.items()))
+    if not args.split and args.dataset not in ("folder", "shards"):
+        from rgbx.data import DATASETS
+
+        absent = [s for s in getattr(DATASETS.get(args.dataset), "SPLITS", ()) if s not in counts]
+        if absent:
+            print(f"not on disk, skipped: split{'s' if len(absent) > 1 else ''} {', '.join(absent)} (name a split "
+                  f"with --split to have its absence reported as a problem)")
     return 0
 
 

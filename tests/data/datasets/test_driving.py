@@ -524,3 +524,34 @@ def test_eventscape_tag_set_and_broken_events(tmp_path):
     np.save(bad, np.zeros((5, 3)))
     msg = problems(root, "eventscape", splits=["val"])
     assert str(bad) in msg and "(N, 4)" in msg
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A partial download: `rgbx data check` skips a benchmark split that is not on disk and says so
+
+@pytest.mark.parametrize("dataset, make, remove, kept", [
+    ("deliver", make_deliver, lambda r: [p for p in (r / "img").glob("*/test")], {"train": 3, "val": 1}),
+    ("mcubes", make_mcubes, lambda r: [r / "list_folder" / "test.txt"], {"train": 2, "val": 1}),
+    ("muses", make_muses, lambda r: [r / "frame_camera" / "val"], {"train": 2, "test": 1}),
+    ("eventscape", make_eventscape, lambda r: [r / "Town05_test"], {"train": 2, "val": 1}),
+    ("kitti360", make_kitti360, lambda r: list(r.rglob("*val*.txt")), {"train": 2}),
+])
+def test_check_skips_a_benchmark_split_that_is_not_on_disk(tmp_path, capsys, dataset, make, remove, kept):
+    import shutil
+
+    from rgbx.cli.main import main
+    from rgbx.errors import SplitNotFoundError
+
+    root = make(tmp_path / dataset)
+    gone = remove(root)
+    assert gone
+    for path in gone:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert check_dataset(root, dataset=dataset) == kept  # was: a "problem" for the missing split
+    absent = next(s for s in DATASETS.get(dataset).SPLITS if s not in kept)
+    assert main(["data", "check", str(root), "--dataset", dataset]) == 0
+    assert f"not on disk, skipped: split {absent}" in capsys.readouterr().out
+    with pytest.raises(SplitNotFoundError):  # asked for by name: its absence is the error, naming the file or folder
+        DATASETS.get(dataset)(root, absent)
+    assert main(["data", "check", str(root), "--dataset", dataset, "--split", absent]) == 2
+    assert "1 problem(s)" in capsys.readouterr().err

@@ -17,6 +17,7 @@ Layout facts these trees encode (sources named in each adapter's docstring):
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from rgbx.data.datasets.mfnet import MFNet
 from rgbx.data.datasets.nyu import NYUDepthV2, split_line_id
 from rgbx.data.datasets.pst900 import PST900
 from rgbx.data.datasets.sunrgbd import SUNRGBD
-from rgbx.errors import ConfigError, DataError
+from rgbx.errors import ConfigError, DataError, SplitNotFoundError
 
 H, W = 12, 16
 RNG = np.random.default_rng(0)
@@ -329,6 +330,10 @@ def test_pst900_layout_units_and_labels(tmp_path):
     assert s["label"][2].unique().tolist() == [4]
     assert PST900(root, "val").ids == ["32_bag2_rect_rgb_frame0000000001"]  # no val/: val reads test/
     assert check_dataset(root, dataset="pst900") == {"train": 2, "test": 1}
+    shutil.rmtree(root / "test")  # a partial download: the check skips the missing split (was: a problem)
+    assert check_dataset(root, dataset="pst900") == {"train": 2}
+    with pytest.raises(SplitNotFoundError, match=r"test: split folder not found \(PST900 splits here: train\)"):
+        PST900(root, "test")
 
 
 def test_pst900_missing_and_wrong_files_are_named(tmp_path):

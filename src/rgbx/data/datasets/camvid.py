@@ -18,7 +18,7 @@ import numpy as np
 
 from rgbx.data.datasets.base import DATASETS, SegmentationDataset
 from rgbx.data.description import DatasetDescription, ModalitySource
-from rgbx.errors import DataError
+from rgbx.errors import DataError, SplitNotFoundError
 
 CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car", "pedestrian",
            "bicyclist")
@@ -42,7 +42,7 @@ class CamVid(SegmentationDataset):
     def list_ids(self) -> list[str]:
         split_file = self.root / f"{self.split}.txt"
         if not split_file.is_file():
-            raise DataError(f"{split_file}: split file not found (CamVid splits: {', '.join(self.SPLITS)})")
+            raise SplitNotFoundError(f"{split_file}: split file not found (CamVid splits: {', '.join(self.SPLITS)})")
         self._pairs: dict[str, tuple[Path, Path]] = {}
         for n, line in enumerate(split_file.read_text().splitlines(), 1):
             parts = line.split()

@@ -77,7 +77,7 @@ from PIL import Image
 
 from rgbx.data.datasets.base import DATASETS, FileInfo, SegmentationDataset, probe_file
 from rgbx.data.description import DatasetDescription, ModalitySource
-from rgbx.errors import ConfigError, DataError
+from rgbx.errors import ConfigError, DataError, SplitNotFoundError
 from rgbx.modalities import get_modality
 
 # The 19 Cityscapes train-id classes and their palette (KITTI-360 and MUSES use them).
@@ -254,7 +254,11 @@ class DeliverDataset(DrivingDataset):
                             f"<frame>_rgb_{self.view}.png)")
         suffix = f"_rgb_{self.view}.png"
         ids, self._attrs = [], {}
-        for cond in sorted(os.listdir(img)):
+        conditions = sorted(os.listdir(img))
+        if not any((img / cond / self.split).is_dir() for cond in conditions):
+            raise SplitNotFoundError(f"{img}: no condition folder has the split {self.split!r} (expected "
+                                     f"img/<condition>/{self.split}/<sequence>/<frame>{suffix})")
+        for cond in conditions:
             split_dir = img / cond / self.split
             if not split_dir.is_dir():
                 continue

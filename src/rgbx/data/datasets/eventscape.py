@@ -46,7 +46,7 @@ import numpy as np
 from rgbx.data.datasets.base import DATASETS, FileInfo, probe_file
 from rgbx.data.datasets.deliver import DrivingDataset
 from rgbx.data.description import DatasetDescription, ModalitySource
-from rgbx.errors import ConfigError, DataError
+from rgbx.errors import ConfigError, DataError, SplitNotFoundError
 from rgbx.modalities import read_array
 
 # CARLA semantic tags 1..22 (0 = Unlabeled) and their CARLA colours (CARLA sensor reference).
@@ -126,7 +126,7 @@ class EventScapeDataset(DrivingDataset):
             return self._ids_from_file(self.root / self.split_file_option.format(split=self.split))
         base = self.split_folder()
         if base is None:
-            raise DataError(f"{self.root}: no EventScape folder for split {self.split!r} (expected one of "
+            raise SplitNotFoundError(f"{self.root}: no EventScape folder for split {self.split!r} (expected one of "
                             f"{', '.join(SPLIT_DIRS[self.split])}; or set data.options.split_dir)")
         ids = []
         for dirpath, dirnames, _ in os.walk(base):
@@ -143,7 +143,7 @@ class EventScapeDataset(DrivingDataset):
 
     def _ids_from_file(self, path: Path) -> list[str]:
         if not path.is_file():
-            raise DataError(f"{path}: split file not found")
+            raise SplitNotFoundError(f"{path}: split file not found")
         ids = []
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():

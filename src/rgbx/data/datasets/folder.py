@@ -12,7 +12,7 @@ import yaml
 
 from rgbx.data.datasets.base import DATASETS, SegmentationDataset, StemIndex
 from rgbx.data.description import DESCRIPTION_FILE, DatasetDescription, load_description
-from rgbx.errors import DataError
+from rgbx.errors import DataError, SplitNotFoundError
 
 
 def read_ids(path: Path) -> list[str]:
@@ -51,7 +51,7 @@ class FolderDataset(SegmentationDataset):
     def list_ids(self) -> list[str]:
         split_file = self.root / "splits" / f"{self.split}.txt"
         if not split_file.is_file():
-            raise DataError(f"{split_file}: split file not found (splits here: "
+            raise SplitNotFoundError(f"{split_file}: split file not found (splits here: "
                             f"{', '.join(list_splits(self.root)) or 'none'})")
         ids = read_ids(split_file)
         if not ids:
@@ -138,9 +138,12 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **opti
     for split in splits:
         try:
             ds = cls(root, split, check="none", **options)
-        except DataError as e:
-            if not explicit and dataset != "folder" and "split file not found" in str(e):
+        except SplitNotFoundError as e:
+            if not explicit and dataset != "folder":
                 continue  # a benchmark split the user has not downloaded (e.g. a test split)
+            problems.append(str(e))
+            continue
+        except DataError as e:
             problems.append(str(e))
             continue
         name = ds.description.name

@@ -48,7 +48,7 @@ from rgbx.data.datasets.base import DATASETS, FileInfo, probe_file
 from rgbx.data.datasets.deliver import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, DrivingDataset
 from rgbx.data.description import DatasetDescription, ModalitySource
 from rgbx.data.lidar_projection import kitti360_calibration, project_points, read_point_file
-from rgbx.errors import ConfigError, DataError
+from rgbx.errors import ConfigError, DataError, SplitNotFoundError
 from rgbx.modalities import read_array
 
 # KITTI-360 label id → Cityscapes train id (kitti360scripts/helpers/labels.py, "trainId" column); others → 255.
@@ -129,7 +129,7 @@ class Kitti360Dataset(DrivingDataset):
     def list_ids(self) -> list[str]:
         path = self.split_file()
         if not path.is_file():
-            raise DataError(f"{path}: split file not found (expected {_LABEL_DIR}/train/2013_05_28_drive_"
+            raise SplitNotFoundError(f"{path}: split file not found (expected {_LABEL_DIR}/train/2013_05_28_drive_"
                             f"{self.split}_frames.txt or {self.split}.txt)")
         ids, self._pairs = [], {}
         for n, line in enumerate(path.read_text().splitlines(), 1):

@@ -47,7 +47,7 @@ import torch
 from rgbx.data.datasets.base import DATASETS, DecodeProblem, FileInfo, probe_file
 from rgbx.data.datasets.deliver import DrivingDataset
 from rgbx.data.description import DatasetDescription, ModalitySource
-from rgbx.errors import ConfigError, DataError
+from rgbx.errors import ConfigError, DataError, SplitNotFoundError
 from rgbx.modalities import read_array
 
 MCUBES_CLASSES = ("asphalt", "concrete", "metal", "road_marking", "fabric", "glass", "plaster", "plastic", "rubber",
@@ -108,7 +108,7 @@ class MCubeSDataset(DrivingDataset):
     def list_ids(self) -> list[str]:
         path = self.split_file()
         if not path.is_file():
-            raise DataError(f"{path}: split file not found (expected list_folder/{{train,val,test}}.txt)")
+            raise SplitNotFoundError(f"{path}: split file not found (expected list_folder/{{train,val,test}}.txt)")
         ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
         if not ids:
             raise DataError(f"{path}: lists no samples")

@@ -61,7 +61,7 @@ from rgbx.data.datasets.deliver import (
 )
 from rgbx.data.description import DatasetDescription, ModalitySource
 from rgbx.data.lidar_projection import load_muses_calibration, project_points, read_point_file
-from rgbx.errors import ConfigError, DataError
+from rgbx.errors import ConfigError, DataError, SplitNotFoundError
 from rgbx.modalities import read_array
 
 MUSES_WEATHER = ("clear", "fog", "rain", "snow")
@@ -168,6 +168,9 @@ class MusesDataset(DrivingDataset):
 
     def list_ids(self) -> list[str]:
         base = self.root / "frame_camera" / self.split
+        if not base.is_dir() and base.parent.is_dir():
+            raise SplitNotFoundError(f"{base}: split folder not found (MUSES splits here: "
+                                     f"{', '.join(sorted(p.name for p in base.parent.iterdir() if p.is_dir())) or 'none'})")
         if not base.is_dir():
             raise DataError(f"{base}: MUSES frame-camera folder not found (expected frame_camera/<split>/<weather>/"
                             f"<time_of_day>/<name>_frame_camera.png)")

@@ -75,7 +75,7 @@ from rgbx.data.datasets.base import (
     probe_file,
 )
 from rgbx.data.description import DatasetDescription, ModalitySource, default_palette
-from rgbx.errors import ConfigError, DataError
+from rgbx.errors import ConfigError, DataError, SplitNotFoundError
 from rgbx.modalities import ENCODINGS, get_modality, read_array
 
 # -- shared by the public-release adapters ----------------------------------------------------------------------
@@ -97,7 +97,7 @@ def split_line_id(line: str) -> str | None:
 def read_split_file(path: Path) -> list[str]:
     """Sample ids of a split file (order kept, duplicates dropped)."""
     if not path.is_file():
-        raise DataError(f"{path}: split file not found")
+        raise SplitNotFoundError(f"{path}: split file not found")
     ids = [i for i in map(split_line_id, path.read_text().splitlines()) if i is not None]
     if not ids:
         raise DataError(f"{path}: lists no samples")
@@ -222,7 +222,7 @@ class ReleaseDataset(SegmentationDataset):
         if not split_file.is_file():
             have = sorted(p.stem for p in self.root.glob("*.txt"))
             expected = f"; expected {self.LAYOUT}" if self.LAYOUT else ""
-            raise DataError(f"{split_file}: split file not found (split files here: {', '.join(have) or 'none'}"
+            raise SplitNotFoundError(f"{split_file}: split file not found (split files here: {', '.join(have) or 'none'}"
                             f"{expected})")
         return read_split_file(split_file)
 

@@ -40,7 +40,7 @@ import numpy as np
 from rgbx.data.datasets.base import DATASETS
 from rgbx.data.datasets.nyu import ReleaseDataset, to_gray, to_rgb
 from rgbx.data.description import DatasetDescription, ModalitySource
-from rgbx.errors import DataError
+from rgbx.errors import DataError, SplitNotFoundError
 
 PST900_CLASSES = ("background", "fire_extinguisher", "backpack", "hand_drill", "survivor")
 PST900_PALETTE = ((0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255))
@@ -77,7 +77,7 @@ class PST900(ReleaseDataset):
         split_dir = self.root / self.split_dir
         if not split_dir.is_dir():
             have = sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / "labels").is_dir())
-            raise DataError(f"{split_dir}: split folder not found (PST900 splits here: {', '.join(have) or 'none'})")
+            raise SplitNotFoundError(f"{split_dir}: split folder not found (PST900 splits here: {', '.join(have) or 'none'})")
         labels = self.source_index(self.description.label)
         if not labels.folder.is_dir():
             raise DataError(f"{labels.folder}: label folder not found (the PST900 split folder holds rgb/, "
