@@ -493,6 +493,9 @@ def test_calibrate_with_vector_scaling_writes_it_into_the_model(calibrated, tmp_
     assert "confidence calibration: vector scaling" in capsys.readouterr().out
     assert main(["eval", str(out), "--data", str(data), "--anymodal", "--calibration", "--workers", "0"]) == 0
     assert "vector scaling is part of the model" in capsys.readouterr().out
+    assert main(["eval", str(out), "--data", str(data), "--robustness", "--failures", "blank", "--calibration",
+                 "--workers", "0"]) == 0
+    assert "calibrated per sensor set (vector scaling, in the model)" in " ".join(capsys.readouterr().out.split())
     assert main(["predict", str(out), str(data), "--split", "val", "--out", str(tmp_path / "p"), "--confidence",
                  "--no-panels", "--workers", "0"]) == 0
     assert "calibrated: vector scaling per sensor set" in capsys.readouterr().out

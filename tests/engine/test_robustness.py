@@ -275,6 +275,7 @@ def test_confidence_of_each_case_uses_the_temperature_of_the_sensors_the_model_i
     assert {k: v for k, v in report.items() if k != "confidence"} == plain  # the mIoUs do not change
     section = report["confidence"]
     assert section["calibrated"] and section["temperatures"] == scaling.temperatures
+    assert section["method"] == "temperature"
     assert set(section["entire_missing"]) == {"rgb+depth", "rgb", "depth"}
     assert set(section["corruptions"]["gaussian"]) == {"rgb", "depth"}
     assert list(section["corruptions"]["gaussian"]["depth"]) == ["0.1", "0.25", "0.5"]

@@ -549,6 +549,7 @@ def _confidence_section(hist: dict[tuple, ReliabilityHistogram], temperatures: T
     section: dict = {
         "calibrated": temperatures is not None,
         "temperatures": temperatures.temperatures if temperatures is not None else None,
+        "method": temperatures.method if temperatures is not None else None,  # vector: the model applies it
         "definition": "per labelled pixel: accuracy of the argmax, mean confidence (its probability), ECE (15 equal "
                       "bins), NLL of the true class, accuracy and share of the pixels at or above each confidence "
                       "threshold; probabilities softmax(logits / T), T the temperature of the sensors the model is "
@@ -653,8 +654,9 @@ def confidence_table(report: dict, threshold: float = 0.9, title: str | None = N
     from rich.table import Table
 
     section = report["confidence"]
-    how = "calibrated per sensor set" if section["calibrated"] else "raw softmax (the model file records no " \
-                                                                    "temperatures: rgbx calibrate)"
+    how = ("raw softmax (the model file records no temperatures: rgbx calibrate)" if not section["calibrated"]
+           else "calibrated per sensor set" + (" (vector scaling, in the model)" if section.get("method") == "vector"
+                                               else ""))
     table = Table(title=title or "confidence when sensors fail",
                   caption=f"% of labelled pixels; {how}; over-confidence = mean confidence - accuracy; ECE over 15 "
                           f"bins; failed / corrupted frames fed as they are get the full set's temperature; — where the "
