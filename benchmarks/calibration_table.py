@@ -14,6 +14,16 @@ def pct(v) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
 
+def runs(args, *kinds: str):
+    """(run, [each kind's calibration_<kind>.json]) for each run that has them all; a row saying so for the others."""
+    for run in args.only:
+        paths = {kind: args.out / run / f"calibration_{kind}.json" for kind in kinds}
+        if not all(p.is_file() for p in paths.values()):
+            print(f"(missing: {paths})")
+            continue
+        yield run, [json.loads(paths[k].read_text()) for k in kinds]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the OUT folder of benchmarks/calibration.sh")
@@ -22,12 +32,7 @@ def main() -> None:
     print("| model | sensors | T (one) | T (per set) | accuracy | confidence: raw / one T / per set | "
           "ECE: raw / one T / per set | NLL: raw / one T / per set | ≥ 0.9 per set: accuracy (share) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for run in args.only:
-        paths = {kind: args.out / run / f"calibration_{kind}.json" for kind in ("sets", "one")}
-        if not all(p.is_file() for p in paths.values()):
-            print(f"(missing: {paths})")
-            continue
-        sets, one = (json.loads(paths[k].read_text()) for k in ("sets", "one"))
+    for run, (sets, one) in runs(args, "sets", "one"):
         t_sets, t_one = sets["temperatures"]["temperatures"], one["temperatures"]["temperatures"]
         default = one["temperatures"]["default"]
         for subset, groups in sets["calibration"].items():
@@ -46,12 +51,7 @@ def main() -> None:
     print("| model | sensors | mIoU: raw → vector | accuracy: raw → vector | ECE: raw / per-set T / vector | "
           "NLL: raw / per-set T / vector |")
     print("|---|---|---|---|---|---|")
-    for run in args.only:
-        paths = {kind: args.out / run / f"calibration_{kind}.json" for kind in ("sets", "vector")}
-        if not all(p.is_file() for p in paths.values()):
-            print(f"(missing: {paths})")
-            continue
-        sets, vector = (json.loads(paths[k].read_text()) for k in ("sets", "vector"))
+    for run, (sets, vector) in runs(args, "sets", "vector"):
         for subset, groups in sets["calibration"].items():
             raw, per_set = groups["all"]["uncalibrated"], groups["all"]["calibrated"]
             vec = vector["calibration"][subset]["all"]["calibrated"]
