@@ -2,6 +2,7 @@
 
     python benchmarks/robustness_table.py runs/robustness
     python benchmarks/robustness_table.py runs/sensor_failures --silent   # benchmarks/sensor_failures.md
+    python benchmarks/robustness_table.py runs/sensor_failures --misalignment --only cmx_seed0   # misalignment.sh
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--silent", action="store_true",
                         help="also the silent-failure table (benchmarks/sensor_failures.sh): each failure fed as is "
                              "/ screened by the sensor checks / the sensor absent, detection and false alarms")
+    parser.add_argument("--misalignment", action="store_true",
+                        help="the misalignment table of benchmarks/misalignment.sh (its misalignment.json) instead")
     args = parser.parse_args()
     described = dict(RUNS)
     for run in args.only or ():  # <run>_seedN: <run> trained with train.seed=N
@@ -51,6 +54,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown run(s) {unknown}; known: {list(described)}")
     rows, noise, silent = [], [], []
+    if args.misalignment:
+        misalignment_table(args.out, [(run, described[run]) for run in args.only] if args.only else RUNS)
+        return
     for run, what in [(run, described[run]) for run in args.only] if args.only else RUNS:
         path = args.out / run / "robust.json"
         if not path.is_file():
@@ -80,6 +86,28 @@ def main() -> None:
         print("| run | sensor | failure | fed as is | screened | sensor absent | detected | false alarms (clean) |")
         print("|---|---|---|---|---|---|---|---|")
         print("\n".join(silent))
+
+
+def misalignment_table(out: Path, runs: list[tuple[str, str]]) -> None:
+    """Every sensor but the first shifted against it, at each strength, beside the clean and the sensor-absent mIoU."""
+    header = None
+    for run, what in runs:
+        path = out / run / "misalignment.json"
+        if not path.is_file():
+            print(f"(missing: {path})")
+            continue
+        r = json.loads(path.read_text())["robustness"]
+        entry, subsets = r["corruptions"]["misalignment"], r["entire_missing"]["subsets"]
+        if header is None:
+            header = entry["strengths"]
+            print("| run | model / recipe | shifted sensor | all sensors, aligned | "
+                  + " | ".join(f"shifted {100 * f:g} %" for f in header) + " | shifted sensor absent |")
+            print("|---|---|---|---|" + "---|" * len(header) + "---|")
+        for sensor, by_strength in entry["miou"].items():
+            others = "+".join(m for m in r["modalities"] if m != sensor)
+            print(f"| {run} | {what} | {sensor} | {pct(r['clean_miou'])} | "
+                  + " | ".join(pct(by_strength.get(str(float(f)))) for f in header)
+                  + f" | {pct(subsets.get(others, {}).get('miou'))} |")
 
 
 def silent_rows(run: str, section: dict) -> list[str]:

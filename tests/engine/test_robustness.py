@@ -21,6 +21,7 @@ from rgbx.engine.robustness import (
     robustness_report,
     subset_probability,
 )
+from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
 from tests.conftest import CLASSES, make_dataset
 
@@ -119,6 +120,29 @@ def test_corruptions_deterministic_and_isolated(batch, name):
     assert torch.allclose(one.inputs["rgb"][0], a.inputs["rgb"][1])
 
 
+def test_misalignment_shifts_the_frame_and_leaves_no_measurement_behind():
+    from rgbx.engine.robustness import misalignment
+
+    spec = get_modality("depth")
+    x = torch.arange(1, 1 + 40 * 50, dtype=torch.float32).view(1, 40, 50)
+    shifts = set()
+    for seed in range(12):
+        out = misalignment(x, 0.1, spec, torch.Generator().manual_seed(seed))  # 4 pixels: 0.1 × 40
+        kept = out != spec.invalid_value
+        # every kept value is the frame's value dy rows and dx columns away, the same offset everywhere
+        rows, cols = kept[0].nonzero(as_tuple=True)
+        source = (out[0][kept[0]].long() - 1)
+        dy, dx = set((rows - source // 50).tolist()), set((cols - source % 50).tolist())
+        assert len(dy) == len(dx) == 1
+        dy, dx = dy.pop(), dx.pop()
+        assert 3.5 <= (dy * dy + dx * dx) ** 0.5 <= 4.5  # |shift| = 4 px, rounded per axis
+        assert int(kept.sum()) == (40 - abs(dy)) * (50 - abs(dx))  # the uncovered border: no measurement
+        shifts.add((dy, dx))
+    assert len(shifts) > 4  # the direction is drawn per sample
+    assert torch.equal(misalignment(x, 2.0, spec, torch.Generator().manual_seed(0)),
+                       torch.zeros_like(x))  # shifted past the frame: nothing left
+
+
 def test_gaussian_noise_strength_and_salt_pepper_values(batch):
     out = corrupt_batch(batch, "gaussian", ["depth"], 0.25, seed=0)
     # std as a fraction of the normalisation std = noise std in normalised units
@@ -144,6 +168,19 @@ def test_absent_samples_untouched(batch):
 # the report
 
 
+def test_chosen_corruptions_at_chosen_strengths(data):
+    ds = FolderDataset(data, "train", transform=EvalTransform())
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate)
+    report = robustness_report(_model(), loader, num_classes=3, corruptions=["misalignment"], failures=[],
+                               strengths={"misalignment": [0.1, 0.3]})
+    entry = report["corruptions"]["misalignment"]
+    assert list(report["corruptions"]) == ["misalignment"] and entry["strengths"] == [0.1, 0.3]
+    assert list(entry["miou"]) == ["depth"] and list(entry["miou"]["depth"]) == ["0.1", "0.3"]
+    assert not report["silent_failures"]["results"]
+    with pytest.raises(ConfigError, match="unknown corruption 'shake'"):
+        robustness_report(_model(), loader, num_classes=3, strengths={"shake": [0.1]})
+
+
 def test_report_sections(data):
     ds = FolderDataset(data, "train", transform=EvalTransform())
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate)
@@ -158,9 +195,10 @@ def test_report_sections(data):
     assert em["expected"]["0.1"] == pytest.approx(expected_miou(mious, MODS, 0.1))
     assert report["clean_miou"] == pytest.approx(mious["rgb+depth"])
     cor = report["corruptions"]
-    assert set(cor) == {"dropout", "gaussian", "salt_pepper"}
+    assert set(cor) == {"dropout", "gaussian", "salt_pepper", "misalignment"}
     assert set(cor["dropout"]["miou"]) == {"rgb", "depth", "all"}
     assert set(cor["gaussian"]["miou"]) == {"rgb", "depth"}
+    assert set(cor["misalignment"]["miou"]) == {"depth"}  # rgb is the labels' frame: the others move against it
     assert list(cor["dropout"]["miou"]["depth"]) == ["0.25", "0.5", "0.75"]
     json.dumps(report)
     # same seed, different batch size: identical numbers
@@ -233,7 +271,7 @@ def test_cli_robustness_json(data, tmp_path, capsys):
     rob = result["robustness"]
     assert set(rob["entire_missing"]) >= {"subsets", "average", "expected", "expected_definition"}
     assert "renormalised" in rob["entire_missing"]["expected_definition"]
-    assert set(rob["corruptions"]) == {"dropout", "gaussian", "salt_pepper"}
+    assert set(rob["corruptions"]) == {"dropout", "gaussian", "salt_pepper", "misalignment"}
     assert result["seed"] == 1 and rob["seed"] == 1
     assert result["split"] == "val" and result["miou_convention"] == "present"
     assert result["model"]["modalities"] == list(MODS) and result["data"] == str(data)
@@ -329,3 +367,16 @@ def test_cli_robustness_with_calibration(data, tmp_path, capsys):
     assert main(["eval", str(weights), "--data", str(data), "--robustness", "--calibration", "--reliability",
                  str(tmp_path / "r"), "--workers", "0"]) == 2
     assert "--reliability draws the plain evaluation's diagrams" in capsys.readouterr().err
+
+
+def test_the_command_line_offers_the_corruptions_the_robustness_report_runs():
+    """`rgbx eval --corruptions` names them without importing the engine (``--help`` stays light), as it does the
+    runtimes (tests/engine/test_onnx_model.py): its list must stay the engine's."""
+    import argparse
+
+    from rgbx.cli.main import build_parser
+    from rgbx.engine.robustness import CORRUPTIONS
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    action = next(a for a in commands["eval"]._actions if "--corruptions" in a.option_strings)
+    assert tuple(action.choices) == (*CORRUPTIONS, "none")

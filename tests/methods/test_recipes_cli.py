@@ -68,4 +68,4 @@ def test_recipe_trains_resumes_and_evaluates_robustness(recipe, tmp_path, monkey
     modalities = rob["modalities"]
     assert len(rob["entire_missing"]["subsets"]) == 2 ** len(modalities) - 1
     assert all(0.0 <= s["miou"] <= 1.0 for s in rob["entire_missing"]["subsets"].values())
-    assert set(rob["corruptions"]) == {"dropout", "gaussian", "salt_pepper"}
+    assert set(rob["corruptions"]) == {"dropout", "gaussian", "salt_pepper", "misalignment"}

@@ -74,13 +74,21 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "given on the command line as well must agree")
     p.add_argument("--robustness", action="store_true",
                    help="robustness report instead: every sensor subset with average and expected mIoU under "
-                        "independent sensor failure, random pixel dropout, Gaussian and salt-and-pepper noise, and "
+                        "independent sensor failure, random pixel dropout, Gaussian and salt-and-pepper noise, "
+                        "misalignment against the first sensor (calibration drift), and "
                         "silent failures (a sensor sending blank / NaN / saturated / frozen frames) fed as is and "
                         "screened by the sensor checks (rgbx.engine.robustness documents each)")
     p.add_argument("--seed", type=int, default=0, help="seed of the --robustness corruptions")
     p.add_argument("--failures", nargs="+", choices=("blank", "nan", "saturated", "frozen", "none"),
                    help="--robustness: the silent sensor failures to score, each fed as is and screened by the "
                         "sensor checks (default: all; none: skip)")
+    # the names of rgbx.engine.robustness.CORRUPTIONS (listed here so that --help imports no engine; a test checks)
+    p.add_argument("--corruptions", nargs="+", choices=("dropout", "gaussian", "salt_pepper", "misalignment", "none"),
+                   help="--robustness: the corruptions to score, each at three strengths (default: all; none: skip)")
+    p.add_argument("--strengths", nargs="+", metavar="NAME=V,V,...",
+                   help="--robustness: other strengths for a corruption, e.g. misalignment=0.05,0.1,0.2 (defaults: "
+                        "dropout 0.25,0.5,0.75; gaussian 0.1,0.25,0.5; salt_pepper 0.01,0.05,0.1; misalignment "
+                        "0.01,0.02,0.05)")
     add_sensor_check_arguments(p, "a sensor whose frame fails the sensor checks (black / uniform, no measurement, "
                                   "saturated, mostly NaN: rgbx.data.sensor_health; samples are not a stream, so no "
                                   "frozen check) is absent from that sample, as rgbx predict --check-sensors leaves "
@@ -144,8 +152,10 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
 
-    if args.failures is not None and not args.robustness:
-        raise ConfigError("--failures chooses the silent failures of --robustness; add --robustness")
+    for option, what in (("failures", "silent failures"), ("corruptions", "corruptions"),
+                         ("strengths", "corruptions' strengths")):
+        if getattr(args, option) is not None and not args.robustness:
+            raise ConfigError(f"--{option} chooses the {what} of --robustness; add --robustness")
     if args.reliability is not None and not args.calibration:
         raise ConfigError("--reliability draws the figures of --calibration; add --calibration")
     if args.calibration and args.zero_shot is not None:
@@ -413,16 +423,35 @@ def _previous_in(dataset):
     return previous
 
 
-def _failures(args) -> list[str] | None:
+def _chosen(values: list[str] | None, option: str) -> list[str] | None:
+    """``--failures`` / ``--corruptions``: None (all), [] (``none``) or the names, once each."""
     from rgbx.errors import ConfigError
 
-    if args.failures is None:
+    if values is None:
         return None
-    if "none" in args.failures:
-        if len(args.failures) > 1:
-            raise ConfigError("--failures none skips the silent failures; give it alone")
+    if "none" in values:
+        if len(values) > 1:
+            raise ConfigError(f"{option} none skips them all; give it alone")
         return []
-    return list(dict.fromkeys(args.failures))
+    return list(dict.fromkeys(values))
+
+
+def _strengths(items: list[str] | None) -> dict[str, list[float]] | None:
+    """``--strengths NAME=V,V,...`` → {name: [values]} (the names are checked by the robustness report)."""
+    from rgbx.errors import ConfigError
+
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        try:
+            out[name] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise ConfigError(f"--strengths {item!r}: expected NAME=V1,V2,... with numbers") from None
+        if not name:
+            raise ConfigError(f"--strengths {item!r}: expected NAME=V1,V2,... with numbers")
+    return out
 
 
 def _run_robustness(args, model, loader, dataset, device, is_main: bool = True, amp_dtype=None,
@@ -433,7 +462,9 @@ def _run_robustness(args, model, loader, dataset, device, is_main: bool = True, 
     report = robustness_report(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,
                                device=device, seed=args.seed, convention=args.miou, class_names=list(desc.classes),
                                autocast_dtype=amp_dtype, scales=args.scales, flip=args.flip, window=window,
-                               scale_rule=args.scale_rule, failures=_failures(args),
+                               scale_rule=args.scale_rule, failures=_chosen(args.failures, "--failures"),
+                               corruptions=_chosen(args.corruptions, "--corruptions"),
+                               strengths=_strengths(args.strengths),
                                monitor=sensor_monitor_from_args(args, "--robustness"),
                                previous=_previous_in(dataset), confidence=args.calibration,
                                temperatures=temperatures)

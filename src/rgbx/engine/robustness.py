@@ -31,6 +31,9 @@ Four sections: the first three after the MISS benchmark's Entire-Missing / Rando
    - ``salt_pepper``: a fraction ``f`` of the pixels (exact count, all channels of a pixel alike) is set, with
      equal chance, to the low ("pepper") or high ("salt") end of the modality's ``display_range`` in physical units
      (rgb: 0 / 1, depth: 0 m / 40 m); for a modality without a display range, to ``mean ∓ 3·std`` per channel.
+   - ``misalignment`` (to each modality but the first, the one the labels are drawn in): the frame shifted by
+     ``f·min(H, W)`` pixels in a random direction, the uncovered border "no measurement": extrinsic calibration
+     drift between a sensor and the reference camera.
 
 4. **Silent failures** (``SILENT_FAILURES``): a failed sensor that keeps sending frames — ``blank`` (its "no
    measurement" value everywhere), ``nan``, ``saturated`` (the top of its range), ``frozen`` (the previous sample's
@@ -59,7 +62,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -95,6 +98,8 @@ class Corruption:
     strength_name: str
     definition: str
     all_at_once: bool = False  # also score the corruption applied to every modality together (target "all")
+    # not applied to the model's first sensor: the frame the labels are drawn in, which the others are moved against
+    not_reference: bool = False
 
 
 def _pick_pixels(h: int, w: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -147,6 +152,20 @@ def salt_pepper(x: torch.Tensor, fraction: float, spec: ModalitySpec, generator:
     return torch.where(pick.to(x.device)[None], value, x)
 
 
+def misalignment(x: torch.Tensor, fraction: float, spec: ModalitySpec, generator: torch.Generator) -> torch.Tensor:
+    """Shift the frame by ``fraction·min(H, W)`` pixels (rounded per axis) in a uniformly random direction, the
+    uncovered border the spec's "no measurement" value: the extrinsic calibration between this sensor and the
+    reference camera has drifted (a bumped mount, a LiDAR-camera offset; DeLiVER's LiDAR jitter)."""
+    h, w = x.shape[-2:]
+    angle = float(torch.rand((), generator=generator)) * 2 * math.pi
+    dy, dx = round(fraction * min(h, w) * math.sin(angle)), round(fraction * min(h, w) * math.cos(angle))
+    out = torch.full_like(x, empty_value(spec))
+    if abs(dy) < h and abs(dx) < w:
+        out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            x[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
 CORRUPTIONS: dict[str, Corruption] = {}
 
 
@@ -167,6 +186,11 @@ register_corruption(Corruption(
 register_corruption(Corruption(
     "salt_pepper", salt_pepper, (0.01, 0.05, 0.1), "fraction",
     "fraction f of pixels set to display_range min or max (equal chance), or mean -/+ 3 std without a display range"))
+register_corruption(Corruption(
+    "misalignment", misalignment, (0.01, 0.02, 0.05), "shift / shorter side",
+    "the frame shifted by f * min(H, W) pixels in a random direction against the first sensor's (the labels' frame; "
+    "not shifted itself), the uncovered border the 'no measurement' value: extrinsic calibration drift",
+    not_reference=True))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -326,9 +350,7 @@ def robustness_report(
     device: str | torch.device = "cpu",
     seed: int = 0,
     probabilities: Sequence[float] = (0.2, 0.1, 0.05),
-    rates: Sequence[float] = (0.25, 0.5, 0.75),
-    noise_stds: Sequence[float] = (0.1, 0.25, 0.5),
-    salt_pepper_fractions: Sequence[float] = (0.01, 0.05, 0.1),
+    strengths: Mapping[str, Sequence[float]] | None = None,
     corruptions: Sequence[str] | None = None,
     failures: Sequence[str] | None = None,
     monitor: SensorMonitor | None = None,
@@ -348,7 +370,9 @@ def robustness_report(
 
     Args:
         probabilities: sensor failure probabilities ``p`` for the expected mIoU.
-        rates, noise_stds, salt_pepper_fractions: strengths of ``dropout``, ``gaussian`` and ``salt_pepper``.
+        strengths: corruption name → the strengths to score it at (default: each one's registered
+            ``Corruption.strengths``; dropout 0.25 / 0.5 / 0.75, gaussian 0.1 / 0.25 / 0.5, salt_pepper 0.01 / 0.05
+            / 0.1, misalignment 0.01 / 0.02 / 0.05).
         corruptions: names in :data:`CORRUPTIONS` to run (default: all).
         failures: names in :data:`SILENT_FAILURES` to run (default: all; ``()``: none). Each replaces one sensor's
             frames; the batch is scored fed as is, and screened by the sensor checks (every sensor's frames; a
@@ -379,20 +403,23 @@ def robustness_report(
     device = torch.device(device)
     modalities = tuple(model.modalities)
     subsets = all_subsets(modalities)
-    strengths = {"dropout": tuple(rates), "gaussian": tuple(noise_stds), "salt_pepper": tuple(salt_pepper_fractions)}
     names = list(CORRUPTIONS) if corruptions is None else list(corruptions)
-    for n in names:
+    for n in [*names, *(strengths or {})]:
         if n not in CORRUPTIONS:
-            raise ValueError(f"unknown corruption {n!r}; registered: {', '.join(CORRUPTIONS)}")
+            raise ConfigError(f"unknown corruption {n!r}; registered: {', '.join(CORRUPTIONS)}")
+    strengths = {n: tuple(float(v) for v in (strengths or {}).get(n, CORRUPTIONS[n].strengths)) for n in names}
+    for n, values in strengths.items():
+        if not values or not all(v > 0 and math.isfinite(v) for v in values):
+            raise ConfigError(f"strengths of {n}: expected one or more positive numbers, got {list(values)}")
     runs: list[tuple[str, str, tuple[str, ...], float]] = []  # (corruption, target name, modalities, strength)
     for n in names:
         c = CORRUPTIONS[n]
-        targets = [(m, (m,)) for m in modalities]
+        targets = [(m, (m,)) for m in modalities if not (c.not_reference and m == modalities[0])]
         if c.all_at_once and len(modalities) > 1:
             targets.append(("all", modalities))
         for target, mods in targets:
-            for s in strengths.get(n, c.strengths):
-                runs.append((n, target, mods, float(s)))
+            for s in strengths[n]:
+                runs.append((n, target, mods, s))
 
     failure_names = list(SILENT_FAILURES) if failures is None else list(failures)
     for n in failure_names:
@@ -495,7 +522,7 @@ def robustness_report(
     for n, target, _, s in runs:
         c = CORRUPTIONS[n]
         entry = section.setdefault(n, {"definition": c.definition, "strength": c.strength_name,
-                                       "strengths": list(strengths.get(n, c.strengths)), "miou": {}, "mean": {}})
+                                       "strengths": list(strengths[n]), "miou": {}, "mean": {}})
         entry["miou"].setdefault(target, {})[str(s)] = _num(_miou(corrupted[(n, target, s)], convention))
     for entry in section.values():
         for target, by_strength in entry["miou"].items():
