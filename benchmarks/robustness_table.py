@@ -28,6 +28,9 @@ RUNS = [  # (run folder, what it is)
     ("gated_dropout", "the plugin's gated fusion + modality dropout 0.5"),
     ("gated_consistency", "the gated fusion, the plugin's dropout_consistency method (subset drop 0.5, λ = 1)"),
     ("mean_ce_dice", "mean + modality dropout 0.5, the plugin's ce_dice loss"),
+    # benchmarks/misalignment.sh: trained with depth shifted against RGB at random
+    ("mean_dropout_shift", "mean + modality dropout 0.5 + misalignment augmentation of depth"),
+    ("cmx_shift", "plain cmx fusion + misalignment augmentation of depth"),
 ]
 
 

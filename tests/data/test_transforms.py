@@ -14,6 +14,7 @@ from rgbx.data.transforms import (
     EventDropout,
     GaussianBlur,
     GaussianNoise,
+    Misalignment,
     PointDropout,
     ThermalGain,
     TrainTransform,
@@ -37,6 +38,7 @@ ALL_OPS = (
     "gaussian_noise",
     "point_dropout",
     "event_dropout",
+    "misalignment",
 )
 
 
@@ -399,6 +401,36 @@ def test_photometric_op_changes_only_its_modality(active, changed):
         same = torch.equal(out["inputs"][name], x)
         assert same != (name in changed), name
     assert torch.equal(out["label"], sample["label"])
+
+
+def test_misalignment_moves_one_sensor_against_the_others_and_the_labels():
+    """data.photometric_ops={depth: [misalignment]}: depth (which encodes its pixels' coordinates) moves by one offset
+    per sample, at most max_fraction of the shorter side, the border left without measurement; the label and the
+    other sensors stay where they were."""
+    sample = coordinate_sample()
+    ops = {name: None for name in ALL_OPS}
+    transform = TrainTransform(crop_size=(H, W), scale_range=(1.0, 1.0), hflip_prob=0.0, photometric=ops,
+                               sensor_ops={"depth": [Misalignment(max_fraction=0.2, p=1.0)]})
+    offsets = set()
+    for seed in range(10):
+        out = transform(sample, gen(seed))
+        depth = out["inputs"]["depth"][0]
+        kept = depth != 0
+        rows, cols = kept.nonzero(as_tuple=True)
+        ys, xs = decode(depth[kept])
+        dy, dx = set((rows - ys).tolist()), set((cols - xs).tolist())
+        assert len(dy) == len(dx) == 1  # the frame moved as a whole
+        dy, dx = dy.pop(), dx.pop()
+        assert (dy * dy + dx * dx) ** 0.5 <= 0.2 * min(H, W) + 1
+        assert int(kept.sum()) <= int((sample["inputs"]["depth"] != 0).sum())  # nothing invented
+        assert torch.equal(out["label"], sample["label"]) and torch.equal(out["inputs"]["rgb"], sample["inputs"]["rgb"])
+        offsets.add((dy, dx))
+    assert len(offsets) > 5
+    never = TrainTransform(crop_size=(H, W), scale_range=(1.0, 1.0), hflip_prob=0.0, photometric=ops,
+                           sensor_ops={"depth": [Misalignment(max_fraction=0.2, p=0.0)]})
+    assert torch.equal(never(sample, gen(0))["inputs"]["depth"], sample["inputs"]["depth"])
+    with pytest.raises(ConfigError, match=r"misalignment max_fraction: expected a share of the frame in \[0, 1\)"):
+        Misalignment(max_fraction=1.5)
 
 
 def test_photometric_ops_respect_validity_and_ranges():

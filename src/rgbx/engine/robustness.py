@@ -71,6 +71,7 @@ import torch
 from rgbx.data.sample import Batch
 from rgbx.data.sensor_health import SensorMonitor, screen_frames
 from rgbx.data.transforms import empty_value
+from rgbx.data.transforms.photometric import random_shift, shift_frame
 from rgbx.engine.calibration import ReliabilityHistogram, TemperatureScaling
 from rgbx.engine.evaluate import EvalResult, all_subsets, subset_name
 from rgbx.engine.inference import CMX_NOT_PROBABILITIES, SlidingWindow, class_probabilities, predict_logits
@@ -156,14 +157,8 @@ def misalignment(x: torch.Tensor, fraction: float, spec: ModalitySpec, generator
     """Shift the frame by ``fraction·min(H, W)`` pixels (rounded per axis) in a uniformly random direction, the
     uncovered border the spec's "no measurement" value: the extrinsic calibration between this sensor and the
     reference camera has drifted (a bumped mount, a LiDAR-camera offset; DeLiVER's LiDAR jitter)."""
-    h, w = x.shape[-2:]
-    angle = float(torch.rand((), generator=generator)) * 2 * math.pi
-    dy, dx = round(fraction * min(h, w) * math.sin(angle)), round(fraction * min(h, w) * math.cos(angle))
-    out = torch.full_like(x, empty_value(spec))
-    if abs(dy) < h and abs(dx) < w:
-        out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-            x[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-    return out
+    dy, dx = random_shift(generator, *x.shape[-2:], fraction)
+    return shift_frame(x, dy, dx, empty_value(spec))
 
 
 CORRUPTIONS: dict[str, Corruption] = {}

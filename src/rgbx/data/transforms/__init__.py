@@ -20,6 +20,7 @@ from rgbx.data.transforms.photometric import (
     EventDropout,
     GaussianBlur,
     GaussianNoise,
+    Misalignment,
     PhotometricOp,
     PointDropout,
     ThermalGain,
@@ -28,6 +29,6 @@ from rgbx.data.transforms.photometric import (
 from rgbx.data.transforms.pipelines import EvalTransform, TrainTransform
 
 __all__ = ["PHOTOMETRIC", "BatchGeometry", "ColorJitter", "DepthHoles", "DepthNoise", "EvalTransform", "EventDropout",
-           "GaussianBlur", "GaussianNoise", "GeometryDraws", "PhotometricOp", "PointDropout", "ThermalGain",
+           "GaussianBlur", "GaussianNoise", "GeometryDraws", "Misalignment", "PhotometricOp", "PointDropout", "ThermalGain",
            "TrainTransform", "crop_pad", "empty_value", "resize_crop", "resize_crop_label", "resize_label",
            "resize_modality"]

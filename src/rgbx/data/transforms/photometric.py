@@ -26,7 +26,8 @@ PhotometricOp = Callable[[torch.Tensor, torch.Generator, ModalitySpec], torch.Te
 PHOTOMETRIC: Registry[PhotometricOp] = Registry("photometric transform")
 
 __all__ = ["PHOTOMETRIC", "ColorJitter", "DepthHoles", "DepthNoise", "EventDropout", "GaussianBlur", "GaussianNoise",
-           "PhotometricOp", "PointDropout", "ThermalGain", "build_photometric_ops", "empty_value"]
+           "Misalignment", "PhotometricOp", "PointDropout", "ThermalGain", "build_photometric_ops", "empty_value",
+           "shift_frame"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -299,6 +300,44 @@ class EventDropout:
         return torch.sign(x) * keep.to(device=x.device, dtype=x.dtype)
 
 
+def shift_frame(x: torch.Tensor, dy: int, dx: int, fill: float) -> torch.Tensor:
+    """``x`` (C, H, W) moved ``dy`` rows down and ``dx`` columns right; the uncovered border is ``fill``."""
+    h, w = x.shape[-2:]
+    out = torch.full_like(x, fill)
+    if abs(dy) < h and abs(dx) < w:
+        out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            x[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def random_shift(generator: torch.Generator | None, h: int, w: int, fraction: float) -> tuple[int, int]:
+    """(dy, dx): ``fraction·min(H, W)`` pixels in a uniformly random direction, rounded per axis."""
+    angle = _uniform(generator, 0.0, 2 * math.pi)
+    return round(fraction * min(h, w) * math.sin(angle)), round(fraction * min(h, w) * math.cos(angle))
+
+
+class Misalignment:
+    """Shift one sensor's frame against the others by up to ``max_fraction`` of its shorter side (magnitude uniform
+    in [0, max_fraction], direction uniform), with probability ``p``; the uncovered border gets the "no
+    measurement" value. Trains a model for extrinsic calibration drift (``rgbx eval --robustness`` scores it as the
+    ``misalignment`` corruption). A per-sensor op: give it to the sensors that may drift, never to the camera the
+    labels are drawn in (that would misalign the labels).
+    """
+
+    def __init__(self, max_fraction=0.05, p=0.5):
+        if not 0 <= max_fraction < 1:
+            raise ConfigError(f"misalignment max_fraction: expected a share of the frame in [0, 1), got {max_fraction}")
+        self.max_fraction, self.p = max_fraction, p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
+        apply = _chance(generator, self.p)
+        fraction = _uniform(generator, 0.0, self.max_fraction)
+        dy, dx = random_shift(generator, *x.shape[-2:], fraction)
+        if not apply or (dy == 0 and dx == 0):
+            return x
+        return shift_frame(x, dy, dx, empty_value(spec))
+
+
 PHOTOMETRIC.register("color_jitter", ColorJitter())
 PHOTOMETRIC.register("gaussian_blur", GaussianBlur())
 PHOTOMETRIC.register("depth_noise", DepthNoise())
@@ -307,6 +346,7 @@ PHOTOMETRIC.register("thermal_gain", ThermalGain())
 PHOTOMETRIC.register("gaussian_noise", GaussianNoise())
 PHOTOMETRIC.register("point_dropout", PointDropout())
 PHOTOMETRIC.register("event_dropout", EventDropout())
+PHOTOMETRIC.register("misalignment", Misalignment())
 
 
 def build_photometric_ops(config: Mapping[str, Any], where: str = "data.photometric_ops") -> dict[str, list]:
