@@ -1,4 +1,5 @@
-"""``rgbx calibrate MODEL --data DIR``: fit confidence temperatures per sensor set and write them into a model file."""
+"""``rgbx calibrate MODEL --data DIR``: fit confidence temperatures (or vector scaling) per sensor set and write them
+into a model file."""
 
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ held-out data before deploying it.
 
 
 def add_parser(sub) -> None:
-    p = add_command(sub, "calibrate", "fit confidence temperatures per sensor set (temperature scaling)",
-                    "Calibrate a model's confidences on a labelled split: one temperature per sensor set.", EXAMPLES,
+    p = add_command(sub, "calibrate", "fit confidence temperatures (or vector scaling) per sensor set",
+                    "Calibrate a model's confidences on a labelled split: one temperature per sensor set (or a scale "
+                    "and a bias per class: --scaling vector).", EXAMPLES,
                     run)
     p.add_argument("checkpoint", help="rgbx model file (.safetensors)")
     p.add_argument("--data", required=True, help="dataset folder")

@@ -364,13 +364,14 @@ def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[
     (:func:`rgbx.engine.inference.predict_logits`; the fit then explains the mean of the passes' probabilities).
 
     ``scaling="vector"``: a per-class scale and bias per set instead (:func:`fit_vector_scaling`, recorded in
-    ``vectors``; the temperatures are then 1: the model's :class:`~rgbx.models.sensor_set_scaling.SensorSetScaling`
-    applies the fit, and ``fit`` also records the accuracy on the fitted pixels before and after)."""
+    ``vectors``; the temperatures are then 1, for the model's :class:`~rgbx.models.sensor_set_scaling.SensorSetScaling`
+    applies the fit once :func:`calibrate_file` has put it there; ``fit`` also records the accuracy on the fitted
+    pixels before and after)."""
     from rgbx.data.sample import host_masks
+    from rgbx.engine.inference import pass_logits, single_pass
 
     if scaling not in SCALINGS:
         raise ConfigError(f"scaling {scaling!r}: expected one of {', '.join(SCALINGS)}")
-    from rgbx.engine.inference import pass_logits, single_pass
 
     device = torch.device(device)
     model.eval()
