@@ -32,6 +32,7 @@ EXAMPLES = """  rgbx eval runs/cmx/model.safetensors --data data/synth --split t
   rgbx eval runs/cmx/model.safetensors --data data/kitti360 --dataset kitti360 --window 376x752   # sliding windows
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --json robust.json   # missing / noisy sensors
   rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --failures blank frozen --sensor-rule depth.min_coverage=0.05
+  rgbx eval runs/cmx/model.safetensors --data data/synth --robustness --corruptions misalignment --failures none --strengths misalignment=0.05,0.1,0.2
   rgbx eval runs/cmx/model.calibrated.safetensors --data data/synth --robustness --calibration   # does confidence fall?
   rgbx eval runs/cmx/model.safetensors --data my_rig --check-sensors   # a failed sensor's frames count as it absent
   rgbx eval runs/cmx/model.safetensors --data data/synth --anymodal --confusion runs/cmx/confusion  # what is mistaken for what
