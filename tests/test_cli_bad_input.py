@@ -74,6 +74,8 @@ CASES = [
      "unknown corruption 'shake'; registered: dropout, gaussian, salt_pepper, misalignment"),
     (["eval", "{m}", "--data", "{data}", "--robustness", "--strengths", "misalignment=0,0.1"],
      "strengths of misalignment: expected one or more positive numbers, got [0.0, 0.1]"),
+    (["eval", "{m}", "--data", "{data}", "--robustness", "--corruptions", "gaussian", "--strengths",
+      "misalignment=0.1"], "strengths given for misalignment, which is not scored here (corruptions: gaussian)"),
     (["eval", "{m}", "--data", "{data}", "--strengths", "misalignment=0.1"],
      "--strengths chooses the corruptions' strengths of --robustness; add --robustness"),
     (["bench", "--backbone", "mit_nano", "--fusion", "cmx", "--modalities", "rgb", "depth", "--num-classes", "0"],

@@ -85,7 +85,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "sensor checks (default: all; none: skip)")
     # the names of rgbx.engine.robustness.CORRUPTIONS (listed here so that --help imports no engine; a test checks)
     p.add_argument("--corruptions", nargs="+", choices=("dropout", "gaussian", "salt_pepper", "misalignment", "none"),
-                   help="--robustness: the corruptions to score, each at three strengths (default: all; none: skip)")
+                   help="--robustness: the corruptions to score, each at three strengths (--strengths: others; "
+                        "default: all; none: skip)")
     p.add_argument("--strengths", nargs="+", metavar="NAME=V,V,...",
                    help="--robustness: other strengths for a corruption, e.g. misalignment=0.05,0.1,0.2 (defaults: "
                         "dropout 0.25,0.5,0.75; gaussian 0.1,0.25,0.5; salt_pepper 0.01,0.05,0.1; misalignment "

@@ -402,6 +402,10 @@ def robustness_report(
     for n in [*names, *(strengths or {})]:
         if n not in CORRUPTIONS:
             raise ConfigError(f"unknown corruption {n!r}; registered: {', '.join(CORRUPTIONS)}")
+    unused = [n for n in strengths or {} if n not in names]
+    if unused:
+        raise ConfigError(f"strengths given for {', '.join(unused)}, which is not scored here (corruptions: "
+                          f"{', '.join(names) or 'none'})")
     strengths = {n: tuple(float(v) for v in (strengths or {}).get(n, CORRUPTIONS[n].strengths)) for n in names}
     for n, values in strengths.items():
         if not values or not all(v > 0 and math.isfinite(v) for v in values):
