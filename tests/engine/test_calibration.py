@@ -504,6 +504,13 @@ def test_calibrate_with_vector_scaling_writes_it_into_the_model(calibrated, tmp_
     assert "argument --scaling: invalid choice: 'matrix'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="scaling 'matrix': expected one of temperature, vector"):
         rgbx.calibrate(original, data, "val", scaling="matrix")
+    # one set fitted (--sensors full): every set of the model gets the full set's scale and bias
+    full, scaling = rgbx.calibrate(original, data, "val", sensors="full", scaling="vector",
+                                   out=tmp_path / "full.safetensors")
+    assert list(scaling.vectors) == ["rgb+depth"]
+    layer = rgbx.load_model(full)[0].set_scaling
+    expected = torch.tensor(scaling.vectors["rgb+depth"]["scale"])
+    assert all(torch.allclose(layer.scale[layer.row(s)], expected) for s in (["rgb"], ["depth"], ["rgb", "depth"]))
 
 
 def test_an_exported_vector_scaled_file_applies_each_sensor_sets_scaling(calibrated, tmp_path):
