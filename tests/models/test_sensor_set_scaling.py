@@ -58,6 +58,20 @@ def test_each_sample_gets_its_own_sensor_sets_scale_and_bias():
     assert (both.argmax(1) != plain[("rgb", "depth", "thermal")].argmax(1)).any()  # unlike a temperature
 
 
+def test_the_right_row_when_a_fusion_reports_no_presence_masks():
+    """A fusion of one's own may leave its output's ``present`` empty: the rows then come from the call's masks."""
+    import dataclasses
+
+    model, x = _model(), _inputs()
+    model.add_vector_scaling().set(["rgb"], torch.ones(3), torch.tensor([5.0, 0.0, 0.0]))
+    masks = {"depth": torch.tensor([True, False]), "thermal": torch.tensor([True, False])}
+    with torch.no_grad():
+        expected = model(x, masks).logits
+        reported = model.encoder.forward
+        model.encoder.forward = lambda inputs, present=None: dataclasses.replace(reported(inputs, present), present={})
+        assert torch.equal(model(x, masks).logits, expected)
+
+
 def test_a_saved_model_rebuilds_its_vector_scaling(tmp_path):
     model = _model()
     model.add_vector_scaling().set(["depth"], torch.tensor([1.5, 1.0, 0.5]), torch.tensor([0.0, 2.0, 0.0]))

@@ -176,11 +176,20 @@ class Segmentor(nn.Module):
         else:
             logits = self.head(encoded.fused)
         if self.set_scaling is not None:  # per class, so it commutes with the bilinear resize: applied before it
-            logits = self.set_scaling(logits, encoded.present)
+            logits = self.set_scaling(logits, self._masks(inputs, present, encoded.present, logits.shape[0]))
         return SegOutput(
             logits=resize(logits, size, matmul=self.matmul_resize), fused=encoded.fused, features=encoded.features,
             present=encoded.present, decoder=decoder,
         )
+
+    @staticmethod
+    def _masks(inputs: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor] | None,
+               used: Mapping[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
+        """Each passed modality's (B,) presence: the encoder's (checked) masks, else the caller's, else present for
+        every sample (a fusion of one's own need not report its masks for the sensor-set scaling to be right)."""
+        device = next(iter(inputs.values())).device
+        return {m: used[m] if m in used else given[m] if given is not None and m in given
+                else torch.ones(batch, dtype=torch.bool, device=device) for m in inputs}
 
 
 def create_model(config: ModelConfig | None = None, **overrides) -> Segmentor:
