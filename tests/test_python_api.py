@@ -24,6 +24,15 @@ def test_train_and_evaluate_from_python_match_the_command_line(tmp_path, capsys)
     assert model_file.is_file()
     with pytest.raises(rgbx.errors.RgbxError, match="already holds a training run"):
         rgbx.train("synth_cmx_b0", overrides)
+    # the training state pruned (disk space, an incomplete copy): the trained files are still not overwritten
+    trained = model_file.read_bytes()
+    state = tmp_path / "run" / "checkpoints" / "last.state.pt"
+    state.rename(tmp_path / "state.pt")
+    for resume in (False, True):
+        with pytest.raises(rgbx.errors.RgbxError, match=r"holds trained model files \(model.safetensors"):
+            rgbx.train("synth_cmx_b0", overrides, resume=resume)
+    assert model_file.read_bytes() == trained
+    (tmp_path / "state.pt").rename(state)
 
     result = rgbx.evaluate(model_file, data, "val", anymodal=True, group_by="condition", batch_size=1)
     assert sorted(result.matrices) == ["depth", "rgb", "rgb+depth"]

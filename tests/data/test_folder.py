@@ -167,3 +167,49 @@ def test_nan_in_a_float_file_is_no_measurement(tmp_path):
     depth = ds.load(0)["inputs"]["depth"]
     assert torch.isfinite(depth).all()
     assert depth[0, 1, 2] == depth[0, 3, 4] == depth[0, 5, 6] == 0 and depth[0, 0, 0] == 2.5
+
+
+def _depth_as_npy(root, array_of, desc_entry):
+    """Replace the toy dataset's depth PNGs (millimetres) by ``array_of(metres)`` .npy files."""
+    desc = yaml.safe_load((root / "dataset.yaml").read_text())
+    desc["modalities"]["depth"] = desc_entry
+    (root / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    for png in sorted((root / "depth").glob("*.png")):
+        from rgbx.modalities import read_array
+
+        np.save(png.with_suffix(".npy"), array_of(read_array(png)[0].astype(np.float32) / 1000))
+        png.unlink()
+
+
+def test_depth_in_metres_as_npy_needs_only_the_encoding(tmp_path):
+    """docs/dataset-format.md: `<id>.npy in metres with encoding: npy`; the depth spec's PNG storage (uint16 × 0.001)
+    must not leak into it (it used to: every file refused as 'dtype float32, expected uint16', and with `dtype:
+    float32` added the metres were read as kilometres)."""
+    root = make_dataset(tmp_path / "d", n=4, modalities=("rgb", "depth"))
+    _depth_as_npy(root, lambda m: m, {"encoding": "npy"})
+    check_dataset(root)
+    depth = FolderDataset(root, "train").load(0)["inputs"]["depth"]
+    assert sorted(round(v, 4) for v in torch.unique(depth).tolist()) == [3.0, 8.0]
+
+
+def test_channels_last_npy_is_read_as_one_channel(tmp_path):
+    """An (H, W, 1) array, as image code often saves it, is not 16 channels of one-pixel-wide rows."""
+    root = make_dataset(tmp_path / "d", n=4, modalities=("rgb", "depth"))
+    _depth_as_npy(root, lambda m: m[:, :, None], {"encoding": "npy"})
+    check_dataset(root)
+    depth = FolderDataset(root, "train").load(0)["inputs"]["depth"]
+    assert depth.shape == (1, 16, 20) and sorted(round(v, 4) for v in torch.unique(depth).tolist()) == [3.0, 8.0]
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"scale": "1/1000"}, "modalities.depth: 'scale' must be a positive number"),
+    ({"scale": None}, "modalities.depth: 'scale' must be a positive number"),
+    ({"scale": 0}, "modalities.depth: 'scale' must be a positive number"),
+    ({"dtype": "uint17"}, "modalities.depth: unknown dtype 'uint17'"),
+    ({"optional": "yes"}, "modalities.depth: 'optional' must be true or false"),
+])
+def test_bad_storage_fields_are_named(toy_dataset, entry, expected):
+    desc = yaml.safe_load((toy_dataset / "dataset.yaml").read_text())
+    desc["modalities"]["depth"] = {**desc["modalities"]["depth"], **entry}
+    (toy_dataset / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    assert expected in _problems(toy_dataset)

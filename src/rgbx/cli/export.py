@@ -75,6 +75,13 @@ def run(args) -> int:
 
     if min(args.size) < 1:
         raise ConfigError(f"--size must be positive, got {args.size[0]}x{args.size[1]}")
+    out = Path(args.out)
+    if out.exists() and out.resolve() == Path(args.checkpoint).resolve():
+        raise ConfigError(f"--out {out} is the model file being exported; write the .onnx file beside it")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the .onnx file to write, e.g. {out / 'model.onnx'}")
+    if out.exists() and out.suffix.lower() != ".onnx":
+        raise ConfigError(f"--out {out} exists and is not an .onnx file; it is not overwritten (give an .onnx path)")
     require("onnx")
     if args.check:
         require("onnxruntime")

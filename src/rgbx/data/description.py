@@ -6,9 +6,11 @@ its files are, how they are encoded and how file values become physical units.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from rgbx.errors import ConfigError, DataError
@@ -93,6 +95,8 @@ class DatasetDescription:
 
 _TOP_KEYS = {"name", "classes", "palette", "ignore_index", "modalities", "label", "synth", "description", "source"}
 _SOURCE_KEYS = {"folder", "encoding", "dtype", "scale", "optional", "sensor"}
+# a modality stored in another encoding than its spec's gets that encoding's dtype and scale unless the YAML gives them
+_ENCODING_DEFAULTS = {"npy": {"dtype": "float32", "scale": 1.0}}
 
 
 def load_description(root: str | Path) -> DatasetDescription:
@@ -135,14 +139,32 @@ def load_description(root: str | Path) -> DatasetDescription:
             return None
         for key in sorted(set(entry) - _SOURCE_KEYS):
             problems.append(f"{path}: modalities.{name}: unknown key {key!r} (expected {', '.join(sorted(_SOURCE_KEYS))})")
+        if entry.get("encoding", spec_defaults["encoding"]) != spec_defaults["encoding"]:
+            # stored otherwise than the spec says: its dtype and scale are those of the chosen encoding (a float
+            # .npy holds physical units: depth in metres), not the spec's (a uint16 PNG in millimetres)
+            spec_defaults = {**spec_defaults, **_ENCODING_DEFAULTS.get(entry.get("encoding"), {})}
         values = {**spec_defaults, "folder": default_folder, **{k: v for k, v in entry.items() if k in _SOURCE_KEYS}}
+        where = f"{path}: modalities.{name}" if name != "label" else f"{path}: label"
         if values["encoding"] not in ENCODINGS:
-            problems.append(f"{path}: modalities.{name}: unknown encoding {values['encoding']!r} "
+            problems.append(f"{where}: unknown encoding {values['encoding']!r} "
                             f"(registered: {', '.join(ENCODINGS.names())})")
             return None
+        scale = values["scale"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            problems.append(f"{where}: 'scale' must be a positive number (file value × scale = the physical value), "
+                            f"got {scale!r}")
+            return None
+        try:
+            dtype = np.dtype(str(values["dtype"])).name
+        except TypeError:
+            problems.append(f"{where}: unknown dtype {values['dtype']!r} (e.g. uint8, uint16, float32)")
+            return None
+        optional = values.get("optional", False)
+        if not isinstance(optional, bool):
+            problems.append(f"{where}: 'optional' must be true or false, got {optional!r}")
+            return None
         return ModalitySource(name=name, folder=str(values["folder"]), encoding=values["encoding"],
-                              dtype=str(values["dtype"]), scale=float(values["scale"]),
-                              optional=bool(values.get("optional", False)))
+                              dtype=dtype, scale=float(scale), optional=optional)
 
     modalities = {}
     entries = raw.get("modalities")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -215,7 +216,7 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
     except OmegaConfBaseException as e:
         raise _config_error(e, where) from None
     try:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(merged, *(_override_layer(item) for item in overrides))
     except OmegaConfBaseException as e:
         raise _config_error(e, "command-line override") from None
     _resolve_imports(merged, Path.cwd(), "command-line override")
@@ -223,6 +224,28 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
     cfg: ExperimentConfig = OmegaConf.to_object(merged)
     validate_config(cfg)
     return cfg
+
+
+def _override_layer(item: str):
+    """One ``key=value`` override as a config layer; a value that is not YAML, or a flow mapping written without the
+    space YAML needs after ':' (``{thermal:depth}`` is the key 'thermal:depth'), is an error naming the override."""
+    key, value = item.split("=", 1)
+    hint = "YAML needs a space after ':' in a mapping, e.g. {thermal: depth} or [{name: color_jitter}]"
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+        advice = hint if ":" in value else "check its brackets and quotes, e.g. data.crop_size=[240,320]"
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); {advice}") from None
+
+    def glued(v) -> bool:  # {a:b} read as the key 'a:b' without a value
+        if isinstance(v, dict):
+            return any((isinstance(k, str) and ":" in k and w is None) or glued(w) for k, w in v.items())
+        return isinstance(v, list) and any(glued(w) for w in v)
+
+    if glued(parsed):
+        raise ConfigError(f"override {item!r}: {hint}")
+    return OmegaConf.from_dotlist([f"{key}={value}"])
 
 
 def _resolve_imports(layer, base_dir: Path, where: str) -> None:

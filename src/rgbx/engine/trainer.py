@@ -249,6 +249,14 @@ class Trainer:
         if not resume and self.paths.state.exists():
             raise RgbxError(f"{self.paths.root} already holds a training run ({self.paths.state}); pass --resume "
                             f"to continue it, or choose another output_dir")
+        # trained models without the state to continue them would be overwritten by a new run (with --resume, a
+        # best model alone is that of a run killed before its first checkpoint: made again from the start)
+        kept = (self.paths.final_weights,) if resume else (self.paths.final_weights, self.paths.best_weights)
+        models = [p.name for p in kept if p.exists()]
+        if models and not self.paths.state.exists():
+            raise RgbxError(f"{self.paths.root} holds trained model files ({', '.join(models)}) but no training "
+                            f"state to continue from ({self.paths.state}); choose another output_dir, or move "
+                            f"them away to start a new run there")
         self.dist.barrier()  # every rank has looked before rank 0 writes the run folder
         apply_speed_preset(cfg, self.device)
         self.num_workers = loader_workers(cfg.data.num_workers, self.device, cfg.train.cuda_graph_train)

@@ -4,7 +4,8 @@ An encoding turns a file into a raw ``(C, H, W)`` float32 array of file values (
 makes physical units) and back. Every read error names the file and what was expected.
 
 - ``png``: 8- or 16-bit PNG (also reads JPEG/BMP/TIFF); 1 channel (L / I;16), 2 (LA), 3 (RGB) or 4 (RGBA).
-- ``npy``: a NumPy array of shape (H, W) or (C, H, W), any numeric dtype.
+- ``npy``: a NumPy array of shape (H, W) or (C, H, W), any numeric dtype; (H, W, C) with 1–4 channels last and more
+  than 4 rows is read as channels-last.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def _write_image(path: Path, arr: np.ndarray) -> None:
     img.save(path, compress_level=1)
 
 
+def is_channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether a 3-D array is (H, W, C) as image libraries write it: 1-4 channels last and more than 4 rows first
+    (``(1, H, W)`` and ``(C, H, W)`` stay channels-first)."""
+    return len(shape) == 3 and shape[2] <= 4 and shape[0] > 4
+
+
 def _read_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
@@ -70,10 +77,14 @@ def _read_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path}: file not found") from None
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{path}: unreadable .npy ({e})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
+        raise DataError(f"{path}: not a single NumPy array (an .npz archive?); save one array with numpy.save")
     if arr.ndim == 2:
         arr = arr[None]
+    elif is_channels_last(arr.shape):
+        arr = arr.transpose(2, 0, 1)
     if arr.ndim != 3:
-        raise DataError(f"{path}: expected an array of shape (H, W) or (C, H, W), got {arr.shape}")
+        raise DataError(f"{path}: expected an array of shape (H, W), (C, H, W) or (H, W, C), got {arr.shape}")
     return arr
 
 

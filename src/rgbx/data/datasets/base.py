@@ -28,6 +28,7 @@ from rgbx.data.sample import Sample, normalize_sample
 from rgbx.data.transforms.photometric import empty_value
 from rgbx.errors import ConfigError, DataError
 from rgbx.modalities import get_modality, read_array
+from rgbx.modalities.encodings import is_channels_last
 from rgbx.registry import Registry
 
 DATASETS: Registry[type] = Registry("dataset")
@@ -66,9 +67,11 @@ def probe_file(path: Path, encoding: str) -> FileInfo:
             raise DataError(f"{path}: unreadable .npy ({e})") from None
         if arr.ndim == 2:
             return FileInfo(1, str(arr.dtype), tuple(arr.shape))
+        if arr.ndim == 3 and is_channels_last(arr.shape):
+            return FileInfo(arr.shape[2], str(arr.dtype), tuple(arr.shape[:2]))
         if arr.ndim == 3:
             return FileInfo(arr.shape[0], str(arr.dtype), tuple(arr.shape[1:]))
-        raise DataError(f"{path}: expected an array of shape (H, W) or (C, H, W), got {arr.shape}")
+        raise DataError(f"{path}: expected an array of shape (H, W), (C, H, W) or (H, W, C), got {arr.shape}")
     try:
         with Image.open(path) as im:
             mode, (w, h) = im.mode, im.size
