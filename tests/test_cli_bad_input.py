@@ -22,6 +22,11 @@ def place(tmp_path_factory):
     save_model(root / "m.safetensors", model, {"classes": ["ground", "box", "person"]})
     make_dataset(root / "data", n=4, size=(24, 32), modalities=("rgb", "depth"))
     (root / "a_file").write_text("not a folder")
+    import numpy as np
+
+    from rgbx.modalities import write_array
+
+    write_array(root / "depth8.png", np.full((1, 24, 32), 90, np.uint8))  # relative depth, not millimetres
     return root
 
 
@@ -93,6 +98,8 @@ CASES = [
      "override 'train.init_modality_from={{thermal:depth}}': YAML needs a space after ':' in a mapping"),
     (["train", "synth_cmx_b0", "data.photometric_ops={{rgb:[{{name:x}}]}}"],
      "override 'data.photometric_ops={{rgb:[{{name:x}}]}}': YAML needs a space after ':' in a mapping"),
+    (["predict", "{m}", "rgb={data}/rgb/s000.png", "depth={root}/depth8.png", "--out", "{root}/p"],
+     "{root}/depth8.png: uint8 values; 'depth' is read as its encoding (uint16 × 0.001 = m)"),
     (["data", "pack", "{data}", "{a_file}/shards"], "{a_file}/shards/shards: Not a directory"),
     (["train", "synth_cmx_b0", "optim.lr=-1"], "optim.lr must be > 0, got -1.0"),
     (["train", "synth_cmx_b0", "optim.weight_decay=-0.1"], "optim.weight_decay must be >= 0, got -0.1"),

@@ -72,8 +72,22 @@ def test_bad_frames_say_what_is_wrong(model_file):
         segment({"rgb": rgb, "depth": np.stack([depth_mm] * 3, -1)})
     with pytest.raises(DataError, match="the sensors' frames differ in size: rgb 40x56, depth 20x28"):
         segment({"rgb": rgb, "depth": depth_mm[::2, ::2]})
-    with pytest.raises(DataError, match="has none of the model's modalities"):
-        segment({"thermal": np.zeros((40, 56), np.uint8)})
+    with pytest.raises(DataError, match=r"sensor\(s\) 'thermal': this model takes rgb, depth \(any subset\)"):
+        segment({"rgb": rgb, "thermal": np.zeros((40, 56), np.uint8)})
+    # values that are neither the sensor's encoding nor its physical units (they used to give a wrong prediction)
+    with pytest.raises(DataError, match="sensor 'rgb': float values up to 2.*floats are read as intensity 0-1"):
+        segment({"rgb": rgb.astype(np.float32)})
+    with pytest.raises(DataError, match="sensor 'depth': uint8 values; 'depth' is read as its encoding "
+                                        r"\(uint16 × 0.001 = m\)"):
+        segment({"rgb": rgb, "depth": (depth_mm // 256).astype(np.uint8)})
+    with pytest.raises(DataError, match="sensor 'depth': float values up to .*floats are read as m"):
+        segment({"rgb": rgb, "depth": depth_mm.astype(np.float32)})
+    with pytest.raises(DataError, match="sensor 'rgb': integer values up to 1020"):
+        segment({"rgb": rgb.astype(np.uint16) * 4})
+    # the same sensor in its other forms is accepted: wider integers, floats in physical units
+    same = segment({"rgb": rgb, "depth": depth_mm})
+    assert (segment({"rgb": rgb.astype(np.int64), "depth": depth_mm.astype(np.int32)}) == same).all()
+    assert (segment({"rgb": rgb / np.float32(255), "depth": depth_mm / np.float32(1000)}) == same).mean() > 0.999
     with pytest.raises(DataError, match="at least one sensor"):
         segment({})
     with pytest.raises(ConfigError, match="unknown modality 'sonar'"):

@@ -36,14 +36,47 @@ def read_modality_file(path: str | Path, modality: str) -> torch.Tensor:
         if spec.channels == 1 and arr.shape[0] == 3:
             hint = " (a 3-channel image; save single-channel sensor data as a 1-channel PNG or .npy)"
         raise DataError(f"{path}: {arr.shape[0]} channel(s), expected {spec.channels} for {modality!r}{hint}")
-    return physical_units(arr, spec)
+    return physical_units(arr, spec, str(path))
 
 
-def physical_units(arr: np.ndarray, spec) -> torch.Tensor:
+# floats above this many times the largest value a sensor's integer encoding can hold are taken for a unit mistake
+# (RGB as 0-255 floats, depth in millimetres as floats); outdoor depth in metres may exceed a 16-bit PNG's 65.5 m
+FLOAT_RANGE_MARGIN = 4.0
+
+
+def physical_units(arr: np.ndarray, spec, where: str = "") -> torch.Tensor:
     """(C, H, W) values as stored → float32 physical units: integers are the sensor's encoding, scaled by
-    ``spec.scale``; floating-point values are physical units already."""
+    ``spec.scale``; floating-point values are physical units already. Values that cannot be either (integers wider
+    than the encoding, or narrower — 8-bit depth is relative, not millimetres —, floats far above what the encoding
+    can express) are an error naming ``where`` (a file, or the sensor) and what was expected."""
+    check_encoding(arr, spec, where or f"sensor {spec.name!r}")
     scale = 1.0 if np.issubdtype(arr.dtype, np.floating) else spec.scale
     return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32) * np.float32(scale))
+
+
+def check_encoding(arr: np.ndarray, spec, where: str) -> None:
+    """Refuse values that are neither ``spec``'s integer encoding nor physical units (see :func:`physical_units`)."""
+    if not np.issubdtype(np.dtype(spec.dtype), np.integer) or arr.size == 0:
+        return
+    encoding = np.iinfo(spec.dtype)
+    unit = spec.unit or "physical units"
+    stored = f"{spec.dtype} {f'× {spec.scale:g} ' if spec.scale != 1 else ''}= {unit}"
+    if np.issubdtype(arr.dtype, np.integer):
+        top = int(arr.max())
+        if top > encoding.max:
+            raise DataError(f"{where}: integer values up to {top}; {spec.name!r} is read as its encoding ({stored}, "
+                            f"at most {encoding.max}) or as floats in {unit}")
+        if np.iinfo(arr.dtype).max < encoding.max and arr.dtype.itemsize < np.dtype(spec.dtype).itemsize:
+            raise DataError(f"{where}: {arr.dtype} values; {spec.name!r} is read as its encoding ({stored}): "
+                            f"{arr.dtype} cannot hold it (an 8-bit depth image holds relative depth, not "
+                            f"millimetres); give {spec.dtype} or floats in {unit}")
+    elif np.issubdtype(arr.dtype, np.floating):
+        finite = arr[np.isfinite(arr)]
+        bound = encoding.max * spec.scale
+        if finite.size and float(np.abs(finite).max()) > FLOAT_RANGE_MARGIN * bound:
+            raise DataError(f"{where}: float values up to {float(np.abs(finite).max()):g}; floats are read as "
+                            f"{unit} (its encoding reaches {bound:g}): give the encoding as {spec.dtype} "
+                            f"({stored}) or convert the floats to {unit}")
 
 
 def discover_samples(sources: dict[str, Path]) -> list[tuple[str, dict[str, Path]]]:

@@ -128,8 +128,12 @@ class Predictor:
     def __call__(self, inputs, sample_id: str = "frame", stamps: dict[str, float] | None = None,
                  now: float | None = None, confidence: bool = False):
         """(H, W) class indices for one frame of raw sensor data (:func:`frame_sample`); with ``confidence``, also
-        (H, W) float32 confidences. ``stamps``: each sensor's frame timestamp in seconds and ``now``, for the
+        (H, W) float32 confidences. A sensor the model lacks is an error naming it. ``stamps``: each sensor's frame timestamp in seconds and ``now``, for the
         monitor's ``stale`` check (``HealthRules.max_age``)."""
+        lacking = [name for name in inputs if get_modality(name) and name not in self.model.modalities]
+        if lacking:
+            raise DataError(f"sensor(s) {', '.join(map(repr, lacking))}: this model takes "
+                            f"{', '.join(self.model.modalities)} (any subset); leave the others out")
         sample = frame_sample(inputs, sample_id)
         sample["meta"].update(stamps=stamps, now=now)
         if confidence:
@@ -251,7 +255,7 @@ def frame_sample(inputs, sample_id: str = "frame") -> Sample:
                 or arr.dtype == np.bool_):
             raise DataError(f"sensor {name!r}: an array of dtype {arr.dtype}; expected integers (the sensor's "
                             f"encoding) or floats (physical units)")
-        tensors[name] = physical_units(arr, spec)
+        tensors[name] = physical_units(arr, spec, f"sensor {name!r}")
     sizes = {name: tuple(t.shape[-2:]) for name, t in tensors.items()}
     if len(set(sizes.values())) > 1:
         raise DataError(f"the sensors' frames differ in size: {', '.join(f'{n} {h}x{w}' for n, (h, w) in sizes.items())}"
