@@ -27,6 +27,8 @@ def place(tmp_path_factory):
     from rgbx.modalities import write_array
 
     write_array(root / "depth8.png", np.full((1, 24, 32), 90, np.uint8))  # relative depth, not millimetres
+    (root / "depth_renamed").mkdir()  # the rig's depth frames named after their sensor: no name shared with rgb/
+    write_array(root / "depth_renamed" / "depth_s000.png", np.full((1, 24, 32), 900, np.uint16))
     return root
 
 
@@ -100,6 +102,9 @@ CASES = [
      "override 'data.photometric_ops={{rgb:[{{name:x}}]}}': YAML needs a space after ':' in a mapping"),
     (["predict", "{m}", "rgb={data}/rgb/s000.png", "depth={root}/depth8.png", "--out", "{root}/p"],
      "{root}/depth8.png: uint8 values; 'depth' is read as its encoding (uint16 × 0.001 = m)"),
+    (["predict", "{m}", "rgb={data}/rgb", "depth={root}/depth_renamed", "--out", "{root}/p"],
+     "no file name is shared by the sensors' folders (rgb: s000, depth: depth_s000 ...): folders are matched by "
+     "file name without extension"),
     (["data", "pack", "{data}", "{a_file}/shards"], "{a_file}/shards/shards: Not a directory"),
     (["train", "synth_cmx_b0", "optim.lr=-1"], "optim.lr must be > 0, got -1.0"),
     (["train", "synth_cmx_b0", "optim.weight_decay=-0.1"], "optim.weight_decay must be >= 0, got -0.1"),

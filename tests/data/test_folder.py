@@ -213,3 +213,11 @@ def test_bad_storage_fields_are_named(toy_dataset, entry, expected):
     desc["modalities"]["depth"] = {**desc["modalities"]["depth"], **entry}
     (toy_dataset / "dataset.yaml").write_text(yaml.safe_dump(desc))
     assert expected in _problems(toy_dataset)
+
+
+def test_a_split_listing_file_names_says_to_list_ids(toy_dataset):
+    """'s000.png' in a split file used to be reported as a missing file that is there, and as an unlabelled split."""
+    (toy_dataset / "splits" / "val.txt").write_text("s004.png\ns005.png\n")
+    msg = _problems(toy_dataset, splits=["val"])
+    assert "val.txt: lists file names ('s004.png' ...); a split lists sample ids, the file names without folder and " \
+           "extension ('s004')" in msg

@@ -108,4 +108,10 @@ def discover_samples(sources: dict[str, Path]) -> list[tuple[str, dict[str, Path
     if len(sources) > 1 and all(Path(s).is_file() for s in sources.values()):
         # explicit single files: one sample whatever the stems are
         return [(Path(next(iter(sources.values()))).stem, {m: Path(p) for m, p in sources.items()})]
+    if len(sources) > 1 and all(len(paths) == 1 for paths in samples.values()):
+        # folders matched by file stem, and no stem in two of them: each file would be predicted from one sensor
+        firsts = {m: next(sid for sid, paths in sorted(samples.items()) if m in paths) for m in sources}
+        raise DataError(f"no file name is shared by the sensors' folders ({', '.join(f'{m}: {sid}' for m, sid in firsts.items())} "
+                        f"...): folders are matched by file name without extension, so name a sample's files alike "
+                        f"(rgb/0001.png, depth/0001.png)")
     return sorted(samples.items())

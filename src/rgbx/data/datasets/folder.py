@@ -13,6 +13,7 @@ import yaml
 from rgbx.data.datasets.base import DATASETS, SegmentationDataset, StemIndex
 from rgbx.data.description import DESCRIPTION_FILE, DatasetDescription, load_description
 from rgbx.errors import DataError, SplitNotFoundError
+from rgbx.modalities import ENCODINGS
 
 
 def read_ids(path: Path) -> list[str]:
@@ -56,6 +57,11 @@ class FolderDataset(SegmentationDataset):
         ids = read_ids(split_file)
         if not ids:
             raise DataError(f"{split_file}: lists no sample ids")
+        suffixes = {s for name in ENCODINGS.names() for s in ENCODINGS.get(name).suffixes}
+        named = [i for i in ids if Path(i).suffix.lower() in suffixes]
+        if named:
+            raise DataError(f"{split_file}: lists file names ({named[0]!r}{' ...' if len(named) > 1 else ''}); a split "
+                            f"lists sample ids, the file names without folder and extension ({Path(named[0]).stem!r})")
         self._attributes = read_attributes(self.root)
         return ids
 
