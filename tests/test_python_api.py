@@ -4,6 +4,7 @@ figures as the command line."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -66,3 +67,32 @@ def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path):
     model = rgbx.create_model(backbone="mit_nano", fusion="mean", modalities=["rgb"], num_classes=7, head_channels=16)
     with pytest.raises(ConfigError, match=r"the model predicts 7 classes but .* \[val\] has 3"):
         rgbx.evaluate(model, data, "val")
+
+
+def test_class_names_that_differ_from_the_datasets_are_warned_about(tmp_path, capsys):
+    """Same number of classes, other names (another dataset's model, or classes in another order): every per-class
+    figure would be printed under the wrong name without a word. Case, spaces and '_' do not count."""
+    import warnings
+
+    import yaml
+
+    from rgbx.engine.checkpoint import save_model
+
+    data = make_dataset(tmp_path / "data", n=4, size=(32, 32), modalities=("rgb",))
+    model = rgbx.create_model(backbone="mit_nano", fusion="mean", modalities=["rgb"], num_classes=3, head_channels=16)
+    desc = yaml.safe_load((data / "dataset.yaml").read_text())
+    save_model(tmp_path / "same.safetensors", model, {"classes": [c.upper() for c in desc["classes"]]})
+    save_model(tmp_path / "other.safetensors", model, {"classes": desc["classes"][::-1]})
+    save_model(tmp_path / "unnamed.safetensors", model, None)  # a converted release without --classes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgbx.evaluate(tmp_path / "same.safetensors", data, "val")
+        rgbx.evaluate(tmp_path / "unnamed.safetensors", data, "val")
+    first, last = desc["classes"][0], desc["classes"][-1]
+    expected = (f"other.safetensors names its classes otherwise than {data} [val] at 2 of 3 indices (model vs data: "
+                f"0: {last!r} vs {first!r}, 2: {first!r} vs {last!r})")
+    with pytest.warns(UserWarning, match=re.escape(expected)):
+        rgbx.evaluate(tmp_path / "other.safetensors", data, "val")
+    with pytest.warns(UserWarning, match="names its classes otherwise than"):
+        assert main(["eval", str(tmp_path / "other.safetensors"), "--data", str(data), "--split", "val"]) == 0
+    capsys.readouterr()

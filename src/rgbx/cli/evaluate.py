@@ -146,6 +146,7 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.data.sensor_health import FrameScreen
     from rgbx.data.transforms import EvalTransform
     from rgbx.engine.calibration import TemperatureScaling
+    from rgbx.engine.checkpoint import check_classes
     from rgbx.engine.distributed import shard_indices
     from rgbx.engine.evaluate import all_subsets, evaluate
     from rgbx.engine.fastpath import backend_flags, precision_dtype, prepare_inference
@@ -198,10 +199,9 @@ def _evaluate(args, device, ctx) -> int:
         model = ZeroShotSegmentor(model, head, text, meta.get("temperature", 0.07), desc.classes).to(device).eval()
     elif args.ms3_head is not None:
         raise ConfigError("--ms3-head goes with --zero-shot EMBEDDINGS")
-    num_classes = model.num_classes
-    if desc.num_classes != num_classes:
-        raise ConfigError(f"{args.checkpoint} predicts {num_classes} classes but {args.data} has "
-                          f"{desc.num_classes}")
+    # zero-shot: the dataset's classes are the ones embedded, not those the model was trained on
+    check_classes(model.num_classes, {} if args.zero_shot is not None else info, desc.classes, args.checkpoint,
+                  args.data)
     if args.modalities:
         bad = [m for m in args.modalities if m not in model.modalities]
         if bad:

@@ -488,7 +488,7 @@ def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val",
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform
     from rgbx.device import resolve_device
-    from rgbx.engine.checkpoint import load_model
+    from rgbx.engine.checkpoint import check_classes, load_model
     from rgbx.engine.onnx_model import is_onnx_file
     from rgbx.modalities.subsets import all_subsets
     from rgbx.models.model_file import save_model
@@ -508,9 +508,7 @@ def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val",
     opened = build_dataset(dataset, data, split, modalities=list(model.modalities), transform=EvalTransform(),
                            **(options or {}))
     desc = opened.description
-    if desc.num_classes != model.num_classes:
-        raise ConfigError(f"{checkpoint} predicts {model.num_classes} classes but {data} [{split}] has "
-                          f"{desc.num_classes}")
+    check_classes(model.num_classes, info, desc.classes, checkpoint, f"{data} [{split}]")
     subsets = all_subsets(model.modalities) if sensors == "all" else [tuple(model.modalities)]
     loader = torch.utils.data.DataLoader(opened, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
                                          pin_memory=device.type == "cuda")

@@ -12,11 +12,13 @@ kill mid-write never leaves a truncated checkpoint and never damages the previou
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import torch
 
-from rgbx.errors import CheckpointError
+from rgbx.errors import CheckpointError, ConfigError
 from rgbx.models.model_file import (  # noqa: F401 — the model-file API, re-exported for the engine and the CLI
     FORMAT,
     atomic_write,
@@ -52,3 +54,27 @@ def load_state(path: str | Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — torch raises several types for corrupt / unsafe files
         raise CheckpointError(f"{path}: cannot load training state ({type(e).__name__}: {e})") from None
+
+
+def check_classes(num_classes: int, info: dict, classes, model_name, data_name) -> None:
+    """A model scored or used on a dataset: a different number of classes is an error; class names the model file
+    records that differ from the dataset's (same count, another order or other classes: every figure would be under
+    the wrong name) are a warning naming the first differences. Names compare without case, spaces, '-' and '_'."""
+    classes = list(classes)
+    if len(classes) != num_classes:
+        raise ConfigError(f"{model_name} predicts {num_classes} classes but {data_name} has {len(classes)}")
+    recorded = list((info.get("dataset") or {}).get("classes") or [])
+    if len(recorded) != num_classes:
+        return  # no names in the file (a converted release without --classes): nothing to compare
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(recorded, classes)) if _name_key(a) != _name_key(b)]
+    if differ:
+        shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        warnings.warn(f"{model_name} names its classes otherwise than {data_name} at {len(differ)} of {num_classes} "
+                      f"indices (model vs data: {shown}{more}); figures are by index, under the data's names. A "
+                      f"model for other classes is fine-tuned with train.init_from (it matches classes by name)",
+                      stacklevel=2)
+
+
+def _name_key(name) -> str:
+    return re.sub(r"[\s_\-]+", "", str(name)).lower()

@@ -230,11 +230,12 @@ def evaluate_dataset(
     from rgbx.data import build_dataset, collate
     from rgbx.data.transforms import EvalTransform
     from rgbx.device import resolve_device
-    from rgbx.engine.checkpoint import load_model
-    from rgbx.errors import ConfigError
+    from rgbx.engine.checkpoint import check_classes, load_model
 
     device = resolve_device(device)
+    info, name = {}, "the model"
     if not isinstance(model, torch.nn.Module):
+        name = model
         model, info = load_model(model, device)
         if test_time.get("reliability") and test_time.get("temperatures") is None:
             test_time["temperatures"] = TemperatureScaling.from_info(info)
@@ -242,9 +243,7 @@ def evaluate_dataset(
     opened = build_dataset(dataset, data, split, modalities=list(model.modalities), transform=EvalTransform(),
                            **(options or {}))
     desc = opened.description
-    if desc.num_classes != model.num_classes:
-        raise ConfigError(f"the model predicts {model.num_classes} classes but {data} [{split}] has "
-                          f"{desc.num_classes}")
+    check_classes(model.num_classes, info, desc.classes, name, f"{data} [{split}]")
     loader = torch.utils.data.DataLoader(opened, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
                                          pin_memory=device.type == "cuda")
     return evaluate(model, loader, num_classes=desc.num_classes, ignore_index=desc.ignore_index,

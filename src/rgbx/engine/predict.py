@@ -76,7 +76,8 @@ class Predictor:
         self.device = torch.device(device)
         dataset = info.get("dataset", {})
         n = model.config.num_classes
-        self.classes = dataset.get("classes") or [str(i) for i in range(n)]
+        self.recorded_classes = list(dataset.get("classes") or [])  # as the model file names them (may be none)
+        self.classes = self.recorded_classes or [str(i) for i in range(n)]
         from rgbx.data.description import default_palette
 
         self.palette = [tuple(c) for c in dataset.get("palette") or default_palette(n)]

@@ -248,6 +248,7 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
     from rgbx.data.datasets.base import AsLoaded
     from rgbx.data.datasets.folder import copy_labels, write_linked_description
     from rgbx.data.sensor_health import SensorFailure
+    from rgbx.engine.checkpoint import check_classes
     from rgbx.engine.predict import Predictor
     from rgbx.modalities import write_array
 
@@ -261,9 +262,8 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
     splits = _plan_splits(data, split, labelled, out_split)
     source = build_dataset("folder", data, split, check="none", **(options or {}))
     desc = source.description
-    if desc.num_classes != predictor.model.num_classes:
-        raise ConfigError(f"the model predicts {predictor.model.num_classes} classes but {data} has "
-                          f"{desc.num_classes} ({', '.join(desc.classes)})")
+    check_classes(predictor.model.num_classes, {"dataset": {"classes": predictor.recorded_classes}}, desc.classes,
+                  "the model", f"{data} ({', '.join(desc.classes)})")
     sensors = [m for m in predictor.model.modalities if m in desc.modalities]
     if not sensors:
         raise ConfigError(f"{data} has none of the model's sensors ({', '.join(predictor.model.modalities)}); it has "
