@@ -27,6 +27,8 @@ def place(tmp_path_factory):
     from rgbx.modalities import write_array
 
     write_array(root / "depth8.png", np.full((1, 24, 32), 90, np.uint8))  # relative depth, not millimetres
+    (root / "cut.onnx").write_bytes(b"\x0a\xff\xff\xff\x0f")  # an export cut short: protobuf cannot decode it
+    (root / "empty.onnx").write_bytes(b"")
     (root / "depth_renamed").mkdir()  # the rig's depth frames named after their sensor: no name shared with rgb/
     write_array(root / "depth_renamed" / "depth_s000.png", np.full((1, 24, 32), 900, np.uint16))
     return root
@@ -105,6 +107,14 @@ CASES = [
     (["predict", "{m}", "rgb={data}/rgb", "depth={root}/depth_renamed", "--out", "{root}/p"],
      "no file name is shared by the sensors' folders (rgb: s000, depth: depth_s000 ...): folders are matched by "
      "file name without extension"),
+    (["predict", "{m}", "{data}", "--out", "{data}"], "--out {data} is the dataset folder {data}: predictions go to "
+     "a folder of their own"),
+    (["predict", "{m}", "{data}", "--out", "{data}/label/p"], "--out {data}/label/p is inside its folder {data}/label"),
+    (["predict", "{m}", "rgb={data}/rgb", "--out", "{data}/rgb"], "--out {data}/rgb is inside the input folder "
+     "{data}/rgb (rgb={data}/rgb)"),
+    (["eval", "{root}/cut.onnx", "--data", "{data}"], "{root}/cut.onnx: not a readable ONNX file (DecodeError: "),
+    (["predict", "{root}/empty.onnx", "{data}", "--out", "{root}/p"],
+     "{root}/empty.onnx: an ONNX file without a graph (0 bytes)"),
     (["data", "pack", "{data}", "{a_file}/shards"], "{a_file}/shards/shards: Not a directory"),
     (["train", "synth_cmx_b0", "optim.lr=-1"], "optim.lr must be > 0, got -1.0"),
     (["train", "synth_cmx_b0", "optim.weight_decay=-0.1"], "optim.weight_decay must be >= 0, got -0.1"),

@@ -109,12 +109,35 @@ def _samples(args, modalities):
         yield {"inputs": inputs, "label": None, "meta": {"id": sid}}
 
 
+def _check_out(args) -> None:
+    """``--out`` must not be where the inputs are: its labels/ would replace a dataset's own label folder (then
+    scored at 100 % by rgbx eval) and its images would mix with the inputs."""
+    from rgbx.errors import ConfigError
+
+    out = Path(args.out).resolve()
+    if len(args.inputs) == 1 and "=" not in args.inputs[0]:
+        root = Path(args.inputs[0]).resolve()
+        inputs = [root, *(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []
+        inside = [p for p in inputs[1:] if out == p or p in out.parents]
+        if out == root or inside:
+            raise ConfigError(f"--out {args.out} is {'the dataset folder' if out == root else 'inside its folder'} "
+                              f"{inside[0] if inside and out != root else root}: predictions go to a folder of their "
+                              f"own (its labels/ and panels/ would mix with, or replace, the data)")
+        return
+    for item in args.inputs:
+        folder = Path(item.split("=", 1)[-1]).resolve()
+        if folder.is_dir() and (out == folder or folder in out.parents):
+            raise ConfigError(f"--out {args.out} is inside the input folder {folder} ({item}): predictions go to a "
+                              f"folder of their own")
+
+
 def run(args) -> int:
     from rgbx.cli.common import resolve_device
     from rgbx.data.sensor_health import SensorFailure
     from rgbx.engine.trainer import loader_workers
     from rgbx.errors import ConfigError
 
+    _check_out(args)
     device = resolve_device(args.device)
     args.workers = loader_workers(args.workers, device)
     if args.min_confidence is not None and args.min_confidence >= 1:

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from rgbx.errors import ConfigError, RgbxError
+from rgbx.errors import CheckpointError, ConfigError, RgbxError
 
 __all__ = ["ExportWrapper", "export_onnx", "file_opset", "onnx_metadata", "read_onnx_metadata", "verify_onnx"]
 
@@ -224,7 +224,16 @@ def onnx_metadata(model: nn.Module, dataset: Mapping | None = None, size: tuple[
 def read_onnx_metadata(path: str | Path) -> dict:
     """The rgbx metadata of an exported file, JSON values decoded."""
     onnx = require("onnx")
-    proto = onnx.load(str(path), load_external_data=False)
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 — protobuf raises its own decode errors for a truncated file
+        raise CheckpointError(f"{path}: not a readable ONNX file ({type(e).__name__}: {e}); a copy cut short? "
+                              f"write it again with rgbx export") from None
+    if not proto.graph.node:
+        raise CheckpointError(f"{path}: an ONNX file without a graph ({Path(path).stat().st_size} bytes); write it "
+                              f"again with rgbx export")
     out = {}
     for prop in proto.metadata_props:
         try:
