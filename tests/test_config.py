@@ -60,3 +60,16 @@ def test_the_validation_miou_convention_follows_the_published_evaluation():
     assert validation_miou_convention(load_config("synth_cmx_b0", ["train.eval_miou=all"])) == "all"
     with pytest.raises(ConfigError, match="train.eval_miou must be present or all"):
         load_config(None, ["train.eval_miou=mean"])
+
+
+def test_overrides_may_follow_the_flags(capsys):
+    """`rgbx train CONFIG --print-config a.b=1` (a flag typed before the overrides) used to be argparse's top-level
+    'unrecognized arguments'; an item that is not key=value still is an error."""
+    from rgbx.cli.main import main
+
+    assert main(["train", "synth_cmx_b0", "--print-config", "train.iters=7", "data.root=somewhere"]) == 0
+    printed = capsys.readouterr().out
+    assert "iters: 7" in printed and "root: somewhere" in printed
+    with pytest.raises(SystemExit):
+        main(["train", "synth_cmx_b0", "--print-config", "train.iters=7", "stray"])
+    assert "unrecognized arguments: train.iters=7 stray" in capsys.readouterr().err

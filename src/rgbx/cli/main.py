@@ -83,6 +83,22 @@ def _add_import_option(parser: argparse.ArgumentParser) -> None:
             _add_import_option(child)
 
 
+# the commands' trailing positional lists (key=value overrides, modality=PATH inputs), which may also come after flags
+TRAILING_LISTS = ("overrides", "inputs")
+
+
+def parse_intermixed(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with ``key=value`` items placed after a flag (``rgbx train CONFIG --resume a.b=1``)
+    added to the command's trailing list, as if typed before it (argparse's own ``parse_intermixed_args`` refuses
+    sub-commands). Anything else left over is argparse's usual error."""
+    args, extras = parser.parse_known_args(argv)
+    lists = [getattr(args, name) for name in TRAILING_LISTS if isinstance(getattr(args, name, None), list)]
+    if extras and lists and all("=" in item and not item.startswith("-") for item in extras):
+        lists[0].extend(extras)
+        return args
+    return parser.parse_args(argv) if extras else args
+
+
 def main(argv: list[str] | None = None) -> int:
     command_line = list(sys.argv[1:] if argv is None else argv)
     imports = prescan_imports(command_line)
@@ -95,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rgbx: error: {e}", file=sys.stderr)
             return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_intermixed(parser, argv)
     args.command_line = command_line  # what was typed (rgbx eval --as-published)
     try:
         result = args.run(args)
