@@ -15,6 +15,31 @@ def add_command(sub, name: str, help: str, description: str, examples: str, run)
     return parser
 
 
+def check_output(flag: str, path, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written before the command's work starts (a folder where a file goes, a
+    file where a folder goes, a file among its parents, a read-only folder), so that a long evaluation's results are
+    not lost at the end."""
+    import os
+    from pathlib import Path
+
+    from rgbx.errors import ConfigError
+
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise ConfigError(f"{flag} {path}: is a folder; give the name of the file to write")
+    if path.exists() and not path.is_dir() and folder:
+        raise ConfigError(f"{flag} {path}: is a file; give a folder (made if missing)")
+    parent = path if path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: cannot be written, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot be written, {parent} is not writable")
+
+
 def parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))

@@ -16,6 +16,7 @@ from rgbx.cli.common import (
     add_runtime_arguments,
     add_sensor_check_arguments,
     add_test_time_arguments,
+    check_output,
     inference_speed_from_args,
     load_model_from_args,
     non_negative_int,
@@ -166,6 +167,9 @@ def _evaluate(args, device, ctx) -> int:
     if args.reliability is not None and args.robustness:
         raise ConfigError("--reliability draws the plain evaluation's diagrams; --robustness --calibration scores "
                           "the confidences in its report (and --json) without them")
+    check_output("--json", args.json)
+    check_output("--confusion", args.confusion, folder=True)
+    check_output("--reliability", args.reliability, folder=True)
     if args.check_sensors and args.robustness:
         raise ConfigError("--robustness screens frames in its silent-failure section and scores the clean data as "
                           "it is; drop --check-sensors")
