@@ -29,6 +29,7 @@ def place(tmp_path_factory):
     write_array(root / "depth8.png", np.full((1, 24, 32), 90, np.uint8))  # relative depth, not millimetres
     (root / "cut.onnx").write_bytes(b"\x0a\xff\xff\xff\x0f")  # an export cut short: protobuf cannot decode it
     (root / "empty.onnx").write_bytes(b"")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, root / "release.pth")  # a research repo's checkpoint
     (root / "depth_renamed").mkdir()  # the rig's depth frames named after their sensor: no name shared with rgb/
     write_array(root / "depth_renamed" / "depth_s000.png", np.full((1, 24, 32), 900, np.uint16))
     return root
@@ -117,6 +118,10 @@ CASES = [
     (["predict", "{m}", "{data}", "--out", "{data}/label/p"], "--out {data}/label/p is inside its folder {data}/label"),
     (["predict", "{m}", "rgb={data}/rgb", "--out", "{data}/rgb"], "--out {data}/rgb is inside the input folder "
      "{data}/rgb (rgb={data}/rgb)"),
+    (["eval", "{root}/release.pth", "--data", "{data}"], "{root}/release.pth: a PyTorch checkpoint (torch.save), "
+     "not an rgbx model file; convert a released checkpoint first: rgbx convert {root}/release.pth"),
+    (["predict", "{root}", "{data}", "--out", "{root}/p"], "{root}: a folder, not a model file"),
+    (["convert", "{m}", "--out", "{root}/c.safetensors"], "{m}: already an rgbx model file; use it as it is"),
     (["eval", "{root}/cut.onnx", "--data", "{data}"], "{root}/cut.onnx: not a readable ONNX file (DecodeError: "),
     (["predict", "{root}/empty.onnx", "{data}", "--out", "{root}/p"],
      "{root}/empty.onnx: an ONNX file without a graph (0 bytes)"),

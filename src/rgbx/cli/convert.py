@@ -126,11 +126,14 @@ def model_config(args, inferred: dict, layout: str):
 
 
 def run(args) -> int:
-    from rgbx.engine.checkpoint import save_model
+    from rgbx.engine.checkpoint import read_model_info, save_model
     from rgbx.errors import ConfigError
     from rgbx.models import create_model
     from rgbx.models.convert import convert_checkpoint, detect_layout, infer_model_options, read_checkpoint
 
+    if str(args.checkpoint).endswith(".safetensors") and read_model_info(args.checkpoint, missing_ok=True):
+        raise ConfigError(f"{args.checkpoint}: already an rgbx model file; use it as it is (rgbx eval / predict, "
+                          f"train.init_from to fine-tune; rgbx info {args.checkpoint} describes it)")
     state, notes = read_checkpoint(args.checkpoint)
     layout = detect_layout(state) if args.layout == "auto" else args.layout
     inferred = infer_model_options(state, layout)

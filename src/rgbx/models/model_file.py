@@ -97,12 +97,22 @@ def read_model_info(path: str | Path, missing_ok: bool = False) -> dict:
     """The metadata of an rgbx weights file (model config, dataset info, ...); with ``missing_ok``, {} for a
     safetensors file that has none (a plain state dict)."""
     path = Path(path)
+    if path.is_dir():
+        found = [p.name for p in (path / "model.safetensors", path / "best.safetensors") if p.is_file()]
+        raise CheckpointError(f"{path}: a folder, not a model file"
+                              + (f"; it holds {' and '.join(found)} (e.g. {path / found[0]})" if found else ""))
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
+        with path.open("rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip archive, or a bare pickle
+            raise CheckpointError(f"{path}: a PyTorch checkpoint (torch.save), not an rgbx model file; convert a "
+                                  f"released checkpoint first: rgbx convert {path} --out model.safetensors "
+                                  f"(rgbx convert --help)") from None
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     if "rgbx" not in meta:
         if missing_ok:
