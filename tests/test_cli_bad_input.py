@@ -121,6 +121,10 @@ CASES = [
     (["eval", "{root}/release.pth", "--data", "{data}"], "{root}/release.pth: a PyTorch checkpoint (torch.save), "
      "not an rgbx model file; convert a released checkpoint first: rgbx convert {root}/release.pth"),
     (["predict", "{root}", "{data}", "--out", "{root}/p"], "{root}: a folder, not a model file"),
+    (["predict", "{m}", "{data}", "--out", "{a_file}"], "--out {a_file}: is a file; give a folder"),
+    (["calibrate", "{m}", "--data", "{data}", "--out", "{root}"], "--out {root}: is a folder; give the name of the file"),
+    (["train", "synth_cmx_b0", "data.root={data}", "output_dir={a_file}"],
+     "output_dir {a_file}: is a file; the run's folder goes there"),
     (["convert", "{m}", "--out", "{root}/c.safetensors"], "{m}: already an rgbx model file; use it as it is"),
     (["eval", "{root}/cut.onnx", "--data", "{data}"], "{root}/cut.onnx: not a readable ONNX file (DecodeError: "),
     (["predict", "{root}/empty.onnx", "{data}", "--out", "{root}/p"],

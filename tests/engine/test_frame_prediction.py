@@ -88,6 +88,8 @@ def test_bad_frames_say_what_is_wrong(model_file):
     same = segment({"rgb": rgb, "depth": depth_mm})
     assert (segment({"rgb": rgb.astype(np.int64), "depth": depth_mm.astype(np.int32)}) == same).all()
     assert (segment({"rgb": rgb / np.float32(255), "depth": depth_mm / np.float32(1000)}) == same).mean() > 0.999
+    with pytest.raises(DataError, match=r"sensor 'rgb': an empty frame \(0x56 pixels\)"):
+        segment({"rgb": rgb[:0]})
     with pytest.raises(DataError, match="at least one sensor"):
         segment({})
     with pytest.raises(ConfigError, match="unknown modality 'sonar'"):

@@ -70,7 +70,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import os
 
-    from rgbx.cli.common import resolve_device
+    from rgbx.cli.common import check_output, resolve_device
     from rgbx.engine.calibration import at_bound, calibrate_file
     from rgbx.engine.report import Reporter, wide_console
     from rgbx.engine.trainer import loader_workers
@@ -80,6 +80,7 @@ def run(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("rgbx calibrate runs in one process (the fit is one pass over a validation split); "
                           "start it without torchrun")
+    check_output("--out", args.out)
     device = resolve_device(args.device)
     where = f"{args.data} [{args.split}]"
     previous = (read_model_info(args.checkpoint, missing_ok=True) if str(args.checkpoint).endswith(".safetensors")

@@ -112,8 +112,10 @@ def _samples(args, modalities):
 def _check_out(args) -> None:
     """``--out`` must not be where the inputs are: its labels/ would replace a dataset's own label folder (then
     scored at 100 % by rgbx eval) and its images would mix with the inputs."""
+    from rgbx.cli.common import check_output
     from rgbx.errors import ConfigError
 
+    check_output("--out", args.out, folder=True)
     out = Path(args.out).resolve()
     if len(args.inputs) == 1 and "=" not in args.inputs[0]:
         root = Path(args.inputs[0]).resolve()

@@ -258,6 +258,9 @@ def frame_sample(inputs, sample_id: str = "frame") -> Sample:
                             f"encoding) or floats (physical units)")
         tensors[name] = physical_units(arr, spec, f"sensor {name!r}")
     sizes = {name: tuple(t.shape[-2:]) for name, t in tensors.items()}
+    empty = [name for name, (h, w) in sizes.items() if h == 0 or w == 0]
+    if empty:
+        raise DataError(f"sensor {empty[0]!r}: an empty frame ({'x'.join(map(str, sizes[empty[0]]))} pixels)")
     if len(set(sizes.values())) > 1:
         raise DataError(f"the sensors' frames differ in size: {', '.join(f'{n} {h}x{w}' for n, (h, w) in sizes.items())}"
                         f"; resample them to one size (rgbx predicts at that size)")

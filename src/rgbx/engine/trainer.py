@@ -246,6 +246,8 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         # only rank 0 prints and writes files; the others train in silence
         self.reporter = (reporter or Reporter()) if self.dist.is_main else Reporter(quiet=True)
+        if self.paths.root.exists() and not self.paths.root.is_dir():
+            raise ConfigError(f"output_dir {self.paths.root}: is a file; the run's folder goes there")
         if not resume and self.paths.state.exists():
             raise RgbxError(f"{self.paths.root} already holds a training run ({self.paths.state}); pass --resume "
                             f"to continue it, or choose another output_dir")
