@@ -178,3 +178,12 @@ def test_load_model_names_a_bad_device(place):
             load_model(place / "m.safetensors", device=kind)
     model, _ = load_model(place / "m.safetensors", device="auto")  # auto: CUDA when there is one, as in the CLI
     assert next(model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_output_checks_let_an_existing_file_be_written_again(place, tmp_path, capsys):
+    """The early output checks refuse only what cannot be written: a --json file from an earlier run is replaced."""
+    out = tmp_path / "e.json"
+    out.write_text("{}")
+    argv = ["eval", str(place / "m.safetensors"), "--data", str(place / "data"), "--json", str(out)]
+    assert run(argv, capsys)[0] == 0
+    assert '"subsets"' in out.read_text()

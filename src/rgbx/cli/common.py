@@ -31,7 +31,7 @@ def check_output(flag: str, path, folder: bool = False) -> None:
         raise ConfigError(f"{flag} {path}: is a folder; give the name of the file to write")
     if path.exists() and not path.is_dir() and folder:
         raise ConfigError(f"{flag} {path}: is a file; give a folder (made if missing)")
-    parent = path if path.exists() else path.parent
+    parent = path if folder and path.exists() else path.parent  # an existing file is overwritten: its folder counts
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
