@@ -66,7 +66,7 @@ def check_encoding(arr: np.ndarray, spec, where: str) -> None:
         if top > encoding.max:
             raise DataError(f"{where}: integer values up to {top}; {spec.name!r} is read as its encoding ({stored}, "
                             f"at most {encoding.max}) or as floats in {unit}")
-        if np.iinfo(arr.dtype).max < encoding.max and arr.dtype.itemsize < np.dtype(spec.dtype).itemsize:
+        if arr.dtype.itemsize < np.dtype(spec.dtype).itemsize:
             raise DataError(f"{where}: {arr.dtype} values; {spec.name!r} is read as its encoding ({stored}): "
                             f"{arr.dtype} cannot hold it (an 8-bit depth image holds relative depth, not "
                             f"millimetres); give {spec.dtype} or floats in {unit}")

@@ -129,9 +129,11 @@ class Predictor:
     def __call__(self, inputs, sample_id: str = "frame", stamps: dict[str, float] | None = None,
                  now: float | None = None, confidence: bool = False):
         """(H, W) class indices for one frame of raw sensor data (:func:`frame_sample`); with ``confidence``, also
-        (H, W) float32 confidences. A sensor the model lacks is an error naming it. ``stamps``: each sensor's frame timestamp in seconds and ``now``, for the
-        monitor's ``stale`` check (``HealthRules.max_age``)."""
-        lacking = [name for name in inputs if get_modality(name) and name not in self.model.modalities]
+        (H, W) float32 confidences. A sensor the model lacks is an error naming it. ``stamps``: each sensor's frame
+        timestamp in seconds and ``now``, for the monitor's ``stale`` check (``HealthRules.max_age``)."""
+        for name in inputs:
+            get_modality(name)  # a name rgbx does not know: that error first
+        lacking = [name for name in inputs if name not in self.model.modalities]
         if lacking:
             raise DataError(f"sensor(s) {', '.join(map(repr, lacking))}: this model takes "
                             f"{', '.join(self.model.modalities)} (any subset); leave the others out")
