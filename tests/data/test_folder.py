@@ -221,3 +221,10 @@ def test_a_split_listing_file_names_says_to_list_ids(toy_dataset):
     msg = _problems(toy_dataset, splits=["val"])
     assert "val.txt: lists file names ('s004.png' ...); a split lists sample ids, the file names without folder and " \
            "extension ('s004')" in msg
+
+
+def test_a_class_named_twice_is_named(toy_dataset):
+    desc = yaml.safe_load((toy_dataset / "dataset.yaml").read_text())
+    desc["classes"][2] = desc["classes"][1]
+    (toy_dataset / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    assert f"'classes' names {desc['classes'][1]!r} more than once" in _problems(toy_dataset)

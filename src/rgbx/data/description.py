@@ -120,6 +120,9 @@ def load_description(root: str | Path) -> DatasetDescription:
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         problems.append(f"{path}: 'classes' must be a non-empty list of class names")
         classes = []
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:  # classes are matched by name (fine-tuning, multi-dataset training): one name, one class
+        problems.append(f"{path}: 'classes' names {', '.join(map(repr, repeated))} more than once")
     palette = raw.get("palette") or default_palette(len(classes))
     if len(palette) != len(classes) or not all(
         isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
