@@ -34,6 +34,10 @@ def test_train_and_evaluate_from_python_match_the_command_line(tmp_path, capsys)
             rgbx.train("synth_cmx_b0", overrides, resume=resume)
     assert model_file.read_bytes() == trained
     (tmp_path / "state.pt").rename(state)
+    # resumed with a schedule shorter than the run already trained: nothing would run, yet 'done' was printed
+    with pytest.raises(rgbx.errors.CheckpointError, match=r"the run is at iteration 3, past train.iters=2; resume "
+                                                          r"with train.iters of at least that"):
+        rgbx.train("synth_cmx_b0", [*overrides, "train.iters=2"], resume=True)
 
     result = rgbx.evaluate(model_file, data, "val", anymodal=True, group_by="condition", batch_size=1)
     assert sorted(result.matrices) == ["depth", "rgb", "rgb+depth"]

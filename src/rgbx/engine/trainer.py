@@ -435,6 +435,10 @@ class Trainer:
             raise CheckpointError(f"{self.paths.state}: the run used {saved_world} process(es), this one has "
                                   f"{self.dist.world_size}; resume with the same number (the data order and the "
                                   f"global batch depend on it)")
+        if int(state["iteration"]) > self.cfg.train.iters:
+            raise CheckpointError(f"{self.paths.state}: the run is at iteration {int(state['iteration'])}, past "
+                                  f"train.iters={self.cfg.train.iters}; resume with train.iters of at least that "
+                                  f"(more to train further)")
         load_state_into(self.model, state["model"], str(self.paths.state))
         modules = self.method.trainable_modules()
         saved_modules = state.get("method_modules", [])
