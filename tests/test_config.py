@@ -73,3 +73,25 @@ def test_overrides_may_follow_the_flags(capsys):
     with pytest.raises(SystemExit):
         main(["train", "synth_cmx_b0", "--print-config", "train.iters=7", "stray"])
     assert "unrecognized arguments: train.iters=7 stray" in capsys.readouterr().err
+
+
+def test_the_cli_prints_rgbx_warnings_as_one_line_and_others_as_python_does(capsys):
+    """rgbx's advice (a UserWarning raised in the package) reads like its errors, `rgbx CMD: warning: ...`, not
+    `/site-packages/rgbx/cli/evaluate.py:207: UserWarning: ...`; torch's or a plugin's warnings keep Python's form.
+    main() puts the formatter back when it returns."""
+    import warnings
+
+    import rgbx.engine.checkpoint
+    from rgbx.cli.main import main, warning_formatter
+
+    fmt = warning_formatter("eval")
+    assert fmt(UserWarning("classes differ"), UserWarning, rgbx.engine.checkpoint.__file__, 7) == \
+        "rgbx eval: warning: classes differ\n"
+    assert fmt(UserWarning("a plugin's"), UserWarning, "/elsewhere/plugin.py", 7, "") == \
+        "/elsewhere/plugin.py:7: UserWarning: a plugin's\n"
+    assert "DeprecationWarning: old" in fmt(DeprecationWarning("old"), DeprecationWarning,
+                                            rgbx.engine.checkpoint.__file__, 7, "")
+    before = warnings.formatwarning
+    assert main(["train", "synth_cmx_b0", "--print-config"]) == 0
+    capsys.readouterr()
+    assert warnings.formatwarning is before

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
+from pathlib import Path
 
 from rgbx import __version__
 from rgbx.errors import RgbxError
@@ -99,6 +101,20 @@ def parse_intermixed(parser: argparse.ArgumentParser, argv: list[str] | None) ->
     return parser.parse_args(argv) if extras else args
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def warning_formatter(command: str, default=warnings.formatwarning):
+    """``warnings.formatwarning`` for a command: rgbx's own advice (a UserWarning raised in the package) as one line
+    ``rgbx CMD: warning: ...`` like its errors; any other warning (torch's, a plugin's) as Python formats it."""
+    def format_warning(message, category, filename, lineno, line=None):
+        if category is UserWarning and Path(filename).resolve().is_relative_to(PACKAGE_DIR):
+            return f"rgbx {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return format_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     command_line = list(sys.argv[1:] if argv is None else argv)
     imports = prescan_imports(command_line)
@@ -113,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_intermixed(parser, argv)
     args.command_line = command_line  # what was typed (rgbx eval --as-published)
+    formatwarning, warnings.formatwarning = warnings.formatwarning, warning_formatter(args.command)
     try:
         result = args.run(args)
     except RgbxError as e:
@@ -128,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rgbx {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
     return int(result or 0)
 
 
