@@ -114,6 +114,8 @@ def test_bad_description_keys_and_unknown_modality(toy_dataset):
     (toy_dataset / "dataset.yaml").write_text(yaml.safe_dump(desc))
     msg = _problems(toy_dataset)
     assert "sonar" in msg and "colour_map" in msg
+    # a split checked by name: each listed problem counted (was '1 problem(s)' above the description's lines)
+    assert "2 problem(s)" in _problems(toy_dataset, splits=["train"]).splitlines()[0]
 
 
 def test_header_check_runs_when_opening(toy_dataset):

@@ -150,7 +150,7 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **opti
             problems.append(str(e))
             continue
         except DataError as e:
-            problems.append(str(e))
+            problems.extend(e.problems or [str(e)])  # a dataset.yaml's problems one by one, each counted
             continue
         name = ds.description.name
         counts[split] = len(ds)
