@@ -21,6 +21,17 @@ torch.set_num_threads(int(_THREADS))
 CLASSES = ["ground", "box", "person"]
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Give every test the worker's thread count back: a command run in-process (``train.threads=2``, the demo
+    preset, ``--threads``) sets torch's for the whole process, and two workers with two threads each on two cores
+    made every later test of that worker several times slower (OpenMP threads waiting on a busy core)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 class TrainingKilled(Exception):
     """What :func:`run_killed_at` raises in place of a training step, as a kill would stop the process."""
 

@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import torch
 
 import rgbx
 from rgbx.cli.main import main
@@ -60,8 +61,11 @@ def test_train_and_evaluate_from_python_match_the_command_line(tmp_path, capsys)
     # a config object, e.g. edited in a notebook
     cfg = rgbx.load_config("synth_cmx_b0", [*overrides, f"output_dir={tmp_path / 'run2'}"])
     cfg.train.iters = 2
+    threads = torch.get_num_threads()
+    cfg.train.threads = threads + 1  # for the run only: the caller's thread count is back afterwards
     rgbx.train(cfg)
     assert (tmp_path / "run2" / "model.safetensors").is_file()
+    assert torch.get_num_threads() == threads
     with pytest.raises(ConfigError, match="set the config's fields instead"):
         rgbx.train(cfg, ["train.iters=1"])
 

@@ -230,3 +230,13 @@ def test_a_class_named_twice_is_named(toy_dataset):
     desc["classes"][2] = desc["classes"][1]
     (toy_dataset / "dataset.yaml").write_text(yaml.safe_dump(desc))
     assert f"'classes' names {desc['classes'][1]!r} more than once" in _problems(toy_dataset)
+
+
+def test_a_descriptions_problems_are_counted(toy_dataset):
+    desc = yaml.safe_load((toy_dataset / "dataset.yaml").read_text())
+    desc["classes"][2] = desc["classes"][1]
+    desc["modalities"]["depth"]["scale"] = 0
+    (toy_dataset / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    msg = _problems(toy_dataset)
+    assert "dataset.yaml: invalid dataset description, 2 problem(s)" in msg.splitlines()[0]
+    assert "more than once" in msg and "'scale' must be a positive number" in msg

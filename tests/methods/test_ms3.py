@@ -193,7 +193,7 @@ def test_heads_return_the_decoder_map_without_changing_the_logits():
 # -- the preset through the CLI -----------------------------------------------------------------------------------
 TINY = ["model.backbone=mit_nano", "model.head_channels=16", "data.crop_size=[32,40]", "data.scale_range=[1,1]",
         "data.num_workers=0", "train.batch_size=2", "train.eval_batch_size=2", "train.log_every=1",
-        "train.eval_every=0", "train.threads=2", "optim.warmup_iters=1", "method.options.hidden=16",
+        "train.eval_every=0", f"train.threads={torch.get_num_threads()}", "optim.warmup_iters=1", "method.options.hidden=16",
         "method.options.multi_label_after=1"]
 
 

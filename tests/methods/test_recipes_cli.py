@@ -16,7 +16,7 @@ from tests.conftest import make_dataset, run_killed_at
 
 TINY = ["model.backbone=mit_nano", "model.head_channels=16", "data.crop_size=[16,16]", "data.scale_range=[1,1]",
         "data.num_workers=0", "train.batch_size=2", "train.eval_batch_size=2", "train.log_every=1",
-        "train.eval_every=0", "train.threads=2", "optim.warmup_iters=1"]
+        "train.eval_every=0", f"train.threads={torch.get_num_threads()}", "optim.warmup_iters=1"]
 
 # recipe → (teacher preset + overrides or None, student preset + overrides); {teacher} = the teacher's weights.
 RECIPES = {

@@ -192,7 +192,7 @@ def load_description(root: str | Path) -> DatasetDescription:
             modalities[name] = src
     label = source("label", raw.get("label"), "label", {"encoding": "png", "dtype": "uint8", "scale": 1.0})
     if problems:
-        raise DataError(f"{path}: invalid dataset description", problems)
+        raise DataError(f"{path}: invalid dataset description, {len(problems)} problem(s)", problems)
     return DatasetDescription(
         root=root,
         name=str(raw.get("name", root.name)),

@@ -735,7 +735,8 @@ def train(config: str | ExperimentConfig, overrides: list[str] | tuple[str, ...]
         resume: continue the run in ``output_dir`` from its last checkpoint.
         quiet: no progress output.
 
-    Returns the final evaluation's metrics (as ``Trainer.fit``).
+    Returns the final evaluation's metrics (as ``Trainer.fit``). ``train.threads`` holds for the run only: the
+    caller's torch thread count is back afterwards.
     """
     from rgbx.engine.config import load_config
 
@@ -746,8 +747,12 @@ def train(config: str | ExperimentConfig, overrides: list[str] | tuple[str, ...]
         cfg = config
     else:
         cfg = load_config(config, list(overrides))
-    trainer = Trainer(cfg, resume=resume, reporter=Reporter(quiet=quiet))
+    threads = torch.get_num_threads()
     try:
-        return trainer.fit()
+        trainer = Trainer(cfg, resume=resume, reporter=Reporter(quiet=quiet))
+        try:
+            return trainer.fit()
+        finally:
+            trainer.dist.close()
     finally:
-        trainer.dist.close()
+        torch.set_num_threads(threads)
