@@ -21,6 +21,12 @@ def place(tmp_path_factory):
                          head_channels=16).eval()
     save_model(root / "m.safetensors", model, {"classes": ["ground", "box", "person"]})
     make_dataset(root / "data", n=4, size=(24, 32), modalities=("rgb", "depth"))
+    # recordings without labels beside labelled splits (the label optional): split raw = s003, unlabelled
+    unlab = make_dataset(root / "unlab", n=4, size=(24, 32), modalities=("rgb", "depth"),
+                         splits={"train": ["s000", "s001"], "val": ["s002"], "raw": ["s003"]})
+    (unlab / "label" / "s003.png").unlink()
+    with open(unlab / "dataset.yaml", "a") as f:
+        f.write("label: {folder: label, optional: true}\n")
     (root / "a_file").write_text("not a folder")
     import numpy as np
 
@@ -97,6 +103,10 @@ CASES = [
      "argument --num-classes: expected a whole number >= 1, got '0'"),
     (["bench", "--backbone", "mit_nano", "--fusion", "cmx", "--modalities", "rgb", "depth", "--num-classes", "3",
       "--size", "0x10"], "argument --size: expected HxW with both at least 1"),
+    (["bench", "--backbone", "mit_nano", "--fusion", "cmx", "--modalities", "rgb", "depth", "--num-classes", "3",
+      "--head-channels", "16", "--train-size", "32x32", "--train-batch", "1", "--what", "train", "--warmup", "0",
+      "--repeats", "1", "--device", "cpu", "--options", "exact"],
+     "every option set failed; exact: ValueError: Expected more than 1 value per channel when training"),
     (["export", "{m}", "--out", "{root}/m.onnx", "--opset", "3"], "opset 3: rgbx models need ONNX opset 14 or newer"),
     (["export", "{m}", "--out", "{a_file}/m.onnx"], "{a_file}/m.onnx: cannot write a file there"),
     (["export", "{m}", "--out", "{m}"], "--out {m} is the model file being exported; write the .onnx file beside it"),
@@ -130,6 +140,22 @@ CASES = [
     (["predict", "{root}/empty.onnx", "{data}", "--out", "{root}/p"],
      "{root}/empty.onnx: an ONNX file without a graph (0 bytes)"),
     (["data", "pack", "{data}", "{a_file}/shards"], "{a_file}/shards/shards: Not a directory"),
+    # a split without labels where labels are needed: said before any work, not a torch error at the first step
+    (["train", "synth_cmx_b0", "data.root={unlab}", "data.train_split=raw", "output_dir={root}/t",
+      "model.modalities=[rgb,depth]"], "{unlab}: 1 of the 1 samples of split 'raw' have no label file (s003); "
+     "training (data.train_split) needs labelled samples"),
+    (["train", "synth_cmx_b0", "data.root={unlab}", "data.val_split=raw", "output_dir={root}/t",
+      "model.modalities=[rgb,depth]"], "split 'raw' have no label file (s003); the evaluation during and after "
+     "training (data.val_split) needs labelled samples"),
+    (["eval", "{m}", "--data", "{unlab}", "--split", "raw"], "(s003); evaluation needs labelled samples"),
+    (["calibrate", "{m}", "--data", "{unlab}", "--split", "raw"], "(s003); calibration needs labelled samples"),
+    (["pseudo-label", "{m}", "--data", "{unlab}", "--split", "val", "--labelled", "raw", "--out", "{root}/pl"],
+     "(s003); the labelled split that train_pseudo joins (--labelled; 'none' for no labelled split) needs labelled "
+     "samples"),
+    (["train", "synth_cmx_b0", "data.root={data}", "output_dir={root}/bn", "model.modalities=[rgb,depth]",
+      "model.backbone=mit_nano", "model.head_channels=16", "data.crop_size=[32,32]", "train.batch_size=1",
+      "train.iters=1", "data.num_workers=0", "train.eval_group_by=null"],
+     "a BatchNorm layer of the model got a single value per channel to normalise (input of shape [1, "),
     (["train", "synth_cmx_b0", "optim.lr=-1"], "optim.lr must be > 0, got -1.0"),
     (["train", "synth_cmx_b0", "optim.weight_decay=-0.1"], "optim.weight_decay must be >= 0, got -0.1"),
     (["train", "synth_cmx_b0", "optim.betas=[0.9,1.5]"], "optim.betas must be two numbers in [0, 1)"),
@@ -145,7 +171,8 @@ CASES += [(["eval", "{m}", "--data", "{data}", "--device", kind], f"--device '{k
 
 @pytest.mark.parametrize("argv,message", CASES, ids=[" ".join(c[0][:1] + c[0][-2:]) for c in CASES])
 def test_a_bad_value_is_one_clear_error(place, capsys, argv, message):
-    names = {"m": place / "m.safetensors", "data": place / "data", "root": place, "a_file": place / "a_file"}
+    names = {"m": place / "m.safetensors", "data": place / "data", "root": place, "a_file": place / "a_file",
+             "unlab": place / "unlab"}
     status, err = run([a.format(**names) for a in argv], capsys)
     assert status == 2, err
     assert message.format(**names) in err

@@ -192,3 +192,40 @@ def test_synthesize_refuses_to_write_png_over_a_modality_declared_in_another_enc
     with pytest.raises(DataError, match="event is stored as npy"):
         synthesize_dataset(root, ["event"])
     assert not (root / "event").exists()
+
+
+def test_overwrite_replaces_only_what_synthesize_wrote(tmp_path, capsys):
+    # a folder of the user's own that dataset.yaml does not list: named with what it holds, kept even with --overwrite
+    root = make_dataset(tmp_path / "rgb_only", n=2, size=(16, 20), modalities=("rgb",))
+    mine = root / "event"
+    mine.mkdir()
+    (mine / "NOTES.txt").write_text("calib")
+    (mine / "my_real_capture.png").write_bytes((root / "rgb" / "s000.png").read_bytes())
+    for extra in ([], ["--overwrite"]):
+        assert main(["data", "synthesize", str(root), "--modalities", "event", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{mine}: is not part of the dataset ({root / 'dataset.yaml'} lists no event)" in err
+        assert "NOTES.txt, my_real_capture.png" in err and "move the folder elsewhere" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["NOTES.txt", "my_real_capture.png"]
+    assert not (root / "dataset.yaml.orig").exists()
+    # what an interrupted run left (<id>.png files, not listed yet) is replaced with --overwrite
+    (mine / "NOTES.txt").unlink()
+    (mine / "my_real_capture.png").rename(mine / "s000.png")
+    assert main(["data", "synthesize", str(root), "--modalities", "event"]) == 2
+    assert "already holds event files of this dataset's samples (an earlier rgbx data synthesize's" in capsys.readouterr().err
+    assert main(["data", "synthesize", str(root), "--modalities", "event", "--overwrite"]) == 0
+    assert sorted(p.name for p in mine.iterdir()) == ["s000.png", "s001.png"]
+    # a file dropped into a synthesised folder afterwards is not deleted by --overwrite
+    (mine / "NOTES.txt").write_text("calib")
+    with pytest.raises(DataError, match=r"holds 1 file\(s\) rgbx data synthesize did not write \(NOTES.txt\)"):
+        synthesize_dataset(root, ["event"], overwrite=True)
+    assert (mine / "NOTES.txt").read_text() == "calib"
+
+
+def test_overwrite_keeps_the_datasets_own_modality(tmp_path):
+    root = make_dataset(tmp_path / "rig", n=2, size=(16, 20), modalities=("rgb", "depth", "lidar"))
+    before = (root / "lidar" / "s000.png").read_bytes()
+    with pytest.raises(DataError, match=r"lidar: holds this dataset's own lidar files .*not replaced, even with "
+                                        r"--overwrite"):
+        synthesize_dataset(root, ["lidar"], focal_px=20.0, overwrite=True)
+    assert (root / "lidar" / "s000.png").read_bytes() == before

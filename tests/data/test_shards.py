@@ -69,10 +69,12 @@ def test_damaged_shards_are_named(tmp_path):
     tar.write_bytes(bytes(data))
     with pytest.raises(DataError) as e:
         build_dataset("shards", out, "train")
-    assert "train-00000.tar/rgb/s000.png: unreadable image" in "\n".join(e.value.problems)
+    problems = "\n".join(e.value.problems)
+    assert "train-00000.tar/rgb/s000.png (sample 's000', rgb): unreadable image" in problems
+    assert "the index was edited" not in problems  # the member's bytes are damaged, not the index
     tar.write_bytes(bytes(data[:offset + 10]))  # cut short inside that member
     ds = build_dataset("shards", out, "train", check="none")
-    with pytest.raises(DataError, match="ends .* bytes early"):
+    with pytest.raises(DataError, match="ends .* bytes early .a truncated copy of the shard"):
         ds.load(0)
     with pytest.raises(DataError, match="split index not found .*packed splits here: train, val"):
         build_dataset("shards", out, "test")
@@ -99,6 +101,74 @@ def test_pack_never_replaces_what_it_did_not_write(tmp_path, capsys):
     assert main(["data", "pack", str(root), str(out), "--overwrite", "--decoded"]) == 0
     assert main(["data", "check", str(out), "--dataset", "shards"]) == 0
     assert next((out / "shards").glob("*.json")).read_text().count('.npy", "npy"]') > 0
+
+
+def test_overwrite_replaces_only_what_a_pack_wrote(tmp_path):
+    """--overwrite on an earlier pack that also holds the user's own files: the pack's files are replaced (stale
+    shards gone), the user's notes and results stay; a source that fails its check leaves the old pack whole."""
+    root = make_dataset(tmp_path / "rig", n=4, size=(16, 20))
+    out = tmp_path / "packed"
+    assert main(["data", "pack", str(root), str(out), "--shard-size", "1"]) == 0
+    (out / "README.md").write_text("my notes")
+    (out / "eval").mkdir()
+    (out / "eval" / "results.json").write_text('{"miou": 0.5}')
+    (out / "shards" / "notes.json").write_text('{"mine": true}')  # not an index: kept too
+    assert main(["data", "pack", str(root), str(out), "--shard-size", "10", "--overwrite"]) == 0
+    assert (out / "README.md").read_text() == "my notes"
+    assert (out / "eval" / "results.json").read_text() == '{"miou": 0.5}'
+    assert (out / "shards" / "notes.json").read_text() == '{"mine": true}'
+    (out / "shards" / "notes.json").unlink()  # (data check would take it for a split's index)
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == ["train-00000.tar", "val-00000.tar"]
+    assert main(["data", "check", str(out), "--dataset", "shards"]) == 0
+    before = sorted(p.name for p in (out / "shards").iterdir())
+    (root / "rgb" / "s000.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="s000.png"):
+        pack_dataset(root, out, overwrite=True)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == before
+
+
+def test_broken_index_entries_are_named(tmp_path, capsys):
+    """A hand-edited index: a shard number out of range, an entry with missing fields; each named with the index
+    file, the sample and the modality, not an IndexError / ValueError."""
+    root = make_dataset(tmp_path / "rig", n=4, size=(16, 20))
+    out = tmp_path / "packed"
+    pack_dataset(root, out, shard_size=2)
+    path = out / "shards" / "train.json"
+    index = json.loads(path.read_text())
+    ids = [s["id"] for s in index["samples"]]
+    index["samples"][0]["files"]["rgb"][0] = 5
+    index["samples"][1]["files"]["depth"] = [0, 0, 10]
+    path.write_text(json.dumps(index))
+    with pytest.raises(DataError, match="2 broken index entries") as e:
+        build_dataset("shards", out, "train", check="none")
+    assert e.value.problems == [
+        f"{path}: sample {ids[0]!r}, rgb: shard number 5, but the index lists 1 shard(s), numbered 0 to 0",
+        f"{path}: sample {ids[1]!r}, depth: expected an entry [shard number, byte offset, size, member name] "
+        f'(+ "npy" for a decoded pack), got [0, 0, 10]']
+    assert main(["data", "check", str(out), "--dataset", "shards"]) != 0
+    err = capsys.readouterr().err
+    assert "shard number 5" in err and "Traceback" not in err
+
+
+def test_an_index_that_does_not_fit_its_shards_is_named(tmp_path):
+    """Edited offsets / sizes: the message names the member, the sample and the modality, says the index may be
+    wrong or out of date, and shows no Python object."""
+    root = make_dataset(tmp_path / "rig", n=4, size=(16, 20))
+    out = tmp_path / "packed"
+    pack_dataset(root, out, shard_size=10)
+    path = out / "shards" / "train.json"
+    index = json.loads(path.read_text())
+    ids = [s["id"] for s in index["samples"]]
+    index["samples"][0]["files"]["depth"][2] = 999999
+    index["samples"][1]["files"]["label"][1] = 123
+    path.write_text(json.dumps(index))
+    with pytest.raises(DataError) as e:
+        build_dataset("shards", out, "train")
+    problems = "\n".join(e.value.problems)
+    assert f"train-00000.tar/depth/{ids[0]}.png (sample {ids[0]!r}, depth): the shard ends" in problems
+    assert f"train-00000.tar/label/{ids[1]}.png (sample {ids[1]!r}, label): unreadable image" in problems
+    assert problems.count("the index was edited or is out of date") == 2
+    assert "BytesIO" not in problems and " object at 0x" not in problems
 
 
 @pytest.mark.parametrize("decoded", [False, True])

@@ -260,8 +260,14 @@ def test_generate_is_reproducible_and_overwrites_its_own_output(tmp_path):
     assert files == _files(b) and len(files) == 2 + 2 + 5 * 6
     _, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
     assert not mismatch and not errors
-    # writing again into an earlier synth output replaces it (stale files from larger splits disappear)
-    generate(tmp_path / "b", splits={"train": 1}, size=(24, 32), seed=5, workers=1)
+    # writing again into an earlier synth output is refused without overwrite, nothing touched
+    before = {f: (tmp_path / "b" / f).read_bytes() for f in files}
+    with pytest.raises(RgbxError, match="holds an earlier rgbx-synth output.*--overwrite"):
+        generate(tmp_path / "b", splits={"train": 1}, size=(24, 32), seed=5, workers=1)
+    assert {f: (tmp_path / "b" / f).read_bytes() for f in files} == before
+    # with overwrite it replaces it (stale files from larger splits and synthesize's backup disappear)
+    (tmp_path / "b" / "dataset.yaml.orig").write_text("the dataset.yaml replaced by rgbx data synthesize")
+    generate(tmp_path / "b", splits={"train": 1}, size=(24, 32), seed=5, workers=1, overwrite=True)
     assert not (tmp_path / "b" / "splits" / "val.txt").exists()
     assert _files(tmp_path / "b") == sorted(
         ["attributes.csv", "dataset.yaml", "splits/train.txt", "label/train_000000.png"]
@@ -297,3 +303,40 @@ def test_generate_validates_arguments(tmp_path):
     out = generate(tmp_path / "fog", splits={"train": 3}, size=(16, 16), workers=1, conditions=["fog"])
     with open(out / "attributes.csv", newline="") as fh:
         assert {r["condition"] for r in csv.DictReader(fh)} == {"fog"}
+
+
+def test_cli_synth_refuses_an_earlier_output_without_overwrite(tmp_path, capsys):
+    from rgbx.cli.main import main
+
+    out = tmp_path / "sy"
+    args = ["synth", str(out), "--train", "2", "--val", "1", "--test", "1", "--size", "16x16", "--workers", "1"]
+    assert main(args) == 0
+    with open(out / "dataset.yaml", "a") as fh:
+        fh.write("# my hand edit\n")
+    (out / "notes.txt").write_text("mine")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: holds an earlier rgbx-synth output" in err and "--overwrite" in err and "Traceback" not in err
+    assert "# my hand edit" in (out / "dataset.yaml").read_text()
+    assert (out / "splits" / "train.txt").read_text().split() == ["train_000000", "train_000001"]
+    assert main([*args[:3], "1", *args[4:], "--overwrite"]) == 0
+    assert "# my hand edit" not in (out / "dataset.yaml").read_text()
+    assert (out / "splits" / "train.txt").read_text().split() == ["train_000000"]
+    assert (out / "notes.txt").read_text() == "mine"  # not part of the output: kept
+
+
+def test_cli_synth_needs_a_train_split_and_leaves_empty_splits_out(tmp_path, capsys):
+    from rgbx.cli.main import main
+
+    for bad in (["--train", "0"], ["--train", "-1"], ["--val", "-1"], ["--test", "-2"]):
+        with pytest.raises(SystemExit) as e:
+            main(["synth", str(tmp_path / "x"), *bad, "--size", "16x16", "--workers", "1"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {bad[0]}: expected a whole number >= {1 if bad[0] == '--train' else 0}" in err, err
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "no_val"
+    assert main(["synth", str(out), "--train", "2", "--val", "0", "--test", "1", "--size", "16x16",
+                 "--workers", "1"]) == 0
+    assert sorted(p.name for p in (out / "splits").iterdir()) == ["test.txt", "train.txt"]
+    assert main(["data", "check", str(out)]) == 0

@@ -323,6 +323,13 @@ def run(args) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
+    failed = {label: entry["error"] for label, entry in result["results"].items() if "error" in entry}
+    if failed and len(failed) == len(result["results"]):  # nothing measured: not a benchmark that ran
+        label, error = next(iter(failed.items()))
+        hint = (f" (--train-batch {train_batch} at --train-size {result['train_size']} leaves a 1×1 map at the "
+                f"deepest stage for BatchNorm: use --train-batch 2 or more, or a larger --train-size)"
+                if "Expected more than 1 value per channel" in error else "")
+        raise ConfigError(f"every option set failed; {label}: {error}{hint}")
     return 0
 
 

@@ -86,7 +86,9 @@ def add_parser(sub) -> None:
                    help="lidar: the camera's horizontal field of view in degrees (instead of --focal)")
     y.add_argument("--beams", type=positive_int, default=64, help="lidar: number of beams (default 64)")
     y.add_argument("--seed", type=int, default=0)
-    y.add_argument("--overwrite", action="store_true", help="replace existing folders of these modalities")
+    y.add_argument("--overwrite", action="store_true",
+                   help="replace the folders of these modalities that an earlier synthesize wrote (never the "
+                        "dataset's own files, nor files synthesize did not write)")
     y.set_defaults(data_run=run_synthesize)
     k = dsub.add_parser("pack", epilog=_examples("pack"), formatter_class=EPILOG_FORMATTER, help="pack a dataset folder into tar shards (read with --dataset shards)",
                         description="Write the samples of a dataset folder in the rgbx format into tar shards of "
@@ -97,7 +99,9 @@ def add_parser(sub) -> None:
     k.add_argument("out")
     k.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
     k.add_argument("--split", nargs="+", help="only these splits (default: all)")
-    k.add_argument("--overwrite", action="store_true", help="replace an earlier packed copy at OUT")
+    k.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier packed copy at OUT: only the files a pack writes (dataset.yaml, the "
+                        "shards and indexes in shards/) are replaced; anything else in OUT is kept")
     k.add_argument("--decoded", action="store_true",
                    help="store each file's values as an uncompressed array: reading decodes nothing (a loader "
                         "worker spends most of its time decoding PNGs), the shards are larger, the samples the same")

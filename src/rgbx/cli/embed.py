@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
                     "Encode class names with a CLIP text encoder you have installed (open_clip or transformers, "
                     "imported only by this command) and write them as a .safetensors file: class name -> 1-D "
                     "vector (L2-normalised).", EXAMPLES, run)
-    p.add_argument("out", help="the .safetensors file to write")
+    p.add_argument("out", help="the .safetensors file to write; an existing file written by rgbx embed-classes is "
+                               "replaced, any other existing file is refused")
     p.add_argument("--classes", nargs="+", default=[], help="class names")
     p.add_argument("--data", nargs="+", default=[], help="dataset folders whose classes to add")
     add_dataset_arguments(p)
@@ -115,10 +116,38 @@ def random_embedding(name: str, dim: int):
     return v / v.norm()
 
 
+def _written_by_embed_classes(path) -> bool:
+    """Whether ``path`` is a safetensors file with the metadata :func:`run` writes (``encoder``, ``template``)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # not a safetensors file at all: safetensors raises several kinds
+        return False
+    return {"encoder", "template"} <= set(meta)
+
+
+def check_out(out) -> None:
+    """Refuse OUT before any work: a folder, an unwritable place, or an existing file that is not a class-embedding
+    file written by rgbx embed-classes (that one is replaced)."""
+    from pathlib import Path
+
+    from rgbx.cli.common import check_output
+    from rgbx.errors import ConfigError
+
+    check_output("OUT", out)
+    out = Path(out)
+    if out.exists() and not _written_by_embed_classes(out):
+        raise ConfigError(f"OUT {out}: exists and is not a class-embedding file written by rgbx embed-classes; it "
+                          f"is not overwritten (give a new .safetensors name)")
+
+
 def run(args) -> int:
     from rgbx.errors import ConfigError
     from rgbx.methods.ms3 import save_class_embeddings
 
+    check_out(args.out)
     if "{}" not in args.template:
         raise ConfigError(f"--template {args.template!r}: put {{}} where the class name goes")
     names = class_names(args)

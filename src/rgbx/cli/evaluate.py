@@ -185,6 +185,7 @@ def _evaluate(args, device, ctx) -> int:
     dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
                             transform=EvalTransform(), **parse_options(args.option))
     desc = dataset.description
+    dataset.require_labels("evaluation")
     if args.check_sensors:  # a sensor whose frame fails the checks is absent from that sample (no frozen check)
         dataset.screen = FrameScreen(monitor.rules, monitor.per_sensor)
     if args.by and args.by != "condition" and not any(args.by in dataset.attributes(i) for i in dataset.ids):

@@ -270,7 +270,9 @@ def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px:
                        progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
     """Write synthesised ``modalities`` into an rgbx dataset folder (``root/<modality>/<id>.png``) and list them in
     its ``dataset.yaml`` (the file as it was is kept once as ``dataset.yaml.orig``). Returns modality → files
-    written. Existing folders of those modalities are an error unless ``overwrite``; ``depth`` needs
+    written. Existing folders of those modalities are an error unless ``overwrite``, which replaces only what an
+    earlier call wrote (a folder of ``<id>.png`` files that dataset.yaml does not list, or lists since that call):
+    a folder of the dataset's own files, or holding other files, is always an error; ``depth`` needs
     ``depth_estimator``, ``thermal`` ``thermal_estimator`` and ``lidar`` ``focal_px``. ``progress(done, total)``
     is called per file written, counted over all the modalities."""
     root = Path(root)
@@ -287,6 +289,7 @@ def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px:
     order = [m for m in SYNTHESIZED if m in modalities]
     folders = {m: src.folder for m, src in desc.modalities.items()}
     counts: dict[str, int] = {}
+    ids: dict[str, list[str]] = {}
     for m in order:
         source = SYNTHESIZED[m]
         if source not in folders:
@@ -298,10 +301,11 @@ def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px:
             raise DataError(f"{root / DESCRIPTION_FILE}: {m} is stored as {desc.modalities[m].encoding}; rgbx "
                             f"writes synthesised {m} as PNG (point {m} at another folder, or remove its entry)")
         target = root / folders.setdefault(m, m)
-        if target.exists() and any(target.iterdir()) and not overwrite:
-            raise DataError(f"{target}: already holds {m} files; pass overwrite=True (--overwrite) to replace them")
-        # a source synthesised in this call (depth, for lidar) has as many samples as its own source
-        counts[m] = counts[source] if source in counts else len(discover_samples({source: root / folders[source]}))
+        # a source synthesised in this call (depth, for lidar) has the samples of its own source
+        ids[m] = ids[source] if source in ids else [i for i, _ in discover_samples({source: root / folders[source]})]
+        counts[m] = len(ids[m])
+        if target.exists() and any(target.iterdir()):
+            _check_replaceable(root, m, target, ids[m], m in desc.modalities, overwrite)
     make = {
         "event": lambda x, rng: simulate_events(x, rng, events),
         "lidar": lambda x, rng: pseudo_lidar(x, focal_px, rng, lidar),
@@ -323,6 +327,41 @@ def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px:
                 progress(done, total)
     _list_in_description(root, [m for m in order if m not in desc.modalities])
     return counts
+
+
+def _check_replaceable(root: Path, m: str, target: Path, ids: Sequence[str], listed: bool, overwrite: bool) -> None:
+    """Refuse to write ``m`` into the non-empty ``target`` unless it holds only what an earlier call wrote, and then
+    unless ``overwrite``."""
+    expected = {f"{i}.png" for i in ids}
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in target.iterdir())
+    foreign = [e for e in entries if e not in expected]
+    where = root / DESCRIPTION_FILE
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        part = "" if listed else f"is not part of the dataset ({where} lists no {m}) and "
+        what = "them" if listed else "the folder"
+        raise DataError(f"{target}: {part}holds {len(foreign)} file(s) rgbx data synthesize did not write "
+                        f"({shown}); they are not replaced, even with --overwrite: move {what} elsewhere first")
+    if listed and m in _listed_before_synthesis(root):
+        raise DataError(f"{target}: holds this dataset's own {m} files (listed in {where}, not added by rgbx "
+                        f"data synthesize); they are not replaced, even with --overwrite: move the folder elsewhere "
+                        f"and remove modalities.{m} from {DESCRIPTION_FILE} to synthesise {m}")
+    if not overwrite:
+        raise DataError(f"{target}: already holds {m} files of this dataset's samples (an earlier rgbx data "
+                        f"synthesize's, or your own not listed in {DESCRIPTION_FILE}); pass overwrite=True "
+                        f"(--overwrite) to replace them")
+
+
+def _listed_before_synthesis(root: Path) -> set[str]:
+    """The modalities dataset.yaml listed before rgbx data synthesize first changed it (its ``.orig`` backup); every
+    listed modality while there is no backup."""
+    backup = root / (DESCRIPTION_FILE + ".orig")
+    try:
+        raw = yaml.safe_load(backup.read_text())
+    except (OSError, yaml.YAMLError):
+        return set(load_description(root).modalities)
+    entries = raw.get("modalities") if isinstance(raw, dict) else None
+    return set(entries) if isinstance(entries, dict) else set(load_description(root).modalities)
 
 
 def _list_in_description(root: Path, new: Sequence[str]) -> None:

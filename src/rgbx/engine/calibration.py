@@ -507,6 +507,7 @@ def calibrate_file(checkpoint: str | Path, data: str | Path, split: str = "val",
         model.add_vector_scaling().reset()  # fitted on the network's own logits
     opened = build_dataset(dataset, data, split, modalities=list(model.modalities), transform=EvalTransform(),
                            **(options or {}))
+    opened.require_labels("calibration")
     desc = opened.description
     check_classes(model.num_classes, info, desc.classes, checkpoint, f"{data} [{split}]")
     subsets = all_subsets(model.modalities) if sensors == "all" else [tuple(model.modalities)]

@@ -242,6 +242,7 @@ def evaluate_dataset(
     model = model.to(device)
     opened = build_dataset(dataset, data, split, modalities=list(model.modalities), transform=EvalTransform(),
                            **(options or {}))
+    opened.require_labels("evaluation")
     desc = opened.description
     check_classes(model.num_classes, info, desc.classes, name, f"{data} [{split}]")
     loader = torch.utils.data.DataLoader(opened, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,

@@ -261,6 +261,9 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
                           "selects pixels by its own rule: give a Predictor without min_confidence")
     splits = _plan_splits(data, split, labelled, out_split)
     source = build_dataset("folder", data, split, check="none", **(options or {}))
+    if labelled is not None:  # its samples join the training split as they are: every one needs its label
+        build_dataset("folder", data, labelled, check="none", **(options or {})).require_labels(
+            f"the labelled split that {out_split} joins (--labelled; 'none' for no labelled split)")
     desc = source.description
     check_classes(predictor.model.num_classes, {"dataset": {"classes": predictor.recorded_classes}}, desc.classes,
                   "the model", f"{data} ({', '.join(desc.classes)})")

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 import warnings
 from contextlib import nullcontext
@@ -292,6 +293,8 @@ class Trainer:
                                 "which costs more here than the loader workers doing it (data.geometric_on=sample)")
         self.val_set = build_dataset(data.dataset, data.root, data.val_split, modalities=modalities,
                                      transform=EvalTransform(), check=data.check, **data.options)
+        self.train_set.require_labels("training (data.train_split)")
+        self.val_set.require_labels("the evaluation during and after training (data.val_split)")
         if data.screen_sensors:
             screen = FrameScreen(*parse_rules(data.sensor_rules))
             self.train_set.screen = self.val_set.screen = screen
@@ -539,6 +542,15 @@ class Trainer:
         torch.manual_seed(seed)
         return torch.Generator().manual_seed(seed)
 
+    def _single_value_batchnorm(self, error: str) -> str:
+        """What to change when a BatchNorm layer met one value per channel (torch's ValueError ``error``)."""
+        shape = re.search(r"torch\.Size\((\[[^\]]*\])\)", error)
+        data, train = self.cfg.data, self.cfg.train
+        return (f"a BatchNorm layer of the model got a single value per channel to normalise"
+                f"{f' (input of shape {shape.group(1)})' if shape else ''}: train.batch_size={train.batch_size} with "
+                f"data.crop_size={list(data.crop_size)} leaves a 1×1 map at the encoder's deepest stage (1/32 of the "
+                f"crop); use train.batch_size ≥ 2 or a data.crop_size of at least 64×64")
+
     def train_step(self, batches) -> dict[str, torch.Tensor]:
         """One optimizer step on a batch, or on a list of micro-batches (``train.accumulate_grad_batches``): each
         micro-batch's loss is divided by their number and back-propagated, so the gradients summed over them are
@@ -553,7 +565,12 @@ class Trainer:
             generator = self._generator(self.iteration * n + k)
             later_sync = self.dist.enabled and k < n - 1  # gradients all-reduced once, after the last micro-batch
             with self.step_model.no_sync() if later_sync else nullcontext():
-                losses = self._losses(batch, generator)
+                try:
+                    losses = self._losses(batch, generator)
+                except ValueError as e:
+                    if "Expected more than 1 value per channel" not in str(e):
+                        raise
+                    raise ConfigError(self._single_value_batchnorm(str(e))) from None
                 loss = sum(losses.values())
                 self.scaler.scale(loss if n == 1 else loss / n).backward()
             for name, v in (("loss", loss), *losses.items()):

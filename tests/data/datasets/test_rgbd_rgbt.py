@@ -274,7 +274,12 @@ def test_mfnet_original_4_channel_layout(tmp_path):
     assert s["meta"]["attributes"] == {"condition": "night"}
     assert ds.attributes("00001D") == {"condition": "day"}
     assert MFNet(root, "val").ids == ["00003D"]  # the original has a real val split
-    assert check_dataset(root, dataset="mfnet") == {"train": 2, "test": 1}
+    assert check_dataset(root, dataset="mfnet") == {"train": 2, "val": 1, "test": 1}
+    (root / "val.txt").write_text("00003D\n00009D\n")  # checked too: training evaluates on it by default
+    with pytest.raises(DataError, match="00009D"):
+        check_dataset(root, dataset="mfnet")
+    (root / "val.txt").unlink()  # a copy without val.txt: val reads test.txt
+    assert check_dataset(root, dataset="mfnet") == {"train": 2, "val": 1, "test": 1}
 
 
 def test_mfnet_deliver_layout_and_broken_label(tmp_path):
@@ -291,7 +296,7 @@ def test_mfnet_deliver_layout_and_broken_label(tmp_path):
     assert s["inputs"]["thermal"].shape == (1, H, W)
     assert abs(float(s["inputs"]["thermal"].mean()) - 100 / 255) < 0.02  # JPEG
     assert MFNet(root, "val").ids == ["00012D"]  # no val.txt: val reads test.txt
-    assert check_dataset(root, dataset="mfnet") == {"train": 2, "test": 1}
+    assert check_dataset(root, dataset="mfnet") == {"train": 2, "val": 1, "test": 1}
     save(root / "labels" / "00011N.png", np.zeros((H, W + 2), np.uint8))
     with pytest.raises(DataError, match=r"00011N\.jpg: size 12x16 \(HxW\) differs from \S+/labels/00011N\.png"):
         MFNet(root, "train")

@@ -70,3 +70,17 @@ def test_wrong_root_or_other_layout_is_one_clear_error(adapter, trees):
 def test_nyu_tree_read_as_sunrgbd_is_caught_by_the_check(trees):
     with pytest.raises(DataError, match=r"Label/0\.png: label values \[39\] out of range: expected 0\.\.36"):
         check_dataset(trees["nyudepthv2"], dataset="sunrgbd")
+
+
+@pytest.mark.parametrize("adapter", sorted(set(BUILDERS) - {"folder", "shards"}))
+def test_a_tree_one_level_too_deep_is_pointed_at(adapter, trees, tmp_path):
+    """An archive extracted into a folder of its own: `rgbx data check` names the folder below that has the layout
+    and keeps the adapter's own account of what it expected (it used to say only 'none of the splits found')."""
+    wrapper = tmp_path / "download"
+    wrapper.mkdir()
+    (wrapper / "extracted").symlink_to(trees[adapter], target_is_directory=True)
+    with pytest.raises(DataError) as e:
+        check_dataset(wrapper, dataset=adapter)
+    problems = e.value.problems
+    assert problems[-1] == f"{wrapper / 'extracted'} holds the {adapter} layout: point at that folder"
+    assert all(str(wrapper) in p and ("not found" in p or "expected" in p) for p in problems[:-1]), problems

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from rgbx.data.description import DatasetDescription, ModalitySource
+from rgbx.data.description import DESCRIPTION_FILE, DatasetDescription, ModalitySource
 from rgbx.data.sample import Sample, normalize_sample
 from rgbx.data.transforms.photometric import empty_value
 from rgbx.errors import ConfigError, DataError
@@ -312,10 +312,29 @@ class SegmentationDataset(torch.utils.data.Dataset):
         label = self.description.label
         unlabelled = sum(f": missing {label.name} file for sample " in p for p in problems)  # one per sample
         if unlabelled == len(self.ids):
-            problems.append(f"no sample of split {self.split!r} has a {label.name} file: if the split is unlabelled "
-                            f"(recordings to predict or pseudo-label), say so in dataset.yaml with "
-                            f"'{label.name}: {{folder: {label.folder}, optional: true}}' (docs/dataset-format.md)")
+            if (self.root / DESCRIPTION_FILE).is_file():  # the rgbx folder format: its dataset.yaml says so
+                problems.append(f"no sample of split {self.split!r} has a {label.name} file: if the split is "
+                                f"unlabelled (recordings to predict or pseudo-label), say so in dataset.yaml with "
+                                f"'{label.name}: {{folder: {label.folder}, optional: true}}' (docs/dataset-format.md)")
+            else:
+                problems.append(f"no sample of split {self.split!r} has a {label.name} file in "
+                                f"{self.root / label.folder}")
         return problems
+
+    def unlabelled_ids(self) -> list[str]:
+        """The split's samples without a label file (only a dataset whose label is optional can have them)."""
+        if not self.description.label.optional:
+            return []
+        return [sid for sid in self.ids
+                if (path := self.files(sid).get("label")) is None or not self.file_exists(path)]
+
+    def require_labels(self, purpose: str) -> None:
+        """Raise :class:`DataError` when a sample of the split has no label file, saying what needs them."""
+        missing = self.unlabelled_ids()
+        if missing:
+            raise DataError(f"{self.root}: {len(missing)} of the {len(self.ids)} samples of split {self.split!r} have "
+                            f"no label file ({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); "
+                            f"{purpose} needs labelled samples")
 
     def _sample_problems(self, sample_id: str, full: bool) -> list[str]:
         problems, sizes = [], {}

@@ -141,11 +141,13 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **opti
         splits = list(getattr(cls, "SPLITS", ("train", "test")))
     counts, problems = {}, []
     name = None
+    skipped = []  # why each benchmark split was not found, for when none is
     for split in splits:
         try:
             ds = cls(root, split, check="none", **options)
         except SplitNotFoundError as e:
             if not explicit and dataset != "folder":
+                skipped.append(str(e))
                 continue  # a benchmark split the user has not downloaded (e.g. a test split)
             problems.append(str(e))
             continue
@@ -156,8 +158,25 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **opti
         counts[split] = len(ds)
         problems.extend(ds.find_problems(full=True))
     if not counts and not problems:
-        problems.append(f"{root}: none of the {dataset} splits ({', '.join(splits)}) found")
+        problems.append(f"{root}: none of the {dataset} splits ({', '.join(splits)}) found"
+                        f"{f' ({skipped[0]})' if skipped else ''}")
+    if not counts and dataset != "folder":  # an archive extracted a level too deep, or the root given too deep
+        problems.extend(_layout_elsewhere(cls, Path(root), splits, options))
     problems = list(dict.fromkeys(problems))  # a layout problem is found once per split; report it once
     if problems:
         raise DataError(f"{root}: {len(problems)} problem(s) in dataset {name or dataset!r}", problems)
     return counts
+
+
+def _layout_elsewhere(cls, root: Path, splits: list[str], options: dict) -> list[str]:
+    """``["DIR holds the ... layout: point at that folder"]`` when a folder one level below or above ``root`` holds
+    a split of the dataset (an archive extracted one level too deep, or the root given one level too deep)."""
+    below = sorted(p for p in root.iterdir() if p.is_dir())[:20] if root.is_dir() else []
+    for candidate in [*below, root.parent]:
+        for split in splits:
+            try:
+                cls(candidate, split, check="none", **options)
+            except (DataError, OSError):
+                continue
+            return [f"{candidate} holds the {cls.registered_name()} layout: point at that folder"]
+    return []

@@ -69,7 +69,7 @@ def mfnet_condition(name: str) -> str | None:
 class MFNet(ReleaseDataset):
     """MFNet RGB-T, 9 classes with ``unlabeled`` counted (see the module docstring)."""
 
-    SPLITS = ("train", "test")
+    SPLITS = ("train", "val", "test")  # val reads test.txt where there is no val.txt
     OPTIONS = {"layout": "auto"}
     CLASSES = MFNET_CLASSES
     FILE_CHANNELS = {"rgb": (3, 4), "thermal": (1, 3, 4)}

@@ -230,6 +230,9 @@ class MultiDataset(SegmentationDataset):
     def list_ids(self) -> list[str]:
         return list(self.ids)
 
+    def unlabelled_ids(self) -> list[str]:
+        return [i for ds in self.datasets for i in ds.unlabelled_ids()]
+
     def load(self, index: int):
         source, local = self._index[index]
         sample = self.datasets[source].load(local)

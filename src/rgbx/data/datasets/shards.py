@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import tarfile
 from collections.abc import Callable, Sequence
@@ -51,6 +52,9 @@ def pack_dataset(root: str | Path, out: str | Path, *, shard_size: int = 1000, s
     14.5 ms to read an RGB-D 480×640 sample), an uncompressed array a fraction of a millisecond. The shards are
     larger (an 8-bit RGB 480×640 image takes 0.9 MB); the samples are the same.
 
+    ``overwrite``: replace an earlier pack at ``out``, removing only the files a pack writes (its dataset.yaml, and
+    the ``*-NNNNN.tar`` shards and split indexes in shards/); anything else there (notes, results) is kept.
+
     Returns split → ``{"samples": N, "shards": K}``."""
     root, out = Path(root), Path(out)
     if shard_size < 1:
@@ -61,14 +65,20 @@ def pack_dataset(root: str | Path, out: str | Path, *, shard_size: int = 1000, s
         raise DataError(f"{root / 'splits'}: no split files (*.txt) found")
     if out.resolve() == root.resolve():
         raise DataError(f"{out}: the packed dataset must go to another folder than its source")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: not a folder; the packed dataset must go to a new or empty folder")
+    replaced = []
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise DataError(f"{out}: not empty; pass overwrite=True (--overwrite) to replace it")
+            raise DataError(f"{out}: not empty; pass overwrite=True (--overwrite) to replace the packed dataset in "
+                            f"it (only the files a pack writes; anything else in it is kept)")
         if not (out / "shards").is_dir():
-            raise DataError(f"{out}: not empty and not a packed dataset; refusing to replace it")
-        shutil.rmtree(out)
-    datasets = {split: FolderDataset(root, split, check="headers") for split in splits}
-    (out / "shards").mkdir(parents=True)
+            raise DataError(f"{out}: not empty and not a packed dataset (no shards/ folder); refusing to replace it")
+        replaced = _packed_files(out)
+    datasets = {split: FolderDataset(root, split, check="headers") for split in splits}  # before anything is removed
+    for path in replaced:  # an earlier pack's own files only: the user's notes, results etc. in OUT stay
+        path.unlink()
+    (out / "shards").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(root / DESCRIPTION_FILE, out / DESCRIPTION_FILE)
     total = sum(len(ds) for ds in datasets.values())
     done, summary = 0, {}
@@ -122,6 +132,25 @@ def pack_dataset(root: str | Path, out: str | Path, *, shard_size: int = 1000, s
     return summary
 
 
+def _packed_files(out: Path) -> list[Path]:
+    """The files an earlier :func:`pack_dataset` wrote to ``out`` (its dataset.yaml, and its shards and indexes
+    under shards/), which ``overwrite`` replaces; nothing else in ``out`` is touched."""
+    def written(path: Path) -> bool:
+        if not (path.is_file() or path.is_symlink()):  # a link is removed, never what it points to
+            return False
+        if re.fullmatch(r".+-\d{5}\.tar", path.name) or path.name.endswith(".json.tmp"):
+            return True
+        if path.suffix == ".json":  # a split index, not some other JSON file
+            try:
+                return json.loads(path.read_text()).get("format") == INDEX_FORMAT
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                return False
+        return False
+
+    found = sorted(p for p in (out / "shards").iterdir() if written(p))
+    return ([out / DESCRIPTION_FILE] if (out / DESCRIPTION_FILE).is_file() else []) + found
+
+
 def _member_folder(name: str, folder: str) -> str:
     """The folder of a modality's members in a shard: the dataset folder's own, or the modality's name when that
     folder lies outside the dataset folder (``../other/rgb``, an absolute path: a pseudo-labelled folder's sensors),
@@ -150,22 +179,57 @@ class ShardedDataset(SegmentationDataset):
             raise DataError(f"{path}: not a readable index ({e})") from None
         if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
             raise DataError(f"{path}: not an rgbx shard index (expected format {INDEX_FORMAT!r})")
-        self._shards = [self.root / "shards" / name for name in index["shards"]]
+        names, samples = index.get("shards"), index.get("samples")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names) \
+                or not isinstance(samples, list):
+            raise DataError(f"{path}: not an rgbx shard index (expected a list of shard file names under 'shards' "
+                            f"and a list of samples under 'samples'); pack the folder again with `rgbx data pack`")
+        self._shards = [self.root / "shards" / name for name in names]
         self._files: dict[str, dict[str, Path]] = {}
         self._members: dict[str, tuple[Path, int, int]] = {}
+        self._owner: dict[str, tuple[str, str]] = {}  # member → (sample id, modality), to name them in messages
         self._stored_as: dict[str, str] = {}  # members stored decoded (pack_dataset(decoded=True)): "npy"
         self._attributes: dict[str, dict[str, str]] = {}
-        for sample in index["samples"]:
+        problems = []
+        for i, sample in enumerate(samples):
+            if not isinstance(sample, dict) or not isinstance(sample.get("id"), str) \
+                    or not isinstance(sample.get("files"), dict):
+                problems.append(f"{path}: sample #{i}: expected {{\"id\": ..., \"files\": {{modality: entry}}}}")
+                continue
             files = {}
-            for kind, (shard, offset, size, member, *stored) in sample["files"].items():
+            for kind, entry in sample["files"].items():
+                problem = self._entry_problem(entry, len(names))
+                if problem:
+                    problems.append(f"{path}: sample {sample['id']!r}, {kind}: {problem}")
+                    continue
+                shard, offset, size, member, *stored = entry
                 virtual = self._shards[shard] / member
                 files[kind] = virtual
-                self._members[str(virtual)] = (self._shards[shard], int(offset), int(size))
+                self._members[str(virtual)] = (self._shards[shard], offset, size)
+                self._owner[str(virtual)] = (sample["id"], kind)
                 if stored:
                     self._stored_as[str(virtual)] = stored[0]
             self._files[sample["id"]] = files
             self._attributes[sample["id"]] = sample.get("attributes", {})
-        return [sample["id"] for sample in index["samples"]]  # in order, repeats kept (oversampling)
+        if problems:
+            raise DataError(f"{path}: {len(problems)} broken index entr{'y' if len(problems) == 1 else 'ies'} (the "
+                            f"index was edited or damaged; pack the folder again with `rgbx data pack`)", problems)
+        return [sample["id"] for sample in samples]  # in order, repeats kept (oversampling)
+
+    @staticmethod
+    def _entry_problem(entry, shards: int) -> str | None:
+        """What is wrong with one index entry ``[shard, offset, size, member]`` (+ ``"npy"`` when stored decoded)."""
+        form = '[shard number, byte offset, size, member name] (+ "npy" for a decoded pack)'
+        if not isinstance(entry, list) or len(entry) not in (4, 5):
+            return f"expected an entry {form}, got {json.dumps(entry)[:80]}"
+        shard, offset, size, member, *stored = entry
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (shard, offset, size)) \
+                or not isinstance(member, str) or not member or stored not in ([], ["npy"]):
+            return f"expected an entry {form}, got {json.dumps(entry)[:80]}"
+        if shard >= shards:
+            listed = f"{shards} shard(s), numbered 0 to {shards - 1}" if shards else "no shards"
+            return f"shard number {shard}, but the index lists {listed}"
+        return None
 
     def files(self, sample_id: str) -> dict[str, Path | None]:
         files = self._files[sample_id]
@@ -181,6 +245,35 @@ class ShardedDataset(SegmentationDataset):
     def file_exists(self, path: Path) -> bool:
         return str(path) in self._members
 
+    def _name(self, path: Path) -> str:
+        """A member as messages name it: the shard and the member's path in it, the sample and the modality."""
+        owner = self._owner.get(str(path))
+        return f"{path} (sample {owner[0]!r}, {owner[1]})" if owner else str(path)
+
+    def _index_fits(self, path: Path) -> bool:
+        """Whether the tar header just before the member's bytes describes a member of the size the index gives:
+        False when the index's offset or size for it is wrong (edited by hand, or left from another pack); True
+        when the shard ends before that header (cut short: nothing to compare with)."""
+        shard, offset, size = self._members[str(path)]
+        if offset < tarfile.BLOCKSIZE:
+            return False
+        try:
+            with open(shard, "rb") as f:
+                f.seek(offset - tarfile.BLOCKSIZE)
+                header = f.read(tarfile.BLOCKSIZE)
+            if len(header) < tarfile.BLOCKSIZE:
+                return True
+            return tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").size == size
+        except (OSError, ValueError, tarfile.HeaderError):
+            return False
+
+    def _misplaced(self, path: Path, what: str) -> DataError:
+        """A member the index places where the shard does not hold it (``what``: what reading found)."""
+        shard, offset, size = self._members[str(path)]
+        return DataError(f"{self._name(path)}: {what}; the index's offset {offset} / size {size} for it do not match "
+                         f"the shard (the index was edited or is out of date: pack the folder again with "
+                         f"`rgbx data pack --overwrite`)")
+
     def _member(self, path: Path, head: int | None = None) -> io.BytesIO:
         """The member's bytes, or only its first ``head`` bytes (the shard is still checked to hold all of it)."""
         shard, offset, size = self._members[str(path)]
@@ -190,10 +283,24 @@ class ShardedDataset(SegmentationDataset):
                 f.seek(offset)
                 data = f.read(size if head is None else min(head, size))
         except OSError as e:
-            raise DataError(f"{path}: cannot read the shard ({e})") from None
+            raise DataError(f"{self._name(path)}: cannot read the shard ({e})") from None
         if end < offset + size:
-            raise DataError(f"{path}: the shard ends {offset + size - end} bytes early (truncated copy?)")
+            what = f"the shard ends {offset + size - end} bytes early"
+            if not self._index_fits(path):
+                raise self._misplaced(path, what)
+            raise DataError(f"{self._name(path)}: {what} (a truncated copy of the shard, or an index that is out of "
+                            f"date)")
         return io.BytesIO(data)
+
+    def _decode_error(self, path: Path, buffer: io.BytesIO, e: DataError) -> DataError:
+        """A decoder's error about a member: it names its input, a buffer here, which the member's name replaces."""
+        message, buf = str(e), repr(buffer)
+        if message.startswith(buf + ": "):
+            message = message[len(buf) + 2:]
+        message = message.replace(" " + buf, "").replace(buf, "the member")
+        if not self._index_fits(path):
+            return self._misplaced(path, message)
+        return DataError(f"{self._name(path)}: {message}")
 
     def _npy_info(self, path: Path) -> FileInfo:
         """Channels, dtype and size of an ``.npy`` member from its header alone (a decoded pack's members are all
@@ -208,22 +315,24 @@ class ShardedDataset(SegmentationDataset):
             arr = self.read_file(path, "npy")
             shape, dtype = arr.shape, arr.dtype
         if len(shape) not in (2, 3):
-            raise DataError(f"{path}: expected an array of shape (H, W) or (C, H, W), got {shape}")
+            raise DataError(f"{self._name(path)}: expected an array of shape (H, W) or (C, H, W), got {shape}")
         shape = shape if len(shape) == 3 else (1, *shape)
         return FileInfo(shape[0], str(dtype), tuple(shape[1:]))
 
     def read_file(self, path: Path, encoding: str) -> np.ndarray:
         encoding = self._stored_as.get(str(path), encoding)
+        data = self._member(path)
         try:
-            return ENCODINGS.get(encoding).read(self._member(path))
-        except DataError as e:  # the decoder names its input, a buffer here: name the member instead
-            raise DataError(f"{path}: {str(e).split(': ', 1)[-1]}") from None
+            return ENCODINGS.get(encoding).read(data)
+        except DataError as e:
+            raise self._decode_error(path, data, e) from None
 
     def probe_path(self, path: Path, encoding: str) -> FileInfo:
         encoding = self._stored_as.get(str(path), encoding)
         if encoding == "npy":
             return self._npy_info(path)
+        data = self._member(path)
         try:
-            return probe_file(self._member(path), encoding)
+            return probe_file(data, encoding)
         except DataError as e:
-            raise DataError(f"{path}: {str(e).split(': ', 1)[-1]}") from None
+            raise self._decode_error(path, data, e) from None

@@ -70,7 +70,7 @@ def _is_synth_output(path: Path) -> bool:
     return isinstance(meta, dict) and meta.get("name") == DATASET_NAME and isinstance(meta.get("synth"), dict)
 
 
-def _prepare(out: Path) -> None:
+def _prepare(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise RgbxError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
@@ -78,10 +78,14 @@ def _prepare(out: Path) -> None:
             raise RgbxError(
                 f"{out}: directory is not empty and is not an earlier rgbx-synth output; choose an empty or new folder"
             )
+        if not overwrite:
+            raise RgbxError(f"{out}: holds an earlier rgbx-synth output (its dataset.yaml may have been edited); pass "
+                            f"--overwrite (overwrite=True) to replace it, or choose a new folder")
         for name in _OWNED:
             if (out / name).is_dir():
                 shutil.rmtree(out / name)
-        for name in ("attributes.csv", "dataset.yaml"):
+        # dataset.yaml.orig: `rgbx data synthesize`'s backup of the dataset.yaml replaced here, stale once it is
+        for name in ("attributes.csv", "dataset.yaml", "dataset.yaml.orig"):
             if (out / name).is_file():
                 (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)
@@ -134,22 +138,26 @@ def generate(
     workers: int | None = None,
     conditions: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Render the synthetic dataset into ``out_dir`` (user-dataset format) and return its path.
 
     Args:
-        out_dir: a new or empty folder, or an earlier rgbx-synth output (its files are replaced).
-        splits: split name → number of samples; default ``{"train": 800, "val": 100, "test": 100}``.
+        out_dir: a new or empty folder, or with ``overwrite`` an earlier rgbx-synth output (its dataset.yaml,
+            dataset.yaml.orig, attributes.csv and modality / label / splits folders are replaced; other files kept).
+        splits: split name → number of samples; default ``{"train": 800, "val": 100, "test": 100}``. A split of 0
+            samples is left out (no empty split file).
         size: (height, width) of every image.
         seed: dataset seed; the same seed (and arguments) give byte-identical files.
         workers: processes rendering in parallel (default ``os.cpu_count()``); 1 renders in this process.
         conditions: restrict the conditions drawn (uniformly) to these names; default all of ``CONDITIONS``.
         progress: called as ``progress(n_done, n_total)`` after each written sample.
+        overwrite: replace an earlier rgbx-synth output in ``out_dir`` (without it, that is an error).
 
     Writes ``dataset.yaml``, ``<modality>/<id>.png`` for rgb, depth, thermal, lidar and event, ``label/<id>.png``,
     ``splits/<split>.txt`` and ``attributes.csv`` (``id,condition``); ids look like ``train_000123``.
     """
-    splits = _check_splits(DEFAULT_SPLITS if splits is None else splits)
+    splits = {name: n for name, n in _check_splits(DEFAULT_SPLITS if splits is None else splits).items() if n}
     size = check_size(size)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise RgbxError(f"seed must be a non-negative integer, got {seed!r}")
@@ -163,8 +171,8 @@ def generate(
         raise RgbxError("progress must be a callable(n_done, n_total)")
 
     out = Path(out_dir)
-    _prepare(out)
-    # written first, so that an interrupted run can be overwritten by the next one
+    _prepare(out, overwrite)
+    # written first, so that an interrupted run can be overwritten by the next one (with overwrite)
     (out / "dataset.yaml").write_text(
         yaml.safe_dump(dataset_yaml(seed, size, splits, conds), sort_keys=False)
     )
