@@ -240,3 +240,9 @@ def test_a_descriptions_problems_are_counted(toy_dataset):
     msg = _problems(toy_dataset)
     assert "dataset.yaml: invalid dataset description, 2 problem(s)" in msg.splitlines()[0]
     assert "more than once" in msg and "'scale' must be a positive number" in msg
+
+
+def test_two_files_for_one_sample_are_named(toy_dataset):
+    write_array(toy_dataset / "depth" / "s001.tif", np.zeros((1, 16, 20), np.uint16))
+    assert (f"{toy_dataset / 'depth'}: 2 files for sample 's001' (s001.png, s001.tif); s001.png would be read"
+            in _problems(toy_dataset))

@@ -49,6 +49,17 @@ def test_missing_image_is_named(tmp_path):
         build_dataset("camvid", root, "val")
 
 
+def test_the_segnet_tutorials_absolute_split_lines_are_read_under_the_root(tmp_path):
+    root = fake_camvid(tmp_path / "camvid")
+    lines = (root / "train.txt").read_text().splitlines()
+    (root / "train.txt").write_text("".join(" ".join(f"/SegNet/CamVid/{p}" for p in line.split()) + "\n"
+                                            for line in lines))
+    ds = build_dataset("camvid", root, "train")
+    assert ds.files(ds.ids[0]) == {"rgb": root / "train" / "0001TP_000000.png",
+                                   "label": root / "trainannot" / "0001TP_000000.png"}
+    assert check_dataset(root, ["train"], dataset="camvid") == {"train": 3}
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/camvid not present")
 def test_the_real_camvid_copy_validates():
     assert check_dataset(SHARED, ["val"], dataset="camvid") == {"val": 101}

@@ -375,6 +375,43 @@ def test_kitti360_broken_scan_and_calibration(tmp_path):
     assert "perspective.txt" in problems(root, "kitti360")
 
 
+def test_a_missing_sensor_folder_is_named(tmp_path):
+    import shutil
+
+    root = make_kitti360(tmp_path / "KITTI-360")
+    shutil.rmtree(root / "data_3d_raw")
+    with pytest.raises(DataError, match=r"has no modality 'lidar' \(it has: rgb\); lidar: no data_3d_raw/ \(the raw "
+                                        r"Velodyne scans\) or data_3d_rangeview/"):
+        DATASETS.get("kitti360")(root, "train", modalities=["rgb", "lidar"])
+    mcubes = make_mcubes(tmp_path / "MCubeS")
+    shutil.rmtree(mcubes / "NIR_warped")
+    with pytest.raises(DataError, match=r"nir: no NIR_warped/ folder in the root"):
+        DATASETS.get("mcubes")(mcubes, "train", modalities=["rgb", "nir"])
+
+
+def test_kitti360_train_ids_in_the_id_folder_are_named(tmp_path):
+    """Train ids (0..18, 255) saved over the official id labels used to pass the check and be read as other
+    classes (trainId 13 = car read as id 13 = fence → 4); a value no id has (45..254) is named too."""
+    root = make_kitti360(tmp_path / "KITTI-360")
+    labels = sorted((root / "data_2d_semantics" / "train").rglob("semantic/*.png"))
+    train = np.full((H, W), 0, np.uint8)
+    train[0], train[1] = 13, 255
+    save_png(labels[0], train)
+    msg = problems(root, "kitti360")
+    assert f"{labels[0]}: label values [0, 13, 255] (none above 18, with 255) look like train ids, not KITTI-360 " \
+           f"label ids (0..44)" in msg and "data.options.label_format=trainid" in msg
+    with pytest.raises(DataError, match="look like train ids"):  # training reads it no more than the check
+        DATASETS.get("kitti360")(root, "train", check="none").load(0)
+    ids = np.full((H, W), 7, np.uint8)
+    ids[0] = 200
+    save_png(labels[0], ids)
+    assert "label values [200] are not KITTI-360 label ids" in problems(root, "kitti360")
+    ids[0] = 26  # an official file with 255 (the devkit's license plate, id -1) beside real ids stays fine
+    ids[1] = 255
+    save_png(labels[0], ids)
+    assert check_dataset(root, dataset="kitti360") == {"train": 2, "val": 1}
+
+
 def test_kitti360_dformer_rangeview_and_train_ids(tmp_path):
     root = make_kitti360(tmp_path / "KITTI-360", variant="dformer")
     ds = DATASETS.get("kitti360")(root, "val")

@@ -190,6 +190,28 @@ def test_nyu_broken_files_are_named(tmp_path):
         build_dataset("nyudepthv2", root, "train")
 
 
+def test_two_files_for_one_sample_are_named(tmp_path):
+    """A stray RGB/0.png beside RGB/0.jpg (the split file names RGB/0.jpg): the .png was read without a word."""
+    root = make_nyu_dformer(tmp_path / "NYUDepthv2")
+    save(root / "RGB" / "0.png", np.zeros((H, W, 3), np.uint8))
+    with pytest.raises(DataError) as e:
+        check_dataset(root, dataset="nyudepthv2")
+    assert e.value.problems == [f"{root / 'RGB'}: 2 files for sample '0' (0.png, 0.jpg); 0.png would be read: keep "
+                                f"only the one that belongs to the sample"]
+
+
+def test_nyu_jpeg_labels_are_named(tmp_path):
+    """Labels saved as JPEG: the smeared ids stayed inside 1..40 and passed the check; now the format is named."""
+    root = make_nyu_dformer(tmp_path / "NYUDepthv2")
+    for png in (root / "Label").glob("*.png"):
+        save(png.with_suffix(".jpg"), label_image([5, 12, 20]), quality=75)
+        png.unlink()
+    with pytest.raises(DataError) as e:
+        check_dataset(root, dataset="nyudepthv2")
+    assert (f"{root / 'Label' / '0.jpg'}: a .jpg label image: lossy compression changes the class ids along every "
+            f"boundary; store labels losslessly (PNG)") in e.value.problems
+
+
 # -- SUN RGB-D ----------------------------------------------------------------------------------------------------
 
 def test_sunrgbd_lowercase_labels_37_classes_and_shifted_depth(tmp_path):

@@ -68,7 +68,8 @@ def test_wrong_root_or_other_layout_is_one_clear_error(adapter, trees):
 
 
 def test_nyu_tree_read_as_sunrgbd_is_caught_by_the_check(trees):
-    with pytest.raises(DataError, match=r"Label/0\.png: label values \[39\] out of range: expected 0\.\.36"):
+    with pytest.raises(DataError, match=r"Label/0\.png: label values \[40\] in the file \(read as \[39\]\) out of "
+                                        r"range: expected 0\.\.36"):
         check_dataset(trees["nyudepthv2"], dataset="sunrgbd")
 
 

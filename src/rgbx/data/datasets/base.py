@@ -83,6 +83,17 @@ def probe_file(path: Path, encoding: str) -> FileInfo:
     return FileInfo(channels, dtype, (h, w))
 
 
+LOSSY_SUFFIXES = (".jpg", ".jpeg")  # a label file in these formats cannot hold exact class ids
+
+
+def _values(arr: np.ndarray) -> np.ndarray:
+    """The values present in an integer array, ascending."""
+    flat = arr.ravel()
+    if flat.size and flat.dtype.kind in "ui" and flat.min() >= 0 and flat.max() < 1 << 16:
+        return np.flatnonzero(np.bincount(flat))  # without np.unique's sort (2x faster)
+    return np.unique(flat)
+
+
 def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(C, H, W) → (C, h, w) by nearest neighbour (pixel centres), for sensors stored at a lower resolution."""
     h, w = size
@@ -101,14 +112,16 @@ class StemIndex:
     def __init__(self, folder: Path, suffixes: Sequence[str]):
         self.folder = folder
         rank = {s: i for i, s in enumerate(suffixes)}
-        best: dict[str, tuple[int, str]] = {}
+        found: dict[str, list[tuple[int, str]]] = {}
         if folder.is_dir():
             for name in os.listdir(folder):
                 stem, suffix = os.path.splitext(name)
                 r = rank.get(suffix.lower())
-                if r is not None and (stem not in best or r < best[stem][0]):
-                    best[stem] = (r, name)
-        self.files = {stem: name for stem, (_, name) in best.items()}
+                if r is not None:
+                    found.setdefault(stem, []).append((r, name))
+        self.files = {stem: min(names)[1] for stem, names in found.items()}
+        # stems with several files (0.png beside 0.jpg): which one is meant is not known, so the check names them
+        self.conflicts = {stem: [n for _, n in sorted(names)] for stem, names in found.items() if len(names) > 1}
 
     def path(self, stem: str) -> Path | None:
         name = self.files.get(stem)
@@ -245,6 +258,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 problems.append(f"{folder}: {what} folder for {src.name!r} not found")
         return problems
 
+    def stem_indices(self) -> list[StemIndex]:
+        """The folders this split's files are found in by stem (a sample with two files in one is a problem)."""
+        return []
+
     def extra_problems(self, sample_id: str, paths: dict) -> list[str]:
         """Problems with one sample's companion files (calibration, a second file of a modality); default none."""
         return []
@@ -355,6 +372,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 problems.append(str(e))
                 continue
             if is_label:
+                if path.suffix.lower() in LOSSY_SUFFIXES:
+                    problems.append(f"{path}: a {path.suffix} label image: lossy compression changes the class ids "
+                                    f"along every boundary; store labels losslessly (PNG)")
                 if info.channels not in self.LABEL_CHANNELS:
                     problems.append(self._label_channels_problem(path, info.channels))
                 if info.dtype not in ("uint8", "uint16", "int32", "int64", "bool"):
@@ -372,8 +392,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if full:
                 try:
                     if is_label:
-                        arr = self.read_file(path, src.encoding)
-                        problems.extend(self._label_problems(path, self.decode_label(self.label_plane(arr))))
+                        raw = self.label_plane(self.read_file(path, src.encoding))
+                        problems.extend(self.raw_label_problems(path, raw)
+                                        or self._label_problems(path, self.decode_label(raw), raw))
                     else:
                         arr = self.read_source(src.name, path, sample_id)
                         if self.DECODE_ON_CHECK:
@@ -381,6 +402,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 except DataError as e:
                     problems.append(str(e))
         problems.extend(self.extra_problems(sample_id, paths))
+        for index in self.stem_indices():
+            names = index.conflicts.get(sample_id)
+            if names:
+                problems.append(f"{index.folder}: {len(names)} files for sample {sample_id!r} ({', '.join(names)}); "
+                                f"{names[0]} would be read: keep only the one that belongs to the sample")
         if sizes:
             ref_name = label_src.name if label_src.name in sizes else next(iter(sizes))
             ref_path, ref_size = sizes[ref_name]
@@ -396,17 +422,21 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return (f"{path}: {channels} channel(s), expected a label image with "
                 f"{' or '.join(map(str, self.LABEL_CHANNELS))} channel(s)")
 
-    def _label_problems(self, path: Path, label: np.ndarray) -> list[str]:
-        k, ignore = self.description.num_classes, self.description.ignore_index
-        flat = label.ravel()
-        if flat.size and flat.dtype.kind in "ui" and flat.min() >= 0 and flat.max() < 1 << 16:
-            values = np.flatnonzero(np.bincount(flat))  # the values present, without np.unique's sort (2x faster)
-        else:
-            values = np.unique(flat)
-        bad = [int(v) for v in values if not (0 <= v < k or v == ignore)]
-        if bad:
-            return [f"{path}: label values {bad[:10]} out of range: expected 0..{k - 1} or ignore {ignore}"]
+    def raw_label_problems(self, path: Path, raw: np.ndarray) -> list[str]:
+        """Problems with a label file's values as stored, before :meth:`decode_label` (e.g. values the dataset's
+        label encoding does not have); none by default. Called for every sample loaded: keep it cheap."""
         return []
+
+    def _label_problems(self, path: Path, label: np.ndarray, raw: np.ndarray | None = None) -> list[str]:
+        k, ignore = self.description.num_classes, self.description.ignore_index
+        bad = [int(v) for v in _values(label) if not (0 <= v < k or v == ignore)]
+        if not bad:
+            return []
+        found = f"label values {bad[:10]}"
+        if raw is not None and raw.shape == label.shape and not np.array_equal(raw, label):  # decoded: say the file's
+            stored = _values(raw[np.isin(label, bad)])
+            found = f"label values {[int(v) for v in stored[:10]]} in the file (read as {bad[:10]})"
+        return [f"{path}: {found} out of range: expected 0..{k - 1} or ignore {ignore}"]
 
     # -- loading ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -434,11 +464,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
             arr = self.read_file(label_path, self.description.label.encoding)
             if arr.shape[0] not in self.LABEL_CHANNELS:
                 raise DataError(self._label_channels_problem(label_path, arr.shape[0]))
+            raw = self.label_plane(arr)
             try:
-                lab = self.decode_label(self.label_plane(arr))
+                lab = self.decode_label(raw)
             except DecodeProblem as e:
                 raise DataError(f"{label_path}: {e}") from None
-            problems = self._label_problems(label_path, lab)
+            problems = self.raw_label_problems(label_path, raw) or self._label_problems(label_path, lab, raw)
             if problems:
                 raise DataError(problems[0])
             label = torch.from_numpy(lab.astype(np.int64))

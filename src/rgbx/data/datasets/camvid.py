@@ -6,6 +6,9 @@ Layout::
       train/*.png  trainannot/*.png  val/...  valannot/...  test/...  testannot/...
       train.txt  val.txt  test.txt          # lines "train/<name>.png trainannot/<name>.png", relative to the root
 
+The SegNet tutorial's own split files give absolute paths of its machine (``/SegNet/CamVid/train/<name>.png``): an
+absolute path that does not exist is read as ``<folder>/<name>`` under the root.
+
 Labels are uint8 0–10 (Sky, Building, Pole, Road, Pavement, Tree, SignSymbol, Fence, Car, Pedestrian, Bicyclist);
 11 is void and becomes the ignore index 255. Registered as ``"camvid"``; no options.
 """
@@ -50,9 +53,15 @@ class CamVid(SegmentationDataset):
                 continue
             if len(parts) != 2:
                 raise DataError(f"{split_file}:{n}: expected 'image label', got {line!r}")
-            image, label = (self.root / p for p in parts)
+            image, label = (self._resolve(p) for p in parts)
             self._pairs[image.stem] = (image, label)
         return list(self._pairs)
+
+    def _resolve(self, line_path: str) -> Path:
+        path = Path(line_path)
+        if path.is_absolute() and not path.exists():  # the SegNet tutorial's /SegNet/CamVid/<folder>/<name>
+            return self.root / path.parent.name / path.name
+        return self.root / path
 
     def files(self, sample_id: str) -> dict[str, Path | None]:
         image, label = self._pairs[sample_id]

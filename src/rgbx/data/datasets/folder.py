@@ -76,6 +76,9 @@ class FolderDataset(SegmentationDataset):
     def files(self, sample_id: str) -> dict[str, Path | None]:
         return {name: self._index(name).path(sample_id) for name in [*self.sources, "label"]}
 
+    def stem_indices(self) -> list[StemIndex]:
+        return [self._index(name) for name in [*self.sources, "label"]]
+
     def attributes(self, sample_id: str) -> dict[str, str]:
         return self._attributes.get(sample_id, {})
 

@@ -54,6 +54,7 @@ from rgbx.modalities import read_array
 # KITTI-360 label id → Cityscapes train id (kitti360scripts/helpers/labels.py, "trainId" column); others → 255.
 KITTI360_ID_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
                            26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18, 34: 2, 35: 4, 37: 5}
+KITTI360_MAX_ID = 44  # the largest label id (labels.py; license plate's -1 is not stored in the PNGs)
 _ID_LUT = np.full(256, 255, np.int64)
 for _id, _train in KITTI360_ID_TO_TRAIN_ID.items():
     _ID_LUT[_id] = _train
@@ -80,6 +81,8 @@ class Kitti360Dataset(DrivingDataset):
     SPLITS = ("train", "val")
     OPTIONS = {"lidar": "auto", "label_format": "auto", "split_file": None, "lidar_value": "range",
                "max_range": None, "lidar_scale": 1.0}
+    MODALITY_HINTS = {"lidar": f"no {_RAW_DIR}/ (the raw Velodyne scans) or {_RANGEVIEW_DIR}/ (DFormer's range "
+                               f"views) folder in the root"}
 
     def configure(self, options: dict) -> None:
         for key, allowed in (("lidar", ("auto", "raw", "rangeview", "none")),
@@ -234,6 +237,26 @@ class Kitti360Dataset(DrivingDataset):
         return read_array(path, self.sources[name].encoding)
 
     # -- decoding -------------------------------------------------------------------------------------------------
+    def raw_label_problems(self, path: Path, raw: np.ndarray) -> list[str]:
+        if self.label_format != "id" or raw.dtype.kind not in "ui":
+            return []
+        counts = np.bincount(raw.ravel().astype(np.int64, copy=False), minlength=256) if raw.size else None
+        if counts is None or len(counts) > 256:
+            return [f"{path}: label values up to {int(raw.max())}; KITTI-360 label ids are 8-bit (0..{KITTI360_MAX_ID})"]
+        present = np.flatnonzero(counts)
+        other = [int(v) for v in present if KITTI360_MAX_ID < v < 255]
+        # train ids (0..18, 255 = ignore) in the id folder: 255, and no id above 18 (road, building, sky, car are
+        # 7, 11, 23, 26); 255 alone could be the devkit's license plate (id -1)
+        train_ids = counts[255] > 0 and present[present < 255].max(initial=0) <= 18
+        if not other and not train_ids:
+            return []
+        found = (f"label values {other[:5]} are not" if other else
+                 f"label values {[int(v) for v in present[:6]]}{' ...' if len(present) > 6 else ''} (none above 18, "
+                 f"with 255) look like train ids, not")
+        return [f"{path}: {found} KITTI-360 label ids (0..{KITTI360_MAX_ID}): ids would be read as other classes; "
+                f"files of train ids (0..18, 255 = ignore) go under {_TRAINID_DIR}/ with "
+                f"data.options.label_format=trainid"]
+
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
         if self.label_format == "trainid":
             return raw.astype(np.int64)

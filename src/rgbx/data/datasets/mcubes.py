@@ -77,6 +77,9 @@ class MCubeSDataset(DrivingDataset):
     CLASSES = MCUBES_CLASSES
     SPLITS = ("train", "val", "test")
     OPTIONS = {"left_crop": 192, "center_crop": 0, "nir_mask_ignore": False, "val_from_test": False}
+    MODALITY_HINTS = {"aolp": f"no {_FOLDERS['aolp']}/ (with {_COS}/) folder in the root",
+                      "dolp": f"no {_FOLDERS['dolp']}/ folder in the root",
+                      "nir": f"no {_FOLDERS['nir']}/ folder in the root"}
 
     def configure(self, options: dict) -> None:
         for key, what in (("left_crop", "a number of columns"), ("center_crop", "a window size in pixels")):

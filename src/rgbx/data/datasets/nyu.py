@@ -173,6 +173,9 @@ class ReleaseDataset(SegmentationDataset):
     def source_index(self, src: ModalitySource) -> StemIndex:
         return self.index(src.folder, src.suffixes)
 
+    def stem_indices(self) -> list[StemIndex]:
+        return [self.source_index(src) for src in [*self.sources.values(), self.description.label]]
+
     def probe_first(self, folder: str, encoding: str) -> tuple[Path, FileInfo] | None:
         """Header of the first file (sorted by stem) of a folder, or None (empty / missing / unreadable)."""
         path = self.index(folder, ENCODINGS.get(encoding).suffixes).first()
