@@ -282,6 +282,17 @@ def test_mcubes_modalities_crop_and_labels(tmp_path):
     with pytest.raises(ConfigError, match="data.options.center_crop: expected a window size"):
         cls(root, "train", center_crop=-1)
     assert check_dataset(root, dataset="mcubes") == {"train": 2, "val": 1, "test": 1}
+    # a copy cropped already: the check names each file (the label's message had no path) and the option
+    problems = check_problems(root, "mcubes", left_crop=MC_W)
+    gt = root / "GT" / "outscene1208_2_0000000150.png"
+    assert (f"{gt}: left_crop={MC_W} removes the whole {MC_W}-pixel-wide image (a copy cropped already: "
+            f"data.options.left_crop=0, or --option left_crop=0)") in problems
+
+
+def check_problems(root, dataset, **options) -> list[str]:
+    with pytest.raises(DataError) as e:
+        check_dataset(root, dataset=dataset, **options)
+    return e.value.problems
 
 
 def test_mcubes_missing_and_broken_files_are_named(tmp_path):

@@ -399,6 +399,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
                         arr = self.read_source(src.name, path, sample_id)
                         if self.DECODE_ON_CHECK:
                             self._decode(src.name, path, arr)
+                except DecodeProblem as e:  # raised where the path is not known
+                    problems.append(f"{path}: {e}")
                 except DataError as e:
                     problems.append(str(e))
         problems.extend(self.extra_problems(sample_id, paths))

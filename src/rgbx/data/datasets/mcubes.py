@@ -185,7 +185,8 @@ class MCubeSDataset(DrivingDataset):
     def _crop(self, arr: np.ndarray) -> np.ndarray:
         if self.left_crop >= arr.shape[-1]:
             raise DecodeProblem("left_crop", f"left_crop={self.left_crop} removes the whole {arr.shape[-1]}-pixel-wide "
-                                             f"image")
+                                             f"image (a copy cropped already: data.options.left_crop=0, or "
+                                             f"--option left_crop=0)")
         arr = arr[..., self.left_crop:] if self.left_crop else arr
         n = self.center_crop
         if not n:
