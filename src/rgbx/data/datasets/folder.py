@@ -137,7 +137,9 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **opti
         if not splits:
             raise DataError(f"{Path(root) / 'splits'}: no split files (*.txt) found")
     elif dataset == "shards":
-        splits = sorted(p.stem for p in (Path(root) / "shards").glob("*.json"))
+        from rgbx.data.datasets.shards import packed_splits  # shards.py builds on this module
+
+        splits = packed_splits(root)
         if not splits:
             raise DataError(f"{Path(root) / 'shards'}: no split index (*.json) found; pack with `rgbx data pack`")
     else:

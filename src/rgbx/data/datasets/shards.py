@@ -132,6 +132,21 @@ def pack_dataset(root: str | Path, out: str | Path, *, shard_size: int = 1000, s
     return summary
 
 
+def is_index(path: Path) -> bool:
+    """Whether ``path`` is a split index a pack wrote (a ``.json`` file of :data:`INDEX_FORMAT`)."""
+    if path.suffix != ".json" or not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("format") == INDEX_FORMAT
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def packed_splits(root: str | Path) -> list[str]:
+    """The splits of a packed dataset: its index files in ``root/shards`` (other JSON files there are not)."""
+    return sorted(p.stem for p in (Path(root) / "shards").glob("*.json") if is_index(p))
+
+
 def _packed_files(out: Path) -> list[Path]:
     """The files an earlier :func:`pack_dataset` wrote to ``out`` (its dataset.yaml, and its shards and indexes
     under shards/), which ``overwrite`` replaces; nothing else in ``out`` is touched."""
@@ -140,12 +155,7 @@ def _packed_files(out: Path) -> list[Path]:
             return False
         if re.fullmatch(r".+-\d{5}\.tar", path.name) or path.name.endswith(".json.tmp"):
             return True
-        if path.suffix == ".json":  # a split index, not some other JSON file
-            try:
-                return json.loads(path.read_text()).get("format") == INDEX_FORMAT
-            except (ValueError, UnicodeDecodeError, AttributeError):
-                return False
-        return False
+        return is_index(path)  # a split index, not some other JSON file
 
     found = sorted(p for p in (out / "shards").iterdir() if written(p))
     return ([out / DESCRIPTION_FILE] if (out / DESCRIPTION_FILE).is_file() else []) + found
