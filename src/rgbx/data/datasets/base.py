@@ -258,6 +258,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 problems.append(f"{folder}: {what} folder for {src.name!r} not found")
         return problems
 
+    @classmethod
+    def splits_on_disk(cls, root: Path) -> list[str] | None:
+        """The splits a dataset folder lists itself (``rgbx data check`` checks them all; raise :class:`DataError` when
+        it lists none); None: the dataset's fixed splits (``SPLITS``), those on disk checked."""
+        return None
+
     def stem_indices(self) -> list[StemIndex]:
         """The folders this split's files are found in by stem (a sample with two files in one is a problem)."""
         return []

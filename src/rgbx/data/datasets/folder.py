@@ -65,6 +65,14 @@ class FolderDataset(SegmentationDataset):
         self._attributes = read_attributes(self.root)
         return ids
 
+    @classmethod
+    def splits_on_disk(cls, root: Path) -> list[str]:
+        load_description(root)
+        splits = list_splits(root)
+        if not splits:
+            raise DataError(f"{root / 'splits'}: no split files (*.txt) found")
+        return splits
+
     def _index(self, name: str) -> StemIndex:
         if not hasattr(self, "_indices"):
             self._indices = {}
@@ -131,19 +139,10 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **opti
     explicit = bool(splits)
     if splits:
         splits = list(splits)
-    elif dataset == "folder":
-        load_description(root)
-        splits = list_splits(root)
-        if not splits:
-            raise DataError(f"{Path(root) / 'splits'}: no split files (*.txt) found")
-    elif dataset == "shards":
-        from rgbx.data.datasets.shards import packed_splits  # shards.py builds on this module
-
-        splits = packed_splits(root)
-        if not splits:
-            raise DataError(f"{Path(root) / 'shards'}: no split index (*.json) found; pack with `rgbx data pack`")
-    else:
-        splits = list(getattr(cls, "SPLITS", ("train", "test")))
+    else:  # the splits the folder lists (rgbx's formats), else the benchmark's own
+        splits = cls.splits_on_disk(Path(root))
+        if splits is None:
+            splits = list(getattr(cls, "SPLITS", ("train", "test")))
     counts, problems = {}, []
     name = None
     skipped = []  # why each benchmark split was not found, for when none is

@@ -174,6 +174,13 @@ class ShardedDataset(SegmentationDataset):
     """A split of a packed dataset (:func:`pack_dataset`); the same samples as the folder it was packed from. See
     :class:`~rgbx.data.datasets.base.SegmentationDataset` for the arguments."""
 
+    @classmethod
+    def splits_on_disk(cls, root: Path) -> list[str]:
+        splits = packed_splits(root)
+        if not splits:
+            raise DataError(f"{root / 'shards'}: no split index (*.json) found; pack with `rgbx data pack`")
+        return splits
+
     def describe(self) -> DatasetDescription:
         return load_description(self.root)
 
