@@ -127,18 +127,25 @@ def test_overwrite_replaces_only_what_a_pack_wrote(tmp_path):
     assert sorted(p.name for p in (out / "shards").iterdir()) == before
 
 
+def _edit_train_index(tmp_path, shard_size: int, edit):
+    """Pack a toy dataset, then ``edit(samples)`` its train index by hand; (packed folder, index path, sample ids)."""
+    out = tmp_path / "packed"
+    pack_dataset(make_dataset(tmp_path / "rig", n=4, size=(16, 20)), out, shard_size=shard_size)
+    path = out / "shards" / "train.json"
+    index = json.loads(path.read_text())
+    edit(index["samples"])
+    path.write_text(json.dumps(index))
+    return out, path, [s["id"] for s in index["samples"]]
+
+
 def test_broken_index_entries_are_named(tmp_path, capsys):
     """A hand-edited index: a shard number out of range, an entry with missing fields; each named with the index
     file, the sample and the modality, not an IndexError / ValueError."""
-    root = make_dataset(tmp_path / "rig", n=4, size=(16, 20))
-    out = tmp_path / "packed"
-    pack_dataset(root, out, shard_size=2)
-    path = out / "shards" / "train.json"
-    index = json.loads(path.read_text())
-    ids = [s["id"] for s in index["samples"]]
-    index["samples"][0]["files"]["rgb"][0] = 5
-    index["samples"][1]["files"]["depth"] = [0, 0, 10]
-    path.write_text(json.dumps(index))
+    def edit(samples):
+        samples[0]["files"]["rgb"][0] = 5
+        samples[1]["files"]["depth"] = [0, 0, 10]
+
+    out, path, ids = _edit_train_index(tmp_path, 2, edit)
     with pytest.raises(DataError, match="2 broken index entries") as e:
         build_dataset("shards", out, "train", check="none")
     assert e.value.problems == [
@@ -153,15 +160,11 @@ def test_broken_index_entries_are_named(tmp_path, capsys):
 def test_an_index_that_does_not_fit_its_shards_is_named(tmp_path):
     """Edited offsets / sizes: the message names the member, the sample and the modality, says the index may be
     wrong or out of date, and shows no Python object."""
-    root = make_dataset(tmp_path / "rig", n=4, size=(16, 20))
-    out = tmp_path / "packed"
-    pack_dataset(root, out, shard_size=10)
-    path = out / "shards" / "train.json"
-    index = json.loads(path.read_text())
-    ids = [s["id"] for s in index["samples"]]
-    index["samples"][0]["files"]["depth"][2] = 999999
-    index["samples"][1]["files"]["label"][1] = 123
-    path.write_text(json.dumps(index))
+    def edit(samples):
+        samples[0]["files"]["depth"][2] = 999999  # size
+        samples[1]["files"]["label"][1] = 123  # offset
+
+    out, path, ids = _edit_train_index(tmp_path, 10, edit)
     with pytest.raises(DataError) as e:
         build_dataset("shards", out, "train")
     problems = "\n".join(e.value.problems)
