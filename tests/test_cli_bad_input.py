@@ -214,3 +214,18 @@ def test_output_checks_let_an_existing_file_be_written_again(place, tmp_path, ca
     argv = ["eval", str(place / "m.safetensors"), "--data", str(place / "data"), "--json", str(out)]
     assert run(argv, capsys)[0] == 0
     assert '"subsets"' in out.read_text()
+
+
+def test_eval_with_modalities_reads_only_those(place, tmp_path, capsys):
+    """`--modalities rgb` on a rig without the model's depth camera: scored on what it has (it was refused as
+    'the dataset has no modality depth', against the help's own example)."""
+    import json
+
+    rig = make_dataset(tmp_path / "rgb_only", n=4, size=(24, 32), modalities=("rgb",))
+    out = tmp_path / "e.json"
+    assert main(["eval", str(place / "m.safetensors"), "--data", str(rig), "--modalities", "rgb", "--json",
+                 str(out)]) == 0
+    capsys.readouterr()
+    assert list(json.loads(out.read_text())["subsets"]) == ["rgb"]
+    status, err = run(["eval", str(place / "m.safetensors"), "--data", str(rig)], capsys)
+    assert status == 2 and "the dataset has no modality 'depth'" in err  # without --modalities: every sensor

@@ -95,3 +95,56 @@ def test_the_cli_prints_rgbx_warnings_as_one_line_and_others_as_python_does(caps
     assert main(["train", "synth_cmx_b0", "--print-config"]) == 0
     capsys.readouterr()
     assert warnings.formatwarning is before
+
+
+@pytest.mark.parametrize("text,message", [
+    ("data:\n  crop_size: {h: 32, w: 40}\n", r"data.crop_size: expected a list \(e.g. \[240, 320\]\), got a mapping"),
+    ("data:\n  options: [1, 2]\n", r"data.options: expected a mapping \(e.g. \{key: value\}\), got a list \[1, 2\]"),
+    ("model: 5\n", r"model: expected a mapping of its settings \(backbone"),
+    ("model:\n  modalities: rgb\n", r"model.modalities: expected a list \(e.g. \[rgb, depth\]\), got 'rgb'"),
+    ("train:\n  freeze: encoder\n", r"train.freeze: expected a list \(e.g. \[encoder\]\), got 'encoder'"),
+    ("data:\n  crop_size: 32\n", r"data.crop_size: expected a list \(e.g. \[240, 320\]\), got 32"),
+    ("optim:\n  lr: [0.1, 0.2]\n", r"optim.lr: expected a single value, got a list"),
+    ("- a\n- b\n", r"expected a mapping of config sections \(model, data, train, ...\), got a list"),
+    ("just a string\n", r"expected a mapping of config sections \(model, data, train, ...\), got the value 'just a"),
+    ("", r"the file is empty; a config needs at least one section"),
+    ("# only a comment\n", r"the file is empty"),
+])
+def test_a_yaml_value_of_the_wrong_kind_names_the_file_and_key(tmp_path, text, message):
+    """A list, a mapping or a single value where another kind goes (or a file that is not a mapping of sections, or
+    is empty) is a ConfigError naming the file and key in rgbx's words, not a TypeError from OmegaConf's merge, its
+    jargon ("AnyNode is not a ListConfig"), nor all defaults taken silently for an empty file."""
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(p)
+    assert str(info.value).startswith(f"{p}: ")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.modalities=rgb", r"model.modalities: expected a list \(e.g. \[rgb, depth\]\), got 'rgb'"),
+    ("train.freeze=encoder", r"train.freeze: expected a list \(e.g. \[encoder\]\), got 'encoder'"),
+    ("data.crop_size={h: 3}", r"data.crop_size: expected a list .*, got a mapping"),
+    ("data.options=[1,2]", r"data.options: expected a mapping .*, got a list \[1, 2\]"),
+])
+def test_an_override_of_the_wrong_kind_names_the_override_and_key(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, [override])
+    assert str(info.value).startswith(f"override {override!r}: ")
+
+
+def test_a_folder_given_as_the_config_is_named_as_such(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; give a YAML config file or a preset name"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("ops,message", [
+    ("{rgb: [{name: color_jitter, p: 5}]}", r"photometric_ops.rgb\[0\]: color_jitter p: expected a number in \[0, 1\]"),
+    ("{rgb: [{name: color_jitter, hue: 7}]}", r"rgb\[0\]: color_jitter hue: expected a number in \[0, 0.5\], got 7"),
+    ("{rgb: [{name: color_jitter, hue: high}]}", r"rgb\[0\]: color_jitter hue: expected a number .*, got 'high'"),
+])
+def test_photometric_op_parameters_are_checked_with_the_config(ops, message):
+    """Out-of-range or mistyped op parameters are refused when the config is loaded (--print-config), not accepted
+    (p: 5) or left to fail at the first training step (hue: high)."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"data.photometric_ops={ops}"])

@@ -104,3 +104,64 @@ def test_class_names_that_differ_from_the_datasets_are_warned_about(tmp_path, ca
     with pytest.warns(UserWarning, match="names its classes otherwise than"):
         assert main(["eval", str(tmp_path / "other.safetensors"), "--data", str(data), "--split", "val"]) == 0
     capsys.readouterr()
+
+
+def test_resume_refuses_what_would_change_the_run_silently(tmp_path):
+    """A resumed run continues the saved one: other classes (data.root is not compared, the data may move), another
+    optimizer setting (the restored optimizer kept the run's lr while config.yaml recorded the new one), or a
+    state file another program wrote are errors that say what differs."""
+    import shutil
+
+    import yaml
+
+    from rgbx.engine.checkpoint import save_model
+    from rgbx.models import create_model
+
+    data = make_dataset(tmp_path / "data", n=4, size=(32, 32), modalities=("rgb", "depth"))
+    run = tmp_path / "run"
+    overrides = [f"data.root={data}", f"output_dir={run}", "model.backbone=mit_nano", "model.head_channels=16",
+                 "model.modalities=[rgb,depth]", "train.iters=2", "train.batch_size=2", "train.eval_every=0",
+                 "data.crop_size=[32,32]", "data.num_workers=0", "train.eval_group_by=null"]
+    rgbx.train("synth_cmx_b0", overrides)
+    renamed = tmp_path / "renamed"
+    shutil.copytree(data, renamed)
+    desc = yaml.safe_load((renamed / "dataset.yaml").read_text())
+    desc["classes"] = ["road", "car", "person"]
+    (renamed / "dataset.yaml").write_text(yaml.safe_dump(desc))
+    more = [*overrides, "train.iters=4"]
+    with pytest.raises(rgbx.errors.CheckpointError, match=r"the run trained on other classes than .* has \(0: "
+                                                          r"'ground' vs 'road', 1: 'box' vs 'car'\)"):
+        rgbx.train("synth_cmx_b0", [*more, f"data.root={renamed}"], resume=True)
+    with pytest.raises(rgbx.errors.CheckpointError, match=r"another optim config \(optim.lr: the run's 0.0006, now "
+                                                          r"0.1\); resume with the run's values"):
+        rgbx.train("synth_cmx_b0", [*more, "optim.lr=0.1"], resume=True)
+    with pytest.raises(rgbx.errors.CheckpointError, match=r"another model config \(model.head_channels: the run's "
+                                                          r"16, now 32\)"):
+        rgbx.train("synth_cmx_b0", [*more, "model.head_channels=32"], resume=True)
+    state = run / "checkpoints" / "last.state.pt"
+    saved = state.read_bytes()
+    torch.save({"a": torch.zeros(1)}, state)
+    with pytest.raises(rgbx.errors.CheckpointError, match=r"not a training state rgbx wrote \(no iteration, "):
+        rgbx.train("synth_cmx_b0", more, resume=True)
+    state.write_bytes(b"")
+    with pytest.raises(rgbx.errors.CheckpointError, match=r"last.state.pt: an empty file, not a training state"):
+        rgbx.train("synth_cmx_b0", more, resume=True)
+    state.write_bytes(saved)
+    rgbx.train("synth_cmx_b0", more, resume=True)  # the same settings, a longer schedule: it continues
+
+    # a folder with another model's best.safetensors and no state: --resume does not take it for this run's
+    other = tmp_path / "other"
+    other.mkdir()
+    foreign = create_model(backbone="mit_nano", fusion="mean", modalities=["rgb", "depth"], num_classes=3,
+                           head_channels=16)
+    save_model(other / "best.safetensors", foreign, {"classes": ["ground", "box", "person"]})
+    kept = (other / "best.safetensors").read_bytes()
+    with pytest.raises(rgbx.errors.RgbxError, match=r"best.safetensors is not this run's model"):
+        rgbx.train("synth_cmx_b0", [*overrides, f"output_dir={other}"], resume=True)
+    assert (other / "best.safetensors").read_bytes() == kept
+    with pytest.raises(ConfigError, match=r"train.eval_group_by=weather: no sample of .* has that attribute "
+                                          r"\(attributes here: condition"):
+        rgbx.train("synth_cmx_b0", [*overrides, f"output_dir={tmp_path / 'g'}", "train.eval_group_by=weather"])
+    with pytest.raises(rgbx.errors.CheckpointError, match=r"run: a folder, not a model file; it holds "
+                                                          r"model.safetensors"):
+        rgbx.train("synth_cmx_b0", [*overrides, f"output_dir={tmp_path / 'i'}", f"train.init_from={run}"])

@@ -347,6 +347,17 @@ def test_a_sensor_given_its_own_ops_gets_those_and_only_those():
     ({"rgb": ["gaussian_blur", {"name": "color_jitter", "strength": 2}]},
      r"data.photometric_ops.rgb\[1\]: color_jitter has no parameter 'strength' \(its parameters: brightness"),
     ({"rgb": [{"p": 0.2}]}, r"data.photometric_ops.rgb\[0\]: expected an op name or \{name: OP"),
+    ({"rgb": [{"name": "color_jitter", "p": 5}]}, r"rgb\[0\]: color_jitter p: expected a number in \[0, 1\], got 5"),
+    ({"rgb": [{"name": "color_jitter", "hue": 0.7}]}, r"rgb\[0\]: color_jitter hue: expected a number in \[0, 0.5\]"),
+    ({"rgb": [{"name": "color_jitter", "saturation": -0.1}]}, r"color_jitter saturation: expected a number >= 0"),
+    ({"rgb": [{"name": "color_jitter", "hue": "high"}]}, r"rgb\[0\]: color_jitter hue: expected a number .*'high'"),
+    ({"rgb": [{"name": "color_jitter", "brightness": True}]}, r"color_jitter brightness: expected a number"),
+    ({"rgb": [{"name": "gaussian_blur", "sigma": 3}]}, r"rgb\[0\]: gaussian_blur sigma: expected a range \[min, max\]"),
+    ({"rgb": [{"name": "gaussian_blur", "sigma": [2, 1]}]}, r"gaussian_blur sigma: .* with min <= max, got \[2, 1\]"),
+    ({"depth": [{"name": "depth_holes", "max_holes": 2.5}]}, r"depth\[0\]: depth_holes max_holes: expected an integer"),
+    ({"lidar": [{"name": "point_dropout", "fraction": [0, 2]}]}, r"lidar\[0\]: point_dropout fraction: .* in \[0, 1\]"),
+    ({"thermal": [{"name": "thermal_gain", "gain": "x"}]}, r"thermal\[0\]: thermal_gain gain: expected a range"),
+    ({"depth": [{"name": "misalignment", "max_fraction": "x"}]}, r"misalignment max_fraction: expected a number"),
 ])
 def test_bad_photometric_ops_name_the_entry(config, message):
     from rgbx.data.transforms.photometric import build_photometric_ops

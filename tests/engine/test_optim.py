@@ -70,3 +70,6 @@ def test_freeze_takes_parameter_name_patterns():
     assert [n for n, p in model.named_parameters() if not p.requires_grad] == want
     with pytest.raises(ConfigError, match=r"train.freeze: '\*.nothing_like_this' names no parameter"):
         freeze_parameters(model, ["*.nothing_like_this"])
+    top = sorted({n.split(".")[0] for n in names})  # every parameter: nothing would train (AdamW's empty-list error)
+    with pytest.raises(ConfigError, match=r"train.freeze=\[.*\] freezes every parameter of the model"):
+        freeze_parameters(model, top)

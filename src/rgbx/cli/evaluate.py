@@ -182,7 +182,13 @@ def _evaluate(args, device, ctx) -> int:
     if speed is not None:
         prepare_inference(model, speed)
     amp_dtype = precision_dtype(speed.precision, device) if speed is not None else None
-    dataset = build_dataset(args.dataset, args.data, args.split, modalities=list(model.modalities),
+    if args.modalities:
+        bad = [m for m in args.modalities if m not in model.modalities]
+        if bad:
+            raise ConfigError(f"--modalities {bad}: the model only takes {', '.join(model.modalities)}")
+    # --modalities: only those are read (data of a rig without the model's other sensors is scored as it is)
+    read = [m for m in model.modalities if m in args.modalities] if args.modalities else list(model.modalities)
+    dataset = build_dataset(args.dataset, args.data, args.split, modalities=read,
                             transform=EvalTransform(), **parse_options(args.option))
     desc = dataset.description
     dataset.require_labels("evaluation")
@@ -208,10 +214,7 @@ def _evaluate(args, device, ctx) -> int:
     check_classes(model.num_classes, {} if args.zero_shot is not None else info, desc.classes, args.checkpoint,
                   args.data)
     if args.modalities:
-        bad = [m for m in args.modalities if m not in model.modalities]
-        if bad:
-            raise ConfigError(f"--modalities {bad}: the model only takes {', '.join(model.modalities)}")
-        subsets = [tuple(m for m in model.modalities if m in args.modalities)]
+        subsets = [tuple(read)]
     else:
         subsets = all_subsets(model.modalities) if args.anymodal else None
     share = torch.utils.data.Subset(dataset, shard_indices(len(dataset), ctx)) if ctx.enabled else dataset

@@ -12,7 +12,6 @@ kill mid-write never leaves a truncated checkpoint and never damages the previou
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 
@@ -23,11 +22,13 @@ from rgbx.models.model_file import (  # noqa: F401 — the model-file API, re-ex
     FORMAT,
     atomic_write,
     describe_model,
+    differing_class_names,
     load_state_into,
     load_weights,
     read_model_info,
     save_model,
 )
+from rgbx.models.weights import load_failure
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -50,10 +51,15 @@ def load_state(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: training state not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: an empty file, not a training state (a copy cut short?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — torch raises several types for corrupt / unsafe files
-        raise CheckpointError(f"{path}: cannot load training state ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: cannot load training state ({load_failure(e)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a training state")
+    return state
 
 
 def check_classes(num_classes: int, info: dict, classes, model_name, data_name) -> None:
@@ -66,7 +72,7 @@ def check_classes(num_classes: int, info: dict, classes, model_name, data_name) 
     recorded = list((info.get("dataset") or {}).get("classes") or [])
     if len(recorded) != num_classes:
         return  # no names in the file (a converted release without --classes): nothing to compare
-    differ = [(i, a, b) for i, (a, b) in enumerate(zip(recorded, classes)) if _name_key(a) != _name_key(b)]
+    differ = differing_class_names(recorded, classes)
     if differ:
         shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in differ[:4])
         more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
@@ -74,7 +80,3 @@ def check_classes(num_classes: int, info: dict, classes, model_name, data_name) 
                       f"indices (model vs data: {shown}{more}); figures are by index, under the data's names. A "
                       f"model for other classes is fine-tuned with train.init_from (it matches classes by name)",
                       stacklevel=2)
-
-
-def _name_key(name) -> str:
-    return re.sub(r"[\s_\-]+", "", str(name)).lower()

@@ -6,6 +6,7 @@ configuration is saved in every run folder (``config.yaml``) and inside every ch
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,12 +198,17 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
         path = Path(source)
         if not path.is_file() and (PRESETS_DIR / f"{source}.yaml").is_file():
             path = PRESETS_DIR / f"{source}.yaml"
+        if path.is_dir():
+            raise ConfigError(f"{source}: is a folder; give a YAML config file or a preset name (built-in presets: "
+                              f"{', '.join(list_presets())})")
         if not path.is_file():
             raise ConfigError(f"{source}: config file not found (built-in presets: {', '.join(list_presets())})")
+        _check_top_level(path)
         try:
             layer = OmegaConf.load(path)
         except Exception as e:  # noqa: BLE001 — YAML errors come in several types
             raise ConfigError(f"{path}: not a valid YAML config ({e})") from None
+        _check_shapes(layer, schema, str(path))
         _resolve_imports(layer, path.parent, str(path))
         layers.append(layer)
         where = str(path)
@@ -215,8 +221,11 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
         merged = OmegaConf.merge(*layers)
     except OmegaConfBaseException as e:
         raise _config_error(e, where) from None
+    override_layers = [_override_layer(item) for item in overrides]
+    for item, layer in zip(overrides, override_layers):
+        _check_shapes(layer, schema, f"override {item!r}")
     try:
-        merged = OmegaConf.merge(merged, *(_override_layer(item) for item in overrides))
+        merged = OmegaConf.merge(merged, *override_layers)
     except OmegaConfBaseException as e:
         raise _config_error(e, "command-line override") from None
     _resolve_imports(merged, Path.cwd(), "command-line override")
@@ -224,6 +233,73 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
     cfg: ExperimentConfig = OmegaConf.to_object(merged)
     validate_config(cfg)
     return cfg
+
+
+_SECTIONS = "model, data, train, ..."
+_LIST_EXAMPLES = {"model.modalities": "[rgb, depth]", "data.modalities": "[rgb, depth]", "train.freeze": "[encoder]",
+                  "data.crop_size": "[240, 320]"}
+
+
+def _check_top_level(path: Path) -> None:
+    """A config file must hold a non-empty mapping of sections: an empty file, a list or a bare value is an error
+    naming the file (OmegaConf would take an empty file for all defaults, and report the others in its own terms)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 — OmegaConf.load reports what it cannot read
+        return
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; a config needs at least one section of settings "
+                          f"({_SECTIONS}), e.g. data: {{root: data/synth}}, or use a preset name")
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"the value {data!r}"
+        raise ConfigError(f"{path}: expected a mapping of config sections ({_SECTIONS}), got {kind}")
+
+
+def _describe(value) -> str:
+    if isinstance(value, dict):
+        return f"a mapping {value!r}"
+    if isinstance(value, list):
+        return f"a list {value!r}"
+    return repr(value)
+
+
+def _check_shapes(layer, schema, where: str, prefix: str = "") -> None:
+    """Every value of ``layer`` (a YAML file or an override) of the kind its key takes: a list, a mapping or a single
+    value, else a :class:`ConfigError` naming ``where`` and the key in rgbx's words (OmegaConf raises a TypeError
+    for some of these and words the others in its own terms, differently from one version to the next)."""
+    if not OmegaConf.is_dict(layer):
+        return
+    values = OmegaConf.to_container(layer, resolve=False)
+    _check_shape_values(values, schema, where, prefix)
+
+
+def _check_shape_values(values: dict, schema, where: str, prefix: str) -> None:
+    for key, value in values.items():
+        if not isinstance(key, str) or key not in schema:
+            continue  # an unknown key: OmegaConf names it
+        full = f"{prefix}{key}"
+        node = schema._get_node(key)
+        if value is None or (isinstance(value, str) and "${" in value):
+            continue  # null (OmegaConf checks that it is allowed) or an interpolation
+        if OmegaConf.is_list(node):
+            if not isinstance(value, list) and full == "imports":
+                raise ConfigError(f"{where}: config key 'imports': expected a list of module names or .py files, "
+                                  f"got {value!r}")
+            if not isinstance(value, list):
+                example = _LIST_EXAMPLES.get(full)
+                raise ConfigError(f"{where}: {full}: expected a list{f' (e.g. {example})' if example else ''}, got "
+                                  f"{_describe(value)}")
+        elif OmegaConf.is_dict(node):
+            if not isinstance(value, dict):
+                if dataclasses.is_dataclass(OmegaConf.get_type(node)):
+                    expected = f"a mapping of its settings ({', '.join(list(node)[:3])}, ...)"
+                else:
+                    expected = "a mapping (e.g. {key: value})"
+                raise ConfigError(f"{where}: {full}: expected {expected}, got {_describe(value)}")
+            if dataclasses.is_dataclass(OmegaConf.get_type(node)):
+                _check_shape_values(value, node, where, f"{full}.")
+        elif isinstance(value, (list, dict)):
+            raise ConfigError(f"{where}: {full}: expected a single value, got {_describe(value)}")
 
 
 def _override_layer(item: str):
@@ -304,6 +380,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
         if not ok:
             raise ConfigError(msg)
     build_segmentation_loss(cfg.method)  # the loss's own settings (e.g. OHEM's threshold), checked where it is built
+    from rgbx.data.transforms.photometric import build_photometric_ops
+
+    build_photometric_ops(cfg.data.photometric_ops)  # each op's parameters (names, types, ranges), before training
 
 
 def validation_miou_convention(cfg: ExperimentConfig) -> str:

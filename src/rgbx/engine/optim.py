@@ -60,6 +60,9 @@ def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> int:
             if p.requires_grad:
                 frozen += p.numel()
             p.requires_grad_(False)
+    if not any(p.requires_grad for p in named.values()):
+        raise ConfigError(f"train.freeze={list(prefixes)} freezes every parameter of the model: nothing would train "
+                          f"(leave a part out, e.g. the head)")
     return frozen
 
 

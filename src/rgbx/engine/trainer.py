@@ -30,8 +30,15 @@ from rgbx.data.sensor_health import FrameScreen, parse_rules
 from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.data.transforms.photometric import build_photometric_ops
 from rgbx.device import resolve_device
-from rgbx.engine.checkpoint import load_state, load_state_into, save_model, save_state
-from rgbx.engine.config import ExperimentConfig, TrainConfig, to_dict, to_yaml, validation_miou_convention
+from rgbx.engine.checkpoint import differing_class_names, load_state, load_state_into, save_model, save_state
+from rgbx.engine.config import (
+    ExperimentConfig,
+    OptimConfig,
+    TrainConfig,
+    to_dict,
+    to_yaml,
+    validation_miou_convention,
+)
 from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
 from rgbx.engine.environment import run_environment
 from rgbx.engine.evaluate import EvalResult, all_subsets, evaluate
@@ -59,10 +66,13 @@ from rgbx.modalities import get_modality
 from rgbx.models import ModelConfig, create_model
 from rgbx.models.convert import REFERENCE_EVALUATION
 from rgbx.models.input_encoding import InputEncoding
+from rgbx.models.model_file import read_model_info
 from rgbx.models.transfer import transfer_weights
 from rgbx.plugins import load_plugins
 
 STATE_FILE = "checkpoints/last.state.pt"
+# what a training state holds (Trainer._state); a file without them is not one (another program's torch.save)
+STATE_KEYS = ("iteration", "best_miou", "model", "optimizer", "scheduler", "scaler", "config")
 LAST_WEIGHTS = "checkpoints/last.safetensors"
 FINAL_WEIGHTS = "model.safetensors"
 
@@ -294,6 +304,12 @@ class Trainer:
         self.val_set = build_dataset(data.dataset, data.root, data.val_split, modalities=modalities,
                                      transform=EvalTransform(), check=data.check, **data.options)
         self.train_set.require_labels("training (data.train_split)")
+        by = cfg.train.eval_group_by
+        if by and by != "condition" and not any(by in self.val_set.attributes(i) for i in self.val_set.ids):
+            found = sorted({a for i in self.val_set.ids for a in self.val_set.attributes(i)})
+            raise ConfigError(f"train.eval_group_by={by}: no sample of {data.root} [{data.val_split}] has that "
+                              f"attribute (attributes here: {', '.join(found) or 'none'}; null reports only the whole "
+                              f"split)")
         self.val_set.require_labels("the evaluation during and after training (data.val_split)")
         if data.screen_sensors:
             screen = FrameScreen(*parse_rules(data.sensor_rules))
@@ -304,6 +320,13 @@ class Trainer:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the training split "
                               f"({len(self.train_set)} samples)")
         self.model_cfg = cfg.model = build_model_config(cfg, self.description.num_classes)
+        if resume and not self.paths.state.exists() and self.paths.best_weights.exists():
+            # a best model without a state: a run killed before its first checkpoint, made again, if it is this
+            # run's (another model copied in is not overwritten)
+            recorded = read_model_info(self.paths.best_weights, missing_ok=True).get("model")
+            if json.loads(json.dumps(recorded)) != json.loads(json.dumps(self.model_cfg.to_dict())):
+                raise RgbxError(f"{self.paths.best_weights} is not this run's model (another model config) and there "
+                                f"is no training state to continue; choose another output_dir, or move it away")
         self.model = create_model(self.model_cfg)
         if cfg.train.init_from and not (resume and self.paths.state.exists()):
             transfer = transfer_weights(self.model, cfg.train.init_from, classes=self.description.classes,
@@ -406,6 +429,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "config": json.dumps(to_dict(self.cfg)),
             "world_size": self.dist.world_size,
+            "classes": list(self.description.classes),  # the data's, compared on resume (data.root may move)
         }
 
     def _optimizer_state(self) -> dict:
@@ -417,17 +441,32 @@ class Trainer:
 
     def _load_state(self) -> None:
         state = load_state(self.paths.state)
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"{self.paths.state}: not a training state rgbx wrote (no {', '.join(missing)}); "
+                                  f"move it away to start the run afresh")
         saved = json.loads(state["config"])
         current = to_dict(self.cfg)
         current["model"] = self.model_cfg.to_dict()
-        for section in ("model", "data", "method"):
+        for section in ("model", "data", "method", "optim"):  # optim: the restored optimizer keeps the run's
             ours, theirs = dict(current[section]), dict(saved.get(section, {}))
             if section == "data":  # how the data is read may change; what is read may not
                 for key in ("num_workers", "check", "root"):
                     ours.pop(key, None), theirs.pop(key, None)
+            if section == "optim":  # a run saved before a key existed had its default
+                theirs = {**dataclasses.asdict(OptimConfig()), **theirs}
             if theirs != ours:
-                raise CheckpointError(f"{self.paths.state}: the run was made with a different {section!r} config "
-                                      f"({saved.get(section)}); resume with the same config")
+                changed = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+                shown = "; ".join(f"{section}.{k}: the run's {theirs.get(k)!r}, now {ours.get(k)!r}"
+                                  for k in changed[:4])
+                raise CheckpointError(f"{self.paths.state}: the run was made with another {section} config "
+                                      f"({shown}{' ...' if len(changed) > 4 else ''}); resume with the run's values, "
+                                      f"or start a new run from its weights with train.init_from")
+        differ = differing_class_names(state.get("classes") or self.description.classes, self.description.classes)
+        if differ:  # (a run saved before the state recorded its classes: not compared)
+            raise CheckpointError(f"{self.paths.state}: the run trained on other classes than {self.cfg.data.root} "
+                                  f"has ({', '.join(f'{i}: {a!r} vs {b!r}' for i, a, b in differ[:4])}); resume on "
+                                  f"the run's data, or start a new run with train.init_from")
         for key in ("seed", "batch_size", "accumulate_grad_batches", "freeze"):
             was = saved["train"].get(key, getattr(TrainConfig(), key))  # a run saved before the key existed
             if was != getattr(self.cfg.train, key):

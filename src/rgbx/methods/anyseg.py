@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from rgbx.errors import ConfigError
-from rgbx.methods.base import METHODS, Method, drop_modalities, load_frozen_teacher
+from rgbx.methods.base import METHODS, Method, check_teacher_classes, drop_modalities, load_frozen_teacher
 from rgbx.models.model_file import describe_model
 
 __all__ = ["AnysegDistiller", "cross_modal_distillation", "prediction_distillation", "unimodal_distillation"]
@@ -83,6 +83,10 @@ class AnysegDistiller(Method):
 
     def drops_sensors(self) -> bool:
         return self.options.dropout > 0  # the student's anymodal dropout
+
+    @classmethod
+    def complete_config(cls, cfg, train_set=None) -> None:
+        check_teacher_classes(cfg, train_set)  # a teacher for other class names: refused before training
 
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Load the teacher, check it fits the student, freeze it."""

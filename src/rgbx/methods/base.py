@@ -7,9 +7,13 @@ back-propagates and logs each one. Methods register by name in :data:`METHODS` a
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+import yaml
 
 from rgbx.data.sample import device_masks, host_masks
 from rgbx.errors import CheckpointError, ConfigError
@@ -88,10 +92,77 @@ def parse_options(method: type, options: dict):
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ConfigError(f"method.options: unknown key(s) {unknown} for {method.__name__}; valid: {valid}")
+    hints = typing.get_type_hints(method.Options)
+    for key, value in list(options.items()):
+        if key in hints:
+            options[key] = _check_option(key, value, hints[key])
     try:
         return method.Options(**options)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"method.options for {method.__name__}: {e}") from None
+
+
+_NO = object()  # a value that does not conform to the declared type
+
+
+def _check_option(key: str, value, hint):
+    """``value`` of ``method.options.<key>`` checked against its declared type ``hint`` (a float may be given as an
+    int; a list as any sequence but a string); returns it (lists as lists, numbers for floats as floats) or raises a
+    ConfigError naming the key, the value given and the type expected."""
+    conformed = _conform(value, hint)
+    if conformed is _NO:
+        given = f"{value!r} ({type(value).__name__})"
+        quoted = " (unquoted)" if isinstance(value, str) and _conform(_yaml_scalar(value), hint) is not _NO else ""
+        raise ConfigError(f"method.options.{key}={given}: expected {_describe(hint)}{quoted}")
+    return conformed
+
+
+def _yaml_scalar(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return _NO
+
+
+def _conform(value, hint):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None) and (conformed := _conform(value, arg)) is not _NO:
+                return conformed
+        return _NO
+    if hint is bool:
+        return value if isinstance(value, bool) else _NO
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _NO
+    if hint is float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO
+    if hint is str:
+        return value if isinstance(value, str) else _NO
+    if origin in (list, tuple, Sequence):
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+            return _NO
+        items = [_conform(v, args[0]) if args else v for v in value]
+        return _NO if any(v is _NO for v in items) else items
+    if origin is dict or hint is dict:
+        return dict(value) if isinstance(value, Mapping) else _NO
+    return value  # a type this check does not know: the Options dataclass checks it
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
+    if origin in (list, tuple) or origin is not None and getattr(origin, "__name__", "") == "Sequence":
+        item = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}.get(
+            args[0] if args else None, "values")
+        example = {int: "[0, 1]", str: "[a, b]"}.get(args[0] if args else None, "[...]")
+        return f"a list of {item} (e.g. {example}; a single value goes in brackets too)"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            dict: "a mapping"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def drop_modalities(batch, p: float, generator: torch.Generator, min_keep: int = 1):
@@ -128,6 +199,35 @@ def _drop_on_device(present: torch.Tensor, p: float, min_keep: int, names: list[
     rank = score.argsort(1).argsort(1)  # 0 = the dropped modality with the lowest draw
     drop = drop & ~(rank < need[:, None])
     return {n: drop[:, j] for j, n in enumerate(names)}
+
+
+def check_teacher_classes(cfg, train_set) -> None:
+    """A distillation teacher (``cfg.method.options.teacher``) whose model file records class names other than the
+    training data's (compared as :func:`rgbx.engine.checkpoint.check_classes` does: case, spaces, '-' and '_' do not
+    count) is a ConfigError naming the first differences: its predictions would be distilled by class index onto
+    other classes. Nothing to check without a training set, a readable teacher file, or names recorded in it (a
+    missing or unreadable teacher is the method's ``prepare``'s error)."""
+    from rgbx.models.model_file import differing_class_names, read_model_info
+
+    teacher = (getattr(cfg.method, "options", None) or {}).get("teacher")
+    if train_set is None or not isinstance(teacher, str) or not teacher or not Path(teacher).is_file():
+        return
+    try:
+        recorded = list(((read_model_info(teacher, missing_ok=True) or {}).get("dataset") or {}).get("classes") or [])
+    except CheckpointError:
+        return
+    classes = list(train_set.description.classes)
+    if not recorded or len(recorded) != len(classes):
+        return  # no names recorded; a different count is the prepare's num_classes check
+    differ = differing_class_names(recorded, classes)
+    if differ:
+        shown = ", ".join(f"{i}: {a!r} vs {b!r}" for i, a, b in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        data = getattr(getattr(cfg, "data", None), "root", None) or train_set.description.name
+        raise ConfigError(f"method.options.teacher={teacher!r} was trained on other classes than the training data "
+                          f"{data}: they differ at {len(differ)} of {len(classes)} indices (teacher vs data: "
+                          f"{shown}{more}); its predictions would be distilled onto the wrong classes. Train the "
+                          f"teacher on the same dataset (same classes, same order)")
 
 
 def load_frozen_teacher(path: str, device: torch.device, preset_hint: str) -> torch.nn.Module:

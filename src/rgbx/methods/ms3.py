@@ -59,26 +59,29 @@ def bare_name(name: str, source: str | None) -> str:
     return name
 
 
-def load_class_embeddings(path: str | Path, classes: list[str], sources: list[str] | None = None) -> torch.Tensor:
+def load_class_embeddings(path: str | Path, classes: list[str], sources: list[str] | None = None,
+                          what: str | None = None) -> torch.Tensor:
     """(K, C) float32 language embeddings of ``classes`` from a safetensors file mapping class name → 1-D vector.
 
     A class is looked up by its full name (``"a/person"``) first, then by its bare name (``"person"``, its source
     prefix removed), so one file of plain class names serves every union of datasets. The file is read with
     safetensors only (no pickle). A missing file or class, or vectors of different lengths, is a ConfigError naming
-    the class and the file."""
+    the class and the file. ``what`` is the setting the path came from, named in the errors (e.g.
+    ``"method.options.class_embeddings"``); None names the file alone."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not str(path):
-        raise ConfigError("method.options.class_embeddings is required: a .safetensors file mapping each class "
+    path = Path(path) if str(path) else ""
+    if not path:
+        raise ConfigError(f"{what or 'the class embeddings'} is required: a .safetensors file mapping each class "
                           "name to a 1-D vector (make one with `rgbx embed-classes`)")
     if not path.is_file():
-        raise ConfigError(f"method.options.class_embeddings={str(path)!r}: file not found (make one with "
-                          f"`rgbx embed-classes`)")
+        where = f"{what}={str(path)!r}" if what else str(path)
+        raise ConfigError(f"{where}: class-embedding file not found (make one with `rgbx embed-classes`)")
     sources = list(sources) if sources is not None else [None] * len(classes)
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = set(f.keys())
+            _check_embedding_file(path, f.metadata() or {}, {k: f.get_slice(k).get_shape() for k in keys})
             rows = []
             for name, source in zip(classes, sources, strict=True):
                 key = name if name in keys else bare_name(name, source)
@@ -97,6 +100,22 @@ def load_class_embeddings(path: str | Path, classes: list[str], sources: list[st
     if len(dims) > 1:
         raise ConfigError(f"{path}: class embeddings of different lengths {sorted(dims)}")
     return torch.stack(rows)
+
+
+def _check_embedding_file(path: Path, metadata: dict, shapes: dict[str, list[int]]) -> None:
+    """A file that is not a class-embedding file (an rgbx model or MS3 head file, or tensors that are not 1-D
+    vectors) is a ConfigError saying so and how to make one."""
+    how = ("a class-embedding file maps each class name to a 1-D vector; make one with `rgbx embed-classes` "
+           "(rgbx embed-classes --help)")
+    if "rgbx" in metadata:
+        raise ConfigError(f"{path}: an rgbx model file, not a class-embedding file; {how}")
+    if "rgbx_ms3" in metadata:
+        raise ConfigError(f"{path}: an MS3 head file (ms3_head.safetensors), not a class-embedding file; {how}")
+    not_vectors = sorted(k for k, shape in shapes.items() if len(shape) != 1)
+    if not_vectors:
+        k = not_vectors[0]
+        raise ConfigError(f"{path}: not a class-embedding file: {len(not_vectors)} of its {len(shapes)} tensors are "
+                          f"not 1-D vectors (e.g. {k!r} of shape {tuple(shapes[k])}); {how}")
 
 
 def save_class_embeddings(path: str | Path, embeddings: dict[str, torch.Tensor], **metadata: str) -> Path:
@@ -414,7 +433,8 @@ class MS3(Method):
         sources = o.class_sources or ["data"] * len(o.classes)
         order = list(dict.fromkeys(sources))
         self.class_source = torch.tensor([order.index(s) for s in sources], device=device)
-        self.text = load_class_embeddings(o.class_embeddings, list(o.classes), sources).to(device)
+        self.text = load_class_embeddings(o.class_embeddings, list(o.classes), sources,
+                                          what="method.options.class_embeddings").to(device)
         self.head = MS3Head(classifier.in_channels, self.text.shape[1], o.hidden, o.improve_language).to(device)
         self.memory = MS3Memory(model if o.momentum_encoder else None, self.head.visual_proj, len(o.classes),
                                 self.text.shape[1], o.bank_size).to(device)
@@ -517,6 +537,7 @@ def load_ms3_head(path: str | Path, device: str | torch.device = "cpu") -> tuple
     if path.is_dir():
         path = path / HEAD_FILE
     if not path.is_file():
+        _refuse_other_method(path)
         raise CheckpointError(f"{path}: MS3 head not found (written by `rgbx train` with method.name=ms3 next to "
                               f"model.safetensors)")
     try:
@@ -530,3 +551,22 @@ def load_ms3_head(path: str | Path, device: str | torch.device = "cpu") -> tuple
     head = MS3Head(**meta["head"])
     load_state_into(head, tensors, str(path))
     return head.to(device).eval(), meta
+
+
+def _refuse_other_method(path: Path) -> None:
+    """No MS3 head at ``path``: when a model file next to it was trained with another method, say so (only a model
+    trained with method ms3 has a head, and zero-shot prediction needs it)."""
+    from rgbx.models.model_file import read_model_info
+
+    for name in ("model.safetensors", "best.safetensors"):
+        model = path.parent / name
+        if not model.is_file():
+            continue
+        try:
+            method = ((read_model_info(model, missing_ok=True) or {}).get("training") or {}).get("method")
+        except CheckpointError:
+            continue
+        if method and method != "ms3":
+            raise CheckpointError(f"{path}: MS3 head not found: the model {model} was trained with method "
+                                  f"{method!r}, not ms3; zero-shot prediction (--zero-shot) needs a model trained "
+                                  f"with method.name=ms3, which writes {HEAD_FILE} next to model.safetensors")

@@ -63,6 +63,11 @@ class OmniPretraining(Method):
         super().__init__(config, **kwargs)
         if self.options.candidates is not None and not self.options.candidates:
             raise ConfigError("method.options.candidates: give at least one modality, or leave it unset for all")
+        if self.options.candidates and set(self.options.candidates) <= {self.options.anchor}:
+            raise ConfigError(f"method.options.candidates={list(self.options.candidates)} holds only the anchor "
+                              f"{self.options.anchor!r} (method.options.anchor), which every step keeps anyway: no "
+                              f"supplementary modality would ever be drawn; name the supplementary modalities to draw "
+                              f"from (e.g. [depth]), or leave it unset for all")
         if getattr(config, "modality_dropout", 0.0):
             raise ConfigError("method omni_pretrain draws its own modality per step; set method.modality_dropout=0")
         self.selected: Counter[str] = Counter()

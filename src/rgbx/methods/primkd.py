@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rgbx.errors import ConfigError
-from rgbx.methods.base import METHODS, Method, drop_modalities, load_frozen_teacher
+from rgbx.methods.base import METHODS, Method, check_teacher_classes, drop_modalities, load_frozen_teacher
 from rgbx.models.model_file import describe_model
 
 __all__ = ["PrimKD", "build_aligner", "feature_distillation", "prediction_distillation", "select_stages",
@@ -88,6 +88,10 @@ class PrimKD(Method):
         # the student's modality dropout follows the batch's presence masks (drawn on the device in a captured step);
         # Eq. 5-7 mask samples with torch.where and select stages with max / min on the device: nothing read back
         return None
+
+    @classmethod
+    def complete_config(cls, cfg, train_set=None) -> None:
+        check_teacher_classes(cfg, train_set)  # a teacher for other class names: refused before training
 
     def prepare(self, model: torch.nn.Module, device: torch.device) -> None:
         """Load the teacher, check it fits the student, freeze it; build one aligner per distilled stage."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -185,3 +186,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     model = create_model(cfg)
     load_state_into(model, _read_tensors(path), str(path))
     return model.to(device).eval(), info
+
+
+def differing_class_names(recorded, classes) -> list[tuple[int, str, str]]:
+    """``(index, recorded name, given name)`` where two lists of class names differ (case, spaces, '-' and '_' do not
+    count); an index only one list has compares with ``''``."""
+    recorded, classes = list(recorded), list(classes)
+    n = max(len(recorded), len(classes))
+    pairs = [(i, recorded[i] if i < len(recorded) else "", classes[i] if i < len(classes) else "") for i in range(n)]
+    return [(i, a, b) for i, a, b in pairs if _name_key(a) != _name_key(b)]
+
+
+def _name_key(name) -> str:
+    return re.sub(r"[\s_\-]+", "", str(name)).lower()

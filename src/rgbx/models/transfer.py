@@ -107,6 +107,8 @@ def _module_group(key: str) -> str:
 def _read(source: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The file's tensors and its rgbx metadata ({} for a plain state dict)."""
     path = Path(source)
+    if path.is_dir():
+        read_model_info(path)  # names the model files in a run folder
     if not path.is_file():
         raise CheckpointError(f"{path}: init_from file not found")
     info = read_model_info(path, missing_ok=True) if path.suffix == ".safetensors" else {}

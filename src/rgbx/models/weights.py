@@ -24,12 +24,18 @@ def read_weights_file(path: str | Path, safe_globals: tuple = ()) -> object:
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — torch / safetensors raise several types for bad or unsafe files
-        text = str(e)
-        refused = re.search(r"WeightsUnpickler error: *(.+)", text, re.S)
-        reason = (f"torch.load(weights_only=True) refused it: {refused.group(1).strip().splitlines()[0]}" if refused
-                  else f"{type(e).__name__}: {text.splitlines()[0] if text else ''}")
-        raise CheckpointError(f"{path}: cannot read it as weights ({reason}); rgbx reads .safetensors files and "
-                              f"torch.save files of tensors, never pickled code") from None
+        raise CheckpointError(f"{path}: cannot read it as weights ({load_failure(e)}); rgbx reads .safetensors files "
+                              f"and torch.save files of tensors, never pickled code") from None
+
+
+def load_failure(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` (or safetensors) could not read a file, in one line; torch's advice to
+    load with ``weights_only=False`` (unpickling code) is left out."""
+    text = str(error)
+    refused = re.search(r"WeightsUnpickler error: *(.+)", text, re.S)
+    if refused:
+        return f"torch.load(weights_only=True) refused it: {refused.group(1).strip().splitlines()[0]}"
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'the file ends early'}"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

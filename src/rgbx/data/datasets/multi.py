@@ -233,6 +233,12 @@ class MultiDataset(SegmentationDataset):
     def unlabelled_ids(self) -> list[str]:
         return [i for ds in self.datasets for i in ds.unlabelled_ids()]
 
+    def attributes(self, sample_id: str) -> dict[str, str]:
+        """The source dataset's attributes of the sample, and ``source`` (as :meth:`load` gives them)."""
+        name, local = sample_id.split("/", 1)
+        ds = self.datasets[self.source_names.index(name)]
+        return {**ds.attributes(local), "source": name}
+
     def load(self, index: int):
         source, local = self._index[index]
         sample = self.datasets[source].load(local)

@@ -44,6 +44,40 @@ def _chance(generator: torch.Generator | None, p: float) -> bool:
     return float(torch.rand((), generator=generator)) < p
 
 
+def _number(op: str, name: str, value, low: float | None = None, high: float | None = None, *,
+            integer: bool = False, high_open: bool = False) -> None:
+    """A :class:`ConfigError` naming ``op`` and its parameter ``name`` unless ``value`` is a number (an integer with
+    ``integer``) in [low, high] (``high`` excluded with ``high_open``)."""
+    kinds = (int,) if integer else (int, float)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and (integer or math.isfinite(value))
+    if ok:
+        ok = (low is None or value >= low) and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        what = "an integer" if integer else "a number"
+        if low is not None and high is not None:
+            what += f" in [{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            what += f" >= {low:g}"
+        raise ConfigError(f"{op} {name}: expected {what}, got {value!r}")
+
+
+def _range(op: str, name: str, value, low: float | None = None, high: float | None = None) -> None:
+    """A :class:`ConfigError` naming ``op`` and its parameter ``name`` unless ``value`` is a pair [min, max] of
+    numbers with min <= max, both in [low, high]."""
+    ok = isinstance(value, (list, tuple)) and len(value) == 2
+    if ok:
+        try:
+            for v in value:
+                _number(op, name, v, low, high)
+        except ConfigError:
+            ok = False
+    if not ok or value[0] > value[1]:
+        bounds = f" in [{low:g}, {high:g}]" if low is not None and high is not None else \
+            f" >= {low:g}" if low is not None else ""
+        raise ConfigError(f"{op} {name}: expected a range [min, max] of numbers{bounds} with min <= max, got "
+                          f"{value!r}")
+
+
 def empty_value(spec: ModalitySpec) -> float:
     """The physical value meaning "nothing here": ``spec.invalid_value``, or 0 when the spec has none."""
     return 0.0 if spec.invalid_value is None else float(spec.invalid_value)
@@ -72,6 +106,10 @@ class ColorJitter:
     """
 
     def __init__(self, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8):
+        for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+            _number("color_jitter", name, value, 0.0)
+        _number("color_jitter", "hue", hue, 0.0, 0.5)
+        _number("color_jitter", "p", p, 0.0, 1.0)
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
         self.hue, self.p = hue, p
 
@@ -129,6 +167,8 @@ class GaussianBlur:
             raise ConfigError(f"gaussian_blur: kernel_size must be an odd number of taps, got {kernel_size!r}")
         if padding not in ("replicate", "reflect"):
             raise ConfigError(f"gaussian_blur: padding must be 'replicate' or 'reflect', got {padding!r}")
+        _range("gaussian_blur", "sigma", sigma, 0.0)
+        _number("gaussian_blur", "p", p, 0.0, 1.0)
         self.sigma, self.p, self.kernel_size, self.padding = sigma, p, kernel_size, padding
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
@@ -177,6 +217,9 @@ class DepthNoise:
     """
 
     def __init__(self, relative_std=0.01, p=0.5, min_depth=1e-3):
+        _number("depth_noise", "relative_std", relative_std, 0.0)
+        _number("depth_noise", "p", p, 0.0, 1.0)
+        _number("depth_noise", "min_depth", min_depth)
         self.relative_std, self.p, self.min_depth = relative_std, p, min_depth
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
@@ -200,6 +243,9 @@ class DepthHoles:
     """
 
     def __init__(self, max_holes=3, size=(0.03, 0.15), p=0.5):
+        _number("depth_holes", "max_holes", max_holes, 1, integer=True)
+        _range("depth_holes", "size", size, 0.0, 1.0)
+        _number("depth_holes", "p", p, 0.0, 1.0)
         self.max_holes, self.size, self.p = max_holes, size, p
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
@@ -231,6 +277,9 @@ class ThermalGain:
     """
 
     def __init__(self, gain=(0.8, 1.2), offset=(-0.1, 0.1), p=0.8):
+        _range("thermal_gain", "gain", gain)
+        _range("thermal_gain", "offset", offset)
+        _number("thermal_gain", "p", p, 0.0, 1.0)
         self.gain, self.offset, self.p = gain, offset, p
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
@@ -249,6 +298,8 @@ class GaussianNoise:
     """
 
     def __init__(self, std=(0.0, 0.02), p=0.5):
+        _range("gaussian_noise", "std", std, 0.0)
+        _number("gaussian_noise", "p", p, 0.0, 1.0)
         self.std, self.p = std, p
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
@@ -267,6 +318,8 @@ class PointDropout:
     """
 
     def __init__(self, fraction=(0.0, 0.3), p=0.5):
+        _range("point_dropout", "fraction", fraction, 0.0, 1.0)
+        _number("point_dropout", "p", p, 0.0, 1.0)
         self.fraction, self.p = fraction, p
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
@@ -288,6 +341,8 @@ class EventDropout:
     """
 
     def __init__(self, fraction=(0.0, 0.5), p=0.5):
+        _range("event_dropout", "fraction", fraction, 0.0, 1.0)
+        _number("event_dropout", "p", p, 0.0, 1.0)
         self.fraction, self.p = fraction, p
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
@@ -325,8 +380,10 @@ class Misalignment:
     """
 
     def __init__(self, max_fraction=0.05, p=0.5):
+        _number("misalignment", "max_fraction", max_fraction)
         if not 0 <= max_fraction < 1:
             raise ConfigError(f"misalignment max_fraction: expected a share of the frame in [0, 1), got {max_fraction}")
+        _number("misalignment", "p", p, 0.0, 1.0)
         self.max_fraction, self.p = max_fraction, p
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator, spec: ModalitySpec) -> torch.Tensor:
