@@ -146,6 +146,10 @@ def test_resume_refuses_what_would_change_the_run_silently(tmp_path):
     state.write_bytes(b"")
     with pytest.raises(rgbx.errors.CheckpointError, match=r"last.state.pt: an empty file, not a training state"):
         rgbx.train("synth_cmx_b0", more, resume=True)
+    state.write_text("iteration: 2\n")  # not torch.save's: no advice to unpickle it (weights_only=False)
+    with pytest.raises(rgbx.errors.CheckpointError, match=r"not a file torch.save wrote, or a damaged one") as e:
+        rgbx.train("synth_cmx_b0", more, resume=True)
+    assert "False" not in str(e.value)  # torch's advice: load with weights_only=False
     state.write_bytes(saved)
     rgbx.train("synth_cmx_b0", more, resume=True)  # the same settings, a longer schedule: it continues
 

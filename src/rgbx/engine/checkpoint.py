@@ -56,7 +56,8 @@ def load_state(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — torch raises several types for corrupt / unsafe files
-        raise CheckpointError(f"{path}: cannot load training state ({load_failure(e)})") from None
+        raise CheckpointError(f"{path}: cannot load training state: not a file torch.save wrote, or a damaged one "
+                              f"({load_failure(e)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a training state")
     return state
