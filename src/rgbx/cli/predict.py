@@ -80,6 +80,11 @@ def _samples(args, modalities):
                               f"e.g. rgb={root}")
         options = parse_options(args.option)
         offered = build_dataset(args.dataset, root, args.split, check="none", **options).description.modalities
+        lacking = [m for m in modalities if m not in offered]
+        if lacking and len(lacking) < len(modalities):  # (none of them: the dataset's error below names them)
+            print(f"note: {root} has no {', '.join(lacking)}; predicting from "
+                  f"{', '.join(m for m in modalities if m in offered)} (a missing sensor, as the model was trained "
+                  f"to take)", flush=True)
         ds = build_dataset(args.dataset, root, args.split, modalities=[m for m in modalities if m in offered],
                            **options)
         n = len(ds) if args.limit <= 0 else min(args.limit, len(ds))
