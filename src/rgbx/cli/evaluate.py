@@ -194,10 +194,7 @@ def _evaluate(args, device, ctx) -> int:
     dataset.require_labels("evaluation")
     if args.check_sensors:  # a sensor whose frame fails the checks is absent from that sample (no frozen check)
         dataset.screen = FrameScreen(monitor.rules, monitor.per_sensor)
-    if args.by and args.by != "condition" and not any(args.by in dataset.attributes(i) for i in dataset.ids):
-        found = sorted({a for i in dataset.ids for a in dataset.attributes(i)})
-        raise ConfigError(f"--by {args.by}: no sample of {args.data} [{args.split}] has that attribute (attributes "
-                          f"here: {', '.join(found) or 'none'}; --by '' reports only the whole split)")
+    dataset.require_attribute(args.by, f"--by {args.by}", "--by ''")
     if args.zero_shot is not None and is_onnx_file(args.checkpoint):
         raise ConfigError(f"--zero-shot needs the rgbx model file (its decoder features), not {args.checkpoint}")
     if args.zero_shot is not None:

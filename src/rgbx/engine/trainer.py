@@ -304,12 +304,8 @@ class Trainer:
         self.val_set = build_dataset(data.dataset, data.root, data.val_split, modalities=modalities,
                                      transform=EvalTransform(), check=data.check, **data.options)
         self.train_set.require_labels("training (data.train_split)")
-        by = cfg.train.eval_group_by
-        if by and by != "condition" and not any(by in self.val_set.attributes(i) for i in self.val_set.ids):
-            found = sorted({a for i in self.val_set.ids for a in self.val_set.attributes(i)})
-            raise ConfigError(f"train.eval_group_by={by}: no sample of {data.root} [{data.val_split}] has that "
-                              f"attribute (attributes here: {', '.join(found) or 'none'}; null reports only the whole "
-                              f"split)")
+        self.val_set.require_attribute(cfg.train.eval_group_by, f"train.eval_group_by={cfg.train.eval_group_by}",
+                                       "null")
         self.val_set.require_labels("the evaluation during and after training (data.val_split)")
         if data.screen_sensors:
             screen = FrameScreen(*parse_rules(data.sensor_rules))

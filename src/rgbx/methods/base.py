@@ -18,7 +18,7 @@ import yaml
 from rgbx.data.sample import device_masks, host_masks
 from rgbx.errors import CheckpointError, ConfigError
 from rgbx.methods.losses import build_segmentation_loss
-from rgbx.models.model_file import load_model
+from rgbx.models.model_file import differing_class_names, load_model, read_model_info
 from rgbx.registry import Registry
 
 METHODS: Registry[type] = Registry("method")
@@ -207,8 +207,6 @@ def check_teacher_classes(cfg, train_set) -> None:
     count) is a ConfigError naming the first differences: its predictions would be distilled by class index onto
     other classes. Nothing to check without a training set, a readable teacher file, or names recorded in it (a
     missing or unreadable teacher is the method's ``prepare``'s error)."""
-    from rgbx.models.model_file import differing_class_names, read_model_info
-
     teacher = (getattr(cfg.method, "options", None) or {}).get("teacher")
     if train_set is None or not isinstance(teacher, str) or not teacher or not Path(teacher).is_file():
         return

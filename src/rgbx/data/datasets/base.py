@@ -344,6 +344,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
                                 f"{self.root / label.folder}")
         return problems
 
+    def require_attribute(self, name: str | None, setting: str, none_hint: str) -> None:
+        """Raise :class:`ConfigError` when ``name`` (a per-sample attribute to report results by, given as
+        ``setting``) is on no sample of the split; ``condition`` (the default grouping) and no name pass. ``none_hint``
+        says how to report only the whole split."""
+        if not name or name == "condition" or any(name in self.attributes(i) for i in self.ids):
+            return
+        found = sorted({a for i in self.ids for a in self.attributes(i)})
+        raise ConfigError(f"{setting}: no sample of {self.root} [{self.split}] has that attribute (attributes here: "
+                          f"{', '.join(found) or 'none'}; {none_hint} reports only the whole split)")
+
     def unlabelled_ids(self) -> list[str]:
         """The split's samples without a label file (only a dataset whose label is optional can have them)."""
         if not self.description.label.optional:
