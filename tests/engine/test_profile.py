@@ -154,10 +154,14 @@ def test_cli_profile_writes_json(tmp_path, capsys):
             "1",
             "--json",
             str(out),
+            "--threads",
+            "2",
         ]
     )
     assert code == 0
+    assert torch.get_num_threads() == 1  # --threads held for the command only (main() called in-process)
     result = json.loads(out.read_text())
+    assert result["threads"] == 2
     assert result["model"]["backbone"] == "mit_nano" and result["model"]["num_classes"] == 3
     assert result["input_shapes"]["rgb"] == [3, 64, 64] and result["flops"]["gmacs"] > 0
     printed = capsys.readouterr().out

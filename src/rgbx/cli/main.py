@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_intermixed(parser, argv)
     args.command_line = command_line  # what was typed (rgbx eval --as-published)
     formatwarning, warnings.formatwarning = warnings.formatwarning, warning_formatter(args.command)
+    threads = _torch_threads()
     try:
         result = args.run(args)
     except RgbxError as e:
@@ -147,7 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning = formatwarning
+        if threads is not None:  # --threads / train.threads hold for this command only, also when called in-process
+            sys.modules["torch"].set_num_threads(threads)
     return int(result or 0)
+
+
+def _torch_threads() -> int | None:
+    """The caller's torch thread count, if torch is loaded (a command line loads torch itself: nothing to restore)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
 
 
 if __name__ == "__main__":
