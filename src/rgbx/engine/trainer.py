@@ -323,6 +323,10 @@ class Trainer:
             if json.loads(json.dumps(recorded)) != json.loads(json.dumps(self.model_cfg.to_dict())):
                 raise RgbxError(f"{self.paths.best_weights} is not this run's model (another model config) and there "
                                 f"is no training state to continue; choose another output_dir, or move it away")
+        method_class = METHODS.get(cfg.method.name)
+        method_class.complete_config(cfg, self.train_set)  # options derived from the data (e.g. MS3's classes)
+        # the saved run is compared with this config before anything is built from it (a teacher, the model)
+        resumed = self._check_state() if resume and self.paths.state.exists() else None
         self.model = create_model(self.model_cfg)
         if cfg.train.init_from and not (resume and self.paths.state.exists()):
             transfer = transfer_weights(self.model, cfg.train.init_from, classes=self.description.classes,
@@ -370,8 +374,6 @@ class Trainer:
             weights = enet_class_weights(self.train_set)
             self.reporter.print("class weights (ENet): " + ", ".join(
                 f"{c} {w:.2f}" for c, w in zip(self.description.classes, weights.tolist())))
-        method_class = METHODS.get(cfg.method.name)
-        method_class.complete_config(cfg, self.train_set)  # options derived from the data (e.g. MS3's classes)
         self.method = method_class(
             cfg.method, ignore_index=self.description.ignore_index,
             class_weights=None if weights is None else weights.to(self.device))
@@ -405,8 +407,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
         self.best_miou = -1.0
-        if resume and self.paths.state.exists():
-            self._load_state()
+        if resumed is not None:
+            self._restore_state(resumed)
         elif resume:
             self.reporter.print(f"no checkpoint in {self.paths.root} yet; starting from scratch")
         if self.dist.is_main:
@@ -435,7 +437,9 @@ class Trainer:
                 group["lr"] = float(group["lr"])
         return state
 
-    def _load_state(self) -> None:
+    def _check_state(self) -> dict:
+        """The run's saved state, read and compared with this run's config, classes, process count and iterations
+        (a :class:`CheckpointError` naming what differs)."""
         state = load_state(self.paths.state)
         missing = [k for k in STATE_KEYS if k not in state]
         if missing:
@@ -477,6 +481,11 @@ class Trainer:
             raise CheckpointError(f"{self.paths.state}: the run is at iteration {int(state['iteration'])}, past "
                                   f"train.iters={self.cfg.train.iters}; resume with train.iters of at least that "
                                   f"(more to train further)")
+        return state
+
+    def _restore_state(self, state: dict) -> None:
+        """Model, method modules, optimizer, schedule and counters from a state :meth:`_check_state` accepted."""
+        saved = json.loads(state["config"])
         load_state_into(self.model, state["model"], str(self.paths.state))
         modules = self.method.trainable_modules()
         saved_modules = state.get("method_modules", [])
