@@ -34,17 +34,21 @@ class ConfigError(RgbxError):
 class DataError(RgbxError):
     """A dataset on disk does not match what its description promises.
 
-    ``problems`` lists every problem found (validation collects them all instead of stopping at the first).
+    ``problems`` lists every problem found (validation collects them all instead of stopping at the first);
+    ``advice``, what to do about them, is printed after the list and is not one of them.
     """
 
-    def __init__(self, message: str, problems: list[str] | None = None):
+    def __init__(self, message: str, problems: list[str] | None = None, advice: str | None = None):
         self.problems = list(problems or [])
+        self.advice = advice
         if self.problems:
             shown = self.problems[:50]
             more = len(self.problems) - len(shown)
             message = message + "\n" + "\n".join(f"  - {p}" for p in shown)
             if more:
                 message += f"\n  ... and {more} more"
+        if advice:
+            message += f"\n{advice}"
         super().__init__(message)
 
 

@@ -280,7 +280,7 @@ def make_mfnet_original(root: Path) -> Path:
     return root
 
 
-def test_mfnet_original_4_channel_layout(tmp_path):
+def test_mfnet_original_4_channel_layout(tmp_path, monkeypatch):
     root = make_mfnet_original(tmp_path / "MFNet")
     ds = MFNet(root, "train")
     assert ds.layout == "rgbt" and ds.ids == ["00001D", "00002N"]
@@ -301,7 +301,11 @@ def test_mfnet_original_4_channel_layout(tmp_path):
     with pytest.raises(DataError, match="00009D"):
         check_dataset(root, dataset="mfnet")
     (root / "val.txt").unlink()  # a copy without val.txt: val reads test.txt
+    checked = []
+    find_problems = MFNet.find_problems
+    monkeypatch.setattr(MFNet, "find_problems", lambda self, **kw: checked.append(self.split) or find_problems(self, **kw))
     assert check_dataset(root, dataset="mfnet") == {"train": 2, "val": 1, "test": 1}
+    assert checked == ["train", "val"]  # test.txt's files once, not again as test
 
 
 def test_mfnet_deliver_layout_and_broken_label(tmp_path):

@@ -83,5 +83,7 @@ def test_a_tree_one_level_too_deep_is_pointed_at(adapter, trees, tmp_path):
     with pytest.raises(DataError) as e:
         check_dataset(wrapper, dataset=adapter)
     problems = e.value.problems
-    assert problems[-1] == f"{wrapper / 'extracted'} holds the {adapter} layout: point at that folder"
-    assert all(str(wrapper) in p and ("not found" in p or "expected" in p) for p in problems[:-1]), problems
+    hint = f"{wrapper / 'extracted'} holds the {adapter} layout: point at that folder"
+    assert e.value.advice == hint and str(e.value).endswith(f"\n{hint}")  # advice after the list, not a problem
+    assert str(e.value).startswith(f"{wrapper}: {len(problems)} problem(s)")
+    assert problems and all(str(wrapper) in p and ("not found" in p or "expected" in p) for p in problems), problems

@@ -146,6 +146,7 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **opti
     counts, problems = {}, []
     name = None
     skipped = []  # why each benchmark split was not found, for when none is
+    checked = set()  # the files of each split checked (e.g. MFNet's val reads test.txt: the same files, checked once)
     for split in splits:
         try:
             ds = cls(root, split, check="none", **options)
@@ -160,20 +161,23 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **opti
             continue
         name = ds.description.name
         counts[split] = len(ds)
-        problems.extend(ds.find_problems(full=True))
+        files = tuple(tuple(sorted((k, str(p)) for k, p in ds.files(i).items())) for i in ds.ids)
+        if files not in checked:
+            checked.add(files)
+            problems.extend(ds.find_problems(full=True))
     if not counts and not problems:
         problems.append(f"{root}: none of the {dataset} splits ({', '.join(splits)}) found"
                         f"{f' ({skipped[0]})' if skipped else ''}")
-    if not counts and dataset != "folder":  # an archive extracted a level too deep, or the root given too deep
-        problems.extend(_layout_elsewhere(cls, Path(root), splits, options))
+    # an archive extracted a level too deep, or the root given too deep
+    advice = _layout_elsewhere(cls, Path(root), splits, options) if not counts and dataset != "folder" else None
     problems = list(dict.fromkeys(problems))  # a layout problem is found once per split; report it once
     if problems:
-        raise DataError(f"{root}: {len(problems)} problem(s) in dataset {name or dataset!r}", problems)
+        raise DataError(f"{root}: {len(problems)} problem(s) in dataset {name or dataset!r}", problems, advice)
     return counts
 
 
-def _layout_elsewhere(cls, root: Path, splits: list[str], options: dict) -> list[str]:
-    """``["DIR holds the ... layout: point at that folder"]`` when a folder one level below or above ``root`` holds
+def _layout_elsewhere(cls, root: Path, splits: list[str], options: dict) -> str | None:
+    """``"DIR holds the ... layout: point at that folder"`` when a folder one level below or above ``root`` holds
     a split of the dataset (an archive extracted one level too deep, or the root given one level too deep)."""
     below = sorted(p for p in root.iterdir() if p.is_dir())[:20] if root.is_dir() else []
     for candidate in [*below, root.parent]:
@@ -182,5 +186,5 @@ def _layout_elsewhere(cls, root: Path, splits: list[str], options: dict) -> list
                 cls(candidate, split, check="none", **options)
             except (DataError, OSError):
                 continue
-            return [f"{candidate} holds the {cls.registered_name()} layout: point at that folder"]
-    return []
+            return f"{candidate} holds the {cls.registered_name()} layout: point at that folder"
+    return None
