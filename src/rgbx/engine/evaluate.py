@@ -13,26 +13,29 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rgbx.data.sample import host_masks
 from rgbx.engine.calibration import DEFAULT_BINS, ReliabilityHistogram, TemperatureScaling
 from rgbx.engine.inference import CMX_NOT_PROBABILITIES, SlidingWindow, class_probabilities, predict_logits
 from rgbx.engine.metrics import ConfusionMatrix, SegMetrics
 from rgbx.errors import ConfigError
 from rgbx.modalities.subsets import all_subsets, subset_name
 
-__all__ = ["EvalResult", "all_subsets", "evaluate", "evaluate_dataset", "subset_name"]
+__all__ = ["EvalResult", "all_subsets", "evaluate", "evaluate_dataset", "scored_samples", "subset_name", "unscored_note"]
 
 
 @dataclass
 class EvalResult:
     """Confusion matrices keyed by subset name, then by group (``"all"`` or ``"<attr>=<value>"``); with
     ``reliability``, confidence histograms (:mod:`rgbx.engine.calibration`) keyed the same way, then by kind:
-    ``"uncalibrated"`` and, for a calibrated model, ``"calibrated"``."""
+    ``"uncalibrated"`` and, for a calibrated model, ``"calibrated"``. ``unscored``: per subset, how many samples had
+    none of its sensors (no prediction from that rig: not in its scores), where any had none."""
 
     num_classes: int
     ignore_index: int
     matrices: dict[str, dict[str, ConfusionMatrix]] = field(default_factory=dict)
     reliability: dict[str, dict[str, dict[str, ReliabilityHistogram]]] = field(default_factory=dict)
     bins: int = DEFAULT_BINS
+    unscored: dict[str, int] = field(default_factory=dict)
 
     def matrix(self, subset: str, group: str = "all") -> ConfusionMatrix:
         groups = self.matrices.setdefault(subset, {})
@@ -89,6 +92,10 @@ class EvalResult:
                 self.matrix(subset, group).all_reduce()
             else:
                 self.histogram(subset, kind, group).all_reduce()
+        counts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(counts, self.unscored)
+        self.unscored = {s: n for s in dict.fromkeys(s for c in counts for s in c)
+                         if (n := sum(c.get(s, 0) for c in counts))}
 
     def to_dict(self, class_names: list[str] | None = None, convention: str = "present") -> dict:
         data = {
@@ -102,7 +109,25 @@ class EvalResult:
             data["calibration"] = {s: {g: {k: h.compute().to_dict() for k, h in kinds.items()}
                                        for g, kinds in groups.items()}
                                    for s, groups in self.reliability.items()}
+        if self.unscored:
+            data["unscored_samples"] = dict(self.unscored)
         return data
+
+
+def unscored_note(unscored: dict[str, int]) -> str:
+    """A table caption's line on the sensor sets that left samples out (:attr:`EvalResult.unscored`); "" if none."""
+    if not unscored:
+        return ""
+    counts = ", ".join(f"{s} {n}" for s, n in unscored.items())
+    return f"\nsamples with none of a row's sensors, not scored in that row: {counts}"
+
+
+def scored_samples(view, size: int) -> torch.Tensor:
+    """(B,) CPU bool: the samples of a batch (seen through :meth:`Batch.with_modalities`) that have at least one of
+    its sensors. A sample with none gets no prediction from that rig, whatever else its batch holds."""
+    if not view.inputs:
+        return torch.zeros(size, dtype=torch.bool)
+    return host_masks(view.present, list(view.inputs)).any(1)
 
 
 @torch.no_grad()
@@ -163,12 +188,17 @@ def evaluate(
                        for v in sorted(set(values)) if v]
         for subset in subsets:
             view = batch.with_modalities(subset)
-            if not view.inputs:
-                continue
+            name = subset_name(subset)
+            scored = scored_samples(view, len(batch.label))
+            if not scored.all():
+                result.unscored[name] = result.unscored.get(name, 0) + int((~scored).sum())
+                if not scored.any():
+                    continue
             with amp:
                 logits = predict_logits(model, view.inputs, view.present, scales, flip, window, scale_rule)
             pred = logits.argmax(1)
-            name = subset_name(subset)
+            label = batch.label if scored.all() else batch.label.masked_fill(~scored.to(device)[:, None, None],
+                                                                             ignore_index)
             if reliability:
                 kinds = {"uncalibrated": 1.0}
                 if temperatures is not None:  # each sample's sensor set (a sample may lack one of the subset's)
@@ -179,14 +209,14 @@ def evaluate(
                                                     scale_rule, temperature=t, scores=logits)
                     for group, mask in groups:
                         if mask is None:
-                            result.histogram(name, kind, group).update(probs, batch.label)
+                            result.histogram(name, kind, group).update(probs, label)
                         elif mask.any():
-                            result.histogram(name, kind, group).update(probs[mask], batch.label[mask])
+                            result.histogram(name, kind, group).update(probs[mask], label[mask])
             for group, mask in groups:
                 if mask is None:
-                    result.matrix(name, group).update(pred, batch.label)
+                    result.matrix(name, group).update(pred, label)
                 elif mask.any():
-                    result.matrix(name, group).update(pred[mask], batch.label[mask])
+                    result.matrix(name, group).update(pred[mask], label[mask])
         if progress is not None:
             progress(i + 1)
     result.all_reduce()

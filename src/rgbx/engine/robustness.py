@@ -73,7 +73,7 @@ from rgbx.data.sensor_health import SensorMonitor, screen_frames
 from rgbx.data.transforms import empty_value
 from rgbx.data.transforms.photometric import random_shift, shift_frame
 from rgbx.engine.calibration import ReliabilityHistogram, TemperatureScaling
-from rgbx.engine.evaluate import EvalResult, all_subsets, subset_name
+from rgbx.engine.evaluate import EvalResult, all_subsets, scored_samples, subset_name, unscored_note
 from rgbx.engine.inference import CMX_NOT_PROBABILITIES, SlidingWindow, class_probabilities, predict_logits
 from rgbx.engine.metrics import ConfusionMatrix
 from rgbx.errors import ConfigError
@@ -385,7 +385,7 @@ def robustness_report(
     Returns:
         A JSON-ready dict: ``seed``, ``miou_convention``, ``modalities``, ``clean_miou`` (all sensors, no
         corruption), ``entire_missing`` (``subsets`` with full metrics, ``average``, ``expected`` keyed by ``p``,
-        ``expected_definition``) and ``corruptions`` (per name: ``definition``, ``strength``, ``strengths``,
+        ``expected_definition``; ``unscored_samples`` per subset where samples had none of its sensors) and ``corruptions`` (per name: ``definition``, ``strength``, ``strengths``,
         ``miou`` as target → strength (str) → mIoU, ``mean`` per target) and ``silent_failures`` (``results`` as
         sensor → failure → ``as_is`` / ``screened`` mIoU and the fraction ``detected``; ``absent``: the mIoU without
         the sensor; ``false_alarms`` per sensor on the clean frames; ``rules``; ``definitions``) and, with
@@ -458,11 +458,15 @@ def robustness_report(
         if batch.label is None:
             raise ValueError("robustness evaluation needs labelled data")
         batch = batch.to(device, non_blocking=True)
-        for subset in subsets:
+        for subset in subsets:  # a sample with none of the subset's sensors is not scored in its row
             view = batch.with_modalities(subset)
-            if view.inputs:
-                name = subset_name(subset)
-                clean.matrix(name).update(predict(view, ("subset", name), batch.label), batch.label)
+            name = subset_name(subset)
+            scored = scored_samples(view, len(batch.label))
+            if not scored.all():
+                clean.unscored[name] = clean.unscored.get(name, 0) + int((~scored).sum())
+            if scored.any():
+                label = batch.label.masked_fill(~scored.to(device)[:, None, None], ignore_index)
+                clean.matrix(name).update(predict(view, ("subset", name), label), label)
         full = batch.with_modalities(modalities)
         for n, target, mods, s in runs:
             view = corrupt_batch(full, n, mods, s, seed=seed, batch_index=bi)
@@ -517,6 +521,8 @@ def robustness_report(
         "expected_definition": EXPECTED_DEFINITION,
         "average_definition": "unweighted mean of the mIoUs of every non-empty modality subset (mIoU^Avg)",
     }
+    if clean.unscored:  # samples with none of a subset's sensors (a rig without them makes no prediction)
+        entire["unscored_samples"] = dict(clean.unscored)
     section: dict[str, dict] = {}
     for n, target, _, s in runs:
         c = CORRUPTIONS[n]
@@ -609,7 +615,8 @@ def entire_missing_table(report: dict, title: str | None = None):
     em = report["entire_missing"]
     table = Table(title=title or "entire-missing (sensor failure)", min_width=72,
                   caption=f"mIoU % ({report['miou_convention']} classes averaged); expected: each sensor fails "
-                          "independently with probability p, renormalised over non-empty subsets")
+                          "independently with probability p, renormalised over non-empty subsets"
+                          + unscored_note(em.get("unscored_samples", {})))
     table.add_column("modalities")
     table.add_column("mIoU", justify="right")
     table.add_column("pixel acc", justify="right")

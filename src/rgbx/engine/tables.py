@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from rgbx.engine.evaluate import EvalResult
+from rgbx.engine.evaluate import EvalResult, unscored_note
 from rgbx.engine.report import wide_console
 
 
@@ -20,7 +20,8 @@ def anymodal_table(result: EvalResult, convention: str = "present", title: str |
     from rich.text import Text
 
     table = Table(title=Text(title) if title else None,
-                  caption=f"mIoU % ({convention} classes averaged; see rgbx eval --help)")
+                  caption=f"mIoU % ({convention} classes averaged; see rgbx eval --help)"
+                          + unscored_note(result.unscored))
     table.add_column("modalities")
     for g in groups:
         table.add_column("mIoU" if g == "all" else g.split("=", 1)[-1], justify="right")
