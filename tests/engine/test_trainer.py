@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import os
@@ -16,7 +17,14 @@ import torch
 from rgbx.engine.checkpoint import load_model, load_state, load_weights, read_model_info
 from rgbx.engine.config import load_config
 from rgbx.engine.report import Reporter
-from rgbx.engine.trainer import Trainer, apply_speed_preset, loader_workers
+from rgbx.engine.trainer import (
+    Trainer,
+    apply_speed_preset,
+    csv_iteration,
+    drop_rows_after,
+    jsonl_iteration,
+    loader_workers,
+)
 from rgbx.errors import CheckpointError, ConfigError, RgbxError
 from rgbx.models import create_model
 from tests.conftest import make_dataset, run_killed_at, wait_for_checkpoint
@@ -172,7 +180,8 @@ def test_the_geometric_step_on_the_batch_trains_like_the_per_sample_one(tmp_path
 @pytest.mark.slow
 def test_kill_and_resume_from_the_cli_reaches_the_same_metrics(tmp_path):
     root = make_dataset(tmp_path / "d", n=8)
-    args = [f"data.root={root}", *TINY, "train.iters=40", "train.checkpoint_every=4", "train.eval_every=0"]
+    args = [f"data.root={root}", *TINY, "train.iters=40", "train.checkpoint_every=4", "train.eval_every=0",
+            "train.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "rgbx.cli.main", "train", "synth_cmx_b0"]
     subprocess.run([*cmd, *args, f"output_dir={tmp_path / 'a'}", "--quiet"], check=True, env=env, timeout=300)
@@ -188,6 +197,22 @@ def test_kill_and_resume_from_the_cli_reaches_the_same_metrics(tmp_path):
     a = [json.loads(x) for x in (tmp_path / "a" / "eval.jsonl").read_text().splitlines()][-1]
     b = [json.loads(x) for x in (tmp_path / "b" / "eval.jsonl").read_text().splitlines()][-1]
     assert a["miou"] == b["miou"] and a["groups"] == b["groups"]
+    # metrics.csv: the killed run's rows after its checkpoint were replaced by the resumed run's, not kept as well
+    logged = {run: list(csv.DictReader((tmp_path / run / "metrics.csv").open())) for run in "ab"}
+    assert [int(r["iteration"]) for r in logged["b"]] == list(range(1, 41))
+    assert [r["loss"] for r in logged["b"]] == [r["loss"] for r in logged["a"]]
+
+
+def test_resume_drops_the_log_rows_written_after_the_checkpoint(tmp_path):
+    log = tmp_path / "metrics.csv"
+    log.write_text("iteration,lr,loss\n1,0.1,2.0\n2,0.1,1.5\n3,0.1,1.2\n")
+    drop_rows_after(log, 2, csv_iteration)
+    assert log.read_text() == "iteration,lr,loss\n1,0.1,2.0\n2,0.1,1.5\n"
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text('{"iteration": 4, "miou": 0.5}\n{"iteration": 8, "miou": 0.6}\n')
+    drop_rows_after(evals, 6, jsonl_iteration)
+    assert evals.read_text() == '{"iteration": 4, "miou": 0.5}\n'
+    assert not (tmp_path / "eval.jsonl.part").exists()
 
 
 def test_checkpoint_for_a_different_model_is_refused(tmp_path):

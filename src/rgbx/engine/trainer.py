@@ -671,6 +671,9 @@ class Trainer:
         self.model.train()
         log_path = self.paths.root / "metrics.csv"
         new_log = not log_path.exists() or self.iteration == 0
+        if not new_log and self.dist.is_main:  # a resumed run: the killed one's rows after its checkpoint go
+            drop_rows_after(log_path, self.iteration, csv_iteration)
+            drop_rows_after(self.paths.root / "eval.jsonl", self.iteration, jsonl_iteration)
         log_file = log_path.open("w" if new_log else "a", newline="") if self.dist.is_main else None
         writer = None
         sums: dict[str, float] = {}
@@ -783,7 +786,41 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install 'rgbx[tensorboard]'") from None
-        return SummaryWriter(str(self.paths.root / "tensorboard"))
+        # a resumed run replaces the killed one's events after its checkpoint
+        return SummaryWriter(str(self.paths.root / "tensorboard"), purge_step=self.iteration + 1 if self.iteration else None)
+
+
+def csv_iteration(line: str, header: str) -> int | None:
+    """The ``iteration`` of a metrics.csv row (None for the header or a row without one)."""
+    if line == header:
+        return None
+    row = dict(zip(*csv.reader([header, line])))
+    try:
+        return int(float(row["iteration"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def jsonl_iteration(line: str, header: str) -> int | None:
+    """The ``iteration`` of an eval.jsonl entry."""
+    try:
+        return int(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def drop_rows_after(path: Path, iteration: int, row_iteration) -> None:
+    """Remove the log rows of ``path`` written after ``iteration`` (a run killed after its last checkpoint logged
+    iterations the resumed run logs again), written anew atomically; rows without an iteration are kept."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    header = lines[0] if lines else ""
+    kept = [line for line in lines if (i := row_iteration(line, header)) is None or i <= iteration]
+    if len(kept) != len(lines):
+        part = path.with_name(path.name + ".part")
+        part.write_text("".join(kept))
+        os.replace(part, path)
 
 
 def train(config: str | ExperimentConfig, overrides: list[str] | tuple[str, ...] = (), *, resume: bool = False,
