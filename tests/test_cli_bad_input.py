@@ -233,3 +233,23 @@ def test_eval_with_modalities_reads_only_those(place, tmp_path, capsys):
     assert main(["predict", str(place / "m.safetensors"), str(rig), "--split", "val", "--out", str(tmp_path / "p"),
                  "--no-panels"]) == 0
     assert f"note: {rig} has no depth; predicting from rgb" in capsys.readouterr().out
+
+
+def test_predict_into_a_folder_with_earlier_predictions(place, tmp_path, capsys):
+    """A second `rgbx predict` into the same --out left the first run's predictions for frames it did not predict
+    beside its own, without a word: it is refused, and --overwrite removes only what predict wrote."""
+    out = tmp_path / "p"
+    model, data = str(place / "m.safetensors"), str(place / "data")
+    assert main(["predict", model, data, "--split", "train", "--out", str(out)]) == 0  # s000, s001
+    capsys.readouterr()
+    (out / "notes.txt").write_text("mine")
+    (out / "labels" / "keep.txt").write_text("mine too")
+    status, err = run(["predict", model, data, "--split", "val", "--out", str(out)], capsys)
+    assert status == 2
+    assert f"--out {out} already holds 6 prediction file(s) of an earlier run (color/, labels/, panels/); pass " \
+           "--overwrite to replace them" in err
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["keep.txt", "s000.png", "s001.png"]
+    assert main(["predict", model, data, "--split", "val", "--out", str(out), "--overwrite", "--no-panels"]) == 0
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["keep.txt", "s002.png", "s003.png"]
+    assert not list((out / "panels").iterdir())
+    assert (out / "notes.txt").read_text() == "mine"

@@ -44,6 +44,10 @@ def add_parser(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="a dataset folder (with dataset.yaml), or modality=PATH items (file or folder)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the predictions of an earlier run in OUT: the PNGs in its labels/, color/, "
+                        "panels/ and confidence/ and its sensor_health.csv are removed first (anything else in OUT "
+                        "is kept); without it, an OUT that holds predictions is refused")
     p.add_argument("--split", default="test", help="split of a dataset folder (default: test)")
     add_dataset_arguments(p)
     p.add_argument("--limit", type=non_negative_int, default=0, help="at most N samples (0 = all)")
@@ -114,6 +118,34 @@ def _samples(args, modalities):
         yield {"inputs": inputs, "label": None, "meta": {"id": sid}}
 
 
+PREDICTION_FOLDERS = ("labels", "color", "panels", "confidence")  # what PredictionWriter.write fills, per sample
+SENSOR_LOG = "sensor_health.csv"
+
+
+def _earlier_predictions(out: Path) -> list[Path]:
+    """The files an earlier rgbx predict wrote in ``out``."""
+    files = [p for name in PREDICTION_FOLDERS if (out / name).is_dir() for p in sorted((out / name).glob("*.png"))]
+    return files + ([out / SENSOR_LOG] if (out / SENSOR_LOG).is_file() else [])
+
+
+def _make_room(args, remove: bool) -> None:
+    """An ``--out`` with an earlier run's predictions: refused, or with ``--overwrite`` emptied of them when
+    ``remove`` (a second run's predictions mixed with the first's stale ones, for frames it did not predict,
+    otherwise)."""
+    from rgbx.errors import ConfigError
+
+    earlier = _earlier_predictions(Path(args.out))
+    if not earlier:
+        return
+    if not args.overwrite:
+        folders = sorted({p.parent.name + "/" for p in earlier if p.name != SENSOR_LOG})
+        raise ConfigError(f"--out {args.out} already holds {len(earlier)} prediction file(s) of an earlier run "
+                          f"({', '.join(folders) or SENSOR_LOG}); pass --overwrite to replace them, or choose "
+                          f"another folder")
+    for p in earlier if remove else ():
+        p.unlink()
+
+
 def _check_out(args) -> None:
     """``--out`` must not be where the inputs are: its labels/ would replace a dataset's own label folder (then
     scored at 100 % by rgbx eval) and its images would mix with the inputs."""
@@ -145,12 +177,14 @@ def run(args) -> int:
     from rgbx.errors import ConfigError
 
     _check_out(args)
-    device = resolve_device(args.device)
-    args.workers = loader_workers(args.workers, device)
     if args.min_confidence is not None and args.min_confidence >= 1:
         raise ConfigError(f"--min-confidence {args.min_confidence:g}: expected a probability below 1")
+    _make_room(args, remove=False)  # refused before any work
+    device = resolve_device(args.device)
+    args.workers = loader_workers(args.workers, device)
     # host memory kept on the CPU, --fast or not
     predictor = predictor_from_args(args, device, min_confidence=args.min_confidence)
+    _make_room(args, remove=True)  # the model is loaded: the earlier predictions go now
     model = predictor.model
     with_confidence = args.confidence or args.min_confidence is not None
     count, log = 0, SensorLog(args.out) if predictor.monitor is not None else None
