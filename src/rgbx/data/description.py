@@ -54,6 +54,7 @@ class ModalitySource:
     dtype: str
     scale: float
     optional: bool = False
+    resize: str | None = None  # "nearest": stored at another resolution, resampled to the label's size on loading
 
     @property
     def suffixes(self) -> tuple[str, ...]:
@@ -94,7 +95,8 @@ class DatasetDescription:
 
 
 _TOP_KEYS = {"name", "classes", "palette", "ignore_index", "modalities", "label", "synth", "description", "source"}
-_SOURCE_KEYS = {"folder", "encoding", "dtype", "scale", "optional", "sensor"}
+_SOURCE_KEYS = {"folder", "encoding", "dtype", "scale", "optional", "resize", "sensor"}
+RESIZE_METHODS = ("nearest",)  # how a sensor stored at another resolution is brought to the label's size
 # a modality stored in another encoding than its spec's gets that encoding's dtype and scale unless the YAML gives them
 _ENCODING_DEFAULTS = {"npy": {"dtype": "float32", "scale": 1.0}}
 
@@ -166,8 +168,16 @@ def load_description(root: str | Path) -> DatasetDescription:
         if not isinstance(optional, bool):
             problems.append(f"{where}: 'optional' must be true or false, got {optional!r}")
             return None
+        resize = values.get("resize")
+        if resize is not None and name == "label":
+            problems.append(f"{where}: 'resize' is for a sensor stored at another resolution; the label sets the size")
+            return None
+        if resize is not None and resize not in RESIZE_METHODS:
+            problems.append(f"{where}: 'resize' must be {' or '.join(RESIZE_METHODS)} (resampled to the label's size "
+                            f"on loading), got {resize!r}")
+            return None
         return ModalitySource(name=name, folder=str(values["folder"]), encoding=values["encoding"],
-                              dtype=dtype, scale=float(scale), optional=optional)
+                              dtype=dtype, scale=float(scale), optional=optional, resize=resize)
 
     modalities = {}
     entries = raw.get("modalities")

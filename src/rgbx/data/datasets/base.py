@@ -24,6 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from rgbx.data.description import DESCRIPTION_FILE, DatasetDescription, ModalitySource
+from rgbx.data.files import FLOAT_RANGE_MARGIN, check_encoding
 from rgbx.data.sample import Sample, normalize_sample
 from rgbx.data.transforms.photometric import empty_value
 from rgbx.errors import ConfigError, DataError
@@ -162,7 +163,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
       modalities split over two files, .npz), given the sample id;
     - :meth:`decode_modality`, :meth:`decode_label`, and ``LABEL_CHANNELS`` / :meth:`label_plane` for
       multi-channel label images;
-    - ``RESIZED``: modalities stored at a lower resolution, resampled (nearest) to the label size on loading;
+    - ``RESIZED``: modalities stored at a lower resolution, resampled (nearest) to the label size on loading (a
+      dataset.yaml adds those whose entry says ``resize: nearest``);
     - ``DECODE_ON_CHECK``: with ``check="full"``, also decode every modality file (default: read it only);
     - ``CLASSES``: a public benchmark's fixed class names, in label order (:meth:`class_names`; a folder dataset
       names its classes in its dataset.yaml instead).
@@ -205,6 +207,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.root}: dataset folder not found")
         self.split = split
         self.description: DatasetDescription = self.describe()
+        resized = {n for n, src in self.description.modalities.items() if src.resize}
+        if resized:  # a dataset.yaml's ``resize: nearest``
+            self.RESIZED = self.RESIZED | resized
         self.ids: list[str] = self.list_ids()
         if not self.ids:
             raise DataError(f"{self.root}: split {split!r} has no samples")
@@ -251,12 +256,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def layout_problems(self) -> list[str]:
         """Problems with the folder layout as a whole (default: each source's folder must exist)."""
         problems = []
-        for src in [*self.sources.values(), self.description.label]:
+        label = self.description.label
+        for src in [*self.sources.values(), label]:
             folder = self.root / src.folder
-            if not folder.is_dir():
-                what = "label" if src is self.description.label else "modality"
-                problems.append(f"{folder}: {what} folder for {src.name!r} not found")
+            if not folder.is_dir() and not (src is label and src.optional):  # an optional label: samples unlabelled
+                what = "label" if src is label else "modality"
+                fix = (f"an unlabelled split says '{label.name}: {{folder: {label.folder}, optional: true}}' in "
+                       f"{DESCRIPTION_FILE}" if src is label else "")
+                problems.append(f"{folder}: {what} folder for {src.name!r} not found{self.yaml_fix(fix)}")
         return problems
+
+    def yaml_fix(self, fix: str) -> str:
+        """``"; <fix>"`` for a dataset whose storage its dataset.yaml describes (the rgbx folder format, packed or not):
+        a problem ends with the key that solves it; "" for a benchmark's fixed layout, or no ``fix``."""
+        return f"; {fix}" if fix and (self.root / DESCRIPTION_FILE).is_file() else ""
 
     @classmethod
     def splits_on_disk(cls, root: Path) -> list[str] | None:
@@ -378,8 +391,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             path = paths.get(src.name)
             if path is None or not self.file_exists(path):
                 if not src.optional:
-                    where = path if path is not None else self.root / src.folder / sample_id
-                    problems.append(f"{where}: missing {src.name} file for sample {sample_id!r}")
+                    problems.append(self._missing_file(src, path, sample_id))
                 continue
             path = Path(path)
             try:
@@ -402,7 +414,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
                                     f"{' or '.join(map(str, want))} for {src.name!r}")
                 dtypes = self.accepted_dtypes(src.name)
                 if info.dtype not in dtypes:
-                    problems.append(f"{path}: dtype {info.dtype}, expected {' or '.join(dtypes)} for {src.name!r}")
+                    problems.append(f"{path}: dtype {info.dtype}, expected {' or '.join(dtypes)} for {src.name!r}"
+                                    f"{self._dtype_fix(src.name, info.dtype, dtypes)}")
             if info.size is not None and src.name not in self.RESIZED:
                 sizes[src.name] = (path, info.size)
             if full:
@@ -413,8 +426,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
                                         or self._label_problems(path, self.decode_label(raw), raw))
                     else:
                         arr = self.read_source(src.name, path, sample_id)
-                        if self.DECODE_ON_CHECK:
-                            self._decode(src.name, path, arr)
+                        if self.DECODE_ON_CHECK or arr.dtype.kind == "f":
+                            self.check_units(src.name, path, arr, self._decode(src.name, path, arr))
                 except DecodeProblem as e:  # raised where the path is not known
                     problems.append(f"{path}: {e}")
                 except DataError as e:
@@ -428,11 +441,48 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if sizes:
             ref_name = label_src.name if label_src.name in sizes else next(iter(sizes))
             ref_path, ref_size = sizes[ref_name]
-            for path, size in sizes.values():
+            for name, (path, size) in sizes.items():
                 if size != ref_size:
+                    fix = (f"a sensor stored at another resolution is resampled to the {ref_name}'s size on loading with "
+                           f"'resize: nearest' under modalities.{name} in {DESCRIPTION_FILE}" if name != "label" else "")
                     problems.append(f"{path}: size {size[0]}x{size[1]} (HxW) differs from {ref_path} "
-                                    f"{ref_size[0]}x{ref_size[1]}")
+                                    f"{ref_size[0]}x{ref_size[1]}{self.yaml_fix(fix)}")
         return problems
+
+    def _missing_file(self, src: ModalitySource, path: Path | None, sample_id: str) -> str:
+        """The problem of a sample without its file of a (not optional) modality or label."""
+        where = path if path is not None else self.root / src.folder / sample_id
+        fix = (f"a sensor that may be absent from a sample says 'optional: true' under modalities.{src.name} in "
+               f"{DESCRIPTION_FILE}" if src is not self.description.label else "")
+        return f"{where}: missing {src.name} file for sample {sample_id!r}{self.yaml_fix(fix)}"
+
+    def _dtype_fix(self, name: str, found: str, accepted: Sequence[str]) -> str:
+        """How to make ``name``'s files of dtype ``found`` acceptable: re-saved, or declared in dataset.yaml."""
+        if found == "float64" and "float32" in accepted:  # numpy's default float
+            return "; save it as float32 (arr.astype(np.float32))"
+        spec = get_modality(name)
+        scale = "scale: 1" if np.dtype(found).kind == "f" else "scale: S"
+        return self.yaml_fix(f"declare how the files are stored in {DESCRIPTION_FILE}: modalities.{name}: "
+                             f"{{dtype: {found}, {scale}}} (file value × scale = {spec.unit or 'the physical value'})")
+
+    def check_units(self, name: str, path: Path, raw: np.ndarray, x: np.ndarray) -> None:
+        """Refuse a float file whose values, decoded to ``x`` (physical units), are far above what ``name``'s
+        encoding can express — a unit mistake, e.g. depth in millimetres read as metres —, as ``rgbx predict`` does
+        for loose files (:func:`rgbx.data.files.check_encoding`), naming the ``scale`` that would fix it."""
+        if raw.dtype.kind != "f":  # integer files: their dtype and scale are declared and checked
+            return
+        spec = get_modality(name)
+        try:
+            check_encoding(x, spec, str(path))
+        except DataError as e:
+            top = float(np.abs(x[np.isfinite(x)]).max())
+            bound = np.iinfo(spec.dtype).max * spec.scale
+            scale = self.sources[name].scale
+            unit = spec.unit or "its physical unit"
+            fix = (f"scale: {scale * spec.scale:g}" if top * spec.scale <= FLOAT_RANGE_MARGIN * bound
+                   else f"scale: S (file value × scale = {unit})")
+            hint = f"or, in {DESCRIPTION_FILE}, say how the file values become {unit}: modalities.{name}: {{..., {fix}}}"
+            raise DataError(f"{e}{self.yaml_fix(hint)}") from None
 
     def _label_channels_problem(self, path: Path, channels: int) -> str:
         if self.LABEL_CHANNELS == (1,):
@@ -497,24 +547,26 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if path is None or not self.file_exists(path):
                 if src.optional:
                     continue
-                raise DataError(f"{path or self.root / src.folder / sample_id}: missing {name} file for sample "
-                                f"{sample_id!r}")
+                raise DataError(self._missing_file(src, path, sample_id))
             arr = self.read_source(name, Path(path), sample_id)
             want = self.accepted_channels(name)
             if arr.shape[0] not in want:
                 raise DataError(f"{path}: {arr.shape[0]} channel(s), expected {' or '.join(map(str, want))} "
                                 f"for {name!r}")
             x = np.ascontiguousarray(self._decode(name, path, arr), np.float32)
+            self.check_units(name, path, arr, x)
             if arr.dtype.kind == "f" and not np.isfinite(x).all():  # NaN / inf in a float file: no measurement
                 x = np.where(np.isfinite(x), x, np.float32(empty_value(get_modality(name))))
             if x.shape[0] != get_modality(name).channels:
                 raise DataError(f"{path}: decoded to {x.shape[0]} channel(s), the {name!r} spec has "
                                 f"{get_modality(name).channels}")
-            if name in self.RESIZED:
-                ref = label.shape if label is not None else next((t.shape[-2:] for t in inputs.values()), None)
-                if ref is not None:
-                    x = np.ascontiguousarray(resize_nearest(x, tuple(ref)))
             inputs[name] = torch.from_numpy(x)
+        # sensors stored at another resolution: to the label's size, or (unlabelled) to the other sensors'
+        ref = label.shape if label is not None else next(
+            (t.shape[-2:] for n, t in inputs.items() if n not in self.RESIZED), None)
+        if ref is not None:
+            for name in self.RESIZED & inputs.keys():
+                inputs[name] = torch.from_numpy(np.ascontiguousarray(resize_nearest(inputs[name].numpy(), tuple(ref))))
         size = next(iter(inputs.values())).shape[-2:] if inputs else label.shape
         meta = {"id": sample_id, "split": self.split, "size": tuple(size),
                 "attributes": dict(self.attributes(sample_id))}

@@ -62,6 +62,12 @@ class FolderDataset(SegmentationDataset):
         if named:
             raise DataError(f"{split_file}: lists file names ({named[0]!r}{' ...' if len(named) > 1 else ''}); a split "
                             f"lists sample ids, the file names without folder and extension ({Path(named[0]).stem!r})")
+        nested = [i for i in ids if "/" in i or "\\" in i]
+        if nested:
+            flat = nested[0].replace("\\", "/").replace("/", "_")
+            raise DataError(f"{split_file}: lists ids in sub-folders ({nested[0]!r}{' ...' if len(nested) > 1 else ''}); "
+                            f"sub-folders are not supported: a sample's files lie directly in each modality's folder, "
+                            f"so move them up and rename them (e.g. rgb/{flat}.png, listed as {flat!r})")
         self._attributes = read_attributes(self.root)
         return ids
 
