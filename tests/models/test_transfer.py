@@ -116,9 +116,14 @@ def test_the_sensor_to_start_from_can_be_chosen(tmp_path):
     assert report.from_modality == {}
     assert torch.equal(target.state_dict()["encoder.branches.thermal.stages.0.blocks.0.attn.q.weight"], before)
     assert report.fresh["encoder.branches.thermal.stages.0.blocks.0.attn.q.weight"] == "not in the file"
+    # and the summary says so, with the key that starts it from one of them (was only a line among the fresh ones)
+    assert report.unsourced == {"thermal": ["rgb", "depth", "lidar"]}
+    assert ("note: thermal is new and the file has several sensors (rgb, depth, lidar): it keeps its own "
+            "initialisation; train.init_modality_from={thermal: lidar} starts it") in report.summary()
 
     target = _model(("rgb", "depth", "thermal"), seed=1)
-    transfer_weights(target, path, classes=NYU_LIKE, modality_from={"thermal": "lidar"})
+    report = transfer_weights(target, path, classes=NYU_LIKE, modality_from={"thermal": "lidar"})
+    assert report.unsourced == {} and "note: thermal" not in report.summary()
     assert torch.equal(target.state_dict()["encoder.branches.thermal.stages.0.blocks.0.attn.q.weight"],
                        source.state_dict()["encoder.branches.lidar.stages.0.blocks.0.attn.q.weight"])
 
@@ -126,7 +131,7 @@ def test_the_sensor_to_start_from_can_be_chosen(tmp_path):
     single = _saved(tmp_path, _model(("rgb", "depth")), NYU_LIKE, "single.safetensors")
     target = _model(("rgb", "depth", "thermal"), seed=1)
     report = transfer_weights(target, single, classes=NYU_LIKE, modality_from={"thermal": "none"})
-    assert report.from_modality == {}
+    assert report.from_modality == {} and report.unsourced == {}
     assert torch.equal(target.state_dict()["encoder.branches.thermal.stages.0.blocks.0.attn.q.weight"], before)
     with pytest.raises(ConfigError, match="'depth': none keeps the initialisation of a sensor the file lacks"):
         transfer_weights(_model(("rgb", "depth", "thermal")), single, modality_from={"depth": "none"})

@@ -54,6 +54,8 @@ class TransferReport:
     fresh: dict[str, str] = field(default_factory=dict)  # model key → why it kept its initialisation
     unused: list[str] = field(default_factory=list)
     input_encoding: list[str] = field(default_factory=list)  # sensors fed otherwise than the file's model was
+    # new sensor → the file's sensors it could have started from, when no single one was the default or named
+    unsourced: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"init_from {self.source} ({self.source_model}): {len(self.loaded)} of {self.total} tensors "
@@ -74,6 +76,10 @@ class TransferReport:
             groups = Counter(_module_group(k) for k in self.unused)
             lines.append(f"  unused from the file ({len(self.unused)} tensors):")
             lines += _group_lines([f"{g} ({n})" for g, n in groups.items()])
+        for new, candidates in self.unsourced.items():
+            lines.append(f"  note: {new} is new and the file has several sensors ({', '.join(candidates)}): it keeps "
+                         f"its own initialisation; train.init_modality_from={{{new}: {candidates[-1]}}} starts it "
+                         f"from one of them ({new}: none keeps this and drops the note)")
         if self.input_encoding:
             lines.append("  note: the file's model saw these sensors through another input encoding than this "
                          "model (model.input_encoding; rgbx info FILE shows the file's):")
@@ -189,6 +195,9 @@ def transfer_weights(model: nn.Module, source: str | Path, *, classes: Sequence[
         m for m in model_modalities if any(_has_component(k, m) for k in state)]
     sources = _modality_sources(model_modalities, file_modalities, dict(modality_from or {}))
     report.from_modality = dict(sources)
+    named = dict(modality_from or {})
+    report.unsourced = {m: file_modalities for m in model_modalities
+                        if m not in file_modalities and m not in sources and m not in named and len(file_modalities) > 1}
 
     classifier = _classifier_name(model)
     classifier_keys = {f"{classifier}.weight", f"{classifier}.bias"} if classifier else set()
