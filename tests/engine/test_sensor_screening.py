@@ -132,7 +132,7 @@ def test_cli_sensor_rules_change_the_verdict(model_file, tmp_path):
         "t000": "1", "t005": "1"}
 
 
-def test_cli_eval_check_sensors(tmp_path):
+def test_cli_eval_check_sensors(tmp_path, capsys):
     """A split whose camera frames are all black: screened, rgb+depth scores as depth alone; fed as is, it does not."""
     import json
 
@@ -150,6 +150,9 @@ def test_cli_eval_check_sensors(tmp_path):
     for name, extra in {"screened": ["--check-sensors"], "as_is": [], "depth": ["--modalities", "depth"]}.items():
         assert main([*common, *extra, "--json", str(tmp_path / f"{name}.json")]) == 0
         runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        printed = capsys.readouterr().out
+        assert ("sensor checks left out: rgb in 2 of 2 samples" in printed) == (name == "screened")
+    assert runs["screened"]["screened_samples"] == {"rgb": 2} and "screened_samples" not in runs["as_is"]
     full = "rgb+depth"
     assert runs["screened"]["subsets"][full]["all"]["miou"] == runs["depth"]["subsets"]["depth"]["all"]["miou"]
     assert runs["screened"]["sensor_checks"]["rgb"]["min_contrast"] == 0.01 and runs["as_is"]["sensor_checks"] is None

@@ -237,6 +237,9 @@ def _evaluate(args, device, ctx) -> int:
     print_eval_tables(result, list(desc.classes), convention=args.miou, per_class=args.per_class,
                       title=f"{args.checkpoint} on {args.data} [{args.split}]"
                       + (f", zero-shot from {args.zero_shot}" if args.zero_shot is not None else ""))
+    if args.check_sensors:
+        left = ", ".join(f"{m} in {n}" for m, n in result.screened.items()) or "nothing"
+        print(f"sensor checks left out: {left} of {result.samples} samples")
     if args.calibration and temperatures is None:
         print(f"{args.checkpoint} records no temperatures: the figures are the raw softmax's (rgbx calibrate fits "
               f"them on a validation split)")

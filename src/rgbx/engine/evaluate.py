@@ -36,6 +36,9 @@ class EvalResult:
     reliability: dict[str, dict[str, dict[str, ReliabilityHistogram]]] = field(default_factory=dict)
     bins: int = DEFAULT_BINS
     unscored: dict[str, int] = field(default_factory=dict)
+    # sensor → samples whose frame the dataset's sensor checks left out (``meta["screened"]``, FrameScreen)
+    screened: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
 
     def matrix(self, subset: str, group: str = "all") -> ConfusionMatrix:
         groups = self.matrices.setdefault(subset, {})
@@ -93,9 +96,10 @@ class EvalResult:
             else:
                 self.histogram(subset, kind, group).all_reduce()
         counts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(counts, self.unscored)
-        self.unscored = {s: n for s in dict.fromkeys(s for c in counts for s in c)
-                         if (n := sum(c.get(s, 0) for c in counts))}
+        dist.all_gather_object(counts, (self.unscored, self.screened, self.samples))
+        self.unscored, self.screened = ({s: n for s in dict.fromkeys(s for c in counts for s in c[i])
+                                         if (n := sum(c[i].get(s, 0) for c in counts))} for i in (0, 1))
+        self.samples = sum(c[2] for c in counts)
 
     def to_dict(self, class_names: list[str] | None = None, convention: str = "present") -> dict:
         data = {
@@ -111,6 +115,8 @@ class EvalResult:
                                    for s, groups in self.reliability.items()}
         if self.unscored:
             data["unscored_samples"] = dict(self.unscored)
+        if self.screened:
+            data["screened_samples"] = dict(self.screened)
         return data
 
 
@@ -181,6 +187,10 @@ def evaluate(
         if batch.label is None:
             raise ValueError("evaluation needs labelled data")
         batch = batch.to(device, non_blocking=True)
+        result.samples += len(batch.label)
+        for meta in batch.meta:
+            for sensor in meta.get("screened", ()):
+                result.screened[sensor] = result.screened.get(sensor, 0) + 1
         groups = [("all", None)]
         if group_by is not None:
             values = [str(m.get("attributes", {}).get(group_by, "")) for m in batch.meta]
