@@ -229,6 +229,7 @@ def test_eval_with_modalities_reads_only_those(place, tmp_path, capsys):
     assert list(json.loads(out.read_text())["subsets"]) == ["rgb"]
     status, err = run(["eval", str(place / "m.safetensors"), "--data", str(rig)], capsys)
     assert status == 2 and "the dataset has no modality 'depth'" in err  # without --modalities: every sensor
+    assert "; score the model on the sensors the data has with --modalities rgb" in err
     # predict takes what the rig has, and now says so
     assert main(["predict", str(place / "m.safetensors"), str(rig), "--split", "val", "--out", str(tmp_path / "p"),
                  "--no-panels"]) == 0

@@ -154,7 +154,7 @@ def _evaluate(args, device, ctx) -> int:
     from rgbx.engine.onnx_model import is_onnx_file
     from rgbx.engine.tables import print_eval_tables
     from rgbx.engine.trainer import loader_workers
-    from rgbx.errors import ConfigError
+    from rgbx.errors import ConfigError, DataError
 
     for option, what in (("failures", "silent failures"), ("corruptions", "corruptions"),
                          ("strengths", "corruptions' strengths")):
@@ -188,8 +188,11 @@ def _evaluate(args, device, ctx) -> int:
             raise ConfigError(f"--modalities {bad}: the model only takes {', '.join(model.modalities)}")
     # --modalities: only those are read (data of a rig without the model's other sensors is scored as it is)
     read = [m for m in model.modalities if m in args.modalities] if args.modalities else list(model.modalities)
-    dataset = build_dataset(args.dataset, args.data, args.split, modalities=read,
-                            transform=EvalTransform(), **parse_options(args.option))
+    try:
+        dataset = build_dataset(args.dataset, args.data, args.split, modalities=read,
+                                transform=EvalTransform(), **parse_options(args.option))
+    except DataError as e:
+        raise DataError(f"{e}{_fewer_sensors_hint(args, model)}") from None
     desc = dataset.description
     dataset.require_labels("evaluation")
     if args.check_sensors:  # a sensor whose frame fails the checks is absent from that sample (no frozen check)
@@ -267,6 +270,24 @@ def _evaluate(args, device, ctx) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2))
     return 0
+
+
+def _fewer_sensors_hint(args, model) -> str:
+    """``"; score ... with --modalities A B"`` when the data lacks some of the model's sensors but has others."""
+    from rgbx.data import build_dataset
+    from rgbx.errors import RgbxError
+
+    if args.modalities:
+        return ""
+    try:
+        has = build_dataset(args.dataset, args.data, args.split, check="none",
+                            **parse_options(args.option)).description.modalities
+    except RgbxError:
+        return ""
+    usable = [m for m in model.modalities if m in has]
+    if not usable or len(usable) == len(model.modalities):
+        return ""
+    return f"; score the model on the sensors the data has with --modalities {' '.join(usable)}"
 
 
 def published_flags(flags: str, multi_scale: bool) -> list[str] | None:
