@@ -68,7 +68,7 @@ def add_parser(sub) -> None:
                         "PNGs, black in the colour images, amber in the panels' error maps")
 
 
-def _samples(args, modalities):
+def _samples(args, modalities, storage=None):
     import torch
 
     from rgbx.data import build_dataset
@@ -108,7 +108,7 @@ def _samples(args, modalities):
     if args.limit > 0:
         found = found[: args.limit]
     for sid, paths in found:
-        inputs = {m: read_modality_file(p, m) for m, p in paths.items()}
+        inputs = {m: read_modality_file(p, m, storage) for m, p in paths.items()}
         sizes = {tuple(x.shape[-2:]) for x in inputs.values()}
         if len(sizes) > 1:
             from rgbx.errors import DataError
@@ -190,7 +190,7 @@ def run(args) -> int:
     count, log = 0, SensorLog(args.out) if predictor.monitor is not None else None
     tally = ConfidenceTally(args.min_confidence) if with_confidence else None
     try:
-        for sample in _samples(args, list(model.modalities)):
+        for sample in _samples(args, list(model.modalities), predictor.storage):
             try:
                 pred, confidence = (predictor.predict_with_confidence(sample) if with_confidence
                                     else (predictor.predict(sample), None))

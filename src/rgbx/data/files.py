@@ -1,13 +1,16 @@
 """Loose input files (not a dataset folder): what ``rgbx predict`` reads for a user's own captures.
 
 Inputs are given per modality as a file or a folder (``rgb=frames/ depth=depth/``); folders are matched by file
-stem. Integer files (PNG, uint16 PNG, integer .npy) are scaled by the modality spec's ``scale``; float ``.npy`` files
-are taken as physical units already (e.g. depth in metres).
+stem. Integer files (PNG, uint16 PNG, integer .npy) are scaled by the modality spec's ``scale`` (or, with
+``storage``, by the scale the model's training data stored the sensor with, e.g. 16-bit thermal); float ``.npy``
+files are taken as physical units already (e.g. depth in metres).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +29,28 @@ def encoding_for(path: Path) -> str:
                     f"{', '.join(s for n in ENCODINGS.names() for s in ENCODINGS.get(n).suffixes)})")
 
 
-def read_modality_file(path: str | Path, modality: str) -> torch.Tensor:
-    """(C, H, W) float32 tensor in physical units, with a clear error for a wrong channel count."""
-    path = Path(path)
+def stored_spec(modality: str, storage: Mapping | None = None):
+    """The modality's spec with the ``encoding`` / ``dtype`` / ``scale`` that ``storage`` (``{sensor: {encoding,
+    dtype, scale}}``, e.g. what a model file records of its training data:
+    :func:`rgbx.models.model_file.recorded_storage`) gives for it; the spec itself when it gives none, or gives a
+    float storage: loose float files are physical units already, and integer ones (a 16-bit depth PNG next to
+    training data in float .npy) are read as the sensor's own encoding."""
     spec = get_modality(modality)
+    given = (storage or {}).get(modality) or {}
+    if given.get("dtype") is not None and np.dtype(given["dtype"]).kind == "f":
+        return spec
+    fields = {k: given[k] for k in ("encoding", "dtype", "scale") if given.get(k) is not None}
+    if "scale" in fields:
+        fields["scale"] = float(fields["scale"])
+    return replace(spec, **fields) if fields else spec
+
+
+def read_modality_file(path: str | Path, modality: str, storage: Mapping | None = None) -> torch.Tensor:
+    """(C, H, W) float32 tensor in physical units, with a clear error for a wrong channel count. ``storage``:
+    ``{sensor: {dtype, scale, ...}}`` read instead of the sensor's built-in encoding (:func:`stored_spec`; a model's
+    ``Predictor.storage``, the storage of its training data)."""
+    path = Path(path)
+    spec = stored_spec(modality, storage)
     arr = read_array(path, encoding_for(path))
     if arr.shape[0] != spec.channels:
         hint = ""
@@ -65,7 +86,12 @@ def check_encoding(arr: np.ndarray, spec, where: str) -> None:
         top = int(arr.max())
         if top > encoding.max:
             raise DataError(f"{where}: integer values up to {top}; {spec.name!r} is read as its encoding ({stored}, "
-                            f"at most {encoding.max}) or as floats in {unit}")
+                            f"at most {encoding.max}) or as floats in {unit}. Files stored otherwise are read as the "
+                            f"model's training data stored them when its model file records that (rgbx train "
+                            f"records each sensor's dtype and scale from dataset.yaml); otherwise convert them to "
+                            f"float32 .npy in {unit} (file value × your scale), or in Python give the storage: "
+                            f"Predictor.from_file(..., storage={{{spec.name!r}: {{'dtype': 'uint16', "
+                            f"'scale': S}}}}) or read_modality_file(path, {spec.name!r}, storage=...)")
         if arr.dtype.itemsize < np.dtype(spec.dtype).itemsize:
             raise DataError(f"{where}: {arr.dtype} values; {spec.name!r} is read as its encoding ({stored}): "
                             f"{arr.dtype} cannot hold it (an 8-bit depth image holds relative depth, not "
@@ -79,11 +105,13 @@ def check_encoding(arr: np.ndarray, spec, where: str) -> None:
                             f"({stored}) or convert the floats to {unit}")
 
 
-def discover_samples(sources: dict[str, Path]) -> list[tuple[str, dict[str, Path]]]:
+def discover_samples(sources: dict[str, Path], report: Callable[[str], None] | None = print
+                     ) -> list[tuple[str, dict[str, Path]]]:
     """Match per-modality files/folders into samples: ``[(id, {modality: path})]``, sorted by id.
 
     A folder contributes every readable file in it; the same stem across folders is one sample. A sample may lack
-    some modalities (missing sensors are normal).
+    some modalities (missing sensors are normal); when the samples do not all have the same sensors, ``report``
+    (None: nothing) gets one line counting the samples of each sensor set (:func:`sensor_set_counts`).
     """
     samples: dict[str, dict[str, Path]] = {}
     for modality, src in sources.items():
@@ -114,4 +142,20 @@ def discover_samples(sources: dict[str, Path]) -> list[tuple[str, dict[str, Path
         raise DataError(f"no file name is shared by the sensors' folders ({', '.join(f'{m}: {sid}' for m, sid in firsts.items())} "
                         f"...): folders are matched by file name without extension, so name a sample's files alike "
                         f"(rgb/0001.png, depth/0001.png)")
-    return sorted(samples.items())
+    found = sorted(samples.items())
+    counts = sensor_set_counts(found, list(sources))
+    if report is not None and len(counts) > 1:
+        report(f"note: the folders' file names make {len(found)} frames: "
+               + ", ".join(f"{s}: {n} frame{'s' if n != 1 else ''}" for s, n in counts.items())
+               + " (folders are matched by file name; a frame without a sensor's file goes without that sensor)")
+    return found
+
+
+def sensor_set_counts(samples, order) -> dict[str, int]:
+    """``{"rgb+depth": 4, "depth": 10}``: how many of ``samples`` (``[(id, {modality: path})]``) have each set of
+    sensors, the sets named in ``order``'s order, larger sets first."""
+    counts: dict[str, int] = {}
+    for _, paths in samples:
+        key = "+".join(m for m in order if m in paths)
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[0].count("+"), -kv[1])))

@@ -161,16 +161,27 @@ def head_folded(model: nn.Module, fold: bool) -> Iterator[None]:
             m.set_fold(was)
 
 
-def _normalisation(modalities) -> dict:
-    from rgbx.modalities import get_modality
+def _normalisation(modalities, storage: Mapping | None = None) -> dict:
+    """Per modality: how a file value becomes a network input. ``storage`` (``{sensor: {encoding, dtype, scale}}``,
+    what the model file records of its training data) replaces the spec's own encoding, dtype and scale: a model
+    trained on 16-bit thermal is fed 16-bit thermal × the training scale."""
+    from rgbx.data.files import stored_spec
 
     out = {}
     for m in modalities:
-        spec = get_modality(m)
+        spec = stored_spec(m, storage)
         out[m] = {"channels": spec.channels, "scale": spec.scale, "unit": spec.unit, "mean": list(spec.mean),
                   "std": list(spec.std), "fill": spec.fill, "invalid_value": spec.invalid_value,
                   "encoding": spec.encoding, "dtype": spec.dtype}
     return out
+
+
+def _sensor_specs(modalities) -> dict:
+    """The full fields of each sensor rgbx does not define (as a model file states them: ``sensors``), so that
+    ``rgbx eval / predict FILE.onnx`` registers them in a process that never read their declaration."""
+    from rgbx.modalities import BUILTIN_MODALITIES, get_modality, spec_to_dict
+
+    return {m: spec_to_dict(get_modality(m)) for m in modalities if m not in BUILTIN_MODALITIES}
 
 
 MIN_OPSET = 14  # the first opset the exporters write scaled_dot_product_attention in
@@ -189,9 +200,13 @@ def onnx_metadata(model: nn.Module, dataset: Mapping | None = None, size: tuple[
 
     Keys: ``format``; ``model_config`` (the rgbx ModelConfig); ``modalities`` (input order, also the column order of
     ``present``); ``inputs`` / ``outputs`` (names and layouts); ``normalization`` (per modality: channels, scale,
-    mean, std, fill, ...: network input = (file value × scale − mean) / std); ``classes``, ``palette``,
+    mean, std, fill, ...: network input = (file value × scale − mean) / std; dtype, encoding and scale are those of
+    the training data when the model file records them, ``dataset["storage"]``, else the sensor's own);
+    ``sensors`` (the full fields of sensors rgbx does not define, when there are any); ``classes``, ``palette``,
     ``ignore_index``, ``dataset`` (when known); ``export_size`` and ``dynamic_axes``.
     """
+    from rgbx.models.model_file import recorded_storage
+
     dataset = dict(dataset or {})
     modalities = list(model.modalities)
     k = model.num_classes
@@ -210,7 +225,7 @@ def onnx_metadata(model: nn.Module, dataset: Mapping | None = None, size: tuple[
                    "present": f"(B, {len(modalities)}) bool, columns in 'modalities' order; False = sensor absent "
                               "(its input is ignored for that sample)"},
         "outputs": {"logits": f"(B, {k}, H, W) float32, class scores; argmax over dim 1 gives the class index"},
-        "normalization": _normalisation(modalities),
+        "normalization": _normalisation(modalities, recorded_storage(dataset)),
         "classes": list(classes),
         "palette": [list(c) for c in palette],
         "ignore_index": dataset.get("ignore_index", 255),
@@ -218,6 +233,9 @@ def onnx_metadata(model: nn.Module, dataset: Mapping | None = None, size: tuple[
         "export_size": list(size) if size else None,
         "dynamic_axes": ["batch", "height", "width"] if dynamic else [],
     }
+    sensors = _sensor_specs(modalities)
+    if sensors:
+        meta["sensors"] = sensors
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in meta.items()}
 
 

@@ -82,6 +82,7 @@ class OnnxSegmentor(nn.Module):
             raise CheckpointError(f"{path}: not an rgbx export (its metadata has format={meta.get('format')!r}, "
                                   f"expected {FORMAT!r}); write one with rgbx export")
         self.path, self.runtime, self.precision = path, runtime, precision
+        declare_onnx_sensors(meta, path)
         self.modalities = tuple(meta["modalities"])
         self.config = ModelConfig.from_dict(meta["model_config"])
         self.num_classes = self.config.num_classes
@@ -90,6 +91,10 @@ class OnnxSegmentor(nn.Module):
         dataset.setdefault("classes", meta.get("classes"))
         dataset.setdefault("palette", meta.get("palette"))
         dataset.setdefault("ignore_index", meta.get("ignore_index", 255))
+        # how the file's inputs were stored: its normalisation states it for every sensor (the training data's
+        # storage, or the sensor's own for a file exported before model files recorded that)
+        dataset.setdefault("storage", {m: {k: v[k] for k in ("encoding", "dtype", "scale") if k in v}
+                                       for m, v in (meta.get("normalization") or {}).items()})
         self.info = {"dataset": dataset, "exported_from": str(path), "runtime": runtime, "precision": precision,
                      **{k: meta[k] for k in ("converted_from", "reference_evaluation", "calibration") if k in meta}}
         self._run = (_openvino_runner(path, threads, precision) if runtime == "openvino"
@@ -125,6 +130,23 @@ class OnnxSegmentor(nn.Module):
             raise RgbxError(f"{self.path} failed in {self.runtime} on inputs {shapes}: {first}") from None
         logits = torch.from_numpy(np.ascontiguousarray(out)).to(ref.device)
         return SegOutput(logits=logits, fused=[])
+
+
+def declare_onnx_sensors(meta: Mapping, path: str | Path) -> None:
+    """Register the sensors of an exported file that rgbx does not define, as :func:`rgbx.load_model` does from a
+    model file: from the file's ``sensors`` (their full fields), else, for a file exported before it wrote them,
+    from its ``normalization`` (channels, scale, unit, mean, std, fill, invalid value, encoding, dtype; the rest
+    defaults: not sparse, no photometric augmentation, drawn in gray) for a sensor not registered yet. A different
+    definition already registered under the name is a CheckpointError naming the fields that differ."""
+    from rgbx.modalities import MODALITIES
+    from rgbx.models.model_file import declare_sensors
+
+    sensors = dict(meta.get("sensors") or {})
+    fields = ("channels", "scale", "unit", "mean", "std", "fill", "invalid_value", "encoding", "dtype")
+    for m, norm in (meta.get("normalization") or {}).items():
+        if m not in sensors and m not in MODALITIES and isinstance(norm, Mapping):
+            sensors[m] = {k: norm[k] for k in fields if k in norm}
+    declare_sensors({"sensors": sensors}, path)
 
 
 def open_runtime_variant(path: str | Path, variant: str, threads: int | None = None) -> OnnxSegmentor:

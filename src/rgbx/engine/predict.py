@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rgbx.data.files import physical_units, read_modality_file
+from rgbx.data.files import physical_units, read_modality_file, stored_spec
 from rgbx.data.sample import Sample, collate, normalize_sample
 from rgbx.data.sensor_health import SensorFailure, SensorMonitor, SensorStatus, replace_non_finite
 from rgbx.engine.calibration import TemperatureScaling
@@ -40,12 +40,19 @@ class Predictor:
     its predicted class, calibrated by the temperature the model file records for the sensors that were used
     (``rgbx calibrate``; :mod:`rgbx.engine.calibration`), so it stays honest when the checks leave a sensor out.
     ``min_confidence``: pixels below it are left unlabelled (``ignore_index``, 255 unless the dataset says
-    otherwise): "don't know" instead of a guess."""
+    otherwise): "don't know" instead of a guess.
+
+    ``storage`` (attribute): ``{sensor: {encoding, dtype, scale}}``, how the model's training data stored each
+    sensor, as the model file records it (:func:`rgbx.models.model_file.recorded_storage`; {} for a file that does
+    not), updated by the ``storage`` argument; integer frames and files given to :meth:`__call__` (and
+    ``read_modality_file(path, sensor, predictor.storage)``) are read with it: a model trained on 16-bit thermal
+    reads 16-bit thermal files at the training scale."""
 
     def __init__(self, model: torch.nn.Module, info: dict, device: str | torch.device = "cpu",
                  scales: tuple[float, ...] = (1.0,), flip: bool = False, speed: SpeedOptions | None = None,
                  window: SlidingWindow | None = None, scale_rule: str = "rgbx",
-                 monitor: SensorMonitor | bool | None = None, min_confidence: float | None = None):
+                 monitor: SensorMonitor | bool | None = None, min_confidence: float | None = None,
+                 storage: dict[str, dict] | None = None):
         if min_confidence is not None and not 0 < min_confidence < 1:
             raise ConfigError(f"min_confidence {min_confidence}: expected a probability between 0 and 1 (exclusive)")
         if min_confidence is not None and scale_rule == "cmx":
@@ -82,6 +89,9 @@ class Predictor:
 
         self.palette = [tuple(c) for c in dataset.get("palette") or default_palette(n)]
         self.ignore_index = dataset.get("ignore_index", 255)
+        from rgbx.models.model_file import recorded_storage
+
+        self.storage = {**recorded_storage(dataset), **recorded_storage({"storage": storage or {}})}
         if min_confidence is not None and 0 <= self.ignore_index < n:
             raise ConfigError(f"min_confidence leaves unsure pixels as the ignore index {self.ignore_index}, which is "
                               f"one of the model's {n} classes here ({self.classes[self.ignore_index]!r}): the "
@@ -94,7 +104,9 @@ class Predictor:
         ``runtime`` (``onnxruntime`` or ``openvino``; ``runtime_precision="bf16"``: OpenVINO in bf16, on a processor
         with bf16 instructions); ``fast``: the device's fast speed switches (PyTorch models); ``test_time``:
         ``scales``, ``flip``, ``window``, ``scale_rule``, ``monitor`` (True: screen each frame for failed sensors)
-        and ``min_confidence`` (leave pixels below it unlabelled).
+        and ``min_confidence`` (leave pixels below it unlabelled); ``storage``: how files and integer frames of a
+        sensor are stored where the model file does not record it (``{"thermal": {"dtype": "uint16", "scale":
+        1.5259e-05}}``).
 
         Example::
 
@@ -137,7 +149,7 @@ class Predictor:
         if lacking:
             raise DataError(f"sensor(s) {', '.join(map(repr, lacking))}: this model takes "
                             f"{', '.join(self.model.modalities)} (any subset); leave the others out")
-        sample = frame_sample(inputs, sample_id)
+        sample = frame_sample(inputs, sample_id, self.storage)
         sample["meta"].update(stamps=stamps, now=now)
         if confidence:
             labels, conf = self.predict_with_confidence(sample)
@@ -229,21 +241,23 @@ class Predictor:
         return paths
 
 
-def frame_sample(inputs, sample_id: str = "frame") -> Sample:
+def frame_sample(inputs, sample_id: str = "frame", storage: dict[str, dict] | None = None) -> Sample:
     """One frame of raw sensor data → a sample in physical units (what :meth:`Predictor.predict` takes).
 
     ``inputs``: sensor name → a file path (read as ``rgbx predict`` reads it), or an array / tensor as a driver gives
     it: (H, W), (H, W, C) channels last or (C, H, W); integer values are the sensor's on-disk encoding, scaled by its
     spec (8-bit RGB 0-255, red first; 16-bit depth / LiDAR in mm; ...), floating-point values are physical units
-    already (RGB 0-1, depth in metres). Any subset of the model's sensors; all of one size.
+    already (RGB 0-1, depth in metres). Any subset of the model's sensors; all of one size. ``storage``: how
+    integer values of a sensor are stored where that differs from its spec (``Predictor.storage``: the model's
+    training data's dtype and scale).
     """
     if not inputs:
         raise DataError("a frame needs at least one sensor's data")
     tensors = {}
     for name, value in inputs.items():
-        spec = get_modality(name)
+        spec = stored_spec(name, storage)
         if isinstance(value, (str, Path)):
-            tensors[name] = read_modality_file(value, name)
+            tensors[name] = read_modality_file(value, name, storage)
             continue
         arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         c = spec.channels

@@ -66,7 +66,7 @@ from rgbx.modalities import get_modality
 from rgbx.models import ModelConfig, create_model
 from rgbx.models.convert import REFERENCE_EVALUATION
 from rgbx.models.input_encoding import InputEncoding
-from rgbx.models.model_file import read_model_info
+from rgbx.models.model_file import dataset_record, read_model_info
 from rgbx.models.transfer import transfer_weights
 from rgbx.plugins import load_plugins
 
@@ -507,6 +507,14 @@ class Trainer:
         self.best_miou = float(state["best_miou"])
         self.reporter.print(f"resumed {self.paths.root} at iteration {self.iteration}")
 
+    def _dataset_info(self) -> dict:
+        """What the model file records of the training data: classes, palette, ignore index and, where the loader
+        decodes by scale alone (the rgbx folder format), each sensor's storage, which rgbx predict reads loose files
+        with and rgbx export writes into the ONNX normalisation."""
+        if type(self.train_set).decodes_by_scale():
+            return dataset_record(self.description, self.model_cfg.modalities)
+        return self.description.to_dict()
+
     def _file_info(self, **more) -> dict:
         """What a model file of the run records beside the weights: the iteration, what the run was made with
         (:mod:`rgbx.engine.environment`), the published evaluation protocol the config names (``rgbx eval
@@ -522,7 +530,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not self.dist.is_main:
             return
-        save_model(self.paths.last_weights, self.model, self.description.to_dict(), **self._file_info())
+        save_model(self.paths.last_weights, self.model, self._dataset_info(), **self._file_info())
         save_state(self.paths.state, self._state())
 
     # -- loops ----------------------------------------------------------------------------------------------------
@@ -733,7 +741,7 @@ class Trainer:
         result = self._eval_and_log(tb)
         if self.dist.is_main:
             extra = {"calibration": self._calibrate().to_dict()} if cfg.calibrate else {}
-            save_model(self.paths.final_weights, self.model, self.description.to_dict(), **self._file_info(**extra))
+            save_model(self.paths.final_weights, self.model, self._dataset_info(), **self._file_info(**extra))
             written = self.method.save_run_files(self.paths.root)  # e.g. MS3's head, for zero-shot prediction
             if written is not None:
                 self.reporter.print(f"method files: {written}")
@@ -775,7 +783,7 @@ class Trainer:
         if miou > self.best_miou:
             self.best_miou = miou
             if self.dist.is_main:
-                save_model(self.paths.best_weights, self.model, self.description.to_dict(),
+                save_model(self.paths.best_weights, self.model, self._dataset_info(),
                            **self._file_info(val_miou=miou, val_miou_convention=convention))
         return metrics
 

@@ -53,7 +53,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
 
 
 def save_model(path: str | Path, model: torch.nn.Module, dataset: dict | None = None, **info) -> Path:
-    """Write model weights + config (+ dataset info) as a safetensors file, atomically."""
+    """Write model weights + config (+ dataset info: classes, palette, ignore_index; ``storage`` when known,
+    :func:`dataset_record`) as a safetensors file, atomically."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "model": model.config.to_dict(), "dataset": dataset or {}, **info}
     # a sensor rgbx does not define (declared in a dataset.yaml, or registered by the user's code) travels with the
@@ -66,6 +67,32 @@ def save_model(path: str | Path, model: torch.nn.Module, dataset: dict | None = 
         meta["plugins"] = plugins
     metadata = {"rgbx": json.dumps(meta)}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+STORAGE_FIELDS = ("encoding", "dtype", "scale")
+
+
+def dataset_record(description, modalities=None) -> dict:
+    """What a model file records of the dataset it was trained on: ``description.to_dict()`` (classes, palette,
+    ignore index) and ``storage``: for each sensor of ``modalities`` (all the dataset's when None) its files'
+    encoding, dtype and scale, as the dataset.yaml states them (e.g. thermal as uint16 × 1.5259e-05 where the
+    built-in thermal is uint8 / 255), so that files given to ``rgbx predict`` and the exported ONNX file's
+    normalisation follow the training data's storage rather than the sensor's built-in one. Only for data whose
+    loader decodes by scale alone (:meth:`SegmentationDataset.decodes_by_scale`): the trainer checks."""
+    sources = description.modalities
+    names = [m for m in (sources if modalities is None else modalities) if m in sources]
+    return {**description.to_dict(),
+            "storage": {m: {k: getattr(sources[m], k) for k in STORAGE_FIELDS} for m in names}}
+
+
+def recorded_storage(dataset) -> dict[str, dict]:
+    """``{sensor: {encoding, dtype, scale}}`` from a model file's dataset info (:func:`dataset_record`); {} for a
+    file that does not record it (written before rgbx recorded storage, or converted): its sensors' files are then
+    read as the sensors' own specs say."""
+    storage = (dataset or {}).get("storage") if isinstance(dataset, dict) else None
+    if not isinstance(storage, dict):
+        return {}
+    return {m: {k: v[k] for k in STORAGE_FIELDS if k in v} for m, v in storage.items() if isinstance(v, dict)}
 
 
 def component_plugins(cfg: ModelConfig) -> dict[str, str]:

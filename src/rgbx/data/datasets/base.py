@@ -326,6 +326,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Raw (H, W) label file values → class indices with ``ignore_index`` (default: unchanged)."""
         return raw
 
+    @classmethod
+    def decodes_by_scale(cls) -> bool:
+        """Whether every sensor's file values become physical units by its source's ``scale`` alone (the rgbx folder
+        format, packed or not), so that a model trained on it can read loose files stored the same way
+        (:func:`rgbx.models.model_file.dataset_record`); False for a loader with its own decoding (NYU's 8-bit
+        relative depth, MFNet's 4-channel images, ...)."""
+        base = SegmentationDataset
+        return all(getattr(cls, name) is getattr(base, name) for name in ("decode_modality", "read_source", "load"))
+
     def decode_modality(self, name: str, raw: np.ndarray) -> np.ndarray:
         """Raw (C, H, W) file values → physical units (default: × the source's scale).
 
