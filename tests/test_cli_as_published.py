@@ -85,6 +85,13 @@ def test_a_flag_given_twice_must_agree(files, capsys):
     assert main(["eval", str(converted), "--data", str(data), "--as-published", "multi-scale", "--window",
                  "16x16"]) == 2
     assert "sets --window 24x32; the command line gives --window 16x16" in capsys.readouterr().err
+    # what the protocol leaves at rgbx eval's default is fixed too (a typed --flip was scored without a word)
+    assert main(["eval", str(converted), "--data", str(data), "--as-published", "--flip"]) == 2
+    assert "--as-published keeps no --flip (the protocol's); the command line gives --flip: drop one" \
+        in capsys.readouterr().err
+    assert main(["eval", str(converted), "--data", str(data), "--as-published", "--scale-rule", "dformer"]) == 2
+    assert "keeps --scale-rule rgbx (the protocol's); the command line gives --scale-rule dformer" \
+        in capsys.readouterr().err
 
 
 def test_a_file_without_a_protocol_or_a_multi_scale_variant_is_refused(files, tmp_path, capsys):

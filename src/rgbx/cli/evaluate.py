@@ -308,6 +308,10 @@ def as_published_command(path, flags: str) -> str:
     return f"rgbx eval {path} --data DIR{dataset} --as-published"
 
 
+# what a published protocol fixes even where it keeps rgbx eval's default (it scores with those values)
+PROTOCOL_KEYS = ("split", "miou", "scales", "flip", "scale_rule")
+
+
 def apply_published_protocol(args, info: dict, announce: bool = True) -> list[str]:
     """Set on ``args`` the flags of the evaluation protocol recorded in the model file's ``info``
     (``reference_evaluation``: written by ``rgbx convert``, and by a run whose config names a
@@ -335,9 +339,12 @@ def apply_published_protocol(args, info: dict, announce: bool = True) -> list[st
         raise ConfigError(f"{args.checkpoint}: its recorded protocol flags {protocol['flags']!r} are not rgbx eval "
                           f"arguments") from None
     for key, value in wanted.items():
-        if value == defaults[key]:
-            continue
         given = getattr(args, key)
+        if value == defaults[key]:  # a protocol that leaves the mIoU convention etc. at rgbx's default fixes it too
+            if key in PROTOCOL_KEYS and typed is not None and key in typed and given != value:
+                raise ConfigError(f"--as-published keeps {_flag_text(key, value)} (the protocol's); the command "
+                                  f"line gives {_flag_text(key, given)}: drop one")
+            continue
         if key == "option":  # KEY=VALUE pairs: the protocol's and the command line's, one value per key
             ours = dict(o.split("=", 1) for o in value)
             for o in given:
@@ -375,6 +382,14 @@ def _typed(args) -> set[str] | None:
     for action in parser._actions:  # no defaults: only what was typed is set
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_known_args(tokens)[0]))
+
+
+def _flag_text(key: str, value) -> str:
+    """``--miou present``, ``--flip`` / ``no --flip``: an eval argument as typed."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"no {flag}"
+    return f"{flag} {_shown(value)}"
 
 
 def _shown(value) -> str:
