@@ -772,7 +772,8 @@ class Trainer:
         miou = metrics["subsets"][full]["all"]["miou"]
         entry = {"iteration": self.iteration, "miou": miou, "miou_convention": convention,
                  "groups": {g: m["miou"] for g, m in metrics["subsets"][full].items()}}
-        if self.dist.is_main:
+        if self.dist.is_main:  # one entry per iteration (a finished run resumed evaluates its last one again)
+            drop_rows_after(self.paths.root / "eval.jsonl", self.iteration - 1, jsonl_iteration)
             with (self.paths.root / "eval.jsonl").open("a") as f:
                 f.write(json.dumps(entry) + "\n")
         over = " (all classes)" if convention == "all" else ""
