@@ -254,3 +254,19 @@ def test_predict_into_a_folder_with_earlier_predictions(place, tmp_path, capsys)
     assert sorted(p.name for p in (out / "labels").iterdir()) == ["keep.txt", "s002.png", "s003.png"]
     assert not list((out / "panels").iterdir())
     assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "calibrate"])
+def test_threads_of_the_inference_commands_hold_for_the_command(place, tmp_path, monkeypatch, command):
+    """`--threads N` (as train.threads and rgbx bench --threads) for eval / predict / calibrate, set for the command
+    and given back after it (a shared CPU: fewer threads than cores can be faster)."""
+    before = torch.get_num_threads()
+    calls = []
+    set_threads = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n) or set_threads(n))
+    model, data = str(place / "m.safetensors"), str(place / "data")
+    argv = {"eval": ["eval", model, "--data", data],
+            "predict": ["predict", model, data, "--split", "val", "--out", str(tmp_path / "p"), "--no-panels"],
+            "calibrate": ["calibrate", model, "--data", data, "--out", str(tmp_path / "c.safetensors")]}[command]
+    assert main([*argv, "--threads", str(before + 1)]) == 0
+    assert calls == [before + 1, before] and torch.get_num_threads() == before

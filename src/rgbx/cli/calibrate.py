@@ -10,6 +10,7 @@ from rgbx.cli.common import (
     add_command,
     add_dataset_arguments,
     add_test_time_arguments,
+    add_threads_argument,
     non_negative_int,
     parse_options,
     positive_int,
@@ -65,6 +66,7 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=non_negative_int,
                    help="loader processes (default: 2 on the CPU, on CUDA one per spare core up to 8)")
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
 
 
 def run(args) -> int:

@@ -202,6 +202,13 @@ def predictor_from_args(args, device, **options):
                      monitor=monitor, **options)
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's CPU threads for the command (set by :func:`rgbx.cli.main.main`)."""
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="torch CPU threads (default: torch's, one per core; on a machine shared with other "
+                             "work fewer can be faster)")
+
+
 def add_timing_arguments(parser: argparse.ArgumentParser, warmup: int = 2) -> None:
     """``--warmup``, ``--repeats``, ``--settle`` and ``--threads`` of the scripts that time candidates alternately
     (:func:`rgbx.engine.bench.time_alternating`); :func:`settle_from_args` resolves ``--settle``."""

@@ -16,6 +16,7 @@ from rgbx.cli.common import (
     add_runtime_arguments,
     add_sensor_check_arguments,
     add_test_time_arguments,
+    add_threads_argument,
     check_output,
     inference_speed_from_args,
     load_model_from_args,
@@ -120,6 +121,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=non_negative_int,
                    help="loader processes (default: 2 on the CPU, on CUDA one per spare core up to 8)")
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
     add_inference_speed_arguments(p)
     add_runtime_arguments(p)
 

@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     formatwarning, warnings.formatwarning = warnings.formatwarning, warning_formatter(args.command)
     threads = _torch_threads()
     try:
+        if getattr(args, "threads", None):  # --threads of any command: for the command only
+            import torch
+
+            torch.set_num_threads(args.threads)
         result = args.run(args)
     except RgbxError as e:
         if os.environ.get("RGBX_DEBUG"):

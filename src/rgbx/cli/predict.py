@@ -11,6 +11,7 @@ from rgbx.cli.common import (
     add_runtime_arguments,
     add_sensor_check_arguments,
     add_test_time_arguments,
+    add_threads_argument,
     non_negative_int,
     parse_options,
     positive_float,
@@ -54,6 +55,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-panels", action="store_true", help="write only label and colour PNGs")
     add_test_time_arguments(p)
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
     p.add_argument("--workers", type=non_negative_int,
                    help="processes reading a dataset folder ahead of the model (default: 2 on the CPU, on CUDA "
                         "one per spare core up to 8)")

@@ -12,6 +12,7 @@ from rgbx.cli.common import (
     add_runtime_arguments,
     add_sensor_check_arguments,
     add_test_time_arguments,
+    add_threads_argument,
     non_negative_int,
     parse_options,
     positive_float,
@@ -35,7 +36,9 @@ least as large as SPLIT (--labelled-repeat), + SPLIT. OUT/prediction/ and OUT/co
 65536) hold the raw predictions, OUT/pseudo_labels.json the rule, the thresholds and the report, OUT/samples.csv
 each sample's mean confidence and share of pixels kept (least confident first). When SPLIT does have labels, the
 report scores the pseudo-labels against them (never used to make them). A second round: pseudo-label OUT's SPLIT
-with the student.
+with the student (--data OUT --split raw --labelled train --out OUT2): OUT's train_pseudo, named in its
+pseudo_labels.json, is the earlier round's and is not carried into OUT2, whose train_pseudo = train + SPLIT with the
+student's pseudo-labels (OUT is not changed; the report is not scored against the teacher's pseudo-labels).
 """
 
 
@@ -65,6 +68,7 @@ def add_parser(sub) -> None:
                                   "(black, empty, saturated, NaN, frozen): the pseudo-label comes from the others")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.add_argument("--device", default="auto")
+    add_threads_argument(p)
     p.add_argument("--workers", type=non_negative_int,
                    help="processes reading the split ahead of the model (default: 2 on the CPU, on CUDA one per "
                         "spare core up to 8)")
