@@ -278,3 +278,14 @@ def test_stale_frames_by_timestamp():
     with pytest.raises(Exception, match="timestamps for thermal, which sent no frame"):
         monitor.screen({"rgb": camera(4)}, stamps={"thermal": 1.0})
     assert parse_rules(["depth.max_age=0.25"])[1]["depth"].max_age == 0.25
+
+
+def test_a_sparse_sensors_empty_pixels_are_not_reported_as_saturated():
+    """A LiDAR frame is mostly 'no measurement' (0 m, the bottom of its range): that share was written to
+    sensor_health.csv as 'saturated' (97 %) while the check, rightly, did not apply."""
+    x = torch.zeros(1, 1, 32, 40)
+    x[0, 0, ::4, ::4] = torch.linspace(2.0, 40.0, 80).view(8, 10)
+    stats = frame_statistics(x, get_modality("lidar"))
+    assert stats["saturated"].tolist() == [0.0] and 0 < stats["coverage"].item() < 0.1
+    dark = torch.zeros(1, 1, 32, 40)  # a thermal camera (no 'no measurement' value) stuck at the bottom
+    assert frame_statistics(dark, get_modality("thermal"))["saturated"].tolist() == [1.0]

@@ -154,8 +154,8 @@ def _statistics(x: torch.Tensor, spec: ModalitySpec) -> tuple[torch.Tensor, dict
         spread = grid.flatten(2).std(2, correction=0)
     std = torch.tensor(spec.std, dtype=x.dtype, device=x.device).expand(x.shape[1])
     contrast = (spread / std).amin(1)
-    if spec.display_range is not None:
-        lo, hi = spec.display_range
+    if spec.display_range is not None and not has_empty_value(spec):  # (where no measurement is a value, the
+        lo, hi = spec.display_range                                     # checks read coverage instead)
         eps = 1e-3 * (hi - lo)
         at_end = (grid <= lo + eps).all(1) | (grid >= hi - eps).all(1)
         saturated = at_end.flatten(1).float().mean(1)
@@ -169,7 +169,8 @@ def frame_statistics(x: torch.Tensor, spec: ModalitySpec) -> dict[str, torch.Ten
     ``non_finite`` (fraction of values), ``coverage`` (fraction of pixels holding a measurement; 1 for a dense
     sensor without a "no measurement" value), ``contrast`` (the smallest over channels of std / the spec's std; over
     the measured pixels for a sensor with a "no measurement" value, 0 with none), ``saturated`` (fraction of pixels
-    at the bottom or the top of the display range in every channel; 0 without a display range). Contrast and the
+    at the bottom or the top of the display range in every channel; 0 without a display range, and for a sensor
+    with a "no measurement" value, whose empty pixels sit at the bottom: not checked there). Contrast and the
     saturated share are estimated on a grid of :data:`SAMPLED_PIXELS` pixels."""
     return _statistics(x, spec)[1]
 
