@@ -145,6 +145,12 @@ def test_nyu_colour_mapped_depth_is_refused_with_its_path(tmp_path):
     ds = NYUDepthV2(root, "train")
     with pytest.raises(DataError, match=r"1\.png.*colour"):
         ds.load(1)
+    # rgbx data check (a full check) names it up front, as loading would
+    assert ds.find_problems() == []  # the header check does not decode (training's default check stays cheap)
+    problems = ds.find_problems(full=True)
+    assert len(problems) == 1 and problems[0].startswith(f"{root / 'Depth' / '1.png'}: depth: colour image")
+    with pytest.raises(DataError, match=r"Depth/1\.png: depth: colour image where a gray one was expected"):
+        check_dataset(root, dataset="nyudepthv2")
 
 
 def test_nyu_sagate_release_hha_folder_and_metric_depth(tmp_path):
@@ -267,6 +273,21 @@ def test_sunrgbd_pad_to_pads_every_file_as_dformerv2_evaluates(tmp_path):
         SUNRGBD(root, "test", pad_to=[0, 5])
 
 
+def test_sunrgbd_colour_mapped_depth_is_named_by_the_full_check(tmp_path):
+    root = tmp_path / "SUNRGBD"
+    for n in ("a", "b"):
+        save(root / "RGB" / f"{n}.jpg", rgb_image())
+        gray = np.full((H, W), 200, np.uint8)  # 8-bit relative depth, RGBA as plt.imsave writes it
+        save(root / "Depth" / f"{n}.png", np.dstack([gray, gray, gray, np.full_like(gray, 255)]))
+        save(root / "labels" / f"{n}.png", label_image([1, 2, 3]))
+    save(root / "Depth" / "b.png", np.dstack([rgb_image(), np.full((H, W), 255, np.uint8)]))  # colour-mapped
+    (root / "train.txt").write_text("RGB/a.jpg\n")
+    (root / "test.txt").write_text("RGB/b.jpg\n")
+    assert SUNRGBD(root, "train", check="full").load(0)["inputs"]["depth"].shape == (1, H, W)
+    with pytest.raises(DataError, match=r"Depth/b\.png: depth: colour image where a gray one was expected"):
+        check_dataset(root, dataset="sunrgbd")
+
+
 # -- MFNet --------------------------------------------------------------------------------------------------------
 
 def make_mfnet_original(root: Path) -> Path:
@@ -329,6 +350,13 @@ def test_mfnet_deliver_layout_and_broken_label(tmp_path):
     save(root / "labels" / "00011N.png", np.full((H, W), 9, np.uint8))
     with pytest.raises(DataError, match=r"00011N\.png.*out of range"):
         check_dataset(root, dataset="mfnet")
+    save(root / "labels" / "00011N.png", label_image([0, 3]))
+    for n in ("00010D", "00011N"):  # gray JPEGs written as RGB, and one colour-mapped thermal image
+        save(root / "ther" / f"{n}.jpg", np.dstack([np.full((H, W), 100, np.uint8)] * 3))
+    save(root / "ther" / "00012D.jpg", rgb_image())
+    MFNet(root, "test")  # headers only: not decoded
+    with pytest.raises(DataError, match=r"00012D\.jpg: thermal: colour image where a gray one was expected"):
+        check_dataset(root, dataset="mfnet")
 
 
 # -- PST900 -------------------------------------------------------------------------------------------------------
@@ -377,3 +405,16 @@ def test_pst900_missing_and_wrong_files_are_named(tmp_path):
     msg = str(e.value)
     assert "31_bag1a_rect_rgb_frame0000000009" in msg and "missing thermal" in msg
     assert "32_bag2_rect_rgb_frame0000000001.png: dtype uint8, expected uint16" in msg
+
+
+def test_pst900_colour_mapped_thermal_is_named_by_the_full_check(tmp_path):
+    root = make_pst900(tmp_path / "PST900_RGBT_Dataset")
+    for path in (root / "train" / "thermal").glob("*.png"):  # gray thermal written as RGB: accepted
+        save(path, np.dstack([np.full((H, W), 128, np.uint8)] * 3))
+    assert PST900(root, "train", check="full").load(0)["inputs"]["thermal"].shape == (1, H, W)
+    thermal = save(root / "train" / "thermal" / "31_bag1a_rect_rgb_frame0000000009.png", rgb_image())
+    PST900(root, "train")  # headers only: not decoded
+    with pytest.raises(DataError) as e:
+        check_dataset(root, dataset="pst900")
+    assert e.value.problems == [f"{thermal}: thermal: colour image where a gray one was expected (a colour-mapped "
+                                f"thermal?); rgbx reads gray images only"]

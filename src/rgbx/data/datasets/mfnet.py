@@ -73,6 +73,7 @@ class MFNet(ReleaseDataset):
     OPTIONS = {"layout": "auto"}
     CLASSES = MFNET_CLASSES
     FILE_CHANNELS = {"rgb": (3, 4), "thermal": (1, 3, 4)}
+    DECODE_ON_CHECK = True  # a full check decodes: only decoding (to_gray) refuses a colour-mapped thermal image
     LAYOUT = ("an MFNet release: images/ (4-channel RGB-T PNGs) or rgb/ + ther/ (or RGB/ + Modal/), labels/, "
               "<split>.txt at the root")
 

@@ -383,6 +383,13 @@ class RGBDRelease(ReleaseDataset):
                               **dict(self.options["hha_options"] or {}))
 
     # -- decoding -------------------------------------------------------------------------------------------------
+    @property
+    def DECODE_ON_CHECK(self) -> bool:
+        """A full check (``rgbx data check``) decodes the files when the depth is 8-bit relative depth: only
+        decoding (:func:`to_gray`) tells a colour-mapped depth image from a gray one. Not with metric depth, where
+        decoding ``hha`` would compute it for every sample."""
+        return getattr(self, "_depth_kind", None) == "relative-8bit"
+
     def camera_intrinsics(self, height: int, width: int) -> tuple[float, float, float, float]:
         """(fx, fy, cx, cy) used to compute HHA for an image of this size."""
         k = self.options["intrinsics"]

@@ -55,6 +55,7 @@ class PST900(ReleaseDataset):
     OPTIONS = {"depth_scale": PST900_DEPTH_SCALE}
     CLASSES = PST900_CLASSES
     FILE_CHANNELS = {"rgb": (3, 4), "thermal": (1, 3, 4), "depth": (1,)}
+    DECODE_ON_CHECK = True  # a full check decodes: only decoding (to_gray) refuses a colour-mapped thermal image
 
     def describe(self) -> DatasetDescription:
         split_dir = self.split_path(lambda s: self.root / s)
