@@ -105,6 +105,17 @@ def make_dataset(root: Path, n: int = 6, size=(16, 20), modalities=("rgb", "dept
 
 
 @pytest.fixture
+def modality_registry_restored():
+    """Sensors a test declares (a dataset.yaml's, a model file's) are not registered for the rest of the session."""
+    from rgbx.modalities import MODALITIES
+
+    before = dict(MODALITIES._items)
+    yield
+    MODALITIES._items.clear()
+    MODALITIES._items.update(before)
+
+
+@pytest.fixture
 def toy_dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "toy")
 

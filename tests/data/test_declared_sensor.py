@@ -19,13 +19,7 @@ RADAR = {"channels": 1, "mean": [0.0], "std": [20.0], "unit": "dB", "sparse": Tr
          "photometric": ["gaussian_noise"], "colormap": "turbo", "description": "77 GHz radar, range-azimuth image"}
 
 
-@pytest.fixture(autouse=True)
-def registry_restored():
-    """Every test declares its sensors afresh; none stays registered for the rest of the session."""
-    before = dict(MODALITIES._items)
-    yield
-    MODALITIES._items.clear()
-    MODALITIES._items.update(before)
+pytestmark = pytest.mark.usefixtures("modality_registry_restored")  # sensors declared here do not stay
 
 
 def radar_dataset(root, n=6, size=(16, 20), sensor=None, name="radar"):

@@ -37,13 +37,7 @@ needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnx") is None
                                 reason="needs onnx and onnxruntime (pip install 'rgbx[export]')")
 
 
-@pytest.fixture(autouse=True)
-def registry_restored():
-    """A sensor declared by a test does not stay registered for the rest of the session."""
-    before = dict(MODALITIES._items)
-    yield
-    MODALITIES._items.clear()
-    MODALITIES._items.update(before)
+pytestmark = pytest.mark.usefixtures("modality_registry_restored")  # sensors declared here do not stay
 
 
 def rig_description(root):
