@@ -421,7 +421,7 @@ def test_every_python_block_of_the_extending_page_runs_and_its_components_work(t
     assert len(dataset) == 2 and set(sample["inputs"]) == {"rgb", "depth"}
     assert torch.allclose(dataset.load(0)["inputs"]["depth"], torch.tensor(1.5))
     assert set(DATASETS.get("my_rig_doc")(tmp_path / "rig", "train", with_depth=False)[0]["inputs"]) == {"rgb"}
-    with pytest.raises(rgbx.errors.DataError, match="no such folder"):
+    with pytest.raises(rgbx.errors.SplitNotFoundError, match="no such folder"):
         DATASETS.get("my_rig_doc")(tmp_path / "rig", "val")
 
     # the method: the fused term and one per sensor, each sensor alone
@@ -449,6 +449,44 @@ def test_every_python_block_of_the_extending_page_runs_and_its_components_work(t
     a = PHOTOMETRIC.get("speckle_doc")(x, torch.Generator().manual_seed(1), MODALITIES.get("radar_doc"))
     b = PHOTOMETRIC.get("speckle_doc")(x, torch.Generator().manual_seed(1), MODALITIES.get("radar_doc"))
     assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_the_extending_page_dataset_is_checked_by_rgbx_data_check(tmp_path, capsys):
+    """The page's dataset, as a plugin file, on a tree with train/ and val/: `rgbx data check` checks both (its
+    SPLITS), finds a bad label in val, and skips a split that is not on disk (SplitNotFoundError)."""
+    import numpy as np
+    from PIL import Image
+
+    from rgbx.data import check_dataset
+
+    plugin = write(tmp_path / "my_ds.py", next(b for b in _doc_blocks() if '"my_rig_doc"' in b))
+    root = tmp_path / "myrig"
+    rng = np.random.default_rng(0)
+    for split, ids in (("train", ("a", "b", "c")), ("val", ("d", "e"))):
+        for sid in ids:
+            for folder, array in (("cam", rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)),
+                                  ("tof", np.full((12, 16), 1500, np.uint16)),
+                                  ("mask", rng.integers(0, 3, (12, 16), dtype=np.uint8))):
+                (root / split / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / split / folder / f"{sid}.png")
+    check = ["data", "check", str(root), "--dataset", "my_rig_doc", "--import", str(plugin)]
+    assert main(check) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "train: 3 samples, val: 2 samples" in out and "skipped" not in out
+    assert check_dataset(root, dataset="my_rig_doc") == {"train": 3, "val": 2}
+
+    Image.fromarray(np.full((12, 16), 7, np.uint8)).save(root / "val" / "mask" / "e.png")  # not a class
+    assert main(check) != 0
+    assert "e.png" in capsys.readouterr().err
+
+    import shutil
+
+    shutil.rmtree(root / "val")  # a split not on disk is skipped, not a problem
+    assert main(check) == 0
+    out = capsys.readouterr().out
+    assert "train: 3 samples" in out and "not on disk, skipped: split val" in out
+    assert main([*check, "--split", "val"]) != 0  # named, its absence is a problem
+    assert "no such folder" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- what a model file records it was made with

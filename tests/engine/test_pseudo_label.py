@@ -293,6 +293,64 @@ def test_cli_pseudo_label_then_train_on_it(teacher, tmp_path, capsys):
     assert (run / "model.safetensors").is_file()
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_a_second_round_pseudo_labels_the_first_rounds_folder_as_the_docs_say(teacher, tmp_path, capsys):
+    """docs/self-training.md: round 1, then "pseudo-label the same split of OUT with the student (`--data OUT --split
+    raw --labelled train`)": the student re-labels raw, OUT2's train_pseudo = train + raw with its labels, OUT's
+    train_pseudo (the earlier round's) is not taken for a split of the user's, and OUT is left as it was."""
+    data, model = teacher
+    data = Path(shutil.copytree(data, tmp_path / "rig"))
+    out, out2 = tmp_path / "rig-pseudo", tmp_path / "rig-pseudo2"
+    assert main(["pseudo-label", str(model), "--data", str(data), "--split", "raw", "--out", str(out),
+                 "--workers", "0"]) == 0
+    before = _tree(out)
+    # the student: here the same model with a stricter rule, so that its pseudo-labels differ from round 1's
+    assert main(["pseudo-label", str(model), "--data", str(out), "--split", "raw", "--labelled", "train",
+                 "--out", str(out2), "--workers", "0", "--class-fraction", "0.2"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert _tree(out) == before  # round 1's folder untouched
+
+    assert sorted(p.stem for p in (out2 / "splits").glob("*.txt")) == ["raw", "train", "train_pseudo", "val"]
+    assert (out2 / "splits" / "train_pseudo.txt").read_text().split() == SPLITS["train"] * 2 + SPLITS["raw"]
+    assert (out2 / "splits" / "raw.txt").read_text().split() == SPLITS["raw"]
+    assert yaml.safe_load((out2 / DESCRIPTION_FILE).read_text())["modalities"]["rgb"]["folder"] == "../rig/rgb"
+    record = json.loads((out2 / "pseudo_labels.json").read_text())
+    assert record["source"] == str(out) and record["replaced_split"] == "train_pseudo"
+    assert record["scored_samples"] == 0  # raw's labels in OUT are round 1's pseudo-labels, not the truth
+    # raw: round 2's pseudo-labels (its own predictions and thresholds), not round 1's
+    thresholds = np.array([round(t * BINS) for t in record["thresholds"]])
+    changed = 0
+    for sid in SPLITS["raw"]:
+        pred, q = _png(out2 / "prediction" / f"{sid}.png"), _png(out2 / "confidence" / f"{sid}.png").astype(np.int64)
+        expected = np.where((q >> 4) >= thresholds[pred], pred, 255)
+        assert np.array_equal(_png(out2 / "label" / f"{sid}.png"), expected)
+        changed += int((expected != _png(out / "label" / f"{sid}.png")).sum())
+    assert changed > 0
+    # the joined split reads the labelled samples' true labels and raw's new pseudo-labels
+    joined, truth = build_dataset("folder", out2, "train_pseudo"), build_dataset("folder", data, "train")
+    for i, sid in enumerate(joined.ids):
+        label = joined.load(i)["label"]
+        if sid in SPLITS["train"]:
+            assert torch.equal(label, truth.load(SPLITS["train"].index(sid))["label"])
+        else:
+            assert np.array_equal(label.numpy(), _png(out2 / "label" / f"{sid}.png"))
+
+    # another name for the joined split: the earlier one is still not carried
+    report = pseudo_label(model, out, "raw", tmp_path / "other", PseudoLabelRule(class_fraction=0.2),
+                          out_split="train_pseudo2")
+    assert sorted(p.stem for p in (tmp_path / "other" / "splits").glob("*.txt")) == ["raw", "train",
+                                                                                    "train_pseudo2", "val"]
+    assert report.accuracy_all is None
+    # a split of the user's that holds raw samples is still refused
+    (data / "splits" / "mine.txt").write_text(f"{SPLITS['raw'][0]}\n")
+    with pytest.raises(ConfigError, match="also in split 'mine'"):
+        pseudo_label(model, data, "raw", tmp_path / "o1", PseudoLabelRule(class_fraction=0.2))
+    assert _tree(out) == before
+
+
 def test_selection_counts_name_a_size_mismatch():
     counts = SelectionCounts(3, 255)
     with pytest.raises(DataError, match="labels of \\(6,\\) pixels"):

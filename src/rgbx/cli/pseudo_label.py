@@ -36,7 +36,7 @@ least as large as SPLIT (--labelled-repeat), + SPLIT. OUT/prediction/ and OUT/co
 65536) hold the raw predictions, OUT/pseudo_labels.json the rule, the thresholds and the report, OUT/samples.csv
 each sample's mean confidence and share of pixels kept (least confident first). When SPLIT does have labels, the
 report scores the pseudo-labels against them (never used to make them). A second round: pseudo-label OUT's SPLIT
-with the student (--data OUT --split raw --labelled train --out OUT2): OUT's train_pseudo, named in its
+with the student (--data OUT --split SPLIT --out OUT2): OUT's train_pseudo, named in its
 pseudo_labels.json, is the earlier round's and is not carried into OUT2, whose train_pseudo = train + SPLIT with the
 student's pseudo-labels (OUT is not changed; the report is not scored against the teacher's pseudo-labels).
 """

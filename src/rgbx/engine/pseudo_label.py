@@ -42,6 +42,12 @@ The output folder (``docs/dataset-format.md``, *Pseudo-labelled folders*)::
                                 the accuracy, when the split has labels); the least confident first
 
 It is written to a temporary folder beside OUT and renamed when complete: a killed run leaves no half dataset.
+
+A second round labels the same split of OUT with the student (``data=OUT``; OUT itself is not changed). OUT's
+``pseudo_labels.json`` names its joined split: that split is the earlier round's, not the user's, so it is not carried
+into the new folder (the new joined split takes its place; kept only when it is the ``labelled`` split), and the
+pseudo-labelled split's samples in it are no clash. Nor is the report scored against the earlier round's
+pseudo-labels of the split, which are no truth.
 """
 
 from __future__ import annotations
@@ -259,7 +265,10 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
     if predictor.min_confidence is not None:
         raise ConfigError("the predictor leaves unsure pixels unlabelled already (min_confidence); pseudo-labelling "
                           "selects pixels by its own rule: give a Predictor without min_confidence")
-    splits = _plan_splits(data, split, labelled, out_split)
+    earlier = _earlier_round(data)
+    splits = _plan_splits(data, split, labelled, out_split, earlier)
+    # the labels of a split an earlier round pseudo-labelled are that round's pseudo-labels: not scored against
+    scored = not (earlier and earlier.get("split") == split)
     source = build_dataset("folder", data, split, check="none", **(options or {}))
     if labelled is not None:  # its samples join the training split as they are: every one needs its label
         build_dataset("folder", data, labelled, check="none", **(options or {})).require_labels(
@@ -288,16 +297,17 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
         loader = torch.utils.data.DataLoader(AsLoaded(ds), batch_size=None, num_workers=num_workers)
         for sample in loader:
             sid = str(sample["meta"]["id"])
+            label = sample.get("label") if scored else None
             try:
                 pred, confidence = predictor.predict_with_confidence(sample)
             except SensorFailure:
                 skipped.append(sid)
             else:
                 q = quantize_confidence(confidence)
-                counts.add(pred, q, sample.get("label"))
+                counts.add(pred, q, label)
                 per_sample[sid] = {"sensors": "+".join(predictor.last_sensors),
                                    "confidence": float(confidence.double().mean()),
-                                   "accuracy": _accuracy(pred, sample.get("label"), desc.ignore_index)}
+                                   "accuracy": _accuracy(pred, label, desc.ignore_index)}
                 write_array(tmp / "prediction" / f"{sid}.png", pred.numpy().astype(_label_dtype(desc.num_classes)))
                 write_array(tmp / "confidence" / f"{sid}.png", q.numpy().astype(np.uint16))
                 predicted_ids.append(sid)
@@ -334,6 +344,8 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
                                              f"{split}")
         record = {"source": str(data), "split": split, "labelled": labelled, "labelled_repeat": repeat if truth else 0,
                   "out_split": out_split,
+                  "replaced_split": (earlier["out_split"] if earlier and earlier["out_split"] not in (labelled, split)
+                                     else None),
                   "model": str(model) if not isinstance(model, Predictor) else None,
                   "calibrated": predictor.calibration is not None,
                   "test_time": {"scales": list(predictor.scales), "flip": predictor.flip,
@@ -349,11 +361,31 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
     return report
 
 
-def _plan_splits(data: Path, split: str, labelled: str | None, out_split: str) -> dict[str, list[str]]:
-    """The source's splits (ids) the output carries; checks the split names the call gives."""
+def _earlier_round(data: Path) -> dict | None:
+    """What an earlier ``pseudo_label`` run recorded in ``data/pseudo_labels.json`` (``split``: the split it
+    pseudo-labelled, ``out_split``: its joined split), when ``data`` is a folder it wrote; else None."""
+    path = data / "pseudo_labels.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a pseudo-labelling record ({e})") from e
+    if not isinstance(record, dict) or not isinstance(record.get("out_split"), str):
+        raise DataError(f"{path}: not a pseudo-labelling record (no out_split)")
+    return record
+
+
+def _plan_splits(data: Path, split: str, labelled: str | None, out_split: str,
+                 earlier: dict | None = None) -> dict[str, list[str]]:
+    """The source's splits (ids) the output carries; checks the split names the call gives. The joined split of an
+    earlier round (``earlier``: :func:`_earlier_round`) is not carried, unless it is the ``labelled`` split or the one
+    to label: the new joined split replaces it."""
     from rgbx.data.datasets.folder import list_splits, read_ids
 
     names = list_splits(data)
+    if earlier is not None and earlier["out_split"] not in (labelled, split):
+        names = [name for name in names if name != earlier["out_split"]]
     if split not in names:
         raise ConfigError(f"{data}: no split {split!r} to pseudo-label (splits: {', '.join(names) or 'none'})")
     if labelled is not None and labelled not in names:
