@@ -28,7 +28,9 @@ class EvalResult:
     """Confusion matrices keyed by subset name, then by group (``"all"`` or ``"<attr>=<value>"``); with
     ``reliability``, confidence histograms (:mod:`rgbx.engine.calibration`) keyed the same way, then by kind:
     ``"uncalibrated"`` and, for a calibrated model, ``"calibrated"``. ``unscored``: per subset, how many samples had
-    none of its sensors (no prediction from that rig: not in its scores), where any had none."""
+    none of its sensors (no prediction from that rig: not in its scores), where any had none; ``screened``: per
+    sensor, how many samples the dataset's sensor checks left it out of (``meta["screened"]``, set by
+    :class:`~rgbx.data.sensor_health.FrameScreen`); ``samples``: how many samples were evaluated."""
 
     num_classes: int
     ignore_index: int
@@ -36,7 +38,6 @@ class EvalResult:
     reliability: dict[str, dict[str, dict[str, ReliabilityHistogram]]] = field(default_factory=dict)
     bins: int = DEFAULT_BINS
     unscored: dict[str, int] = field(default_factory=dict)
-    # sensor → samples whose frame the dataset's sensor checks left out (``meta["screened"]``, FrameScreen)
     screened: dict[str, int] = field(default_factory=dict)
     samples: int = 0
 
