@@ -120,7 +120,7 @@ def _samples(args, modalities, storage=None):
         yield {"inputs": inputs, "label": None, "meta": {"id": sid}}
 
 
-PREDICTION_FOLDERS = ("labels", "color", "panels", "confidence")  # what PredictionWriter.write fills, per sample
+PREDICTION_FOLDERS = ("labels", "color", "panels", "confidence")  # what Predictor.write fills, per sample
 SENSOR_LOG = "sensor_health.csv"
 
 
