@@ -349,6 +349,13 @@ def test_a_second_round_pseudo_labels_the_first_rounds_folder_as_the_docs_say(te
     with pytest.raises(ConfigError, match="also in split 'mine'"):
         pseudo_label(model, data, "raw", tmp_path / "o1", PseudoLabelRule(class_fraction=0.2))
     assert _tree(out) == before
+    # round 1's folder copied without its record: the refusal says what is missing
+    copy = tmp_path / "copied"
+    shutil.copytree(out, copy)
+    (copy / "pseudo_labels.json").unlink()
+    with pytest.raises(ConfigError, match=r"already has a split 'train_pseudo'; .* the folder's pseudo_labels.json, "
+                                          r"which names it, is missing: copy it back"):
+        pseudo_label(model, copy, "raw", tmp_path / "o2", PseudoLabelRule(class_fraction=0.2), labelled="train")
 
 
 def test_selection_counts_name_a_size_mismatch():

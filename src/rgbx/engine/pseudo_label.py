@@ -285,7 +285,8 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
         clash = sorted(set(ids) & set(ds.ids)) if other != split else []
         if clash:
             raise ConfigError(f"{data}: sample(s) {', '.join(clash[:5])} of split {split!r} are also in split "
-                              f"{other!r}; their labels would be replaced by pseudo-labels there")
+                              f"{other!r}; their labels would be replaced by pseudo-labels there"
+                              f"{'' if earlier else ROUND_HINT.format(split=other)}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -361,6 +362,11 @@ def pseudo_label(model, data: str | Path, split: str, out: str | Path, rule: Pse
     return report
 
 
+# a second round over a pseudo-labelled folder copied without the record of the first
+ROUND_HINT = (" (if {split!r} is an earlier pseudo-labelling round's joined split, the folder's pseudo_labels.json, "
+              "which names it, is missing: copy it back)")
+
+
 def _earlier_round(data: Path) -> dict | None:
     """What an earlier ``pseudo_label`` run recorded in ``data/pseudo_labels.json`` (``split``: the split it
     pseudo-labelled, ``out_split``: its joined split), when ``data`` is a folder it wrote; else None."""
@@ -394,7 +400,8 @@ def _plan_splits(data: Path, split: str, labelled: str | None, out_split: str,
     if labelled == split:
         raise ConfigError(f"split {split!r} is both the one to pseudo-label and the labelled one")
     if out_split in names:
-        raise ConfigError(f"{data} already has a split {out_split!r}; name the joined split otherwise")
+        raise ConfigError(f"{data} already has a split {out_split!r}; name the joined split otherwise"
+                          f"{'' if earlier else ROUND_HINT.format(split=out_split)}")
     return {name: read_ids(data / "splits" / f"{name}.txt") for name in names}
 
 
