@@ -130,3 +130,22 @@ def test_ids_in_sub_folders_are_refused_plainly(toy_dataset):
     (toy_dataset / "splits" / "val.txt").write_text("seqA/s004\nseqA/s005\n")
     assert "val.txt: lists ids in sub-folders ('seqA/s004' ...); sub-folders are not supported" in \
         _problems(toy_dataset, splits=["val"])
+
+
+def test_a_palette_image_given_for_a_colour_sensor_says_what_it_is(tmp_path):
+    """An RGB frame saved in palette mode (PNG8) reads as one channel of indices, as labels do: the refusal said
+    only '1 channel(s), expected 3'."""
+    from PIL import Image
+
+    from rgbx.data.files import read_modality_file
+
+    root = make_dataset(tmp_path / "d", n=4, modalities=("rgb", "depth"))
+    frame = root / "rgb" / "s000.png"
+    Image.open(frame).convert("P", palette=Image.ADAPTIVE, colors=16).save(frame)
+    assert "rgb/s000.png: 1 channel(s), expected 3 for 'rgb'; it is a palette (indexed-colour) image" in _problems(root)
+    with pytest.raises(DataError, match=r"s000.png: 1 channel\(s\), expected 3 for 'rgb'; it is a palette"):
+        read_modality_file(frame, "rgb")
+    gray = tmp_path / "gray.png"  # a 1-channel image that is no palette: no such remark
+    write_array(gray, np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(DataError, match=r"expected 3 for 'rgb'$"):
+        read_modality_file(gray, "rgb")

@@ -56,8 +56,24 @@ def read_modality_file(path: str | Path, modality: str, storage: Mapping | None 
         hint = ""
         if spec.channels == 1 and arr.shape[0] == 3:
             hint = " (a 3-channel image; save single-channel sensor data as a 1-channel PNG or .npy)"
+        elif arr.shape[0] == 1 and _is_palette_image(path):
+            hint = PALETTE_HINT
         raise DataError(f"{path}: {arr.shape[0]} channel(s), expected {spec.channels} for {modality!r}{hint}")
     return physical_units(arr, spec, str(path))
+
+
+# a sensor image saved in palette mode (PNG8, GIF-like): its pixels are indices into a colour table
+PALETTE_HINT = ("; it is a palette (indexed-colour) image, which rgbx reads as its indices, as for labels: save sensor "
+                "images as RGB or gray (PIL: Image.open(p).convert('RGB').save(p))")
+
+def _is_palette_image(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode == "P"
+    except OSError:
+        return False
 
 
 # floats above this many times the largest value a sensor's integer encoding can hold are taken for a unit mistake

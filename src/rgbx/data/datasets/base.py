@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from rgbx.data.description import DESCRIPTION_FILE, DatasetDescription, ModalitySource
-from rgbx.data.files import FLOAT_RANGE_MARGIN, check_encoding
+from rgbx.data.files import FLOAT_RANGE_MARGIN, PALETTE_HINT, check_encoding
 from rgbx.data.sample import Sample, normalize_sample
 from rgbx.data.transforms.photometric import empty_value
 from rgbx.errors import ConfigError, DataError
@@ -48,6 +48,7 @@ class FileInfo:
     channels: int
     dtype: str
     size: tuple[int, int] | None  # (H, W); None for files without an image size (e.g. event lists)
+    palette: bool = False  # a palette (indexed-colour) image: read as its indices, one channel
 
 
 class DecodeProblem(DataError):
@@ -81,7 +82,7 @@ def probe_file(path: Path, encoding: str) -> FileInfo:
     if mode not in _PIL_MODES:
         raise DataError(f"{path}: unsupported image mode {mode!r}")
     channels, dtype = _PIL_MODES[mode]
-    return FileInfo(channels, dtype, (h, w))
+    return FileInfo(channels, dtype, (h, w), palette=mode == "P")
 
 
 LOSSY_SUFFIXES = (".jpg", ".jpeg")  # a label file in these formats cannot hold exact class ids
@@ -419,8 +420,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
             else:
                 want = self.accepted_channels(src.name)
                 if info.channels not in want:
+                    hint = PALETTE_HINT if info.palette else ""
                     problems.append(f"{path}: {info.channels} channel(s), expected "
-                                    f"{' or '.join(map(str, want))} for {src.name!r}")
+                                    f"{' or '.join(map(str, want))} for {src.name!r}{hint}")
                 dtypes = self.accepted_dtypes(src.name)
                 if info.dtype not in dtypes:
                     problems.append(f"{path}: dtype {info.dtype}, expected {' or '.join(dtypes)} for {src.name!r}"
