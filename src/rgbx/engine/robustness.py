@@ -467,7 +467,8 @@ def robustness_report(
             if scored.any():
                 label = batch.label.masked_fill(~scored.to(device)[:, None, None], ignore_index)
                 clean.matrix(name).update(predict(view, ("subset", name), label), label)
-        full = batch.with_modalities(modalities)
+        # every sensor as a tensor (absent where no sample of the batch has it): the failure checks read each one
+        full = batch.with_modalities(modalities).with_every(modalities)
         for n, target, mods, s in runs:
             view = corrupt_batch(full, n, mods, s, seed=seed, batch_index=bi)
             corrupted[(n, target, s)].update(predict(view, ("corruption", n, target, s), batch.label), batch.label)
