@@ -52,7 +52,9 @@ def add_parser(sub) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a dataset option (repeatable), e.g. --option conditions=[night,fog]")
     p.add_argument("--min-confidence", type=positive_float, metavar="P",
-                   help="keep pixels whose confidence is at least P (0-1)")
+                   help="keep pixels whose confidence is at least P (0-1), compared in 1/4096 bins: P is rounded up "
+                        "to the next bin edge (0.6 keeps 0.600098 and above; rgbx predict --min-confidence compares "
+                        "exactly)")
     p.add_argument("--class-fraction", type=positive_float, metavar="F",
                    help="keep the most confident fraction F (0-1] of each predicted class's pixels (class-balanced); "
                         "with --min-confidence, a pixel passing either is kept. Default (neither given): 0.5")
