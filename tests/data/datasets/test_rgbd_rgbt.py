@@ -242,6 +242,28 @@ def test_sunrgbd_lowercase_labels_37_classes_and_shifted_depth(tmp_path):
     assert check_dataset(root, dataset="sunrgbd") == {"train": 1, "test": 1}
 
 
+def test_sunrgbd_shifted_depth_with_pixels_beyond_8m_is_still_unshifted(tmp_path):
+    """The toolbox rotates millimetres left by 3 bits, so a pixel at 8.192 m or more has low bits set: one such pixel
+    made "auto" read the whole image as plain millimetres, 8× too far (2 m read as 16 m). The majority decides now,
+    and the un-shifted depth is clipped at 8 m as read3dPoints.m does; plain millimetres stay plain."""
+    root = tmp_path / "SUNRGBD"
+    mm = np.full((H, W), 2000, np.uint32)
+    mm[0, :3] = 9000  # beyond the 8.19 m the shifted format keeps in its high bits
+    shifted = (((mm << 3) | (mm >> 13)) & 0xFFFF).astype(np.uint16)
+    plain = np.random.default_rng(0).integers(500, 9500, (H, W)).astype(np.uint16)
+    for n, depth in (("shifted", shifted), ("plain", plain)):
+        save(root / "RGB" / f"{n}.jpg", rgb_image())
+        save(root / "Depth" / f"{n}.png", depth)
+        save(root / "labels" / f"{n}.png", label_image([1, 2, 3]))
+    (root / "train.txt").write_text("RGB/shifted.jpg\nRGB/plain.jpg\n")
+    (root / "test.txt").write_text("RGB/plain.jpg\n")
+    ds = SUNRGBD(root, "train", modalities=["rgb", "depth"])
+    depth = ds.load(0)["inputs"]["depth"][0]
+    assert depth[1:].unique().tolist() == [pytest.approx(2.0)]
+    assert depth[0, :3].tolist() == [pytest.approx(8.0)] * 3  # the toolbox's clip
+    torch.testing.assert_close(ds.load(1)["inputs"]["depth"][0], torch.from_numpy(plain.astype(np.float32) / 1000))
+
+
 def test_sunrgbd_pad_to_pads_every_file_as_dformerv2_evaluates(tmp_path):
     """DFormerv2's --pad_SUNRGBD: image, depth image and label padded at the bottom and right with 0 (black, the
     depth file's 0, void) to a fixed size before anything else."""

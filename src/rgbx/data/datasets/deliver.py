@@ -60,7 +60,9 @@ Not documented by any reference, so rgbx makes a documented choice (see docs/dat
   channels), which is what a model trained by DELIVER's code (CMNeXt) was fed.
 - **lidar/**: a rendered "front-view LiDAR image-like format" (DELIVER issue #9); its range encoding is not
   published. rgbx takes the grey level (channel mean) x ``lidar_scale`` (default 1.0: the values are grey levels
-  0-255, *not metres*), 0 = no return.
+  0-255, *not metres*), 0 = no return. DELIVER instead feeds all three channels / 255 (``_open_img`` drops an
+  alpha channel, ``Normalize`` divides by 255): rgbx's one channel carries the same information as DELIVER's input
+  (up to that factor 255) only when the file's three channels are equal.
 """
 
 from __future__ import annotations

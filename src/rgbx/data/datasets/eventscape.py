@@ -29,6 +29,9 @@ Verified facts and rgbx's choices:
   ``pols[pols == 0] = -1``); coordinates truncated to int as RAM-Net does; events outside the image dropped.
 - **Labels / classes**: the files hold CARLA semantic-segmentation tags (``gt_labelIds``, read by RAM-Net with
   ``cv2.imread(...)[:, :, 0]``; rgbx takes the same channel, i.e. channel 2 in RGB order, or the only channel).
+  DFormer reads labels with ``cv2.IMREAD_GRAYSCALE``, a weighted mix of the three channels: the two readings agree
+  only when the label PNG's channels are equal (or it has one channel); otherwise rgbx's tags are RAM-Net's, not
+  DFormer's.
   No public training code with an EventScape class mapping was found (DFormer's branch ships no config; OmniSegmentor
   is unreleased). rgbx follows the convention DELIVER uses for CARLA labels: tag 0 "Unlabeled" → ignore, tag ``k`` →
   class ``k - 1``. ``tags=23`` (default) gives the 22 classes of CARLA >= 0.9.10; ``tags=13`` the 12 of older CARLA

@@ -34,6 +34,13 @@ Verified facts and rgbx's choices:
 - **LiDAR, range-view images** (``lidar="rangeview"``, DFormer's variant): DFormer reads them as 8-bit greyscale; the
   producing script (attached to DFormer issue #25) is not in the repository, so the metric scale is unknown. rgbx
   multiplies the stored value by ``lidar_scale`` (default 1.0, i.e. grey levels, not metres).
+- **Evaluation size**: DELIVER's ``tools/val_mm.py`` evaluates with ``get_val_augmentation([376, 1408])``
+  (``configs/kitti360_rgbdel.yaml``, ``EVAL.IMAGE_SIZE``), whose ``Resize`` (``semseg/augmentations_mm.py``) sets
+  the shorter side to 376 and then rounds each side up to a multiple of 32: every 376×1408 input is stretched to
+  384×1408 (images bilinear, the label nearest) and mIoU is counted on those 384-row labels. DFormer evaluates at
+  the files' size (its ``ValPre`` only normalises). rgbx reads the files' size, as DFormer, and has no resize option
+  here: the DeLiVER adapter's ``resize`` option reproduces the same ``Resize`` (``resize=376`` would give 384×1408)
+  but belongs to the ``deliver`` dataset only, so DELIVER's KITTI-360 numbers are not reproduced pixel for pixel.
 - Not supported: DELIVER's KITTI-360 extras (``data_2d_hha``, ``data_2d_lidar/*_color.png``, ``data_2d_event``);
   they were never released (DELIVER issue #2).
 """

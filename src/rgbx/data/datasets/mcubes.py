@@ -32,9 +32,12 @@ Facts verified and rgbx's choices:
 - **NIR**: read as one channel (``cv2.imread(..., -1)`` gives a 2-D array that both loaders then stack to 3
   channels). rgbx keeps 1 channel, 0-1 (divided by 255 or 65535 by dtype).
 - **DoLP**: used as stored (0-1).
-- **Evaluation region**: DELIVER evaluates on the central 1024×1024 of each left-cropped 1024×1032 image
-  (``FixScaleCrop(crop_size=1024)``: the shorter side resized to 1024, which changes nothing here, then a centre
-  crop). ``center_crop=1024`` reads every image so; default 0, the whole image (the original code's evaluation).
+- **Evaluation region**: both references evaluate on the central 1024×1024 of each left-cropped 1024×1032 image:
+  val and test go through ``transform_val``, ``FixScaleCrop(crop_size=1024)`` (the shorter side resized to 1024,
+  which changes nothing here, then a centre crop, dropping 4 columns on each side); training crops randomly from the
+  full width in both. rgbx's default ``center_crop=0`` keeps the whole image, so it scores 8 more columns per image
+  than either reference; ``center_crop=1024`` (``--option center_crop=1024`` for ``rgbx eval``) reproduces their
+  region. The option applies to every split.
 """
 
 from __future__ import annotations
@@ -68,9 +71,9 @@ class MCubeSDataset(DrivingDataset):
     """MCubeS in its released layout (see the module docstring).
 
     Options: ``left_crop`` (columns dropped on the left, default 192 as both references), ``center_crop`` (then keep
-    the central N×N, DELIVER's evaluation region at N = 1024; default 0 = all), ``nir_mask_ignore`` (ignore labels
-    where the NIR warp is invalid, default False), ``val_from_test`` (split "val" reads test.txt, as DELIVER;
-    default False).
+    the central N×N in every split; N = 1024 is the evaluation region of both references; default 0 = all, 8 columns
+    more than they score), ``nir_mask_ignore`` (ignore labels where the NIR warp is invalid, default False),
+    ``val_from_test`` (split "val" reads test.txt, as DELIVER; default False).
     """
 
     NAME = "mcubes"

@@ -21,6 +21,12 @@ Verified facts and rgbx's choices:
 - **Labels**: ``_gt_labelTrainIds.png`` holds the 19 Cityscapes train ids and 255 for void. AnySeg's loader maps
   void to class 0 (``label[label == 255] = 0``), which counts void pixels as "road"; rgbx keeps 255 as ignore
   (as CAFuser's semantic evaluation does).
+- **AnySeg's size and files**: AnySeg resizes every modality to 1024×1024 (PIL ``resize`` with its default filter)
+  and the label to 1024×1024 (nearest), so the 1920×1080 aspect ratio is not kept and its mIoU is counted on the
+  squashed labels. It reads every modality as a PNG converted to 3-channel RGB, at the frame-camera path with
+  ``frame_camera`` replaced by the modality name
+  (``<modality>/<split>/<weather>/<time_of_day>/<name>_<modality>.png``), not the SDK's ``projected_to_rgb`` files.
+  rgbx keeps the native size (resize in the transform) and reads the SDK's projections or raw scans.
 - **Attributes**: ``weather`` and ``time_of_day`` from the folders (the SDK's ``meta.json`` holds the same values
   per scene), plus ``condition`` = ``"<weather>_<time_of_day>"``; options ``weather=[...]``,
   ``time_of_day=[...]`` filter.

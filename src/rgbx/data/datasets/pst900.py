@@ -24,6 +24,12 @@ Depth: ``toolkit/utilities.py`` divides the 16-bit values by ``DEPTH_SCALING = 2
 ``value / 2560`` as metres (option ``depth_scale``; the README does not state the unit) with 0 = no measurement.
 Thermal: 8-bit AGC images, relative temperature 0-1 (the ``thermal`` spec); the zero-valued holes left by the
 projection (the toolkit's ``fill_thermal`` inpaints them) are kept as 0.
+Evaluation protocol: rgbx reads the native 720×1280 images and labels, the size the RGB-T repos that train on PST900
+use (e.g. Sigma ``configs/config_pst900.py``: 720×1280 images and evaluation crop), and keeps thermal holes at 0
+(whether Sigma's ``thermal_resize/`` copy is in-painted is not stated). PSTNet's own ``pst_inference.py`` differs:
+it resizes inputs to 360×640 (``Resize(360)``, bilinear; the label nearest, so mIoU is counted on 360×640 labels)
+and, for its RGB-T models, in-paints the zero thermal pixels after the resize (``cv2.inpaint``, radius 10,
+Navier-Stokes). rgbx does neither, so its numbers are not PSTNet's protocol.
 Palette: the toolkit's ``visualize_label`` colours as displayed (its list is in OpenCV's BGR order): background
 black, fire extinguisher red, backpack green, hand drill blue, survivor white.
 

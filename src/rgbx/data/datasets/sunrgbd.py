@@ -19,9 +19,11 @@ when there is no val.txt), with three SUN-specific points:
 
 - **labels**: 0 = void → ignore 255, k → k − 1 (DFormer ``gt_transform=True``), 37 classes with DFormer's names.
 - **16-bit depth**: the original SUN RGB-D toolbox stores depth in millimetres with a 3-bit circular shift
-  (``read3dPoints.m``: ``bitor(bitshift(d, -3), bitshift(d, 16 - 3))``). ``depth_bitshift="auto"`` (default)
-  undoes that shift for files whose non-zero values are all multiples of 8 (what shifted millimetres below 8.192 m
-  look like) and reads other 16-bit files as plain millimetres; ``True`` / ``False`` force it.
+  (``read3dPoints.m``: ``bitor(bitshift(d, -3), bitshift(d, 16 - 3))``, then metres clipped to 8 m).
+  ``depth_bitshift="auto"`` (default) undoes that shift, and clips at 8 m as the toolbox does, for files in which at
+  least half the non-zero values are multiples of 8 (every shifted value below 8.192 m is one; about 1 in 8 plain
+  millimetre values is), and reads other 16-bit files as plain millimetres; ``True`` / ``False`` force it. A rule
+  of "all multiples of 8" would read a shifted file with one pixel beyond 8.19 m as plain millimetres, 8× too far.
 - **intrinsics**: SUN RGB-D has one camera matrix per image (``intrinsics.txt`` in the original release, not in the
   DFormer one). For computed HHA rgbx uses ``intrinsics`` when given, else a guess per image of size H×W:
   ``fx = fy = 518.86 · W / 640`` (the Kinect v1 focal length scaled to the width), principal point at the centre.
@@ -45,6 +47,17 @@ SUNRGBD_CLASSES = (
     "fridge", "tv", "paper", "towel", "shower_curtain", "box", "whiteboard", "person", "night_stand", "toilet", "sink",
     "lamp", "bathtub", "bag",
 )
+
+
+TOOLBOX_MAX_DEPTH = 8.0  # metres: read3dPoints.m clips the un-shifted depth here
+
+
+def toolbox_shifted(depth: np.ndarray) -> bool:
+    """Whether a 16-bit SUN RGB-D depth image holds the toolbox's circularly shifted millimetres: at least half its
+    non-zero values are multiples of 8. Shifted values below 8.192 m all are (the pixels beyond have the high bits
+    rotated into the low ones); plain millimetres are about one in eight."""
+    nonzero = depth[depth != 0]
+    return nonzero.size > 0 and 2 * np.count_nonzero((nonzero & 7) == 0) >= nonzero.size
 
 
 @DATASETS.register("sunrgbd")
@@ -102,10 +115,11 @@ class SUNRGBD(RGBDRelease):
         if self._depth_kind == "metric-16bit":
             shift = self.options["depth_bitshift"]
             v = raw[:1].astype(np.uint32)
-            if shift is True or (shift == "auto" and v.any() and not np.any(v & 7)):
+            if shift is True or (shift == "auto" and toolbox_shifted(v)):
                 v = ((v >> 3) | (v << 13)) & 0xFFFF
+                return np.minimum(v.astype(np.float32) * np.float32(src.scale), np.float32(TOOLBOX_MAX_DEPTH))
             return v.astype(np.float32) * np.float32(src.scale)
         return super().decode_depth(raw, src)
 
 
-__all__ = ["SUNRGBD", "SUNRGBD_CLASSES"]
+__all__ = ["SUNRGBD", "SUNRGBD_CLASSES", "toolbox_shifted"]
