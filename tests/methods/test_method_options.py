@@ -51,6 +51,12 @@ def test_options_of_the_declared_types_are_accepted():
     assert o.multi_label is False and o.classes is None
 
 
+def test_defaults_follow_the_papers_reported_configurations():
+    anyseg = build("anyseg", teacher="t").options
+    assert (anyseg.lambda_mad, anyseg.alpha_umd, anyseg.beta_cmd) == (50.0, 5.0, 10.0)  # AnySeg Tab. 3-6
+    assert build("primkd", teacher="t").options.fixed_stage == 0  # PrimKD Tab. 4: stage 1 is the best fixed stage
+
+
 # -- teachers trained on other class names (P3) -------------------------------------------------------------------
 def teacher_file(tmp_path, name, classes):
     modalities = ["rgb"] if name == "primkd" else ["rgb", "depth", "thermal"]

@@ -47,8 +47,11 @@ class AnysegDistiller(Method):
     class Options:
         teacher: str = ""  # the stage-1 teacher's rgbx weights (required)
         lambda_mad: float = 50.0  # λ, prediction distillation (Eq. 6)
-        alpha_umd: float = 3.0  # α, unimodal feature distillation (Eq. 4); the paper sweeps 1-10, best 2-5
-        beta_cmd: float = 10.0  # β, cross-modal correspondence distillation (Eq. 5)
+        # α, unimodal feature distillation (Eq. 4). 5 = the paper's reported model: §5.2's text says the best α is 2
+        # (40.22), but Tab. 5 has no α = 2 row (it tests 1, 3, 5, 7, 10); Tab. 3's "+ α L_umd" row equals Tab. 5's
+        # α = 5 row, and Tab. 6's "w/o" baseline (under the final β = 10 result) is that same row
+        alpha_umd: float = 5.0
+        beta_cmd: float = 10.0  # β, cross-modal correspondence distillation (Eq. 5); Tab. 6's best (= Tab. 1)
         temperature: float = 1.0  # softens every distribution (logits, features, similarities); 1 = the paper
         dropout: float = 0.5  # anymodal dropout: per modality and sample; at least one modality is kept
         stages: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # encoder stages for Eq. 4 / Eq. 5

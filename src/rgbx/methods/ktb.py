@@ -15,10 +15,15 @@ numbers for the loss (it calls it "the overall loss"), so the terms are written 
     L_S3        = CE(S3, t) over the samples where X is present
     L           = L_S1 + λ2 (L_S2 + L_S3)
 
+The supplementary calls λ2 a weight "in overall loss" (Table 4); the subscript implies a λ1-weighted term in the main
+paper's overall loss that the supplementary does not define (the main paper text was not available), so this ``L``
+may lack a term.
+
 Decision on the target ``t`` ("leverages accurately predicted dual-modality results to self-teach the single-modality
 outcomes", abstract): ``teacher: label`` (default) uses the ground truth ``y``; ``teacher: fused`` uses the soft
 prediction ``softmax(S1)`` (detached) of the samples where both modalities are present (self-teaching), as a soft-
-target cross-entropy over the labelled pixels.
+target cross-entropy over the labelled pixels. The default is therefore not self-teaching (it is deep supervision of
+the auxiliary heads); ``teacher: fused`` is the self-teaching reading.
 
 ``step`` returns ``{"s1": L_S1, "s2": λ2 L_S2, "s3": λ2 L_S3}``; the engine sums and logs them. The auxiliary heads
 are built in :meth:`prepare` and trained through :meth:`trainable_modules`; they are not part of the model.

@@ -365,7 +365,9 @@ class MS3(Method):
         bank_size: int = 64  # pixel embeddings kept per class in the memory bank
         pixels_per_class: int = 16  # drawn per class and step into the bank
         relation_momentum: float = 0.9  # running mean of S (Eq. 5) over steps
-        multi_label_after: int = 0  # steps trained before Ỹ (Eq. 6) is used
+        # steps trained before Ỹ (Eq. 6) is used. With 0 and a random head, S is noise and Eq. 6 marks about half of
+        # the other datasets' classes as positives at the start; a warm-up is recommended (synth_ms3 uses 200)
+        multi_label_after: int = 0
         probe_weight: float = 1.0  # CE of the model's classifier on detached decoder features (0 = off)
 
         def __post_init__(self):
