@@ -68,3 +68,22 @@ def test_robustness_entire_missing_rows_leave_out_the_same_samples(thermal_missi
         assert report["entire_missing"]["unscored_samples"] == {"thermal": 1}
     assert reports[0] == reports[1]  # the whole report: rows, corruptions, silent failures
     assert "not scored in that row: thermal 1" in str(entire_missing_table(reports[1]).caption)
+
+
+def test_robustness_frozen_detection_counts_only_frames_with_a_predecessor_that_has_the_sensor(thermal_missing_once):
+    """A frozen sensor re-sends its previous frame; after a sample without thermal there is none to re-send. Such
+    frames were counted: in loader order the absent sample's fill value was re-sent and 'caught' (3 of 4), with the
+    dataset's predecessors they stayed unchanged and 'missed' (2 of 4). Now they are left out of the rate, as the
+    first sample is: 2 of 2 either way (s005 and s008; s004 is first, s007 follows s006 without thermal)."""
+    from rgbx.cli.evaluate import _previous_in
+
+    net = model()
+    ds = FolderDataset(thermal_missing_once, "val", transform=EvalTransform())
+    reports = [robustness_report(net, loader(thermal_missing_once, b), num_classes=3, corruptions=(),
+                                 failures=("frozen",), previous=given)
+               for b in (1, 3) for given in (None, _previous_in(ds))]
+    for report in reports:
+        results = report["silent_failures"]["results"]
+        assert results["thermal"]["frozen"]["detected"] == 1.0
+        assert results["rgb"]["frozen"]["detected"] == 1.0
+    assert all(r["silent_failures"] == reports[0]["silent_failures"] for r in reports[1:])

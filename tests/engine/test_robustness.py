@@ -228,8 +228,8 @@ def test_silent_failures_screened_equal_the_sensor_absent(data):
             r = section["results"][m][failure]
             assert r["detected"] == 1.0, (m, failure)
             assert r["screened"] == pytest.approx(section["absent"][m], abs=1e-12), (m, failure)
-        # frozen: every sample but the first (no predecessor) is caught
-        assert section["results"][m]["frozen"]["detected"] == pytest.approx((n - 1) / n)
+        # frozen: every sample but the first (no predecessor, nothing to re-send: not counted) is caught
+        assert section["results"][m]["frozen"]["detected"] == 1.0
     assert section["rules"]["depth"]["frozen_after"] == 3 and set(section["definitions"]) == {
         "blank", "nan", "saturated", "frozen"}
     # predecessors given by the dataset (what rgbx eval passes, the same under torchrun's shares) = the loader's order

@@ -220,8 +220,10 @@ SILENT_FAILURES: dict[str, tuple[SilentFailureFn, str]] = {
                               "pegged sensor"),
     "frozen": (_frozen, "the previous sample's frame (the dataset's order in rgbx eval): a stuck driver re-sending an "
                         "old frame; the checks compare with that previous frame and take the stream to have repeated "
-                        "it frozen_after times (the first sample has none: it keeps its own frame, unchecked)"),
+                        "it frozen_after times (a sample with no predecessor that has the sensor, the first one or one "
+                        "after a sample without it, keeps its own frame, unchecked and not counted in 'detected')"),
 }
+NEEDS_PREVIOUS = frozenset({"frozen"})  # failures that only exist where the sample before has the sensor
 
 
 def _resized(frame: torch.Tensor, size) -> torch.Tensor:
@@ -237,16 +239,16 @@ def _given_previous(x: torch.Tensor, frames: list[torch.Tensor | None]) -> tuple
     return torch.stack([x[i] if f is None else _resized(f.to(x), x.shape[-2:]) for i, f in enumerate(frames)]), has
 
 
-def _previous_frames(x: torch.Tensor, carry: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """((B, C, H, W) each sample's predecessor in loader order, (B,) bool has one). ``carry``: the last frame of the
-    batch before, resized to this batch's size; without it the first sample stands in for its own predecessor."""
-    has = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+def _previous_frames(x: torch.Tensor, present: torch.Tensor,
+                     carry: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """((B, C, H, W) each sample's predecessor in loader order, (B,) bool it has the sensor). ``present``: (B,) the
+    batch's samples that have it; ``carry``: the last frame of the batch before and whether that sample had it,
+    resized to this batch's size; without it the first sample stands in for its own predecessor."""
     if carry is None:
-        first = x[:1]
-        has[0] = False
+        first, first_has = x[:1], torch.zeros(1, dtype=torch.bool, device=x.device)
     else:
-        first = _resized(carry, x.shape[-2:])[None]
-    return torch.cat([first.to(x), x[:-1]]), has
+        first, first_has = _resized(carry[0], x.shape[-2:])[None], carry[1].view(1).to(x.device)
+    return torch.cat([first.to(x), x[:-1]]), torch.cat([first_has, present[:-1].to(x.device)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,7 +434,7 @@ def robustness_report(
     detected = {(m, f): torch.zeros(2, dtype=torch.long) for m in modalities for f in failure_names}  # hit, frames
     alarms = {m: dict.fromkeys(("frames", "any", "non_finite", "no_signal", "saturated", "frozen"), 0)
               for m in modalities}
-    carry: dict[str, torch.Tensor] = {}
+    carry: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the last frame of the batch before, had it
 
     clean = EvalResult(num_classes, ignore_index)
     corrupted = {run[:2] + (run[3],): ConfusionMatrix(num_classes, ignore_index) for run in runs}
@@ -474,13 +476,13 @@ def robustness_report(
             corrupted[(n, target, s)].update(predict(view, ("corruption", n, target, s), batch.label), batch.label)
         if failure_names:
             phys = {m: specs[m].denormalize(full.inputs[m]) for m in modalities}
+            present = {m: full.present[m].bool() for m in modalities}
             if previous is None:
-                before = {m: _previous_frames(phys[m], carry.get(m)) for m in modalities}
-                carry = {m: phys[m][-1] for m in modalities}
+                before = {m: _previous_frames(phys[m], present[m], carry.get(m)) for m in modalities}
+                carry = {m: (phys[m][-1], present[m][-1]) for m in modalities}
             else:
                 frames = [previous(meta) or {} for meta in full.meta]
                 before = {m: _given_previous(phys[m], [f.get(m) for f in frames]) for m in modalities}
-            present = {m: full.present[m].bool() for m in modalities}
             for m in modalities:  # false alarms: the checks on the clean frames
                 _, failed = screen_frames(phys[m], specs[m], rules[m], *before[m])
                 alarms[m]["frames"] += int(present[m].sum())
@@ -503,7 +505,8 @@ def robustness_report(
                     view = full.replace(inputs=inputs).drop({k: v & ~nothing_left for k, v in failed.items()})
                     silent[(m, f, "screened")].update(predict(view, ("silent", m, f, "screened"), batch.label),
                                                       batch.label)
-                    detected[(m, f)] += torch.stack([failed[m].sum(), present[m].sum()]).cpu()
+                    failing = present[m] & before[m][1] if f in NEEDS_PREVIOUS else present[m]
+                    detected[(m, f)] += torch.stack([(failed[m] & failing).sum(), failing.sum()]).cpu()
         if progress is not None:
             progress(bi + 1)
     clean.all_reduce()
