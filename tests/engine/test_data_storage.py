@@ -201,3 +201,56 @@ def test_a_float_storage_leaves_loose_files_to_the_sensors_own_encoding(tmp_path
     storage = {"depth": {"encoding": "npy", "dtype": "float32", "scale": 1.0}}
     for name in ("d.png", "d.npy"):
         assert read_modality_file(tmp_path / name, "depth", storage).max().item() == pytest.approx(3.0)
+
+
+def test_a_sensor_stored_at_a_lower_resolution_is_resampled_for_predict_as_for_training(tmp_path):
+    """Depth stored at half the camera's resolution (`resize: nearest` in dataset.yaml) trained fine, but rgbx predict
+    refused the same rig's files ("differ in size"). The model file records the resize, and predict (files, folders,
+    frames, ONNX) resamples those sensors to the others' size as the dataset did; a model without it still refuses."""
+    from rgbx.cli.main import main
+    from rgbx.data.files import resize_nearest
+
+    root = tmp_path / "rig"
+    for folder in ("rgb", "depth", "label"):
+        (root / folder).mkdir(parents=True)
+    write_description(root, **CLASSES, modalities={"rgb": {}, "depth": {"dtype": "uint16", "scale": 0.001,
+                                                                         "resize": "nearest"}})
+    description = load_description(root)
+    torch.manual_seed(0)
+    model = create_model(backbone="mit_nano", fusion="cmx", modalities=["rgb", "depth"], num_classes=3,
+                         head_channels=16).eval()
+    new = save_model(tmp_path / "model.safetensors", model, dataset_record(description, model.modalities))
+    old = save_model(tmp_path / "old.safetensors", model, description.to_dict())
+    assert recorded_storage(read_model_info(new)["dataset"])["depth"]["resize"] == "nearest"
+    rng = np.random.default_rng(0)
+    frames = tmp_path / "frames"
+    for sub in ("rgb", "depth", "depth_full"):
+        (frames / sub).mkdir(parents=True)
+    rgb = rng.integers(0, 255, (3, 32, 40)).astype(np.uint8)
+    depth = rng.integers(500, 9000, (1, 16, 20)).astype(np.uint16)
+    write_array(frames / "rgb" / "f0.png", rgb)
+    write_array(frames / "depth" / "f0.png", depth)
+    write_array(frames / "depth_full" / "f0.png", resize_nearest(depth, (32, 40)))  # what the dataset loads
+
+    predictor = Predictor.from_file(new)
+    labels = predictor({"rgb": str(frames / "rgb" / "f0.png"), "depth": str(frames / "depth" / "f0.png")})
+    full = predictor({"rgb": str(frames / "rgb" / "f0.png"), "depth": str(frames / "depth_full" / "f0.png")})
+    assert labels.shape == (32, 40) and (labels == full).all()
+    with pytest.raises(DataError, match=r"depth 16x20; resample them to one size.*'resize: nearest'.*none here"):
+        Predictor.from_file(old)({"rgb": str(frames / "rgb" / "f0.png"), "depth": str(frames / "depth" / "f0.png")})
+
+    assert main(["predict", str(new), f"rgb={frames / 'rgb'}", f"depth={frames / 'depth'}",
+                 "--out", str(tmp_path / "out")]) == 0
+    written = np.asarray(read_array(tmp_path / "out" / "labels" / "f0.png"))[0]
+    assert (written == full).all()
+    assert main(["predict", str(old), f"rgb={frames / 'rgb'}", f"depth={frames / 'depth'}",
+                 "--out", str(tmp_path / "old_out")]) != 0
+
+    if importlib.util.find_spec("onnx") is not None and importlib.util.find_spec("onnxruntime") is not None:
+        from rgbx.engine.export import read_onnx_metadata
+
+        assert main(["export", str(new), "--out", str(tmp_path / "m.onnx"), "--size", "32x40",
+                     "--exporter", "torchscript"]) == 0
+        assert read_onnx_metadata(tmp_path / "m.onnx")["normalization"]["depth"]["resize"] == "nearest"
+        onnx = Predictor.from_file(tmp_path / "m.onnx")
+        assert (onnx({"rgb": str(frames / "rgb" / "f0.png"), "depth": str(frames / "depth" / "f0.png")}) == full).all()

@@ -76,7 +76,7 @@ def _samples(args, modalities, storage=None):
     from rgbx.data import build_dataset
     from rgbx.data.datasets.base import AsLoaded
     from rgbx.data.description import DESCRIPTION_FILE
-    from rgbx.data.files import discover_samples, read_modality_file
+    from rgbx.data.files import discover_samples, one_frame_size, read_modality_file
     from rgbx.errors import ConfigError
 
     if len(args.inputs) == 1 and "=" not in args.inputs[0]:
@@ -111,13 +111,8 @@ def _samples(args, modalities, storage=None):
         found = found[: args.limit]
     for sid, paths in found:
         inputs = {m: read_modality_file(p, m, storage) for m, p in paths.items()}
-        sizes = {tuple(x.shape[-2:]) for x in inputs.values()}
-        if len(sizes) > 1:
-            from rgbx.errors import DataError
-
-            raise DataError(f"sample {sid!r}: modalities differ in size: "
-                            + ", ".join(f"{paths[m]} {tuple(x.shape[-2:])}" for m, x in inputs.items()))
-        yield {"inputs": inputs, "label": None, "meta": {"id": sid}}
+        where = f"sample {sid!r} ({', '.join(str(p) for p in paths.values())})"
+        yield {"inputs": one_frame_size(inputs, storage, where), "label": None, "meta": {"id": sid}}
 
 
 PREDICTION_FOLDERS = ("labels", "color", "panels", "confidence")  # what Predictor.write fills, per sample

@@ -29,6 +29,40 @@ def encoding_for(path: Path) -> str:
                     f"{', '.join(s for n in ENCODINGS.names() for s in ENCODINGS.get(n).suffixes)})")
 
 
+def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, H, W) → (C, h, w) by nearest neighbour (pixel centres), for sensors stored at a lower resolution."""
+    h, w = size
+    H, W = arr.shape[-2:]
+    if (H, W) == (h, w):
+        return arr
+    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
+    return arr[:, rows][:, :, cols]
+
+
+def one_frame_size(inputs: Mapping[str, torch.Tensor], storage: Mapping | None = None,
+                   where: str = "the frame") -> dict[str, torch.Tensor]:
+    """One frame's sensors ``{name: (C, H, W)}`` brought to one size: a sensor that the model's training data stored
+    at another resolution (``resize: nearest`` in its dataset.yaml, recorded in ``storage``) is resampled to the
+    other sensors' size, as the dataset resampled it to the label's; any other difference is a
+    :class:`~rgbx.errors.DataError` naming each sensor's size (``where``: what the message calls the frame)."""
+    resized = {n for n in inputs if ((storage or {}).get(n) or {}).get("resize")}
+    fixed = {tuple(x.shape[-2:]) for n, x in inputs.items() if n not in resized}
+    out = dict(inputs)
+    if len(fixed) == 1:
+        size = next(iter(fixed))
+        for n in resized:
+            out[n] = torch.from_numpy(np.ascontiguousarray(resize_nearest(out[n].numpy(), size)))
+    sizes = {n: tuple(x.shape[-2:]) for n, x in out.items()}
+    if len(set(sizes.values())) > 1:
+        hint = ("; the model resamples only the sensors its training data stored at another resolution ('resize: "
+                "nearest' in dataset.yaml)" + (f", {', '.join(sorted(resized))} here" if resized else ", none here"))
+        raise DataError(f"{where}: the sensors' frames differ in size: "
+                        f"{', '.join(f'{n} {h}x{w}' for n, (h, w) in sizes.items())}; resample them to one size (rgbx "
+                        f"predicts at that size){hint}")
+    return out
+
+
 def stored_spec(modality: str, storage: Mapping | None = None):
     """The modality's spec with the ``encoding`` / ``dtype`` / ``scale`` that ``storage`` (``{sensor: {encoding,
     dtype, scale}}``, e.g. what a model file records of its training data:

@@ -164,7 +164,8 @@ def head_folded(model: nn.Module, fold: bool) -> Iterator[None]:
 def _normalisation(modalities, storage: Mapping | None = None) -> dict:
     """Per modality: how a file value becomes a network input. ``storage`` (``{sensor: {encoding, dtype, scale}}``,
     what the model file records of its training data) replaces the spec's own encoding, dtype and scale: a model
-    trained on 16-bit thermal is fed 16-bit thermal × the training scale."""
+    trained on 16-bit thermal is fed 16-bit thermal × the training scale; its ``resize`` (a sensor the training data
+    stored at a lower resolution) is written as the entry's ``resize``."""
     from rgbx.data.files import stored_spec
 
     out = {}
@@ -173,6 +174,9 @@ def _normalisation(modalities, storage: Mapping | None = None) -> dict:
         out[m] = {"channels": spec.channels, "scale": spec.scale, "unit": spec.unit, "mean": list(spec.mean),
                   "std": list(spec.std), "fill": spec.fill, "invalid_value": spec.invalid_value,
                   "encoding": spec.encoding, "dtype": spec.dtype}
+        resize = ((storage or {}).get(m) or {}).get("resize")
+        if resize:  # stored at a lower resolution: resampled to the other sensors' size before the network
+            out[m]["resize"] = resize
     return out
 
 

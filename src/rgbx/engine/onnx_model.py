@@ -93,7 +93,7 @@ class OnnxSegmentor(nn.Module):
         dataset.setdefault("ignore_index", meta.get("ignore_index", 255))
         # how the file's inputs were stored: its normalisation states it for every sensor (the training data's
         # storage, or the sensor's own for a file exported before model files recorded that)
-        dataset.setdefault("storage", {m: {k: v[k] for k in ("encoding", "dtype", "scale") if k in v}
+        dataset.setdefault("storage", {m: {k: v[k] for k in ("encoding", "dtype", "scale", "resize") if k in v}
                                        for m, v in (meta.get("normalization") or {}).items()})
         self.info = {"dataset": dataset, "exported_from": str(path), "runtime": runtime, "precision": precision,
                      **{k: meta[k] for k in ("converted_from", "reference_evaluation", "calibration") if k in meta}}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rgbx.data.files import physical_units, read_modality_file, stored_spec
+from rgbx.data.files import one_frame_size, physical_units, read_modality_file, stored_spec
 from rgbx.data.sample import Sample, collate, normalize_sample
 from rgbx.data.sensor_health import SensorFailure, SensorMonitor, SensorStatus, replace_non_finite
 from rgbx.engine.calibration import TemperatureScaling
@@ -247,9 +247,10 @@ def frame_sample(inputs, sample_id: str = "frame", storage: dict[str, dict] | No
     ``inputs``: sensor name → a file path (read as ``rgbx predict`` reads it), or an array / tensor as a driver gives
     it: (H, W), (H, W, C) channels last or (C, H, W); integer values are the sensor's on-disk encoding, scaled by its
     spec (8-bit RGB 0-255, red first; 16-bit depth / LiDAR in mm; ...), floating-point values are physical units
-    already (RGB 0-1, depth in metres). Any subset of the model's sensors; all of one size. ``storage``: how
-    integer values of a sensor are stored where that differs from its spec (``Predictor.storage``: the model's
-    training data's dtype and scale).
+    already (RGB 0-1, depth in metres). Any subset of the model's sensors; all of one size, but for those
+    ``storage`` says were stored at another resolution (resampled to the others'). ``storage``: how integer values of
+    a sensor are stored where that differs from its spec (``Predictor.storage``: the model's training data's dtype,
+    scale and ``resize``).
     """
     if not inputs:
         raise DataError("a frame needs at least one sensor's data")
@@ -277,7 +278,5 @@ def frame_sample(inputs, sample_id: str = "frame", storage: dict[str, dict] | No
     empty = [name for name, (h, w) in sizes.items() if h == 0 or w == 0]
     if empty:
         raise DataError(f"sensor {empty[0]!r}: an empty frame ({'x'.join(map(str, sizes[empty[0]]))} pixels)")
-    if len(set(sizes.values())) > 1:
-        raise DataError(f"the sensors' frames differ in size: {', '.join(f'{n} {h}x{w}' for n, (h, w) in sizes.items())}"
-                        f"; resample them to one size (rgbx predicts at that size)")
-    return {"inputs": tensors, "label": None, "meta": {"id": sample_id}}
+    return {"inputs": one_frame_size(tensors, storage, f"frame {sample_id!r}"), "label": None,
+            "meta": {"id": sample_id}}

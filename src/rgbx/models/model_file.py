@@ -81,18 +81,22 @@ def dataset_record(description, modalities=None) -> dict:
     loader decodes by scale alone (:meth:`SegmentationDataset.decodes_by_scale`): the trainer checks."""
     sources = description.modalities
     names = [m for m in (sources if modalities is None else modalities) if m in sources]
-    return {**description.to_dict(),
-            "storage": {m: {k: getattr(sources[m], k) for k in STORAGE_FIELDS} for m in names}}
+    storage = {m: {k: getattr(sources[m], k) for k in STORAGE_FIELDS} for m in names}
+    for m in names:  # a sensor stored at another resolution: rgbx predict resamples its loose files the same way
+        if sources[m].resize:
+            storage[m]["resize"] = sources[m].resize
+    return {**description.to_dict(), "storage": storage}
 
 
 def recorded_storage(dataset) -> dict[str, dict]:
-    """``{sensor: {encoding, dtype, scale}}`` from a model file's dataset info (:func:`dataset_record`); {} for a
+    """``{sensor: {encoding, dtype, scale[, resize]}}`` from a model file's dataset info (:func:`dataset_record`); {} for a
     file that does not record it (written before rgbx recorded storage, or converted): its sensors' files are then
     read as the sensors' own specs say."""
     storage = (dataset or {}).get("storage") if isinstance(dataset, dict) else None
     if not isinstance(storage, dict):
         return {}
-    return {m: {k: v[k] for k in STORAGE_FIELDS if k in v} for m, v in storage.items() if isinstance(v, dict)}
+    return {m: {k: v[k] for k in (*STORAGE_FIELDS, "resize") if k in v} for m, v in storage.items()
+            if isinstance(v, dict)}
 
 
 def component_plugins(cfg: ModelConfig) -> dict[str, str]:

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from rgbx.data.description import DESCRIPTION_FILE, DatasetDescription, ModalitySource
-from rgbx.data.files import FLOAT_RANGE_MARGIN, PALETTE_HINT, check_encoding
+from rgbx.data.files import FLOAT_RANGE_MARGIN, PALETTE_HINT, check_encoding, resize_nearest
 from rgbx.data.sample import Sample, normalize_sample
 from rgbx.data.transforms.photometric import empty_value
 from rgbx.errors import ConfigError, DataError
@@ -94,17 +94,6 @@ def _values(arr: np.ndarray) -> np.ndarray:
     if flat.size and flat.dtype.kind in "ui" and flat.min() >= 0 and flat.max() < 1 << 16:
         return np.flatnonzero(np.bincount(flat))  # without np.unique's sort (2x faster)
     return np.unique(flat)
-
-
-def resize_nearest(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(C, H, W) → (C, h, w) by nearest neighbour (pixel centres), for sensors stored at a lower resolution."""
-    h, w = size
-    H, W = arr.shape[-2:]
-    if (H, W) == (h, w):
-        return arr
-    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
-    return arr[:, rows][:, :, cols]
 
 
 class StemIndex:
