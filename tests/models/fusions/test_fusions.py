@@ -80,6 +80,34 @@ def test_absent_values_do_not_matter(fusion, train, tiny_model, make_inputs):
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)
+def test_an_absent_samples_nan_reaches_no_gradient(fusion, tiny_model, make_inputs):
+    """mean and CMX fed an absent sample's input to the sensor's stem in training: NaN there made NaN gradients in
+    the stems (and, with a BatchNorm backbone, NaN statistics: next test)."""
+    model = tiny_model(fusion, drop_path_rate=0.0).train()
+    inputs = make_inputs(ALL)
+    inputs["depth"] = inputs["depth"].clone()
+    inputs["depth"][1] = float("nan")
+    model(inputs, {"depth": torch.tensor([True, False])}).logits.pow(2).mean().backward()
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert bad == []
+
+
+@pytest.mark.parametrize("fusion", ["mean", "cmx"])
+def test_an_absent_samples_input_reaches_no_batchnorm_statistic(fusion):
+    """A BatchNorm backbone (EfficientNet-Lite0) in training: NaN in an absent sample's input made every logit and
+    the running statistics NaN, so the model stayed broken in eval mode."""
+    from rgbx.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(backbone="efficientnet_lite0", fusion=fusion, modalities=["rgb", "depth"], num_classes=3,
+                         head_channels=16).train()
+    x = {"rgb": torch.randn(3, 3, 32, 32), "depth": torch.randn(3, 1, 32, 32)}
+    x["depth"][1] = float("nan")
+    assert torch.isfinite(model(x, {"depth": torch.tensor([True, False, True])}).logits).all()
+    assert all(torch.isfinite(b).all() for b in model.buffers() if b.is_floating_point())
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_modality_absent_for_whole_batch_is_not_computed(fusion, tiny_model, make_inputs):
     model = tiny_model(fusion).eval()
     inputs = make_inputs(ALL)

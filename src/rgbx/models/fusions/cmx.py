@@ -333,7 +333,7 @@ class CMXFusion(FusionEncoder):
         every_slot = len(names) == len(self.modalities) and all(masks[m] is None for m in names)
         slot_mask = None if every_slot else slot_present
 
-        x = {m: inputs[m] for m in names}
+        x = {m: mask_absent(inputs[m], present[m]) for m in names}  # an absent sample's input reaches no stem
         features: dict[str, list[torch.Tensor]] = {m: [] for m in names}
         fused = []
         for index, (rectify, fuse) in enumerate(zip(self.rectify, self.fuse, strict=True)):

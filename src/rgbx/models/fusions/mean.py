@@ -69,7 +69,9 @@ class MeanFusion(FusionEncoder):
         inputs, present = self.prepare(inputs, present)
         names = self.computed(present)
         # Stage 0 per modality (own stem), then all modalities as one batch through the shared stages.
-        x = torch.cat([self.backbone.forward_stage(0, inputs[m], stem=self.stems[m]) for m in names])
+        # (an absent sample's input zeroed first: whatever it holds, NaN too, reaches no stem, gradient or BatchNorm)
+        x = torch.cat([self.backbone.forward_stage(0, mask_absent(inputs[m], present[m]), stem=self.stems[m])
+                       for m in names])
         stage_outputs = [x]
         for index in range(1, len(self.backbone.stages)):
             x = self.backbone.forward_stage(index, x)
