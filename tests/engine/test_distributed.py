@@ -277,3 +277,41 @@ def test_only_the_depthwise_stride_warning_is_silenced():
     rule = re.compile(DEPTHWISE_STRIDE_WARNING, re.I)  # as the warnings module compiles it
     assert rule.match(depthwise)
     assert not rule.match(depthwise.replace("[512, 1, 3, 3]", "[64, 32, 3, 3]"))  # a real layout mismatch
+
+
+def test_torchrun_with_a_head_that_leaves_parameters_without_gradient(tmp_path):
+    """CMX with the Ham head: the head reads stages 1-3, so the stage-0 fusion module gets no gradient in any step,
+    though the model's outputs reach it. DDP's second step failed ("Expected to have finished reduction in the prior
+    iteration"): without dropout (find_unused_parameters off) and with it (on: DDP counts what the outputs reach as
+    used). The trainer finds such parameters once (one forward + backward in eval mode), tells DDP to leave them out
+    and says which."""
+    data = make_dataset(tmp_path / "d", n=6, modalities=("rgb", "depth"))
+    args = [f"data.root={data}", *[a for a in TINY if "modalities" not in a], "model.modalities=[rgb,depth]",
+            "model.head=ham", "train.iters=4", "train.eval_every=0"]
+    for dropout in (0.0, 0.5):
+        r = torchrun(2, "synth_cmx_b0", *args, f"method.modality_dropout={dropout}",
+                     f"output_dir={tmp_path / str(dropout)}", cwd=tmp_path)
+        assert r.returncode == 0, explain(r)
+        assert "get no gradient in any step (e.g. encoder.fuse" in r.stdout
+
+
+def test_parameters_without_gradient_names_what_the_head_never_reads_and_changes_nothing():
+    from rgbx.engine.distributed import parameters_without_gradient
+    from rgbx.models import create_model
+
+    def build(head):
+        torch.manual_seed(0)
+        return create_model(backbone="mit_nano", fusion="cmx", head=head, modalities=["rgb", "depth"],
+                            num_classes=3, head_channels=16)
+
+    ham, mlp = build("ham"), build("mlp")
+    before = {k: v.clone() for k, v in ham.state_dict().items()}  # BatchNorm statistics of the Ham head too
+    torch.manual_seed(5)
+    unused = parameters_without_gradient(ham, (32, 32), torch.device("cpu"))
+    drawn = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(drawn, torch.rand(1))  # no random number drawn
+    assert all(torch.equal(before[k], v) for k, v in ham.state_dict().items()) and ham.training
+    assert unused and all(n.startswith("encoder.fuse.0.") for n in unused)  # the Ham head reads stages 1-3
+    assert len(unused) == sum(1 for n, _ in ham.named_parameters() if n.startswith("encoder.fuse.0."))
+    assert parameters_without_gradient(mlp, (32, 32), torch.device("cpu")) == []

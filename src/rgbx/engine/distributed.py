@@ -157,6 +157,32 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter], ctx: DistributedConte
         offset += n
 
 
+def parameters_without_gradient(model: torch.nn.Module, size: tuple[int, int], device: torch.device) -> list[str]:
+    """Names of the trainable parameters of a segmentation model that one training forward + backward with every
+    sensor present leaves without a gradient: parts the head never reads (the Ham head reads stages 1-3, so CMX's
+    stage-0 fusion module; the FCN head the last stage), which DDP must leave out or its second step fails. Zero
+    inputs of batch 2 at ``size``; the random number generators and the buffers (BatchNorm statistics) are put back,
+    so training runs as it would without the check."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    was_training = model.training
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            model.train()
+            inputs = {m: torch.zeros(2, c, *size, device=device, dtype=named[0][1].dtype)
+                      for m, c in model.encoder.sensor_channels.items()}
+            logits = model(inputs).logits
+            grads = torch.autograd.grad(logits.sum(), [p for _, p in named], allow_unused=True)
+        finally:
+            model.train(was_training)
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+    return [n for (n, _), g in zip(named, grads) if g is None]
+
+
 def sync_batchnorm(modules: Iterable[torch.nn.Module]) -> None:
     """Turn the BatchNorm layers inside ``modules`` into SyncBatchNorm, in place (statistics over all processes;
     CUDA only at run time). A module that is itself a BatchNorm layer cannot be replaced in place and is refused."""

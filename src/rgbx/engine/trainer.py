@@ -39,7 +39,13 @@ from rgbx.engine.config import (
     to_yaml,
     validation_miou_convention,
 )
-from rgbx.engine.distributed import all_reduce_grads, init_distributed, shard_indices, sync_batchnorm
+from rgbx.engine.distributed import (
+    all_reduce_grads,
+    init_distributed,
+    parameters_without_gradient,
+    shard_indices,
+    sync_batchnorm,
+)
 from rgbx.engine.environment import run_environment
 from rgbx.engine.evaluate import EvalResult, all_subsets, evaluate
 from rgbx.engine.fastpath import (
@@ -363,6 +369,15 @@ class Trainer:
             if find_unused is None:  # a whole branch goes unused when its sensor is absent from a batch
                 may_lack = any(src.optional for src in self.train_set.sources.values())
                 find_unused = cfg.method.name != "supervised" or cfg.method.modality_dropout > 0 or may_lack
+            # parts the head never reads get no gradient in any step, yet the model's outputs reach them: DDP would
+            # count them as used and wait for their gradients (its second step fails), so it leaves them out
+            never = set(parameters_without_gradient(self.model, tuple(cfg.data.crop_size), self.device))
+            if never:
+                ids = {id(p) for n, p in self.model.named_parameters() if n in never}
+                torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    self.step_model, [n for n, p in self.step_model.named_parameters() if id(p) in ids])
+                self.reporter.print(f"note: {len(never)} parameters get no gradient in any step (e.g. {min(never)}: "
+                                    f"the {cfg.model.head} head does not read what they compute); DDP leaves them out")
             # DDP compares gradient strides literally; depthwise kernels (C, 1, k, k) differ only in the stride of
             # their size-1 dimension, which is no layout difference: silence that false alarm (and only that one)
             warnings.filterwarnings("ignore", message=DEPTHWISE_STRIDE_WARNING)
