@@ -3,7 +3,8 @@ index) embedded as JSON metadata, so :func:`load_model` (and ``rgbx eval`` / ``p
 file alone.
 
 Every write goes to a temporary file in the same folder and is then renamed over the target (atomic on POSIX), so a
-kill mid-write never leaves a truncated file and never damages the previous one. The training state (optimizer,
+kill mid-write never leaves a truncated file and never damages the previous one; the temporary file it leaves is
+removed by :func:`remove_unfinished_writes`. Files get the usual permissions (``0o666`` less the umask). The training state (optimizer,
 scheduler, ...) is the engine's business: :mod:`rgbx.engine.checkpoint`.
 """
 
@@ -32,24 +33,109 @@ from rgbx.models.weights import load_strict
 FORMAT = "rgbx-model/1"
 
 
+# atomic_write's temporary files: ".<target name>.rgbx-partial-<8 random characters>.tmp" (mkstemp's random part:
+# lower-case letters, digits and "_"), a name no user file is likely to have; remove_unfinished_writes deletes them
+PARTIAL_MARK = "rgbx-partial-"
+_PARTIAL = re.compile(rf"\.(?P<target>.+)\.{PARTIAL_MARK}[a-z0-9_]{{8}}\.tmp")
+# what versions before the mark wrote (".<target>.<8 random characters>.tmp"): matched only for the targets rgbx
+# writes with atomic_write (model files and training states), never for any other name
+_PARTIAL_BEFORE = re.compile(r"\.(?P<target>.+\.(?:safetensors|pt))\.[a-z0-9_]{8}\.tmp")
+
+
+def _umask_at_import() -> int:
+    mask = os.umask(0)  # the only portable way to read it sets it: done once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS tells it (Linux ≥ 4.7: ``/proc/self/status``), so
+    that it is safe with threads writing files meanwhile and follows a umask set after import; elsewhere the umask
+    at import (reading it there means setting it for a moment, which a thread creating a file at that moment would
+    feel)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX: fsync the directory); nothing where the OS cannot (Windows) or the
+    file system refuses."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file to ``path``."""
+    """Call ``write(tmp_path)`` then rename the temporary file to ``path``.
+
+    The temporary file, ``.<name>.rgbx-partial-XXXXXXXX.tmp`` in the same folder, is removed when ``write`` fails; a
+    process killed mid-write (SIGKILL, out of memory) leaves it behind: :func:`remove_unfinished_writes` deletes such
+    leftovers. The file gets the permissions a file created with ``open()`` would get (``0o666`` less the umask, e.g.
+    0644), not the temporary file's 0600, so that others on a shared file system can read models; a target that
+    exists is replaced with those permissions too (not its own). After the rename the folder is fsynced (POSIX),
+    so that the rename itself survives a crash."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{PARTIAL_MARK}", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot write a file there ({e.strerror})") from None
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _fsync_folder(path.parent)
     return path
+
+
+def remove_unfinished_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write` left in ``folder`` (not in its subfolders) when its
+    process was killed mid-write, and return them. Only files named as atomic_write names them
+    (``.<name>.rgbx-partial-XXXXXXXX.tmp``, or ``.<name>.XXXXXXXX.tmp`` for a ``.safetensors`` / ``.pt`` target, as
+    earlier versions named them) are touched; links, folders and every other file stay. A missing folder is no
+    error (nothing to remove). Call it only while no other process writes to ``folder`` (at the start of a run or
+    of a resume): a write in progress elsewhere would lose its temporary file."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if not (_PARTIAL.fullmatch(entry.name) or _PARTIAL_BEFORE.fullmatch(entry.name)):
+            continue
+        if entry.is_symlink() or not entry.is_file():
+            continue
+        try:
+            entry.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(entry)
+    return removed
 
 
 def save_model(path: str | Path, model: torch.nn.Module, dataset: dict | None = None, **info) -> Path:

@@ -163,6 +163,22 @@ def test_bad_inputs(fusion, tiny_model, make_inputs):
         model({"rgb": torch.zeros(2, 3, 64, 64, dtype=torch.uint8)})
     with pytest.raises(ConfigError, match=r"'depth': input of dtype torch.float64 for a model with torch.float32"):
         model({"rgb": torch.randn(2, 3, 64, 64), "depth": torch.randn(2, 1, 64, 64, dtype=torch.float64)})
+    # half precision into float32 weights outside autocast (torch's "Input type (c10::Half) and bias type")
+    with pytest.raises(ConfigError, match=r"'rgb': input of dtype torch.float16 for a model with torch.float32.*"
+                                          r"torch.autocast"):
+        model({"rgb": torch.randn(2, 3, 64, 64, dtype=torch.float16)})
+
+
+def test_backbones_a_fusion_cannot_use_are_refused_at_build():
+    """Were built and then failed with a raw error: KTB on a CNN (AttributeError 'patch_embed'), a timm ViT (timm's
+    "Input height (33) doesn't match model (224)" at the first forward)."""
+    from rgbx.models import create_model
+
+    for backbone in ("efficientnet_lite0", "timm:resnet10t"):
+        with pytest.raises(ConfigError, match=f"ktb fusion needs a MiT-style backbone.*got '{backbone}'"):
+            create_model(backbone=backbone, fusion="ktb", modalities=["rgb", "depth"], num_classes=3)
+    with pytest.raises(ConfigError, match=r"'vit_tiny_patch16_224'.*strides \[16, 16, 16, 16\]; rgbx takes CNNs"):
+        create_model(backbone="timm:vit_tiny_patch16_224", fusion="mean", modalities=["rgb"], num_classes=3)
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

@@ -75,6 +75,10 @@ class TimmBackbone(nn.Module):
         info = [f for f in model.feature_info if f["reduction"] >= 4][-4:]
         if len(info) != 4:
             raise ConfigError(f"timm model {model_name!r} has no four feature stages at strides >= 4")
+        strides = [f["reduction"] for f in info]
+        if any(b <= a for a, b in zip(strides, strides[1:])):  # a ViT: every block at one stride (and a fixed size)
+            raise ConfigError(f"timm model {model_name!r}: its last four feature stages are at strides {strides}; "
+                              f"rgbx takes CNNs whose four stages each halve the size (e.g. 4, 8, 16, 32)")
         cuts = [f["module"] for f in info]
         units, dropped = self._units(model, cuts)
         if state_dict is not None:  # strict over what is kept; the dropped classifier layers may be absent

@@ -146,6 +146,11 @@ class FusionEncoder(nn.Module):
             if x.dtype == torch.float64 and self._weight_dtype() != torch.float64:
                 raise ConfigError(f"modality {name!r}: input of dtype torch.float64 for a model with "
                                   f"{self._weight_dtype()} weights: convert the input (x.float()) or the model")
+            if (x.dtype in (torch.float16, torch.bfloat16) and self._weight_dtype() == torch.float32
+                    and not torch.is_autocast_enabled(x.device.type)):
+                raise ConfigError(f"modality {name!r}: input of dtype {x.dtype} for a model with torch.float32 "
+                                  f"weights: convert the input (x.float()) or the model (model.to({x.dtype})), or "
+                                  f"run the model under torch.autocast")
         batch = ref.shape[0]
         present_in, present = present, dict(present or {})
         for name in present:

@@ -205,8 +205,11 @@ class KTBFusion(FusionEncoder):
         self.primary = "rgb" if "rgb" in self.modalities else self.modalities[0]
         self.backbone = build_backbone(backbone, in_channels=self.in_channels[self.primary],
                                        drop_path_rate=drop_path_rate, attn_impl=attn_impl, pretrained=pretrained)
-        if not hasattr(self.backbone, "stages") or not hasattr(self.backbone, "make_stem"):
-            raise ConfigError(f"the ktb fusion needs a MiT-style backbone (stages, make_stem), got {backbone!r}")
+        stages = getattr(self.backbone, "stages", None)
+        if (not hasattr(self.backbone, "make_stem") or stages is None
+                or not all(hasattr(s, "patch_embed") and hasattr(s, "blocks") for s in stages)):
+            raise ConfigError(f"the ktb fusion needs a MiT-style backbone (stages of a patch embedding and "
+                              f"transformer blocks, make_stem: mit_*), got {backbone!r}")
         self.backbone.requires_grad_(False)
         self.feature_info = self.backbone.feature_info
         dims = self.feature_info.channels()
