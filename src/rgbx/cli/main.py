@@ -147,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rgbx {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"rgbx {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where a command turns it into this (rgbx train)
+        terminated = type(e).__name__ == "Terminated"
+        if os.environ.get("RANK", "0") == "0":  # once for a torchrun launch
+            print(f"rgbx {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     finally:
         warnings.formatwarning = formatwarning
         if threads is not None:  # --threads / train.threads hold for this command only, also when called in-process

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 from rgbx.cli.common import add_command
 
 EXAMPLES = """  rgbx train synth_cmx_b0                                     # a built-in preset (rgbx info lists them)
@@ -21,6 +25,29 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="print only errors")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler pre-empting the job, ``kill``), raised where Ctrl-C raises KeyboardInterrupt."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM stops training as Ctrl-C does (the run folder's last checkpoint stays, the message says how to
+    resume) instead of killing the process without a word; the previous handler is put back after. Only in the main
+    thread (signal handlers can be set nowhere else)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args) -> int:
@@ -44,7 +71,15 @@ def run(args) -> int:
                        f"{'+'.join(trainer.model_cfg.modalities)} ({trainer.description.num_classes} classes, "
                        f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M params) on "
                        f"{trainer.device}{world}; run folder {trainer.paths.root}")
-        metrics = trainer.fit()
+        with terminate_as_interrupt():
+            metrics = trainer.fit()
+    except KeyboardInterrupt:
+        state = trainer.paths.state
+        where = (f"its last checkpoint ({state})" if state.is_file()
+                 else "the start: no checkpoint written yet (train.checkpoint_every)")
+        reporter.print(f"stopped at iteration {trainer.iteration}; the same command with --resume continues from "
+                       f"{where}", soft_wrap=True)
+        raise
     finally:
         trainer.dist.close()
     full = "+".join(trainer.model_cfg.modalities)
