@@ -156,6 +156,11 @@ def test_bad_inputs(fusion, tiny_model, make_inputs):
         model({"rgb": torch.randn(2, 3, 64, 64), "depth": torch.randn(2, 1, 32, 64)})
     with pytest.raises(ConfigError, match=r"present mask for modality 'rgb'.*\(2,\)"):
         model(make_inputs(["rgb"]), {"rgb": torch.tensor([True])})
+    with pytest.raises(ConfigError, match=r"present mask for modality 'rgb': values \[0.3, 1.0\]; expected True"):
+        model(make_inputs(["rgb"]), {"rgb": torch.tensor([0.3, 1.0], dtype=torch.float64)})  # was read as present
+    model.eval()
+    assert torch.equal(model(make_inputs(["rgb"]), {"rgb": torch.tensor([1, 0])}).logits,
+                       model(make_inputs(["rgb"]), {"rgb": torch.tensor([True, False])}).logits)
     with pytest.raises(ConfigError, match="'rgb'.*expected"):
         model({"rgb": torch.randn(3, 64, 64)})
     # an image's bytes, not normalised; float64 into float32 weights (a raw torch dtype error otherwise)

@@ -173,6 +173,9 @@ class FusionEncoder(nn.Module):
                     raise ConfigError(
                         f"present mask for modality {name!r} has shape {tuple(mask.shape)}, expected ({batch},)"
                     )
+                if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):  # not a 0/1 flag
+                    raise ConfigError(f"present mask for modality {name!r}: values {mask.tolist()[:8]}; expected "
+                                      f"True / False (or 1 / 0) per sample")
                 mask = mask.bool()
             masks[name] = mask
         if self.input_encoding:
