@@ -169,9 +169,46 @@ def test_an_index_that_does_not_fit_its_shards_is_named(tmp_path):
         build_dataset("shards", out, "train")
     problems = "\n".join(e.value.problems)
     assert f"train-00000.tar/depth/{ids[0]}.png (sample {ids[0]!r}, depth): the shard ends" in problems
-    assert f"train-00000.tar/label/{ids[1]}.png (sample {ids[1]!r}, label): unreadable image" in problems
+    # offset 123: no tar header before it (the header is checked before the bytes are decoded)
+    assert f"train-00000.tar/label/{ids[1]}.png (sample {ids[1]!r}, label): no tar header precedes offset 123" \
+        in problems
     assert problems.count("the index was edited or is out of date") == 2
     assert "BytesIO" not in problems and " object at 0x" not in problems
+
+
+@pytest.mark.parametrize("decoded", [True, False])
+def test_swapped_or_foreign_shards_are_refused(tmp_path, capsys, decoded):
+    """Shards swapped with each other, or an index copied from another pack of the same layout: in a decoded pack
+    every member of a kind has the same size, so only the member's name in the tar header tells them apart. Each
+    read compares it with the index's, and `rgbx data check` names the shard, the member and what was there."""
+    root = make_dataset(tmp_path / "rig", n=8, size=(16, 20))  # train: 6 samples, in 2 shards of 3
+    out = tmp_path / "packed"
+    pack_dataset(root, out, shard_size=3, decoded=decoded)
+    shards = out / "shards"
+    first, second = shards / "train-00000.tar", shards / "train-00001.tar"
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b), second.write_bytes(a)
+    ids = build_dataset("shards", out, "train", check="none").ids
+    assert main(["data", "check", str(out), "--dataset", "shards"]) != 0
+    err = capsys.readouterr().err
+    suffix = ".npy" if decoded else ""
+    assert (f"train-00000.tar/rgb/{ids[0]}.png{suffix} (sample {ids[0]!r}, rgb): the shard holds the member "
+            f"'rgb/{ids[3]}.png{suffix}'") in err, err
+    assert f"where the index expects 'rgb/{ids[0]}.png{suffix}'" in err and "does not belong with this index" in err
+    ds = build_dataset("shards", out, "train", check="none")
+    with pytest.raises(DataError, match="does not belong with this index"):
+        ds.load(0)  # never another sample's pixels
+    first.write_bytes(a), second.write_bytes(b)
+    assert torch.equal(build_dataset("shards", out, "train").load(0)["label"],
+                       build_dataset("folder", root, "train").load(0)["label"])
+
+    # an index from another pack of the same layout (the same files, the samples in another order), over these shards
+    other = make_dataset(tmp_path / "other", n=8, size=(16, 20),
+                         splits={"train": [f"s{i:03d}" for i in range(5, -1, -1)], "val": ["s006", "s007"]})
+    pack_dataset(other, tmp_path / "packed_other", shard_size=3, decoded=decoded)
+    (shards / "train.json").write_bytes((tmp_path / "packed_other" / "shards" / "train.json").read_bytes())
+    assert main(["data", "check", str(out), "--dataset", "shards"]) != 0
+    assert "does not belong with this index" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("decoded", [False, True])

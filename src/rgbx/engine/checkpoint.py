@@ -7,11 +7,15 @@
   ``torch.save`` and read back with ``torch.load(weights_only=True)`` (no unpickling of code).
 
 Every write goes to a temporary file in the same folder and is then renamed over the target (atomic on POSIX), so a
-kill mid-write never leaves a truncated checkpoint and never damages the previous one.
+kill mid-write never leaves a truncated checkpoint and never damages the previous one; the temporary file such a kill
+leaves behind is deleted by :func:`remove_unfinished_writes` (the trainer's job at start / resume). A training state
+that cannot be read names the model weights saved with it (``last.safetensors``) to start a new run from
+(``train.init_from``).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from rgbx.models.model_file import (  # noqa: F401 — the model-file API, re-ex
     load_state_into,
     load_weights,
     read_model_info,
+    remove_unfinished_writes,
     save_model,
 )
 from rgbx.models.weights import load_failure
@@ -47,17 +52,50 @@ def save_state(path: str | Path, state: dict) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+STATE_SUFFIX = ".state.pt"
+WEIGHTS_SUFFIX = ".safetensors"
+
+
+def state_weights(path: str | Path) -> Path | None:
+    """The model file written with a training state (the trainer saves ``last.safetensors`` next to
+    ``last.state.pt`` at every checkpoint); None for a state file not named ``<name>.state.pt``."""
+    path = Path(path)
+    if not path.name.endswith(STATE_SUFFIX) or path.name == STATE_SUFFIX:
+        return None
+    return path.with_name(path.name[:-len(STATE_SUFFIX)] + WEIGHTS_SUFFIX)
+
+
+def _way_out(path: Path) -> str:
+    """How to go on from a training state that cannot be read: a new run from the model weights saved with it."""
+    weights = state_weights(path)
+    if weights is None or not weights.is_file():
+        return (f"; no model weights saved with it{f' ({weights})' if weights else ''} to start from: move it away "
+                f"to start the run afresh")
+    return (f". The model weights of that checkpoint are in {weights}: train.init_from={weights} starts a new run "
+            f"from them (in another output_dir, or after moving {path.name} away; the optimizer and scheduler state "
+            f"and the iteration count are lost)")
+
+
+def _short(reason: str, limit: int = 160) -> str:
+    """torch's reason in brief: its first sentence (its advice about corrupted files, e.g. after miniz's "internal
+    error", says less than the message around it), at most ``limit`` characters."""
+    reason = re.split(r"(?<=[a-z)])\. (?=[A-Z])", reason.strip(), maxsplit=1)[0].rstrip(".")
+    return reason if len(reason) <= limit else reason[:limit - 1].rstrip() + "…"
+
+
 def load_state(path: str | Path) -> dict:
+    """A training state written by :func:`save_state`; a missing, empty or damaged file is a
+    :class:`CheckpointError` that says how to go on (a new run from the model weights saved with it)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: training state not found")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: an empty file, not a training state (a copy cut short?)")
+        raise CheckpointError(f"{path}: an empty file, not a training state (a copy cut short?){_way_out(path)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — torch raises several types for corrupt / unsafe files
         raise CheckpointError(f"{path}: cannot load training state: not a file torch.save wrote, or a damaged one "
-                              f"({load_failure(e)})") from None
+                              f"({_short(load_failure(e))}){_way_out(path)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a training state")
     return state

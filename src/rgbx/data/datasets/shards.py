@@ -169,6 +169,14 @@ def _member_folder(name: str, folder: str) -> str:
     return name if path.is_absolute() or ".." in path.parts else path.as_posix()
 
 
+def _header_name(member: str) -> str:
+    """The name a tar header written by :func:`pack_dataset` (tarfile's PAX format) holds for ``member``: the member's
+    own name, or for a name longer than a header's 100 bytes or with non-ASCII characters (then given in full in a
+    PAX extended header before it) the shortened / replaced name in the header itself."""
+    buffer = tarfile.TarInfo(member).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return tarfile.TarInfo.frombuf(buffer[-tarfile.BLOCKSIZE:], "utf-8", "surrogateescape").name
+
+
 @DATASETS.register("shards")
 class ShardedDataset(SegmentationDataset):
     """A split of a packed dataset (:func:`pack_dataset`); the same samples as the folder it was packed from. See
@@ -203,7 +211,7 @@ class ShardedDataset(SegmentationDataset):
                             f"and a list of samples under 'samples'); pack the folder again with `rgbx data pack`")
         self._shards = [self.root / "shards" / name for name in names]
         self._files: dict[str, dict[str, Path]] = {}
-        self._members: dict[str, tuple[Path, int, int]] = {}
+        self._members: dict[str, tuple[Path, int, int, str]] = {}  # shard, offset, size, member name
         self._owner: dict[str, tuple[str, str]] = {}  # member → (sample id, modality), to name them in messages
         self._stored_as: dict[str, str] = {}  # members stored decoded (pack_dataset(decoded=True)): "npy"
         self._attributes: dict[str, dict[str, str]] = {}
@@ -222,7 +230,7 @@ class ShardedDataset(SegmentationDataset):
                 shard, offset, size, member, *stored = entry
                 virtual = self._shards[shard] / member
                 files[kind] = virtual
-                self._members[str(virtual)] = (self._shards[shard], offset, size)
+                self._members[str(virtual)] = (self._shards[shard], offset, size, member)
                 self._owner[str(virtual)] = (sample["id"], kind)
                 if stored:
                     self._stored_as[str(virtual)] = stored[0]
@@ -267,46 +275,78 @@ class ShardedDataset(SegmentationDataset):
         owner = self._owner.get(str(path))
         return f"{path} (sample {owner[0]!r}, {owner[1]})" if owner else str(path)
 
-    def _index_fits(self, path: Path) -> bool:
-        """Whether the tar header just before the member's bytes describes a member of the size the index gives:
-        False when the index's offset or size for it is wrong (edited by hand, or left from another pack); True
-        when the shard ends before that header (cut short: nothing to compare with)."""
-        shard, offset, size = self._members[str(path)]
+    def _header_problem(self, path: Path, header: bytes | None = None) -> str | None:
+        """What the tar header just before the member's bytes says that the index does not: another member's name
+        (shards swapped, renamed or copied from another pack of the same layout, where the sizes alone may agree)
+        or another size (an index edited by hand, or left from another pack). None when it fits, or when the shard
+        ends before that header (cut short: nothing to compare with). ``header``: those 512 bytes when the caller
+        has read them already (:meth:`_member` reads them with the member's bytes, in the same read)."""
+        shard, offset, size, member = self._members[str(path)]
         if offset < tarfile.BLOCKSIZE:
-            return False
+            return f"no tar header precedes offset {offset} in the shard"
+        if header is None:
+            try:
+                with open(shard, "rb") as f:
+                    f.seek(offset - tarfile.BLOCKSIZE)
+                    header = f.read(tarfile.BLOCKSIZE)
+            except OSError:
+                return None  # an unreadable shard is reported as such by the caller
+        if len(header) < tarfile.BLOCKSIZE:
+            return None
         try:
-            with open(shard, "rb") as f:
-                f.seek(offset - tarfile.BLOCKSIZE)
-                header = f.read(tarfile.BLOCKSIZE)
-            if len(header) < tarfile.BLOCKSIZE:
-                return True
-            return tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").size == size
-        except (OSError, ValueError, tarfile.HeaderError):
-            return False
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+        except (ValueError, tarfile.HeaderError):
+            return f"no tar header precedes offset {offset} in the shard"
+        if info.name != member and info.name != _header_name(member):
+            return (f"the shard holds the member {info.name!r} at offset {offset}, where the index expects "
+                    f"{member!r}")
+        if info.size != size:
+            return f"the shard's member there is {info.size} bytes, where the index expects {size}"
+        return None
+
+    def _index_fits(self, path: Path) -> bool:
+        """Whether the tar header just before the member's bytes describes the member the index gives (its name
+        and size): :meth:`_header_problem` finds nothing."""
+        return self._header_problem(path) is None
 
     def _misplaced(self, path: Path, what: str) -> DataError:
         """A member the index places where the shard does not hold it (``what``: what reading found)."""
-        shard, offset, size = self._members[str(path)]
+        shard, offset, size, _ = self._members[str(path)]
         return DataError(f"{self._name(path)}: {what}; the index's offset {offset} / size {size} for it do not match "
                          f"the shard (the index was edited or is out of date: pack the folder again with "
                          f"`rgbx data pack --overwrite`)")
 
+    def _foreign(self, path: Path, what: str) -> DataError:
+        """A member whose shard holds another member where the index places it (``what``: which)."""
+        return DataError(f"{self._name(path)}: {what}; the shard does not belong with this index (shards swapped, "
+                         f"renamed or copied from another pack, or the index was edited): reading on would give "
+                         f"another sample's data; pack the folder again with `rgbx data pack --overwrite`")
+
     def _member(self, path: Path, head: int | None = None) -> io.BytesIO:
-        """The member's bytes, or only its first ``head`` bytes (the shard is still checked to hold all of it)."""
-        shard, offset, size = self._members[str(path)]
+        """The member's bytes, or only its first ``head`` bytes (the shard is still checked to hold all of it). The
+        tar header before them is read in the same read and compared with the index (the member's name and size),
+        so that a shard swapped with another, or taken from another pack, is refused rather than read as other
+        samples."""
+        shard, offset, size, _ = self._members[str(path)]
+        start = max(offset - tarfile.BLOCKSIZE, 0)
         try:
             with open(shard, "rb") as f:
                 end = f.seek(0, io.SEEK_END)
-                f.seek(offset)
-                data = f.read(size if head is None else min(head, size))
+                f.seek(start)
+                data = f.read(offset - start + (size if head is None else min(head, size)))
         except OSError as e:
             raise DataError(f"{self._name(path)}: cannot read the shard ({e})") from None
+        header, data = data[:offset - start], data[offset - start:]
+        problem = self._header_problem(path, header if offset >= tarfile.BLOCKSIZE else None)
         if end < offset + size:
             what = f"the shard ends {offset + size - end} bytes early"
-            if not self._index_fits(path):
+            if problem is not None:
                 raise self._misplaced(path, what)
             raise DataError(f"{self._name(path)}: {what} (a truncated copy of the shard, or an index that is out of "
                             f"date)")
+        if problem is not None:
+            raise (self._foreign if problem.startswith("the shard holds the member") else self._misplaced)(
+                path, problem)
         return io.BytesIO(data)
 
     def _decode_error(self, path: Path, buffer: io.BytesIO, e: DataError) -> DataError:
