@@ -129,6 +129,36 @@ def test_lidar_is_sparse_rows_of_points():
         assert np.mean((ratio > 0.95) & (ratio < 1.6)) > 0.9
 
 
+def test_far_lidar_returns_are_dropped_not_clipped():
+    # uint16 millimetres hold at most 65.535 m; the beams reach 80-120 m: farther returns must be 0 (no return),
+    # never a clipped 65535 that reads as a real range
+    far_geometry = near_limit = 0
+    for index in range(10):
+        s = render_sample(0, index, (120, 160), condition="day")
+        lidar, depth = s["lidar"][0], s["depth"][0]
+        assert lidar.max() <= 65534 and not (lidar == 65535).any()
+        # depth is cut at 30-45 m, well inside uint16: no clipped value either
+        assert depth.max() <= 45_000 and not (depth == 65535).any()
+        scene = make_scene(np.random.default_rng(np.random.SeedSequence([0, index]).spawn(7)[0]), 120, 160)
+        dist = render(scene, scene.camera, scene.prims, with_temp=False).dist
+        far = np.isfinite(dist) & (dist > 65.6)  # beyond the encoding even after the 2 cm range noise
+        far_geometry += far.sum()
+        assert not lidar[far].any()
+        near_limit += ((lidar > 55_000) & (lidar <= 65534)).sum()
+    assert far_geometry > 1000  # the check above is not vacuous
+    assert near_limit > 50  # returns up to the encoding's limit are kept
+
+
+def test_fog_wipes_out_most_events():
+    day_frac, fog_frac = [], []
+    for index in range(3):
+        day = render_sample(0, index, (96, 128), condition="day")["event"].sum(0) > 0
+        fog = render_sample(0, index, (96, 128), condition="fog")["event"].sum(0) > 0
+        day_frac.append(day.mean())
+        fog_frac.append(fog.mean())
+    assert np.mean(fog_frac) < 0.25 * np.mean(day_frac)
+
+
 def test_depth_has_holes_and_metric_values():
     s = render_sample(0, 1, (96, 128))
     depth = s["depth"][0]

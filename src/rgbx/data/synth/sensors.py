@@ -10,11 +10,15 @@
   temporal and column noise. Independent of light and fog.
 - ``lidar``: 32-64 beams at fixed elevation angles (world frame, co-located with the camera), an azimuth step of
   2-3.5 pixels, projected into the image; range in mm, 0 = no return (sky, beyond range, dropouts - more on dark
-  or shiny surfaces). Independent of light and fog.
+  or shiny surfaces). The beams reach 80-120 m, but a uint16 in mm holds only 65.535 m, so returns beyond
+  65.534 m are dropped (0), never clipped: the stored range is at most 65534. Independent of light and fog.
 - ``event``: log-luminance change between the two renders (small camera motion, moving persons / cars),
   quantised by a per-pixel contrast threshold (0.15-0.25) into positive / negative counts, plus noise events.
   Computed from the scene radiance before exposure, i.e. with the dynamic range of an event camera: night
-  (dim but not lost) and glare do not destroy it; fog does lower far contrast.
+  (dim but not lost), glare and motion blur do not destroy it. Fog does: its airlight and flat light compress
+  the log contrast at every distance, so nearly all events are lost, near objects included (over 40 scenes,
+  pixels with any event: 19 % by day, 2 % in fog; within 6 m 13 % vs 3 %). The camera motion moves every edge,
+  so a walking person's extra 5-15 cm hardly changes its events (3.5 events per pixel vs 3.0 on mannequins).
 
 Every function takes its own random generator, so e.g. the depth of a sample is identical under every condition.
 """
@@ -189,6 +193,7 @@ def depth_image(frame: Frame, rng: np.random.Generator) -> np.ndarray:
     dark = (frame.albedo @ _LUMA) < 0.01
     p_drop = np.clip(frame.gloss * 0.6 + dark * 0.5, 0, 0.9)
     invalid |= _smooth_field(rng, h, w, 4 * w / 320) < p_drop * 0.7
+    # the range cut above keeps valid values under 45 m (45000 mm), well inside uint16: the clip never bites
     mm = np.where(invalid, 0, np.clip(np.round(noisy * 1000.0), 1, 65535))
     return mm.astype(np.uint16)[None]
 
@@ -211,8 +216,15 @@ def thermal_image(scene: Scene, frame: Frame, rng: np.random.Generator) -> np.nd
 # ---------------------------------------------------------------------------------------------------- lidar
 
 
+# the largest LiDAR range stored (mm); farther returns are dropped (0), so 65535 never occurs
+LIDAR_MAX_MM = 65534
+
+
 def lidar_image(scene: Scene, frame: Frame, rng: np.random.Generator) -> np.ndarray:
-    """(1, H, W) uint16 LiDAR range in millimetres at the pixels its beams project to, 0 = no point."""
+    """(1, H, W) uint16 LiDAR range in millimetres at the pixels its beams project to, 0 = no point.
+
+    Returns farther than :data:`LIDAR_MAX_MM` (65.534 m, the 16-bit millimetre encoding's limit) are dropped.
+    """
     cam = scene.camera
     h, w = frame.dist.shape
     n_beams = int(rng.integers(32, 65))
@@ -239,7 +251,10 @@ def lidar_image(scene: Scene, frame: Frame, rng: np.random.Generator) -> np.ndar
     flat = iy[keep] * w + ix[keep]
     out = np.full(h * w, np.inf)
     np.minimum.at(out, flat, r)
-    mm = np.where(np.isfinite(out), np.clip(np.round(out * 1000.0), 1, 65535), 0)
+    # the sensor reaches 80-120 m, but 16-bit millimetres hold at most 65.535 m: a return the encoding cannot hold
+    # (one that would land on or beyond the top code 65535) is no return (0), never a clipped 65535
+    mm = np.where(np.isfinite(out), np.maximum(np.round(out * 1000.0), 1), 0)
+    mm = np.where(mm <= LIDAR_MAX_MM, mm, 0)
     return mm.astype(np.uint16).reshape(1, h, w)
 
 
