@@ -3,6 +3,7 @@ cross-rank reduction, and the refusals. The same code runs NCCL on GPUs; only th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -77,6 +78,44 @@ def _reduce_worker(rank: int, world: int, init: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+def _validation_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    from rgbx.engine.config import load_config
+    from rgbx.engine.evaluate import evaluate
+    from rgbx.engine.report import Reporter
+    from rgbx.engine.trainer import Trainer
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    trainer = Trainer(load_config(None, [f"data.root={data}", f"output_dir={out}/run", *TINY, "train.iters=1"]),
+                      reporter=Reporter(quiet=True))
+    try:
+        norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert norms
+        if rank == 1:  # as after a last training step on another batch than rank 0's (no SyncBatchNorm on the CPU)
+            with torch.no_grad():
+                for m in norms:
+                    m.running_mean.add_(3.0), m.running_var.mul_(30.0)
+        result = trainer.evaluate()  # each rank scores its share, the confusion matrices summed
+    finally:
+        trainer.dist.close()
+    if rank == 0:  # rank 0's model (the one it saves) scored alone on the whole split, out of the process group
+        alone = evaluate(trainer.model, trainer.val_loader(share=False), num_classes=3, ignore_index=255)
+        full = "+".join(trainer.model.modalities)
+        torch.save({"ranks": result.matrix(full).matrix, "alone": alone.matrix(full).matrix}, f"{out}/m.pt")
+
+
+def test_distributed_validation_scores_rank_0s_model(tmp_path):
+    """Without SyncBatchNorm (Gloo: ``train.sync_bn`` acts on CUDA only) each rank's BatchNorm statistics follow its
+    own last batch; the validation during training gives every rank rank 0's first, so the logged mIoU is that of
+    the model rank 0 saves (rank 1 used to score its share with its own statistics)."""
+    data = make_dataset(tmp_path / "d", n=8, splits={"train": [f"s{i:03d}" for i in range(4)],
+                                                     "val": [f"s{i:03d}" for i in range(4, 8)]})
+    mp.spawn(_validation_worker, args=(2, free_port(), str(data), str(tmp_path)), nprocs=2, join=True)
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert saved["alone"].sum() > 0
+    assert torch.equal(saved["ranks"], saved["alone"])
+
+
 def test_eval_reduction_agrees_on_groups_and_grads_are_averaged(tmp_path):
     mp.spawn(_reduce_worker, args=(2, f"file://{tmp_path}/init", str(tmp_path)), nprocs=2, join=True)
     for rank in range(2):
@@ -107,6 +146,15 @@ def test_torchrun_trains_writes_once_and_refuses_another_world_size(tmp_path):
     # 8 samples, 2 per process per step: 2 steps per epoch, so 6 iterations went over the data 3 times
     images = [float(row.split(",")[-1]) for row in rows[1:]]
     assert all(v > 0 for v in images)
+    # the validation scored the model rank 0 saved (each rank's BatchNorm statistics: see
+    # test_distributed_validation_scores_rank_0s_model)
+    from rgbx.cli.main import main
+
+    logged = json.loads((run / "eval.jsonl").read_text().splitlines()[-1])
+    assert main(["eval", str(run / "model.safetensors"), "--data", str(data), "--json", str(tmp_path / "e.json")]) == 0
+    scored = json.loads((tmp_path / "e.json").read_text())["subsets"]["rgb+depth+thermal"]
+    assert logged["iteration"] == 6
+    assert {g: v["miou"] for g, v in scored.items()} == pytest.approx(logged["groups"], abs=1e-6)
 
     r = subprocess.run([sys.executable, "-m", "rgbx.cli.main", "train", "synth_cmx_b0", *common, "train.iters=8",
                         "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -75,6 +75,63 @@ def test_train_writes_weights_logs_and_evaluates(tmp_path):
     assert refitted.temperatures == pytest.approx(recorded, rel=2e-3)  # batches of 4, not 2: logits to rounding
 
 
+def _unwritable(monkeypatch, folder):
+    """Make ``folder`` read-only; as root, where its mode bits stop nothing, refuse temporary files in it instead."""
+    import errno
+    import tempfile
+    from pathlib import Path
+
+    os.chmod(folder, 0o555)
+    if os.access(folder, os.W_OK):
+        real = tempfile.mkstemp
+
+        def refused(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir) == Path(folder):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", refused)
+
+
+@pytest.mark.parametrize("folder", ["run", "run/checkpoints"])
+def test_an_unwritable_run_folder_is_refused_before_training(tmp_path, monkeypatch, folder):
+    """Resuming into a folder where no file can be written fails at once, not at the first checkpoint."""
+    root = make_dataset(tmp_path / "d")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    _unwritable(monkeypatch, tmp_path / folder)
+    try:
+        with pytest.raises(CheckpointError, match=f"{tmp_path / folder}: cannot write a file there"):
+            Trainer(tiny_config(root, tmp_path / "run", "train.iters=2", "train.checkpoint_every=1"), resume=True,
+                    reporter=Reporter(quiet=True))
+    finally:
+        os.chmod(tmp_path / folder, 0o755)
+
+
+def test_resume_on_the_same_data_packed_as_shards(tmp_path, monkeypatch):
+    """A run on a dataset folder resumes on its pack (rgbx data pack: the same samples, order and augmentation) and
+    ends with the weights of an uninterrupted run; another dataset is still refused."""
+    from rgbx.data.datasets.shards import pack_dataset
+
+    root = make_dataset(tmp_path / "d", n=8)
+    pack_dataset(root, tmp_path / "packed", shard_size=4)
+    extra = ["train.iters=2", "train.checkpoint_every=1", "train.eval_every=0"]
+    full = Trainer(tiny_config(root, tmp_path / "a", *extra), reporter=Reporter(quiet=True))
+    full.fit()
+    run_killed_at(monkeypatch, 1, Trainer(tiny_config(root, tmp_path / "b", *extra), reporter=Reporter(quiet=True)).fit)
+    resumed = Trainer(tiny_config(tmp_path / "packed", tmp_path / "b", *extra, "data.dataset=shards"), resume=True,
+                      reporter=Reporter(quiet=True))
+    assert resumed.iteration == 1
+    resumed.fit()
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    # and back: the state the pack wrote resumes on the folder
+    Trainer(tiny_config(root, tmp_path / "b", "train.iters=2", "train.checkpoint_every=1", "train.eval_every=0"),
+            resume=True, reporter=Reporter(quiet=True))
+    with pytest.raises(CheckpointError, match=r"another data config \(data.train_split"):
+        Trainer(tiny_config(root, tmp_path / "b", *extra, "data.train_split=val"), resume=True,
+                reporter=Reporter(quiet=True))
+
+
 def test_refuses_to_overwrite_a_run(tmp_path):
     root = make_dataset(tmp_path / "d")
     cfg = tiny_config(root, tmp_path / "run", "train.iters=2")
@@ -105,6 +162,50 @@ def test_resume_in_process_is_bit_exact(tmp_path, monkeypatch, accumulate):
     if accumulate > 1:  # the data order depends on it: resume refuses another value
         with pytest.raises(CheckpointError, match="train.accumulate_grad_batches=2; resume needs the same value"):
             Trainer(tiny_config(root, tmp_path / "b", *extra[:-1]), resume=True, reporter=Reporter(quiet=True))
+
+
+def test_a_kill_during_validation_resumes_to_the_same_evaluations_and_best_model(tmp_path, monkeypatch):
+    """A run killed while it validates (here: at iteration 2, which is also a checkpoint) and resumed ends as an
+    uninterrupted run: the same eval.jsonl rows, the same best model and the same state. (The checkpoint at an
+    iteration used to come before its validation: the resumed run went on past a validation never finished.)"""
+    from safetensors.torch import load_file
+
+    from tests.conftest import TrainingKilled
+
+    root = make_dataset(tmp_path / "d", n=8)
+    extra = ["train.iters=4", "train.checkpoint_every=1", "train.eval_every=2"]
+    Trainer(tiny_config(root, tmp_path / "a", *extra), reporter=Reporter(quiet=True)).fit()
+
+    real_evaluate = Trainer.evaluate
+
+    def dies(self, subsets=None):
+        if self.iteration == 2:
+            raise TrainingKilled
+        return real_evaluate(self, subsets)
+
+    monkeypatch.setattr(Trainer, "evaluate", dies)
+    with pytest.raises(TrainingKilled):
+        Trainer(tiny_config(root, tmp_path / "b", *extra), reporter=Reporter(quiet=True)).fit()
+    monkeypatch.setattr(Trainer, "evaluate", real_evaluate)
+    resumed = Trainer(tiny_config(root, tmp_path / "b", *extra), resume=True, reporter=Reporter(quiet=True))
+    resumed_at = resumed.iteration
+    resumed.fit()
+
+    def rows(run):
+        return [json.loads(line) for line in (tmp_path / run / "eval.jsonl").read_text().splitlines()]
+
+    assert [r["iteration"] for r in rows("b")] == [2, 4]
+    assert rows("b") == rows("a")
+    assert resumed_at == 1  # the checkpoint before the validation that was cut short
+    for name in ("best.safetensors", "model.safetensors"):
+        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        assert read_model_info(tmp_path / "a" / name)["iteration"] == read_model_info(tmp_path / "b" / name)["iteration"]
+    state_a, state_b = (load_state(tmp_path / run / "checkpoints/last.state.pt") for run in "ab")
+    # the state's best mIoU includes every validation up to its iteration, the last one too (a run continued to
+    # more iterations compares with it)
+    assert state_a["best_miou"] == state_b["best_miou"] == max(r["miou"] for r in rows("a"))
+    assert state_a["iteration"] == state_b["iteration"] == 4
 
 
 def test_accumulated_micro_batches_give_the_step_of_one_batch(tmp_path):
@@ -443,3 +544,19 @@ def test_validation_during_training_uses_the_configured_miou_convention(tmp_path
         scored[convention] = json.loads(out.read_text())["subsets"]["rgb+depth+thermal"]["all"]["miou"]
     assert entry["miou"] == pytest.approx(scored["all"], abs=1e-6)
     assert scored["all"] < scored["present"]  # bicycle counted as 0 by one convention only
+
+
+def test_a_resumed_run_removes_what_a_killed_write_left(tmp_path):
+    """A run killed while writing a checkpoint leaves atomic_write's temporary file (27 MB partial states in the
+    fault sweep), which nothing removed; a resume (or a new run) in that folder removes such files, only those."""
+    root = make_dataset(tmp_path / "d")
+    cfg = tiny_config(root, tmp_path / "run", "train.iters=2", "train.checkpoint_every=1", "train.eval_every=0")
+    Trainer(cfg, reporter=Reporter(quiet=True)).fit()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    left = [checkpoints / ".last.state.pt.rgbx-partial-a1b2c3d4.tmp", tmp_path / "run" / ".model.safetensors.x9y8z7w6.tmp"]
+    mine = [checkpoints / "notes.tmp", tmp_path / "run" / ".hidden.tmp"]
+    for path in (*left, *mine):
+        path.write_bytes(b"partial")
+    cfg = tiny_config(root, tmp_path / "run", "train.iters=3", "train.checkpoint_every=1", "train.eval_every=0")
+    Trainer(cfg, resume=True, reporter=Reporter(quiet=True)).fit()
+    assert not any(p.exists() for p in left) and all(p.exists() for p in mine)

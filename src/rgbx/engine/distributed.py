@@ -10,7 +10,8 @@ for a single process. What the trainer does with it:
   between ranks without repetition (:func:`shard_indices`) and the confusion matrices summed;
 * model: wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged during backward); the
   method's own trainable modules (auxiliary heads, aligners) have their gradients averaged after backward;
-  BatchNorm becomes SyncBatchNorm on CUDA (``train.sync_bn``);
+  BatchNorm becomes SyncBatchNorm on CUDA (``train.sync_bn``); on the CPU each rank keeps its own running
+  statistics, and an evaluation first gives every rank rank 0's (:func:`broadcast_buffers`): the model it saves;
 * files: only rank 0 writes checkpoints, weights, logs; every rank reads the same checkpoint to resume (multi-node
   runs need ``output_dir`` on a shared file system).
 """
@@ -27,7 +28,8 @@ import torch.distributed as dist
 
 from rgbx.errors import ConfigError
 
-__all__ = ["DistributedContext", "all_reduce_grads", "init_distributed", "shard_indices", "sync_batchnorm"]
+__all__ = ["DistributedContext", "all_reduce_grads", "broadcast_buffers", "init_distributed", "shard_indices",
+           "sync_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,24 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter], ctx: DistributedConte
         else:
             p.grad.copy_(chunk)
         offset += n
+
+
+def broadcast_buffers(module: torch.nn.Module, ctx: DistributedContext, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers of ``module`` (BatchNorm running statistics), in place. Without
+    SyncBatchNorm (``train.sync_bn`` acts on CUDA only) each rank's statistics follow its own batches; DDP copies rank
+    0's at the start of every training forward, so after the last step they differ by each rank's own update. A
+    distributed evaluation calls this first, so that every rank scores the model rank 0 saves."""
+    if not ctx.enabled:
+        return
+    with torch.no_grad():
+        for buffer in module.buffers():
+            if buffer.is_contiguous():
+                dist.broadcast(buffer, src)
+            else:  # (a strided view: received whole, copied in where it differs)
+                received = buffer.contiguous()
+                dist.broadcast(received, src)
+                if not torch.equal(received, buffer):
+                    buffer.copy_(received)
 
 
 def parameters_without_gradient(model: torch.nn.Module, size: tuple[int, int], device: torch.device) -> list[str]:

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 import warnings
 from contextlib import nullcontext
@@ -30,7 +31,14 @@ from rgbx.data.sensor_health import FrameScreen, parse_rules
 from rgbx.data.transforms import EvalTransform, TrainTransform
 from rgbx.data.transforms.photometric import build_photometric_ops
 from rgbx.device import resolve_device
-from rgbx.engine.checkpoint import differing_class_names, load_state, load_state_into, save_model, save_state
+from rgbx.engine.checkpoint import (
+    differing_class_names,
+    load_state,
+    load_state_into,
+    remove_unfinished_writes,
+    save_model,
+    save_state,
+)
 from rgbx.engine.config import (
     ExperimentConfig,
     OptimConfig,
@@ -41,6 +49,7 @@ from rgbx.engine.config import (
 )
 from rgbx.engine.distributed import (
     all_reduce_grads,
+    broadcast_buffers,
     init_distributed,
     parameters_without_gradient,
     shard_indices,
@@ -276,6 +285,11 @@ class Trainer:
             raise RgbxError(f"{self.paths.root} holds trained model files ({', '.join(models)}) but no training "
                             f"state to continue from ({self.paths.state}); choose another output_dir, or move "
                             f"them away to start a new run there")
+        self.check_writable()  # before anything is trained that the checkpoints could not keep
+        if self.dist.is_main:  # what a process killed mid-write left (atomic_write's temporary files)
+            for folder in (self.paths.root, self.paths.state.parent):
+                for left in remove_unfinished_writes(folder):
+                    self.reporter.print(f"removed {left}, a file a killed run left unfinished")
         self.dist.barrier()  # every rank has looked before rank 0 writes the run folder
         apply_speed_preset(cfg, self.device)
         self.num_workers = loader_workers(cfg.data.num_workers, self.device, cfg.train.cuda_graph_train)
@@ -430,6 +444,25 @@ class Trainer:
             self.paths.root.mkdir(parents=True, exist_ok=True)
             (self.paths.root / "config.yaml").write_text(to_yaml(cfg))
 
+    def check_writable(self) -> None:
+        """Refuse at once a run folder or checkpoints folder where no file can be written (a read-only folder, a
+        file in the way), which would otherwise stop the run at its first checkpoint: a temporary file is made and
+        removed in each, or, where one does not exist yet, in the folder it will be made in. Every rank looks
+        (they all stop, none waits for the others)."""
+        for folder in (self.paths.root, self.paths.state.parent):
+            where = folder
+            while not where.exists() and where.parent != where:
+                where = where.parent
+            try:
+                # named as atomic_write's temporary files, which a run's start removes should a kill leave it
+                fd, tmp = tempfile.mkstemp(prefix=".write-check.rgbx-partial-", suffix=".tmp", dir=where)
+            except OSError as e:
+                raise CheckpointError(f"{folder}: cannot write a file there ({e.strerror or e}); the run writes its "
+                                      f"checkpoints and logs there: make it writable or choose another "
+                                      f"output_dir") from None
+            os.close(fd)
+            os.unlink(tmp)
+
     # -- state ----------------------------------------------------------------------------------------------------
     def _state(self) -> dict:
         return {
@@ -468,6 +501,9 @@ class Trainer:
             if section == "data":  # how the data is read may change; what is read may not
                 for key in ("num_workers", "check", "root"):
                     ours.pop(key, None), theirs.pop(key, None)
+                # the folder and its pack (rgbx data pack) give the same samples, order and augmentation
+                if {ours.get("dataset"), theirs.get("dataset")} == {"folder", "shards"}:
+                    ours.pop("dataset"), theirs.pop("dataset")
             if section == "optim":  # a run saved before a key existed had its default
                 theirs = {**dataclasses.asdict(OptimConfig()), **theirs}
             if theirs != ours:
@@ -577,6 +613,10 @@ class Trainer:
         )
 
     def evaluate(self, subsets=None) -> EvalResult:
+        # every rank scores its share with rank 0's BatchNorm statistics, those of the model rank 0 saves (without
+        # SyncBatchNorm, as on the CPU, each rank's follow its own last batch; DDP would copy rank 0's at the next
+        # training forward anyway, so the training is unchanged)
+        broadcast_buffers(self.model, self.dist)
         result = evaluate(self.model, self.val_loader(), num_classes=self.description.num_classes,
                           ignore_index=self.description.ignore_index, subsets=subsets,
                           group_by=self.cfg.train.eval_group_by, device=self.device, autocast_dtype=self.amp_dtype)
@@ -739,11 +779,15 @@ class Trainer:
                         sums, count, t0, images = {}, 0, time.perf_counter(), 0
                     else:
                         bar.update(self.iteration)
+                    # the validation of an iteration comes before its checkpoint: the state then holds the best
+                    # mIoU with it, and a kill during the validation resumes from the checkpoint before, which
+                    # trains these iterations again and validates them (eval.jsonl's rows and best.safetensors as
+                    # an uninterrupted run's); the other order would resume past a validation never finished
+                    if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iters:
+                        self._eval_and_log(tb)
                     if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0
                             and self.iteration < cfg.iters):
                         self.save_checkpoint()
-                    if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iters:
-                        self._eval_and_log(tb)
         finally:
             if log_file is not None:
                 log_file.close()
@@ -752,8 +796,14 @@ class Trainer:
             with torch.no_grad():
                 checksum = float(sum(p.double().sum() for p in self.model.parameters()))
             self.dist.check_same(checksum, "the weights' checksum")
+        # the last checkpoint before the last validation: a kill during it resumes at train.iters and validates
+        # again (no iteration trained twice); the state is written again when this validation set a new best, so
+        # a run continued to more iterations compares with it
         self.save_checkpoint()
+        best = self.best_miou
         result = self._eval_and_log(tb)
+        if self.best_miou != best and self.dist.is_main:
+            save_state(self.paths.state, self._state())
         if self.dist.is_main:
             extra = {"calibration": self._calibrate().to_dict()} if cfg.calibrate else {}
             save_model(self.paths.final_weights, self.model, self._dataset_info(), **self._file_info(**extra))
