@@ -20,6 +20,7 @@ from rgbx.data.modality_synthesis import (
     synthesize_dataset,
 )
 from rgbx.errors import ConfigError, DataError
+from rgbx.modalities.encodings import write_array
 from tests.conftest import make_dataset
 
 
@@ -208,11 +209,17 @@ def test_overwrite_replaces_only_what_synthesize_wrote(tmp_path, capsys):
         assert "NOTES.txt, my_real_capture.png" in err and "move the folder elsewhere" in err
     assert sorted(p.name for p in mine.iterdir()) == ["NOTES.txt", "my_real_capture.png"]
     assert not (root / "dataset.yaml.orig").exists()
-    # what an interrupted run left (<id>.png files, not listed yet) is replaced with --overwrite
+    # <id>.png files of the dataset's samples that synthesized.yaml does not record: the user's own, never replaced
     (mine / "NOTES.txt").unlink()
     (mine / "my_real_capture.png").rename(mine / "s000.png")
-    assert main(["data", "synthesize", str(root), "--modalities", "event"]) == 2
-    assert "already holds event files of this dataset's samples (an earlier rgbx data synthesize's" in capsys.readouterr().err
+    mine_bytes = (mine / "s000.png").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["data", "synthesize", str(root), "--modalities", "event", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "holds event files of this dataset's samples (not listed in" in err and "move the folder" in err
+    assert (mine / "s000.png").read_bytes() == mine_bytes
+    (mine / "s000.png").unlink()  # an empty folder is written into
+    assert main(["data", "synthesize", str(root), "--modalities", "event"]) == 0
     assert main(["data", "synthesize", str(root), "--modalities", "event", "--overwrite"]) == 0
     assert sorted(p.name for p in mine.iterdir()) == ["s000.png", "s001.png"]
     # a file dropped into a synthesised folder afterwards is not deleted by --overwrite
@@ -226,6 +233,171 @@ def test_overwrite_keeps_the_datasets_own_modality(tmp_path):
     root = make_dataset(tmp_path / "rig", n=2, size=(16, 20), modalities=("rgb", "depth", "lidar"))
     before = (root / "lidar" / "s000.png").read_bytes()
     with pytest.raises(DataError, match=r"lidar: holds this dataset's own lidar files .*not replaced, even with "
-                                        r"--overwrite"):
+                                        r"overwrite=True"):
         synthesize_dataset(root, ["lidar"], focal_px=20.0, overwrite=True)
     assert (root / "lidar" / "s000.png").read_bytes() == before
+
+
+# -- review fixes: 16-bit ranges, declared storage, resolution, ownership, atomic writes, input checks -----------
+
+
+def _yaml(root):
+    import yaml
+
+    return yaml.safe_load((root / "dataset.yaml").read_text())
+
+
+def _write_yaml(root, desc):
+    import yaml
+
+    (root / "dataset.yaml").write_text(yaml.safe_dump(desc, sort_keys=False))
+
+
+class _FarNet(torch.nn.Module):
+    """Metric 'depth': 100 m in the left half of its (fixed 24×32) output, 10 m in the right half."""
+
+    def forward(self, x):
+        z = x[:, :1] * 0.0 + 10.0
+        return torch.cat([z[..., :16] + 90.0, z[..., 16:]], dim=-1)
+
+
+def test_ranges_beyond_16_bit_millimetres_are_no_measurement_not_clipped(tmp_path):
+    depth = np.full((48, 64), 10.0)
+    depth[:, :32] = 80.0  # 80 m: within the scanner's 120 m, beyond what 16-bit mm hold
+    out = pseudo_lidar(depth, 40.0, np.random.default_rng(0), PseudoLidar(dropout=0.0, range_noise_m=0.0))
+    ys, xs = np.nonzero(out[0])
+    assert len(xs) > 50 and xs.min() >= 32  # no return from the far half ...
+    assert int(out.max()) < 20000  # ... and certainly no 65535 ("65.5 m", a wrong range)
+    # the depth writer: 100 m from the estimator is no measurement (0), 10 m is 10000 mm
+    root = make_dataset(tmp_path / "rgb_only", n=2, size=(24, 32), modalities=("rgb",))
+    model = _export(tmp_path, _FarNet().eval())
+    synthesize_dataset(root, ["depth"], depth_estimator=OnnxDepthEstimator(model))
+    d = read_modality_file(root / "depth" / "s000.png", "depth").numpy()[0]
+    assert float(d[:, :14].max()) == 0.0 and abs(float(d[:, 18:].mean()) - 10.0) < 1e-3
+    assert int(np.asarray(d * 1000).max()) != 65535
+
+
+def test_lidar_reads_depth_with_the_storage_dataset_yaml_declares(tmp_path):
+    root = make_dataset(tmp_path / "rgbd", n=3, size=(48, 64), modalities=("rgb", "depth"))
+    desc = _yaml(root)
+    desc["modalities"]["depth"] = {"scale": 0.00025}  # uint16 × 0.25 mm: the toy's 8000 → 2 m, 3000 → 0.75 m
+    _write_yaml(root, desc)
+    synthesize_dataset(root, ["lidar"], focal_px=40.0)
+    sample = build_dataset("folder", root, "train").load(0)
+    depth, lidar = sample["inputs"]["depth"], sample["inputs"]["lidar"]
+    hits = lidar > 0
+    assert int(hits.sum()) > 20 and float(depth.max()) == 2.0
+    assert bool((lidar[hits] >= depth[hits] - 0.1).all()) and bool((lidar[hits] <= 1.6 * depth[hits] + 0.1).all())
+
+
+def test_hfov_uses_the_resolution_depth_is_stored_at_and_the_lidar_entry_matches_it(tmp_path, capsys):
+    root = make_dataset(tmp_path / "rig", n=3, size=(96, 128), modalities=("rgb",))
+    (root / "depth").mkdir()
+    for i in range(3):
+        write_array(root / "depth" / f"s{i:03d}.png", np.full((1, 48, 64), 5000, np.uint16))  # 5 m, half resolution
+    desc = _yaml(root)
+    desc["modalities"]["depth"] = {"resize": "nearest"}
+    _write_yaml(root, desc)
+    assert main(["data", "synthesize", str(root), "--modalities", "lidar", "--hfov", "60"]) == 0
+    capsys.readouterr()
+    assert _yaml(root)["modalities"]["lidar"] == {"resize": "nearest"}
+    assert main(["data", "check", str(root)]) == 0  # no "size differs from label"
+    out = read_modality_file(root / "lidar" / "s000.png", "lidar").numpy()[0]
+    assert out.shape == (48, 64)
+    ys, xs = np.nonzero(out)
+    r = out[ys, xs]
+
+    def z_error(f):  # the returns mapped back to z-depth through a focal length f
+        a = np.arctan((xs + 0.5 - 32) / f)
+        e = np.arctan((24 - (ys + 0.5)) * np.cos(a) / f)
+        return float(np.abs(r * np.cos(e) * np.cos(a) - 5.0).max())
+
+    f_depth = 32 / np.tan(np.radians(30))  # the focal length of the 64-pixel-wide depth images
+    assert len(r) > 50 and z_error(f_depth) < 0.1 and z_error(2 * f_depth) > 0.2
+
+
+def test_overwrite_never_replaces_a_modality_listed_after_a_synthesis(tmp_path, capsys):
+    root = make_dataset(tmp_path / "rgbd", n=2, size=(24, 32), modalities=("rgb", "depth"))
+    assert main(["data", "synthesize", str(root), "--modalities", "event"]) == 0  # writes dataset.yaml.orig
+    # the user adds a real LiDAR and lists it: theirs, though dataset.yaml.orig does not list it
+    (root / "lidar").mkdir()
+    real = np.zeros((1, 24, 32), np.uint16)
+    real[0, ::3, ::2] = 4321
+    for i in range(2):
+        write_array(root / "lidar" / f"s{i:03d}.png", real)
+    desc = _yaml(root)
+    desc["modalities"]["lidar"] = {}
+    _write_yaml(root, desc)
+    before = (root / "lidar" / "s000.png").read_bytes()
+    assert main(["data", "synthesize", str(root), "--modalities", "lidar", "--focal", "30", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "holds this dataset's own lidar files" in err and "overwrite=True" not in err
+    assert (root / "lidar" / "s000.png").read_bytes() == before
+    assert main(["data", "synthesize", str(root), "--modalities", "event", "--overwrite"]) == 0  # still rgbx's
+    assert main(["data", "synthesize", str(root), "--modalities", "event"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --overwrite to replace them" in err and "overwrite=True" not in err  # the CLI names its flag only
+    # files of a synthesised folder replaced by the user's own (same names): theirs from then on
+    own_events = np.zeros((2, 24, 32), np.uint8)
+    own_events[0, 5, 5] = 7
+    write_array(root / "event" / "s000.png", own_events)
+    before = (root / "event" / "s000.png").read_bytes()
+    assert main(["data", "synthesize", str(root), "--modalities", "event", "--overwrite"]) == 2
+    assert "its files have changed since rgbx data synthesize wrote them" in capsys.readouterr().err
+    assert (root / "event" / "s000.png").read_bytes() == before
+
+
+def test_a_failed_synthesis_leaves_the_previous_output_and_lists_nothing(tmp_path, monkeypatch):
+    import rgbx.data.modality_synthesis as ms
+
+    root = make_dataset(tmp_path / "rgbd", n=4, size=(24, 32), modalities=("rgb", "depth"))
+    synthesize_dataset(root, ["event"])
+    first = {p.name: p.read_bytes() for p in (root / "event").iterdir()}
+    desc = (root / "dataset.yaml").read_text()
+    calls = []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return np.zeros((2, 24, 32), np.uint8)
+
+    monkeypatch.setattr(ms, "simulate_events", crash_on_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        synthesize_dataset(root, ["event", "lidar"], focal_px=30.0, overwrite=True)
+    assert {p.name: p.read_bytes() for p in (root / "event").iterdir()} == first
+    assert not (root / "lidar").exists() and (root / "dataset.yaml").read_text() == desc
+    assert sorted(p.name for p in root.iterdir() if "rgbx-synthesize" in p.name) == []
+    assert "optional" not in str(_yaml(root)["modalities"]["event"])  # a file for every sample: not optional
+
+
+def test_synthesize_refuses_bad_inputs_before_touching_anything(tmp_path, capsys):
+    root = make_dataset(tmp_path / "rgb_only", n=2, size=(24, 32), modalities=("rgb",))
+    model = _export(tmp_path, _ToyDepthNet().eval())  # a fixed 24×32 input
+    assert main(["data", "synthesize", str(root), "--modalities", "depth", "--depth-model", str(model),
+                 "--depth-size", "64x64"]) == 2
+    err = capsys.readouterr().err
+    assert "--depth-size 64x64" in err and "fixed input size of 24x32" in err and "Traceback" not in err
+    with pytest.raises(ConfigError, match="fixed input size of 24x32"):
+        OnnxDepthEstimator(model, input_size=(64, 64))
+    assert OnnxDepthEstimator(model, input_size=(24, 32)).fixed == (24, 32)
+    with pytest.raises(SystemExit):
+        main(["data", "synthesize", str(root), "--modalities", "event", "--seed", "-1"])
+    assert "--seed" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="seed -1"):
+        synthesize_dataset(root, ["event"], seed=-1)
+    assert not (root / "depth").exists() and not (root / "event").exists()
+
+
+def test_hfov_with_modality_folders_at_absolute_paths(tmp_path, capsys):
+    root = make_dataset(tmp_path / "rig", n=3, size=(24, 32), modalities=("rgb", "depth"))
+    elsewhere = tmp_path / "sensors"
+    elsewhere.mkdir()
+    desc = _yaml(root)
+    for m in ("rgb", "depth"):
+        (root / m).rename(elsewhere / m)
+        desc["modalities"][m] = {"folder": str(elsewhere / m)}
+    _write_yaml(root, desc)
+    assert main(["data", "synthesize", str(root), "--modalities", "lidar", "--hfov", "70"]) == 0
+    assert "wrote 3 lidar files (hfov 70°)" in capsys.readouterr().out
+    assert main(["data", "check", str(root)]) == 0

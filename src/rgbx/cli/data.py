@@ -66,29 +66,42 @@ def add_parser(sub) -> None:
                         description="Write simulated event counts (from each RGB image moved along a short camera "
                                     "trajectory), depth or thermal from RGB (estimators you export to ONNX) and "
                                     "pseudo-LiDAR (a multi-beam scanner's rays through the depth map) into the "
-                                    "dataset folder, and list them in its dataset.yaml (the previous file is kept as "
-                                    "dataset.yaml.orig). See rgbx.data.modality_synthesis.")
+                                    "dataset folder, list them in its dataset.yaml (the file as it was is kept as "
+                                    "dataset.yaml.orig) and record them in synthesized.yaml. Source files are read "
+                                    "with the storage dataset.yaml declares; a new modality gets its source's "
+                                    "resolution and 'resize'. Nothing is replaced until every modality is "
+                                    "written: a failed or interrupted run leaves the folders as they were. See "
+                                    "rgbx.data.modality_synthesis.")
     y.add_argument("root")
     y.add_argument("--modalities", nargs="+", required=True, choices=("depth", "thermal", "event", "lidar"))
     y.add_argument("--depth-model", type=Path, help="depth: a monocular depth estimator as an ONNX file")
     y.add_argument("--depth-output", choices=("metric", "disparity"), default="metric",
                    help="depth: what the estimator outputs, depth in metres (default) or relative inverse depth")
     y.add_argument("--depth-range", type=positive_float, nargs=2, default=(0.5, 20.0), metavar=("NEAR", "FAR"),
-                   help="depth: metres the disparity of each image is mapped onto (default 0.5 20)")
+                   help="depth: metres the disparity of each image is mapped onto (default 0.5 20): the lowest "
+                        "disparity (the sky, anything at infinity) lands at FAR; depth beyond 65.535 m is written "
+                        "as 0 (no measurement)")
     y.add_argument("--depth-size", type=parse_size, metavar="HxW",
                    help="depth: the estimator's input size (default: its own fixed size, else the image's)")
     y.add_argument("--thermal-model", type=Path, help="thermal: an RGB→thermal estimator as an ONNX file")
     y.add_argument("--thermal-output", choices=("unit", "minmax"), default="unit",
                    help="thermal: the estimator outputs relative temperature in [0, 1] (default), or any scale, "
                         "stretched per image")
-    y.add_argument("--focal", type=positive_float, help="lidar: the camera's focal length in pixels")
+    y.add_argument("--focal", type=positive_float,
+                   help="lidar: the camera's focal length in pixels of the depth images as stored (scale it if "
+                        "depth is stored at another resolution than RGB; --hfov needs no scaling)")
     y.add_argument("--hfov", type=positive_float,
-                   help="lidar: the camera's horizontal field of view in degrees (instead of --focal)")
-    y.add_argument("--beams", type=positive_int, default=64, help="lidar: number of beams (default 64)")
-    y.add_argument("--seed", type=int, default=0)
+                   help="lidar: the camera's horizontal field of view in degrees (instead of --focal), converted "
+                        "to a focal length for each depth image's own width")
+    y.add_argument("--beams", type=positive_int, default=64,
+                   help="lidar: number of beams (default 64), spread evenly over fixed elevations, -24.8° to +2° "
+                        "about the camera's optical axis (a 64-beam scanner's span): image rows above +2° get no "
+                        "returns; ranges beyond 65.535 m (16-bit mm) are dropped as no return")
+    y.add_argument("--seed", type=non_negative_int, default=0,
+                   help="the simulation's seed (default 0); each sample's result depends only on it and the sample")
     y.add_argument("--overwrite", action="store_true",
-                   help="replace the folders of these modalities that an earlier synthesize wrote (never the "
-                        "dataset's own files, nor files synthesize did not write)")
+                   help="replace the folders of these modalities that an earlier synthesize wrote, as recorded "
+                        "in synthesized.yaml (never the dataset's own files, nor files synthesize did not write)")
     y.set_defaults(data_run=run_synthesize)
     k = dsub.add_parser("pack", epilog=_examples("pack"), formatter_class=EPILOG_FORMATTER, help="pack a dataset folder into tar shards (read with --dataset shards)",
                         description="Write the samples of a dataset folder in the rgbx format into tar shards of "
@@ -185,10 +198,6 @@ def run_stats(args) -> int:
 
 
 def run_synthesize(args) -> int:
-    import math
-
-    from rgbx.data.description import load_description
-    from rgbx.data.files import discover_samples, read_modality_file
     from rgbx.data.modality_synthesis import (
         OnnxDepthEstimator,
         OnnxThermalEstimator,
@@ -196,41 +205,43 @@ def run_synthesize(args) -> int:
         synthesize_dataset,
     )
     from rgbx.engine.report import Reporter
-    from rgbx.errors import ConfigError
+    from rgbx.errors import ConfigError, DataError
 
     if args.focal and args.hfov:
         raise ConfigError("give --focal or --hfov, not both")
     if args.beams < 1:
         raise ConfigError(f"--beams {args.beams}: expected at least 1")
-    focal = args.focal
-    if args.hfov:
-        if not 0 < args.hfov < 180:
-            raise ConfigError(f"--hfov {args.hfov}: expected degrees in (0, 180)")
-        desc = load_description(args.root)
-        sources = {m: f"{args.root}/{desc.modalities[m].folder}" for m in ("rgb", "depth") if m in desc.modalities}
-        first = discover_samples(sources)
-        if not first:
-            raise ConfigError(f"{args.root}: no rgb or depth files to take the image width from for --hfov")
-        name, path = next(iter(first[0][1].items()))
-        width = read_modality_file(path, name).shape[-1]
-        focal = width / 2 / math.tan(math.radians(args.hfov) / 2)
+    if args.hfov and not 0 < args.hfov < 180:
+        raise ConfigError(f"--hfov {args.hfov}: expected degrees in (0, 180)")
     estimator = None
     if "depth" in args.modalities:
         if args.depth_model is None:
             raise ConfigError("--modalities depth needs --depth-model FILE.onnx (a monocular depth estimator)")
-        estimator = OnnxDepthEstimator(args.depth_model, input_size=args.depth_size, output=args.depth_output,
+        estimator = OnnxDepthEstimator(args.depth_model, output=args.depth_output,
                                        depth_range=tuple(args.depth_range))
+        if args.depth_size and estimator.fixed and tuple(args.depth_size) != estimator.fixed:
+            h, w = estimator.fixed
+            raise ConfigError(f"--depth-size {args.depth_size[0]}x{args.depth_size[1]}: {args.depth_model} takes a "
+                              f"fixed input size of {h}x{w} (leave --depth-size out to use it, or export the model "
+                              f"with dynamic height and width)")
+        estimator.input_size = args.depth_size
     thermal = None
     if "thermal" in args.modalities:
         if args.thermal_model is None:
             raise ConfigError("--modalities thermal needs --thermal-model FILE.onnx (an RGB→thermal estimator)")
         thermal = OnnxThermalEstimator(args.thermal_model, output=args.thermal_output)
     reporter = Reporter()
-    with reporter.progress(0, 0, "synthesize") as bar:
-        written = synthesize_dataset(args.root, args.modalities, focal_px=focal, depth_estimator=estimator,
-                                     thermal_estimator=thermal, seed=args.seed, overwrite=args.overwrite,
-                                     lidar=PseudoLidar(beams=args.beams), progress=bar.update)
-    extra = f" (focal {focal:.1f} px)" if "lidar" in args.modalities else ""
+    try:
+        with reporter.progress(0, 0, "synthesize") as bar:
+            written = synthesize_dataset(args.root, args.modalities, focal_px=args.focal, hfov_deg=args.hfov,
+                                         depth_estimator=estimator, thermal_estimator=thermal, seed=args.seed,
+                                         overwrite=args.overwrite, lidar=PseudoLidar(beams=args.beams),
+                                         progress=bar.update)
+    except DataError as e:  # name the command-line flag, not the Python argument
+        raise DataError(str(e).replace("overwrite=True", "--overwrite")) from None
+    extra = ""
+    if "lidar" in args.modalities:
+        extra = f" (focal {args.focal:g} px)" if args.focal else f" (hfov {args.hfov:g}°)"
     reporter.print(f"{args.root}: wrote " + ", ".join(f"{n} {m} files" for m, n in written.items()) + extra)
     return 0
 

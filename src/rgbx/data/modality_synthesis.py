@@ -9,17 +9,24 @@
 * ``lidar`` from depth (pseudo-LiDAR): the rays of a rotating multi-beam scanner co-located with the camera (beams
   at fixed elevation angles, an azimuth step of a few pixels) are intersected with the depth map; each ray that
   lands on a valid depth pixel returns its range ``r = z / (cos e · cos a)``, with range noise and dropouts. Output:
-  sparse range in the image, the rgbx ``lidar`` format. Needs the camera's focal length in pixels.
+  sparse range in the image, the rgbx ``lidar`` format (16-bit mm: a range beyond 65.535 m is no return, 0). Needs
+  the camera's focal length in pixels. The beams span fixed elevations (:class:`PseudoLidar`: a 64-beam scanner's
+  −24.8° to +2° about the optical axis, as a car-roof scanner's), so the image rows above +2° get no returns.
 
 * ``depth`` from RGB: a monocular depth estimator that you provide as an ONNX file (ImageNeXt used Omnidata; Depth
   Anything, MiDaS, ZoeDepth and Metric3D are all exported to ONNX by their users), run with ``onnxruntime``
   (:class:`OnnxDepthEstimator`). Its output is taken as metric depth in metres, or as relative inverse depth
-  (disparity), mapped per image onto a depth range (``disparity`` mode, nearest at the highest disparity). Written
-  as 16-bit PNG in mm, so ``lidar`` can then be derived from it in the same call.
+  (disparity), mapped per image onto a depth range (``disparity`` mode, nearest at the highest disparity; the lowest
+  disparity — the sky, anything at infinity — lands at the far end of the range, a finite depth). Written as 16-bit
+  PNG in mm (depth beyond 65.535 m as 0, no measurement), so ``lidar`` can then be derived from it in the same call.
 
 * ``thermal`` from RGB: an RGB→thermal estimator you provide as an ONNX file (ImageNeXt's was AdaBins-based,
   trained on RGB-T datasets; rgbx ships none), output taken as relative temperature in [0, 1] or stretched per
   image (:class:`OnnxThermalEstimator`). Written as 8-bit PNG, the rgbx ``thermal`` format.
+
+:func:`synthesize_dataset` (``rgbx data synthesize``) writes them into a dataset folder: sources read with the
+storage its dataset.yaml declares, each new modality at its source's resolution, nothing replaced before every
+modality is complete, and only folders it recorded in ``synthesized.yaml`` ever replaced.
 
 Every sample draws from its own generator, seeded by ``seed`` and the sample id, so a result does not depend on
 which other samples are processed or in what order.
@@ -27,6 +34,7 @@ which other samples are processed or in what order.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import zlib
 from collections.abc import Callable, Sequence
@@ -40,6 +48,7 @@ from scipy import ndimage
 from rgbx.data.description import DESCRIPTION_FILE, load_description
 from rgbx.data.files import discover_samples, read_modality_file
 from rgbx.errors import ConfigError, DataError
+from rgbx.modalities import get_modality
 from rgbx.modalities.encodings import write_array
 
 __all__ = [
@@ -54,6 +63,7 @@ __all__ = [
     "synthesize_dataset",
 ]
 
+MAX_MM = 65535  # 16-bit PNG in millimetres: the farthest range a synthesised depth / lidar file holds is 65.535 m
 _LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # linear-light luminance (Rec. 709)
 
 
@@ -110,7 +120,7 @@ class PseudoLidar:
     beams: int = 64
     elevation_deg: tuple[float, float] = (-24.8, 2.0)  # lowest and highest beam (a 64-beam scanner's span)
     azimuth_step_px: float = 2.0  # horizontal spacing of the rays, in pixels at the image centre
-    max_range_m: float = 120.0
+    max_range_m: float = 120.0  # rays beyond it return nothing; so do ranges beyond 65.535 m (16-bit mm: no return)
     dropout: float = 0.05  # rays without a return
     range_noise_m: float = 0.02
 
@@ -149,8 +159,16 @@ def pseudo_lidar(depth: np.ndarray, focal_px: float, rng: np.random.Generator, l
     flat = iy[keep] * w + ix[keep]
     out = np.full(h * w, np.inf)
     np.minimum.at(out, flat, r)
-    mm = np.where(np.isfinite(out), np.clip(np.round(out * 1000.0), 1, 65535), 0)
-    return mm.astype(np.uint16).reshape(1, h, w)
+    return _to_mm(out, minimum=1).reshape(1, h, w)
+
+
+def _to_mm(metres: np.ndarray, minimum: int = 0) -> np.ndarray:
+    """uint16 millimetres of ``metres``; 0 (no measurement) where the value is not finite, not positive, or beyond
+    what 16 bits of millimetres hold (65.535 m): never a clipped, wrong range. ``minimum``: the smallest value
+    written for a positive range (1 for LiDAR, where 0 means no return)."""
+    mm = np.round(np.asarray(metres, np.float64) * 1000.0)
+    ok = np.isfinite(mm) & (mm <= MAX_MM) & (np.asarray(metres) > 0)
+    return np.where(ok, np.clip(np.nan_to_num(mm), minimum, MAX_MM), 0).astype(np.uint16)
 
 
 class OnnxEstimator:
@@ -183,6 +201,10 @@ class OnnxEstimator:
             raise DataError(f"{path}: the model's input {inp.name!r} has shape {inp.shape}; expected (1, 3, H, W)")
         fixed = tuple(inp.shape[2:])
         self.fixed = fixed if all(isinstance(d, int) for d in fixed) else None
+        if input_size is not None and self.fixed is not None and tuple(input_size) != self.fixed:
+            raise ConfigError(f"{path}: the model takes a fixed input size of {self.fixed[0]}x{self.fixed[1]}; an "
+                              f"input size of {input_size[0]}x{input_size[1]} cannot be run (leave it out: the "
+                              f"model's own size is used; or export the model with dynamic height and width)")
         self.path, self.input_name, self.input_size = path, inp.name, input_size
         self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
@@ -263,31 +285,55 @@ def _sample_rng(seed: int, sample_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(sample_id.encode())])
 
 
+# What rgbx data synthesize wrote, in the dataset folder: modality → {folder, source, files}. Only the folders named
+# here are ever replaced (overwrite=True); anything else, listed in dataset.yaml or not, is the user's.
+RECORD_FILE = "synthesized.yaml"
+_STAGING = ".rgbx-synthesize-tmp"  # a modality is written into a hidden sibling folder, renamed into place when done
+_REPLACED = ".rgbx-synthesize-old"
+
+
 def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px: float | None = None,
-                       depth_estimator: OnnxDepthEstimator | None = None,
+                       hfov_deg: float | None = None, depth_estimator: OnnxDepthEstimator | None = None,
                        thermal_estimator: OnnxThermalEstimator | None = None, seed: int = 0, overwrite: bool = False,
                        events: EventSimulation = EventSimulation(), lidar: PseudoLidar = PseudoLidar(),
                        progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
-    """Write synthesised ``modalities`` into an rgbx dataset folder (``root/<modality>/<id>.png``) and list them in
-    its ``dataset.yaml`` (the file as it was is kept once as ``dataset.yaml.orig``). Returns modality → files
-    written. Existing folders of those modalities are an error unless ``overwrite``, which replaces only what an
-    earlier call wrote (a folder of ``<id>.png`` files that dataset.yaml does not list, or lists since that call):
-    a folder of the dataset's own files, or holding other files, is always an error; ``depth`` needs
-    ``depth_estimator``, ``thermal`` ``thermal_estimator`` and ``lidar`` ``focal_px``. ``progress(done, total)``
-    is called per file written, counted over all the modalities."""
+    """Write synthesised ``modalities`` into an rgbx dataset folder (``root/<modality>/<id>.png``), list them in its
+    ``dataset.yaml`` (the file as it was before the first call is kept as ``dataset.yaml.orig``) and record them in
+    ``synthesized.yaml``. Returns modality → files written.
+
+    Source files are read with the storage dataset.yaml declares for them (e.g. depth as uint16 × 0.00025 m). A new
+    entry takes its source's ``resize`` (a modality made from depth stored at another resolution has the depth's
+    resolution, resampled to the label's size on loading like the depth) and ``optional`` (a file for every sample
+    that has its source). Each modality is written into a hidden sibling folder and renamed into place only when
+    every modality of the call is complete: a failed or killed call leaves the previous folders as they were.
+
+    Existing non-empty folders of those modalities are an error unless ``overwrite``, which replaces only a folder
+    ``synthesized.yaml`` records as written by an earlier call, and only while it holds nothing but that call's
+    ``<id>.png`` files: the dataset's own files, listed in dataset.yaml or not, are never replaced.
+
+    ``depth`` needs ``depth_estimator``, ``thermal`` ``thermal_estimator``, ``lidar`` ``focal_px`` (the focal length
+    in pixels of the depth images as stored) or ``hfov_deg`` (the horizontal field of view, converted per depth image
+    from its own width). ``progress(done, total)`` is called per file written, over all the modalities."""
     root = Path(root)
     desc = load_description(root)
     unknown = [m for m in modalities if m not in SYNTHESIZED]
     if unknown or not modalities:
         raise ConfigError(f"cannot synthesise {unknown or 'nothing'}: rgbx synthesises {', '.join(SYNTHESIZED)} "
                           f"(see rgbx.data.modality_synthesis)")
-    needs = {"lidar": (focal_px, "lidar from depth needs the camera's focal length in pixels (--focal PX, or "
-                                 "--hfov DEG; e.g. NYU Depth V2 at 640x480: --focal 518.8)"),
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed {seed!r}: expected an integer >= 0")
+    if focal_px is not None and hfov_deg is not None:
+        raise ConfigError("give the focal length (focal_px) or the field of view (hfov_deg), not both")
+    if hfov_deg is not None and not 0 < hfov_deg < 180:
+        raise ConfigError(f"horizontal field of view {hfov_deg}: expected degrees in (0, 180)")
+    needs = {"lidar": (focal_px or hfov_deg, "lidar from depth needs the camera's focal length in pixels (--focal "
+                                             "PX, or --hfov DEG; e.g. NYU Depth V2 at 640x480: --focal 518.8)"),
              "depth": (depth_estimator, "depth from RGB needs a monocular depth estimator (--depth-model FILE.onnx)"),
              "thermal": (thermal_estimator, "thermal from RGB needs an RGB→thermal estimator (--thermal-model "
                                             "FILE.onnx)")}
     order = [m for m in SYNTHESIZED if m in modalities]
     folders = {m: src.folder for m, src in desc.modalities.items()}
+    record = _read_record(root)
     counts: dict[str, int] = {}
     ids: dict[str, list[str]] = {}
     for m in order:
@@ -297,74 +343,153 @@ def synthesize_dataset(root: str | Path, modalities: Sequence[str], *, focal_px:
                             f"does not list (it has {', '.join(desc.modalities)})")
         if m in needs and not needs[m][0]:
             raise ConfigError(needs[m][1])
-        if m in desc.modalities and desc.modalities[m].encoding != "png":
-            raise DataError(f"{root / DESCRIPTION_FILE}: {m} is stored as {desc.modalities[m].encoding}; rgbx "
-                            f"writes synthesised {m} as PNG (point {m} at another folder, or remove its entry)")
+        if m in desc.modalities:
+            src, spec = desc.modalities[m], get_modality(m)
+            if src.encoding != "png":
+                raise DataError(f"{root / DESCRIPTION_FILE}: {m} is stored as {src.encoding}; rgbx writes "
+                                f"synthesised {m} as PNG (point {m} at another folder, or remove its entry)")
+            if (src.dtype, src.scale) != (spec.dtype, spec.scale):
+                raise DataError(f"{root / DESCRIPTION_FILE}: {m} is stored as {src.dtype} × {src.scale:g}; rgbx "
+                                f"writes synthesised {m} as {spec.dtype} × {spec.scale:g} (point {m} at another "
+                                f"folder, or remove its entry)")
         target = root / folders.setdefault(m, m)
         # a source synthesised in this call (depth, for lidar) has the samples of its own source
         ids[m] = ids[source] if source in ids else [i for i, _ in discover_samples({source: root / folders[source]})]
         counts[m] = len(ids[m])
         if target.exists() and any(target.iterdir()):
-            _check_replaceable(root, m, target, ids[m], m in desc.modalities, overwrite)
+            entry = record.get(m) if isinstance(record.get(m), dict) else {}
+            ours = entry.get("folder") == folders[m] and entry.get("fingerprint") == _fingerprint(target)
+            _check_replaceable(root, m, target, ids[m], m in desc.modalities, ours, overwrite,
+                               changed=entry.get("folder") == folders[m])
+
+    def depth_to_lidar(z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        f = focal_px if focal_px is not None else z.shape[-1] / 2 / np.tan(np.radians(hfov_deg) / 2)
+        return pseudo_lidar(z, f, rng, lidar)
+
     make = {
         "event": lambda x, rng: simulate_events(x, rng, events),
-        "lidar": lambda x, rng: pseudo_lidar(x, focal_px, rng, lidar),
+        "lidar": depth_to_lidar,
         "thermal": lambda x, rng: np.round(thermal_estimator(x) * 255.0).astype(np.uint8)[None],
-        "depth": lambda x, rng: np.clip(np.round(depth_estimator(x) * 1000.0), 0, 65535).astype(np.uint16)[None],
+        "depth": lambda x, rng: _to_mm(depth_estimator(x))[None],
     }
     total, done = sum(counts.values()), 0
-    for m in order:
-        source = SYNTHESIZED[m]
-        target = root / folders[m]
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        for sample_id, paths in discover_samples({source: root / folders[source]}):
-            x = read_modality_file(paths[source], source).numpy()  # physical units: RGB in [0, 1], depth in m
-            write_array(target / f"{sample_id}.png", make[m](x, _sample_rng(seed, f"{m}/{sample_id}")), "png")
-            done += 1
-            if progress is not None:
-                progress(done, total)
-    _list_in_description(root, [m for m in order if m not in desc.modalities])
+    staged: dict[str, Path] = {}
+    try:
+        for m in order:
+            source = SYNTHESIZED[m]
+            target = root / folders[m]
+            staging = target.with_name("." + target.name + _STAGING)
+            if staging.exists():  # left by a killed call
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True)
+            staged[m] = staging
+            if source in staged:  # synthesised in this call: rgbx's own encoding
+                files, storage = staged[source], None
+            else:
+                s = desc.modalities[source]
+                files, storage = root / folders[source], {source: {"encoding": s.encoding, "dtype": s.dtype,
+                                                                   "scale": s.scale}}
+            for sample_id, paths in discover_samples({source: files}):
+                x = read_modality_file(paths[source], source, storage).numpy()  # RGB in [0, 1], depth in m
+                x = np.where(np.isfinite(x), x, 0) if source == "depth" else x  # NaN / inf depth: no measurement
+                write_array(staging / f"{sample_id}.png", make[m](x, _sample_rng(seed, f"{m}/{sample_id}")), "png")
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        # every modality is complete: record them (before they are in place, so that a call killed from here on
+        # leaves folders a later call may replace), swap them in, list the new ones
+        _write_record(root, {**record, **{m: {"folder": folders[m], "source": SYNTHESIZED[m], "files": counts[m],
+                                              "fingerprint": _fingerprint(staged[m])} for m in order}})
+        for m in order:
+            _swap_in(staged[m], root / folders[m])
+    finally:
+        for staging in staged.values():
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    _list_in_description(root, {m: _new_entry(desc, m) for m in order if m not in desc.modalities})
     return counts
 
 
-def _check_replaceable(root: Path, m: str, target: Path, ids: Sequence[str], listed: bool, overwrite: bool) -> None:
-    """Refuse to write ``m`` into the non-empty ``target`` unless it holds only what an earlier call wrote, and then
-    unless ``overwrite``."""
+def _new_entry(desc, m: str) -> dict:
+    """The dataset.yaml entry of a synthesised modality: its source's ``resize`` and ``optional`` (through a source
+    synthesised in the same call, e.g. depth for lidar, to that one's source)."""
+    source = SYNTHESIZED[m]
+    while source not in desc.modalities and source in SYNTHESIZED:
+        source = SYNTHESIZED[source]
+    src = desc.modalities[source]
+    return {**({"optional": True} if src.optional else {}), **({"resize": src.resize} if src.resize else {})}
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    old = target.with_name("." + target.name + _REPLACED)
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _fingerprint(folder: Path) -> str:
+    """A digest of the folder's file names and contents: a recorded folder whose files were since replaced, added to
+    or copied over (by the user, or by another tool writing the same folder) is no longer rgbx's to replace."""
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        h.update(p.name.encode() + b"\0")
+        if p.is_file():
+            h.update(zlib.crc32(p.read_bytes()).to_bytes(4, "little"))
+    return h.hexdigest()
+
+
+def _read_record(root: Path) -> dict:
+    path = root / RECORD_FILE
+    if not path.exists():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DataError(f"{path}: unreadable ({e}); it records what rgbx data synthesize wrote") from None
+    return raw if isinstance(raw, dict) else {}
+
+
+def _write_record(root: Path, record: dict) -> None:
+    path = root / RECORD_FILE
+    tmp = path.with_name(RECORD_FILE + ".tmp")
+    tmp.write_text("# written by rgbx data synthesize: the folders it wrote, the only ones it ever replaces\n"
+                   + yaml.safe_dump(record, sort_keys=False))
+    tmp.replace(path)
+
+
+def _check_replaceable(root: Path, m: str, target: Path, ids: Sequence[str], listed: bool, ours: bool,
+                       overwrite: bool, changed: bool = False) -> None:
+    """Refuse to write ``m`` into the non-empty ``target`` unless it holds only what an earlier call wrote
+    (``ours``: synthesized.yaml records the folder with these very files; ``changed``: it records the folder, whose
+    files have changed since), and then unless ``overwrite``."""
     expected = {f"{i}.png" for i in ids}
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in target.iterdir())
     foreign = [e for e in entries if e not in expected]
     where = root / DESCRIPTION_FILE
+    part = "" if listed else f"is not part of the dataset ({where} lists no {m}) and "
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        part = "" if listed else f"is not part of the dataset ({where} lists no {m}) and "
         what = "them" if listed else "the folder"
         raise DataError(f"{target}: {part}holds {len(foreign)} file(s) rgbx data synthesize did not write "
-                        f"({shown}); they are not replaced, even with --overwrite: move {what} elsewhere first")
-    if listed and m in _listed_before_synthesis(root):
-        raise DataError(f"{target}: holds this dataset's own {m} files (listed in {where}, not added by rgbx "
-                        f"data synthesize); they are not replaced, even with --overwrite: move the folder elsewhere "
-                        f"and remove modalities.{m} from {DESCRIPTION_FILE} to synthesise {m}")
+                        f"({shown}); they are not replaced, even with overwrite=True: move {what} elsewhere first")
+    if not ours:
+        why = ("its files have changed since rgbx data synthesize wrote them" if changed else
+               "it does not record them as written by rgbx data synthesize")
+        whose = (f"this dataset's own {m} files (listed in {where}" if listed else f"{m} files of this dataset's "
+                 f"samples (not listed in {where}") + f"; {root / RECORD_FILE}: {why})"
+        fix = f" and remove modalities.{m} from {DESCRIPTION_FILE}" if listed else ""
+        raise DataError(f"{target}: holds {whose}; they are not replaced, even with overwrite=True: move the folder "
+                        f"elsewhere{fix} to synthesise {m}")
     if not overwrite:
-        raise DataError(f"{target}: already holds {m} files of this dataset's samples (an earlier rgbx data "
-                        f"synthesize's, or your own not listed in {DESCRIPTION_FILE}); pass overwrite=True "
-                        f"(--overwrite) to replace them")
+        raise DataError(f"{target}: already holds {m} files an earlier rgbx data synthesize wrote; pass "
+                        f"overwrite=True to replace them")
 
 
-def _listed_before_synthesis(root: Path) -> set[str]:
-    """The modalities dataset.yaml listed before rgbx data synthesize first changed it (its ``.orig`` backup); every
-    listed modality while there is no backup."""
-    backup = root / (DESCRIPTION_FILE + ".orig")
-    try:
-        raw = yaml.safe_load(backup.read_text())
-    except (OSError, yaml.YAMLError):
-        return set(load_description(root).modalities)
-    entries = raw.get("modalities") if isinstance(raw, dict) else None
-    return set(entries) if isinstance(entries, dict) else set(load_description(root).modalities)
-
-
-def _list_in_description(root: Path, new: Sequence[str]) -> None:
+def _list_in_description(root: Path, new: dict[str, dict]) -> None:
     if not new:
         return
     path = root / DESCRIPTION_FILE
@@ -374,8 +499,8 @@ def _list_in_description(root: Path, new: Sequence[str]) -> None:
         backup.write_text(original)
     raw = yaml.safe_load(original)
     raw.setdefault("modalities", {})
-    for m in new:
-        raw["modalities"][m] = {"optional": True}
+    for m, entry in new.items():
+        raw["modalities"][m] = entry
     tmp = path.with_name(DESCRIPTION_FILE + ".tmp")
     tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
     tmp.replace(path)
