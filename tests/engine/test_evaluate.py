@@ -87,3 +87,25 @@ def test_robustness_frozen_detection_counts_only_frames_with_a_predecessor_that_
         assert results["thermal"]["frozen"]["detected"] == 1.0
         assert results["rgb"]["frozen"]["detected"] == 1.0
     assert all(r["silent_failures"] == reports[0]["silent_failures"] for r in reports[1:])
+
+
+def test_robustness_with_a_sensor_missing_from_the_whole_split(thermal_missing_once):
+    """An optional sensor no sample of the split has: its row has no scored sample, and --robustness crashed with
+    KeyError 'thermal' in the expected mIoU. The rows that exist are reported; average and expected are none (not a
+    figure over fewer subsets), and the table says why."""
+    from rich.console import Console
+
+    from rgbx.engine.robustness import expected_miou
+
+    for path in (thermal_missing_once / "thermal").iterdir():
+        path.unlink()
+    report = robustness_report(model(), loader(thermal_missing_once, 2), num_classes=3, corruptions=(),
+                               failures=("blank",))
+    em = report["entire_missing"]
+    assert set(em["subsets"]) == {"rgb+thermal", "rgb"} and em["unscored_subsets"] == ["thermal"]
+    assert em["average"] is None and em["expected"] == {}
+    console = Console(width=200, record=True)
+    console.print(entire_missing_table(report))
+    assert "no sample had the sensors of thermal" in console.export_text()
+    with pytest.raises(ValueError, match="missing: thermal"):
+        expected_miou({"rgb+thermal": 0.5, "rgb": 0.4}, ["rgb", "thermal"], 0.1)

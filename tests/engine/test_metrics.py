@@ -60,3 +60,15 @@ def test_confusion_image_shades_by_share_of_the_row():
     split = confusion_image(torch.tensor([[1, 1], [3, 3]]), ["a", "b"], cell=20)
     assert holds(whole, full) and not holds(whole, half)
     assert holds(split, half) and not holds(split, full)
+
+
+def test_a_prediction_outside_the_classes_is_an_error_not_another_cell():
+    """Class 3 predicted into a 3-class matrix was counted as (truth 1, prediction 0); with truth 2 it failed on
+    the matrix's size. Predictions on ignored pixels are not scored, so they may be anything."""
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=r"predictions range over 3..3, outside the 3 classes 0..2"):
+        cm.update(torch.tensor([3]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="outside the 3 classes"):
+        cm.update(torch.tensor([0, -1]), torch.tensor([1, 2]))
+    cm.update(torch.tensor([7, 2]), torch.tensor([255, 2]))
+    assert cm.matrix.tolist() == [[0, 0, 0], [0, 0, 0], [0, 0, 1]]

@@ -1,9 +1,10 @@
 """Segmentation metrics from one confusion matrix.
 
 mIoU convention (default ``"present"``): the mean IoU over classes that occur in the ground truth or the prediction
-of the evaluated set (a class with union 0 has no IoU and is left out — mmsegmentation's and DELIVER's nanmean).
-``"all"`` counts such classes as IoU 0 and averages over every class (DFormer's ``NaN → 0`` mean), for comparing
-with tables made that way. Pixels labelled ``ignore_index`` are never counted.
+of the evaluated set (a class with union 0 has no IoU and is left out — mmsegmentation's nanmean). ``"all"``
+counts such classes as IoU 0 and averages over every class (DFormer's and DELIVER's ``NaN → 0`` mean:
+``semseg/metrics.py`` sets NaN IoUs to 0 before the mean), for comparing with tables made that way. Pixels labelled
+``ignore_index`` are never counted. A prediction outside ``0 .. num_classes - 1`` on a labelled pixel is an error.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ class ConfusionMatrix:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(target.shape)}")
         k = self.num_classes
         valid = labelled(target, k, self.ignore_index)
-        idx = target[valid].to(torch.int64) * k + pred[valid].to(torch.int64)
+        scored = pred[valid].to(torch.int64)
+        if scored.numel():  # one read-back (counted as another cell of the matrix, or failing on its size, else)
+            low, high = torch.stack(torch.aminmax(scored)).tolist()
+            if low < 0 or high >= k:
+                raise ValueError(f"predictions range over {low}..{high}, outside the {k} classes 0..{k - 1} of this "
+                                 f"confusion matrix (a model with another class count?)")
+        idx = target[valid].to(torch.int64) * k + scored
         self.matrix += torch.bincount(idx.cpu(), minlength=k * k).view(k, k)
 
     def merge(self, other: ConfusionMatrix) -> None:

@@ -266,11 +266,14 @@ def expected_miou(mious: dict[str, float], modalities: Sequence[str], p: float) 
 
     Args:
         mious: subset name (``"rgb+depth"``, as :func:`~rgbx.engine.evaluate.subset_name`) → mIoU; every non-empty
-            subset of ``modalities`` must be there.
+            subset of ``modalities`` must be there (a ValueError names those that are not).
         p: independent failure probability of each sensor, ``0 <= p < 1``.
     """
     if not 0 <= p < 1:
         raise ValueError(f"failure probability p={p} must be in [0, 1)")
+    lacking = [subset_name(s) for s in all_subsets(modalities) if subset_name(s) not in mious]
+    if lacking:
+        raise ValueError(f"expected mIoU needs every non-empty subset's mIoU; missing: {', '.join(lacking)}")
     total, norm = 0.0, 0.0
     for subset in all_subsets(modalities):
         w = subset_probability(subset, modalities, p)
@@ -518,15 +521,21 @@ def robustness_report(
     metrics = {s: groups["all"] for s, groups in clean.metrics(convention).items()}
     mious = {s: m.miou for s, m in metrics.items()}
     full_name = subset_name(modalities)
+    # the average and the expected mIoU are over every non-empty subset: none when a subset has no scored sample
+    # (an optional sensor missing from the whole split), rather than a figure over fewer subsets
+    never = [subset_name(s) for s in subsets if subset_name(s) not in mious]
+    complete = bool(mious) and not never
     entire = {
         "subsets": {s: m.to_dict(class_names) for s, m in metrics.items()},
-        "average": _num(sum(mious.values()) / len(mious)) if mious else None,
-        "expected": {str(p): _num(expected_miou(mious, modalities, p)) for p in probabilities} if mious else {},
+        "average": _num(sum(mious.values()) / len(mious)) if complete else None,
+        "expected": {str(p): _num(expected_miou(mious, modalities, p)) for p in probabilities} if complete else {},
         "expected_definition": EXPECTED_DEFINITION,
         "average_definition": "unweighted mean of the mIoUs of every non-empty modality subset (mIoU^Avg)",
     }
     if clean.unscored:  # samples with none of a subset's sensors (a rig without them makes no prediction)
         entire["unscored_samples"] = dict(clean.unscored)
+    if never:
+        entire["unscored_subsets"] = never
     section: dict[str, dict] = {}
     for n, target, _, s in runs:
         c = CORRUPTIONS[n]
@@ -627,6 +636,12 @@ def entire_missing_table(report: dict, title: str | None = None):
     for subset, m in em["subsets"].items():
         table.add_row(subset, _pct(m["miou"]), _pct(m["pixel_accuracy"]))
     table.add_section()
+    never = em.get("unscored_subsets", [])
+    if never:  # no average / expected over fewer subsets than every one
+        table.add_row("average, expected", "—", "", end_section=False)
+        table.caption += (f"; no sample had the sensors of {', '.join(never)}, so there is no average or expected "
+                          f"mIoU over every subset")
+        return table
     table.add_row("average", _pct(em["average"]), "")
     for p, v in em["expected"].items():
         table.add_row(f"expected, p={p}", _pct(v), "")
