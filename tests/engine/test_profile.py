@@ -176,3 +176,20 @@ def test_cli_profile_help_and_errors(capsys):
     assert "examples:" in text and "66.6 M" in text and "--head-channels" in text
     assert main(["profile", "--backbone", "mit_nano", "--size", "32x32"]) == 2  # no --num-classes
     assert "--num-classes" in capsys.readouterr().err
+
+
+def test_flops_by_submodule_count_each_flop_once():
+    """The mean fusion's per-sensor stems run inside the shared backbone's first stage: FlopCounterMode counted their
+    FLOPs in both rows (encoder.backbone alone equalled the whole encoder), and the head's functional convolution in
+    none. The rows are disjoint now and add up to the total; the backbone's row is its stages without the stems."""
+    torch.manual_seed(0)
+    model = create_model(backbone="mit_nano", fusion="mean", modalities=["rgb", "depth"], num_classes=5,
+                         head_channels=16)
+    x = {"rgb": torch.randn(1, 3, 64, 80), "depth": torch.randn(1, 1, 64, 80)}
+    flops = count_flops(model, x)
+    sub = flops["by_submodule"]
+    assert sum(sub.values()) == pytest.approx(flops["gflops"], rel=1e-12)
+    assert sum(v for k, v in sub.items() if k.startswith("encoder.")) == pytest.approx(flops["by_module"]["encoder"])
+    stems = sub["encoder.stems.rgb"] + sub["encoder.stems.depth"]
+    assert stems > 0 and sub["encoder.backbone"] == pytest.approx(flops["by_module"]["encoder"] - stems)
+    assert sub["head.(own)"] > 0  # the MLP head's projections, run as functional convolutions

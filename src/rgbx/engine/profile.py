@@ -95,6 +95,41 @@ def count_parameters(model: nn.Module) -> dict[str, Any]:
     return {"total": total, "trainable": trainable, "by_module": by_module, "by_submodule": by_submodule}
 
 
+@contextmanager
+def _calls_within(model: nn.Module, reported: Sequence[str]):
+    """Yields ``{inner: outer}`` for the reported submodules run inside another's call (a fusion's per-sensor stem,
+    which a shared backbone's first stage calls: ``FlopCounterMode`` counts its FLOPs in both rows), filled while the
+    model runs; forward hooks on every module under a reported path, removed after."""
+    modules = dict(model.named_modules())
+    owner: dict[int, str] = {}
+    for path in reported:
+        for m in modules[path].modules():
+            owner.setdefault(id(m), path)
+    stack: list[str] = []
+    within: dict[str, str] = {}
+
+    def enter(module, args):
+        path = owner[id(module)]
+        outer = next((p for p in reversed(stack) if p != path), None)
+        if outer is not None and not stack[-1] == path:
+            within.setdefault(path, outer)
+        stack.append(path)
+
+    def leave(module, args, output):
+        stack.pop()
+
+    handles = []
+    for m in model.modules():
+        if id(m) in owner:
+            handles.append(m.register_forward_pre_hook(enter))
+            handles.append(m.register_forward_hook(leave, always_call=True))
+    try:
+        yield within
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _attn_state(model: nn.Module) -> tuple[list[tuple[nn.Module, str]], Any]:
     saved = [(m, m.attn_impl) for m in model.modules() if isinstance(getattr(m, "attn_impl", None), str)]
     return saved, getattr(model, "config", None)
@@ -146,13 +181,17 @@ def count_flops(model: nn.Module, inputs: Mapping[str, torch.Tensor] | torch.Ten
     Returns ``{"flops", "gflops", "gmacs", "attn_forced_eager", "by_module", "by_submodule", "by_op"}``;
     ``by_module`` holds the GFLOPs of the top-level children that were called as modules, ``by_submodule`` those of
     the submodules :func:`count_parameters` reports (``encoder.branches.rgb``, ``encoder.fuse``, ...; those with
-    counted FLOPs), ``by_op`` the GFLOPs per aten operator
+    counted FLOPs; each FLOP in one row: a submodule run inside another's call, like a fusion's stem inside the shared
+    backbone's first stage, is taken out of the enclosing row, and ``<child>.(own)`` holds what a top-level child
+    computes outside its submodules; the rows add up to the total), ``by_op`` the GFLOPs per aten operator
     (``convolution``, ``mm``/``addmm`` = layers, ``bmm`` = products of two activations: attention ``q kᵀ`` and
     ``attn v``, CMX's cross-attention context, the Hamburger's NMF). Module-hook counters such as thop (used by
     DFormer's ``benchmark.py``) see only layers, i.e. miss the ``bmm`` part.
     """
     counter = FlopCounterMode(display=False)
-    with _eval_mode(model), _eager_attention(model) as forced, torch.no_grad(), counter:
+    reported = _submodule_paths(model)
+    with _eval_mode(model), _eager_attention(model) as forced, torch.no_grad(), _calls_within(model, reported) as \
+            within, counter:
         model(inputs)
     flops = int(counter.get_total_flops())
     counts = counter.get_flop_counts()
@@ -163,11 +202,15 @@ def count_flops(model: nn.Module, inputs: Mapping[str, torch.Tensor] | torch.Ten
         if ops:
             by_module[name] = sum(int(v) for v in ops.values()) / 1e9
     modules = dict(model.named_modules())
-    by_submodule = {}
-    for path in _submodule_paths(model):
-        found = _called_flops(modules[path], f"{root}.{path}", counts)
-        if found:
-            by_submodule[path] = found / 1e9
+    called = {path: _called_flops(modules[path], f"{root}.{path}", counts) or 0 for path in reported}
+    for inner, outer in within.items():  # counted in the enclosing one's row too: the rows are made disjoint
+        called[outer] -= called[inner]
+    for name, _ in model.named_children():  # a child's own operations (a head's functional convolution, resizing)
+        ops = counts.get(f"{root}.{name}")
+        if ops:
+            called[f"{name}.(own)"] = sum(int(v) for v in ops.values()) - sum(
+                n for path, n in called.items() if path.startswith(f"{name}.") and not path.endswith(".(own)"))
+    by_submodule = {path: n / 1e9 for path, n in called.items() if n}
     by_op = {str(op).removeprefix("aten."): int(n) / 1e9 for op, n in counts.get("Global", {}).items()}
     return {
         "flops": flops,
