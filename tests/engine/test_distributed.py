@@ -265,8 +265,11 @@ def test_torchrun_with_a_sensor_missing_from_whole_batches(tmp_path):
         (data / "thermal" / f"s{i:03d}.png").unlink()
     args = [f"data.root={data}", *[a for a in TINY if "modalities" not in a], "model.modalities=[rgb,thermal]",
             "method.modality_dropout=0.0", "train.iters=8", "train.eval_every=0"]
-    r = torchrun(2, "synth_cmx_b0", *args, f"output_dir={tmp_path / 'auto'}", cwd=tmp_path)
+    # with the Ham head too, whose stage-0 fusion gets no gradient in any step though the outputs reach it: with
+    # find_unused_parameters on, DDP counted it as used and waited for its gradients (the next test: off)
+    r = torchrun(2, "synth_cmx_b0", *args, "model.head=ham", f"output_dir={tmp_path / 'auto'}", cwd=tmp_path)
     assert r.returncode == 0, explain(r)
+    assert "get no gradient in any step (e.g. encoder.fuse" in r.stdout
     r = torchrun(2, "synth_cmx_b0", *args, f"output_dir={tmp_path / 'off'}", "train.find_unused_parameters=false",
                  cwd=tmp_path)
     assert r.returncode != 0 and "unused" in (r.stdout + r.stderr).lower()  # the case really occurs
@@ -330,17 +333,16 @@ def test_only_the_depthwise_stride_warning_is_silenced():
 def test_torchrun_with_a_head_that_leaves_parameters_without_gradient(tmp_path):
     """CMX with the Ham head: the head reads stages 1-3, so the stage-0 fusion module gets no gradient in any step,
     though the model's outputs reach it. DDP's second step failed ("Expected to have finished reduction in the prior
-    iteration"): without dropout (find_unused_parameters off) and with it (on: DDP counts what the outputs reach as
-    used). The trainer finds such parameters once (one forward + backward in eval mode), tells DDP to leave them out
-    and says which."""
+    iteration"): here without dropout (find_unused_parameters off); with it on, the test before (DDP counted what the
+    outputs reach as used). The trainer finds such parameters once (one training forward + backward, RNG and
+    buffers put back), tells DDP to leave them out and says which."""
     data = make_dataset(tmp_path / "d", n=6, modalities=("rgb", "depth"))
     args = [f"data.root={data}", *[a for a in TINY if "modalities" not in a], "model.modalities=[rgb,depth]",
             "model.head=ham", "train.iters=4", "train.eval_every=0"]
-    for dropout in (0.0, 0.5):
-        r = torchrun(2, "synth_cmx_b0", *args, f"method.modality_dropout={dropout}",
-                     f"output_dir={tmp_path / str(dropout)}", cwd=tmp_path)
-        assert r.returncode == 0, explain(r)
-        assert "get no gradient in any step (e.g. encoder.fuse" in r.stdout
+    r = torchrun(2, "synth_cmx_b0", *args, "method.modality_dropout=0.0", f"output_dir={tmp_path / 'run'}",
+                 cwd=tmp_path)
+    assert r.returncode == 0, explain(r)
+    assert "get no gradient in any step (e.g. encoder.fuse" in r.stdout
 
 
 def test_parameters_without_gradient_names_what_the_head_never_reads_and_changes_nothing():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -66,7 +67,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anymodal", action="store_true", help="score every non-empty subset of the model's modalities")
     p.add_argument("--modalities", nargs="+", help="evaluate with only these modalities")
     p.add_argument("--by", default="condition", help="sample attribute to break results down by ('' = none)")
-    p.add_argument("--miou", choices=("present", "all"), default="present", help="mIoU averaging convention")
+    p.add_argument("--miou", choices=("present", "all"), default="present",
+                   help="mIoU averaging convention: present (default; the mean over the classes in the ground truth "
+                        "or the prediction, mmsegmentation's nanmean) or all (every class, an absent one as IoU 0: "
+                        "DFormer's and DELIVER's NaN → 0 mean)")
     p.add_argument("--per-class", action="store_true", help="print the per-class IoU table")
     add_test_time_arguments(p)
     p.add_argument("--as-published", nargs="?", const="single-scale", choices=("single-scale", "multi-scale"),
@@ -197,6 +201,9 @@ def _evaluate(args, device, ctx) -> int:
         raise DataError(f"{e}{_fewer_sensors_hint(args, model)}") from None
     desc = dataset.description
     dataset.require_labels("evaluation")
+    note = dataset.evaluation_note()
+    if note and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: {note}", flush=True)
     if args.check_sensors:  # a sensor whose frame fails the checks is absent from that sample (no frozen check)
         dataset.screen = FrameScreen(monitor.rules, monitor.per_sensor)
     dataset.require_attribute(args.by, f"--by {args.by}", "--by ''")

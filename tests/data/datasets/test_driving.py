@@ -273,6 +273,8 @@ def test_mcubes_modalities_crop_and_labels(tmp_path):
     assert tuple(full["inputs"]["aolp"].shape) == (2, H, MC_W)
     assert cls(root, "val", val_from_test=True).ids == ["outscene1213_1_0000000090"]  # DELIVER: val reads test.txt
     # DELIVER's evaluation region (FixScaleCrop): the central window, offsets rounded as its code does
+    assert "--option center_crop=1024" in cls(root, "train").evaluation_note()  # rgbx eval prints it
+    assert cls(root, "train", center_crop=4).evaluation_note() is None
     center = cls(root, "train", center_crop=4).load(0)
     assert {k: tuple(v.shape[-2:]) for k, v in center["inputs"].items()} == dict.fromkeys(s["inputs"], (4, 4))
     assert torch.equal(center["label"], s["label"][4:8, 2:6]) and torch.equal(center["inputs"]["aolp"],

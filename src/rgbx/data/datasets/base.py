@@ -373,6 +373,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return [sid for sid in self.ids
                 if (path := self.files(sid).get("label")) is None or not self.file_exists(path)]
 
+    def evaluation_note(self) -> str | None:
+        """What ``rgbx eval`` should say about scoring this split as loaded (e.g. an evaluation region other than the
+        published protocols'), or None."""
+        return None
+
     def require_labels(self, purpose: str) -> None:
         """Raise :class:`DataError` when a sample of the split has no label file, saying what needs them."""
         missing = self.unlabelled_ids()

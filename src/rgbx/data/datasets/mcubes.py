@@ -84,6 +84,13 @@ class MCubeSDataset(DrivingDataset):
                       "dolp": f"no {_FOLDERS['dolp']}/ folder in the root",
                       "nir": f"no {_FOLDERS['nir']}/ folder in the root"}
 
+
+    def evaluation_note(self) -> str | None:
+        if self.center_crop:
+            return None
+        return ("MCubeS scored on the whole left-cropped image; both references (MCubeSNet, DELIVER) score the "
+                "central 1024×1024 of it (FixScaleCrop): --option center_crop=1024 for their region")
+
     def configure(self, options: dict) -> None:
         for key, what in (("left_crop", "a number of columns"), ("center_crop", "a window size in pixels")):
             value = options[key]
