@@ -59,3 +59,8 @@ class SplitNotFoundError(DataError):
 
 class CheckpointError(RgbxError):
     """A checkpoint cannot be read or does not fit the model it is loaded into."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler pre-empting a job, ``kill``) where a command turns it into an interruption, as Ctrl-C
+    raises KeyboardInterrupt (``rgbx train``); the command line ends with exit status 143."""

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from rgbx import __version__
-from rgbx.errors import RgbxError
+from rgbx.errors import RgbxError, Terminated
 from rgbx.plugins import load_plugins, prescan_imports
 
 COMMANDS = ("synth", "train", "eval", "calibrate", "predict", "pseudo-label", "demo", "info", "data", "profile", "bench", "export",
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rgbx {args.command}: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM where a command turns it into this (rgbx train)
-        terminated = type(e).__name__ == "Terminated"
+        terminated = isinstance(e, Terminated)
         if os.environ.get("RANK", "0") == "0":  # once for a torchrun launch
             print(f"rgbx {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130

@@ -7,6 +7,7 @@ import signal
 import threading
 
 from rgbx.cli.common import add_command
+from rgbx.errors import Terminated
 
 EXAMPLES = """  rgbx train synth_cmx_b0                                     # a built-in preset (rgbx info lists them)
   rgbx train my.yaml data.root=data/synth train.iters=500 model.fusion=mean
@@ -25,10 +26,6 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--quiet", action="store_true", help="print only errors")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler pre-empting the job, ``kill``), raised where Ctrl-C raises KeyboardInterrupt."""
 
 
 @contextlib.contextmanager

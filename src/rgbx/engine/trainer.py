@@ -81,7 +81,7 @@ from rgbx.modalities import get_modality
 from rgbx.models import ModelConfig, create_model
 from rgbx.models.convert import REFERENCE_EVALUATION
 from rgbx.models.input_encoding import InputEncoding
-from rgbx.models.model_file import dataset_record, read_model_info
+from rgbx.models.model_file import PARTIAL_MARK, dataset_record, read_model_info
 from rgbx.models.transfer import transfer_weights
 from rgbx.plugins import load_plugins
 
@@ -455,7 +455,7 @@ class Trainer:
                 where = where.parent
             try:
                 # named as atomic_write's temporary files, which a run's start removes should a kill leave it
-                fd, tmp = tempfile.mkstemp(prefix=".write-check.rgbx-partial-", suffix=".tmp", dir=where)
+                fd, tmp = tempfile.mkstemp(prefix=f".write-check.{PARTIAL_MARK}", suffix=".tmp", dir=where)
             except OSError as e:
                 raise CheckpointError(f"{folder}: cannot write a file there ({e.strerror or e}); the run writes its "
                                       f"checkpoints and logs there: make it writable or choose another "
