@@ -159,6 +159,22 @@ def test_resume_in_process_is_bit_exact(tmp_path, monkeypatch, accumulate):
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert full_metrics["subsets"] == resumed_metrics["subsets"]
+    # SIGTERM (or Ctrl-C) half way through step 5: the step finishes, a checkpoint is saved at 5 (not the one at 3)
+    # and the run resumed from it ends as the uninterrupted one
+    from rgbx.errors import Terminated
+    from tests.engine.test_stopping import deliver_during_step
+
+    stopped = Trainer(tiny_config(root, tmp_path / "c", *extra), reporter=Reporter(quiet=True))
+    with monkeypatch.context() as patch:
+        deliver_during_step(patch, 4, Terminated())
+        with pytest.raises(Terminated):
+            stopped.fit()
+    assert stopped.iteration == 5 and stopped.stop_checkpoint == tmp_path / "c" / "checkpoints" / "last.state.pt"
+    resumed = Trainer(tiny_config(root, tmp_path / "c", *extra), resume=True, reporter=Reporter(quiet=True))
+    assert resumed.iteration == 5
+    assert resumed.fit()["subsets"] == full_metrics["subsets"]
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
     if accumulate > 1:  # the data order depends on it: resume refuses another value
         with pytest.raises(CheckpointError, match="train.accumulate_grad_batches=2; resume needs the same value"):
             Trainer(tiny_config(root, tmp_path / "b", *extra[:-1]), resume=True, reporter=Reporter(quiet=True))

@@ -29,22 +29,24 @@ def add_parser(sub) -> None:
 
 
 @contextlib.contextmanager
-def terminate_as_interrupt():
-    """SIGTERM stops training as Ctrl-C does (the run folder's last checkpoint stays, the message says how to
-    resume) instead of killing the process without a word; the previous handler is put back after. Only in the main
-    thread (signal handlers can be set nowhere else)."""
+def stop_signals(interrupts):
+    """Ctrl-C (SIGINT) and SIGTERM (a scheduler pre-empting the job) stop training at the end of the step running,
+    where the trainer saves a checkpoint (:meth:`Trainer.save_on_stop`), instead of SIGTERM killing the process
+    without a word: both are handed to ``interrupts`` (:class:`~rgbx.engine.interruption.InterruptHold`), SIGTERM as
+    :class:`~rgbx.errors.Terminated`. SIGINT is left alone where it is ignored (a job started in the background).
+    The previous handlers are put back after. Only in the main thread (signal handlers can be set nowhere else)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def stop(signum, frame):
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    handlers = {signal.SIGTERM: lambda signum, frame: interrupts.deliver(Terminated())}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handlers[signal.SIGINT] = lambda signum, frame: interrupts.deliver(KeyboardInterrupt())
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(args) -> int:
@@ -68,12 +70,16 @@ def run(args) -> int:
                        f"{'+'.join(trainer.model_cfg.modalities)} ({trainer.description.num_classes} classes, "
                        f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M params) on "
                        f"{trainer.device}{world}; run folder {trainer.paths.root}")
-        with terminate_as_interrupt():
+        with stop_signals(trainer.interrupts):
             metrics = trainer.fit()
     except KeyboardInterrupt:
         state = trainer.paths.state
-        where = (f"its last checkpoint ({state})" if state.is_file()
-                 else "the start: no checkpoint written yet (train.checkpoint_every)")
+        if trainer.stop_checkpoint is not None:
+            where = f"there (saved now: {state})"
+        elif state.is_file():
+            where = f"its last checkpoint ({state})"
+        else:
+            where = "the start: no checkpoint written yet (train.checkpoint_every)"
         reporter.print(f"stopped at iteration {trainer.iteration}; the same command with --resume continues from "
                        f"{where}", soft_wrap=True)
         raise

@@ -3,7 +3,9 @@
 Reproducibility: the sample order comes from :class:`~rgbx.data.sampler.ResumableSampler` (seeded per epoch), each
 sample's augmentation from a generator seeded by (seed, epoch, index), and each step's randomness (drop path,
 modality dropout) from a seed derived from (seed, iteration). A run resumed from its last checkpoint therefore sees
-the same data and random draws as an uninterrupted one.
+the same data and random draws as an uninterrupted one. Ctrl-C or SIGTERM (handed over by ``rgbx train``, see
+:mod:`rgbx.engine.interruption`) stop the loop at the end of a step, where :meth:`Trainer.save_on_stop` writes a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from rgbx.engine.fastpath import (
     to_memory_format,
 )
 from rgbx.engine.host_memory import set_keep_host_memory
+from rgbx.engine.interruption import InterruptHold, quiet_worker_exit
 from rgbx.engine.optim import (
     build_optimizer,
     build_scheduler,
@@ -436,6 +439,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
         self.best_miou = -1.0
+        # Ctrl-C / SIGTERM handed over by `rgbx train` wait for the end of a step (not under torchrun: a process
+        # holding back would wait for the others in the step's collective operations)
+        self.interrupts = InterruptHold(enabled=not self.dist.enabled)
+        self._step_open = False  # a step began and has not finished: the state is not one to save
+        self._saved_at: int | None = None  # the iteration of the last checkpoint this process wrote
+        self._validation_due = False  # a stop saved the state before its iteration's validation had finished
+        self._validated_at: int | None = None
+        self.stop_checkpoint: Path | None = None  # what save_on_stop wrote when Ctrl-C / SIGTERM stopped fit
         if resumed is not None:
             self._restore_state(resumed)
         elif resume:
@@ -556,6 +567,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.best_miou = float(state["best_miou"])
+        self._validation_due = bool(state.get("validation_due", False))
         self.reporter.print(f"resumed {self.paths.root} at iteration {self.iteration}")
 
     def _dataset_info(self) -> dict:
@@ -578,11 +590,29 @@ class Trainer:
             info["reference_evaluation"] = {"what": what, "flags": flags}
         return info
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, validation_due: bool = False) -> None:
         if not self.dist.is_main:
             return
         save_model(self.paths.last_weights, self.model, self._dataset_info(), **self._file_info())
-        save_state(self.paths.state, self._state())
+        state = self._state()
+        if validation_due:
+            state["validation_due"] = True
+        save_state(self.paths.state, state)
+        self._saved_at = self.iteration
+
+    def save_on_stop(self) -> Path | None:
+        """After Ctrl-C or SIGTERM stopped :meth:`fit`: a checkpoint at the last finished iteration, so that
+        ``--resume`` loses nothing trained (as an uninterrupted run: same data order and random draws from there).
+        When the stop came during that iteration's validation the state says so and ``--resume`` validates first.
+        Returns the state written, or None when there is nothing new to save (a checkpoint of this iteration exists,
+        or a step was cut off half way and its weights cannot be trusted: the last checkpoint stays)."""
+        if not self.dist.is_main or self._step_open or self._saved_at == self.iteration or self.iteration == 0:
+            return None
+        every = self.cfg.train.eval_every
+        due = bool(every and self.iteration % every == 0 and self.iteration < self.cfg.train.iters
+                   and self._validated_at != self.iteration)
+        self.save_checkpoint(validation_due=due)
+        return self.paths.state
 
     # -- loops ----------------------------------------------------------------------------------------------------
     def _train_loader(self):
@@ -599,6 +629,7 @@ class Trainer:
             self.train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False, generator=torch.Generator().manual_seed(cfg.seed),
+            worker_init_fn=quiet_worker_exit,
         )
 
     def val_loader(self, share: bool = True):
@@ -610,6 +641,7 @@ class Trainer:
         return torch.utils.data.DataLoader(
             dataset, batch_size=self.cfg.train.eval_batch_size, shuffle=False, collate_fn=collate,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            worker_init_fn=quiet_worker_exit,
         )
 
     def evaluate(self, subsets=None) -> EvalResult:
@@ -743,13 +775,19 @@ class Trainer:
         count, t0, images = 0, time.perf_counter(), 0
         tb = self._tensorboard()
         loader = self._train_loader()
+        self._saved_at = self.iteration if self.iteration else None  # a resumed run's checkpoint is this iteration's
         try:
+            if self._validation_due:  # the run was stopped during this iteration's validation
+                self._eval_and_log(tb)
             with self.reporter.progress(cfg.iters, self.iteration, "train") as bar:
                 micro_batches = iter(loader)  # endless: the sampler goes on from epoch to epoch
                 while self.iteration < cfg.iters:
                     batches = [self._to_device(next(micro_batches)) for _ in range(cfg.accumulate_grad_batches)]
-                    values = self.train_step(batches)
-                    self.iteration += 1
+                    with self.interrupts.held():
+                        self._step_open = True
+                        values = self.train_step(batches)
+                        self.iteration += 1
+                        self._step_open = False
                     images += sum(len(b) for b in batches) * self.dist.world_size
                     for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + v
@@ -788,6 +826,9 @@ class Trainer:
                     if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0
                             and self.iteration < cfg.iters):
                         self.save_checkpoint()
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM where `rgbx train` turns it into one
+            self.stop_checkpoint = self.save_on_stop()
+            raise
         finally:
             if log_file is not None:
                 log_file.close()
@@ -847,10 +888,12 @@ class Trainer:
         if tb:
             tb.add_scalar("val/miou", miou, self.iteration)
         if miou > self.best_miou:
-            self.best_miou = miou
             if self.dist.is_main:
                 save_model(self.paths.best_weights, self.model, self._dataset_info(),
                            **self._file_info(val_miou=miou, val_miou_convention=convention))
+            self.best_miou = miou  # after the file: a stop while it is written validates this iteration again
+        self._validated_at = self.iteration
+        self._validation_due = False
         return metrics
 
     def _tensorboard(self):
