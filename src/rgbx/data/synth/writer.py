@@ -26,7 +26,8 @@ from rgbx.errors import RgbxError
 from rgbx.modalities.encodings import write_array
 
 DATASET_NAME = "rgbx-synth"
-GENERATOR_VERSION = 1
+# 2: LiDAR returns beyond 65.534 m are stored as 0 (no return), not clipped to 65.535 m; other files unchanged
+GENERATOR_VERSION = 2
 DEFAULT_SPLITS: dict[str, int] = {"train": 800, "val": 100, "test": 100}
 
 # scale: physical value = file value × scale (see rgbx.modalities.builtin)
