@@ -776,6 +776,7 @@ class Trainer:
         tb = self._tensorboard()
         loader = self._train_loader()
         self._saved_at = self.iteration if self.iteration else None  # a resumed run's checkpoint is this iteration's
+        self._step_open = False
         try:
             if self._validation_due:  # the run was stopped during this iteration's validation
                 self._eval_and_log(tb)
