@@ -267,6 +267,14 @@ def test_train_eval_and_info_with_plugins_from_the_command_line(tmp_path, capsys
     plugins._LOADED.clear()
     assert main(["train", str(run / "config.yaml"), f"output_dir={tmp_path / 'again'}"]) == 0
     assert (tmp_path / "again" / "model.safetensors").is_file()
+    # and the command that started the run resumes it without --import: the run's config.yaml names its plugins
+    # (it failed: "unknown fusion 'gated'")
+    del FUSIONS._items["gated"], METHODS._items["dropout_consistency"], SEGMENTATION_LOSSES._items["ce_dice"]
+    plugins._LOADED.clear()
+    longer = [str(a) for a in args if a != "train.iters=2"] + ["train.iters=3"]
+    assert main([*longer, "--resume"]) == 0
+    assert read_model_info(run / "model.safetensors")["iteration"] == 3
+    assert yaml.safe_load((run / "config.yaml").read_text())["imports"] == recorded
 
 
 def test_a_plugin_that_fails_stops_the_command_with_one_line(tmp_path, capsys):

@@ -54,7 +54,7 @@ def run(args) -> int:
     from rgbx.engine.report import Reporter
     from rgbx.engine.trainer import Trainer
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, resume=args.resume)
     # plugins given with --import (loaded already, by rgbx.cli.main) are part of the run: its config.yaml names them
     from rgbx.plugins import resolve_spec
 

@@ -184,8 +184,13 @@ def _config_error(e: OmegaConfBaseException, where: str) -> ConfigError:
     return ConfigError(f"{where}: {msg}")
 
 
-def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Build the experiment config from defaults, a YAML file (or preset name) and ``key=value`` overrides."""
+def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                resume: bool = False) -> ExperimentConfig:
+    """Build the experiment config from defaults, a YAML file (or preset name) and ``key=value`` overrides.
+
+    ``resume=True`` (``rgbx train ... --resume``): the plugins of the run in ``output_dir`` (its ``config.yaml``'s
+    ``imports``) are loaded and kept too, so that the run resumes with the command that started it, without
+    ``--import`` again."""
     schema = OmegaConf.structured(ExperimentConfig)
     # a frozen dataclass (ModelConfig) makes a read-only node, which OmegaConf 2.3 refuses to merge overrides into
     # (2.4 allows it); the dataclasses built at the end are frozen again
@@ -229,6 +234,8 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
     except OmegaConfBaseException as e:
         raise _config_error(e, "command-line override") from None
     _resolve_imports(merged, Path.cwd(), "command-line override")
+    if resume:
+        merged.imports = list(dict.fromkeys([*merged.imports, *run_imports(merged.output_dir)]))
     load_plugins(merged.imports)  # before anything names their components
     cfg: ExperimentConfig = OmegaConf.to_object(merged)
     validate_config(cfg)
@@ -322,6 +329,24 @@ def _override_layer(item: str):
     if glued(parsed):
         raise ConfigError(f"override {item!r}: {hint}")
     return OmegaConf.from_dotlist([f"{key}={value}"])
+
+
+def run_imports(output_dir: str | Path) -> list[str]:
+    """The ``imports`` a run folder's ``config.yaml`` records (none where there is no such file yet)."""
+    path = Path(output_dir) / "config.yaml"
+    if not path.is_file():
+        return []
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the run's config ({e}); --resume needs it") from None
+    imports = saved.get("imports") if isinstance(saved, dict) else None
+    if imports is None:
+        return []
+    if not isinstance(imports, list) or not all(isinstance(s, str) for s in imports):
+        raise ConfigError(f"{path}: config key 'imports': expected a list of module names or .py files, got "
+                          f"{imports!r}")
+    return imports
 
 
 def _resolve_imports(layer, base_dir: Path, where: str) -> None:

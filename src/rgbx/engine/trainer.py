@@ -962,7 +962,7 @@ def train(config: str | ExperimentConfig, overrides: list[str] | tuple[str, ...]
                               "preset / YAML path with the overrides")
         cfg = config
     else:
-        cfg = load_config(config, list(overrides))
+        cfg = load_config(config, list(overrides), resume=resume)
     threads = torch.get_num_threads()
     try:
         trainer = Trainer(cfg, resume=resume, reporter=Reporter(quiet=quiet))
