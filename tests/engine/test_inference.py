@@ -344,3 +344,23 @@ def test_the_cmx_rule_needs_a_window_and_a_zero_the_encoding_can_give():
     with pytest.raises(ConfigError, match="input encoding of 'thermal' cannot give"):
         predict_logits(thermal, {"rgb": torch.randn(1, 3, 20, 24), "thermal": torch.randn(1, 1, 20, 24)},
                        window=SlidingWindow((24, 32)), scale_rule="cmx")
+
+
+def test_a_window_may_be_given_as_its_size():
+    """``window=(H, W)`` or one number, as the README's ``rgbx.evaluate(..., window=(240, 320))``: the same logits as
+    the SlidingWindow (it failed deep inside: "'tuple' object has no attribute 'size'"); other values are refused by
+    name."""
+    from rgbx.engine.inference import as_sliding_window
+    from rgbx.engine.predict import Predictor
+
+    model, inputs = _model(), _inputs()
+    with torch.no_grad():
+        ref = predict_logits(model, inputs, window=SlidingWindow((16, 24)))
+        assert torch.equal(predict_logits(model, inputs, window=(16, 24)), ref)
+        assert torch.equal(predict_logits(model, inputs, window=[16, 24], scale_rule="cmx"),
+                           predict_logits(model, inputs, window=SlidingWindow((16, 24)), scale_rule="cmx"))
+    assert as_sliding_window(16) == SlidingWindow((16, 16)) and as_sliding_window(None) is None
+    for bad in ("16x24", (16, 24, 3), 1.5, (16.0, 24.0), True):
+        with pytest.raises(ConfigError, match="expected \\(H, W\\) in pixels"):
+            as_sliding_window(bad)
+    assert Predictor(model, {}, window=(16, 24)).window == SlidingWindow((16, 24))

@@ -165,7 +165,8 @@ def evaluate(
         group_by: a sample attribute (e.g. ``"condition"``) to report separately per value, besides ``"all"``.
         progress: optional callable(batches_done) called after each batch.
         scales, flip: multi-scale + flip test-time averaging (:func:`rgbx.engine.inference.predict_logits`).
-        window: sliding-window inference (:class:`rgbx.engine.inference.SlidingWindow`; None = whole images).
+        window: sliding-window inference: ``(H, W)`` in pixels or a
+            :class:`rgbx.engine.inference.SlidingWindow` (size, stride, batch); None = whole images.
         scale_rule: how ``scales`` resize (``"rgbx"``, or ``"dformer"``: DFormer's evaluate_msf; see
             :mod:`rgbx.engine.inference`).
         reliability: also score how well the confidences are calibrated (ECE over ``bins`` bins, NLL, accuracy

@@ -42,7 +42,7 @@ from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
 from rgbx.models.input_encoding import InputEncoding
 
-__all__ = ["SCALE_RULES", "SlidingWindow", "class_probabilities", "cmx_scores", "predict_logits", "scaled_size",
+__all__ = ["SCALE_RULES", "SlidingWindow", "as_sliding_window", "class_probabilities", "cmx_scores", "predict_logits", "scaled_size",
            "single_pass", "pass_logits", "window_starts"]
 
 SCALE_RULES = ("rgbx", "dformer", "cmx")
@@ -74,6 +74,20 @@ class SlidingWindow:
         object.__setattr__(self, "stride", stride)
 
 
+def as_sliding_window(window) -> SlidingWindow | None:
+    """``window`` as a :class:`SlidingWindow`: None, a SlidingWindow, ``(H, W)`` in pixels or one number (a square
+    window); anything else a :class:`ConfigError` saying so."""
+    if window is None or isinstance(window, SlidingWindow):
+        return window
+    if isinstance(window, int) and not isinstance(window, bool):
+        return SlidingWindow((window, window))
+    if (isinstance(window, Sequence) and not isinstance(window, str) and len(window) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in window)):
+        return SlidingWindow(tuple(window))
+    raise ConfigError(f"window {window!r}: expected (H, W) in pixels, one number (a square window) or a "
+                      f"rgbx.engine.inference.SlidingWindow (size, stride, batch)")
+
+
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of the windows along one axis of ``length`` pixels: every ``stride`` pixels, the last one
     moved back so that it ends at the border; one window at 0 when the window covers the whole axis."""
@@ -97,6 +111,7 @@ def _slide(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
            present: Mapping[str, torch.Tensor] | None, window: SlidingWindow) -> torch.Tensor:
     """(B, K, H, W) logits averaged over the windows covering each pixel, ``window.batch`` window positions per
     forward pass (stacked window-major: the crops of every image at the first position, then the next)."""
+    window = as_sliding_window(window)
     first = next(iter(inputs.values()))
     batch, (h, w) = first.shape[0], first.shape[-2:]
     wh, ww = min(window.size[0], h), min(window.size[1], w)
@@ -326,6 +341,7 @@ def cmx_scores(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor],
 
     Scores are exp(logits), the mirror image's logits added first, resized back bilinearly
     (``align_corners=False``) and summed over the scales."""
+    window = as_sliding_window(window)
     if window is None:
         raise ConfigError("scale rule 'cmx' needs a window: CMX's eval_crop_size, e.g. --window 480x640 for NYU "
                           "Depth V2 and MFNet")

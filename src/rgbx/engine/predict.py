@@ -15,7 +15,13 @@ from rgbx.data.sample import Sample, collate, normalize_sample
 from rgbx.data.sensor_health import SensorFailure, SensorMonitor, SensorStatus, replace_non_finite
 from rgbx.engine.calibration import TemperatureScaling
 from rgbx.engine.fastpath import SpeedOptions, autocast, backend_flags, prepare_inference
-from rgbx.engine.inference import CMX_NOT_PROBABILITIES, SlidingWindow, class_probabilities, predict_logits
+from rgbx.engine.inference import (
+    CMX_NOT_PROBABILITIES,
+    SlidingWindow,
+    as_sliding_window,
+    class_probabilities,
+    predict_logits,
+)
 from rgbx.errors import ConfigError, DataError
 from rgbx.modalities import get_modality
 from rgbx.visualize import colorize, make_panel, save_image
@@ -53,6 +59,7 @@ class Predictor:
                  window: SlidingWindow | None = None, scale_rule: str = "rgbx",
                  monitor: SensorMonitor | bool | None = None, min_confidence: float | None = None,
                  storage: dict[str, dict] | None = None):
+        window = as_sliding_window(window)
         if min_confidence is not None and not 0 < min_confidence < 1:
             raise ConfigError(f"min_confidence {min_confidence}: expected a probability between 0 and 1 (exclusive)")
         if min_confidence is not None and scale_rule == "cmx":
