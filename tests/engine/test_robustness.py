@@ -349,6 +349,10 @@ def test_confidence_of_each_case_uses_the_temperature_of_the_sensors_the_model_i
     text = console.export_text()
     assert "confidence when sensors fail" in text and "blank, fed as is" in text and "gaussian 0.5" in text
     assert "calibrated per sensor set" in text
+    # RGB alone at temperature 100: no pixel reaches 0.9; its cell says so rather than "—" alone, which reads as
+    # probabilities that are not numbers
+    rgb_row = next(line for line in text.splitlines() if "sensors given" in line and "│ rgb " in line)
+    assert rgb_row.rstrip(" │").endswith("— (0%)"), rgb_row
 
 
 def test_cli_robustness_with_calibration(data, tmp_path, capsys):

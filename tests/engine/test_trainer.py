@@ -332,11 +332,13 @@ def test_resume_drops_the_log_rows_written_after_the_checkpoint(tmp_path):
     assert not (tmp_path / "eval.jsonl.part").exists()
 
 
-def test_a_finished_run_resumed_logs_its_final_evaluation_once(tmp_path):
+def test_a_finished_run_resumed_logs_its_final_evaluation_once(tmp_path, capsys):
     root = make_dataset(tmp_path / "d")
     cfg = tiny_config(root, tmp_path / "run", "train.iters=2", "train.eval_every=1")
     Trainer(cfg, reporter=Reporter(quiet=True)).fit()
-    Trainer(cfg, resume=True, reporter=Reporter(quiet=True)).fit()  # nothing left to train: evaluates again
+    capsys.readouterr()
+    Trainer(cfg, resume=True, reporter=Reporter()).fit()  # nothing left to train: evaluates again, and says so
+    assert "the run has finished (train.iters=2)" in " ".join(capsys.readouterr().out.split())
     logged = [json.loads(line)["iteration"] for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
     assert logged == [1, 2]
 

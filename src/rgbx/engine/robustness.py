@@ -712,7 +712,8 @@ def confidence_table(report: dict, threshold: float = 0.9, title: str | None = N
     table = Table(title=title or "confidence when sensors fail",
                   caption=f"% of labelled pixels; {how}; over-confidence = mean confidence - accuracy; ECE over 15 "
                           f"bins; failed / corrupted frames fed as they are get the full set's temperature; — where the "
-                          f"probabilities are not numbers (NaN frames fed as they are)")
+                          f"probabilities are not numbers (NaN frames fed as they are), or no pixel reaches the "
+                          f"confidence (share 0%)")
     for name, justify in (("case", "left"), ("sensor", "left"), ("accuracy", "right"), ("mean confidence", "right"),
                           ("over-confidence", "right"), ("ECE", "right"),
                           (f"accuracy at conf >= {threshold:g} (share)", "right")):
@@ -723,8 +724,8 @@ def confidence_table(report: dict, threshold: float = 0.9, title: str | None = N
         gap = None if m["confidence"] is None or m["accuracy"] is None else m["confidence"] - m["accuracy"]
         table.add_row(case, sensor, _pct(m["accuracy"]), _pct(m["confidence"]),
                       "—" if gap is None else f"{100 * gap:+.2f}", _pct(m["ece"]),
-                      "—" if at is None or at["accuracy"] is None else
-                      f"{_pct(at['accuracy'])} ({_share(at['coverage'])})")
+                      "—" if at is None else
+                      f"{'—' if at['accuracy'] is None else _pct(at['accuracy'])} ({_share(at['coverage'])})")
 
     for subset, m in section["entire_missing"].items():
         row("sensors given", subset, m)

@@ -569,6 +569,9 @@ class Trainer:
         self.best_miou = float(state["best_miou"])
         self._validation_due = bool(state.get("validation_due", False))
         self.reporter.print(f"resumed {self.paths.root} at iteration {self.iteration}")
+        if self.iteration >= self.cfg.train.iters:
+            self.reporter.print(f"the run has finished (train.iters={self.cfg.train.iters}): its final model is "
+                                f"validated and written again; give a larger train.iters to train further")
 
     def _dataset_info(self) -> dict:
         """What the model file records of the training data: classes, palette, ignore index and, where the loader
