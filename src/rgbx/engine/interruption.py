@@ -4,7 +4,8 @@ An interrupt raised inside a training step can leave the weights half updated (t
 parameters), and such a state must not be saved. :class:`InterruptHold` lets whoever turns signals into exceptions
 (``rgbx train``) hand them over with :meth:`InterruptHold.deliver`: outside a :meth:`InterruptHold.held` section the
 exception is raised at once, inside one it waits until the section ends (a step takes seconds at most). A second
-interrupt while one waits is raised at once: pressing Ctrl-C again always stops.
+interrupt while one waits is raised at once: pressing Ctrl-C again always stops. :func:`quiet_worker_exit` keeps a
+signal to the whole job from failing the step through the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ class InterruptHold:
         pending, self.pending = self.pending, None
         if pending is not None:
             raise pending
-
 
 
 def _exit_quietly(signum, frame) -> None:
