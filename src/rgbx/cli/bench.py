@@ -262,7 +262,11 @@ def print_progress(label: str, entry: dict) -> None:
         print(f"{label}: FAILED: {entry['error']}", flush=True)
         return
     parts = [f"train {entry['train']['images_per_s']:.2f} img/s"] if "train" in entry else []
-    parts += [f"{kind} {entry[kind]['median_ms']:.2f} ms" for kind in ("latency", "throughput") if kind in entry]
+    if "latency" in entry:
+        parts.append(f"latency {entry['latency']['median_ms']:.2f} ms")
+    if "throughput" in entry:  # as the table gives it (img/s), with the median time of the batch it comes from
+        thr = entry["throughput"]
+        parts.append(f"throughput {thr['images_per_s']:.1f} img/s (batch {thr['batch']}: {thr['median_ms']:.2f} ms)")
     print(f"{label}: {', '.join(parts)}", flush=True)
 
 

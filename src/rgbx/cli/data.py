@@ -173,14 +173,14 @@ def run_stats(args) -> int:
     console = Console()
     total = max(1, int(counts.sum()))
     t = Table(title=f"class pixel frequencies ({args.split}, {n} samples)")
-    t.add_column("class")
+    t.add_column("class", overflow="fold")  # names and ids are never cut (a narrow terminal, a pipe: 80 columns)
     t.add_column("pixels %", justify="right")
     for name, c in zip([*ds.description.classes, "(ignore)"], counts.tolist()):
         t.add_row(name, f"{100 * c / total:.2f}")
     console.print(t)
     t = Table(title="modality value ranges (physical units)")
     for col in ("modality", "min", "max", "non-zero %"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for name, (lo, hi, nz, m) in ranges.items():
         t.add_row(name, f"{lo:.3g}", f"{hi:.3g}", f"{100 * nz / m:.1f}")
     console.print(t)
@@ -188,7 +188,7 @@ def run_stats(args) -> int:
                     "sample before)", caption="such frames teach a model that a failed sensor's output means "
                                               "something; rgbx predict --check-sensors leaves them out")
     for col in ("modality", "frames", *CHECKS, "first samples"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # the ids of the failed frames folded onto more lines, never cut
     for name, checks in failed.items():
         ids = sorted({sid for found in checks.values() for sid in found})
         t.add_row(name, str(ranges[name][3]), *(str(len(checks.get(c, ()))) for c in CHECKS),

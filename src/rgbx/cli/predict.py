@@ -105,7 +105,7 @@ def _samples(args, modalities, storage=None):
         name, path = item.split("=", 1)
         if name not in modalities:
             raise ConfigError(f"input {item!r}: the model takes {', '.join(modalities)}, not {name!r}")
-        sources[name] = Path(path)
+        sources[name] = _input_path(item)
     found = discover_samples(sources)
     if args.limit > 0:
         found = found[: args.limit]
@@ -143,6 +143,19 @@ def _make_room(args, remove: bool) -> None:
         p.unlink()
 
 
+def _input_path(item: str) -> Path | None:
+    """The path of a ``sensor=PATH`` input (None for an item without '='); an empty one is refused (``Path("")`` is
+    the current folder: predictions from whatever lies there)."""
+    from rgbx.errors import ConfigError
+
+    if "=" not in item:
+        return None
+    name, path = item.split("=", 1)
+    if not path.strip():
+        raise ConfigError(f"{name}=: empty path; give a file or a folder after the '=' (e.g. {name}=img.png)")
+    return Path(path)
+
+
 def _check_out(args) -> None:
     """``--out`` must not be where the inputs are: its labels/ would replace a dataset's own label folder (then
     scored at 100 % by rgbx eval) and its images would mix with the inputs."""
@@ -161,6 +174,7 @@ def _check_out(args) -> None:
                               f"own (its labels/ and panels/ would mix with, or replace, the data)")
         return
     for item in args.inputs:
+        _input_path(item)
         folder = Path(item.split("=", 1)[-1]).resolve()
         if folder.is_dir() and (out == folder or folder in out.parents):
             raise ConfigError(f"--out {args.out} is inside the input folder {folder} ({item}): predictions go to a "

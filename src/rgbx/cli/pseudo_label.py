@@ -80,26 +80,30 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from rgbx.cli.common import resolve_device
-    from rgbx.engine.pseudo_label import DEFAULT_RULE, PseudoLabelRule, pseudo_label
+    from rgbx.engine.pseudo_label import DEFAULT_RULE, LABELLED_HINT, PseudoLabelRule, pseudo_label
     from rgbx.engine.report import Reporter, wide_console
     from rgbx.engine.trainer import loader_workers
+    from rgbx.errors import ConfigError
 
     rule = (DEFAULT_RULE if args.min_confidence is None and args.class_fraction is None
             else PseudoLabelRule(args.min_confidence, args.class_fraction))
     if args.out.exists():  # before the model is loaded
-        from rgbx.errors import ConfigError
-
         raise ConfigError(f"{args.out}: already exists; pseudo-labels go to a new folder (nothing is overwritten)")
     device = resolve_device(args.device)
     predictor = predictor_from_args(args, device)
     labelled = None if args.labelled == "none" else args.labelled
-    with Reporter().progress(0, label=f"pseudo-labelling {args.data} [{args.split}]") as bar:
-        report = pseudo_label(predictor, args.data, args.split, args.out, rule, labelled=labelled,
-                              labelled_repeat=args.labelled_repeat,
-                              out_split=args.out_split, options=parse_options(args.option),
-                              num_workers=loader_workers(args.workers, device),
-                              provenance={"model": str(args.checkpoint)},
-                              progress=lambda done, total: bar.update(done, total))
+    try:
+        with Reporter().progress(0, label=f"pseudo-labelling {args.data} [{args.split}]") as bar:
+            report = pseudo_label(predictor, args.data, args.split, args.out, rule, labelled=labelled,
+                                  labelled_repeat=args.labelled_repeat,
+                                  out_split=args.out_split, options=parse_options(args.option),
+                                  num_workers=loader_workers(args.workers, device),
+                                  provenance={"model": str(args.checkpoint)},
+                                  progress=lambda done, total: bar.update(done, total))
+    except ConfigError as e:  # name the command-line flag, not the Python argument
+        if LABELLED_HINT not in str(e):
+            raise
+        raise ConfigError(str(e).replace(LABELLED_HINT, "--labelled SPLIT, or --labelled none")) from None
     console = wide_console()
     console.print(report_table(report, f"pseudo-labels of {args.data} [{args.split}]: {rule.describe()}"))
     say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731

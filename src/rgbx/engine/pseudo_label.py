@@ -382,6 +382,9 @@ def _earlier_round(data: Path) -> dict | None:
     return record
 
 
+LABELLED_HINT = "labelled='SPLIT', or labelled=None"  # the keyword to give; rgbx pseudo-label names its flag
+
+
 def _plan_splits(data: Path, split: str, labelled: str | None, out_split: str,
                  earlier: dict | None = None) -> dict[str, list[str]]:
     """The source's splits (ids) the output carries; checks the split names the call gives. The joined split of an
@@ -396,7 +399,7 @@ def _plan_splits(data: Path, split: str, labelled: str | None, out_split: str,
         raise ConfigError(f"{data}: no split {split!r} to pseudo-label (splits: {', '.join(names) or 'none'})")
     if labelled is not None and labelled not in names:
         raise ConfigError(f"{data}: no labelled split {labelled!r} (splits: {', '.join(names)}); give the split the "
-                          "pseudo-labelled samples join, or none")
+                          f"pseudo-labelled samples join with {LABELLED_HINT}")
     if labelled == split:
         raise ConfigError(f"split {split!r} is both the one to pseudo-label and the labelled one")
     if out_split in names:

@@ -12,7 +12,7 @@ import yaml
 
 from rgbx.data.datasets.base import DATASETS, SegmentationDataset, StemIndex
 from rgbx.data.description import DESCRIPTION_FILE, DatasetDescription, load_description
-from rgbx.errors import DataError, SplitNotFoundError
+from rgbx.errors import ConfigError, DataError, SplitNotFoundError
 from rgbx.modalities import ENCODINGS
 
 
@@ -178,8 +178,20 @@ def check_dataset(root: str | Path, splits=None, dataset: str = "folder", **opti
     advice = _layout_elsewhere(cls, Path(root), splits, options) if not counts and dataset != "folder" else None
     problems = list(dict.fromkeys(problems))  # a layout problem is found once per split; report it once
     if problems:
+        name = name or _described_name(Path(root))
         raise DataError(f"{root}: {len(problems)} problem(s) in dataset {name or dataset!r}", problems, advice)
     return counts
+
+
+def _described_name(root: Path) -> str | None:
+    """The name in ``root``'s dataset.yaml, for when no split could be read (the one asked for is missing): the
+    problems name the dataset as with any other split; None without a readable one."""
+    if not (root / DESCRIPTION_FILE).is_file():
+        return None
+    try:
+        return load_description(root).name
+    except (DataError, ConfigError):
+        return None
 
 
 def _layout_elsewhere(cls, root: Path, splits: list[str], options: dict) -> str | None:
