@@ -259,6 +259,12 @@ def test_train_eval_and_info_with_plugins_from_the_command_line(tmp_path, capsys
             f"first (--import {PACKAGE / 'gated_fusion.py'}" in err)
     with pytest.raises(CheckpointError, match="came from the plugin"):
         rgbx.load_model(run / "model.safetensors")
+    # rgbx info shows what the file records all the same (it stopped at the missing plugin)
+    assert main(["info", str(run / "model.safetensors")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "model: gated/mit_nano over rgb+depth+thermal with 3 classes; mlp head (16 channels); not loaded: its " \
+           "fusion 'gated' came from the plugin" in out
+    assert "trained with:" in out and "history: iteration 2" in out
     assert main(["eval", str(run / "model.safetensors"), "--data", str(data), "--import",
                  str(PACKAGE / "gated_fusion.py"), "--json", str(tmp_path / "e.json")]) == 0
     assert (tmp_path / "e.json").is_file()

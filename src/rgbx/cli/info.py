@@ -70,12 +70,13 @@ def run(args) -> int:
 
 
 def describe_file(path: str) -> int:
-    """Print what an rgbx model file holds (loading it, so a file that does not fit its own config is an error), or,
+    """Print what an rgbx model file holds (loading it, so a file that does not fit its own config is an error; made
+    with a plugin that is not loaded: what the file records, and which plugin builds it), or,
     for another code base's checkpoint, its layout, what can be read off it and how to convert it."""
     from pathlib import Path
 
     from rgbx.engine.checkpoint import load_model
-    from rgbx.models.model_file import describe_model, read_model_info
+    from rgbx.models.model_file import describe_model, missing_plugin, read_model_info
 
     file = Path(path)
     if file.suffix == ".onnx":
@@ -83,22 +84,17 @@ def describe_file(path: str) -> int:
     info = read_model_info(file, missing_ok=True) if file.suffix == ".safetensors" else {}
     if not info:
         return _describe_foreign(file)
-    model, info = load_model(file)
-    cfg = model.config
-    params = sum(p.numel() for p in model.parameters())
-    print(f"{file}: rgbx model file ({info.get('format', '?')}), {file.stat().st_size / 2**20:.1f} MiB")
-    print(f"model: {describe_model(cfg.to_dict())}; {cfg.head} head ({cfg.head_channels} channels); "
-          f"{params / 1e6:.2f} M parameters (every tensor loaded)")
-    options = {k: v for k, v in (("fusion_options", cfg.fusion_options), ("head_options", cfg.head_options)) if v}
-    if options:
-        print("options: " + "; ".join(f"{k} {v}" for k, v in options.items()))
-    if cfg.input_encoding:
-        from rgbx.models.input_encoding import describe_input_encoding
-
-        print("input encoding (inside the model: rgbx-normalised inputs are mapped to what the weights were trained "
-              "on):")
-        for name, entry in cfg.input_encoding.items():
-            print(f"  {describe_input_encoding(name, entry)}")
+    missing = missing_plugin(info)
+    if missing:  # what the file records, without building the model (its plugin's code is not here)
+        recorded = info.get("model") or {}
+        print(f"{file}: rgbx model file ({info.get('format', '?')}), {file.stat().st_size / 2**20:.1f} MiB")
+        print(f"model: {describe_model(recorded)}; {recorded.get('head')} head ({recorded.get('head_channels')} "
+              f"channels); not loaded: {missing}")
+        num_classes = recorded.get("num_classes")
+    else:
+        model, info = load_model(file)
+        num_classes = model.config.num_classes
+        _print_model(file, model, info)
     if info.get("environment"):
         from rgbx.engine.environment import describe_environment
 
@@ -123,7 +119,7 @@ def describe_file(path: str) -> int:
         ignore = f"; ignore index {dataset['ignore_index']}" if dataset.get("ignore_index") is not None else ""
         print(f"classes{where} ({len(classes)}): {', '.join(classes)}{ignore}")
     else:
-        print(f"classes: {cfg.num_classes}, unnamed (rgbx convert --classes names them)")
+        print(f"classes: {num_classes}, unnamed (rgbx convert --classes names them)")
     history = []
     if "iteration" in info:
         history.append(f"iteration {info['iteration']}")
@@ -137,6 +133,27 @@ def describe_file(path: str) -> int:
         print("history: " + ", ".join(history))
     _print_protocol(file, info)
     return 0
+
+
+def _print_model(file, model, info: dict) -> None:
+    """The model a file holds, built from it: architecture, parameters, options, input encoding."""
+    from rgbx.models.model_file import describe_model
+
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{file}: rgbx model file ({info.get('format', '?')}), {file.stat().st_size / 2**20:.1f} MiB")
+    print(f"model: {describe_model(cfg.to_dict())}; {cfg.head} head ({cfg.head_channels} channels); "
+          f"{params / 1e6:.2f} M parameters (every tensor loaded)")
+    options = {k: v for k, v in (("fusion_options", cfg.fusion_options), ("head_options", cfg.head_options)) if v}
+    if options:
+        print("options: " + "; ".join(f"{k} {v}" for k, v in options.items()))
+    if cfg.input_encoding:
+        from rgbx.models.input_encoding import describe_input_encoding
+
+        print("input encoding (inside the model: rgbx-normalised inputs are mapped to what the weights were trained "
+              "on):")
+        for name, entry in cfg.input_encoding.items():
+            print(f"  {describe_input_encoding(name, entry)}")
 
 
 def _print_protocol(file, info: dict) -> None:

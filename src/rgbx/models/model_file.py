@@ -200,7 +200,7 @@ def component_plugins(cfg: ModelConfig) -> dict[str, str]:
     return found
 
 
-def _missing_plugin(info: dict) -> str | None:
+def missing_plugin(info: dict) -> str | None:
     """How to load the plugin a model file's components came from, when one of them is not registered."""
     for component, plugin in (info.get("plugins") or {}).items():
         kind, name = component.split(" ", 1)
@@ -297,7 +297,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
         cfg = replace(ModelConfig.from_dict(info["model"]), pretrained="")  # the file holds all the weights
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"{path}: invalid model config in metadata ({e})") from None
-    missing = _missing_plugin(info)
+    missing = missing_plugin(info)
     if missing:
         raise CheckpointError(f"{path}: {missing}")
     model = create_model(cfg)
