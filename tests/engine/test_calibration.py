@@ -287,6 +287,14 @@ def test_each_set_is_fitted_on_the_images_that_have_all_its_sensors(rgbd):
     assert scaling.temperature(["depth"]) == scaling.temperatures["rgb"]  # the default set's
     with pytest.raises(ConfigError, match=r"rig \[val\]: no labelled pixel to fit the temperature of rgb\+depth"):
         fit_temperatures(model, only_rgb, [("rgb", "depth"), ("rgb",)], per_image=50, fitted_on="rig [val]")
+    # a window given as its size, as for evaluate (it failed at the end, on the record: "'tuple' object has no
+    # attribute 'size'")
+    from rgbx.engine.inference import SlidingWindow
+
+    sized = fit_temperatures(model, loader, [("rgb", "depth")], per_image=50, window=(16, 16))
+    windowed = fit_temperatures(model, loader, [("rgb", "depth")], per_image=50, window=SlidingWindow((16, 16)))
+    assert sized.temperatures == windowed.temperatures and sized.test_time == windowed.test_time
+    assert sized.test_time["window"] == [16, 16]
 
 
 @pytest.fixture(scope="module")

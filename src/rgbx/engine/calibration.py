@@ -370,8 +370,9 @@ def fit_temperatures(model: torch.nn.Module, loader, subsets: Sequence[Sequence[
     applies the fit once :func:`calibrate_file` has put it there; ``fit`` also records the accuracy on the fitted
     pixels before and after)."""
     from rgbx.data.sample import host_masks
-    from rgbx.engine.inference import pass_logits, single_pass
+    from rgbx.engine.inference import as_sliding_window, pass_logits, single_pass
 
+    window = as_sliding_window(window)
     if scaling not in SCALINGS:
         raise ConfigError(f"scaling {scaling!r}: expected one of {', '.join(SCALINGS)}")
 

@@ -42,8 +42,8 @@ from rgbx.errors import ConfigError
 from rgbx.modalities import get_modality
 from rgbx.models.input_encoding import InputEncoding
 
-__all__ = ["SCALE_RULES", "SlidingWindow", "as_sliding_window", "class_probabilities", "cmx_scores", "predict_logits", "scaled_size",
-           "single_pass", "pass_logits", "window_starts"]
+__all__ = ["SCALE_RULES", "SlidingWindow", "as_sliding_window", "class_probabilities", "cmx_scores", "predict_logits",
+           "scaled_size", "single_pass", "pass_logits", "window_starts"]
 
 SCALE_RULES = ("rgbx", "dformer", "cmx")
 
