@@ -87,7 +87,7 @@ def describe_file(path: str) -> int:
     missing = missing_plugin(info)
     if missing:  # what the file records, without building the model (its plugin's code is not here)
         recorded = info.get("model") or {}
-        print(f"{file}: rgbx model file ({info.get('format', '?')}), {file.stat().st_size / 2**20:.1f} MiB")
+        _print_header(file, info)
         print(f"model: {describe_model(recorded)}; {recorded.get('head')} head ({recorded.get('head_channels')} "
               f"channels); not loaded: {missing}")
         num_classes = recorded.get("num_classes")
@@ -135,13 +135,17 @@ def describe_file(path: str) -> int:
     return 0
 
 
+def _print_header(file, info: dict) -> None:
+    print(f"{file}: rgbx model file ({info.get('format', '?')}), {file.stat().st_size / 2**20:.1f} MiB")
+
+
 def _print_model(file, model, info: dict) -> None:
     """The model a file holds, built from it: architecture, parameters, options, input encoding."""
     from rgbx.models.model_file import describe_model
 
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
-    print(f"{file}: rgbx model file ({info.get('format', '?')}), {file.stat().st_size / 2**20:.1f} MiB")
+    _print_header(file, info)
     print(f"model: {describe_model(cfg.to_dict())}; {cfg.head} head ({cfg.head_channels} channels); "
           f"{params / 1e6:.2f} M parameters (every tensor loaded)")
     options = {k: v for k, v in (("fusion_options", cfg.fusion_options), ("head_options", cfg.head_options)) if v}
