@@ -1,7 +1,10 @@
-"""Shared layers: stochastic depth (statistics, eval identity, one compiled graph for any rate), presence
+"""Shared layers: timm's init and channels-first LayerNorm without importing timm, stochastic depth (statistics, eval identity, one compiled graph for any rate), presence
 masking, the 1×1 convolution of resized, concatenated maps computed per map, and LayerNorms in low precision."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ from rgbx.models.layers import (
     mask_absent,
     resize,
     stochastic_depth_rates,
+    trunc_normal_,
 )
 
 
@@ -216,3 +220,39 @@ def test_adaptive_avg_pool_by_matrix_products_is_adaptive_pooling(channels_last)
     out = adaptive_avg_pool(xb, (7, 7), matmul=True)
     ref = F.adaptive_avg_pool2d(xb.float(), (7, 7))
     assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() <= 2 * 2**-7 * ref.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kwargs", [{"std": 0.02}, {}, {"mean": 0.3, "std": 2.0, "a": -1.0, "b": 4.0},
+                                    {"std": 0.02, "a": -0.04, "b": 0.04}])
+def test_trunc_normal_draws_timms_values_from_the_same_seed(dtype, kwargs):
+    timm_layers = pytest.importorskip("timm.layers")
+    torch.manual_seed(3)
+    expected = timm_layers.trunc_normal_(torch.empty(40, 33, dtype=dtype), **kwargs)
+    torch.manual_seed(3)
+    drawn = trunc_normal_(torch.empty(40, 33, dtype=dtype), **kwargs)
+    assert torch.equal(drawn, expected)
+    low, high = kwargs.get("a", -2.0), kwargs.get("b", 2.0)
+    assert drawn.min() >= low and drawn.max() <= high and drawn.std() > 0
+
+
+def test_layer_norm_2d_is_timms_with_the_same_defaults_and_keys():
+    timm_layers = pytest.importorskip("timm.layers")
+    ours, theirs = LayerNorm2d(6), timm_layers.LayerNorm2d(6)
+    assert ours.eps == theirs.eps == 1e-6 and ours.state_dict().keys() == theirs.state_dict().keys()
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5), theirs.bias.uniform_(-1, 1)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 6, 5, 7)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-6)
+    assert not LayerNorm2d(6, affine=False).elementwise_affine
+
+
+def test_building_a_model_does_not_import_timm():
+    """``import timm`` costs every rgbx command seconds (torchvision, torch._dynamo); only ``timm:`` backbones need it."""
+    script = ("import sys; import rgbx.data, rgbx.engine.evaluate; from rgbx.models import create_model; "
+              "create_model(backbone='mit_nano', fusion='cmx', modalities=['rgb', 'depth'], num_classes=3); "
+              "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -112,10 +112,11 @@ def init_distributed(device_type: str, timeout_s: float = 1800.0) -> Distributed
 
 
 # torch modules whose functions take ``group=dist.group.WORLD`` as a default argument: imported once the process group
-# exists (timm imports them, and the CLI builds its model after joining), each default holds the world group, so
-# destroy_process_group cannot free it and Gloo's worker threads outlive it. A worker that drops a finished
-# collective's tensor while the interpreter shuts down then aborts the process (SIGABRT, "terminate called without an
-# active exception", as in pytorch/pytorch#190489). Imported before joining, their defaults are None.
+# exists (timm imports them, and so does torch._dynamo, which torch's optimizers load on first use; the CLI builds its
+# model and optimizer after joining), each default holds the world group, so destroy_process_group cannot free it and
+# Gloo's worker threads outlive it. A worker that drops a finished collective's tensor while the interpreter shuts
+# down then aborts the process (SIGABRT, "terminate called without an active exception", as in pytorch/pytorch#190489).
+# Imported before joining, their defaults are None.
 WORLD_GROUP_HOLDERS = ("torch.distributed.nn.functional", "torch.distributed.optim",
                        "torch.distributed.fsdp.sharded_grad_scaler")
 

@@ -1,11 +1,12 @@
 """Small building blocks shared by backbones, fusions and heads.
 
-Generic pieces come from ``timm.layers`` (re-exported here so model files import from one place); what is defined
-here is what timm does not have in the form rgbx needs: token ↔ map reshaping, the Mix-FFN depth-wise conv, a
-conv-BN-ReLU unit, the SegFormer weight init, a :class:`FeatureInfo` list, per-sample presence masking, a
-stochastic-depth layer whose rate does not specialise compiled code, the 1×1 convolution of resized, concatenated
-maps computed at each map's own resolution (what a decode head's fusion does, in fewer operations), and LayerNorms
-that can run in autocast's low precision.
+Nothing here imports timm: ``import timm`` imports torchvision and, through it, ``torch._dynamo`` (about 4 s, nearly
+half the start-up of every ``rgbx`` command on a 2-core machine), so only the ``timm:`` backbones import it, when one
+is built. What is here: timm's truncated-normal init and channels-first LayerNorm (the same values and parameters),
+token ↔ map reshaping, the Mix-FFN depth-wise conv, a conv-BN-ReLU unit, the SegFormer weight init, a
+:class:`FeatureInfo` list, per-sample presence masking, a stochastic-depth layer whose rate does not specialise
+compiled code, the 1×1 convolution of resized, concatenated maps computed at each map's own resolution (what a decode
+head's fusion does, in fewer operations), and LayerNorms that can run in autocast's low precision.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d as _TimmLayerNorm2d
-from timm.layers import trunc_normal_
 from torch import nn
 
 from rgbx.errors import ConfigError
@@ -92,17 +91,37 @@ class LayerNorm(nn.LayerNorm):
         return _layer_norm(self, x)
 
 
-class LayerNorm2d(_TimmLayerNorm2d):
-    """timm's channels-first ``LayerNorm2d`` (over C of a (B, C, H, W) map) with :class:`LayerNorm`'s low-precision
-    mode."""
+class LayerNorm2d(nn.LayerNorm):
+    """timm's channels-first ``LayerNorm2d`` (over C of a (B, C, H, W) map; same arguments, default eps and
+    parameters) with :class:`LayerNorm`'s low-precision mode."""
 
     lowp = False
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True):
+        super().__init__(num_channels, eps=eps, elementwise_affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _layer_norm(self, x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 LOWP_NORMS = (LayerNorm, LayerNorm2d)
+
+
+def trunc_normal_(tensor: torch.Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
+                  b: float = 2.0) -> torch.Tensor:
+    """Fill ``tensor`` in place from N(mean, std²) truncated to [a, b] (absolute bounds, as in timm), by inverse-CDF
+    sampling: a uniform draw between the bounds' CDF values, mapped through the normal's inverse CDF. These are the
+    values timm's ``trunc_normal_`` draws from the same seed; recent torch versions' ``nn.init.trunc_normal_``
+    samples by rejection instead and draws others, so a seeded model would start from other weights on another
+    torch."""
+
+    def cdf(bound: float) -> float:  # the standard normal's CDF at the standardised bound
+        return (1.0 + math.erf((bound - mean) / std / math.sqrt(2.0))) / 2.0
+
+    with torch.no_grad():
+        tensor.uniform_(2 * cdf(a) - 1, 2 * cdf(b) - 1)
+        tensor.erfinv_().mul_(std * math.sqrt(2.0)).add_(mean)
+        return tensor.clamp_(min=a, max=b)
 
 
 class DropPath(nn.Module):

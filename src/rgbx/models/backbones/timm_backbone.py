@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 
-import timm
 import torch
 from torch import nn
 
@@ -68,6 +67,8 @@ class TimmBackbone(nn.Module):
     def __init__(self, model_name: str, in_channels: int | None = 3, drop_path_rate: float = 0.0,
                  state_dict: dict[str, torch.Tensor] | None = None, input_norm=None, source: str = ""):
         super().__init__()
+        import timm  # here, not at the top: it imports torchvision and torch._dynamo (seconds) — see rgbx.models.layers
+
         try:
             model = timm.create_model(model_name, pretrained=False, drop_path_rate=drop_path_rate)
         except (RuntimeError, TypeError) as e:
