@@ -107,9 +107,9 @@ def test_class_names_that_differ_from_the_datasets_are_warned_about(tmp_path, ca
 
 
 def test_resume_refuses_what_would_change_the_run_silently(tmp_path, monkeypatch):
-    """A resumed run continues the saved one: other classes (data.root is not compared, the data may move), another
-    optimizer setting (the restored optimizer kept the run's lr while config.yaml recorded the new one), or a
-    state file another program wrote are errors that say what differs."""
+    """A resumed run continues the saved one: other classes or training samples (data.root is not compared, the
+    data may move), another optimizer setting (the restored optimizer kept the run's lr while config.yaml recorded
+    the new one), or a state file another program wrote are errors that say what differs."""
     import shutil
 
     import yaml
@@ -132,6 +132,21 @@ def test_resume_refuses_what_would_change_the_run_silently(tmp_path, monkeypatch
     with pytest.raises(rgbx.errors.CheckpointError, match=r"the run trained on other classes than .* has \(0: "
                                                           r"'ground' vs 'road', 1: 'box' vs 'car'\)"):
         rgbx.train("synth_cmx_b0", [*more, f"data.root={renamed}"], resume=True)
+    # another dataset or split with the same classes: the samples differ (it resumed silently, recording the new one)
+    other = tmp_path / "other_samples"
+    shutil.copytree(data, other)
+    ids = (other / "splits" / "train.txt").read_text().split()
+    val = (other / "splits" / "val.txt").read_text().split()
+    (other / "splits" / "train.txt").write_text("\n".join([*ids, val[0]]) + "\n")
+    with pytest.raises(rgbx.errors.CheckpointError, match=rf"the run trained on other samples than .*other_samples \[train\] "
+                                                          rf"holds \({len(ids)} samples, now {len(ids) + 1}\)"):
+        rgbx.train("synth_cmx_b0", [*more, f"data.root={other}"], resume=True)
+    (other / "splits" / "train.txt").write_text("\n".join([*ids[:-1], val[0]]) + "\n")
+    with pytest.raises(rgbx.errors.CheckpointError, match=rf"\({len(ids)} samples with other ids\)"):
+        rgbx.train("synth_cmx_b0", [*more, f"data.root={other}"], resume=True)
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)  # the same samples elsewhere: resumes
+    assert rgbx.train("synth_cmx_b0", [*overrides, "train.iters=3", f"data.root={moved}"], resume=True)
     with pytest.raises(rgbx.errors.CheckpointError, match=r"another optim config \(optim.lr: the run's 0.0006, now "
                                                           r"0.1\); resume with the run's values"):
         rgbx.train("synth_cmx_b0", [*more, "optim.lr=0.1"], resume=True)

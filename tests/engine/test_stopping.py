@@ -42,12 +42,22 @@ def test_an_interrupt_in_a_held_section_waits_for_its_end():
             raise ValueError
     with hold.held():
         pass
-    off = InterruptHold(enabled=False)
-    with pytest.raises(Terminated):
-        with off.held():
-            off.deliver(Terminated())
-            finished.append(False)
     assert finished == [True]
+
+
+def test_under_torchrun_the_hold_keeps_the_first_interrupt_for_the_vote_and_drops_the_rest():
+    """torchrun's agent passes on the signal the scheduler may have sent every process already: a second one must not
+    stop a process alone (the others would wait for it in the step's all-reduce)."""
+    hold = InterruptHold(agreed=True)
+    first = Terminated()
+    hold.deliver(first)  # outside a held section too: kept
+    with hold.held():
+        hold.deliver(KeyboardInterrupt())  # dropped
+    assert hold.pending is first
+    with pytest.raises(ValueError):
+        with hold.held():
+            raise ValueError  # the trainer decides what a failure after the stop means: the interrupt stays
+    assert hold.pending is first
 
 
 def deliver_during_step(monkeypatch, iteration, interrupt):
@@ -64,12 +74,19 @@ def deliver_during_step(monkeypatch, iteration, interrupt):
 
 
 def test_a_step_cut_off_half_way_is_not_saved(tmp_path, monkeypatch):
-    """Where interrupts are not held (a torchrun launch) one can stop a step half way; its weights are not saved."""
+    """A second Ctrl-C stops the step half way; its weights are not saved."""
     root = make_dataset(tmp_path / "d", n=8)
     extra = ["train.iters=8", "train.checkpoint_every=3", "train.eval_every=0"]
     stopped = Trainer(tiny_config(root, tmp_path / "b", *extra), reporter=Reporter(quiet=True))
-    stopped.interrupts.enabled = False
-    deliver_during_step(monkeypatch, 4, KeyboardInterrupt())
+    real_step = Trainer.train_step
+
+    def step(self, batches):
+        if self.iteration == 4:
+            self.interrupts.deliver(KeyboardInterrupt())
+            self.interrupts.deliver(KeyboardInterrupt())
+        return real_step(self, batches)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
     with pytest.raises(KeyboardInterrupt):
         stopped.fit()
     assert stopped.iteration == 4 and stopped.stop_checkpoint is None

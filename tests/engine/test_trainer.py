@@ -146,7 +146,7 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 def test_resume_in_process_is_bit_exact(tmp_path, monkeypatch, accumulate):
     root = make_dataset(tmp_path / "d", n=8)
     extra = ["train.iters=8", "train.checkpoint_every=3", "train.eval_every=0", "method.modality_dropout=0.3",
-             f"train.accumulate_grad_batches={accumulate}"]
+             "train.log_every=1", f"train.accumulate_grad_batches={accumulate}"]
     full = Trainer(tiny_config(root, tmp_path / "a", *extra), reporter=Reporter(quiet=True))
     full_metrics = full.fit()
 
@@ -175,6 +175,11 @@ def test_resume_in_process_is_bit_exact(tmp_path, monkeypatch, accumulate):
     assert resumed.fit()["subsets"] == full_metrics["subsets"]
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+    # every iteration's row in metrics.csv, the one the stop finished too (it was lost: the stop came before it)
+    rows = {run: [{k: v for k, v in row.items() if k != "images_per_s"}
+                  for row in csv.DictReader((tmp_path / run / "metrics.csv").open())] for run in "abc"}
+    assert [int(row["iteration"]) for row in rows["a"]] == list(range(1, 9))
+    assert rows["b"] == rows["a"] and rows["c"] == rows["a"]
     if accumulate > 1:  # the data order depends on it: resume refuses another value
         with pytest.raises(CheckpointError, match="train.accumulate_grad_batches=2; resume needs the same value"):
             Trainer(tiny_config(root, tmp_path / "b", *extra[:-1]), resume=True, reporter=Reporter(quiet=True))
@@ -578,3 +583,11 @@ def test_a_resumed_run_removes_what_a_killed_write_left(tmp_path):
     cfg = tiny_config(root, tmp_path / "run", "train.iters=3", "train.checkpoint_every=1", "train.eval_every=0")
     Trainer(cfg, resume=True, reporter=Reporter(quiet=True)).fit()
     assert not any(p.exists() for p in left) and all(p.exists() for p in mine)
+
+
+def test_a_run_shorter_than_its_warm_up_says_so(tmp_path, capsys):
+    root = make_dataset(tmp_path / "d", n=4)
+    Trainer(tiny_config(root, tmp_path / "run", "train.iters=3", "optim.warmup_iters=3"), reporter=Reporter())
+    assert "optim.warmup_iters=3 is not below train.iters=3: the whole run is warm-up" in capsys.readouterr().out
+    Trainer(tiny_config(root, tmp_path / "run2", "train.iters=4", "optim.warmup_iters=3"), reporter=Reporter())
+    assert "warm-up" not in capsys.readouterr().out

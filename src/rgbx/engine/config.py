@@ -144,6 +144,9 @@ class TrainConfig:
     # DDP: parameters may go unused in a step (a dropped or missing sensor's branch); None = auto: on unless plain
     # supervised training without modality dropout on a dataset whose every sample has every sensor
     find_unused_parameters: bool | None = None
+    # how long a process waits for the others (in a collective operation, or at a step boundary for the vote on
+    # stopping) before the launch fails
+    distributed_timeout_s: float = 1800.0
     # fine-tuning: start from another trained model (an rgbx model file, or a converted release) instead of the
     # model's own initialisation; what fits is copied, the classifier by class name, a sensor the file lacks from
     # one it has (rgbx.models.transfer); ignored when --resume continues a run

@@ -28,8 +28,8 @@ import torch.distributed as dist
 
 from rgbx.errors import ConfigError
 
-__all__ = ["DistributedContext", "all_reduce_grads", "broadcast_buffers", "init_distributed", "shard_indices",
-           "sync_batchnorm"]
+__all__ = ["DistributedContext", "StopVote", "all_reduce_grads", "broadcast_buffers", "init_distributed",
+           "shard_indices", "sync_batchnorm"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,27 @@ class DistributedContext:
         """Leave the process group, if this context joined it."""
         if self.initialized_here and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class StopVote:
+    """The processes of a launch stop together: at each step boundary every process says whether it has been asked
+    to stop (Ctrl-C, SIGTERM) and all learn whether any has, so all stop at the same boundary and process 0 saves the
+    state there (:meth:`rgbx.engine.trainer.Trainer.save_on_stop`). One all-reduce (max) of one integer, on a Gloo
+    group of its own: in host memory, so it waits for no device work (no synchronisation in the training step), and
+    apart from the gradients' collective operations. Made by every process at the same point (``new_group`` is
+    collective); alone, a process's own answer."""
+
+    def __init__(self, ctx: DistributedContext, timeout_s: float = 1800.0):
+        self.group = None
+        if ctx.enabled:
+            self.group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+    def any(self, stopping: bool) -> bool:
+        if self.group is None:
+            return stopping
+        flag = torch.tensor([int(stopping)], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(flag.item())
 
 
 def _env_int(name: str, default: int) -> int:

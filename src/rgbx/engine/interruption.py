@@ -4,8 +4,13 @@ An interrupt raised inside a training step can leave the weights half updated (t
 parameters), and such a state must not be saved. :class:`InterruptHold` lets whoever turns signals into exceptions
 (``rgbx train``) hand them over with :meth:`InterruptHold.deliver`: outside a :meth:`InterruptHold.held` section the
 exception is raised at once, inside one it waits until the section ends (a step takes seconds at most). A second
-interrupt while one waits is raised at once: pressing Ctrl-C again always stops. :func:`quiet_worker_exit` keeps a
-signal to the whole job from failing the step through the DataLoader workers.
+interrupt while one waits is raised at once: pressing Ctrl-C again always stops.
+
+A torchrun launch stops at a step boundary that all its processes agree on (``agreed=True``): a process that stopped
+alone would leave the others waiting in the next step's all-reduce, and one that waited would wait on those that had
+stopped. The hold keeps the first interrupt for the trainer, whose processes vote at each step boundary
+(:class:`rgbx.engine.distributed.StopVote`). :func:`quiet_worker_exit` keeps a signal to the whole job from failing
+the step through the DataLoader workers.
 """
 
 from __future__ import annotations
@@ -16,33 +21,43 @@ import signal
 
 
 class InterruptHold:
-    """Holds interrupts back while a :meth:`held` section runs (see the module's docstring). ``enabled=False``
-    raises every interrupt at once (a torchrun launch: one process holding back while the others stop would wait
-    in the next collective operation)."""
+    """Holds interrupts back while a :meth:`held` section runs (see the module's docstring).
 
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+    ``agreed=True`` (a torchrun launch): the first interrupt is never raised here; it waits in :attr:`pending` until
+    the trainer's processes have agreed to stop. Later ones are dropped: torchrun's agent passes the signal it gets
+    on to every process, which a scheduler (SLURM) may have signalled already, and the agent's SIGKILL at the end of
+    its shutdown timeout (30 s) is the hard stop."""
+
+    def __init__(self, agreed: bool = False):
+        self.agreed = agreed
         self.pending: BaseException | None = None
         self._holding = False
 
     def deliver(self, interrupt: BaseException) -> None:
-        """Raise ``interrupt`` now, or keep it for the end of the held section running now."""
-        if self.enabled and self._holding and self.pending is None:
+        """Raise ``interrupt`` now, or keep it for the end of the held section running now (for the trainer's vote,
+        ``agreed``)."""
+        if self.pending is None and (self._holding or self.agreed):
             self.pending = interrupt
+            return
+        if self.agreed:
             return
         raise interrupt
 
     @contextlib.contextmanager
     def held(self):
-        """Interrupts delivered while the body runs are raised when it has finished (not when it raised itself)."""
+        """Interrupts delivered while the body runs are raised when it has finished (not when it raised itself;
+        ``agreed``: not here at all)."""
         self._holding = True
         try:
             yield
         except BaseException:
-            self.pending = None  # the body's own exception stops the run anyway
+            if not self.agreed:
+                self.pending = None  # the body's own exception stops the run anyway
             raise
         finally:
             self._holding = False
+        if self.agreed:
+            return
         pending, self.pending = self.pending, None
         if pending is not None:
             raise pending

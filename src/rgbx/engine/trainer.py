@@ -5,13 +5,15 @@ sample's augmentation from a generator seeded by (seed, epoch, index), and each 
 modality dropout) from a seed derived from (seed, iteration). A run resumed from its last checkpoint therefore sees
 the same data and random draws as an uninterrupted one. Ctrl-C or SIGTERM (handed over by ``rgbx train``, see
 :mod:`rgbx.engine.interruption`) stop the loop at the end of a step, where :meth:`Trainer.save_on_stop` writes a
-checkpoint.
+checkpoint; under torchrun at the first step boundary after any process was signalled, all processes at the same one
+(:class:`~rgbx.engine.distributed.StopVote`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -50,6 +52,7 @@ from rgbx.engine.config import (
     validation_miou_convention,
 )
 from rgbx.engine.distributed import (
+    StopVote,
     all_reduce_grads,
     broadcast_buffers,
     init_distributed,
@@ -78,7 +81,7 @@ from rgbx.engine.optim import (
 )
 from rgbx.engine.profile import count_parameters
 from rgbx.engine.report import Reporter
-from rgbx.errors import CheckpointError, ConfigError, RgbxError
+from rgbx.errors import CheckpointError, ConfigError, RgbxError, Terminated
 from rgbx.methods import METHODS
 from rgbx.modalities import get_modality
 from rgbx.models import ModelConfig, create_model
@@ -270,7 +273,7 @@ class Trainer:
         self._environment: dict | None = None  # what the model files record the run was made with
         self.paths = RunPaths(Path(cfg.output_dir))
         self.device = resolve_device(cfg.train.device, "train.device")
-        self.dist = init_distributed(self.device.type)
+        self.dist = init_distributed(self.device.type, cfg.train.distributed_timeout_s)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         # only rank 0 prints and writes files; the others train in silence
@@ -429,6 +432,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, extra=self.method.trainable_modules(),
                                          fused=cfg.train.fused_optimizer, capturable=self.graphed)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
+        if cfg.optim.warmup_iters >= cfg.train.iters:
+            self.reporter.print(f"note: optim.warmup_iters={cfg.optim.warmup_iters} is not below train.iters="
+                                f"{cfg.train.iters}: the whole run is warm-up (the learning rate never reaches "
+                                f"optim.lr={cfg.optim.lr:g} and never decays); lower optim.warmup_iters for a short run")
         # a captured step reads its learning rates from device tensors the schedule writes into
         self._lr_tensors = lr_as_tensors(self.optimizer) if self.graphed else None
         self._graph: CudaGraphTrainStep | None = None
@@ -439,9 +446,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
         self.best_miou = -1.0
-        # Ctrl-C / SIGTERM handed over by `rgbx train` wait for the end of a step (not under torchrun: a process
-        # holding back would wait for the others in the step's collective operations)
-        self.interrupts = InterruptHold(enabled=not self.dist.enabled)
+        # Ctrl-C / SIGTERM handed over by `rgbx train` wait for the end of a step; under torchrun for the step
+        # boundary where the processes vote to stop together
+        self.interrupts = InterruptHold(agreed=self.dist.enabled)
+        self.stop_vote = StopVote(self.dist, cfg.train.distributed_timeout_s)
         self._step_open = False  # a step began and has not finished: the state is not one to save
         self._saved_at: int | None = None  # the iteration of the last checkpoint this process wrote
         self._validation_due = False  # a stop saved the state before its iteration's validation had finished
@@ -487,7 +495,14 @@ class Trainer:
             "config": json.dumps(to_dict(self.cfg)),
             "world_size": self.dist.world_size,
             "classes": list(self.description.classes),  # the data's, compared on resume (data.root may move)
+            "train_samples": self._train_samples(),
         }
+
+    def _train_samples(self) -> dict:
+        """What identifies the training samples, compared on resume: their count and a hash of their ids in order
+        (a moved folder or its pack keep both; another dataset or split does not)."""
+        ids = list(getattr(self.train_set, "ids", []))
+        return {"count": len(self.train_set), "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
 
     def _optimizer_state(self) -> dict:
         state = self.optimizer.state_dict()
@@ -529,6 +544,13 @@ class Trainer:
             raise CheckpointError(f"{self.paths.state}: the run trained on other classes than {self.cfg.data.root} "
                                   f"has ({', '.join(f'{i}: {a!r} vs {b!r}' for i, a, b in differ[:4])}); resume on "
                                   f"the run's data, or start a new run with train.init_from")
+        samples, ours = state.get("train_samples"), self._train_samples()
+        if samples is not None and samples != ours:  # (a run saved before the state recorded them: not compared)
+            what = (f"{samples['count']} samples, now {ours['count']}" if samples["count"] != ours["count"]
+                    else f"{ours['count']} samples with other ids")
+            raise CheckpointError(f"{self.paths.state}: the run trained on other samples than {self.cfg.data.root} "
+                                  f"[{self.cfg.data.train_split}] holds ({what}); resume on the run's data (it may "
+                                  f"have moved, or be its pack), or start a new run with train.init_from")
         for key in ("seed", "batch_size", "accumulate_grad_batches", "freeze"):
             was = saved["train"].get(key, getattr(TrainConfig(), key))  # a run saved before the key existed
             if was != getattr(self.cfg.train, key):
@@ -616,6 +638,28 @@ class Trainer:
                    and self._validated_at != self.iteration)
         self.save_checkpoint(validation_due=due)
         return self.paths.state
+
+    def _stop_together(self) -> None:
+        """Under torchrun, at a step boundary: raise the stop on every process once any has been signalled
+        (:class:`~rgbx.engine.distributed.StopVote`). Before the step and after its batches were read (a loader
+        worker ended by the job's signal fails the read before the vote, never between the vote and the step), and
+        before a validation. A vote that fails while this process has been signalled means that another has left:
+        stop here too."""
+        if not self.interrupts.agreed:
+            return
+        try:
+            stop = self.stop_vote.any(self.interrupts.pending is not None)
+        except RuntimeError as e:
+            if self.interrupts.pending is not None:
+                raise self.interrupts.pending from e
+            raise RgbxError(
+                f"the {self.dist.world_size} processes did not all reach the step after iteration {self.iteration} "
+                f"(train.distributed_timeout_s={self.cfg.train.distributed_timeout_s:g}): one failed or stopped, or "
+                f"waits in a collective operation, as a step of DDP with train.find_unused_parameters=false where "
+                f"some parameters got no gradient (a sensor missing from a batch); {str(e).splitlines()[0][:200]}"
+            ) from e
+        if stop:
+            raise self.interrupts.pending or Terminated()
 
     # -- loops ----------------------------------------------------------------------------------------------------
     def _train_loader(self):
@@ -787,45 +831,47 @@ class Trainer:
                 micro_batches = iter(loader)  # endless: the sampler goes on from epoch to epoch
                 while self.iteration < cfg.iters:
                     batches = [self._to_device(next(micro_batches)) for _ in range(cfg.accumulate_grad_batches)]
-                    with self.interrupts.held():
+                    self._stop_together()
+                    with self.interrupts.held():  # the step and its log row: a stop waits for both
                         self._step_open = True
                         values = self.train_step(batches)
                         self.iteration += 1
                         self._step_open = False
-                    images += sum(len(b) for b in batches) * self.dist.world_size
-                    for k, v in values.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                    if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iters:
-                        means = self.dist.all_reduce_mean(torch.stack([v / count for v in sums.values()]))
-                        row = dict(zip(sums, means.tolist()))  # one host sync per log interval
-                        if not math.isfinite(row["loss"]):
-                            raise RgbxError(f"loss became {row['loss']} at iteration {self.iteration}; lower "
-                                            f"optim.lr or set optim.grad_clip (last good checkpoint: "
-                                            f"{self.paths.state})")
-                        dt = time.perf_counter() - t0
-                        row = {"iteration": self.iteration, "lr": float(self.scheduler.get_last_lr()[0]), **row,
-                               "images_per_s": images / dt if dt > 0 else 0.0}
-                        if writer is None and log_file is not None:
-                            writer = csv.DictWriter(log_file, fieldnames=list(row))
-                            if new_log:
-                                writer.writeheader()
-                        if writer is not None:
-                            writer.writerow(row)
-                            log_file.flush()
-                        if tb:
-                            for k, v in row.items():
-                                if k != "iteration":
-                                    tb.add_scalar(f"train/{k}", v, self.iteration)
-                        bar.update(self.iteration, loss=row["loss"], lr=row["lr"], ips=row["images_per_s"])
-                        sums, count, t0, images = {}, 0, time.perf_counter(), 0
-                    else:
-                        bar.update(self.iteration)
+                        images += sum(len(b) for b in batches) * self.dist.world_size
+                        for k, v in values.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                        count += 1
+                        if self.iteration % cfg.log_every == 0 or self.iteration == cfg.iters:
+                            means = self.dist.all_reduce_mean(torch.stack([v / count for v in sums.values()]))
+                            row = dict(zip(sums, means.tolist()))  # one host sync per log interval
+                            if not math.isfinite(row["loss"]):
+                                raise RgbxError(f"loss became {row['loss']} at iteration {self.iteration}; lower "
+                                                f"optim.lr or set optim.grad_clip (last good checkpoint: "
+                                                f"{self.paths.state})")
+                            dt = time.perf_counter() - t0
+                            row = {"iteration": self.iteration, "lr": float(self.scheduler.get_last_lr()[0]), **row,
+                                   "images_per_s": images / dt if dt > 0 else 0.0}
+                            if writer is None and log_file is not None:
+                                writer = csv.DictWriter(log_file, fieldnames=list(row))
+                                if new_log:
+                                    writer.writeheader()
+                            if writer is not None:
+                                writer.writerow(row)
+                                log_file.flush()
+                            if tb:
+                                for k, v in row.items():
+                                    if k != "iteration":
+                                        tb.add_scalar(f"train/{k}", v, self.iteration)
+                            bar.update(self.iteration, loss=row["loss"], lr=row["lr"], ips=row["images_per_s"])
+                            sums, count, t0, images = {}, 0, time.perf_counter(), 0
+                        else:
+                            bar.update(self.iteration)
                     # the validation of an iteration comes before its checkpoint: the state then holds the best
                     # mIoU with it, and a kill during the validation resumes from the checkpoint before, which
                     # trains these iterations again and validates them (eval.jsonl's rows and best.safetensors as
                     # an uninterrupted run's); the other order would resume past a validation never finished
                     if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration < cfg.iters:
+                        self._stop_together()
                         self._eval_and_log(tb)
                     if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0
                             and self.iteration < cfg.iters):
@@ -833,6 +879,13 @@ class Trainer:
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM where `rgbx train` turns it into one
             self.stop_checkpoint = self.save_on_stop()
             raise
+        except RuntimeError as e:  # (not rgbx's own errors: a diverged loss is never saved)
+            if self.interrupts.pending is None:
+                raise
+            # under torchrun, stopping: what the job's signal ended failed before the vote (a loader worker, a
+            # process of the launch that stopped already); stop here (saved unless half way through a step)
+            self.stop_checkpoint = self.save_on_stop()
+            raise self.interrupts.pending from e
         finally:
             if log_file is not None:
                 log_file.close()
