@@ -236,6 +236,19 @@ def test_eval_with_modalities_reads_only_those(place, tmp_path, capsys):
     assert f"note: {rig} has no depth; predicting from rgb" in capsys.readouterr().out
 
 
+def test_by_condition_asked_for_on_data_without_it_is_an_error(place, tmp_path, capsys):
+    """The default grouping (condition) is left out where no sample has it; asked for, it is named as any other
+    attribute (it printed the whole split alone, without a word)."""
+    import shutil
+
+    data = tmp_path / "no_attributes"
+    shutil.copytree(place / "data", data)
+    (data / "attributes.csv").unlink()
+    assert main(["eval", str(place / "m.safetensors"), "--data", str(data)]) == 0
+    status, err = run(["eval", str(place / "m.safetensors"), "--data", str(data), "--by", "condition"], capsys)
+    assert status == 2 and f"--by condition: no sample of {data} [val] has that attribute (attributes here: none" in err
+
+
 def test_predict_into_a_folder_with_earlier_predictions(place, tmp_path, capsys):
     """A second `rgbx predict` into the same --out left the first run's predictions for frames it did not predict
     beside its own, without a word: it is refused, and --overwrite removes only what predict wrote."""

@@ -108,3 +108,14 @@ def test_pseudo_label_api_names_the_labelled_keyword_when_its_split_is_missing(t
     with pytest.raises(ConfigError, match=r"join with labelled='SPLIT', or labelled=None") as e:
         pseudo_label(model_file, root, "raw", tmp_path / "pl", device="cpu")
     assert "--labelled" not in str(e.value)
+
+
+def test_data_check_notes_evaluation_samples_that_are_also_trained_on(tmp_path, capsys):
+    ids = [f"s{i:03d}" for i in range(6)]
+    clean = make_dataset(tmp_path / "clean", n=6, splits={"train": ids[:4], "val": ids[4:]})
+    status, out, _ = run(["data", "check", str(clean)], capsys)
+    assert status == 0 and "note:" not in out
+    leaky = make_dataset(tmp_path / "leaky", n=6, splits={"train": ids[:4], "val": ids[3:]})
+    status, out, _ = run(["data", "check", str(leaky)], capsys)
+    assert status == 0 and ("note: split val shares 1 of its 3 samples with split train (s003): a model trained on "
+                            "train is scored on samples it learned") in " ".join(out.split())

@@ -63,6 +63,25 @@ def test_a_declared_sensor_is_registered_with_its_storage_and_normalisation(tmp_
     assert out.stdout.split() == ["1", "(20.0,)", "dB"]
 
 
+def test_a_declared_sensor_stored_as_npy_takes_float32_as_a_known_one_does(tmp_path):
+    """docs/dataset-format.md: a modality stored as npy takes that encoding's defaults (float32, scale 1); a declared
+    one took the sensor's uint8 and refused every float32 file."""
+    from rgbx.data.datasets.folder import FolderDataset
+
+    root = radar_dataset(tmp_path / "d")
+    for png in (root / "radar").glob("*.png"):
+        write_array(png.with_suffix(".npy"), np.full((1, 16, 20), 30.5, np.float32), "npy")
+        png.unlink()
+    raw = yaml.safe_load((root / "dataset.yaml").read_text())
+    raw["modalities"]["radar"] = {"encoding": "npy", "sensor": RADAR}
+    (root / "dataset.yaml").write_text(yaml.safe_dump(raw))
+    load_description(root)
+    spec = get_modality("radar")
+    assert (spec.encoding, spec.dtype, spec.scale) == ("npy", "float32", 1.0)
+    dataset = FolderDataset(root, "train", check="full")
+    assert float(dataset.load(0)["inputs"]["radar"].max()) == 30.5  # dB, as stored (× 1)
+
+
 @pytest.mark.parametrize("sensor, expected", [
     ({"mean": [0.0]}, "'channels' is required"),
     ({**RADAR, "gain": 2}, "unknown field gain"),
@@ -138,3 +157,16 @@ def test_train_on_a_declared_sensor_then_use_the_model_file_alone(tmp_path, caps
     assert ("sensor 'radar' is already registered with other values: std [5.0] (registered: [20.0])"
             in capsys.readouterr().err)
     assert weights.read_bytes() == before
+
+
+def test_a_narrower_file_of_a_declared_sensor_is_named_without_depths_reason(tmp_path):
+    from rgbx.data.files import check_encoding
+
+    radar_dataset(tmp_path / "d")
+    load_description(tmp_path / "d")
+    with pytest.raises(DataError) as e:
+        check_encoding(np.zeros((1, 4, 4), np.uint8), get_modality("radar"), "r.png")
+    assert "r.png: uint8 values; 'radar' is read as its encoding (uint16 × 0.01 = dB)" in str(e.value)
+    assert "depth" not in str(e.value)
+    with pytest.raises(DataError, match="an 8-bit depth image holds relative depth"):
+        check_encoding(np.zeros((1, 4, 4), np.uint8), get_modality("depth"), "d.png")

@@ -92,6 +92,14 @@ def test_a_preset_run_is_scored_as_published_from_its_model_file(tmp_path, capsy
     scored = json.loads(report.read_text())
     assert scored["split"] == "test" and scored["test_time"]["scale_rule"] == "cmx"
     assert scored["test_time"]["scales"] == [0.75, 1.0, 1.25] and scored["test_time"]["flip"]
+    # a protocol without a multi-scale test (MFNet, CMNeXt's val_mm.py): the command offers none
+    root = rgbd.make_mfnet_original(tmp_path / "mfnet")
+    run = tmp_path / "mfnet_run"
+    assert main(["train", "mfnet_cmnext_b4", f"data.root={root}", f"output_dir={run}", "model.backbone=mit_nano",
+                 "model.head_channels=32", "data.crop_size=[32,32]", "data.num_workers=0", "train.batch_size=2",
+                 "train.eval_batch_size=1", "train.iters=1", "train.eval_every=0", "train.checkpoint_every=0"]) == 0
+    out = capsys.readouterr().out
+    assert "--dataset mfnet --as-published\n" in out and "[multi-scale]" not in out
 
 
 @pytest.mark.parametrize("preset,classes,params", [

@@ -209,9 +209,9 @@ def print_bench(result: dict, title: str) -> None:
     flops = result["flops"]
     parts = [f"{result['params'] / 1e6:.2f} M parameters"]
     if "fwd_per_image" in flops:
-        parts.append(f"forward {flops['fwd_per_image'] / 1e9:.1f} GFLOP/image at {result['size']}")
+        parts.append(f"forward {flops['fwd_per_image'] / 1e9:.3g} GFLOP/image at {result['size']}")
     if "train_fwd_per_image" in flops:
-        parts.append(f"training forward {flops['train_fwd_per_image'] / 1e9:.1f} GFLOP/image at "
+        parts.append(f"training forward {flops['train_fwd_per_image'] / 1e9:.3g} GFLOP/image at "
                      f"{result['train_size']} (step = 3x)")
     parts.append(f"{result['warmup']} warm-up + {result['repeats']} timed calls, median; × = speed relative to "
                  f"the first row; device {result['device_name']}, torch {result['torch']}, "

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from rgbx.cli.common import add_command, model_flag_overrides, parse_options, positive_int, read_off_text
 
-EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth --out cmx_b2_nyu.safetensors
+EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb hha --out cmx_b2_nyu.safetensors   # CMX's NYU X: HHA
   rgbx convert NYUDV2_CMX+Segformer-B2.pth --backbone mit_b2 --fusion cmx --head mlp --head-channels 512 \\
-      --modalities rgb depth --num-classes 40 --out cmx_b2_nyu.safetensors          # everything spelled out
+      --modalities rgb hha --num-classes 40 --out cmx_b2_nyu.safetensors            # everything spelled out
   rgbx convert NYUv2_DFormer_Base.pth --modalities rgb depth --out dformer_b_nyu.safetensors
-  rgbx convert MFNet_CMX+Segformer-B2.pth --modalities rgb thermal --out cmx_b2_mfnet.safetensors \
+  rgbx convert MFNet_CMX+Segformer-B2.pth --modalities rgb thermal --out cmx_b2_mfnet.safetensors \\
       --classes-of mfnet                                    # the benchmark's class names kept in the file
   rgbx convert CMNeXt_CMNeXt-B2_DELIVER_rgbdel.pth --modalities rgb hha event_image lidar \\
       --out cmnext_b2_deliver.safetensors   # DELIVER's CMNeXt (MODALS img, depth = its hha/ folder, event, lidar);
@@ -25,7 +25,7 @@ EXAMPLES = """  rgbx convert NYUDV2_CMX+Segformer-B2.pth --modalities rgb depth 
   rgbx convert segformer_mit-b0_ade.pth --ignore decode_head. --fusion cmx --modalities rgb depth \\
       --num-classes 40 --out init.safetensors               # mmsegmentation checkpoint, encoder only
 
-layouts (--layout, default auto = detected from the key names): cmnext, cmx, dformer, segformer-hf,
+layouts (--layout, default auto = detected from the key names): cmnext, cmx, dformer, dformerv2, segformer-hf,
 segformer-mmseg, segformer-nvlabs; rgbx.models.convert's docstring describes each. Model flags not given are read off
 the checkpoint where it tells them (MiT / DFormer variant, fusion and head of CMNeXt / CMX / DFormer files, classes
 and head width of a decode head), else taken from --config, else rgbx's defaults; the modalities never are. For the

@@ -129,6 +129,14 @@ def run_check(args) -> int:
     desc = build_dataset(args.dataset, args.root, next(iter(counts)), check="none", **options).description
     print(f"{args.root}: OK — dataset {desc.name!r}, {desc.num_classes} classes, modalities "
           f"{', '.join(desc.modalities)}; " + ", ".join(f"{s}: {n} samples" for s, n in counts.items()))
+    ids = {split: set(build_dataset(args.dataset, args.root, split, check="none", **options).ids) for split in counts}
+    for scored in [s for s in ids if s in ("val", "test")]:
+        for trained in [s for s in ids if s not in ("val", "test")]:
+            shared = sorted(ids[scored] & ids[trained])
+            if shared:
+                print(f"note: split {scored} shares {len(shared)} of its {len(ids[scored])} samples with split "
+                      f"{trained} ({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}): a model trained on "
+                      f"{trained} is scored on samples it learned")
     if not args.split and args.dataset not in ("folder", "shards"):
         from rgbx.data import DATASETS
 

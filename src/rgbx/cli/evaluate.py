@@ -66,7 +66,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--anymodal", action="store_true", help="score every non-empty subset of the model's modalities")
     p.add_argument("--modalities", nargs="+", help="evaluate with only these modalities")
-    p.add_argument("--by", default="condition", help="sample attribute to break results down by ('' = none)")
+    p.add_argument("--by", default=None, help="sample attribute to break results down by (default: condition, where "
+                                              "the samples have it; '' = none)")
     p.add_argument("--miou", choices=("present", "all"), default="present",
                    help="mIoU averaging convention: present (default; the mean over the classes in the ground truth "
                         "or the prediction, mmsegmentation's nanmean) or all (every class, an absent one as IoU 0: "
@@ -206,7 +207,8 @@ def _evaluate(args, device, ctx) -> int:
         print(f"note: {note}", flush=True)
     if args.check_sensors:  # a sensor whose frame fails the checks is absent from that sample (no frozen check)
         dataset.screen = FrameScreen(monitor.rules, monitor.per_sensor)
-    dataset.require_attribute(args.by, f"--by {args.by}", "--by ''")
+    asked, args.by = args.by is not None, "condition" if args.by is None else args.by
+    dataset.require_attribute(args.by, f"--by {args.by}", "--by ''", asked=asked)
     if args.zero_shot is not None and is_onnx_file(args.checkpoint):
         raise ConfigError(f"--zero-shot needs the rgbx model file (its decoder features), not {args.checkpoint}")
     if args.zero_shot is not None:

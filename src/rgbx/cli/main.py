@@ -35,7 +35,7 @@ examples:
   rgbx profile --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 --head-channels 512
   rgbx bench --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 --sweep
   rgbx export runs/cmx/model.safetensors --out cmx.onnx --check
-  rgbx convert NYUDepthv2_CMX_B2.pth --backbone mit_b2 --fusion cmx --modalities rgb depth --num-classes 40 \
+  rgbx convert NYUDepthv2_CMX_B2.pth --backbone mit_b2 --fusion cmx --modalities rgb hha --num-classes 40 \\
       --head-channels 512 --out cmx_b2_nyu.safetensors
 """
 

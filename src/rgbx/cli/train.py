@@ -90,6 +90,11 @@ def run(args) -> int:
     reporter.print(f"final val mIoU{over} {100 * metrics['subsets'][full]['all']['miou']:.2f}; weights: "
                    f"{trainer.paths.final_weights}")
     if cfg.published_evaluation:
+        from rgbx.cli.evaluate import published_flags
+        from rgbx.models.convert import REFERENCE_EVALUATION
+
+        _, flags = REFERENCE_EVALUATION[cfg.published_evaluation]
+        variant = " [multi-scale]" if published_flags(flags, multi_scale=True) is not None else ""
         reporter.print(f"scored as the authors' code scores it: rgbx eval {trainer.paths.final_weights} --data "
-                       f"{cfg.data.root} --dataset {cfg.data.dataset} --as-published [multi-scale]", soft_wrap=True)
+                       f"{cfg.data.root} --dataset {cfg.data.dataset} --as-published{variant}", soft_wrap=True)
     return 0

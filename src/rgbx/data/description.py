@@ -230,8 +230,9 @@ def _declare_sensor(path: Path, name: str, entry: dict, problems: list[str]) -> 
     if storage:
         problems.append(f"{where}: {', '.join(storage)} belong to modalities.{name} itself (how files are stored)")
         return None
-    fields = {"description": f"declared in {path}", **sensor,
-              **{k: entry[k] for k in ("encoding", "dtype", "scale") if k in entry}}
+    stored = {k: entry[k] for k in ("encoding", "dtype", "scale") if k in entry}
+    stored = {**_ENCODING_DEFAULTS.get(stored.get("encoding"), {}), **stored}  # npy: float32 × 1, as for a known one
+    fields = {"description": f"declared in {path}", **sensor, **stored}
     ops = fields.get("photometric") or ()
     unknown_ops = [op for op in ops if op not in PHOTOMETRIC] if isinstance(ops, list | tuple) else []
     if unknown_ops:

@@ -143,9 +143,9 @@ def check_encoding(arr: np.ndarray, spec, where: str) -> None:
                             f"Predictor.from_file(..., storage={{{spec.name!r}: {{'dtype': 'uint16', "
                             f"'scale': S}}}}) or read_modality_file(path, {spec.name!r}, storage=...)")
         if arr.dtype.itemsize < np.dtype(spec.dtype).itemsize:
+            why = " (an 8-bit depth image holds relative depth, not millimetres)" if spec.name == "depth" else ""
             raise DataError(f"{where}: {arr.dtype} values; {spec.name!r} is read as its encoding ({stored}): "
-                            f"{arr.dtype} cannot hold it (an 8-bit depth image holds relative depth, not "
-                            f"millimetres); give {spec.dtype} or floats in {unit}")
+                            f"{arr.dtype} cannot hold it{why}; give {spec.dtype} or floats in {unit}")
     elif np.issubdtype(arr.dtype, np.floating):
         finite = arr[np.isfinite(arr)]
         bound = encoding.max * spec.scale

@@ -18,7 +18,8 @@ horizontal-flip averaging.
   resized. ``rgbx`` (the default) is the rule above: round(h × s), each sensor by its own rule, logits back with
   ``align_corners=False``. ``dformer`` is DFormer's ``utils/val_mm.evaluate_msf``, to reproduce its published
   multi-scale numbers: the size is ``ceil(int(h × s) / 32) × 32`` (so even scale 1 resizes an image whose sides are
-  not multiples of 32, e.g. SUN RGB-D's 530×730 to 544×736), every network input is resized bilinearly with
+  not multiples of 32, e.g. SUN RGB-D's 530×730 to 544×736, in a set of passes: one pass at scale 1 without flip is
+  DFormer's plain ``evaluate``, the image at its own size), every network input is resized bilinearly with
   ``align_corners=True`` (depth too), and so are the logits back. With a sliding window, an image smaller than the
   window on either side is first enlarged to the window's size, as DFormer's ``slide_inference`` does (rgbx's rule
   clips the window to the image instead); DFormer's stride is ``int(2/3 × window)``, e.g. ``--stride 320x426`` for a

@@ -356,11 +356,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
                                 f"{self.root / label.folder}")
         return problems
 
-    def require_attribute(self, name: str | None, setting: str, none_hint: str) -> None:
+    def require_attribute(self, name: str | None, setting: str, none_hint: str, asked: bool = False) -> None:
         """Raise :class:`ConfigError` when ``name`` (a per-sample attribute to report results by, given as
-        ``setting``) is on no sample of the split; ``condition`` (the default grouping) and no name pass. ``none_hint``
-        says how to report only the whole split."""
-        if not name or name == "condition" or any(name in self.attributes(i) for i in self.ids):
+        ``setting``) is on no sample of the split; no name passes, and so does ``condition`` (the default grouping)
+        unless ``asked`` for. ``none_hint`` says how to report only the whole split."""
+        if not name or (name == "condition" and not asked) or any(name in self.attributes(i) for i in self.ids):
             return
         found = sorted({a for i in self.ids for a in self.attributes(i)})
         raise ConfigError(f"{setting}: no sample of {self.root} [{self.split}] has that attribute (attributes here: "
