@@ -106,8 +106,14 @@ def test_two_different_declarations_of_one_name_conflict(tmp_path):
     with pytest.raises(DataError, match=r"sensor 'radar' is already registered with other values: std \[5.0\] "
                                         r"\(registered: \[20.0\]\)"):
         load_description(radar_dataset(tmp_path / "b", sensor={**RADAR, "std": [5.0]}))
-    with pytest.raises(DataError, match="sensor 'rgb' is already registered with other values: channels 1"):
+    with pytest.raises(DataError) as e:  # one path, and what is wrong: not the fields that differ
         load_description(radar_dataset(tmp_path / "c", sensor={"channels": 1}, name="rgb"))
+    assert all(line.count(str(tmp_path / "c")) <= 1 for line in str(e.value).splitlines())
+    assert "modalities.rgb.sensor: 'rgb' is a built-in sensor, which cannot be redefined; drop 'sensor:'" in str(e.value)
+    with pytest.raises(DataError) as e:
+        load_description(radar_dataset(tmp_path / "e", sensor={**RADAR, "std": [5.0]}))
+    assert all(line.count(str(tmp_path / "e")) <= 1 for line in str(e.value).splitlines())
+    assert "modalities.radar.sensor: sensor 'radar' is already registered with other values: std" in str(e.value)
 
 
 def test_an_undeclared_unknown_sensor_says_how_to_declare_it(tmp_path):

@@ -15,6 +15,7 @@ import yaml
 
 from rgbx.errors import ConfigError, DataError
 from rgbx.modalities import (
+    BUILTIN_MODALITIES,
     ENCODINGS,
     MODALITIES,
     ModalitySpec,
@@ -226,6 +227,10 @@ def _declare_sensor(path: Path, name: str, entry: dict, problems: list[str]) -> 
     if not isinstance(sensor, dict):
         problems.append(f"{where}: must be a mapping, e.g. {{channels: 1, mean: [0.0], std: [1.0]}}")
         return None
+    if name in BUILTIN_MODALITIES:
+        problems.append(f"{where}: {name!r} is a built-in sensor, which cannot be redefined; drop 'sensor:' (how its "
+                        f"files are stored, encoding / dtype / scale, goes under modalities.{name} itself)")
+        return None
     storage = {k: sensor[k] for k in ("encoding", "dtype", "scale") if k in sensor}
     if storage:
         problems.append(f"{where}: {', '.join(storage)} belong to modalities.{name} itself (how files are stored)")
@@ -242,7 +247,7 @@ def _declare_sensor(path: Path, name: str, entry: dict, problems: list[str]) -> 
     try:
         return declare_modality(spec_from_dict(name, fields), str(path))
     except ConfigError as e:
-        problems.append(f"{where}: {e}")
+        problems.append(f"{where}: {str(e).removeprefix(f'{path}: ')}")
         return None
 
 
