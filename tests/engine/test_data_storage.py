@@ -203,7 +203,7 @@ def test_a_float_storage_leaves_loose_files_to_the_sensors_own_encoding(tmp_path
         assert read_modality_file(tmp_path / name, "depth", storage).max().item() == pytest.approx(3.0)
 
 
-def test_a_sensor_stored_at_a_lower_resolution_is_resampled_for_predict_as_for_training(tmp_path):
+def test_a_sensor_stored_at_a_lower_resolution_is_resampled_for_predict_as_for_training(tmp_path, capsys):
     """Depth stored at half the camera's resolution (`resize: nearest` in dataset.yaml) trained fine, but rgbx predict
     refused the same rig's files ("differ in size"). The model file records the resize, and predict (files, folders,
     frames, ONNX) resamples those sensors to the others' size as the dataset did; a model without it still refuses."""
@@ -222,6 +222,9 @@ def test_a_sensor_stored_at_a_lower_resolution_is_resampled_for_predict_as_for_t
     new = save_model(tmp_path / "model.safetensors", model, dataset_record(description, model.modalities))
     old = save_model(tmp_path / "old.safetensors", model, description.to_dict())
     assert recorded_storage(read_model_info(new)["dataset"])["depth"]["resize"] == "nearest"
+    assert main(["info", str(new)]) == 0
+    assert ("depth png uint16 ×0.001, resampled (nearest) to the others' size" in
+            " ".join(capsys.readouterr().out.split()))
     rng = np.random.default_rng(0)
     frames = tmp_path / "frames"
     for sub in ("rgb", "depth", "depth_full"):
@@ -252,5 +255,8 @@ def test_a_sensor_stored_at_a_lower_resolution_is_resampled_for_predict_as_for_t
         assert main(["export", str(new), "--out", str(tmp_path / "m.onnx"), "--size", "32x40",
                      "--exporter", "torchscript"]) == 0
         assert read_onnx_metadata(tmp_path / "m.onnx")["normalization"]["depth"]["resize"] == "nearest"
+        capsys.readouterr()
+        assert main(["info", str(tmp_path / "m.onnx")]) == 0
+        assert "stored at another resolution: resampled (nearest)" in " ".join(capsys.readouterr().out.split())
         onnx = Predictor.from_file(tmp_path / "m.onnx")
         assert (onnx({"rgb": str(frames / "rgb" / "f0.png"), "depth": str(frames / "depth" / "f0.png")}) == full).all()

@@ -113,6 +113,14 @@ def describe_file(path: str) -> int:
               f"{fields.get('encoding')} {fields.get('dtype')} ×{fields.get('scale')} {fields.get('unit', '')}, "
               f"normalised with mean {fields.get('mean')} std {fields.get('std')}")
     dataset = info.get("dataset") or {}
+    from rgbx.models.model_file import recorded_storage
+
+    stored = recorded_storage(dataset)
+    if stored:
+        print("sensor files as the training data stored them (rgbx predict reads loose files so): " + "; ".join(
+            f"{m} {v.get('encoding')} {v.get('dtype')} ×{v.get('scale'):g}"
+            + (f", resampled ({v['resize']}) to the others' size" if v.get("resize") else "")
+            for m, v in stored.items()))
     classes = dataset.get("classes") or []
     if classes:
         where = f" of {dataset['name']}" if dataset.get("name") else ""
@@ -212,6 +220,8 @@ def _describe_onnx(file) -> int:
         norm = (meta.get("normalization") or {}).get(name)
         how = (f"; from file values: (value × {norm.get('scale'):g} − {norm.get('mean')}) / {norm.get('std')}, "
                f"absent: {norm.get('fill')}" if isinstance(norm, dict) else "")
+        if isinstance(norm, dict) and norm.get("resize"):
+            how += f"; stored at another resolution: resampled ({norm['resize']}) to the others' size"
         print(f"input {name}: {layout}{how}")
     for name, layout in (meta.get("outputs") or {}).items():
         print(f"output {name}: {layout}")
