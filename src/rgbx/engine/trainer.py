@@ -23,7 +23,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
@@ -495,12 +495,14 @@ class Trainer:
             "config": json.dumps(to_dict(self.cfg)),
             "world_size": self.dist.world_size,
             "classes": list(self.description.classes),  # the data's, compared on resume (data.root may move)
-            "train_samples": self._train_samples(),
+            "train_samples": self._train_samples,
         }
 
+    @cached_property
     def _train_samples(self) -> dict:
         """What identifies the training samples, compared on resume: their count and a hash of their ids in order
-        (a moved folder or its pack keep both; another dataset or split does not)."""
+        (a moved folder or its pack keep both; another dataset or split does not). Once per run, not per
+        checkpoint."""
         ids = list(getattr(self.train_set, "ids", []))
         return {"count": len(self.train_set), "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
 
@@ -544,7 +546,7 @@ class Trainer:
             raise CheckpointError(f"{self.paths.state}: the run trained on other classes than {self.cfg.data.root} "
                                   f"has ({', '.join(f'{i}: {a!r} vs {b!r}' for i, a, b in differ[:4])}); resume on "
                                   f"the run's data, or start a new run with train.init_from")
-        samples, ours = state.get("train_samples"), self._train_samples()
+        samples, ours = state.get("train_samples"), self._train_samples
         if samples is not None and samples != ours:  # (a run saved before the state recorded them: not compared)
             what = (f"{samples['count']} samples, now {ours['count']}" if samples["count"] != ours["count"]
                     else f"{ours['count']} samples with other ids")
